@@ -1,0 +1,129 @@
+"""The `buildsys` command line: a lazy click group, one module per command under this package.
+
+Heavy modules are imported only by the command that needs them, so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import traceback
+from datetime import datetime
+
+import click
+
+from buildsys.cli.app import App, common_options
+
+# command name -> (module, attribute)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("buildsys.cli.validate", "validate"),
+    "graph": ("buildsys.cli.graph", "graph"),
+    "build": ("buildsys.cli.build", "build"),
+    "push": ("buildsys.cli.build", "push"),
+    "pull": ("buildsys.cli.pull", "pull"),
+    "plan": ("buildsys.cli.plan", "plan"),
+    "apply": ("buildsys.cli.apply", "apply"),
+    "deploy": ("buildsys.cli.deploy", "deploy"),
+    "watch": ("buildsys.cli.watch", "watch"),
+    "init": ("buildsys.cli.init", "init"),
+    "recipes": ("buildsys.cli.recipes", "recipes"),
+    "steps": ("buildsys.cli.steps", "steps"),
+    "pool": ("buildsys.cli.pool", "pool"),
+    "run": ("buildsys.cli.run", "run"),
+    "runs": ("buildsys.cli.runs", "runs"),
+    "worker": ("buildsys.cli.worker", "worker"),
+    "server": ("buildsys.cli.server", "server"),
+    "cache": ("buildsys.cli.cache", "cache"),
+    "state": ("buildsys.cli.state", "state"),
+}
+
+SHORT_HELP: dict[str, str] = {
+    "validate": "Check the project file, step inputs, templates and graph.",
+    "graph": "Show the step graph (text, dot, mermaid, json).",
+    "build": "Run the build steps (cached, in parallel).",
+    "push": "Run the build and push steps.",
+    "pull": "Run a deployment's pull steps here, as a worker would.",
+    "plan": "Show what apply would change in the state store.",
+    "apply": "Apply a saved plan, or plan and apply.",
+    "deploy": "Build, push, plan and apply in one go.",
+    "watch": "Rebuild (and re-apply) on every change.",
+    "init": "Start a project from a recipe.",
+    "recipes": "List and show recipes.",
+    "steps": "List and show the available steps.",
+    "pool": "Work pools and the job a deployment would get.",
+    "run": "Create a flow run of a deployment (and follow it).",
+    "runs": "List, inspect, follow and cancel flow runs.",
+    "worker": "Run the bundled worker.",
+    "server": "Serve the state store over HTTP.",
+    "cache": "Inspect and clean the build cache.",
+    "state": "Show, export and import the state store.",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command is invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module = importlib.import_module(target[0])
+        cmd = getattr(module, target[1])
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="buildsys", prog_name="buildsys")
+@common_options
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """buildsys: cached builds, plan/apply and a worker for prefect.yaml projects."""
+    ctx.ensure_object(App)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors → one message, exit 1; bugs → traceback in a log file, exit 3."""
+    from buildsys.errors import BuildsysError
+
+    try:
+        cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=App())
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
+    except BuildsysError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        path = _write_crash_log()
+        click.echo(f"internal error: buildsys crashed; the traceback is in {path}", err=True)
+        sys.exit(3)
+
+
+def _write_crash_log() -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"buildsys-crash-{stamp}-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"buildsys {' '.join(sys.argv[1:])}\n\n")
+        fh.write(traceback.format_exc())
+    return path

@@ -1,0 +1,149 @@
+"""The application object every command receives, and the global options that fill it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from buildsys.model import Project
+    from buildsys.reporter import Reporter
+    from buildsys.store.base import StateStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_STATE = ".buildsys/state.db"
+
+
+@dataclass
+class App:
+    """Global settings plus lazily created services (project, store, reporter)."""
+
+    file: str | None = None
+    state_url: str | None = None
+    json: bool = False
+    verbosity: int = 0
+    color: bool = True
+    _reporter: Reporter | None = field(default=None, repr=False)
+
+    @property
+    def project_file(self) -> Path:
+        return Path(self.file or "prefect.yaml")
+
+    @property
+    def state(self) -> str:
+        return self.state_url or os.environ.get("BUILDSYS_STATE") or DEFAULT_STATE
+
+    @property
+    def use_color(self) -> bool:
+        return self.color and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
+
+    def load_project(self, *, strict: bool = False) -> Project:
+        """Load and validate the project file; raises ProjectError listing every problem."""
+        from buildsys.project import load_project
+
+        return load_project(self.project_file, strict=strict)
+
+    def open_store(self) -> StateStore:
+        from buildsys.store import open_store
+
+        return open_store(self.state, root=self.project_file.resolve().parent)
+
+    @property
+    def reporter(self) -> Reporter:
+        if self._reporter is None:
+            from buildsys.reporter import make_reporter
+
+            self._reporter = make_reporter(json=self.json, color=self.use_color, verbosity=self.verbosity)
+        return self._reporter
+
+    def echo(self, text: str = "", *, err: bool = False) -> None:
+        """Human output; suppressed on stdout under --json (machine output only there)."""
+        if self.json and not err:
+            return
+        if self.verbosity < 0 and not err:
+            return
+        click.echo(text, err=err, color=self.use_color)
+
+    def emit_json(self, payload: object) -> None:
+        import json
+
+        click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
+
+
+def _setter(attr: str, transform: Callable[[Any, App], Any] | None = None) -> Callable[..., Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        app = ctx.ensure_object(App)
+        if value is None or value is False or value == 0 or value == ():
+            return value
+        setattr(app, attr, transform(value, app) if transform else value)
+        return value
+
+    return callback
+
+
+def common_options(f: F) -> F:
+    """The global options, accepted before or after the command name."""
+    options = [
+        click.option(
+            "-f",
+            "--file",
+            "file_",
+            metavar="PATH",
+            help="Project file (default ./prefect.yaml).",
+            expose_value=False,
+            callback=_setter("file"),
+        ),
+        click.option(
+            "--state",
+            metavar="URL",
+            help="State store: a path, sqlite:///…, http(s)://… or postgresql://… (env BUILDSYS_STATE).",
+            expose_value=False,
+            callback=_setter("state_url"),
+        ),
+        click.option(
+            "--json",
+            "json_",
+            is_flag=True,
+            help="Machine output on stdout, nothing else there.",
+            expose_value=False,
+            callback=_setter("json"),
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="More output.",
+            expose_value=False,
+            callback=_setter("verbosity", lambda v, app: app.verbosity + v),
+        ),
+        click.option(
+            "-q",
+            "--quiet",
+            count=True,
+            help="Less output.",
+            expose_value=False,
+            callback=_setter("verbosity", lambda v, app: app.verbosity - v),
+        ),
+        click.option(
+            "--no-color",
+            is_flag=True,
+            help="No colour in output (also NO_COLOR).",
+            expose_value=False,
+            callback=_setter("color", lambda v, app: False),
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def pass_app(f: F) -> F:
+    """Give a command the App object as its first argument."""
+    return click.make_pass_decorator(App, ensure=True)(f)  # type: ignore[return-value]

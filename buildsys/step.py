@@ -1,0 +1,315 @@
+"""The public step API: what a plugin author writes against.
+
+A step is a function decorated with :func:`step`. It receives a :class:`Context` first and its
+inputs as keyword arguments, and returns a mapping of outputs. It never prints, never changes the
+process's working directory and never installs packages: it logs through the context, works in
+``ctx.cwd`` and runs commands with :meth:`Context.run`.
+
+This module uses only the standard library, so it (and the steps built on it) can run inside any
+image that has a Python, as the worker's in-run runtime needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from buildsys.errors import StepError
+
+__all__ = ["Completed", "Context", "StepDef", "StepError", "step"]
+
+Outputs = Mapping[str, Any]
+Inputs = Mapping[str, Any]
+FilesHook = Callable[[Inputs, "Context"], Sequence[str]]
+CheckHook = Callable[[Outputs, Inputs, "Context"], bool]
+FingerprintHook = Callable[[Inputs, "Context"], str]
+
+MASK = "****"
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The result of :meth:`Context.run`."""
+
+    args: Sequence[str] | str
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Context:
+    """What a step gets besides its inputs: where it runs, how to log, how to run commands."""
+
+    root: Path
+    cwd: Path
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    step_id: str | None = None
+    step_name: str = ""
+    secrets: set[str] = field(default_factory=set)
+    emit: Callable[[str], None] | None = None  # receives each (masked) log line
+    phase: str = "build"  # "build" | "push" | "pull"
+
+    @property
+    def logger(self) -> logging.Logger:
+        name = f"buildsys.step.{self.step_id or self.step_name or 'anonymous'}"
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _EmitHandler) and h.ctx is self for h in logger.handlers):
+            for h in [h for h in logger.handlers if isinstance(h, _EmitHandler)]:
+                logger.removeHandler(h)
+            logger.addHandler(_EmitHandler(self))
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+        return logger
+
+    def mask(self, text: str) -> str:
+        """Replace every known secret value in ``text`` by ``****``."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if secret and len(secret) >= 3:
+                text = text.replace(secret, MASK)
+        return text
+
+    def log(self, line: str) -> None:
+        if self.emit is not None:
+            self.emit(self.mask(line.rstrip("\n")))
+
+    def path(self, relative: str | os.PathLike[str]) -> Path:
+        """Resolve a path the way a step should: relative to the step's working directory."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.cwd / p
+
+    def run(
+        self,
+        args: Sequence[str] | str,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        shell: bool = False,
+        stream: bool = True,
+        check: bool = True,
+        stdin: str | None = None,
+    ) -> Completed:
+        """Run a command, streaming its output lines to the step log while capturing them.
+
+        ``check`` raises :class:`StepError` with the exit code and the captured stderr.
+        """
+        run_env = dict(self.env if env is None else env)
+        workdir = self.path(cwd) if cwd is not None else self.cwd
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=workdir,
+                env=run_env,
+                shell=shell,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+        except FileNotFoundError as exc:
+            shown = args if isinstance(args, str) else " ".join(args)
+            raise StepError(f"command not found: {self.mask(shown)}", hint=str(exc)) from None
+        out: list[str] = []
+        err: list[str] = []
+        readers = [
+            threading.Thread(target=self._pump, args=(proc.stdout, out, stream), daemon=True),
+            threading.Thread(target=self._pump, args=(proc.stderr, err, stream), daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        if stdin is not None and proc.stdin is not None:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+        code = proc.wait()
+        for t in readers:
+            t.join()
+        result = Completed(args, code, "".join(out), "".join(err))
+        if check and code != 0:
+            shown = args if isinstance(args, str) else " ".join(str(a) for a in args)
+            detail = self.mask(result.stderr.strip() or result.stdout.strip())
+            raise StepError(
+                f"command exited with status {code}: {self.mask(shown)}"
+                + (f"\n{detail}" if detail else "")
+            )
+        return result
+
+    def _pump(self, pipe: IO[str] | None, sink: list[str], stream: bool) -> None:
+        if pipe is None:
+            return
+        for line in pipe:
+            sink.append(line)
+            if stream:
+                self.log(line)
+        pipe.close()
+
+
+class _EmitHandler(logging.Handler):
+    def __init__(self, ctx: Context) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.ctx.log(self.format(record))
+
+
+class StepDef:
+    """A registered step: the function plus what the engine needs to cache and check it."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str,
+        aliases: Sequence[str] = (),
+        version: str = "1",
+        schema: Mapping[str, Any] | None = None,
+        outputs: Sequence[str] = (),
+        description: str = "",
+        example: str = "",
+        cacheable: bool = True,
+        sets_cwd: bool = False,
+        takes_context: bool = True,
+        source: str = "",
+    ) -> None:
+        self.func = func
+        self.name = name
+        self.aliases = tuple(aliases)
+        self.version = version
+        self._schema = dict(schema) if schema is not None else None
+        self.outputs = tuple(outputs)
+        self.description = description or inspect.cleandoc(func.__doc__ or "").split("\n\n")[0]
+        self.example = example
+        self.cacheable = cacheable
+        self.sets_cwd = sets_cwd
+        self.takes_context = takes_context
+        self.source = source or (func.__module__ or "")
+        self.files_hook: FilesHook | None = None
+        self.check_hook: CheckHook | None = None
+        self.fingerprint_hook: FingerprintHook | None = None
+
+    def __repr__(self) -> str:
+        return f"<step {self.name} v{self.version} from {self.source}>"
+
+    # Hooks, used as decorators: @my_step.files / .check / .fingerprint
+    def files(self, fn: FilesHook) -> FilesHook:
+        """Declare the files (globs relative to the step's cwd) the step reads."""
+        self.files_hook = fn
+        return fn
+
+    def check(self, fn: CheckHook) -> CheckHook:
+        """Confirm that a cached result still exists (e.g. the image is still in the engine)."""
+        self.check_hook = fn
+        return fn
+
+    def fingerprint(self, fn: FingerprintHook) -> FingerprintHook:
+        """Extra cache-key material computed before running (e.g. a remote branch's commit)."""
+        self.fingerprint_hook = fn
+        return fn
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of the step's inputs (built-ins ship one in schemas/steps/)."""
+        if self._schema is None:
+            self._schema = _schema_from_signature(self.func, self.takes_context)
+        return self._schema
+
+    def __call__(self, ctx: Context, **inputs: Any) -> dict[str, Any]:
+        result = self.func(ctx, **inputs) if self.takes_context else self.func(**inputs)
+        if inspect.isawaitable(result):
+            import asyncio
+
+            async def _await() -> Any:
+                return await result
+
+            result = asyncio.run(_await())
+        return dict(result) if isinstance(result, Mapping) else {}
+
+    @classmethod
+    def from_callable(cls, func: Callable[..., Any], name: str) -> StepDef:
+        """Wrap a plain Prefect-style step function (kwargs only, no context)."""
+        if isinstance(func, StepDef):
+            return func
+        return cls(func, name=name, version=_source_version(func), takes_context=False, source=name)
+
+
+def step(
+    name: str,
+    *,
+    aliases: Sequence[str] = (),
+    version: str = "1",
+    schema: Mapping[str, Any] | None = None,
+    outputs: Sequence[str] = (),
+    description: str = "",
+    example: str = "",
+    cacheable: bool = True,
+    sets_cwd: bool = False,
+) -> Callable[[Callable[..., Any]], StepDef]:
+    """Declare a step. The decorated function is called as ``func(ctx, **inputs)``."""
+
+    def wrap(func: Callable[..., Any]) -> StepDef:
+        return StepDef(
+            func,
+            name=name,
+            aliases=aliases,
+            version=version,
+            schema=schema,
+            outputs=outputs,
+            description=description,
+            example=example,
+            cacheable=cacheable,
+            sets_cwd=sets_cwd,
+        )
+
+    return wrap
+
+
+def _schema_from_signature(func: Callable[..., Any], takes_context: bool) -> dict[str, Any]:
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return {"type": "object"}
+    params = list(sig.parameters.values())
+    if takes_context and params:
+        params = params[1:]
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    open_ended = False
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+            continue
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        props[p.name] = {}
+        if p.default is inspect.Parameter.empty:
+            required.append(p.name)
+        else:
+            props[p.name] = {"default": p.default} if _jsonable(p.default) else {}
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    if not open_ended:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _jsonable(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _source_version(func: Callable[..., Any]) -> str:
+    """A plain function's version is a digest of its source, so editing it reruns it."""
+    try:
+        src = inspect.getsource(func)
+    except (OSError, TypeError):
+        return "0"
+    return hashlib.sha256(src.encode()).hexdigest()[:16]

@@ -1,0 +1,46 @@
+"""Shared test setup: every test runs isolated (temp cwd, temp home and cache, fixed git identity)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus" / "prefect-yaml"
+
+pytest_plugins = ["tests.infra.plugin"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Temp cwd, temp HOME and XDG dirs, fixed git identity, NO_COLOR; the real home is off limits."""
+    base = tmp_path_factory.mktemp("iso")
+    home = base / "home"
+    work = base / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "buildsys tests")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@buildsys.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "buildsys tests")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "tests@buildsys.invalid")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
+    monkeypatch.delenv("BUILDSYS_STATE", raising=False)
+    monkeypatch.delenv("BUILDSYS_TOKEN", raising=False)
+    monkeypatch.chdir(work)
+    yield work
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus not found at {CORPUS}")
+    return CORPUS
