@@ -1,0 +1,275 @@
+"""The state-store protocol: one interface, several transports (SQLite file, PostgreSQL, HTTP).
+
+Desired-state resources (pools, deployments, variables) are generic records with a JSON `spec`,
+changed only through `apply` (one transaction guarded by the store's serial). Flow runs, logs and
+workers are operational records with their own calls. Every record converts to and from plain JSON
+(`to_dict` / `from_dict`) so the HTTP transport carries exactly the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+# Resource kinds, in the order apply writes them (pools before deployments; deletions run reversed).
+KINDS = ("variable", "pool", "deployment")
+
+# Flow-run state types (Prefect's enum); the state *name* is a free label on top.
+SCHEDULED = "SCHEDULED"
+PENDING = "PENDING"
+RUNNING = "RUNNING"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+CRASHED = "CRASHED"
+CANCELLING = "CANCELLING"
+PAUSED = "PAUSED"
+STATE_TYPES = (SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, CRASHED, CANCELLING, PAUSED)
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, CRASHED})
+ACTIVE = frozenset({PENDING, RUNNING, CANCELLING})  # count against concurrency limits
+
+T = TypeVar("T")
+
+
+class _Record:
+    """JSON round-tripping for the frozen dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in kwargs and isinstance(kwargs[f.name], list) and "tuple" in str(f.type):
+                kwargs[f.name] = tuple(kwargs[f.name])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Resource(_Record):
+    """A desired-state resource as stored.
+
+    kind  "pool" | "deployment" | "variable"
+    name  pool name, "<flow name>/<deployment name>", or variable name (identity within the kind)
+    spec  the resource's fields as applied (JSON). Spec keys by kind:
+          pool:       type, description, base_job_template, concurrency_limit, paused,
+                      queues: [{name, priority, concurrency_limit, description, paused}]
+          deployment: flow_name, name, entrypoint, description, version, tags, parameters,
+                      parameter_schema, enforce_parameter_schema, work_pool_name, work_queue_name,
+                      job_variables, pull_steps, schedules, paused, concurrency_limit,
+                      concurrency_options, triggers, retries, retry_delay_seconds
+          variable:   value
+    owner the project identity that created it (prune deletes only its own); None = unowned
+    source where it came from: {"commit": sha|None, "ref": str|None, "file": str, "dirty": bool}
+    """
+
+    kind: str
+    name: str
+    spec: Mapping[str, Any]
+    owner: str | None = None
+    source: Mapping[str, Any] | None = None
+    id: str = ""  # stable id assigned by the store at create
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    serial: int = 0  # store serial of the last change to this resource
+
+
+@dataclass(frozen=True)
+class Change(_Record):
+    """One write of an apply: create / update (full new spec) / delete."""
+
+    action: str  # "create" | "update" | "delete"
+    kind: str
+    name: str
+    spec: Mapping[str, Any] | None = None
+    owner: str | None = None
+    source: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FlowRun(_Record):
+    """A flow run: created by `run`, by schedules or by the API; claimed by a worker under a lease."""
+
+    id: str
+    name: str
+    deployment: str  # "<flow>/<deployment>" (resource name)
+    deployment_id: str
+    flow_name: str
+    pool: str
+    queue: str | None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    job_variables: Mapping[str, Any] = field(default_factory=dict)  # the run's own overrides
+    state: str = SCHEDULED
+    state_name: str = "Scheduled"
+    state_message: str | None = None
+    scheduled_at: float = 0.0  # epoch seconds; claimable when <= now
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    worker: str | None = None
+    lease_expires_at: float | None = None
+    attempt: int = 1
+    max_retries: int = 0
+    retry_delay_seconds: float = 0.0
+    infrastructure_pid: str | None = None
+    auto_scheduled: bool = False
+    idempotency_key: str | None = None
+    tags: tuple[str, ...] = ()
+    exit_code: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class LogLine(_Record):
+    run_id: str
+    seq: int  # increasing per run, assigned by the store (1-based)
+    ts: float
+    message: str
+    stream: str = "stdout"  # stdout | stderr | worker
+
+
+@dataclass(frozen=True)
+class WorkerInfo(_Record):
+    name: str
+    pool: str
+    last_heartbeat: float
+    status: str = "ONLINE"  # ONLINE | OFFLINE
+    type: str | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What every transport implements. All times are epoch seconds (float)."""
+
+    url: str
+
+    # --- desired state ---------------------------------------------------------------------
+    def serial(self) -> int:
+        """The store's serial: increases by one on every apply that changes anything."""
+        ...
+
+    def list_resources(self, kind: str | None = None) -> list[Resource]: ...
+
+    def get_resource(self, kind: str, name: str) -> Resource | None: ...
+
+    def apply(self, changes: Sequence[Change], *, expected_serial: int | None) -> int:
+        """Apply all changes in one transaction, or none.
+
+        Raises ConflictError if expected_serial is given and the serial moved, or if a create
+        targets an existing resource / an update or delete a missing one. Returns the new serial
+        (unchanged when `changes` is empty).
+        """
+        ...
+
+    # --- flow runs -------------------------------------------------------------------------
+    def create_run(
+        self,
+        deployment: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        job_variables: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        auto_scheduled: bool = False,
+        tags: Sequence[str] = (),
+    ) -> FlowRun:
+        """Create a SCHEDULED run of a deployment (NotFoundError if unknown). With an
+        idempotency key already used for that deployment, return the existing run instead."""
+        ...
+
+    def get_run(self, run_id: str) -> FlowRun:
+        """NotFoundError when missing; a unique prefix of the id is accepted."""
+        ...
+
+    def list_runs(
+        self,
+        *,
+        deployment: str | None = None,
+        pool: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[FlowRun]:
+        """Newest first."""
+        ...
+
+    def claim_runs(
+        self,
+        pool: str,
+        worker: str,
+        *,
+        queues: Sequence[str] | None = None,
+        limit: int = 1,
+        lease_seconds: float = 30.0,
+        wait: float = 0.0,
+    ) -> list[FlowRun]:
+        """Atomically move up to `limit` due SCHEDULED runs of the pool to PENDING for `worker`.
+
+        Respects paused pool/queues, pool/queue/deployment concurrency limits (PENDING + RUNNING +
+        CANCELLING count), queue priority (1 first), then scheduled time. Never hands one run to two
+        workers. With `wait` > 0, waits up to that many seconds for a run before returning [].
+        """
+        ...
+
+    def heartbeat(
+        self, pool: str, worker: str, run_ids: Sequence[str], *, lease_seconds: float = 30.0
+    ) -> list[str]:
+        """Record the worker as alive and renew the leases of its runs.
+
+        Returns the ids among `run_ids` whose cancellation was requested (state CANCELLING).
+        """
+        ...
+
+    def set_run_state(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        name: str | None = None,
+        message: str | None = None,
+        worker: str | None = None,
+        infrastructure_pid: str | None = None,
+        exit_code: int | None = None,
+    ) -> FlowRun:
+        """Validated state transition (ConflictError when not allowed: a terminal run never
+        restarts; PENDING only from SCHEDULED; a worker may only move its own runs). When a run
+        moves to FAILED/CRASHED with retries left, it is rescheduled (SCHEDULED "AwaitingRetry",
+        attempt + 1, after retry_delay_seconds) and that new state is returned."""
+        ...
+
+    def request_cancel(self, run_id: str) -> FlowRun:
+        """SCHEDULED (unclaimed) → CANCELLED at once; PENDING/RUNNING → CANCELLING; terminal →
+        unchanged (ConflictError)."""
+        ...
+
+    def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
+        """Runs whose lease expired (worker died): CRASHED, or rescheduled if retries are left."""
+        ...
+
+    # --- logs and workers ------------------------------------------------------------------
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+        """Append (ts, stream, message) lines; returns the last seq."""
+        ...
+
+    def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]: ...
+
+    def list_workers(self, pool: str | None = None) -> list[WorkerInfo]: ...
+
+    # --- housekeeping ----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """Everything as JSON: {"version", "serial", "resources", "runs", "logs"}."""
+        ...
+
+    def import_(self, data: Mapping[str, Any]) -> None:
+        """Replace the contents with an export (one transaction)."""
+        ...
+
+    def close(self) -> None: ...
