@@ -10,3 +10,4 @@ one line below; add yours as one more line at the end (its fixtures must be list
 from tests.infra.docker import *  # noqa: F403
 from tests.infra.postgres import *  # noqa: F403
 from tests.infra.registry import *  # noqa: F403
+from tests.infra.git import *  # noqa: F403
