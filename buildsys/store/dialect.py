@@ -1,0 +1,295 @@
+"""What differs between SQLite and PostgreSQL for the SQL store: connecting, transactions, locks,
+placeholders and how driver errors read to a person. Everything else is shared SQL.
+
+SQL is written once with `?` placeholders; `Tx.sql` rewrites it for psycopg (`%s`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from buildsys.errors import ConflictError, StateError
+
+Row = tuple[Any, ...]
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class Tx:
+    """One open transaction: run statements, get rows back as tuples."""
+
+    def __init__(self, db: Database, cursor: Any) -> None:
+        self.db = db
+        self.cursor = cursor
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self.cursor.execute(self.db.sql(sql), tuple(params))
+        if self.cursor.description is None:
+            return []
+        return list(self.cursor.fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.run(sql, params)
+        return rows[0] if rows else None
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cursor.executemany(self.db.sql(sql), [tuple(r) for r in rows])
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cursor.rowcount)
+
+    def for_update(self, *, skip_locked: bool = False) -> str:
+        """The row-lock clause to append to a SELECT (empty on SQLite: the write lock covers all)."""
+        return self.db.for_update(skip_locked=skip_locked)
+
+    def lock(self, key: str) -> None:
+        """Serialise with every other transaction that locks `key` (until this one ends)."""
+        self.db.lock(self, key)
+
+
+class Database:
+    """A connection source for one database, one connection per thread (and per process)."""
+
+    name = "?"
+    url = ""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+
+    # --- per-dialect ----------------------------------------------------------------------
+    def sql(self, text: str) -> str:
+        return text
+
+    def for_update(self, *, skip_locked: bool = False) -> str:
+        return ""
+
+    def lock(self, tx: Tx, key: str) -> None:
+        return None
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _begin(self, conn: Any, write: bool) -> None:
+        raise NotImplementedError
+
+    def translate(self, exc: BaseException) -> StateError | None:
+        """A driver error as a message for people, or None when it is a bug."""
+        return None
+
+    def change_token(self) -> object:
+        """Something that changes whenever another connection commits (used by waiting claims)."""
+        return None
+
+    # --- shared ---------------------------------------------------------------------------
+    def connection(self) -> Any:
+        if os.getpid() != self._pid:  # forked: never touch the parent's connections
+            self._local = threading.local()
+            self._all = []
+            self._pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._guard:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def tx(self, *, write: bool = False) -> Iterator[Tx]:
+        """A transaction: BEGIN (IMMEDIATE for SQLite writes) … COMMIT, ROLLBACK on any error."""
+        conn = self.connection()
+        try:
+            self._begin(conn, write)
+        except Exception as exc:
+            raise self._translated(exc) from exc
+        cursor = conn.cursor()
+        try:
+            yield Tx(self, cursor)
+            cursor.execute("COMMIT")
+        except BaseException as exc:
+            with suppress(Exception):
+                cursor.execute("ROLLBACK")
+            problem = self.translate(exc) if isinstance(exc, Exception) else None
+            if problem is not None:
+                raise problem from exc
+            raise
+        finally:
+            cursor.close()
+
+    def _translated(self, exc: Exception) -> BaseException:
+        return self.translate(exc) or exc
+
+    def close(self) -> None:
+        with self._guard:
+            conns, self._all = self._all, []
+        if os.getpid() != self._pid:
+            return
+        for conn in conns:
+            with suppress(Exception):
+                conn.close()
+        self._local = threading.local()
+
+
+class SqliteDatabase(Database):
+    """A SQLite file in WAL mode; writers take the lock up front (BEGIN IMMEDIATE)."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        if path.is_dir():
+            raise StateError(
+                f"the state store {path} is a directory, not a file",
+                hint="point --state at a file such as .buildsys/state.db",
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the directory for the state store {path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise self._translated(exc) from exc
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StateError(f"the state store {self.path} cannot use WAL mode (journal mode {mode})")
+        return conn
+
+    def _begin(self, conn: Any, write: bool) -> None:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def change_token(self) -> object:
+        row = self.connection().execute("PRAGMA data_version").fetchone()
+        return row[0] if row else None
+
+    def translate(self, exc: BaseException) -> StateError | None:
+        if isinstance(exc, StateError):
+            return exc
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        text = str(exc)
+        if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+            return StateError(
+                f"the state store {self.path} is not a readable buildsys store: {text}",
+                hint="restore it from a `buildsys state export`, or move it away to start afresh",
+            )
+        if "locked" in text or "busy" in text:
+            return ConflictError(
+                f"the state store {self.path} stayed locked by another process for more than "
+                f"{SQLITE_BUSY_TIMEOUT_S:.0f} s",
+                hint="another apply, worker or import holds it; try again",
+            )
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "unable to open" in text or "readonly" in text or "disk" in text
+        ):
+            return StateError(f"cannot use the state store {self.path}: {text}")
+        return None
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg 3; row locks (FOR UPDATE [SKIP LOCKED]) and advisory locks."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.display_url = redact(url)
+        self._sql_cache: dict[str, str] = {}
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            raise StateError(
+                "PostgreSQL stores need psycopg",
+                hint="install buildsys with the postgres extra: pip install 'buildsys[postgres]'",
+            ) from exc
+
+    def sql(self, text: str) -> str:
+        out = self._sql_cache.get(text)
+        if out is None:
+            out = _PLACEHOLDER.sub("%s", text.replace("%", "%%"))
+            self._sql_cache[text] = out
+        return out
+
+    def for_update(self, *, skip_locked: bool = False) -> str:
+        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+    def lock(self, tx: Tx, key: str) -> None:
+        tx.run("SELECT pg_advisory_xact_lock(?)", (_lock_id(key),))
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        url = self.url.replace("postgres://", "postgresql://", 1)
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StateError(
+                f"cannot connect to the PostgreSQL store {self.display_url}: {_first_line(exc)}",
+                hint="check that the server runs and that the URL, user and password are right",
+            ) from exc
+
+    def _begin(self, conn: Any, write: bool) -> None:
+        conn.execute("BEGIN")
+
+    def translate(self, exc: BaseException) -> StateError | None:
+        import psycopg
+
+        if isinstance(exc, StateError):
+            return exc
+        if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+            return ConflictError(f"a concurrent change to the store interfered: {_first_line(exc)}")
+        if isinstance(exc, psycopg.OperationalError):
+            return StateError(f"lost the connection to the PostgreSQL store {self.display_url}: {_first_line(exc)}")
+        return None
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _lock_id(key: str) -> int:
+    value = zlib.crc32(key.encode())
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,166 @@
+"""The SQL store's schema as ordered migrations, applied when a store is opened.
+
+The same DDL runs on SQLite and PostgreSQL (types both accept: TEXT, BIGINT, INTEGER, DOUBLE
+PRECISION). A migration is never edited once released: a change is a new migration at the end.
+`schema_migrations` records what has been applied; a store newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from buildsys.errors import StateError
+from buildsys.store.dialect import Database, Tx, now
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema: serial, resources, flow runs, logs, workers",
+        (
+            """CREATE TABLE store_serial (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                serial BIGINT NOT NULL
+            )""",
+            "INSERT INTO store_serial (id, serial) VALUES (1, 0)",
+            """CREATE TABLE resources (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                id TEXT NOT NULL UNIQUE,
+                spec TEXT NOT NULL,
+                owner TEXT,
+                source TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                serial BIGINT NOT NULL,
+                pool TEXT,
+                concurrency_limit BIGINT,
+                PRIMARY KEY (kind, name)
+            )""",
+            "CREATE INDEX resources_pool ON resources (kind, pool)",
+            """CREATE TABLE flow_runs (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                deployment TEXT NOT NULL,
+                deployment_id TEXT NOT NULL,
+                flow_name TEXT NOT NULL,
+                pool TEXT NOT NULL,
+                queue TEXT,
+                parameters TEXT NOT NULL,
+                job_variables TEXT NOT NULL,
+                state TEXT NOT NULL,
+                state_name TEXT NOT NULL,
+                state_message TEXT,
+                scheduled_at DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                ended_at DOUBLE PRECISION,
+                worker TEXT,
+                lease_expires_at DOUBLE PRECISION,
+                attempt INTEGER NOT NULL,
+                max_retries INTEGER NOT NULL,
+                retry_delay_seconds DOUBLE PRECISION NOT NULL,
+                infrastructure_pid TEXT,
+                auto_scheduled INTEGER NOT NULL,
+                idempotency_key TEXT,
+                tags TEXT NOT NULL,
+                exit_code INTEGER,
+                log_seq BIGINT NOT NULL DEFAULT 0,
+                UNIQUE (deployment_id, idempotency_key)
+            )""",
+            "CREATE INDEX flow_runs_due ON flow_runs (pool, state, scheduled_at)",
+            "CREATE INDEX flow_runs_deployment ON flow_runs (deployment, state)",
+            "CREATE INDEX flow_runs_created ON flow_runs (created_at)",
+            "CREATE INDEX flow_runs_lease ON flow_runs (state, lease_expires_at)",
+            "CREATE INDEX flow_runs_name ON flow_runs (name)",
+            """CREATE TABLE logs (
+                run_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                stream TEXT NOT NULL,
+                message TEXT NOT NULL,
+                PRIMARY KEY (run_id, seq)
+            )""",
+            """CREATE TABLE workers (
+                pool TEXT NOT NULL,
+                name TEXT NOT NULL,
+                last_heartbeat DOUBLE PRECISION NOT NULL,
+                type TEXT,
+                PRIMARY KEY (pool, name)
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+_CREATE_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+
+def migrate(db: Database, where: str) -> int:
+    """Bring the schema to LATEST (in one transaction, serialised across processes); returns it."""
+    current = _read_version(db, where)
+    if current == LATEST:
+        return current
+    with db.tx(write=True) as tx:
+        tx.lock("buildsys:migrations")
+        tx.run(_CREATE_TABLE)
+        current = _applied_version(tx)
+        _refuse_newer(current, where)
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in migration.statements:
+                    tx.run(statement)
+                tx.run(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, now()),
+                )
+    return LATEST
+
+
+def _read_version(db: Database, where: str) -> int | None:
+    """The applied version, or None when the store is new; refuses foreign databases."""
+    with db.tx() as tx:
+        tables = {str(name) for (name,) in tx.run(db_tables_sql(db))}
+        if "schema_migrations" not in tables:
+            if tables - {"schema_migrations"}:
+                raise StateError(
+                    f"{where} is a database but not a buildsys state store "
+                    f"(it has other tables: {', '.join(sorted(tables)[:5])})",
+                    hint="point --state at a new file or an empty database",
+                )
+            return None
+        version = _applied_version(tx)
+    _refuse_newer(version, where)
+    return version
+
+
+def db_tables_sql(db: Database) -> str:
+    if db.name == "sqlite":
+        return "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    return "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+
+
+def _applied_version(tx: Tx) -> int:
+    row = tx.one("SELECT MAX(version) FROM schema_migrations")
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _refuse_newer(version: int, where: str) -> None:
+    if version > LATEST:
+        raise StateError(
+            f"the state store {where} has schema version {version}, newer than this buildsys "
+            f"understands ({LATEST})",
+            hint="upgrade buildsys to use this store",
+        )

@@ -1,0 +1,134 @@
+"""Table rows ↔ store records for the SQL store (JSON columns, booleans, column lists)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from buildsys.store.base import FlowRun, LogLine, Resource, WorkerInfo
+
+RESOURCE_COLUMNS = "kind, name, spec, owner, source, id, created_at, updated_at, serial"
+
+RUN_FIELDS = (
+    "id",
+    "name",
+    "deployment",
+    "deployment_id",
+    "flow_name",
+    "pool",
+    "queue",
+    "parameters",
+    "job_variables",
+    "state",
+    "state_name",
+    "state_message",
+    "scheduled_at",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "worker",
+    "lease_expires_at",
+    "attempt",
+    "max_retries",
+    "retry_delay_seconds",
+    "infrastructure_pid",
+    "auto_scheduled",
+    "idempotency_key",
+    "tags",
+    "exit_code",
+)
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
+_JSON_RUN_FIELDS = {"parameters", "job_variables", "tags"}
+
+LOG_COLUMNS = "run_id, seq, ts, message, stream"
+WORKER_OFFLINE_AFTER_S = 90.0  # Prefect: 3 × the 30 s heartbeat interval
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def resource_from_row(row: tuple[Any, ...]) -> Resource:
+    kind, name, spec, owner, source, rid, created, updated, serial = row
+    return Resource(
+        kind=kind,
+        name=name,
+        spec=json.loads(spec),
+        owner=owner,
+        source=load(source),
+        id=rid,
+        created_at=float(created),
+        updated_at=float(updated),
+        serial=int(serial),
+    )
+
+
+def run_from_row(row: tuple[Any, ...]) -> FlowRun:
+    data = dict(zip(RUN_FIELDS, row, strict=True))
+    for key in _JSON_RUN_FIELDS:
+        data[key] = json.loads(data[key])
+    data["tags"] = tuple(data["tags"])
+    data["auto_scheduled"] = bool(data["auto_scheduled"])
+    return FlowRun(**data)
+
+
+def run_to_row(run: FlowRun) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for key in RUN_FIELDS:
+        value = getattr(run, key)
+        if key in _JSON_RUN_FIELDS:
+            value = dump(list(value) if key == "tags" else dict(value))
+        elif key == "auto_scheduled":
+            value = int(bool(value))
+        values.append(value)
+    return tuple(values)
+
+
+def log_from_row(row: tuple[Any, ...]) -> LogLine:
+    run_id, seq, ts, message, stream = row
+    return LogLine(run_id=run_id, seq=int(seq), ts=float(ts), message=message, stream=stream)
+
+
+def worker_from_row(row: tuple[Any, ...], now: float) -> WorkerInfo:
+    pool, name, last, wtype = row
+    status = "ONLINE" if now - float(last) <= WORKER_OFFLINE_AFTER_S else "OFFLINE"
+    return WorkerInfo(name=name, pool=pool, last_heartbeat=float(last), status=status, type=wtype)
+
+
+def indexed_columns(kind: str, spec: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The deployment fields claims filter on, kept in columns: (work pool, concurrency limit)."""
+    if kind != "deployment":
+        return None, None
+    pool = spec.get("work_pool_name")
+    limit = spec.get("concurrency_limit")
+    return (
+        pool if isinstance(pool, str) else None,
+        limit if isinstance(limit, int) and not isinstance(limit, bool) else None,
+    )
+
+
+_ADJECTIVES = (
+    "amber", "agile", "bold", "brave", "bright", "calm", "clever", "cosmic", "crimson", "daring",
+    "eager", "fancy", "fast", "gentle", "golden", "happy", "hidden", "humble", "jolly", "keen",
+    "lively", "lucky", "mellow", "merry", "nimble", "noble", "polite", "proud", "quick", "quiet",
+    "rapid", "rustic", "shiny", "silent", "smart", "snappy", "solid", "spry", "steady", "sunny",
+    "swift", "tidy", "vivid", "warm", "wise", "witty",
+)
+_ANIMALS = (
+    "badger", "bear", "beaver", "bison", "camel", "cheetah", "condor", "crane", "dingo", "dolphin",
+    "eagle", "falcon", "ferret", "fox", "gecko", "heron", "ibis", "jackal", "koala", "lemur", "lion",
+    "lynx", "marmot", "mole", "moose", "newt", "ocelot", "orca", "otter", "owl", "panda", "parrot",
+    "pelican", "puffin", "quail", "raven", "robin", "salmon", "seal", "shrew", "sloth", "swan",
+    "tapir", "tiger", "toucan", "walrus", "weasel", "wolf", "wombat", "yak", "zebra",
+)
+
+
+def run_name() -> str:
+    """A readable, practically unique run name like Prefect's: adjective-animal-xxxx."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{secrets.token_hex(2)}"

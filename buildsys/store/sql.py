@@ -1,0 +1,295 @@
+"""The SQL state store: one implementation for a SQLite file and for PostgreSQL.
+
+Desired state changes only through `apply`, which validates the whole change set, then writes it in
+one transaction serialised on the one-row serial table (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+SELECT … FOR UPDATE). Dialect differences live in dialect.py, runs in sqlruns.py / sqlclaims.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import ConflictError, StateError
+from buildsys.store import sqlclaims, sqlruns
+from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
+from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, now
+from buildsys.store.migrations import migrate
+from buildsys.store.rows import RESOURCE_COLUMNS, dump, indexed_columns, resource_from_row
+from buildsys.store.snapshot import export_store, import_store
+from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
+
+ACTIONS = ("create", "update", "delete")
+
+
+class SqlStore:
+    """The StateStore protocol over SQL (see base.StateStore for the semantics of each call)."""
+
+    def __init__(self, db: Database, where: str) -> None:
+        self._db = db
+        self.url = db.url
+        self.where = where  # how messages name this store (path or redacted URL)
+        self.schema_version = migrate(db, where)
+
+    @classmethod
+    def sqlite(cls, path: str | Path) -> SqlStore:
+        """Open (creating it and its parent directories if needed) a SQLite state file."""
+        p = Path(path)
+        return cls(SqliteDatabase(p), str(p))
+
+    @classmethod
+    def postgres(cls, url: str) -> SqlStore:
+        db = PostgresDatabase(url)
+        return cls(db, db.display_url)
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return self._db.name
+
+    # --- desired state ---------------------------------------------------------------------
+    def serial(self) -> int:
+        with self._db.tx() as tx:
+            return _serial(tx)
+
+    def list_resources(self, kind: str | None = None) -> list[Resource]:
+        sql = f"SELECT {RESOURCE_COLUMNS} FROM resources"
+        params: tuple[str, ...] = ()
+        if kind is not None:
+            _check_kind(kind)
+            sql, params = sql + " WHERE kind = ?", (kind,)
+        with self._db.tx() as tx:
+            rows = tx.run(sql + " ORDER BY kind, name", params)
+        return [resource_from_row(r) for r in rows]
+
+    def get_resource(self, kind: str, name: str) -> Resource | None:
+        _check_kind(kind)
+        with self._db.tx() as tx:
+            row = tx.one(f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = ? AND name = ?", (kind, name))
+        return resource_from_row(row) if row else None
+
+    def apply(self, changes: Sequence[Change], *, expected_serial: int | None) -> int:
+        changes = list(changes)
+        _check_shapes(changes)
+        with self._db.tx(write=True) as tx:
+            current = _serial(tx, lock=True)
+            if expected_serial is not None and expected_serial != current:
+                raise ConflictError(
+                    f"the store changed since the plan was made (serial {current}, plan was made at "
+                    f"{expected_serial})",
+                    hint="run `buildsys plan` again and apply the new plan",
+                )
+            if not changes:
+                return current
+            existing = _existing_ids(tx, changes)
+            _check_existence(changes, existing)
+            new_serial = current + 1
+            _write(tx, changes, existing, new_serial)
+            tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (new_serial,))
+            return new_serial
+
+    # --- flow runs -------------------------------------------------------------------------
+    def create_run(
+        self,
+        deployment: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        job_variables: Mapping[str, Any] | None = None,
+        scheduled_at: float | None = None,
+        queue: str | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        auto_scheduled: bool = False,
+        tags: Sequence[str] = (),
+    ) -> FlowRun:
+        return sqlruns.create_run(
+            self._db, deployment, parameters=parameters, job_variables=job_variables,
+            scheduled_at=scheduled_at, queue=queue, name=name, idempotency_key=idempotency_key,
+            auto_scheduled=auto_scheduled, tags=tags,
+        )  # fmt: skip
+
+    def get_run(self, run_id: str) -> FlowRun:
+        with self._db.tx() as tx:
+            return sqlruns.load_run(tx, run_id)
+
+    def list_runs(
+        self,
+        *,
+        deployment: str | None = None,
+        pool: str | None = None,
+        states: Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[FlowRun]:
+        return sqlruns.list_runs(
+            self._db, deployment=deployment, pool=pool, states=states, limit=limit, offset=offset
+        )
+
+    def claim_runs(
+        self,
+        pool: str,
+        worker: str,
+        *,
+        queues: Sequence[str] | None = None,
+        limit: int = 1,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        wait: float = 0.0,
+    ) -> list[FlowRun]:
+        return sqlclaims.claim_runs(
+            self._db, pool, worker, queues=queues, limit=limit, lease_seconds=lease_seconds, wait=wait
+        )
+
+    def heartbeat(
+        self, pool: str, worker: str, run_ids: Sequence[str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> list[str]:
+        return sqlruns.heartbeat(self._db, pool, worker, list(run_ids), lease_seconds)
+
+    def set_run_state(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        name: str | None = None,
+        message: str | None = None,
+        worker: str | None = None,
+        infrastructure_pid: str | None = None,
+        exit_code: int | None = None,
+    ) -> FlowRun:
+        return sqlruns.set_run_state(
+            self._db, run_id, state, name=name, message=message, worker=worker,
+            infrastructure_pid=infrastructure_pid, exit_code=exit_code,
+        )  # fmt: skip
+
+    def request_cancel(self, run_id: str) -> FlowRun:
+        return sqlruns.request_cancel(self._db, run_id)
+
+    def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
+        return sqlruns.expire_leases(self._db, now)
+
+    # --- logs and workers ------------------------------------------------------------------
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+        return sqlruns.append_logs(self._db, run_id, list(lines))
+
+    def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]:
+        return sqlruns.read_logs(self._db, run_id, after, limit)
+
+    def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
+        return sqlruns.list_workers(self._db, pool)
+
+    # --- housekeeping ----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        return export_store(self._db)
+
+    def import_(self, data: Mapping[str, Any]) -> None:
+        import_store(self._db, data)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.where!r})"
+
+
+def _serial(tx: Tx, *, lock: bool = False) -> int:
+    row = tx.one(f"SELECT serial FROM store_serial WHERE id = 1{tx.for_update() if lock else ''}")
+    if row is None:
+        raise StateError("the state store has no serial row; it was damaged outside buildsys")
+    return int(row[0])
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise StateError(f"unknown resource kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
+
+
+def _check_shapes(changes: Sequence[Change]) -> None:
+    """Everything about the change set that needs no database: actions, kinds, specs, duplicates."""
+    seen: set[tuple[str, str]] = set()
+    for change in changes:
+        label = f"{change.action} {change.kind} {change.name!r}"
+        if change.action not in ACTIONS:
+            raise StateError(f"unknown change action in {label}", hint=f"one of: {', '.join(ACTIONS)}")
+        _check_kind(change.kind)
+        if not isinstance(change.name, str) or not change.name:
+            raise StateError(f"a {change.kind} change has no name")
+        if change.action != "delete" and not isinstance(change.spec, Mapping):
+            raise StateError(f"{label}: the change carries no spec")
+        key = (change.kind, change.name)
+        if key in seen:
+            raise StateError(f"{change.kind} {change.name!r} appears more than once in one apply")
+        seen.add(key)
+
+
+def _existing_ids(tx: Tx, changes: Sequence[Change]) -> dict[tuple[str, str], tuple[str, float]]:
+    """(kind, name) → (id, created_at) of the resources the change set touches that exist."""
+    found: dict[tuple[str, str], tuple[str, float]] = {}
+    for kind in KINDS:
+        names = [c.name for c in changes if c.kind == kind]
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            rows = tx.run(
+                f"SELECT name, id, created_at FROM resources WHERE kind = ? "
+                f"AND name IN ({', '.join('?' for _ in chunk)})",
+                (kind, *chunk),
+            )
+            found.update({(kind, str(n)): (str(i), float(c)) for n, i, c in rows})
+    return found
+
+
+def _check_existence(changes: Sequence[Change], existing: Mapping[tuple[str, str], object]) -> None:
+    for change in changes:
+        there = (change.kind, change.name) in existing
+        if change.action == "create" and there:
+            raise ConflictError(
+                f"cannot create {change.kind} {change.name!r}: it already exists in the store",
+                hint="someone created it since the plan was made; plan again",
+            )
+        if change.action != "create" and not there:
+            raise ConflictError(
+                f"cannot {change.action} {change.kind} {change.name!r}: it is not in the store",
+                hint="someone deleted it since the plan was made; plan again",
+            )
+
+
+def _write(
+    tx: Tx, changes: Sequence[Change], existing: Mapping[tuple[str, str], tuple[str, float]], serial: int
+) -> None:
+    """Pools before deployments; deletions last, in reverse kind order."""
+    moment = now()
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    writes = sorted((c for c in changes if c.action != "delete"), key=lambda c: order[c.kind])
+    deletes = sorted((c for c in changes if c.action == "delete"), key=lambda c: -order[c.kind])
+    inserts, updates = [], []
+    for c in writes:
+        spec = dict(c.spec or {})
+        pool, limit = indexed_columns(c.kind, spec)
+        source = None if c.source is None else dump(dict(c.source))
+        if c.action == "create":
+            inserts.append((c.kind, c.name, str(uuid.uuid4()), dump(spec), c.owner, source, moment, moment, serial, pool, limit))
+        else:
+            updates.append((dump(spec), c.owner, source, moment, serial, pool, limit, c.kind, c.name))
+    tx.many(
+        "INSERT INTO resources (kind, name, id, spec, owner, source, created_at, updated_at, serial, pool, "
+        "concurrency_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        inserts,
+    )
+    tx.many(
+        "UPDATE resources SET spec = ?, owner = ?, source = ?, updated_at = ?, serial = ?, pool = ?, "
+        "concurrency_limit = ? WHERE kind = ? AND name = ?",
+        updates,
+    )
+    tx.many("DELETE FROM resources WHERE kind = ? AND name = ?", [(c.kind, c.name) for c in deletes])
+    sqlruns.prune_deployment_runs(
+        tx,
+        [c.name for c in writes if c.kind == "deployment" and c.action == "update"],
+        [c.name for c in deletes if c.kind == "deployment"],
+        moment,
+    )

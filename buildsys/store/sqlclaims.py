@@ -1,0 +1,264 @@
+"""Claiming due flow runs for a worker: one transaction that moves SCHEDULED runs to PENDING under a
+lease, honouring paused pools/queues, concurrency limits and queue priorities (Prefect §6.8).
+
+SQLite serialises claims with its write lock. PostgreSQL selects candidates `FOR UPDATE SKIP LOCKED`
+so racing workers never see the same run, and takes a per-pool advisory lock only when a
+concurrency limit must be counted consistently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
+from buildsys.store.dialect import Database, Tx, now
+from buildsys.store.rows import RUN_COLUMNS, run_from_row
+from buildsys.store.sqlruns import record_worker
+
+_ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
+LOWEST_PRIORITY = 1_000_000
+POLL_INTERVAL_S = 0.01  # SQLite: a change check is a cheap PRAGMA
+POLL_INTERVAL_REMOTE_S = 0.05  # PostgreSQL: a change check is one small query
+
+
+@dataclass(frozen=True)
+class PoolRules:
+    """What a pool's spec says about delivery: paused, limits, queue priorities."""
+
+    paused: bool = False
+    limit: int | None = None
+    priorities: Mapping[str, int] = field(default_factory=dict)
+    queue_limits: Mapping[str, int] = field(default_factory=dict)
+    paused_queues: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> PoolRules:
+        if not spec:
+            return cls()
+        priorities: dict[str, int] = {}
+        limits: dict[str, int] = {}
+        paused: set[str] = set()
+        for index, queue in enumerate(spec.get("queues") or []):
+            if not isinstance(queue, Mapping) or not isinstance(queue.get("name"), str):
+                continue
+            qname = queue["name"]
+            priority = queue.get("priority")
+            priorities[qname] = priority if isinstance(priority, int) else index + 1
+            if isinstance(queue.get("concurrency_limit"), int):
+                limits[qname] = queue["concurrency_limit"]
+            if queue.get("paused") or queue.get("is_paused"):
+                paused.add(qname)
+        limit = spec.get("concurrency_limit")
+        return cls(
+            paused=bool(spec.get("paused") or spec.get("is_paused")),
+            limit=limit if isinstance(limit, int) else None,
+            priorities=priorities,
+            queue_limits=limits,
+            paused_queues=frozenset(paused),
+        )
+
+    @property
+    def has_limits(self) -> bool:
+        return self.limit is not None or bool(self.queue_limits)
+
+
+def claim_runs(
+    db: Database,
+    pool: str,
+    worker: str,
+    *,
+    queues: Sequence[str] | None,
+    limit: int,
+    lease_seconds: float,
+    wait: float,
+) -> list[FlowRun]:
+    deadline = time.monotonic() + max(0.0, wait)
+    claimed = claim_once(db, pool, worker, queues, limit, lease_seconds)
+    if claimed or wait <= 0 or limit <= 0:
+        return claimed
+    interval = POLL_INTERVAL_S if db.name == "sqlite" else POLL_INTERVAL_REMOTE_S
+    token = db.change_token()
+    next_due = _next_due(db, pool)
+    while time.monotonic() < deadline:
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        fresh = db.change_token()
+        due = next_due is not None and next_due <= now()
+        if fresh == token and not due and db.name == "sqlite":
+            continue
+        if db.name != "sqlite" and not due and not _has_due(db, pool):
+            continue
+        token = fresh
+        claimed = claim_once(db, pool, worker, queues, limit, lease_seconds)
+        if claimed:
+            return claimed
+        next_due = _next_due(db, pool)
+    return []
+
+
+def _next_due(db: Database, pool: str) -> float | None:
+    """The earliest scheduled time of a future SCHEDULED run of the pool (to wake up for it)."""
+    with db.tx() as tx:
+        row = tx.one(
+            f"SELECT MIN(scheduled_at) FROM flow_runs WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at > ?",
+            (pool, now()),
+        )
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def _has_due(db: Database, pool: str) -> bool:
+    with db.tx() as tx:
+        row = tx.one(
+            f"SELECT 1 FROM flow_runs WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ? LIMIT 1",
+            (pool, now()),
+        )
+    return row is not None
+
+
+def claim_once(
+    db: Database, pool: str, worker: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
+) -> list[FlowRun]:
+    moment = now()
+    with db.tx(write=True) as tx:
+        record_worker(tx, pool, worker, moment)
+        if limit <= 0 or (queues is not None and not queues):
+            return []
+        rules = _pool_rules(tx, pool)
+        if rules.paused:
+            return []
+        if rules.has_limits:
+            tx.lock(f"claim:{pool}")
+        dep_limits = _deployment_limits(tx, pool)
+        if dep_limits:
+            tx.lock(f"claim:{pool}")
+        room = _room(tx, pool, rules, dep_limits)
+        if room.pool is not None and room.pool <= 0:
+            return []
+        candidates = _candidates(tx, pool, rules, room, queues, limit, moment)
+        chosen = _choose(candidates, room, limit)
+        if not chosen:
+            return []
+        tx.many(
+            "UPDATE flow_runs SET state = ?, state_name = 'Pending', state_message = NULL, worker = ?, "
+            "lease_expires_at = ? WHERE id = ? AND state = ?",
+            [(PENDING, worker, moment + lease_seconds, r.id, SCHEDULED) for r in chosen],
+        )
+    lease = moment + lease_seconds
+    return [
+        dataclasses.replace(r, state=PENDING, state_name="Pending", state_message=None, worker=worker, lease_expires_at=lease)
+        for r in chosen
+    ]
+
+
+def _pool_rules(tx: Tx, pool: str) -> PoolRules:
+    row = tx.one("SELECT spec FROM resources WHERE kind = 'pool' AND name = ?", (pool,))
+    return PoolRules.from_spec(json.loads(row[0]) if row else None)
+
+
+def _deployment_limits(tx: Tx, pool: str) -> dict[str, int]:
+    rows = tx.run(
+        "SELECT name, concurrency_limit FROM resources WHERE kind = 'deployment' AND pool = ? "
+        "AND concurrency_limit IS NOT NULL",
+        (pool,),
+    )
+    return {str(name): int(limit) for name, limit in rows}
+
+
+@dataclass
+class _Room:
+    """Free slots left: in the pool, per queue and per deployment (None = unlimited)."""
+
+    pool: int | None
+    queues: dict[str, int]
+    deployments: dict[str, int]
+
+
+def _room(tx: Tx, pool: str, rules: PoolRules, dep_limits: Mapping[str, int]) -> _Room:
+    pool_room: int | None = None
+    queue_room: dict[str, int] = {}
+    if rules.has_limits:
+        rows = tx.run(
+            f"SELECT queue, COUNT(*) FROM flow_runs WHERE pool = ? AND state IN ({_ACTIVE_LIST}) GROUP BY queue",
+            (pool,),
+        )
+        by_queue = {q: int(n) for q, n in rows}
+        if rules.limit is not None:
+            pool_room = rules.limit - sum(by_queue.values())
+        queue_room = {q: lim - by_queue.get(q, 0) for q, lim in rules.queue_limits.items()}
+    dep_room: dict[str, int] = {}
+    if dep_limits:
+        names = list(dep_limits)
+        marks = ", ".join("?" for _ in names)
+        rows = tx.run(
+            f"SELECT deployment, COUNT(*) FROM flow_runs WHERE deployment IN ({marks}) "
+            f"AND state IN ({_ACTIVE_LIST}) GROUP BY deployment",
+            names,
+        )
+        active = {d: int(n) for d, n in rows}
+        dep_room = {d: lim - active.get(d, 0) for d, lim in dep_limits.items()}
+    return _Room(pool_room, queue_room, dep_room)
+
+
+def _candidates(
+    tx: Tx,
+    pool: str,
+    rules: PoolRules,
+    room: _Room,
+    queues: Sequence[str] | None,
+    limit: int,
+    moment: float,
+) -> list[FlowRun]:
+    where = [f"pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ?"]
+    params: list[Any] = [pool, moment]
+    if queues is not None:
+        where.append(f"queue IN ({', '.join('?' for _ in queues)})")
+        params.extend(queues)
+    blocked = sorted(rules.paused_queues | {q for q, n in room.queues.items() if n <= 0})
+    if blocked:
+        where.append(f"(queue IS NULL OR queue NOT IN ({', '.join('?' for _ in blocked)}))")
+        params.extend(blocked)
+    full = sorted(d for d, n in room.deployments.items() if n <= 0)
+    if full:
+        where.append(f"deployment NOT IN ({', '.join('?' for _ in full)})")
+        params.extend(full)
+    order = "scheduled_at, created_at"
+    if rules.priorities:
+        cases = " ".join("WHEN ? THEN ?" for _ in rules.priorities)
+        order = f"CASE queue {cases} ELSE {LOWEST_PRIORITY} END, {order}"
+        order_params = [v for item in rules.priorities.items() for v in item]
+    else:
+        order_params = []
+    capped = rules.has_limits or bool(room.deployments)
+    fetch = limit + 50 if capped else limit
+    sql = (
+        f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+        f"{tx.for_update(skip_locked=True)}"
+    )
+    return [run_from_row(r) for r in tx.run(sql, (*params, *order_params, fetch))]
+
+
+def _choose(candidates: Sequence[FlowRun], room: _Room, limit: int) -> list[FlowRun]:
+    """Walk candidates in delivery order, taking those that still fit every limit."""
+    chosen: list[FlowRun] = []
+    pool_left = room.pool
+    queues = dict(room.queues)
+    deployments = dict(room.deployments)
+    for run in candidates:
+        if len(chosen) >= limit or (pool_left is not None and pool_left <= 0):
+            break
+        if run.queue in queues and queues[run.queue] <= 0:
+            continue
+        if run.deployment in deployments and deployments[run.deployment] <= 0:
+            continue
+        chosen.append(run)
+        if pool_left is not None:
+            pool_left -= 1
+        if run.queue in queues:
+            queues[run.queue] -= 1
+        if run.deployment in deployments:
+            deployments[run.deployment] -= 1
+    return chosen

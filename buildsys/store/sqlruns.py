@@ -1,0 +1,290 @@
+"""Flow runs, logs and workers in the SQL store (claims live in sqlclaims.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from buildsys.errors import NotFoundError, StateError
+from buildsys.store.base import ACTIVE, CANCELLING, SCHEDULED, FlowRun, LogLine, WorkerInfo
+from buildsys.store.dialect import Database, Tx, now
+from buildsys.store.rows import (
+    LOG_COLUMNS,
+    RUN_COLUMNS,
+    RUN_FIELDS,
+    log_from_row,
+    run_from_row,
+    run_name,
+    run_to_row,
+    worker_from_row,
+)
+from buildsys.store.transitions import cancel, check_transition, expire, transition
+
+DEFAULT_QUEUE = "default"
+_INSERT_RUN = f"INSERT INTO flow_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)})"
+_UPDATE_RUN = f"UPDATE flow_runs SET {', '.join(f'{f} = ?' for f in RUN_FIELDS[1:])} WHERE id = ?"
+_ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
+
+
+def create_run(
+    db: Database,
+    deployment: str,
+    *,
+    parameters: Mapping[str, Any] | None,
+    job_variables: Mapping[str, Any] | None,
+    scheduled_at: float | None,
+    queue: str | None,
+    name: str | None,
+    idempotency_key: str | None,
+    auto_scheduled: bool,
+    tags: Sequence[str],
+) -> FlowRun:
+    with db.tx(write=True) as tx:
+        row = tx.one("SELECT id, spec FROM resources WHERE kind = 'deployment' AND name = ?", (deployment,))
+        if row is None:
+            raise NotFoundError(
+                f"deployment {deployment!r} not found in the state store",
+                hint="deployments are named FLOW/DEPLOYMENT; `buildsys apply` creates them",
+            )
+        deployment_id, spec = str(row[0]), _spec(row[1])
+        if idempotency_key is not None:
+            existing = tx.one(
+                f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment_id = ? AND idempotency_key = ?",
+                (deployment_id, idempotency_key),
+            )
+            if existing is not None:
+                return run_from_row(existing)
+        run = _new_run(
+            deployment, deployment_id, spec, parameters, job_variables, scheduled_at, queue, name,
+            idempotency_key, auto_scheduled, tags,
+        )  # fmt: skip
+        tx.run(_INSERT_RUN, run_to_row(run))
+        return run
+
+
+def _spec(text: str) -> dict[str, Any]:
+    import json
+
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+def _new_run(
+    deployment: str,
+    deployment_id: str,
+    spec: Mapping[str, Any],
+    parameters: Mapping[str, Any] | None,
+    job_variables: Mapping[str, Any] | None,
+    scheduled_at: float | None,
+    queue: str | None,
+    name: str | None,
+    idempotency_key: str | None,
+    auto_scheduled: bool,
+    tags: Sequence[str],
+) -> FlowRun:
+    pool = spec.get("work_pool_name")
+    if not isinstance(pool, str) or not pool:
+        raise StateError(
+            f"deployment {deployment!r} has no work pool, so no worker could run it",
+            hint="set work_pool.name on the deployment in prefect.yaml and apply",
+        )
+    created = now()
+    flow_name = spec.get("flow_name") or deployment.split("/", 1)[0]
+    all_tags = list(dict.fromkeys([*(spec.get("tags") or []), *tags]))
+    return FlowRun(
+        id=str(uuid.uuid4()),
+        name=name or run_name(),
+        deployment=deployment,
+        deployment_id=deployment_id,
+        flow_name=str(flow_name),
+        pool=pool,
+        queue=queue or spec.get("work_queue_name") or DEFAULT_QUEUE,
+        parameters={**(spec.get("parameters") or {}), **(parameters or {})},
+        job_variables=dict(job_variables or {}),
+        scheduled_at=created if scheduled_at is None else float(scheduled_at),
+        created_at=created,
+        max_retries=int(spec.get("retries") or 0),
+        retry_delay_seconds=float(spec.get("retry_delay_seconds") or 0),
+        auto_scheduled=auto_scheduled,
+        idempotency_key=idempotency_key,
+        tags=tuple(str(t) for t in all_tags),
+    )
+
+
+def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> FlowRun:
+    """A run by id, unique id prefix or exact name; NotFoundError otherwise."""
+    clause = tx.for_update() if lock else ""
+    row = tx.one(f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE id = ?{clause}", (run_id,))
+    if row is not None:
+        return run_from_row(row)
+    if not run_id:
+        raise NotFoundError("no flow run id given")
+    prefix = run_id.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = tx.run("SELECT id FROM flow_runs WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (prefix,))
+    if not rows:
+        rows = tx.run("SELECT id FROM flow_runs WHERE name = ? LIMIT 2", (run_id,))
+    if len(rows) > 1:
+        raise StateError(f"{run_id!r} matches more than one flow run", hint="give more of the id")
+    if not rows:
+        raise NotFoundError(f"flow run {run_id!r} not found", hint="`buildsys runs ls` lists the runs")
+    row = tx.one(f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE id = ?{clause}", (rows[0][0],))
+    assert row is not None
+    return run_from_row(row)
+
+
+def save_run(tx: Tx, run: FlowRun) -> None:
+    values = run_to_row(run)
+    tx.run(_UPDATE_RUN, (*values[1:], values[0]))
+
+
+def list_runs(
+    db: Database,
+    *,
+    deployment: str | None,
+    pool: str | None,
+    states: Sequence[str] | None,
+    limit: int,
+    offset: int,
+) -> list[FlowRun]:
+    where: list[str] = []
+    params: list[Any] = []
+    if deployment is not None:
+        where.append("deployment = ?")
+        params.append(deployment)
+    if pool is not None:
+        where.append("pool = ?")
+        params.append(pool)
+    if states is not None:
+        if not states:
+            return []
+        where.append(f"state IN ({', '.join('?' for _ in states)})")
+        params.extend(states)
+    sql = f"SELECT {RUN_COLUMNS} FROM flow_runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+    with db.tx() as tx:
+        return [run_from_row(r) for r in tx.run(sql, (*params, max(0, limit), max(0, offset)))]
+
+
+def set_run_state(db: Database, run_id: str, state: str, **kwargs: Any) -> FlowRun:
+    with db.tx(write=True) as tx:
+        run = load_run(tx, run_id, lock=True)
+        check_transition(run, state, kwargs.get("worker"))
+        moved = transition(run, state, now(), **kwargs)
+        save_run(tx, moved)
+        return moved
+
+
+def request_cancel(db: Database, run_id: str) -> FlowRun:
+    with db.tx(write=True) as tx:
+        run = load_run(tx, run_id, lock=True)
+        moved = cancel(run, now())
+        if moved != run:
+            save_run(tx, moved)
+        return moved
+
+
+def expire_leases(db: Database, at: float | None) -> list[FlowRun]:
+    moment = now() if at is None else at
+    with db.tx(write=True) as tx:
+        rows = tx.run(
+            f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE state IN ({_ACTIVE_LIST}) "
+            f"AND lease_expires_at IS NOT NULL AND lease_expires_at < ?{tx.for_update(skip_locked=True)}",
+            (moment,),
+        )
+        moved = [expire(run_from_row(r), moment) for r in rows]
+        tx.many(_UPDATE_RUN, [(*v[1:], v[0]) for v in map(run_to_row, moved)])
+        return moved
+
+
+def heartbeat(db: Database, pool: str, worker: str, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
+    moment = now()
+    with db.tx(write=True) as tx:
+        record_worker(tx, pool, worker, moment)
+        if not run_ids:
+            return []
+        marks = ", ".join("?" for _ in run_ids)
+        tx.run(
+            f"UPDATE flow_runs SET lease_expires_at = ? WHERE id IN ({marks}) AND worker = ? "
+            f"AND state IN ({_ACTIVE_LIST})",
+            (moment + lease_seconds, *run_ids, worker),
+        )
+        rows = tx.run(f"SELECT id FROM flow_runs WHERE id IN ({marks}) AND state = ?", (*run_ids, CANCELLING))
+    found = {str(r[0]) for r in rows}
+    return [rid for rid in run_ids if rid in found]
+
+
+def record_worker(tx: Tx, pool: str, worker: str, moment: float) -> None:
+    tx.run(
+        "INSERT INTO workers (pool, name, last_heartbeat) VALUES (?, ?, ?) "
+        "ON CONFLICT (pool, name) DO UPDATE SET last_heartbeat = excluded.last_heartbeat",
+        (pool, worker, moment),
+    )
+
+
+def list_workers(db: Database, pool: str | None) -> list[WorkerInfo]:
+    sql = "SELECT pool, name, last_heartbeat, type FROM workers"
+    params: tuple[Any, ...] = ()
+    if pool is not None:
+        sql, params = sql + " WHERE pool = ?", (pool,)
+    with db.tx() as tx:
+        rows = tx.run(sql + " ORDER BY pool, name", params)
+    moment = now()
+    return [worker_from_row(r, moment) for r in rows]
+
+
+def append_logs(db: Database, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+    with db.tx(write=True) as tx:
+        row = tx.one(
+            "UPDATE flow_runs SET log_seq = log_seq + ? WHERE id = ? RETURNING log_seq", (len(lines), run_id)
+        )
+        if row is None:
+            raise NotFoundError(f"flow run {run_id!r} not found; cannot append logs to it")
+        last = int(row[0])
+        first = last - len(lines) + 1
+        tx.many(
+            f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            [(run_id, first + i, float(ts), str(msg), str(stream)) for i, (ts, stream, msg) in enumerate(lines)],
+        )
+        return last
+
+
+def read_logs(db: Database, run_id: str, after: int, limit: int) -> list[LogLine]:
+    with db.tx() as tx:
+        rows = tx.run(
+            f"SELECT {LOG_COLUMNS} FROM logs WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after, max(0, limit)),
+        )
+        if not rows and tx.one("SELECT 1 FROM flow_runs WHERE id = ?", (run_id,)) is None:
+            raise NotFoundError(f"flow run {run_id!r} not found", hint="`buildsys runs ls` lists the runs")
+    return [log_from_row(r) for r in rows]
+
+
+def prune_deployment_runs(tx: Tx, updated: Sequence[str], deleted: Sequence[str], moment: float) -> None:
+    """Prefect §8.1: a changed deployment loses its future auto-scheduled never-started runs (the
+    scheduler makes new ones); a deleted one also has its other scheduled runs cancelled."""
+    names = [*updated, *deleted]
+    if not names:
+        return
+    for chunk in _chunks(names, 500):
+        marks = ", ".join("?" for _ in chunk)
+        tx.run(
+            f"DELETE FROM flow_runs WHERE deployment IN ({marks}) AND state = '{SCHEDULED}' "
+            "AND auto_scheduled = 1 AND started_at IS NULL AND attempt = 1 "
+            "AND state_name NOT IN ('AwaitingConcurrencySlot', 'AwaitingRetry') AND scheduled_at >= ?",
+            (*chunk, moment),
+        )
+    for chunk in _chunks(list(deleted), 500):
+        marks = ", ".join("?" for _ in chunk)
+        tx.run(
+            f"UPDATE flow_runs SET state = 'CANCELLED', state_name = 'Cancelled', "
+            f"state_message = 'its deployment was deleted', ended_at = ? "
+            f"WHERE deployment IN ({marks}) AND state = '{SCHEDULED}'",
+            (moment, *chunk),
+        )
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
