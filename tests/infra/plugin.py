@@ -11,3 +11,4 @@ from tests.infra.docker import *  # noqa: F403
 from tests.infra.postgres import *  # noqa: F403
 from tests.infra.registry import *  # noqa: F403
 from tests.infra.git import *  # noqa: F403
+from tests.infra.s3 import *  # noqa: F403

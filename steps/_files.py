@@ -1,7 +1,8 @@
-"""Which files of a project an upload step sends: everything under a root, minus ignore patterns.
+"""The files an upload step sends, and how download steps compare and place them.
 
-Patterns use gitignore syntax (Prefect's ``.prefectignore``), matched with ``pathspec``. The
-project's own ``.buildsys/`` state directory is never uploaded.
+Uploads send everything under a root minus ignore patterns in gitignore syntax (Prefect's
+``.prefectignore``, matched with ``pathspec``, imported only when needed so that the pull steps stay
+stdlib-only). The project's own ``.buildsys/`` state directory is never uploaded.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ALWAYS_IGNORED = (".buildsys/",)
@@ -59,3 +61,22 @@ def safe_destination(root: Path, relative: str) -> Path | None:
     target = (root / relative).resolve()
     base = root.resolve()
     return target if target == base or base in target.parents else None
+
+
+def prefix_of(folder: str) -> str:
+    """The object-key prefix of a folder: ``"a/b/"`` for ``"/a/b/"``; ``""`` for the bucket root."""
+    cleaned = folder.strip().strip("/")
+    return f"{cleaned}/" if cleaned else ""
+
+
+def replace_atomically(dest: Path, fill: Callable[[Path], None]) -> None:
+    """Write ``dest`` through a temporary sibling, so a failed download never leaves half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        fill(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
