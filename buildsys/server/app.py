@@ -1,0 +1,222 @@
+"""The ASGI app: the route table served with auth, body limits, JSON validation and JSON errors.
+
+The app keeps nothing but caches: every fact lives in the store, so several server processes on one
+PostgreSQL database behave as one. A background task creates scheduled runs and expires leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.server.auth import Authenticator
+from buildsys.server.endpoints import ApiError, Call, Endpoint, Services
+from buildsys.server.routes import ENDPOINTS
+from buildsys.server.schemas import COMPONENTS
+from buildsys.store.base import StateStore
+
+log = logging.getLogger("buildsys.server")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_body_bytes: int = MAX_BODY_BYTES
+    housekeeping_seconds: float = 10.0  # schedules → runs, expired leases → crashed/retried
+    poll_interval: float = 0.1  # long-polls look for other processes' changes this often
+    housekeeping: bool = True
+
+
+def create_app(
+    store: StateStore, *, authenticator: Authenticator | None = None, settings: Settings | None = None
+) -> Starlette:
+    """The API over `store`; with an authenticator every non-public call needs a bearer token."""
+    settings = settings or Settings()
+    services = Services(store, poll_interval=settings.poll_interval)
+    validators = {name: _validator(name) for name in COMPONENTS}
+    routes = [
+        Route(ep.path, _endpoint(ep, services, authenticator, settings, validators), methods=[ep.method])
+        for ep in ENDPOINTS
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(_housekeeping(services, settings)) if settings.housekeeping else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},  # type: ignore[dict-item]
+    )
+
+
+def _validator(name: str) -> Draft202012Validator:
+    root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": COMPONENTS}}
+    return Draft202012Validator(root)
+
+
+def _endpoint(
+    ep: Endpoint,
+    services: Services,
+    authenticator: Authenticator | None,
+    settings: Settings,
+    validators: dict[str, Draft202012Validator],
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    async def handle(request: Request) -> Response:
+        try:
+            if ep.scope is not None and authenticator is not None:
+                await _authorize(request, ep.scope, authenticator)
+            body = await _body(request, ep, settings, validators)
+            query = {p.name: p.parse(request.query_params.getlist(p.name)) for p in ep.query}
+            path = {k: str(v) for k, v in request.path_params.items()}
+            _reject_nul(path, "path")
+            _reject_nul(query, "query")
+            payload = await ep.handler(Call(request, services, body, path, query))
+            return JSONResponse(payload, status_code=ep.status)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except BuildsysError as exc:
+            return _store_error(exc)
+
+    handle.__name__ = ep.operation_id
+    return handle
+
+
+async def _authorize(request: Request, scope: str, authenticator: Authenticator) -> None:
+    token = await run_in_threadpool(authenticator.check, request.headers.get("authorization"))
+    if token is None:
+        raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)")
+    if not token.allows(scope):
+        raise ApiError(403, "forbidden", f"this token has scope {token.scope!r}; this call needs {scope!r}")
+
+
+async def _body(
+    request: Request, ep: Endpoint, settings: Settings, validators: dict[str, Draft202012Validator]
+) -> Any:
+    if ep.body is None:
+        return None
+    raw = await _read_limited(request, settings.max_body_bytes)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
+    error = best_match(validators[ep.body].iter_errors(data))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise ApiError(422, "invalid_request", f"body{where}: {error.message}")
+    _reject_nul(data, "body")
+    return data
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _reject_nul(value: Any, where: str) -> None:
+    """Databases refuse NUL characters in text: say so rather than fail inside the store."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ApiError(422, "invalid_request", f"{where}: NUL characters are not allowed in strings")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _store_error(exc: BuildsysError) -> JSONResponse:
+    message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    if isinstance(exc, NotFoundError):
+        return error_response(404, "not_found", message)
+    if isinstance(exc, ConflictError):
+        return error_response(409, "conflict", message)
+    if _is_outage(exc):
+        log.warning("store unavailable: %s", exc.message)
+        return error_response(503, "unavailable", message)
+    return error_response(422, "rejected", message)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    if isinstance(cause, sqlite3.OperationalError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(cause, psycopg.OperationalError)
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> Response:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", "internal server error (see the server log)")
+
+
+async def _housekeeping(services: Services, settings: Settings) -> None:
+    from buildsys.schedules import schedule_due_runs
+
+    store = services.store
+    while True:
+        try:
+            created = await run_in_threadpool(schedule_due_runs, store)
+            expired = await run_in_threadpool(store.expire_leases)
+            if created or expired:
+                services.runs_changed.notify()
+        except Exception:  # keep serving; the next round tries again
+            log.exception("housekeeping failed")
+        await services.resources_changed.wait(settings.housekeeping_seconds)

@@ -1,0 +1,150 @@
+"""The shape of an endpoint (method, path, scope, body and reply schemas, query parameters) and of
+a call to one. The route table in `routes` is made of these; the app and the OpenAPI document are
+both generated from it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from buildsys.store.base import StateStore
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """An HTTP error with a machine-readable code; the app renders it as {"error": {...}}."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter: name, type (integer | number | string | state-list), bounds, default."""
+
+    name: str
+    type: str
+    description: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] = ()
+
+    def parse(self, values: list[str]) -> Any:
+        if self.type == "state-list":
+            return [self._member(v) for v in values] or None
+        if not values:
+            return self.default
+        raw = values[-1]
+        if self.type == "string":
+            return self._member(raw) if self.enum else raw
+        value = self._number(raw)
+        if self.minimum is not None and value < self.minimum:
+            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be >= {_fmt(self.minimum)}")
+        if self.maximum is not None and value > self.maximum:
+            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be <= {_fmt(self.maximum)}")
+        return value
+
+    def _number(self, raw: str) -> float | int:
+        try:
+            value: float | int = int(raw) if self.type == "integer" else float(raw)
+        except ValueError:
+            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be an {self.type}") from None
+        if not math.isfinite(value):
+            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be finite")
+        return value
+
+    def _member(self, raw: str) -> str:
+        if self.enum and raw not in self.enum:
+            raise ApiError(
+                422, "invalid_request", f"query parameter {self.name}: {raw!r} is not one of {', '.join(self.enum)}"
+            )
+        return raw
+
+
+class Wakeup:
+    """Wakes long-polls in this process when something they wait for may have happened."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+
+@dataclass
+class Services:
+    """What handlers share: the store and the wake-ups for long-polls and the scheduler."""
+
+    store: StateStore
+    poll_interval: float = 0.1  # how often long-polls look for changes made by other processes
+    runs_changed: Wakeup = field(default_factory=Wakeup)
+    logs_changed: Wakeup = field(default_factory=Wakeup)
+    resources_changed: Wakeup = field(default_factory=Wakeup)
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it: validated body, path and query values."""
+
+    request: Request
+    services: Services
+    body: Any
+    path: Mapping[str, str]
+    query: Mapping[str, Any]
+
+    @property
+    def store(self) -> StateStore:
+        return self.services.store
+
+    async def sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store call off the event loop."""
+        return await run_in_threadpool(partial(fn, *args, **kwargs))
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # Starlette form: /api/v1/runs/{run_id}, {name:path} for names that may hold "/"
+    handler: Handler
+    summary: str
+    scope: str | None  # required token scope; None = public
+    body: str | None = None  # component schema of the request body
+    reply: str | None = None  # component schema of the success body
+    status: int = 200
+    query: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()  # error statuses beyond the ones every endpoint may return
+    tag: str = "store"
+
+    @property
+    def openapi_path(self) -> str:
+        return self.path.replace(":path}", "}")
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__.strip("_")
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,352 @@
+"""The API's endpoints: each handler is a thin translation between JSON and one store call."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from buildsys.server.endpoints import ApiError, Call, Endpoint, Param
+from buildsys.server.schemas import MAX_PAGE, MAX_WAIT_SECONDS
+from buildsys.store.base import KINDS, STATE_TYPES, TERMINAL, Change, FlowRun, Resource
+
+API = "/api/v1"
+
+PAGE = (
+    Param("limit", "integer", "page size", default=100, minimum=1, maximum=MAX_PAGE),
+    Param("offset", "integer", "items to skip", default=0, minimum=0, maximum=2**31),
+)
+
+
+# --- health, serial, resources -----------------------------------------------------------------
+
+
+async def healthz(call: Call) -> Any:
+    return {"status": "ok", "serial": await call.sync(call.store.serial)}
+
+
+async def get_serial(call: Call) -> Any:
+    return {"serial": await call.sync(call.store.serial)}
+
+
+def _page(resources: list[Resource], call: Call, serial: int) -> Any:
+    limit, offset = call.query["limit"], call.query["offset"]
+    items = resources[offset : offset + limit]
+    return {
+        "items": [r.to_dict() for r in items],
+        "total": len(resources),
+        "limit": limit,
+        "offset": offset,
+        "serial": serial,
+    }
+
+
+async def _listing(call: Call, kind: str | None) -> Any:
+    def read() -> tuple[int, list[Resource]]:
+        # the serial is read before and after so a page always says which state it belongs to
+        while True:
+            before = call.store.serial()
+            resources = call.store.list_resources(kind)
+            if call.store.serial() == before:
+                return before, sorted(resources, key=lambda r: (KINDS.index(r.kind), r.name))
+
+    serial, resources = await call.sync(read)
+    return _page(resources, call, serial)
+
+
+async def list_resources(call: Call) -> Any:
+    return await _listing(call, call.query.get("kind"))
+
+
+async def list_pools(call: Call) -> Any:
+    return await _listing(call, "pool")
+
+
+async def list_deployments(call: Call) -> Any:
+    return await _listing(call, "deployment")
+
+
+async def list_variables(call: Call) -> Any:
+    return await _listing(call, "variable")
+
+
+async def _get(call: Call, kind: str) -> Any:
+    name = call.path["name"]
+    found = await call.sync(call.store.get_resource, kind, name)
+    if found is None:
+        raise ApiError(404, "not_found", f"{kind} {name!r} does not exist")
+    return found.to_dict()
+
+
+async def get_pool(call: Call) -> Any:
+    return await _get(call, "pool")
+
+
+async def get_deployment(call: Call) -> Any:
+    return await _get(call, "deployment")
+
+
+async def get_variable(call: Call) -> Any:
+    return await _get(call, "variable")
+
+
+async def apply(call: Call) -> Any:
+    changes = [Change.from_dict(c) for c in call.body["changes"]]
+    serial = await call.sync(call.store.apply, changes, expected_serial=call.body.get("expected_serial"))
+    call.services.resources_changed.notify()
+    call.services.runs_changed.notify()  # a pool may have been un-paused or a limit raised
+    return {"serial": serial}
+
+
+# --- flow runs ---------------------------------------------------------------------------------
+
+
+def _runs(runs: list[FlowRun]) -> Any:
+    return {"runs": [r.to_dict() for r in runs]}
+
+
+async def create_run(call: Call) -> Any:
+    body = call.body
+    run = await call.sync(
+        call.store.create_run,
+        body["deployment"],
+        parameters=body.get("parameters"),
+        job_variables=body.get("job_variables"),
+        scheduled_at=body.get("scheduled_at"),
+        queue=body.get("queue"),
+        name=body.get("name"),
+        idempotency_key=body.get("idempotency_key"),
+        auto_scheduled=bool(body.get("auto_scheduled", False)),
+        tags=tuple(body.get("tags") or ()),
+    )
+    call.services.runs_changed.notify()
+    return run.to_dict()
+
+
+async def get_run(call: Call) -> Any:
+    return (await call.sync(call.store.get_run, call.path["run_id"])).to_dict()
+
+
+async def list_runs(call: Call) -> Any:
+    q = call.query
+    runs = await call.sync(
+        call.store.list_runs,
+        deployment=q.get("deployment"),
+        pool=q.get("pool"),
+        states=q.get("state"),
+        limit=q["limit"],
+        offset=q["offset"],
+    )
+    return {"items": [r.to_dict() for r in runs], "limit": q["limit"], "offset": q["offset"]}
+
+
+async def claim_runs(call: Call) -> Any:
+    """Long-poll: try at once, then again whenever this process sees a change (or every
+    poll interval, for changes made through other servers) until `wait` runs out."""
+    body = call.body
+    deadline = time.monotonic() + min(float(body.get("wait", 0.0)), MAX_WAIT_SECONDS)
+    services = call.services
+    while True:
+        runs = await call.sync(
+            call.store.claim_runs,
+            body["pool"],
+            body["worker"],
+            queues=body.get("queues"),
+            limit=int(body.get("limit", 1)),
+            lease_seconds=float(body.get("lease_seconds", 30.0)),
+        )
+        remaining = deadline - time.monotonic()
+        if runs or remaining <= 0:
+            return _runs(runs)
+        await services.runs_changed.wait(min(remaining, services.poll_interval))
+        if await call.request.is_disconnected():  # nobody to hand a claimed run to
+            return _runs([])
+
+
+async def heartbeat(call: Call) -> Any:
+    body = call.body
+    cancelling = await call.sync(
+        call.store.heartbeat,
+        body["pool"],
+        body["worker"],
+        list(body.get("run_ids") or ()),
+        lease_seconds=float(body.get("lease_seconds", 30.0)),
+    )
+    return {"cancelling": list(cancelling)}
+
+
+async def set_state(call: Call) -> Any:
+    body = call.body
+    run = await call.sync(
+        call.store.set_run_state,
+        call.path["run_id"],
+        body["state"],
+        name=body.get("name"),
+        message=body.get("message"),
+        worker=body.get("worker"),
+        infrastructure_pid=body.get("infrastructure_pid"),
+        exit_code=body.get("exit_code"),
+    )
+    call.services.runs_changed.notify()  # a retry may have made it claimable, a slot freed up
+    call.services.logs_changed.notify()  # log followers stop at a terminal state
+    return run.to_dict()
+
+
+async def cancel_run(call: Call) -> Any:
+    run = await call.sync(call.store.request_cancel, call.path["run_id"])
+    call.services.logs_changed.notify()
+    return run.to_dict()
+
+
+async def expire_leases(call: Call) -> Any:
+    runs = await call.sync(call.store.expire_leases, now=(call.body or {}).get("now"))
+    if runs:
+        call.services.runs_changed.notify()
+    return _runs(runs)
+
+
+# --- logs and workers --------------------------------------------------------------------------
+
+
+async def append_logs(call: Call) -> Any:
+    lines = [(float(x["ts"]), str(x["stream"]), str(x["message"])) for x in call.body["lines"]]
+    last = await call.sync(call.store.append_logs, call.path["run_id"], lines)
+    call.services.logs_changed.notify()
+    return {"last_seq": last}
+
+
+async def read_logs(call: Call) -> Any:
+    """With `wait`, a follow: returns as soon as there are lines after `after`, or the run has
+    ended, or the wait runs out."""
+    run_id, after, limit = call.path["run_id"], call.query["after"], call.query["limit"]
+    deadline = time.monotonic() + call.query["wait"]
+    services = call.services
+    while True:
+        run = await call.sync(call.store.get_run, run_id)
+        lines = await call.sync(call.store.read_logs, run.id, after=after, limit=limit)
+        remaining = deadline - time.monotonic()
+        if lines or run.state in TERMINAL or remaining <= 0:
+            return {"lines": [x.to_dict() for x in lines], "state": run.state}
+        await services.logs_changed.wait(min(remaining, services.poll_interval))
+        if await call.request.is_disconnected():
+            return {"lines": [], "state": run.state}
+
+
+async def list_workers(call: Call) -> Any:
+    workers = await call.sync(call.store.list_workers, call.query.get("pool"))
+    return {"items": [w.to_dict() for w in workers]}
+
+
+# --- housekeeping ------------------------------------------------------------------------------
+
+
+async def export_state(call: Call) -> Any:
+    return await call.sync(call.store.export)
+
+
+async def import_state(call: Call) -> Any:
+    await call.sync(call.store.import_, call.body)
+    call.services.resources_changed.notify()
+    call.services.runs_changed.notify()
+    return {"serial": await call.sync(call.store.serial)}
+
+
+async def openapi_document(call: Call) -> Any:
+    from buildsys.server.openapi import document
+
+    return document()
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+_RESOURCE_ROUTES = tuple(
+    route
+    for plural, lister, getter in (
+        ("pools", list_pools, get_pool),
+        ("deployments", list_deployments, get_deployment),
+        ("variables", list_variables, get_variable),
+    )
+    for route in (
+        Endpoint("GET", f"{API}/{plural}", lister, f"List {plural}", "read", reply="ResourcePage", query=PAGE),
+        Endpoint(
+            "GET", f"{API}/{plural}/{{name:path}}", getter, f"Get one of the {plural} by name", "read",
+            reply="Resource", errors=(404,),
+        ),
+    )
+)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/healthz", healthz, "Liveness and the store's serial", None, reply="Health", tag="meta"),
+    Endpoint("GET", f"{API}/openapi.json", openapi_document, "This document", None, tag="meta"),
+    Endpoint("GET", f"{API}/serial", get_serial, "The store's serial", "read", reply="Serial"),
+    Endpoint(
+        "GET", f"{API}/resources", list_resources, "List resources of every kind (or one)", "read",
+        reply="ResourcePage",
+        query=(Param("kind", "string", "only this kind", enum=KINDS), *PAGE),
+    ),
+    *_RESOURCE_ROUTES,
+    Endpoint(
+        "POST", f"{API}/apply", apply, "Apply a change set in one transaction, guarded by the serial",
+        "apply", body="ApplyRequest", reply="Serial", errors=(404, 409),
+    ),
+    Endpoint(
+        "POST", f"{API}/runs", create_run, "Create a flow run of a deployment", "apply",
+        body="RunCreate", reply="FlowRun", status=201, errors=(404,), tag="runs",
+    ),
+    Endpoint(
+        "GET", f"{API}/runs", list_runs, "List flow runs, newest first", "read", reply="FlowRunPage",
+        query=(
+            Param("deployment", "string", "only runs of this deployment (flow/name)"),
+            Param("pool", "string", "only runs of this pool"),
+            Param("state", "state-list", "only runs in these state types (repeat)", enum=STATE_TYPES),
+            *PAGE,
+        ),
+        tag="runs",
+    ),
+    Endpoint(
+        "POST", f"{API}/runs/claim", claim_runs, "Claim due runs of a pool with a lease (long-poll)",
+        "worker", body="ClaimRequest", reply="Runs", tag="runs",
+    ),
+    Endpoint(
+        "POST", f"{API}/runs/expire", expire_leases, "Crash (or retry) runs whose lease expired",
+        "worker", body="ExpireRequest", reply="Runs", tag="runs",
+    ),
+    Endpoint(
+        "GET", f"{API}/runs/{{run_id}}", get_run, "Get a flow run (a unique id prefix works)", "read",
+        reply="FlowRun", errors=(404,), tag="runs",
+    ),
+    Endpoint(
+        "POST", f"{API}/runs/{{run_id}}/state", set_state, "Move a run to a new state (validated)",
+        "worker", body="StateRequest", reply="FlowRun", errors=(404, 409), tag="runs",
+    ),
+    Endpoint(
+        "POST", f"{API}/runs/{{run_id}}/cancel", cancel_run, "Request cancellation of a run", "apply",
+        reply="FlowRun", errors=(404, 409), tag="runs",
+    ),
+    Endpoint(
+        "POST", f"{API}/runs/{{run_id}}/logs", append_logs, "Append log lines", "worker",
+        body="LogAppend", reply="LogAppended", errors=(404,), tag="logs",
+    ),
+    Endpoint(
+        "GET", f"{API}/runs/{{run_id}}/logs", read_logs, "Read log lines after a sequence number (long-poll follow)",
+        "read", reply="LogPage", errors=(404,), tag="logs",
+        query=(
+            Param("after", "integer", "return lines with seq > after", default=0, minimum=0, maximum=2**53),
+            Param("limit", "integer", "at most this many lines", default=1000, minimum=1, maximum=10_000),
+            Param("wait", "number", "wait up to this many seconds for new lines", default=0.0,
+                  minimum=0, maximum=MAX_WAIT_SECONDS),
+        ),
+    ),
+    Endpoint(
+        "POST", f"{API}/workers/heartbeat", heartbeat, "Worker heartbeat; renews its runs' leases",
+        "worker", body="HeartbeatRequest", reply="HeartbeatResponse", tag="workers",
+    ),
+    Endpoint(
+        "GET", f"{API}/workers", list_workers, "List workers", "read", reply="Workers",
+        query=(Param("pool", "string", "only workers of this pool"),), tag="workers",
+    ),
+    Endpoint("GET", f"{API}/export", export_state, "Export everything", "admin", reply="Export", tag="admin"),
+    Endpoint(
+        "POST", f"{API}/import", import_state, "Replace everything with an export", "admin",
+        body="Export", reply="Imported", tag="admin",
+    ),
+)

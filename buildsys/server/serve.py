@@ -1,0 +1,62 @@
+"""Starting the server: open the database, decide on auth, run uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from buildsys.errors import BuildsysError
+from buildsys.server.app import Settings, create_app
+from buildsys.server.auth import Authenticator, TokenStore, database_for
+from buildsys.store import open_store
+
+DEFAULT_DB = "buildsys-server.db"
+DEFAULT_PORT = 4300
+
+
+class ServerError(BuildsysError):
+    """The server cannot start as asked."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    db: str = DEFAULT_DB
+    auth: bool = False  # loopback only; any other address always requires auth
+    settings: Settings = field(default_factory=Settings)
+    log_level: str = "info"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(options: ServeOptions) -> None:
+    """Serve until interrupted. Raises ServerError when auth is needed but no token exists yet."""
+    import uvicorn
+
+    auth = options.auth or not is_loopback(options.host)
+    store = open_store(options.db)
+    authenticator = None
+    if auth:
+        tokens = TokenStore(database_for(options.db))
+        if not tokens.list():
+            store.close()
+            raise ServerError(
+                f"auth is required on {options.host} but the database has no token yet",
+                hint=f"create one first: buildsys server token create --scope admin --db {options.db}",
+            )
+        authenticator = Authenticator(tokens)
+    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(store, authenticator=authenticator, settings=options.settings)
+    try:
+        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, lifespan="on")
+    finally:
+        store.close()
