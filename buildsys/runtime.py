@@ -1,0 +1,360 @@
+"""The in-run runtime: what executes inside a run's process or container.
+
+``python -m buildsys.runtime`` reads the run context (JSON), runs the deployment's pull steps with
+Prefect's namespace semantics, changes into the resulting ``directory``, imports the entrypoint and
+calls it with the run's parameters. Standard library and buildsys's pure-Python modules only, so it
+runs in any image that has a Python.
+
+The context comes from ``--context FILE`` or the environment variable ``BUILDSYS_RUN_CONTEXT``
+(inline JSON, or a path to a JSON file)::
+
+    {"run": {"id", "name", "deployment", "flow_name", "attempt"}, "entrypoint": "flows/x.py:f",
+     "parameters": {...}, "pull_steps": [...], "variables": {...}, "root": "/optional/start/dir"}
+
+Exit codes: 0 the flow completed, 1 the flow raised, 2 the context is invalid, 3 a pull step failed,
+4 the entrypoint could not be loaded. Progress goes to stdout as control lines that start with
+``::buildsys::`` followed by JSON (the worker turns them into state changes and strips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+CONTEXT_ENV = "BUILDSYS_RUN_CONTEXT"
+CONTROL_PREFIX = "::buildsys::"
+
+EXIT_OK = 0
+EXIT_FLOW_FAILED = 1
+EXIT_BAD_CONTEXT = 2
+EXIT_PULL_FAILED = 3
+EXIT_ENTRYPOINT = 4
+
+EXIT_MEANINGS = {
+    EXIT_FLOW_FAILED: "the flow raised an exception",
+    EXIT_BAD_CONTEXT: "the run context given to the runtime is invalid",
+    EXIT_PULL_FAILED: "a pull step failed before the flow started",
+    EXIT_ENTRYPOINT: "the flow's entrypoint could not be loaded",
+}
+
+
+class RuntimeFailure(Exception):
+    """A failure before the flow ran; carries the exit code to use."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the worker hands the runtime."""
+
+    entrypoint: str
+    run_id: str = ""
+    run_name: str = ""
+    deployment: str = ""
+    flow_name: str = ""
+    attempt: int = 1
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    pull_steps: Sequence[Mapping[str, Any]] = ()
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    root: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": {
+                "id": self.run_id,
+                "name": self.run_name,
+                "deployment": self.deployment,
+                "flow_name": self.flow_name,
+                "attempt": self.attempt,
+            },
+            "entrypoint": self.entrypoint,
+            "parameters": dict(self.parameters),
+            "pull_steps": [dict(s) for s in self.pull_steps],
+            "variables": dict(self.variables),
+            "root": self.root,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunContext:
+        if not isinstance(data, Mapping):
+            raise RuntimeFailure("the run context must be a JSON object", EXIT_BAD_CONTEXT)
+        entrypoint = data.get("entrypoint")
+        if not isinstance(entrypoint, str) or ":" not in entrypoint:
+            raise RuntimeFailure(
+                f"the run context has no valid entrypoint (got {entrypoint!r}; expected "
+                "'path/to/file.py:function' or 'package.module:function')",
+                EXIT_BAD_CONTEXT,
+            )
+        run = data.get("run") or {}
+        params, steps, variables = data.get("parameters") or {}, data.get("pull_steps") or [], data.get("variables") or {}
+        if not isinstance(params, Mapping) or not isinstance(steps, list) or not isinstance(variables, Mapping):
+            raise RuntimeFailure(
+                "the run context's parameters/variables must be objects and pull_steps a list", EXIT_BAD_CONTEXT
+            )
+        return cls(
+            entrypoint=entrypoint,
+            run_id=str(run.get("id", "")),
+            run_name=str(run.get("name", "")),
+            deployment=str(run.get("deployment", "")),
+            flow_name=str(run.get("flow_name", "")),
+            attempt=int(run.get("attempt", 1)),
+            parameters=dict(params),
+            pull_steps=list(steps),
+            variables=dict(variables),
+            root=data.get("root"),
+        )
+
+
+def control(event: str, **payload: Any) -> None:
+    """Tell the supervising worker about progress (one stdout line, stripped from the logs)."""
+    line = json.dumps({"event": event, **payload}, default=str)
+    sys.stdout.write(f"{CONTROL_PREFIX}{line}\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    sys.stdout.write(message.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
+# --- pull steps ------------------------------------------------------------------------------------
+
+
+def run_pull_steps(
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    root: Path,
+    env: Mapping[str, str],
+    variables: Mapping[str, Any],
+    emit: Callable[[str], None] = log,
+) -> dict[str, dict[str, Any]]:
+    """Run the pull steps in order (Prefect §2.3): outputs are kept under each step's id and are
+    also visible flat (``{{ directory }}``); returns the outputs by step label.
+
+    A step that sets the working directory moves later steps there; the final ``directory`` is
+    left for the caller to change into.
+    """
+    from buildsys.templating import Scope, env_blocks, render
+
+    outputs: dict[str, dict[str, Any]] = {}
+    ids: set[str] = set()
+    cwd = root
+    for index, raw in enumerate(steps):
+        if not raw:
+            continue
+        name, inputs, step_id = _split_step(raw, index)
+        label = step_id or f"{name.rsplit('.', 1)[-1]}#{index}"
+        where = f"pull[{index}: {step_id or name}]"
+        emit(f"Running pull step {where}")
+        scope = Scope(outputs=outputs, ids=frozenset(ids), env=env, variables=variables, blocks=env_blocks(env))
+        try:
+            rendered = render(inputs, scope, missing="error", path=where)
+            result, sets_cwd = _call_step(name, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
+        except Exception as exc:
+            raise RuntimeFailure(f"pull step {where} failed: {_describe(exc)}", EXIT_PULL_FAILED) from exc
+        if step_id:
+            ids.add(step_id)
+        outputs[label] = result
+        directory = result.get("directory")
+        if directory and sets_cwd:
+            cwd = (cwd / str(directory)).resolve()
+    return outputs
+
+
+def _split_step(raw: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any], str | None]:
+    if len(raw) != 1:
+        raise RuntimeFailure(
+            f"pull step #{index} must have exactly one key (the step name), got: {', '.join(map(str, raw))}",
+            EXIT_PULL_FAILED,
+        )
+    name, value = next(iter(raw.items()))
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise RuntimeFailure(f"pull step {name!r}: its inputs must be a mapping", EXIT_PULL_FAILED)
+    inputs = {k: v for k, v in value.items() if k not in ("id", "requires", "needs", "inputs")}
+    step_id = value.get("id")
+    return str(name), inputs, str(step_id) if step_id else None
+
+
+def _call_step(
+    name: str,
+    inputs: Mapping[str, Any],
+    *,
+    root: Path,
+    cwd: Path,
+    env: Mapping[str, str],
+    step_id: str | None,
+    emit: Callable[[str], None],
+) -> tuple[dict[str, Any], bool]:
+    from buildsys.registry import resolve
+    from buildsys.step import Context
+
+    definition = resolve(name, root)
+    ctx = Context(root=root, cwd=cwd, env=dict(env), step_id=step_id, step_name=name, emit=emit, phase="pull")
+    result = definition(ctx, **inputs)
+    return (dict(result) if isinstance(result, Mapping) else {}), bool(definition.sets_cwd)
+
+
+def _describe(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    hint = getattr(exc, "hint", None)
+    return f"{message} (hint: {hint})" if hint else str(message)
+
+
+# --- the flow --------------------------------------------------------------------------------------
+
+
+def load_entrypoint(entrypoint: str, directory: Path) -> Callable[..., Any]:
+    """``path/file.py:func`` (loaded as a module) or ``pkg.mod:func``; a Prefect ``@flow`` object
+    is unwrapped to its ``.fn``."""
+    target, _, attr_path = entrypoint.rpartition(":")
+    if not target or not attr_path:
+        raise RuntimeFailure(f"invalid entrypoint {entrypoint!r}", EXIT_ENTRYPOINT)
+    for entry in (str(directory),):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        module = _load_file(target, directory) if target.endswith(".py") else importlib.import_module(target)
+    except RuntimeFailure:
+        raise
+    except BaseException as exc:
+        raise RuntimeFailure(
+            f"could not import {target!r} for entrypoint {entrypoint!r}:\n{_format(exc)}", EXIT_ENTRYPOINT
+        ) from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise RuntimeFailure(f"entrypoint {entrypoint!r}: {target!r} has no attribute {part!r}", EXIT_ENTRYPOINT)
+        obj = getattr(obj, part)
+    func = getattr(obj, "fn", obj)
+    if not callable(func):
+        raise RuntimeFailure(f"entrypoint {entrypoint!r} is not callable", EXIT_ENTRYPOINT)
+    return func  # type: ignore[no-any-return]
+
+
+def _load_file(target: str, directory: Path) -> ModuleType:
+    path = (directory / target).resolve()
+    if not path.is_file():
+        raise RuntimeFailure(f"entrypoint file {target} does not exist in {directory}", EXIT_ENTRYPOINT)
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    module_name = "__buildsys_flow__" + path.stem.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise RuntimeFailure(f"cannot load {path} as a module", EXIT_ENTRYPOINT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def call_flow(func: Callable[..., Any], parameters: Mapping[str, Any]) -> Any:
+    result = func(**parameters)
+    if inspect.isawaitable(result):
+        import asyncio
+
+        async def _await() -> Any:
+            return await result
+
+        result = asyncio.run(_await())
+    return result
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def read_context(path: str | None, env: Mapping[str, str]) -> RunContext:
+    raw = path if path is not None else env.get(CONTEXT_ENV)
+    if not raw:
+        raise RuntimeFailure(f"no run context: pass --context FILE or set {CONTEXT_ENV}", EXIT_BAD_CONTEXT)
+    try:
+        text = raw if raw.lstrip().startswith("{") else Path(raw).read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"cannot read the run context: {exc}", EXIT_BAD_CONTEXT) from exc
+    return RunContext.from_dict(data)
+
+
+def execute(context: RunContext, env: Mapping[str, str]) -> int:
+    """Pull steps, chdir, import, call. Returns the process exit code."""
+    root = Path(context.root).resolve() if context.root else Path.cwd()
+    try:
+        if context.root:
+            os.chdir(root)
+        outputs = run_pull_steps(context.pull_steps, root=root, env=env, variables=context.variables)
+        directory = _final_directory(outputs)
+        if directory:
+            os.chdir(root / directory)
+        func = load_entrypoint(context.entrypoint, Path.cwd())
+    except RuntimeFailure as exc:
+        sys.stderr.write(f"buildsys runtime: {exc}\n")
+        sys.stderr.flush()
+        return exc.code
+    control("running", pid=os.getpid(), cwd=os.getcwd())
+    try:
+        result = call_flow(func, context.parameters)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit) and not _is_failure(exc):
+            raise
+        sys.stdout.flush()
+        sys.stderr.write(f"Flow run {context.run_name or context.run_id} failed:\n{_format(exc)}\n")
+        sys.stderr.flush()
+        return EXIT_FLOW_FAILED
+    sys.stdout.flush()
+    control("completed", result=_short_repr(result))
+    return EXIT_OK
+
+
+def _is_failure(exc: BaseException) -> bool:
+    return isinstance(exc, SystemExit) and exc.code not in (0, None)
+
+
+def _final_directory(outputs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    directory = None
+    for result in outputs.values():  # insertion order: the last step that returned a directory wins
+        if result.get("directory"):
+            directory = str(result["directory"])
+    return directory
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m buildsys.runtime",
+        description="Run one flow run: pull steps, then the flow (used by buildsys workers).",
+    )
+    parser.add_argument("--context", metavar="FILE", help=f"run context JSON (default: ${CONTEXT_ENV})")
+    args = parser.parse_args(argv)
+    try:
+        context = read_context(args.context, os.environ)
+    except RuntimeFailure as exc:
+        sys.stderr.write(f"buildsys runtime: {exc}\n")
+        return exc.code
+    return execute(context, os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
