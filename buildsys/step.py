@@ -219,7 +219,9 @@ class StepDef:
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the step's inputs (built-ins ship one in schemas/steps/)."""
         if self._schema is None:
-            self._schema = _schema_from_signature(self.func, self.takes_context)
+            self._schema = _builtin_schema(self.name, self.source) or _schema_from_signature(
+                self.func, self.takes_context
+            )
         return self._schema
 
     def __call__(self, ctx: Context, **inputs: Any) -> dict[str, Any]:
@@ -300,6 +302,21 @@ def _schema_from_signature(func: Callable[..., Any], takes_context: bool) -> dic
     if not open_ended:
         schema["additionalProperties"] = False
     return schema
+
+
+def _builtin_schema(name: str, source: str) -> dict[str, Any] | None:
+    """Built-in steps ship their input schema as schemas/steps/<name>.json."""
+    if not source.startswith("buildsys.steps"):
+        return None
+    import json
+    from importlib.resources import files
+
+    try:
+        text = files("buildsys.schemas").joinpath("steps", f"{name}.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError, OSError):
+        return None
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 def _jsonable(value: object) -> bool:

@@ -1,0 +1,312 @@
+"""The build cache in `.buildsys/cache.db`: step results by content key, file digests by stat data.
+
+A file is hashed only when its (size, mtime_ns, ctime_ns, inode) changed since it was last seen, or
+when it was modified so recently that a same-tick change could hide (git's "racily clean" rule).
+Every node remembers the components of its last key so a rerun can say exactly why.
+SQLite (WAL) makes concurrent builds in one project safe.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from buildsys.errors import BuildsysError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER,
+    digest TEXT, recorded_ns INTEGER);
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, step TEXT, outputs TEXT, created REAL);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY, label TEXT, key TEXT, components TEXT, updated REAL, duration REAL);
+"""
+RACY_NS = 2_000_000_000  # files modified within 2 s of being recorded are re-read next time
+IGNORE_FILES = (".buildsysignore", ".gitignore")
+ALWAYS_IGNORED = (".git", ".buildsys", "__pycache__", ".venv")
+
+
+@dataclass(frozen=True)
+class Entry:
+    node: str
+    label: str
+    key: str
+    components: Mapping[str, Any]
+    updated: float
+    duration: float
+
+
+class Cache:
+    """One project's cache. Thread-safe; file-digest updates are flushed in one transaction."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dir = root / ".buildsys"
+        self.path = self.dir / "cache.db"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
+        self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
+        self.reads = 0  # files actually read and hashed (tests count these)
+
+    # --- connection ---------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                raise BuildsysError(
+                    f"the build cache {self.path} is unreadable: {exc}",
+                    hint="run `buildsys cache clear` (it only deletes cached results)",
+                ) from None
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- file digests -------------------------------------------------------------------------
+    def _load_stats(self) -> dict[str, tuple[int, int, int, int, str, int]]:
+        if self._stats is None:
+            rows = self.db.execute("SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files")
+            self._stats = {r[0]: (r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+        return self._stats
+
+    def digest(self, path: str) -> str | None:
+        """Digest of a file relative to the root (None when it does not exist)."""
+        full = os.path.join(self.root, path)
+        try:
+            st = os.stat(full)
+        except OSError:
+            return None
+        stats = self._load_stats()
+        known = stats.get(path)
+        if known is not None:
+            size, mtime, ctime, inode, digest, recorded = known
+            if (
+                size == st.st_size
+                and mtime == st.st_mtime_ns
+                and ctime == st.st_ctime_ns
+                and inode == st.st_ino
+                and st.st_mtime_ns < recorded - RACY_NS
+            ):
+                return digest
+        digest = _hash_file(full)
+        with self._lock:
+            self.reads += 1
+            row = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest, time.time_ns())
+            stats[path] = row
+            self._pending[path] = row
+        return digest
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(p, *row) for p, row in pending.items()],
+                )
+
+    def _transaction(self) -> _Txn:
+        return _Txn(self.db, self._lock)
+
+    # --- results and node history -------------------------------------------------------------
+    def result(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def entry(self, node: str) -> Entry | None:
+        with self._lock:
+            row = self.db.execute(
+                "SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,)
+            ).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT node, label, key, components, updated, duration FROM nodes ORDER BY label"
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def record(
+        self,
+        node: str,
+        label: str,
+        key: str,
+        components: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None,
+        duration: float,
+        step: str,
+    ) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            if outputs is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                    (key, step, json.dumps(outputs, default=str), now),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
+                (node, label, key, json.dumps(components, default=str, sort_keys=True), now, duration),
+            )
+
+    def forget(self, key: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM results WHERE key = ?", (key,))
+
+    def gc(self, keep_keys: Iterable[str]) -> int:
+        """Delete results no current node points at; returns how many were removed."""
+        keep = set(keep_keys)
+        with self._lock:
+            keys = [r[0] for r in self.db.execute("SELECT key FROM results")]
+        drop = [k for k in keys if k not in keep]
+        with self._transaction() as db:
+            db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in drop])
+            db.execute("DELETE FROM nodes WHERE key NOT IN (SELECT key FROM results)")
+            gone = [
+                r[0] for r in db.execute("SELECT path FROM files") if not os.path.exists(os.path.join(self.root, r[0]))
+            ]
+            db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in gone])
+        return len(drop)
+
+    def clear(self) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM results")
+            db.execute("DELETE FROM nodes")
+            db.execute("DELETE FROM files")
+        self._stats = None
+
+
+class _Txn:
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.db = db
+        self.lock = lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+
+
+def _hash_file(path: str) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_of(components: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def secret_digest(value: str) -> str:
+    """A one-way digest for cache keys: the value itself is never stored."""
+    return hashlib.sha256(b"buildsys-env\0" + value.encode()).hexdigest()[:16]
+
+
+# --- input file expansion ---------------------------------------------------------------------------
+
+
+class FileSet:
+    """Expands a step's globs (relative to a base directory) into files, honouring ignore files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._spec: Any = None
+        self._spec_loaded = False
+
+    def _ignore_spec(self) -> Any:
+        if not self._spec_loaded:
+            self._spec_loaded = True
+            lines: list[str] = []
+            for name in IGNORE_FILES:
+                p = self.root / name
+                if p.is_file():
+                    lines.extend(p.read_text(errors="replace").splitlines())
+            if lines:
+                import pathspec
+
+                self._spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+        return self._spec
+
+    def expand(self, patterns: Iterable[str], base: Path) -> list[str]:
+        """Root-relative paths of the files matched (directories expand to their files)."""
+        found: set[str] = set()
+        for pattern in patterns:
+            for rel in self._expand_one(pattern, base):
+                found.add(rel)
+        return sorted(found)
+
+    def _expand_one(self, pattern: str, base: Path) -> list[str]:
+        absolute = Path(pattern) if os.path.isabs(pattern) else base / pattern
+        if not globlib.has_magic(pattern):
+            if absolute.is_dir():
+                return self._walk(absolute)
+            return [self._rel(absolute)]  # a missing file still counts: its absence is part of the key
+        matches = globlib.glob(str(absolute), recursive=True)
+        out: list[str] = []
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                out.extend(self._walk(p))
+            elif not self._ignored(self._rel(p)):
+                out.append(self._rel(p))
+        return out
+
+    def _walk(self, directory: Path) -> list[str]:
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(directory):
+            dirnames[:] = [d for d in dirnames if d not in ALWAYS_IGNORED]
+            for f in filenames:
+                rel = self._rel(Path(dirpath) / f)
+                if not self._ignored(rel):
+                    out.append(rel)
+        return out
+
+    def _rel(self, p: Path) -> str:
+        try:
+            return os.path.relpath(p, self.root)
+        except ValueError:
+            return str(p)
+
+    def _ignored(self, rel: str) -> bool:
+        parts = rel.split(os.sep)
+        if any(part in ALWAYS_IGNORED for part in parts):
+            return True
+        spec = self._ignore_spec()
+        return bool(spec is not None and spec.match_file(rel))

@@ -1,0 +1,73 @@
+"""`buildsys build` and `buildsys push`: run the build (and push) sections, cached and in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+
+
+def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob)."),
+            click.option("-j", "--jobs", type=click.IntRange(min=1), help="Steps to run at once (default: CPU count)."),
+            click.option("--no-cache", is_flag=True, help="Run every step, ignoring cached results."),
+            click.option("--explain", is_flag=True, help="Say why each step runs or is skipped."),
+            click.option("--keep-going", is_flag=True, help="After a failure, keep running independent steps."),
+            click.option("--install-requires", is_flag=True, help="pip install a missing step's `requires` (off by default)."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
+    from buildsys.engine import build as run_build
+    from buildsys.reporter import Event, make_reporter
+
+    project = app.load_project()
+    for w in project.warnings:
+        if app.verbosity > 0:
+            click.echo(w.render(), err=True)
+    reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
+    try:
+        result = run_build(
+            project,
+            sections=sections,
+            deployments=opts["deployments"],
+            jobs=opts["jobs"],
+            use_cache=not opts["no_cache"],
+            keep_going=opts["keep_going"],
+            explain=opts["explain"],
+            reporter=reporter,
+            install_requires=opts["install_requires"],
+        )
+        counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
+        text = f"{counts['ran']} ran, {counts['cached']} cached, {counts['failed']} failed, {counts['skipped']} not run"
+        reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text, data=counts))
+    finally:
+        reporter.close()
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@click.command()
+@_build_options
+@common_options
+@pass_app
+def build(app: App, **opts: Any) -> None:
+    """Run the build section for the selected deployments (all by default), cached."""
+    run_sections(app, ("build",), **opts)
+
+
+@click.command()
+@_build_options
+@common_options
+@pass_app
+def push(app: App, **opts: Any) -> None:
+    """Run the build then the push section for the selected deployments, cached."""
+    run_sections(app, ("build", "push"), **opts)

@@ -1,0 +1,31 @@
+"""`buildsys graph`: the step graph as text, DOT, Mermaid or JSON."""
+
+from __future__ import annotations
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid", "json"]), default="text", show_default=True)
+@click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob).")
+@click.option("--push/--no-push", "with_push", default=True, help="Include the push section.", show_default=True)
+@common_options
+@pass_app
+def graph(app: App, fmt: str, deployments: tuple[str, ...], with_push: bool) -> None:
+    """Show the step graph: one node per distinct step, edges from order, needs and templates."""
+    from buildsys import graph as g
+    from buildsys.engine import graph_for
+
+    project = app.load_project()
+    sections = ("build", "push") if with_push else ("build",)
+    step_graph = graph_for(project, sections=sections, deployments=deployments)
+    if app.json or fmt == "json":
+        app.emit_json(g.to_json(step_graph))
+    elif fmt == "dot":
+        click.echo(g.to_dot(step_graph))
+    elif fmt == "mermaid":
+        click.echo(g.to_mermaid(step_graph))
+    else:
+        click.echo(g.to_text(step_graph))

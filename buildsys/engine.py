@@ -1,0 +1,495 @@
+"""The build engine: run a step graph in parallel, each node cached by content with a reason.
+
+Pipeline per node: render inputs with upstream outputs → cache key (step, version, inputs, env
+digests, input files, fingerprint, upstream keys) → hit and still real? restore : run → record.
+Failures are values: a failed node stops its dependents (and, without --keep-going, the build).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.cache import Cache, FileSet, key_of, secret_digest
+from buildsys.errors import BuildsysError, Diagnostic, ProjectError, StepError, TemplateError
+from buildsys.graph import StepGraph, StepNode, build_graph
+from buildsys.model import Project, StepSpec
+from buildsys.reporter import Event, NullReporter, Reporter
+from buildsys.step import Context, StepDef
+from buildsys.templating import Scope, env_blocks, placeholders, render
+
+
+@dataclass
+class NodeResult:
+    key: str
+    label: str
+    status: str  # ran | cached | failed | skipped
+    reason: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    duration: float = 0.0
+    cache_key: str = ""
+
+
+@dataclass
+class BuildResult:
+    graph: StepGraph
+    results: dict[str, NodeResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("ran", "cached") for r in self.results.values())
+
+    def namespace(self, deployment: str = "") -> dict[str, Any]:
+        """Outputs as Prefect's namespace: by step id, plus every key merged flat (later wins)."""
+        return namespace_for(self.graph, self.results, deployment)
+
+    def outputs(self, deployment: str = "") -> dict[str, dict[str, Any]]:
+        """Outputs of the deployment's chain by step id (or label for steps without an id)."""
+        out: dict[str, dict[str, Any]] = {}
+        for key in self.graph.chains.get(deployment, ()):
+            node = self.graph.nodes[key]
+            res = self.results.get(key)
+            if res is not None and res.status in ("ran", "cached"):
+                out[node.spec.id or node.label] = res.outputs
+        return out
+
+
+def namespace_for(graph: StepGraph, results: Mapping[str, NodeResult], deployment: str) -> dict[str, Any]:
+    ns: dict[str, Any] = {}
+    chain = graph.chains.get(deployment) or graph.chains.get("") or ()
+    for key in chain:
+        res = results.get(key)
+        if res is None or res.status not in ("ran", "cached"):
+            continue
+        node = graph.nodes[key]
+        if node.spec.id:
+            ns[node.spec.id] = res.outputs
+        ns.update(res.outputs)
+    return ns
+
+
+@dataclass
+class _Prepared:
+    node: StepNode
+    stepdef: StepDef
+
+
+class Engine:
+    """Runs one build. Create, call `run()`, read the BuildResult."""
+
+    def __init__(
+        self,
+        project: Project,
+        graph: StepGraph,
+        *,
+        jobs: int | None = None,
+        use_cache: bool = True,
+        keep_going: bool = False,
+        explain: bool = False,
+        reporter: Reporter | None = None,
+        install_requires: bool = False,
+        env: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.project = project
+        self.graph = graph
+        self.jobs = max(1, jobs or os.cpu_count() or 1)
+        self.use_cache = use_cache
+        self.keep_going = keep_going
+        self.explain = explain
+        self.reporter = reporter or NullReporter()
+        self.install_requires = install_requires
+        self.env = dict(os.environ if env is None else env)
+        self.dry_run = dry_run
+        self.cache = Cache(project.root)
+        self.files = FileSet(project.root)
+        self.results: dict[str, NodeResult] = {}
+        self.variables = {v.name: v.value for v in project.variables}
+        self.prepared: dict[str, _Prepared] = {}
+
+    # --- preparation: resolve every step and check its inputs before anything runs ---------------
+    def prepare(self) -> None:
+        from buildsys import registry
+
+        problems: list[Diagnostic] = []
+        for key, node in self.graph.nodes.items():
+            spec = node.spec
+            try:
+                if self.install_requires and spec.requires:
+                    try:
+                        registry.resolve(spec.name, self.project.root)
+                    except StepError:
+                        registry.install_requires(spec.requires)
+                stepdef = registry.resolve(spec.name, self.project.root, requires=spec.requires)
+            except StepError as exc:
+                problems.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
+                continue
+            problems.extend(check_inputs(spec, stepdef))
+            self.prepared[key] = _Prepared(node, stepdef)
+        if any(p.is_error for p in problems):
+            raise ProjectError(problems)
+
+    # --- execution ------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        self.prepare()
+        order = self.graph.order()
+        pending = {k: set(self.graph.nodes[k].deps) for k in order}
+        stop = False
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
+                running: dict[Future[NodeResult], str] = {}
+                while pending or running:
+                    if not stop:
+                        for key in [k for k in order if k in pending and not pending[k]]:
+                            del pending[key]
+                            running[pool.submit(self._run_node, key)] = key
+                    if not running:
+                        break
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        key = running.pop(fut)
+                        res = fut.result()
+                        self.results[key] = res
+                        if res.status == "failed":
+                            self._skip_dependents(key, pending)
+                            stop = stop or not self.keep_going
+                        else:
+                            for deps in pending.values():
+                                deps.discard(key)
+                for key in list(pending):
+                    label = self.graph.nodes[key].label
+                    self.results[key] = NodeResult(key, label, "skipped", reason="the build stopped after a failure")
+                    self.reporter.event(Event("skipped", label, reason="the build stopped after a failure"))
+        finally:
+            self.cache.close()
+        return BuildResult(self.graph, self.results)
+
+    def _skip_dependents(self, key: str, pending: dict[str, set[str]]) -> None:
+        failed = self.graph.nodes[key].label
+        for dep in self.graph.dependents(key):
+            if dep in pending:
+                del pending[dep]
+                label = self.graph.nodes[dep].label
+                reason = f"upstream step {failed} failed"
+                self.results[dep] = NodeResult(dep, label, "skipped", reason=reason)
+                self.reporter.event(Event("skipped", label, reason=reason))
+
+    def _run_node(self, key: str) -> NodeResult:
+        prep = self.prepared[key]
+        node, stepdef = prep.node, prep.stepdef
+        started = time.monotonic()
+        try:
+            return self._execute(node, stepdef, started)
+        except BuildsysError as exc:
+            text = exc.render() if exc.location else exc.message
+            if exc.hint and not exc.location:
+                text += f"\n  hint: {exc.hint}"
+            return self._failed(node, text, started)
+        except Exception as exc:  # a bug in a step: report it as that step's failure
+            return self._failed(node, f"{type(exc).__name__}: {exc}", started)
+
+    def _failed(self, node: StepNode, text: str, started: float) -> NodeResult:
+        duration = time.monotonic() - started
+        self.reporter.event(Event("failed", node.label, text=text, duration=duration))
+        return NodeResult(node.key, node.label, "failed", error=text, duration=duration)
+
+    def _execute(self, node: StepNode, stepdef: StepDef, started: float) -> NodeResult:
+        spec = node.spec
+        scope = self._scope(node)
+        key_inputs = render(spec.inputs, scope, missing="error", location=spec.location, path=spec.path)
+        full_scope = self._scope(node, with_env=True)
+        inputs = render(spec.inputs, full_scope, missing="error", location=spec.location, path=spec.path)
+        cwd = self._cwd(node)
+        ctx = Context(
+            root=self.project.root,
+            cwd=cwd,
+            env=dict(self.env),
+            step_id=spec.id,
+            step_name=spec.name,
+            secrets=set(full_scope.secrets),
+            phase=spec.section,
+        )
+        components = self._components(node, stepdef, key_inputs, inputs, ctx)
+        cache_key = key_of(components)
+        previous = self.cache.entry(node.key)
+        if self.use_cache and stepdef.cacheable:
+            hit = self.cache.result(cache_key)
+            if hit is not None:
+                if stepdef.check_hook is None or stepdef.check_hook(hit, inputs, ctx):
+                    reason = "unchanged" if previous and previous.key == cache_key else "restored from cache"
+                    self.cache.record(node.key, node.label, cache_key, components, None, 0.0, stepdef.name)
+                    self.reporter.event(Event("cached", node.label, reason=reason))
+                    return NodeResult(node.key, node.label, "cached", reason, hit, cache_key=cache_key)
+                self.cache.forget(cache_key)
+                reason = "the cached result no longer exists"
+            else:
+                reason = explain_change(previous.components if previous else None, components)
+        else:
+            reason = "caching disabled (--no-cache)" if not self.use_cache else "the step is never cached"
+        self.reporter.event(Event("start", node.label, reason=reason))
+        if self.dry_run:
+            return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=cache_key)
+        outputs = self._call(node, stepdef, ctx, inputs)
+        duration = time.monotonic() - started
+        self.cache.record(node.key, node.label, cache_key, components, outputs, duration, stepdef.name)
+        self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
+        return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=cache_key)
+
+    def _call(self, node: StepNode, stepdef: StepDef, ctx: Context, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        log_dir = self.project.root / ".buildsys" / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.label)
+        with open(log_dir / f"{safe}.log", "w", encoding="utf-8") as log:
+
+            def emit(line: str) -> None:
+                log.write(line + "\n")
+                log.flush()
+                self.reporter.event(Event("log", node.label, text=line))
+
+            ctx.emit = emit
+            outputs = stepdef(ctx, **inputs)
+        normalised: dict[str, Any] = json.loads(json.dumps(outputs, default=str))
+        return normalised
+
+    def _scope(self, node: StepNode, *, with_env: bool = False) -> Scope:
+        outputs: dict[str, Mapping[str, Any]] = {}
+        ids: set[str] = set()
+        for label, key in node.scope:
+            res = self.results.get(key)
+            if res is not None:
+                outputs[label] = res.outputs
+            if self.graph.nodes[key].spec.id:
+                ids.add(label)
+        if not with_env:
+            return Scope(outputs=outputs, ids=frozenset(ids))
+        return Scope(
+            outputs=outputs,
+            ids=frozenset(ids),
+            env=self.env,
+            variables=self.variables,
+            blocks=env_blocks(self.env),
+        )
+
+    def _cwd(self, node: StepNode) -> Path:
+        if node.cwd_from is not None:
+            res = self.results.get(node.cwd_from)
+            directory = res.outputs.get("directory") if res else None
+            if isinstance(directory, str) and directory:
+                p = Path(directory)
+                return p if p.is_absolute() else self.project.root / p
+        return self.project.root
+
+    def _components(
+        self,
+        node: StepNode,
+        stepdef: StepDef,
+        key_inputs: Any,
+        inputs: Mapping[str, Any],
+        ctx: Context,
+    ) -> dict[str, Any]:
+        env_used = sorted({str(p.keypath[0]) for p in placeholders(node.spec.inputs) if p.kind == "env"})
+        patterns = list(node.spec.input_globs)
+        files = self.files.expand(patterns, self.project.root)
+        if stepdef.files_hook is not None:
+            files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd)
+        digests = {f: self.cache.digest(f) or "(missing)" for f in sorted(set(files))}
+        upstream = {
+            self.graph.nodes[d].label: self.results[d].cache_key for d in node.deps if d in self.results
+        }
+        fingerprint = stepdef.fingerprint_hook(inputs, ctx) if stepdef.fingerprint_hook else None
+        return {
+            "step": stepdef.name,
+            "version": stepdef.version,
+            "inputs": key_inputs,
+            "env": {name: secret_digest(self.env.get(name, "")) for name in env_used},
+            "files": digests,
+            "upstream": upstream,
+            "fingerprint": fingerprint,
+            "cwd": os.path.relpath(ctx.cwd, self.project.root) if ctx.cwd != self.project.root else ".",
+        }
+
+
+def explain_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """Why a step must run: the first difference between its last key's components and now."""
+    if not old:
+        return "no previous run"
+    if old.get("step") != new.get("step"):
+        return f"the step changed ({old.get('step')} → {new.get('step')})"
+    if old.get("version") != new.get("version"):
+        return f"step version changed ({old.get('version')} → {new.get('version')})"
+    reasons: list[str] = []
+    old_files, new_files = old.get("files") or {}, new.get("files") or {}
+    for f in sorted(set(old_files) | set(new_files)):
+        if f not in old_files:
+            reasons.append(f"input file {f} added")
+        elif f not in new_files:
+            reasons.append(f"input file {f} no longer an input")
+        elif old_files[f] != new_files[f]:
+            reasons.append(f"input file {f} {'removed' if new_files[f] == '(missing)' else 'changed'}")
+    if old.get("inputs") != new.get("inputs"):
+        changed = _changed_keys(old.get("inputs"), new.get("inputs"))
+        reasons.append(f"inputs changed: {', '.join(changed)}" if changed else "inputs changed")
+    for name in sorted(set(old.get("env") or {}) | set(new.get("env") or {})):
+        if (old.get("env") or {}).get(name) != (new.get("env") or {}).get(name):
+            reasons.append(f"environment variable {name} changed")
+    for label in sorted(set(old.get("upstream") or {}) | set(new.get("upstream") or {})):
+        if (old.get("upstream") or {}).get(label) != (new.get("upstream") or {}).get(label):
+            reasons.append(f"upstream step {label} changed")
+    if old.get("fingerprint") != new.get("fingerprint"):
+        reasons.append("its fingerprint changed (e.g. the remote commit moved)")
+    if old.get("cwd") != new.get("cwd"):
+        reasons.append("working directory changed")
+    if not reasons:
+        return "no cached result for these inputs"
+    return "; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else "")
+
+
+def _changed_keys(old: Any, new: Any) -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return []
+
+
+def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
+    """Validate a step's (un-rendered) inputs against the step's schema; located, with did-you-mean."""
+    from jsonschema import Draft202012Validator
+
+    from buildsys.suggest import did_you_mean
+
+    schema = {k: v for k, v in stepdef.schema.items() if not k.startswith("x-")}
+    out: list[Diagnostic] = []
+    for err in Draft202012Validator(schema).iter_errors(dict(spec.inputs)):
+        if err.validator == "additionalProperties":
+            known = sorted((err.schema.get("properties") or {}).keys())
+            extras = [k for k in (err.instance or {}) if k not in known]
+            for k in extras:
+                out.append(
+                    Diagnostic(
+                        "error",
+                        f"step {spec.name} has no input {k!r}",
+                        spec.location,
+                        f"{spec.path}.{k}",
+                        did_you_mean(k, known) or f"its inputs are: {', '.join(known)}",
+                    )
+                )
+            continue
+        where = ".".join(str(p) for p in err.absolute_path)
+        hint = None
+        if err.validator == "required":
+            hint = f"`buildsys steps show {stepdef.name}` lists its inputs"
+        if any(p.kind != "output" for p in placeholders(err.instance)) or (
+            isinstance(err.instance, str) and "{{" in err.instance
+        ):
+            continue  # a template: checked when rendered
+        out.append(
+            Diagnostic(
+                "error",
+                f"step {spec.name}: {err.message}",
+                spec.location,
+                f"{spec.path}.{where}" if where else spec.path,
+                hint,
+            )
+        )
+    return out
+
+
+def build(
+    project: Project,
+    *,
+    sections: Sequence[str] = ("build",),
+    deployments: Sequence[str] = (),
+    jobs: int | None = None,
+    use_cache: bool = True,
+    keep_going: bool = False,
+    explain: bool = False,
+    reporter: Reporter | None = None,
+    install_requires: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> BuildResult:
+    """Build the selected deployments' sections. Raises ProjectError before running anything if a
+    step is unknown or has invalid inputs."""
+    graph = graph_for(project, sections=sections, deployments=deployments)
+    engine = Engine(
+        project,
+        graph,
+        jobs=jobs,
+        use_cache=use_cache,
+        keep_going=keep_going,
+        explain=explain,
+        reporter=reporter,
+        install_requires=install_requires,
+        env=env,
+    )
+    return engine.run()
+
+
+def graph_for(project: Project, *, sections: Sequence[str] = ("build",), deployments: Sequence[str] = ()) -> StepGraph:
+    """The graph, with the step definitions it needs resolved (for outputs and cwd handling)."""
+    from buildsys import registry
+
+    stepdefs: dict[str, Any] = {}
+    specs = [s for s in project.build + project.push] + [
+        s for d in project.deployments for s in (*d.build, *d.push)
+    ]
+    for spec in specs:
+        if spec.name not in stepdefs:
+            try:
+                stepdefs[spec.name] = registry.resolve(spec.name, project.root, requires=spec.requires)
+            except StepError:
+                stepdefs[spec.name] = None
+    return build_graph(project, sections=sections, deployments=deployments, stepdefs=stepdefs)
+
+
+def cached_namespace(
+    project: Project, deployment: str, *, sections: Sequence[str] = ("build", "push"), env: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], set[str]]:
+    """Outputs the cache holds for the deployment's current inputs, without running anything.
+
+    Returns (namespace, pending_ids): the namespace as `BuildResult.namespace` would give it for
+    steps whose current cache key has a result, and the ids of steps whose outputs are not known
+    (not built for these inputs yet) — for plan's "(known after build)".
+    """
+    graph = graph_for(project, sections=sections, deployments=[deployment] if deployment else [])
+    engine = Engine(project, graph, env=env, dry_run=True)
+    pending: set[str] = set()
+    try:
+        engine.prepare()
+        for key in graph.order():
+            node = graph.nodes[key]
+            prep = engine.prepared[key]
+            if any(d not in engine.results for d in node.deps):
+                pending.add(node.spec.id or node.label)
+                continue
+            try:
+                res = _cached_only(engine, node, prep.stepdef)
+            except (BuildsysError, TemplateError):
+                res = None
+            if res is None:
+                pending.add(node.spec.id or node.label)
+            else:
+                engine.results[key] = res
+    finally:
+        engine.cache.close()
+    return namespace_for(graph, engine.results, deployment), pending
+
+
+def _cached_only(engine: Engine, node: StepNode, stepdef: StepDef) -> NodeResult | None:
+    spec = node.spec
+    scope = engine._scope(node)
+    key_inputs = render(spec.inputs, scope, missing="error")
+    full_scope = engine._scope(node, with_env=True)
+    inputs = render(spec.inputs, full_scope, missing="error")
+    ctx = Context(root=engine.project.root, cwd=engine._cwd(node), env=dict(engine.env), step_id=spec.id)
+    components = engine._components(node, stepdef, key_inputs, inputs, ctx)
+    cache_key = key_of(components)
+    hit = engine.cache.result(cache_key)
+    if hit is None:
+        return None
+    return NodeResult(node.key, node.label, "cached", "unchanged", hit, cache_key=cache_key)

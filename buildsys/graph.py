@@ -1,0 +1,337 @@
+"""The step graph: one node per distinct step, edges from order, `needs` and template references.
+
+A step shared by many deployments (the top-level build used by twenty of them) is one node: a
+node's key is a hash of the step as written plus the keys of the steps it depends on, so identical
+steps with identical inputs upstream collapse, and anything that differs stays apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import BuildsysError, Diagnostic, ProjectError
+from buildsys.model import Deployment, Project, StepSpec
+from buildsys.templating import Placeholder, placeholders
+
+
+@dataclass(frozen=True)
+class StepNode:
+    key: str  # stable identity (hash of the step and its upstream keys)
+    spec: StepSpec
+    deps: tuple[str, ...]  # node keys this one waits for
+    scope: tuple[tuple[str, str], ...]  # earlier steps of its chain: (id or label, node key), in order
+    cwd_from: str | None  # node key of the nearest earlier set_working_directory-like step
+    deployments: tuple[str, ...] = ()
+    label: str = ""
+
+    @property
+    def section(self) -> str:
+        return self.spec.section
+
+
+@dataclass
+class StepGraph:
+    nodes: dict[str, StepNode] = field(default_factory=dict)  # in insertion (chain) order
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment → node keys
+
+    def order(self) -> list[str]:
+        """A topological order (stable: chain order where the graph allows it)."""
+        import networkx as nx
+
+        g = self.to_networkx()
+        pos = {k: i for i, k in enumerate(self.nodes)}
+        return list(nx.lexicographical_topological_sort(g, key=lambda k: pos[k]))
+
+    def to_networkx(self) -> Any:
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for key, node in self.nodes.items():
+            g.add_node(key, label=node.label)
+            for dep in node.deps:
+                g.add_edge(dep, key)
+        return g
+
+    def dependents(self, key: str) -> set[str]:
+        """Every node downstream of `key`."""
+        out: set[str] = set()
+        stack = [key]
+        children: dict[str, list[str]] = {}
+        for k, n in self.nodes.items():
+            for d in n.deps:
+                children.setdefault(d, []).append(k)
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in out:
+                    out.add(child)
+                    stack.append(child)
+        return out
+
+
+def select_deployments(project: Project, patterns: Sequence[str]) -> list[Deployment]:
+    """Deployments by name or glob (also `flow-name/deployment` forms); unknown names are errors."""
+    if not patterns:
+        return list(project.deployments)
+    chosen: list[Deployment] = []
+    for pattern in patterns:
+        name = pattern.split("/", 1)[1] if "/" in pattern else pattern
+        matched = [d for d in project.deployments if fnmatchcase(d.name, name)]
+        if not matched:
+            from buildsys.suggest import did_you_mean
+
+            names = [d.name for d in project.deployments]
+            raise BuildsysError(
+                f"no deployment matches {pattern!r}",
+                hint=did_you_mean(name, names) or (f"deployments: {', '.join(names)}" if names else "the project has none"),
+            )
+        chosen.extend(d for d in matched if d not in chosen)
+    return chosen
+
+
+def build_graph(
+    project: Project,
+    *,
+    sections: Sequence[str] = ("build",),
+    deployments: Sequence[str] = (),
+    stepdefs: Mapping[str, Any] | None = None,
+) -> StepGraph:
+    """The graph for the given sections of the selected deployments (all when none is named).
+
+    `stepdefs` maps step names to StepDefs (for declared outputs and cwd handling); missing names
+    are simply treated as steps with unknown outputs.
+    """
+    graph = StepGraph()
+    problems: list[Diagnostic] = []
+    chains: list[tuple[str, list[StepSpec]]] = []
+    selected = select_deployments(project, deployments)
+    if selected:
+        for d in selected:
+            steps = [s for sec in sections for s in (d.build if sec == "build" else d.push if sec == "push" else ())]
+            chains.append((d.name, steps))
+    else:
+        steps = [s for sec in sections for s in (project.build if sec == "build" else project.push if sec == "push" else ())]
+        chains.append(("", steps))
+    for dep_name, steps in chains:
+        graph.chains[dep_name] = tuple(_add_chain(graph, steps, dep_name, stepdefs or {}, problems))
+    if any(p.is_error for p in problems):
+        raise ProjectError(problems)
+    _label(graph)
+    _check_cycles(graph)
+    return graph
+
+
+def _add_chain(
+    graph: StepGraph,
+    steps: list[StepSpec],
+    dep_name: str,
+    stepdefs: Mapping[str, Any],
+    problems: list[Diagnostic],
+) -> list[str]:
+    ids = {s.id: s for s in steps if s.id}
+    keys: list[str] = []
+    by_id: dict[str, str] = {}
+    scope: list[tuple[str, str]] = []
+    cwd_from: str | None = None
+    for i, spec in enumerate(steps):
+        deps = _deps(spec, i, steps, keys, by_id, ids, stepdefs, problems)
+        key = _node_key(spec, [graph_key for graph_key in deps])
+        node = graph.nodes.get(key)
+        if node is None:
+            graph.nodes[key] = StepNode(
+                key=key,
+                spec=spec,
+                deps=tuple(deps),
+                scope=tuple(scope),
+                cwd_from=cwd_from,
+                deployments=(dep_name,) if dep_name else (),
+            )
+        elif dep_name and dep_name not in node.deployments:
+            graph.nodes[key] = StepNode(
+                node.key, node.spec, node.deps, node.scope, node.cwd_from, (*node.deployments, dep_name)
+            )
+        keys.append(key)
+        label = spec.id or spec.label
+        scope.append((label, key))
+        if spec.id:
+            by_id[spec.id] = key
+        sdef = stepdefs.get(spec.name)
+        if sdef is not None and getattr(sdef, "sets_cwd", False):
+            cwd_from = key
+    return keys
+
+
+def _deps(
+    spec: StepSpec,
+    i: int,
+    steps: list[StepSpec],
+    keys: list[str],
+    by_id: Mapping[str, str],
+    ids: Mapping[str, StepSpec],
+    stepdefs: Mapping[str, Any],
+    problems: list[Diagnostic],
+) -> list[str]:
+    deps: list[str] = []
+    if spec.needs is not None:
+        for need in spec.needs:
+            if need in by_id:
+                deps.append(by_id[need])
+            else:
+                problems.append(_unknown_id(spec, need, ids, "needs", later=need in ids))
+    elif i > 0:
+        deps.append(keys[i - 1])
+    for ph in placeholders(spec.inputs):
+        if ph.kind != "output":
+            continue
+        target = _reference_target(ph, spec, steps[:i], keys, by_id, ids, stepdefs, problems)
+        if target is not None and target not in deps:
+            deps.append(target)
+    return deps
+
+
+def _reference_target(
+    ph: Placeholder,
+    spec: StepSpec,
+    earlier: list[StepSpec],
+    keys: list[str],
+    by_id: Mapping[str, str],
+    ids: Mapping[str, StepSpec],
+    stepdefs: Mapping[str, Any],
+    problems: list[Diagnostic],
+) -> str | None:
+    if ph.step_id is not None and ph.step_id in by_id:
+        return by_id[ph.step_id]
+    if ph.step_id is not None and ph.step_id in ids:
+        problems.append(_unknown_id(spec, ph.step_id, ids, ph.text, later=True))
+        return None
+    head = str(ph.keypath[0]) if ph.keypath else ph.name
+    producers = [
+        keys[j]
+        for j, s in enumerate(earlier)
+        if head in getattr(stepdefs.get(s.name), "outputs", ()) or stepdefs.get(s.name) is None
+    ]
+    if producers:
+        return producers[-1]
+    if any(not getattr(stepdefs.get(s.name), "outputs", ()) for s in earlier):
+        return keys[-1] if keys else None  # an earlier step with undeclared outputs may provide it
+    problems.append(_unknown_id(spec, ph.step_id or head, ids, ph.text, later=False))
+    return None
+
+
+def _unknown_id(spec: StepSpec, ref: str, ids: Mapping[str, StepSpec], what: str, *, later: bool) -> Diagnostic:
+    from buildsys.suggest import did_you_mean
+
+    known = sorted(ids)
+    if later:
+        message = f"{what} refers to step {ref!r}, which runs after this step"
+        hint = "move the step, or reference an earlier one"
+    else:
+        message = f"{what} does not match any step output before this step"
+        guess = did_you_mean(ref, known)
+        hint = (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id")
+    return Diagnostic("error", message, spec.location, spec.path, hint)
+
+
+def _node_key(spec: StepSpec, deps: Iterable[str]) -> str:
+    payload = json.dumps(
+        {"section": spec.section, "step": spec.raw, "deps": sorted(deps)}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _label(graph: StepGraph) -> None:
+    """Human labels: the step id, or name#index; disambiguated with @deployment when needed."""
+    base = {k: n.spec.id or n.spec.label for k, n in graph.nodes.items()}
+    counts: dict[str, int] = {}
+    for label in base.values():
+        counts[label] = counts.get(label, 0) + 1
+    for key, node in list(graph.nodes.items()):
+        label = base[key]
+        if counts[label] > 1:
+            label = f"{label}@{','.join(node.deployments) or node.spec.section}"
+        graph.nodes[key] = StepNode(node.key, node.spec, node.deps, node.scope, node.cwd_from, node.deployments, label)
+
+
+def _check_cycles(graph: StepGraph) -> None:
+    import networkx as nx
+
+    try:
+        cycle = nx.find_cycle(graph.to_networkx())
+    except nx.NetworkXNoCycle:
+        return
+    names = [graph.nodes[a].label for a, _ in cycle] + [graph.nodes[cycle[0][0]].label]
+    first = graph.nodes[cycle[0][0]].spec
+    raise ProjectError(
+        [
+            Diagnostic(
+                "error",
+                "the steps form a cycle: " + " → ".join(names),
+                first.location,
+                first.path,
+                "remove one of the `needs` entries or template references that close the cycle",
+            )
+        ]
+    )
+
+
+# --- output formats ---------------------------------------------------------------------------------
+
+
+def to_text(graph: StepGraph) -> str:
+    lines = []
+    for key in graph.order():
+        n = graph.nodes[key]
+        deps = ", ".join(graph.nodes[d].label for d in n.deps)
+        used = f"  [{', '.join(n.deployments)}]" if n.deployments else ""
+        lines.append(f"{n.label} ({n.spec.section}: {n.spec.name})" + (f" ← {deps}" if deps else "") + used)
+    return "\n".join(lines) if lines else "(no steps)"
+
+
+def to_dot(graph: StepGraph) -> str:
+    out = ["digraph buildsys {", "  rankdir=LR;", "  node [shape=box];"]
+    for key, n in graph.nodes.items():
+        out.append(f"  {json.dumps(key)} [label={json.dumps(n.label + chr(10) + n.spec.name)}];")
+    for key, n in graph.nodes.items():
+        for d in n.deps:
+            out.append(f"  {json.dumps(d)} -> {json.dumps(key)};")
+    out.append("}")
+    return "\n".join(out)
+
+
+def to_mermaid(graph: StepGraph) -> str:
+    out = ["flowchart LR"]
+    for key, n in graph.nodes.items():
+        text = f"{n.label}<br/>{n.spec.name}".replace('"', "'")
+        out.append(f'  n{key}["{text}"]')
+    for key, n in graph.nodes.items():
+        for d in n.deps:
+            out.append(f"  n{d} --> n{key}")
+    return "\n".join(out)
+
+
+def to_json(graph: StepGraph) -> dict[str, Any]:
+    return {
+        "nodes": [
+            {
+                "key": k,
+                "label": n.label,
+                "step": n.spec.name,
+                "id": n.spec.id,
+                "section": n.spec.section,
+                "deployments": list(n.deployments),
+                "needs": [graph.nodes[d].label for d in n.deps],
+                "location": str(n.spec.location) if n.spec.location else None,
+            }
+            for k, n in graph.nodes.items()
+        ],
+        "edges": [[d, k] for k, n in graph.nodes.items() for d in n.deps],
+    }
+
+
+def project_root(project: Project) -> Path:
+    return project.root

@@ -1,0 +1,698 @@
+"""Load a prefect.yaml: YAML with locations → JSON Schema → the typed model in buildsys.model.
+
+Prefect's keys and shapes are accepted as they are, with its section rules (§1.5 of the
+compatibility reference); unlike Prefect nothing is silently dropped: unknown keys are warnings with
+a did-you-mean (errors under strict), and an invalid file fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import Diagnostic, Location, ProjectError
+from buildsys.model import (
+    Deployment,
+    PoolSpec,
+    Project,
+    QueueSpec,
+    ScheduleSpec,
+    StepSpec,
+    VariableSpec,
+    WorkPoolRef,
+)
+from buildsys.yamlsource import Located, YamlError, load_yaml
+
+Path_ = tuple[str | int, ...]
+RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
+DOCKER_BUILD_NAMES = frozenset(
+    {
+        "build_docker_image",
+        "prefect_docker.deployments.steps.build_docker_image",
+        "prefect_docker.projects.steps.build_docker_image",
+    }
+)
+
+
+def load_project(path: Path | str, *, strict: bool = False, text: str | None = None) -> Project:
+    """Load and validate a project file. Raises ProjectError listing every problem found."""
+    file = Path(path)
+    shown = str(path)
+    if text is None:
+        try:
+            raw = file.read_bytes()
+        except FileNotFoundError:
+            raise ProjectError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"no project file at {shown}",
+                        hint="run `buildsys init` to create one, or pass -f PATH",
+                    )
+                ]
+            ) from None
+        except IsADirectoryError:
+            raise ProjectError([Diagnostic("error", f"{shown} is a directory, not a project file")]) from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ProjectError(
+                [Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]
+            ) from None
+    root = file.resolve().parent if text is not None else Path.cwd()
+    return parse_project(text, file=shown, root=root, strict=strict)
+
+
+def parse_project(text: str, *, file: str, root: Path, strict: bool = False) -> Project:
+    try:
+        doc = load_yaml(text, file)
+    except YamlError as exc:
+        raise ProjectError(exc.diagnostics()) from None
+    _check_kind(doc)
+    problems = list(_schema_problems(doc, strict))
+    if any(p.is_error for p in problems):
+        raise ProjectError(_sorted(problems))
+    loader = _Narrower(doc, root, problems)
+    project = loader.project(Path(file))
+    if strict:
+        problems = [Diagnostic("error", p.message, p.location, p.path, p.hint) for p in problems]
+    if any(p.is_error for p in problems):
+        raise ProjectError(_sorted(problems))
+    return project
+
+
+def _sorted(problems: Sequence[Diagnostic]) -> list[Diagnostic]:
+    def key(d: Diagnostic) -> tuple[int, int, int]:
+        loc = d.location
+        return (0 if d.is_error else 1, loc.line if loc else 0, loc.col if loc else 0)
+
+    return sorted(problems, key=key)
+
+
+def _check_kind(doc: Located) -> None:
+    """A file that is YAML but not a prefect.yaml gets one clear sentence."""
+    value = doc.value
+    here = Location(doc.file, 1, 1)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        kind = "a list" if isinstance(value, list) else f"a single {type(value).__name__} value"
+        raise ProjectError(
+            [Diagnostic("error", f"{doc.file} is {kind}, not a prefect.yaml project (a mapping of keys)", here)]
+        )
+    if "apiVersion" in value and "kind" in value:
+        raise ProjectError(
+            [
+                Diagnostic(
+                    "error",
+                    f"{doc.file} looks like a Kubernetes manifest (kind: {value.get('kind')}), not a prefect.yaml",
+                    here,
+                    hint="point -f at the project's prefect.yaml",
+                )
+            ]
+        )
+    if "services" in value and not ({"deployments", "build", "push", "pull"} & set(value)):
+        raise ProjectError(
+            [
+                Diagnostic(
+                    "error",
+                    f"{doc.file} looks like a docker-compose file (it has `services:`), not a prefect.yaml",
+                    here,
+                    hint="point -f at the project's prefect.yaml",
+                )
+            ]
+        )
+
+
+# --- schema validation ----------------------------------------------------------------------------
+
+_VALIDATOR: Any = None
+
+
+def project_schema() -> dict[str, Any]:
+    import json
+    from importlib.resources import files
+
+    data: dict[str, Any] = json.loads(files("buildsys.schemas").joinpath("project.schema.json").read_text())
+    return data
+
+
+def _validator() -> Any:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        from jsonschema import Draft202012Validator
+
+        _VALIDATOR = Draft202012Validator(project_schema())
+    return _VALIDATOR
+
+
+def _schema_problems(doc: Located, strict: bool) -> list[Diagnostic]:
+    if doc.value is None:
+        return []
+    try:
+        validator = _validator()
+    except (FileNotFoundError, ModuleNotFoundError):  # schemas not installed: structural checks only
+        return []
+    out: list[Diagnostic] = []
+    for error in validator.iter_errors(doc.value):
+        out.extend(_diagnose(error, doc, strict))
+    return _dedupe(out)
+
+
+def _dedupe(items: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for d in items:
+        k = (d.severity, d.message, d.location, d.path)
+        if k not in seen:
+            seen.add(k)
+            out.append(d)
+    return out
+
+
+def _diagnose(error: Any, doc: Located, strict: bool) -> list[Diagnostic]:
+    from buildsys.suggest import did_you_mean
+
+    path: Path_ = tuple(error.absolute_path)
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        # Report the alternative that got furthest into the value: the most specific problem.
+        best = max(error.context, key=lambda e: (len(e.absolute_path), -len(e.schema_path)))
+        if len(best.absolute_path) > len(path) or best.validator == "additionalProperties":
+            return _diagnose(best, doc, strict)
+    where = doc.loc(path)
+    shown = describe_path(doc.value, path)
+    if error.validator == "additionalProperties":
+        known = sorted((error.schema.get("properties") or {}).keys())
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        extras = [k for k in instance if k not in known and not _pattern_allows(error.schema, k)]
+        severity = "error" if strict or error.schema.get("x-unknown-keys") == "error" else "warning"
+        out = []
+        for key in extras:
+            key_path = (*path, key)
+            out.append(
+                Diagnostic(
+                    severity,
+                    f"unknown key {key!r}" + (" (ignored)" if severity == "warning" else ""),
+                    doc.loc(key_path),
+                    describe_path(doc.value, key_path),
+                    did_you_mean(str(key), known) or f"known keys here: {', '.join(known)}",
+                )
+            )
+        return out
+    hint = None
+    message = error.message
+    if error.validator == "type":
+        expected = error.validator_value
+        expected_list = expected if isinstance(expected, list) else [expected]
+        got = error.instance
+        if "string" in expected_list and isinstance(got, bool | int | float):
+            hint = f'quote it: "{_yaml_scalar(got)}" (YAML reads {_yaml_scalar(got)} as a {_type_name(got)})'
+        message = f"expected {' or '.join(expected_list)}, got {_type_name(got)} {_short(got)}"
+    elif error.validator == "required":
+        message = error.message.replace("is a required property", "is required")
+    elif error.validator == "enum":
+        message = f"{_short(error.instance)} is not one of {', '.join(map(repr, error.validator_value))}"
+        guess = did_you_mean(str(error.instance), [str(v) for v in error.validator_value])
+        hint = guess
+    elif error.validator in ("maxProperties", "minProperties") and _is_step_path(path):
+        message = "a step must be a mapping with exactly one key: the step's name"
+        hint = "indent the step's inputs under its name"
+    return [Diagnostic("error", message, where, shown, hint)]
+
+
+def _pattern_allows(schema: Mapping[str, Any], key: str) -> bool:
+    import re
+
+    return any(re.search(p, key) for p in (schema.get("patternProperties") or {}))
+
+
+def _is_step_path(path: Path_) -> bool:
+    return len(path) >= 2 and path[-2] in ("build", "push", "pull")
+
+
+def _type_name(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _yaml_scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe_path(data: Any, path: Path_) -> str:
+    """The document path with list items named by their name or step id: deployments[etl].build[0]."""
+    out = ""
+    cur = data
+    for part in path:
+        if isinstance(part, int):
+            label = str(part)
+            item = cur[part] if isinstance(cur, list) and part < len(cur) else None
+            if isinstance(item, dict):
+                if isinstance(item.get("name"), str):
+                    label = item["name"]
+                elif len(item) == 1:
+                    (step_name, body), = item.items()
+                    sid = body.get("id") if isinstance(body, dict) else None
+                    label = f"{part}: {sid or str(step_name).rsplit('.', 1)[-1]}"
+            out += f"[{label}]"
+            cur = item
+        else:
+            out += f".{part}" if out else str(part)
+            cur = cur.get(part) if isinstance(cur, dict) else None
+    return out or "(top level)"
+
+
+# --- narrowing into the model ---------------------------------------------------------------------
+
+
+class _Narrower:
+    """Turns the validated document into frozen dataclasses, applying Prefect's section rules."""
+
+    def __init__(self, doc: Located, root: Path, problems: list[Diagnostic]) -> None:
+        self.doc = doc
+        self.data: dict[str, Any] = doc.value if isinstance(doc.value, dict) else {}
+        self.root = root
+        self.problems = problems
+
+    def error(self, message: str, path: Path_, hint: str | None = None) -> None:
+        self.problems.append(
+            Diagnostic("error", message, self.doc.loc(path), describe_path(self.data, path), hint)
+        )
+
+    def warn(self, message: str, path: Path_, hint: str | None = None) -> None:
+        self.problems.append(
+            Diagnostic("warning", message, self.doc.loc(path), describe_path(self.data, path), hint)
+        )
+
+    def project(self, file: Path) -> Project:
+        d = self.data
+        top: dict[str, tuple[StepSpec, ...] | None] = {
+            s: self.section(d.get(s), (s,), s) for s in ("build", "push", "pull")
+        }
+        deployments = self.deployments(d.get("deployments"), top)
+        meta: dict[str, Any] = d["buildsys"] if isinstance(d.get("buildsys"), dict) else {}
+        return Project(
+            file=file,
+            root=self.root,
+            name=_str_or_none(d.get("name")),
+            prefect_version=_str_or_none(d.get("prefect-version", d.get("prefect_version"))),
+            build=top["build"] or (),
+            push=top["push"] or (),
+            pull=top["pull"],
+            deployments=deployments,
+            work_pools=self.pools(d.get("work_pools")),
+            variables=self.variables(d.get("variables")),
+            warnings=tuple(p for p in self.problems if not p.is_error),
+            recipe=meta.get("recipe") if isinstance(meta.get("recipe"), dict) else None,
+            data=d,
+        )
+
+    def section(self, value: Any, path: Path_, name: str) -> tuple[StepSpec, ...] | None:
+        """None when absent/null; a tuple (possibly empty) otherwise. A single mapping is one step."""
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            if not value:
+                return None
+            value = [value]
+            single = True
+        else:
+            single = False
+        if not isinstance(value, list):
+            self.error(f"`{name}` must be a list of steps", path)
+            return ()
+        steps = []
+        for i, item in enumerate(value):
+            spec = self.step(item, path if single else (*path, i), name, i)
+            if spec is not None:
+                steps.append(spec)
+        return tuple(steps)
+
+    def step(self, item: Any, path: Path_, section: str, index: int) -> StepSpec | None:
+        if not isinstance(item, dict) or len(item) != 1:
+            if isinstance(item, dict) and not item:
+                return None  # Prefect skips an empty mapping
+            self.error(
+                "a step must be a mapping with exactly one key: the step's name",
+                path,
+                "indent the step's inputs under its name",
+            )
+            return None
+        (name, body), = item.items()
+        if body is None:
+            body = {}
+            self.error(
+                f"step {name!r} has no inputs mapping (Prefect crashes on this)",
+                (*path, name),
+                f"write `- {name}: {{}}` for a step without inputs",
+            )
+        if not isinstance(body, dict):
+            self.error(f"the inputs of step {name!r} must be a mapping", (*path, name))
+            return None
+        sid = body.get("id")
+        requires = body.get("requires") or ()
+        needs = body.get("needs")
+        globs = body.get("inputs") or ()
+        if sid is not None and not isinstance(sid, str):
+            self.error("a step id must be a string", (*path, name, "id"), f'quote it: id: "{sid}"')
+            sid = str(sid)
+        return StepSpec(
+            name=str(name),
+            inputs={k: v for k, v in body.items() if k not in RESERVED_STEP_KEYS},
+            section=section,
+            index=index,
+            location=self.doc.loc((*path, name)),
+            path=describe_path(self.data, path),
+            id=sid,
+            requires=(requires,) if isinstance(requires, str) else tuple(str(r) for r in requires),
+            needs=None if needs is None else tuple(str(n) for n in (needs if isinstance(needs, list) else [needs])),
+            input_globs=(globs,) if isinstance(globs, str) else tuple(str(g) for g in globs),
+            raw=item,
+        )
+
+    def deployments(self, value: Any, top: Mapping[str, tuple[StepSpec, ...] | None]) -> tuple[Deployment, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.error("`deployments` must be a list", ("deployments",))
+            return ()
+        out: list[Deployment] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(value):
+            path: Path_ = ("deployments", i)
+            if raw is None:
+                self.warn("empty deployment entry (ignored)", path)
+                continue
+            if not isinstance(raw, dict):
+                self.error("a deployment must be a mapping", path)
+                continue
+            dep = self.deployment(raw, path, i, top)
+            if dep is None:
+                continue
+            if dep.name in seen:
+                self.error(
+                    f"deployment name {dep.name!r} is used twice (entries {seen[dep.name]} and {i})",
+                    (*path, "name"),
+                    "deployment names must be unique within a project",
+                )
+            seen[dep.name] = i
+            out.append(dep)
+        return tuple(out)
+
+    def deployment(
+        self, raw: dict[str, Any], path: Path_, index: int, top: Mapping[str, tuple[StepSpec, ...] | None]
+    ) -> Deployment | None:
+        name = raw.get("name")
+        if name is None or name == "":
+            self.warn(
+                "deployment entry without a `name` is skipped (as `prefect deploy` skips it)",
+                path,
+                "give it a `name:`, or delete the skeleton entry",
+            )
+            return None
+        name = str(name)
+        if name.endswith(".py"):
+            name = name[:-3]
+        own: dict[str, tuple[StepSpec, ...] | None] = {
+            s: self.section(raw.get(s), (*path, s), s) for s in ("build", "push", "pull") if s in raw
+        }
+        build = own["build"] if "build" in own else top["build"]
+        push = own["push"] if "push" in own else top["push"]
+        pull, pull_default = self.effective_pull(raw, own, top, build or ())
+        wp: dict[str, Any] = raw["work_pool"] if isinstance(raw.get("work_pool"), dict) else {}
+        entrypoint = _str_or_none(raw.get("entrypoint"))
+        if entrypoint is None:
+            self.warn("deployment has no `entrypoint`", (*path, "name"), "add `entrypoint: path/file.py:flow_function`")
+        else:
+            self.check_entrypoint(entrypoint, (*path, "entrypoint"))
+        limit, options = _concurrency(raw.get("concurrency_limit"))
+        tags = raw.get("tags")
+        return Deployment(
+            name=name,
+            index=index,
+            location=self.doc.loc(path),
+            path=describe_path(self.data, path),
+            entrypoint=entrypoint,
+            flow_name=_str_or_none(raw.get("flow_name")),
+            version=raw.get("version"),
+            version_type=_str_or_none(raw.get("version_type")),
+            description=raw.get("description"),
+            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (tags if tags is not None else ()),
+            parameters=raw.get("parameters") or {},
+            enforce_parameter_schema=raw.get("enforce_parameter_schema"),
+            schedules=self.schedules(raw, path),
+            paused=raw.get("paused"),
+            concurrency_limit=limit,
+            concurrency_options=options,
+            work_pool=WorkPoolRef(
+                name=_str_or_none(wp.get("name")),
+                work_queue_name=_str_or_none(wp.get("work_queue_name")),
+                job_variables=wp.get("job_variables") or {},
+                location=self.doc.loc((*path, "work_pool")),
+            ),
+            build=build or (),
+            push=push or (),
+            pull=pull,
+            pull_is_default=pull_default,
+            build_is_own="build" in own,
+            push_is_own="push" in own,
+            pull_is_own="pull" in own,
+            triggers=tuple(t for t in (raw.get("triggers") or []) if isinstance(t, dict)),
+            sla=tuple(raw["sla"]) if isinstance(raw.get("sla"), list) else None,
+            declared=frozenset(raw),
+            raw=raw,
+        )
+
+    def effective_pull(
+        self,
+        raw: Mapping[str, Any],
+        own: Mapping[str, tuple[StepSpec, ...] | None],
+        top: Mapping[str, tuple[StepSpec, ...] | None],
+        build: tuple[StepSpec, ...],
+    ) -> tuple[tuple[StepSpec, ...], bool]:
+        """Prefect §1.5: `pull: []` disables; null/{} falls back to the top level; empty → a default."""
+        if "pull" in raw and raw["pull"] == []:
+            return (), False
+        pull = own.get("pull") if own.get("pull") else top["pull"]
+        if pull is not None and (pull or self.data.get("pull") == []):
+            return pull, False
+        return self.default_pull(raw, build), True
+
+    def default_pull(self, raw: Mapping[str, Any], build: tuple[StepSpec, ...]) -> tuple[StepSpec, ...]:
+        docker = [s for s in build if s.name in DOCKER_BUILD_NAMES]
+        wp: dict[str, Any] = raw["work_pool"] if isinstance(raw.get("work_pool"), dict) else {}
+        jv: dict[str, Any] = wp["job_variables"] if isinstance(wp.get("job_variables"), dict) else {}
+        if docker:
+            if docker[0].inputs.get("dockerfile") != "auto":
+                return ()
+            directory = f"/opt/prefect/{self.root.name}"
+        elif jv.get("image"):
+            directory = "/opt/prefect"
+        else:
+            directory = str(self.root)
+        name = "prefect.deployments.steps.set_working_directory"
+        return (
+            StepSpec(
+                name=name,
+                inputs={"directory": directory},
+                section="pull",
+                index=0,
+                location=None,
+                path="(generated default pull step)",
+                raw={name: {"directory": directory}},
+            ),
+        )
+
+    def check_entrypoint(self, entrypoint: str, path: Path_) -> None:
+        if ".py:" in entrypoint:
+            file = entrypoint.rsplit(":", 1)[0]
+            if not (self.root / file).is_file():
+                self.warn(
+                    f"entrypoint file {file} does not exist (relative to {self.root})",
+                    path,
+                    "entrypoints are relative to the directory that holds the project file",
+                )
+        elif ":" not in entrypoint and "." not in entrypoint:
+            self.error(
+                f"entrypoint {entrypoint!r} names no function",
+                path,
+                "use `path/file.py:function` or `package.module:function`",
+            )
+
+    def schedules(self, raw: Mapping[str, Any], path: Path_) -> tuple[ScheduleSpec, ...]:
+        items: list[tuple[Any, Path_]] = []
+        single = raw.get("schedule")
+        many = raw.get("schedules")
+        if single and many:
+            self.error(
+                "both `schedule` and `schedules` are set",
+                (*path, "schedule"),
+                "move the `schedule` item into the `schedules` list (`schedule` is deprecated)",
+            )
+        if isinstance(single, dict) and single:
+            items.append((single, (*path, "schedule")))
+        elif single is not None and not isinstance(single, dict):
+            self.error(
+                "`schedule` must be a mapping such as {cron: '0 * * * *'}",
+                (*path, "schedule"),
+                "write `schedules: [{cron: ...}]` (`schedule` is deprecated)",
+            )
+        if isinstance(many, list):
+            items.extend((s, (*path, "schedules", i)) for i, s in enumerate(many))
+        out = []
+        for item, ipath in items:
+            spec = self.schedule(item, ipath)
+            if spec is not None:
+                out.append(spec)
+        return tuple(out)
+
+    def schedule(self, item: Any, path: Path_) -> ScheduleSpec | None:
+        if not isinstance(item, dict):
+            self.error("a schedule must be a mapping", path)
+            return None
+        kinds = [k for k in ("cron", "interval", "rrule") if item.get(k) is not None]
+        if len(kinds) != 1:
+            self.error(
+                "a schedule needs exactly one of cron, interval or rrule"
+                + (f" (found {', '.join(kinds)})" if kinds else ""),
+                path,
+            )
+            return None
+        kind = kinds[0]
+        value = item[kind]
+        if kind == "interval":
+            seconds = _interval_seconds(value)
+            if seconds is None or seconds <= 0:
+                self.error(
+                    f"interval {value!r} is not a positive number of seconds, ISO-8601 duration or HH:MM:SS",
+                    (*path, "interval"),
+                )
+                return None
+            value = seconds
+        elif kind == "cron":
+            self.check_cron(str(value), (*path, "cron"))
+        return ScheduleSpec(
+            kind=kind,
+            value=value,
+            timezone=_str_or_none(item.get("timezone")),
+            active=item.get("active", True),
+            parameters=item.get("parameters") or {},
+            slug=_str_or_none(item.get("slug")),
+            replaces=_str_or_none(item.get("replaces")),
+            anchor_date=_str_or_none(item.get("anchor_date")),
+            day_or=item.get("day_or"),
+            location=self.doc.loc(path),
+            raw=item,
+        )
+
+    def check_cron(self, expr: str, path: Path_) -> None:
+        if "{{" in expr:
+            return
+        fields = expr.split()
+        if not (5 <= len(fields) <= 6) and not expr.startswith("@"):
+            self.error(f"cron expression {expr!r} needs 5 fields (minute hour day month weekday)", path)
+
+    def pools(self, value: Any) -> tuple[PoolSpec, ...]:
+        if not isinstance(value, list):
+            return ()
+        out = []
+        names: set[str] = set()
+        for i, raw in enumerate(value):
+            path: Path_ = ("work_pools", i)
+            if not isinstance(raw, dict) or not raw.get("name"):
+                self.error("a work pool needs a `name`", path)
+                continue
+            name = str(raw["name"])
+            if name in names:
+                self.error(f"work pool {name!r} is declared twice", (*path, "name"))
+            names.add(name)
+            queues = tuple(
+                QueueSpec(
+                    name=str(q.get("name")),
+                    priority=q.get("priority"),
+                    concurrency_limit=q.get("concurrency_limit"),
+                    description=q.get("description"),
+                    paused=q.get("paused"),
+                    location=self.doc.loc((*path, "queues", j)),
+                )
+                for j, q in enumerate(raw.get("queues") or [])
+                if isinstance(q, dict)
+            )
+            out.append(
+                PoolSpec(
+                    name=name,
+                    type=str(raw.get("type") or "process"),
+                    location=self.doc.loc(path),
+                    path=describe_path(self.data, path),
+                    description=raw.get("description"),
+                    concurrency_limit=raw.get("concurrency_limit"),
+                    paused=raw.get("paused"),
+                    job_variables=raw.get("job_variables") or {},
+                    base_job_template=raw.get("base_job_template"),
+                    queues=queues,
+                    declared=frozenset(raw),
+                )
+            )
+        return tuple(out)
+
+    def variables(self, value: Any) -> tuple[VariableSpec, ...]:
+        if not isinstance(value, dict):
+            return ()
+        return tuple(VariableSpec(str(k), v, self.doc.loc(("variables", k))) for k, v in value.items())
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _concurrency(value: Any) -> tuple[int | None, dict[str, Any] | None]:
+    if isinstance(value, dict):
+        limit = value.get("limit")
+        options = {k: v for k, v in value.items() if k != "limit"}
+        return (int(limit) if isinstance(limit, int) else None), (options or None)
+    return (value if isinstance(value, int) and not isinstance(value, bool) else None), None
+
+
+def _interval_seconds(value: Any) -> float | None:
+    """Seconds from a number, an ISO-8601 duration (PT10M, P1D) or HH:MM:SS."""
+    import re
+
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = re.fullmatch(r"(?:(\d+)\s*days?,\s*)?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)", text)
+    if m:
+        days = int(m.group(1) or 0)
+        return days * 86400 + int(m.group(2)) * 3600 + int(m.group(3)) * 60 + float(m.group(4))
+    m = re.fullmatch(
+        r"P(?:(\d+(?:\.\d+)?)W)?(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?",
+        text,
+    )
+    if m and any(m.groups()):
+        w, d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+        return w * 604800 + d * 86400 + h * 3600 + mi * 60 + s
+    return None
+
+
+def find_project_file(start: Path | None = None) -> Path:
+    """prefect.yaml in the current directory (Prefect does not search parents; neither do we)."""
+    base = start or Path(os.getcwd())
+    return base / "prefect.yaml"

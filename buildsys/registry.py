@@ -1,0 +1,223 @@
+"""Step name resolution: built-in names and Prefect aliases → entry-point plugins → import paths.
+
+Built-in steps register through the same entry-point group (`buildsys.steps`) a third-party plugin
+uses. Nothing is imported until a project uses a name; a plugin that fails to import disables only
+the names it provides. Standard library only (the in-run runtime resolves pull steps with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import StepError
+from buildsys.step import StepDef
+
+GROUP = "buildsys.steps"
+BUILTIN_DIST = "buildsys"
+
+# Where the well-known Prefect integrations' steps come from, for install hints.
+EXTRA_FOR_PREFIX = {
+    "prefect_aws.": "buildsys[s3]",
+    "prefect_gcp.": "buildsys[gcs]",
+}
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    name: str
+    aliases: tuple[str, ...]
+    package: str  # the distribution that provides it
+    value: str  # "module:attr"
+
+    @property
+    def builtin(self) -> bool:
+        return self.package == BUILTIN_DIST
+
+
+@dataclass(frozen=True)
+class _Claim:
+    name: str
+    value: str
+    package: str
+    ep: EntryPoint
+
+
+@lru_cache(maxsize=1)
+def _claims() -> dict[str, list[_Claim]]:
+    """Every entry point of the group, by name (several = a conflict, reported when used)."""
+    found: dict[str, list[_Claim]] = {}
+    for ep in entry_points(group=GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        claims = found.setdefault(ep.name, [])
+        if not any(c.value == ep.value and c.package == dist for c in claims):
+            claims.append(_Claim(ep.name, ep.value, dist, ep))
+    return found
+
+
+def refresh() -> None:
+    """Forget the cached entry points (after installing a plugin in-process)."""
+    _claims.cache_clear()
+    _loaded.clear()
+
+
+def available() -> list[StepInfo]:
+    """Every registered step, grouped by target: short name, aliases and the providing package."""
+    by_value: dict[tuple[str, str], list[str]] = {}
+    for name, claims in _claims().items():
+        for c in claims:
+            by_value.setdefault((c.value, c.package), []).append(name)
+    infos = []
+    for (value, package), names in by_value.items():
+        names.sort(key=lambda n: (n.count("."), len(n), n))
+        infos.append(StepInfo(names[0], tuple(names[1:]), package, value))
+    infos.sort(key=lambda i: (not i.builtin, i.name))
+    return infos
+
+
+def conflicts() -> list[tuple[str, list[str]]]:
+    """Names claimed by more than one package: (name, ["pkg (module:attr)", ...])."""
+    return [
+        (name, [f"{c.package} ({c.value})" for c in claims])
+        for name, claims in sorted(_claims().items())
+        if len({(c.value, c.package) for c in claims}) > 1
+    ]
+
+
+_loaded: dict[tuple[str, str], StepDef] = {}
+
+
+def resolve(name: str, root: Path | None = None, *, requires: Sequence[str] = ()) -> StepDef:
+    """The StepDef for a step name as written in a project file. Raises StepError with a hint."""
+    key = (name, str(root))
+    hit = _loaded.get(key)
+    if hit is not None:
+        return hit
+    claims = _claims().get(name)
+    if claims:
+        stepdef = _from_entry_point(name, claims)
+    else:
+        stepdef = _from_import_path(name, root or Path.cwd(), requires)
+    _loaded[key] = stepdef
+    return stepdef
+
+
+def _from_entry_point(name: str, claims: list[_Claim]) -> StepDef:
+    if len({(c.value, c.package) for c in claims}) > 1:
+        both = " and ".join(f"{c.package} ({c.value})" for c in claims)
+        raise StepError(
+            f"step name {name!r} is claimed by more than one plugin: {both}",
+            hint="uninstall one of them, or refer to the step by its import path",
+        )
+    claim = claims[0]
+    try:
+        obj = claim.ep.load()
+    except Exception as exc:  # a broken plugin disables only itself
+        raise StepError(
+            f"plugin {claim.package} failed to import step {name!r} ({claim.value}): "
+            f"{type(exc).__name__}: {exc}",
+            hint=f"fix or reinstall {claim.package}; other steps are unaffected",
+        ) from None
+    return _as_stepdef(obj, name)
+
+
+def _as_stepdef(obj: Any, name: str) -> StepDef:
+    if isinstance(obj, StepDef):
+        return obj
+    if callable(obj):
+        return StepDef.from_callable(obj, name)
+    raise StepError(f"{name!r} does not name a step function (got {type(obj).__name__})")
+
+
+def _from_import_path(name: str, root: Path, requires: Sequence[str]) -> StepDef:
+    """Prefect-compatible: `path/file.py:func`, `module:func`, or `module.func` (split at the last dot)."""
+    try:
+        if ".py:" in name:
+            file, _, attr = name.rpartition(":")
+            obj = _attr_chain(_load_file(root / file), attr)
+        elif ":" in name:
+            module, _, attr = name.partition(":")
+            obj = _attr_chain(_import(module, root), attr)
+        elif "." in name:
+            module, _, attr = name.rpartition(".")
+            obj = _attr_chain(_import(module, root), attr)
+        else:
+            raise ImportError(name)
+    except (ImportError, AttributeError, FileNotFoundError, SyntaxError) as exc:
+        raise StepError(f"unknown step {name!r}", hint=_install_hint(name, requires, exc)) from None
+    return _as_stepdef(obj, name)
+
+
+def _import(module: str, root: Path) -> Any:
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(module)
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(root))
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(str(path))
+    mod_name = f"buildsys_local_step_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(path.parent))
+    return module
+
+
+def _attr_chain(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _install_hint(name: str, requires: Sequence[str], exc: BaseException) -> str:
+    for prefix, extra in EXTRA_FOR_PREFIX.items():
+        if name.startswith(prefix):
+            return f"install it with: pip install '{extra}'"
+    if requires:
+        return (
+            f"it is not installed; install it with: pip install {' '.join(repr(r) for r in requires)} "
+            "(or pass --install-requires)"
+        )
+    detail = f" ({type(exc).__name__}: {exc})" if not isinstance(exc, ImportError) or str(exc) != name else ""
+    return (
+        "not a built-in step, not provided by an installed plugin and not importable"
+        f"{detail}; `buildsys steps ls` lists the available steps"
+    )
+
+
+def install_requires(requires: Sequence[str]) -> None:
+    """Opt-in (--install-requires): pip install a step's `requires` into this interpreter."""
+    import subprocess
+
+    if not requires:
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", *requires], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise StepError(
+            f"pip could not install {' '.join(requires)}",
+            hint=(proc.stderr or proc.stdout).strip().splitlines()[-1] if (proc.stderr or proc.stdout) else None,
+        )
+    importlib.invalidate_caches()
+    refresh()

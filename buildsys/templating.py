@@ -1,0 +1,350 @@
+"""Prefect-compatible `{{ … }}` placeholders (a regex engine, not Jinja), with stricter failure modes.
+
+Kinds: step outputs (`{{ step_id.key }}` or flat `{{ key }}`), environment (`{{ $NAME }}`),
+variables (`{{ prefect.variables.name }}`), blocks (`{{ prefect.blocks.type.name[.path] }}`) and
+run-time context (`{{ ctx.* }}`, `{{ flow_run.* }}`), which always survives to run time.
+A whole-string placeholder keeps the value's type (env values are always strings); embedded ones
+become `str(value)`. Standard library only: the in-run runtime uses this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from buildsys.errors import Location, TemplateError
+
+PLACEHOLDER = re.compile(r"\{\{\s*([\w.\-\[\]$]+)\s*\}\}")
+RUNTIME_PREFIXES = ("ctx.", "flow_run.", "flow.", "deployment.")
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+class _Unknown:
+    """A value that depends on a build that has not run yet."""
+
+    _instance: _Unknown | None = None
+
+    def __new__(cls) -> _Unknown:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "(known after build)"
+
+    __str__ = __repr__
+
+
+UNKNOWN: Any = _Unknown()
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    text: str  # the whole `{{ … }}`
+    name: str
+    kind: str  # output | env | variable | block | ctx
+    step_id: str | None = None  # for outputs written as step_id.key
+    keypath: tuple[str | int, ...] = ()
+
+
+def classify(name: str) -> Placeholder:
+    if name.startswith("$"):
+        return Placeholder(f"{{{{ {name} }}}}", name, "env", keypath=(name[1:],))
+    if name.startswith("prefect.variables."):
+        return Placeholder(f"{{{{ {name} }}}}", name, "variable", keypath=_keypath(name[18:]))
+    if name.startswith("prefect.blocks."):
+        return Placeholder(f"{{{{ {name} }}}}", name, "block", keypath=_keypath(name[15:]))
+    if name.startswith(RUNTIME_PREFIXES):
+        return Placeholder(f"{{{{ {name} }}}}", name, "ctx")
+    path = _keypath(name)
+    step_id = str(path[0]) if len(path) > 1 else None
+    return Placeholder(f"{{{{ {name} }}}}", name, "output", step_id=step_id, keypath=path)
+
+
+def _keypath(name: str) -> tuple[str | int, ...]:
+    parts: list[str | int] = []
+    for segment in _INDEX.sub(r".\1", name).split("."):
+        if segment == "":
+            continue
+        parts.append(int(segment) if segment.isdigit() else segment)
+    return tuple(parts)
+
+
+def placeholders(value: Any) -> list[Placeholder]:
+    """Every placeholder in a value (strings inside dicts and lists; keys are never templated)."""
+    found: list[Placeholder] = []
+    _walk(value, found)
+    return found
+
+
+def _walk(value: Any, found: list[Placeholder]) -> None:
+    if isinstance(value, str):
+        if "{{" in value:
+            found.extend(classify(m.group(1)) for m in PLACEHOLDER.finditer(value))
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _walk(v, found)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _walk(v, found)
+
+
+BlockResolver = Callable[[str, str], Any]
+
+
+@dataclass
+class Scope:
+    """What placeholders resolve against. A `None` source means "not available here": its
+    placeholders are kept as written (e.g. env and variables when computing cache keys)."""
+
+    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by step id / label
+    ids: frozenset[str] | None = None  # the real step ids (labels of anonymous steps excluded)
+    env: Mapping[str, str] | None = None
+    variables: Mapping[str, Any] | None = None
+    blocks: BlockResolver | None = None
+    pending: frozenset[str] = frozenset()  # step ids whose outputs are not known yet
+    secrets: set[str] = field(default_factory=set)  # filled with every env/block/variable value used
+
+    def step_ids(self) -> frozenset[str]:
+        return self.ids if self.ids is not None else frozenset(self.outputs)
+
+
+_MISSING = object()
+_DROP = object()
+
+
+def render(
+    value: Any,
+    scope: Scope,
+    *,
+    missing: str = "error",
+    location: Location | None = None,
+    path: str | None = None,
+) -> Any:
+    """Render every placeholder in `value`.
+
+    missing: "error" (TemplateError naming the place), "keep" (leave the placeholder as written),
+    "unknown" (UNKNOWN for values of steps that have not run), "blank" (Prefect's default: a missing
+    whole-string value drops its key or list item, an embedded one becomes "").
+    """
+    renderer = _Renderer(scope, missing, location, path)
+    result = renderer.value(value)
+    return None if result is _DROP else result
+
+
+class _Renderer:
+    def __init__(self, scope: Scope, missing: str, location: Location | None, path: str | None) -> None:
+        self.scope = scope
+        self.missing = missing
+        self.location = location
+        self.path = path
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.string(value) if "{{" in value else value
+        if isinstance(value, Mapping):
+            out = {}
+            for k, v in value.items():
+                r = self.value(v)
+                if r is not _DROP:
+                    out[k] = r
+            return out
+        if isinstance(value, list | tuple):
+            return [r for r in (self.value(v) for v in value) if r is not _DROP]
+        return value
+
+    def string(self, text: str) -> Any:
+        whole = PLACEHOLDER.fullmatch(text)
+        if whole is not None:
+            ph = classify(whole.group(1))
+            resolved = self.lookup(ph)
+            if resolved is _MISSING:
+                return self.on_missing(ph, text, whole_string=True)
+            return str(resolved) if ph.kind == "env" else resolved
+        return PLACEHOLDER.sub(self.embedded, text)
+
+    def embedded(self, match: re.Match[str]) -> str:
+        ph = classify(match.group(1))
+        resolved = self.lookup(ph)
+        if resolved is _MISSING:
+            kept = self.on_missing(ph, match.group(0), whole_string=False)
+            return "" if kept is _DROP else str(kept)
+        if isinstance(resolved, Mapping | list) and ph.kind == "block":
+            raise TemplateError(
+                f"block {ph.name!r} is a structure and cannot be embedded in a string",
+                location=self.location,
+                path=self.path,
+            )
+        return str(resolved)
+
+    def lookup(self, ph: Placeholder) -> Any:
+        s = self.scope
+        if ph.kind == "ctx":
+            return _MISSING
+        if ph.kind == "env":
+            if s.env is None:
+                return _MISSING
+            val = s.env.get(str(ph.keypath[0]))
+            if val is not None:
+                s.secrets.add(val)
+                return val
+            return _MISSING
+        if ph.kind == "variable":
+            if s.variables is None or not ph.keypath:
+                return _MISSING
+            val = _dig(s.variables, ph.keypath)
+            if val is not _MISSING:
+                _collect_secrets(val, s.secrets)
+            return val
+        if ph.kind == "block":
+            if s.blocks is None or len(ph.keypath) < 2:
+                return _MISSING
+            data = s.blocks(str(ph.keypath[0]), str(ph.keypath[1]))
+            if data is None:
+                return _MISSING
+            rest = ph.keypath[2:]
+            if isinstance(data, Mapping) and set(data) == {"value"} and (not rest or rest[0] != "value"):
+                data = data["value"]
+            val = _dig(data, rest) if rest else data
+            if val is not _MISSING:
+                _collect_secrets(val, s.secrets)
+            return val
+        return self.output(ph)
+
+    def output(self, ph: Placeholder) -> Any:
+        s = self.scope
+        if ph.step_id is not None and ph.step_id in s.step_ids():
+            if ph.step_id in s.pending:
+                return _MISSING
+            return _dig(s.outputs.get(ph.step_id, {}), ph.keypath[1:])
+        head = ph.keypath[0] if ph.keypath else None
+        producers = [(sid, out) for sid, out in s.outputs.items() if isinstance(out, Mapping) and head in out]
+        if not producers:
+            return _MISSING
+        values = [_dig(out, ph.keypath) for _, out in producers]
+        if len(producers) > 1 and any(v != values[-1] for v in values):
+            names = ", ".join(sid for sid, _ in producers)
+            raise TemplateError(
+                f"{ph.text} is ambiguous: steps {names} all output {head!r}",
+                location=self.location,
+                path=self.path,
+                hint=f"name the step: {{{{ {producers[-1][0]}.{ph.name} }}}}",
+            )
+        return values[-1]
+
+    def on_missing(self, ph: Placeholder, text: str, *, whole_string: bool) -> Any:
+        if ph.kind == "ctx" or self.missing == "keep":
+            return text
+        s = self.scope
+        if ph.kind == "env" and s.env is None:
+            return text
+        if ph.kind == "variable" and s.variables is None:
+            return text
+        if ph.kind == "block" and s.blocks is None:
+            return text
+        if self.missing == "unknown" and ph.kind == "output" and self.is_pending(ph):
+            return UNKNOWN if whole_string else str(UNKNOWN)
+        if self.missing == "blank":
+            if ph.kind in ("env", "variable"):
+                return ""
+            return _DROP if whole_string else ""
+        raise self.error(ph)
+
+    def is_pending(self, ph: Placeholder) -> bool:
+        s = self.scope
+        if ph.step_id is not None and ph.step_id in s.step_ids():
+            return ph.step_id in s.pending or ph.step_id not in s.outputs
+        return bool(s.pending)
+
+    def error(self, ph: Placeholder) -> TemplateError:
+        s = self.scope
+        if ph.kind == "env":
+            return TemplateError(
+                f"environment variable {ph.keypath[0]} is not set (used as {ph.text})",
+                location=self.location,
+                path=self.path,
+                hint=f"export {ph.keypath[0]}=… before running",
+            )
+        if ph.kind == "variable":
+            return TemplateError(
+                f"variable {ph.name[18:]!r} is not defined (used as {ph.text})",
+                location=self.location,
+                path=self.path,
+                hint="declare it under `variables:` in the project file",
+            )
+        if ph.kind == "block":
+            return TemplateError(
+                f"block {ph.name[15:]!r} was not found (used as {ph.text})",
+                location=self.location,
+                path=self.path,
+                hint="set BUILDSYS_BLOCK_<TYPE>_<NAME> in the environment (JSON or a plain value)",
+            )
+        ids = sorted(s.step_ids())
+        if ph.step_id is not None and ph.step_id in s.step_ids():
+            out = s.outputs.get(ph.step_id, {})
+            keys = ", ".join(sorted(out)) if isinstance(out, Mapping) else ""
+            return TemplateError(
+                f"{ph.text}: step {ph.step_id!r} has no output {'.'.join(map(str, ph.keypath[1:]))!r}",
+                location=self.location,
+                path=self.path,
+                hint=f"its outputs are: {keys}" if keys else None,
+            )
+        from buildsys.suggest import did_you_mean
+
+        guess = did_you_mean(str(ph.keypath[0]) if ph.keypath else ph.name, ids)
+        return TemplateError(
+            f"{ph.text} does not match any step output",
+            location=self.location,
+            path=self.path,
+            hint=(guess + "; " if guess else "")
+            + (f"step ids here: {', '.join(ids)}" if ids else "no step here has an id"),
+        )
+
+
+def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:
+    cur = data
+    for key in keypath:
+        if isinstance(cur, Mapping):
+            if key in cur:
+                cur = cur[key]
+            elif str(key) in cur:
+                cur = cur[str(key)]
+            else:
+                return _MISSING
+        elif isinstance(cur, list | tuple) and isinstance(key, int):
+            if not -len(cur) <= key < len(cur):
+                return _MISSING
+            cur = cur[key]
+        else:
+            return _MISSING
+    return cur
+
+
+def _collect_secrets(value: Any, sink: set[str]) -> None:
+    if isinstance(value, str):
+        sink.add(value)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _collect_secrets(v, sink)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _collect_secrets(v, sink)
+
+
+def env_blocks(env: Mapping[str, str]) -> BlockResolver:
+    """Blocks from the environment: BUILDSYS_BLOCK_<TYPE>_<NAME> holds JSON or a plain value."""
+    import json
+
+    def resolve(block_type: str, name: str) -> Any:
+        key = "BUILDSYS_BLOCK_" + re.sub(r"[^A-Za-z0-9]", "_", f"{block_type}_{name}").upper()
+        raw = env.get(key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    return resolve

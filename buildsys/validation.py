@@ -1,0 +1,120 @@
+"""Whole-project validation: loading, step resolution and inputs, references, graph, environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import Diagnostic, ProjectError, StepError
+from buildsys.model import Project, StepSpec
+from buildsys.templating import placeholders
+
+
+def validate_project(path: Path, *, strict: bool = False) -> tuple[list[Diagnostic], dict[str, Any]]:
+    """All problems found, errors and warnings, in file order; plus a small summary."""
+    from buildsys.project import load_project
+
+    try:
+        project = load_project(path, strict=strict)
+    except ProjectError as exc:
+        return exc.diagnostics(), {"deployments": 0, "steps": 0}
+    problems = list(project.warnings)
+    problems += check_steps(project)
+    problems += check_graph(project)
+    problems += check_deployment_refs(project)
+    problems += check_env(project, strict)
+    seen: set[tuple[object, ...]] = set()
+    unique = []
+    for p in problems:
+        k = (p.severity, p.message, p.location, p.path)
+        if k not in seen:
+            seen.add(k)
+            unique.append(p)
+    unique.sort(key=lambda d: (d.location.line if d.location else 0, d.location.col if d.location else 0))
+    return unique, {"deployments": len(project.deployments), "steps": len(all_steps(project))}
+
+
+def all_steps(project: Project) -> list[StepSpec]:
+    seen: dict[int, StepSpec] = {}
+    for s in (*project.build, *project.push, *(project.pull or ())):
+        seen[id(s)] = s
+    for d in project.deployments:
+        for s in (*d.build, *d.push, *d.pull):
+            if s.location is not None:
+                seen[id(s)] = s
+    return list(seen.values())
+
+
+def check_steps(project: Project) -> list[Diagnostic]:
+    from buildsys import registry
+    from buildsys.engine import check_inputs
+
+    out: list[Diagnostic] = []
+    for spec in all_steps(project):
+        try:
+            stepdef = registry.resolve(spec.name, project.root, requires=spec.requires)
+        except StepError as exc:
+            out.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
+            continue
+        out += check_inputs(spec, stepdef)
+    return out
+
+
+def check_graph(project: Project) -> list[Diagnostic]:
+    from buildsys.engine import graph_for
+
+    try:
+        graph_for(project, sections=("build", "push"))
+    except ProjectError as exc:
+        return exc.diagnostics()
+    return []
+
+
+def check_deployment_refs(project: Project) -> list[Diagnostic]:
+    """Step-output references in deployment fields and pull steps must name steps that exist."""
+    from buildsys.suggest import did_you_mean
+
+    out: list[Diagnostic] = []
+    for d in project.deployments:
+        build_ids = {s.id for s in (*d.build, *d.push) if s.id}
+        pull_ids = {s.id for s in d.pull if s.id}
+        fields = {k: v for k, v in d.raw.items() if k not in ("build", "push", "pull", "triggers")}
+        for ph in placeholders(fields):
+            if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids:
+                out.append(_unresolved(ph.text, ph.step_id, build_ids, d.location, d.path, did_you_mean))
+        for s in d.pull:
+            for ph in placeholders(s.inputs):
+                if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids | pull_ids:
+                    out.append(_unresolved(ph.text, ph.step_id, build_ids | pull_ids, s.location, s.path, did_you_mean))
+    return out
+
+
+def _unresolved(text: str, ref: str, ids: set[str], location: Any, path: str, dym: Any) -> Diagnostic:
+    known = sorted(ids)
+    guess = dym(ref, known)
+    return Diagnostic(
+        "error",
+        f"{text} refers to step {ref!r}, which does not exist here (Prefect would silently drop the value)",
+        location,
+        path,
+        (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id"),
+    )
+
+
+def check_env(project: Project, strict: bool) -> list[Diagnostic]:
+    out = []
+    for spec in all_steps(project):
+        if spec.section == "pull":
+            continue  # resolved on the worker at run time
+        for ph in placeholders(spec.inputs):
+            if ph.kind == "env" and str(ph.keypath[0]) not in os.environ:
+                out.append(
+                    Diagnostic(
+                        "error" if strict else "warning",
+                        f"environment variable {ph.keypath[0]} is not set (used as {ph.text}); the step will fail unless it is set when it runs",
+                        spec.location,
+                        spec.path,
+                    )
+                )
+    return out
