@@ -7,6 +7,7 @@ import contextlib
 import platform
 import re
 import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -154,6 +155,28 @@ def test_bind_mounted_package_runs_with_python_m(
         working_dir="/tmp",
     )
     assert output == '{"argv": ["--flow", "hello"], "cwd": "/tmp"}\n'
+
+
+@pytest.mark.docker
+def test_bind_mounted_venv_site_packages_with_c_extensions_import(
+    docker_client: docker.DockerClient, base_image: str
+) -> None:
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    code = (
+        "import click, psycopg, xxhash, yaml; "
+        "print(yaml.__version__, xxhash.xxh64(b'x').hexdigest(), psycopg.pq.__impl__)"
+    )
+    output = run(
+        docker_client,
+        base_image,
+        ["python3", "-c", code],
+        volumes={site_packages: {"bind": "/opt/site", "mode": "ro"}},
+        environment={"PYTHONPATH": "/opt/site"},
+    )
+    import xxhash
+    import yaml
+
+    assert output == f"{yaml.__version__} {xxhash.xxh64(b'x').hexdigest()} binary\n"
 
 
 @pytest.fixture

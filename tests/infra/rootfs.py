@@ -9,7 +9,9 @@ The image is a minimal root filesystem assembled from the host and loaded with `
 * ``/bin/sh`` (dash), bash and the command-line tools of the Debian packages in `TOOL_PACKAGES`
   (coreutils, grep, sed, awk, find, which, tar, gzip, ...), found with ``dpkg-query -L``;
 * every shared library that ``ldd`` says the interpreter, its extension modules and those tools
-  load (libc, libssl, libsqlite3, libffi, ...), at their host paths, plus the dynamic loader;
+  load (libc, libssl, libsqlite3, libffi, ...), at their host paths, plus the dynamic loader, and
+  all of glibc, libgcc_s and libstdc++ (what manylinux wheels link against), so the test venv's
+  site-packages can be bind-mounted and put on ``PYTHONPATH`` inside a container;
 * a small ``/etc`` (passwd, group, nsswitch.conf), ``/tmp`` and ``/root``; the usr-merge
   symlinks (``/bin -> usr/bin`` ...) as on the host.
 
@@ -37,7 +39,7 @@ from pathlib import Path, PurePosixPath
 __all__ = ["CONTENT_LABEL", "TOOL_PACKAGES", "RootfsError", "content_key", "image_config", "write_rootfs_tar"]
 
 CONTENT_LABEL = "buildsys.test.base-content"
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 TOOL_PACKAGES = (
     "dash",
     "bash",
@@ -50,6 +52,9 @@ TOOL_PACKAGES = (
     "tar",
     "gzip",
 )
+# Whole runtime libraries that manylinux wheels expect (libpthread.so.0, libdl.so.2, libstdc++ ...),
+# so C extensions from the test venv work when its site-packages is bind-mounted.
+LIBRARY_PACKAGES = ("libc6", "libgcc-s1", "libstdc++6")
 # Commands that Debian provides through symlinks outside the packages' file lists (alternatives).
 EXTRA_COMMANDS = (Path("/bin/sh"), Path("/usr/bin/which"), Path("/usr/bin/awk"))
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -57,6 +62,7 @@ MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 
 _LDD_LIB = re.compile(r"=>\s+(/\S+)\s+\(0x")
+_SHARED_OBJECT = re.compile(r"[^/]+\.so(\.[0-9]+)*")
 _LDD_LOADER = re.compile(r"^\s*(/\S+)\s+\(0x")
 
 ETC_FILES: dict[str, bytes] = {
@@ -223,18 +229,33 @@ def shared_libraries(binaries: Iterable[Path]) -> set[Path]:
     return found
 
 
-def package_binaries(packages: Iterable[str]) -> list[Path]:
-    """The executables (under bin/ or sbin/) that the given Debian packages installed."""
+def package_files(packages: Iterable[str]) -> list[Path]:
+    """Every path that the given Debian packages installed (``dpkg-query -L``)."""
     names = list(packages)
     result = subprocess.run(["dpkg-query", "-L", *names], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RootfsError(f"dpkg-query -L {' '.join(names)} failed: {result.stderr.strip()}")
-    paths: list[Path] = []
-    for line in result.stdout.splitlines():
-        path = Path(line.strip())
-        if path.parent.name in {"bin", "sbin"} and (path.is_file() or path.is_symlink()):
-            paths.append(path)
-    return paths
+    return [Path(line.strip()) for line in result.stdout.splitlines() if line.strip()]
+
+
+def package_binaries(packages: Iterable[str]) -> list[Path]:
+    """The executables (under bin/ or sbin/) that the given Debian packages installed."""
+    return [
+        path
+        for path in package_files(packages)
+        if path.parent.name in {"bin", "sbin"} and (path.is_file() or path.is_symlink())
+    ]
+
+
+def package_libraries(packages: Iterable[str]) -> list[Path]:
+    """The shared objects directly in a lib directory (not plugins in subdirs) of the packages."""
+    return [
+        path
+        for path in package_files(packages)
+        if _SHARED_OBJECT.fullmatch(path.name)
+        and (path.parent.name in {"lib", "lib64"} or path.parent.name.endswith("-linux-gnu"))
+        and path.is_file()
+    ]
 
 
 def is_elf(path: Path) -> bool:
@@ -272,7 +293,7 @@ def assemble(python: HostPython) -> Rootfs:
     elf += [t for t in tools if t.is_file() and not t.is_symlink() and is_elf(t)]
     if python.libpython is not None:
         elf.append(python.libpython)
-    libraries = shared_libraries(elf)
+    libraries = shared_libraries(elf) | set(package_libraries(LIBRARY_PACKAGES))
     libc = next((lib for lib in libraries if lib.name == "libc.so.6"), None)
     if libc is None:
         raise RootfsError("ldd did not report libc.so.6 for the Python interpreter")
