@@ -1,0 +1,87 @@
+"""`buildsys apply`: apply a saved plan exactly, or plan, show, ask and apply."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+
+if TYPE_CHECKING:
+    from buildsys.plan import Plan
+    from buildsys.reconcile import ApplyResult
+    from buildsys.store.base import StateStore
+
+
+@click.command("apply")
+@click.argument(
+    "plan_file", metavar="[PLAN]", required=False, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--auto-approve", is_flag=True, help="Apply without asking (needed when there is no terminal).")
+@click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@common_options
+@pass_app
+def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool) -> None:
+    """Apply a saved plan exactly, or plan and apply (asking first)."""
+    from buildsys.cli.plan import cached_outputs, make_plan, show_plan
+    from buildsys.reconcile import read_plan_file
+
+    if plan_file is not None and prune:
+        raise click.UsageError(
+            "--prune is decided when the plan is made: use `buildsys plan --prune -o PLAN`"
+        )
+    store = app.open_store()
+    try:
+        if plan_file is not None:
+            result = apply_saved(store, read_plan_file(plan_file))
+            report(app, None, result)
+            return
+        planned = make_plan(app, store, prune=prune, outputs=cached_outputs)
+        if not app.json:
+            show_plan(app, planned)
+        if not planned.has_changes:
+            report(app, planned, None)
+            return
+        confirm(auto_approve)
+        report(app, planned, apply_saved(store, planned))
+    finally:
+        store.close()
+
+
+def apply_saved(store: StateStore, plan: Plan) -> ApplyResult:
+    from buildsys.reconcile import apply_plan
+
+    return apply_plan(store, plan)
+
+
+def confirm(auto_approve: bool) -> None:
+    """Ask on a terminal; refuse without one unless --auto-approve (CI must say so explicitly)."""
+    if auto_approve:
+        return
+    if not sys.stdin.isatty():
+        from buildsys.errors import BuildsysError
+
+        raise BuildsysError(
+            "apply needs approval, and there is no terminal to ask on; nothing was applied",
+            hint="pass --auto-approve, or apply a reviewed plan file: `buildsys plan -o PLAN` then `buildsys apply PLAN`",
+        )
+    if not click.confirm("Apply these changes?", default=False):
+        raise click.exceptions.Abort()
+
+
+def report(app: App, plan: Plan | None, result: ApplyResult | None) -> None:
+    if app.json:
+        app.emit_json(
+            {
+                "applied": result.applied if result else 0,
+                "serial": result.serial if result else (plan.serial if plan else None),
+                "plan": plan.to_dict() if plan else None,
+            }
+        )
+        return
+    if result is None:
+        return
+    app.echo(f"Apply complete: {result.applied} change(s) written (store serial {result.serial}).")

@@ -1,0 +1,73 @@
+"""`buildsys deploy`: build and push (cached), then plan and apply, in one go."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+
+if TYPE_CHECKING:
+    from buildsys.desired import BuildOutputs, OutputsFor
+    from buildsys.model import Deployment, Project
+
+
+@click.command("deploy")
+@click.option(
+    "-d",
+    "--deployment",
+    "deployments",
+    multiple=True,
+    metavar="NAME",
+    help="Only these deployments (names or globs).",
+)
+@click.option("-j", "--jobs", type=int, default=None, help="Steps run in parallel (default: CPU count).")
+@click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")
+@click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@common_options
+@pass_app
+def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool) -> None:
+    """Build, push, plan and apply in one go (the plan is shown, then applied without asking)."""
+    from buildsys.cli.apply import report
+    from buildsys.cli.plan import make_plan, show_plan
+    from buildsys.reconcile import apply_plan
+
+    project = app.load_project()
+    outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache)
+    store = app.open_store()
+    try:
+        planned = make_plan(app, store, prune=prune, select=deployments, outputs=lambda _p: outputs)
+        if not app.json:
+            show_plan(app, planned)
+        result = apply_plan(store, planned) if planned.has_changes else None
+        report(app, planned, result)
+    finally:
+        store.close()
+
+
+def run_builds(
+    app: App, project: Project, deployments: tuple[str, ...], *, jobs: int | None, use_cache: bool
+) -> OutputsFor:
+    """Run build + push for the selected deployments; their outputs by deployment."""
+    from buildsys.desired import BuildOutputs
+    from buildsys.engine import build
+    from buildsys.errors import BuildsysError
+
+    result = build(
+        project,
+        sections=("build", "push"),
+        deployments=deployments,
+        jobs=jobs,
+        use_cache=use_cache,
+        keep_going=False,
+        explain=False,
+        reporter=app.reporter,
+    )
+    if not result.ok:
+        raise BuildsysError("the build failed; nothing was applied", hint="see the failed step above")
+
+    def outputs(d: Deployment) -> BuildOutputs | None:
+        return BuildOutputs(result.namespace(d.name))
+
+    return outputs

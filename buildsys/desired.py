@@ -1,0 +1,407 @@
+"""Desired state: a loaded project (plus the outputs of its builds) turned into store resources.
+
+Every resource carries its owner (the project's identity) and its source (commit, ref, file, dirty)
+and says which spec keys the project manages: those are compared by `plan` and overwritten by
+`apply`; everything else in a stored spec is left alone (paused / schedules only when declared).
+Secrets stay templates: block, variable and env placeholders are kept exactly as written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.entrypoints import SourceReader, flow_info
+from buildsys.errors import BuildsysError, Diagnostic, Location
+from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
+from buildsys.templating import UNKNOWN, Scope, placeholders, render
+
+UNKNOWN_TEXT = str(UNKNOWN)
+FLAT = "(flat namespace)"
+
+
+@dataclass(frozen=True)
+class BuildOutputs:
+    """A deployment's build/push outputs: Prefect's namespace (by step id plus the flat merge) and
+    the ids/labels of steps whose outputs are not known (not built for the current inputs)."""
+
+    namespace: Mapping[str, Any]
+    pending: frozenset[str] = frozenset()
+
+
+# A deployment's build outputs (None = nothing known: every output is "known after build").
+OutputsFor = Callable[[Deployment], "BuildOutputs | None"]
+
+# Deployment spec keys the project always manages (an undeclared one is managed as its default).
+DEPLOYMENT_KEYS = (
+    "flow_name",
+    "name",
+    "entrypoint",
+    "description",
+    "version",
+    "tags",
+    "parameters",
+    "work_pool_name",
+    "work_queue_name",
+    "job_variables",
+    "pull_steps",
+    "concurrency_limit",
+    "concurrency_options",
+    "triggers",
+)
+# Managed only when the project declares them (prefect.yaml key(s) → spec key): a plan never
+# un-pauses or re-activates what the project did not mention (Prefect pain points §9.4–9.6).
+DEPLOYMENT_WHEN_DECLARED = {
+    "paused": ("paused",),
+    "schedules": ("schedules", "schedule"),
+    "enforce_parameter_schema": ("enforce_parameter_schema",),
+}
+# What a new resource gets for keys the project does not manage.
+CREATE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "deployment": {"paused": False, "schedules": []},
+    "pool": {"paused": False},
+    "variable": {},
+}
+POOL_KEYS = ("type", "description", "base_job_template", "concurrency_limit", "queues")
+
+
+class DesiredStateError(BuildsysError):
+    """The project cannot be turned into resources (missing entrypoint, duplicate identity, …)."""
+
+
+@dataclass(frozen=True)
+class DesiredResource:
+    """One resource as the project wants it."""
+
+    kind: str  # pool | deployment | variable
+    name: str  # identity within the kind ("<flow>/<deployment>" for deployments)
+    spec: Mapping[str, Any]  # managed keys (values may be UNKNOWN until built) + create defaults
+    managed: frozenset[str]  # the spec keys this project compares and overwrites
+    path: str = ""  # document path, for messages
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    owner: str
+    source: Mapping[str, Any]
+    resources: tuple[DesiredResource, ...]
+    warnings: tuple[Diagnostic, ...] = ()
+    partial: bool = False  # only some deployments were selected: pruning would be wrong
+
+    def get(self, kind: str, name: str) -> DesiredResource | None:
+        return next((r for r in self.resources if r.kind == kind and r.name == name), None)
+
+
+def project_identity(
+    project: Project, *, remote_url: str | None = None, file_in_repo: str | None = None
+) -> str:
+    """`buildsys.project`, else the project `name`, else remote URL + file path, else the directory."""
+    meta = project.data.get("buildsys")
+    if isinstance(meta, Mapping) and isinstance(meta.get("project"), str) and meta["project"]:
+        return str(meta["project"])
+    if project.name:
+        return project.name
+    if remote_url and file_in_repo:
+        return f"{remote_url}#{file_in_repo}"
+    return project.root.name
+
+
+def select_deployments(project: Project, patterns: Sequence[str] | None) -> tuple[Deployment, ...]:
+    """Deployments whose name (or `flow/name` with the entrypoint's function) matches a pattern."""
+    if not patterns:
+        return project.deployments
+    chosen = [d for d in project.deployments if any(_matches(d, p) for p in patterns)]
+    unmatched = [p for p in patterns if not any(_matches(d, p) for d in chosen)]
+    if unmatched:
+        known = ", ".join(d.name for d in project.deployments) or "none"
+        raise DesiredStateError(
+            f"no deployment matches {', '.join(repr(p) for p in unmatched)}",
+            hint=f"deployments in {project.file}: {known}",
+        )
+    return tuple(chosen)
+
+
+def _matches(d: Deployment, pattern: str) -> bool:
+    func = (d.entrypoint or "").rsplit(":", 1)[-1].rsplit(".", 1)[-1].replace("_", "-")
+    return fnmatch.fnmatchcase(d.name, pattern) or fnmatch.fnmatchcase(f"{func}/{d.name}", pattern)
+
+
+def desired_state(
+    project: Project,
+    *,
+    owner: str,
+    source: Mapping[str, Any],
+    read: SourceReader,
+    outputs: OutputsFor | None = None,
+    select: Sequence[str] | None = None,
+) -> DesiredState:
+    """All resources the project declares. Values that need a build not yet run are UNKNOWN."""
+    warnings: list[Diagnostic] = []
+    resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
+    resources += [pool_resource(p, warnings) for p in project.work_pools]
+    seen: dict[str, Deployment] = {}
+    for d in select_deployments(project, select):
+        res = deployment_resource(d, read=read, outputs=(outputs(d) if outputs else None), warnings=warnings)
+        if res.name in seen:
+            raise DesiredStateError(
+                f"deployments {seen[res.name].name!r} and {d.name!r} have the same identity {res.name!r}",
+                location=d.location,
+                path=d.path,
+                hint="a deployment is identified by flow name + deployment name; rename one of them",
+            )
+        seen[res.name] = d
+        resources.append(res)
+    return DesiredState(owner, dict(source), tuple(resources), tuple(warnings), partial=bool(select))
+
+
+# --- variables and pools ------------------------------------------------------------------------
+
+
+def variable_resource(v: VariableSpec) -> DesiredResource:
+    return DesiredResource(
+        "variable", v.name, {"value": v.value}, frozenset({"value"}), f"variables.{v.name}", v.location
+    )
+
+
+def pool_resource(p: PoolSpec, warnings: list[Diagnostic]) -> DesiredResource:
+    found: list[Diagnostic] = []
+    try:
+        template = job_template(p.type, p.job_variables, p.base_job_template, found)
+    except BuildsysError as exc:
+        raise DesiredStateError(
+            f"work pool {p.name!r}: {exc.message}", location=p.location, path=p.path, hint=exc.hint
+        ) from None
+    warnings.extend(
+        Diagnostic("warning", w.message, w.location or p.location, w.path or p.path, w.hint) for w in found
+    )
+    spec: dict[str, Any] = {
+        "type": p.type,
+        "description": p.description,
+        "base_job_template": template,
+        "concurrency_limit": p.concurrency_limit,
+        "queues": [_queue(q, i) for i, q in enumerate(p.queues)],
+    }
+    managed = set(POOL_KEYS)
+    if "paused" in p.declared:
+        spec["paused"] = bool(p.paused)
+        managed.add("paused")
+    return DesiredResource(
+        "pool", p.name, _with_defaults("pool", spec), frozenset(managed), p.path, p.location
+    )
+
+
+def _queue(q: Any, index: int) -> dict[str, Any]:
+    return {
+        "name": q.name,
+        "priority": q.priority if q.priority is not None else index + 1,
+        "concurrency_limit": q.concurrency_limit,
+        "description": q.description,
+        "paused": bool(q.paused),
+    }
+
+
+def job_template(
+    pool_type: str,
+    job_variables: Mapping[str, Any],
+    override: Mapping[str, Any] | None,
+    warnings: list[Diagnostic],
+) -> dict[str, Any]:
+    """The pool's base job template: the type's default (or `override`) with new variable defaults."""
+    from buildsys.pools import base_job_template
+
+    return base_job_template(pool_type, job_variables or None, override, warnings=warnings)
+
+
+# --- deployments --------------------------------------------------------------------------------
+
+
+def deployment_resource(
+    d: Deployment, *, read: SourceReader, outputs: BuildOutputs | None, warnings: list[Diagnostic]
+) -> DesiredResource:
+    if not d.entrypoint:
+        raise DesiredStateError(
+            f"deployment {d.name!r} has no entrypoint",
+            location=d.location,
+            path=d.path,
+            hint="add `entrypoint: path/file.py:flow_function`",
+        )
+    try:
+        info = flow_info(d.entrypoint, read)
+    except ValueError as exc:
+        raise DesiredStateError(str(exc), location=d.location, path=d.path) from None
+    if info.problem:
+        warnings.append(
+            Diagnostic(
+                "warning",
+                f"flow name of deployment {d.name!r} taken from the function name ({info.name!r}): {info.problem}",
+                d.location,
+                d.path,
+                "the flow name is read from `@flow(name=...)` in the entrypoint file when it can be found",
+            )
+        )
+    scope = _scope(d, outputs)
+    r = _Renderer(scope, d)
+    spec: dict[str, Any] = {
+        "flow_name": info.name,
+        "name": d.name,
+        "entrypoint": d.entrypoint.removeprefix("./"),
+        "description": r.value(d.description, "description") if d.description else info.docstring,
+        "version": r.value(d.version, "version"),
+        "tags": _tags(r.value(d.tags, "tags")),
+        "parameters": r.value(dict(d.parameters), "parameters"),
+        "work_pool_name": d.work_pool.name,
+        "work_queue_name": d.work_pool.work_queue_name,
+        "job_variables": r.value(dict(d.work_pool.job_variables), "work_pool.job_variables"),
+        "pull_steps": r.pull_steps(d.pull),
+        "concurrency_limit": d.concurrency_limit,
+        "concurrency_options": dict(d.concurrency_options) if d.concurrency_options else None,
+        "triggers": [dict(t) for t in d.triggers],
+    }
+    managed = set(DEPLOYMENT_KEYS)
+    for key, yaml_keys in DEPLOYMENT_WHEN_DECLARED.items():
+        if d.declared & set(yaml_keys):
+            managed.add(key)
+    if "paused" in managed:
+        spec["paused"] = bool(d.paused)
+    if "schedules" in managed:
+        spec["schedules"] = [_schedule(s, r, f"schedules[{i}]") for i, s in enumerate(d.schedules)]
+    if "enforce_parameter_schema" in managed:
+        spec["enforce_parameter_schema"] = bool(d.enforce_parameter_schema)
+    name = f"{info.name}/{d.name}"
+    return DesiredResource(
+        "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
+    )
+
+
+def _with_defaults(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {**spec, **{k: v for k, v in CREATE_DEFAULTS[kind].items() if k not in spec}}
+
+
+def _tags(value: Any) -> Any:
+    if value is UNKNOWN or value is None:
+        return [] if value is None else value
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list | tuple):
+        return [v if v is UNKNOWN else str(v) for v in value]
+    return [str(value)]
+
+
+def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
+    item: dict[str, Any] = {s.kind: r.value(s.value, where)}
+    for key, value in (
+        ("timezone", s.timezone),
+        ("anchor_date", s.anchor_date),
+        ("day_or", s.day_or),
+        ("slug", s.slug),
+    ):
+        if value is not None:
+            item[key] = value
+    active = r.value(s.active, f"{where}.active")
+    item["active"] = _truthy(active)
+    item["parameters"] = r.value(dict(s.parameters), f"{where}.parameters")
+    return item
+
+
+def _truthy(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    return value if value is UNKNOWN else bool(value)
+
+
+@dataclass
+class _Renderer:
+    """Renders one deployment's fields with its build/push outputs (UNKNOWN when not built)."""
+
+    scope: Scope
+    deployment: Deployment
+    built_ids: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        self.built_ids = frozenset(s.label for s in (*self.deployment.build, *self.deployment.push))
+
+    def value(self, value: Any, where: str) -> Any:
+        d = self.deployment
+        return render(value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}")
+
+    def pull_steps(self, steps: Sequence[StepSpec]) -> list[dict[str, Any]]:
+        """Pull steps keep every placeholder except outputs of build/push steps (as Prefect does)."""
+        out = []
+        for step in steps:
+            raw = dict(step.raw) if step.raw else {step.name: dict(step.inputs)}
+            where = f"{self.deployment.path}.pull[{step.index}]"
+            rendered = render(raw, self.scope, missing="keep", location=step.location, path=where)
+            out.append(self._unknown_if_pending(rendered))
+        return out
+
+    def _unknown_if_pending(self, value: Any) -> Any:
+        if isinstance(value, str):
+            pending = any(p.kind == "output" and p.step_id in self.built_ids for p in placeholders(value))
+            return UNKNOWN if pending else value
+        if isinstance(value, Mapping):
+            return {k: self._unknown_if_pending(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._unknown_if_pending(v) for v in value]
+        return value
+
+
+def _scope(d: Deployment, outputs: BuildOutputs | None) -> Scope:
+    steps = (*d.build, *d.push)
+    ids = frozenset(s.id for s in steps if s.id)
+    if outputs is None:
+        return Scope(outputs={}, ids=ids, pending=frozenset(s.label for s in steps))
+    ns = outputs.namespace
+    by_id = {k: v for k, v in ns.items() if k in ids and isinstance(v, Mapping)}
+    flat = {k: v for k, v in ns.items() if k not in ids}
+    # the flat merge is one more producer, so `{{ key }}` finds outputs of steps without an id
+    return Scope(outputs={**by_id, FLAT: flat}, ids=ids, pending=frozenset(outputs.pending))
+
+
+def has_unknown(value: Any) -> bool:
+    """True when a value still holds UNKNOWN somewhere (a build output not produced yet)."""
+    if value is UNKNOWN:
+        return True
+    if isinstance(value, str):
+        return UNKNOWN_TEXT in value  # an output embedded in a longer string
+    if isinstance(value, Mapping):
+        return any(has_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
+# --- from a project file (working tree or git revision) -----------------------------------------
+
+
+def read_desired(
+    project_file: Path,
+    *,
+    ref: str | None = None,
+    select: Sequence[str] | None = None,
+    outputs: Callable[[Project], OutputsFor | None] | None = None,
+    strict: bool = False,
+) -> tuple[Project, DesiredState]:
+    """Load the project at `ref` (or the working tree) and compute its desired state.
+
+    `outputs` gives, for the loaded project, the build outputs of each deployment (from the cache
+    for `plan`, from the build just run for `deploy`); without it every output is UNKNOWN.
+    """
+    from buildsys.project import load_project
+    from buildsys.revision import open_revision
+
+    rev = open_revision(project_file, ref)
+    project = load_project(project_file, strict=strict, text=rev.text)
+    owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
+    state = desired_state(
+        project,
+        owner=owner,
+        source=rev.source(),
+        read=rev.read,
+        outputs=outputs(project) if outputs else None,
+        select=select,
+    )
+    return project, state

@@ -1,0 +1,402 @@
+"""Plans: the field-level difference between desired state and the store, pure and serialisable.
+
+Only the keys a project manages are compared, with defaults normalised, so that applying a plan and
+planning again always shows no changes. Drift (a store value edited out of band) shows as an update
+back to the project's value. A plan records the store serial it was made against and a hash of its
+content: `apply` refuses a plan whose serial moved or whose content was edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from buildsys.desired import DesiredResource, DesiredState
+from buildsys.errors import BuildsysError
+from buildsys.store.base import KINDS, Resource
+from buildsys.templating import UNKNOWN
+
+FORMAT_VERSION = 1
+UNKNOWN_JSON = {"$unknown": "(known after build)"}
+
+# A stored None means the same as these (the key was never set, or set empty).
+EMPTY_DEFAULTS: Mapping[str, Any] = {
+    "tags": [],
+    "parameters": {},
+    "job_variables": {},
+    "pull_steps": [],
+    "triggers": [],
+    "schedules": [],
+    "queues": [],
+    "paused": False,
+    "description": None,
+}
+
+
+class PlanError(BuildsysError):
+    """A plan cannot be made or read (bad plan file, prune of a partial project, …)."""
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT: Any = _Absent()  # a key that does not exist on one side of a field change
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    path: str  # "tags", "job_variables.image", "queues"
+    old: Any = ABSENT
+    new: Any = ABSENT
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    action: str  # create | update | delete
+    kind: str
+    name: str
+    spec: Mapping[str, Any] | None  # the full spec to write (None for delete)
+    before: Mapping[str, Any] | None  # the stored spec (None for create)
+    fields: tuple[FieldChange, ...] = ()
+    owner: str | None = None
+    source: Mapping[str, Any] | None = None
+    previous_owner: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    serial: int  # the store serial the plan was made against
+    owner: str
+    source: Mapping[str, Any]
+    changes: tuple[ResourceChange, ...]
+    prune: bool = False
+    orphans: tuple[str, ...] = ()  # "kind name" owned by the project, no longer declared, not pruned
+    warnings: tuple[str, ...] = ()
+    store: str | None = None  # the store URL, for messages
+
+    @property
+    def summary(self) -> dict[str, int]:
+        count = {"add": 0, "change": 0, "destroy": 0}
+        for c in self.changes:
+            count[{"create": "add", "update": "change", "delete": "destroy"}[c.action]] += 1
+        return count
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def body(self) -> dict[str, Any]:
+        """The plan as JSON, without the hash."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "serial": self.serial,
+            "owner": self.owner,
+            "source": dict(self.source),
+            "store": self.store,
+            "prune": self.prune,
+            "summary": self.summary,
+            "changes": [_change_json(c) for c in self.changes],
+            "orphans": list(self.orphans),
+            "warnings": list(self.warnings),
+        }
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.body())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.body(), "hash": self.hash}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """Read a saved plan, refusing one that was edited or written by another version."""
+        if not isinstance(data, Mapping) or data.get("format_version") != FORMAT_VERSION:
+            raise PlanError(
+                "not a plan file this buildsys can read (format_version "
+                f"{data.get('format_version') if isinstance(data, Mapping) else None!r}, expected {FORMAT_VERSION})",
+                hint="make a new one with `buildsys plan -o PLAN`",
+            )
+        body = {k: v for k, v in data.items() if k != "hash"}
+        if data.get("hash") != content_hash(body):
+            raise PlanError(
+                "the plan file was modified after it was made (its hash does not match its content)",
+                hint="make a new one with `buildsys plan -o PLAN`; a plan is applied exactly as shown",
+            )
+        try:
+            return cls(
+                serial=int(data["serial"]),
+                owner=str(data["owner"]),
+                source=dict(data.get("source") or {}),
+                changes=tuple(_change_from_json(c) for c in data["changes"]),
+                prune=bool(data.get("prune")),
+                orphans=tuple(data.get("orphans") or ()),
+                warnings=tuple(data.get("warnings") or ()),
+                store=data.get("store"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(
+                f"the plan file is incomplete ({exc})", hint="make a new one with `buildsys plan -o PLAN`"
+            ) from None
+
+
+# --- computing a plan ---------------------------------------------------------------------------
+
+
+def plan(
+    desired: DesiredState,
+    actual: Sequence[Resource],
+    *,
+    serial: int,
+    prune: bool = False,
+    owner: str | None = None,
+    store: str | None = None,
+) -> Plan:
+    """What apply would change to make the store match `desired`."""
+    me = owner or desired.owner
+    if prune and desired.partial:
+        raise PlanError(
+            "--prune needs the whole project, but only some deployments were selected",
+            hint="drop -d/--deployment when pruning",
+        )
+    index = {(r.kind, r.name): r for r in actual}
+    changes: list[ResourceChange] = []
+    warnings = list(_render_warning(w) for w in desired.warnings)
+    for want in desired.resources:
+        have = index.get((want.kind, want.name))
+        if have is None:
+            changes.append(_create(want, me, desired.source))
+            continue
+        change = _update(want, have, me, desired.source)
+        if change is not None:
+            changes.append(change)
+            if have.owner is not None and have.owner != me:
+                warnings.append(
+                    f"{want.kind} {want.name} is owned by project {have.owner!r}; applying makes {me!r} its owner"
+                )
+    wanted = {(r.kind, r.name) for r in desired.resources}
+    orphans = [
+        r
+        for r in actual
+        if r.owner == me
+        and (r.kind, r.name) not in wanted
+        and not (desired.partial and r.kind == "deployment")
+    ]
+    if prune:
+        changes += [_delete(r, me) for r in orphans]
+    return Plan(
+        serial=serial,
+        owner=me,
+        source=dict(desired.source),
+        changes=tuple(sorted(changes, key=_order)),
+        prune=prune,
+        orphans=() if prune else tuple(sorted(f"{r.kind} {r.name}" for r in orphans)),
+        warnings=tuple(warnings),
+        store=store,
+    )
+
+
+def _render_warning(d: Any) -> str:
+    where = f"{d.location}: " if d.location else ""
+    return f"{where}{d.message}"
+
+
+def _order(c: ResourceChange) -> tuple[int, int, str]:
+    rank = KINDS.index(c.kind) if c.kind in KINDS else len(KINDS)
+    if c.action == "delete":  # deletions last, deployments before the pools they use
+        return (1, len(KINDS) - rank, c.name)
+    return (0, rank, c.name)
+
+
+def _create(want: DesiredResource, owner: str, source: Mapping[str, Any]) -> ResourceChange:
+    spec = canonical(dict(want.spec))
+    fields = tuple(
+        FieldChange(key, ABSENT, spec[key])
+        for key in spec
+        if key in want.managed and not same(key, spec[key], EMPTY_DEFAULTS.get(key))
+    )
+    return ResourceChange("create", want.kind, want.name, spec, None, fields, owner, dict(source))
+
+
+def _update(
+    want: DesiredResource, have: Resource, owner: str, source: Mapping[str, Any]
+) -> ResourceChange | None:
+    before = canonical(dict(have.spec))
+    after = dict(before)
+    fields: list[FieldChange] = []
+    for key in want.spec:
+        if key not in want.managed:
+            continue
+        new = canonical(want.spec[key])
+        after[key] = new
+        if not same(key, before.get(key, ABSENT), new):
+            fields.extend(diff(key, before.get(key, ABSENT), new))
+    if not fields and have.owner == owner:
+        return None
+    previous = have.owner if have.owner != owner else None
+    return ResourceChange(
+        "update", want.kind, want.name, after, before, tuple(fields), owner, dict(source), previous
+    )
+
+
+def _delete(have: Resource, owner: str) -> ResourceChange:
+    before = canonical(dict(have.spec))
+    return ResourceChange("delete", have.kind, have.name, None, before, (), have.owner, None)
+
+
+def canonical(value: Any) -> Any:
+    """JSON-shaped copy: tuples become lists, mappings plain dicts (UNKNOWN is kept)."""
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def _normal(key: str, value: Any) -> Any:
+    if value is ABSENT or value is None:
+        return EMPTY_DEFAULTS.get(key)
+    if key == "description" and value == "":
+        return None
+    return value
+
+
+def same(key: str, old: Any, new: Any) -> bool:
+    """Equal after normalising defaults; a value not known until built never equals anything."""
+    a, b = _normal(key, canonical(old)), _normal(key, canonical(new))
+    if _contains_unknown(a) or _contains_unknown(b):
+        return False
+    return bool(a == b and _same_types(a, b))
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    """True == 1 in Python; a plan must still show `1 → true`."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b)
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return all(_same_types(a[k], b[k]) for k in a if k in b)
+    if isinstance(a, list) and isinstance(b, list):
+        return all(_same_types(x, y) for x, y in zip(a, b, strict=False))
+    return True
+
+
+def _contains_unknown(value: Any) -> bool:
+    from buildsys.desired import has_unknown
+
+    return has_unknown(value)
+
+
+def diff(path: str, old: Any, new: Any) -> list[FieldChange]:
+    """Field changes between two values: mappings are compared key by key, anything else whole."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping) and old and new:
+        out: list[FieldChange] = []
+        for key in [*new, *(k for k in old if k not in new)]:
+            o, n = old.get(key, ABSENT), new.get(key, ABSENT)
+            if not same("", o, n) or (o is ABSENT) != (n is ABSENT):
+                out.extend(diff(f"{path}.{key}", o, n))
+        return out
+    keyed = _keyed(old), _keyed(new)
+    if keyed[0] is not None and keyed[1] is not None and list(keyed[0]) == list(keyed[1]):
+        out = []
+        for key, item in keyed[1].items():
+            if not same("", keyed[0][key], item):
+                out.extend(diff(f"{path}[{key}]", keyed[0][key], item))
+        return out
+    return [FieldChange(path, old, new)]
+
+
+def _keyed(value: Any) -> dict[str, Any] | None:
+    """A list of mappings by name (queues) or by position (steps, schedules); None otherwise."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, Mapping) for v in value):
+        return None
+    names = [v.get("name") for v in value]
+    if all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
+        return {str(n): v for n, v in zip(names, value, strict=True)}
+    return {str(i): v for i, v in enumerate(value)}
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+
+def to_json_value(value: Any) -> Any:
+    if value is UNKNOWN:
+        return dict(UNKNOWN_JSON)
+    if isinstance(value, Mapping):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_value(v) for v in value]
+    return value
+
+
+def from_json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if dict(value) == UNKNOWN_JSON:
+            return UNKNOWN
+        return {k: from_json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json_value(v) for v in value]
+    return value
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _change_json(c: ResourceChange) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "action": c.action,
+        "kind": c.kind,
+        "name": c.name,
+        "owner": c.owner,
+        "previous_owner": c.previous_owner,
+        "source": dict(c.source) if c.source is not None else None,
+        "before": to_json_value(c.before),
+        "after": to_json_value(c.spec),
+        "fields": [_field_json(f) for f in c.fields],
+    }
+    return out
+
+
+def _field_json(f: FieldChange) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": f.path}
+    if f.old is not ABSENT:
+        out["old"] = to_json_value(f.old)
+    if f.new is not ABSENT:
+        out["new"] = to_json_value(f.new)
+    return out
+
+
+def _change_from_json(data: Mapping[str, Any]) -> ResourceChange:
+    action = data["action"]
+    if action not in ("create", "update", "delete") or data["kind"] not in KINDS:
+        raise ValueError(f"unknown change {action!r} of {data.get('kind')!r}")
+    return ResourceChange(
+        action=action,
+        kind=data["kind"],
+        name=str(data["name"]),
+        spec=from_json_value(data.get("after")),
+        before=from_json_value(data.get("before")),
+        fields=tuple(
+            FieldChange(
+                f["path"],
+                from_json_value(f["old"]) if "old" in f else ABSENT,
+                from_json_value(f["new"]) if "new" in f else ABSENT,
+            )
+            for f in data.get("fields") or ()
+        ),
+        owner=data.get("owner"),
+        source=data.get("source"),
+        previous_owner=data.get("previous_owner"),
+    )

@@ -1,0 +1,141 @@
+"""Terraform-style text for a plan: `+ create`, `~ update` (field: old → new), `- delete`, a summary.
+
+Secrets are shown masked: a block or environment placeholder is displayed as `(sensitive: NAME)`
+and a literal value under a key that looks secret (token, password, …) as `(sensitive value)`.
+Plans never hold resolved secrets in the first place; this keeps even references out of CI logs'
+eye-catching spots while saying which reference is used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from buildsys.plan import ABSENT, EMPTY_DEFAULTS, FieldChange, Plan, ResourceChange
+from buildsys.templating import PLACEHOLDER, UNKNOWN, classify
+
+MAX_WIDTH = 160
+SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential)", re.IGNORECASE
+)
+_SYMBOL = {"create": "+", "update": "~", "delete": "-"}
+_COLOUR = {"create": "green", "update": "yellow", "delete": "red"}
+
+Styler = Callable[[str, str], str]
+
+
+def render_plan(plan: Plan, *, color: bool = False) -> str:
+    """The whole plan as text (ends with the summary line, or "No changes.")."""
+    style = _styler(color)
+    lines: list[str] = []
+    source = plan.source
+    if source.get("commit"):
+        at = (
+            f"{source.get('ref')} ({str(source['commit'])[:12]})"
+            if source.get("ref")
+            else str(source["commit"])[:12]
+        )
+        lines.append(
+            f"Planned from {source.get('file')} at {at}"
+            + (" with uncommitted changes" if source.get("dirty") else "")
+        )
+    for w in plan.warnings:
+        lines.append(style("warning: ", "yellow") + w)
+    if source.get("dirty") and not source.get("commit"):
+        lines.append(style("note: ", "yellow") + "planned from a working tree that has no commit yet")
+    if lines:
+        lines.append("")
+    for change in plan.changes:
+        lines.extend(render_change(change, style))
+    if plan.orphans:
+        lines.append(
+            style("note: ", "yellow")
+            + f"{len(plan.orphans)} resource(s) owned by {plan.owner!r} are no longer declared "
+            + "(plan with --prune to delete them):"
+        )
+        lines.extend(f"    {o}" for o in plan.orphans)
+        lines.append("")
+    if not plan.has_changes:
+        lines.append(f"No changes. The store matches the project (serial {plan.serial}).")
+    else:
+        s = plan.summary
+        lines.append(f"Plan: {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy.")
+    return "\n".join(lines) + "\n"
+
+
+def render_change(change: ResourceChange, style: Styler) -> list[str]:
+    head = f"{_SYMBOL[change.action]} {change.action} {change.kind} {change.name}"
+    if change.previous_owner:
+        head += f" (owner: {change.previous_owner} → {change.owner})"
+    lines = [style(head, _COLOUR[change.action])]
+    if change.action == "create":
+        lines += [f"    {f.path}: {show(f.new, f.path)}" for f in change.fields]
+    elif change.action == "update":
+        lines += [f"    {field_line(f)}" for f in change.fields]
+    lines.append("")
+    return lines
+
+
+def field_line(f: FieldChange) -> str:
+    if f.old is ABSENT:
+        return f"{f.path}: (absent) → {show(f.new, f.path)}"
+    if f.new is ABSENT:
+        return f"{f.path}: {show(f.old, f.path)} → (removed)"
+    old = show(_shown_default(f), f.path)
+    return f"{f.path}: {old} → {show(f.new, f.path)}"
+
+
+def _shown_default(f: FieldChange) -> Any:
+    return EMPTY_DEFAULTS.get(f.path) if f.old is None else f.old
+
+
+def show(value: Any, path: str = "") -> str:
+    """One value, compact JSON, masked and shortened."""
+    if value is UNKNOWN:
+        return str(UNKNOWN)
+    text = json.dumps(_masked(value, path), ensure_ascii=False, default=str)
+    text = text.replace(json.dumps(_UNKNOWN_MARK), str(UNKNOWN))
+    text = re.sub(r'"\(sensitive([^"]*)\)"', r"(sensitive\1)", text)
+    if len(text) > MAX_WIDTH:
+        text = text[: MAX_WIDTH - 1] + f"… ({len(text)} chars; see --json)"
+    return text
+
+
+_UNKNOWN_MARK = "\x00unknown\x00"
+
+
+def _masked(value: Any, path: str) -> Any:
+    if value is UNKNOWN:
+        return _UNKNOWN_MARK
+    if isinstance(value, dict):
+        return {k: _masked(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, path) for v in value]
+    if isinstance(value, str):
+        return _mask_string(value, path.rsplit(".", 1)[-1])
+    return value
+
+
+def _mask_string(text: str, key: str) -> str:
+    whole = PLACEHOLDER.fullmatch(text)
+    if whole is not None and classify(whole.group(1)).kind in ("block", "env"):
+        return f"(sensitive: {whole.group(1)})"
+    masked = PLACEHOLDER.sub(
+        lambda m: (
+            f"(sensitive: {m.group(1)})" if classify(m.group(1)).kind in ("block", "env") else m.group(0)
+        ),
+        text,
+    )
+    if masked == text and SECRET_KEY.search(key) and "{{" not in text and text:
+        return "(sensitive value)"
+    return masked
+
+
+def _styler(color: bool) -> Styler:
+    if not color:
+        return lambda text, _colour: text
+    import click
+
+    return lambda text, colour: click.style(text, fg=colour)

@@ -1,0 +1,160 @@
+"""Where desired state comes from: the working tree or any git revision, read without a checkout.
+
+Gives the project file's text, a reader for other files at the same revision (entrypoints), the
+commit, whether the working tree is dirty, and the repository facts the project identity needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from buildsys.errors import BuildsysError
+
+
+class RevisionError(BuildsysError):
+    """A git revision or a file in it cannot be read."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """The project file and its surroundings at one revision (the working tree when ref is None)."""
+
+    file: Path  # the project file on disk (also for --ref: paths stay relative to it)
+    root: Path  # the project root: the project file's directory
+    text: str | None  # the project file's content at `ref` (None = read from disk)
+    ref: str | None = None
+    commit: str | None = None
+    dirty: bool = False
+    repo_root: Path | None = None
+    remote_url: str | None = None  # credentials stripped
+    file_in_repo: str | None = None  # posix path of the project file inside the repository
+    _tree: Any = field(default=None, repr=False, compare=False)
+
+    def source(self) -> dict[str, Any]:
+        """The `source` recorded on every resource and on the plan."""
+        return {
+            "commit": self.commit,
+            "ref": self.ref,
+            "file": self.file_in_repo or self.file.name,
+            "dirty": self.dirty,
+        }
+
+    def read(self, relpath: str) -> str | None:
+        """A file relative to the project root at this revision; None when it does not exist."""
+        if self._tree is None:
+            path = self.root / relpath
+            try:
+                return path.read_text(encoding="utf-8", errors="replace")
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+        prefix = "" if self.repo_root is None else self.root.resolve().relative_to(self.repo_root).as_posix()
+        full = f"{prefix}/{relpath}" if prefix not in ("", ".") else relpath
+        try:
+            blob = self._tree / full
+        except KeyError:
+            return None
+        if blob.type != "blob":
+            return None
+        data: bytes = blob.data_stream.read()
+        return data.decode("utf-8", errors="replace")
+
+
+def open_revision(project_file: Path, ref: str | None = None) -> Revision:
+    """The project at `ref` (a commit, branch or tag), or the working tree when ref is None."""
+    file = project_file.resolve()
+    repo = _repo(file.parent)
+    if repo is None:
+        if ref is not None:
+            raise RevisionError(
+                f"--ref {ref} needs a git repository, but {file.parent} is not inside one",
+                hint="run `git init` and commit the project, or drop --ref",
+            )
+        return Revision(file=project_file, root=file.parent, text=None)
+    repo_root = Path(repo.working_tree_dir or file.parent).resolve()
+    rel = file.relative_to(repo_root).as_posix()
+    remote = _remote_url(repo)
+    if ref is None:
+        commit = _head(repo)
+        return Revision(
+            file=project_file,
+            root=file.parent,
+            text=None,
+            commit=commit,
+            dirty=_dirty(repo) if commit else True,
+            repo_root=repo_root,
+            remote_url=remote,
+            file_in_repo=rel,
+        )
+    try:
+        commit_obj = repo.commit(ref)
+    except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
+        raise RevisionError(
+            f"--ref {ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git tag`"
+        ) from exc
+    try:
+        blob = commit_obj.tree / rel
+        text = blob.data_stream.read().decode("utf-8")
+    except KeyError as exc:
+        raise RevisionError(
+            f"--ref {ref}: {rel} does not exist at commit {commit_obj.hexsha[:12]}",
+            hint="check the path with `git show " + f"{ref}:{rel}`",
+        ) from exc
+    return Revision(
+        file=project_file,
+        root=file.parent,
+        text=text,
+        ref=ref,
+        commit=commit_obj.hexsha,
+        dirty=False,
+        repo_root=repo_root,
+        remote_url=remote,
+        file_in_repo=rel,
+        _tree=commit_obj.tree,
+    )
+
+
+def _repo(directory: Path) -> Any:
+    import git
+
+    try:
+        return git.Repo(directory, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def _dirty(repo: Any) -> bool:
+    """Uncommitted changes to tracked files, or new files (buildsys's own `.buildsys/` excluded)."""
+    if repo.is_dirty(untracked_files=False):
+        return True
+    return any(not f.startswith(".buildsys/") and "/.buildsys/" not in f for f in repo.untracked_files)
+
+
+def _head(repo: Any) -> str | None:
+    try:
+        return str(repo.head.commit.hexsha)
+    except ValueError:  # no commit yet
+        return None
+
+
+def _remote_url(repo: Any) -> str | None:
+    remotes = list(repo.remotes)
+    if not remotes:
+        return None
+    chosen = next((r for r in remotes if r.name == "origin"), remotes[0])
+    try:
+        urls = list(chosen.urls)
+    except Exception:  # a remote without a url
+        return None
+    return strip_credentials(urls[0]) if urls else None
+
+
+def strip_credentials(url: str) -> str:
+    """`https://user:token@host/x.git` → `https://host/x.git`; scp-like and local paths unchanged."""
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
