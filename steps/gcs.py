@@ -1,0 +1,253 @@
+"""``push_to_gcs`` / ``pull_from_gcs``: the project's files to and from a Google Cloud Storage bucket.
+
+Uploads skip objects whose size and MD5 (which GCS lists for every object) already match; nothing is
+deleted remotely, as in Prefect. Pulls take the objects under ``<folder>/`` — unlike Prefect, which
+uses the bare folder as prefix and so also matches ``<folder>2/…``. ``google-cloud-storage`` is
+imported inside the functions (install ``buildsys[gcs]``). ``STORAGE_EMULATOR_HOST`` in the step's
+environment points the client at an emulator (anonymous credentials unless some are given).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import StepError
+from buildsys.step import Context, step
+
+from ._files import (
+    as_globs,
+    md5_file,
+    prefix_of,
+    project_files,
+    read_patterns,
+    replace_atomically,
+    safe_destination,
+)
+
+PUSH_ALIASES = ("prefect_gcp.deployments.steps.push_to_gcs", "prefect_gcp.projects.steps.push_project_to_gcs")
+PULL_ALIASES = ("prefect_gcp.deployments.steps.pull_from_gcs", "prefect_gcp.projects.steps.pull_project_from_gcs")
+
+PUSH_EXAMPLE = """\
+push:
+  - prefect_gcp.deployments.steps.push_to_gcs:
+      id: push_code
+      bucket: my-bucket
+      folder: my-project
+      credentials: "{{ prefect.blocks.gcp-credentials.dev }}"
+"""
+
+PULL_EXAMPLE = """\
+pull:
+  - prefect_gcp.deployments.steps.pull_from_gcs:
+      bucket: "{{ push_code.bucket }}"
+      folder: "{{ push_code.folder }}"
+      credentials: "{{ prefect.blocks.gcp-credentials.dev }}"
+"""
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object under the folder, as the listing shows it (MD5 as lowercase hex)."""
+
+    name: str
+    size: int
+    md5: str | None
+
+
+@step("push_to_gcs", aliases=PUSH_ALIASES, version="1", outputs=("bucket", "folder"), example=PUSH_EXAMPLE)
+def push_to_gcs(
+    ctx: Context,
+    bucket: str,
+    folder: str,
+    project: str | None = None,
+    credentials: Mapping[str, Any] | None = None,
+    ignore_file: str | None = ".prefectignore",
+) -> dict[str, str]:
+    """Upload the working directory's files to gs://bucket/folder/, skipping unchanged objects."""
+    client = _client(ctx, project, credentials)
+    prefix = prefix_of(folder)
+    files = _upload_set(ctx, ignore_file)
+    uploaded = 0
+    with _gcs_errors(ctx, bucket):
+        remote = _index(client, bucket, prefix)
+        target = client.bucket(bucket)
+        for rel in files:
+            local = ctx.cwd / rel
+            obj = remote.get(prefix + rel)
+            if obj is not None and obj.size == local.stat().st_size and obj.md5 == md5_file(local):
+                continue
+            target.blob(prefix + rel).upload_from_filename(str(local))
+            ctx.log(f"uploaded {rel} to gs://{bucket}/{prefix}{rel}")
+            uploaded += 1
+    ctx.log(f"gs://{bucket}/{prefix}: {uploaded} uploaded, {len(files) - uploaded} unchanged")
+    return {"bucket": bucket, "folder": folder}
+
+
+@push_to_gcs.files
+def _pushed_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
+    ignore_file = inputs.get("ignore_file", ".prefectignore")
+    extra = [ignore_file] if isinstance(ignore_file, str) and ctx.path(ignore_file).is_file() else []
+    return as_globs([*_upload_set(ctx, ignore_file), *extra])
+
+
+@push_to_gcs.check
+def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+    """Trust the cached push only while every file is still in the bucket with its size."""
+    client = _client(ctx, inputs.get("project"), inputs.get("credentials"))
+    prefix = prefix_of(str(inputs.get("folder", "")))
+    bucket = str(inputs.get("bucket"))
+    with _gcs_errors(ctx, bucket):
+        remote = _index(client, bucket, prefix)
+    files = _upload_set(ctx, inputs.get("ignore_file", ".prefectignore"))
+    return all(
+        (obj := remote.get(prefix + rel)) is not None and obj.size == (ctx.cwd / rel).stat().st_size
+        for rel in files
+    )
+
+
+@step(
+    "pull_from_gcs",
+    aliases=PULL_ALIASES,
+    version="1",
+    outputs=("bucket", "folder", "directory"),
+    example=PULL_EXAMPLE,
+    cacheable=False,
+)
+def pull_from_gcs(
+    ctx: Context,
+    bucket: str,
+    folder: str,
+    project: str | None = None,
+    credentials: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Download every object under gs://bucket/folder/ into the working directory."""
+    client = _client(ctx, project, credentials)
+    prefix = prefix_of(folder)
+    downloaded = 0
+    with _gcs_errors(ctx, bucket):
+        remote = _index(client, bucket, prefix)
+        if not remote:
+            raise StepError(
+                f"nothing to pull: gs://{bucket}/{prefix} holds no objects",
+                hint="check bucket and folder (push_to_gcs writes to <folder>/<path>)",
+            )
+        source = client.bucket(bucket)
+        for name, obj in sorted(remote.items()):
+            dest = safe_destination(ctx.cwd, name[len(prefix) :])
+            if dest is None:
+                raise StepError(f"refusing to write object {name!r} outside the working directory")
+            if dest.is_file() and dest.stat().st_size == obj.size and md5_file(dest) == obj.md5:
+                continue
+            replace_atomically(dest, _downloader(source, name))
+            downloaded += 1
+    ctx.log(f"gs://{bucket}/{prefix}: {downloaded} downloaded, {len(remote) - downloaded} already present")
+    return {"bucket": bucket, "folder": folder, "directory": str(ctx.cwd)}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _upload_set(ctx: Context, ignore_file: object) -> list[str]:
+    patterns = read_patterns(ctx.path(ignore_file)) if isinstance(ignore_file, str) and ignore_file else []
+    return project_files(ctx.cwd, patterns)
+
+
+def _downloader(source: Any, name: str) -> Callable[[Path], None]:
+    def download(tmp: Path) -> None:
+        source.blob(name).download_to_filename(str(tmp))
+
+    return download
+
+
+def _index(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject]:
+    """Every object under ``prefix`` except "directory" placeholders (names ending in ``/``)."""
+    found: dict[str, RemoteObject] = {}
+    for blob in client.list_blobs(bucket, prefix=prefix):
+        if not blob.name.endswith("/"):
+            md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
+            found[blob.name] = RemoteObject(blob.name, int(blob.size or 0), md5)
+    return found
+
+
+def _client(ctx: Context, project: object, credentials: object) -> Any:
+    try:
+        from google.cloud import storage
+    except ImportError:
+        raise StepError(
+            "the GCS steps need google-cloud-storage, which is not installed",
+            hint="pip install 'buildsys[gcs]'",
+        ) from None
+    creds = _mapping("credentials", credentials)
+    # As in Prefect, a project inside the credentials wins over the step's `project`.
+    chosen_project = creds.get("project") or project or ctx.env.get("GOOGLE_CLOUD_PROJECT")
+    google_creds = _google_credentials(ctx, creds)
+    options: dict[str, Any] = {}
+    emulator = ctx.env.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        options["client_options"] = {"api_endpoint": emulator}
+        if google_creds is None:
+            from google.auth.credentials import AnonymousCredentials
+
+            google_creds = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        chosen_project = chosen_project or "buildsys-emulator"
+    with _gcs_errors(ctx, "?"):
+        return storage.Client(project=chosen_project, credentials=google_creds, **options)
+
+
+def _google_credentials(ctx: Context, creds: Mapping[str, Any]) -> Any:
+    info = creds.get("service_account_info")
+    path = creds.get("service_account_file")
+    if info is None and path is None:
+        return None
+    from google.oauth2 import service_account
+
+    try:
+        if info is not None:
+            data = json.loads(info) if isinstance(info, str) else dict(info)
+            if data.get("private_key"):
+                ctx.secrets.add(str(data["private_key"]))
+            return service_account.Credentials.from_service_account_info(data)  # type: ignore[no-untyped-call]
+        return service_account.Credentials.from_service_account_file(str(ctx.path(str(path))))  # type: ignore[no-untyped-call]
+    except (ValueError, OSError, TypeError) as exc:
+        raise StepError(f"unusable GCP service account credentials: {ctx.mask(str(exc))}") from None
+
+
+def _mapping(name: str, value: object) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StepError(f"`{name}` must be a mapping, got {type(value).__name__}")
+    return value
+
+
+@contextmanager
+def _gcs_errors(ctx: Context, bucket: str) -> Iterator[None]:
+    """Turn the Google client's exceptions into one clear StepError (secrets masked)."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    try:
+        yield
+    except auth.DefaultCredentialsError:
+        raise StepError(
+            "no Google Cloud credentials found",
+            hint="set `credentials` (service_account_info or service_account_file) or "
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ) from None
+    except api.NotFound as exc:
+        raise StepError(f"bucket {bucket!r} does not exist", hint=ctx.mask(str(exc))) from None
+    except (api.Forbidden, api.Unauthorized) as exc:
+        raise StepError(f"GCS refused access to bucket {bucket!r}", hint=ctx.mask(str(exc))) from None
+    except api.GoogleAPICallError as exc:
+        raise StepError(f"GCS request failed: {ctx.mask(str(exc))}") from None
+    except auth.GoogleAuthError as exc:
+        raise StepError(f"Google authentication failed: {ctx.mask(str(exc))}") from None
+    except OSError as exc:  # connection refused, DNS, timeouts (requests' errors are OSErrors)
+        raise StepError(f"GCS request failed: {ctx.mask(str(exc))}",
+                        hint="check that the storage endpoint is reachable") from None
