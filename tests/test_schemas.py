@@ -124,9 +124,12 @@ def test_schema_is_valid_draft_2020_12(rel: str) -> None:
     Draft202012Validator.check_schema(schema)
 
 
-@pytest.mark.parametrize(
-    "rel", sorted(set(_all_json(SCHEMAS)) - {f"job-templates/{t}.json" for t in POOL_TYPES})
-)
+def _declared_schemas() -> list[str]:
+    """Every shipped JSON file that says it is a JSON Schema (others, e.g. openapi.json, are not)."""
+    return [rel for rel in _all_json(SCHEMAS) if "$schema" in load(*rel.split("/"))]
+
+
+@pytest.mark.parametrize("rel", _declared_schemas())
 def test_every_shipped_schema_is_valid_draft_2020_12(rel: str) -> None:
     Draft202012Validator.check_schema(load(*rel.split("/")))
 
