@@ -295,8 +295,8 @@ def test_corpus_step_inputs_match_the_step_schemas(corpus_dir: Path) -> None:
     assert problems == []
 
 
-def test_invalid_corpus_step_inputs_are_reported() -> None:
-    doc = yaml.safe_load((CORPUS / "057-tomdncenter-automate.yaml").read_text(encoding="utf-8"))
+def test_invalid_corpus_step_inputs_are_reported(corpus_dir: Path) -> None:
+    doc = yaml.safe_load((corpus_dir / "057-tomdncenter-automate.yaml").read_text(encoding="utf-8"))
     inputs = doc["build"][0]["prefect.deployments.steps.git_clone"]
     got = findings(Draft202012Validator(step_schema("git_clone")), inputs)
     assert got == Findings(unknown=["directory"])
