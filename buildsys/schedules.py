@@ -68,7 +68,9 @@ def parse_schedule(item: Mapping[str, Any], where: str = "schedule") -> Schedule
         body.setdefault(str(body["kind"]), body["value"])
     kinds = [k for k in ("cron", "interval", "rrule") if body.get(k) is not None]
     if len(kinds) != 1:
-        raise ScheduleError(f"{where}: exactly one of cron, interval, rrule is required (found {kinds or 'none'})")
+        raise ScheduleError(
+            f"{where}: exactly one of cron, interval, rrule is required (found {kinds or 'none'})"
+        )
     kind = kinds[0]
     tz = str(body.get("timezone") or "UTC")
     _zone(tz, where)
@@ -106,7 +108,11 @@ def parse_interval(value: Any, where: str = "interval") -> float:
         text = value.strip()
         if (m := _HMS.match(text)) is not None:
             seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-        elif (m := _ISO_DURATION.match(text)) is not None and text not in ("P", "PT") and not text.endswith("T"):
+        elif (
+            (m := _ISO_DURATION.match(text)) is not None
+            and text not in ("P", "PT")
+            and not text.endswith("T")
+        ):
             parts = {k: float(v) for k, v in m.groupdict().items() if v is not None}
             seconds = timedelta(**parts).total_seconds()
         else:
@@ -126,7 +132,9 @@ def _zone(name: str, where: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ScheduleError(f"{where}: unknown timezone {name!r}", hint="use an IANA name such as Europe/Paris") from exc
+        raise ScheduleError(
+            f"{where}: unknown timezone {name!r}", hint="use an IANA name such as Europe/Paris"
+        ) from exc
 
 
 def _parse_datetime(value: Any, tz: str, where: str) -> float:

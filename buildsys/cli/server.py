@@ -21,7 +21,9 @@ def server() -> None:
 
 
 @server.command("start")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; not loopback = auth required.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind; not loopback = auth required."
+)
 @click.option("--port", default=4300, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--db", "db", default=None, metavar="URL", help=DB_HELP)
 @click.option("--auth", is_flag=True, help="Require bearer tokens on loopback too.")

@@ -1,6 +1,6 @@
 """`buildsys server`: the state store over HTTP (a Starlette app served by uvicorn).
 
-    from buildsys.server import create_app, serve
+from buildsys.server import create_app, serve
 """
 
 from __future__ import annotations

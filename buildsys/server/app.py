@@ -109,7 +109,9 @@ def _endpoint(
 async def _authorize(request: Request, scope: str, authenticator: Authenticator) -> None:
     token = await run_in_threadpool(authenticator.check, request.headers.get("authorization"))
     if token is None:
-        raise ApiError(401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)")
+        raise ApiError(
+            401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)"
+        )
     if not token.allows(scope):
         raise ApiError(403, "forbidden", f"this token has scope {token.scope!r}; this call needs {scope!r}")
 
@@ -198,7 +200,9 @@ def _is_outage(exc: BaseException) -> bool:
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+    message = (
+        f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+    )
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)
 
 

@@ -107,7 +107,8 @@ class TokenStore:
     def revoke(self, token_id: str) -> bool:
         with self.db.tx(write=True) as tx:
             tx.run(
-                "UPDATE server_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), token_id)
+                "UPDATE server_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), token_id),
             )
             return tx.rowcount > 0
 

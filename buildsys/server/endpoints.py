@@ -52,16 +52,22 @@ class Param:
             return self._member(raw) if self.enum else raw
         value = self._number(raw)
         if self.minimum is not None and value < self.minimum:
-            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be >= {_fmt(self.minimum)}")
+            raise ApiError(
+                422, "invalid_request", f"query parameter {self.name} must be >= {_fmt(self.minimum)}"
+            )
         if self.maximum is not None and value > self.maximum:
-            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be <= {_fmt(self.maximum)}")
+            raise ApiError(
+                422, "invalid_request", f"query parameter {self.name} must be <= {_fmt(self.maximum)}"
+            )
         return value
 
     def _number(self, raw: str) -> float | int:
         try:
             value: float | int = int(raw) if self.type == "integer" else float(raw)
         except ValueError:
-            raise ApiError(422, "invalid_request", f"query parameter {self.name} must be an {self.type}") from None
+            raise ApiError(
+                422, "invalid_request", f"query parameter {self.name} must be an {self.type}"
+            ) from None
         if not math.isfinite(value):
             raise ApiError(422, "invalid_request", f"query parameter {self.name} must be finite")
         return value
@@ -69,7 +75,9 @@ class Param:
     def _member(self, raw: str) -> str:
         if self.enum and raw not in self.enum:
             raise ApiError(
-                422, "invalid_request", f"query parameter {self.name}: {raw!r} is not one of {', '.join(self.enum)}"
+                422,
+                "invalid_request",
+                f"query parameter {self.name}: {raw!r} is not one of {', '.join(self.enum)}",
             )
         return raw
 

@@ -41,7 +41,7 @@ def document() -> dict[str, Any]:
             "title": TITLE,
             "version": VERSION,
             "description": "Pools, deployments and variables (desired state, changed only by apply), "
-            "flow runs with leases, logs and workers. Errors are {\"error\": {\"code\", \"message\"}}.",
+            'flow runs with leases, logs and workers. Errors are {"error": {"code", "message"}}.',
         },
         "paths": paths,
         "components": {
@@ -111,7 +111,13 @@ def _query_param(p: Param) -> dict[str, Any]:
             schema["maximum"] = p.maximum
         if p.default is not None:
             schema["default"] = p.default
-    out: dict[str, Any] = {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": schema}
+    out: dict[str, Any] = {
+        "name": p.name,
+        "in": "query",
+        "required": False,
+        "description": p.description,
+        "schema": schema,
+    }
     if p.type == "state-list":
         out["style"] = "form"
         out["explode"] = True

@@ -188,7 +188,9 @@ COMPONENTS: dict[str, Schema] = {
         },
         ("pool", "worker"),
     ),
-    "HeartbeatResponse": _obj({"cancelling": {"type": "array", "items": {"type": "string"}}}, ("cancelling",)),
+    "HeartbeatResponse": _obj(
+        {"cancelling": {"type": "array", "items": {"type": "string"}}}, ("cancelling",)
+    ),
     "StateRequest": _obj(
         {
             "state": {"type": "string", "enum": list(STATE_TYPES)},

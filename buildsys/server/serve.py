@@ -54,7 +54,9 @@ def serve(options: ServeOptions) -> None:
                 hint=f"create one first: buildsys server token create --scope admin --db {options.db}",
             )
         authenticator = Authenticator(tokens)
-    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(store, authenticator=authenticator, settings=options.settings)
     try:
         uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, lifespan="on")

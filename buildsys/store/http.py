@@ -53,7 +53,10 @@ class HttpStore:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
         )
 
     # --- transport -------------------------------------------------------------------------
@@ -99,7 +102,11 @@ class HttpStore:
         if 200 <= status < 300:
             return payload
         error = payload.get("error") if isinstance(payload, dict) else None
-        message = str(error.get("message")) if isinstance(error, dict) else response.text[:200] or response.reason_phrase
+        message = (
+            str(error.get("message"))
+            if isinstance(error, dict)
+            else response.text[:200] or response.reason_phrase
+        )
         where = f"the buildsys server at {self.url}"
         if status == 401:
             raise AuthenticationError(
@@ -195,7 +202,10 @@ class HttpStore:
     ) -> list[FlowRun]:
         runs: list[FlowRun] = []
         while len(runs) < limit:  # the server pages at PAGE
-            params: list[tuple[str, str | int]] = [("limit", min(PAGE, limit - len(runs))), ("offset", offset)]
+            params: list[tuple[str, str | int]] = [
+                ("limit", min(PAGE, limit - len(runs))),
+                ("offset", offset),
+            ]
             params += [("deployment", deployment)] if deployment is not None else []
             params += [("pool", pool)] if pool is not None else []
             params += [("state", s) for s in states or ()]
@@ -264,7 +274,9 @@ class HttpStore:
         return FlowRun.from_dict(data)
 
     def request_cancel(self, run_id: str) -> FlowRun:
-        return FlowRun.from_dict(self._call("POST", f"{API}/runs/{_segment(run_id)}/cancel", idempotent=False))
+        return FlowRun.from_dict(
+            self._call("POST", f"{API}/runs/{_segment(run_id)}/cancel", idempotent=False)
+        )
 
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         data = self._call("POST", f"{API}/runs/expire", body={"now": now}, idempotent=False)
@@ -276,7 +288,9 @@ class HttpStore:
         data = self._call("POST", f"{API}/runs/{_segment(run_id)}/logs", body=body, idempotent=False)
         return int(data["last_seq"])
 
-    def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000, wait: float = 0.0) -> list[LogLine]:
+    def read_logs(
+        self, run_id: str, *, after: int = 0, limit: int = 1000, wait: float = 0.0
+    ) -> list[LogLine]:
         """With `wait` > 0 a follow: waits (long-poll) until lines after `after` exist or the run ends."""
         return self.follow_logs(run_id, after=after, limit=limit, wait=wait)[0]
 
@@ -287,13 +301,20 @@ class HttpStore:
         chunk = min(MAX_SERVER_WAIT, max(0.0, wait))
         params = {"after": after, "limit": limit, "wait": chunk}
         data = self._call(
-            "GET", f"{API}/runs/{_segment(run_id)}/logs", params=params, idempotent=True, timeout=self._timeout + chunk
+            "GET",
+            f"{API}/runs/{_segment(run_id)}/logs",
+            params=params,
+            idempotent=True,
+            timeout=self._timeout + chunk,
         )
         return [LogLine.from_dict(x) for x in data["lines"]], str(data["state"])
 
     def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
         params = {"pool": pool} if pool is not None else None
-        return [WorkerInfo.from_dict(w) for w in self._call("GET", f"{API}/workers", params=params, idempotent=True)["items"]]
+        return [
+            WorkerInfo.from_dict(w)
+            for w in self._call("GET", f"{API}/workers", params=params, idempotent=True)["items"]
+        ]
 
     # --- housekeeping ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
