@@ -78,11 +78,11 @@ def claim_runs(
     wait: float,
 ) -> list[FlowRun]:
     deadline = time.monotonic() + max(0.0, wait)
+    token = db.change_token() if wait > 0 else None  # before the attempt: no commit slips between
     claimed = claim_once(db, pool, worker, queues, limit, lease_seconds)
     if claimed or wait <= 0 or limit <= 0:
         return claimed
     interval = POLL_INTERVAL_S if db.name == "sqlite" else POLL_INTERVAL_REMOTE_S
-    token = db.change_token()
     next_due = _next_due(db, pool)
     while time.monotonic() < deadline:
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))

@@ -59,12 +59,12 @@ def check_transition(run: FlowRun, state: str, worker: str | None) -> None:
         )
     if state not in _ALLOWED.get(run.state, frozenset()):
         raise ConflictError(f"flow run {run.name} ({run.id}) cannot move from {run.state} to {state}")
+    if state == PENDING and run.state == PENDING and worker != run.worker:
+        raise ConflictError(f"flow run {run.name} ({run.id}) is already PENDING (claimed by {run.worker!r})")
     if worker is not None and run.worker is not None and run.worker != worker:
         raise ConflictError(
             f"flow run {run.name} ({run.id}) is held by worker {run.worker!r}, not {worker!r}"
         )
-    if state == PENDING and run.state == PENDING and worker != run.worker:
-        raise ConflictError(f"flow run {run.name} ({run.id}) is already PENDING (claimed by {run.worker!r})")
 
 
 def transition(

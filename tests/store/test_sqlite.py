@@ -1,0 +1,208 @@
+"""The store contract on a SQLite file, plus what only the file store has: the file itself (WAL,
+migrations, corrupt or foreign files) and several processes sharing it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buildsys.errors import ConflictError, StateError
+from buildsys.store import open_store
+from buildsys.store.base import Change
+from buildsys.store.migrations import LATEST
+from buildsys.store.sql import SqlStore
+from tests.store.contract import StoreContract, create, deployment_spec, pool_spec
+
+
+class TestSqliteContract(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SqlStore]:
+        s = SqlStore.sqlite(tmp_path / "state.db")
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def other_store(self, tmp_path: Path) -> Iterator[SqlStore]:
+        s = SqlStore.sqlite(tmp_path / "other.db")
+        yield s
+        s.close()
+
+
+def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
+    store = open_store(".buildsys/deep/state.db", root=tmp_path)
+    try:
+        assert isinstance(store, SqlStore)
+        assert store.url == f"sqlite:///{tmp_path / '.buildsys/deep/state.db'}"
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / ".buildsys/deep/state.db")
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [
+            (1, "initial schema: serial, resources, flow runs, logs, workers")
+        ]
+        assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
+    finally:
+        db.close()
+
+
+def test_sqlite_url_form(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    store.close()
+    assert (tmp_path / "s.db").is_file()
+
+
+def test_reopening_keeps_the_data_and_applies_no_migration_twice(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([create("variable", "v", {"value": 1})], expected_serial=0)
+    with SqlStore.sqlite(path) as store:
+        assert store.serial() == 1
+        assert store.schema_version == LATEST
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (LATEST,)
+    db.close()
+
+
+def test_a_store_from_a_newer_buildsys_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqlStore.sqlite(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError) as err:
+        SqlStore.sqlite(path)
+    assert err.value.render() == (
+        f"error: the state store {path} has schema version 99, newer than this buildsys understands ({LATEST})\n"
+        "  hint: upgrade buildsys to use this store"
+    )
+
+
+def test_a_corrupt_file_gets_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database at all, just some text " * 40)
+    with pytest.raises(StateError) as err:
+        SqlStore.sqlite(path)
+    assert err.value.render() == (
+        f"error: the state store {path} is not a readable buildsys store: file is not a database\n"
+        "  hint: restore it from a `buildsys state export`, or move it away to start afresh"
+    )
+
+
+def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE users (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError) as err:
+        SqlStore.sqlite(path)
+    assert err.value.message == f"{path} is a database but not a buildsys state store (it has other tables: users)"
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="is a directory, not a file"):
+        SqlStore.sqlite(tmp_path)
+
+
+def test_bulk_apply_and_list_are_fast(tmp_path: Path) -> None:
+    """Generous bounds (targets are far below): catches a per-row round trip sneaking in."""
+    with SqlStore.sqlite(tmp_path / "state.db") as store:
+        changes = [create("pool", "local", pool_spec())]
+        changes += [create("deployment", f"etl/d{i}", deployment_spec(f"d{i}")) for i in range(1000)]
+        start = time.perf_counter()
+        store.apply(changes, expected_serial=0)
+        assert time.perf_counter() - start < 1.0
+        more = [create("deployment", f"etl/e{i}", deployment_spec(f"e{i}")) for i in range(9000)]
+        store.apply(more, expected_serial=1)
+        start = time.perf_counter()
+        listed = store.list_resources("deployment")
+        assert time.perf_counter() - start < 1.0
+        assert len(listed) == 10_000
+
+
+# --- several processes on one file -----------------------------------------------------------
+
+
+def _bump_counter(path: str, times: int) -> int:
+    """Increment variable `counter` `times` times with read-modify-apply; returns conflicts seen."""
+    conflicts = 0
+    with SqlStore.sqlite(path) as store:
+        done = 0
+        while done < times:
+            serial = store.serial()
+            current = store.get_resource("variable", "counter")
+            assert current is not None
+            try:
+                store.apply(
+                    [Change("update", "variable", "counter", {"value": current.spec["value"] + 1})],
+                    expected_serial=serial,
+                )
+                done += 1
+            except ConflictError:
+                conflicts += 1
+    return conflicts
+
+
+def test_concurrent_applies_from_processes_never_lose_an_update(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([create("variable", "counter", {"value": 0})], expected_serial=0)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        pool.starmap(_bump_counter, [(str(path), 25)] * 4)
+    with SqlStore.sqlite(path) as store:
+        counter = store.get_resource("variable", "counter")
+        assert counter is not None and counter.spec["value"] == 100
+        assert store.serial() == 101
+
+
+def _claim_all(path: str, worker: str, ready: object, go: object) -> list[str]:
+    got: list[str] = []
+    with SqlStore.sqlite(path) as store:
+        ready.set()  # type: ignore[attr-defined]
+        go.wait(30)  # type: ignore[attr-defined]
+        empty = 0
+        while empty < 3:
+            batch = store.claim_runs("local", worker, limit=5)
+            got.extend(r.id for r in batch)
+            empty = 0 if batch else empty + 1
+    return got
+
+
+def test_racing_processes_claim_each_run_exactly_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    total, processes = 2000, 8
+    with SqlStore.sqlite(path) as store:
+        store.apply(
+            [create("pool", "local", pool_spec()), create("deployment", "etl/nightly", deployment_spec())],
+            expected_serial=0,
+        )
+        made = {store.create_run("etl/nightly", scheduled_at=0.0).id for _ in range(total)}
+    ctx = multiprocessing.get_context("fork")
+    manager = ctx.Manager()
+    try:
+        readies = [manager.Event() for _ in range(processes)]
+        go = manager.Event()
+        with ctx.Pool(processes) as pool:
+            pending = pool.starmap_async(
+                _claim_all, [(str(path), f"w{i}", readies[i], go) for i in range(processes)]
+            )
+            for ready in readies:
+                assert ready.wait(30)
+            go.set()
+            results = pending.get(60)
+    finally:
+        manager.shutdown()
+    claimed = [run_id for got in results for run_id in got]
+    assert len(claimed) == total
+    assert set(claimed) == made
+    assert sum(1 for got in results if got) >= 2  # they really raced
+    with SqlStore.sqlite(path) as store:
+        assert store.list_runs(states=["SCHEDULED"]) == []
