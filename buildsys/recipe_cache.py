@@ -23,7 +23,7 @@ from filelock import FileLock
 from buildsys.recipes import MANIFEST, Recipe, RecipeError, RecipeSource, find_recipes, load_recipe
 
 __all__ = ["CheckedOut", "GitRecipeRef", "RecipeCache", "default_cache_dir", "is_git_source",
-           "parse_git_source", "resolve_recipe"]
+           "parse_git_source", "public_url", "recipe_in_tree", "resolve_recipe"]
 
 SCHEMES = ("https", "http", "file", "ssh", "git")
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -94,6 +94,14 @@ def _clean_subdir(subdir: str, text: str) -> str:
     return pure.as_posix()
 
 
+def public_url(url: str) -> str:
+    """The URL without credentials (a token in `https://TOKEN@host/…` is never recorded)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "buildsys" / "recipes"
@@ -106,7 +114,7 @@ class RecipeCache:
         self.root = root or default_cache_dir()
 
     def _repo_dir(self, url: str) -> Path:
-        return self.root / hashlib.sha256(url.encode()).hexdigest()[:20]
+        return self.root / hashlib.sha256(public_url(url).encode()).hexdigest()[:20]
 
     def cached(self, ref: GitRecipeRef) -> CheckedOut | None:
         """The cached tree for a rev that names a commit (full sha, or a unique prefix); no network."""
@@ -136,7 +144,7 @@ class RecipeCache:
         warnings: tuple[str, ...] = ()
         if not ref.pinned:
             what = f"{ref.rev!r} is a branch or tag" if ref.rev else "no revision was given"
-            pinned = GitRecipeRef(ref.url, commit, ref.subdir)
+            pinned = GitRecipeRef(public_url(ref.url), commit, ref.subdir)
             warnings = (f"{what}, so this recipe can change under you; resolved to {commit[:12]}. "
                         f"Pin it for reproducible inits: --recipe {pinned}",)
         return CheckedOut(ref, commit, tree, from_cache=False, warnings=warnings)
@@ -193,7 +201,7 @@ def resolve_recipe(spec: str, *, cache: RecipeCache | None = None) -> tuple[Reci
         return builtin_recipe(spec), ()
     ref = parse_git_source(spec)
     out = (cache or RecipeCache()).checkout(ref)
-    source = RecipeSource("git", ref.url, ref.rev, out.commit, ref.subdir)
+    source = RecipeSource("git", public_url(ref.url), ref.rev, out.commit, ref.subdir)
     return recipe_in_tree(out.tree, source), out.warnings
 
 

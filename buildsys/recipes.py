@@ -123,7 +123,7 @@ class RecipeSource:
         data: dict[str, Any] = {"source": self.location if self.kind != "builtin" else "builtin"}
         if self.kind == "git":
             data["source"] = f"git+{self.location}"
-        for key in ("rev", "commit", "subdir"):
+        for key in ("commit", "subdir"):  # the project schema's record; the rev is pinned by commit
             value = getattr(self, key)
             if value is not None:
                 data[key] = value
@@ -280,7 +280,7 @@ def common_fields(target: Path) -> dict[str, str]:
     remote = _git(target, "config", "--get", "remote.origin.url")
     if remote:
         values["repository"] = remote
-    branch = _git(target, "rev-parse", "--abbrev-ref", "HEAD") if (target / ".git").exists() else None
+    branch = _git(target, "symbolic-ref", "--short", "-q", "HEAD") if (target / ".git").exists() else None
     values["branch"] = branch if branch and branch != "HEAD" else "main"
     if (target / "Dockerfile").is_file():
         values["dockerfile"] = "Dockerfile"

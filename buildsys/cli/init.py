@@ -106,7 +106,8 @@ def _report(app: App, recipe: Recipe, result: RenderResult) -> None:
                        "unchanged": list(result.unchanged)})
         return
     origin = recipe.source.record()
-    where = f" from {origin['source']}" + (f" at {origin['commit'][:12]}" if "commit" in origin else "")
+    where = " (built-in)" if recipe.source.kind == "builtin" else f" from {origin['source']}"
+    where += f" at {origin['commit'][:12]}" if "commit" in origin else ""
     app.echo(f"Rendered recipe {recipe.name!r}{where} into {result.target}:")
     for path in result.written:
         app.echo(f"  + {path}")
