@@ -1,0 +1,323 @@
+"""Desired state: flow names read without importing, identities, spec fields, git revisions."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildsys.desired import (
+    BuildOutputs,
+    DesiredStateError,
+    desired_state,
+    project_identity,
+    read_desired,
+)
+from buildsys.entrypoints import flow_info, parse_entrypoint
+from buildsys.errors import TemplateError
+from buildsys.project import load_project
+from buildsys.revision import RevisionError, open_revision, strip_credentials
+from buildsys.templating import UNKNOWN
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def reader(files: dict[str, str]):  # type: ignore[no-untyped-def]
+    return lambda rel: files.get(rel)
+
+
+# --- flow names ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "entrypoint", "expected"),
+    [
+        ("from prefect import flow\n@flow(name='Nightly ETL')\ndef etl(): ...\n", "f.py:etl", "Nightly ETL"),
+        ("from prefect import flow\n@flow\ndef my_flow(): ...\n", "f.py:my_flow", "my-flow"),
+        ("from prefect import flow\n@flow(retries=2)\nasync def a_b(): ...\n", "f.py:a_b", "a-b"),
+        ("import prefect\n@prefect.flow(name='dotted')\ndef x(): ...\n", "f.py:x", "dotted"),
+        ("from prefect import flow as F\n@F(name='aliased')\ndef x(): ...\n", "f.py:x", "aliased"),
+        (
+            "from prefect import flow\ndef impl(): ...\netl = flow(name='assigned')(impl)\n",
+            "f.py:etl",
+            "assigned",
+        ),
+        (
+            "from prefect import flow\nclass C:\n    @flow(name='method')\n    def run(self): ...\n",
+            "f.py:C.run",
+            "method",
+        ),
+        (
+            "from prefect import flow\nN = 'x'\n@flow(name=N)\ndef not_literal(): ...\n",
+            "f.py:not_literal",
+            "not-literal",
+        ),
+    ],
+)
+def test_flow_name_from_the_source_without_importing(source: str, entrypoint: str, expected: str) -> None:
+    info = flow_info(entrypoint, reader({"f.py": source}))
+    assert (info.name, info.file, info.problem) == (expected, "f.py", None)
+
+
+def test_flow_docstring_is_read() -> None:
+    info = flow_info(
+        "f.py:etl", reader({"f.py": 'from prefect import flow\n@flow\ndef etl():\n    """Loads."""\n'})
+    )
+    assert info.docstring == "Loads."
+
+
+def test_module_path_entrypoints_resolve_relative_to_the_root() -> None:
+    files = {"pkg/mod.py": "from prefect import flow\n@flow(name='m')\ndef f(): ...\n"}
+    assert flow_info("pkg.mod:f", reader(files)).name == "m"
+    assert flow_info("pkg.mod.f", reader(files)).name == "m"
+    init = {"pkg/mod/__init__.py": "from prefect import flow\n@flow(name='i')\ndef f(): ...\n"}
+    assert flow_info("pkg.mod:f", reader(init)).file == "pkg/mod/__init__.py"
+
+
+def test_missing_file_falls_back_to_the_function_name_with_a_reason() -> None:
+    info = flow_info("./flows/etl.py:load_all", reader({}))
+    assert (info.name, info.problem) == ("load-all", "flows/etl.py not found")
+
+
+def test_unparsable_file_and_missing_function_are_reasons() -> None:
+    assert (
+        flow_info("f.py:g", reader({"f.py": "def (:\n"})).problem
+        == "f.py does not parse (invalid syntax, line 1)"
+    )
+    assert flow_info("f.py:g", reader({"f.py": "x = 1\n"})).problem == "f.py defines no function 'g'"
+
+
+def test_parse_entrypoint_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="must look like"):
+        parse_entrypoint("noflow")
+    assert parse_entrypoint("./a/b.py:C.m").candidates == ("a/b.py",)
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def test_project_identity_precedence(tmp_path: Path) -> None:
+    named = write(tmp_path / "a" / "prefect.yaml", "name: shop\nbuildsys: {project: team/shop}\n")
+    assert project_identity(load_project(named)) == "team/shop"
+    write(named, "name: shop\n")
+    assert project_identity(load_project(named)) == "shop"
+    write(named, "deployments: []\n")
+    assert project_identity(
+        load_project(named), remote_url="https://h/x.git", file_in_repo="a/prefect.yaml"
+    ) == ("https://h/x.git#a/prefect.yaml")
+    assert project_identity(load_project(named)) == "a"
+
+
+def test_credentials_are_stripped_from_remote_urls() -> None:
+    assert strip_credentials("https://user:tok@github.com/a/b.git") == "https://github.com/a/b.git"
+    assert strip_credentials("git@github.com:a/b.git") == "git@github.com:a/b.git"
+
+
+# --- spec fields --------------------------------------------------------------------------------
+
+PROJECT = """
+name: demo
+build:
+  - run_shell_script:
+      id: sha
+      script: git rev-parse --short HEAD
+work_pools:
+  - name: local
+    type: process
+    paused: true
+    queues:
+      - {name: urgent, priority: 5, concurrency_limit: 2}
+      - {name: bulk}
+variables:
+  region: eu-west-1
+deployments:
+  - name: nightly
+    entrypoint: flows/etl.py:etl
+    version: "{{ sha.stdout }}"
+    tags: [a, "v-{{ sha.stdout }}"]
+    parameters: {day: today}
+    work_pool:
+      name: local
+      job_variables:
+        env: {TOKEN: "{{ $TOKEN }}", PW: "{{ prefect.blocks.secret.pw }}", WHEN: "{{ ctx.flow_run.name }}"}
+    pull:
+      - git_clone:
+          id: clone
+          repository: https://example.com/r.git
+          access_token: "{{ prefect.blocks.secret.gh }}"
+          branch: "{{ sha.stdout }}"
+      - pip_install_requirements:
+          directory: "{{ clone.directory }}"
+  - name: paused
+    entrypoint: flows/etl.py:etl
+    paused: true
+    schedules: []
+    work_pool: {name: local}
+"""
+
+
+def test_resources_with_managed_keys_and_unknown_outputs(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", PROJECT)
+    write(
+        tmp_path / "flows" / "etl.py",
+        "from prefect import flow\n@flow(name='etl-flow')\ndef etl():\n    'Doc.'\n",
+    )
+    _, state = read_desired(file)
+    assert [(r.kind, r.name) for r in state.resources] == [
+        ("variable", "region"),
+        ("pool", "local"),
+        ("deployment", "etl-flow/nightly"),
+        ("deployment", "etl-flow/paused"),
+    ]
+    assert state.owner == "demo"
+    assert state.source == {"commit": None, "ref": None, "file": "prefect.yaml", "dirty": False}
+    nightly = state.resources[2]
+    assert nightly.spec["version"] is UNKNOWN
+    assert nightly.spec["tags"] == ["a", "v-(known after build)"]
+    assert nightly.spec["description"] == "Doc."
+    assert nightly.spec["job_variables"] == {
+        "env": {
+            "TOKEN": "{{ $TOKEN }}",
+            "PW": "{{ prefect.blocks.secret.pw }}",
+            "WHEN": "{{ ctx.flow_run.name }}",
+        }
+    }
+    assert nightly.spec["pull_steps"] == [
+        {
+            "git_clone": {
+                "id": "clone",
+                "repository": "https://example.com/r.git",
+                "access_token": "{{ prefect.blocks.secret.gh }}",
+                "branch": UNKNOWN,
+            }
+        },
+        {"pip_install_requirements": {"directory": "{{ clone.directory }}"}},
+    ]
+    assert "paused" not in nightly.managed and "schedules" not in nightly.managed
+    assert (nightly.spec["paused"], nightly.spec["schedules"]) == (False, [])  # defaults for a create only
+    paused = state.resources[3]
+    assert {"paused", "schedules"} <= paused.managed
+    assert (paused.spec["paused"], paused.spec["schedules"]) == (True, [])
+    pool = state.resources[1]
+    assert pool.spec["queues"] == [
+        {"name": "urgent", "priority": 5, "concurrency_limit": 2, "description": None, "paused": False},
+        {"name": "bulk", "priority": 2, "concurrency_limit": None, "description": None, "paused": False},
+    ]
+    assert pool.spec["paused"] is True and "paused" in pool.managed
+    assert pool.spec["base_job_template"]["job_configuration"]["command"] == "{{ command }}"
+
+
+def test_known_outputs_are_rendered_and_pull_keeps_everything_else(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", PROJECT)
+    project = load_project(file)
+    outputs = BuildOutputs({"sha": {"stdout": "abc123"}, "stdout": "abc123"})
+    state = desired_state(project, owner="o", source={}, read=reader({}), outputs=lambda d: outputs)
+    nightly = state.get("deployment", "etl/nightly")
+    assert nightly is not None
+    assert (nightly.spec["version"], nightly.spec["tags"]) == ("abc123", ["a", "v-abc123"])
+    assert nightly.spec["pull_steps"][0]["git_clone"]["branch"] == "abc123"
+    assert nightly.spec["pull_steps"][0]["git_clone"]["access_token"] == "{{ prefect.blocks.secret.gh }}"
+
+
+def test_a_typo_in_an_output_reference_is_an_error_not_a_dropped_value(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        build:
+          - run_shell_script: {id: build_image, script: "true"}
+        deployments:
+          - name: d
+            entrypoint: f.py:f
+            work_pool: {name: p, job_variables: {image: "{{ build-image.image }}"}}
+        """,
+    )
+    project = load_project(file)
+    built = BuildOutputs({"build_image": {"stdout": ""}, "stdout": ""})
+    with pytest.raises(TemplateError, match=r"\{\{ build-image.image \}\} does not match any step output"):
+        desired_state(project, owner="o", source={}, read=reader({}), outputs=lambda d: built)
+
+
+def test_deployment_without_entrypoint_is_an_error(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", "deployments:\n  - name: x\n    work_pool: {name: p}\n")
+    with pytest.raises(DesiredStateError, match="deployment 'x' has no entrypoint"):
+        read_desired(file)
+
+
+def test_selection_by_name_glob_and_flow(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        deployments:
+          - {name: a-prod, entrypoint: f.py:load_all}
+          - {name: a-dev, entrypoint: f.py:load_all}
+          - {name: b, entrypoint: g.py:other}
+        """,
+    )
+    _, state = read_desired(file, select=["*-prod", "other/b"])
+    assert [r.name for r in state.resources] == ["load-all/a-prod", "other/b"]
+    assert state.partial
+    with pytest.raises(DesiredStateError, match="no deployment matches 'nope'"):
+        read_desired(file, select=["nope"])
+
+
+# --- git revisions ------------------------------------------------------------------------------
+
+
+def test_ref_reads_another_commit_without_checkout(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    file = write(repo / "proj" / "prefect.yaml", "deployments:\n  - {name: one, entrypoint: flows/f.py:f}\n")
+    write(repo / "proj" / "flows" / "f.py", "from prefect import flow\n@flow(name='first')\ndef f(): ...\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "remote", "add", "origin", "https://bot:secret@example.com/acme/flows.git")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "one")
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "v1")
+    write(file, "deployments:\n  - {name: two, entrypoint: flows/f.py:f}\n")
+    write(repo / "proj" / "flows" / "f.py", "from prefect import flow\n@flow(name='second')\ndef f(): ...\n")
+    git(repo, "commit", "-qam", "two")
+    write(file, "deployments:\n  - {name: three, entrypoint: flows/f.py:f}\n")  # uncommitted
+
+    _, at_tag = read_desired(file, ref="v1")
+    assert [r.name for r in at_tag.resources] == ["first/one"]  # the flow file is read at v1 too
+    assert at_tag.source == {"commit": first, "ref": "v1", "file": "proj/prefect.yaml", "dirty": False}
+    assert at_tag.owner == "https://example.com/acme/flows.git#proj/prefect.yaml"
+    _, work = read_desired(file)
+    assert [r.name for r in work.resources] == ["second/three"]
+    assert work.source["dirty"] is True and work.source["commit"] == git(repo, "rev-parse", "HEAD")
+    assert git(repo, "status", "--porcelain") == "M proj/prefect.yaml"  # nothing was checked out
+
+
+def test_untracked_buildsys_dir_does_not_make_the_tree_dirty(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", "name: x\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "c")
+    write(tmp_path / ".buildsys" / "state.db", "x")
+    assert open_revision(file).dirty is False
+    write(tmp_path / "new_flow.py", "x")
+    assert open_revision(file).dirty is True
+
+
+def test_bad_refs_and_missing_repos_are_clear_errors(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", "name: x\n")
+    with pytest.raises(RevisionError, match="needs a git repository"):
+        open_revision(file, "main")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "c")
+    with pytest.raises(RevisionError, match="--ref nope: no such commit, branch or tag"):
+        open_revision(file, "nope")
+    other = write(tmp_path / "sub" / "prefect.yaml", "name: y\n")
+    with pytest.raises(RevisionError, match=r"sub/prefect.yaml does not exist at commit"):
+        open_revision(other, "HEAD")
