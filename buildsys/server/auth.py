@@ -17,6 +17,7 @@ from pathlib import Path
 
 from buildsys.errors import BuildsysError
 from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase
+from buildsys.store.migrations import migrate
 
 SCOPES = ("read", "apply", "worker", "admin")
 PREFIX = "bst"
@@ -65,6 +66,9 @@ class TokenStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # the tokens live next to a buildsys store: make it one first (the store refuses foreign
+        # databases, and a token made before the first `server start` must not make it foreign)
+        migrate(db, getattr(db, "display_url", db.url))
         with self.db.tx(write=True) as tx:
             tx.run(_TABLE)
 
