@@ -107,9 +107,13 @@ def sweep_test_containers(client: docker.DockerClient, *, everything: bool | Non
             continue
         try:
             container.remove(force=True, v=True)
-            removed.append(container.name)
         except docker.errors.NotFound:
             continue
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # already being removed (auto-remove, another sweep)
+                continue
+            raise
+        removed.append(container.name)
     return removed
 
 
