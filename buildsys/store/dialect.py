@@ -84,6 +84,9 @@ class Database:
     def _connect(self) -> Any:
         raise NotImplementedError
 
+    def _usable(self, conn: Any) -> bool:
+        return True
+
     def _begin(self, conn: Any, write: bool) -> None:
         raise NotImplementedError
 
@@ -102,6 +105,10 @@ class Database:
             self._all = []
             self._pid = os.getpid()
         conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._usable(conn):
+            with self._guard, suppress(ValueError):
+                self._all.remove(conn)
+            conn = None
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
@@ -255,6 +262,9 @@ class PostgresDatabase(Database):
                 f"cannot connect to the PostgreSQL store {self.display_url}: {_first_line(exc)}",
                 hint="check that the server runs and that the URL, user and password are right",
             ) from exc
+
+    def _usable(self, conn: Any) -> bool:
+        return not (conn.closed or conn.broken)  # the server went away: reconnect next time
 
     def _begin(self, conn: Any, write: bool) -> None:
         conn.execute("BEGIN")

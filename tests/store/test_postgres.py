@@ -1,0 +1,166 @@
+"""The store contract on PostgreSQL (a private cluster from tests/infra/postgres.py), plus what only
+PostgreSQL has: several connections racing for runs with row locks, and unreachable servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from buildsys.errors import StateError
+from buildsys.store import open_store
+from buildsys.store.migrations import LATEST
+from buildsys.store.sql import SqlStore
+from tests.infra.net import free_port
+from tests.infra.postgres import PostgresServer, fresh_database
+from tests.store.contract import StoreContract, create, deployment_spec, pool_spec
+
+pytestmark = pytest.mark.postgres
+
+
+class TestPostgresContract(StoreContract):
+    @pytest.fixture
+    def store(self, fresh_postgres_url: str) -> Iterator[SqlStore]:
+        s = SqlStore.postgres(fresh_postgres_url)
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def other_store(self, postgres_server: PostgresServer) -> Iterator[SqlStore]:
+        for url in fresh_database(postgres_server):
+            s = SqlStore.postgres(url)
+            yield s
+            s.close()
+
+
+def test_open_store_by_url_migrates_once(fresh_postgres_url: str) -> None:
+    first = open_store(fresh_postgres_url)
+    second = open_store(fresh_postgres_url.replace("postgresql://", "postgres://", 1))
+    try:
+        assert isinstance(first, SqlStore) and isinstance(second, SqlStore)
+        assert (first.dialect, first.schema_version, second.schema_version) == ("postgresql", LATEST, LATEST)
+        first.apply([create("variable", "v", {"value": 1})], expected_serial=0)
+        assert second.serial() == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_concurrent_first_opens_create_the_schema_once(fresh_postgres_url: str) -> None:
+    stores: list[SqlStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(SqlStore.postgres(fresh_postgres_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert errors == []
+        assert [s.serial() for s in stores] == [0, 0, 0, 0]
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_an_unreachable_server_gets_a_clear_error() -> None:
+    url = f"postgresql://someone:hunter2@127.0.0.1:{free_port()}/nothing"
+    with pytest.raises(StateError) as err:
+        SqlStore.postgres(url)
+    text = err.value.render()
+    assert "hunter2" not in text
+    assert text.startswith(
+        f"error: cannot connect to the PostgreSQL store {url.replace('hunter2', '***')}: connection failed:"
+    )
+    assert text.endswith("  hint: check that the server runs and that the URL, user and password are right")
+
+
+def test_a_wrong_password_gets_a_clear_error(postgres_server: PostgresServer) -> None:
+    url = postgres_server.url().replace(postgres_server.password, "wrong-password")
+    with pytest.raises(StateError) as err:
+        SqlStore.postgres(url)
+    assert "password authentication failed" in err.value.message
+    assert "wrong-password" not in err.value.render()
+
+
+def test_racing_connections_claim_each_run_exactly_once(fresh_postgres_url: str) -> None:
+    """8 workers, each with its own connection, race for 2,000 runs (SELECT … FOR UPDATE SKIP LOCKED)."""
+    total, workers = 2000, 8
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        store.apply(
+            [create("pool", "local", pool_spec()), create("deployment", "etl/nightly", deployment_spec())],
+            expected_serial=0,
+        )
+        made = {store.create_run("etl/nightly", scheduled_at=0.0).id for _ in range(total)}
+    results: dict[str, list[str]] = {}
+    go = threading.Event()
+
+    def work(name: str) -> None:
+        got: list[str] = []
+        with SqlStore.postgres(fresh_postgres_url) as mine:
+            go.wait(30)
+            empty = 0
+            while empty < 3:
+                batch = mine.claim_runs("local", name, limit=5)
+                got.extend(r.id for r in batch)
+                empty = 0 if batch else empty + 1
+        results[name] = got
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(120)
+    claimed = [run_id for got in results.values() for run_id in got]
+    assert len(results) == workers
+    assert len(claimed) == total
+    assert set(claimed) == made
+
+
+@pytest.mark.parametrize(
+    ("pool_extra", "deployment_extra", "cap"),
+    [({"concurrency_limit": 3}, {}, 3), ({}, {"concurrency_limit": 2}, 2)],
+    ids=["pool-limit", "deployment-limit"],
+)
+def test_racing_connections_respect_concurrency_limits(
+    fresh_postgres_url: str, pool_extra: dict[str, int], deployment_extra: dict[str, int], cap: int
+) -> None:
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        store.apply(
+            [
+                create("pool", "local", pool_spec(**pool_extra)),
+                create("deployment", "etl/nightly", deployment_spec(**deployment_extra)),
+            ],
+            expected_serial=0,
+        )
+        for _ in range(40):
+            store.create_run("etl/nightly", scheduled_at=0.0)
+    claimed: list[str] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def work(name: str) -> None:
+        with SqlStore.postgres(fresh_postgres_url) as mine:
+            go.wait(30)
+            for _ in range(5):
+                batch = mine.claim_runs("local", name, limit=5)
+                with lock:
+                    claimed.extend(r.id for r in batch)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(60)
+    assert len(claimed) == cap
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        assert len(store.list_runs(states=["PENDING"])) == cap
