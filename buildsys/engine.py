@@ -218,13 +218,13 @@ class Engine:
         )
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
         cache_key = key_of(components)
-        previous = self.cache.entry(node.key)
+        previous = self.cache.entry(node.label)
         if self.use_cache and stepdef.cacheable:
             hit = self.cache.result(cache_key)
             if hit is not None:
                 if stepdef.check_hook is None or stepdef.check_hook(hit, inputs, ctx):
                     reason = "unchanged" if previous and previous.key == cache_key else "restored from cache"
-                    self.cache.record(node.key, node.label, cache_key, components, None, 0.0, stepdef.name)
+                    self.cache.record(node.label, node.label, cache_key, components, None, 0.0, stepdef.name)
                     self.reporter.event(Event("cached", node.label, reason=reason))
                     return NodeResult(node.key, node.label, "cached", reason, hit, cache_key=cache_key)
                 self.cache.forget(cache_key)
@@ -238,7 +238,9 @@ class Engine:
             return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=cache_key)
         outputs = self._call(node, stepdef, ctx, inputs)
         duration = time.monotonic() - started
-        self.cache.record(node.key, node.label, cache_key, components, outputs, duration, stepdef.name)
+        # Outputs that carry a secret value are never written to the cache (the step reruns).
+        storable = None if _holds_secret(outputs, ctx.secrets) or not stepdef.cacheable else outputs
+        self.cache.record(node.label, node.label, cache_key, components, storable, duration, stepdef.name)
         self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
         return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=cache_key)
 
@@ -314,6 +316,11 @@ class Engine:
             "fingerprint": fingerprint,
             "cwd": os.path.relpath(ctx.cwd, self.project.root) if ctx.cwd != self.project.root else ".",
         }
+
+
+def _holds_secret(outputs: Mapping[str, Any], secrets: set[str]) -> bool:
+    text = json.dumps(outputs, default=str)
+    return any(len(s) >= 3 and s in text for s in secrets)
 
 
 def explain_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:

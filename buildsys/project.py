@@ -27,6 +27,7 @@ from buildsys.yamlsource import Located, YamlError, load_yaml
 
 Path_ = tuple[str | int, ...]
 RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
+SECTION_KEYS = ("build", "push", "pull")
 DOCKER_BUILD_NAMES = frozenset(
     {
         "build_docker_image",
@@ -203,13 +204,41 @@ def _diagnose(error: Any, doc: Located, strict: bool) -> list[Diagnostic]:
         return out
     hint = None
     message = error.message
+    custom = error.schema.get("x-message") if isinstance(error.schema, dict) else None
+    if error.validator == "type" and error.instance is None and len(path) >= 3 and path[-3] in SECTION_KEYS:
+        name = path[-1]
+        return [
+            Diagnostic(
+                "error",
+                f"step {name!r} has no inputs mapping (Prefect crashes on this)",
+                where,
+                shown,
+                f"write `- {name}: {{}}` for a step without inputs",
+            )
+        ]
+    if error.validator == "not" and path and path[-1] in ("schedule", "schedules"):
+        return [
+            Diagnostic(
+                "error",
+                "both `schedule` and `schedules` are set",
+                where,
+                shown,
+                "move the `schedule` item into the `schedules` list (`schedule` is deprecated)",
+            )
+        ]
+    if custom:
+        return [Diagnostic("error", str(custom), where, shown, None)]
+    if error.validator == "not":
+        message = f"{_short(error.instance)} is not allowed here"
     if error.validator == "type":
         expected = error.validator_value
         expected_list = expected if isinstance(expected, list) else [expected]
         got = error.instance
         if "string" in expected_list and isinstance(got, bool | int | float):
             hint = f'quote it: "{_yaml_scalar(got)}" (YAML reads {_yaml_scalar(got)} as a {_type_name(got)})'
-        message = f"expected {' or '.join(expected_list)}, got {_type_name(got)} {_short(got)}"
+        message = f"expected {' or '.join(expected_list)}, got {_type_name(got)}" + (
+            f" {_short(got)}" if got is not None else ""
+        )
     elif error.validator == "required":
         message = error.message.replace("is a required property", "is required")
     elif error.validator == "enum":

@@ -55,7 +55,19 @@ def check_steps(project: Project) -> list[Diagnostic]:
         try:
             stepdef = registry.resolve(spec.name, project.root, requires=spec.requires)
         except StepError as exc:
-            out.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
+            if spec.section == "pull":
+                # Pull steps run where the flow runs; that environment may have them installed.
+                out.append(
+                    Diagnostic(
+                        "warning",
+                        exc.message + " here (pull steps must be available where the flow runs)",
+                        spec.location,
+                        spec.path,
+                        exc.hint,
+                    )
+                )
+            else:
+                out.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
             continue
         out += check_inputs(spec, stepdef)
     return out

@@ -1,0 +1,214 @@
+"""The engine and its cache: parallel runs, reasons, no-op rebuilds, exact reruns, failure handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys.cache import Cache
+from buildsys.engine import BuildResult, build
+from buildsys.project import load_project
+from buildsys.reporter import Event
+
+STEPS_PY = '''
+import os, time
+from pathlib import Path
+
+def write(*, name, text="x", files=(), sleep=0.0, fail=False):
+    if sleep:
+        time.sleep(sleep)
+    if fail:
+        raise RuntimeError("boom " + name)
+    marker = Path(os.environ["RUN_LOG"])
+    with marker.open("a") as fh:
+        fh.write(name + "\\n")
+    return {"value": name + ":" + text, "started": time.time()}
+'''
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def of(self, kind: str) -> list[str]:
+        return [e.label for e in self.events if e.kind == kind]
+
+    def reasons(self) -> dict[str, str]:
+        return {e.label: e.reason for e in self.events if e.kind in ("start", "cached", "skipped")}
+
+
+@pytest.fixture
+def project_dir(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (isolated / "mysteps.py").write_text(STEPS_PY)
+    (isolated / "src").mkdir()
+    for i in range(3):
+        f = isolated / "src" / f"m{i}.py"
+        f.write_text(f"x = {i}\n")
+        old = time.time() - 60
+        os.utime(f, (old, old))
+    monkeypatch.setenv("RUN_LOG", str(isolated / "runs.log"))
+    return isolated
+
+
+def ran(root: Path) -> list[str]:
+    log = root / "runs.log"
+    out = log.read_text().split() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return out
+
+
+def run(root: Path, **kw: Any) -> tuple[BuildResult, Collect]:
+    rep = Collect()
+    result = build(load_project(root / "prefect.yaml"), reporter=rep, **kw)
+    return result, rep
+
+
+DIAMOND = """
+build:
+  - mysteps.py:write: {id: a, name: a, inputs: [src/m0.py]}
+  - mysteps.py:write: {id: b, name: b, text: "{{ a.value }}", inputs: [src/m1.py], needs: [a]}
+  - mysteps.py:write: {id: c, name: c, text: "{{ a.value }}", inputs: ["src/m2.py"], needs: [a]}
+  - mysteps.py:write: {id: d, name: d, text: "{{ b.value }}+{{ c.value }}", needs: [b, c]}
+deployments:
+  - {name: one, entrypoint: f.py:f}
+  - {name: two, entrypoint: f.py:f}
+"""
+
+
+def test_first_build_runs_everything_once_even_when_shared_by_deployments(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    result, rep = run(project_dir)
+    assert result.ok
+    assert sorted(ran(project_dir)) == ["a", "b", "c", "d"]  # shared by two deployments, run once
+    assert rep.reasons() == {"a": "no previous run", "b": "no previous run", "c": "no previous run", "d": "no previous run"}
+    assert result.namespace("one")["d"]["value"] == "d:b:a:x+c:a:x"
+
+
+def test_noop_rebuild_runs_nothing_and_reads_no_file(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    run(project_dir)
+    ran(project_dir)
+    result, rep = run(project_dir)
+    assert result.ok and ran(project_dir) == []
+    assert sorted(rep.of("cached")) == ["a", "b", "c", "d"]
+    cache = Cache(project_dir)
+    for i in range(3):
+        assert cache.digest(f"src/m{i}.py") is not None
+    assert cache.reads == 0  # known by stat data: never read again
+    cache.close()
+
+
+def test_touching_one_file_reruns_exactly_its_dependents(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    run(project_dir)
+    ran(project_dir)
+    (project_dir / "src" / "m1.py").write_text("x = 'changed'\n")
+    result, rep = run(project_dir, explain=True)
+    assert ran(project_dir) == ["b", "d"]  # b reads the file; d depends on b; a and c do not
+    assert rep.reasons()["b"] == "input file src/m1.py changed"
+    assert rep.reasons()["d"] == "inputs changed: text; upstream step b changed"
+    assert rep.reasons()["a"] == rep.reasons()["c"] == "unchanged"
+
+
+def test_changed_output_propagates_downstream(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    run(project_dir)
+    ran(project_dir)
+    (project_dir / "prefect.yaml").write_text(DIAMOND.replace("{id: a, name: a,", "{id: a, name: a, text: y,"))
+    result, rep = run(project_dir)
+    assert sorted(ran(project_dir)) == ["a", "b", "c", "d"]
+    assert rep.reasons()["a"] == "inputs changed: text"
+    assert rep.reasons()["b"] in ("inputs changed", "upstream step a changed") or "upstream step a changed" in rep.reasons()["b"]
+
+
+def test_independent_steps_run_in_parallel(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(
+        """
+build:
+  - mysteps.py:write: {id: a, name: a, sleep: 0.5, needs: []}
+  - mysteps.py:write: {id: b, name: b, sleep: 0.5, needs: []}
+"""
+    )
+    result, _ = run(project_dir, jobs=2)
+    starts = [r.outputs["started"] for r in result.results.values()]
+    assert abs(starts[0] - starts[1]) < 0.3
+
+
+def test_failure_stops_dependents_and_keep_going_runs_the_rest(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text(
+        """
+build:
+  - mysteps.py:write: {id: bad, name: bad, fail: true, needs: []}
+  - mysteps.py:write: {id: after, name: after, needs: [bad]}
+  - mysteps.py:write: {id: other, name: other, sleep: 0.2, needs: []}
+"""
+    )
+    result, rep = run(project_dir, jobs=1, keep_going=True)
+    statuses = {r.label: r.status for r in result.results.values()}
+    assert statuses == {"bad": "failed", "after": "skipped", "other": "ran"}
+    assert rep.reasons()["after"] == "upstream step bad failed"
+    assert "RuntimeError: boom bad" in result.results[next(k for k, r in result.results.items() if r.label == "bad")].error
+
+
+def test_no_cache_and_cache_cleared_reasons(project_dir: Path) -> None:
+    (project_dir / "prefect.yaml").write_text("build:\n  - mysteps.py:write: {id: a, name: a}\n")
+    run(project_dir)
+    _, rep = run(project_dir, use_cache=False)
+    assert rep.reasons() == {"a": "caching disabled (--no-cache)"}
+
+
+def test_step_logs_are_kept_and_env_secrets_masked(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_TOKEN", "hunter2-secret")
+    (project_dir / "prefect.yaml").write_text(
+        "build:\n  - run_shell_script:\n      id: s\n      script: echo token={{ $API_TOKEN }}\n"
+    )
+    result, rep = run(project_dir)
+    assert result.ok
+    log = (project_dir / ".buildsys" / "logs" / "s.log").read_text()
+    assert log == "token=****\n"
+    db = (project_dir / ".buildsys" / "cache.db").read_bytes()
+    assert b"hunter2-secret" not in db
+    assert [e.text for e in rep.events if e.kind == "log"] == ["token=****"]
+
+
+def test_unknown_step_and_bad_input_fail_before_anything_runs(project_dir: Path) -> None:
+    from buildsys.errors import ProjectError
+
+    (project_dir / "prefect.yaml").write_text(
+        "build:\n  - mysteps.py:write: {id: a, name: a}\n  - run_shell_script: {scirpt: echo}\n  - no.such.step: {}\n"
+    )
+    with pytest.raises(ProjectError) as info:
+        run(project_dir)
+    text = [d.render() for d in info.value.diagnostics()]
+    assert any("has no input 'scirpt'" in t and "did you mean 'script'?" in t for t in text)
+    assert any("unknown step 'no.such.step'" in t for t in text)
+    assert ran(project_dir) == []
+
+
+def test_concurrent_builds_do_not_corrupt_the_cache(project_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "buildsys", "build", "--json"], cwd=project_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    result, rep = run(project_dir)
+    assert sorted(rep.of("cached")) == ["a", "b", "c", "d"]
+    for out, _ in outs:
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[-1]["event"] == "summary"
