@@ -1,0 +1,463 @@
+"""``build_docker_image`` and ``push_docker_image``, through the Docker SDK against a real engine.
+
+Builds are cached on the content of the build context (``.dockerignore`` honoured, exactly as the
+SDK filters what it sends) and trusted from cache only while the image is still in the engine. A
+build without a ``tag`` gets one derived from that content (Prefect uses a timestamp, which would
+make every build new). Pushes are skipped when the registry already holds the image's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import StepError
+from buildsys.step import Context, step
+
+from ._files import as_globs
+
+BUILD_ALIASES = (
+    "prefect_docker.deployments.steps.build_docker_image",
+    "prefect_docker.projects.steps.build_docker_image",
+)
+PUSH_ALIASES = (
+    "prefect_docker.deployments.steps.push_docker_image",
+    "prefect_docker.projects.steps.push_docker_image",
+)
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+BASE_IMAGE_ENV = "BUILDSYS_DOCKER_BASE_IMAGE"
+NAMESPACE_ENV = "PREFECT_DEFAULT_DOCKER_BUILD_NAMESPACE"
+
+BUILD_EXAMPLE = """\
+build:
+  - prefect_docker.deployments.steps.build_docker_image:
+      id: build_image
+      image_name: registry.example.com/team/flows
+      tag: "{{ get-sha.stdout }}"
+      dockerfile: auto
+"""
+
+PUSH_EXAMPLE = """\
+push:
+  - prefect_docker.deployments.steps.push_docker_image:
+      image_name: "{{ build_image.image_name }}"
+      tag: "{{ build_image.tag }}"
+      credentials:
+        username: ci
+        password: "{{ $REGISTRY_PASSWORD }}"
+        registry_url: registry.example.com
+"""
+
+_STEP_LINE = re.compile(r"^Step \d+/\d+ : ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BUILDER_NOISE = (" ---> ", "Removing intermediate container ")
+_FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a build needs, decided from the inputs before the engine is asked anything."""
+
+    image_name: str
+    context: Path
+    dockerfile: str  # relative to the context, or an absolute path (generated / outside)
+    generated: str | None  # the Dockerfile text for ``dockerfile: auto``
+    files: tuple[str, ...]  # the context's files, relative to the context
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+@step(
+    "build_docker_image",
+    aliases=BUILD_ALIASES,
+    version="1",
+    outputs=("image_name", "tag", "image", "image_id", "additional_tags"),
+    example=BUILD_EXAMPLE,
+)
+def build_docker_image(
+    ctx: Context,
+    image_name: str,
+    dockerfile: str = "Dockerfile",
+    tag: str | None = None,
+    additional_tags: Sequence[str] | None = None,
+    ignore_cache: bool = False,
+    persist_dockerfile: bool = False,
+    dockerfile_output_path: str = "Dockerfile.generated",
+    build_backend: str = "docker-py",
+    base_image: str | None = None,
+    path: str | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    platform: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    target: str | None = None,
+    pull: bool = False,
+    nocache: bool = False,
+    push: bool = False,
+) -> dict[str, Any]:
+    """Build a Docker image from the project (``dockerfile: auto`` writes a Dockerfile for it)."""
+    if build_backend != "docker-py":
+        raise StepError(f"build_backend {build_backend!r} is not supported", hint="use docker-py (the default)")
+    plan = _plan(ctx, image_name, dockerfile, base_image, path)
+    options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
+               "target": target}
+    client = _client(ctx)
+    tag = tag or _content_tag(plan, options, _from_images(client, plan))
+    extra = [str(t) for t in additional_tags or []]
+    if persist_dockerfile and plan.generated is not None:
+        ctx.path(dockerfile_output_path).write_text(plan.generated)
+    with _generated_dockerfile(plan) as dockerfile_arg:
+        image_id = _run_build(ctx, client, plan, dockerfile_arg, tag, options, pull=pull, nocache=nocache)
+    with _docker_errors(ctx, f"tagging {plan.image_name}"):
+        for extra_tag in extra:
+            client.api.tag(image_id, plan.image_name, tag=extra_tag)
+    ctx.log(f"built {plan.image_name}:{tag} ({image_id})")
+    if push:  # prefect-docker's old `push: true`: push with the engine's own credentials
+        _push(ctx, client, plan.image_name, [tag, *extra], None)
+    return {"image_name": plan.image_name, "tag": tag, "image": f"{plan.image_name}:{tag}",
+            "image_id": image_id, "additional_tags": extra}
+
+
+@build_docker_image.files
+def _context_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
+    """The build context as the SDK sends it (``.dockerignore`` honoured), relative to the cwd."""
+    plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
+                 inputs.get("base_image"), inputs.get("path"))
+    prefix = _relative_to_cwd(ctx, plan.context)
+    found = [f"{prefix}{rel}" for rel in plan.files]
+    if plan.generated is None and Path(plan.dockerfile).is_absolute():
+        found.append(plan.dockerfile)  # a Dockerfile outside the context is still read
+    return as_globs(found)
+
+
+@build_docker_image.fingerprint
+def _base_images(inputs: Mapping[str, Any], ctx: Context) -> str:
+    """The ids of the FROM images in this engine, so that a rebuilt base image rebuilds this one."""
+    plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
+                 inputs.get("base_image"), inputs.get("path"))
+    return _from_images(_client(ctx), plan)
+
+
+def _from_images(client: Any, plan: BuildPlan) -> str:
+    text = plan.generated if plan.generated is not None else _read_dockerfile(plan)
+    refs = sorted(set(_FROM.findall(text)))
+    return "\n".join(f"{ref}={_local_image_id(client, ref) or 'absent'}" for ref in refs)
+
+
+@build_docker_image.check
+def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+    image, image_id = outputs.get("image"), outputs.get("image_id")
+    if not isinstance(image, str) or not isinstance(image_id, str):
+        return False
+    return _local_image_id(_client(ctx), image) == image_id
+
+
+def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, path: object) -> BuildPlan:
+    name = _qualified(ctx, image_name)
+    context = ctx.path(str(path)) if path else ctx.cwd
+    if not context.is_dir():
+        raise StepError(f"build context {path!r} is not a directory (resolved to {context})")
+    generated = None
+    if dockerfile == "auto":
+        if (context / "Dockerfile").exists():
+            raise StepError(
+                "dockerfile: auto would generate a Dockerfile, but the build context already has one",
+                hint="use `dockerfile: Dockerfile` to build with it",
+            )
+        base = str(base_image or ctx.env.get(BASE_IMAGE_ENV) or DEFAULT_BASE_IMAGE)
+        generated = auto_dockerfile(base, ctx.cwd.name, has_requirements=(context / "requirements.txt").is_file())
+        dockerfile = "Dockerfile"
+    elif not (context / dockerfile).is_file():
+        raise StepError(f"Dockerfile {dockerfile!r} not found in the build context {context}",
+                        hint="set `dockerfile` (relative to the context) or use `dockerfile: auto`")
+    return BuildPlan(name, context, dockerfile, generated, tuple(_context(context, dockerfile)))
+
+
+def auto_dockerfile(base_image: str, dirname: str, *, has_requirements: bool) -> str:
+    """The Dockerfile ``dockerfile: auto`` builds with: the project under /opt/prefect/<dirname>."""
+    target = f"/opt/prefect/{dirname}"
+    lines = [f"FROM {base_image}"]
+    if has_requirements:
+        lines += [
+            f"COPY requirements.txt {target}/requirements.txt",
+            f"RUN python -m pip install --no-cache-dir -r {target}/requirements.txt",
+        ]
+    lines += [f"COPY . {target}/", f"WORKDIR {target}/"]
+    return "\n".join(lines) + "\n"
+
+
+def _context(context: Path, dockerfile: str) -> list[str]:
+    from docker.utils.build import exclude_paths
+
+    ignore = context / ".dockerignore"
+    patterns = []
+    if ignore.is_file():
+        lines = (line.strip() for line in ignore.read_text().splitlines())
+        patterns = [line for line in lines if line and not line.startswith("#")]
+    paths = exclude_paths(str(context), patterns, dockerfile=dockerfile)
+    return sorted(p for p in paths if (context / p).is_file())
+
+
+def _relative_to_cwd(ctx: Context, context: Path) -> str:
+    try:
+        rel = context.resolve().relative_to(ctx.cwd.resolve()).as_posix()
+    except ValueError:
+        return f"{context}/"
+    return "" if rel == "." else f"{rel}/"
+
+
+def _read_dockerfile(plan: BuildPlan) -> str:
+    return (plan.context / plan.dockerfile).read_text(errors="replace")
+
+
+def _content_tag(plan: BuildPlan, options: Mapping[str, Any], base_images: str) -> str:
+    """A tag that changes exactly when what goes into the build changes (base images included)."""
+    digest = hashlib.sha256()
+    for rel in plan.files:
+        digest.update(rel.encode() + b"\0")
+        digest.update(hashlib.sha256((plan.context / rel).read_bytes()).digest())
+    digest.update((plan.generated or "").encode() + b"\0" + plan.dockerfile.encode())
+    digest.update(json.dumps(options, sort_keys=True).encode() + base_images.encode())
+    return f"sha-{digest.hexdigest()[:16]}"
+
+
+@contextmanager
+def _generated_dockerfile(plan: BuildPlan) -> Iterator[str]:
+    """The ``dockerfile`` argument for the SDK: a generated one lives outside the context, so the
+    SDK adds it under a private name that it also excludes from ``COPY .``."""
+    if plan.generated is None:
+        yield plan.dockerfile
+        return
+    with tempfile.TemporaryDirectory(prefix="buildsys-dockerfile-") as tmp:
+        generated = Path(tmp) / "Dockerfile"
+        generated.write_text(plan.generated)
+        yield str(generated)
+
+
+def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag: str,
+               options: Mapping[str, Any], *, pull: bool, nocache: bool) -> str:
+    reference = f"{plan.image_name}:{tag}"
+    step_line = ""
+    step_output: list[str] = []
+    image_id: str | None = None
+    with _docker_errors(ctx, f"building {reference}"):
+        chunks = client.api.build(
+            path=str(plan.context), dockerfile=dockerfile, tag=reference, rm=True, forcerm=True,
+            decode=True, pull=pull, nocache=nocache,
+            **{k: v for k, v in options.items() if v},
+        )
+        for chunk in chunks:
+            for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
+                ctx.log(line)
+                if _STEP_LINE.match(line):
+                    step_line, step_output = line, []
+                elif line.strip():
+                    step_output.append(line)
+            if "error" in chunk:
+                raise _build_failure(ctx, reference, step_line, step_output, str(chunk["error"]))
+            aux = chunk.get("aux")
+            if isinstance(aux, Mapping) and aux.get("ID"):
+                image_id = str(aux["ID"])
+        return image_id or client.images.get(reference).id
+
+
+def _build_failure(ctx: Context, reference: str, step_line: str, output: list[str], error: str) -> StepError:
+    where = f" at {step_line}" if step_line else ""
+    shown = [line for line in output if not line.startswith(_BUILDER_NOISE)][-20:]
+    detail = "\n".join(["", *shown]) if shown else ""
+    return StepError(ctx.mask(f"docker build of {reference} failed{where}{detail}\n{error.strip()}"),
+                     hint="the output above is the failing Dockerfile instruction's")
+
+
+# --- push --------------------------------------------------------------------------------------
+
+
+@step(
+    "push_docker_image",
+    aliases=PUSH_ALIASES,
+    version="1",
+    outputs=("image_name", "tag", "image", "digest", "additional_tags"),
+    example=PUSH_EXAMPLE,
+)
+def push_docker_image(
+    ctx: Context,
+    image_name: str,
+    tag: str | None = None,
+    credentials: Mapping[str, Any] | None = None,
+    additional_tags: Sequence[str] | None = None,
+    ignore_cache: bool = False,
+    build_backend: str = "docker-py",
+) -> dict[str, Any]:
+    """Push an image (and its additional tags) to its registry, unless the registry has it already."""
+    if build_backend != "docker-py":
+        raise StepError(f"build_backend {build_backend!r} is not supported", hint="use docker-py (the default)")
+    name, tag = _split_tag(_qualified(ctx, image_name), tag)
+    extra = [str(t) for t in additional_tags or []]
+    client = _client(ctx)
+    auth = _login(ctx, client, name, credentials)
+    digests = _push(ctx, client, name, [tag, *extra], auth)
+    return {"image_name": name, "tag": tag, "image": f"{name}:{tag}", "digest": digests[tag],
+            "additional_tags": extra}
+
+
+@push_docker_image.check
+def _registry_still_has_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+    image, digest = outputs.get("image"), outputs.get("digest")
+    if not isinstance(image, str) or not isinstance(digest, str):
+        return False
+    client = _client(ctx)
+    name = str(outputs.get("image_name", ""))
+    auth = _auth_config(ctx, name, inputs.get("credentials"))
+    return _registry_digest(client, image, auth) == digest
+
+
+def _split_tag(name: str, tag: str | None) -> tuple[str, str]:
+    """``name:tag`` given as image_name works too; no tag at all means ``latest``."""
+    last = name.rsplit("/", 1)[-1]
+    if tag is None and ":" in last:
+        repo, _, found = name.rpartition(":")
+        return repo, found
+    return name, tag or "latest"
+
+
+def _auth_config(ctx: Context, name: str, credentials: object) -> dict[str, str] | None:
+    if credentials is None:
+        return None
+    if not isinstance(credentials, Mapping):
+        raise StepError("`credentials` must be a mapping with username, password and registry_url")
+    missing = [k for k in ("username", "password") if not credentials.get(k)]
+    if missing:
+        raise StepError(f"`credentials` lacks {' and '.join(missing)}")
+    ctx.secrets.add(str(credentials["password"]))
+    registry = str(credentials.get("registry_url") or _registry_of(name))
+    return {"username": str(credentials["username"]), "password": str(credentials["password"]),
+            "serveraddress": registry}
+
+
+def _login(ctx: Context, client: Any, name: str, credentials: object) -> dict[str, str] | None:
+    auth = _auth_config(ctx, name, credentials)
+    if auth is None or not isinstance(credentials, Mapping):
+        return None
+    import docker.errors
+
+    try:
+        client.login(username=auth["username"], password=auth["password"], registry=auth["serveraddress"],
+                     reauth=bool(credentials.get("reauth", True)))
+    except docker.errors.APIError as exc:
+        raise StepError(
+            f"registry {auth['serveraddress']} refused the login of {auth['username']!r}",
+            hint=ctx.mask(str(exc.explanation or exc)),
+        ) from None
+    return auth
+
+
+def _push(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: dict[str, str] | None) -> dict[str, str]:
+    import docker.errors
+
+    digests: dict[str, str] = {}
+    for tag in tags:
+        reference = f"{name}:{tag}"
+        try:
+            local = client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            raise StepError(f"image {reference} is not in the local Docker engine",
+                            hint="build it first (build_docker_image) or check image_name and tag") from None
+        remote = _registry_digest(client, reference, auth)
+        have = {d.split("@", 1)[1] for d in local.attrs.get("RepoDigests") or [] if d.startswith(name + "@")}
+        if remote is not None and remote in have:
+            ctx.log(f"{reference}: the registry already has {remote}; not pushing")
+            digests[tag] = remote
+            continue
+        digests[tag] = _push_one(ctx, client, name, tag, auth)
+    return digests
+
+
+def _push_one(ctx: Context, client: Any, name: str, tag: str, auth: dict[str, str] | None) -> str:
+    reference = f"{name}:{tag}"
+    digest = None
+    with _docker_errors(ctx, f"pushing {reference}"):
+        for chunk in client.api.push(name, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk:
+                raise StepError(f"pushing {reference} failed: {ctx.mask(str(chunk['error']).strip())}",
+                                hint=_push_hint(str(chunk["error"])))
+            status = chunk.get("status")
+            if status and not chunk.get("progressDetail"):
+                ctx.log(f"{chunk.get('id', reference)}: {status}" if chunk.get("id") else str(status))
+            aux = chunk.get("aux")
+            if isinstance(aux, Mapping) and aux.get("Digest"):
+                digest = str(aux["Digest"])
+    if digest is None:
+        raise StepError(f"pushing {reference} finished without a digest from the registry")
+    ctx.log(f"pushed {reference} ({digest})")
+    return digest
+
+
+def _push_hint(error: str) -> str | None:
+    lowered = error.lower()
+    if "auth" in lowered or "denied" in lowered or "unauthorized" in lowered:
+        return "the registry wants credentials: set credentials (username, password, registry_url)"
+    if "connection refused" in lowered or "no such host" in lowered:
+        return "check that the registry in image_name is reachable from the Docker engine"
+    return None
+
+
+def _registry_digest(client: Any, reference: str, auth: dict[str, str] | None) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get_registry_data(reference, auth_config=auth).id)
+    except docker.errors.APIError:
+        return None  # not there (or not readable): push it
+
+
+def _registry_of(name: str) -> str:
+    first = name.split("/", 1)[0]
+    return first if "/" in name and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+# --- engine ------------------------------------------------------------------------------------
+
+
+def _qualified(ctx: Context, image_name: str) -> str:
+    if not image_name or any(c.isspace() for c in image_name):
+        raise StepError(f"invalid image_name {image_name!r}", hint="e.g. registry.example.com/team/app")
+    namespace = ctx.env.get(NAMESPACE_ENV)
+    return f"{namespace.rstrip('/')}/{image_name}" if namespace and "/" not in image_name else image_name
+
+
+def _client(ctx: Context) -> Any:
+    import docker
+
+    try:
+        return docker.from_env(environment=ctx.env, timeout=3600)
+    except docker.errors.DockerException as exc:
+        raise StepError(f"cannot reach the Docker engine: {exc}",
+                        hint="start dockerd or set DOCKER_HOST") from None
+
+
+def _local_image_id(client: Any, reference: str) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get(reference).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+@contextmanager
+def _docker_errors(ctx: Context, doing: str) -> Iterator[None]:
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise StepError(f"Docker engine error while {doing}: {ctx.mask(str(exc.explanation or exc))}") from None
+    except docker.errors.DockerException as exc:
+        raise StepError(f"Docker error while {doing}: {ctx.mask(str(exc))}") from None
