@@ -101,13 +101,15 @@ def build_docker_image(
     pull: bool = False,
     nocache: bool = False,
     push: bool = False,
+    credentials: Mapping[str, Any] | None = None,
+    **build_kwargs: Any,
 ) -> dict[str, Any]:
     """Build a Docker image from the project (``dockerfile: auto`` writes a Dockerfile for it)."""
     if build_backend != "docker-py":
         raise StepError(f"build_backend {build_backend!r} is not supported", hint="use docker-py (the default)")
     plan = _plan(ctx, image_name, dockerfile, base_image, path)
     options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
-               "target": target}
+               "target": target, **_engine_options(build_kwargs)}
     client = _client(ctx)
     tag = tag or _content_tag(plan, options, _from_images(client, plan))
     extra = [str(t) for t in additional_tags or []]
@@ -119,8 +121,8 @@ def build_docker_image(
         for extra_tag in extra:
             client.api.tag(image_id, plan.image_name, tag=extra_tag)
     ctx.log(f"built {plan.image_name}:{tag} ({image_id})")
-    if push:  # prefect-docker's old `push: true`: push with the engine's own credentials
-        _push(ctx, client, plan.image_name, [tag, *extra], None)
+    if push:  # prefect-docker's old `push: true` (with its optional `credentials`)
+        _push(ctx, client, plan.image_name, [tag, *extra], _login(ctx, client, plan.image_name, credentials))
     return {"image_name": plan.image_name, "tag": tag, "image": f"{plan.image_name}:{tag}",
             "image_id": image_id, "additional_tags": extra}
 
@@ -157,6 +159,24 @@ def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ct
     if not isinstance(image, str) or not isinstance(image_id, str):
         return False
     return _local_image_id(_client(ctx), image) == image_id
+
+
+# Further keyword arguments of the SDK's build that Prefect passes through (**build_kwargs).
+_ENGINE_OPTIONS = ("cache_from", "container_limits", "extra_hosts", "forcerm", "isolation", "network_mode",
+                   "quiet", "rm", "shmsize", "squash", "timeout", "use_config_proxy")
+_BUILDX_ONLY = ("builder", "cache_to", "load", "secrets", "ssh")
+
+
+def _engine_options(build_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    buildx = sorted(k for k in build_kwargs if k in _BUILDX_ONLY)
+    if buildx:
+        raise StepError(f"{buildx[0]!r} needs the buildx backend, which buildsys does not support",
+                        hint="remove it; builds go through the engine API (docker-py)")
+    unknown = sorted(k for k in build_kwargs if k not in _ENGINE_OPTIONS)
+    if unknown:
+        raise StepError(f"unknown build_docker_image input {unknown[0]!r}",
+                        hint="engine build options: " + ", ".join(_ENGINE_OPTIONS))
+    return {k: v for k, v in build_kwargs.items() if v is not None}
 
 
 def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, path: object) -> BuildPlan:
@@ -248,10 +268,10 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag:
     step_output: list[str] = []
     image_id: str | None = None
     with _docker_errors(ctx, f"building {reference}"):
+        settings = {"rm": True, "forcerm": True, **{k: v for k, v in options.items() if v is not None}}
         chunks = client.api.build(
-            path=str(plan.context), dockerfile=dockerfile, tag=reference, rm=True, forcerm=True,
-            decode=True, pull=pull, nocache=nocache,
-            **{k: v for k, v in options.items() if v},
+            path=str(plan.context), dockerfile=dockerfile, tag=reference, decode=True, pull=pull,
+            nocache=nocache, **{k: v for k, v in settings.items() if v not in ({}, "")},
         )
         for chunk in chunks:
             for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():

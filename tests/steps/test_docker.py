@@ -61,7 +61,7 @@ def test_build_streams_logs_and_returns_prefect_outputs(docker_client: Any, proj
     ctx, lines = make_ctx(project)
 
     out = build_docker_image(ctx, image_name=image_name, tag="v1", additional_tags=["extra"],
-                             buildargs={"GREETING": "hello"}, labels={"team": "data"})
+                             buildargs={"GREETING": "hello"}, labels={"team": "data"}, network_mode="host")
 
     image = docker_client.images.get(f"{image_name}:v1")
     assert out == {"image_name": image_name, "tag": "v1", "image": f"{image_name}:v1", "image_id": image.id,
@@ -172,6 +172,8 @@ def test_build_failure_names_the_dockerfile_step(project: Path, base_image: str,
         ({"dockerfile": "Missing.Dockerfile"}, "Dockerfile 'Missing.Dockerfile' not found in the build context {root}"),
         ({"image_name": "has space"}, "invalid image_name 'has space'"),
         ({"build_backend": "buildx"}, "build_backend 'buildx' is not supported"),
+        ({"ssh": "default"}, "'ssh' needs the buildx backend, which buildsys does not support"),
+        ({"memory": "1g"}, "unknown build_docker_image input 'memory'"),
     ],
 )
 def test_bad_build_inputs(project: Path, inputs: dict[str, Any], message: str) -> None:
