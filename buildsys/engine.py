@@ -76,6 +76,14 @@ def namespace_for(graph: StepGraph, results: Mapping[str, NodeResult], deploymen
 
 
 @dataclass
+class _Keyed:
+    inputs: dict[str, Any]
+    ctx: Context
+    components: dict[str, Any]
+    cache_key: str
+
+
+@dataclass
 class _Prepared:
     node: StepNode
     stepdef: StepDef
@@ -200,16 +208,15 @@ class Engine:
         self.reporter.event(Event("failed", node.label, text=text, duration=duration))
         return NodeResult(node.key, node.label, "failed", error=text, duration=duration)
 
-    def _execute(self, node: StepNode, stepdef: StepDef, started: float) -> NodeResult:
+    def key_for(self, node: StepNode, stepdef: StepDef) -> _Keyed:
+        """Render the node's inputs and compute its cache key (nothing runs)."""
         spec = node.spec
-        scope = self._scope(node)
-        key_inputs = render(spec.inputs, scope, missing="error", location=spec.location, path=spec.path)
+        key_inputs = render(spec.inputs, self._scope(node), missing="error", location=spec.location, path=spec.path)
         full_scope = self._scope(node, with_env=True)
         inputs = render(spec.inputs, full_scope, missing="error", location=spec.location, path=spec.path)
-        cwd = self._cwd(node)
         ctx = Context(
             root=self.project.root,
-            cwd=cwd,
+            cwd=self._cwd(node),
             env=dict(self.env),
             step_id=spec.id,
             step_name=spec.name,
@@ -217,7 +224,11 @@ class Engine:
             phase=spec.section,
         )
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
-        cache_key = key_of(components)
+        return _Keyed(inputs, ctx, components, key_of(components))
+
+    def _execute(self, node: StepNode, stepdef: StepDef, started: float) -> NodeResult:
+        keyed = self.key_for(node, stepdef)
+        inputs, ctx, components, cache_key = keyed.inputs, keyed.ctx, keyed.components, keyed.cache_key
         previous = self.cache.entry(node.label)
         if self.use_cache and stepdef.cacheable:
             hit = self.cache.result(cache_key)
@@ -488,15 +499,44 @@ def cached_namespace(
 
 
 def _cached_only(engine: Engine, node: StepNode, stepdef: StepDef) -> NodeResult | None:
-    spec = node.spec
-    scope = engine._scope(node)
-    key_inputs = render(spec.inputs, scope, missing="error")
-    full_scope = engine._scope(node, with_env=True)
-    inputs = render(spec.inputs, full_scope, missing="error")
-    ctx = Context(root=engine.project.root, cwd=engine._cwd(node), env=dict(engine.env), step_id=spec.id)
-    components = engine._components(node, stepdef, key_inputs, inputs, ctx)
-    cache_key = key_of(components)
-    hit = engine.cache.result(cache_key)
+    keyed = engine.key_for(node, stepdef)
+    hit = engine.cache.result(keyed.cache_key)
     if hit is None:
         return None
-    return NodeResult(node.key, node.label, "cached", "unchanged", hit, cache_key=cache_key)
+    return NodeResult(node.key, node.label, "cached", "unchanged", hit, cache_key=keyed.cache_key)
+
+
+def explain_step(project: Project, step: str, *, env: Mapping[str, str] | None = None) -> str:
+    """Would `step` (label or id) run now, and why — computed without running anything."""
+    graph = graph_for(project, sections=("build", "push"))
+    target = next((k for k, n in graph.nodes.items() if step in (n.label, n.spec.id)), None)
+    if target is None:
+        from buildsys.suggest import did_you_mean
+
+        labels = [n.label for n in graph.nodes.values()]
+        raise BuildsysError(f"no step {step!r} in the graph", hint=did_you_mean(step, labels) or ", ".join(labels))
+    engine = Engine(project, graph, env=env, dry_run=True)
+    unknown: dict[str, str] = {}  # node key → why its outputs are not known without running it
+    try:
+        engine.prepare()
+        for key in graph.order():
+            node = graph.nodes[key]
+            blocked = [graph.nodes[d].label for d in node.deps if d in unknown]
+            if blocked:
+                unknown[key] = f"upstream step {blocked[0]} would run first"
+            else:
+                keyed = engine.key_for(node, engine.prepared[key].stepdef)
+                hit = engine.cache.result(keyed.cache_key)
+                previous = engine.cache.entry(node.label)
+                if hit is None:
+                    unknown[key] = explain_change(previous.components if previous else None, keyed.components)
+                else:
+                    engine.results[key] = NodeResult(key, node.label, "cached", outputs=hit, cache_key=keyed.cache_key)
+            if key == target:
+                if key in unknown:
+                    return "would run: " + unknown[key]
+                same = previous is not None and previous.key == engine.results[key].cache_key
+                return "cached: " + ("unchanged" if same else "restored from cache")
+    finally:
+        engine.cache.close()
+    raise AssertionError("unreachable: the target is in the graph order")

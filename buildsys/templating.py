@@ -186,18 +186,17 @@ class _Renderer:
         if ph.kind == "env":
             if s.env is None:
                 return _MISSING
-            val = s.env.get(str(ph.keypath[0]))
+            name = str(ph.keypath[0])
+            val = s.env.get(name)
             if val is not None:
-                s.secrets.add(val)
+                if is_secret_name(name):
+                    s.secrets.add(val)
                 return val
             return _MISSING
         if ph.kind == "variable":
             if s.variables is None or not ph.keypath:
                 return _MISSING
-            val = _dig(s.variables, ph.keypath)
-            if val is not _MISSING:
-                _collect_secrets(val, s.secrets)
-            return val
+            return _dig(s.variables, ph.keypath)
         if ph.kind == "block":
             if s.blocks is None or len(ph.keypath) < 2:
                 return _MISSING
@@ -301,6 +300,14 @@ class _Renderer:
             hint=(guess + "; " if guess else "")
             + (f"step ids here: {', '.join(ids)}" if ids else "no step here has an id"),
         )
+
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSWD|PWD|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH", re.I)
+
+
+def is_secret_name(name: str) -> bool:
+    """Env vars whose name says they hold a secret; their values are masked and never cached."""
+    return bool(SECRET_NAME.search(name))
 
 
 def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:

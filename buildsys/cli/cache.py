@@ -1,0 +1,80 @@
+"""`buildsys cache ls / explain STEP / gc / clear`: look into and clean the build cache."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and clean the build cache (.buildsys/cache.db)."""
+
+
+@cache.command("ls")
+@common_options
+@pass_app
+def ls(app: App) -> None:
+    """Every step the cache knows: its last key, when it ran and how long it took."""
+    from buildsys.cache import Cache
+
+    project = app.load_project()
+    c = Cache(project.root)
+    entries = c.entries()
+    c.close()
+    if app.json:
+        app.emit_json([{"step": e.label, "key": e.key, "updated": e.updated, "duration": e.duration} for e in entries])
+        return
+    if not entries:
+        app.echo("the cache is empty")
+        return
+    width = max(len(e.label) for e in entries)
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.updated))
+        app.echo(f"{e.label:<{width}}  {e.key[:12]}  {when}  {e.duration:.2f}s")
+
+
+@cache.command("explain")
+@click.argument("step")
+@common_options
+@pass_app
+def explain(app: App, step: str) -> None:
+    """Would STEP run now, and why? (Computes its key without running anything.)"""
+    from buildsys.engine import explain_step
+
+    reason = explain_step(app.load_project(), step)
+    if app.json:
+        app.emit_json({"step": step, "explanation": reason})
+    else:
+        app.echo(f"{step}: {reason}")
+
+
+@cache.command("gc")
+@common_options
+@pass_app
+def gc(app: App) -> None:
+    """Delete results that no current step points at, and stat entries of deleted files."""
+    from buildsys.cache import Cache
+
+    project = app.load_project()
+    c = Cache(project.root)
+    removed = c.gc(e.key for e in c.entries())
+    c.close()
+    app.echo(f"removed {removed} unused result(s)")
+
+
+@cache.command("clear")
+@common_options
+@pass_app
+def clear(app: App) -> None:
+    """Forget every cached result (the next build runs every step)."""
+    from buildsys.cache import Cache
+
+    project = app.load_project()
+    c = Cache(project.root)
+    c.clear()
+    c.close()
+    app.echo("cache cleared")
