@@ -84,4 +84,7 @@ def report(app: App, plan: Plan | None, result: ApplyResult | None) -> None:
         return
     if result is None:
         return
+    if result.applied == 0:
+        app.echo(f"No changes to apply (store serial {result.serial}).")
+        return
     app.echo(f"Apply complete: {result.applied} change(s) written (store serial {result.serial}).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,8 @@ def plan(
     if out is not None:
         app.echo(f"Saved the plan to {out}. Apply exactly this plan with: buildsys apply {out}")
     if detailed_exitcode and result.has_changes:
-        raise click.exceptions.Exit(2)
+        # not click's Exit: `cli.main(standalone_mode=False)` returns its code instead of exiting
+        sys.exit(2)
 
 
 def make_plan(
