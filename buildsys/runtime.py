@@ -19,13 +19,12 @@ Exit codes: 0 the flow completed, 1 the flow raised, 2 the context is invalid, 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
-import inspect
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 CONTEXT_ENV = "BUILDSYS_RUN_CONTEXT"
 CONTROL_PREFIX = "::buildsys::"
+PARENT_ENV = "BUILDSYS_PARENT_PID"  # set by the process pool: stop the run if that process dies
 
 EXIT_OK = 0
 EXIT_FLOW_FAILED = 1
@@ -265,7 +265,7 @@ def _load_file(target: str, directory: Path) -> ModuleType:
 
 def call_flow(func: Callable[..., Any], parameters: Mapping[str, Any]) -> Any:
     result = func(**parameters)
-    if inspect.isawaitable(result):
+    if hasattr(result, "__await__"):
         import asyncio
 
         async def _await() -> Any:
@@ -276,6 +276,8 @@ def call_flow(func: Callable[..., Any], parameters: Mapping[str, Any]) -> Any:
 
 
 def _format(exc: BaseException) -> str:
+    import traceback
+
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
@@ -294,8 +296,29 @@ def read_context(path: str | None, env: Mapping[str, str]) -> RunContext:
     return RunContext.from_dict(data)
 
 
+def watch_parent(expected: int, interval: float = 0.5) -> None:
+    """End the run (its whole process group) when the supervising worker dies, so that a run the
+    store hands to another worker after the lease expires never executes twice at once."""
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == expected:
+            time.sleep(interval)
+        with contextlib.suppress(OSError, ValueError):  # the worker's end of the pipe is gone
+            sys.stderr.write("buildsys runtime: the worker supervising this run died; stopping the run\n")
+            sys.stderr.flush()
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def execute(context: RunContext, env: Mapping[str, str]) -> int:
     """Pull steps, chdir, import, call. Returns the process exit code."""
+    parent = env.get(PARENT_ENV)
+    if parent and parent.isdigit() and os.getpgrp() == os.getpid():
+        watch_parent(int(parent))
     root = Path(context.root).resolve() if context.root else Path.cwd()
     try:
         if context.root:

@@ -41,6 +41,7 @@ from buildsys.store.base import (
 __all__ = ["Worker", "WorkerOptions", "default_worker_name", "ensure_pool"]
 
 Notify = Callable[[str], None]
+STORE_RUNNING_LEASE = 30.0  # the lease the store grants on the move to RUNNING
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,10 @@ class Worker:
                 lease_seconds=self.options.lease_seconds,
                 wait=0.0 if self.options.once else self.options.poll_seconds,
             )
+            if self._stopping.is_set():  # the signal came during the long poll: give them back
+                for run in runs:
+                    self._release(run, "the worker is shutting down")
+                return
             for run in runs:
                 self._start_supervisor(run)
             if self.options.once and not runs:
@@ -384,6 +389,9 @@ class Worker:
         # a ConflictError means it was cancelled meanwhile: the cancellation decides the end state
         with contextlib.suppress(ConflictError):
             self.store.set_run_state(run.id, RUNNING, worker=self.name, infrastructure_pid=execution.identifier)
+            if self.options.lease_seconds < STORE_RUNNING_LEASE:
+                # the store's RUNNING transition grants its default lease; shorten it back to ours
+                self.store.heartbeat(self.options.pool, self.name, [run.id], lease_seconds=self.options.lease_seconds)
 
     def _conclude(self, active: _Active, outcome: Outcome, state: _RunState, tail: _Tail, custom: bool) -> None:
         run = active.run
@@ -409,8 +417,14 @@ class Worker:
         if state.running:
             self._finish(run, CRASHED, f"Worker {self.name!r} shut down while the flow was running.")
             return
+        self._release(run, "the worker shut down before the flow started")
+
+    def _release(self, run: FlowRun, why: str) -> None:
+        """Give a claimed run back to the pool (PENDING → SCHEDULED) for another worker."""
         try:
-            self.store.set_run_state(run.id, SCHEDULED, name="Scheduled", message=f"handed back by worker {self.name!r}", worker=self.name)
+            self.store.set_run_state(
+                run.id, SCHEDULED, name="Scheduled", message=f"handed back by worker {self.name!r}: {why}", worker=self.name
+            )
         except BuildsysError as exc:
             self.notify(f"Could not hand back run {run.name}: {exc.message}")
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines
+from buildsys.runtime import PARENT_ENV
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -50,7 +51,7 @@ class ProcessInfrastructure:
                 )
         else:
             temp_dir = cwd = Path(tempfile.mkdtemp(prefix=f"buildsys-run-{job.run_id[:8]}-"))
-        env = {**self.base_env, **job.environment()}
+        env = {**self.base_env, **job.environment(), PARENT_ENV: str(os.getpid())}
         stream = config.get("stream_output", True) is not False
         try:
             proc = subprocess.Popen(
