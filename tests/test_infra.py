@@ -10,6 +10,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,15 +210,19 @@ def test_dockerfile_from_base_image_with_copy_run_workdir(
 
 
 @pytest.mark.docker
-def test_sweep_removes_this_sessions_containers_but_not_a_fresh_foreign_one(
+def test_sweep_removes_a_sessions_containers_but_not_a_fresh_foreign_one(
     docker_client: docker.DockerClient, base_image: str
 ) -> None:
-    ours = docker_client.containers.create(base_image, ["true"], labels=TEST_LABELS)
+    # A made-up session id, so the sweep leaves this session's real containers alone.
+    session = f"sweep-test-{uuid.uuid4().hex[:8]}"
+    ours = docker_client.containers.create(
+        base_image, ["true"], labels={TEST_LABEL: "1", SESSION_LABEL: session}
+    )
     foreign = docker_client.containers.create(
         base_image, ["true"], labels={TEST_LABEL: "1", SESSION_LABEL: "another-session"}
     )
     try:
-        removed = sweep_test_containers(docker_client, everything=False)
+        removed = sweep_test_containers(docker_client, everything=False, session_id=session)
         assert ours.name in removed
         assert foreign.name not in removed
         remaining = {
@@ -261,9 +266,12 @@ def test_registry_login_with_wrong_password_is_refused(
 ) -> None:
     with pytest.raises(docker.errors.APIError) as caught:
         docker_client.login(registry.username, "not-the-password", registry=registry.url, reauth=True)
-    assert "401 Unauthorized" in str(caught.value)
+    assert (
+        caught.value.explanation
+        == f"login attempt to {registry.url}/v2/ failed with status: 401 Unauthorized"
+    )
     ok = docker_client.login(registry.username, registry.password, registry=registry.url, reauth=True)
-    assert ok["Status"] == "Login Succeeded"
+    assert ok == {"IdentityToken": "", "Status": "Login Succeeded"}
 
 
 def push_errors(lines: Iterator[dict[str, object]]) -> list[str]:

@@ -88,11 +88,14 @@ def _created_at(container: docker.models.containers.Container) -> float:
         return 0.0
 
 
-def sweep_test_containers(client: docker.DockerClient, *, everything: bool | None = None) -> list[str]:
+def sweep_test_containers(
+    client: docker.DockerClient, *, everything: bool | None = None, session_id: str = SESSION_ID
+) -> list[str]:
     """Remove (force) containers labelled ``buildsys.test=1``; returns the names removed.
 
     In CI (``CI=true``) or with ``everything=True`` all of them go. On a shared developer machine
-    only this session's containers (label ``buildsys.test.session``) and ones older than an hour
+    only this session's containers (label ``buildsys.test.session`` equal to ``session_id``) and
+    ones older than an hour
     are removed, so a concurrent test run keeps its containers. Images are never removed here.
     """
     if everything is None:
@@ -101,7 +104,7 @@ def sweep_test_containers(client: docker.DockerClient, *, everything: bool | Non
     now = time.time()
     for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}=1"}):
         labels = container.labels or {}
-        ours = labels.get(SESSION_LABEL) == SESSION_ID
+        ours = labels.get(SESSION_LABEL) == session_id
         stale = now - _created_at(container) > STALE_AFTER_S
         if not (everything or ours or stale):
             continue
