@@ -235,7 +235,7 @@ def _diagnose(error: Any, doc: Located, strict: bool) -> list[Diagnostic]:
         expected_list = expected if isinstance(expected, list) else [expected]
         got = error.instance
         if "string" in expected_list and isinstance(got, bool | int | float):
-            hint = f'quote it: "{_yaml_scalar(got)}" (YAML reads {_yaml_scalar(got)} as a {_type_name(got)})'
+            hint = f'quote it: "{_yaml_scalar(got)}" (YAML reads {_yaml_scalar(got)} as {_article(_type_name(got))})'
         message = f"expected {' or '.join(expected_list)}, got {_type_name(got)}" + (
             f" {_short(got)}" if got is not None else ""
         )
@@ -265,6 +265,10 @@ def _type_name(value: object) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
         type(value), "null" if value is None else type(value).__name__
     )
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _yaml_scalar(value: object) -> str:

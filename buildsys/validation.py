@@ -18,7 +18,7 @@ def validate_project(path: Path, *, strict: bool = False) -> tuple[list[Diagnost
     try:
         project = load_project(path, strict=strict)
     except ProjectError as exc:
-        return exc.diagnostics(), {"deployments": 0, "steps": 0}
+        return _in_file_order(exc.diagnostics()), {"deployments": 0, "steps": 0}
     problems = list(project.warnings)
     problems += check_steps(project)
     problems += check_graph(project)
@@ -31,8 +31,11 @@ def validate_project(path: Path, *, strict: bool = False) -> tuple[list[Diagnost
         if k not in seen:
             seen.add(k)
             unique.append(p)
-    unique.sort(key=lambda d: (d.location.line if d.location else 0, d.location.col if d.location else 0))
-    return unique, {"deployments": len(project.deployments), "steps": len(all_steps(project))}
+    return _in_file_order(unique), {"deployments": len(project.deployments), "steps": len(all_steps(project))}
+
+
+def _in_file_order(problems: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(problems, key=lambda d: (d.location.line if d.location else 0, d.location.col if d.location else 0))
 
 
 def all_steps(project: Project) -> list[StepSpec]:
