@@ -3,6 +3,8 @@ are fetched from a real git server once and then served from the cache with no n
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -534,3 +536,69 @@ def test_git_recipe_over_file_url(git_repos: GitRepos, tmp_path: Path) -> None:
     commit = git_repos.create("recipes", RECIPE_REPO)
     recipe, warnings = resolve_recipe(f"git+file://{git_repos.bare('recipes')}@{commit}#team/batch")
     assert (recipe.name, recipe.source.commit, warnings) == ("batch", commit, ())
+
+
+# ── build and plan (the engine and the store, through the CLI) ────────────────────────────────
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from buildsys.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+DOCKER_RECIPES = {"docker", "docker-git", "kubernetes"}
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_recipe_builds_and_plans(
+    name: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], isolated: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image_name = f"buildsys-test/recipe-{name}-{os.getpid()}"
+    given = {**FIELDS, "image_name": image_name, "tag": "t1"}
+    args = ["init", "--recipe", name]
+    for key, value in given.items():
+        if builtin_recipe(name).field(key):
+            args += ["--field", f"{key}={value}"]
+    if name in DOCKER_RECIPES:
+        client = request.getfixturevalue("docker_client")
+        monkeypatch.setenv("BUILDSYS_DOCKER_BASE_IMAGE", request.getfixturevalue("base_image"))
+        request.addfinalizer(lambda: _remove_image(client, f"{image_name}:t1"))
+    code, _, err = cli(capsys, *args)
+    assert (code, err) == (0, "")
+
+    code, out, err = cli(capsys, "build", "--json")
+    assert (code, err) == (0, ""), out
+    summary = json.loads(out.splitlines()[-1])
+    built = 1 if name in DOCKER_RECIPES else 0
+    assert (summary["ran"], summary["cached"], summary["failed"]) == (built, 0, 0)
+    if built:
+        assert client.images.get(f"{image_name}:t1").labels["buildsys.test"] == "1"
+        code, out, _ = cli(capsys, "build", "--json")
+        assert (code, json.loads(out.splitlines()[-1])["cached"]) == (0, 1)
+
+    code, out, err = cli(capsys, "plan", "--json")
+    assert (code, err) == (0, "")
+    plan = json.loads(out)
+    assert [(c["action"], c["kind"], c["name"]) for c in plan["changes"]] == [
+        ("create", "pool", builtin_recipe(name).field("pool").default),  # type: ignore[union-attr]
+        ("create", "deployment", "hello/hello"),
+    ]
+    deployment = plan["changes"][1]["after"]
+    assert deployment["entrypoint"] == "flows/hello.py:hello"
+    if built:
+        assert deployment["job_variables"]["image"] == f"{image_name}:t1"
+
+
+def _remove_image(client: object, reference: str) -> None:
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(reference, force=True)  # type: ignore[attr-defined]

@@ -131,10 +131,10 @@ def test_prompts_for_missing_fields_on_a_terminal(isolated: Path) -> None:
     os.close(slave)
     transcript = b""
 
-    def read_until(text: bytes, timeout: float = 20) -> None:
+    def read_until(text: bytes, count: int = 1, timeout: float = 20) -> None:
         nonlocal transcript
         deadline = time.monotonic() + timeout
-        while text not in transcript:
+        while transcript.count(text) < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {text!r} in {transcript!r}")
             try:
@@ -144,9 +144,10 @@ def test_prompts_for_missing_fields_on_a_terminal(isolated: Path) -> None:
             transcript += chunk
 
     try:
-        read_until(b"image_name (")
+        prompt = b"127.0.0.1:5000/app).): "
+        read_until(prompt)  # the whole prompt is out before we type, as a person would
         os.write(master, b"Bad Name\n")
-        read_until(b"must match")
+        read_until(prompt, count=2)
         os.write(master, b"127.0.0.1:5000/prompted\n")
         read_until(b"Next: ")
         assert proc.wait(timeout=20) == 0
@@ -156,6 +157,7 @@ def test_prompts_for_missing_fields_on_a_terminal(isolated: Path) -> None:
             proc.wait()
         os.close(master)
     text = transcript.decode().replace("\r\n", "\n")
+    assert "must match" in text, text
     pattern = builtin_recipe("docker").field("image_name").pattern  # type: ignore[union-attr]
     assert text.startswith(
         "image_name (Image to build and push, with its registry (e.g. registry.example.com/team/app or "
