@@ -1,0 +1,202 @@
+"""Applying plans to a real SQLite store: all or nothing, guarded by the serial; corpus round trips."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys.desired import BuildOutputs, DesiredResource, DesiredState, read_desired
+from buildsys.errors import ConflictError, TemplateError
+from buildsys.plan import plan
+from buildsys.reconcile import ApplyError, apply_plan, snapshot, to_changes
+from buildsys.store.base import Change, Resource
+from buildsys.store.sql import SqlStore
+from buildsys.templating import UNKNOWN
+from tests.conftest import CORPUS, REPO
+
+SOURCE = {"commit": None, "ref": None, "file": "prefect.yaml", "dirty": False}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = SqlStore.sqlite(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def res(kind: str, name: str, **spec: Any) -> DesiredResource:
+    return DesiredResource(kind, name, spec, frozenset(spec))
+
+
+def desired(*resources: DesiredResource, owner: str = "demo") -> DesiredState:
+    return DesiredState(owner, SOURCE, resources)
+
+
+def test_apply_writes_everything_with_owner_and_source(store: SqlStore) -> None:
+    want = desired(res("pool", "p", type="process"), res("deployment", "f/d", work_pool_name="p", tags=["a"]))
+    result = apply_plan(store, plan(want, [], serial=store.serial()))
+    assert (result.serial, result.applied) == (1, 2)
+    stored = {(r.kind, r.name): r for r in store.list_resources()}
+    assert stored[("deployment", "f/d")].spec == {"work_pool_name": "p", "tags": ["a"]}
+    assert (stored[("pool", "p")].owner, stored[("pool", "p")].source) == ("demo", SOURCE)
+    assert not plan(want, store.list_resources(), serial=store.serial()).has_changes
+
+
+def test_nothing_is_written_when_one_change_is_invalid(store: SqlStore) -> None:
+    want = desired(res("variable", "ok", value=1), res("deployment", "f/d", version=UNKNOWN, tags=[UNKNOWN]))
+    with pytest.raises(ApplyError) as err:
+        apply_plan(store, plan(want, [], serial=0))
+    assert err.value.render() == (
+        "error: deployment f/d: tags, version depend on build outputs that are not known yet\n"
+        "  hint: run `buildsys build` (or `buildsys push`) first, or use `buildsys deploy`"
+    )
+    assert (store.serial(), store.list_resources()) == (0, [])
+
+
+def test_two_plans_made_at_the_same_serial_second_is_refused(store: SqlStore) -> None:
+    first = plan(desired(res("variable", "a", value=1)), [], serial=0)
+    second = plan(desired(res("variable", "b", value=2), owner="other"), [], serial=0)
+    apply_plan(store, first)
+    with pytest.raises(ConflictError) as err:
+        apply_plan(store, second)
+    assert err.value.message == (
+        "the state store changed since this plan was made (plan serial 0, store serial 1); nothing was applied"
+    )
+    assert [r.name for r in store.list_resources()] == ["a"]
+
+
+def test_a_write_racing_between_check_and_apply_is_refused_by_the_store(store: SqlStore) -> None:
+    class Racing:
+        """The real store, with another writer slipping in just before our apply."""
+
+        def __init__(self, inner: SqlStore) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def apply(self, changes: Any, *, expected_serial: int | None) -> int:
+            self.inner.apply([Change("create", "variable", "sneaky", {"value": 0})], expected_serial=None)
+            return self.inner.apply(changes, expected_serial=expected_serial)
+
+    with pytest.raises(ConflictError, match=r"plan serial 0, store serial 1"):
+        apply_plan(Racing(store), plan(desired(res("variable", "a", value=1)), [], serial=0))  # type: ignore[arg-type]
+    assert [r.name for r in store.list_resources()] == ["sneaky"]
+
+
+def test_a_pool_still_used_cannot_be_pruned(store: SqlStore) -> None:
+    store.apply(
+        [
+            Change("create", "pool", "old", {"type": "process"}, "demo"),
+            Change("create", "deployment", "f/other-project", {"work_pool_name": "old"}, "other"),
+        ],
+        expected_serial=0,
+    )
+    p = plan(desired(), store.list_resources(), serial=store.serial(), prune=True)
+    assert [c.address for c in p.changes] == ["pool old"]
+    with pytest.raises(
+        ApplyError, match=r"pool old cannot be deleted: deployments still use it \(f/other-project\)"
+    ):
+        apply_plan(store, p)
+    assert store.serial() == 1
+
+
+def test_changes_keep_plan_order_deletions_last(store: SqlStore) -> None:
+    store.apply([Change("create", "deployment", "f/gone", {}, "demo")], expected_serial=0)
+    p = plan(
+        desired(res("deployment", "f/new"), res("pool", "p", type="process")),
+        store.list_resources(),
+        serial=1,
+        prune=True,
+    )
+    assert [(c.action, c.kind, c.name) for c in to_changes(p)] == [
+        ("create", "pool", "p"),
+        ("create", "deployment", "f/new"),
+        ("delete", "deployment", "f/gone"),
+    ]
+    assert snapshot(store)[0] == 1
+
+
+# --- every valid corpus file and every example: apply, then plan shows nothing -----------------
+
+
+class _AnyOutputs(Mapping[str, Any]):
+    """Build outputs for a project that was "built": every key of every step has a value."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __getitem__(self, key: str) -> Any:
+        return f"{self.prefix}{key}"
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _built(d: Any) -> BuildOutputs:
+    ids = {s.id for s in (*d.build, *d.push) if s.id}
+    return BuildOutputs({**{i: _AnyOutputs(f"{i}.") for i in ids}, **{"(any)": _AnyOutputs("flat.")}})
+
+
+def _valid_corpus() -> list[str]:
+    index = CORPUS / "INDEX.tsv"
+    if not index.is_file():
+        return []
+    rows = csv.DictReader(index.open(), delimiter="\t")
+    return [r["file"] for r in rows if "invalid" not in r["features"].split(",")]
+
+
+# Files with Prefect's silent-typo bug (#17204): an output reference to a step id that does not
+# exist. Prefect drops the job variable; buildsys refuses once the build outputs are known.
+TYPOS = {
+    "031-kevingrismore-cicd-example.yaml": "{{ build-image.image }} does not match any step output",
+    "062-zzstoatzz-prefect-monorepo.yaml": "{{ build_image.image }} does not match any step output",
+}
+
+
+@pytest.mark.parametrize("name", _valid_corpus())
+def test_corpus_apply_then_plan_shows_no_changes(name: str, tmp_path: Path) -> None:
+    if name in TYPOS:
+        with pytest.raises(TemplateError) as err:
+            _round_trip(CORPUS / name, tmp_path)
+        assert err.value.message == TYPOS[name]
+        return
+    _round_trip(CORPUS / name, tmp_path)
+
+
+@pytest.mark.parametrize("example", sorted(p.parent.name for p in (REPO / "examples").glob("*/prefect.yaml")))
+def test_example_apply_then_plan_shows_no_changes(example: str, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "examples" / example, tmp_path / example)
+    _round_trip(tmp_path / example / "prefect.yaml", tmp_path, copy=False)
+
+
+def _round_trip(source: Path, tmp_path: Path, *, copy: bool = True) -> None:
+    file = tmp_path / "prefect.yaml" if copy else source
+    if copy:
+        shutil.copy(source, file)
+    with SqlStore.sqlite(tmp_path / "state.db") as s:
+        _, want = read_desired(file, outputs=lambda project: _built)
+        first = plan(want, s.list_resources(), serial=s.serial())
+        apply_plan(s, first)
+        again = plan(want, s.list_resources(), serial=s.serial())
+        assert [c.address for c in again.changes] == []
+        reread = read_desired(file, outputs=lambda project: _built)[1]
+        assert not plan(reread, s.list_resources(), serial=s.serial()).has_changes
+        assert sorted(r.name for r in s.list_resources()) == sorted(r.name for r in want.resources)
+        assert all(r.owner == want.owner for r in s.list_resources())
+
+
+def test_stored_resource_records_round_trip() -> None:
+    r = Resource("deployment", "f/d", {"tags": ["a"]}, owner="o", source=SOURCE)
+    assert Resource.from_dict(r.to_dict()) == r
