@@ -1,0 +1,99 @@
+"""kill -9 in the middle of applies: the SQLite store stays readable and each apply is all or nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from buildsys.store.base import Change
+from buildsys.store.sql import SqlStore
+from tests.store.contract import deployment_spec
+
+BATCH = 1500
+KILLS = 50
+
+
+def _flip_forever(path: str, ready: Any) -> None:
+    """Alternately create and delete BATCH deployments, flipping variable `phase` in the same apply."""
+    store = SqlStore.sqlite(path)
+    ready.send("open")
+    while True:
+        phase = store.get_resource("variable", "phase")
+        assert phase is not None
+        if phase.spec["value"] == 0:
+            changes = [
+                Change("create", "deployment", f"etl/d{i}", deployment_spec(f"d{i}", description="x" * 200))
+                for i in range(BATCH)
+            ]
+        else:
+            changes = [Change("delete", "deployment", f"etl/d{i}") for i in range(BATCH)]
+        changes.append(Change("update", "variable", "phase", {"value": 1 - phase.spec["value"]}))
+        ready.send("begin")
+        store.apply(changes, expected_serial=None)
+        ready.send("end")
+
+
+def _check(path: Path) -> tuple[int, int]:
+    """The store opens, passes an integrity check, and holds exactly one side of an apply."""
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+    with SqlStore.sqlite(path) as store:
+        phase = store.get_resource("variable", "phase")
+        assert phase is not None
+        deployments = len(store.list_resources("deployment"))
+        serial = store.serial()
+    assert (deployments, (serial - 1) % 2) == (BATCH * phase.spec["value"], phase.spec["value"])
+    return serial, deployments
+
+
+def test_kill_9_during_applies_leaves_the_store_before_or_after(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([Change("create", "variable", "phase", {"value": 0})], expected_serial=0)
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(1234)
+    previous = 1
+    outcomes: set[int] = set()
+    mid_apply = 0
+    for _ in range(KILLS):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_flip_forever, args=(str(path), child))
+        proc.start()
+        try:
+            assert parent.poll(20), "the applying child did not open the store"
+            assert parent.recv() == "open"
+            time.sleep(rng.uniform(0.0, 0.25))  # the kill lands at a random moment of the apply loop
+        finally:
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(10)
+            messages = _drain(parent)
+            parent.close()
+            child.close()
+        assert proc.exitcode == -signal.SIGKILL
+        serial, deployments = _check(path)
+        inside = bool(messages) and messages[-1] == "begin"
+        done = previous + messages.count("end")
+        # killed inside an apply: it committed or it did not; otherwise every apply committed
+        assert serial in ((done, done + 1) if inside else (done,))
+        mid_apply += inside
+        previous = serial
+        outcomes.add(deployments)
+    assert mid_apply >= 10, f"only {mid_apply} of {KILLS} kills landed inside an apply"
+    assert outcomes == {0, BATCH}
+
+
+def _drain(conn: Any) -> list[str]:
+    out: list[str] = []
+    while conn.poll(0):
+        out.append(conn.recv())
+    return out
