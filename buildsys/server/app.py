@@ -170,21 +170,21 @@ def _reject_nul(value: Any, where: str) -> None:
             stack.extend(item)
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    error = {"code": code, "message": message} | ({"hint": hint} if hint else {})
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _store_error(exc: BuildsysError) -> JSONResponse:
-    message = exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
     if isinstance(exc, NotFoundError):
-        return error_response(404, "not_found", message)
+        return error_response(404, "not_found", exc.message, exc.hint)
     if isinstance(exc, ConflictError):
-        return error_response(409, "conflict", message)
+        return error_response(409, "conflict", exc.message, exc.hint)
     if _is_outage(exc):
         log.warning("store unavailable: %s", exc.message)
-        return error_response(503, "unavailable", message)
-    return error_response(422, "rejected", message)
+        return error_response(503, "unavailable", exc.message, exc.hint)
+    return error_response(422, "rejected", exc.message, exc.hint)
 
 
 def _is_outage(exc: BaseException) -> bool:

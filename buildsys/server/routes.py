@@ -47,7 +47,7 @@ async def _listing(call: Call, kind: str | None) -> Any:
             before = call.store.serial()
             resources = call.store.list_resources(kind)
             if call.store.serial() == before:
-                return before, sorted(resources, key=lambda r: (KINDS.index(r.kind), r.name))
+                return before, resources  # in the store's order (kind, name)
 
     serial, resources = await call.sync(read)
     return _page(resources, call, serial)
@@ -292,7 +292,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List resources of every kind (or one)",
         "read",
         reply="ResourcePage",
-        query=(Param("kind", "string", "only this kind", enum=KINDS), *PAGE),
+        query=(Param("kind", "string", "only this kind: " + " | ".join(KINDS)), *PAGE),
     ),
     *_RESOURCE_ROUTES,
     Endpoint(

@@ -52,10 +52,12 @@ RESOURCE = _obj(
     ("kind", "name", "spec", "owner", "source", "id", "created_at", "updated_at", "serial"),
 )
 
+# Values the store itself checks (kind, action, state) are plain strings in request bodies: the
+# store's refusal names them (422 "rejected") exactly as it does for the file store.
 CHANGE = _obj(
     {
-        "action": {"type": "string", "enum": ["create", "update", "delete"]},
-        "kind": {"type": "string", "enum": list(KINDS)},
+        "action": {"type": "string", "description": "create | update | delete"},
+        "kind": {"type": "string", "description": " | ".join(KINDS)},
         "name": NAME,
         "spec": _nullable(OBJECT),
         "owner": _nullable(NAME),
@@ -120,7 +122,12 @@ WORKER = _obj(
 
 COMPONENTS: dict[str, Schema] = {
     "Error": _obj(
-        {"error": _obj({"code": {"type": "string"}, "message": {"type": "string"}}, ("code", "message"))},
+        {
+            "error": _obj(
+                {"code": {"type": "string"}, "message": {"type": "string"}, "hint": {"type": "string"}},
+                ("code", "message"),
+            )
+        },
         ("error",),
     ),
     "Health": _obj({"status": {"type": "string", "enum": ["ok"]}, "serial": SERIAL}, ("status",)),
@@ -193,7 +200,7 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "StateRequest": _obj(
         {
-            "state": {"type": "string", "enum": list(STATE_TYPES)},
+            "state": {"type": "string", "description": " | ".join(STATE_TYPES)},
             "name": _nullable(NAME),
             "message": _nullable(TEXT),
             "worker": _nullable(NAME),

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
-from buildsys.store.base import Change, FlowRun, LogLine, Resource, WorkerInfo
+from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
 
 API = "/api/v1"
 PAGE = 1000
@@ -107,6 +107,7 @@ class HttpStore:
             if isinstance(error, dict)
             else response.text[:200] or response.reason_phrase
         )
+        hint = str(error["hint"]) if isinstance(error, dict) and error.get("hint") else None
         where = f"the buildsys server at {self.url}"
         if status == 401:
             raise AuthenticationError(
@@ -114,14 +115,14 @@ class HttpStore:
                 hint="set BUILDSYS_TOKEN to a token made with `buildsys server token create`",
             )
         if status == 403:
-            raise AuthenticationError(f"{where} refused the request: {message}")
+            raise AuthenticationError(f"{where} refused the request: {message}", hint=hint)
         if status == 404:
-            raise NotFoundError(message)
+            raise NotFoundError(message, hint=hint)
         if status == 409:
-            raise ConflictError(message)
+            raise ConflictError(message, hint=hint)
         if status in (400, 413, 422):
-            raise StateError(message)
-        raise StateError(f"{where} answered {status}: {message}")
+            raise StateError(message, hint=hint)
+        raise StateError(f"{where} answered {status}: {message}", hint=hint)
 
     # --- desired state ---------------------------------------------------------------------
     def serial(self) -> int:
@@ -146,8 +147,8 @@ class HttpStore:
                     return items
 
     def get_resource(self, kind: str, name: str) -> Resource | None:
-        if kind not in ("pool", "deployment", "variable"):
-            raise StateError(f"unknown resource kind {kind!r}", hint="use pool, deployment or variable")
+        if kind not in KINDS:  # the typed routes cannot carry it; say it as the store does
+            raise StateError(f"unknown resource kind {kind!r}", hint=f"one of: {', '.join(KINDS)}")
         try:
             data = self._call("GET", f"{API}/{kind}s/{_segment(name)}", idempotent=True)
         except NotFoundError:
