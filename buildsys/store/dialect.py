@@ -64,6 +64,7 @@ class Database:
 
     name = "?"
     url = ""
+    display_url = ""  # the URL for messages and logs (no password)
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -161,6 +162,7 @@ class SqliteDatabase(Database):
         super().__init__()
         self.path = path
         self.url = f"sqlite:///{path}"
+        self.display_url = str(path)
         if path.is_dir():
             raise StateError(
                 f"the state store {path} is a directory, not a file",
