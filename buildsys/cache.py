@@ -59,6 +59,7 @@ class Cache:
         self._db: sqlite3.Connection | None = None
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
         self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
+        self._touched: list[tuple[str, str, str, str, float, float]] = []
         self.reads = 0  # files actually read and hashed (tests count these)
 
     # --- connection ---------------------------------------------------------------------------
@@ -120,14 +121,17 @@ class Cache:
         return digest
 
     def flush(self) -> None:
+        """Write buffered file digests and cache-hit history in one transaction."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        if pending:
+            touched, self._touched = self._touched, []
+        if pending or touched:
             with self._transaction() as db:
                 db.executemany(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(p, *row) for p, row in pending.items()],
                 )
+                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", touched)
 
     def _transaction(self) -> _Txn:
         return _Txn(self.db, self._lock)
@@ -173,6 +177,12 @@ class Cache:
                 "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
                 (node, label, key, json.dumps(components, default=str, sort_keys=True), now, duration),
             )
+
+    def touch(self, node: str, label: str, key: str, components: Mapping[str, Any]) -> None:
+        """Remember a cache hit's key (buffered; written by flush)."""
+        row = (node, label, key, json.dumps(components, default=str, sort_keys=True), time.time(), 0.0)
+        with self._lock:
+            self._touched.append(row)
 
     def forget(self, key: str) -> None:
         with self._transaction() as db:

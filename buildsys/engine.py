@@ -123,12 +123,17 @@ class Engine:
         self.prepared: dict[str, _Prepared] = {}
 
     # --- preparation: resolve every step and check its inputs before anything runs ---------------
-    def prepare(self) -> None:
+    def prepare(self, resolved: Mapping[str, StepDef] | None = None) -> None:
+        """Resolve every step and check its inputs. With `resolved` (from a compiled project whose
+        inputs were already checked) the steps are taken as given."""
         from buildsys import registry
 
         problems: list[Diagnostic] = []
         for key, node in self.graph.nodes.items():
             spec = node.spec
+            if resolved is not None and spec.name in resolved:
+                self.prepared[key] = _Prepared(node, resolved[spec.name])
+                continue
             try:
                 if self.install_requires and spec.requires:
                     try:
@@ -145,8 +150,8 @@ class Engine:
             raise ProjectError(problems)
 
     # --- execution ------------------------------------------------------------------------------
-    def run(self) -> BuildResult:
-        self.prepare()
+    def run(self, resolved: Mapping[str, StepDef] | None = None) -> BuildResult:
+        self.prepare(resolved)
         order = self.graph.order()
         pending = {k: set(self.graph.nodes[k].deps) for k in order}
         stop = False
@@ -235,7 +240,8 @@ class Engine:
             if hit is not None:
                 if stepdef.check_hook is None or stepdef.check_hook(hit, inputs, ctx):
                     reason = "unchanged" if previous and previous.key == cache_key else "restored from cache"
-                    self.cache.record(node.label, node.label, cache_key, components, None, 0.0, stepdef.name)
+                    if previous is None or previous.key != cache_key:
+                        self.cache.touch(node.label, node.label, cache_key, components)
                     self.reporter.event(Event("cached", node.label, reason=reason))
                     return NodeResult(node.key, node.label, "cached", reason, hit, cache_key=cache_key)
                 self.cache.forget(cache_key)
@@ -419,7 +425,7 @@ def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
 
 
 def build(
-    project: Project,
+    project: Project | Path,
     *,
     sections: Sequence[str] = ("build",),
     deployments: Sequence[str] = (),
@@ -432,8 +438,20 @@ def build(
     env: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """Build the selected deployments' sections. Raises ProjectError before running anything if a
-    step is unknown or has invalid inputs."""
-    graph = graph_for(project, sections=sections, deployments=deployments)
+    step is unknown or has invalid inputs.
+
+    Given a project file path, the compiled project (model, graph and resolved steps) is reused
+    from `.buildsys/compiled/` when nothing it depends on changed, so a no-op build neither parses
+    YAML nor validates schemas.
+    """
+    resolved: Mapping[str, StepDef] | None = None
+    if isinstance(project, Path):
+        from buildsys.compiled import compile_project
+
+        compiled = compile_project(project, sections=sections, deployments=deployments)
+        project, graph, resolved = compiled.project, compiled.graph, compiled.stepdefs
+    else:
+        graph = graph_for(project, sections=sections, deployments=deployments)
     engine = Engine(
         project,
         graph,
@@ -445,7 +463,7 @@ def build(
         install_requires=install_requires,
         env=env,
     )
-    return engine.run()
+    return engine.run(resolved)
 
 
 def graph_for(project: Project, *, sections: Sequence[str] = ("build",), deployments: Sequence[str] = ()) -> StepGraph:

@@ -39,14 +39,17 @@ class StepNode:
 class StepGraph:
     nodes: dict[str, StepNode] = field(default_factory=dict)  # in insertion (chain) order
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # deployment → node keys
+    _order: list[str] | None = None
 
     def order(self) -> list[str]:
-        """A topological order (stable: chain order where the graph allows it)."""
-        import networkx as nx
+        """A topological order (stable: chain order where the graph allows it); computed once."""
+        if self._order is None:
+            import networkx as nx
 
-        g = self.to_networkx()
-        pos = {k: i for i, k in enumerate(self.nodes)}
-        return list(nx.lexicographical_topological_sort(g, key=lambda k: pos[k]))
+            g = self.to_networkx()
+            pos = {k: i for i, k in enumerate(self.nodes)}
+            self._order = list(nx.lexicographical_topological_sort(g, key=lambda k: pos[k]))
+        return self._order
 
     def to_networkx(self) -> Any:
         import networkx as nx

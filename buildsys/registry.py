@@ -110,6 +110,20 @@ def resolve(name: str, root: Path | None = None, *, requires: Sequence[str] = ()
     return stepdef
 
 
+def value_of(name: str) -> str | None:
+    """The "module:attr" an entry-point name points at (None for import-path steps)."""
+    claims = _claims().get(name)
+    if claims and len({(c.value, c.package) for c in claims}) == 1:
+        return claims[0].value
+    return None
+
+
+def load_value(value: str, name: str) -> StepDef:
+    """Import a step straight from "module:attr" (no entry-point scan)."""
+    module, _, attr = value.partition(":")
+    return _as_stepdef(_attr_chain(importlib.import_module(module), attr), name)
+
+
 def _from_entry_point(name: str, claims: list[_Claim]) -> StepDef:
     if len({(c.value, c.package) for c in claims}) > 1:
         both = " and ".join(f"{c.package} ({c.value})" for c in claims)

@@ -114,7 +114,7 @@ def test_touching_one_file_reruns_exactly_its_dependents(project_dir: Path) -> N
     run(project_dir)
     ran(project_dir)
     (project_dir / "src" / "m1.py").write_text("x = 'changed'\n")
-    result, rep = run(project_dir, explain=True)
+    _result, rep = run(project_dir, explain=True)
     assert ran(project_dir) == ["b", "d"]  # b reads the file; d depends on b; a and c do not
     assert rep.reasons()["b"] == "input file src/m1.py changed"
     assert rep.reasons()["d"] == "upstream step b changed"
@@ -126,7 +126,7 @@ def test_changed_output_propagates_downstream(project_dir: Path) -> None:
     run(project_dir)
     ran(project_dir)
     (project_dir / "prefect.yaml").write_text(DIAMOND.replace("{id: a, name: a,", "{id: a, name: a, text: y,"))
-    result, rep = run(project_dir)
+    _result, rep = run(project_dir)
     assert sorted(ran(project_dir)) == ["a", "b", "c", "d"]
     assert rep.reasons()["a"] == "inputs changed: text"
     assert rep.reasons()["b"] in ("inputs changed", "upstream step a changed") or "upstream step a changed" in rep.reasons()["b"]
@@ -207,7 +207,7 @@ def test_concurrent_builds_do_not_corrupt_the_cache(project_dir: Path) -> None:
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    result, rep = run(project_dir)
+    _result, rep = run(project_dir)
     assert sorted(rep.of("cached")) == ["a", "b", "c", "d"]
     for out, _ in outs:
         events = [json.loads(line) for line in out.splitlines()]

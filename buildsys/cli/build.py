@@ -29,14 +29,10 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
     from buildsys.engine import build as run_build
     from buildsys.reporter import Event, make_reporter
 
-    project = app.load_project()
-    for w in project.warnings:
-        if app.verbosity > 0:
-            click.echo(w.render(), err=True)
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
     try:
         result = run_build(
-            project,
+            app.project_file,
             sections=sections,
             deployments=opts["deployments"],
             jobs=opts["jobs"],

@@ -1,0 +1,145 @@
+"""Compiled projects: the loaded model, its step graph (with its order) and where each step comes
+from, pickled under `.buildsys/compiled/` and keyed by everything they depend on.
+
+A no-op build then skips YAML parsing, schema validation, entry-point scanning and graph building;
+any change to the project file, to a project-local step file, to buildsys or to the installed
+packages (site-packages directories' mtimes) compiles again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildsys import __version__
+from buildsys.graph import StepGraph
+from buildsys.model import Project
+from buildsys.step import StepDef
+
+FORMAT = 1
+
+
+@dataclass
+class Compiled:
+    project: Project
+    graph: StepGraph
+    values: dict[str, str | None]  # step name → "module:attr" (entry point) or None (import path)
+    local_files: dict[str, str] = field(default_factory=dict)  # project-local step files → digest
+    stepdefs: dict[str, StepDef] = field(default_factory=dict)  # filled after loading (not pickled)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state["stepdefs"] = {}
+        return state
+
+
+def compile_project(path: Path, *, sections: Sequence[str], deployments: Sequence[str]) -> Compiled:
+    """The compiled project for a build of `sections` of `deployments` (all when empty)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        from buildsys.project import load_project
+
+        load_project(path)  # raises the proper "no project file" error
+        raise
+    key = _key(path, data, sections, deployments)
+    cache = path.resolve().parent / ".buildsys" / "compiled" / f"{key}.pickle"
+    compiled = _load(cache)
+    if compiled is not None and _resolve(compiled):
+        return compiled
+    compiled = _compile(path, sections, deployments)
+    _save(cache, compiled)
+    return compiled
+
+
+def _key(path: Path, data: bytes, sections: Sequence[str], deployments: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for part in (str(FORMAT), __version__, sys.version, str(path), ",".join(sections), ",".join(deployments)):
+        h.update(part.encode() + b"\0")
+    h.update(data)
+    for entry in sys.path:
+        try:
+            h.update(f"{entry}:{os.stat(entry).st_mtime_ns}".encode())
+        except OSError:
+            continue
+    return h.hexdigest()[:24]
+
+
+def _load(cache: Path) -> Compiled | None:
+    try:
+        with cache.open("rb") as fh:
+            obj = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+    return obj if isinstance(obj, Compiled) else None
+
+
+def _save(cache: Path, compiled: Compiled) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for old in cache.parent.glob("*.pickle"):
+        if old != cache and old.stat().st_mtime < _now() - 7 * 86400:
+            old.unlink(missing_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(compiled, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, cache)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _resolve(compiled: Compiled) -> bool:
+    """Import the steps the compiled graph needs; False when a local step file changed."""
+    from buildsys import registry
+
+    root = compiled.project.root
+    for file, digest in compiled.local_files.items():
+        try:
+            if _digest(root / file) != digest:
+                return False
+        except OSError:
+            return False
+    try:
+        for name, value in compiled.values.items():
+            if value is not None:
+                compiled.stepdefs[name] = registry.load_value(value, name)
+            else:
+                compiled.stepdefs[name] = registry.resolve(name, root)
+    except Exception:
+        return False  # anything odd: compile again, which reports it properly
+    return True
+
+
+def _compile(path: Path, sections: Sequence[str], deployments: Sequence[str]) -> Compiled:
+    from buildsys import registry
+    from buildsys.engine import Engine, graph_for
+    from buildsys.project import load_project
+
+    project = load_project(path)
+    graph = graph_for(project, sections=sections, deployments=deployments)
+    graph.order()  # computed now, pickled with the graph
+    engine = Engine(project, graph)
+    engine.prepare()  # resolves every step and checks inputs; raises ProjectError
+    values: dict[str, str | None] = {}
+    local: dict[str, str] = {}
+    for prep in engine.prepared.values():
+        name = prep.node.spec.name
+        values[name] = registry.value_of(name)
+        if ".py:" in name:
+            file = name.rpartition(":")[0]
+            local[file] = _digest(project.root / file)
+    compiled = Compiled(project, graph, values, local)
+    compiled.stepdefs = {p.node.spec.name: p.stepdef for p in engine.prepared.values()}
+    return compiled
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
