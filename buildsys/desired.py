@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.entrypoints import SourceReader, flow_info
+from buildsys.entrypoints import FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
 from buildsys.templating import UNKNOWN, Scope, placeholders, render
@@ -144,8 +144,11 @@ def desired_state(
     resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
+    flows: dict[str, FlowInfo] = {}  # many deployments share one flow: parse each file once
     for d in select_deployments(project, select):
-        res = deployment_resource(d, read=read, outputs=(outputs(d) if outputs else None), warnings=warnings)
+        res = deployment_resource(
+            d, read=read, outputs=(outputs(d) if outputs else None), warnings=warnings, flows=flows
+        )
         if res.name in seen:
             raise DesiredStateError(
                 f"deployments {seen[res.name].name!r} and {d.name!r} have the same identity {res.name!r}",
@@ -220,7 +223,12 @@ def job_template(
 
 
 def deployment_resource(
-    d: Deployment, *, read: SourceReader, outputs: BuildOutputs | None, warnings: list[Diagnostic]
+    d: Deployment,
+    *,
+    read: SourceReader,
+    outputs: BuildOutputs | None,
+    warnings: list[Diagnostic],
+    flows: dict[str, FlowInfo] | None = None,
 ) -> DesiredResource:
     if not d.entrypoint:
         raise DesiredStateError(
@@ -230,7 +238,7 @@ def deployment_resource(
             hint="add `entrypoint: path/file.py:flow_function`",
         )
     try:
-        info = flow_info(d.entrypoint, read)
+        info = _flow(d.entrypoint, read, flows if flows is not None else {})
     except ValueError as exc:
         raise DesiredStateError(str(exc), location=d.location, path=d.path) from None
     if info.problem:
@@ -275,6 +283,12 @@ def deployment_resource(
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
     )
+
+
+def _flow(entrypoint: str, read: SourceReader, cache: dict[str, FlowInfo]) -> FlowInfo:
+    if entrypoint not in cache:
+        cache[entrypoint] = flow_info(entrypoint, read)
+    return cache[entrypoint]
 
 
 def _with_defaults(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -363,13 +377,16 @@ def _scope(d: Deployment, outputs: BuildOutputs | None) -> Scope:
 
 def has_unknown(value: Any) -> bool:
     """True when a value still holds UNKNOWN somewhere (a build output not produced yet)."""
+    kind = type(value)
+    if kind is str:
+        return UNKNOWN_TEXT in value  # an output embedded in a longer string
+    if kind is int or kind is float or kind is bool or value is None:
+        return False
     if value is UNKNOWN:
         return True
-    if isinstance(value, str):
-        return UNKNOWN_TEXT in value  # an output embedded in a longer string
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return any(has_unknown(v) for v in value.values())
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return any(has_unknown(v) for v in value)
     return False
 

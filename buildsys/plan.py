@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buildsys.desired import DesiredResource, DesiredState
+from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState
 from buildsys.errors import BuildsysError
 from buildsys.store.base import KINDS, Resource
 from buildsys.templating import UNKNOWN
@@ -240,7 +240,7 @@ def _update(
             continue
         new = canonical(want.spec[key])
         after[key] = new
-        if not same(key, before.get(key, ABSENT), new):
+        if not _same_canonical(key, before.get(key, ABSENT), new):
             fields.extend(diff(key, before.get(key, ABSENT), new))
     if not fields and have.owner == owner:
         return None
@@ -257,9 +257,12 @@ def _delete(have: Resource, owner: str) -> ResourceChange:
 
 def canonical(value: Any) -> Any:
     """JSON-shaped copy: tuples become lists, mappings plain dicts (UNKNOWN is kept)."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [canonical(v) for v in value]
     return value
 
@@ -274,27 +277,27 @@ def _normal(key: str, value: Any) -> Any:
 
 def same(key: str, old: Any, new: Any) -> bool:
     """Equal after normalising defaults; a value not known until built never equals anything."""
-    a, b = _normal(key, canonical(old)), _normal(key, canonical(new))
-    if _contains_unknown(a) or _contains_unknown(b):
-        return False
-    return bool(a == b and _same_types(a, b))
+    return _same_canonical(key, canonical(old), canonical(new))
 
 
-def _same_types(a: Any, b: Any) -> bool:
-    """True == 1 in Python; a plan must still show `1 → true`."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b)
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return all(_same_types(a[k], b[k]) for k in a if k in b)
-    if isinstance(a, list) and isinstance(b, list):
-        return all(_same_types(x, y) for x, y in zip(a, b, strict=False))
-    return True
+def _same_canonical(key: str, old: Any, new: Any) -> bool:
+    a, b = _normal(key, old), _normal(key, new)
+    return bool(a == b) and _identical(a, b)
 
 
-def _contains_unknown(value: Any) -> bool:
-    from buildsys.desired import has_unknown
-
-    return has_unknown(value)
+def _identical(a: Any, b: Any) -> bool:
+    """For values already equal: still different when a side is not known yet (UNKNOWN == UNKNOWN)
+    or when a bool stands for a number (True == 1 in Python; a plan must show `1 → true`)."""
+    ta, tb = type(a), type(b)
+    if ta is not tb:
+        return not (ta is bool or tb is bool or a is UNKNOWN or b is UNKNOWN)
+    if ta is str:
+        return UNKNOWN_TEXT not in a and UNKNOWN_TEXT not in b
+    if ta is dict:
+        return all(_identical(v, b[k]) for k, v in a.items())
+    if ta is list:
+        return all(_identical(x, y) for x, y in zip(a, b, strict=True))
+    return a is not UNKNOWN
 
 
 def diff(path: str, old: Any, new: Any) -> list[FieldChange]:

@@ -1,0 +1,179 @@
+"""Benchmark plan and apply: 100, 1,000 and 10,000 deployments against a SQLite state file.
+
+For each size, in a fresh process (so peak memory is that size's own): load the project and
+compute desired state, plan against a cold store, apply all of it, re-plan with no change, then
+change 1% of the deployments and plan + apply that. Times are medians of several runs; `plan`
+columns include loading and validating the project file, as `buildsys plan` does.
+
+    .venv/bin/python tests/bench/bench_plan.py [--sizes 100,1000,10000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FLOW = 'from prefect import flow\n\n\n@flow(name="etl")\ndef etl(day: str = "today"):\n    """Load."""\n'
+TARGETS = {"no_change_plan_1000": 1.0, "apply_new_1000": 3.0, "peak_mb_10000": 200.0}
+
+
+def project_text(n: int, changed: frozenset[int] = frozenset()) -> str:
+    lines = [
+        "name: bench",
+        "work_pools:",
+        "  - {name: pool, type: process, queues: [{name: q1, priority: 1}]}",
+        "variables: {region: eu-west-1}",
+        "deployments:",
+    ]
+    for i in range(n):
+        tag = "changed" if i in changed else "etl"
+        lines += [
+            f"  - name: dep-{i:05d}",
+            "    entrypoint: flows/etl.py:etl",
+            f"    tags: [{tag}, team-{i % 7}]",
+            f"    parameters: {{day: today, shard: {i}}}",
+            "    schedules: [{cron: '0 2 * * *', timezone: Europe/Paris}]",
+            "    work_pool:",
+            "      name: pool",
+            "      job_variables: {env: {LOG_LEVEL: INFO, TOKEN: '{{ $TOKEN }}'}}",
+            "    pull: [{set_working_directory: {directory: /opt/app}}]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - start, value
+
+
+def one_size(n: int, runs: int) -> dict[str, Any]:
+    from buildsys.desired import read_desired
+    from buildsys.plan import plan
+    from buildsys.reconcile import apply_plan, snapshot
+    from buildsys.store.sql import SqlStore
+
+    def make_plan(store: SqlStore, file: Path) -> Any:
+        _, want = read_desired(file)
+        serial, actual = snapshot(store)
+        return plan(want, actual, serial=serial)
+
+    out: dict[str, list[float]] = {
+        k: [] for k in ("load", "plan_cold", "apply_new", "plan_same", "plan_1pct", "apply_1pct")
+    }
+    changes: dict[str, int] = {}
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            (root / "flows").mkdir()
+            (root / "flows" / "etl.py").write_text(FLOW)
+            file = root / "prefect.yaml"
+            file.write_text(project_text(n))
+            store = SqlStore.sqlite(root / ".buildsys" / "state.db")
+            try:
+                t, _ = timed(read_desired, file)
+                out["load"].append(t)
+                t, cold = timed(make_plan, store, file)
+                out["plan_cold"].append(t)
+                t, _ = timed(apply_plan, store, cold)
+                out["apply_new"].append(t)
+                t, same = timed(make_plan, store, file)
+                out["plan_same"].append(t)
+                assert not same.has_changes, same.summary
+                file.write_text(project_text(n, frozenset(range(0, n, 100))))
+                t, pct = timed(make_plan, store, file)
+                out["plan_1pct"].append(t)
+                t, _ = timed(apply_plan, store, pct)
+                out["apply_1pct"].append(t)
+                changes = {"cold": cold.summary["add"], "1pct": pct.summary["change"]}
+            finally:
+                store.close()
+    result: dict[str, Any] = {k: statistics.median(v) for k, v in out.items()}
+    result["n"] = n
+    result["changes"] = changes
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def cli_no_change_plan(n: int) -> float:
+    """`buildsys plan` end to end in a new process (interpreter start included), no changes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "flows").mkdir()
+        (root / "flows" / "etl.py").write_text(FLOW)
+        (root / "prefect.yaml").write_text(project_text(n))
+        cmd = [sys.executable, "-m", "buildsys"]
+        subprocess.run([*cmd, "apply", "--auto-approve", "-q"], cwd=root, check=True, capture_output=True)
+        times = []
+        for _ in range(3):
+            t, proc = timed(
+                lambda: subprocess.run([*cmd, "plan", "--detailed-exitcode"], cwd=root, capture_output=True)
+            )
+            assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr[-500:]
+            times.append(t)
+        return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        runs = args.runs if args.child <= 1000 else max(1, args.runs // 2)
+        print(json.dumps(one_size(args.child, runs)))
+        return
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", str(n), "--runs", str(args.runs)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        row = json.loads(proc.stdout)
+        row["cli_plan"] = cli_no_change_plan(n)
+        rows.append(row)
+    print(table(rows))
+    print(verdict(rows))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| deployments | load + desired | plan (cold store) | apply (all new) | re-plan, no change "
+        "| `buildsys plan` process, no change | plan, 1% changed | apply, 1% changed | peak memory |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['n']:,} | {r['load']:.3f} s | {r['plan_cold']:.3f} s | {r['apply_new']:.3f} s "
+            f"| {r['plan_same']:.3f} s | {r['cli_plan']:.3f} s | {r['plan_1pct']:.3f} s ({r['changes']['1pct']} changes) "
+            f"| {r['apply_1pct']:.3f} s | {r['peak_mb']:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    by = {r["n"]: r for r in rows}
+    checks = []
+    if 1000 in by:
+        checks.append(f"no-change plan of 1,000: {by[1000]['plan_same']:.3f} s (target < 1 s)")
+        checks.append(f"apply of 1,000 new: {by[1000]['apply_new']:.3f} s (target < 3 s)")
+    if 10000 in by:
+        checks.append(f"peak memory at 10,000: {by[10000]['peak_mb']:.0f} MB (target < 200 MB)")
+    return "\n".join(checks)
+
+
+if __name__ == "__main__":
+    main()
