@@ -92,12 +92,12 @@ def conflicts() -> list[tuple[str, list[str]]]:
     ]
 
 
-_loaded: dict[tuple[str, str], StepDef] = {}
+_loaded: dict[tuple[str, str], StepDef] = {}  # (name, root + file stamp) → step
 
 
 def resolve(name: str, root: Path | None = None, *, requires: Sequence[str] = ()) -> StepDef:
     """The StepDef for a step name as written in a project file. Raises StepError with a hint."""
-    key = (name, str(root))
+    key = (name, str(root) + _file_stamp(name, root))
     hit = _loaded.get(key)
     if hit is not None:
         return hit
@@ -122,6 +122,17 @@ def load_value(value: str, name: str) -> StepDef:
     """Import a step straight from "module:attr" (no entry-point scan)."""
     module, _, attr = value.partition(":")
     return _as_stepdef(_attr_chain(importlib.import_module(module), attr), name)
+
+
+def _file_stamp(name: str, root: Path | None) -> str:
+    """Project-local step files are reloaded when they change (watch mode is long-lived)."""
+    if ".py:" not in name:
+        return ""
+    try:
+        st = ((root or Path.cwd()) / name.rpartition(":")[0]).stat()
+    except OSError:
+        return ""
+    return f"@{st.st_mtime_ns}:{st.st_size}"
 
 
 def _from_entry_point(name: str, claims: list[_Claim]) -> StepDef:
