@@ -287,8 +287,12 @@ def job_configuration(
     env: Mapping[str, str] | None = None,
     variables: Mapping[str, Any] | None = None,
     warnings: list[Diagnostic] | None = None,
+    resolve: bool = True,
 ) -> dict[str, Any]:
     """The concrete job configuration of one run (Prefect §6.6 steps 1–9).
+
+    With ``resolve`` false, ``{{ $X }}`` and ``{{ prefect.variables.x }}`` are left as written (a
+    preview that must not print secrets).
 
     ``env`` is the worker's environment for ``{{ $X }}``; ``variables`` the store's variables for
     ``{{ prefect.variables.x }}``. Unknown job variables are appended to ``warnings``; a value of the
@@ -319,7 +323,7 @@ def job_configuration(
     if isinstance(config.get("env"), dict) and isinstance(values.get("env"), Mapping):
         config["env"] = {**config["env"], **values["env"]}
     rendered = render_job_template(config, lambda name: values.get(name, _MISSING) if not _is_special(name) else _MISSING)
-    resolved = _resolve_specials(rendered, env, variables or {})
+    resolved = _resolve_specials(rendered, env, variables or {}) if resolve else rendered
     if isinstance(resolved, dict) and isinstance(resolved.get("env"), Mapping):
         resolved["env"] = {str(k): _env_str(v) for k, v in resolved["env"].items() if v is not None}
     return resolved if isinstance(resolved, dict) else {}

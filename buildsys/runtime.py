@@ -276,9 +276,13 @@ def call_flow(func: Callable[..., Any], parameters: Mapping[str, Any]) -> Any:
 
 
 def _format(exc: BaseException) -> str:
+    """The traceback without the runtime's own frames (the user's code starts the story)."""
     import traceback
 
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
 
 
 # --- main ------------------------------------------------------------------------------------------

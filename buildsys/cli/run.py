@@ -1,0 +1,280 @@
+"""`buildsys run DEPLOYMENT`: create a flow run (checked first) and optionally follow it.
+
+Parameters are checked against the flow function's signature, read from the entrypoint's source
+with `ast` (user code is never imported here), when the deployment enforces its parameter schema.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from buildsys.cli.app import App, common_options, pass_app
+from buildsys.errors import BuildsysError, NotFoundError
+
+if TYPE_CHECKING:
+    from buildsys.store.base import FlowRun, Resource, StateStore
+
+
+class ParameterError(BuildsysError):
+    """A run's parameters do not fit the flow function."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    required: bool
+    annotation: str | None  # the annotation's source text
+
+
+@dataclass(frozen=True)
+class Signature:
+    params: tuple[Param, ...]
+    var_keyword: bool
+
+
+@click.command("run")
+@click.argument("deployment")
+@click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Flow parameter (VALUE parsed as JSON if it parses).")
+@click.option("--job-variable", "-j", "job_vars", multiple=True, metavar="K=V", help="Job variable override for this run.")
+@click.option("--wait", is_flag=True, help="Wait until the run finishes; exit 1 unless it completed.")
+@click.option("--logs", is_flag=True, help="Follow the run's logs (implies --wait).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up waiting after this many seconds.")
+@click.option("--at", "start_in", type=click.FloatRange(min=0), help="Start in this many seconds instead of now.")
+@common_options
+@pass_app
+def run(
+    app: App,
+    deployment: str,
+    params: tuple[str, ...],
+    job_vars: tuple[str, ...],
+    wait: bool,
+    logs: bool,
+    timeout: float | None,
+    start_in: float | None,
+) -> None:
+    """Create a flow run of DEPLOYMENT ("flow/deployment", or the deployment name when unique)."""
+    from buildsys.pools import parse_job_variable
+
+    parameters = dict(parse_param(p) for p in params)
+    job_variables = dict(parse_job_variable(j) for j in job_vars)
+    store = app.open_store()
+    try:
+        resource = find_deployment(store, deployment)
+        check_run(app, store, resource, parameters, job_variables)
+        scheduled = time.time() + start_in if start_in else None
+        created = store.create_run(resource.name, parameters=parameters, job_variables=job_variables, scheduled_at=scheduled)
+        if app.json and not (wait or logs):
+            app.emit_json(created.to_dict())
+            return
+        app.echo(f"Created flow run {created.name} ({created.id}) of {created.deployment} on pool {created.pool!r}.")
+        if wait or logs:
+            done = follow(app, store, created.id, logs=logs, timeout=timeout)
+            if app.json:
+                app.emit_json(done.to_dict())
+            if done.state != "COMPLETED":
+                raise BuildsysError(
+                    f"flow run {done.name} ended {done.state}" + (f": {done.state_message}" if done.state_message else ""),
+                    hint=f"see its logs: buildsys runs logs {done.id}",
+                )
+    finally:
+        store.close()
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise click.UsageError(f"--param {text!r}: write KEY=VALUE")
+    try:
+        return key.strip(), json.loads(raw)
+    except ValueError:
+        return key.strip(), raw
+
+
+def find_deployment(store: StateStore, name: str) -> Resource:
+    """A deployment by resource name ("flow/deployment") or by deployment name when unique."""
+    exact = store.get_resource("deployment", name)
+    if exact is not None:
+        return exact
+    all_deployments = store.list_resources("deployment")
+    matches = [d for d in all_deployments if d.spec.get("name") == name or d.name.split("/", 1)[-1] == name]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(d.name for d in all_deployments) or "none (run `buildsys apply` first)"
+    if matches:
+        raise NotFoundError(
+            f"deployment name {name!r} is ambiguous: {', '.join(d.name for d in matches)}",
+            hint="use the full name FLOW/DEPLOYMENT",
+        )
+    from buildsys.suggest import did_you_mean
+
+    guess = did_you_mean(name, [d.name for d in all_deployments] + [d.name.split("/", 1)[-1] for d in all_deployments])
+    raise NotFoundError(f"no deployment {name!r} in the state store", hint=(guess + "; " if guess else "") + f"deployments: {known}")
+
+
+def check_run(
+    app: App, store: StateStore, deployment: Resource, parameters: Mapping[str, Any], job_variables: Mapping[str, Any]
+) -> None:
+    """Refuse a run that could only fail: bad job variables (pool template) or parameters."""
+    from buildsys.pools import default_job_template, job_configuration
+
+    spec = deployment.spec
+    pool = store.get_resource("pool", str(spec.get("work_pool_name") or ""))
+    if pool is not None:
+        template = pool.spec.get("base_job_template") or default_job_template(str(pool.spec.get("type") or "process"))
+        warnings: list[Any] = []
+        job_configuration(template, spec.get("job_variables"), job_variables, env={}, warnings=warnings)
+        for w in warnings:
+            app.echo(w.render(), err=True)
+    if spec.get("enforce_parameter_schema"):
+        root = app.project_file.resolve().parent
+        signature = read_signature(str(spec.get("entrypoint") or ""), root)
+        if signature is not None:
+            check_parameters(signature, {**(spec.get("parameters") or {}), **parameters}, deployment.name)
+
+
+def read_signature(entrypoint: str, root: Path) -> Signature | None:
+    """The flow function's parameters, parsed from its source; None when the source is not here."""
+    from buildsys.entrypoints import parse_entrypoint
+
+    try:
+        ep = parse_entrypoint(entrypoint)
+    except ValueError:
+        return None
+    for candidate in ep.candidates:
+        path = root / candidate
+        if path.is_file():
+            return signature_from_source(path.read_text(encoding="utf-8"), ep.qualname, candidate)
+    return None
+
+
+def signature_from_source(source: str, qualname: str, filename: str = "<flow>") -> Signature | None:
+    try:
+        tree = ast.parse(source, filename=filename)
+    except SyntaxError:
+        return None
+    body: Sequence[ast.stmt] = tree.body
+    *owners, target = qualname.split(".")
+    for owner in owners:
+        cls = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == owner), None)
+        if cls is None:
+            return None
+        body = cls.body
+    func = next((n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == target), None)
+    if func is None:
+        return None
+    args = func.args
+    positional = [*args.posonlyargs, *args.args]
+    if owners and positional and positional[0].arg in ("self", "cls"):
+        positional = positional[1:]
+    first_default = len(positional) - len(args.defaults)
+    params = [
+        Param(a.arg, i < first_default, ast.unparse(a.annotation) if a.annotation else None) for i, a in enumerate(positional)
+    ]
+    params += [
+        Param(a.arg, d is None, ast.unparse(a.annotation) if a.annotation else None)
+        for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+    ]
+    return Signature(tuple(params), args.kwarg is not None)
+
+
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+}
+
+
+def check_parameters(signature: Signature, parameters: Mapping[str, Any], deployment: str) -> None:
+    """Unknown, missing and (for simple annotations) mistyped parameters are errors."""
+    from buildsys.suggest import did_you_mean
+
+    names = [p.name for p in signature.params]
+    problems: list[str] = []
+    hints: list[str] = []
+    if not signature.var_keyword:
+        for key in parameters:
+            if key not in names:
+                problems.append(f"unknown parameter {key!r}")
+                guess = did_you_mean(key, names)
+                if guess:
+                    hints.append(guess)
+    for p in signature.params:
+        if p.required and p.name not in parameters:
+            problems.append(f"missing required parameter {p.name!r}")
+        elif p.name in parameters and not _fits(p.annotation, parameters[p.name]):
+            problems.append(f"parameter {p.name!r} should be {p.annotation}, got {json.dumps(parameters[p.name])}")
+    if problems:
+        shown = ", ".join(f"{p.name}" + (f": {p.annotation}" if p.annotation else "") for p in signature.params)
+        raise ParameterError(
+            f"deployment {deployment}: " + "; ".join(problems),
+            hint="; ".join([*hints, f"the flow takes ({shown})"]),
+        )
+
+
+def _fits(annotation: str | None, value: Any) -> bool:
+    if annotation is None:
+        return True
+    options = [a.strip() for a in annotation.replace("Optional[", "").rstrip("]").split("|")]
+    if "None" in options and value is None:
+        return True
+    known = [_SIMPLE_TYPES[o.split("[", 1)[0]] for o in options if o.split("[", 1)[0] in _SIMPLE_TYPES]
+    if len(known) != len([o for o in options if o != "None"]):
+        return True  # an annotation we do not check (a class, a pydantic model, ...)
+    for types in known:
+        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+            return True
+    return False
+
+
+def follow(app: App, store: StateStore, run_id: str, *, logs: bool, timeout: float | None) -> FlowRun:
+    """Poll the run (and print its new log lines) until it ends."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seq = 0
+    last_state = ""
+    delay = 0.05
+    while True:
+        current = store.get_run(run_id)
+        if logs:
+            seq = print_logs(app, store, run_id, seq)
+        if current.state_name != last_state:
+            last_state = current.state_name
+            if not logs and not app.json:
+                app.echo(f"{current.name}: {current.state_name}", err=True)
+        if current.is_terminal:
+            if logs:
+                seq = print_logs(app, store, run_id, seq)
+            app.echo(
+                f"Flow run {current.name} finished: {current.state}"
+                + (f" ({current.state_message})" if current.state_message else ""),
+                err=True,
+            )
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise BuildsysError(
+                f"flow run {current.name} is still {current.state} after {timeout:g} s",
+                hint=f"follow it with: buildsys runs logs --follow {current.id}",
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def print_logs(app: App, store: StateStore, run_id: str, after: int) -> int:
+    """Print the run's log lines after seq `after`; returns the last seq printed."""
+    while True:
+        lines = store.read_logs(run_id, after=after)
+        for line in lines:
+            after = line.seq
+            app.echo(f"[worker] {line.message}" if line.stream == "worker" else line.message, err=app.json)
+        if len(lines) < 1000:
+            return after
