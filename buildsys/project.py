@@ -23,11 +23,11 @@ from buildsys.model import (
     VariableSpec,
     WorkPoolRef,
 )
+from buildsys.schema import describe_path, schema_problems
 from buildsys.yamlsource import Located, YamlError, load_yaml
 
 Path_ = tuple[str | int, ...]
 RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
-SECTION_KEYS = ("build", "push", "pull")
 DOCKER_BUILD_NAMES = frozenset(
     {
         "build_docker_image",
@@ -72,7 +72,7 @@ def parse_project(text: str, *, file: str, root: Path, strict: bool = False) -> 
     except YamlError as exc:
         raise ProjectError(exc.diagnostics()) from None
     _check_kind(doc)
-    problems = list(_schema_problems(doc, strict))
+    problems = list(schema_problems(doc, strict))
     if any(p.is_error for p in problems):
         raise ProjectError(_sorted(problems))
     loader = _Narrower(doc, root, problems)
@@ -125,184 +125,6 @@ def _check_kind(doc: Located) -> None:
                 )
             ]
         )
-
-
-# --- schema validation ----------------------------------------------------------------------------
-
-_VALIDATOR: Any = None
-
-
-def project_schema() -> dict[str, Any]:
-    import json
-    from importlib.resources import files
-
-    data: dict[str, Any] = json.loads(files("buildsys.schemas").joinpath("project.schema.json").read_text())
-    return data
-
-
-def _validator() -> Any:
-    global _VALIDATOR
-    if _VALIDATOR is None:
-        from jsonschema import Draft202012Validator
-
-        _VALIDATOR = Draft202012Validator(project_schema())
-    return _VALIDATOR
-
-
-def _schema_problems(doc: Located, strict: bool) -> list[Diagnostic]:
-    if doc.value is None:
-        return []
-    try:
-        validator = _validator()
-    except (FileNotFoundError, ModuleNotFoundError):  # schemas not installed: structural checks only
-        return []
-    out: list[Diagnostic] = []
-    for error in validator.iter_errors(doc.value):
-        out.extend(_diagnose(error, doc, strict))
-    return _dedupe(out)
-
-
-def _dedupe(items: list[Diagnostic]) -> list[Diagnostic]:
-    seen: set[tuple[object, ...]] = set()
-    out = []
-    for d in items:
-        k = (d.severity, d.message, d.location, d.path)
-        if k not in seen:
-            seen.add(k)
-            out.append(d)
-    return out
-
-
-def _diagnose(error: Any, doc: Located, strict: bool) -> list[Diagnostic]:
-    from buildsys.suggest import did_you_mean
-
-    path: Path_ = tuple(error.absolute_path)
-    if error.validator in ("anyOf", "oneOf") and error.context:
-        # Report the alternative that got furthest into the value: the most specific problem.
-        best = max(error.context, key=lambda e: (len(e.absolute_path), -len(e.schema_path)))
-        if len(best.absolute_path) > len(path) or best.validator == "additionalProperties":
-            return _diagnose(best, doc, strict)
-    where = doc.loc(path)
-    shown = describe_path(doc.value, path)
-    if error.validator == "additionalProperties":
-        known = sorted((error.schema.get("properties") or {}).keys())
-        instance = error.instance if isinstance(error.instance, dict) else {}
-        extras = [k for k in instance if k not in known and not _pattern_allows(error.schema, k)]
-        severity = "error" if strict or error.schema.get("x-unknown-keys") == "error" else "warning"
-        out = []
-        for key in extras:
-            key_path = (*path, key)
-            out.append(
-                Diagnostic(
-                    severity,
-                    f"unknown key {key!r}" + (" (ignored)" if severity == "warning" else ""),
-                    doc.loc(key_path),
-                    describe_path(doc.value, key_path),
-                    did_you_mean(str(key), known) or f"known keys here: {', '.join(known)}",
-                )
-            )
-        return out
-    hint = None
-    message = error.message
-    custom = error.schema.get("x-message") if isinstance(error.schema, dict) else None
-    if error.validator == "type" and error.instance is None and len(path) >= 3 and path[-3] in SECTION_KEYS:
-        name = path[-1]
-        return [
-            Diagnostic(
-                "error",
-                f"step {name!r} has no inputs mapping (Prefect crashes on this)",
-                where,
-                shown,
-                f"write `- {name}: {{}}` for a step without inputs",
-            )
-        ]
-    if error.validator == "not" and path and path[-1] in ("schedule", "schedules"):
-        return [
-            Diagnostic(
-                "error",
-                "both `schedule` and `schedules` are set",
-                where,
-                shown,
-                "move the `schedule` item into the `schedules` list (`schedule` is deprecated)",
-            )
-        ]
-    if custom:
-        return [Diagnostic("error", str(custom), where, shown, None)]
-    if error.validator == "not":
-        message = f"{_short(error.instance)} is not allowed here"
-    if error.validator == "type":
-        expected = error.validator_value
-        expected_list = expected if isinstance(expected, list) else [expected]
-        got = error.instance
-        if "string" in expected_list and isinstance(got, bool | int | float):
-            hint = f'quote it: "{_yaml_scalar(got)}" (YAML reads {_yaml_scalar(got)} as {_article(_type_name(got))})'
-        message = f"expected {' or '.join(expected_list)}, got {_type_name(got)}" + (
-            f" {_short(got)}" if got is not None else ""
-        )
-    elif error.validator == "required":
-        message = error.message.replace("is a required property", "is required")
-    elif error.validator == "enum":
-        message = f"{_short(error.instance)} is not one of {', '.join(map(repr, error.validator_value))}"
-        guess = did_you_mean(str(error.instance), [str(v) for v in error.validator_value])
-        hint = guess
-    elif error.validator in ("maxProperties", "minProperties") and _is_step_path(path):
-        message = "a step must be a mapping with exactly one key: the step's name"
-        hint = "indent the step's inputs under its name"
-    return [Diagnostic("error", message, where, shown, hint)]
-
-
-def _pattern_allows(schema: Mapping[str, Any], key: str) -> bool:
-    import re
-
-    return any(re.search(p, key) for p in (schema.get("patternProperties") or {}))
-
-
-def _is_step_path(path: Path_) -> bool:
-    return len(path) >= 2 and path[-2] in ("build", "push", "pull")
-
-
-def _type_name(value: object) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
-
-
-def _article(word: str) -> str:
-    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
-
-
-def _yaml_scalar(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def describe_path(data: Any, path: Path_) -> str:
-    """The document path with list items named by their name or step id: deployments[etl].build[0]."""
-    out = ""
-    cur = data
-    for part in path:
-        if isinstance(part, int):
-            label = str(part)
-            item = cur[part] if isinstance(cur, list) and part < len(cur) else None
-            if isinstance(item, dict):
-                if isinstance(item.get("name"), str):
-                    label = item["name"]
-                elif len(item) == 1:
-                    (step_name, body), = item.items()
-                    sid = body.get("id") if isinstance(body, dict) else None
-                    label = f"{part}: {sid or str(step_name).rsplit('.', 1)[-1]}"
-            out += f"[{label}]"
-            cur = item
-        else:
-            out += f".{part}" if out else str(part)
-            cur = cur.get(part) if isinstance(cur, dict) else None
-    return out or "(top level)"
 
 
 # --- narrowing into the model ---------------------------------------------------------------------
