@@ -71,11 +71,35 @@ def render_change(change: ResourceChange, style: Styler) -> list[str]:
         head += f" (owner: {change.previous_owner} → {change.owner})"
     lines = [style(head, _COLOUR[change.action])]
     if change.action == "create":
-        lines += [f"    {f.path}: {show(f.new, f.path)}" for f in change.fields]
+        for f in change.fields:
+            shown = template_summary(change) if f.path == "base_job_template" else None
+            lines.append(f"    {f.path}: {shown or show(f.new, f.path)}")
     elif change.action == "update":
         lines += [f"    {field_line(f)}" for f in change.fields]
     lines.append("")
     return lines
+
+
+def template_summary(change: ResourceChange) -> str | None:
+    """A new pool's template said as "the type's default" plus what differs, not 1,500 characters."""
+    from buildsys.errors import BuildsysError
+    from buildsys.plan import diff
+    from buildsys.pools import default_job_template
+
+    spec = change.spec or {}
+    try:
+        default = default_job_template(str(spec.get("type")))
+    except BuildsysError:
+        return None
+    changed = [
+        f.path.removeprefix("base_job_template.")
+        for f in diff("base_job_template", default, spec.get("base_job_template"))
+    ]
+    if not changed:
+        return f"(the {spec.get('type')} default)"
+    if len(changed) > 8:
+        return None
+    return f"(the {spec.get('type')} default, changed: {', '.join(changed)})"
 
 
 def field_line(f: FieldChange) -> str:

@@ -252,7 +252,12 @@ def test_plan_json_follows_its_schema() -> None:
     want = dep(tags=[UNKNOWN])
     plans = [
         plan(state(want), [], serial=0),
-        plan(state(want), [stored(dep(tags=["x"]), owner="other"), stored(dep("etl/gone"))], serial=2, prune=True),
+        plan(
+            state(want),
+            [stored(dep(tags=["x"]), owner="other"), stored(dep("etl/gone"))],
+            serial=2,
+            prune=True,
+        ),
         plan(state(), [], serial=0),
     ]
     for p in plans:
@@ -260,3 +265,31 @@ def test_plan_json_follows_its_schema() -> None:
         assert errors == []
     broken = {**json.loads(plans[0].to_json()), "serial": -1}
     assert [e.message for e in validator.iter_errors(broken)] == ["-1 is less than the minimum of 0"]
+
+
+def test_new_pool_template_is_summarised_against_the_type_default() -> None:
+    from buildsys.pools import base_job_template, default_job_template
+
+    default = DesiredResource(
+        "pool",
+        "a",
+        {"type": "process", "base_job_template": default_job_template("process")},
+        frozenset({"type", "base_job_template"}),
+    )
+    tuned = DesiredResource(
+        "pool",
+        "b",
+        {"type": "docker", "base_job_template": base_job_template("docker", {"image": "python:3.12"})},
+        frozenset({"type", "base_job_template"}),
+    )
+    assert render_plan(plan(DesiredState("demo", {}, (default, tuned)), [], serial=0)) == (
+        "+ create pool a\n"
+        '    type: "process"\n'
+        "    base_job_template: (the process default)\n"
+        "\n"
+        "+ create pool b\n"
+        '    type: "docker"\n'
+        "    base_job_template: (the docker default, changed: variables.properties.image.default)\n"
+        "\n"
+        "Plan: 2 to add, 0 to change, 0 to destroy.\n"
+    )
