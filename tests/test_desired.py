@@ -121,6 +121,8 @@ def test_project_identity_precedence(tmp_path: Path) -> None:
 def test_credentials_are_stripped_from_remote_urls() -> None:
     assert strip_credentials("https://user:tok@github.com/a/b.git") == "https://github.com/a/b.git"
     assert strip_credentials("git@github.com:a/b.git") == "git@github.com:a/b.git"
+    assert strip_credentials("postgresql://app:pw@db:5432/state") == "postgresql://db:5432/state"
+    assert strip_credentials(".buildsys/state.db") == ".buildsys/state.db"
 
 
 # --- spec fields --------------------------------------------------------------------------------

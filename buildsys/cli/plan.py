@@ -81,10 +81,12 @@ def make_plan(
     from buildsys.desired import read_desired
     from buildsys.plan import plan as compute
     from buildsys.reconcile import snapshot
+    from buildsys.revision import strip_credentials
 
     _, desired = read_desired(app.project_file, ref=ref, select=list(select) or None, outputs=outputs)
     serial, actual = snapshot(store)
-    return compute(desired, actual, serial=serial, prune=prune, store=app.state)
+    # the URL goes into plan files and CI logs: never with a password or token in it
+    return compute(desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state))
 
 
 def show_plan(app: App, result: Plan) -> None:
