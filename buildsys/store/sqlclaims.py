@@ -77,25 +77,33 @@ def claim_runs(
     lease_seconds: float,
     wait: float,
 ) -> list[FlowRun]:
+    """Claim now, or wait (polling cheaply) up to `wait` seconds for something to claim.
+
+    Waiting never writes unless a run is due: on SQLite it watches `PRAGMA data_version` (changes
+    when another connection commits) and the next scheduled time; on PostgreSQL it polls a
+    one-row query. A claim that finds only blocked runs (paused queue, full limit) backs off.
+    """
     deadline = time.monotonic() + max(0.0, wait)
     token = db.change_token() if wait > 0 else None  # before the attempt: no commit slips between
-    claimed = claim_once(db, pool, worker, queues, limit, lease_seconds)
+    claimed = claim_once(db, pool, worker, queues, limit, lease_seconds, record=True)
     if claimed or wait <= 0 or limit <= 0:
         return claimed
-    interval = POLL_INTERVAL_S if db.name == "sqlite" else POLL_INTERVAL_REMOTE_S
+    base = POLL_INTERVAL_S if db.name == "sqlite" else POLL_INTERVAL_REMOTE_S
+    interval = base
     next_due = _next_due(db, pool)
     while time.monotonic() < deadline:
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         fresh = db.change_token()
-        due = next_due is not None and next_due <= now()
-        if fresh == token and not due and db.name == "sqlite":
-            continue
-        if db.name != "sqlite" and not due and not _has_due(db, pool):
+        if fresh == token and fresh is not None and not (next_due is not None and next_due <= now()):
             continue
         token = fresh
-        claimed = claim_once(db, pool, worker, queues, limit, lease_seconds)
+        if not _has_due(db, pool):
+            next_due = _next_due(db, pool)
+            continue
+        claimed = claim_once(db, pool, worker, queues, limit, lease_seconds, record=False)
         if claimed:
             return claimed
+        interval = min(interval * 2, 0.5)
         next_due = _next_due(db, pool)
     return []
 
@@ -120,11 +128,20 @@ def _has_due(db: Database, pool: str) -> bool:
 
 
 def claim_once(
-    db: Database, pool: str, worker: str, queues: Sequence[str] | None, limit: int, lease_seconds: float
+    db: Database,
+    pool: str,
+    worker: str,
+    queues: Sequence[str] | None,
+    limit: int,
+    lease_seconds: float,
+    *,
+    record: bool,
 ) -> list[FlowRun]:
+    """One claim transaction; `record` also notes the worker as alive (a claim is a heartbeat)."""
     moment = now()
     with db.tx(write=True) as tx:
-        record_worker(tx, pool, worker, moment)
+        if record:
+            record_worker(tx, pool, worker, moment)
         if limit <= 0 or (queues is not None and not queues):
             return []
         rules = _pool_rules(tx, pool)
@@ -142,6 +159,8 @@ def claim_once(
         chosen = _choose(candidates, room, limit)
         if not chosen:
             return []
+        if not record:
+            record_worker(tx, pool, worker, moment)
         tx.many(
             "UPDATE flow_runs SET state = ?, state_name = 'Pending', state_message = NULL, worker = ?, "
             "lease_expires_at = ? WHERE id = ? AND state = ?",
