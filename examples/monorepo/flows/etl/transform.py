@@ -1,0 +1,3 @@
+def transform(table: str = "orders") -> str:
+    print(f"transformed {table}")
+    return table
