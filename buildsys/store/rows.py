@@ -50,6 +50,16 @@ def dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def check_json(value: Any, what: str) -> None:
+    """StateError when `value` cannot be stored as JSON (sets, objects, NaN …)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        from buildsys.errors import StateError
+
+        raise StateError(f"{what} cannot be stored: it is not plain JSON ({exc})") from exc
+
+
 def load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 

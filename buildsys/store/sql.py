@@ -17,7 +17,7 @@ from buildsys.store import sqlclaims, sqlruns
 from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
 from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, now
 from buildsys.store.migrations import migrate
-from buildsys.store.rows import RESOURCE_COLUMNS, dump, indexed_columns, resource_from_row
+from buildsys.store.rows import RESOURCE_COLUMNS, check_json, dump, indexed_columns, resource_from_row
 from buildsys.store.snapshot import export_store, import_store
 from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
 
@@ -222,6 +222,8 @@ def _check_shapes(changes: Sequence[Change]) -> None:
             raise StateError(f"a {change.kind} change has no name")
         if change.action != "delete" and not isinstance(change.spec, Mapping):
             raise StateError(f"{label}: the change carries no spec")
+        check_json(change.spec, f"the spec of {change.kind} {change.name!r}")
+        check_json(change.source, f"the source of {change.kind} {change.name!r}")
         key = (change.kind, change.name)
         if key in seen:
             raise StateError(f"{change.kind} {change.name!r} appears more than once in one apply")

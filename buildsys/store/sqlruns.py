@@ -13,6 +13,7 @@ from buildsys.store.rows import (
     LOG_COLUMNS,
     RUN_COLUMNS,
     RUN_FIELDS,
+    check_json,
     log_from_row,
     run_from_row,
     run_name,
@@ -40,6 +41,8 @@ def create_run(
     auto_scheduled: bool,
     tags: Sequence[str],
 ) -> FlowRun:
+    check_json(dict(parameters or {}), "the run's parameters")
+    check_json(dict(job_variables or {}), "the run's job variables")
     with db.tx(write=True) as tx:
         row = tx.one("SELECT id, spec FROM resources WHERE kind = 'deployment' AND name = ?", (deployment,))
         if row is None:

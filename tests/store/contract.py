@@ -72,6 +72,10 @@ class StoreContract:
     """Every transport passes these. Subclasses provide the `store` fixture."""
 
     # --- desired state ---------------------------------------------------------------------
+    def test_it_is_a_state_store(self, store: StateStore) -> None:
+        assert isinstance(store, StateStore)
+        assert isinstance(store.url, str) and store.url
+
     def test_a_new_store_is_empty_at_serial_zero(self, store: StateStore) -> None:
         assert store.serial() == 0
         assert store.list_resources() == []

@@ -16,7 +16,7 @@ from buildsys.store import open_store
 from buildsys.store.base import Change
 from buildsys.store.migrations import LATEST
 from buildsys.store.sql import SqlStore
-from tests.store.contract import StoreContract, create, deployment_spec, pool_spec
+from tests.store.contract import StoreContract, create, deployment_spec, pool_spec, seed
 
 
 class TestSqliteContract(StoreContract):
@@ -109,6 +109,20 @@ def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="is a directory, not a file"):
         SqlStore.sqlite(tmp_path)
+
+
+def test_values_that_are_not_json_are_refused(tmp_path: Path) -> None:
+    with SqlStore.sqlite(tmp_path / "state.db") as store:
+        seed(store, nightly={})
+        with pytest.raises(StateError) as err:
+            store.apply([create("variable", "v", {"value": float("nan")})], expected_serial=1)
+        assert err.value.message == (
+            "the spec of variable 'v' cannot be stored: it is not plain JSON "
+            "(Out of range float values are not JSON compliant)"
+        )
+        with pytest.raises(StateError, match="the run's parameters cannot be stored: it is not plain JSON"):
+            store.create_run("etl/nightly", parameters={"when": {1, 2}})
+        assert (store.serial(), store.get_resource("variable", "v"), store.list_runs()) == (1, None, [])
 
 
 def test_bulk_apply_and_list_are_fast(tmp_path: Path) -> None:
