@@ -19,8 +19,9 @@ from typing import Any
 from buildsys.cache import Cache, FileSet, key_of, secret_digest
 from buildsys.errors import BuildsysError, Diagnostic, ProjectError, StepError, TemplateError
 from buildsys.graph import StepGraph, StepNode, build_graph
-from buildsys.model import Project, StepSpec
+from buildsys.model import Project
 from buildsys.reporter import Event, NullReporter, Reporter
+from buildsys.schema import check_inputs
 from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render
 
@@ -379,49 +380,6 @@ def _changed_keys(old: Any, new: Any) -> list[str]:
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return []
-
-
-def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
-    """Validate a step's (un-rendered) inputs against the step's schema; located, with did-you-mean."""
-    from jsonschema import Draft202012Validator
-
-    from buildsys.suggest import did_you_mean
-
-    schema = {k: v for k, v in stepdef.schema.items() if not k.startswith("x-")}
-    out: list[Diagnostic] = []
-    for err in Draft202012Validator(schema).iter_errors(dict(spec.inputs)):
-        if err.validator == "additionalProperties":
-            known = sorted((err.schema.get("properties") or {}).keys())
-            extras = [k for k in (err.instance or {}) if k not in known]
-            for k in extras:
-                out.append(
-                    Diagnostic(
-                        "error",
-                        f"step {spec.name} has no input {k!r}",
-                        spec.location,
-                        f"{spec.path}.{k}",
-                        did_you_mean(k, known) or f"its inputs are: {', '.join(known)}",
-                    )
-                )
-            continue
-        where = ".".join(str(p) for p in err.absolute_path)
-        hint = None
-        if err.validator == "required":
-            hint = f"`buildsys steps show {stepdef.name}` lists its inputs"
-        if any(p.kind != "output" for p in placeholders(err.instance)) or (
-            isinstance(err.instance, str) and "{{" in err.instance
-        ):
-            continue  # a template: checked when rendered
-        out.append(
-            Diagnostic(
-                "error",
-                f"step {spec.name}: {err.message}",
-                spec.location,
-                f"{spec.path}.{where}" if where else spec.path,
-                hint,
-            )
-        )
-    return out
 
 
 def build(

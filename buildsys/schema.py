@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from buildsys.errors import Diagnostic
+from buildsys.model import StepSpec
+from buildsys.step import StepDef
+from buildsys.templating import placeholders
 from buildsys.yamlsource import Located
 
 Path_ = tuple[str | int, ...]
@@ -190,3 +193,46 @@ def describe_path(data: Any, path: Path_) -> str:
             out += f".{part}" if out else str(part)
             cur = cur.get(part) if isinstance(cur, dict) else None
     return out or "(top level)"
+
+
+def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
+    """Validate a step's (un-rendered) inputs against the step's schema; located, with did-you-mean."""
+    from jsonschema import Draft202012Validator
+
+    from buildsys.suggest import did_you_mean
+
+    schema = {k: v for k, v in stepdef.schema.items() if not k.startswith("x-")}
+    out: list[Diagnostic] = []
+    for err in Draft202012Validator(schema).iter_errors(dict(spec.inputs)):
+        if err.validator == "additionalProperties":
+            known = sorted((err.schema.get("properties") or {}).keys())
+            extras = [k for k in (err.instance or {}) if k not in known]
+            for k in extras:
+                out.append(
+                    Diagnostic(
+                        "error",
+                        f"step {spec.name} has no input {k!r}",
+                        spec.location,
+                        f"{spec.path}.{k}",
+                        did_you_mean(k, known) or f"its inputs are: {', '.join(known)}",
+                    )
+                )
+            continue
+        where = ".".join(str(p) for p in err.absolute_path)
+        hint = None
+        if err.validator == "required":
+            hint = f"`buildsys steps show {stepdef.name}` lists its inputs"
+        if any(p.kind != "output" for p in placeholders(err.instance)) or (
+            isinstance(err.instance, str) and "{{" in err.instance
+        ):
+            continue  # a template: checked when rendered
+        out.append(
+            Diagnostic(
+                "error",
+                f"step {spec.name}: {err.message}",
+                spec.location,
+                f"{spec.path}.{where}" if where else spec.path,
+                hint,
+            )
+        )
+    return out

@@ -51,7 +51,7 @@ def all_steps(project: Project) -> list[StepSpec]:
 
 def check_steps(project: Project) -> list[Diagnostic]:
     from buildsys import registry
-    from buildsys.engine import check_inputs
+    from buildsys.schema import check_inputs
 
     out: list[Diagnostic] = []
     for spec in all_steps(project):
