@@ -123,7 +123,7 @@ def _check_references(runs: list[FlowRun], logs: list[LogLine]) -> None:
 
 def check_document(data: object) -> None:
     """Raise StateError naming the first problem when `data` is not a valid export document."""
-    errors = sorted(_validator("export").iter_errors(data), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator("export").iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(top level)"
@@ -156,7 +156,7 @@ def schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def _validator(name: str) -> Any:
+def validator(name: str) -> Any:
     """A validator for one state schema that resolves references to the others."""
     import jsonschema
     from referencing import Registry, Resource
