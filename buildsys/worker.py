@@ -196,6 +196,10 @@ class Worker:
             self._stopping.set()
             housekeeping.join()
             self._logs.stop()
+            for infra in self._infra_cache.values():
+                close = getattr(infra, "close", None)
+                if callable(close):
+                    close()
             self.notify(f"Worker {self.name!r} stopped.")
 
     def stop(self) -> None:
