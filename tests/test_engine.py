@@ -212,3 +212,16 @@ def test_concurrent_builds_do_not_corrupt_the_cache(project_dir: Path) -> None:
     for out, _ in outs:
         events = [json.loads(line) for line in out.splitlines()]
         assert events[-1]["event"] == "summary"
+
+
+def test_requires_never_installs_by_default_and_prints_the_command(project_dir: Path) -> None:
+    from buildsys.errors import ProjectError
+
+    (project_dir / "prefect.yaml").write_text(
+        "build:\n  - acme_steps.deploy.ship:\n      requires: acme-steps>=1.2\n      target: prod\n"
+    )
+    with pytest.raises(ProjectError) as info:
+        run(project_dir)
+    (d,) = info.value.diagnostics()
+    assert d.message == "unknown step 'acme_steps.deploy.ship'"
+    assert d.hint == "it is not installed; install it with: pip install 'acme-steps>=1.2' (or pass --install-requires)"
