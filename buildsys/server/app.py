@@ -51,10 +51,13 @@ def create_app(
     settings = settings or Settings()
     services = Services(store, poll_interval=settings.poll_interval)
     validators = {name: _validator(name) for name in COMPONENTS}
-    routes = [
-        Route(ep.path, _endpoint(ep, services, authenticator, settings, validators), methods=[ep.method])
-        for ep in ENDPOINTS
-    ]
+    by_path: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = _endpoint(
+            ep, services, authenticator, settings, validators
+        )
+    # one route per path, so a wrong method gets 405 with the path's whole Allow list
+    routes = [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -74,6 +77,16 @@ def create_app(
     )
 
 
+def _by_method(
+    handlers: dict[str, Callable[[Request], Coroutine[Any, Any, Response]]],
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
+
+
 def _validator(name: str) -> Draft202012Validator:
     root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": COMPONENTS}}
     return Draft202012Validator(root)
@@ -91,7 +104,7 @@ def _endpoint(
             if ep.scope is not None and authenticator is not None:
                 await _authorize(request, ep.scope, authenticator)
             body = await _body(request, ep, settings, validators)
-            query = {p.name: p.parse(request.query_params.getlist(p.name)) for p in ep.query}
+            query = _query(request, ep)
             path = {k: str(v) for k, v in request.path_params.items()}
             _reject_nul(path, "path")
             _reject_nul(query, "query")
@@ -104,6 +117,17 @@ def _endpoint(
 
     handle.__name__ = ep.operation_id
     return handle
+
+
+def _query(request: Request, ep: Endpoint) -> dict[str, Any]:
+    known = {p.name for p in ep.query}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise ApiError(
+            422, "invalid_request", f"unknown query parameter {unknown[0]!r} (accepted: {accepted})"
+        )
+    return {p.name: p.parse(request.query_params.getlist(p.name)) for p in ep.query}
 
 
 async def _authorize(request: Request, scope: str, authenticator: Authenticator) -> None:
@@ -123,12 +147,11 @@ async def _body(
         return None
     raw = await _read_limited(request, settings.max_body_bytes)
     if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as exc:
-            raise ApiError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
+        raise ApiError(400, "bad_json", "the request body is empty; this call takes a JSON object")
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
     error = best_match(validators[ep.body].iter_errors(data))
     if error is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
@@ -203,7 +226,9 @@ async def _http_exception(request: Request, exc: HTTPException) -> Response:
     message = (
         f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
     )
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+    response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+    response.headers.update(exc.headers or {})  # 405 keeps its Allow header
+    return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -156,6 +156,8 @@ def test_bad_bodies_get_clear_4xx(client: httpx.Client, body: bytes, status: int
         (f"{API}/pools?limit=0", "query parameter limit must be >= 1"),
         (f"{API}/pools?limit=1001", "query parameter limit must be <= 1000"),
         (f"{API}/pools?offset=x", "query parameter offset must be an integer"),
+        (f"{API}/pools?limt=5", "unknown query parameter 'limt' (accepted: limit, offset)"),
+        (f"{API}/serial?x=1", "unknown query parameter 'x' (accepted: none)"),
         (
             f"{API}/runs?state=DONE",
             "query parameter state: 'DONE' is not one of SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, CRASHED, CANCELLING, PAUSED",
