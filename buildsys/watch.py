@@ -1,0 +1,357 @@
+"""Watch mode: file changes → one build cycle (build, re-validate, plan, apply, run) per burst.
+
+The engine's cache decides what reruns, so a cycle costs only the steps a change affects. Changes
+that are not the user's never start a cycle: `.git`, `.buildsys/`, virtualenvs, caches, and what
+the steps themselves wrote (the paths they return as outputs, and files written while they ran).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.errors import BuildsysError
+from buildsys.reporter import NullReporter, Reporter
+
+__all__ = ["IGNORED_DIRS", "Cycle", "StepRun", "WatchFilter", "Watcher", "output_paths", "redirected_outputs",
+           "render_cycle"]
+
+IGNORED_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".buildsys", "__pycache__", ".venv", ".tox", ".nox", ".mypy_cache",
+    ".pytest_cache", ".ruff_cache", ".hypothesis", ".idea", "node_modules",
+})
+_IGNORED_NAMES = re.compile(r"(\.py[cod]|\.sw.|~|\.DS_Store|\.___jb_...___)$|^\.#|^4913$")
+# Output keys whose values are paths a step created (git_clone's directory, a written file…).
+PATH_KEYS = frozenset({"path", "paths", "directory", "dir", "file", "files", "output", "outputs"})
+_CHANGE_MARK = {1: "+", 2: "~", 3: "-"}  # watchfiles.Change: added, modified, deleted
+
+
+@dataclass(frozen=True)
+class StepRun:
+    label: str
+    status: str  # ran | cached | failed | skipped
+    reason: str
+    duration: float
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one cycle saw and did."""
+
+    number: int
+    changed: tuple[str, ...]  # "~ src/app.py", "+ new.py", "- old.py"
+    revalidated: bool = False
+    problems: tuple[str, ...] = ()
+    steps: tuple[StepRun, ...] = ()
+    plan: str | None = None  # "2 to add, 0 to change, 0 to destroy"
+    applied: int | None = None
+    run: str | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def reran(self) -> tuple[StepRun, ...]:
+        return tuple(s for s in self.steps if s.status != "cached")
+
+
+class WatchFilter:
+    """Decides which paths may start a cycle; callable as a watchfiles `watch_filter`."""
+
+    def __init__(self, root: Path, *, own_files: Iterable[tuple[int, int]] = ()) -> None:
+        self.root = root.resolve()
+        self.own_files = frozenset(own_files)  # (st_dev, st_ino) of files this process writes (a log)
+        self._venvs: dict[Path, bool] = {}
+        self._outputs: set[str] = set()  # relative paths (files or folders) steps produced
+        self._written: dict[str, tuple[int, int]] = {}  # path → (mtime_ns, size) a step left it with
+        self._window: tuple[int, int] | None = None  # wall-clock ns bounds of the last build
+        self._lock = threading.Lock()
+
+    def __call__(self, change: Any, path: str) -> bool:
+        return self.reason(Path(path)) is None
+
+    def reason(self, path: Path) -> str | None:
+        """Why a change to ``path`` is not the user's, or None when it should start a cycle."""
+        try:
+            rel = path.resolve().relative_to(self.root) if path.is_absolute() else path
+        except ValueError:
+            return "outside the project"
+        parts = rel.parts
+        if any(p in IGNORED_DIRS for p in parts[:-1]) or (parts and parts[-1] in IGNORED_DIRS):
+            return "ignored folder"
+        if parts and _IGNORED_NAMES.search(parts[-1]):
+            return "editor or bytecode file"
+        if self._in_virtualenv(parts):
+            return "virtualenv"
+        if self.own_files and _inode(self.root / rel) in self.own_files:
+            return "buildsys's own output"
+        return self._step_written(rel.as_posix())
+
+    def _in_virtualenv(self, parts: tuple[str, ...]) -> bool:
+        current = self.root
+        for part in parts:  # the last part too: a virtualenv folder being created is one
+            current = current / part
+            known = self._venvs.get(current)
+            if known is None:
+                known = self._venvs[current] = (current / "pyvenv.cfg").is_file()
+            if known:
+                return True
+        return False
+
+    def _step_written(self, rel: str) -> str | None:
+        with self._lock:
+            if any(rel == out or rel.startswith(out + "/") for out in self._outputs):
+                return "a step's output"
+            stat = _stat(self.root / rel)
+            if stat is not None and self._written.get(rel) == stat:
+                return "written by a step"
+            window = self._window
+        if stat is not None and window is not None and window[0] <= _mtime(self.root / rel) <= window[1]:
+            with self._lock:
+                self._written[rel] = stat
+            return "written by a step"
+        return None
+
+    def build_started(self) -> None:
+        with self._lock:
+            self._window = (time.time_ns(), 2**63)
+
+    def build_finished(self, outputs: Iterable[str]) -> None:
+        """Remember what the build produced; files changed during it are attributed to its steps."""
+        with self._lock:
+            start = self._window[0] if self._window else time.time_ns()
+            self._window = (start, time.time_ns())
+            self._outputs = {o for o in outputs if o not in ("", ".")}
+
+    def forget_window(self) -> None:
+        with self._lock:
+            self._window = None
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def redirected_outputs() -> set[tuple[int, int]]:
+    """The files stdout/stderr are redirected to (`buildsys watch > watch.log` must not loop)."""
+    import os
+    import stat
+
+    found: set[tuple[int, int]] = set()
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def output_paths(outputs: Iterable[Mapping[str, Any]], root: Path, cwd: Path | None = None) -> set[str]:
+    """Paths inside ``root`` that step outputs name under path-like keys (relative, posix)."""
+    found: set[str] = set()
+    base = (cwd or root).resolve()
+    root = root.resolve()
+    for values in outputs:
+        for key, value in values.items():
+            if key not in PATH_KEYS:
+                continue
+            for text in _strings(value):
+                candidate = (base / text).resolve()
+                if candidate != root and candidate.is_relative_to(root) and candidate.exists():
+                    found.add(candidate.relative_to(root).as_posix())
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and value and "\n" not in value:
+        yield value
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+@dataclass
+class Watcher:
+    """Runs cycles for a project. `cycle()` is one cycle; `watch()` loops on file changes."""
+
+    project_file: Path
+    open_store: Callable[[], Any] | None = None  # needed for plan/apply/run
+    apply: bool = False
+    run: str | None = None
+    reporter: Reporter = field(default_factory=NullReporter)
+    debounce_ms: int = 1600
+    step_ms: int = 50
+    own_files: frozenset[tuple[int, int]] = frozenset()
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.project_file = self.project_file.resolve()
+        self.root = self.project_file.parent
+        self.filter = WatchFilter(self.root, own_files=self.own_files)
+
+    def watch(self, on_cycle: Callable[[Cycle], None], *, stop: threading.Event | None = None,
+              initial: bool = True) -> None:
+        """An initial cycle, then one per burst of changes until ``stop`` is set (Ctrl-C raises
+        KeyboardInterrupt). Watching starts before the initial cycle, so no change is missed."""
+        for changes in self._bursts(stop, on_ready=lambda: on_cycle(self.cycle(())) if initial else None):
+            mine = sorted(f"{_CHANGE_MARK.get(c, '~')} {self._rel(p)}" for c, p in changes)
+            if mine:
+                on_cycle(self.cycle(tuple(mine)))
+
+    def _bursts(self, stop: threading.Event | None, on_ready: Callable[[], None]) -> Iterator[set[tuple[int, str]]]:
+        """watchfiles' watch loop, with a hook once the OS watch is in place (watchfiles.watch only
+        starts watching at the first `next()`, after which an initial build could miss changes)."""
+        from watchfiles.main import RustNotify  # type: ignore[attr-defined]
+
+        with RustNotify([str(self.root)], False, False, 300, True, False) as notify:
+            on_ready()
+            while True:
+                raw = notify.watch(self.debounce_ms, self.step_ms, 5000, stop)
+                if raw == "signal":
+                    raise KeyboardInterrupt
+                if raw == "stop":
+                    return
+                if raw == "timeout":
+                    continue
+                # filtered now, while the last build's window is known: its own writes drop out here
+                changes = {(int(c), p) for c, p in raw if self.filter.reason(Path(p)) is None}
+                self.filter.forget_window()
+                if changes:
+                    yield changes
+
+    def _rel(self, path: str) -> str:
+        try:
+            return Path(path).resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return path
+
+    def cycle(self, changed: tuple[str, ...]) -> Cycle:
+        """Build (the cache decides what reruns), then plan, apply and run as configured."""
+        self.count += 1
+        started = time.monotonic()
+        revalidated = any(c[2:] == self.project_file.name for c in changed) or not changed
+        outcome = Cycle(self.count, changed, revalidated)
+        try:
+            outcome = self._build(outcome)
+            if outcome.ok and self.open_store is not None:
+                outcome = self._deploy(outcome)
+        except BuildsysError as exc:
+            outcome = _with(outcome, problems=(*outcome.problems, exc.render()))
+        return _with(outcome, duration=time.monotonic() - started)
+
+    def _build(self, outcome: Cycle) -> Cycle:
+        from buildsys.engine import build
+
+        self.filter.build_started()
+        result = None
+        try:
+            result = build(self.project_file, sections=("build",), reporter=self.reporter)
+        finally:
+            produced = [r.outputs for r in result.results.values()] if result is not None else []
+            self.filter.build_finished(output_paths(produced, self.root))
+        steps = tuple(StepRun(r.label, r.status, r.reason or r.error, r.duration)
+                      for r in sorted(result.results.values(), key=lambda r: r.label))
+        problems = tuple(f"step {r.label} failed: {r.error}" for r in result.results.values()
+                         if r.status == "failed")
+        return _with(outcome, steps=steps, problems=problems)
+
+    def _deploy(self, outcome: Cycle) -> Cycle:
+        from buildsys.cli.plan import cached_outputs
+        from buildsys.desired import read_desired
+        from buildsys.plan import plan as compute
+        from buildsys.reconcile import apply_plan, snapshot
+
+        assert self.open_store is not None
+        store = self.open_store()
+        try:
+            _, desired = read_desired(self.project_file, outputs=cached_outputs)
+            serial, actual = snapshot(store)
+            planned = compute(desired, actual, serial=serial)
+            summary = _plan_summary(planned)
+            outcome = _with(outcome, plan=summary)
+            if self.apply and planned.has_changes:
+                outcome = _with(outcome, applied=apply_plan(store, planned).applied)
+            if self.run is not None:
+                outcome = _with(outcome, run=_start_run(store, self.run))
+        finally:
+            store.close()
+        return outcome
+
+
+def _plan_summary(planned: Any) -> str:
+    data = planned.to_dict()["summary"]
+    if not planned.has_changes:
+        return "no changes"
+    return f"{data['add']} to add, {data['change']} to change, {data['destroy']} to destroy"
+
+
+def _start_run(store: Any, deployment: str) -> str:
+    from buildsys.cli.run import find_deployment
+
+    resource = find_deployment(store, deployment)
+    created = store.create_run(resource.name)
+    return f"started flow run {created.name} ({created.id}) of {created.deployment}"
+
+
+def _with(cycle: Cycle, **changes: Any) -> Cycle:
+    from dataclasses import replace
+
+    return replace(cycle, **changes)
+
+
+def render_cycle(cycle: Cycle, *, apply: bool = False) -> str:
+    """The lines a person reads after each cycle: what changed, what reran and why, how long."""
+    head = "initial build" if not cycle.changed else f"{len(cycle.changed)} change(s)"
+    lines = [f"── cycle {cycle.number}: {head}" + (" (prefect.yaml re-validated)" if cycle.changed and cycle.revalidated else "")]
+    shown = cycle.changed[:10]
+    lines += [f"   {c}" for c in shown]
+    if len(cycle.changed) > len(shown):
+        lines.append(f"   … and {len(cycle.changed) - len(shown)} more")
+    for s in cycle.reran:
+        lines.append(f"   {s.status} {s.label}: {s.reason} ({s.duration:.2f}s)")
+    cached = len(cycle.steps) - len(cycle.reran)
+    if cycle.steps and not cycle.reran:
+        lines.append(f"   nothing to rebuild ({cached} step(s) cached)")
+    elif cached:
+        lines.append(f"   {cached} step(s) cached")
+    lines += [f"   {p}" for p in "\n".join(cycle.problems).splitlines()]
+    if cycle.plan is not None:
+        lines.append(f"   plan: {cycle.plan}")
+    if cycle.applied is not None:
+        lines.append(f"   applied {cycle.applied} change(s)")
+    elif apply and cycle.plan == "no changes":
+        lines.append("   nothing to apply")
+    if cycle.run:
+        lines.append(f"   {cycle.run}")
+    status = "ok" if cycle.ok else "failed (still watching)"
+    lines.append(f"   {status} in {cycle.duration * 1000:.0f} ms")
+    return "\n".join(lines)
+
