@@ -13,7 +13,7 @@ import json
 import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,13 +216,19 @@ def auto_dockerfile(base_image: str, dirname: str, *, has_requirements: bool) ->
 def _context(context: Path, dockerfile: str) -> list[str]:
     from docker.utils.build import exclude_paths
 
+    paths = exclude_paths(str(context), ignore_patterns(context), dockerfile=dockerfile)
+    return sorted(p for p in paths if (context / p).is_file())
+
+
+def ignore_patterns(context: Path) -> list[str]:
+    """The context's ``.dockerignore`` patterns, plus buildsys's own state directory, which must
+    neither reach the image nor make every build look new."""
     ignore = context / ".dockerignore"
     patterns = []
     if ignore.is_file():
         lines = (line.strip() for line in ignore.read_text().splitlines())
         patterns = [line for line in lines if line and not line.startswith("#")]
-    paths = exclude_paths(str(context), patterns, dockerfile=dockerfile)
-    return sorted(p for p in paths if (context / p).is_file())
+    return [*patterns, ".buildsys"]
 
 
 def _relative_to_cwd(ctx: Context, context: Path) -> str:
@@ -267,10 +273,12 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag:
     step_line = ""
     step_output: list[str] = []
     image_id: str | None = None
-    with _docker_errors(ctx, f"building {reference}"):
+    with _docker_errors(ctx, f"building {reference}"), ExitStack() as stack:
         settings = {"rm": True, "forcerm": True, **{k: v for k, v in options.items() if v is not None}}
+        name, archive = _context_archive(plan, dockerfile)
+        stack.callback(archive.close)
         chunks = client.api.build(
-            path=str(plan.context), dockerfile=dockerfile, tag=reference, decode=True, pull=pull,
+            fileobj=archive, custom_context=True, dockerfile=name, tag=reference, decode=True, pull=pull,
             nocache=nocache, **{k: v for k, v in settings.items() if v not in ({}, "")},
         )
         for chunk in chunks:
@@ -286,6 +294,20 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag:
             if isinstance(aux, Mapping) and aux.get("ID"):
                 image_id = str(aux["ID"])
         return image_id or client.images.get(reference).id
+
+
+def _context_archive(plan: BuildPlan, dockerfile: str) -> tuple[str, Any]:
+    """The build context as a tar, filtered exactly like the ``files`` hook; a Dockerfile from
+    outside the context is added under a private name that is itself excluded from ``COPY .``."""
+    from docker.api.build import process_dockerfile
+    from docker.utils.build import tar
+
+    name, content = process_dockerfile(dockerfile, str(plan.context))
+    patterns = ignore_patterns(plan.context)
+    if not (plan.context / ".dockerignore").exists():
+        patterns.append(".dockerignore")  # the SDK may add one to the archive; keep it out of the image
+    archive = tar(str(plan.context), exclude=patterns, dockerfile=(name, content))
+    return str(name), archive
 
 
 def _build_failure(ctx: Context, reference: str, step_line: str, output: list[str], error: str) -> StepError:

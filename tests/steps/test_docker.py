@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +247,44 @@ def test_push_without_credentials_to_a_private_registry(docker_client: Any, regi
         assert err.value.hint == "the registry wants credentials: set credentials (username, password, registry_url)"
     finally:
         docker_client.images.remove(f"{name}:v1", force=True)
+
+
+def test_engine_build_is_cached_while_the_image_exists(docker_client: Any, base_image: str, isolated: Path,
+                                                       image_name: str) -> None:
+    write(isolated, {
+        "prefect.yaml": (
+            "name: docker-demo\n"
+            "build:\n"
+            "  - prefect_docker.deployments.steps.build_docker_image:\n"
+            "      id: img\n"
+            f"      image_name: {image_name}\n"
+            "      dockerfile: auto\n"
+            "deployments:\n"
+            "  - name: d\n"
+            "    entrypoint: flow.py:f\n"
+            "    work_pool: {name: p, job_variables: {image: '{{ img.image }}'}}\n"
+        ),
+        "flow.py": "def f():\n    pass\n",
+        ".dockerignore": "notes.txt\n",
+        "notes.txt": "not in the image\n",
+    })
+
+    def build() -> str:
+        done = subprocess.run([sys.executable, "-m", "buildsys", "build"], cwd=isolated, capture_output=True,
+                              text=True, timeout=300, check=False,
+                              env={**os.environ, "BUILDSYS_DOCKER_BASE_IMAGE": base_image})
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[-1] if lines else ""
+
+    assert build() == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    assert build() == "build ok: 0 ran, 1 cached, 0 failed, 0 not run"
+    (isolated / "notes.txt").write_text("ignored by .dockerignore\n")
+    assert build() == "build ok: 0 ran, 1 cached, 0 failed, 0 not run"
+    (isolated / "flow.py").write_text("def f():\n    return 1\n")
+    assert build() == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    for image in docker_client.images.list(name=image_name):
+        docker_client.images.remove(image.id, force=True)
+    assert build() == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    (image,) = docker_client.images.list(name=image_name)
+    # buildsys's own .buildsys/ state never reaches the image (nor the cache key)
+    assert run_in(docker_client, image.id, "pwd; ls -A") == f"/opt/prefect/{isolated.name}\n.dockerignore\nflow.py\nprefect.yaml\n"

@@ -4,7 +4,9 @@ token auth) and ssh (git's ssh transport through a local stand-in for the ssh cl
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -308,3 +310,63 @@ def test_bad_inputs_are_refused_before_git_runs(inputs: dict[str, object], messa
     assert err.value.message == message
     assert lines == []
     assert list(tmp_path.iterdir()) == []
+
+
+# --- through the engine: `buildsys build` ---------------------------------------------------------
+
+
+def bs(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120, check=False)
+
+
+def summary(done: subprocess.CompletedProcess[str]) -> str:
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def clone_project(root: Path, step: str) -> Path:
+    (root / "prefect.yaml").write_text(
+        f"name: clone-demo\nbuild:\n{step}deployments:\n  - name: d\n    entrypoint: flow.py:f\n"
+    )
+    (root / "flow.py").write_text("def f():\n    pass\n")
+    return root
+
+
+def test_build_reruns_the_clone_only_when_the_branch_moves(git_daemon: GitDaemon, git_repos: GitRepos,
+                                                           isolated: Path) -> None:
+    git_repos.create("flows", {"v.txt": "1\n"})
+    project = clone_project(isolated, (
+        "  - prefect.deployments.steps.git_clone:\n"
+        "      id: clone\n"
+        f"      repository: {git_daemon.url('flows')}\n"
+        "      branch: main\n"
+    ))
+
+    assert summary(bs("build", cwd=project)) == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    assert summary(bs("build", cwd=project)) == "build ok: 0 ran, 1 cached, 0 failed, 0 not run"
+    git_repos.commit("flows", {"v.txt": "2\n"})
+    assert summary(bs("build", cwd=project)) == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    assert (project / "flows-main" / "v.txt").read_text() == "2\n"
+
+
+def test_token_from_the_environment_leaves_no_trace_in_cache_or_output(
+    git_http: GitHttpServer, git_repos: GitRepos, isolated: Path
+) -> None:
+    git_repos.create("private", {"flow.py": "x = 1\n"})
+    project = clone_project(isolated, (
+        "  - git_clone:\n"
+        "      id: clone\n"
+        f"      repository: {git_http.url('private')}\n"
+        '      access_token: "{{ $GIT_TOKEN }}"\n'
+    ))
+
+    first = bs("-v", "build", "--explain", cwd=project, GIT_TOKEN=git_http.token)
+    second = bs("-v", "--json", "build", "--explain", cwd=project, GIT_TOKEN=git_http.token)
+
+    assert summary(first) == "build ok: 1 ran, 0 cached, 0 failed, 0 not run", first.stderr
+    assert (project / "private" / "flow.py").read_text() == "x = 1\n"
+    assert (project / ".buildsys").is_dir()
+    assert files_containing(project, token_forms(git_http.token)) == []
+    for done in (first, second):
+        assert not any(t in done.stdout + done.stderr for t in token_forms(git_http.token))
