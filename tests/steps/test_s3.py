@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,51 @@ def test_unreachable_endpoint_fails_clearly(project: Path) -> None:
         '&prefix=f%2F&encoding-type=url"'
     )
     assert err.value.hint == "check client_parameters.endpoint_url and the network"
+
+
+def test_push_and_pull_through_the_cli(s3_server: S3Server, s3_bucket: str, project: Path, tmp_path: Path) -> None:
+    (project / "prefect.yaml").write_text(
+        "name: s3-demo\n"
+        "push:\n"
+        "  - prefect_aws.deployments.steps.push_to_s3:\n"
+        "      id: push_code\n"
+        f"      bucket: {s3_bucket}\n"
+        "      folder: s3-demo\n"
+        "      credentials:\n"
+        "        aws_access_key_id: '{{ $S3_KEY }}'\n"
+        "        aws_secret_access_key: '{{ $S3_SECRET }}'\n"
+        f"      client_parameters: {{endpoint_url: '{s3_server.endpoint_url}'}}\n"
+        "pull:\n"
+        "  - prefect_aws.deployments.steps.pull_from_s3:\n"
+        f"      bucket: {s3_bucket}\n"
+        "      folder: s3-demo\n"
+        "      credentials:\n"
+        "        aws_access_key_id: '{{ $S3_KEY }}'\n"
+        "        aws_secret_access_key: '{{ $S3_SECRET }}'\n"
+        f"      client_parameters: {{endpoint_url: '{s3_server.endpoint_url}'}}\n"
+        "deployments:\n"
+        "  - name: d\n"
+        "    entrypoint: flows/etl.py:etl\n"
+    )
+    env = {**os.environ, "S3_KEY": s3_server.access_key, "S3_SECRET": s3_server.secret_key}
+
+    def bs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=cwd, capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+
+    pushed = bs("push", cwd=project)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert sorted(s3_server.objects(s3_bucket)) == [
+        "s3-demo/flows/etl.py", "s3-demo/prefect.yaml", "s3-demo/requirements.txt",
+    ]
+    again = bs("push", cwd=project)
+    assert (again.stdout + again.stderr).strip().splitlines()[-1] == "build ok: 0 ran, 1 cached, 0 failed, 0 not run"
+
+    # a fresh machine: only the project file, as a worker would have it
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "prefect.yaml").write_text((project / "prefect.yaml").read_text())
+    pulled = bs("pull", "-d", "d", cwd=run_dir)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (run_dir / "flows" / "etl.py").read_text() == "def etl(): ...\n"
+    assert s3_server.secret_key not in pulled.stdout + pulled.stderr + again.stdout + again.stderr
