@@ -1,0 +1,169 @@
+"""The built wheel is a complete installation: built-in steps under `buildsys.steps`, their entry
+points, the JSON schemas, and a built-in step that runs from it (not from the repository)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+# What the wheel is built from: the fixed top-level layout (README.md only when it exists).
+SOURCES = ("pyproject.toml", "README.md", "buildsys", "steps", "schemas", "recipes")
+NETWORK_FAILURES = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution")
+
+# Runs in `python -S` with PYTHONPATH at the installed wheel only: no site-packages, no repository.
+PROBE = r"""
+import importlib.util, json, os, sys
+from importlib.metadata import distribution, entry_points
+from importlib.resources import files
+from pathlib import Path
+
+import buildsys.steps.shell
+from buildsys import registry
+from buildsys.step import Context
+
+eps = entry_points(group="buildsys.steps")
+schemas = files("buildsys.schemas")
+step = registry.resolve("run_shell_script")
+here = Path.cwd()
+outputs = step(Context(root=here, cwd=here, env=dict(os.environ)), script="echo from-the-wheel\necho second line")
+print(json.dumps({
+    "shell_module": buildsys.steps.shell.__file__,
+    "registry_module": registry.__file__,
+    "dist_files": str(distribution("buildsys").locate_file("")),
+    "entry_points": {ep.name: ep.value for ep in eps},
+    "entry_point_dists": sorted({ep.dist.name for ep in eps}),
+    "step_schemas": sorted(p.name for p in schemas.joinpath("steps").iterdir()),
+    "project_schema_title": json.loads(schemas.joinpath("project.schema.json").read_text()).get("$id"),
+    "step_name": step.name,
+    "step_source": step.source,
+    "step_schema_properties": sorted(step.schema.get("properties", {})),
+    "outputs": outputs,
+    "top_level_steps": importlib.util.find_spec("steps") is not None,
+    "top_level_schemas": importlib.util.find_spec("schemas") is not None,
+}))
+"""
+
+
+def _copy_sources(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".mypy_cache", ".ruff_cache")
+    for name in SOURCES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+
+
+def _can_build_offline() -> bool:
+    """setuptools >= 68 and wheel in this interpreter: build without an isolated environment."""
+    try:
+        setuptools = importlib.metadata.version("setuptools")
+        importlib.metadata.version("wheel")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return int(setuptools.split(".")[0]) >= 68
+
+
+def _build_wheel(src: Path, out: Path) -> Path:
+    cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out)]
+    if _can_build_offline():
+        cmd.append("--no-isolation")
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0:
+        text = proc.stdout + proc.stderr
+        if any(marker in text for marker in NETWORK_FAILURES):
+            pytest.skip("building the wheel needs setuptools>=68 and wheel from PyPI, which is unreachable")
+        pytest.fail(f"python -m build failed ({proc.returncode}):\n{text}")
+    wheels = sorted(out.glob("*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(wheel file, directory it is installed into with `pip install --target`)."""
+    if importlib.util.find_spec("build") is None:
+        pytest.skip("the `build` package (in the [test] extra) is not installed")
+    base = tmp_path_factory.mktemp("wheel")
+    src = base / "src"
+    src.mkdir()
+    _copy_sources(src)
+    wheel = _build_wheel(src, base / "dist")
+    target = base / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return wheel, target
+
+
+def _pyproject() -> dict[str, Any]:
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)
+
+
+@pytest.mark.slow
+def test_wheel_layout_has_only_the_buildsys_package(installed_wheel: tuple[Path, Path]) -> None:
+    wheel, _ = installed_wheel
+    project = _pyproject()["project"]
+    dist_info = f"buildsys-{project['version']}.dist-info"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
+    assert sorted({n.split("/", 1)[0] for n in names}) == ["buildsys", dist_info]
+    # steps/, schemas/ and recipes/ of the repository install under the buildsys namespace
+    for module in ("shell", "workdir", "python", "git", "docker", "s3", "gcs"):
+        assert f"buildsys/steps/{module}.py" in names
+    for schema in sorted((REPO / "schemas" / "steps").glob("*.json")):
+        assert f"buildsys/schemas/steps/{schema.name}" in names
+    assert "buildsys/schemas/project.schema.json" in names
+    assert "[buildsys.steps]" in entry_points
+    assert "[console_scripts]\nbuildsys = buildsys.cli:main" in entry_points
+
+
+@pytest.mark.slow
+def test_builtin_step_runs_from_the_installed_wheel(installed_wheel: tuple[Path, Path], tmp_path: Path) -> None:
+    _, target = installed_wheel
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(target)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", PROBE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    declared = _pyproject()["project"]["entry-points"]["buildsys.steps"]
+    assert found == {
+        "shell_module": str(target / "buildsys" / "steps" / "shell.py"),
+        "registry_module": str(target / "buildsys" / "registry.py"),
+        "dist_files": str(target),
+        "entry_points": declared,
+        "entry_point_dists": ["buildsys"],
+        "step_schemas": sorted(p.name for p in (REPO / "schemas" / "steps").glob("*.json")),
+        "project_schema_title": json.loads((REPO / "schemas" / "project.schema.json").read_text()).get("$id"),
+        "step_name": "run_shell_script",
+        "step_source": "buildsys.steps.shell",
+        "step_schema_properties": sorted(
+            json.loads((REPO / "schemas" / "steps" / "run_shell_script.json").read_text())["properties"]
+        ),
+        "outputs": {"stdout": "from-the-wheel\nsecond line", "stderr": ""},
+        "top_level_steps": False,
+        "top_level_schemas": False,
+    }
