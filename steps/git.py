@@ -107,11 +107,12 @@ def _remote_commit(inputs: Mapping[str, Any], ctx: Context) -> str:
                           bool(inputs.get("include_submodules")), inputs.get("access_token"),
                           inputs.get("credentials"), inputs.get("directories"),
                           inputs.get("clone_directory_name"))
-    ref = spec.branch or "HEAD"
+    # Full ref names: a bare pattern would also match e.g. refs/heads/feature/<branch>.
+    refs = [f"refs/heads/{spec.branch}", f"refs/tags/{spec.branch}"] if spec.branch else ["HEAD"]
     env = {**_git_env(ctx), **auth.env}
-    done = ctx.run(["git", "ls-remote", "--", spec.url, ref], env=env, stream=False, check=False)
+    done = ctx.run(["git", "ls-remote", "--", spec.url, *refs], env=env, stream=False, check=False)
     if done.returncode != 0:
-        raise _failure(ctx, f"could not read the remote commit of {ref}", spec, done.stderr)
+        raise _failure(ctx, f"could not read the remote commit of {spec.branch or 'HEAD'}", spec, done.stderr)
     lines = sorted(line for line in done.stdout.splitlines() if line.strip())
     if not lines:
         raise StepError(

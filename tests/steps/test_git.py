@@ -261,9 +261,11 @@ def test_fingerprint_follows_the_branch_and_pins_commits(git_daemon: GitDaemon, 
     before = hook(inputs, ctx)
     second = git_repos.commit("flows", {"v": "2"})
     after = hook(inputs, ctx)
+    git_repos.commit("flows", {"v": "3"}, branch="feature/main")  # not the same branch
 
     assert before == f"{first}\trefs/heads/main"
     assert after == f"{second}\trefs/heads/main"
+    assert hook(inputs, ctx) == after
     assert hook({**inputs, "branch": None, "commit_sha": first}, ctx) == f"commit:{first}"
     with pytest.raises(StepError) as err:
         hook({**inputs, "branch": "nope"}, ctx)
