@@ -68,7 +68,7 @@ class WatchFilter:
     def __init__(self, root: Path, *, own_files: Iterable[tuple[int, int]] = ()) -> None:
         self.root = root.resolve()
         self.own_files = frozenset(own_files)  # (st_dev, st_ino) of files this process writes (a log)
-        self._venvs: dict[Path, bool] = {}
+        self._venvs: set[Path] = set()
         self._outputs: set[str] = set()  # relative paths (files or folders) steps produced
         self._written: dict[str, tuple[int, int]] = {}  # path → (mtime_ns, size) a step left it with
         self._window: tuple[int, int] | None = None  # wall-clock ns bounds of the last build
@@ -98,10 +98,10 @@ class WatchFilter:
         current = self.root
         for part in parts:  # the last part too: a virtualenv folder being created is one
             current = current / part
-            known = self._venvs.get(current)
-            if known is None:
-                known = self._venvs[current] = (current / "pyvenv.cfg").is_file()
-            if known:
+            if current in self._venvs:
+                return True
+            if (current / "pyvenv.cfg").is_file():  # only positives are remembered: a venv appears later
+                self._venvs.add(current)
                 return True
         return False
 
@@ -213,8 +213,8 @@ class Watcher:
     count: int = 0
 
     def __post_init__(self) -> None:
-        self.project_file = self.project_file.resolve()
-        self.root = self.project_file.parent
+        # kept as given (relative to the cwd) so that messages name it the way the user does
+        self.root = self.project_file.resolve().parent
         self.filter = WatchFilter(self.root, own_files=self.own_files)
 
     def watch(self, on_cycle: Callable[[Cycle], None], *, stop: threading.Event | None = None,
@@ -257,7 +257,8 @@ class Watcher:
         """Build (the cache decides what reruns), then plan, apply and run as configured."""
         self.count += 1
         started = time.monotonic()
-        revalidated = any(c[2:] == self.project_file.name for c in changed) or not changed
+        name = self._rel(str(self.project_file))
+        revalidated = any(c[2:] == name for c in changed) or not changed
         outcome = Cycle(self.count, changed, revalidated)
         try:
             outcome = self._build(outcome)
