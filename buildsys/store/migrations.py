@@ -97,6 +97,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "claim indexes: due runs in scheduled order, per pool and per queue",
+        (
+            "DROP INDEX flow_runs_due",
+            "CREATE INDEX flow_runs_due ON flow_runs (pool, state, scheduled_at, created_at)",
+            "CREATE INDEX flow_runs_queue_due ON flow_runs (pool, state, queue, scheduled_at, created_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -14,7 +14,7 @@ import pytest
 from buildsys.errors import ConflictError, StateError
 from buildsys.store import open_store
 from buildsys.store.base import Change
-from buildsys.store.migrations import LATEST
+from buildsys.store.migrations import LATEST, MIGRATIONS
 from buildsys.store.sql import SqlStore
 from tests.store.contract import StoreContract, create, deployment_spec, pool_spec, seed
 
@@ -43,8 +43,9 @@ def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / ".buildsys/deep/state.db")
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("SELECT version, name FROM schema_migrations").fetchall() == [
-            (1, "initial schema: serial, resources, flow runs, logs, workers")
+        assert db.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall() == [
+            (1, "initial schema: serial, resources, flow runs, logs, workers"),
+            (2, "claim indexes: due runs in scheduled order, per pool and per queue"),
         ]
         assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
     finally:
@@ -67,6 +68,31 @@ def test_reopening_keeps_the_data_and_applies_no_migration_twice(tmp_path: Path)
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (LATEST,)
     db.close()
+
+
+def test_an_older_store_is_migrated_in_place(tmp_path: Path) -> None:
+    """A store made by the first release (migration 1 only) opens, keeps its data, gains migration 2."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+    for statement in MIGRATIONS[0].statements:
+        db.execute(statement)
+    db.execute("INSERT INTO schema_migrations VALUES (1, ?, 0)", (MIGRATIONS[0].name,))
+    db.execute(
+        "INSERT INTO resources (kind, name, id, spec, owner, source, created_at, updated_at, serial) "
+        "VALUES ('variable', 'kept', 'id-1', '{\"value\": 1}', NULL, NULL, 1.0, 1.0, 1)"
+    )
+    db.execute("UPDATE store_serial SET serial = 1")
+    db.close()
+    with SqlStore.sqlite(path) as store:
+        assert store.schema_version == LATEST == 2
+        kept = store.get_resource("variable", "kept")
+        assert kept is not None and (dict(kept.spec), kept.id, store.serial()) == ({"value": 1}, "id-1", 1)
+    db = sqlite3.connect(path)
+    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flow_runs_%'")}
+    db.close()
+    assert {"flow_runs_due", "flow_runs_queue_due"} <= indexes
 
 
 def test_a_store_from_a_newer_buildsys_is_refused(tmp_path: Path) -> None:
