@@ -157,7 +157,7 @@ def test_build_failure_names_the_dockerfile_step(project: Path, base_image: str,
     )
     ctx, lines = make_ctx(project)
     with pytest.raises(StepError) as err:
-        build_docker_image(ctx, image_name=image_name, tag="bad")
+        build_docker_image(ctx, image_name=image_name, tag="bad", nocache=True)
     assert err.value.message == (
         f"docker build of {image_name}:bad failed at Step 3/3 : RUN echo about to fail >&2 && exit 3\n"
         "about to fail\n"
