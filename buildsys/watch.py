@@ -208,7 +208,7 @@ class Watcher:
     run: str | None = None
     reporter: Reporter = field(default_factory=NullReporter)
     debounce_ms: int = 1600
-    step_ms: int = 50
+    step_ms: int = 30
     own_files: frozenset[tuple[int, int]] = frozenset()
     count: int = 0
 

@@ -12,7 +12,7 @@ from buildsys.cli.app import App, common_options, pass_app
 @click.option("--run", "run_", metavar="DEPLOYMENT", help="Start a run of DEPLOYMENT after each successful cycle.")
 @click.option("--debounce", type=click.IntRange(min=1), default=1600, show_default=True, metavar="MS",
               help="Longest burst of changes grouped into one cycle.")
-@click.option("--step", "step_ms", type=click.IntRange(min=1), default=50, show_default=True, metavar="MS",
+@click.option("--step", "step_ms", type=click.IntRange(min=1), default=30, show_default=True, metavar="MS",
               help="Quiet time that ends a burst.")
 @common_options
 @pass_app
