@@ -54,6 +54,10 @@ class Tx:
         """The row-lock clause to append to a SELECT (empty on SQLite: the write lock covers all)."""
         return self.db.for_update(skip_locked=skip_locked)
 
+    def for_share(self) -> str:
+        """The clause that keeps a read row from being changed or deleted until this transaction ends."""
+        return self.db.for_share()
+
     def lock(self, key: str) -> None:
         """Serialise with every other transaction that locks `key` (until this one ends)."""
         self.db.lock(self, key)
@@ -77,6 +81,9 @@ class Database:
         return text
 
     def for_update(self, *, skip_locked: bool = False) -> str:
+        return ""
+
+    def for_share(self) -> str:
         return ""
 
     def lock(self, tx: Tx, key: str) -> None:
@@ -206,6 +213,8 @@ class SqliteDatabase(Database):
                 f"the state store {self.path} is not a readable buildsys store: {text}",
                 hint="restore it from a `buildsys state export`, or move it away to start afresh",
             )
+        if isinstance(exc, sqlite3.IntegrityError):
+            return StateError(f"the state store refused the write: {text}")
         if "locked" in text or "busy" in text:
             return ConflictError(
                 f"the state store {self.path} stayed locked by another process for more than "
@@ -250,6 +259,9 @@ class PostgresDatabase(Database):
     def for_update(self, *, skip_locked: bool = False) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
+    def for_share(self) -> str:
+        return " FOR SHARE"
+
     def lock(self, tx: Tx, key: str) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (_lock_id(key),))
 
@@ -278,6 +290,8 @@ class PostgresDatabase(Database):
             return exc
         if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
             return ConflictError(f"a concurrent change to the store interfered: {_first_line(exc)}")
+        if isinstance(exc, psycopg.errors.IntegrityError):
+            return StateError(f"the state store refused the write: {_first_line(exc)}")
         if isinstance(exc, psycopg.OperationalError):
             return StateError(f"lost the connection to the PostgreSQL store {self.display_url}: {_first_line(exc)}")
         return None

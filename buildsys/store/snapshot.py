@@ -8,6 +8,7 @@ more than before, so a plan made against the old contents is refused.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -83,7 +84,7 @@ def _insert(
             (
                 r.kind,
                 r.name,
-                r.id,
+                r.id or str(uuid.uuid4()),
                 dump(dict(r.spec)),
                 r.owner,
                 None if r.source is None else dump(dict(r.source)),
@@ -132,11 +133,15 @@ def check_document(data: object) -> None:
             hint="make one with `buildsys state export`",
         )
     seen: set[tuple[str, str]] = set()
+    ids: set[str] = set()
     for res in data["resources"]:  # type: ignore[index]
         key = (res["kind"], res["name"])
         if key in seen:
             raise StateError(f"the import has {key[0]} {key[1]!r} twice")
+        if res.get("id") and res["id"] in ids:
+            raise StateError(f"the import has two resources with the id {res['id']!r}")
         seen.add(key)
+        ids.add(res.get("id", ""))
 
 
 SCHEMA_NAMES = ("resource", "change", "flow_run", "log_line", "worker", "export")

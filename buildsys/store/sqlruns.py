@@ -44,7 +44,9 @@ def create_run(
     check_json(dict(parameters or {}), "the run's parameters")
     check_json(dict(job_variables or {}), "the run's job variables")
     with db.tx(write=True) as tx:
-        row = tx.one("SELECT id, spec FROM resources WHERE kind = 'deployment' AND name = ?", (deployment,))
+        row = tx.one(
+            f"SELECT id, spec FROM resources WHERE kind = 'deployment' AND name = ?{tx.for_share()}", (deployment,)
+        )
         if row is None:
             raise NotFoundError(
                 f"deployment {deployment!r} not found in the state store",
@@ -62,8 +64,17 @@ def create_run(
             deployment, deployment_id, spec, parameters, job_variables, scheduled_at, queue, name,
             idempotency_key, auto_scheduled, tags,
         )  # fmt: skip
-        tx.run(_INSERT_RUN, run_to_row(run))
-        return run
+        if idempotency_key is None:
+            tx.run(_INSERT_RUN, run_to_row(run))
+            return run
+        # a concurrent create with the same key may have won: then return that run
+        tx.run(_INSERT_RUN + " ON CONFLICT (deployment_id, idempotency_key) DO NOTHING", run_to_row(run))
+        stored = tx.one(
+            f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment_id = ? AND idempotency_key = ?",
+            (deployment_id, idempotency_key),
+        )
+        assert stored is not None
+        return run_from_row(stored)
 
 
 def _spec(text: str) -> dict[str, Any]:

@@ -547,5 +547,18 @@ class StoreContract:
             store.import_({"version": 1, "serial": 3, "resources": [{"kind": "pool", "name": "x"}], "runs": []})
         with pytest.raises(StateError, match="not a buildsys state export: at version: 1 was expected"):
             store.import_({"version": 7, "serial": 3, "resources": [], "runs": []})
+        twice = {"kind": "variable", "name": "v", "spec": {"value": 1}}
+        with pytest.raises(StateError, match="the import has variable 'v' twice"):
+            store.import_({"version": 1, "serial": 3, "resources": [twice, twice], "runs": []})
+        same_id = [{**twice, "id": "x"}, {**twice, "name": "w", "id": "x"}]
+        with pytest.raises(StateError, match="the import has two resources with the id 'x'"):
+            store.import_({"version": 1, "serial": 3, "resources": same_id, "runs": []})
         assert store.serial() == 1
         assert len(store.list_resources()) == 2
+
+    def test_import_gives_ids_to_resources_without_one(self, store: StateStore) -> None:
+        resources = [{"kind": "variable", "name": n, "spec": {"value": n}} for n in ("a", "b")]
+        store.import_({"version": 1, "serial": 0, "resources": resources, "runs": []})
+        ids = [r.id for r in store.list_resources()]
+        assert len(set(ids)) == 2 and all(ids)
+        assert store.serial() == 1

@@ -164,3 +164,33 @@ def test_racing_connections_respect_concurrency_limits(
     assert len(claimed) == cap
     with SqlStore.postgres(fresh_postgres_url) as store:
         assert len(store.list_runs(states=["PENDING"])) == cap
+
+
+def test_racing_creates_with_one_idempotency_key_make_one_run(fresh_postgres_url: str) -> None:
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        store.apply(
+            [create("pool", "local", pool_spec()), create("deployment", "etl/nightly", deployment_spec())],
+            expected_serial=0,
+        )
+    ids: list[str] = []
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def make() -> None:
+        with SqlStore.postgres(fresh_postgres_url) as mine:
+            go.wait(30)
+            try:
+                ids.append(mine.create_run("etl/nightly", idempotency_key="once").id)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(ids) == 8 and len(set(ids)) == 1
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        assert [r.id for r in store.list_runs()] == ids[:1]
