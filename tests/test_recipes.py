@@ -25,18 +25,16 @@ from buildsys.recipe_cache import (
     public_url,
     resolve_recipe,
 )
+from buildsys.recipe_render import RecipeConflictError, read_record, render_recipe
 from buildsys.recipes import (
     PLACEHOLDER,
     MissingFieldsError,
-    RecipeConflictError,
     RecipeError,
     RecipeSource,
     builtin_recipe,
     builtin_recipes,
     common_fields,
     load_recipe,
-    read_record,
-    render_recipe,
     resolve_fields,
 )
 from tests.infra.git import GitHttpServer, GitRepos

@@ -10,16 +10,15 @@ import click
 
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import BuildsysError
+from buildsys.recipe_render import RenderResult, render_recipe
 from buildsys.recipes import (
     FieldSpec,
     MissingFieldsError,
     Recipe,
-    RenderResult,
     ResolvedFields,
     builtin_recipes,
     common_fields,
     infer_recipe_name,
-    render_recipe,
     resolve_fields,
 )
 

@@ -216,7 +216,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 def bench_init(runs: int = 10) -> dict[str, float]:
     from buildsys.recipe_cache import resolve_recipe
-    from buildsys.recipes import render_recipe, resolve_fields
+    from buildsys.recipe_render import render_recipe
+    from buildsys.recipes import resolve_fields
 
     with tempfile.TemporaryDirectory(prefix="bench-init-") as tmp:
         base = Path(tmp)
