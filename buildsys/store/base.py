@@ -163,7 +163,10 @@ class StateStore(Protocol):
 
         Raises ConflictError if expected_serial is given and the serial moved, or if a create
         targets an existing resource / an update or delete a missing one. Returns the new serial
-        (unchanged when `changes` is empty).
+        (unchanged when `changes` is empty). Updating a deployment deletes its future
+        auto-scheduled, never-started SCHEDULED runs (the scheduler makes new ones, Prefect §8.1);
+        deleting one also cancels its other SCHEDULED runs. StateError for a malformed change set
+        (unknown action/kind, missing spec, a resource twice, values that are not plain JSON).
         """
         ...
 
@@ -181,12 +184,14 @@ class StateStore(Protocol):
         auto_scheduled: bool = False,
         tags: Sequence[str] = (),
     ) -> FlowRun:
-        """Create a SCHEDULED run of a deployment (NotFoundError if unknown). With an
-        idempotency key already used for that deployment, return the existing run instead."""
+        """Create a SCHEDULED run of a deployment (NotFoundError if unknown; StateError if it has
+        no work pool). With an idempotency key already used for that deployment, return the
+        existing run instead. Pool, queue ("default" when the spec names none), retries and
+        parameters (spec ∪ given) come from the deployment's spec; tags are spec tags ∪ given."""
         ...
 
     def get_run(self, run_id: str) -> FlowRun:
-        """NotFoundError when missing; a unique prefix of the id is accepted."""
+        """NotFoundError when missing; a unique prefix of the id, or the run's exact name, is accepted."""
         ...
 
     def list_runs(
@@ -265,11 +270,14 @@ class StateStore(Protocol):
 
     # --- housekeeping ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
-        """Everything as JSON: {"version", "serial", "resources", "runs", "logs"}."""
+        """Everything as JSON: {"version", "serial", "resources", "runs", "logs", "workers"}
+        (schemas/state/export.json)."""
         ...
 
     def import_(self, data: Mapping[str, Any]) -> None:
-        """Replace the contents with an export (one transaction)."""
+        """Replace the contents with an export (one transaction; StateError naming the first
+        problem when the document is invalid). The serial never goes backwards: it becomes
+        max(current + 1, the export's serial), so plans made before the import are refused."""
         ...
 
     def close(self) -> None: ...
