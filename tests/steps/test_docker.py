@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 from buildsys.steps.docker import build_docker_image, push_docker_image
 
@@ -36,11 +38,18 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 @pytest.fixture
 def image_name(docker_client: Any) -> Iterator[str]:
-    """A unique local repository name; every image tagged into it is removed afterwards."""
+    """A unique local repository name; every image tagged into it is removed afterwards, and so are
+    the test images left dangling meanwhile (a rebuilt tag leaves its previous image untagged)."""
+    dangling = {"dangling": True, "label": "buildsys.test=1"}
+    before = {image.id for image in docker_client.images.list(filters=dangling)}
     name = f"buildsys-test/step-{uuid.uuid4().hex[:10]}"
     yield name
     for image in docker_client.images.list(name=name):
         docker_client.images.remove(image.id, force=True)
+    for image in docker_client.images.list(filters=dangling):
+        if image.id not in before:
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(image.id)
 
 
 def run_in(docker_client: Any, image: str, command: str) -> str:
