@@ -268,6 +268,7 @@ class StoreContract:
         seed(store, nightly={})
         run = store.create_run("etl/nightly")
         assert store.get_run(run.id[:8]).id == run.id
+        assert store.get_run(run.name).id == run.id
         with pytest.raises(NotFoundError, match="flow run 'nope' not found"):
             store.get_run("nope")
 
