@@ -18,8 +18,8 @@ import yaml
 
 from buildsys.recipes import MANIFEST, PROJECT_FILE, RECORD_KEY, Recipe, RecipeError, render_text
 
-__all__ = ["PlannedFile", "RecipeConflictError", "RenderResult", "plan_render", "read_record", "render_recipe",
-           "write_render"]
+__all__ = ["PlannedFile", "RecipeConflictError", "RenderResult", "plan_render", "read_record", "record_source",
+           "render_recipe", "write_render"]
 
 _SKIP_DIRS = {".git", "__pycache__"}
 
@@ -182,3 +182,14 @@ def read_record(project_file: Path) -> Mapping[str, Any] | None:
     section = data.get(RECORD_KEY) if isinstance(data, dict) else None
     record = section.get("recipe") if isinstance(section, dict) else None
     return record if isinstance(record, dict) else None
+
+
+def record_source(record: Mapping[str, Any]) -> str:
+    """The `--recipe` value that renders a recorded recipe again, pinned to its recorded commit."""
+    source = str(record.get("source") or "")
+    if source == "builtin":
+        return str(record.get("name") or "")
+    if source.startswith("git+"):
+        spec = source + (f"@{record['commit']}" if record.get("commit") else "")
+        return spec + (f"#{record['subdir']}" if record.get("subdir") else "")
+    return source

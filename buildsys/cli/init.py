@@ -30,15 +30,23 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
               help="A built-in recipe, a recipe folder, or a git source. Default: inferred from the directory.")
 @click.option("--field", "field_args", multiple=True, metavar="KEY=VALUE", help="A recipe field (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+@click.option("--again", is_flag=True,
+              help="Render the recipe recorded in DIRECTORY's prefect.yaml again, at its recorded commit and fields.")
 @click.argument("directory", required=False, default=".", type=click.Path(file_okay=False, path_type=Path))
 @common_options
 @pass_app
-def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: bool, directory: Path) -> None:
+def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: bool, again: bool,
+         directory: Path) -> None:
     """Start a project from a recipe, in DIRECTORY (default: here). Never overwrites without --force."""
     from buildsys.recipe_cache import resolve_recipe
 
     given = parse_fields(field_args)
     interactive = sys.stdin.isatty() and not app.json
+    if again:
+        if recipe_spec is not None:
+            raise click.UsageError("--again uses the recorded recipe; leave out --recipe")
+        recipe_spec, recorded = _recorded(directory)
+        given = {**recorded, **given}
     if recipe_spec is None:
         recipe_spec = _choose_recipe(app, directory, interactive)
     recipe, warnings = resolve_recipe(recipe_spec)
@@ -49,6 +57,18 @@ def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: 
         app.echo(f"warning: recipe {recipe.name!r} has no field {name!r}; ignored", err=True)
     result = render_recipe(recipe, directory, resolved.values, force=force)
     _report(app, recipe, result)
+
+
+def _recorded(directory: Path) -> tuple[str, dict[str, str]]:
+    from buildsys.recipe_render import read_record, record_source
+
+    project_file = directory / "prefect.yaml"
+    record = read_record(project_file)
+    if record is None:
+        raise BuildsysError(f"{project_file} records no recipe (no `buildsys: {{recipe: …}}`)",
+                            hint="pass --recipe NAME to render one")
+    fields = record.get("fields") or {}
+    return record_source(record), {str(k): str(v) for k, v in fields.items()}
 
 
 def parse_fields(args: tuple[str, ...]) -> dict[str, str]:

@@ -226,3 +226,26 @@ def test_recipes_from_a_git_server(capsys: pytest.CaptureFixture[str], git_repos
     result = run(capsys, "init", "--recipe", f"git+{daemon.url('recipes')}@main#team/api", "svc3")
     assert result.code == 1
     assert result.err.startswith(f"error: could not fetch recipe git+{daemon.url('recipes')}@main#team/api: ")
+
+
+def test_again_renders_the_recorded_recipe(capsys: pytest.CaptureFixture[str], git_repos: GitRepos,
+                                           daemon: Daemon, isolated: Path) -> None:  # noqa: F811
+    commit = git_repos.create("recipes", RECIPE_REPO)
+    git_repos.commit("recipes", {"team/api/flows/{{ service }}.py": "def main() -> None:\n    print('v2')\n"})
+    assert run(capsys, "init", "--recipe", f"git+{daemon.url('recipes')}@{commit}#team/api",
+               "--field", "service=billing").code == 0
+    flow = isolated / "flows" / "billing.py"
+    flow.write_text("# edited\n")
+    result = run(capsys, "init", "--again")
+    assert result == Result(1, "", (
+        "error: 1 file(s) already exist and would be overwritten:\n"
+        "  flows/billing.py\n"
+        "  hint: nothing was written; move them away or pass --force to overwrite\n"
+    ))
+    result = run(capsys, "init", "--again", "--force")
+    assert result.out.splitlines()[1:3] == ["  ~ flows/billing.py (overwritten)", "  = prefect.yaml (unchanged)"]
+    assert flow.read_text() == "def main() -> None:\n    print('billing ran')\n"  # the recorded commit, not v2
+    assert run(capsys, "init", "--again", "elsewhere") == Result(1, "", (
+        "error: elsewhere/prefect.yaml records no recipe (no `buildsys: {recipe: …}`)\n"
+        "  hint: pass --recipe NAME to render one\n"
+    ))
