@@ -321,19 +321,22 @@ def measure(bench: Bench, repeat: int, log: Callable[[str], None]) -> dict[str, 
             raise SystemExit(f"{tool.name}: cold build made {len(after)} stamps, expected {len(every)}")
         rows[tool.name].cold = timing
         log(f"cold   {tool.name:<16} {timing.wall:8.3f} s (CPU {timing.cpu:.3f} s)")
-    for tool in tools():
-        row = rows[tool.name]
-        forms: list[tuple[str, Sequence[str]]] = [("", tool.build), *tool.variants.items()]
-        for label, cmd in forms:
-            before = stamp_times(bench.root, tool)
-            series = [run(cmd, bench.root, tool.env)[0] for _ in range(repeat)]
-            if reran(before, stamp_times(bench.root, tool)):
-                raise SystemExit(f"{tool.name} {label}: a no-op rebuild ran steps")
-            if label:
-                row.variants[label] = series
-            else:
-                row.noop = series
-            log(f"no-op  {tool.name:<16} {label:<5} median {wall(series):.3f} s (CPU {cpu(series):.3f} s) {_fmt(series)}")
+    # No-op: every form of every tool once per round, so a change in machine load hits all alike.
+    forms = [(tool, label, cmd) for tool in tools() for label, cmd in [("", tool.build), *tool.variants.items()]]
+    stamps = {tool.name: stamp_times(bench.root, tool) for tool in tools()}
+    series: dict[tuple[str, str], list[Timing]] = {(tool.name, label): [] for tool, label, _ in forms}
+    for _ in range(repeat):
+        for tool, label, cmd in forms:
+            series[(tool.name, label)].append(run(cmd, bench.root, tool.env)[0])
+    for tool, label, _ in forms:
+        if reran(stamps[tool.name], stamp_times(bench.root, tool)):
+            raise SystemExit(f"{tool.name} {label}: a no-op rebuild ran steps")
+        got = series[(tool.name, label)]
+        if label:
+            rows[tool.name].variants[label] = got
+        else:
+            rows[tool.name].noop = got
+        log(f"no-op  {tool.name:<16} {label:<5} median {wall(got):.3f} s (CPU {cpu(got):.3f} s) {_fmt(got)}")
     # Content change: append to one input of a group's first shared step, rebuild with every tool.
     for r in range(repeat):
         target = f"g{(r * 7) % bench.groups:02d}s0"
