@@ -5,12 +5,15 @@
 - ``git_http``: ``git http-backend`` behind a threaded WSGI server (stdlib ``wsgiref``) over
   ``http://``, requiring HTTP Basic auth with a token (as GitHub does: the token may be the user
   name or the password). Every request is recorded, including the raw Authorization header.
+- ``git_https``: the same over ``https://`` with a self-signed certificate made by ``openssl``
+  (``ca_file``: point git at it with ``GIT_SSL_CAINFO`` in the client's environment).
 """
 
 from __future__ import annotations
 
 import base64
 import shutil
+import ssl
 import subprocess
 import threading
 import uuid
@@ -27,7 +30,7 @@ from tests.infra.net import free_port, port_open
 from tests.infra.require import unavailable
 from tests.infra.waiting import wait_for
 
-__all__ = ["GitDaemon", "GitHttpServer", "GitRepos", "git_daemon", "git_http", "git_repos"]
+__all__ = ["GitDaemon", "GitHttpServer", "GitRepos", "git_daemon", "git_http", "git_https", "git_repos"]
 
 GIT = shutil.which("git")
 
@@ -132,9 +135,11 @@ class GitHttpServer:
     token: str
     requests: list[HttpRequest] = field(default_factory=list)
     server_log: list[str] = field(default_factory=list)
+    scheme: str = "http"
+    ca_file: Path | None = None  # the self-signed certificate of an https server
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}.git"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{name}.git"
 
     def authorized(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
@@ -263,10 +268,34 @@ def git_daemon(git_repos: GitRepos) -> Iterator[GitDaemon]:
 @pytest.fixture
 def git_http(git_repos: GitRepos) -> Iterator[GitHttpServer]:
     """``git http-backend`` on http://127.0.0.1 requiring a token (``git_http.token``)."""
-    server_state = GitHttpServer(git_repos, 0, token=f"tok-{uuid.uuid4().hex}")
+    yield from _serve(GitHttpServer(git_repos, 0, token=f"tok-{uuid.uuid4().hex}"))
+
+
+@pytest.fixture
+def git_https(git_repos: GitRepos, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitHttpServer]:
+    """Like ``git_http`` over https://127.0.0.1 with a self-signed certificate (``ca_file``)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl is not installed (needed for the https git server's certificate)")
+    tls = tmp_path_factory.mktemp("git-tls")
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=True,
+    )
+    state = GitHttpServer(git_repos, 0, token=f"tok-{uuid.uuid4().hex}", scheme="https", ca_file=cert)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    yield from _serve(state, context)
+
+
+def _serve(server_state: GitHttpServer, tls: ssl.SSLContext | None = None) -> Iterator[GitHttpServer]:
     httpd = make_server(
         "127.0.0.1", 0, server_state.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     httpd.request_log = server_state.server_log  # type: ignore[attr-defined]
     server_state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, name="git-http", daemon=True)

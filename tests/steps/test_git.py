@@ -152,6 +152,19 @@ def test_http_clone_with_access_token_leaves_no_trace_of_it(git_http: GitHttpSer
     assert "extraheader" not in (tmp_path / "private" / ".git" / "config").read_text().lower()
 
 
+def test_https_clone_with_access_token(git_https: GitHttpServer, git_repos: GitRepos, tmp_path: Path) -> None:
+    git_repos.create("private", {"flow.py": "x = 2\n"})
+    ctx, lines = make_ctx(tmp_path, GIT_SSL_CAINFO=str(git_https.ca_file))
+
+    out = git_clone(ctx, repository=git_https.url("private"), access_token=git_https.token, branch="main")
+
+    assert out == {"directory": "private-main"}
+    assert (tmp_path / "private-main" / "flow.py").read_text() == "x = 2\n"
+    assert {r.authorization for r in git_https.requests} == {f"Basic {token_forms(git_https.token)[1]}"}
+    assert files_containing(tmp_path, token_forms(git_https.token)) == []
+    assert not any(git_https.token in line for line in lines)
+
+
 def test_http_clone_with_credentials_mapping_and_token_in_url(git_http: GitHttpServer, git_repos: GitRepos,
                                                               tmp_path: Path) -> None:
     git_repos.create("private", {"a.txt": "a\n"})
