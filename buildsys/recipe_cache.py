@@ -143,7 +143,10 @@ class RecipeCache:
             commit, tree = self._fetch(ref, repo_dir)
         warnings: tuple[str, ...] = ()
         if not ref.pinned:
-            what = f"{ref.rev!r} is a branch or tag" if ref.rev else "no revision was given"
+            if ref.rev and _SHA_PREFIX.match(ref.rev):
+                what = f"{ref.rev!r} is an abbreviated commit (it could become ambiguous)"
+            else:
+                what = f"{ref.rev!r} is a branch or tag" if ref.rev else "no revision was given"
             pinned = GitRecipeRef(public_url(ref.url), commit, ref.subdir)
             warnings = (f"{what}, so this recipe can change under you; resolved to {commit[:12]}. "
                         f"Pin it for reproducible inits: --recipe {pinned}",)

@@ -600,3 +600,17 @@ def _remove_image(client: object, reference: str) -> None:
 
     with contextlib.suppress(docker.errors.ImageNotFound):
         client.images.remove(reference, force=True)  # type: ignore[attr-defined]
+
+
+def test_an_abbreviated_commit_is_fetched_then_served_from_the_cache(git_repos: GitRepos, daemon: Daemon) -> None:
+    commit = git_repos.create("recipes", RECIPE_REPO)
+    git_repos.commit("recipes", {"README.md": "newer\n"})  # the short sha is not a branch tip any more
+    recipe, warnings = resolve_recipe(f"git+{daemon.url('recipes')}@{commit[:9]}#team/batch")
+    assert recipe.source.commit == commit
+    assert warnings == (
+        f"'{commit[:9]}' is an abbreviated commit (it could become ambiguous), so this recipe can change under "
+        f"you; resolved to {commit[:12]}. Pin it for reproducible inits: "
+        f"--recipe git+{daemon.url('recipes')}@{commit}#team/batch",
+    )
+    daemon.stop()
+    assert resolve_recipe(f"git+{daemon.url('recipes')}@{commit[:9]}#team/batch") == (recipe, ())
