@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ pull:
       branch: main
       access_token: "{{ prefect.blocks.secret.git-token }}"
 """
+
+ATTEMPTS = 3  # as Prefect: a failed clone is retried with exponential backoff
+RETRY_DELAY_S = 0.5
 
 _SHA = re.compile(r"[0-9a-fA-F]{4,64}")
 _SCP_LIKE = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
@@ -90,10 +94,20 @@ def git_clone(
     dest = ctx.path(spec.dest_name)
     env = {**_git_env(ctx), **auth.env}
     with _locked(dest):
-        if (dest / ".git").exists():
-            _update_or_reclone(ctx, spec, dest, env)
-        else:
-            _clone(ctx, spec, dest, env)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                if (dest / ".git").exists():
+                    _update_or_reclone(ctx, spec, dest, env)
+                else:
+                    _clone(ctx, spec, dest, env)
+                break
+            except StepError as exc:
+                if attempt == ATTEMPTS or not _transient(exc):
+                    raise
+                delay = RETRY_DELAY_S * 2 ** (attempt - 1)
+                ctx.log(f"attempt {attempt} of {ATTEMPTS} failed ({_last_line(exc)}); retrying in {delay:g} s")
+                _discard_partial(dest)
+                time.sleep(delay)
     return {"directory": spec.dest_name}
 
 
@@ -407,6 +421,26 @@ _HINTS = (
     (("not our ref", "unadvertised object", "reference is not a tree", "did not match any"),
      "check that commit_sha exists in the repository"),
 )
+
+
+_TRANSIENT = ("returned error: 5", "connection reset", "timed out", "early eof", "hung up unexpectedly",
+              "rpc failed", "temporary failure")
+
+
+def _transient(exc: StepError) -> bool:
+    """Failures worth another attempt: server errors and dropped connections, not refusals."""
+    text = exc.message.lower()
+    return any(marker in text for marker in _TRANSIENT) and not any(k in text for k in _AUTH_MARKERS)
+
+
+def _last_line(exc: StepError) -> str:
+    return exc.message.strip().splitlines()[-1]
+
+
+def _discard_partial(dest: Path) -> None:
+    """A clone that failed half-way leaves a directory without a usable checkout: remove it."""
+    if dest.exists() and not (dest / ".git" / "HEAD").exists():
+        shutil.rmtree(dest)
 
 
 def _failure(ctx: Context, doing: str, spec: CloneSpec, output: str) -> StepError:

@@ -137,6 +137,7 @@ class GitHttpServer:
     server_log: list[str] = field(default_factory=list)
     scheme: str = "http"
     ca_file: Path | None = None  # the self-signed certificate of an https server
+    fail_next: int = 0  # answer this many of the next requests with 503 (a flaky server)
 
     def url(self, name: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}/{name}.git"
@@ -155,6 +156,11 @@ class GitHttpServer:
         auth = environ.get("HTTP_AUTHORIZATION")
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO", "")
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.requests.append(HttpRequest(method, path, auth, "503"))
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"try again later\n"]
         if not self.authorized(auth):
             self.requests.append(HttpRequest(method, path, auth, "401"))
             start_response(

@@ -184,6 +184,35 @@ def test_http_clone_with_credentials_mapping_and_token_in_url(git_http: GitHttpS
     assert not any(git_http.token in line for line in lines)
 
 
+def test_a_flaky_server_is_retried(git_http: GitHttpServer, git_repos: GitRepos, tmp_path: Path) -> None:
+    git_repos.create("private", {"a.txt": "a\n"})
+    git_http.fail_next = 1
+    ctx, lines = make_ctx(tmp_path)
+
+    assert git_clone(ctx, repository=git_http.url("private"), access_token=git_http.token) == {
+        "directory": "private",
+    }
+
+    assert [r.status for r in git_http.requests][:2] == ["503", "200"]
+    assert (
+        "attempt 1 of 3 failed (fatal: unable to access '" + git_http.url("private") + "/': "
+        "The requested URL returned error: 503); retrying in 0.5 s"
+    ) in lines
+
+
+def test_a_server_that_keeps_failing_gives_up_after_three_attempts(git_http: GitHttpServer, git_repos: GitRepos,
+                                                                   tmp_path: Path) -> None:
+    git_repos.create("private", {"a.txt": "a\n"})
+    git_http.fail_next = 10
+    ctx, _ = make_ctx(tmp_path)
+    with pytest.raises(StepError) as err:
+        git_clone(ctx, repository=git_http.url("private"), access_token=git_http.token)
+    assert err.value.message.splitlines()[-1] == (
+        f"fatal: unable to access '{git_http.url('private')}/': The requested URL returned error: 503"
+    )
+    assert [r.status for r in git_http.requests] == ["503"] * 3
+
+
 def test_refused_token_fails_clearly_without_showing_it(git_http: GitHttpServer, git_repos: GitRepos,
                                                         tmp_path: Path) -> None:
     git_repos.create("private", {"a.txt": "a\n"})
