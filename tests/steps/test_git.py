@@ -414,3 +414,28 @@ def test_token_from_the_environment_leaves_no_trace_in_cache_or_output(
     assert files_containing(project, token_forms(git_http.token)) == []
     for done in (first, second):
         assert not any(t in done.stdout + done.stderr for t in token_forms(git_http.token))
+
+
+def test_pull_section_clones_as_a_worker_would(git_http: GitHttpServer, git_repos: GitRepos,
+                                               isolated: Path) -> None:
+    git_repos.create("private", {"flows/etl.py": "def etl():\n    return 'etl'\n"})
+    (isolated / "prefect.yaml").write_text(
+        "name: pull-demo\n"
+        "pull:\n"
+        "  - prefect.deployments.steps.git_clone:\n"
+        "      id: clone\n"
+        f"      repository: {git_http.url('private')}\n"
+        "      branch: main\n"
+        '      access_token: "{{ $GIT_TOKEN }}"\n'
+        "deployments:\n"
+        "  - name: d\n"
+        "    entrypoint: flows/etl.py:etl\n"
+    )
+
+    done = bs("pull", "-d", "d", cwd=isolated, GIT_TOKEN=git_http.token)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "pull steps of d done; directory: private-main"
+    assert (isolated / "private-main" / "flows" / "etl.py").is_file()
+    assert not any(t in done.stdout + done.stderr for t in token_forms(git_http.token))
+    assert files_containing(isolated, token_forms(git_http.token)) == []
