@@ -3,6 +3,9 @@ the ``gcp-storage-emulator`` package (an implementation of the GCS JSON API), on
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,3 +152,28 @@ def test_bad_service_account_is_refused_without_showing_the_key(gcs: Emulator, p
         "https://cryptography.io/en/latest/faq/#why-can-t-i-import-my-pem-file for more details. "
         "InvalidData(Invalid symbol 45, offset 3.)"
     )
+
+
+def test_push_through_the_cli_is_cached_the_second_time(gcs: Emulator, bucket: str, project: Path) -> None:
+    (project / "prefect.yaml").write_text(
+        "name: gcs-demo\n"
+        "push:\n"
+        "  - prefect_gcp.deployments.steps.push_to_gcs:\n"
+        "      id: push_code\n"
+        f"      bucket: {bucket}\n"
+        "      folder: gcs-demo\n"
+        "deployments:\n"
+        "  - name: d\n"
+        "    entrypoint: flows/etl.py:etl\n"
+    )
+
+    def push() -> str:
+        done = subprocess.run([sys.executable, "-m", "buildsys", "push"], cwd=project, capture_output=True,
+                              text=True, timeout=120, check=False,
+                              env={**os.environ, "STORAGE_EMULATOR_HOST": gcs.endpoint})
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[-1] if lines else ""
+
+    assert push() == "build ok: 1 ran, 0 cached, 0 failed, 0 not run"
+    assert sorted(gcs.objects(bucket)) == ["gcs-demo/flows/etl.py", "gcs-demo/prefect.yaml", "gcs-demo/requirements.txt"]
+    assert push() == "build ok: 0 ran, 1 cached, 0 failed, 0 not run"
