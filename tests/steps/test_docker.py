@@ -296,3 +296,58 @@ def test_engine_build_is_cached_while_the_image_exists(docker_client: Any, base_
     (image,) = docker_client.images.list(name=image_name)
     # buildsys's own .buildsys/ state never reaches the image (nor the cache key)
     assert run_in(docker_client, image.id, "pwd; ls -A") == f"/opt/prefect/{isolated.name}\n.dockerignore\nflow.py\nprefect.yaml\n"
+
+
+def test_engine_build_and_push_to_the_registry(docker_client: Any, base_image: str, registry: Registry,
+                                               isolated: Path) -> None:
+    name = registry.image(f"team/cli-{uuid.uuid4().hex[:8]}")
+    write(isolated, {
+        "prefect.yaml": (
+            "name: push-demo\n"
+            "build:\n"
+            "  - prefect_docker.deployments.steps.build_docker_image:\n"
+            "      id: img\n"
+            f"      image_name: {name}\n"
+            "      tag: v1\n"
+            "      dockerfile: auto\n"
+            "push:\n"
+            "  - prefect_docker.deployments.steps.push_docker_image:\n"
+            "      image_name: '{{ img.image_name }}'\n"
+            "      tag: '{{ img.tag }}'\n"
+            "      credentials:\n"
+            f"        username: {registry.username}\n"
+            "        password: '{{ $REGISTRY_PASSWORD }}'\n"
+            f"        registry_url: {registry.host}\n"
+            "deployments:\n"
+            "  - name: d\n"
+            "    entrypoint: flow.py:f\n"
+        ),
+        "flow.py": "def f():\n    pass\n",
+    })
+    env = {**os.environ, "BUILDSYS_DOCKER_BASE_IMAGE": base_image, "REGISTRY_PASSWORD": registry.password}
+
+    def push() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "buildsys", "push"], cwd=isolated, capture_output=True,
+                              text=True, timeout=300, check=False, env=env)
+
+    try:
+        first, second = push(), push()
+        assert (first.stdout + first.stderr).strip().splitlines()[-1] == (
+            "build ok: 2 ran, 0 cached, 0 failed, 0 not run"
+        ), first.stdout + first.stderr
+        assert (second.stdout + second.stderr).strip().splitlines()[-1] == (
+            "build ok: 0 ran, 2 cached, 0 failed, 0 not run"
+        )
+        local = docker_client.images.get(f"{name}:v1")
+        remote = docker_client.images.get_registry_data(f"{name}:v1", auth_config=registry.auth_config)
+        assert f"{name}@{remote.id}" in local.attrs["RepoDigests"]
+        for done in (first, second):
+            assert registry.password not in done.stdout + done.stderr
+        assert files_with(isolated, registry.password) == []
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(f"{name}:v1", force=True)
+
+
+def files_with(root: Path, needle: str) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
