@@ -1,4 +1,5 @@
-"""kill -9 in the middle of applies: the SQLite store stays readable and each apply is all or nothing."""
+"""kill -9 in the middle of applies: the store stays readable and each apply is all or nothing
+(SQLite: 50 kills; PostgreSQL, where the server rolls back for us: 10)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from buildsys.store import open_store
 from buildsys.store.base import Change
-from buildsys.store.sql import SqlStore
 from tests.store.contract import deployment_spec
 
-BATCH = 1500
 KILLS = 50
 
 
-def _flip_forever(path: str, ready: Any) -> None:
-    """Alternately create and delete BATCH deployments, flipping variable `phase` in the same apply."""
-    store = SqlStore.sqlite(path)
+def _flip_forever(url: str, batch: int, ready: Any) -> None:
+    """Alternately create and delete `batch` deployments, flipping variable `phase` in the same apply."""
+    store = open_store(url)
     ready.send("open")
     while True:
         phase = store.get_resource("variable", "phase")
@@ -29,44 +31,59 @@ def _flip_forever(path: str, ready: Any) -> None:
         if phase.spec["value"] == 0:
             changes = [
                 Change("create", "deployment", f"etl/d{i}", deployment_spec(f"d{i}", description="x" * 200))
-                for i in range(BATCH)
+                for i in range(batch)
             ]
         else:
-            changes = [Change("delete", "deployment", f"etl/d{i}") for i in range(BATCH)]
+            changes = [Change("delete", "deployment", f"etl/d{i}") for i in range(batch)]
         changes.append(Change("update", "variable", "phase", {"value": 1 - phase.spec["value"]}))
         ready.send("begin")
         store.apply(changes, expected_serial=None)
         ready.send("end")
 
 
-def _check(path: Path) -> tuple[int, int]:
+def _check(url: str, batch: int) -> tuple[int, int]:
     """The store opens, passes an integrity check, and holds exactly one side of an apply."""
-    db = sqlite3.connect(path)
+    if not url.startswith("postgresql://"):
+        db = sqlite3.connect(url)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            db.close()
+    store = open_store(url)
     try:
-        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        db.close()
-    with SqlStore.sqlite(path) as store:
         phase = store.get_resource("variable", "phase")
         assert phase is not None
         deployments = len(store.list_resources("deployment"))
         serial = store.serial()
-    assert (deployments, (serial - 1) % 2) == (BATCH * phase.spec["value"], phase.spec["value"])
+    finally:
+        store.close()
+    assert (deployments, (serial - 1) % 2) == (batch * phase.spec["value"], phase.spec["value"])
     return serial, deployments
 
 
 def test_kill_9_during_applies_leaves_the_store_before_or_after(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    with SqlStore.sqlite(path) as store:
+    kill_repeatedly(str(tmp_path / "state.db"), KILLS, 1500)
+
+
+@pytest.mark.postgres
+def test_kill_9_during_applies_on_postgres(fresh_postgres_url: str) -> None:
+    kill_repeatedly(fresh_postgres_url, 10, 300)
+
+
+def kill_repeatedly(url: str, kills: int, batch: int) -> None:
+    store = open_store(url)
+    try:
         store.apply([Change("create", "variable", "phase", {"value": 0})], expected_serial=0)
+    finally:
+        store.close()
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(1234)
     previous = 1
     outcomes: set[int] = set()
     mid_apply = 0
-    for _ in range(KILLS):
+    for _ in range(kills):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_flip_forever, args=(str(path), child))
+        proc = ctx.Process(target=_flip_forever, args=(url, batch, child))
         proc.start()
         try:
             assert parent.poll(20), "the applying child did not open the store"
@@ -80,7 +97,7 @@ def test_kill_9_during_applies_leaves_the_store_before_or_after(tmp_path: Path) 
             parent.close()
             child.close()
         assert proc.exitcode == -signal.SIGKILL
-        serial, deployments = _check(path)
+        serial, deployments = _check(url, batch)
         inside = bool(messages) and messages[-1] == "begin"
         done = previous + messages.count("end")
         # killed inside an apply: it committed or it did not; otherwise every apply committed
@@ -88,8 +105,8 @@ def test_kill_9_during_applies_leaves_the_store_before_or_after(tmp_path: Path) 
         mid_apply += inside
         previous = serial
         outcomes.add(deployments)
-    assert mid_apply >= 10, f"only {mid_apply} of {KILLS} kills landed inside an apply"
-    assert outcomes == {0, BATCH}
+    assert mid_apply >= kills // 5, f"only {mid_apply} of {kills} kills landed inside an apply"
+    assert outcomes == {0, batch}
 
 
 def _drain(conn: Any) -> list[str]:
