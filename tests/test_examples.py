@@ -97,6 +97,14 @@ def test_example_validates_builds_and_plans(
         image = images.pop()
         request.addfinalizer(lambda: _remove_image(client, image))
         assert client.images.get(image).labels["buildsys.test"] == "1"
+    if name == "kubernetes":
+        code, out, err = cli(capsys, "pool", "preview", "report")
+        assert (code, err) == (0, ""), out
+        job = yaml.safe_load(out)
+        container = job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+        assert (container["image"], container["imagePullPolicy"], container["env"]) == (
+            image, "IfNotPresent", {"REPORT_BUCKET": "reports-prod"})
+        assert (job["namespace"], job["job_manifest"]["spec"]["ttlSecondsAfterFinished"]) == ("flows", 600)
     if name == "local-process":
         assert deployments[0]["version"] == "1.0.0"
 
