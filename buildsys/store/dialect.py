@@ -127,11 +127,7 @@ class Database:
     @contextmanager
     def tx(self, *, write: bool = False) -> Iterator[Tx]:
         """A transaction: BEGIN (IMMEDIATE for SQLite writes) … COMMIT, ROLLBACK on any error."""
-        conn = self.connection()
-        try:
-            self._begin(conn, write)
-        except Exception as exc:
-            raise self._translated(exc) from exc
+        conn = self._begun(write)
         cursor = conn.cursor()
         try:
             yield Tx(self, cursor)
@@ -145,6 +141,20 @@ class Database:
             raise
         finally:
             cursor.close()
+
+    def _begun(self, write: bool) -> Any:
+        """A connection with a transaction begun; a connection the server dropped while idle is
+        replaced once (nothing ran on it yet, so trying again is safe)."""
+        for attempt in (1, 2):
+            conn = self.connection()
+            try:
+                self._begin(conn, write)
+                return conn
+            except Exception as exc:
+                if attempt == 1 and not self._usable(conn):
+                    continue
+                raise self._translated(exc) from exc
+        raise AssertionError("unreachable")
 
     def _translated(self, exc: Exception) -> BaseException:
         return self.translate(exc) or exc

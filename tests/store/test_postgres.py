@@ -194,3 +194,19 @@ def test_racing_creates_with_one_idempotency_key_make_one_run(fresh_postgres_url
     assert len(ids) == 8 and len(set(ids)) == 1
     with SqlStore.postgres(fresh_postgres_url) as store:
         assert [r.id for r in store.list_runs()] == ids[:1]
+
+
+def test_a_connection_the_server_dropped_is_replaced(fresh_postgres_url: str, postgres_server: PostgresServer) -> None:
+    import psycopg
+
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        store.apply([create("variable", "v", {"value": 1})], expected_serial=0)
+        database = fresh_postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_server.url("postgres"), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            ).fetchall()
+        assert killed == [(True,)]
+        assert store.serial() == 1
+        assert store.apply([create("variable", "w", {"value": 2})], expected_serial=1) == 2
