@@ -185,6 +185,7 @@ def plan(
                 warnings.append(
                     f"{want.kind} {want.name} is owned by project {have.owner!r}; applying makes {me!r} its owner"
                 )
+    warnings += _pool_warnings(desired, actual)
     wanted = {(r.kind, r.name) for r in desired.resources}
     orphans = [
         r
@@ -205,6 +206,26 @@ def plan(
         warnings=tuple(warnings),
         store=store,
     )
+
+
+def _pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str]:
+    """Deployments whose pool nobody declares: allowed (another project may create it later), but said."""
+    pools = {r.name for r in actual if r.kind == "pool"} | {
+        r.name for r in desired.resources if r.kind == "pool"
+    }
+    out = []
+    for r in desired.resources:
+        if r.kind != "deployment":
+            continue
+        pool = r.spec.get("work_pool_name")
+        if not pool:
+            out.append(f"deployment {r.name} has no work pool (work_pool.name); no worker will run it")
+        elif pool not in pools:
+            out.append(
+                f"deployment {r.name} uses work pool {pool!r}, which is neither in the store nor declared "
+                "here; its runs wait until the pool exists"
+            )
+    return out
 
 
 def _render_warning(d: Any) -> str:

@@ -19,12 +19,16 @@ MANAGED = frozenset({"flow_name", "name", "tags", "parameters", "job_variables",
 
 def dep(name: str = "etl/nightly", managed: frozenset[str] = MANAGED, **spec: Any) -> DesiredResource:
     base = {"flow_name": "etl", "name": name.split("/")[1], "tags": [], "parameters": {}, "job_variables": {}}
+    base["work_pool_name"] = "local"
     base["description"] = None
     return DesiredResource("deployment", name, {**base, **spec, "paused": spec.get("paused", False)}, managed)
 
 
 def state(*resources: DesiredResource, partial: bool = False) -> DesiredState:
     return DesiredState("demo", SOURCE, resources, partial=partial)
+
+
+POOL = Resource("pool", "local", {"type": "process"}, owner="platform")  # another project's pool
 
 
 def stored(r: DesiredResource, owner: str | None = "demo", **changes: Any) -> Resource:
@@ -47,6 +51,7 @@ def test_create_lists_non_default_managed_fields() -> None:
         "parameters": {},
         "job_variables": {},
         "description": None,
+        "work_pool_name": "local",
         "paused": False,
     }
     assert p.summary == {"add": 1, "change": 0, "destroy": 0}
@@ -144,7 +149,7 @@ def test_prune_of_a_partial_selection_is_refused() -> None:
 
 def test_taking_over_a_resource_of_another_project_is_shown() -> None:
     want = dep()
-    p = plan(state(want), [stored(want, owner="other")], serial=2)
+    p = plan(state(want), [stored(want, owner="other"), POOL], serial=2)
     (c,) = p.changes
     assert (c.action, c.fields, c.previous_owner) == ("update", (), "other")
     assert p.warnings == (
@@ -199,7 +204,7 @@ def test_text_rendering_whole_output() -> None:
     )
     have = stored(dep(tags=["a"], parameters={"n": 1}))
     new = DesiredResource("variable", "region", {"value": "eu"}, frozenset({"value"}))
-    p = plan(state(want, new), [have, stored(dep("etl/gone"))], serial=7, prune=True)
+    p = plan(state(want, new), [have, stored(dep("etl/gone")), POOL], serial=7, prune=True)
     assert render_plan(p) == (
         "Planned from prefect.yaml at c0ffeec0ffee\n"
         "\n"
@@ -218,9 +223,19 @@ def test_text_rendering_whole_output() -> None:
     )
 
 
+def test_deployments_whose_pool_nobody_declares_are_warned_about() -> None:
+    lost = dep("etl/lost", work_pool_name="nowhere")
+    p = plan(state(dep(), dep("etl/none", work_pool_name=None), lost), [POOL], serial=0)
+    assert p.warnings == (
+        "deployment etl/none has no work pool (work_pool.name); no worker will run it",
+        "deployment etl/lost uses work pool 'nowhere', which is neither in the store nor declared here; "
+        "its runs wait until the pool exists",
+    )
+
+
 def test_text_rendering_no_changes_orphans_and_colour() -> None:
     want = dep()
-    p = plan(state(want), [stored(want), stored(dep("etl/gone"))], serial=3)
+    p = plan(state(want), [stored(want), stored(dep("etl/gone")), POOL], serial=3)
     assert render_plan(p) == (
         "Planned from prefect.yaml at c0ffeec0ffee\n"
         "\n"

@@ -310,6 +310,7 @@ def test_outputs_unknown_until_built_then_deploy(repo: Path) -> None:
         repo / "prefect.yaml",
         """
         name: built
+        work_pools: [{name: local, type: process}]
         build:
           - run_shell_script:
               id: sha
