@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -354,3 +356,49 @@ def test_prune_with_a_selection_and_prune_with_a_plan_file_are_refused(repo: Pat
     both = run(repo, "apply", "p.plan.json", "--prune")
     assert both.returncode == 1
     assert "--prune is decided when the plan is made" in both.stderr
+
+
+def _apply_on_a_terminal(repo: Path, answer: bytes) -> tuple[int, str]:
+    """`buildsys apply` on a real pseudo-terminal, answering the prompt once it is shown."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*BUILDSYS, "--no-color", "apply"], stdin=slave, stdout=slave, stderr=slave, cwd=repo, close_fds=True
+    )
+    os.close(slave)
+    transcript = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Apply these changes? [y/N]: " not in transcript:
+            assert time.monotonic() < deadline, transcript
+            transcript += os.read(master, 4096)
+        os.write(master, answer)
+        code = proc.wait(timeout=60)
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            transcript += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return code, transcript.decode().replace("\r\n", "\n")
+
+
+def test_apply_asks_on_a_terminal(repo: Path) -> None:
+    code, text = _apply_on_a_terminal(repo, b"n\n")
+    assert code == 1
+    assert text.endswith(
+        "Plan: 4 to add, 0 to change, 0 to destroy.\nApply these changes? [y/N]: n\nAborted.\n"
+    )
+    with store(repo) as s:
+        assert s.serial() == 0
+    code, text = _apply_on_a_terminal(repo, b"y\n")
+    assert code == 0
+    assert text.endswith(
+        "Apply these changes? [y/N]: y\nApply complete: 4 change(s) written (store serial 1).\n"
+    )
