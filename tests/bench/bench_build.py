@@ -398,7 +398,7 @@ def small_timings(root: Path, repeat: int) -> dict[str, list[Timing]]:
 # --- report -----------------------------------------------------------------------------------------
 
 
-def machine() -> str:
+def machine(started: float) -> str:
     cpu_model = "?"
     with open("/proc/cpuinfo") as fh:
         for line in fh:
@@ -412,14 +412,14 @@ def machine() -> str:
     doit = subprocess.run([str(BIN / "doit"), "--version"], capture_output=True, text=True).stdout.split()[0]
     load = os.getloadavg()
     return (
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {os.cpu_count()} ({cpu_model}), "
+        f"run started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; nproc {os.cpu_count()} ({cpu_model}), "
         f"{mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; {make}; doit {doit}; buildsys at commit "
         f"{commit.stdout.strip() or '?'}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
     )
 
 
-def report(rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int) -> str:
+def report(rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int, started: float) -> str:
     steps = len(bench.nodes)
     files = sum(len(n.files) for n in bench.nodes.values())
     expected = len(bench.dependents("g00s0"))
@@ -462,7 +462,7 @@ def report(rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, r
     ]
     for label, series in small.items():
         lines.append(f"| {label} | {wall(series) * 1000:.0f} ms | {cpu(series) * 1000:.0f} ms | {_fmt(series)} |")
-    lines += ["", f"Machine: {machine()}."]
+    lines += ["", f"Machine: {machine(started)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -476,13 +476,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if shutil.which("make") is None:
         raise SystemExit("GNU make is not installed")
     base = Path(tempfile.mkdtemp(prefix="buildsys-bench-"))
+    started = time.time()
     try:
-        started = time.perf_counter()
         bench = generate(base / "big", args.groups)
-        print(f"generated {len(bench.nodes)} steps in {time.perf_counter() - started:.1f} s under {base}", file=sys.stderr)
+        print(f"generated {len(bench.nodes)} steps in {time.time() - started:.1f} s under {base}", file=sys.stderr)
         rows = measure(bench, args.repeat, lambda line: print(line, file=sys.stderr, flush=True))
         small = small_timings(base / "small", args.repeat)
-        text = report(rows, small, bench, args.repeat)
+        text = report(rows, small, bench, args.repeat, started)
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
