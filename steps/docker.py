@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -115,8 +114,7 @@ def build_docker_image(
     extra = [str(t) for t in additional_tags or []]
     if persist_dockerfile and plan.generated is not None:
         ctx.path(dockerfile_output_path).write_text(plan.generated)
-    with _generated_dockerfile(plan) as dockerfile_arg:
-        image_id = _run_build(ctx, client, plan, dockerfile_arg, tag, options, pull=pull, nocache=nocache)
+    image_id = _run_build(ctx, client, plan, tag, options, pull=pull, nocache=nocache)
     with _docker_errors(ctx, f"tagging {plan.image_name}"):
         for extra_tag in extra:
             client.api.tag(image_id, plan.image_name, tag=extra_tag)
@@ -254,28 +252,15 @@ def _content_tag(plan: BuildPlan, options: Mapping[str, Any], base_images: str) 
     return f"sha-{digest.hexdigest()[:16]}"
 
 
-@contextmanager
-def _generated_dockerfile(plan: BuildPlan) -> Iterator[str]:
-    """The ``dockerfile`` argument for the SDK: a generated one lives outside the context, so the
-    SDK adds it under a private name that it also excludes from ``COPY .``."""
-    if plan.generated is None:
-        yield plan.dockerfile
-        return
-    with tempfile.TemporaryDirectory(prefix="buildsys-dockerfile-") as tmp:
-        generated = Path(tmp) / "Dockerfile"
-        generated.write_text(plan.generated)
-        yield str(generated)
-
-
-def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag: str,
-               options: Mapping[str, Any], *, pull: bool, nocache: bool) -> str:
+def _run_build(ctx: Context, client: Any, plan: BuildPlan, tag: str, options: Mapping[str, Any], *,
+               pull: bool, nocache: bool) -> str:
     reference = f"{plan.image_name}:{tag}"
     step_line = ""
     step_output: list[str] = []
     image_id: str | None = None
     with _docker_errors(ctx, f"building {reference}"), ExitStack() as stack:
         settings = {"rm": True, "forcerm": True, **{k: v for k, v in options.items() if v is not None}}
-        name, archive = _context_archive(plan, dockerfile)
+        name, archive = _context_archive(plan)
         stack.callback(archive.close)
         chunks = client.api.build(
             fileobj=archive, custom_context=True, dockerfile=name, tag=reference, decode=True, pull=pull,
@@ -296,13 +281,19 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, dockerfile: str, tag:
         return image_id or client.images.get(reference).id
 
 
-def _context_archive(plan: BuildPlan, dockerfile: str) -> tuple[str, Any]:
-    """The build context as a tar, filtered exactly like the ``files`` hook; a Dockerfile from
-    outside the context is added under a private name that is itself excluded from ``COPY .``."""
+def _context_archive(plan: BuildPlan) -> tuple[str, Any]:
+    """The build context as a tar, filtered exactly like the ``files`` hook. A generated Dockerfile,
+    or one from outside the context, is added under a fixed name that the archive's own
+    ``.dockerignore`` keeps out of ``COPY .`` (a fixed name keeps rebuilds identical)."""
     from docker.api.build import process_dockerfile
     from docker.utils.build import tar
 
-    name, content = process_dockerfile(dockerfile, str(plan.context))
+    if plan.generated is not None:
+        name, content = "Dockerfile", plan.generated
+    else:
+        name, content = process_dockerfile(plan.dockerfile, str(plan.context))
+        if content is not None:
+            name = ".buildsys.Dockerfile"
     patterns = ignore_patterns(plan.context)
     if not (plan.context / ".dockerignore").exists():
         patterns.append(".dockerignore")  # the SDK may add one to the archive; keep it out of the image

@@ -141,6 +141,16 @@ def test_auto_dockerfile_copies_the_project_to_opt_prefect(docker_client: Any, t
     assert run_in(docker_client, out["image"], "pwd; ls -A") == "/opt/prefect/myproject\nDockerfile.generated\nflows\n"
 
 
+def test_an_unchanged_project_rebuilds_to_the_same_image(tmp_path: Path, base_image: str, image_name: str,
+                                                         docker_client: Any) -> None:
+    root = write(tmp_path / "stable", {"flow.py": "x = 1\n", ".dockerignore": "*.log\n"})
+    ctx, _ = make_ctx(root)
+    first = build_docker_image(ctx, image_name=image_name, dockerfile="auto", base_image=base_image, tag="a")
+    again = build_docker_image(ctx, image_name=image_name, dockerfile="auto", base_image=base_image, tag="b")
+    assert again["image_id"] == first["image_id"]
+    assert run_in(docker_client, first["image"], "ls -A") == ".dockerignore\nflow.py\n"
+
+
 def test_auto_dockerfile_installs_requirements_and_shows_the_failing_step(tmp_path: Path, base_image: str,
                                                                           image_name: str) -> None:
     # The test base image has no pip, so the generated install step fails for real.
