@@ -140,7 +140,7 @@ def desired_state(
     select: Sequence[str] | None = None,
 ) -> DesiredState:
     """All resources the project declares. Values that need a build not yet run are UNKNOWN."""
-    warnings: list[Diagnostic] = []
+    warnings: list[Diagnostic] = list(project.warnings)  # the loader's (unknown keys, skipped entries)
     resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
@@ -241,7 +241,8 @@ def deployment_resource(
         info = _flow(d.entrypoint, read, flows if flows is not None else {})
     except ValueError as exc:
         raise DesiredStateError(str(exc), location=d.location, path=d.path) from None
-    if info.problem:
+    # a missing `file.py` is already reported by the loader; say it only for module paths
+    if info.problem and not (info.file is None and ".py:" in d.entrypoint):
         warnings.append(
             Diagnostic(
                 "warning",
