@@ -376,7 +376,7 @@ class Worker:
                 while not control.empty():
                     _stream, payload = control.get_nowait()
                     if '"running"' in payload and not state.running:
-                        state.running = True
+                        self._set_running(run, execution, state)
                 return outcome
             if active.cancel.is_set():
                 if term_sent is None:
@@ -542,18 +542,22 @@ class _Tail:
     def __init__(self) -> None:
         self.error: str | None = None
         self.runtime_error: str | None = None
-        self._last_stderr: str | None = None
+        self._report_stream = "stderr"
 
     def add(self, stream: str, line: str) -> None:
-        if stream != "stderr" or not line.strip():
+        if not line.strip():
             return
         if line.startswith("buildsys runtime: "):
             self.runtime_error = line[len("buildsys runtime: ") :]
-        elif not line.startswith((" ", "\t", "Traceback")):
+        elif line.startswith("Flow run ") and line.endswith(" failed:"):
+            self._report_stream = stream  # the runtime's report follows (merged into stdout on k8s)
+        elif stream == self._report_stream and not line.startswith((" ", "\t", "Traceback")):
             self.error = line.strip()
 
 
 def _crash_message(code: int, infra_message: str | None, runtime_error: str | None) -> str:
+    if code < 0 and infra_message:
+        return f"Flow run infrastructure failed: {infra_message.rstrip('.')}."
     text = f"Flow run infrastructure exited with non-zero status code {code}"
     meaning = infra_message or EXIT_MEANINGS.get(code)
     if code == 137 and not infra_message:

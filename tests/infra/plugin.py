@@ -12,3 +12,4 @@ from tests.infra.postgres import *  # noqa: F403
 from tests.infra.registry import *  # noqa: F403
 from tests.infra.git import *  # noqa: F403
 from tests.infra.s3 import *  # noqa: F403
+from tests.infra.k8s import *  # noqa: F403

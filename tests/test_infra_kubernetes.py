@@ -1,0 +1,218 @@
+"""The kubernetes pool type: manifests rendered and validated offline, and the submit / watch / log /
+cancel path exercised against the fake API server of tests/infra/k8s.py (there is no cluster here)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys.infra import InfrastructureError, Job
+from buildsys.infra.kubernetes import build_job, validate_manifest
+from buildsys.pools import base_job_template, default_job_template, job_configuration
+from buildsys.store import open_store
+from buildsys.store.base import Change, StateStore
+from tests.infra.k8s import FakeKubernetes
+from tests.infra.waiting import wait_for
+from tests.test_worker import FLOWS, Workers, final, log_lines
+
+
+def k8s_job(job_variables: dict[str, Any], template: dict[str, Any] | None = None) -> Job:
+    config = job_configuration(template or default_job_template("kubernetes"), job_variables, None, env={})
+    return Job("run-1", "brave-otter", "etl", "etl/prod", "k8s", "w1", config, {"entrypoint": "f.py:f"}, {"BUILDSYS_RUN_ID": "run-1"})
+
+
+def test_manifest_from_the_default_template_is_a_valid_job() -> None:
+    manifest = build_job(
+        k8s_job(
+            {
+                "image": "registry:5000/etl:1",
+                "namespace": "data",
+                "env": {"LOG_LEVEL": "DEBUG"},
+                "labels": {"team": "data"},
+                "cpu_request": "250m",
+                "memory_limit": "256Mi",
+                "service_account_name": "runner",
+                "name": "nightly etl",
+            }
+        )
+    )
+    validate_manifest(manifest)
+    assert manifest["metadata"]["namespace"] == "data"
+    assert manifest["metadata"]["generateName"] == "nightly-etl-"
+    assert manifest["metadata"]["labels"]["buildsys.dev/deployment"] == "etl-prod"
+    assert manifest["metadata"]["labels"]["team"] == "data"
+    assert manifest["spec"]["parallelism"] == 1 and manifest["spec"]["completions"] == 1
+    assert manifest["spec"]["backoffLimit"] == 0
+    pod = manifest["spec"]["template"]
+    assert pod["metadata"]["labels"] == manifest["metadata"]["labels"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["serviceAccountName"] == "runner"
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == "prefect-job"
+    assert container["image"] == "registry:5000/etl:1"
+    assert container["args"] == ["python3", "-m", "buildsys.runtime"]
+    assert container["resources"] == {"limits": {"memory": "256Mi"}, "requests": {"cpu": "250m"}}
+    assert container["env"] == [
+        {"name": "BUILDSYS_RUN_ID", "value": "run-1"},
+        {"name": "LOG_LEVEL", "value": "DEBUG"},
+        {"name": "BUILDSYS_RUN_CONTEXT", "value": '{"entrypoint":"f.py:f"}'},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def test_command_string_and_hard_coded_env_entries() -> None:
+    template = default_job_template("kubernetes")
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+        {"name": "LOG_LEVEL", "value": "INFO"},
+    ]
+    manifest = build_job(k8s_job({"image": "img:1", "command": "python3 -m buildsys.runtime --context '/etc/run ctx.json'"}, template))
+    validate_manifest(manifest)
+    (c,) = manifest["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["python3", "-m", "buildsys.runtime", "--context", "/etc/run ctx.json"]
+    assert c["env"][0] == {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"key": "password", "name": "db"}}}
+    assert c["env"][1] == {"name": "LOG_LEVEL", "value": "INFO"}
+
+
+def test_missing_image_and_wrong_kind_are_clear_errors() -> None:
+    with pytest.raises(InfrastructureError) as info:
+        build_job(k8s_job({}))
+    assert (info.value.message, info.value.hint) == ("the kubernetes pool needs an image", "set the job variable `image`")
+    template = default_job_template("kubernetes")
+    template["job_configuration"]["job_manifest"]["kind"] = "CronJob"
+    with pytest.raises(InfrastructureError) as info:
+        build_job(k8s_job({"image": "x:1"}, template))
+    assert info.value.message == "the job manifest must be a batch/v1 Job, not batch/v1 CronJob"
+
+
+def test_offline_validation_rejects_a_bad_manifest() -> None:
+    manifest = build_job(k8s_job({"image": "img:1"}))
+    manifest["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": "eighty"}]
+    with pytest.raises(InfrastructureError) as info:
+        validate_manifest(manifest)
+    assert info.value.message.startswith("the Job manifest is not valid for Kubernetes ")
+    assert "eighty" in info.value.message
+
+
+# --- through a worker, against the fake API server --------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "flows").mkdir(parents=True)
+    (root / "flows" / "demo.py").write_text(FLOWS)
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    s = open_store(str(tmp_path / "state.db"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, store: StateStore) -> Iterator[Workers]:
+    w = Workers(tmp_path / "state.db", tmp_path)
+    yield w
+    w.stop_all()
+
+
+def k8s_setup(store: StateStore, project: Path, function: str, image: str = "img:1") -> str:
+    template = base_job_template("kubernetes", {"image": image, "pod_watch_timeout_seconds": 20})
+    store.apply(
+        [
+            Change("create", "pool", "k8s", spec={"type": "kubernetes", "base_job_template": template, "queues": []}),
+            Change(
+                "create",
+                "deployment",
+                f"{function}/k8s",
+                spec={
+                    "flow_name": function,
+                    "name": "k8s",
+                    "entrypoint": "flows/demo.py:" + function,
+                    "work_pool_name": "k8s",
+                    "job_variables": {},
+                    "pull_steps": [{"set_working_directory": {"directory": str(project)}}],
+                },
+            ),
+        ],
+        expected_serial=None,
+    )
+    return f"{function}/k8s"
+
+
+def start_worker(workers: Workers, api: FakeKubernetes) -> None:
+    workers.start("--name", "kw", pool="k8s", env={"KUBECONFIG": str(api.kubeconfig), "PATH": os.environ["PATH"]})
+
+
+def test_kubernetes_run_end_to_end(store: StateStore, project: Path, workers: Workers, k8s_api: FakeKubernetes) -> None:
+    deployment = k8s_setup(store, project, "hello")
+    start_worker(workers, k8s_api)
+    run = store.create_run(deployment, parameters={"name": "cluster"})
+    done = final(store, run, timeout=60)
+    assert (done.state, done.state_message, done.exit_code) == ("COMPLETED", None, 0)
+    (job_name,) = k8s_api.jobs
+    assert done.infrastructure_pid == f"default:{job_name}"
+    assert log_lines(store, run)[1:] == [
+        ("stdout", "Running pull step pull[0: set_working_directory]"),
+        ("stdout", "hello cluster"),
+    ]
+    body = k8s_api.jobs[job_name]
+    validate_manifest({k: v for k, v in body.items() if k != "status"})
+    assert body["metadata"]["labels"]["buildsys.dev/run-id"] == run.id
+
+
+def test_kubernetes_flow_failure_reads_the_merged_log(
+    store: StateStore, project: Path, workers: Workers, k8s_api: FakeKubernetes
+) -> None:
+    deployment = k8s_setup(store, project, "fail")
+    start_worker(workers, k8s_api)
+    run = store.create_run(deployment)
+    done = final(store, run, timeout=60)
+    assert (done.state, done.state_message) == ("FAILED", "Flow run failed: ValueError: the data is bad"), log_lines(store, run)
+
+
+def test_kubernetes_cancel_deletes_the_job(
+    store: StateStore, project: Path, workers: Workers, k8s_api: FakeKubernetes, tmp_path: Path
+) -> None:
+    deployment = k8s_setup(store, project, "wait_for_file")
+    start_worker(workers, k8s_api)
+    run = store.create_run(deployment, parameters={"path": str(tmp_path / "never")})
+    wait_for(lambda: store.get_run(run.id).state == "RUNNING", 30, "the pod to run the flow")
+    store.request_cancel(run.id)
+    done = final(store, run, timeout=30)
+    assert (done.state, done.state_message) == ("CANCELLED", "Cancelled on request: the flow-run infrastructure was stopped.")
+    assert k8s_api.deleted == [done.infrastructure_pid.split(":", 1)[1]]  # type: ignore[union-attr]
+    assert k8s_api.pods == {}
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (
+            "fake/missing:1",
+            "Flow run infrastructure failed: the image could not be pulled (ErrImagePull): pull access denied for "
+            "fake/missing.",
+        ),
+        (
+            "fake/oom:1",
+            "Flow run infrastructure exited with non-zero status code 137 (the container was killed for using more "
+            "memory than its limit (OOMKilled)).",
+        ),
+        ("fake/evicted:1", "Flow run infrastructure failed: the pod was evicted: The node was low on resource: memory."),
+    ],
+)
+def test_pod_failures_are_clear_crashes(
+    store: StateStore, project: Path, workers: Workers, k8s_api: FakeKubernetes, image: str, message: str
+) -> None:
+    deployment = k8s_setup(store, project, "hello", image=image)
+    start_worker(workers, k8s_api)
+    done = final(store, store.create_run(deployment), timeout=60)
+    assert (done.state, done.state_message) == ("CRASHED", message)
