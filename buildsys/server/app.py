@@ -109,6 +109,8 @@ def _endpoint(
             _reject_nul(path, "path")
             _reject_nul(query, "query")
             payload = await ep.handler(Call(request, services, body, path, query))
+            if isinstance(payload, Response):
+                return payload
             return JSONResponse(payload, status_code=ep.status)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message)

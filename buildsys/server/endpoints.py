@@ -83,16 +83,24 @@ class Param:
 
 
 class Wakeup:
-    """Wakes long-polls in this process when something they wait for may have happened."""
+    """Wakes long-polls in this process when something they wait for may have happened.
+
+    A waiter notes `generation` before it looks at the store and passes it to `wait`, so a change
+    that lands while it is looking is not missed (it returns at once instead of sleeping).
+    """
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.generation = 0
 
     def notify(self) -> None:
+        self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float, since: int | None = None) -> None:
+        if since is not None and since != self.generation:
+            return
         event = self._event
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
@@ -107,6 +115,7 @@ class Services:
     runs_changed: Wakeup = field(default_factory=Wakeup)
     logs_changed: Wakeup = field(default_factory=Wakeup)
     resources_changed: Wakeup = field(default_factory=Wakeup)
+    pages: dict[Any, tuple[int, bytes]] = field(default_factory=dict)  # resource pages by serial
 
 
 @dataclass

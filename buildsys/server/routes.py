@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+from starlette.responses import Response
+
 from buildsys.server.endpoints import ApiError, Call, Endpoint, Param
-from buildsys.server.schemas import MAX_PAGE, MAX_WAIT_SECONDS
+from buildsys.server.schemas import MAX_PAGE, MAX_RESOURCE_PAGE, MAX_WAIT_SECONDS
 from buildsys.store.base import KINDS, STATE_TYPES, TERMINAL, Change, FlowRun, Resource
 
 API = "/api/v1"
+PAGE_CACHE_ENTRIES = 64
 
 PAGE = (
     Param("limit", "integer", "page size", default=100, minimum=1, maximum=MAX_PAGE),
     Param("offset", "integer", "items to skip", default=0, minimum=0, maximum=2**31),
+)
+RESOURCE_PAGE = (
+    Param("limit", "integer", "page size", default=1000, minimum=1, maximum=MAX_RESOURCE_PAGE),
+    PAGE[1],
 )
 
 
@@ -28,11 +36,26 @@ async def get_serial(call: Call) -> Any:
     return {"serial": await call.sync(call.store.serial)}
 
 
+def resource_json(r: Resource) -> dict[str, Any]:
+    """A resource as JSON; shallow (the spec is already plain JSON), much cheaper than asdict."""
+    return {
+        "kind": r.kind,
+        "name": r.name,
+        "spec": r.spec,
+        "owner": r.owner,
+        "source": r.source,
+        "id": r.id,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "serial": r.serial,
+    }
+
+
 def _page(resources: list[Resource], call: Call, serial: int) -> Any:
     limit, offset = call.query["limit"], call.query["offset"]
     items = resources[offset : offset + limit]
     return {
-        "items": [r.to_dict() for r in items],
+        "items": [resource_json(r) for r in items],
         "total": len(resources),
         "limit": limit,
         "offset": offset,
@@ -41,6 +64,16 @@ def _page(resources: list[Resource], call: Call, serial: int) -> Any:
 
 
 async def _listing(call: Call, kind: str | None) -> Any:
+    """A page of resources. Pages are cached per server process under the store's serial, which
+    moves on every change to desired state (import included) and never goes back: a cached page
+    is served only while the database still has the serial it was read at."""
+    key = (kind, call.query["limit"], call.query["offset"])
+    cache = call.services.pages
+    current = await call.sync(call.store.serial)
+    hit = cache.get(key)
+    if hit is not None and hit[0] == current:
+        return Response(hit[1], media_type="application/json")
+
     def read() -> tuple[int, list[Resource]]:
         # the serial is read before and after so a page always says which state it belongs to
         while True:
@@ -50,7 +83,11 @@ async def _listing(call: Call, kind: str | None) -> Any:
                 return before, resources  # in the store's order (kind, name)
 
     serial, resources = await call.sync(read)
-    return _page(resources, call, serial)
+    body = json.dumps(_page(resources, call, serial), ensure_ascii=False, separators=(",", ":")).encode()
+    if len(cache) >= PAGE_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = (serial, body)
+    return Response(body, media_type="application/json")
 
 
 async def list_resources(call: Call) -> Any:
@@ -74,7 +111,7 @@ async def _get(call: Call, kind: str) -> Any:
     found = await call.sync(call.store.get_resource, kind, name)
     if found is None:
         raise ApiError(404, "not_found", f"{kind} {name!r} does not exist")
-    return found.to_dict()
+    return resource_json(found)
 
 
 async def get_pool(call: Call) -> Any:
@@ -146,6 +183,7 @@ async def claim_runs(call: Call) -> Any:
     deadline = time.monotonic() + min(float(body.get("wait", 0.0)), MAX_WAIT_SECONDS)
     services = call.services
     while True:
+        seen = services.runs_changed.generation
         runs = await call.sync(
             call.store.claim_runs,
             body["pool"],
@@ -157,7 +195,7 @@ async def claim_runs(call: Call) -> Any:
         remaining = deadline - time.monotonic()
         if runs or remaining <= 0:
             return _runs(runs)
-        await services.runs_changed.wait(min(remaining, services.poll_interval))
+        await services.runs_changed.wait(min(remaining, services.poll_interval), seen)
         if await call.request.is_disconnected():  # nobody to hand a claimed run to
             return _runs([])
 
@@ -221,12 +259,13 @@ async def read_logs(call: Call) -> Any:
     deadline = time.monotonic() + call.query["wait"]
     services = call.services
     while True:
+        seen = services.logs_changed.generation
         run = await call.sync(call.store.get_run, run_id)
         lines = await call.sync(call.store.read_logs, run.id, after=after, limit=limit)
         remaining = deadline - time.monotonic()
         if lines or run.state in TERMINAL or remaining <= 0:
             return {"lines": [x.to_dict() for x in lines], "state": run.state}
-        await services.logs_changed.wait(min(remaining, services.poll_interval))
+        await services.logs_changed.wait(min(remaining, services.poll_interval), seen)
         if await call.request.is_disconnected():
             return {"lines": [], "state": run.state}
 
@@ -267,7 +306,13 @@ _RESOURCE_ROUTES = tuple(
     )
     for route in (
         Endpoint(
-            "GET", f"{API}/{plural}", lister, f"List {plural}", "read", reply="ResourcePage", query=PAGE
+            "GET",
+            f"{API}/{plural}",
+            lister,
+            f"List {plural}",
+            "read",
+            reply="ResourcePage",
+            query=RESOURCE_PAGE,
         ),
         Endpoint(
             "GET",
@@ -292,7 +337,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List resources of every kind (or one)",
         "read",
         reply="ResourcePage",
-        query=(Param("kind", "string", "only this kind: " + " | ".join(KINDS)), *PAGE),
+        query=(Param("kind", "string", "only this kind: " + " | ".join(KINDS)), *RESOURCE_PAGE),
     ),
     *_RESOURCE_ROUTES,
     Endpoint(

@@ -8,7 +8,8 @@ from typing import Any
 from buildsys.store.base import KINDS, STATE_TYPES
 
 MAX_WAIT_SECONDS = 30.0  # long-poll cap (claims and log follows)
-MAX_PAGE = 1000
+MAX_PAGE = 1000  # runs
+MAX_RESOURCE_PAGE = 10_000  # desired state is read whole by every plan: one request for most projects
 MAX_TIME = 1e11  # epoch seconds (year ~5138): keeps datetimes representable
 MAX_INT = 2**53 - 1
 

@@ -19,7 +19,8 @@ from buildsys.errors import ConflictError, NotFoundError, StateError
 from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
 
 API = "/api/v1"
-PAGE = 1000
+PAGE = 1000  # runs per request (the server's maximum)
+RESOURCE_PAGE = 10_000  # resources per request (the server's maximum)
 MAX_SERVER_WAIT = 30.0
 RETRIES = 4
 BACKOFF = 0.2  # seconds; doubles per attempt
@@ -134,14 +135,14 @@ class HttpStore:
             serial = None
             offset = 0
             while True:
-                params: dict[str, Any] = {"limit": PAGE, "offset": offset}
+                params: dict[str, Any] = {"limit": RESOURCE_PAGE, "offset": offset}
                 if kind is not None:
                     params["kind"] = kind
                 page = self._call("GET", f"{API}/resources", params=params, idempotent=True)
                 if serial is not None and page["serial"] != serial:
                     break
                 serial = page["serial"]
-                items.extend(Resource.from_dict(r) for r in page["items"])
+                items.extend(_resource(r) for r in page["items"])
                 offset += len(page["items"])
                 if not page["items"] or offset >= page["total"]:
                     return items
@@ -153,7 +154,7 @@ class HttpStore:
             data = self._call("GET", f"{API}/{kind}s/{_segment(name)}", idempotent=True)
         except NotFoundError:
             return None
-        return Resource.from_dict(data)
+        return _resource(data)
 
     def apply(self, changes: Sequence[Change], *, expected_serial: int | None) -> int:
         body = {"changes": [c.to_dict() for c in changes], "expected_serial": expected_serial}
@@ -336,6 +337,21 @@ class HttpStore:
 
     def __repr__(self) -> str:
         return f"HttpStore({self.url!r})"
+
+
+def _resource(data: dict[str, Any]) -> Resource:
+    """Resource.from_dict without its per-call field introspection (plans read thousands)."""
+    return Resource(
+        kind=data["kind"],
+        name=data["name"],
+        spec=data["spec"],
+        owner=data.get("owner"),
+        source=data.get("source"),
+        id=data.get("id", ""),
+        created_at=data.get("created_at", 0.0),
+        updated_at=data.get("updated_at", 0.0),
+        serial=data.get("serial", 0),
+    )
 
 
 def _segment(value: str) -> str:

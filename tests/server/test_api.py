@@ -154,7 +154,8 @@ def test_bad_bodies_get_clear_4xx(client: httpx.Client, body: bytes, status: int
     ("path", "expected"),
     [
         (f"{API}/pools?limit=0", "query parameter limit must be >= 1"),
-        (f"{API}/pools?limit=1001", "query parameter limit must be <= 1000"),
+        (f"{API}/pools?limit=10001", "query parameter limit must be <= 10000"),
+        (f"{API}/runs?limit=1001", "query parameter limit must be <= 1000"),
         (f"{API}/pools?offset=x", "query parameter offset must be an integer"),
         (f"{API}/pools?limt=5", "unknown query parameter 'limt' (accepted: limit, offset)"),
         (f"{API}/serial?x=1", "unknown query parameter 'x' (accepted: none)"),
@@ -305,3 +306,33 @@ def test_export_and_import_round_trip(deployed: httpx.Client) -> None:
     assert deployed.post(f"{API}/import", json=exported).status_code == 200
     assert deployed.get(f"{API}/deployments/etl/nightly").status_code == 200
     assert len(deployed.get(f"{API}/runs").json()["items"]) == 1
+
+
+def test_two_servers_on_one_database_behave_as_one(store: SqlStore, tmp_path: Path) -> None:
+    other_store = SqlStore.sqlite(tmp_path / "server.db")
+    try:
+        with (
+            threaded_server(store) as first_url,
+            threaded_server(other_store) as second_url,
+            httpx.Client(base_url=first_url) as first,
+            httpx.Client(base_url=second_url) as second,
+        ):
+            assert second.get(f"{API}/pools").json()["items"] == []  # now cached by the second server
+            assert first.post(f"{API}/apply", json={"changes": [POOL, DEPLOYMENT]}).json() == {"serial": 1}
+            page = second.get(f"{API}/pools").json()
+            assert ([r["name"] for r in page["items"]], page["serial"]) == (["local"], 1)
+            update = {
+                "action": "update",
+                "kind": "pool",
+                "name": "local",
+                "spec": {"type": "process", "paused": True},
+            }
+            assert first.post(f"{API}/apply", json={"changes": [update], "expected_serial": 1}).json() == {
+                "serial": 2
+            }
+            assert second.get(f"{API}/pools/local").json()["spec"] == {"type": "process", "paused": True}
+            assert second.get(f"{API}/pools").json()["items"][0]["spec"]["paused"] is True
+            run = second.post(f"{API}/runs", json={"deployment": "etl/nightly"}).json()
+            assert first.get(f"{API}/runs/{run['id']}").json()["state"] == "SCHEDULED"
+    finally:
+        other_store.close()
