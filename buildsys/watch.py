@@ -19,7 +19,7 @@ from buildsys.errors import BuildsysError
 from buildsys.reporter import NullReporter, Reporter
 
 __all__ = ["IGNORED_DIRS", "Cycle", "StepRun", "WatchFilter", "Watcher", "output_paths", "redirected_outputs",
-           "render_cycle"]
+           "render_cycle", "store_files"]
 
 IGNORED_DIRS = frozenset({
     ".git", ".hg", ".svn", ".buildsys", "__pycache__", ".venv", ".tox", ".nox", ".mypy_cache",
@@ -65,9 +65,10 @@ class Cycle:
 class WatchFilter:
     """Decides which paths may start a cycle; callable as a watchfiles `watch_filter`."""
 
-    def __init__(self, root: Path, *, own_files: Iterable[tuple[int, int]] = ()) -> None:
+    def __init__(self, root: Path, *, own_files: Iterable[tuple[int, int]] = (), ignore: Iterable[Path] = ()) -> None:
         self.root = root.resolve()
         self.own_files = frozenset(own_files)  # (st_dev, st_ino) of files this process writes (a log)
+        self.ignore = tuple(p.resolve() for p in ignore)  # e.g. the state store file and its journals
         self._venvs: set[Path] = set()
         self._outputs: set[str] = set()  # relative paths (files or folders) steps produced
         self._written: dict[str, tuple[int, int]] = {}  # path → (mtime_ns, size) a step left it with
@@ -92,6 +93,8 @@ class WatchFilter:
             return "virtualenv"
         if self.own_files and _inode(self.root / rel) in self.own_files:
             return "buildsys's own output"
+        if self.ignore and any(str(self.root / rel).startswith(str(i)) for i in self.ignore):
+            return "the state store"
         return self._step_written(rel.as_posix())
 
     def _in_virtualenv(self, parts: tuple[str, ...]) -> bool:
@@ -149,6 +152,16 @@ def _inode(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def store_files(url: str, root: Path) -> tuple[Path, ...]:
+    """The files a file-backed state store writes (database, journal, WAL), so they never start a
+    cycle — `apply` and `--run` write there every cycle. Server URLs have none."""
+    if url.startswith(("http://", "https://", "postgresql://", "postgres://")):
+        return ()
+    path = Path(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+    path = path if path.is_absolute() else root / path
+    return (path,)  # a prefix: also state.db-wal, state.db-shm, state.db-journal
 
 
 def redirected_outputs() -> set[tuple[int, int]]:
@@ -210,12 +223,13 @@ class Watcher:
     debounce_ms: int = 1600
     step_ms: int = 30
     own_files: frozenset[tuple[int, int]] = frozenset()
+    ignore: tuple[Path, ...] = ()
     count: int = 0
 
     def __post_init__(self) -> None:
         # kept as given (relative to the cwd) so that messages name it the way the user does
         self.root = self.project_file.resolve().parent
-        self.filter = WatchFilter(self.root, own_files=self.own_files)
+        self.filter = WatchFilter(self.root, own_files=self.own_files, ignore=self.ignore)
 
     def watch(self, on_cycle: Callable[[Cycle], None], *, stop: threading.Event | None = None,
               initial: bool = True) -> None:

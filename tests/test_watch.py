@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from buildsys.store import open_store
-from buildsys.watch import Cycle, StepRun, Watcher, WatchFilter, output_paths, render_cycle
+from buildsys.watch import Cycle, StepRun, Watcher, WatchFilter, output_paths, render_cycle, store_files
 from tests.infra.waiting import wait_for
 
 BUILDSYS = str(Path(sys.executable).parent / "buildsys")
@@ -201,18 +201,20 @@ def test_a_failing_step_is_shown_and_the_loop_goes_on(watching: Running) -> None
 
 
 def test_run_starts_a_flow_run_after_each_successful_cycle(isolated: Path) -> None:
+    """With the store file in the project itself: its writes (apply, new runs) never start a cycle."""
     make_project(isolated)
-    running = Running(Watcher(Path("prefect.yaml"), open_store=lambda: open_store(".buildsys/state.db", root=isolated),
-                              apply=True, run="hello"))
+    running = Running(Watcher(Path("prefect.yaml"), open_store=lambda: open_store("state.db", root=isolated),
+                              apply=True, run="hello", ignore=store_files("state.db", isolated)))
     try:
         first = running.next_cycle()
         assert first.run is not None and first.run.startswith("started flow run ") and first.run.endswith(" of hello/hello")
         Path("b.txt").write_text("b2\n")
         second = running.next_cycle()
+        assert (second.number, second.changed) == (2, ("~ b.txt",))
         assert second.run is not None and second.run != first.run
     finally:
         running.close()
-    store = open_store(".buildsys/state.db", root=isolated)
+    store = open_store("state.db", root=isolated)
     try:
         runs = store.list_runs()
         assert sorted(r.deployment for r in runs) == ["hello/hello", "hello/hello"]
@@ -233,16 +235,19 @@ def test_output_paths_are_the_existing_paths_steps_return(tmp_path: Path) -> Non
 def test_filter_reasons(tmp_path: Path) -> None:
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "pyvenv.cfg").write_text("")
-    f = WatchFilter(tmp_path)
+    f = WatchFilter(tmp_path, ignore=store_files("sqlite:///state.db", tmp_path))
     f.build_finished({"clone"})
     cases = {
         ".git/HEAD": "ignored folder", ".buildsys/state.db": "ignored folder", "a/__pycache__/x.py": "ignored folder",
         "venv/lib/x.py": "virtualenv", "venv": "virtualenv", "x.pyc": "editor or bytecode file",
         "clone/README": "a step's output", "src/app.py": None,
+        "state.db": "the state store", "state.db-wal": "the state store",
     }
     f.forget_window()
     assert {rel: f.reason(tmp_path / rel) for rel in cases} == cases
     assert f.reason(Path("/somewhere/else")) == "outside the project"
+    assert store_files("https://buildsys.example.com", tmp_path) == ()
+    assert store_files("/abs/state.db", tmp_path) == (Path("/abs/state.db"),)
 
 
 def test_render_cycle() -> None:

@@ -19,7 +19,7 @@ from buildsys.cli.app import App, common_options, pass_app
 def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int) -> None:
     """Rebuild what a change affects (the cache decides), re-validate and re-plan; Ctrl-C stops."""
     from buildsys.reporter import make_reporter
-    from buildsys.watch import Cycle, Watcher, redirected_outputs, render_cycle
+    from buildsys.watch import Cycle, Watcher, redirected_outputs, render_cycle, store_files
 
     if not app.project_file.is_file():
         from buildsys.errors import BuildsysError
@@ -27,7 +27,8 @@ def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int)
         raise BuildsysError(f"no project file at {app.project_file}", hint="run `buildsys init` to start one")
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity)
     watcher = Watcher(app.project_file, open_store=app.open_store, apply=apply_, run=run_, reporter=reporter,
-                      debounce_ms=debounce, step_ms=step_ms, own_files=frozenset(redirected_outputs()))
+                      debounce_ms=debounce, step_ms=step_ms, own_files=frozenset(redirected_outputs()),
+                      ignore=store_files(app.state, app.project_file.resolve().parent))
 
     def show(cycle: Cycle) -> None:
         if app.json:
