@@ -3,15 +3,22 @@ PostgreSQL. Same tests as the file store, so the CLI and the worker behave the s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
+from starlette.responses import JSONResponse
 
+from buildsys.errors import StateError
 from buildsys.store.http import HttpStore
 from buildsys.store.sql import SqlStore
+from tests.infra.net import free_port
 from tests.infra.postgres import PostgresServer, fresh_database
+from tests.infra.waiting import wait_for
 from tests.server.running import threaded_server
 from tests.store.contract import StoreContract
 
@@ -47,3 +54,62 @@ class TestHttpOnPostgresContract(StoreContract):
         for url in fresh_database(postgres_server):
             with ExitStack() as stack:
                 yield served(stack, SqlStore.postgres(url))
+
+
+# --- what only the HTTP client has: retries, and their limits ----------------------------------
+
+
+class Flaky:
+    """A real HTTP endpoint that fails `failures` times with 503, then answers like the server."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls.append(f"{scope['method']} {scope['path']}")
+        ok = len(self.calls) > self.failures
+        body = {"serial": 7} if ok else {"error": {"code": "unavailable", "message": "database restarting"}}
+        response = JSONResponse(body, status_code=200 if ok else 503)
+        await response(scope, receive, send)
+
+
+@contextmanager
+def flaky_server(app: Flaky) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 15, "the flaky server to listen")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def test_idempotent_calls_are_retried_on_5xx() -> None:
+    app = Flaky(failures=2)
+    with flaky_server(app) as url, HttpStore(url, retries=3) as store:
+        assert store.serial() == 7
+    assert app.calls == ["GET /api/v1/serial"] * 3
+
+
+def test_calls_that_change_state_are_not_retried() -> None:
+    app = Flaky(failures=1)
+    with flaky_server(app) as url, HttpStore(url, retries=3) as store, pytest.raises(StateError) as info:
+        store.apply([], expected_serial=None)
+    assert app.calls == ["POST /api/v1/apply"]
+    assert info.value.message == f"the buildsys server at {url} answered 503: database restarting"
+
+
+def test_retries_give_up_with_the_last_answer() -> None:
+    app = Flaky(failures=10)
+    with flaky_server(app) as url, HttpStore(url, retries=2) as store, pytest.raises(StateError) as info:
+        store.serial()
+    assert len(app.calls) == 3
+    assert info.value.message == f"the buildsys server at {url} answered 503: database restarting"
