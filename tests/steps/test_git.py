@@ -439,3 +439,17 @@ def test_pull_section_clones_as_a_worker_would(git_http: GitHttpServer, git_repo
     assert (isolated / "private-main" / "flows" / "etl.py").is_file()
     assert not any(t in done.stdout + done.stderr for t in token_forms(git_http.token))
     assert files_containing(isolated, token_forms(git_http.token)) == []
+
+
+def test_runtime_steps_import_only_the_standard_library() -> None:
+    """git_clone and the storage pull steps run inside flow-run images: importing them must not need
+    any third-party package (boto3 / google-cloud-storage are imported only when a step runs)."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import buildsys.steps.git, buildsys.steps.s3, buildsys.steps.gcs\n"
+        "roots = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "print(sorted(r for r in roots if r not in sys.stdlib_module_names and not r.startswith('_')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "['buildsys']\n"
