@@ -308,3 +308,27 @@ def test_new_pool_template_is_summarised_against_the_type_default() -> None:
         "\n"
         "Plan: 2 to add, 0 to change, 0 to destroy.\n"
     )
+
+
+def test_job_variables_are_checked_against_the_pool_template() -> None:
+    from buildsys.errors import ProjectError
+    from buildsys.pools import default_job_template
+
+    pool = DesiredResource(
+        "pool",
+        "local",
+        {"type": "process", "base_job_template": default_job_template("process")},
+        frozenset({"type"}),
+    )
+    typo = dep(job_variables={"stream_outptu": True, "env": {"A": "{{ $A }}"}, "working_dir": "{{ $DIR }}"})
+    p = plan(state(pool, typo), [], serial=0)
+    assert p.warnings == (
+        "deployment etl/nightly: unknown job variable 'stream_outptu': the pool's template does not use it "
+        "(did you mean 'stream_output'?)",
+    )
+    wrong = dep(job_variables={"stream_output": "yes"})
+    with pytest.raises(ProjectError) as err:
+        plan(state(pool, wrong), [], serial=0)
+    assert [d.message for d in err.value.problems] == [
+        "deployment etl/nightly: job variable 'stream_output': 'yes' is not of type 'boolean'"
+    ]
