@@ -249,3 +249,40 @@ def test_again_renders_the_recorded_recipe(capsys: pytest.CaptureFixture[str], g
         "error: elsewhere/prefect.yaml records no recipe (no `buildsys: {recipe: …}`)\n"
         "  hint: pass --recipe NAME to render one\n"
     ))
+
+
+def test_the_recipe_picker_on_a_terminal_defaults_to_the_inferred_recipe(isolated: Path) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([BUILDSYS, "init"], stdin=slave, stdout=slave, stderr=slave, cwd=isolated,
+                            env={**os.environ, "TERM": "dumb"}, close_fds=True)
+    os.close(slave)
+    transcript = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"Recipe (" not in transcript or not transcript.rstrip().endswith(b":"):
+            assert time.monotonic() < deadline, transcript
+            transcript += os.read(master, 4096)
+        os.write(master, b"\n")  # accept the default
+        while proc.poll() is None:
+            try:
+                transcript += os.read(master, 4096)
+            except OSError:
+                break
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    lines = transcript.decode().replace("\r\n", "\n").splitlines()
+    assert lines[:8] == [
+        "Recipes:",
+        "  docker      Code baked into a Docker image that is built and pushed; runs in containers (docker pool).",
+        "  docker-git  A Docker image for the runtime, code cloned from git at run time (docker pool).",
+        "  git         Code lives in a git repository; each run clones it at run time (process pool).",
+        "  kubernetes  Code baked into an image that runs as Kubernetes Jobs (kubernetes pool).",
+        "  local       Flows run as processes on this machine; the code stays where it is (process pool).",
+        "  s3          Code uploaded to an S3 bucket by push; each run downloads it first (process pool).",
+        "Recipe (docker, docker-git, git, kubernetes, local, s3) [local]: ",
+    ]
+    assert lines[8] == f"Rendered recipe 'local' (built-in) into {isolated.resolve()}:"
