@@ -1,0 +1,79 @@
+"""The command line against `buildsys server` (a real process): apply, plan, run, a worker running
+the flow, logs — with auth and BUILDSYS_TOKEN; and `server start` refusing what it cannot do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buildsys.store.http import HttpStore
+from tests.server.running import run_cli, server_process
+
+PROJECT = """\
+name: demo
+work_pools:
+  - name: local
+    type: process
+deployments:
+  - name: nightly
+    entrypoint: flows/etl.py:etl
+    parameters: {n: 3}
+    work_pool: {name: local}
+"""
+
+
+def make_project(root: Path) -> Path:
+    project = root / "project"
+    (project / "flows").mkdir(parents=True)
+    (project / "flows" / "etl.py").write_text("def etl(n: int = 1):\n    print('rows', n)\n")
+    (project / "prefect.yaml").write_text(PROJECT)
+    return project
+
+
+def test_apply_plan_run_and_work_through_the_server(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    db = tmp_path / "server.db"
+    token = run_cli(
+        "server", "token", "create", "--scope", "admin", "--db", str(db), cwd=tmp_path
+    ).stdout.strip()
+    with server_process(str(db), tmp_path, extra=["--auth"]) as server:
+        env = {"BUILDSYS_TOKEN": token}
+
+        def cli(*args: str) -> tuple[int, str, str]:
+            result = run_cli("--state", server.url, *args, cwd=project, env=env, timeout=120)
+            return result.returncode, result.stdout, result.stderr
+
+        code, out, err = cli("apply", "--auto-approve")
+        assert code == 0, err
+        assert out.endswith("Apply complete: 2 change(s) written (store serial 1).\n")
+        assert cli("plan", "--detailed-exitcode")[:2] == (
+            0,
+            "No changes. The store matches the project (serial 1).\n",
+        )
+        code, out, err = cli("run", "etl/nightly")
+        assert code == 0, err
+        with HttpStore(server.url, token=token) as store:
+            (run,) = store.list_runs(deployment="etl/nightly")
+            assert (run.state, dict(run.parameters)) == ("SCHEDULED", {"n": 3})
+            code, out, err = cli("worker", "start", "--pool", "local", "--once")
+            assert code == 0, out + err
+            finished = store.get_run(run.id)
+            assert (finished.state, finished.exit_code) == ("COMPLETED", 0)
+            assert "rows 3" in [line.message for line in store.read_logs(run.id)]
+        wrong = run_cli(
+            "--state", server.url, "plan", cwd=project, env={"BUILDSYS_TOKEN": "bst_000000000000_x"}
+        )
+        assert wrong.returncode == 1
+        assert wrong.stderr == (
+            f"error: the buildsys server at {server.url} refused the request: a valid bearer token is required "
+            "(Authorization: Bearer <token>)\n"
+            "  hint: set BUILDSYS_TOKEN to a token made with `buildsys server token create`\n"
+        )
+    assert token not in server.output()
+
+
+def test_unreachable_server_is_one_line_for_the_cli(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    result = run_cli("--state", "http://127.0.0.1:9", "plan", cwd=project, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the buildsys server at http://127.0.0.1:9 is unreachable: ")
+    assert "Traceback" not in result.stderr
