@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from buildsys.server.app import Settings
 from buildsys.server.openapi import document, render
 from buildsys.store.sql import SqlStore
+from tests.infra.waiting import wait_for
 from tests.server.running import threaded_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,5 +336,40 @@ def test_two_servers_on_one_database_behave_as_one(store: SqlStore, tmp_path: Pa
             assert second.get(f"{API}/pools").json()["items"][0]["spec"]["paused"] is True
             run = second.post(f"{API}/runs", json={"deployment": "etl/nightly"}).json()
             assert first.get(f"{API}/runs/{run['id']}").json()["state"] == "SCHEDULED"
+    finally:
+        other_store.close()
+
+
+def test_servers_turn_schedules_into_runs_once(store: SqlStore, tmp_path: Path) -> None:
+    other_store = SqlStore.sqlite(tmp_path / "server.db")
+    fast = Settings(housekeeping_seconds=0.2)
+
+    def daily(name: str) -> dict[str, Any]:
+        spec = {**DEPLOYMENT["spec"], "name": name, "schedules": [{"interval": 86400, "timezone": "UTC"}]}
+        return {"action": "create", "kind": "deployment", "name": f"etl/{name}", "spec": spec}
+
+    def scheduled(client: httpx.Client, name: str) -> list[dict[str, Any]]:
+        runs = client.get(f"{API}/runs", params={"deployment": f"etl/{name}"}).json()["items"]
+        return [r for r in runs if r["auto_scheduled"]]
+
+    try:
+        with (
+            threaded_server(store, settings=fast) as first_url,
+            threaded_server(other_store, settings=fast) as second_url,
+            httpx.Client(base_url=first_url) as first,
+        ):
+            first.post(f"{API}/apply", json={"changes": [POOL, daily("one")]})
+            runs = wait_for(
+                lambda: len(scheduled(first, "one")) >= 3 and scheduled(first, "one"), 20, "3 runs of etl/one"
+            )
+            # both servers keep scheduling every 0.2 s (the second at once after its own apply):
+            # by the time etl/two has its runs, etl/one has been scheduled over and over
+            httpx.post(f"{second_url}{API}/apply", json={"changes": [daily("two")]})
+            wait_for(lambda: len(scheduled(first, "two")) >= 3, 20, "3 runs of etl/two")
+            again = scheduled(first, "one")
+            assert sorted(r["id"] for r in again) == sorted(r["id"] for r in runs)
+            times = sorted(r["scheduled_at"] for r in again)
+            assert [b - a for a, b in itertools.pairwise(times)] == [86400.0, 86400.0]
+            assert len(scheduled(first, "two")) == 3
     finally:
         other_store.close()
