@@ -402,3 +402,31 @@ def test_apply_asks_on_a_terminal(repo: Path) -> None:
     assert text.endswith(
         "Apply these changes? [y/N]: y\nApply complete: 4 change(s) written (store serial 1).\n"
     )
+
+
+def test_the_same_commands_against_the_http_store(repo: Path, tmp_path: Path) -> None:
+    from tests.server.running import threaded_server
+
+    with SqlStore.sqlite(tmp_path / "served.db") as backing, threaded_server(backing) as url:
+        assert run(repo, "--state", url, "plan", "-o", "p.plan.json").returncode == 0
+        applied = run(repo, "--state", url, "apply", "--auto-approve")
+        assert applied.stdout.endswith("Apply complete: 4 change(s) written (store serial 1).\n"), (
+            applied.stderr
+        )
+        again = run(repo, "--state", url, "plan", "--detailed-exitcode")
+        assert (again.returncode, again.stdout) == (
+            0,
+            header(repo) + "No changes. The store matches the project (serial 1).\n",
+        )
+        stale = run(repo, "--state", url, "apply", "p.plan.json")
+        assert (stale.returncode, stale.stderr.splitlines()[0]) == (
+            1,
+            "error: the state store changed since this plan was made (plan serial 0, store serial 1); "
+            "nothing was applied",
+        )
+        assert sorted(r.name for r in backing.list_resources()) == [
+            "local",
+            "nightly-etl/hourly",
+            "nightly-etl/nightly",
+            "region",
+        ]
