@@ -60,6 +60,7 @@ class Cache:
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
         self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
         self._touched: list[tuple[str, str, str, str, float, float]] = []
+        self._entries: dict[str, Sequence[Any]] | None = None
         self.reads = 0  # files actually read and hashed (tests count these)
 
     # --- connection ---------------------------------------------------------------------------
@@ -89,8 +90,11 @@ class Cache:
     # --- file digests -------------------------------------------------------------------------
     def _load_stats(self) -> dict[str, tuple[int, int, int, int, str, int]]:
         if self._stats is None:
-            rows = self.db.execute("SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files")
-            self._stats = {r[0]: (r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+            db = self.db
+            with self._lock:
+                if self._stats is None:
+                    rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files")
+                    self._stats = {r[0]: (r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
         return self._stats
 
     def digest(self, path: str) -> str | None:
@@ -143,10 +147,13 @@ class Cache:
         return json.loads(row[0]) if row else None
 
     def entry(self, node: str) -> Entry | None:
-        with self._lock:
-            row = self.db.execute(
-                "SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,)
-            ).fetchone()
+        """The node's last recorded key and components (all nodes are read in one query)."""
+        if self._entries is None:
+            db = self.db
+            with self._lock:
+                rows = db.execute("SELECT node, label, key, components, updated, duration FROM nodes").fetchall()
+                self._entries = {r[0]: r for r in rows}
+        row = self._entries.get(node)
         return _entry(row) if row else None
 
     def entries(self) -> list[Entry]:
@@ -257,6 +264,7 @@ class FileSet:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_prefix = os.path.normpath(str(root)) + os.sep
         self._spec: Any = None
         self._spec_loaded = False
 
@@ -283,20 +291,50 @@ class FileSet:
         return sorted(found)
 
     def _expand_one(self, pattern: str, base: Path) -> list[str]:
-        absolute = Path(pattern) if os.path.isabs(pattern) else base / pattern
+        absolute = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         if not globlib.has_magic(pattern):
-            if absolute.is_dir():
-                return self._walk(absolute)
-            return [self._rel(absolute)]  # a missing file still counts: its absence is part of the key
-        matches = globlib.glob(str(absolute), recursive=True)
+            if os.path.isdir(absolute):
+                return self._walk(Path(absolute))
+            return [self._rel_str(os.path.normpath(absolute))]  # a missing file counts: absence is in the key
+        directory, name = os.path.split(absolute)
+        if not globlib.has_magic(directory) and name != "**":
+            return self._scan(directory, name)
         out: list[str] = []
-        for m in matches:
-            p = Path(m)
-            if p.is_dir():
-                out.extend(self._walk(p))
-            elif not self._ignored(self._rel(p)):
-                out.append(self._rel(p))
+        for m in globlib.glob(absolute, recursive=True):
+            if os.path.isdir(m):
+                out.extend(self._walk(Path(m)))
+            elif not self._ignored(self._rel_str(m)):
+                out.append(self._rel_str(m))
         return out
+
+    def _scan(self, directory: str, name: str) -> list[str]:
+        """The common `dir/*.py` case: one scandir, no stat per file (DirEntry knows its type)."""
+        import fnmatch
+
+        out: list[str] = []
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return out
+        prefix = self._rel_str(os.path.normpath(directory))
+        prefix = "" if prefix == "." else prefix + os.sep
+        hidden_ok = name.startswith(".")
+        for entry in entries:
+            if (entry.name.startswith(".") and not hidden_ok) or not fnmatch.fnmatchcase(entry.name, name):
+                continue
+            if entry.is_dir():
+                out.extend(self._walk(Path(entry.path)))
+            else:
+                rel = prefix + entry.name
+                if not self._ignored(rel):
+                    out.append(rel)
+        return out
+
+    def _rel_str(self, path: str) -> str:
+        root = self._root_prefix
+        if path.startswith(root):
+            return path[len(root) :]
+        return self._rel(Path(path))
 
     def _walk(self, directory: Path) -> list[str]:
         out: list[str] = []

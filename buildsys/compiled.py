@@ -62,7 +62,10 @@ def _key(path: Path, data: bytes, sections: Sequence[str], deployments: Sequence
     for part in (str(FORMAT), __version__, sys.version, str(path), ",".join(sections), ",".join(deployments)):
         h.update(part.encode() + b"\0")
     h.update(data)
+    here = {"", os.getcwd()}
     for entry in sys.path:
+        if entry in here:
+            continue  # the current directory (python -m, -c): its mtime moves with every new file
         try:
             h.update(f"{entry}:{os.stat(entry).st_mtime_ns}".encode())
         except OSError:

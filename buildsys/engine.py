@@ -85,6 +85,19 @@ class _Keyed:
 
 
 @dataclass
+class _ToRun:
+    keyed: _Keyed
+    reason: str
+
+
+def _error_text(exc: BuildsysError) -> str:
+    text = exc.render() if exc.location else exc.message
+    if exc.hint and not exc.location:
+        text += f"\n  hint: {exc.hint}"
+    return text
+
+
+@dataclass
 class _Prepared:
     node: StepNode
     stepdef: StepDef
@@ -122,6 +135,7 @@ class Engine:
         self.results: dict[str, NodeResult] = {}
         self.variables = {v.name: v.value for v in project.variables}
         self.prepared: dict[str, _Prepared] = {}
+        self._decided: dict[str, _ToRun] = {}
 
     # --- preparation: resolve every step and check its inputs before anything runs ---------------
     def prepare(self, resolved: Mapping[str, StepDef] | None = None) -> None:
@@ -152,60 +166,102 @@ class Engine:
 
     # --- execution ------------------------------------------------------------------------------
     def run(self, resolved: Mapping[str, StepDef] | None = None) -> BuildResult:
+        """Run the graph. Cache decisions for plain steps are made right here, in topological
+        order, without a thread hop; only steps that must run (or whose cache check may be slow:
+        fingerprints, existence checks) go to the thread pool."""
         self.prepare(resolved)
         order = self.graph.order()
-        pending = {k: set(self.graph.nodes[k].deps) for k in order}
+        waiting = {k: len(self.graph.nodes[k].deps) for k in order}
+        children: dict[str, list[str]] = {k: [] for k in order}
+        for k in order:
+            for d in self.graph.nodes[k].deps:
+                children[d].append(k)
+        position = {k: i for i, k in enumerate(order)}
+        ready = [k for k in order if waiting[k] == 0]
         stop = False
         try:
             with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
                 running: dict[Future[NodeResult], str] = {}
-                while pending or running:
-                    if not stop:
-                        for key in [k for k in order if k in pending and not pending[k]]:
-                            del pending[key]
+                while ready or running:
+                    while ready and not stop:
+                        ready.sort(key=position.__getitem__, reverse=True)
+                        key = ready.pop()
+                        res = self._decide_inline(key)
+                        if res is None:
                             running[pool.submit(self._run_node, key)] = key
+                        else:
+                            stop = self._finish(key, res, waiting, children, ready) or stop
                     if not running:
                         break
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for fut in done:
                         key = running.pop(fut)
-                        res = fut.result()
-                        self.results[key] = res
-                        if res.status == "failed":
-                            self._skip_dependents(key, pending)
-                            stop = stop or not self.keep_going
-                        else:
-                            for deps in pending.values():
-                                deps.discard(key)
-                for key in list(pending):
-                    label = self.graph.nodes[key].label
-                    self.results[key] = NodeResult(key, label, "skipped", reason="the build stopped after a failure")
-                    self.reporter.event(Event("skipped", label, reason="the build stopped after a failure"))
+                        stop = self._finish(key, fut.result(), waiting, children, ready) or stop
+                for key in order:
+                    if key not in self.results:
+                        label = self.graph.nodes[key].label
+                        reason = "the build stopped after a failure"
+                        self.results[key] = NodeResult(key, label, "skipped", reason=reason)
+                        self.reporter.event(Event("skipped", label, reason=reason))
         finally:
             self.cache.close()
         return BuildResult(self.graph, self.results)
 
-    def _skip_dependents(self, key: str, pending: dict[str, set[str]]) -> None:
+    def _finish(
+        self,
+        key: str,
+        res: NodeResult,
+        waiting: dict[str, int],
+        children: Mapping[str, list[str]],
+        ready: list[str],
+    ) -> bool:
+        """Record a node's result and release its children; True when the build must stop."""
+        self.results[key] = res
+        if res.status == "failed":
+            self._skip_dependents(key)
+            return not self.keep_going
+        for child in children[key]:
+            waiting[child] -= 1
+            if waiting[child] == 0 and child not in self.results:
+                ready.append(child)
+        return False
+
+    def _skip_dependents(self, key: str) -> None:
         failed = self.graph.nodes[key].label
         for dep in self.graph.dependents(key):
-            if dep in pending:
-                del pending[dep]
+            if dep not in self.results:
                 label = self.graph.nodes[dep].label
                 reason = f"upstream step {failed} failed"
                 self.results[dep] = NodeResult(dep, label, "skipped", reason=reason)
                 self.reporter.event(Event("skipped", label, reason=reason))
+
+    def _decide_inline(self, key: str) -> NodeResult | None:
+        """A cache hit decided in the calling thread, or None when the node goes to the pool."""
+        prep = self.prepared[key]
+        stepdef = prep.stepdef
+        if stepdef.fingerprint_hook is not None or stepdef.check_hook is not None:
+            return None
+        started = time.monotonic()
+        try:
+            decision = self._decide(prep.node, stepdef)
+        except BuildsysError as exc:
+            return self._failed(prep.node, _error_text(exc), started)
+        if isinstance(decision, NodeResult):
+            return decision
+        self._decided[key] = decision
+        return None
 
     def _run_node(self, key: str) -> NodeResult:
         prep = self.prepared[key]
         node, stepdef = prep.node, prep.stepdef
         started = time.monotonic()
         try:
-            return self._execute(node, stepdef, started)
+            decision = self._decided.pop(key, None) or self._decide(node, stepdef)
+            if isinstance(decision, NodeResult):
+                return decision
+            return self._perform(node, stepdef, decision, started)
         except BuildsysError as exc:
-            text = exc.render() if exc.location else exc.message
-            if exc.hint and not exc.location:
-                text += f"\n  hint: {exc.hint}"
-            return self._failed(node, text, started)
+            return self._failed(node, _error_text(exc), started)
         except Exception as exc:  # a bug in a step: report it as that step's failure
             return self._failed(node, f"{type(exc).__name__}: {exc}", started)
 
@@ -232,35 +288,40 @@ class Engine:
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
         return _Keyed(inputs, ctx, components, key_of(components))
 
-    def _execute(self, node: StepNode, stepdef: StepDef, started: float) -> NodeResult:
+    def _decide(self, node: StepNode, stepdef: StepDef) -> NodeResult | _ToRun:
+        """Cache hit (a NodeResult) or what to run and why."""
         keyed = self.key_for(node, stepdef)
-        inputs, ctx, components, cache_key = keyed.inputs, keyed.ctx, keyed.components, keyed.cache_key
+        cache_key = keyed.cache_key
         previous = self.cache.entry(node.label)
         if self.use_cache and stepdef.cacheable:
             hit = self.cache.result(cache_key)
             if hit is not None:
-                if stepdef.check_hook is None or stepdef.check_hook(hit, inputs, ctx):
+                if stepdef.check_hook is None or stepdef.check_hook(hit, keyed.inputs, keyed.ctx):
                     reason = "unchanged" if previous and previous.key == cache_key else "restored from cache"
                     if previous is None or previous.key != cache_key:
-                        self.cache.touch(node.label, node.label, cache_key, components)
+                        self.cache.touch(node.label, node.label, cache_key, keyed.components)
                     self.reporter.event(Event("cached", node.label, reason=reason))
                     return NodeResult(node.key, node.label, "cached", reason, hit, cache_key=cache_key)
                 self.cache.forget(cache_key)
                 reason = "the cached result no longer exists"
             else:
-                reason = explain_change(previous.components if previous else None, components)
+                reason = explain_change(previous.components if previous else None, keyed.components)
         else:
             reason = "caching disabled (--no-cache)" if not self.use_cache else "the step is never cached"
+        return _ToRun(keyed, reason)
+
+    def _perform(self, node: StepNode, stepdef: StepDef, todo: _ToRun, started: float) -> NodeResult:
+        keyed, reason = todo.keyed, todo.reason
         self.reporter.event(Event("start", node.label, reason=reason))
         if self.dry_run:
-            return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=cache_key)
-        outputs = self._call(node, stepdef, ctx, inputs)
+            return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=keyed.cache_key)
+        outputs = self._call(node, stepdef, keyed.ctx, keyed.inputs)
         duration = time.monotonic() - started
         # Outputs that carry a secret value are never written to the cache (the step reruns).
-        storable = None if _holds_secret(outputs, ctx.secrets) or not stepdef.cacheable else outputs
-        self.cache.record(node.label, node.label, cache_key, components, storable, duration, stepdef.name)
+        storable = None if _holds_secret(outputs, keyed.ctx.secrets) or not stepdef.cacheable else outputs
+        self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name)
         self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
-        return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=cache_key)
+        return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=keyed.cache_key)
 
     def _call(self, node: StepNode, stepdef: StepDef, ctx: Context, inputs: Mapping[str, Any]) -> dict[str, Any]:
         log_dir = self.project.root / ".buildsys" / "logs"

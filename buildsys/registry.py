@@ -14,12 +14,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import StepError
 from buildsys.step import StepDef
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 GROUP = "buildsys.steps"
 BUILTIN_DIST = "buildsys"
@@ -54,6 +56,8 @@ class _Claim:
 @lru_cache(maxsize=1)
 def _claims() -> dict[str, list[_Claim]]:
     """Every entry point of the group, by name (several = a conflict, reported when used)."""
+    from importlib.metadata import entry_points
+
     found: dict[str, list[_Claim]] = {}
     for ep in entry_points(group=GROUP):
         dist = ep.dist.name if ep.dist is not None else "?"

@@ -8,13 +8,15 @@ strings are expected get a "quote it" hint, and the schema's own `x-message` win
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import Diagnostic
 from buildsys.model import StepSpec
 from buildsys.step import StepDef
 from buildsys.templating import placeholders
-from buildsys.yamlsource import Located
+
+if TYPE_CHECKING:
+    from buildsys.yamlsource import Located
 
 Path_ = tuple[str | int, ...]
 SECTION_KEYS = ("build", "push", "pull")

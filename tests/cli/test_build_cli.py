@@ -96,8 +96,8 @@ def test_build_then_noop_then_select_and_explain(proj: Path) -> None:
     r = bs("build", "--explain", "-j", "1", cwd=proj)
     assert r.stderr.splitlines() == [
         "= hello  cached (unchanged)",
-        "= own  cached (unchanged)",
         "= shout  cached (unchanged)",
+        "= own  cached (unchanged)",
         "build ok: 0 ran, 3 cached, 0 failed, 0 not run",
     ]
     (proj / "src" / "app.py").write_text("def main():\n    print('changed')\n")
