@@ -59,6 +59,13 @@ def serve(options: ServeOptions) -> None:
     )
     app = create_app(store, authenticator=authenticator, settings=options.settings)
     try:
-        uvicorn.run(app, host=options.host, port=options.port, log_level=options.log_level, lifespan="on")
+        uvicorn.run(
+            app,
+            host=options.host,
+            port=options.port,
+            log_level=options.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=5,  # long-polls would otherwise hold a restart for up to 30 s
+        )
     finally:
         store.close()

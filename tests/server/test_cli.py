@@ -77,3 +77,26 @@ def test_unreachable_server_is_one_line_for_the_cli(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: the buildsys server at http://127.0.0.1:9 is unreachable: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_long_poll_does_not_hold_a_restart(tmp_path: Path) -> None:
+    import json
+    import socket
+    import time
+
+    import httpx
+
+    with server_process(str(tmp_path / "s.db"), tmp_path) as server:
+        body = json.dumps({"pool": "none", "worker": "w", "wait": 25}).encode()
+        request = (
+            f"POST /api/v1/runs/claim HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as poll:
+            poll.sendall(request)
+            # a later request answered means the server has read the long-poll before it
+            assert httpx.get(f"{server.url}/healthz").status_code == 200
+            start = time.monotonic()
+            server.process.terminate()
+            server.process.wait(20)
+            assert time.monotonic() - start < 10
