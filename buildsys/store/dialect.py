@@ -15,10 +15,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from buildsys.errors import ConflictError, StateError
+
+if TYPE_CHECKING:
+    from buildsys.store.wakeups import Listener
 
 Row = tuple[Any, ...]
 
@@ -103,7 +106,16 @@ class Database:
         return None
 
     def change_token(self) -> object:
-        """Something that changes whenever another connection commits (used by waiting claims)."""
+        """Something that changes whenever another connection commits work that may be claimable
+        (used by waiting claims); None when the dialect cannot tell (then they poll)."""
+        return None
+
+    def poll_interval(self) -> float:
+        """How often a waiting claim checks `change_token` (or polls, when there is none)."""
+        return 0.05
+
+    def notify(self, tx: Tx) -> None:
+        """Tell waiting claims (in any process) that this transaction may make runs claimable."""
         return None
 
     # --- shared ---------------------------------------------------------------------------
@@ -212,6 +224,9 @@ class SqliteDatabase(Database):
         row = self.connection().execute("PRAGMA data_version").fetchone()
         return row[0] if row else None
 
+    def poll_interval(self) -> float:
+        return 0.01  # PRAGMA data_version is a cheap in-memory check
+
     def translate(self, exc: BaseException) -> StateError | None:
         if isinstance(exc, StateError):
             return exc
@@ -251,6 +266,8 @@ class PostgresDatabase(Database):
         self.url = url
         self.display_url = redact(url)
         self._sql_cache: dict[str, str] = {}
+        self._listen: Listener | None = None
+        self._listen_pid = 0
         try:
             import psycopg  # noqa: F401
         except ImportError as exc:
@@ -271,6 +288,40 @@ class PostgresDatabase(Database):
 
     def for_share(self) -> str:
         return " FOR SHARE"
+
+    def change_token(self) -> object:
+        listener = self._listener()
+        return listener.token() if listener is not None else None
+
+    def poll_interval(self) -> float:
+        listener = self._listener()
+        return 0.01 if listener is not None and listener.healthy else 0.05
+
+    def notify(self, tx: Tx) -> None:
+        from buildsys.store.wakeups import CHANNEL
+
+        tx.run(f"NOTIFY {CHANNEL}")
+
+    def _listener(self) -> Listener | None:
+        """The store's LISTEN thread, started on first use (and again after a fork)."""
+        from buildsys.store.wakeups import Listener
+
+        with self._guard:
+            if self._listen is None or self._listen_pid != os.getpid():
+                self._listen, self._listen_pid = Listener(self.url.replace("postgres://", "postgresql://", 1)), os.getpid()
+                fresh = self._listen
+            else:
+                fresh = None
+        if fresh is not None:
+            fresh.wait_ready(2.0)
+        return self._listen
+
+    def close(self) -> None:
+        with self._guard:
+            listener, self._listen = self._listen, None
+        if listener is not None and self._listen_pid == os.getpid():
+            listener.close()
+        super().close()
 
     def lock(self, tx: Tx, key: str) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (_lock_id(key),))

@@ -72,6 +72,7 @@ def import_store(db: Database, data: Mapping[str, Any]) -> None:
             tx.run(f"DELETE FROM {table}")
         _insert(tx, resources, runs, logs, data.get("workers", []))
         tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (max(current + 1, int(data["serial"])),))
+        db.notify(tx)
 
 
 def _insert(

@@ -88,6 +88,7 @@ class SqlStore:
             new_serial = current + 1
             _write(tx, changes, existing, new_serial)
             tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (new_serial,))
+            self._db.notify(tx)  # an unpaused pool or a raised limit can make runs claimable
             return new_serial
 
     # --- flow runs -------------------------------------------------------------------------

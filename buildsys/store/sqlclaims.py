@@ -21,8 +21,6 @@ from buildsys.store.rows import RUN_COLUMNS, run_from_row
 from buildsys.store.sqlruns import record_worker
 
 _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
-POLL_INTERVAL_S = 0.01  # SQLite: a change check is a cheap PRAGMA
-POLL_INTERVAL_REMOTE_S = 0.05  # PostgreSQL: a change check is one small query
 
 
 @dataclass(frozen=True)
@@ -87,14 +85,13 @@ def claim_runs(
     claimed = claim_once(db, pool, worker, queues, limit, lease_seconds, record=True)
     if claimed or wait <= 0 or limit <= 0:
         return claimed
-    base = POLL_INTERVAL_S if db.name == "sqlite" else POLL_INTERVAL_REMOTE_S
-    interval = base
+    interval = db.poll_interval()
     next_due = _next_due(db, pool)
     while time.monotonic() < deadline:
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         fresh = db.change_token()
         if fresh == token and fresh is not None and not (next_due is not None and next_due <= now()):
-            continue
+            continue  # nothing was committed anywhere and no scheduled run came due
         token = fresh
         if not _has_due(db, pool):
             next_due = _next_due(db, pool)

@@ -64,6 +64,7 @@ def create_run(
             deployment, deployment_id, spec, parameters, job_variables, scheduled_at, queue, name,
             idempotency_key, auto_scheduled, tags,
         )  # fmt: skip
+        db.notify(tx)
         if idempotency_key is None:
             tx.run(_INSERT_RUN, run_to_row(run))
             return run
@@ -188,6 +189,7 @@ def set_run_state(db: Database, run_id: str, state: str, **kwargs: Any) -> FlowR
         check_transition(run, state, kwargs.get("worker"))
         moved = transition(run, state, now(), **kwargs)
         save_run(tx, moved)
+        db.notify(tx)  # a retry is claimable; a finished run frees a concurrency slot
         return moved
 
 
@@ -210,6 +212,8 @@ def expire_leases(db: Database, at: float | None) -> list[FlowRun]:
         )
         moved = [expire(run_from_row(r), moment) for r in rows]
         tx.many(_UPDATE_RUN, [(*v[1:], v[0]) for v in map(run_to_row, moved)])
+        if moved:
+            db.notify(tx)
         return moved
 
 

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ KILLS = 50
 def _flip_forever(url: str, batch: int, ready: Any) -> None:
     """Alternately create and delete `batch` deployments, flipping variable `phase` in the same apply."""
     store = open_store(url)
-    ready.send("open")
+    ready.send(("open", 0.0))
     while True:
         phase = store.get_resource("variable", "phase")
         assert phase is not None
@@ -36,9 +37,10 @@ def _flip_forever(url: str, batch: int, ready: Any) -> None:
         else:
             changes = [Change("delete", "deployment", f"etl/d{i}") for i in range(batch)]
         changes.append(Change("update", "variable", "phase", {"value": 1 - phase.spec["value"]}))
-        ready.send("begin")
+        ready.send(("begin", 0.0))
+        start = time.perf_counter()
         store.apply(changes, expected_serial=None)
-        ready.send("end")
+        ready.send(("end", time.perf_counter() - start))
 
 
 def _check(url: str, batch: int) -> tuple[int, int]:
@@ -71,6 +73,9 @@ def test_kill_9_during_applies_on_postgres(fresh_postgres_url: str) -> None:
 
 
 def kill_repeatedly(url: str, kills: int, batch: int) -> None:
+    """Kill an applying child `kills` times. Before each kill the child first completes 0, 1 or 2
+    applies (so both sides get checked whatever the machine's speed), then the kill lands at a
+    random moment within about one apply's duration."""
     store = open_store(url)
     try:
         store.apply([Change("create", "variable", "phase", {"value": 0})], expected_serial=0)
@@ -80,26 +85,31 @@ def kill_repeatedly(url: str, kills: int, batch: int) -> None:
     rng = random.Random(1234)
     previous = 1
     outcomes: set[int] = set()
+    durations: list[float] = []
     mid_apply = 0
-    for _ in range(kills):
+    for i in range(kills):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_flip_forever, args=(url, batch, child))
         proc.start()
+        messages: list[tuple[str, float]] = []
         try:
-            assert parent.poll(20), "the applying child did not open the store"
-            assert parent.recv() == "open"
-            time.sleep(rng.uniform(0.0, 0.25))  # the kill lands at a random moment of the apply loop
+            while sum(1 for m in messages if m[0] == "end") < i % 3:
+                assert parent.poll(30), f"the applying child went quiet (messages so far: {messages})"
+                messages.append(parent.recv())
+            typical = statistics.median(durations) if durations else 0.05
+            time.sleep(rng.uniform(0.0, 1.5 * typical))  # the kill lands at a random moment
         finally:
             assert proc.pid is not None
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
-            messages = _drain(parent)
+            messages += _drain(parent)
             parent.close()
             child.close()
         assert proc.exitcode == -signal.SIGKILL
         serial, deployments = _check(url, batch)
-        inside = bool(messages) and messages[-1] == "begin"
-        done = previous + messages.count("end")
+        durations += [d for what, d in messages if what == "end"]
+        inside = messages[-1][0] == "begin" if messages else False
+        done = previous + sum(1 for what, _ in messages if what == "end")
         # killed inside an apply: it committed or it did not; otherwise every apply committed
         assert serial in ((done, done + 1) if inside else (done,))
         mid_apply += inside
@@ -109,8 +119,8 @@ def kill_repeatedly(url: str, kills: int, batch: int) -> None:
     assert outcomes == {0, batch}
 
 
-def _drain(conn: Any) -> list[str]:
-    out: list[str] = []
+def _drain(conn: Any) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
     while conn.poll(0):
         out.append(conn.recv())
     return out

@@ -210,3 +210,32 @@ def test_a_connection_the_server_dropped_is_replaced(fresh_postgres_url: str, po
         assert killed == [(True,)]
         assert store.serial() == 1
         assert store.apply([create("variable", "w", {"value": 2})], expected_serial=1) == 2
+
+
+def test_a_waiting_claim_wakes_on_a_run_created_elsewhere(fresh_postgres_url: str) -> None:
+    """LISTEN/NOTIFY: another store object (another connection, as another process would) creates
+    the run; the waiting claim gets it at once, and closing the store stops its listener."""
+    import time
+
+    waiting = SqlStore.postgres(fresh_postgres_url)
+    creator = SqlStore.postgres(fresh_postgres_url)
+    try:
+        creator.apply(
+            [create("pool", "local", pool_spec()), create("deployment", "etl/nightly", deployment_spec())],
+            expected_serial=0,
+        )
+        got: list[tuple[list[str], float]] = []
+        claimer = threading.Thread(
+            target=lambda: got.append(([r.id for r in waiting.claim_runs("local", "w1", wait=20)], time.time()))
+        )
+        claimer.start()
+        run = creator.create_run("etl/nightly")
+        claimer.join(30)
+        assert [ids for ids, _ in got] == [[run.id]]
+        assert got[0][1] - run.created_at < 1.0
+        listener = waiting._db._listen  # type: ignore[attr-defined]
+        assert listener is not None and listener.healthy
+    finally:
+        waiting.close()
+        creator.close()
+    assert not listener._thread.is_alive()
