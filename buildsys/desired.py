@@ -402,17 +402,22 @@ def read_desired(
     select: Sequence[str] | None = None,
     outputs: Callable[[Project], OutputsFor | None] | None = None,
     strict: bool = False,
+    loaded: Project | None = None,
 ) -> tuple[Project, DesiredState]:
     """Load the project at `ref` (or the working tree) and compute its desired state.
 
     `outputs` gives, for the loaded project, the build outputs of each deployment (from the cache
     for `plan`, from the build just run for `deploy`); without it every output is UNKNOWN.
+    `loaded` is the working tree's project when the caller already has it (deploy built from it).
     """
     from buildsys.project import load_project
     from buildsys.revision import open_revision
 
     rev = open_revision(project_file, ref)
-    project = load_project(project_file, strict=strict, text=rev.text)
+    if loaded is not None and ref is None:
+        project = loaded
+    else:
+        project = load_project(project_file, strict=strict, text=rev.text)
     owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
     state = desired_state(
         project,

@@ -37,7 +37,9 @@ def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: b
     outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache)
     store = app.open_store()
     try:
-        planned = make_plan(app, store, prune=prune, select=deployments, outputs=lambda _p: outputs)
+        planned = make_plan(
+            app, store, prune=prune, select=deployments, outputs=lambda _p: outputs, project=project
+        )
         if not app.json:
             show_plan(app, planned)
         result = apply_plan(store, planned) if planned.has_changes else None

@@ -76,6 +76,7 @@ def make_plan(
     prune: bool = False,
     select: Sequence[str] = (),
     outputs: Callable[[Project], OutputsFor | None] | None = None,
+    project: Project | None = None,
 ) -> Plan:
     """Desired state of the project file against a consistent snapshot of the store."""
     from buildsys.desired import read_desired
@@ -83,7 +84,9 @@ def make_plan(
     from buildsys.reconcile import snapshot
     from buildsys.revision import strip_credentials
 
-    _, desired = read_desired(app.project_file, ref=ref, select=list(select) or None, outputs=outputs)
+    _, desired = read_desired(
+        app.project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project
+    )
     serial, actual = snapshot(store)
     # the URL goes into plan files and CI logs: never with a password or token in it
     return compute(desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state))
