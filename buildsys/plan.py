@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, has_unknown
-from buildsys.errors import BuildsysError, Diagnostic, ProjectError
+from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState
+from buildsys.errors import BuildsysError, Diagnostic
+from buildsys.preflight import job_variable_problems, pool_warnings
 from buildsys.store.base import KINDS, Resource
 from buildsys.templating import UNKNOWN
 
@@ -185,7 +186,7 @@ def plan(
                 warnings.append(
                     f"{want.kind} {want.name} is owned by project {have.owner!r}; applying makes {me!r} its owner"
                 )
-    warnings += _pool_warnings(desired, actual)
+    warnings += pool_warnings(desired, actual)
     warnings += [_render_warning(w) for w in job_variable_problems(desired, actual)]
     wanted = {(r.kind, r.name) for r in desired.resources}
     orphans = [
@@ -207,64 +208,6 @@ def plan(
         warnings=tuple(warnings),
         store=store,
     )
-
-
-def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> list[Diagnostic]:
-    """Deployment job variables checked against their pool's template (Prefect checks them on the
-    server at deploy time): unknown variables are returned as warnings, wrong types raise."""
-    from buildsys.pools import check_job_variables, expand_dotted
-
-    templates = {r.name: r.spec.get("base_job_template") for r in actual if r.kind == "pool"}
-    templates |= {r.name: r.spec.get("base_job_template") for r in desired.resources if r.kind == "pool"}
-    memo: dict[tuple[str, str], list[Diagnostic]] = {}
-    found: list[Diagnostic] = []
-    for r in desired.resources:
-        pool = r.spec.get("work_pool_name")
-        variables = r.spec.get("job_variables") if r.kind == "deployment" else None
-        template = templates.get(pool) if isinstance(pool, str) else None
-        if not variables or not isinstance(template, Mapping) or not isinstance(variables, Mapping):
-            continue
-        concrete = {k: v for k, v in expand_dotted(variables).items() if not _templated(v)}
-        key = (str(pool), json.dumps(concrete, sort_keys=True, default=str))
-        if key not in memo:  # thousands of deployments usually share a handful of variable sets
-            memo[key] = check_job_variables(template, concrete, where="work_pool.job_variables")
-        found += [
-            Diagnostic(
-                p.severity, f"deployment {r.name}: {p.message}", r.location, f"{r.path}.{p.path}", p.hint
-            )
-            for p in memo[key]
-        ]
-    errors = [p for p in found if p.is_error]
-    if errors:
-        raise ProjectError(errors)
-    return found
-
-
-def _templated(value: Any) -> bool:
-    """A value only known at run time (or after the build): its type cannot be checked now."""
-    if isinstance(value, str):
-        return value.strip().startswith("{{") and value.strip().endswith("}}")
-    return has_unknown(value)
-
-
-def _pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str]:
-    """Deployments whose pool nobody declares: allowed (another project may create it later), but said."""
-    pools = {r.name for r in actual if r.kind == "pool"} | {
-        r.name for r in desired.resources if r.kind == "pool"
-    }
-    out = []
-    for r in desired.resources:
-        if r.kind != "deployment":
-            continue
-        pool = r.spec.get("work_pool_name")
-        if not pool:
-            out.append(f"deployment {r.name} has no work pool (work_pool.name); no worker will run it")
-        elif pool not in pools:
-            out.append(
-                f"deployment {r.name} uses work pool {pool!r}, which is neither in the store nor declared "
-                "here; its runs wait until the pool exists"
-            )
-    return out
 
 
 def _render_warning(d: Diagnostic) -> str:

@@ -1,0 +1,119 @@
+"""Checks made before anything is written: job variables against their pool's template, pools that
+nobody declares, values not known until built, pools still in use. Plans warn; apply refuses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from buildsys.desired import DesiredState, has_unknown
+from buildsys.errors import Diagnostic, ProjectError
+from buildsys.store.base import Resource
+
+if TYPE_CHECKING:
+    from buildsys.plan import Plan
+
+
+def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> list[Diagnostic]:
+    """Deployment job variables checked against their pool's template (Prefect checks them on the
+    server at deploy time): unknown variables are returned as warnings, wrong types raise."""
+    from buildsys.pools import check_job_variables, expand_dotted
+
+    templates = {r.name: r.spec.get("base_job_template") for r in actual if r.kind == "pool"}
+    templates |= {r.name: r.spec.get("base_job_template") for r in desired.resources if r.kind == "pool"}
+    memo: dict[tuple[str, str], list[Diagnostic]] = {}
+    found: list[Diagnostic] = []
+    for r in desired.resources:
+        pool = r.spec.get("work_pool_name")
+        variables = r.spec.get("job_variables") if r.kind == "deployment" else None
+        template = templates.get(pool) if isinstance(pool, str) else None
+        if not variables or not isinstance(template, Mapping) or not isinstance(variables, Mapping):
+            continue
+        concrete = {k: v for k, v in expand_dotted(variables).items() if not _templated(v)}
+        key = (str(pool), json.dumps(concrete, sort_keys=True, default=str))
+        if key not in memo:  # thousands of deployments usually share a handful of variable sets
+            memo[key] = check_job_variables(template, concrete, where="work_pool.job_variables")
+        found += [
+            Diagnostic(
+                p.severity, f"deployment {r.name}: {p.message}", r.location, f"{r.path}.{p.path}", p.hint
+            )
+            for p in memo[key]
+        ]
+    errors = [p for p in found if p.is_error]
+    if errors:
+        raise ProjectError(errors)
+    return found
+
+
+def _templated(value: Any) -> bool:
+    """A value only known at run time (or after the build): its type cannot be checked now."""
+    if isinstance(value, str):
+        return value.strip().startswith("{{") and value.strip().endswith("}}")
+    return has_unknown(value)
+
+
+def pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str]:
+    """Deployments whose pool nobody declares: allowed (another project may create it later), but said."""
+    pools = {r.name for r in actual if r.kind == "pool"} | {
+        r.name for r in desired.resources if r.kind == "pool"
+    }
+    out = []
+    for r in desired.resources:
+        if r.kind != "deployment":
+            continue
+        pool = r.spec.get("work_pool_name")
+        if not pool:
+            out.append(f"deployment {r.name} has no work pool (work_pool.name); no worker will run it")
+        elif pool not in pools:
+            out.append(
+                f"deployment {r.name} uses work pool {pool!r}, which is neither in the store nor declared "
+                "here; its runs wait until the pool exists"
+            )
+    return out
+
+
+def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:
+    """Every problem that would make the plan unsafe to write (empty when it can be applied)."""
+    problems: list[Diagnostic] = []
+    pools = {r.name for r in actual if r.kind == "pool"}
+    pools |= {c.name for c in plan.changes if c.kind == "pool" and c.action != "delete"}
+    pools -= {c.name for c in plan.changes if c.kind == "pool" and c.action == "delete"}
+    for c in plan.changes:
+        if c.action == "delete":
+            continue
+        if has_unknown(c.spec):
+            fields = sorted(f.path for f in c.fields if has_unknown(f.new)) or ["(a field)"]
+            problems.append(
+                Diagnostic(
+                    "error",
+                    f"{c.kind} {c.name}: {', '.join(fields)} depend on build outputs that are not known yet",
+                    hint="run `buildsys build` (or `buildsys push`) first, or use `buildsys deploy`",
+                )
+            )
+        else:
+            try:
+                json.dumps(c.spec, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                problems.append(Diagnostic("error", f"{c.kind} {c.name}: the spec is not JSON ({exc})"))
+    for c in plan.changes:
+        if c.kind == "pool" and c.action == "delete":
+            users = sorted(
+                r.name
+                for r in actual
+                if r.kind == "deployment"
+                and r.spec.get("work_pool_name") == c.name
+                and not any(
+                    d.kind == "deployment" and d.name == r.name and d.action == "delete" for d in plan.changes
+                )
+            )
+            if users:
+                problems.append(
+                    Diagnostic(
+                        "error",
+                        f"pool {c.name} cannot be deleted: deployments still use it ({', '.join(users)})",
+                        hint="move those deployments to another pool first",
+                    )
+                )
+    return problems
