@@ -29,7 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from buildsys.step import StepDef
 
 CONTEXT_ENV = "BUILDSYS_RUN_CONTEXT"
 CONTROL_PREFIX = "::buildsys::"
@@ -71,6 +74,9 @@ class RunContext:
     pull_steps: Sequence[Mapping[str, Any]] = ()
     variables: Mapping[str, Any] = field(default_factory=dict)
     root: str | None = None
+    # step name → "module:attr" for registered steps, resolved by the worker so that the run does
+    # not have to scan every installed distribution's entry points again
+    step_targets: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +92,7 @@ class RunContext:
             "pull_steps": [dict(s) for s in self.pull_steps],
             "variables": dict(self.variables),
             "root": self.root,
+            "step_targets": dict(self.step_targets),
         }
 
     @classmethod
@@ -116,6 +123,7 @@ class RunContext:
             pull_steps=list(steps),
             variables=dict(variables),
             root=data.get("root"),
+            step_targets={str(k): str(v) for k, v in (data.get("step_targets") or {}).items()},
         )
 
 
@@ -141,6 +149,7 @@ def run_pull_steps(
     env: Mapping[str, str],
     variables: Mapping[str, Any],
     emit: Callable[[str], None] = log,
+    step_targets: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the pull steps in order (Prefect §2.3): outputs are kept under each step's id and are
     also visible flat (``{{ directory }}``); returns the outputs by step label.
@@ -163,7 +172,8 @@ def run_pull_steps(
         scope = Scope(outputs=outputs, ids=frozenset(ids), env=env, variables=variables, blocks=env_blocks(env))
         try:
             rendered = render(inputs, scope, missing="error", path=where)
-            result, sets_cwd = _call_step(name, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
+            definition = _step_definition(name, root, (step_targets or {}).get(name))
+            result, sets_cwd = _call_step(definition, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
         except Exception as exc:
             raise RuntimeFailure(f"pull step {where} failed: {_describe(exc)}", EXIT_PULL_FAILED) from exc
         if step_id:
@@ -191,8 +201,23 @@ def _split_step(raw: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]
     return str(name), inputs, str(step_id) if step_id else None
 
 
+def _step_definition(name: str, root: Path, target: str | None) -> StepDef:
+    """The step: straight from the worker's resolved "module:attr" when given, else the registry."""
+    from buildsys.step import StepDef
+
+    if target and ":" in target:
+        module, _, attr = target.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj if isinstance(obj, StepDef) else StepDef.from_callable(obj, name)
+    from buildsys.registry import resolve
+
+    return resolve(name, root)
+
+
 def _call_step(
-    name: str,
+    definition: StepDef,
     inputs: Mapping[str, Any],
     *,
     root: Path,
@@ -201,11 +226,11 @@ def _call_step(
     step_id: str | None,
     emit: Callable[[str], None],
 ) -> tuple[dict[str, Any], bool]:
-    from buildsys.registry import resolve
     from buildsys.step import Context
 
-    definition = resolve(name, root)
-    ctx = Context(root=root, cwd=cwd, env=dict(env), step_id=step_id, step_name=name, emit=emit, phase="pull")
+    ctx = Context(
+        root=root, cwd=cwd, env=dict(env), step_id=step_id, step_name=definition.name, emit=emit, phase="pull"
+    )
     result = definition(ctx, **inputs)
     return (dict(result) if isinstance(result, Mapping) else {}), bool(definition.sets_cwd)
 
@@ -327,7 +352,9 @@ def execute(context: RunContext, env: Mapping[str, str]) -> int:
     try:
         if context.root:
             os.chdir(root)
-        outputs = run_pull_steps(context.pull_steps, root=root, env=env, variables=context.variables)
+        outputs = run_pull_steps(
+            context.pull_steps, root=root, env=env, variables=context.variables, step_targets=context.step_targets
+        )
         directory = _final_directory(outputs)
         if directory:
             os.chdir(root / directory)

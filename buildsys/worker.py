@@ -176,6 +176,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.pool_type = options.pool_type or "process"
         self.completed = 0
+        self._registered: dict[str, str] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -484,6 +485,7 @@ class Worker:
             parameters={**(spec.get("parameters") or {}), **run.parameters},
             pull_steps=pull_steps,
             variables={k: v for k, v in variables.items() if _used(k, pull_steps)},
+            step_targets=self._step_targets(pull_steps),
         )
         job = Job(
             run_id=run.id,
@@ -507,6 +509,17 @@ class Worker:
             if resource is not None:
                 found[name] = resource.spec.get("value")
         return found
+
+    def _step_targets(self, pull_steps: list[Any]) -> dict[str, str]:
+        if self._registered is None:
+            from buildsys.registry import available, conflicts
+
+            clashing = {name for name, _ in conflicts()}
+            self._registered = {
+                n: info.value for info in available() for n in (info.name, *info.aliases) if n not in clashing
+            }
+        names = {str(next(iter(step))) for step in pull_steps if isinstance(step, Mapping) and len(step) == 1}
+        return {n: self._registered[n] for n in sorted(names) if n in self._registered}
 
     def _attribution(self, run: FlowRun) -> dict[str, str]:
         return {
