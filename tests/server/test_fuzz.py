@@ -4,6 +4,7 @@ generated request, the answer is never a 5xx and matches the documented response
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,43 +15,49 @@ from schemathesis import checks
 from buildsys.server.auth import Authenticator, TokenStore, database_for
 from buildsys.server.openapi import document
 from buildsys.server.schemas import MAX_WAIT_SECONDS
+from buildsys.store import open_store
 from buildsys.store.base import Change
-from buildsys.store.sql import SqlStore
+from tests.infra.postgres import PostgresServer, fresh_database
 from tests.server.running import threaded_server
 
 schema = schemathesis.openapi.from_dict(document())
 LONG_POLL_CAP = 0.05  # generated `wait`s would make the run slow, not more thorough
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    path = Path(tmp_path_factory.mktemp("fuzz"))
-    store = SqlStore.sqlite(path / "server.db")
-    store.apply(
-        [
-            Change("create", "pool", "local", {"type": "process"}),
-            Change(
-                "create",
-                "deployment",
-                "etl/nightly",
-                {"flow_name": "etl", "name": "nightly", "work_pool_name": "local"},
-            ),
-        ],
-        expected_serial=None,
-    )
-    store.create_run("etl/nightly")
-    tokens = TokenStore(database_for(str(path / "server.db")))
-    _, secret = tokens.create("admin")
-    try:
-        with threaded_server(store, authenticator=Authenticator(tokens)) as url:
-            yield url, secret
-    finally:
-        store.close()
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A server with auth on, over SQLite or PostgreSQL, holding a pool, a deployment and a run."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = str(Path(tmp_path_factory.mktemp("fuzz")) / "server.db")
+        else:
+            server: PostgresServer = request.getfixturevalue("postgres_server")
+            url = stack.enter_context(contextmanager(fresh_database)(server))
+        store = open_store(url)
+        stack.callback(store.close)
+        store.apply(
+            [
+                Change("create", "pool", "local", {"type": "process"}),
+                Change(
+                    "create",
+                    "deployment",
+                    "etl/nightly",
+                    {"flow_name": "etl", "name": "nightly", "work_pool_name": "local"},
+                ),
+            ],
+            expected_serial=None,
+        )
+        store.create_run("etl/nightly")
+        _, secret = TokenStore(database_for(url)).create("admin")
+        authenticator = Authenticator(TokenStore(database_for(url)))
+        yield stack.enter_context(threaded_server(store, authenticator=authenticator)), secret
 
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_never_answers_5xx(case: schemathesis.Case, api: tuple[str, str]) -> None:
     url, token = api
     for values in (case.body, case.query):
