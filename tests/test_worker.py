@@ -369,3 +369,39 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_pool_concurrency_limit_holds_across_workers(
+    store: StateStore, project: Path, workers: Workers, tmp_path: Path
+) -> None:
+    add_pool(store, concurrency_limit=1)
+    deployment = add_deployment(store, project, "wait_for_file")
+    release = tmp_path / "release"
+    runs = [store.create_run(deployment, parameters={"path": str(release)}) for _ in range(3)]
+    workers.start("--name", "a")
+    workers.start("--name", "b")
+    wait_for(lambda: len(store.list_runs(states=["RUNNING"])) == 1, 20, "one run to start")
+    # both workers stay alive and polling (fresh heartbeats) while the pool's limit keeps the rest queued
+    since = time.time() + 1.0
+    wait_for(
+        lambda: {w.name for w in store.list_workers("local") if w.last_heartbeat > since} == {"a", "b"},
+        10,
+        "both workers to heartbeat again",
+    )
+    assert len(store.list_runs(states=["RUNNING", "PENDING"])) == 1
+    release.write_text("go")
+    for run in runs:
+        assert final(store, run).state == "COMPLETED"
+
+
+def test_local_limit_runs_one_at_a_time(store: StateStore, project: Path, workers: Workers, tmp_path: Path) -> None:
+    add_pool(store)
+    deployment = add_deployment(store, project, "wait_for_file")
+    release = tmp_path / "release"
+    runs = [store.create_run(deployment, parameters={"path": str(release)}) for _ in range(2)]
+    workers.start("--limit", "1")
+    wait_for(lambda: len(store.list_runs(states=["RUNNING"])) == 1, 20, "one run to start")
+    assert [r.state for r in store.list_runs(states=["SCHEDULED"])] == ["SCHEDULED"]
+    release.write_text("go")
+    for run in runs:
+        assert final(store, run).state == "COMPLETED"
