@@ -1,3 +1,3 @@
-from buildsys.cli import main
+from buildsys.launcher import main
 
 main()

@@ -266,6 +266,8 @@ class FileSet:
         self.root = root
         self._root_prefix = os.path.normpath(str(root)) + os.sep
         self._spec: Any = None
+        self.scanned: set[str] = set()  # directories whose listing the expansion depended on
+        self.opaque = False  # a pattern with wildcards in its directories: listings not tracked
         self._spec_loaded = False
 
     def _ignore_spec(self) -> Any:
@@ -299,6 +301,7 @@ class FileSet:
         directory, name = os.path.split(absolute)
         if not globlib.has_magic(directory) and name != "**":
             return self._scan(directory, name)
+        self.opaque = True
         out: list[str] = []
         for m in globlib.glob(absolute, recursive=True):
             if os.path.isdir(m):
@@ -312,6 +315,7 @@ class FileSet:
         import fnmatch
 
         out: list[str] = []
+        self.scanned.add(os.path.normpath(directory))
         try:
             entries = list(os.scandir(directory))
         except OSError:
@@ -339,6 +343,7 @@ class FileSet:
     def _walk(self, directory: Path) -> list[str]:
         out: list[str] = []
         for dirpath, dirnames, filenames in os.walk(directory):
+            self.scanned.add(os.path.normpath(dirpath))
             dirnames[:] = [d for d in dirnames if d not in ALWAYS_IGNORED]
             for f in filenames:
                 rel = self._rel(Path(dirpath) / f)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -39,9 +40,20 @@ class NodeResult:
 
 
 @dataclass
+class Dependencies:
+    """Everything a build's outcome depended on, for the no-op fast path (buildsys.noop)."""
+
+    files: set[str] = field(default_factory=set)  # absolute paths
+    directories: set[str] = field(default_factory=set)
+    env: dict[str, str | None] = field(default_factory=dict)
+    provable: bool = True  # False: some decision needed a hook, a listing we did not track, …
+
+
+@dataclass
 class BuildResult:
     graph: StepGraph
     results: dict[str, NodeResult]
+    dependencies: Dependencies = field(default_factory=Dependencies)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +148,8 @@ class Engine:
         self.variables = {v.name: v.value for v in project.variables}
         self.prepared: dict[str, _Prepared] = {}
         self._decided: dict[str, _ToRun] = {}
+        self.dependencies = Dependencies()
+        self._unstored: set[str] = set()
 
     # --- preparation: resolve every step and check its inputs before anything runs ---------------
     def prepare(self, resolved: Mapping[str, StepDef] | None = None) -> None:
@@ -205,7 +219,25 @@ class Engine:
                         self.reporter.event(Event("skipped", label, reason=reason))
         finally:
             self.cache.close()
-        return BuildResult(self.graph, self.results)
+        self._note_dependencies()
+        return BuildResult(self.graph, self.results, self.dependencies)
+
+    def _note_dependencies(self) -> None:
+        deps = self.dependencies
+        deps.directories |= self.files.scanned
+        if self.files.opaque or not self.use_cache:
+            deps.provable = False
+        for prep in self.prepared.values():
+            sd = prep.stepdef
+            if sd.fingerprint_hook is not None or sd.check_hook is not None or not sd.cacheable:
+                deps.provable = False
+            module = sys.modules.get(getattr(sd.func, "__module__", "") or "")
+            source = getattr(module, "__file__", None)
+            if source:
+                deps.files.add(os.path.abspath(source))
+        for res in self.results.values():
+            if res.status not in ("ran", "cached") or (res.status == "ran" and res.key in self._unstored):
+                deps.provable = False
 
     def _finish(
         self,
@@ -320,6 +352,8 @@ class Engine:
         # Outputs that carry a secret value are never written to the cache (the step reruns).
         storable = None if _holds_secret(outputs, keyed.ctx.secrets) or not stepdef.cacheable else outputs
         self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name)
+        if storable is None:
+            self._unstored.add(node.key)
         self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
         return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=keyed.cache_key)
 
@@ -381,6 +415,10 @@ class Engine:
         if stepdef.files_hook is not None:
             files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd)
         digests = {f: self.cache.digest(f) or "(missing)" for f in sorted(set(files))}
+        root = str(self.project.root)
+        self.dependencies.files.update(os.path.join(root, f) for f in digests)
+        for name in env_used:
+            self.dependencies.env[name] = self.env.get(name)
         upstream = {
             self.graph.nodes[d].label: self.results[d].cache_key for d in node.deps if d in self.results
         }

@@ -47,8 +47,31 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
         reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text, data=counts))
     finally:
         reporter.close()
+    _remember_noop(app, sections, opts, result)
     if not result.ok:
         raise SystemExit(1)
+
+
+def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], result: Any) -> None:
+    """Write (or drop) the manifest that lets the next identical build answer without the engine."""
+    import os
+
+    from buildsys import noop
+
+    path = noop.manifest_path(str(app.project_file), sections, opts["deployments"])
+    deps = result.dependencies
+    if not (result.ok and deps.provable):
+        noop.remove(path)
+        return
+    root = os.path.dirname(os.path.abspath(app.project_file))
+    noop.write_manifest(
+        path,
+        files={*deps.files, os.path.abspath(app.project_file)},
+        directories=deps.directories,
+        env=deps.env,
+        labels=[result.graph.nodes[k].label for k in result.graph.order()],
+        cache=os.path.join(root, ".buildsys", "cache.db"),
+    )
 
 
 @click.command()

@@ -77,4 +77,7 @@ def clear(app: App) -> None:
     c = Cache(project.root)
     c.clear()
     c.close()
+    import shutil
+
+    shutil.rmtree(project.root / ".buildsys" / "noop", ignore_errors=True)  # no-op proofs relied on it
     app.echo("cache cleared")

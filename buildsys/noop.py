@@ -1,0 +1,199 @@
+"""The no-op fast path: prove a build would change nothing before importing the engine.
+
+After a successful build whose every step was decided by content alone (no fingerprint or
+existence checks, nothing left uncached), the engine writes a manifest: the stat data of every
+file the build depended on (inputs, the project file, step sources), the modification times of the
+directories its globs scanned (a new or deleted file changes them), digests of the environment
+variables it used and of installed packages. The next `buildsys build` with the same arguments
+compares those first; when nothing moved, every step is a cache hit by construction, and the
+command answers from the manifest in a few stat calls. Anything else falls through to the engine.
+
+Standard library only, imported before click: this module is the reason a no-op is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import marshal
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+FORMAT = 2
+RACY_NS = 2_000_000_000
+StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
+
+
+def manifest_path(project_file: str, sections: Sequence[str], deployments: Sequence[str]) -> str:
+    root = os.path.dirname(os.path.abspath(project_file))
+    tag = hashlib.sha256(
+        "\0".join([os.path.abspath(project_file), ",".join(sections), ",".join(sorted(deployments))]).encode()
+    ).hexdigest()[:16]
+    return os.path.join(root, ".buildsys", "noop", tag)
+
+
+def environment_fingerprint() -> list[tuple[str, int]]:
+    """Installed packages move these directories' mtimes (the current directory excluded)."""
+    here = {"", os.getcwd()}
+    out = []
+    for entry in sys.path:
+        if entry in here:
+            continue
+        try:
+            out.append((entry, os.stat(entry).st_mtime_ns))
+        except OSError:
+            continue
+    return out
+
+
+def env_digest(value: str | None) -> str:
+    return hashlib.sha256(b"buildsys-noop\0" + (value or "\0unset").encode()).hexdigest()[:16]
+
+
+def stat_row(path: str) -> StatRow:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, -1, 0, 0, 0)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def write_manifest(
+    path: str,
+    *,
+    files: Iterable[str],
+    directories: Iterable[str],
+    env: Mapping[str, str | None],
+    labels: Sequence[str],
+    cache: str,
+) -> bool:
+    """Record what a successful all-cached-or-ran build depended on. False (nothing written) when
+    a file was modified too recently to trust its stat data (git's "racily clean" rule)."""
+    now = time.time_ns()
+    rows = [stat_row(f) for f in sorted(set(files))]
+    if any(r[1] >= 0 and r[2] >= now - RACY_NS for r in rows):
+        remove(path)
+        return False
+    dirs = []
+    for d in sorted(set(directories)):
+        try:
+            dirs.append((d, os.stat(d).st_mtime_ns))
+        except OSError:
+            dirs.append((d, -1))
+    data = {
+        "format": FORMAT,
+        "python": sys.version,
+        "packages": environment_fingerprint(),
+        "files": rows,
+        "dirs": dirs,
+        "env": sorted((k, env_digest(v)) for k, v in env.items()),
+        "labels": list(labels),
+        "cache": cache,
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        marshal.dump(data, fh)
+    os.replace(tmp, path)
+    return True
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def still_valid(path: str) -> list[str] | None:
+    """The step labels when nothing the build depended on moved, else None."""
+    try:
+        with open(path, "rb") as fh:
+            data: dict[str, Any] = marshal.load(fh)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if data.get("format") != FORMAT or data.get("python") != sys.version:
+        return None
+    stat = os.stat
+    for p, size, mtime, ctime, ino in data["files"]:
+        try:
+            st = stat(p)
+        except OSError:
+            if size != -1:
+                return None
+            continue
+        if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
+            return None
+    for d, mtime in data["dirs"]:
+        try:
+            if stat(d).st_mtime_ns != mtime:
+                return None
+        except OSError:
+            if mtime != -1:
+                return None
+    if not os.path.exists(data.get("cache", "")):
+        return None  # the cache was deleted: the steps' results are gone
+    environ = os.environ
+    for name, digest in data["env"]:
+        if env_digest(environ.get(name)) != digest:
+            return None
+    if [list(x) for x in environment_fingerprint()] != [list(x) for x in data["packages"]]:
+        return None
+    labels: list[str] = data["labels"]
+    return labels
+
+
+# --- the command-line side: a restricted parse of `build` / `push` ------------------------------------
+
+_FLAGS = {"--explain", "--json", "-q", "--quiet", "-v", "--verbose", "--no-color", "--keep-going"}
+_VALUED = {"-f", "--file", "-d", "--deployment", "-j", "--jobs"}
+
+
+def try_fast(argv: Sequence[str]) -> int | None:
+    """Exit code when `argv` asks for a build that is provably a no-op; None to run normally."""
+    if not argv or argv[0] not in ("build", "push"):
+        return None
+    opts: dict[str, Any] = {"file": "prefect.yaml", "deployments": [], "flags": set()}
+    args = list(argv[1:])
+    while args:
+        a = args.pop(0)
+        key, _, inline = a.partition("=") if a.startswith("--") else (a, "", "")
+        if key in _FLAGS and not inline:
+            opts["flags"].add({"--quiet": "-q", "--verbose": "-v"}.get(key, key))
+        elif key in _VALUED:
+            if not inline and not args:
+                return None
+            value = inline or args.pop(0)
+            if key in ("-f", "--file"):
+                opts["file"] = value
+            elif key in ("-d", "--deployment"):
+                opts["deployments"].append(value)
+        else:
+            return None  # anything else (--no-cache, -vv, globs…): the normal path decides
+    file = opts["file"]
+    sections = ("build",) if argv[0] == "build" else ("build", "push")
+    labels = still_valid(manifest_path(file, sections, opts["deployments"]))
+    if labels is None:
+        return None
+    _report(labels, opts["flags"])
+    return 0
+
+
+def _report(labels: Sequence[str], flags: set[str]) -> None:
+    n = len(labels)
+    summary = f"build ok: 0 ran, {n} cached, 0 failed, 0 not run"
+    if "--json" in flags:
+        now = round(time.time(), 3)
+        out = [json.dumps({"event": "cached", "time": now, "step": label, "reason": "unchanged"}) for label in labels]
+        counts = {"ran": 0, "cached": n, "failed": 0, "skipped": 0}
+        out.append(json.dumps({"event": "summary", "time": now, "message": summary, **counts}))
+        sys.stdout.write("\n".join(out) + "\n")
+        return
+    lines = []
+    if "--explain" in flags or "-v" in flags:
+        lines = [f"= {label}  cached (unchanged)" for label in labels]
+    lines.append(summary)
+    sys.stderr.write("\n".join(lines) + "\n")

@@ -1,0 +1,124 @@
+"""The no-op fast path answers only when nothing the build depended on moved."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from buildsys import noop
+
+PROJECT = """\
+build:
+  - run_shell_script:
+      id: one
+      script: echo one {{ $FLAVOUR }}
+      inputs: ["src/*.py"]
+  - run_shell_script:
+      id: two
+      script: echo two
+      needs: []
+"""
+
+
+def build(root: Path, *extra: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    r = subprocess.run(
+        [sys.executable, "-m", "buildsys", "build", "--json", *extra],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLAVOUR": "plain", **(env or {})},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    summary = events[-1]
+    assert summary["event"] == "summary"
+    return summary
+
+
+def valid(root: Path) -> bool:
+    """Asked the way the CLI asks (a child process: the same sys.path as `python -m buildsys`)."""
+    code = f"from buildsys import noop; print(noop.still_valid({str(manifest(root))!r}) is not None)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env={**os.environ, "FLAVOUR": "plain"})
+    return r.stdout.strip() == "True"
+
+
+def age(path: Path) -> None:
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+@pytest.fixture
+def proj(isolated: Path) -> Path:
+    (isolated / "prefect.yaml").write_text(PROJECT)
+    age(isolated / "prefect.yaml")
+    (isolated / "src").mkdir()
+    (isolated / "src" / "a.py").write_text("a = 1\n")
+    age(isolated / "src" / "a.py")
+    age(isolated / "src")
+    return isolated
+
+
+def manifest(root: Path) -> Path:
+    return Path(noop.manifest_path(str(root / "prefect.yaml"), ("build",), []))
+
+
+def test_manifest_written_after_a_provable_build_and_used(proj: Path) -> None:
+    assert build(proj)["ran"] == 2
+    assert manifest(proj).is_file()
+    assert valid(proj)
+    summary = build(proj)
+    summary.pop("time")
+    assert summary == {"event": "summary", "message": "build ok: 0 ran, 2 cached, 0 failed, 0 not run", "ran": 0, "cached": 2, "failed": 0, "skipped": 0}
+
+
+def test_every_kind_of_change_falls_through_to_the_engine(proj: Path) -> None:
+    build(proj)
+    # an input file changes
+    (proj / "src" / "a.py").write_text("a = 2\n")
+    assert not valid(proj)
+    assert build(proj)["ran"] == 1
+    age(proj / "src" / "a.py")
+    build(proj)
+    # a new file matches the glob (its directory listing changed)
+    (proj / "src" / "b.py").write_text("b = 1\n")
+    assert not valid(proj)
+    assert build(proj)["ran"] == 1
+    for p in (proj / "src" / "b.py", proj / "src"):
+        age(p)
+    build(proj)
+    # an environment variable the build used
+    assert build(proj, env={"FLAVOUR": "spicy"})["ran"] == 1
+    # the project file
+    (proj / "prefect.yaml").write_text(PROJECT.replace("echo two", "echo deux"))
+    age(proj / "prefect.yaml")
+    assert build(proj, env={"FLAVOUR": "spicy"})["ran"] == 1
+
+
+def test_cache_clear_and_deleted_cache_invalidate_the_proof(proj: Path) -> None:
+    build(proj)
+    subprocess.run([sys.executable, "-m", "buildsys", "cache", "clear"], cwd=proj, check=True, capture_output=True)
+    assert not manifest(proj).exists()
+    assert build(proj)["ran"] == 2
+    (proj / ".buildsys" / "cache.db").unlink()
+    assert not valid(proj)
+    assert build(proj)["ran"] == 2
+
+
+def test_recently_modified_files_are_not_trusted(proj: Path) -> None:
+    (proj / "src" / "a.py").write_text("a = 3\n")  # modified just now: inside the racy window
+    build(proj)
+    assert not manifest(proj).exists()
+
+
+def test_unprovable_builds_leave_no_manifest(proj: Path) -> None:
+    build(proj)
+    assert manifest(proj).exists()
+    build(proj, "--no-cache")
+    assert not manifest(proj).exists()
