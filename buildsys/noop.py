@@ -13,6 +13,7 @@ Standard library only, imported before click: this module is the reason a no-op 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import marshal
@@ -102,10 +103,8 @@ def write_manifest(
 
 
 def remove(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def still_valid(path: str) -> list[str] | None:
