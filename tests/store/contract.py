@@ -373,13 +373,13 @@ class StoreContract:
         run = store.create_run("etl/nightly")
         waiter.join(15)
         assert [[r.id for r in got] for got in result] == [[run.id]]
-        assert returned_at[0] - run.created_at < 1.0
+        assert returned_at[0] - run.created_at < 5.0  # woke for it, long before the 10 s deadline
 
     def test_claim_with_wait_returns_empty_at_the_deadline(self, store: StateStore) -> None:
         seed(store, nightly={})
         start = time.monotonic()
         assert store.claim_runs("local", "w1", wait=0.3) == []
-        assert 0.3 <= time.monotonic() - start < 2.0
+        assert 0.3 <= time.monotonic() - start < 5.0
 
     def test_heartbeat_renews_leases_and_reports_cancellations(self, store: StateStore) -> None:
         seed(store, nightly={})

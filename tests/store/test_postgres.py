@@ -232,7 +232,7 @@ def test_a_waiting_claim_wakes_on_a_run_created_elsewhere(fresh_postgres_url: st
         run = creator.create_run("etl/nightly")
         claimer.join(30)
         assert [ids for ids, _ in got] == [[run.id]]
-        assert got[0][1] - run.created_at < 1.0
+        assert got[0][1] - run.created_at < 5.0  # woke for it, long before the 20 s deadline
         listener = waiting._db._listen  # type: ignore[attr-defined]
         assert listener is not None and listener.healthy
     finally:
