@@ -76,9 +76,10 @@ def claim_runs(
 ) -> list[FlowRun]:
     """Claim now, or wait (polling cheaply) up to `wait` seconds for something to claim.
 
-    Waiting never writes unless a run is due: on SQLite it watches `PRAGMA data_version` (changes
-    when another connection commits) and the next scheduled time; on PostgreSQL it polls a
-    one-row query. A claim that finds only blocked runs (paused queue, full limit) backs off.
+    Waiting never writes unless a run is due. It wakes when something was committed (SQLite:
+    `PRAGMA data_version`; PostgreSQL: LISTEN/NOTIFY, see wakeups.py, or polling a one-row query
+    when the listener is down) or when the next scheduled run comes due. A claim that finds only
+    blocked runs (paused queue, full limit) backs off.
     """
     deadline = time.monotonic() + max(0.0, wait)
     token = db.change_token() if wait > 0 else None  # before the attempt: no commit slips between
