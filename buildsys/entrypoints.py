@@ -7,8 +7,10 @@ the flow name is `@flow(name=...)` when given as a literal, else the function na
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # Reads a file relative to the project root (posix path); None when it does not exist.
 SourceReader = Callable[[str], "str | None"]
@@ -33,6 +35,7 @@ class FlowInfo:
     docstring: str | None = None
     file: str | None = None  # the file it was read from; None when no file was found
     problem: str | None = None  # why the name is a guess (missing file, syntax error, no function)
+    parameter_schema: dict[str, Any] | None = None  # from the signature, Prefect's shape
 
 
 def parse_entrypoint(text: str) -> Entrypoint:
@@ -82,13 +85,17 @@ def flow_info(entrypoint: str, read: SourceReader) -> FlowInfo:
         found = _find_flow(tree, ep.qualname)
         if found is None:
             return FlowInfo(fallback, None, candidate, f"{candidate} defines no function {ep.qualname!r}")
-        name, doc = found
-        return FlowInfo(name or default_flow_name(ep.function), doc, candidate)
+        name, doc, node = found
+        schema = parameter_schema(node) if node is not None else None
+        return FlowInfo(name or default_flow_name(ep.function), doc, candidate, None, schema)
     return FlowInfo(fallback, None, None, f"{' or '.join(ep.candidates)} not found")
 
 
-def _find_flow(tree: ast.Module, qualname: str) -> tuple[str | None, str | None] | None:
-    """(explicit flow name or None, docstring) of the function `qualname`, or None if absent."""
+FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _find_flow(tree: ast.Module, qualname: str) -> tuple[str | None, str | None, FunctionNode | None] | None:
+    """(explicit flow name or None, docstring, the function) of `qualname`, or None if absent."""
     body: list[ast.stmt] = tree.body
     parts = qualname.split(".")
     for part in parts[:-1]:
@@ -100,12 +107,12 @@ def _find_flow(tree: ast.Module, qualname: str) -> tuple[str | None, str | None]
     aliases = _flow_aliases(tree)
     for node in body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == target:
-            return _decorated_name(node.decorator_list, aliases), ast.get_docstring(node)
+            return _decorated_name(node.decorator_list, aliases), ast.get_docstring(node), node
     for node in body:  # `etl = flow(name="x")(impl)` or `etl = flow(impl, name="x")`
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == target for t in node.targets
         ):
-            return _decorated_name([node.value], aliases), None
+            return _decorated_name([node.value], aliases), None, None
     return None
 
 
@@ -134,3 +141,55 @@ def _is_flow(func: ast.expr, aliases: frozenset[str]) -> bool:
     if isinstance(func, ast.Name):
         return func.id in aliases
     return isinstance(func, ast.Attribute) and func.attr == "flow"
+
+
+# Annotations whose JSON type is certain; anything else (models, dates, unions) accepts any value.
+_JSON_TYPES = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "list": "array",
+    "List": "array",
+    "tuple": "array",
+    "dict": "object",
+    "Dict": "object",
+}
+
+
+def parameter_schema(node: FunctionNode) -> dict[str, Any]:
+    """The flow's parameters as Prefect's JSON schema, read from the signature (no import)."""
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = [*zip(positional, defaults, strict=True), *zip(args.kwonlyargs, args.kw_defaults, strict=True)]
+    properties: dict[str, Any] = {}
+    required = []
+    for position, (arg, default) in enumerate(pairs):
+        if arg.arg in ("self", "cls") and position == 0:
+            continue
+        prop: dict[str, Any] = {"title": arg.arg, "position": len(properties)}
+        kind = _json_type(arg.annotation)
+        if kind:
+            prop["type"] = kind
+        if default is None:
+            required.append(arg.arg)
+        else:
+            # a computed default is known only when the flow runs: left out
+            with contextlib.suppress(ValueError, TypeError, SyntaxError):
+                prop["default"] = ast.literal_eval(default)
+        properties[arg.arg] = prop
+    schema: dict[str, Any] = {"title": "Parameters", "type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _json_type(annotation: ast.expr | None) -> str | None:
+    if isinstance(annotation, ast.Subscript):
+        annotation = annotation.value
+    if isinstance(annotation, ast.Attribute):
+        return _JSON_TYPES.get(annotation.attr)
+    if isinstance(annotation, ast.Name):
+        return _JSON_TYPES.get(annotation.id)
+    return None

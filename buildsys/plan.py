@@ -16,7 +16,7 @@ from typing import Any
 
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState
 from buildsys.errors import BuildsysError, Diagnostic
-from buildsys.preflight import job_variable_problems, pool_warnings
+from buildsys.preflight import job_variable_problems, parameter_problems, pool_warnings
 from buildsys.store.base import KINDS, Resource
 from buildsys.templating import UNKNOWN
 
@@ -188,6 +188,7 @@ def plan(
                 )
     warnings += pool_warnings(desired, actual)
     warnings += [_render_warning(w) for w in job_variable_problems(desired, actual)]
+    warnings += [_render_warning(w) for w in parameter_problems(desired)]
     wanted = {(r.kind, r.name) for r in desired.resources}
     orphans = [
         r

@@ -47,6 +47,54 @@ def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> 
     return found
 
 
+def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
+    """Deployment parameters against the flow's signature (Prefect enforces this unless the
+    deployment says `enforce_parameter_schema: false`): unknown names warn, wrong types raise."""
+    from jsonschema import Draft202012Validator
+
+    from buildsys.suggest import did_you_mean
+
+    found: list[Diagnostic] = []
+    for r in desired.resources:
+        schema = r.spec.get("parameter_schema") if r.kind == "deployment" else None
+        params = r.spec.get("parameters")
+        if not isinstance(schema, Mapping) or not isinstance(params, Mapping) or not params:
+            continue
+        if r.spec.get("enforce_parameter_schema") is False:
+            continue
+        names = list(schema.get("properties") or {})
+        where = f"{r.path}.parameters"
+        for name in params:
+            if name not in names:
+                guess = did_you_mean(name, names)
+                found.append(
+                    Diagnostic(
+                        "warning",
+                        f"deployment {r.name}: parameter {name!r} is not a parameter of the flow",
+                        r.location,
+                        f"{where}.{name}",
+                        guess or (f"its parameters: {', '.join(names)}" if names else "the flow takes none"),
+                    )
+                )
+        concrete = {k: v for k, v in params.items() if k in names and not _templated(v)}
+        checker = Draft202012Validator({k: v for k, v in schema.items() if k != "required"})
+        for error in checker.iter_errors(concrete):
+            name = str(error.absolute_path[0]) if error.absolute_path else "?"
+            found.append(
+                Diagnostic(
+                    "error",
+                    f"deployment {r.name}: parameter {name!r}: {error.message}",
+                    r.location,
+                    f"{where}.{name}",
+                    "fix the value, or set `enforce_parameter_schema: false` on the deployment",
+                )
+            )
+    errors = [p for p in found if p.is_error]
+    if errors:
+        raise ProjectError(errors)
+    return found
+
+
 def _templated(value: Any) -> bool:
     """A value only known at run time (or after the build): its type cannot be checked now."""
     if isinstance(value, str):

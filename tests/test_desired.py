@@ -323,3 +323,33 @@ def test_bad_refs_and_missing_repos_are_clear_errors(tmp_path: Path) -> None:
     other = write(tmp_path / "sub" / "prefect.yaml", "name: y\n")
     with pytest.raises(RevisionError, match=r"sub/prefect.yaml does not exist at commit"):
         open_revision(other, "HEAD")
+
+
+def test_parameter_schema_from_the_signature() -> None:
+    source = (
+        "from prefect import flow\n"
+        "import datetime, typing\n"
+        "@flow\n"
+        "def etl(day: str, n: int = 3, *, ratio: float = 0.5, tags: list[str] | None = None,\n"
+        "        opts: typing.Dict[str, int] = {'a': 1}, when: datetime.date = datetime.date.today()): ...\n"
+    )
+    info = flow_info("f.py:etl", reader({"f.py": source}))
+    assert info.parameter_schema == {
+        "title": "Parameters",
+        "type": "object",
+        "properties": {
+            "day": {"title": "day", "position": 0, "type": "string"},
+            "n": {"title": "n", "position": 1, "type": "integer", "default": 3},
+            "ratio": {"title": "ratio", "position": 2, "type": "number", "default": 0.5},
+            "tags": {"title": "tags", "position": 3, "default": None},
+            "opts": {"title": "opts", "position": 4, "type": "object", "default": {"a": 1}},
+            "when": {"title": "when", "position": 5},
+        },
+        "required": ["day"],
+    }
+    method = flow_info("f.py:C.run", reader({"f.py": "class C:\n    def run(self, x: bool = True): ...\n"}))
+    assert method.parameter_schema == {
+        "title": "Parameters",
+        "type": "object",
+        "properties": {"x": {"title": "x", "position": 0, "type": "boolean", "default": True}},
+    }

@@ -332,3 +332,28 @@ def test_job_variables_are_checked_against_the_pool_template() -> None:
     assert [d.message for d in err.value.problems] == [
         "deployment etl/nightly: job variable 'stream_output': 'yes' is not of type 'boolean'"
     ]
+
+
+def test_parameters_are_checked_against_the_flow_signature() -> None:
+    from buildsys.errors import ProjectError
+
+    schema = {
+        "title": "Parameters",
+        "type": "object",
+        "properties": {"day": {"title": "day", "position": 0, "type": "string"}},
+    }
+    typo = dep(parameter_schema=schema, parameters={"dya": "x", "day": "{{ prefect.variables.day }}"})
+    assert plan(state(typo), [POOL], serial=0).warnings == (
+        "deployment etl/nightly: parameter 'dya' is not a parameter of the flow (did you mean 'day'?)",
+    )
+    wrong = dep(parameter_schema=schema, parameters={"day": 3})
+    with pytest.raises(ProjectError) as err:
+        plan(state(wrong), [POOL], serial=0)
+    assert [(d.message, d.hint) for d in err.value.problems] == [
+        (
+            "deployment etl/nightly: parameter 'day': 3 is not of type 'string'",
+            "fix the value, or set `enforce_parameter_schema: false` on the deployment",
+        )
+    ]
+    relaxed = dep(parameter_schema=schema, parameters={"day": 3}, enforce_parameter_schema=False)
+    assert plan(state(relaxed), [POOL], serial=0).warnings == ()
