@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,16 @@ from typing import Any
 from buildsys.errors import StepError
 from buildsys.step import Context, step
 
+from ._docker_engine import (
+    auth_config,
+    client_for,
+    docker_errors,
+    local_image_id,
+    login,
+    push_tags,
+    qualified,
+    registry_digest,
+)
 from ._files import as_globs
 
 BUILD_ALIASES = (
@@ -32,7 +42,6 @@ PUSH_ALIASES = (
 )
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 BASE_IMAGE_ENV = "BUILDSYS_DOCKER_BASE_IMAGE"
-NAMESPACE_ENV = "PREFECT_DEFAULT_DOCKER_BUILD_NAMESPACE"
 
 BUILD_EXAMPLE = """\
 build:
@@ -109,18 +118,18 @@ def build_docker_image(
     plan = _plan(ctx, image_name, dockerfile, base_image, path)
     options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
                "target": target, **_engine_options(build_kwargs)}
-    client = _client(ctx)
+    client = client_for(ctx)
     tag = tag or _content_tag(plan, options, _from_images(client, plan))
     extra = [str(t) for t in additional_tags or []]
     if persist_dockerfile and plan.generated is not None:
         ctx.path(dockerfile_output_path).write_text(plan.generated)
     image_id = _run_build(ctx, client, plan, tag, options, pull=pull, nocache=nocache)
-    with _docker_errors(ctx, f"tagging {plan.image_name}"):
+    with docker_errors(ctx, f"tagging {plan.image_name}"):
         for extra_tag in extra:
             client.api.tag(image_id, plan.image_name, tag=extra_tag)
     ctx.log(f"built {plan.image_name}:{tag} ({image_id})")
     if push:  # prefect-docker's old `push: true` (with its optional `credentials`)
-        _push(ctx, client, plan.image_name, [tag, *extra], _login(ctx, client, plan.image_name, credentials))
+        push_tags(ctx, client, plan.image_name, [tag, *extra], login(ctx, client, plan.image_name, credentials))
     return {"image_name": plan.image_name, "tag": tag, "image": f"{plan.image_name}:{tag}",
             "image_id": image_id, "additional_tags": extra}
 
@@ -142,13 +151,13 @@ def _base_images(inputs: Mapping[str, Any], ctx: Context) -> str:
     """The ids of the FROM images in this engine, so that a rebuilt base image rebuilds this one."""
     plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
                  inputs.get("base_image"), inputs.get("path"))
-    return _from_images(_client(ctx), plan)
+    return _from_images(client_for(ctx), plan)
 
 
 def _from_images(client: Any, plan: BuildPlan) -> str:
     text = plan.generated if plan.generated is not None else _read_dockerfile(plan)
     refs = sorted(set(_FROM.findall(text)))
-    return "\n".join(f"{ref}={_local_image_id(client, ref) or 'absent'}" for ref in refs)
+    return "\n".join(f"{ref}={local_image_id(client, ref) or 'absent'}" for ref in refs)
 
 
 @build_docker_image.check
@@ -156,7 +165,7 @@ def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ct
     image, image_id = outputs.get("image"), outputs.get("image_id")
     if not isinstance(image, str) or not isinstance(image_id, str):
         return False
-    return _local_image_id(_client(ctx), image) == image_id
+    return local_image_id(client_for(ctx), image) == image_id
 
 
 # Further keyword arguments of the SDK's build that Prefect passes through (**build_kwargs).
@@ -178,7 +187,7 @@ def _engine_options(build_kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, path: object) -> BuildPlan:
-    name = _qualified(ctx, image_name)
+    name = qualified(ctx, image_name)
     context = ctx.path(str(path)) if path else ctx.cwd
     if not context.is_dir():
         raise StepError(f"build context {path!r} is not a directory (resolved to {context})")
@@ -258,7 +267,7 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, tag: str, options: Ma
     step_line = ""
     step_output: list[str] = []
     image_id: str | None = None
-    with _docker_errors(ctx, f"building {reference}"), ExitStack() as stack:
+    with docker_errors(ctx, f"building {reference}"), ExitStack() as stack:
         settings = {"rm": True, "forcerm": True, **{k: v for k, v in options.items() if v is not None}}
         name, archive = _context_archive(plan)
         stack.callback(archive.close)
@@ -331,11 +340,11 @@ def push_docker_image(
     """Push an image (and its additional tags) to its registry, unless the registry has it already."""
     if build_backend != "docker-py":
         raise StepError(f"build_backend {build_backend!r} is not supported", hint="use docker-py (the default)")
-    name, tag = _split_tag(_qualified(ctx, image_name), tag)
+    name, tag = _split_tag(qualified(ctx, image_name), tag)
     extra = [str(t) for t in additional_tags or []]
-    client = _client(ctx)
-    auth = _login(ctx, client, name, credentials)
-    digests = _push(ctx, client, name, [tag, *extra], auth)
+    client = client_for(ctx)
+    auth = login(ctx, client, name, credentials)
+    digests = push_tags(ctx, client, name, [tag, *extra], auth)
     return {"image_name": name, "tag": tag, "image": f"{name}:{tag}", "digest": digests[tag],
             "additional_tags": extra}
 
@@ -345,10 +354,10 @@ def _registry_still_has_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any]
     image, digest = outputs.get("image"), outputs.get("digest")
     if not isinstance(image, str) or not isinstance(digest, str):
         return False
-    client = _client(ctx)
+    client = client_for(ctx)
     name = str(outputs.get("image_name", ""))
-    auth = _auth_config(ctx, name, inputs.get("credentials"))
-    return _registry_digest(client, image, auth) == digest
+    auth = auth_config(ctx, name, inputs.get("credentials"))
+    return registry_digest(client, image, auth) == digest
 
 
 def _split_tag(name: str, tag: str | None) -> tuple[str, str]:
@@ -358,139 +367,3 @@ def _split_tag(name: str, tag: str | None) -> tuple[str, str]:
         repo, _, found = name.rpartition(":")
         return repo, found
     return name, tag or "latest"
-
-
-def _auth_config(ctx: Context, name: str, credentials: object) -> dict[str, str] | None:
-    if credentials is None:
-        return None
-    if not isinstance(credentials, Mapping):
-        raise StepError("`credentials` must be a mapping with username, password and registry_url")
-    missing = [k for k in ("username", "password") if not credentials.get(k)]
-    if missing:
-        raise StepError(f"`credentials` lacks {' and '.join(missing)}")
-    ctx.secrets.add(str(credentials["password"]))
-    registry = str(credentials.get("registry_url") or _registry_of(name))
-    return {"username": str(credentials["username"]), "password": str(credentials["password"]),
-            "serveraddress": registry}
-
-
-def _login(ctx: Context, client: Any, name: str, credentials: object) -> dict[str, str] | None:
-    auth = _auth_config(ctx, name, credentials)
-    if auth is None or not isinstance(credentials, Mapping):
-        return None
-    import docker.errors
-
-    try:
-        client.login(username=auth["username"], password=auth["password"], registry=auth["serveraddress"],
-                     reauth=bool(credentials.get("reauth", True)))
-    except docker.errors.APIError as exc:
-        raise StepError(
-            f"registry {auth['serveraddress']} refused the login of {auth['username']!r}",
-            hint=ctx.mask(str(exc.explanation or exc)),
-        ) from None
-    return auth
-
-
-def _push(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: dict[str, str] | None) -> dict[str, str]:
-    import docker.errors
-
-    digests: dict[str, str] = {}
-    for tag in tags:
-        reference = f"{name}:{tag}"
-        try:
-            local = client.images.get(reference)
-        except docker.errors.ImageNotFound:
-            raise StepError(f"image {reference} is not in the local Docker engine",
-                            hint="build it first (build_docker_image) or check image_name and tag") from None
-        remote = _registry_digest(client, reference, auth)
-        have = {d.split("@", 1)[1] for d in local.attrs.get("RepoDigests") or [] if d.startswith(name + "@")}
-        if remote is not None and remote in have:
-            ctx.log(f"{reference}: the registry already has {remote}; not pushing")
-            digests[tag] = remote
-            continue
-        digests[tag] = _push_one(ctx, client, name, tag, auth)
-    return digests
-
-
-def _push_one(ctx: Context, client: Any, name: str, tag: str, auth: dict[str, str] | None) -> str:
-    reference = f"{name}:{tag}"
-    digest = None
-    with _docker_errors(ctx, f"pushing {reference}"):
-        for chunk in client.api.push(name, tag=tag, stream=True, decode=True, auth_config=auth):
-            if "error" in chunk:
-                raise StepError(f"pushing {reference} failed: {ctx.mask(str(chunk['error']).strip())}",
-                                hint=_push_hint(str(chunk["error"])))
-            status = chunk.get("status")
-            if status and not chunk.get("progressDetail"):
-                ctx.log(f"{chunk.get('id', reference)}: {status}" if chunk.get("id") else str(status))
-            aux = chunk.get("aux")
-            if isinstance(aux, Mapping) and aux.get("Digest"):
-                digest = str(aux["Digest"])
-    if digest is None:
-        raise StepError(f"pushing {reference} finished without a digest from the registry")
-    ctx.log(f"pushed {reference} ({digest})")
-    return digest
-
-
-def _push_hint(error: str) -> str | None:
-    lowered = error.lower()
-    if "auth" in lowered or "denied" in lowered or "unauthorized" in lowered:
-        return "the registry wants credentials: set credentials (username, password, registry_url)"
-    if "connection refused" in lowered or "no such host" in lowered:
-        return "check that the registry in image_name is reachable from the Docker engine"
-    return None
-
-
-def _registry_digest(client: Any, reference: str, auth: dict[str, str] | None) -> str | None:
-    import docker.errors
-
-    try:
-        return str(client.images.get_registry_data(reference, auth_config=auth).id)
-    except docker.errors.APIError:
-        return None  # not there (or not readable): push it
-
-
-def _registry_of(name: str) -> str:
-    first = name.split("/", 1)[0]
-    return first if "/" in name and ("." in first or ":" in first or first == "localhost") else "docker.io"
-
-
-# --- engine ------------------------------------------------------------------------------------
-
-
-def _qualified(ctx: Context, image_name: str) -> str:
-    if not image_name or any(c.isspace() for c in image_name):
-        raise StepError(f"invalid image_name {image_name!r}", hint="e.g. registry.example.com/team/app")
-    namespace = ctx.env.get(NAMESPACE_ENV)
-    return f"{namespace.rstrip('/')}/{image_name}" if namespace and "/" not in image_name else image_name
-
-
-def _client(ctx: Context) -> Any:
-    import docker
-
-    try:
-        return docker.from_env(environment=ctx.env, timeout=3600)
-    except docker.errors.DockerException as exc:
-        raise StepError(f"cannot reach the Docker engine: {exc}",
-                        hint="start dockerd or set DOCKER_HOST") from None
-
-
-def _local_image_id(client: Any, reference: str) -> str | None:
-    import docker.errors
-
-    try:
-        return str(client.images.get(reference).id)
-    except docker.errors.ImageNotFound:
-        return None
-
-
-@contextmanager
-def _docker_errors(ctx: Context, doing: str) -> Iterator[None]:
-    import docker.errors
-
-    try:
-        yield
-    except docker.errors.APIError as exc:
-        raise StepError(f"Docker engine error while {doing}: {ctx.mask(str(exc.explanation or exc))}") from None
-    except docker.errors.DockerException as exc:
-        raise StepError(f"Docker error while {doing}: {ctx.mask(str(exc))}") from None

@@ -1,0 +1,149 @@
+"""The Docker engine and registry side of the docker steps: client, errors, names, login, push.
+
+Kept apart from the steps themselves (``docker.py``) so each module stays about one thing; the
+``docker`` SDK is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from buildsys.errors import StepError
+from buildsys.step import Context
+
+NAMESPACE_ENV = "PREFECT_DEFAULT_DOCKER_BUILD_NAMESPACE"
+
+
+def auth_config(ctx: Context, name: str, credentials: object) -> dict[str, str] | None:
+    if credentials is None:
+        return None
+    if not isinstance(credentials, Mapping):
+        raise StepError("`credentials` must be a mapping with username, password and registry_url")
+    missing = [k for k in ("username", "password") if not credentials.get(k)]
+    if missing:
+        raise StepError(f"`credentials` lacks {' and '.join(missing)}")
+    ctx.secrets.add(str(credentials["password"]))
+    registry = str(credentials.get("registry_url") or _registry_of(name))
+    return {"username": str(credentials["username"]), "password": str(credentials["password"]),
+            "serveraddress": registry}
+
+
+def login(ctx: Context, client: Any, name: str, credentials: object) -> dict[str, str] | None:
+    auth = auth_config(ctx, name, credentials)
+    if auth is None or not isinstance(credentials, Mapping):
+        return None
+    import docker.errors
+
+    try:
+        client.login(username=auth["username"], password=auth["password"], registry=auth["serveraddress"],
+                     reauth=bool(credentials.get("reauth", True)))
+    except docker.errors.APIError as exc:
+        raise StepError(
+            f"registry {auth['serveraddress']} refused the login of {auth['username']!r}",
+            hint=ctx.mask(str(exc.explanation or exc)),
+        ) from None
+    return auth
+
+
+def push_tags(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: dict[str, str] | None) -> dict[str, str]:
+    import docker.errors
+
+    digests: dict[str, str] = {}
+    for tag in tags:
+        reference = f"{name}:{tag}"
+        try:
+            local = client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            raise StepError(f"image {reference} is not in the local Docker engine",
+                            hint="build it first (build_docker_image) or check image_name and tag") from None
+        remote = registry_digest(client, reference, auth)
+        have = {d.split("@", 1)[1] for d in local.attrs.get("RepoDigests") or [] if d.startswith(name + "@")}
+        if remote is not None and remote in have:
+            ctx.log(f"{reference}: the registry already has {remote}; not pushing")
+            digests[tag] = remote
+            continue
+        digests[tag] = _push_one(ctx, client, name, tag, auth)
+    return digests
+
+
+def _push_one(ctx: Context, client: Any, name: str, tag: str, auth: dict[str, str] | None) -> str:
+    reference = f"{name}:{tag}"
+    digest = None
+    with docker_errors(ctx, f"pushing {reference}"):
+        for chunk in client.api.push(name, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk:
+                raise StepError(f"pushing {reference} failed: {ctx.mask(str(chunk['error']).strip())}",
+                                hint=_push_hint(str(chunk["error"])))
+            status = chunk.get("status")
+            if status and not chunk.get("progressDetail"):
+                ctx.log(f"{chunk.get('id', reference)}: {status}" if chunk.get("id") else str(status))
+            aux = chunk.get("aux")
+            if isinstance(aux, Mapping) and aux.get("Digest"):
+                digest = str(aux["Digest"])
+    if digest is None:
+        raise StepError(f"pushing {reference} finished without a digest from the registry")
+    ctx.log(f"pushed {reference} ({digest})")
+    return digest
+
+
+def _push_hint(error: str) -> str | None:
+    lowered = error.lower()
+    if "auth" in lowered or "denied" in lowered or "unauthorized" in lowered:
+        return "the registry wants credentials: set credentials (username, password, registry_url)"
+    if "connection refused" in lowered or "no such host" in lowered:
+        return "check that the registry in image_name is reachable from the Docker engine"
+    return None
+
+
+def registry_digest(client: Any, reference: str, auth: dict[str, str] | None) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get_registry_data(reference, auth_config=auth).id)
+    except docker.errors.APIError:
+        return None  # not there (or not readable): push it
+
+
+def _registry_of(name: str) -> str:
+    first = name.split("/", 1)[0]
+    return first if "/" in name and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+def qualified(ctx: Context, image_name: str) -> str:
+    if not image_name or any(c.isspace() for c in image_name):
+        raise StepError(f"invalid image_name {image_name!r}", hint="e.g. registry.example.com/team/app")
+    namespace = ctx.env.get(NAMESPACE_ENV)
+    return f"{namespace.rstrip('/')}/{image_name}" if namespace and "/" not in image_name else image_name
+
+
+def client_for(ctx: Context) -> Any:
+    import docker
+
+    try:
+        return docker.from_env(environment=ctx.env, timeout=3600)
+    except docker.errors.DockerException as exc:
+        raise StepError(f"cannot reach the Docker engine: {exc}",
+                        hint="start dockerd or set DOCKER_HOST") from None
+
+
+def local_image_id(client: Any, reference: str) -> str | None:
+    import docker.errors
+
+    try:
+        return str(client.images.get(reference).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+@contextmanager
+def docker_errors(ctx: Context, doing: str) -> Iterator[None]:
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.APIError as exc:
+        raise StepError(f"Docker engine error while {doing}: {ctx.mask(str(exc.explanation or exc))}") from None
+    except docker.errors.DockerException as exc:
+        raise StepError(f"Docker error while {doing}: {ctx.mask(str(exc))}") from None
