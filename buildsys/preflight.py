@@ -55,6 +55,7 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
     from buildsys.suggest import did_you_mean
 
     found: list[Diagnostic] = []
+    checkers: dict[str, Any] = {}
     for r in desired.resources:
         schema = r.spec.get("parameter_schema") if r.kind == "deployment" else None
         params = r.spec.get("parameters")
@@ -77,7 +78,10 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
                     )
                 )
         concrete = {k: v for k, v in params.items() if k in names and not _templated(v)}
-        checker = Draft202012Validator({k: v for k, v in schema.items() if k != "required"})
+        key = json.dumps(schema, sort_keys=True, default=str)
+        if key not in checkers:  # deployments of one flow share one validator
+            checkers[key] = Draft202012Validator({k: v for k, v in schema.items() if k != "required"})
+        checker = checkers[key]
         for error in checker.iter_errors(concrete):
             name = str(error.absolute_path[0]) if error.absolute_path else "?"
             found.append(

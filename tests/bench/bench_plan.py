@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-FLOW = 'from prefect import flow\n\n\n@flow(name="etl")\ndef etl(day: str = "today"):\n    """Load."""\n'
+FLOW = 'from prefect import flow\n\n\n@flow(name="etl")\ndef etl(day: str = "today", shard: int = 0):\n    """Load."""\n'
 TARGETS = {"no_change_plan_1000": 1.0, "apply_new_1000": 3.0, "peak_mb_10000": 200.0}
 
 
