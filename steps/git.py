@@ -8,7 +8,6 @@ also runs inside flow-run containers.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 import re
@@ -19,10 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from buildsys.errors import StepError
 from buildsys.step import Context, step
+
+from ._git_auth import GitAuth, git_auth, scrub, split_userinfo, token_and_username
 
 ALIASES = (
     "prefect.deployments.steps.git_clone",
@@ -45,7 +46,6 @@ RETRY_DELAY_S = 0.5
 
 _SHA = re.compile(r"[0-9a-fA-F]{4,64}")
 _SCP_LIKE = re.compile(r"^(?:[\w.+-]+@)?[\w.-]+:(?!//)")
-_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,6 @@ class CloneSpec:
     directories: tuple[str, ...]
     dest_name: str
     authenticated: bool = False  # a token is sent (http/https only)
-
-
-@dataclass(frozen=True)
-class GitAuth:
-    """Extra environment for git processes, and the strings that must never be shown."""
-
-    env: Mapping[str, str]
-    secrets: frozenset[str]
 
 
 @step(
@@ -130,7 +122,7 @@ def _remote_commit(inputs: Mapping[str, Any], ctx: Context) -> str:
     lines = sorted(line for line in done.stdout.splitlines() if line.strip())
     if not lines:
         raise StepError(
-            f"branch {spec.branch!r} not found in {_scrub(ctx, spec.url)}",
+            f"branch {spec.branch!r} not found in {scrub(ctx, spec.url)}",
             hint="check the branch name (a tag name also works as `branch`)",
         )
     return "\n".join(lines)
@@ -169,30 +161,15 @@ def _prepare(
         )
     if access_token is not None and credentials is not None:
         raise StepError("give either `access_token` or `credentials` to git_clone, not both")
-    url, url_user, url_password = _split_userinfo(repository.strip())
+    url, url_user, url_password = split_userinfo(repository.strip())
     scheme = _scheme(url)
     dirs = _directories(directories)
     dest_name = _dest_name(url, branch, clone_directory_name)
-    token, username = _token(access_token, credentials, url_user, url_password)
-    auth = _auth(ctx, url, scheme, token, username)
+    token, username = token_and_username(access_token, credentials, url_user, url_password)
+    auth = git_auth(ctx, url, scheme, token, username)
     spec = CloneSpec(url, scheme, branch, commit_sha, bool(include_submodules), dirs, dest_name,
                      authenticated=bool(auth.env))
     return spec, auth
-
-
-def _split_userinfo(url: str) -> tuple[str, str | None, str | None]:
-    """Take a password out of an http(s) URL so it never reaches ``.git/config``."""
-    if not url.lower().startswith(("http://", "https://")):
-        return url, None, None
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url, None, None
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return clean, user, password
 
 
 def _scheme(url: str) -> str:
@@ -237,70 +214,6 @@ def _directories(directories: object) -> tuple[str, ...]:
     return dirs
 
 
-def _token(
-    access_token: object, credentials: object, url_user: str | None, url_password: str | None
-) -> tuple[str | None, str | None]:
-    """(token, username): from access_token, else credentials, else the URL's own userinfo."""
-    if access_token is not None:
-        if not isinstance(access_token, str):
-            raise StepError("`access_token` must be a string")
-        return (access_token or None), url_user if url_password is None else None
-    if credentials is not None:
-        if not isinstance(credentials, Mapping):
-            raise StepError(
-                "`credentials` must be a mapping with username/password/token/access_token",
-                hint='e.g. credentials: "{{ prefect.blocks.github-credentials.my-creds }}"',
-            )
-        token = next(
-            (str(credentials[k]) for k in ("access_token", "token", "password") if credentials.get(k)),
-            None,
-        )
-        username = credentials.get("username") or None
-        if username and not token:
-            raise StepError("`credentials` has a username but no password or token")
-        return token, (str(username) if username else None)
-    if url_password is not None:
-        return url_password, url_user
-    return None, None
-
-
-def _auth(ctx: Context, url: str, scheme: str, token: str | None, username: str | None) -> GitAuth:
-    if not token:
-        return GitAuth({}, frozenset())
-    if scheme not in ("http", "https"):
-        ctx.log(f"note: the access token is not used for {scheme} URLs (git uses the machine's own setup)")
-        return GitAuth({}, frozenset({token}))
-    userinfo = _userinfo(urlsplit(url).hostname or "", token, username)
-    encoded = base64.b64encode(userinfo.encode()).decode()
-    parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc}/"
-    base = int(ctx.env.get("GIT_CONFIG_COUNT", "0") or "0")
-    env = {
-        "GIT_CONFIG_COUNT": str(base + 1),
-        f"GIT_CONFIG_KEY_{base}": f"http.{origin}.extraHeader",
-        f"GIT_CONFIG_VALUE_{base}": f"Authorization: Basic {encoded}",
-    }
-    secrets = {token, userinfo, encoded}
-    ctx.secrets.update(secrets)
-    return GitAuth(env, frozenset(secrets))
-
-
-def _userinfo(host: str, token: str, username: str | None) -> str:
-    """HTTP Basic credentials the way Prefect formats them for the common git hosts."""
-    host = host.lower()
-    if username:
-        return f"{username}:{token}"
-    if "bitbucketserver" in host:
-        if ":" not in token:
-            raise StepError("a Bitbucket Server token must be given as `username:token`")
-        return token
-    if "bitbucket" in host:
-        return token if ":" in token else f"x-token-auth:{token}"
-    if "gitlab" in host:
-        return token if ":" in token else f"oauth2:{token}"
-    return token if ":" in token else f"{token}:"
-
-
 # --- git ---------------------------------------------------------------------------------------
 
 
@@ -332,7 +245,7 @@ def _clone(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str, str]) ->
     if spec.include_submodules and not spec.commit_sha:
         args.append("--shallow-submodules")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _git(ctx, [*args, "--", spec.url, str(dest)], env, spec, f"could not clone {_scrub(ctx, spec.url)}")
+    _git(ctx, [*args, "--", spec.url, str(dest)], env, spec, f"could not clone {scrub(ctx, spec.url)}")
     if spec.directories:
         _git(ctx, ["sparse-checkout", "set", *spec.directories], env, spec,
              "could not set the sparse checkout", cwd=dest)
@@ -354,11 +267,11 @@ def _checkout_commit(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str
 
 def _update_or_reclone(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str, str]) -> None:
     origin = ctx.run(["git", "remote", "get-url", "origin"], cwd=dest, env=env, stream=False, check=False)
-    current = _split_userinfo(origin.stdout.strip())[0]
+    current = split_userinfo(origin.stdout.strip())[0]
     if origin.returncode != 0 or current != spec.url:
-        shown = _scrub(ctx, current) if origin.returncode == 0 else "no origin remote"
+        shown = scrub(ctx, current) if origin.returncode == 0 else "no origin remote"
         raise StepError(
-            f"{spec.dest_name} already exists and is a clone of {shown}, not {_scrub(ctx, spec.url)}",
+            f"{spec.dest_name} already exists and is a clone of {shown}, not {scrub(ctx, spec.url)}",
             hint="set clone_directory_name to clone elsewhere, or delete the directory",
         )
     try:
@@ -401,11 +314,6 @@ def _locked(dest: Path) -> Iterator[None]:
 # --- errors ------------------------------------------------------------------------------------
 
 
-def _scrub(ctx: Context, text: str) -> str:
-    """Mask known secrets and any userinfo in URLs."""
-    return _USERINFO.sub(r"\1****@", ctx.mask(text))
-
-
 _AUTH_MARKERS = ("authentication failed", "could not read username", "could not read password",
                  "401", "403")
 _HINTS = (
@@ -444,7 +352,7 @@ def _discard_partial(dest: Path) -> None:
 
 
 def _failure(ctx: Context, doing: str, spec: CloneSpec, output: str) -> StepError:
-    detail = _scrub(ctx, output.strip())
+    detail = scrub(ctx, output.strip())
     lowered = detail.lower()
     hint: str | None
     if any(k in lowered for k in _AUTH_MARKERS):
