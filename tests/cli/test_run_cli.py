@@ -280,3 +280,49 @@ def test_worker_start_type_creates_the_pool(tmp_path: Path) -> None:
         "Worker 'x' started on pool 'new' (docker).",
         "Worker 'x' stopped.",
     ]
+
+
+@pytest.mark.docker
+def test_docker_pool_from_a_freshly_applied_project(tmp_path: Path, base_image: str) -> None:
+    from tests.infra.docker import TEST_LABELS
+
+    root = tmp_path / "dockerproj"
+    (root / "flows").mkdir(parents=True)
+    (root / "flows" / "demo.py").write_text(FLOW)
+    labels = ", ".join(f'"{k}": "{v}"' for k, v in TEST_LABELS.items())
+    (root / "prefect.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: docker-demo
+            work_pools:
+              - name: dock
+                type: docker
+                job_variables:
+                  image: {base_image}
+                  auto_remove: true
+                  volumes: ["{root}:/app:ro"]
+                  labels: {{{labels}}}
+            deployments:
+              - name: greet-docker
+                entrypoint: flows/demo.py:greet
+                parameters: {{who: container}}
+                work_pool: {{name: dock}}
+                pull:
+                  - prefect.deployments.steps.set_working_directory:
+                      directory: /app
+            """
+        )
+    )
+    assert cli(root, "apply", "--auto-approve").returncode == 0
+    worker = subprocess.Popen([*BUILDSYS, "worker", "start", "--pool", "dock"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        result = cli(root, "run", "greet-docker", "--wait", "--logs", "--timeout", "90")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2:] == [
+        "Running pull step pull[0: prefect.deployments.steps.set_working_directory]",
+        "hello container",
+    ]
+    assert result.stdout.splitlines()[1].startswith("[worker] Submitted to docker infrastructure (docker:")
