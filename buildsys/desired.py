@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, time
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +167,8 @@ def desired_state(
 
 
 def variable_resource(v: VariableSpec) -> DesiredResource:
-    return DesiredResource(
-        "variable", v.name, {"value": v.value}, frozenset({"value"}), f"variables.{v.name}", v.location
-    )
+    spec = {"value": canonical(v.value)}
+    return DesiredResource("variable", v.name, spec, frozenset({"value"}), f"variables.{v.name}", v.location)
 
 
 def pool_resource(p: PoolSpec, warnings: list[Diagnostic]) -> DesiredResource:
@@ -194,7 +194,7 @@ def pool_resource(p: PoolSpec, warnings: list[Diagnostic]) -> DesiredResource:
         spec["paused"] = bool(p.paused)
         managed.add("paused")
     return DesiredResource(
-        "pool", p.name, _with_defaults("pool", spec), frozenset(managed), p.path, p.location
+        "pool", p.name, _with_defaults("pool", canonical(spec)), frozenset(managed), p.path, p.location
     )
 
 
@@ -283,6 +283,7 @@ def deployment_resource(
     if "enforce_parameter_schema" in managed:
         spec["enforce_parameter_schema"] = bool(d.enforce_parameter_schema)
     name = f"{info.name}/{d.name}"
+    spec = canonical(spec)  # JSON-shaped (YAML dates become ISO text) before anything checks it
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
     )
@@ -376,6 +377,20 @@ def _scope(d: Deployment, outputs: BuildOutputs | None) -> Scope:
     flat = {k: v for k, v in ns.items() if k not in ids}
     # the flat merge is one more producer, so `{{ key }}` finds outputs of steps without an id
     return Scope(outputs={**by_id, FLAT: flat}, ids=ids, pending=frozenset(outputs.pending))
+
+
+def canonical(value: Any) -> Any:
+    """JSON-shaped copy: tuples become lists, mappings plain dicts (UNKNOWN is kept)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict or isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [canonical(v) for v in value]
+    if isinstance(value, date | time):  # YAML dates: stored as JSON does, ISO 8601 text
+        return value.isoformat()
+    return value
 
 
 def has_unknown(value: Any) -> bool:

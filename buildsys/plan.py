@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState
+from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
 from buildsys.errors import BuildsysError, Diagnostic
 from buildsys.preflight import job_variable_problems, parameter_problems, pool_warnings
 from buildsys.store.base import KINDS, Resource
@@ -257,18 +257,6 @@ def _update(
 def _delete(have: Resource, owner: str) -> ResourceChange:
     before = canonical(dict(have.spec))
     return ResourceChange("delete", have.kind, have.name, None, before, (), have.owner, None)
-
-
-def canonical(value: Any) -> Any:
-    """JSON-shaped copy: tuples become lists, mappings plain dicts (UNKNOWN is kept)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value
-    if kind is dict or isinstance(value, Mapping):
-        return {str(k): canonical(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [canonical(v) for v in value]
-    return value
 
 
 def _normal(key: str, value: Any) -> Any:

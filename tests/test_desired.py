@@ -353,3 +353,21 @@ def test_parameter_schema_from_the_signature() -> None:
         "type": "object",
         "properties": {"x": {"title": "x", "position": 0, "type": "boolean", "default": True}},
     }
+
+
+def test_yaml_dates_become_iso_text_before_they_are_checked(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        variables: {since: 2024-01-31}
+        deployments:
+          - name: d
+            entrypoint: f.py:etl
+            parameters: {start: 2024-01-31}
+            work_pool: {name: p}
+        """,
+    )
+    write(tmp_path / "f.py", "from prefect import flow\n@flow\ndef etl(start: str): ...\n")
+    _, state = read_desired(file)
+    assert state.get("variable", "since").spec == {"value": "2024-01-31"}  # type: ignore[union-attr]
+    assert state.get("deployment", "etl/d").spec["parameters"] == {"start": "2024-01-31"}  # type: ignore[union-attr]

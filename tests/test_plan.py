@@ -357,3 +357,13 @@ def test_parameters_are_checked_against_the_flow_signature() -> None:
     ]
     relaxed = dep(parameter_schema=schema, parameters={"day": 3}, enforce_parameter_schema=False)
     assert plan(state(relaxed), [POOL], serial=0).warnings == ()
+
+
+def test_yaml_dates_are_planned_as_iso_text() -> None:
+    import datetime
+
+    want = dep(parameters={"start": datetime.date(2024, 1, 31), "at": datetime.datetime(2024, 1, 31, 2, 30)})
+    (c,) = plan(state(want), [POOL], serial=0).changes
+    assert c.spec is not None and c.spec["parameters"] == {"start": "2024-01-31", "at": "2024-01-31T02:30:00"}
+    applied = Resource("deployment", "etl/nightly", c.spec, owner="demo")
+    assert not plan(state(want), [applied, POOL], serial=1).has_changes
