@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +20,14 @@ from typing import Any
 from buildsys.errors import StepError
 from buildsys.step import Context, step
 
-from ._files import (
-    as_globs,
-    md5_file,
-    prefix_of,
-    project_files,
-    read_patterns,
-    replace_atomically,
-    safe_destination,
+from ._sync import (
+    DEFAULT_IGNORE_FILE,
+    RemoteObject,
+    pull_tree,
+    push_tree,
+    pushed_files,
+    still_pushed,
+    upload_set,
 )
 
 PUSH_ALIASES = ("prefect_gcp.deployments.steps.push_to_gcs", "prefect_gcp.projects.steps.push_project_to_gcs")
@@ -51,13 +51,30 @@ pull:
 """
 
 
-@dataclass(frozen=True)
-class RemoteObject:
-    """One object under the folder, as the listing shows it (MD5 as lowercase hex)."""
+@dataclass
+class GcsStore:
+    """A GCS bucket through a google-cloud-storage client (see :class:`ObjectStore`)."""
 
-    name: str
-    size: int
-    md5: str | None
+    client: Any
+    bucket: str
+    scheme: str = "gs"
+
+    def index(self, prefix: str) -> dict[str, RemoteObject]:
+        found: dict[str, RemoteObject] = {}
+        for blob in self.client.list_blobs(self.bucket, prefix=prefix):
+            if not blob.name.endswith("/"):
+                md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
+                found[blob.name] = RemoteObject(blob.name, int(blob.size or 0), md5)
+        return found
+
+    def stored_md5(self, obj: RemoteObject) -> str | None:
+        return None  # GCS lists an MD5 for every object
+
+    def upload(self, local: Path, key: str, md5: str) -> None:
+        self.client.bucket(self.bucket).blob(key).upload_from_filename(str(local))
+
+    def download(self, key: str, dest: Path) -> None:
+        self.client.bucket(self.bucket).blob(key).download_to_filename(str(dest))
 
 
 @step("push_to_gcs", aliases=PUSH_ALIASES, version="1", outputs=("bucket", "folder"), example=PUSH_EXAMPLE)
@@ -67,48 +84,27 @@ def push_to_gcs(
     folder: str,
     project: str | None = None,
     credentials: Mapping[str, Any] | None = None,
-    ignore_file: str | None = ".prefectignore",
+    ignore_file: str | None = DEFAULT_IGNORE_FILE,
 ) -> dict[str, str]:
     """Upload the working directory's files to gs://bucket/folder/, skipping unchanged objects."""
-    client = _client(ctx, project, credentials)
-    prefix = prefix_of(folder)
-    files = _upload_set(ctx, ignore_file)
-    uploaded = 0
+    store = GcsStore(_client(ctx, project, credentials), bucket)
+    files = upload_set(ctx, ignore_file)
     with _gcs_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-        target = client.bucket(bucket)
-        for rel in files:
-            local = ctx.cwd / rel
-            obj = remote.get(prefix + rel)
-            if obj is not None and obj.size == local.stat().st_size and obj.md5 == md5_file(local):
-                continue
-            target.blob(prefix + rel).upload_from_filename(str(local))
-            ctx.log(f"uploaded {rel} to gs://{bucket}/{prefix}{rel}")
-            uploaded += 1
-    ctx.log(f"gs://{bucket}/{prefix}: {uploaded} uploaded, {len(files) - uploaded} unchanged")
+        push_tree(ctx, store, folder, files)
     return {"bucket": bucket, "folder": folder}
 
 
-@push_to_gcs.files
-def _pushed_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
-    ignore_file = inputs.get("ignore_file", ".prefectignore")
-    extra = [ignore_file] if isinstance(ignore_file, str) and ctx.path(ignore_file).is_file() else []
-    return as_globs([*_upload_set(ctx, ignore_file), *extra])
+push_to_gcs.files(pushed_files)
 
 
 @push_to_gcs.check
 def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
     """Trust the cached push only while every file is still in the bucket with its size."""
-    client = _client(ctx, inputs.get("project"), inputs.get("credentials"))
-    prefix = prefix_of(str(inputs.get("folder", "")))
     bucket = str(inputs.get("bucket"))
+    store = GcsStore(_client(ctx, inputs.get("project"), inputs.get("credentials")), bucket)
+    files = upload_set(ctx, inputs.get("ignore_file", DEFAULT_IGNORE_FILE))
     with _gcs_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-    files = _upload_set(ctx, inputs.get("ignore_file", ".prefectignore"))
-    return all(
-        (obj := remote.get(prefix + rel)) is not None and obj.size == (ctx.cwd / rel).stat().st_size
-        for rel in files
-    )
+        return still_pushed(ctx, store, str(inputs.get("folder", "")), files)
 
 
 @step(
@@ -127,52 +123,13 @@ def pull_from_gcs(
     credentials: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Download every object under gs://bucket/folder/ into the working directory."""
-    client = _client(ctx, project, credentials)
-    prefix = prefix_of(folder)
-    downloaded = 0
+    store = GcsStore(_client(ctx, project, credentials), bucket)
     with _gcs_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-        if not remote:
-            raise StepError(
-                f"nothing to pull: gs://{bucket}/{prefix} holds no objects",
-                hint="check bucket and folder (push_to_gcs writes to <folder>/<path>)",
-            )
-        source = client.bucket(bucket)
-        for name, obj in sorted(remote.items()):
-            dest = safe_destination(ctx.cwd, name[len(prefix) :])
-            if dest is None:
-                raise StepError(f"refusing to write object {name!r} outside the working directory")
-            if dest.is_file() and dest.stat().st_size == obj.size and md5_file(dest) == obj.md5:
-                continue
-            replace_atomically(dest, _downloader(source, name))
-            downloaded += 1
-    ctx.log(f"gs://{bucket}/{prefix}: {downloaded} downloaded, {len(remote) - downloaded} already present")
+        pull_tree(ctx, store, folder, pushed_by="push_to_gcs")
     return {"bucket": bucket, "folder": folder, "directory": str(ctx.cwd)}
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _upload_set(ctx: Context, ignore_file: object) -> list[str]:
-    patterns = read_patterns(ctx.path(ignore_file)) if isinstance(ignore_file, str) and ignore_file else []
-    return project_files(ctx.cwd, patterns)
-
-
-def _downloader(source: Any, name: str) -> Callable[[Path], None]:
-    def download(tmp: Path) -> None:
-        source.blob(name).download_to_filename(str(tmp))
-
-    return download
-
-
-def _index(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject]:
-    """Every object under ``prefix`` except "directory" placeholders (names ending in ``/``)."""
-    found: dict[str, RemoteObject] = {}
-    for blob in client.list_blobs(bucket, prefix=prefix):
-        if not blob.name.endswith("/"):
-            md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
-            found[blob.name] = RemoteObject(blob.name, int(blob.size or 0), md5)
-    return found
+# --- client ------------------------------------------------------------------------------------
 
 
 def _client(ctx: Context, project: object, credentials: object) -> Any:

@@ -8,7 +8,7 @@ stdlib-only and the pull step runs in any image that has boto3.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +17,14 @@ from typing import Any
 from buildsys.errors import StepError
 from buildsys.step import Context, step
 
-from ._files import (
-    as_globs,
-    md5_file,
-    prefix_of,
-    project_files,
-    read_patterns,
-    replace_atomically,
-    safe_destination,
+from ._sync import (
+    DEFAULT_IGNORE_FILE,
+    RemoteObject,
+    pull_tree,
+    push_tree,
+    pushed_files,
+    still_pushed,
+    upload_set,
 )
 
 PUSH_ALIASES = ("prefect_aws.deployments.steps.push_to_s3", "prefect_aws.projects.steps.push_project_to_s3")
@@ -53,13 +53,34 @@ pull:
 _CLIENT_KEYS = ("api_version", "use_ssl", "verify", "verify_cert_path", "endpoint_url", "config", "region_name")
 
 
-@dataclass(frozen=True)
-class RemoteObject:
-    """One object under the folder, as the listing shows it."""
+@dataclass
+class S3Store:
+    """An S3 bucket through a boto3 client (see :class:`ObjectStore`)."""
 
-    key: str
-    size: int
-    etag: str
+    client: Any
+    bucket: str
+    scheme: str = "s3"
+
+    def index(self, prefix: str) -> dict[str, RemoteObject]:
+        found: dict[str, RemoteObject] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key, etag = item["Key"], str(item.get("ETag", "")).strip('"')
+                if not key.endswith("/"):
+                    # A single-part upload's ETag is its MD5; a multipart one's is not ("…-N").
+                    found[key] = RemoteObject(key, int(item["Size"]), None if "-" in etag else etag)
+        return found
+
+    def stored_md5(self, obj: RemoteObject) -> str | None:
+        head = self.client.head_object(Bucket=self.bucket, Key=obj.key)
+        value = head.get("Metadata", {}).get(MD5_META)
+        return str(value) if value else None
+
+    def upload(self, local: Path, key: str, md5: str) -> None:
+        self.client.upload_file(str(local), self.bucket, key, ExtraArgs={"Metadata": {MD5_META: md5}})
+
+    def download(self, key: str, dest: Path) -> None:
+        self.client.download_file(self.bucket, key, str(dest))
 
 
 @step("push_to_s3", aliases=PUSH_ALIASES, version="1", outputs=("bucket", "folder"), example=PUSH_EXAMPLE)
@@ -69,47 +90,27 @@ def push_to_s3(
     folder: str,
     credentials: Mapping[str, Any] | None = None,
     client_parameters: Mapping[str, Any] | None = None,
-    ignore_file: str | None = ".prefectignore",
+    ignore_file: str | None = DEFAULT_IGNORE_FILE,
 ) -> dict[str, str]:
     """Upload the working directory's files to s3://bucket/folder/, skipping unchanged objects."""
-    client = _client(ctx, credentials, client_parameters)
-    prefix = prefix_of(folder)
-    files = _upload_set(ctx, ignore_file)
-    uploaded = 0
+    store = S3Store(_client(ctx, credentials, client_parameters), bucket)
+    files = upload_set(ctx, ignore_file)
     with _s3_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-        for rel in files:
-            local = ctx.cwd / rel
-            md5 = md5_file(local)
-            if _unchanged(client, bucket, local, md5, remote.get(prefix + rel)):
-                continue
-            client.upload_file(str(local), bucket, prefix + rel, ExtraArgs={"Metadata": {MD5_META: md5}})
-            ctx.log(f"uploaded {rel} to s3://{bucket}/{prefix}{rel}")
-            uploaded += 1
-    ctx.log(f"s3://{bucket}/{prefix}: {uploaded} uploaded, {len(files) - uploaded} unchanged")
+        push_tree(ctx, store, folder, files)
     return {"bucket": bucket, "folder": folder}
 
 
-@push_to_s3.files
-def _pushed_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
-    ignore_file = inputs.get("ignore_file", ".prefectignore")
-    extra = [ignore_file] if isinstance(ignore_file, str) and ctx.path(ignore_file).is_file() else []
-    return as_globs([*_upload_set(ctx, ignore_file), *extra])
+push_to_s3.files(pushed_files)
 
 
 @push_to_s3.check
 def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
     """Trust the cached push only while every file is still in the bucket with its size."""
-    client = _client(ctx, inputs.get("credentials"), inputs.get("client_parameters"))
-    prefix = prefix_of(str(inputs.get("folder", "")))
     bucket = str(inputs.get("bucket"))
+    store = S3Store(_client(ctx, inputs.get("credentials"), inputs.get("client_parameters")), bucket)
+    files = upload_set(ctx, inputs.get("ignore_file", DEFAULT_IGNORE_FILE))
     with _s3_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-    files = _upload_set(ctx, inputs.get("ignore_file", ".prefectignore"))
-    return all(
-        (obj := remote.get(prefix + rel)) is not None and obj.size == (ctx.cwd / rel).stat().st_size
-        for rel in files
-    )
+        return still_pushed(ctx, store, str(inputs.get("folder", "")), files)
 
 
 @step(
@@ -128,62 +129,13 @@ def pull_from_s3(
     client_parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Download every object under s3://bucket/folder/ into the working directory."""
-    client = _client(ctx, credentials, client_parameters)
-    prefix = prefix_of(folder)
-    downloaded = 0
+    store = S3Store(_client(ctx, credentials, client_parameters), bucket)
     with _s3_errors(ctx, bucket):
-        remote = _index(client, bucket, prefix)
-        if not remote:
-            raise StepError(
-                f"nothing to pull: s3://{bucket}/{prefix} holds no objects",
-                hint="check bucket and folder (push_to_s3 writes to <folder>/<path>)",
-            )
-        for key, obj in sorted(remote.items()):
-            rel = key[len(prefix) :]
-            dest = safe_destination(ctx.cwd, rel)
-            if dest is None:
-                raise StepError(f"refusing to write object {key!r} outside the working directory")
-            if dest.is_file() and dest.stat().st_size == obj.size and md5_file(dest) == obj.etag:
-                continue
-            replace_atomically(dest, _downloader(client, bucket, key))
-            downloaded += 1
-    ctx.log(f"s3://{bucket}/{prefix}: {downloaded} downloaded, {len(remote) - downloaded} already present")
+        pull_tree(ctx, store, folder, pushed_by="push_to_s3")
     return {"bucket": bucket, "folder": folder, "directory": str(ctx.cwd)}
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _upload_set(ctx: Context, ignore_file: object) -> list[str]:
-    patterns = read_patterns(ctx.path(ignore_file)) if isinstance(ignore_file, str) and ignore_file else []
-    return project_files(ctx.cwd, patterns)
-
-
-def _downloader(client: Any, bucket: str, key: str) -> Callable[[Path], None]:
-    def download(tmp: Path) -> None:
-        client.download_file(bucket, key, str(tmp))
-
-    return download
-
-
-def _index(client: Any, bucket: str, prefix: str) -> dict[str, RemoteObject]:
-    """Every object under ``prefix`` except "directory" placeholders (keys ending in ``/``)."""
-    found: dict[str, RemoteObject] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if not key.endswith("/"):
-                found[key] = RemoteObject(key, int(item["Size"]), str(item.get("ETag", "")).strip('"'))
-    return found
-
-
-def _unchanged(client: Any, bucket: str, local: Path, md5: str, remote: RemoteObject | None) -> bool:
-    if remote is None or remote.size != local.stat().st_size:
-        return False
-    if "-" not in remote.etag:  # single-part upload: the ETag is the content's MD5
-        return remote.etag == md5
-    head = client.head_object(Bucket=bucket, Key=remote.key)
-    return bool(head.get("Metadata", {}).get(MD5_META) == md5)
+# --- client ------------------------------------------------------------------------------------
 
 
 def _client(ctx: Context, credentials: object, client_parameters: object) -> Any:
