@@ -234,7 +234,7 @@ def _candidates(
     full = sorted(d for d, n in room.deployments.items() if n <= 0)
     fetch = limit + 50 if rules.has_limits or room.deployments else limit
     found: list[FlowRun] = []
-    for group in _priority_groups(rules, queues, blocked):
+    for group in priority_groups(rules, queues, blocked):
         if len(found) >= fetch:
             break
         where = [f"pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ?"]
@@ -256,7 +256,7 @@ def _candidates(
 Clause = tuple[str, Sequence[Any]]
 
 
-def _priority_groups(
+def priority_groups(
     rules: PoolRules, queues: Sequence[str] | None, blocked: frozenset[str] | set[str]
 ) -> list[list[Clause]]:
     """WHERE clauses per priority level (1 first), then one for every queue the pool does not declare."""
