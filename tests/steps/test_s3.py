@@ -89,6 +89,10 @@ def test_multipart_objects_are_compared_through_their_stored_md5(s3_server: S3Se
     push_to_s3(ctx, **kwargs)
     assert lines == [f"s3://{s3_bucket}/big/: 0 uploaded, 1 unchanged"]
 
+    ctx, lines = make_ctx(tmp_path)  # the file is already there: a pull downloads nothing
+    pull_from_s3(ctx, **kwargs)
+    assert lines == [f"s3://{s3_bucket}/big/: 0 downloaded, 1 already present"]
+
 
 def test_files_and_check_hooks(s3_server: S3Server, s3_bucket: str, project: Path) -> None:
     ctx, _ = make_ctx(project)
