@@ -20,10 +20,11 @@ import marshal
 import os
 import sys
 import time
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-FORMAT = 2
+FORMAT = 3
 RACY_NS = 2_000_000_000
 StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
 
@@ -84,11 +85,16 @@ def write_manifest(
             dirs.append((d, os.stat(d).st_mtime_ns))
         except OSError:
             dirs.append((d, -1))
+    numbers = array("q")
+    for _, size, mtime, ctime, ino in rows:
+        numbers.extend((size, mtime, ctime, ino))
     data = {
         "format": FORMAT,
         "python": sys.version,
         "packages": environment_fingerprint(),
-        "files": rows,
+        # One string and one packed array load far faster than 20,000 small tuples.
+        "paths": "\n".join(r[0] for r in rows),
+        "stats": numbers.tobytes(),
         "dirs": dirs,
         "env": sorted((k, env_digest(v)) for k, v in env.items()),
         "labels": list(labels),
@@ -116,8 +122,16 @@ def still_valid(path: str) -> list[str] | None:
         return None
     if data.get("format") != FORMAT or data.get("python") != sys.version:
         return None
+    paths = data["paths"].split("\n") if data["paths"] else []
+    numbers = array("q")
+    numbers.frombytes(data["stats"])
+    if len(numbers) != 4 * len(paths):
+        return None
     stat = os.stat
-    for p, size, mtime, ctime, ino in data["files"]:
+    i = 0
+    for p in paths:
+        size, mtime, ctime, ino = numbers[i : i + 4]
+        i += 4
         try:
             st = stat(p)
         except OSError:
