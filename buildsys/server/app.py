@@ -12,13 +12,13 @@ import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -42,6 +42,7 @@ class Settings:
     housekeeping_seconds: float = 10.0  # schedules → runs, expired leases → crashed/retried
     poll_interval: float = 0.1  # long-polls look for other processes' changes this often
     housekeeping: bool = True
+    db_threads: int = 8  # threads (so database connections) per server process
 
 
 def create_app(
@@ -49,7 +50,11 @@ def create_app(
 ) -> Starlette:
     """The API over `store`; with an authenticator every non-public call needs a bearer token."""
     settings = settings or Settings()
-    services = Services(store, poll_interval=settings.poll_interval)
+    services = Services(
+        store,
+        executor=ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="buildsys-db"),
+        poll_interval=settings.poll_interval,
+    )
     validators = {name: _validator(name) for name in COMPONENTS}
     by_path: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {}
     for ep in ENDPOINTS:
@@ -69,6 +74,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            services.executor.shutdown(wait=False, cancel_futures=True)
 
     return Starlette(
         routes=routes,
@@ -102,7 +108,7 @@ def _endpoint(
     async def handle(request: Request) -> Response:
         try:
             if ep.scope is not None and authenticator is not None:
-                await _authorize(request, ep.scope, authenticator)
+                await _authorize(request, ep.scope, authenticator, services)
             body = await _body(request, ep, settings, validators)
             query = _query(request, ep)
             path = {k: str(v) for k, v in request.path_params.items()}
@@ -132,8 +138,8 @@ def _query(request: Request, ep: Endpoint) -> dict[str, Any]:
     return {p.name: p.parse(request.query_params.getlist(p.name)) for p in ep.query}
 
 
-async def _authorize(request: Request, scope: str, authenticator: Authenticator) -> None:
-    token = await run_in_threadpool(authenticator.check, request.headers.get("authorization"))
+async def _authorize(request: Request, scope: str, authenticator: Authenticator, services: Services) -> None:
+    token = await services.run(authenticator.check, request.headers.get("authorization"))
     if token is None:
         raise ApiError(
             401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)"
@@ -244,8 +250,8 @@ async def _housekeeping(services: Services, settings: Settings) -> None:
     store = services.store
     while True:
         try:
-            created = await run_in_threadpool(schedule_due_runs, store)
-            expired = await run_in_threadpool(store.expire_leases)
+            created = await services.run(schedule_due_runs, store)
+            expired = await services.run(store.expire_leases)
             if created or expired:
                 services.runs_changed.notify()
         except Exception:  # keep serving; the next round tries again

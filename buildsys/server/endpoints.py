@@ -8,11 +8,11 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from buildsys.store.base import StateStore
@@ -108,14 +108,24 @@ class Wakeup:
 
 @dataclass
 class Services:
-    """What handlers share: the store and the wake-ups for long-polls and the scheduler."""
+    """What handlers share: the store, the threads that call it, and the wake-ups for long-polls
+    and the scheduler."""
 
     store: StateStore
+    # A fixed set of long-lived threads: the SQL store keeps one connection per thread, so
+    # threads that come and go (anyio's expire after 10 s idle) would pile up connections.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="buildsys-db")
+    )
     poll_interval: float = 0.1  # how often long-polls look for changes made by other processes
     runs_changed: Wakeup = field(default_factory=Wakeup)
     logs_changed: Wakeup = field(default_factory=Wakeup)
     resources_changed: Wakeup = field(default_factory=Wakeup)
     pages: dict[Any, tuple[int, bytes]] = field(default_factory=dict)  # resource pages by serial
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store call on the store threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
 
 @dataclass
@@ -134,7 +144,7 @@ class Call:
 
     async def sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store call off the event loop."""
-        return await run_in_threadpool(partial(fn, *args, **kwargs))
+        return await self.services.run(fn, *args, **kwargs)
 
 
 Handler = Callable[[Call], Awaitable[Any]]

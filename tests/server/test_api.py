@@ -373,3 +373,17 @@ def test_servers_turn_schedules_into_runs_once(store: SqlStore, tmp_path: Path) 
             assert len(scheduled(first, "two")) == 3
     finally:
         other_store.close()
+
+
+def test_store_calls_run_on_a_fixed_set_of_threads(deployed: httpx.Client) -> None:
+    """The SQL store keeps a connection per thread: a burst must not mint threads (connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def store_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("buildsys-db")}
+
+    before = store_threads()  # this server's so far (and any a finished test's server still winds down)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(pool.map(lambda _: deployed.get(f"{API}/serial").status_code, range(200)))
+    assert statuses == [200] * 200
+    assert len(store_threads() - before) <= 8
