@@ -42,6 +42,11 @@ def serve(options: ServeOptions) -> None:
     """Serve until interrupted. Raises ServerError when auth is needed but no token exists yet."""
     import uvicorn
 
+    if options.db.startswith(("http://", "https://")):
+        raise ServerError(
+            f"--db must name a database, not a server: {options.db}",
+            hint="use a SQLite path or a postgresql:// URL",
+        )
     auth = options.auth or not is_loopback(options.host)
     store = open_store(options.db)
     authenticator = None

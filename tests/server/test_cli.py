@@ -100,3 +100,12 @@ def test_a_long_poll_does_not_hold_a_restart(tmp_path: Path) -> None:
             server.process.terminate()
             server.process.wait(20)
             assert time.monotonic() - start < 10
+
+
+def test_the_database_must_be_a_database(tmp_path: Path) -> None:
+    result = run_cli("server", "start", "--db", "http://127.0.0.1:4300", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.endswith(
+        "error: --db must name a database, not a server: http://127.0.0.1:4300\n"
+        "  hint: use a SQLite path or a postgresql:// URL\n"
+    )
