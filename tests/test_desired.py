@@ -15,7 +15,7 @@ from buildsys.desired import (
     project_identity,
     read_desired,
 )
-from buildsys.entrypoints import flow_info, parse_entrypoint
+from buildsys.entrypoints import SourceReader, flow_info, parse_entrypoint
 from buildsys.errors import TemplateError
 from buildsys.project import load_project
 from buildsys.revision import RevisionError, open_revision, strip_credentials
@@ -32,8 +32,8 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def reader(files: dict[str, str]):  # type: ignore[no-untyped-def]
-    return lambda rel: files.get(rel)
+def reader(files: dict[str, str]) -> SourceReader:
+    return files.get
 
 
 # --- flow names ---------------------------------------------------------------------------------
