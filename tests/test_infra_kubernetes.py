@@ -216,3 +216,25 @@ def test_pod_failures_are_clear_crashes(
     start_worker(workers, k8s_api)
     done = final(store, store.create_run(deployment), timeout=60)
     assert (done.state, done.state_message) == ("CRASHED", message)
+
+
+def test_cluster_config_job_variable_selects_the_cluster(
+    k8s_api: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from buildsys.infra.kubernetes import KubernetesInfrastructure
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)  # only the job variable can lead to the fake
+    (tmp_path / "flow.py").write_text("def f():\n    print('via cluster_config')\n")
+    cluster = {"config": json.loads(k8s_api.kubeconfig.read_text()), "context_name": "fake"}
+    config = job_configuration(
+        default_job_template("kubernetes"), {"image": "img:1", "cluster_config": cluster}, None, env={}
+    )
+    job = Job("r2", "calm-bay", "f", "f/k8s", "k8s", "w", config, {"entrypoint": "flow.py:f", "root": str(tmp_path)})
+    lines: list[tuple[str, str]] = []
+    execution = KubernetesInfrastructure().start(job, lambda stream, line: lines.append((stream, line)))
+    outcome = execution.wait(30)
+    assert outcome is not None and (outcome.exit_code, outcome.message) == (0, None)
+    assert ("stdout", "via cluster_config") in lines
+    assert execution.identifier.startswith("default:calm-bay-")
