@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,7 @@ def claim_once(
             return []
         if rules.has_limits:
             tx.lock(f"claim:{pool}")
-        dep_limits = _deployment_limits(tx, pool)
+        dep_limits, cancel_new = _deployment_limits(tx, pool)
         if dep_limits:
             tx.lock(f"claim:{pool}")
         room = _room(tx, pool, rules, dep_limits)
@@ -154,6 +155,7 @@ def claim_once(
             return []
         candidates = _candidates(tx, pool, rules, room, queues, limit, moment)
         chosen = _choose(candidates, room, limit)
+        _cancel_colliding(tx, pool, rules, room, cancel_new, chosen, moment)
         if not chosen:
             return []
         if not record:
@@ -175,13 +177,54 @@ def _pool_rules(tx: Tx, pool: str) -> PoolRules:
     return PoolRules.from_spec(json.loads(row[0]) if row else None)
 
 
-def _deployment_limits(tx: Tx, pool: str) -> dict[str, int]:
+def _deployment_limits(tx: Tx, pool: str) -> tuple[dict[str, int], frozenset[str]]:
+    """Concurrency limits of the pool's deployments, and those whose collision strategy is
+    CANCEL_NEW (a run that would exceed the limit is cancelled instead of waiting)."""
     rows = tx.run(
-        "SELECT name, concurrency_limit FROM resources WHERE kind = 'deployment' AND pool = ? "
+        "SELECT name, concurrency_limit, spec FROM resources WHERE kind = 'deployment' AND pool = ? "
         "AND concurrency_limit IS NOT NULL",
         (pool,),
     )
-    return {str(name): int(limit) for name, limit in rows}
+    limits = {str(name): int(limit) for name, limit, _ in rows}
+    cancel_new = frozenset(str(name) for name, _, spec in rows if _collision_strategy(spec) == "CANCEL_NEW")
+    return limits, cancel_new
+
+
+def _collision_strategy(spec_text: str) -> str:
+    options = json.loads(spec_text).get("concurrency_options")
+    strategy = options.get("collision_strategy") if isinstance(options, Mapping) else None
+    return str(strategy).upper() if strategy else "ENQUEUE"
+
+
+def _cancel_colliding(
+    tx: Tx,
+    pool: str,
+    rules: PoolRules,
+    room: _Room,
+    cancel_new: frozenset[str],
+    chosen: Sequence[FlowRun],
+    moment: float,
+) -> None:
+    """Prefect's CANCEL_NEW: due runs of a deployment that is (now) at its limit are cancelled."""
+    taken = Counter(r.deployment for r in chosen)
+    full = sorted(d for d in cancel_new if room.deployments.get(d, 1) - taken[d] <= 0)
+    if not full:
+        return
+    chosen_ids = [r.id for r in chosen]
+    paused = sorted(rules.paused_queues)
+    sql = (
+        f"UPDATE flow_runs SET state = 'CANCELLED', state_name = 'Cancelled', ended_at = ?, "
+        f"state_message = 'the deployment is at its concurrency limit (collision strategy CANCEL_NEW)' "
+        f"WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ? AND deployment IN ({_marks(full)})"
+    )
+    params: list[Any] = [moment, pool, moment, *full]
+    if chosen_ids:
+        sql += f" AND id NOT IN ({_marks(chosen_ids)})"
+        params.extend(chosen_ids)
+    if paused:
+        sql += f" AND (queue IS NULL OR queue NOT IN ({_marks(paused)}))"
+        params.extend(paused)
+    tx.run(sql, params)
 
 
 @dataclass

@@ -359,6 +359,23 @@ class StoreContract:
         store.set_run_state(first.id, CRASHED, worker="w1")
         assert names(store.claim_runs("local", "w1", limit=5)) == ["n2"]
 
+    def test_deployment_limit_with_cancel_new_cancels_the_runs_that_collide(self, store: StateStore) -> None:
+        options = {"collision_strategy": "CANCEL_NEW"}
+        seed(store, nightly={"concurrency_limit": 1, "concurrency_options": options}, hourly={})
+        now = time.time()
+        store.create_run("etl/nightly", name="n1", scheduled_at=now - 4)
+        store.create_run("etl/nightly", name="n2", scheduled_at=now - 3)
+        store.create_run("etl/hourly", name="h1", scheduled_at=now - 2)
+        store.create_run("etl/nightly", name="n3", scheduled_at=now + 3600)
+        assert names(store.claim_runs("local", "w1", limit=5)) == ["n1", "h1"]
+        states = {r.name: (r.state, r.state_message) for r in store.list_runs()}
+        assert states == {
+            "n1": (PENDING, None),
+            "n2": (CANCELLED, "the deployment is at its concurrency limit (collision strategy CANCEL_NEW)"),
+            "h1": (PENDING, None),
+            "n3": (SCHEDULED, None),
+        }
+
     def test_claim_with_wait_picks_up_a_run_created_meanwhile(self, store: StateStore) -> None:
         seed(store, nightly={})
         result: list[list[FlowRun]] = []
