@@ -29,6 +29,8 @@ _IGNORED_NAMES = re.compile(r"(\.py[cod]|\.sw.|~|\.DS_Store|\.___jb_...___)$|^\.
 # Output keys whose values are paths a step created (git_clone's directory, a written file…).
 PATH_KEYS = frozenset({"path", "paths", "directory", "dir", "file", "files", "output", "outputs"})
 _CHANGE_MARK = {1: "+", 2: "~", 3: "-"}  # watchfiles.Change: added, modified, deleted
+BULK_CHANGES = 20  # a batch this big is a bulk operation whose tail may lag behind
+BULK_TAIL_MS = 250
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class WatchFilter:
         self._outputs: set[str] = set()  # relative paths (files or folders) steps produced
         self._written: dict[str, tuple[int, int]] = {}  # path → (mtime_ns, size) a step left it with
         self._window: tuple[int, int] | None = None  # wall-clock ns bounds of the last build
+        self._inputs: Any = None  # a pathspec of the files the build reads
         self._lock = threading.Lock()
 
     def __call__(self, change: Any, path: str) -> bool:
@@ -116,26 +119,47 @@ class WatchFilter:
             if stat is not None and self._written.get(rel) == stat:
                 return "written by a step"
             window = self._window
-        if stat is not None and window is not None and window[0] <= _mtime(self.root / rel) <= window[1]:
+        if (stat is not None and window is not None and window[0] <= _mtime(self.root / rel) < window[1]
+                and not self._is_input(rel)):
             with self._lock:
                 self._written[rel] = stat
             return "written by a step"
         return None
 
+    def _is_input(self, rel: str) -> bool:
+        """Files the build reads (declared step inputs, the project file, flow entrypoints) are the
+        user's even when saved while a build ran: such a save must start the next cycle."""
+        spec = self._inputs
+        return spec is not None and bool(spec.match_file(rel))
+
     def build_started(self) -> None:
         with self._lock:
-            self._window = (time.time_ns(), 2**63)
+            self._window = (_file_clock_ns(), 2**63)
 
-    def build_finished(self, outputs: Iterable[str]) -> None:
-        """Remember what the build produced; files changed during it are attributed to its steps."""
+    def build_finished(self, outputs: Iterable[str], inputs: Iterable[str] = ()) -> None:
+        """Remember what the build produced; files changed during it are attributed to its steps,
+        except those matching ``inputs`` (gitignore-style patterns relative to the root)."""
+        import pathspec
+
+        patterns = list(inputs)
+        self._inputs = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
         with self._lock:
-            start = self._window[0] if self._window else time.time_ns()
-            self._window = (start, time.time_ns())
+            start = self._window[0] if self._window else _file_clock_ns()
+            # strictly before the end: a save in the build's last clock tick is the user's, not a step's
+            self._window = (start, _file_clock_ns())
             self._outputs = {o for o in outputs if o not in ("", ".")}
 
     def forget_window(self) -> None:
         with self._lock:
             self._window = None
+
+
+def _file_clock_ns() -> int:
+    """Now, on the clock file timestamps come from: Linux stamps files with the coarse real-time
+    clock (a few ms behind `time.time_ns()`), so comparing mtimes with the fine clock would put a
+    save made just after a build inside the build's window."""
+    coarse = getattr(time, "CLOCK_REALTIME_COARSE", None)
+    return time.clock_gettime_ns(coarse) if coarse is not None else time.time_ns()
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -255,11 +279,28 @@ class Watcher:
                     return
                 if raw == "timeout":
                     continue
+                if len(raw) >= BULK_CHANGES:
+                    raw = self._tail(notify, raw, stop)
                 # filtered now, while the last build's window is known: its own writes drop out here
                 changes = {(int(c), p) for c, p in raw if self.filter.reason(Path(p)) is None}
                 self.filter.forget_window()
                 if changes:
                     yield changes
+
+    def _tail(self, notify: Any, raw: set[tuple[int, str]], stop: threading.Event | None) -> set[tuple[int, str]]:
+        """A bulk operation (a checkout, an unpacked archive) can pause longer than the quiet step,
+        more so on a busy machine: give its tail a little longer, so it stays one cycle. A single
+        save never waits for this."""
+        merged = set(raw)
+        deadline = time.monotonic() + self.debounce_ms / 1000
+        while time.monotonic() < deadline:
+            more = notify.watch(self.debounce_ms, self.step_ms, BULK_TAIL_MS, stop)
+            if not isinstance(more, set):
+                if more == "signal":
+                    raise KeyboardInterrupt
+                break  # "timeout" (the burst is over) or "stop"
+            merged |= more
+        return merged
 
     def _rel(self, path: str) -> str:
         try:
@@ -291,12 +332,27 @@ class Watcher:
             result = build(self.project_file, sections=("build",), reporter=self.reporter)
         finally:
             produced = [r.outputs for r in result.results.values()] if result is not None else []
-            self.filter.build_finished(output_paths(produced, self.root))
+            self.filter.build_finished(output_paths(produced, self.root), self._read_by_build())
         steps = tuple(StepRun(r.label, r.status, r.reason or r.error, r.duration)
                       for r in sorted(result.results.values(), key=lambda r: r.label))
         problems = tuple(f"step {r.label} failed: {r.error}" for r in result.results.values()
                          if r.status == "failed")
         return _with(outcome, steps=steps, problems=problems)
+
+    def _read_by_build(self) -> list[str]:
+        """Patterns of what the build and plan read: step input globs, the project file, entrypoints."""
+        from buildsys.compiled import compile_project
+
+        patterns = ["/" + self._rel(str(self.project_file))]
+        try:
+            project = compile_project(self.project_file, sections=("build",), deployments=()).project
+        except BuildsysError:
+            return patterns
+        steps = [*project.build, *project.push, *(s for d in project.deployments for s in (*d.build, *d.push))]
+        patterns += ["/" + g.lstrip("/") for s in steps for g in s.input_globs]
+        patterns += ["/" + d.entrypoint.split(":", 1)[0] for d in project.deployments
+                     if d.entrypoint and ".py:" in d.entrypoint]
+        return patterns
 
     def _deploy(self, outcome: Cycle) -> Cycle:
         from buildsys.cli.plan import cached_outputs

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.reporter import Event
 from buildsys.store import open_store
 from buildsys.watch import Cycle, StepRun, Watcher, WatchFilter, output_paths, render_cycle, store_files
 from tests.infra.waiting import wait_for
@@ -288,3 +289,57 @@ def test_ctrl_c_stops_cleanly_and_a_redirected_log_does_not_loop(isolated: Path)
     text = log.read_text()
     assert text.count("── cycle") == 2, text  # the log's own writes never started a cycle
     assert "── cycle 2: 1 change(s)\n   ~ b.txt\n   ran beta: input file b.txt changed" in text
+
+
+def test_a_save_right_after_a_cycle_is_never_taken_for_a_steps_write(isolated: Path) -> None:
+    """File mtimes come from a coarser clock than time.time_ns(): a save in the same few ms as the
+    end of a build must still start the next cycle (no store here, so a cycle ends with its build)."""
+    make_project(isolated)
+    running = Running(Watcher(Path("prefect.yaml")))
+    try:
+        assert running.next_cycle().ok
+        for n in range(20):
+            Path("a.txt").write_text(f"{n}\n")
+            cycle = running.next_cycle(timeout=10)
+            assert (cycle.number, cycle.changed, statuses(cycle)["alpha"]) == (
+                n + 2, ("~ a.txt",), ("ran", "input file a.txt changed"))
+    finally:
+        running.close()
+
+
+class StartSignal:
+    """A reporter that signals when a given step starts."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = threading.Event()
+
+    def event(self, event: Event) -> None:
+        if event.kind == "start" and event.label == self.label:
+            self.started.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_save_during_a_build_starts_the_next_cycle(isolated: Path) -> None:
+    """Files saved while steps run may be the steps' own writes, unless the build reads them:
+    an input saved during a build is the user's and gets its own cycle."""
+    make_project(isolated)
+    slow = PROJECT.replace("      script: cat b.txt\n", "      script: sh -c \"cat b.txt && sleep 1\"\n")
+    Path("prefect.yaml").write_text(slow)
+    signal_ = StartSignal("beta")
+    running = Running(Watcher(Path("prefect.yaml"), reporter=signal_))
+    try:
+        assert running.next_cycle().ok
+        signal_.started.clear()
+        Path("b.txt").write_text("b2\n")
+        assert signal_.started.wait(20)
+        Path("a.txt").write_text("during\n")  # beta is still running (it sleeps 1 s)
+        during = running.next_cycle()
+        assert (during.number, during.changed) == (2, ("~ b.txt",))
+        after = running.next_cycle()
+        assert (after.number, after.changed, statuses(after)["alpha"]) == (
+            3, ("~ a.txt",), ("ran", "input file a.txt changed"))
+    finally:
+        running.close()

@@ -89,13 +89,14 @@ class Loop:
         return self.cycles.get(timeout=timeout)
 
     def quiet_count(self, sentinel: Path) -> int:
-        """Cycles until the one that holds only ``sentinel`` (written after the burst settled)."""
+        """Cycles holding the burst's changes, up to the one that brings ``sentinel`` (written after
+        the first cycle of the burst)."""
         count = 0
         while True:
             cycle = self.next()
-            if cycle.changed == (f"+ {sentinel.name}",):
+            count += any(c != f"+ {sentinel.name}" for c in cycle.changed)
+            if f"+ {sentinel.name}" in cycle.changed:
                 return count
-            count += 1
             if count == 1:
                 sentinel.write_text("x\n")
 
