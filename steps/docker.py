@@ -362,8 +362,10 @@ def _registry_still_has_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any]
 
 def _split_tag(name: str, tag: str | None) -> tuple[str, str]:
     """``name:tag`` given as image_name works too; no tag at all means ``latest``."""
-    last = name.rsplit("/", 1)[-1]
-    if tag is None and ":" in last:
-        repo, _, found = name.rpartition(":")
-        return repo, found
-    return name, tag or "latest"
+    if ":" not in name.rsplit("/", 1)[-1]:
+        return name, tag or "latest"
+    repo, _, found = name.rpartition(":")
+    if tag is not None and tag != found:
+        raise StepError(f"image_name {name!r} already has the tag {found!r}, but tag is {tag!r}",
+                        hint="give the tag in one place only")
+    return repo, found

@@ -245,6 +245,12 @@ def test_push_with_a_wrong_password_is_refused(registry: Registry, project: Path
     assert not any("wrong-password-1" in line for line in lines)
 
 
+def test_push_refuses_two_different_tags(project: Path) -> None:
+    with pytest.raises(StepError) as err:
+        push_docker_image(make_ctx(project)[0], image_name="127.0.0.1:5000/team/app:v1", tag="v2")
+    assert err.value.message == "image_name '127.0.0.1:5000/team/app:v1' already has the tag 'v1', but tag is 'v2'"
+
+
 def test_push_of_a_missing_image_fails_clearly(registry: Registry, project: Path) -> None:
     ctx, _ = make_ctx(project)
     name = registry.image("team/never-built")
