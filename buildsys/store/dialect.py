@@ -243,7 +243,7 @@ class SqliteDatabase(Database):
         if "locked" in text or "busy" in text:
             return ConflictError(
                 f"the state store {self.path} stayed locked by another process for more than "
-                f"{SQLITE_BUSY_TIMEOUT_S:.0f} s",
+                f"{SQLITE_BUSY_TIMEOUT_S:g} s",
                 hint="another apply, worker or import holds it; try again",
             )
         if isinstance(exc, sqlite3.OperationalError) and (

@@ -247,3 +247,49 @@ def test_racing_processes_claim_each_run_exactly_once(tmp_path: Path) -> None:
     assert sum(1 for got in results if got) >= 2  # they really raced
     with SqlStore.sqlite(path) as store:
         assert store.list_runs(states=["SCHEDULED"]) == []
+
+
+def test_readers_are_not_blocked_and_writers_wait_for_the_lock(tmp_path: Path) -> None:
+    """WAL: while another process holds the write lock, reads answer at once and an apply waits."""
+    import threading
+
+    path = tmp_path / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([create("variable", "a", {"value": 1})], expected_serial=0)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("UPDATE store_serial SET serial = serial")
+        try:
+            assert (store.serial(), [r.name for r in store.list_resources()]) == (1, ["a"])
+            results: list[int] = []
+            writer = threading.Thread(
+                target=lambda: results.append(store.apply([create("variable", "b", {"value": 2})], expected_serial=1))
+            )
+            writer.start()
+            writer.join(0.3)
+            assert writer.is_alive() and results == []  # waiting for the lock, not failing
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        writer.join(10)
+        assert results == [2]
+
+
+def test_a_lock_held_past_the_busy_timeout_is_a_clear_conflict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.store import dialect
+
+    path = tmp_path / "state.db"
+    SqlStore.sqlite(path).close()
+    monkeypatch.setattr(dialect, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with SqlStore.sqlite(path) as store, pytest.raises(ConflictError) as err:
+            store.apply([create("variable", "a", {"value": 1})], expected_serial=0)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert err.value.render() == (
+        f"error: the state store {path} stayed locked by another process for more than 0.2 s\n"
+        "  hint: another apply, worker or import holds it; try again"
+    )
