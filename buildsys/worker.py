@@ -221,20 +221,29 @@ class Worker:
             self.notify(f"Work pool {self.options.pool!r} is paused: no runs will be handed out until it is resumed.")
 
     def _claim_loop(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             free = self._free_slots()
             if free <= 0:
                 self._slot_freed.wait(0.5)
                 self._slot_freed.clear()
                 continue
-            runs = self.store.claim_runs(
-                self.options.pool,
-                self.name,
-                queues=list(self.options.queues) or None,
-                limit=free,
-                lease_seconds=self.options.lease_seconds,
-                wait=0.0 if self.options.once else self.options.poll_seconds,
-            )
+            try:
+                runs = self.store.claim_runs(
+                    self.options.pool,
+                    self.name,
+                    queues=list(self.options.queues) or None,
+                    limit=free,
+                    lease_seconds=self.options.lease_seconds,
+                    wait=0.0 if self.options.once else self.options.poll_seconds,
+                )
+            except BuildsysError as exc:  # the store is unreachable or refused: back off, keep serving
+                failures += 1
+                delay = min(10.0, 0.5 * 2 ** min(failures, 5))
+                self.notify(f"Claiming runs failed ({exc.message}); retrying in {delay:g} s.")
+                self._stopping.wait(delay)
+                continue
+            failures = 0
             if self._stopping.is_set():  # the signal came during the long poll: give them back
                 for run in runs:
                     self._release(run, "the worker is shutting down")
@@ -256,6 +265,7 @@ class Worker:
         with self._active_lock:
             self._active[run.id] = active
         thread = threading.Thread(target=self._supervise, args=(active,), name=f"run-{run.id[:8]}", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()
 
