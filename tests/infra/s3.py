@@ -2,10 +2,15 @@
 
 - ``s3_server``: an :class:`S3Server` (endpoint, credentials, a boto3 client for assertions).
 - ``s3_bucket``: a fresh, empty bucket for one test; emptied and deleted afterwards.
+- ``s3_strict_endpoint``: the URL of a second moto server (own process) that checks credentials
+  (``INITIAL_NO_AUTH_ACTION_COUNT=0``), so unknown access keys are refused as by AWS.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +22,7 @@ from tests.infra.net import free_port, port_open
 from tests.infra.require import unavailable
 from tests.infra.waiting import wait_for
 
-__all__ = ["S3Server", "s3_bucket", "s3_server"]
+__all__ = ["S3Server", "s3_bucket", "s3_server", "s3_strict_endpoint"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,31 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
         for key in s3_server.objects(name):
             client.delete_object(Bucket=name, Key=key)
         client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def s3_strict_endpoint() -> Iterator[str]:
+    """A moto S3 server in its own process that refuses unknown credentials."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"the S3 test server needs moto[server] ({exc})")
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or port_open("127.0.0.1", port), 30,
+                 "the strict moto server to listen")
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with status {proc.returncode}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

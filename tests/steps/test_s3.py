@@ -222,3 +222,16 @@ def test_push_and_pull_through_the_cli(s3_server: S3Server, s3_bucket: str, proj
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (run_dir / "flows" / "etl.py").read_text() == "def etl(): ...\n"
     assert s3_server.secret_key not in pulled.stdout + pulled.stderr + again.stdout + again.stderr
+
+
+def test_refused_credentials_fail_clearly_without_showing_the_secret(s3_strict_endpoint: str,
+                                                                     project: Path) -> None:
+    ctx, lines = make_ctx(project)
+    with pytest.raises(StepError) as err:
+        push_to_s3(ctx, bucket="any", folder="f",
+                   credentials={"aws_access_key_id": "AKIAUNKNOWN000000000", "aws_secret_access_key": "s3cr3t-value"},
+                   client_parameters={"endpoint_url": s3_strict_endpoint})
+    assert err.value.message == "S3 refused access to bucket 'any' (InvalidAccessKeyId)"
+    assert err.value.hint == "check credentials and the bucket policy"
+    assert lines == []
+    assert "s3cr3t-value" in ctx.secrets
