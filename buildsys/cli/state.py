@@ -120,7 +120,8 @@ def import_(app: App, file: str, yes: bool) -> None:
     finally:
         store.close()
     if app.json:
-        app.emit_json({"url": store.url, "serial": serial, "imported": _counts(data)})
+        imported = {key: len(data.get(key) or []) for key in ("resources", "runs", "logs", "workers")}
+        app.emit_json({"url": store.url, "serial": serial, "imported": imported})
     else:
         app.echo(f"imported {_counts(data)} into {store.url} (serial {serial})")
 

@@ -94,6 +94,13 @@ def test_export_to_stdout_and_import_from_stdin(isolated: Path) -> None:
     assert (r.returncode, r.stderr) == (0, "")
     again = bs("state", "export", "--state", "copy.db", cwd=isolated)
     assert again.stdout == exported.stdout
+    r = bs("state", "import", "-", "--yes", "--json", "--state", "copy.db", cwd=isolated, stdin=exported.stdout)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert json.loads(r.stdout) == {
+        "url": f"sqlite:///{isolated / 'copy.db'}",
+        "serial": 2,
+        "imported": {"resources": 3, "runs": 1, "logs": 2, "workers": 1},
+    }
 
 
 def test_import_into_a_non_empty_store_needs_yes_without_a_terminal(isolated: Path) -> None:
