@@ -9,6 +9,8 @@ Git-hosted recipes are fetched by :mod:`buildsys.recipe_cache`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -136,30 +138,21 @@ class ResolvedFields:
 # ── loading ───────────────────────────────────────────────────────────────────────────────────
 
 
-def _manifest_schema() -> dict[str, Any]:
-    text = resources.files("buildsys.schemas").joinpath("recipe.schema.json").read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+def _manifest_schema_text() -> str:
+    return resources.files("buildsys.schemas").joinpath("recipe.schema.json").read_text("utf-8")
 
 
 def load_recipe(directory: Path, source: RecipeSource) -> Recipe:
     """Read and validate ``directory/recipe.yaml``."""
-    import jsonschema
-
     manifest = directory / MANIFEST
     if manifest.is_symlink() or not manifest.is_file():
         raise RecipeError(f"{directory} is not a recipe: it has no {MANIFEST}")
+    raw = manifest.read_bytes()
     try:
-        data = yaml.safe_load(manifest.read_text("utf-8"))
+        data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{manifest}: not valid YAML: {exc}") from None
-    validator = jsonschema.Draft202012Validator(
-        _manifest_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors]
-        raise RecipeError(f"{manifest}: invalid recipe manifest:\n" + "\n".join(lines))
+    _validate_manifest(manifest, raw, data)
     if not (directory / PROJECT_FILE).is_file():
         raise RecipeError(f"{directory} is not a recipe: it has no {PROJECT_FILE} template")
     return Recipe(
@@ -169,6 +162,32 @@ def load_recipe(directory: Path, source: RecipeSource) -> Recipe:
         directory=directory,
         source=source,
     )
+
+
+def _validate_manifest(manifest: Path, raw: bytes, data: Any) -> None:
+    """Check the manifest against its schema; a manifest that passed once (same bytes, same schema)
+    is remembered in the cache, so a cached init does not pay for importing jsonschema."""
+    schema_text = _manifest_schema_text()
+    stamp = _validated_dir() / hashlib.sha256(raw + b"\0" + schema_text.encode()).hexdigest()
+    if stamp.exists():
+        return
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(
+        json.loads(schema_text), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}" for e in errors]
+        raise RecipeError(f"{manifest}: invalid recipe manifest:\n" + "\n".join(lines))
+    with contextlib.suppress(OSError):  # a read-only cache only costs speed
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+
+
+def _validated_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "buildsys" / "recipes" / "validated"
 
 
 def _field(name: str, spec: Mapping[str, Any]) -> FieldSpec:

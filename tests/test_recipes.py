@@ -442,7 +442,7 @@ def test_git_recipe_end_to_end_then_from_cache_with_the_server_stopped(
     project = load_project(target / "prefect.yaml", strict=True)
     assert project.deployments[0].version == "{{ version.stdout }}"
     cache_entries = sorted(p.name for p in default_cache_dir().iterdir())
-    assert len(cache_entries) == 2  # the url's folder and its lock file
+    assert len(cache_entries) == 3 and cache_entries[-1] == "validated"  # + the url's folder and lock file
 
     daemon.stop()
     recipe2, warnings2 = resolve_recipe(source)
