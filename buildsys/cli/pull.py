@@ -14,9 +14,10 @@ from buildsys.cli.app import App, common_options, pass_app
 @common_options
 @pass_app
 def pull(app: App, deployment: str) -> None:
-    """Run the deployment's pull steps in order (Prefect's namespace rules), in this directory.
+    """Run the deployment's pull steps in order (Prefect's namespace rules).
 
-    Build outputs the pull steps reference come from the build cache, as `apply` would bake them in.
+    They run in the project directory (the one holding the project file); build outputs they
+    reference come from the build cache, as `apply` would bake them in.
     """
     from buildsys.engine import cached_namespace
     from buildsys.errors import BuildsysError
