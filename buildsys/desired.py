@@ -85,6 +85,11 @@ class DesiredResource:
     path: str = ""  # document path, for messages
     location: Location | None = None
 
+    def __post_init__(self) -> None:
+        # JSON-shaped from the start (YAML dates become ISO text, tuples lists), so checks and the
+        # plan see exactly what the store will hold
+        object.__setattr__(self, "spec", canonical(self.spec))
+
 
 @dataclass(frozen=True)
 class DesiredState:
@@ -167,7 +172,7 @@ def desired_state(
 
 
 def variable_resource(v: VariableSpec) -> DesiredResource:
-    spec = {"value": canonical(v.value)}
+    spec = {"value": v.value}
     return DesiredResource("variable", v.name, spec, frozenset({"value"}), f"variables.{v.name}", v.location)
 
 
@@ -194,7 +199,7 @@ def pool_resource(p: PoolSpec, warnings: list[Diagnostic]) -> DesiredResource:
         spec["paused"] = bool(p.paused)
         managed.add("paused")
     return DesiredResource(
-        "pool", p.name, _with_defaults("pool", canonical(spec)), frozenset(managed), p.path, p.location
+        "pool", p.name, _with_defaults("pool", spec), frozenset(managed), p.path, p.location
     )
 
 
@@ -283,7 +288,6 @@ def deployment_resource(
     if "enforce_parameter_schema" in managed:
         spec["enforce_parameter_schema"] = bool(d.enforce_parameter_schema)
     name = f"{info.name}/{d.name}"
-    spec = canonical(spec)  # JSON-shaped (YAML dates become ISO text) before anything checks it
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
     )

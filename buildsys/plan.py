@@ -224,11 +224,11 @@ def _order(c: ResourceChange) -> tuple[int, int, str]:
 
 
 def _create(want: DesiredResource, owner: str, source: Mapping[str, Any]) -> ResourceChange:
-    spec = canonical(dict(want.spec))
+    spec = dict(want.spec)  # desired specs are JSON-shaped already (DesiredResource)
     fields = tuple(
         FieldChange(key, ABSENT, spec[key])
         for key in spec
-        if key in want.managed and not same(key, spec[key], EMPTY_DEFAULTS.get(key))
+        if key in want.managed and not _same_canonical(key, spec[key], EMPTY_DEFAULTS.get(key))
     )
     return ResourceChange("create", want.kind, want.name, spec, None, fields, owner, dict(source))
 
@@ -236,18 +236,18 @@ def _create(want: DesiredResource, owner: str, source: Mapping[str, Any]) -> Res
 def _update(
     want: DesiredResource, have: Resource, owner: str, source: Mapping[str, Any]
 ) -> ResourceChange | None:
-    before = canonical(dict(have.spec))
-    after = dict(before)
+    stored = have.spec  # from JSON: already JSON-shaped
     fields: list[FieldChange] = []
-    for key in want.spec:
-        if key not in want.managed:
-            continue
-        new = canonical(want.spec[key])
-        after[key] = new
-        if not _same_canonical(key, before.get(key, ABSENT), new):
-            fields.extend(diff(key, before.get(key, ABSENT), new))
+    for key in want.managed:
+        new = want.spec.get(key)
+        if not _same_canonical(key, stored.get(key, ABSENT), new):
+            fields.extend(diff(key, stored.get(key, ABSENT), new))
     if not fields and have.owner == owner:
-        return None
+        return None  # the common case: nothing copied
+    before = canonical(stored)
+    after = {**before, **{key: want.spec.get(key) for key in want.managed}}
+    order = {key: i for i, key in enumerate(want.spec)}
+    fields.sort(key=lambda f: order.get(f.path.split(".", 1)[0].split("[", 1)[0], len(order)))
     previous = have.owner if have.owner != owner else None
     return ResourceChange(
         "update", want.kind, want.name, after, before, tuple(fields), owner, dict(source), previous
