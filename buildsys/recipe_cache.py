@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from filelock import FileLock
-
 from buildsys.recipes import MANIFEST, Recipe, RecipeError, RecipeSource, find_recipes, load_recipe
 
 __all__ = ["CheckedOut", "GitRecipeRef", "RecipeCache", "default_cache_dir", "is_git_source",
@@ -134,6 +132,8 @@ class RecipeCache:
         hit = self.cached(ref)
         if hit is not None:
             return hit
+        from filelock import FileLock  # only a fetch needs it (and it is slow to import)
+
         repo_dir = self._repo_dir(ref.url)
         repo_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(repo_dir) + ".lock", timeout=GIT_TIMEOUT * 2):
