@@ -279,19 +279,22 @@ class Watcher:
                     return
                 if raw == "timeout":
                     continue
-                if len(raw) >= BULK_CHANGES:
-                    raw = self._tail(notify, raw, stop)
                 # filtered now, while the last build's window is known: its own writes drop out here
-                changes = {(int(c), p) for c, p in raw if self.filter.reason(Path(p)) is None}
+                changes = self._relevant(raw)
+                if len(changes) >= BULK_CHANGES:
+                    changes |= self._relevant(self._tail(notify, stop))
                 self.filter.forget_window()
                 if changes:
                     yield changes
 
-    def _tail(self, notify: Any, raw: set[tuple[int, str]], stop: threading.Event | None) -> set[tuple[int, str]]:
+    def _relevant(self, raw: set[tuple[int, str]]) -> set[tuple[int, str]]:
+        return {(int(c), p) for c, p in raw if self.filter.reason(Path(p)) is None}
+
+    def _tail(self, notify: Any, stop: threading.Event | None) -> set[tuple[int, str]]:
         """A bulk operation (a checkout, an unpacked archive) can pause longer than the quiet step,
         more so on a busy machine: give its tail a little longer, so it stays one cycle. A single
         save never waits for this."""
-        merged = set(raw)
+        merged: set[tuple[int, str]] = set()
         deadline = time.monotonic() + self.debounce_ms / 1000
         while time.monotonic() < deadline:
             more = notify.watch(self.debounce_ms, self.step_ms, BULK_TAIL_MS, stop)
