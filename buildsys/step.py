@@ -276,9 +276,12 @@ def step(
 
 def _schema_from_signature(func: Callable[..., Any], takes_context: bool) -> dict[str, Any]:
     try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):
-        return {"type": "object"}
+        sig = inspect.signature(func, eval_str=True)
+    except (TypeError, ValueError, NameError):
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            return {"type": "object"}
     params = list(sig.parameters.values())
     if takes_context and params:
         params = params[1:]
@@ -291,17 +294,48 @@ def _schema_from_signature(func: Callable[..., Any], takes_context: bool) -> dic
             continue
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
             continue
-        props[p.name] = {}
+        prop = _json_type(p.annotation)
         if p.default is inspect.Parameter.empty:
             required.append(p.name)
-        else:
-            props[p.name] = {"default": p.default} if _jsonable(p.default) else {}
+        elif _jsonable(p.default):
+            prop["default"] = p.default
+        props[p.name] = prop
     schema: dict[str, Any] = {"type": "object", "properties": props}
     if required:
         schema["required"] = required
     if not open_ended:
         schema["additionalProperties"] = False
     return schema
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+
+
+def _json_type(annotation: Any) -> dict[str, Any]:
+    """A JSON type from a simple annotation (str, int, list[str], X | None…); templates
+    ("{{ step.key }}") stay allowed for non-string types, as they are rendered before the call."""
+    import types
+    import typing
+
+    if annotation is inspect.Parameter.empty:
+        return {}
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    names: list[str] = []
+    for candidate in args if origin in (typing.Union, types.UnionType) else (annotation,):
+        if candidate is type(None):
+            names.append("null")
+            continue
+        base = typing.get_origin(candidate) or candidate
+        if base in _JSON_TYPES:
+            names.append(_JSON_TYPES[base])
+        elif isinstance(base, type) and issubclass(base, Mapping):
+            names.append("object")
+        else:
+            return {}
+    if names and "string" not in names:
+        names.append("string")  # a template
+    return {"type": names[0] if len(names) == 1 else names} if names else {}
 
 
 def _builtin_schema(name: str, source: str) -> dict[str, Any] | None:
