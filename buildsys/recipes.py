@@ -260,7 +260,8 @@ def common_fields(target: Path) -> dict[str, str]:
     """Values every recipe can use (as Prefect's init computes them)."""
     target = target.resolve()
     values = {"directory": str(target), "name": target.name}
-    remote = _git(target, "config", "--get", "remote.origin.url")
+    in_repo = any((d / ".git").exists() for d in (target, *target.parents))  # no git call when not
+    remote = _git(target, "config", "--get", "remote.origin.url") if in_repo else None
     if remote:
         values["repository"] = remote
     branch = _git(target, "symbolic-ref", "--short", "-q", "HEAD") if (target / ".git").exists() else None
