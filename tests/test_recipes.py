@@ -614,3 +614,24 @@ def test_an_abbreviated_commit_is_fetched_then_served_from_the_cache(git_repos: 
     )
     daemon.stop()
     assert resolve_recipe(f"git+{daemon.url('recipes')}@{commit[:9]}#team/batch") == (recipe, ())
+
+
+def test_s3_recipe_pushes_the_code_and_plans_the_pull(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str], isolated: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The s3 recipe end to end against a real S3 API (moto on 127.0.0.1), configured only through
+    the standard AWS environment, as its README says."""
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+    assert cli(capsys, "init", "--recipe", "s3", "--field", f"bucket={bucket}", "--field", "name=shop")[0] == 0
+    code, out, err = cli(capsys, "push")
+    assert code == 0, out + err
+    assert sorted(server.objects(bucket)) == ["shop/.gitignore", "shop/README.md", "shop/flows/hello.py",
+                                              "shop/prefect.yaml"]
+    code, out, _ = cli(capsys, "plan", "--json")
+    deployment = json.loads(out)["changes"][1]["after"]
+    assert deployment["pull_steps"] == [{"pull_from_s3": {"id": "pull_code", "bucket": bucket, "folder": "shop"}}]
