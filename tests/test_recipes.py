@@ -579,6 +579,12 @@ def test_builtin_recipe_builds_and_plans(
     assert (summary["ran"], summary["cached"], summary["failed"]) == (built, 0, 0)
     if built:
         assert client.images.get(f"{image_name}:t1").labels["buildsys.test"] == "1"
+    if name in ("docker", "kubernetes"):  # the code is where the pull step will look for it
+        from tests.infra.docker import TEST_LABELS
+
+        out = client.containers.run(f"{image_name}:t1", ["python3", "-c", "from flows.hello import hello; hello('box')"],
+                                    working_dir=f"/opt/buildsys/{isolated.name}", remove=True, labels=TEST_LABELS)
+        assert out == b"Hello, box!\n"
         code, out, _ = cli(capsys, "build", "--json")
         assert (code, json.loads(out.splitlines()[-1])["cached"]) == (0, 1)
 
