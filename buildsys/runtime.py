@@ -172,7 +172,7 @@ def run_pull_steps(
         scope = Scope(outputs=outputs, ids=frozenset(ids), env=env, variables=variables, blocks=env_blocks(env))
         try:
             rendered = render(inputs, scope, missing="error", path=where)
-            definition = _step_definition(name, root, (step_targets or {}).get(name))
+            definition = _step_definition(name, root, (step_targets or {}).get(name), _requires(raw))
             result, sets_cwd = _call_step(definition, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
         except Exception as exc:
             raise RuntimeFailure(f"pull step {where} failed: {_describe(exc)}", EXIT_PULL_FAILED) from exc
@@ -201,7 +201,15 @@ def _split_step(raw: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]
     return str(name), inputs, str(step_id) if step_id else None
 
 
-def _step_definition(name: str, root: Path, target: str | None) -> StepDef:
+def _requires(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    value = next(iter(raw.values()), None)
+    found = value.get("requires") if isinstance(value, Mapping) else None
+    if isinstance(found, str):
+        return (found,)
+    return tuple(str(r) for r in found) if isinstance(found, list) else ()
+
+
+def _step_definition(name: str, root: Path, target: str | None, requires: tuple[str, ...] = ()) -> StepDef:
     """The step: straight from the worker's resolved "module:attr" when given, else the registry."""
     from buildsys.step import StepDef
 
@@ -213,7 +221,7 @@ def _step_definition(name: str, root: Path, target: str | None) -> StepDef:
         return obj if isinstance(obj, StepDef) else StepDef.from_callable(obj, name)
     from buildsys.registry import resolve
 
-    return resolve(name, root)
+    return resolve(name, root, requires=requires)  # never installs: `requires` only shapes the hint
 
 
 def _call_step(

@@ -253,3 +253,17 @@ def test_runtime_imports_no_heavy_dependencies(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=_base_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_unknown_step_with_requires_is_not_installed_but_explained(tmp_path: Path) -> None:
+    write(tmp_path / "flow.py", "def f(): pass\n")
+    context = {
+        "entrypoint": "flow.py:f",
+        "pull_steps": [{"prefect_foo.steps.pull_thing": {"requires": "prefect-foo>=1", "x": 1}}],
+    }
+    result = run_runtime(context, tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.startswith(
+        "buildsys runtime: pull step pull[0: prefect_foo.steps.pull_thing] failed: unknown step "
+        "'prefect_foo.steps.pull_thing' (hint: it is not installed; install it with: pip install 'prefect-foo>=1'"
+    )
