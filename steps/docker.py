@@ -119,7 +119,7 @@ def build_docker_image(
     options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
                "target": target, **_engine_options(build_kwargs)}
     client = client_for(ctx)
-    tag = tag or _content_tag(plan, options, _from_images(client, plan))
+    tag = tag or _content_tag(plan, options, _from_images(client, plan, options["buildargs"]))
     extra = [str(t) for t in additional_tags or []]
     if persist_dockerfile and plan.generated is not None:
         ctx.path(dockerfile_output_path).write_text(plan.generated)
@@ -151,13 +151,33 @@ def _base_images(inputs: Mapping[str, Any], ctx: Context) -> str:
     """The ids of the FROM images in this engine, so that a rebuilt base image rebuilds this one."""
     plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
                  inputs.get("base_image"), inputs.get("path"))
-    return _from_images(client_for(ctx), plan)
+    return _from_images(client_for(ctx), plan, inputs.get("buildargs") or {})
 
 
-def _from_images(client: Any, plan: BuildPlan) -> str:
+_ARG = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.IGNORECASE | re.MULTILINE)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _from_images(client: Any, plan: BuildPlan, buildargs: Mapping[str, Any] | None = None) -> str:
+    """`FROM` references with build args substituted (`ARG BASE=…` / `FROM ${BASE}`); a reference
+    that stays unresolved (or names an earlier stage) is left out rather than looked up."""
     text = plan.generated if plan.generated is not None else _read_dockerfile(plan)
-    refs = sorted(set(_FROM.findall(text)))
-    return "\n".join(f"{ref}={local_image_id(client, ref) or 'absent'}" for ref in refs)
+    args = {m.group(1): (m.group(2) or "").strip("\"'") for m in _ARG.finditer(text)}
+    args.update({str(k): str(v) for k, v in (buildargs or {}).items()})
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        return args.get(name) or match.group(2) or ""
+
+    refs = set()
+    for ref in _FROM.findall(text):
+        resolved = _VAR.sub(substitute, ref)
+        if resolved and "$" not in resolved:
+            refs.add(resolved)
+    stages = {m.lower() for m in re.findall(r"^\s*FROM\s+\S+\s+AS\s+(\S+)", text, re.IGNORECASE | re.MULTILINE)}
+    return "\n".join(
+        f"{ref}={local_image_id(client, ref) or 'absent'}" for ref in sorted(refs) if ref.lower() not in stages
+    )
 
 
 @build_docker_image.check

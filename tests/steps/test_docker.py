@@ -127,6 +127,21 @@ def test_fingerprint_names_the_base_image_id(docker_client: Any, project: Path, 
     )
 
 
+def test_from_with_a_build_arg_is_resolved(docker_client: Any, tmp_path: Path, base_image: str,
+                                          image_name: str) -> None:
+    """`ARG BASE=…` / `FROM ${BASE}`: the fingerprint and the content tag resolve the arg; a multi-stage
+    build's stage names are not looked up as images."""
+    write(tmp_path, {"Dockerfile": f"ARG BASE={base_image}\nFROM ${{BASE}} AS build\nRUN true\nFROM build\n",
+                     "a.txt": "x"})
+    ctx, _ = make_ctx(tmp_path)
+    assert build_docker_image.fingerprint_hook is not None
+    assert build_docker_image.fingerprint_hook({"image_name": image_name}, ctx) == (
+        f"{base_image}={docker_client.images.get(base_image).id}"
+    )
+    out = build_docker_image(ctx, image_name=image_name)
+    assert out["image"].startswith(f"{image_name}:sha-")
+
+
 def test_auto_dockerfile_copies_the_project_to_opt_prefect(docker_client: Any, tmp_path: Path,
                                                           base_image: str, image_name: str) -> None:
     root = write(tmp_path / "myproject", {"flows/etl.py": "print('etl')\n"})
