@@ -8,7 +8,7 @@ can be started as in the tests). Measures:
 * claims per second: 1 and 8 client threads claiming one run per call until the pool is empty;
 * no-change plan of 1,000 deployments (load project + snapshot + diff): HTTP store vs file store.
 
-    .venv/bin/python tests/bench/bench_server.py [--latency-runs 200] [--claims 2000] [--no-postgres]
+    .venv/bin/python tests/bench/bench_server.py [--latency-runs 200] [--claims 2000] [--repeat 3] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -204,7 +204,8 @@ def measure(
     }
 
 
-def postgres_url(stack: Any) -> str | None:
+def postgres_server(stack: list[Any]) -> Any:
+    """A private PostgreSQL cluster as in the tests, or None when this machine has none."""
     try:
         from tests.infra.postgres import start_postgres
     except ImportError:
@@ -218,29 +219,52 @@ def postgres_url(stack: Any) -> str | None:
         print(f"(PostgreSQL skipped: {exc})", file=sys.stderr)
         return None
     stack.append(gen)
-    return str(pg.url())
+    return pg
+
+
+def median_row(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    row = dict(samples[0])
+    for key, value in samples[0].items():
+        if isinstance(value, float):
+            row[key] = statistics.median(s[key] for s in samples)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--claims", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=3, help="whole runs; the table shows medians")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
+    from tests.infra.postgres import fresh_database
+
     rows = []
     cleanup: list[Any] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "sqlite").mkdir()
-        db = str(work / "sqlite" / "server.db")
-        rows.append(measure("SQLite", db, lambda: SqlStore.sqlite(db), args, work / "sqlite"))
-        url = None if args.no_postgres else postgres_url(cleanup)
-        if url is not None:
-            (work / "pg").mkdir()
-            rows.append(measure("PostgreSQL", url, lambda: SqlStore.postgres(url), args, work / "pg"))
+        samples = []
+        for i in range(args.repeat):
+            where = work / f"sqlite-{i}"
+            where.mkdir()
+            db = str(where / "server.db")
+            samples.append(measure("SQLite", db, lambda db=db: SqlStore.sqlite(db), args, where))
+        rows.append(median_row(samples))
+        pg = None if args.no_postgres else postgres_server(cleanup)
+        if pg is not None:
+            samples = []
+            for i in range(args.repeat):
+                where = work / f"pg-{i}"
+                where.mkdir()
+                for url in fresh_database(pg):
+                    samples.append(
+                        measure("PostgreSQL", url, lambda url=url: SqlStore.postgres(url), args, where)
+                    )
+            rows.append(median_row(samples))
         for gen in cleanup:
             gen.close()
     print(
+        f"medians of {args.repeat} whole runs, each on a fresh database: "
         f"claim latency over {args.latency_runs} runs; throughput over {args.claims} runs; plan = "
         "snapshot + diff of 1,000 deployments, no change (median of 7; loading the project, the same "
         f"for both, takes another {rows[0]['load_s'] * 1000:.0f} ms); {os.cpu_count()} CPUs\n"
