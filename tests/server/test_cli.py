@@ -3,9 +3,13 @@ the flow, logs — with auth and BUILDSYS_TOKEN; and `server start` refusing wha
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from buildsys.store.http import HttpStore
+from tests.infra.waiting import wait_for
 from tests.server.running import run_cli, server_process
 
 PROJECT = """\
@@ -109,3 +113,20 @@ def test_the_database_must_be_a_database(tmp_path: Path) -> None:
         "error: --db must name a database, not a server: http://127.0.0.1:4300\n"
         "  hint: use a SQLite path or a postgresql:// URL\n"
     )
+
+
+def test_a_schedule_in_prefect_yaml_becomes_runs_on_the_server(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    text = PROJECT + "    schedules:\n      - cron: '30 6 * * *'\n        timezone: Europe/Paris\n"
+    (project / "prefect.yaml").write_text(text)
+    with server_process(str(tmp_path / "s.db"), tmp_path, extra=["--housekeeping-seconds", "0.2"]) as server:
+        result = run_cli("--state", server.url, "apply", "--auto-approve", cwd=project, timeout=120)
+        assert result.returncode == 0, result.stderr
+        with HttpStore(server.url) as store:
+            wait_for(lambda: len(store.list_runs(deployment="etl/nightly")) >= 3, 20, "three scheduled runs")
+            runs = store.list_runs(deployment="etl/nightly")
+    local = sorted(datetime.fromtimestamp(r.scheduled_at, ZoneInfo("Europe/Paris")) for r in runs)
+    assert len(local) == 3
+    assert {(t.hour, t.minute, t.second) for t in local} == {(6, 30, 0)}
+    assert [(b - a).days for a, b in itertools.pairwise(local)] == [1, 1]
+    assert all(r.state == "SCHEDULED" and dict(r.parameters) == {"n": 3} for r in runs)
