@@ -136,7 +136,7 @@ def test_wheel_layout_has_only_the_buildsys_package(installed_wheel: tuple[Path,
         assert f"buildsys/schemas/steps/{schema.name}" in names
     assert "buildsys/schemas/project.schema.json" in names
     assert "[buildsys.steps]" in entry_points
-    assert "[console_scripts]\nbuildsys = buildsys.cli:main" in entry_points
+    assert "[console_scripts]\nbuildsys = buildsys.launcher:main" in entry_points
 
 
 @pytest.mark.slow
