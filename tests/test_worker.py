@@ -424,3 +424,20 @@ def test_local_limit_runs_one_at_a_time(store: StateStore, project: Path, worker
     release.write_text("go")
     for run in runs:
         assert final(store, run).state == "COMPLETED"
+
+
+@pytest.mark.postgres
+def test_worker_on_a_postgresql_store(fresh_postgres_url: str, project: Path, tmp_path: Path) -> None:
+    pg = open_store(fresh_postgres_url)
+    workers = Workers(fresh_postgres_url, tmp_path)
+    try:
+        add_pool(pg)
+        deployment = add_deployment(pg, project, "hello")
+        workers.start("--name", "pgw")
+        run = pg.create_run(deployment, parameters={"name": "postgres"})
+        done = final(pg, run)
+        assert (done.state, done.worker) == ("COMPLETED", "pgw")
+        assert ("stdout", "hello postgres") in log_lines(pg, run)
+    finally:
+        workers.stop_all()
+        pg.close()
