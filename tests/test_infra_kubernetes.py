@@ -124,8 +124,8 @@ def workers(tmp_path: Path, store: StateStore) -> Iterator[Workers]:
     w.stop_all()
 
 
-def k8s_setup(store: StateStore, project: Path, function: str, image: str = "img:1") -> str:
-    template = base_job_template("kubernetes", {"image": image, "pod_watch_timeout_seconds": 20})
+def k8s_setup(store: StateStore, project: Path, function: str, image: str = "img:1", pod_timeout: int = 20) -> str:
+    template = base_job_template("kubernetes", {"image": image, "pod_watch_timeout_seconds": pod_timeout})
     store.apply(
         [
             Change("create", "pool", "k8s", spec={"type": "kubernetes", "base_job_template": template, "queues": []}),
@@ -238,3 +238,20 @@ def test_cluster_config_job_variable_selects_the_cluster(
     assert outcome is not None and (outcome.exit_code, outcome.message) == (0, None)
     assert ("stdout", "via cluster_config") in lines
     assert execution.identifier.startswith("default:calm-bay-")
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("fake/pending:1", "Flow run infrastructure failed: the pod did not start within 2 s (pod_watch_timeout_seconds)."),
+        ("fake/nopod:1", "Flow run infrastructure failed: no pod was created within 2 s (pod_watch_timeout_seconds)."),
+    ],
+)
+def test_pods_that_never_start_time_out(
+    store: StateStore, project: Path, workers: Workers, k8s_api: FakeKubernetes, image: str, message: str
+) -> None:
+    deployment = k8s_setup(store, project, "hello", image=image, pod_timeout=2)
+    start_worker(workers, k8s_api)
+    done = final(store, store.create_run(deployment), timeout=30)
+    assert (done.state, done.state_message) == ("CRASHED", message)
+    assert k8s_api.jobs == {}  # the Job was deleted

@@ -29,6 +29,7 @@ CONTAINER = "prefect-job"
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]+")
+NO_POD: Any = object()  # a watch round found no pod for the Job (yet)
 
 
 def _slug(value: str, limit: int = 63) -> str:
@@ -285,6 +286,11 @@ class KubernetesExecution:
         for pod in self._pod_events():
             if pod is None:  # the pod (and job) were deleted
                 return Outcome(143, "the Kubernetes Job was deleted")
+            if pod is NO_POD:
+                if time.monotonic() > deadline:
+                    self._delete()
+                    return Outcome(-1, f"no pod was created within {self.pod_timeout:g} s (pod_watch_timeout_seconds)")
+                continue
             phase = pod.status.phase if pod.status else None
             failure = _waiting_failure(pod)
             if failure is not None:
@@ -300,24 +306,31 @@ class KubernetesExecution:
         return Outcome(-1, "the pod watch ended unexpectedly")
 
     def _pod_events(self) -> Iterator[Any]:
-        """Pod states, from a watch on the Job's pods (re-established when it times out)."""
+        """Pod states from a watch on the Job's pods, re-established when it times out. Yields None
+        when the pod is gone (deleted with the Job, or removed) and NO_POD after a watch round in
+        which no pod existed yet (so the caller can give up after pod_watch_timeout_seconds)."""
         from kubernetes import client, watch
 
         core = client.CoreV1Api(self.api)
         selector = f"job-name={self.job_name}"
         seen = False
-        while not self._deleted.is_set() or seen:
+        round_seconds = max(1, min(30, int(self.pod_timeout)))
+        while True:
+            got = False
             w = watch.Watch()
-            for event in w.stream(core.list_namespaced_pod, self.namespace, label_selector=selector, timeout_seconds=30):
-                pod = event["object"]
-                seen = True
+            for event in w.stream(
+                core.list_namespaced_pod, self.namespace, label_selector=selector, timeout_seconds=round_seconds
+            ):
+                got = seen = True
                 if event["type"] == "DELETED":
                     yield None
                     return
-                yield pod
-            if not seen and self._deleted.is_set():
-                yield None
-                return
+                yield event["object"]
+            if not got:  # a new watch lists every existing pod first: none exists now
+                if seen or self._deleted.is_set():
+                    yield None
+                    return
+                yield NO_POD
             time.sleep(self.poll_seconds)
 
     def _start_logs(self, pod_name: str) -> None:

@@ -4,8 +4,9 @@ It speaks the REST paths the official client uses for Jobs: create / get / delet
 list and watch pods by label selector, read a pod and follow its log. A small "kubelet" plays each
 Job's pod: the container's args run as a local process (``python3`` is this interpreter) with the
 container's env, so the real in-run runtime executes and its output becomes the pod log. Images
-named ``fake/missing…``, ``fake/oom…`` and ``fake/evicted…`` simulate an image pull failure, an
-OOM kill and an eviction.
+named ``fake/missing…``, ``fake/oom…``, ``fake/evicted…``, ``fake/pending…`` and ``fake/nopod…``
+simulate an image pull failure, an OOM kill, an eviction, a pod that never starts and a Job whose
+pod is never created.
 
 Fixture ``k8s_api`` yields a `FakeKubernetes` with ``url``, ``kubeconfig`` (a file for KUBECONFIG),
 ``jobs`` (created bodies by name) and ``pods``.
@@ -89,6 +90,9 @@ class FakeKubernetes:
         meta.update(name=name, namespace=namespace, uid=secrets.token_hex(8))
         job["status"] = {}
         self.jobs[name] = job
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        if str(container.get("image", "")).startswith("fake/nopod"):
+            return job  # e.g. a quota refuses the pod: the Job exists, no pod ever appears
         pod_name = f"{name}-{secrets.token_hex(3)[:5]}"
         template = job["spec"]["template"]
         container = template["spec"]["containers"][0]
@@ -138,6 +142,8 @@ class FakeKubernetes:
             statuses[0] = _status(container, waiting={"reason": "ErrImagePull", "message": f'pull access denied for {image.split(":")[0]}'})
             self._touch(pod)
             return
+        if image.startswith("fake/pending"):
+            return  # the pod stays Pending (ContainerCreating) forever
         if image.startswith("fake/evicted"):
             pod["status"].update(phase="Failed", reason="Evicted", message="The node was low on resource: memory.")
             self._touch(pod)
