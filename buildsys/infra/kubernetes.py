@@ -2,8 +2,7 @@
 
 The rendered ``job_manifest`` is completed the way Prefect's worker does it (namespace, env list,
 labels, image, args, generateName) and turned into the official client's ``V1Job`` model, then
-checked against the Kubernetes OpenAPI schemas offline with ``kubernetes-validate`` when it is
-installed. The worker submits it (kubeconfig, the job's ``cluster_config``, or in-cluster config),
+checked against the Kubernetes OpenAPI schemas offline with ``kubernetes-validate``. The worker submits it (kubeconfig, the job's ``cluster_config``, or in-cluster config),
 watches the pod, streams its log, deletes the Job on cancel and turns pod failures (image pulls,
 OOM kills, evictions) into clear messages.
 """
@@ -134,11 +133,14 @@ def _through_models(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_manifest(manifest: Mapping[str, Any], version: str | None = None) -> None:
-    """Check the Job against the Kubernetes schemas, offline (skipped without kubernetes-validate)."""
+    """Check the Job against the Kubernetes schemas, offline (kubernetes-validate, a dependency)."""
     try:
         import kubernetes_validate
     except ImportError:
-        return
+        raise InfrastructureError(
+            "cannot validate the Job manifest: the kubernetes-validate package is missing",
+            hint="reinstall buildsys (kubernetes-validate is one of its dependencies)",
+        ) from None
     target = version or kubernetes_validate.latest_version()
     try:
         kubernetes_validate.validate(dict(manifest), target, strict=True)
