@@ -9,7 +9,9 @@ Secrets stay templates: block, variable and env placeholders are kept exactly as
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+import gc
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
@@ -435,17 +437,31 @@ def read_desired(
     from buildsys.revision import open_revision
 
     rev = open_revision(project_file, ref)
-    if loaded is not None and ref is None:
-        project = loaded
-    else:
-        project = load_project(project_file, strict=strict, text=rev.text)
-    owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
-    state = desired_state(
-        project,
-        owner=owner,
-        source=rev.source(),
-        read=rev.read,
-        outputs=outputs(project) if outputs else None,
-        select=select,
-    )
+    with _gc_paused():
+        if loaded is not None and ref is None:
+            project = loaded
+        else:
+            project = load_project(project_file, strict=strict, text=rev.text)
+        owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
+        state = desired_state(
+            project,
+            owner=owner,
+            source=rev.source(),
+            read=rev.read,
+            outputs=outputs(project) if outputs else None,
+            select=select,
+        )
     return project, state
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building a large project allocates hundreds of thousands of acyclic objects; the cyclic
+    collector's repeated full passes over them cost ~20% of the time. Paused, then restored."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
