@@ -386,7 +386,24 @@ def _scope(d: Deployment, outputs: BuildOutputs | None) -> Scope:
 
 
 def canonical(value: Any) -> Any:
-    """JSON-shaped copy: tuples become lists, mappings plain dicts (UNKNOWN is kept)."""
+    """JSON-shaped: tuples become lists, mappings plain dicts with str keys, dates ISO text
+    (UNKNOWN is kept). A value that already is JSON-shaped is returned as is, not copied, so the
+    deployments of one flow share one parameter schema."""
+    return value if _is_canonical(value) else _canonical_copy(value)
+
+
+def _is_canonical(value: Any) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None or value is UNKNOWN:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _is_canonical(v) for k, v in value.items())
+    if kind is list:
+        return all(_is_canonical(v) for v in value)
+    return False
+
+
+def _canonical_copy(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or kind is float or kind is bool or value is None:
         return value

@@ -49,14 +49,14 @@ class _Absent:
 ABSENT: Any = _Absent()  # a key that does not exist on one side of a field change
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FieldChange:
     path: str  # "tags", "job_variables.image", "queues"
     old: Any = ABSENT
     new: Any = ABSENT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResourceChange:
     action: str  # create | update | delete
     kind: str
