@@ -322,7 +322,7 @@ def outcome(ran: Ran) -> str:
     )
     unreachable = re.search(r"no such host|Could not resolve host|Name or service not known", ran.output)
     assert not (unreachable and "refused" in reason), (
-        "a host that cannot be reached is not a refusal; say the registry/server was unreachable:\n"
+        f"a host that cannot be reached did not refuse anything (say it was unreachable): {reason}\n"
         + ran.show()
     )
     return f"failed cleanly: {reason}"
@@ -341,9 +341,7 @@ class Setup:
 
 
 @pytest.fixture
-def make_setup(
-    request: pytest.FixtureRequest, tmp_path: Path, git_repos: GitRepos, git_daemon: GitDaemon
-) -> Iterator[Any]:
+def make_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     cleanups: list[Any] = []
 
     def make(name: str) -> Setup:
@@ -372,7 +370,10 @@ def make_setup(
         env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
         for var in needs.env:
             env.setdefault(var, f"corpus-e2e-{var.lower()}")
-        redirects = local_repos(needs, git_repos, git_daemon)
+        redirects: dict[str, str] = {}
+        if needs.repos:
+            repos: GitRepos = request.getfixturevalue("git_repos")
+            redirects = local_repos(needs, repos, request.getfixturevalue("git_daemon"))
         env["GIT_CONFIG_COUNT"] = str(len(redirects))
         for n, (original, local) in enumerate(sorted(redirects.items())):
             env[f"GIT_CONFIG_KEY_{n}"] = f"url.{local}.insteadOf"
@@ -460,15 +461,16 @@ def pull_verdict(setup: Setup, name: str, dep: Deployment, ran: Ran) -> str:
             continue
         if index < failed_at:
             continue
+        why = failed.group("why") if failed else "?"
         expected = CLONE_CANNOT_WORK.get(name)
         assert expected is not None and expected in ran.output, (
-            f"the git_clone pull step of {dep.name} must succeed against the local repository "
-            f"({', '.join(f'{o} -> {lo}' for o, lo in setup.redirects.items())}):\n" + ran.show()
+            f"the git_clone pull step of {dep.name} must succeed against the local repository, but: {why}\n"
+            f"(redirected: {', '.join(f'{o} -> {lo}' for o, lo in setup.redirects.items())})\n" + ran.show()
         )
         # A reference to a build step's output whose build failed: say so, not that no step has an id.
-        assert "no step here has an id" not in ran.output, (
-            f"{dep.name}: the pull step refers to a build step by its id; the message must not say that "
-            "no step has an id:\n" + ran.show()
+        assert "no step here has an id" not in why, (
+            f"{dep.name}: the pull step refers to build step {expected!r} by its id, yet the message says "
+            f"that no step has an id: {why}\n" + ran.show()
         )
     clones = [s for s in steps[:failed_at] if short(s) in ("git_clone", "git_clone_project")]
     if clones:
