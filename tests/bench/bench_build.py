@@ -207,6 +207,8 @@ def small_project(root: Path) -> None:
         + "deployments:\n  - name: small\n    entrypoint: flows.py:main\n"
     )
     (root / "flows.py").write_text("def main() -> None:\n    pass\n")
+    for f in (root / "prefect.yaml", root / "flows.py", root / "src"):
+        os.utime(f, (PAST, PAST))  # like the inputs: outside the cache's 2 s "racily clean" window
 
 
 # --- tools ------------------------------------------------------------------------------------------
