@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import re
@@ -39,7 +40,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ CLONE_CANNOT_WORK = {
 STEP_FAILED = re.compile(r"^✗ (?P<step>\S.*?)  failed: (?P<why>.*)$", re.M)
 LOCATED = re.compile(r"^(?P<where>\S[^:\n]*:\d+:\d+): error: (?P<why>.*)$", re.M)
 PULL_FAILED = re.compile(r"^error: pull step pull\[(?P<index>\d+): (?P<step>[^\]]+)\] failed: (?P<why>.*)$", re.M)
+PULL_DIRECTORY = re.compile(r"^pull steps of .+ done; directory: (.+)$", re.M)
 ENV_REF = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 BLOCK_REF = re.compile(r"\{\{\s*prefect\.blocks\.([\w-]+)\.([\w-]+)")
 SCRIPT_GIT_URL = re.compile(r"https://[\w.-]+/[\w.-]+/[\w.-]+\.git")
@@ -338,6 +340,7 @@ class Setup:
     redirects: dict[str, str]
     secrets: list[str]
     deployments: list[Deployment]
+    stored: dict[str, Callable[[], set[str]]]  # "s3://bucket" -> the keys it holds now
 
 
 @pytest.fixture
@@ -380,6 +383,7 @@ def make_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
             env[f"GIT_CONFIG_VALUE_{n}"] = original
 
         s3_credentials = None
+        stored: dict[str, Callable[[], set[str]]] = {}
         if needs.s3_buckets:
             s3 = request.getfixturevalue("s3_server")
             s3_credentials = s3.credentials
@@ -390,12 +394,14 @@ def make_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
             client = s3.client()
             for bucket in needs.s3_buckets:
                 client.create_bucket(Bucket=bucket)
+                stored[f"s3://{bucket}"] = functools.partial(_s3_keys, s3, bucket)
                 cleanups.append(lambda b=bucket, s=s3: _drop_s3_bucket(s, b))
         if needs.gcs_buckets:
             gcs = request.getfixturevalue("gcs_emulator")
             env["STORAGE_EMULATOR_HOST"] = gcs.endpoint
             for bucket in needs.gcs_buckets:
                 gcs.client().create_bucket(bucket)
+                stored[f"gs://{bucket}"] = functools.partial(_gcs_keys, gcs, bucket)
         if needs.docker:
             env["BUILDSYS_DOCKER_BASE_IMAGE"] = request.getfixturevalue("base_image")
             client = request.getfixturevalue("docker_client")
@@ -406,13 +412,21 @@ def make_setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
             secrets.extend(secrets_in(value))
             key = "BUILDSYS_BLOCK_" + re.sub(r"[^A-Za-z0-9]", "_", f"{block_type}_{block_name}").upper()
             env[key] = json.dumps(value)
-        return Setup(project, env, redirects, secrets, deployments)
+        return Setup(project, env, redirects, secrets, deployments, stored)
 
     try:
         yield make
     finally:
         for cleanup in reversed(cleanups):
             cleanup()
+
+
+def _s3_keys(s3: Any, bucket: str) -> set[str]:
+    return set(s3.objects(bucket))
+
+
+def _gcs_keys(gcs: GcsEmulator, bucket: str) -> set[str]:
+    return {blob.name for blob in gcs.client().list_blobs(bucket)}
 
 
 def _drop_s3_bucket(s3: Any, bucket: str) -> None:
@@ -475,19 +489,34 @@ def pull_verdict(setup: Setup, name: str, dep: Deployment, ran: Ran) -> str:
     clones = [s for s in steps[:failed_at] if short(s) in ("git_clone", "git_clone_project")]
     if clones:
         result += f" [{len(clones)} clone(s) ok]"
+    final = PULL_DIRECTORY.search(ran.output) if ran.code == 0 else None
+    flow = flow_file(dep.entrypoint) if dep.entrypoint else None
+    if final and flow:
+        # Where a worker imports the flow from: the final directory (here: relative to the project).
+        assert (setup.project / final.group(1) / flow[0]).is_file(), (
+            f"{dep.name}: after the pull, {flow[0]} is not in {final.group(1)}:\n" + ran.show()
+        )
+        result += " [flow found]"
     return result
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_corpus_file_builds_pushes_and_pulls(name: str, make_setup: Any) -> None:
-    setup: Setup = make_setup(name)
     runs: list[Ran] = []
     verdicts: list[str] = []
     try:
+        setup: Setup = make_setup(name)
         for command in (["build", "-j", "2"], ["push", "-j", "2"]):
             ran = run_cli(command, setup.project, setup.env, BUILD_TIMEOUT_S)
             runs.append(ran)
             verdicts.append(f"{command[0]}: {outcome(ran)}")
+        if verdicts[-1] == "push: ok":
+            for bucket, keys in setup.stored.items():
+                found = keys()
+                assert any(k.endswith("/prefect.yaml") for k in found), (
+                    f"push succeeded but {bucket} does not hold the project's prefect.yaml: {sorted(found)}"
+                )
+                verdicts.append(f"{bucket}: {len(found)} objects")
         named = [d for d in setup.deployments if d.name]
         pulled = pull_all(setup, named)
         runs.extend(pulled.values())
@@ -501,6 +530,9 @@ def test_corpus_file_builds_pushes_and_pulls(name: str, make_setup: Any) -> None
         for secret in setup.secrets:
             leaked = [r.command for r in runs if secret in r.output]
             assert not leaked, f"a block secret was printed by: {', '.join(leaked)}"
+    except pytest.skip.Exception as exc:
+        TABLE[name] = ("skipped", str(exc))
+        raise
     except BaseException as exc:
         first = str(exc).strip().splitlines()[:1]
         TABLE[name] = ("BROKEN", "; ".join([*verdicts, *first]))
