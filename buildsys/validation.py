@@ -87,22 +87,62 @@ def check_graph(project: Project) -> list[Diagnostic]:
 
 
 def check_deployment_refs(project: Project) -> list[Diagnostic]:
-    """Step-output references in deployment fields and pull steps must name steps that exist."""
+    """Step-output references in deployment fields and pull steps must name steps that exist; a flat
+    name (`{{ image }}`) must be an output some step declares (when every step declares its outputs)."""
     from buildsys.suggest import did_you_mean
 
     out: list[Diagnostic] = []
     for d in project.deployments:
         build_ids = {s.id for s in (*d.build, *d.push) if s.id}
         pull_ids = {s.id for s in d.pull if s.id}
+        build_outputs = _declared_outputs(project, (*d.build, *d.push))
         fields = {k: v for k, v in d.raw.items() if k not in ("build", "push", "pull", "triggers")}
         for ph in placeholders(fields):
             if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids:
                 out.append(_unresolved(ph.text, ph.step_id, build_ids, d.location, d.path, did_you_mean))
-        for s in d.pull:
+            elif ph.kind == "output" and ph.step_id is None:
+                out += _flat(ph.text, str(ph.keypath[0]), build_outputs, build_ids, d.location, d.path)
+        for i, s in enumerate(d.pull):
+            earlier = _declared_outputs(project, (*d.build, *d.push, *d.pull[:i]))
             for ph in placeholders(s.inputs):
                 if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids | pull_ids:
                     out.append(_unresolved(ph.text, ph.step_id, build_ids | pull_ids, s.location, s.path, did_you_mean))
+                elif ph.kind == "output" and ph.step_id is None:
+                    out += _flat(ph.text, str(ph.keypath[0]), earlier, build_ids | pull_ids, s.location, s.path)
     return out
+
+
+def _declared_outputs(project: Project, steps: tuple[StepSpec, ...]) -> set[str] | None:
+    """Every output name these steps declare; None when one of them declares none (unknowable)."""
+    from buildsys import registry
+
+    names: set[str] = set()
+    for spec in steps:
+        try:
+            outputs = registry.resolve(spec.name, project.root, requires=spec.requires).outputs
+        except StepError:
+            return None
+        if not outputs:
+            return None
+        names.update(outputs)
+    return names
+
+
+def _flat(text: str, name: str, outputs: set[str] | None, ids: set[str], location: Any, path: str) -> list[Diagnostic]:
+    from buildsys.suggest import did_you_mean
+
+    if outputs is None or name in outputs:
+        return []
+    guess = did_you_mean(name, sorted(outputs | ids))
+    return [
+        Diagnostic(
+            "error",
+            f"{text} does not match any step id or output before it (Prefect would silently drop the value)",
+            location,
+            path,
+            (guess + "; " if guess else "") + (f"outputs here: {', '.join(sorted(outputs))}" if outputs else "no step before it"),
+        )
+    ]
 
 
 def _unresolved(text: str, ref: str, ids: set[str], location: Any, path: str, dym: Any) -> Diagnostic:

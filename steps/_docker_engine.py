@@ -40,11 +40,27 @@ def login(ctx: Context, client: Any, name: str, credentials: object) -> dict[str
         client.login(username=auth["username"], password=auth["password"], registry=auth["serveraddress"],
                      reauth=bool(credentials.get("reauth", True)))
     except docker.errors.APIError as exc:
+        detail = ctx.mask(str(exc.explanation or exc))
+        if _unreachable(detail):
+            raise StepError(
+                f"registry {auth['serveraddress']} could not be reached to log in",
+                hint=detail,
+            ) from None
         raise StepError(
             f"registry {auth['serveraddress']} refused the login of {auth['username']!r}",
-            hint=ctx.mask(str(exc.explanation or exc)),
+            hint=detail,
         ) from None
     return auth
+
+
+_UNREACHABLE = ("no such host", "connection refused", "i/o timeout", "network is unreachable",
+                "dial tcp", "tls handshake timeout", "server misbehaving", "no route to host")
+
+
+def _unreachable(detail: str) -> bool:
+    """The engine's wording when the registry never answered (as opposed to refusing)."""
+    text = detail.lower()
+    return any(marker in text for marker in _UNREACHABLE) and "unauthorized" not in text
 
 
 def push_tags(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: dict[str, str] | None) -> dict[str, str]:

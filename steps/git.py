@@ -266,7 +266,9 @@ def _checkout_commit(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str
 
 
 def _update_or_reclone(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str, str]) -> None:
-    origin = ctx.run(["git", "remote", "get-url", "origin"], cwd=dest, env=env, stream=False, check=False)
+    # The URL as written in the clone's config: `remote get-url` would apply `url.*.insteadOf`
+    # rewrites and never match the configured repository.
+    origin = ctx.run(["git", "config", "--get", "remote.origin.url"], cwd=dest, env=env, stream=False, check=False)
     current = split_userinfo(origin.stdout.strip())[0]
     if origin.returncode != 0 or current != spec.url:
         shown = scrub(ctx, current) if origin.returncode == 0 else "no origin remote"

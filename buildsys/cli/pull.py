@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from buildsys.cli.app import App, common_options, pass_app
+
+if TYPE_CHECKING:
+    from buildsys.model import StepSpec
 
 
 @click.command()
@@ -27,7 +32,8 @@ def pull(app: App, deployment: str) -> None:
 
     project = app.load_project()
     (dep,) = select_deployments(project, [deployment])[:1]
-    namespace, _pending = cached_namespace(project, dep.name)
+    namespace, pending = cached_namespace(project, dep.name)
+    _require_built(dep.pull, pending)
     outputs = {k: v for k, v in namespace.items() if isinstance(v, dict)}
     baked = render([dict(s.raw) for s in dep.pull], Scope(outputs=outputs), missing="keep")
     variables = {v.name: v.value for v in project.variables}
@@ -46,3 +52,20 @@ def pull(app: App, deployment: str) -> None:
     else:
         final = [o.get("directory") for o in result.values() if isinstance(o, dict) and o.get("directory")]
         app.echo(f"pull steps of {dep.name} done" + (f"; directory: {final[-1]}" if final else ""))
+
+
+def _require_built(steps: Sequence[StepSpec], pending: set[str]) -> None:
+    """A pull step that uses a build output needs that build step's cached result."""
+    from buildsys.errors import BuildsysError
+    from buildsys.templating import placeholders
+
+    for spec in steps:
+        for ph in placeholders(spec.inputs):
+            if ph.kind == "output" and ph.step_id in pending:
+                raise BuildsysError(
+                    f"{ph.text} uses the output of build step {ph.step_id!r}, which has no result for the "
+                    "current inputs (it never ran, or its last run failed)",
+                    location=spec.location,
+                    path=spec.path,
+                    hint="run `buildsys build` (or `buildsys push`) first",
+                )

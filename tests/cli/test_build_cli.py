@@ -166,3 +166,37 @@ def test_help_is_fast_and_lists_commands(proj: Path) -> None:
     assert r.returncode == 0
     for cmd in ("validate", "graph", "build", "push", "pull", "plan", "apply", "worker", "server", "cache"):
         assert f"  {cmd} " in r.stdout
+
+
+def test_pull_needs_the_build_outputs_it_uses(proj: Path) -> None:
+    (proj / "prefect.yaml").write_text(
+        "build:\n  - run_shell_script: {id: tag, script: echo v1}\n"
+        "pull:\n  - run_shell_script: {id: show, script: 'echo {{ tag.stdout }}'}\n"
+        "deployments:\n  - name: d\n    entrypoint: src/app.py:main\n"
+    )
+    r = bs("pull", "-d", "d", cwd=proj)
+    assert (r.returncode, r.stderr) == (
+        1,
+        "prefect.yaml:4:5: error: {{ tag.stdout }} uses the output of build step 'tag', which has no result for "
+        "the current inputs (it never ran, or its last run failed)\n  at pull[0: show]\n"
+        "  hint: run `buildsys build` (or `buildsys push`) first\n",
+    )
+    assert bs("build", cwd=proj).returncode == 0
+    r = bs("pull", "-d", "d", "--json", cwd=proj)
+    assert json.loads(r.stdout)["outputs"]["show"]["stdout"] == "v1"
+
+
+def test_validate_flags_a_flat_name_no_step_outputs(proj: Path) -> None:
+    (proj / "prefect.yaml").write_text(
+        "pull:\n  - git_clone: {repository: 'https://example.com/r.git'}\n"
+        "  - run_shell_script: {script: ls, directory: '{{ clone-output }}'}\n"
+        "deployments:\n  - name: d\n    entrypoint: src/app.py:main\n"
+    )
+    r = bs("validate", cwd=proj)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[:3] == [
+        "prefect.yaml:3:5: error: {{ clone-output }} does not match any step id or output before it "
+        "(Prefect would silently drop the value)",
+        "  at pull[1: run_shell_script]",
+        "  hint: outputs here: directory",
+    ]
