@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     from buildsys.errors import BuildsysError
 
     try:
-        cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=App())
+        code = cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=App())
+        if isinstance(code, int) and code:
+            sys.exit(code)  # standalone_mode=False returns ctx.exit(N)'s code instead of exiting
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
