@@ -62,8 +62,15 @@ def load_project(path: Path | str, *, strict: bool = False, text: str | None = N
             raise ProjectError(
                 [Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]
             ) from None
-    root = file.resolve().parent if text is not None else Path.cwd()
-    return parse_project(text, file=shown, root=root, strict=strict)
+        from buildsys import compiled
+
+        cached = compiled.cached_project(file, raw, strict)
+        if cached is not None:
+            return cached
+        project = parse_project(text, file=shown, root=file.resolve().parent, strict=strict)
+        compiled.remember_project(file, raw, strict, project)
+        return project
+    return parse_project(text, file=shown, root=file.resolve().parent, strict=strict)
 
 
 def parse_project(text: str, *, file: str, root: Path, strict: bool = False) -> Project:

@@ -41,3 +41,23 @@ def test_corrupt_compiled_file_is_ignored(isolated: Path) -> None:
     cached.write_bytes(b"not a pickle")
     again = compile_project(pf, sections=("build",), deployments=())
     assert [n.label for n in again.graph.nodes.values()] == ["a"]
+
+
+def test_loaded_projects_are_cached_by_content_and_entrypoint_existence(isolated: Path) -> None:
+    from buildsys.project import load_project
+
+    pf = isolated / "prefect.yaml"
+    pf.write_text("deployments:\n  - name: a\n    entrypoint: flows/a.py:a\n")
+    load_project(pf)
+    assert not (isolated / ".buildsys").exists()  # never creates .buildsys/ beside a bare file
+    (isolated / ".buildsys").mkdir()
+    first = load_project(pf)
+    assert [w.message for w in first.warnings] == [f"entrypoint file flows/a.py does not exist (relative to {isolated})"]
+    assert len(list((isolated / ".buildsys" / "projects").glob("*.pickle"))) == 1
+    again = load_project(pf)
+    assert again is not first and again == first  # unpickled: equal, not the same object
+    (isolated / "flows").mkdir()
+    (isolated / "flows" / "a.py").write_text("def a(): pass\n")
+    assert load_project(pf).warnings == ()  # the file appeared: loaded afresh, no warning
+    pf.write_text("deployments:\n  - name: b\n    entrypoint: flows/a.py:a\n")
+    assert [d.name for d in load_project(pf).deployments] == ["b"]
