@@ -63,9 +63,17 @@ class Workers:
     def start(self, *args: str, pool: str = "local", env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
         log = self.cwd / f"worker-{len(self.procs)}.log"
         cmd = [sys.executable, "-m", "buildsys", "--state", str(self.state), "worker", "start", "--pool", pool, *args]
+        # Per-run temp dirs go under the test's own tmp: a worker killed with SIGKILL cannot remove them.
+        tmp = self.cwd / "tmp"
+        tmp.mkdir(exist_ok=True)
         with log.open("w") as out:
             proc = subprocess.Popen(
-                cmd, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+                cmd,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "TMPDIR": str(tmp), **(env or {})},
             )
         self.procs.append(proc)
         self.logs.append(log)
