@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,11 @@ import pytest
 from buildsys.infra import Job
 from buildsys.infra.docker import RUNTIME_MOUNT, DockerInfrastructure, pull_policy
 from buildsys.pools import base_job_template, job_configuration
-from buildsys.store import open_store
 from buildsys.store.base import Change, StateStore
 from tests.infra.docker import TEST_LABELS
 from tests.infra.waiting import wait_for
-from tests.test_worker import FLOWS, Workers, final, log_lines
+from tests.infra.workers import Workers
+from tests.test_worker import FLOWS, final, log_lines
 
 pytestmark = pytest.mark.docker
 
@@ -41,20 +40,6 @@ def project(tmp_path: Path) -> Path:
     (root / "flows").mkdir(parents=True)
     (root / "flows" / "demo.py").write_text(DOCKER_FLOWS)
     return root
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    s = open_store(str(tmp_path / "state.db"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def workers(tmp_path: Path, store: StateStore) -> Iterator[Workers]:
-    w = Workers(tmp_path / "state.db", tmp_path)
-    yield w
-    w.stop_all()
 
 
 def docker_pool(store: StateStore, image: str, **defaults: Any) -> None:

@@ -4,7 +4,6 @@ cancel path exercised against the fake API server of tests/infra/k8s.py (there i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,11 @@ import pytest
 from buildsys.infra import InfrastructureError, Job
 from buildsys.infra.kubernetes import build_job, validate_manifest
 from buildsys.pools import base_job_template, default_job_template, job_configuration
-from buildsys.store import open_store
 from buildsys.store.base import Change, StateStore
 from tests.infra.k8s import FakeKubernetes
 from tests.infra.waiting import wait_for
-from tests.test_worker import FLOWS, Workers, final, log_lines
+from tests.infra.workers import Workers
+from tests.test_worker import FLOWS, final, log_lines
 
 
 def k8s_job(job_variables: dict[str, Any], template: dict[str, Any] | None = None) -> Job:
@@ -108,20 +107,6 @@ def project(tmp_path: Path) -> Path:
     (root / "flows").mkdir(parents=True)
     (root / "flows" / "demo.py").write_text(FLOWS)
     return root
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    s = open_store(str(tmp_path / "state.db"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def workers(tmp_path: Path, store: StateStore) -> Iterator[Workers]:
-    w = Workers(tmp_path / "state.db", tmp_path)
-    yield w
-    w.stop_all()
 
 
 def k8s_setup(store: StateStore, project: Path, function: str, image: str = "img:1", pod_timeout: int = 20) -> str:

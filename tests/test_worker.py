@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from buildsys.pools import default_job_template
 from buildsys.store import open_store
 from buildsys.store.base import Change, FlowRun, StateStore
 from tests.infra.waiting import wait_for
+from tests.infra.workers import Workers
 
 FLOWS = """
 import os, sys, time, pathlib
@@ -51,64 +50,12 @@ def show_env():
 """
 
 
-class Workers:
-    """Starts `buildsys worker start` subprocesses and always stops them."""
-
-    def __init__(self, state: Path | str, cwd: Path) -> None:
-        self.state = state
-        self.cwd = cwd
-        self.procs: list[subprocess.Popen[str]] = []
-        self.logs: list[Path] = []
-
-    def start(self, *args: str, pool: str = "local", env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-        log = self.cwd / f"worker-{len(self.procs)}.log"
-        cmd = [sys.executable, "-m", "buildsys", "--state", str(self.state), "worker", "start", "--pool", pool, *args]
-        # Per-run temp dirs go under the test's own tmp: a worker killed with SIGKILL cannot remove them.
-        tmp = self.cwd / "tmp"
-        tmp.mkdir(exist_ok=True)
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=self.cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env={**os.environ, "TMPDIR": str(tmp), **(env or {})},
-            )
-        self.procs.append(proc)
-        self.logs.append(log)
-        return proc
-
-    def output(self, proc: subprocess.Popen[str]) -> str:
-        return self.logs[self.procs.index(proc)].read_text()
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     (root / "flows").mkdir(parents=True)
     (root / "flows" / "demo.py").write_text(textwrap.dedent(FLOWS))
     return root
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    s = open_store(str(tmp_path / "state.db"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def workers(tmp_path: Path, store: StateStore) -> Iterator[Workers]:
-    w = Workers(tmp_path / "state.db", tmp_path)
-    yield w
-    w.stop_all()
 
 
 def add_pool(store: StateStore, name: str = "local", *, template: Mapping[str, Any] | None = None, **spec: Any) -> None:

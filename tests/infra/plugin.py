@@ -13,3 +13,4 @@ from tests.infra.registry import *  # noqa: F403
 from tests.infra.git import *  # noqa: F403
 from tests.infra.s3 import *  # noqa: F403
 from tests.infra.k8s import *  # noqa: F403
+from tests.infra.workers import *  # noqa: F403
