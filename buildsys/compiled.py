@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from buildsys import __version__
 from buildsys.graph import StepGraph
 from buildsys.model import Project
+from buildsys.noop import environment_fingerprint
 from buildsys.step import StepDef
 
 FORMAT = 1
@@ -62,41 +64,38 @@ def _key(path: Path, data: bytes, sections: Sequence[str], deployments: Sequence
     for part in (str(FORMAT), __version__, sys.version, str(path), ",".join(sections), ",".join(deployments)):
         h.update(part.encode() + b"\0")
     h.update(data)
-    here = {"", os.getcwd()}
-    for entry in sys.path:
-        if entry in here:
-            continue  # the current directory (python -m, -c): its mtime moves with every new file
-        try:
-            h.update(f"{entry}:{os.stat(entry).st_mtime_ns}".encode())
-        except OSError:
-            continue
+    for entry, mtime in environment_fingerprint():
+        h.update(f"{entry}:{mtime}".encode())
     return h.hexdigest()[:24]
 
 
 def _load(cache: Path) -> Compiled | None:
-    try:
-        with cache.open("rb") as fh:
-            obj = pickle.load(fh)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
-        return None
+    obj = _read_pickle(cache)
     return obj if isinstance(obj, Compiled) else None
 
 
 def _save(cache: Path, compiled: Compiled) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
+    _write_pickle(cache, compiled, max_age=7 * 86400)
+
+
+def _read_pickle(cache: Path) -> object:
+    try:
+        with cache.open("rb") as fh:
+            return pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+
+
+def _write_pickle(cache: Path, obj: object, *, max_age: float) -> None:
+    """Atomically replace `cache`, sweeping its siblings older than `max_age` seconds."""
     for old in cache.parent.glob("*.pickle"):
-        if old != cache and old.stat().st_mtime < _now() - 7 * 86400:
+        if old != cache and old.stat().st_mtime < time.time() - max_age:
             old.unlink(missing_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     with tmp.open("wb") as fh:
-        pickle.dump(compiled, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, cache)
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def _resolve(compiled: Compiled) -> bool:
@@ -162,12 +161,7 @@ class _LoadedProject:
 def cached_project(path: Path, data: bytes, strict: bool) -> Project | None:
     """The loaded project for exactly these bytes, if a previous load cached it and the entrypoint
     files its warnings mention still exist (or not) as they did."""
-    cache = _project_cache_path(path, data, strict)
-    try:
-        with cache.open("rb") as fh:
-            obj = pickle.load(fh)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
-        return None
+    obj = _read_pickle(_project_cache_path(path, data, strict))
     if not isinstance(obj, _LoadedProject):
         return None
     if any(os.path.isfile(f) != existed for f, existed in obj.entrypoints):
@@ -188,13 +182,7 @@ def remember_project(path: Path, data: bytes, strict: bool, project: Project) ->
         return  # only projects that already have a .buildsys/ (never write beside a bare file)
     try:
         cache.parent.mkdir(exist_ok=True)
-        for old in cache.parent.glob("*.pickle"):
-            if old != cache and old.stat().st_mtime < _now() - 86400:
-                old.unlink(missing_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(record, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, cache)
+        _write_pickle(cache, record, max_age=86400)
     except OSError:
         return
 

@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic, ProjectError
@@ -334,7 +333,3 @@ def to_json(graph: StepGraph) -> dict[str, Any]:
         ],
         "edges": [[d, k] for k, n in graph.nodes.items() for d in n.deps],
     }
-
-
-def project_root(project: Project) -> Path:
-    return project.root

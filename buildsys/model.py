@@ -14,8 +14,6 @@ from typing import Any
 
 from buildsys.errors import Diagnostic, Location
 
-SECTIONS = ("build", "push", "pull")
-
 
 @dataclass(frozen=True)
 class StepSpec:

@@ -7,7 +7,6 @@ a did-you-mean (errors under strict), and an invalid file fails before anything 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -552,9 +551,3 @@ def _interval_seconds(value: Any) -> float | None:
         w, d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
         return w * 604800 + d * 86400 + h * 3600 + mi * 60 + s
     return None
-
-
-def find_project_file(start: Path | None = None) -> Path:
-    """prefect.yaml in the current directory (Prefect does not search parents; neither do we)."""
-    base = start or Path(os.getcwd())
-    return base / "prefect.yaml"

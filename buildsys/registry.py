@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -185,13 +185,20 @@ def _from_import_path(name: str, root: Path, requires: Sequence[str]) -> StepDef
     return _as_stepdef(obj, name)
 
 
-def _import(module: str, root: Path) -> Any:
-    sys.path.insert(0, str(root))
+@contextlib.contextmanager
+def _on_path(directory: Path) -> Iterator[None]:
+    """Project-local modules import while `directory` is first on sys.path (as Prefect does)."""
+    sys.path.insert(0, str(directory))
     try:
-        return importlib.import_module(module)
+        yield
     finally:
         with contextlib.suppress(ValueError):
-            sys.path.remove(str(root))
+            sys.path.remove(str(directory))
+
+
+def _import(module: str, root: Path) -> Any:
+    with _on_path(root):
+        return importlib.import_module(module)
 
 
 def _load_file(path: Path) -> Any:
@@ -203,12 +210,8 @@ def _load_file(path: Path) -> Any:
         raise ImportError(str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    sys.path.insert(0, str(path.parent))
-    try:
+    with _on_path(path.parent):
         spec.loader.exec_module(module)
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(path.parent))
     return module
 
 
