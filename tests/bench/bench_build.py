@@ -1,6 +1,6 @@
 """Benchmark: buildsys vs doit vs GNU make on one synthetic project (not a pytest test).
 
-    .venv/bin/python tests/bench/bench_build.py [--markdown FILE] [--keep] [--repeat N]
+    .venv/bin/python tests/bench/bench_build.py [--markdown FILE] [--keep] [--repeat N] [--install wheel|editable]
 
 The generated project has 200 deployments, 1,000 cheap steps and 20,000 input files (20 per step).
 Deployments come in 50 groups of 4: a group shares a chain of 4 steps (one graph node each, used by
@@ -22,6 +22,10 @@ steps reran is measured the same way for every tool, from the stamp files whose 
 for buildsys it is also counted from its `--json` events, and both must name exactly the expected
 steps. Generated input files get mtimes an hour in the past, so buildsys's "racily clean" window
 (files modified within 2 s of being recorded are re-read) does not apply to the no-op runs.
+
+By default buildsys and doit run from a fresh virtual environment holding buildsys's wheel and doit
+(`pip install`, as users install them). `--install editable` runs them from the development venv
+instead, where every Python start also imports setuptools' editable-install finder.
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 GROUPS = 50
 DEPLOYMENTS_PER_GROUP = 4
@@ -223,9 +226,9 @@ class Tool:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def tools() -> list[Tool]:
-    buildsys = str(BIN / "buildsys")
-    doit = str(BIN / "doit")
+def tools(bin_dir: Path) -> list[Tool]:
+    buildsys = str(bin_dir / "buildsys")
+    doit = str(bin_dir / "doit")
     out = [
         Tool("buildsys", "buildsys", [buildsys, "build", "-j", "2"], {"-j 1": [buildsys, "build", "-j", "1"]}),
         Tool("make", "make", ["make", "-r", "-s", "-j2"], {"-j1": ["make", "-r", "-s"]}),
@@ -313,10 +316,10 @@ class Row:
     touch_reran: int = 0
 
 
-def measure(bench: Bench, repeat: int, log: Callable[[str], None]) -> dict[str, Row]:
-    rows = {t.name: Row() for t in tools()}
+def measure(bench: Bench, repeat: int, log: Callable[[str], None], bin_dir: Path) -> dict[str, Row]:
+    rows = {t.name: Row() for t in tools(bin_dir)}
     every = set(bench.nodes)
-    for tool in tools():
+    for tool in tools(bin_dir):
         timing, _ = run(tool.build, bench.root, tool.env)
         after = stamp_times(bench.root, tool)
         if set(after) != every:
@@ -324,8 +327,8 @@ def measure(bench: Bench, repeat: int, log: Callable[[str], None]) -> dict[str, 
         rows[tool.name].cold = timing
         log(f"cold   {tool.name:<16} {timing.wall:8.3f} s (CPU {timing.cpu:.3f} s)")
     # No-op: every form of every tool once per round, so a change in machine load hits all alike.
-    forms = [(tool, label, cmd) for tool in tools() for label, cmd in [("", tool.build), *tool.variants.items()]]
-    stamps = {tool.name: stamp_times(bench.root, tool) for tool in tools()}
+    forms = [(tool, label, cmd) for tool in tools(bin_dir) for label, cmd in [("", tool.build), *tool.variants.items()]]
+    stamps = {tool.name: stamp_times(bench.root, tool) for tool in tools(bin_dir)}
     series: dict[tuple[str, str], list[Timing]] = {(tool.name, label): [] for tool, label, _ in forms}
     for _ in range(repeat):
         for tool, label, cmd in forms:
@@ -347,7 +350,7 @@ def measure(bench: Bench, repeat: int, log: Callable[[str], None]) -> dict[str, 
         with open(changed, "a") as fh:
             fh.write(f"change {r}\n")
         log(f"change {changed.relative_to(bench.root)}: {len(expected)} steps depend on it")
-        for tool in tools():
+        for tool in tools(bin_dir):
             row = rows[tool.name]
             before = stamp_times(bench.root, tool)
             cmd = [*tool.build, "--json"] if tool.name == "buildsys" else tool.build
@@ -364,7 +367,7 @@ def measure(bench: Bench, repeat: int, log: Callable[[str], None]) -> dict[str, 
     # mtime-only touch (same content): make goes by mtime, the content-hashing tools do not rerun.
     touched = bench.root / bench.nodes[f"g{3 % bench.groups:02d}s0"].files[0]
     os.utime(touched, None)
-    for tool in tools():
+    for tool in tools(bin_dir):
         before = stamp_times(bench.root, tool)
         run(tool.build, bench.root, tool.env)
         rows[tool.name].touch_reran = len(reran(before, stamp_times(bench.root, tool)))
@@ -381,14 +384,14 @@ def _buildsys_events(stdout: str) -> set[str]:
     return ran
 
 
-def small_timings(root: Path, repeat: int) -> dict[str, list[Timing]]:
+def small_timings(root: Path, repeat: int, bin_dir: Path) -> dict[str, list[Timing]]:
     """`buildsys --help`, a no-op build of a 3-step project, and Python's own start-up for scale."""
     small_project(root)
-    buildsys = str(BIN / "buildsys")
+    buildsys = str(bin_dir / "buildsys")
     run([buildsys, "build"], root)  # cold
     out: dict[str, list[Timing]] = {}
     for label, cmd in (
-        ("`python -c pass` (interpreter start-up, for scale)", [sys.executable, "-c", "pass"]),
+        ("`python -c pass` (interpreter start-up, for scale)", [str(bin_dir / "python"), "-c", "pass"]),
         ("`buildsys --help`", [buildsys, "--help"]),
         ("`buildsys build`, no-op, 3 steps", [buildsys, "build"]),
     ):
@@ -400,7 +403,25 @@ def small_timings(root: Path, repeat: int) -> dict[str, list[Timing]]:
 # --- report -----------------------------------------------------------------------------------------
 
 
-def machine(started: float) -> str:
+def install(base: Path, form: str, log: Callable[[str], None]) -> Path:
+    """The bin directory the Python tools run from: a fresh venv with buildsys's wheel and doit,
+    or (`editable`) the development venv this script runs in."""
+    if form == "editable":
+        return Path(sys.executable).parent
+    wheels, venv = base / "wheels", base / "venv"
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    doit = subprocess.run([sys.executable, "-m", "pip", "show", "doit"], capture_output=True, text=True, check=True)
+    version = next(line.split(":", 1)[1].strip() for line in doit.stdout.splitlines() if line.startswith("Version:"))
+    wheel = next(wheels.glob("buildsys-*.whl"))
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, str(wheel), f"doit=={version}"], check=True)
+    log(f"installed {wheel.name} and doit {version} into {venv} in {time.time() - started:.1f} s")
+    return venv / "bin"
+
+
+def machine(started: float, bin_dir: Path, form: str) -> str:
     cpu_model = "?"
     with open("/proc/cpuinfo") as fh:
         for line in fh:
@@ -411,17 +432,19 @@ def machine(started: float) -> str:
         mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     make = subprocess.run(["make", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    doit = subprocess.run([str(BIN / "doit"), "--version"], capture_output=True, text=True).stdout.split()[0]
+    doit = subprocess.run([str(bin_dir / "doit"), "--version"], capture_output=True, text=True).stdout.split()[0]
     load = os.getloadavg()
     return (
         f"run started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}; nproc {os.cpu_count()} ({cpu_model}), "
         f"{mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; {make}; doit {doit}; buildsys at commit "
-        f"{commit.stdout.strip() or '?'}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+        f"{commit.stdout.strip() or '?'} ({'wheel in a fresh venv' if form == 'wheel' else 'editable install'}); load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
     )
 
 
-def report(rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int, started: float) -> str:
+def report(
+    rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int, started: float, bin_dir: Path, form: str
+) -> str:
     steps = len(bench.nodes)
     files = sum(len(n.files) for n in bench.nodes.values())
     expected = len(bench.dependents("g00s0"))
@@ -464,7 +487,7 @@ def report(rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, r
     ]
     for label, series in small.items():
         lines.append(f"| {label} | {wall(series) * 1000:.0f} ms | {cpu(series) * 1000:.0f} ms | {_fmt(series)} |")
-    lines += ["", f"Machine: {machine(started)}."]
+    lines += ["", f"Machine: {machine(started, bin_dir, form)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -474,17 +497,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--groups", type=int, default=GROUPS, help="groups of 4 deployments (default 50: full size)")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")
+    parser.add_argument(
+        "--install", choices=("wheel", "editable"), default="wheel", help="how buildsys and doit are installed (default: wheel)"
+    )
     args = parser.parse_args(argv)
     if shutil.which("make") is None:
         raise SystemExit("GNU make is not installed")
     base = Path(tempfile.mkdtemp(prefix="buildsys-bench-"))
     started = time.time()
     try:
+        log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        bin_dir = install(base, args.install, log)
         bench = generate(base / "big", args.groups)
-        print(f"generated {len(bench.nodes)} steps in {time.time() - started:.1f} s under {base}", file=sys.stderr)
-        rows = measure(bench, args.repeat, lambda line: print(line, file=sys.stderr, flush=True))
-        small = small_timings(base / "small", args.repeat)
-        text = report(rows, small, bench, args.repeat, started)
+        log(f"generated {len(bench.nodes)} steps in {time.time() - started:.1f} s under {base}")
+        rows = measure(bench, args.repeat, log, bin_dir)
+        small = small_timings(base / "small", args.repeat, bin_dir)
+        text = report(rows, small, bench, args.repeat, started, bin_dir, args.install)
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
