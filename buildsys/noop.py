@@ -17,7 +17,6 @@ import marshal
 import os
 import sys
 import time
-from array import array
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs a no-op ~3 ms
 if TYPE_CHECKING:
@@ -97,6 +96,8 @@ def write_manifest(
             dirs.append((d, os.stat(d).st_mtime_ns))
         except OSError:
             dirs.append((d, -1))
+    from array import array
+
     numbers = array("q")
     for _, size, mtime, ctime, ino in rows:
         numbers.extend((size, mtime, ctime, ino))
@@ -136,61 +137,46 @@ def still_valid(path: str) -> list[str] | None:
         return None
     if data.get("format") != FORMAT or data.get("python") != sys.version:
         return None
-    stat = os.stat
-    for d, mtime in data["dirs"]:
-        try:
-            if stat(d).st_mtime_ns != mtime:
-                return None
-        except OSError:
-            if mtime != -1:
-                return None
-    if not os.path.exists(data.get("cache", "")):
-        return None  # the cache was deleted: the steps' results are gone
-    environ = os.environ
-    for name, digest in data["env"]:
-        if env_digest(environ.get(name)) != digest:
-            return None
-    if [list(x) for x in environment_fingerprint()] != [list(x) for x in data["packages"]]:
-        return None
-    # The files last: their stat calls are nearly all of the cost.
     paths = data["paths"].split("\n") if data["paths"] else []
-    numbers = array("q")
-    numbers.frombytes(data["stats"])
-    if len(numbers) != 4 * len(paths) or not _files_unchanged(paths, numbers):
+    numbers = memoryview(data["stats"]).cast("q")  # not `array`: it imports collections.abc
+    if len(numbers) != 4 * len(paths):
+        return None
+    # One stat per input file is nearly all of the cost, so on a multi-core machine a forked
+    # helper checks the second part of the files while this process checks everything else
+    # (git preloads its index the same way, with threads; Python threads would queue on the GIL).
+    split = len(paths) // 2 if len(paths) >= PARALLEL_FROM and _cpus() > 1 else len(paths)
+    helper = _start_helper(paths, numbers, split) if split < len(paths) else None
+    if helper is None:
+        split = len(paths)
+    ok = _small_things_unchanged(data) and _files_unchanged(paths, numbers, 0, split)
+    if helper is not None:
+        ok = _join_helper(helper, ok)
+    if not ok:
         return None
     labels: list[str] = data["labels"]
     return labels
 
 
-def _files_unchanged(paths: list[str], numbers: array[int]) -> bool:
-    """Every file still has the recorded stat data. One stat per file is the whole cost of a
-    large no-op, so on a multi-core machine a forked helper checks half of them (like git's
-    preloaded index, but a process: Python threads would queue on the interpreter lock)."""
-    workers = _cpus() if len(paths) >= PARALLEL_FROM and hasattr(os, "fork") else 1
-    if workers < 2:
-        return _check_files(paths, numbers, 0, len(paths))
-    half = len(paths) // 2
-    try:
-        pid = os.fork()
-    except OSError:
-        return _check_files(paths, numbers, 0, len(paths))
-    if pid == 0:  # the helper: answer through the exit status, run nothing of the parent's
-        ok = False
+def _small_things_unchanged(data: dict[str, Any]) -> bool:
+    """The scanned directories, the cache, the environment variables and installed packages."""
+    stat = os.stat
+    for d, mtime in data["dirs"]:
         try:
-            ok = _check_files(paths, numbers, half, len(paths))
-        finally:
-            os._exit(0 if ok else 1)
-    ok = _check_files(paths, numbers, 0, half)
-    if not ok:
-        try:  # noqa: SIM105
-            os.kill(pid, 9)
+            if stat(d).st_mtime_ns != mtime:
+                return False
         except OSError:
-            pass
-    _, status = os.waitpid(pid, 0)
-    return ok and os.waitstatus_to_exitcode(status) == 0
+            if mtime != -1:
+                return False
+    if not os.path.exists(data.get("cache", "")):
+        return False  # the cache was deleted: the steps' results are gone
+    environ = os.environ
+    for name, digest in data["env"]:
+        if env_digest(environ.get(name)) != digest:
+            return False
+    return [list(x) for x in environment_fingerprint()] == [list(x) for x in data["packages"]]
 
 
-def _check_files(paths: list[str], numbers: array[int], start: int, end: int) -> bool:
+def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int) -> bool:
     stat = os.stat
     recorded = iter(numbers[4 * start : 4 * end])
     for p, size, mtime, ctime, ino in zip(paths[start:end], recorded, recorded, recorded, recorded, strict=True):
@@ -203,6 +189,33 @@ def _check_files(paths: list[str], numbers: array[int], start: int, end: int) ->
         if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
             return False
     return True
+
+
+def _start_helper(paths: list[str], numbers: memoryview, start: int) -> int | None:
+    """Fork a process that checks paths[start:] and answers through its exit status."""
+    if not hasattr(os, "fork"):
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid == 0:  # the helper runs nothing of the parent's: no atexit, no buffered output
+        ok = False
+        try:
+            ok = _files_unchanged(paths, numbers, start, len(paths))
+        finally:
+            os._exit(0 if ok else 1)
+    return pid
+
+
+def _join_helper(pid: int, ok: bool) -> bool:
+    if not ok:
+        try:  # noqa: SIM105 - contextlib is one more import on the no-op path
+            os.kill(pid, 9)  # the answer is already no: don't wait for the helper's half
+        except OSError:
+            pass
+    _, status = os.waitpid(pid, 0)
+    return ok and os.waitstatus_to_exitcode(status) == 0
 
 
 def _cpus() -> int:

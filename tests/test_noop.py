@@ -122,3 +122,35 @@ def test_unprovable_builds_leave_no_manifest(proj: Path) -> None:
     assert manifest(proj).exists()
     build(proj, "--no-cache")
     assert not manifest(proj).exists()
+
+
+@pytest.mark.parametrize("which", ["first", "last", "none"])
+def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(isolated: Path, which: str) -> None:
+    """Above PARALLEL_FROM files a forked helper checks the second half: a change in either half
+    (or a file gone) must still make the manifest invalid, and nothing is left running."""
+    files = []
+    for d in range(10):
+        folder = isolated / f"d{d}"
+        folder.mkdir()
+        for i in range(noop.PARALLEL_FROM // 10 + 50):
+            f = folder / f"f{i:04d}"
+            f.write_text(f"{d}/{i}\n")
+            age(f)
+            files.append(str(f))
+    cache = isolated / "cache.db"
+    cache.write_text("")
+    path = str(isolated / "manifest")
+    assert noop.write_manifest(path, files=files, directories=[], env={}, labels=["a", "b"], cache=str(cache))
+    assert noop.still_valid(path) == ["a", "b"]
+    changed = {"first": Path(sorted(files)[0]), "last": Path(sorted(files)[-1])}.get(which)
+    if changed is not None:
+        before = changed.stat()
+        changed.write_text("changed\n")
+        os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))  # only size and ctime differ
+        assert noop.still_valid(path) is None
+        changed.unlink()
+        assert noop.still_valid(path) is None
+    else:
+        assert noop.still_valid(path) == ["a", "b"]
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every helper was waited for

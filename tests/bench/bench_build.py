@@ -443,7 +443,7 @@ def machine(started: float, bin_dir: Path, form: str) -> str:
 
 
 def report(
-    rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int, started: float, bin_dir: Path, form: str
+    rows: dict[str, Row], small: dict[str, list[Timing]], bench: Bench, repeat: int, started: float, bin_dir: Path, install_form: str
 ) -> str:
     steps = len(bench.nodes)
     files = sum(len(n.files) for n in bench.nodes.values())
@@ -487,7 +487,7 @@ def report(
     ]
     for label, series in small.items():
         lines.append(f"| {label} | {wall(series) * 1000:.0f} ms | {cpu(series) * 1000:.0f} ms | {_fmt(series)} |")
-    lines += ["", f"Machine: {machine(started, bin_dir, form)}."]
+    lines += ["", f"Machine: {machine(started, bin_dir, install_form)}."]
     return "\n".join(lines) + "\n"
 
 
