@@ -410,15 +410,22 @@ def install(base: Path, form: str, log: Callable[[str], None]) -> Path:
         return Path(sys.executable).parent
     wheels, venv = base / "wheels", base / "venv"
     started = time.time()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)], check=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    quiet(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO))
+    quiet(sys.executable, "-m", "venv", str(venv))
     doit = subprocess.run([sys.executable, "-m", "pip", "show", "doit"], capture_output=True, text=True, check=True)
     version = next(line.split(":", 1)[1].strip() for line in doit.stdout.splitlines() if line.startswith("Version:"))
     wheel = next(wheels.glob("buildsys-*.whl"))
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, str(wheel), f"doit=={version}"], check=True)
+    quiet(*pip, str(wheel), f"doit=={version}")
     log(f"installed {wheel.name} and doit {version} into {venv} in {time.time() - started:.1f} s")
     return venv / "bin"
+
+
+def quiet(*cmd: str) -> None:
+    """Run a set-up command; its output only matters when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
 def machine(started: float, bin_dir: Path, form: str) -> str:
