@@ -208,7 +208,7 @@ class SqliteDatabase(Database):
                 str(self.path), timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = _wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
@@ -251,6 +251,22 @@ class SqliteDatabase(Database):
         ):
             return StateError(f"cannot use the state store {self.path}: {text}")
         return None
+
+
+def _wal(conn: sqlite3.Connection) -> Any:
+    """Switch to WAL mode. SQLite answers "database is locked" at once, without waiting, while
+    another connection holds the file during its own switch (two processes opening a new store
+    together), so this waits here, as the busy timeout would."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    delay = 0.002
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)  # a back-off, not synchronisation: the other side holds the lock briefly
+        delay = min(delay * 2, 0.1)
 
 
 _PLACEHOLDER = re.compile(r"\?")

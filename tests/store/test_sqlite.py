@@ -249,6 +249,34 @@ def test_racing_processes_claim_each_run_exactly_once(tmp_path: Path) -> None:
         assert store.list_runs(states=["SCHEDULED"]) == []
 
 
+def _open_new_store(path: str, ready: object, go: object) -> int:
+    ready.set()  # type: ignore[attr-defined]
+    go.wait(30)  # type: ignore[attr-defined]
+    with SqlStore.sqlite(path) as store:
+        return store.serial()
+
+
+def test_processes_opening_a_new_store_together_all_get_it(tmp_path: Path) -> None:
+    """SQLite refuses a switch to WAL at once ("database is locked", no busy wait) while another
+    connection is switching the same new file: two `apply`s on a fresh checkout hit this. Each
+    round starts 4 processes on one new file at the same moment; every open must succeed."""
+    ctx = multiprocessing.get_context("fork")
+    manager = ctx.Manager()
+    try:
+        with ctx.Pool(4) as pool:
+            for round_ in range(15):
+                path = str(tmp_path / f"state-{round_}.db")
+                readies = [manager.Event() for _ in range(4)]
+                go = manager.Event()
+                pending = pool.starmap_async(_open_new_store, [(path, readies[i], go) for i in range(4)])
+                for ready in readies:
+                    assert ready.wait(30)
+                go.set()
+                assert pending.get(60) == [0, 0, 0, 0]
+    finally:
+        manager.shutdown()
+
+
 def test_readers_are_not_blocked_and_writers_wait_for_the_lock(tmp_path: Path) -> None:
     """WAL: while another process holds the write lock, reads answer at once and an apply waits."""
     import threading
