@@ -1,26 +1,46 @@
 """YAML with source locations: plain values plus a map from document path to file:line:col.
 
-PyYAML's composer gives nodes with marks; we construct values ourselves so that anchors, aliases
-and merge keys behave as in `safe_load`, duplicate keys are errors (parsers silently keep the last
-one), and every mapping key and item keeps its location.
+Values are built straight from the parser's event stream (libyaml when installed), never from a
+node tree: PyYAML's composer keeps a node with two marks for every scalar of the file, which for a
+90,000-line project is ~150 MB and most of the load time. Anchors, aliases and merge keys behave
+as in `safe_load` (an alias is a fresh copy of what the anchor built, its locations pointing at the
+anchor), duplicate keys are errors (parsers silently keep the last one), and every mapping key and
+item keeps its location, packed into one int until someone asks for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    Event,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 
 from buildsys.errors import BuildsysError, Location
 
-try:  # the C composer is much faster; fall back when libyaml is missing
+try:  # the C parser is much faster; fall back when libyaml is missing
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 Path_ = tuple[str | int, ...]
+_COL_BITS = 32  # a packed location is line << 32 | column (1-based both)
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_INTERN_UP_TO = 64  # characters
 
 
 class YamlError(BuildsysError):
@@ -33,123 +53,239 @@ class Located:
 
     value: Any
     file: str
-    locations: dict[Path_, Location] = field(default_factory=dict)
+    locations: dict[Path_, int] = field(default_factory=dict)  # packed, see `_pack`
 
     def loc(self, path: Path_) -> Location | None:
         """The location of `path`, or of its nearest located ancestor."""
         while True:
             found = self.locations.get(path)
-            if found is not None or not path:
-                return found
+            if found is not None:
+                return Location(self.file, found >> _COL_BITS, found & ((1 << _COL_BITS) - 1))
+            if not path:
+                return None
             path = path[:-1]
 
 
+def _pack(event: Event) -> int:
+    mark: Any = event.start_mark  # the parser marks every event
+    return int((mark.line + 1) << _COL_BITS | (mark.column + 1))
+
+
+def _at(file: str, event: Event) -> Location:
+    mark: Any = event.start_mark
+    return Location(file, mark.line + 1, mark.column + 1)
+
+
+Next = Callable[[], Event]
+
+
 class _Builder:
-    def __init__(self, file: str) -> None:
+    """Builds one document's value from events. `path` None means: record no locations (keys,
+    and merge sources, whose locations nobody looks up)."""
+
+    def __init__(self, loader: Any, file: str) -> None:
+        self.loader = loader
         self.file = file
-        self.locations: dict[Path_, Location] = {}
-        self.scalars = yaml.constructor.SafeConstructor()
+        self.locations: dict[Path_, int] = {}
+        self.anchors: dict[str, list[Event] | None] = {}  # None while the anchored node is being built
+        self.recorders: list[list[Event]] = []  # the events of every anchored node being built
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.next_source: Next = self.source  # one bound method, so `nxt is self.next_source` works
 
-    def loc(self, node: yaml.Node) -> Location:
-        mark = node.start_mark
-        return Location(self.file, mark.line + 1, mark.column + 1)
+    def source(self) -> Event:
+        event: Event = self.loader.get_event()
+        for recorder in self.recorders:
+            recorder.append(event)
+        return event
 
-    def build(self, node: yaml.Node, path: Path_, active: tuple[int, ...] = ()) -> Any:
-        self.locations.setdefault(path, self.loc(node))
-        if id(node) in active:
-            raise YamlError("recursive YAML alias", location=self.loc(node))
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path, (*active, id(node)))
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), (*active, id(node))) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
+    def loc(self, event: Event) -> Location:
+        return _at(self.file, event)
+
+    def node(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
+        if path is not None:
+            self.locations.setdefault(path, _pack(event))
+        if isinstance(event, AliasEvent):
+            return self.alias(event, path)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None or nxt is not self.next_source:  # replayed events define no anchors
+            return self.content(event, path, nxt)
+        if anchor in self.anchors:
+            first = self.anchors[anchor]
+            where = f" (first defined at line {_at(self.file, first[0]).line})" if first else ""
+            raise YamlError(
+                f"not valid YAML: the anchor &{anchor} is defined twice{where}",
+                location=self.loc(event),
+                hint="give each anchor its own name",
+            )
+        self.anchors[anchor] = None
+        recorder: list[Event] = [event]
+        self.recorders.append(recorder)
         try:
-            return self.scalars.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            raise YamlError(f"bad YAML value: {exc}", location=self.loc(node)) from None
+            value = self.content(event, path, nxt)
+        finally:
+            self.recorders.remove(recorder)
+        self.anchors[anchor] = recorder
+        return value
 
-    def mapping(self, node: yaml.MappingNode, path: Path_, active: tuple[int, ...]) -> dict[str, Any]:
+    def alias(self, event: AliasEvent, path: Path_ | None) -> Any:
+        name = event.anchor
+        if name not in self.anchors:
+            raise YamlError(
+                f"not valid YAML: found undefined alias *{name}",
+                location=self.loc(event),
+                hint=f"define the anchor (&{name}) before using the alias (*{name})",
+            )
+        recorded = self.anchors[name]
+        if recorded is None:
+            raise YamlError(f"recursive YAML alias: *{name} is used inside the node &{name} names", location=self.loc(event))
+        replay = iter(recorded).__next__
+        return self.content(replay(), path, replay)
+
+    def content(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
+        if isinstance(event, MappingStartEvent):
+            return self.mapping(path, nxt)
+        if isinstance(event, SequenceStartEvent):
+            items: list[Any] = []
+            while not isinstance(item := nxt(), SequenceEndEvent):
+                items.append(self.node(item, None if path is None else (*path, len(items)), nxt))
+            return items
+        assert isinstance(event, ScalarEvent)
+        tag = self.tag(event)
+        if tag == _STR:
+            # Keys and short values repeat across a large project ("name", "Europe/Paris"):
+            # one shared string each, here and in everything built from them.
+            value: str = event.value
+            return intern(value) if len(value) <= _INTERN_UP_TO else value
+        scalar = yaml.ScalarNode(tag, event.value, None, None, style=event.style)
+        try:
+            return self.constructor.construct_object(scalar, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise YamlError(f"bad YAML value: {exc.problem}", location=self.loc(event)) from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            raise YamlError(f"bad YAML value {event.value!r} for {tag}: {exc}", location=self.loc(event)) from None
+        finally:
+            self.constructor.constructed_objects.clear()
+
+    def tag(self, event: ScalarEvent) -> str:
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        return str(tag)
+
+    def mapping(self, path: Path_ | None, nxt: Next) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
-        own_keys: set[Any] = set()
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                for source in self.merge_sources(value_node, path, active):
+        while not isinstance(key_event := nxt(), MappingEndEvent):
+            if isinstance(key_event, ScalarEvent) and self.tag(key_event) == _MERGE:
+                for source in self.merge_sources(nxt(), nxt):
                     for k, v in source.items():
                         merged.setdefault(k, v)
                 continue
-            key = self.build(key_node, (*path, "<key>"), active)
+            if isinstance(key_event, MappingStartEvent | SequenceStartEvent):
+                raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
+            key = self.node(key_event, None, nxt)
             if not isinstance(key, Hashable) or isinstance(key, list | dict):
-                raise YamlError("a mapping key must be a plain value", location=self.loc(key_node))
+                raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
             if isinstance(key, bool | int | float) or key is None:
-                key = _key_text(key_node, key)
-            if key in own_keys:
+                key = _key_text(key_event, key)
+            if key in result:
                 raise YamlError(
                     f"duplicate key {key!r}: YAML keeps only the last one, so the first would be silently lost",
-                    location=self.loc(key_node),
+                    location=self.loc(key_event),
                     hint="remove or rename one of the two entries",
                 )
-            own_keys.add(key)
-            child = (*path, key)
-            self.locations[child] = self.loc(key_node)
-            result[key] = self.build(value_node, child, active)
+            child = None if path is None else (*path, key)
+            if child is not None:
+                self.locations[child] = _pack(key_event)
+            result[key] = self.node(nxt(), child, nxt)
         for k, v in merged.items():
             result.setdefault(k, v)
         return result
 
-    def merge_sources(self, node: yaml.Node, path: Path_, active: tuple[int, ...]) -> list[dict[str, Any]]:
-        nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        sources = []
-        for n in nodes:
-            if not isinstance(n, yaml.MappingNode):
-                raise YamlError(
-                    "a merge key (<<) needs a mapping or a list of mappings", location=self.loc(n)
-                )
-            # Locations of merged values point at the anchor's definition; record under a
-            # scratch path so they never overwrite the real ones.
-            sources.append(self.mapping(n, (*path, "<merge>"), active))
-        return sources
+    def merge_sources(self, event: Event, nxt: Next) -> Iterator[dict[Any, Any]]:
+        """The mappings a merge key (<<) names: one mapping, an alias of one, or a list of them."""
+        if isinstance(event, SequenceStartEvent):
+            while not isinstance(item := nxt(), SequenceEndEvent):
+                yield self.merge_source(item, nxt)
+        else:
+            yield self.merge_source(event, nxt)
+
+    def merge_source(self, event: Event, nxt: Next) -> dict[Any, Any]:
+        value = self.node(event, None, nxt)
+        if not isinstance(value, dict):
+            raise YamlError("a merge key (<<) needs a mapping or a list of mappings", location=self.loc(event))
+        return value
 
 
-def _key_text(node: yaml.Node, value: object) -> str:
+def _key_text(event: Event, value: object) -> str:
     """Non-string keys (`200:`, `yes:`) are kept as the text that was written."""
-    raw = getattr(node, "value", None)
+    raw = getattr(event, "value", None)
     return raw if isinstance(raw, str) else str(value)
 
 
 def load_yaml(text: str, file: str) -> Located:
     """Parse one YAML document with locations. Raises YamlError with a location on bad input."""
+    loader = _Loader(text)
     try:
-        loader = _Loader(text)
+        builder = _Builder(loader, file)
         try:
-            root = loader.get_single_node()
-        finally:
-            loader.dispose()
+            value = _document(builder, builder.next_source)
+        except YamlError:
+            # A syntax error further on is the one to report (as a parser reading the whole file
+            # first would): the rest of the file is parsed, nothing else built.
+            while not isinstance(loader.get_event(), StreamEndEvent):
+                pass
+            raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         location = Location(file, mark.line + 1, mark.column + 1) if mark else None
         problem = exc.problem or str(exc)
         if exc.context and "alias" not in problem:
             problem = f"{exc.context}: {problem}" if exc.context else problem
-        raise YamlError(
-            f"not valid YAML: {problem}", location=location, hint=_yaml_hint(problem)
-        ) from None
+        at = text[mark.index] if mark and 0 <= mark.index < len(text) else ""
+        raise YamlError(f"not valid YAML: {problem}", location=location, hint=_yaml_hint(problem, at)) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"not valid YAML: {exc}", location=Location(file, 1, 1)) from None
     except UnicodeDecodeError:
         raise YamlError("the file is not UTF-8 text", location=Location(file, 1, 1)) from None
-    if root is None:
-        return Located(None, file, {(): Location(file, 1, 1)})
-    builder = _Builder(file)
-    value = builder.build(root, ())
+    except RecursionError:
+        raise YamlError("the YAML is nested too deeply to load", location=Location(file, 1, 1)) from None
+    finally:
+        loader.dispose()
+    if value is _EMPTY:
+        return Located(None, file, {(): 1 << _COL_BITS | 1})
     return Located(value, file, builder.locations)
 
 
-def _yaml_hint(problem: str) -> str | None:
-    if "found undefined alias" in problem:
-        return "define the anchor (&name) before using the alias (*name)"
-    if "found character '\\t'" in problem:
+_EMPTY = object()
+
+
+def _document(builder: _Builder, nxt: Next) -> Any:
+    """The value of the stream's only document (`_EMPTY` when there is none)."""
+    nxt()  # StreamStartEvent
+    start = nxt()
+    if isinstance(start, StreamEndEvent):
+        return _EMPTY
+    assert isinstance(start, DocumentStartEvent)
+    value = builder.node(nxt(), (), nxt)
+    end = nxt()
+    assert isinstance(end, DocumentEndEvent)
+    after = nxt()
+    if not isinstance(after, StreamEndEvent):
+        raise YamlError(
+            "not valid YAML: expected a single document in the stream: but found another document",
+            location=_at(builder.file, after),
+            hint="a prefect.yaml is one YAML document: remove the second `---`, or split the file",
+        )
+    return value
+
+
+def _yaml_hint(problem: str, at: str) -> str | None:
+    """`at` is the character where the parser stopped."""
+    if at == "\t" or "found character '\\t'" in problem:
         return "YAML does not allow tabs for indentation; use spaces"
+    if "cannot start any token" in problem:
+        return f"quote the value: a plain YAML value cannot start with {at!r}" if at else None
     if "mapping values are not allowed" in problem:
         return "check the indentation, or quote a value that contains ': '"
     return None

@@ -1,0 +1,112 @@
+"""The event-driven YAML loader: values as `safe_load` builds them, a location for every node,
+and one clear located error for each way a file can be bad."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from buildsys.errors import Location
+from buildsys.yamlsource import YamlError, load_yaml
+
+DOC = """\
+defaults: &defaults
+  pool: {name: k8s, job_variables: {cpu: 1}}
+  tags: [a, b]
+deployments:
+  - &first
+    name: one
+    <<: *defaults
+    tags: [own]
+  - <<: [*first, {retries: 3}]
+    name: two
+  - *first
+numbers: {int: 7, float: 1.5, bool: yes, null: ~, date: 2024-01-02, hex: 0x1f, quoted: "7"}
+200: status
+"""
+
+
+def error(text: str) -> str:
+    with pytest.raises(YamlError) as info:
+        load_yaml(text, "f.yaml")
+    (d,) = info.value.diagnostics()
+    return d.render()
+
+
+def test_values_are_what_safe_load_builds() -> None:
+    doc = load_yaml(DOC, "f.yaml")
+    expected = yaml.safe_load(DOC)
+    expected["200"] = expected.pop(200)  # non-string keys keep the text that was written
+    expected["numbers"]["null"] = expected["numbers"].pop(None)
+    assert doc.value == expected
+    one, two, three = doc.value["deployments"]
+    assert two == {"name": "two", "pool": one["pool"], "tags": ["own"], "retries": 3}
+    assert three == one and three is not one  # an alias is a fresh copy: editing one edits no other
+    assert three["pool"] is not one["pool"]
+
+
+def test_every_node_has_its_location_and_aliases_point_into_the_anchor() -> None:
+    doc = load_yaml(DOC, "f.yaml")
+    at = {
+        (): (1, 1),
+        ("defaults",): (1, 1),
+        ("defaults", "pool", "job_variables", "cpu"): (2, 37),
+        ("deployments", 0): (5, 5),
+        ("deployments", 0, "tags", 0): (8, 12),
+        ("deployments", 1, "name"): (10, 5),
+        ("deployments", 2): (11, 5),  # where the alias is used
+        ("deployments", 2, "tags", 0): (8, 12),  # inside it: where the anchored value was written
+        ("numbers", "hex"): (12, 69),
+        ("200",): (13, 1),
+    }
+    assert {path: doc.loc(path) for path in at} == {path: Location("f.yaml", *lc) for path, lc in at.items()}
+    # merged keys have no place of their own: the nearest located ancestor answers
+    assert doc.loc(("deployments", 0, "pool", "name")) == Location("f.yaml", 5, 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "rendered"),
+    [
+        ("a: 1\na: 2\n", "f.yaml:2:1: error: duplicate key 'a': YAML keeps only the last one, so the first would be "
+         "silently lost\n  hint: remove or rename one of the two entries"),
+        ("a: *nowhere\n", "f.yaml:1:4: error: not valid YAML: found undefined alias *nowhere\n"
+         "  hint: define the anchor (&nowhere) before using the alias (*nowhere)"),
+        ("a: &x 1\nb: &x 2\n", "f.yaml:2:4: error: not valid YAML: the anchor &x is defined twice (first defined at "
+         "line 1)\n  hint: give each anchor its own name"),
+        ("a: &x [1, *x]\n", "f.yaml:1:11: error: recursive YAML alias: *x is used inside the node &x names"),
+        ("a: 1\n---\nb: 2\n", "f.yaml:2:1: error: not valid YAML: expected a single document in the stream: but "
+         "found another document\n  hint: a prefect.yaml is one YAML document: remove the second `---`, or split "
+         "the file"),
+        ("a: !!int ten\n", "f.yaml:1:4: error: bad YAML value 'ten' for tag:yaml.org,2002:int: invalid literal for "
+         "int() with base 10: 'ten'"),
+        ("a: !Ref x\n", "f.yaml:1:4: error: bad YAML value: could not determine a constructor for the tag '!Ref'"),
+        ("? [a, b]\n: c\n", "f.yaml:1:3: error: a mapping key must be a plain value"),
+        ("a: &m [1]\nb: {<<: *m}\n", "f.yaml:2:9: error: a merge key (<<) needs a mapping or a list of mappings"),
+        ("a:\n\tb: 1\n", "f.yaml:2:1: error: not valid YAML: while scanning for the next token: found character "
+         "that cannot start any token\n  hint: YAML does not allow tabs for indentation; use spaces"),
+        ("a: @b\n", "f.yaml:1:4: error: not valid YAML: while scanning for the next token: found character "
+         "that cannot start any token\n  hint: quote the value: a plain YAML value cannot start with '@'"),
+    ],
+)
+def test_bad_input_gets_one_located_error(text: str, rendered: str) -> None:
+    assert error(text) == rendered
+
+
+def test_a_syntax_error_later_in_the_file_wins_over_a_bad_value_before_it() -> None:
+    """As when the whole file is parsed first: the broken syntax is what must be fixed first."""
+    assert error("a: !!int ten\nb: [unclosed\n").startswith("f.yaml:3:1: error: not valid YAML: while parsing a flow")
+
+
+def test_empty_documents() -> None:
+    assert load_yaml("", "f.yaml").value is None
+    assert load_yaml("# only a comment\n", "f.yaml").loc(()) == Location("f.yaml", 1, 1)
+    assert load_yaml("---\n", "f.yaml").value is None
+
+
+def test_deep_nesting_is_an_error_not_a_crash() -> None:
+    assert load_yaml("[" * 300 + "]" * 300, "f.yaml").loc((0,) * 299) == Location("f.yaml", 1, 300)
+    assert error("[" * 900 + "]" * 900) == "f.yaml:1:1: error: the YAML is nested too deeply to load"
+    # deeper still, libyaml refuses first
+    assert error("[" * 2000 + "]" * 2000) == (
+        "f.yaml:1:1001: error: not valid YAML: while increasing flow level: exceeded maximum nesting depth"
+    )
