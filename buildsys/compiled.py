@@ -23,7 +23,7 @@ from buildsys.model import Project
 from buildsys.noop import environment_fingerprint
 from buildsys.step import StepDef
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _code_stamp() -> str:
 
     here = Path(loader.__file__).parent
     parts = []
-    for f in (Path(loader.__file__), here / "schema.py", here / "yamlsource.py"):
+    for f in (Path(loader.__file__), here / "schema.py", here / "yamlsource.py", here / "model.py", here / "errors.py"):
         try:
             parts.append(str(f.stat().st_mtime_ns))
         except OSError:

@@ -15,7 +15,7 @@ from typing import Any
 from buildsys.errors import Diagnostic, Location
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepSpec:
     """One step as written: `- step.name: {id, requires, needs, inputs, **kwargs}`."""
 
@@ -36,7 +36,7 @@ class StepSpec:
         return self.id or f"{self.name.rsplit('.', 1)[-1]}#{self.index}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScheduleSpec:
     """One schedule item: exactly one of cron / interval / rrule."""
 
@@ -53,7 +53,7 @@ class ScheduleSpec:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkPoolRef:
     """A deployment's `work_pool:` block."""
 
@@ -63,7 +63,7 @@ class WorkPoolRef:
     location: Location | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Deployment:
     """One `deployments[*]` entry, with build/push/pull already resolved per Prefect's rules."""
 
@@ -98,7 +98,7 @@ class Deployment:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueueSpec:
     name: str
     priority: int | None = None
@@ -108,7 +108,7 @@ class QueueSpec:
     location: Location | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     """A buildsys `work_pools[*]` entry."""
 
@@ -125,14 +125,14 @@ class PoolSpec:
     declared: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VariableSpec:
     name: str
     value: Any
     location: Location | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Project:
     """A loaded, validated project file."""
 
