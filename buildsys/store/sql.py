@@ -17,7 +17,14 @@ from buildsys.store import sqlclaims, sqlruns
 from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
 from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, now
 from buildsys.store.migrations import migrate
-from buildsys.store.rows import RESOURCE_COLUMNS, check_json, dump, indexed_columns, resource_from_row
+from buildsys.store.rows import (
+    RESOURCE_COLUMNS,
+    SharedSpecs,
+    check_json,
+    dump,
+    indexed_columns,
+    resource_from_row,
+)
 from buildsys.store.snapshot import export_store, import_store
 from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
 
@@ -62,7 +69,8 @@ class SqlStore:
             sql, params = sql + " WHERE kind = ?", (kind,)
         with self._db.tx() as tx:
             rows = tx.run(sql + " ORDER BY kind, name", params)
-        return [resource_from_row(r) for r in rows]
+        read_spec = SharedSpecs()
+        return [resource_from_row(r, read_spec) for r in rows]
 
     def get_resource(self, kind: str, name: str) -> Resource | None:
         _check_kind(kind)
