@@ -125,7 +125,9 @@ def test_unprovable_builds_leave_no_manifest(proj: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["first", "last", "none"])
-def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(isolated: Path, which: str) -> None:
+def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
+    isolated: Path, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Above PARALLEL_FROM files a forked helper checks the second half: a change in either half
     (or a file gone) must still make the manifest invalid, and nothing is left running."""
     files = []
@@ -137,6 +139,16 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(isolated
             f.write_text(f"{d}/{i}\n")
             age(f)
             files.append(str(f))
+    helpers: list[int] = []
+    fork = os.fork
+
+    def recorded_fork() -> int:
+        pid = fork()
+        if pid:
+            helpers.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recorded_fork)
     cache = isolated / "cache.db"
     cache.write_text("")
     path = str(isolated / "manifest")
@@ -152,5 +164,8 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(isolated
         assert noop.still_valid(path) is None
     else:
         assert noop.still_valid(path) == ["a", "b"]
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)  # every helper was waited for
+    if noop._cpus() > 1:
+        assert len(helpers) == (3 if changed is not None else 2)  # one per still_valid call
+    for pid in helpers:  # every helper was waited for
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
