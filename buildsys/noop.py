@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
-FORMAT = 3
+FORMAT = 4
 PARALLEL_FROM = 4096  # files; below this a forked helper costs more than it saves
 RACY_NS = 2_000_000_000
 StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
@@ -106,7 +106,8 @@ def write_manifest(
         "python": sys.version,
         "packages": environment_fingerprint(),
         # One string and one packed array load far faster than 20,000 small tuples.
-        "paths": "\n".join(r[0] for r in rows),
+        # relative to the project root where they are under it: shorter to load and to look up
+        "paths": "\n".join(_relative(r[0], _root_of(path)) for r in rows),
         "stats": numbers.tobytes(),
         "dirs": dirs,
         "env": sorted((k, env_digest(v)) for k, v in env.items()),
@@ -119,6 +120,16 @@ def write_manifest(
         marshal.dump(data, fh)
     os.replace(tmp, path)
     return True
+
+
+def _root_of(manifest: str) -> str:
+    """The project root of a manifest at ROOT/.buildsys/noop/TAG."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
+
+
+def _relative(path: str, root: str) -> str:
+    prefix = root.rstrip(os.sep) + os.sep
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def remove(path: str) -> None:
@@ -141,16 +152,26 @@ def still_valid(path: str) -> list[str] | None:
     numbers = memoryview(data["stats"]).cast("q")  # not `array`: it imports collections.abc
     if len(numbers) != 4 * len(paths):
         return None
-    # One stat per input file is nearly all of the cost, so on a multi-core machine a forked
-    # helper checks the second part of the files while this process checks everything else
-    # (git preloads its index the same way, with threads; Python threads would queue on the GIL).
-    split = len(paths) // 2 if len(paths) >= PARALLEL_FROM and _cpus() > 1 else len(paths)
-    helper = _start_helper(paths, numbers, split) if split < len(paths) else None
-    if helper is None:
-        split = len(paths)
-    ok = _small_things_unchanged(data) and _files_unchanged(paths, numbers, 0, split)
-    if helper is not None:
-        ok = _join_helper(helper, ok)
+    if os.stat not in os.supports_dir_fd:
+        return None  # (Windows) the engine decides
+    try:
+        root = os.open(_root_of(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        # One stat per input file is nearly all of the cost, so on a multi-core machine a forked
+        # helper checks the second part of the files while this process checks everything else
+        # (git preloads its index the same way, with threads; Python threads would queue on the
+        # GIL). This process also stats the directories: the helper takes that many more files.
+        split = (len(paths) - len(data["dirs"])) // 2 if len(paths) >= PARALLEL_FROM and _cpus() > 1 else len(paths)
+        helper = _start_helper(paths, numbers, split, root) if 0 < split < len(paths) else None
+        if helper is None:
+            split = len(paths)
+        ok = _small_things_unchanged(data) and _files_unchanged(paths, numbers, 0, split, root)
+        if helper is not None:
+            ok = _join_helper(helper, ok)
+    finally:
+        os.close(root)
     if not ok:
         return None
     labels: list[str] = data["labels"]
@@ -176,12 +197,13 @@ def _small_things_unchanged(data: dict[str, Any]) -> bool:
     return [list(x) for x in environment_fingerprint()] == [list(x) for x in data["packages"]]
 
 
-def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int) -> bool:
+def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int, root: int) -> bool:
+    """paths[start:end] (relative to the directory `root`, or absolute) still have their stat data."""
     stat = os.stat
     recorded = iter(numbers[4 * start : 4 * end])
     for p, size, mtime, ctime, ino in zip(paths[start:end], recorded, recorded, recorded, recorded, strict=True):
         try:
-            st = stat(p)
+            st = stat(p, dir_fd=root)
         except OSError:
             if size != -1:
                 return False
@@ -191,7 +213,7 @@ def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int
     return True
 
 
-def _start_helper(paths: list[str], numbers: memoryview, start: int) -> int | None:
+def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int) -> int | None:
     """Fork a process that checks paths[start:] and answers through its exit status."""
     if not hasattr(os, "fork"):
         return None
@@ -202,7 +224,7 @@ def _start_helper(paths: list[str], numbers: memoryview, start: int) -> int | No
     if pid == 0:  # the helper runs nothing of the parent's: no atexit, no buffered output
         ok = False
         try:
-            ok = _files_unchanged(paths, numbers, start, len(paths))
+            ok = _files_unchanged(paths, numbers, start, len(paths), root)
         finally:
             os._exit(0 if ok else 1)
     return pid
