@@ -458,7 +458,7 @@ def read_desired(
         if loaded is not None and ref is None:
             project = loaded
         else:
-            project = load_project(project_file, strict=strict, text=rev.text)
+            project = load_project(project_file, strict=strict, text=rev.text, file_exists=rev.exists)
         owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
         state = desired_state(
             project,

@@ -7,7 +7,7 @@ a did-you-mean (errors under strict), and an invalid file fails before anything 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,17 @@ DOCKER_BUILD_NAMES = frozenset(
 )
 
 
-def load_project(path: Path | str, *, strict: bool = False, text: str | None = None) -> Project:
-    """Load and validate a project file. Raises ProjectError listing every problem found."""
+def load_project(
+    path: Path | str,
+    *,
+    strict: bool = False,
+    text: str | None = None,
+    file_exists: Callable[[str], bool] | None = None,
+) -> Project:
+    """Load and validate a project file. Raises ProjectError listing every problem found.
+
+    `text` is the file's content when it does not come from disk (`--ref`); `file_exists` then
+    answers for files relative to the project root at that revision (entrypoints)."""
     file = Path(path)
     shown = str(path)
     if text is None:
@@ -69,10 +78,12 @@ def load_project(path: Path | str, *, strict: bool = False, text: str | None = N
         project = parse_project(text, file=shown, root=file.resolve().parent, strict=strict)
         compiled.remember_project(file, raw, strict, project)
         return project
-    return parse_project(text, file=shown, root=file.resolve().parent, strict=strict)
+    return parse_project(text, file=shown, root=file.resolve().parent, strict=strict, file_exists=file_exists)
 
 
-def parse_project(text: str, *, file: str, root: Path, strict: bool = False) -> Project:
+def parse_project(
+    text: str, *, file: str, root: Path, strict: bool = False, file_exists: Callable[[str], bool] | None = None
+) -> Project:
     try:
         doc = load_yaml(text, file)
     except YamlError as exc:
@@ -81,7 +92,7 @@ def parse_project(text: str, *, file: str, root: Path, strict: bool = False) -> 
     problems = list(schema_problems(doc, strict))
     if any(p.is_error for p in problems):
         raise ProjectError(_sorted(problems))
-    loader = _Narrower(doc, root, problems)
+    loader = _Narrower(doc, root, problems, file_exists)
     project = loader.project(Path(file))
     if strict:
         problems = [Diagnostic("error", p.message, p.location, p.path, p.hint) for p in problems]
@@ -139,8 +150,11 @@ def _check_kind(doc: Located) -> None:
 class _Narrower:
     """Turns the validated document into frozen dataclasses, applying Prefect's section rules."""
 
-    def __init__(self, doc: Located, root: Path, problems: list[Diagnostic]) -> None:
+    def __init__(
+        self, doc: Located, root: Path, problems: list[Diagnostic], file_exists: Callable[[str], bool] | None = None
+    ) -> None:
         self.doc = doc
+        self.file_exists = file_exists or (lambda rel: (root / rel).is_file())
         self.data: dict[str, Any] = doc.value if isinstance(doc.value, dict) else {}
         self.root = root
         self.problems = problems
@@ -377,7 +391,7 @@ class _Narrower:
     def check_entrypoint(self, entrypoint: str, path: Path_) -> None:
         if ".py:" in entrypoint:
             file = entrypoint.rsplit(":", 1)[0]
-            if not (self.root / file).is_file():
+            if not self.file_exists(file):
                 self.warn(
                     f"entrypoint file {file} does not exist (relative to {self.root})",
                     path,

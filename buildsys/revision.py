@@ -6,6 +6,7 @@ commit, whether the working tree is dirty, and the repository facts the project 
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,12 @@ class Revision:
             "dirty": self.dirty,
         }
 
+    def exists(self, relpath: str) -> bool:
+        """A file relative to the project root exists at this revision."""
+        if self._tree is None:
+            return (self.root / relpath).is_file()
+        return self._blob(relpath) is not None
+
     def read(self, relpath: str) -> str | None:
         """A file relative to the project root at this revision; None when it does not exist."""
         if self._tree is None:
@@ -50,16 +57,20 @@ class Revision:
                 return path.read_text(encoding="utf-8", errors="replace")
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
-        prefix = "" if self.repo_root is None else self.root.resolve().relative_to(self.repo_root).as_posix()
-        full = f"{prefix}/{relpath}" if prefix not in ("", ".") else relpath
-        try:
-            blob = self._tree / full
-        except KeyError:
-            return None
-        if blob.type != "blob":
+        blob = self._blob(relpath)
+        if blob is None:
             return None
         data: bytes = blob.data_stream.read()
         return data.decode("utf-8", errors="replace")
+
+    def _blob(self, relpath: str) -> Any:
+        prefix = "" if self.repo_root is None else self.root.resolve().relative_to(self.repo_root).as_posix()
+        full = f"{prefix}/{relpath}" if prefix not in ("", ".") else relpath
+        try:
+            blob = self._tree / posixpath.normpath(full)
+        except KeyError:
+            return None
+        return blob if blob.type == "blob" else None
 
 
 def open_revision(project_file: Path, ref: str | None = None) -> Revision:

@@ -430,3 +430,23 @@ def test_the_same_commands_against_the_http_store(repo: Path, tmp_path: Path) ->
             "nightly-etl/nightly",
             "region",
         ]
+
+
+def test_ref_checks_entrypoint_files_at_that_commit_not_in_the_working_tree(repo: Path) -> None:
+    git(repo, "tag", "v1")
+    git(repo, "mv", "flows/etl.py", "flows/pipeline.py")
+    write(repo / "prefect.yaml", PROJECT.replace("flows/etl.py", "flows/pipeline.py"))
+    commit(repo, "moved")
+    at_v1 = run(repo, "plan", "--ref", "v1")
+    assert at_v1.returncode == 0, at_v1.stderr
+    assert "does not exist" not in at_v1.stdout  # flows/etl.py is gone from disk, but not from v1
+    (repo / "flows" / "pipeline.py").unlink()
+    here = run(repo, "plan")
+    at_head = run(repo, "plan", "--ref", "HEAD")
+    assert here.returncode == 0 and at_head.returncode == 0, here.stderr + at_head.stderr
+    assert "does not exist" not in at_head.stdout  # committed at HEAD, deleted only on disk
+    assert [line for line in here.stdout.splitlines() if "does not exist" in line] == [
+        f"warning: prefect.yaml:{n}:5: entrypoint file flows/pipeline.py does not exist (relative to "
+        f"{repo.resolve()}) (entrypoints are relative to the directory that holds the project file)"
+        for n in (11, 20)
+    ]
