@@ -156,7 +156,12 @@ def desired_state(
     flows: dict[str, FlowInfo] = {}  # many deployments share one flow: parse each file once
     for d in select_deployments(project, select):
         res = deployment_resource(
-            d, read=read, outputs=(outputs(d) if outputs else None), warnings=warnings, flows=flows
+            d,
+            read=read,
+            outputs=(outputs(d) if outputs else None),
+            warnings=warnings,
+            flows=flows,
+            commit=source.get("commit"),
         )
         if res.name in seen:
             raise DesiredStateError(
@@ -237,6 +242,7 @@ def deployment_resource(
     outputs: BuildOutputs | None,
     warnings: list[Diagnostic],
     flows: dict[str, FlowInfo] | None = None,
+    commit: str | None = None,
 ) -> DesiredResource:
     if not d.entrypoint:
         raise DesiredStateError(
@@ -267,7 +273,7 @@ def deployment_resource(
         "name": d.name,
         "entrypoint": d.entrypoint.removeprefix("./"),
         "description": r.value(d.description, "description") if d.description else info.docstring,
-        "version": r.value(d.version, "version"),
+        "version": _version(d, r, commit, warnings),
         "tags": _tags(r.value(d.tags, "tags")),
         "parameters": r.value(dict(d.parameters), "parameters"),
         "parameter_schema": info.parameter_schema,
@@ -293,6 +299,39 @@ def deployment_resource(
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
     )
+
+
+VERSION_TYPES = ("prefect:simple", "vcs:git", "vcs:github", "vcs:gitlab", "vcs:bitbucket", "vcs:azuredevops")
+
+
+def _version(d: Deployment, r: _Renderer, commit: str | None, warnings: list[Diagnostic]) -> Any:
+    """`version` as written; unset with a `vcs:*` version_type, the commit the plan is made from.
+    Unlike Prefect, an unset version_type infers nothing: a version that follows every commit
+    would make every plan change every deployment."""
+    if d.version is not None or d.version_type is None:
+        return r.value(d.version, "version")
+    kind = d.version_type
+    if kind not in VERSION_TYPES:
+        raise DesiredStateError(
+            f"deployment {d.name!r}: unknown version_type {kind!r}",
+            location=d.location,
+            path=f"{d.path}.version_type",
+            hint="one of " + ", ".join(VERSION_TYPES),
+        )
+    if not kind.startswith("vcs:"):
+        return None
+    if commit is None:
+        warnings.append(
+            Diagnostic(
+                "warning",
+                f"deployment {d.name!r} has version_type {kind} but the project is not in a git repository "
+                "with a commit; its version stays unset",
+                d.location,
+                d.path,
+                "commit the project, or set `version:`",
+            )
+        )
+    return commit
 
 
 def _flow(entrypoint: str, read: SourceReader, cache: dict[str, FlowInfo]) -> FlowInfo:

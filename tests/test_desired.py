@@ -371,3 +371,49 @@ def test_yaml_dates_become_iso_text_before_they_are_checked(tmp_path: Path) -> N
     _, state = read_desired(file)
     assert state.get("variable", "since").spec == {"value": "2024-01-31"}  # type: ignore[union-attr]
     assert state.get("deployment", "etl/d").spec["parameters"] == {"start": "2024-01-31"}  # type: ignore[union-attr]
+
+
+VERSIONED = """\
+deployments:
+  - {name: pinned, entrypoint: f.py:f, version: "1.2", version_type: vcs:git}
+  - {name: from-git, entrypoint: f.py:f, version_type: vcs:git}
+  - {name: from-github, entrypoint: f.py:f, version_type: vcs:github}
+  - {name: simple, entrypoint: f.py:f, version_type: "prefect:simple"}
+  - {name: plain, entrypoint: f.py:f}
+"""
+
+
+def test_vcs_version_type_takes_the_commit_and_nothing_else_infers_a_version(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", VERSIONED)
+    write(tmp_path / "f.py", "def f(): ...\n")
+    _, outside = read_desired(file)
+    assert {r.name: r.spec["version"] for r in outside.resources} == {
+        "f/pinned": "1.2", "f/from-git": None, "f/from-github": None, "f/simple": None, "f/plain": None,
+    }
+    assert [w.message for w in outside.warnings if "version_type" in w.message] == [
+        f"deployment {name!r} has version_type {kind} but the project is not in a git repository with a "
+        "commit; its version stays unset"
+        for name, kind in (("from-git", "vcs:git"), ("from-github", "vcs:github"))
+    ]
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "c")
+    sha = git(tmp_path, "rev-parse", "HEAD")
+    _, inside = read_desired(file)
+    assert {r.name: r.spec["version"] for r in inside.resources} == {
+        "f/pinned": "1.2", "f/from-git": sha, "f/from-github": sha, "f/simple": None, "f/plain": None,
+    }
+    assert not [w for w in inside.warnings if "version_type" in w.message]
+
+
+def test_an_unknown_version_type_is_an_error(tmp_path: Path) -> None:
+    file = write(tmp_path / "prefect.yaml", "deployments:\n  - {name: a, entrypoint: f.py:f, version_type: svn}\n")
+    write(tmp_path / "f.py", "def f(): ...\n")
+    with pytest.raises(DesiredStateError) as info:
+        read_desired(file)
+    (d,) = info.value.diagnostics()
+    assert (d.message, d.path, d.hint) == (
+        "deployment 'a': unknown version_type 'svn'",
+        "deployments[a].version_type",
+        "one of prefect:simple, vcs:git, vcs:github, vcs:gitlab, vcs:bitbucket, vcs:azuredevops",
+    )
