@@ -283,7 +283,7 @@ def deployment_resource(
         "pull_steps": r.pull_steps(d.pull),
         "concurrency_limit": d.concurrency_limit,
         "concurrency_options": dict(d.concurrency_options) if d.concurrency_options else None,
-        "triggers": [dict(t) for t in d.triggers],
+        "triggers": _triggers(d, r),
     }
     managed = set(DEPLOYMENT_KEYS)
     for key, yaml_keys in DEPLOYMENT_WHEN_DECLARED.items():
@@ -299,6 +299,21 @@ def deployment_resource(
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
     )
+
+
+def _triggers(d: Deployment, r: _Renderer) -> list[dict[str, Any]]:
+    """Prefect's rules: everything is templated except a trigger's `parameters` (event templates,
+    filled when the trigger fires), and an unnamed trigger is `<deployment>__automation_<n>`."""
+    out = []
+    for n, trigger in enumerate(d.triggers, start=1):
+        rest = {k: v for k, v in trigger.items() if k != "parameters"}
+        item: dict[str, Any] = r.value(rest, f"triggers[{n - 1}]")
+        if "parameters" in trigger:
+            item["parameters"] = trigger["parameters"]
+        if item.get("name") is None:
+            item["name"] = f"{d.name}__automation_{n}"
+        out.append(item)
+    return out
 
 
 VERSION_TYPES = ("prefect:simple", "vcs:git", "vcs:github", "vcs:gitlab", "vcs:bitbucket", "vcs:azuredevops")

@@ -417,3 +417,37 @@ def test_an_unknown_version_type_is_an_error(tmp_path: Path) -> None:
         "deployments[a].version_type",
         "one of prefect:simple, vcs:git, vcs:github, vcs:gitlab, vcs:bitbucket, vcs:azuredevops",
     )
+
+
+def test_triggers_are_templated_except_their_parameters_and_get_prefects_default_names(tmp_path: Path) -> None:
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        build:
+          - run_shell_script: {id: tag, script: echo v1}
+        deployments:
+          - name: listener
+            entrypoint: f.py:f
+            triggers:
+              - type: event
+                expect: ["s3.object.{{ tag.stdout }}"]
+                parameters: {key: "{{ event.payload.key }}"}
+              - type: event
+                name: named
+                expect: [done]
+        """,
+    )
+    write(tmp_path / "f.py", "def f(key=None): ...\n")
+    project, _ = read_desired(file)
+    built = BuildOutputs({"tag": {"stdout": "created"}})
+    _, state = read_desired(file, outputs=lambda p: (lambda d: built), loaded=project)
+    (deployment,) = state.resources
+    assert deployment.spec["triggers"] == [
+        {
+            "type": "event",
+            "expect": ["s3.object.created"],
+            "parameters": {"key": "{{ event.payload.key }}"},  # filled when the event arrives
+            "name": "listener__automation_1",
+        },
+        {"type": "event", "name": "named", "expect": ["done"]},
+    ]
