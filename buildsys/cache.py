@@ -62,6 +62,9 @@ class Cache:
         self._touched: list[tuple[str, str, str, str, float, float]] = []
         self._entries: dict[str, Sequence[Any]] | None = None
         self.reads = 0  # files actually read and hashed (tests count these)
+        # (size, mtime_ns, ctime_ns, inode) of every file digested, by absolute path: the no-op
+        # manifest records these instead of asking the file system again
+        self.observed: dict[str, tuple[int, int, int, int]] = {}
 
     # --- connection ---------------------------------------------------------------------------
     @property
@@ -99,30 +102,45 @@ class Cache:
 
     def digest(self, path: str) -> str | None:
         """Digest of a file relative to the root (None when it does not exist)."""
-        full = os.path.join(self.root, path)
-        try:
-            st = os.stat(full)
-        except OSError:
-            return None
+        return self.digests([path])[path]
+
+    def digests(self, paths: Sequence[str]) -> dict[str, str | None]:
+        """Digests of files relative to the root (None for a missing one). A file whose stat data
+        matches what was recorded when it was last hashed is not read again; this loop runs for
+        every input file of every step, so it is kept tight."""
         stats = self._load_stats()
-        known = stats.get(path)
-        if known is not None:
-            size, mtime, ctime, inode, digest, recorded = known
+        observed = self.observed
+        prefix = os.path.join(str(self.root), "")
+        stat = os.stat
+        out: dict[str, str | None] = {}
+        for path in paths:
+            full = prefix + path if not os.path.isabs(path) else path
+            try:
+                st = stat(full)
+            except OSError:
+                out[path] = None
+                continue
+            size, mtime, ctime, inode = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+            observed[full] = (size, mtime, ctime, inode)
+            known = stats.get(path)
             if (
-                size == st.st_size
-                and mtime == st.st_mtime_ns
-                and ctime == st.st_ctime_ns
-                and inode == st.st_ino
-                and st.st_mtime_ns < recorded - RACY_NS
+                known is not None
+                and known[0] == size
+                and known[1] == mtime
+                and known[2] == ctime
+                and known[3] == inode
+                and mtime < known[5] - RACY_NS
             ):
-                return digest
-        digest = _hash_file(full)
-        with self._lock:
-            self.reads += 1
-            row = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest, time.time_ns())
-            stats[path] = row
-            self._pending[path] = row
-        return digest
+                out[path] = known[4]
+                continue
+            digest = _hash_file(full)
+            with self._lock:
+                self.reads += 1
+                row = (size, mtime, ctime, inode, digest, time.time_ns())
+                stats[path] = row
+                self._pending[path] = row
+            out[path] = digest
+        return out
 
     def flush(self) -> None:
         """Write buffered file digests and cache-hit history in one transaction."""
@@ -281,7 +299,7 @@ class FileSet:
             if lines:
                 import pathspec
 
-                self._spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+                self._spec = pathspec.GitIgnoreSpec.from_lines(lines)  # git's own matching rules
         return self._spec
 
     def expand(self, patterns: Iterable[str], base: Path) -> list[str]:
@@ -315,23 +333,28 @@ class FileSet:
         import fnmatch
 
         out: list[str] = []
+        prefix = self._rel_str(os.path.normpath(directory))
+        if any(part in ALWAYS_IGNORED for part in prefix.split(os.sep)):
+            return out
         self.scanned.add(os.path.normpath(directory))
         try:
             entries = list(os.scandir(directory))
         except OSError:
             return out
-        prefix = self._rel_str(os.path.normpath(directory))
         prefix = "" if prefix == "." else prefix + os.sep
         hidden_ok = name.startswith(".")
+        spec = self._ignore_spec()
+        wanted = set(fnmatch.filter([e.name for e in entries], name))  # one call, not one per entry
         for entry in entries:
-            if (entry.name.startswith(".") and not hidden_ok) or not fnmatch.fnmatchcase(entry.name, name):
+            n = entry.name
+            if n not in wanted or (n.startswith(".") and not hidden_ok) or n in ALWAYS_IGNORED:
                 continue
             if entry.is_dir():
                 out.extend(self._walk(Path(entry.path)))
-            else:
-                rel = prefix + entry.name
-                if not self._ignored(rel):
-                    out.append(rel)
+                continue
+            rel = prefix + entry.name
+            if spec is None or not spec.match_file(rel):
+                out.append(rel)
         return out
 
     def _rel_str(self, path: str) -> str:

@@ -47,6 +47,7 @@ class Dependencies:
     directories: set[str] = field(default_factory=set)
     env: dict[str, str | None] = field(default_factory=dict)
     provable: bool = True  # False: some decision needed a hook, a listing we did not track, …
+    stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # seen while digesting
 
 
 @dataclass
@@ -225,6 +226,7 @@ class Engine:
     def _note_dependencies(self) -> None:
         deps = self.dependencies
         deps.directories |= self.files.scanned
+        deps.stats = self.cache.observed
         if self.files.opaque or not self.use_cache:
             deps.provable = False
         for prep in self.prepared.values():
@@ -414,9 +416,9 @@ class Engine:
         files = self.files.expand(patterns, self.project.root)
         if stepdef.files_hook is not None:
             files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd)
-        digests = {f: self.cache.digest(f) or "(missing)" for f in sorted(set(files))}
-        root = str(self.project.root)
-        self.dependencies.files.update(os.path.join(root, f) for f in digests)
+        digests = {f: d or "(missing)" for f, d in self.cache.digests(sorted(set(files))).items()}
+        prefix = os.path.join(str(self.project.root), "")
+        self.dependencies.files.update([f if os.path.isabs(f) else prefix + f for f in digests])
         for name in env_used:
             self.dependencies.env[name] = self.env.get(name)
         upstream = {

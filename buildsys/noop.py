@@ -66,7 +66,11 @@ def _sha256_hex(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
 
-def stat_row(path: str) -> StatRow:
+def stat_row(path: str, known: Mapping[str, tuple[int, int, int, int]] | None = None) -> StatRow:
+    """(path, size, mtime_ns, ctime_ns, inode); from `known` (seen during the build) when there."""
+    seen = known.get(path) if known else None
+    if seen is not None:
+        return (path, *seen)
     try:
         st = os.stat(path)
     except OSError:
@@ -82,11 +86,16 @@ def write_manifest(
     env: Mapping[str, str | None],
     labels: Sequence[str],
     cache: str,
+    known: Mapping[str, tuple[int, int, int, int]] | None = None,
 ) -> bool:
     """Record what a successful all-cached-or-ran build depended on. False (nothing written) when
-    a file was modified too recently to trust its stat data (git's "racily clean" rule)."""
+    a file was modified too recently to trust its stat data (git's "racily clean" rule).
+
+    `known` holds stat data the build saw when it digested files: recording what the decision was
+    based on (rather than stat-ing again) can only make the next check fall through needlessly,
+    never pass wrongly."""
     now = time.time_ns()
-    rows = [stat_row(f) for f in sorted(set(files))]
+    rows = [stat_row(f, known) for f in sorted(set(files))]
     if any(r[1] >= 0 and r[2] >= now - RACY_NS for r in rows):
         remove(path)
         return False

@@ -169,3 +169,23 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
     for pid in helpers:  # every helper was waited for
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def test_stat_data_seen_by_the_build_is_recorded_and_a_file_changed_since_is_not_trusted(isolated: Path) -> None:
+    """The manifest records the stat data the build decided on (no second stat per file); a file
+    that moved after that (a step rewrote it) makes the next check fall through to the engine."""
+    a, b = isolated / "a.txt", isolated / "b.txt"
+    for f in (a, b):
+        f.write_text("1\n")
+        age(f)
+    cache = isolated / "cache.db"
+    cache.write_text("")
+    seen = {str(p): (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for p in (a, b) for st in [p.stat()]}
+    path = str(isolated / ".buildsys" / "noop" / "m")
+    assert noop.write_manifest(path, files=[str(a), str(b)], directories=[], env={}, labels=["s"], cache=str(cache), known=seen)
+    assert noop.still_valid(path) == ["s"]
+    b.write_text("2\n")
+    age(b)
+    stale = {**seen}  # what the build saw of b before a step rewrote it
+    assert noop.write_manifest(path, files=[str(a), str(b)], directories=[], env={}, labels=["s"], cache=str(cache), known=stale)
+    assert noop.still_valid(path) is None

@@ -71,6 +71,7 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         env=deps.env,
         labels=[result.graph.nodes[k].label for k in result.graph.order()],
         cache=os.path.join(root, ".buildsys", "cache.db"),
+        known=deps.stats,
     )
 
 
