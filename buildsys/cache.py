@@ -38,6 +38,11 @@ IGNORE_FILES = (".buildsysignore", ".gitignore")
 ALWAYS_IGNORED = (".git", ".buildsys", "__pycache__", ".venv")
 
 
+def is_absolute(path: str) -> bool:
+    """os.path.isabs for the per-file loops: on POSIX a plain prefix test (isabs costs ~1 µs)."""
+    return path.startswith("/") if os.sep == "/" else os.path.isabs(path)
+
+
 @dataclass(frozen=True)
 class Entry:
     node: str
@@ -114,7 +119,7 @@ class Cache:
         stat = os.stat
         out: dict[str, str | None] = {}
         for path in paths:
-            full = prefix + path if not os.path.isabs(path) else path
+            full = path if is_absolute(path) else prefix + path
             try:
                 st = stat(full)
             except OSError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.cache import Cache, FileSet, key_of, secret_digest
+from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
 from buildsys.errors import BuildsysError, Diagnostic, ProjectError, StepError, TemplateError
 from buildsys.graph import StepGraph, StepNode, build_graph
 from buildsys.model import Project
@@ -418,7 +418,7 @@ class Engine:
             files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd)
         digests = {f: d or "(missing)" for f, d in self.cache.digests(sorted(set(files))).items()}
         prefix = os.path.join(str(self.project.root), "")
-        self.dependencies.files.update([f if os.path.isabs(f) else prefix + f for f in digests])
+        self.dependencies.files.update([f if is_absolute(f) else prefix + f for f in digests])
         for name in env_used:
             self.dependencies.env[name] = self.env.get(name)
         upstream = {
