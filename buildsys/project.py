@@ -23,7 +23,7 @@ from buildsys.model import (
     WorkPoolRef,
 )
 from buildsys.schema import describe_path, schema_problems
-from buildsys.yamlsource import Located, YamlError, load_yaml
+from buildsys.yamlsource import Located, SeveralDocuments, YamlError, load_yaml
 
 Path_ = tuple[str | int, ...]
 RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
@@ -86,6 +86,9 @@ def parse_project(
 ) -> Project:
     try:
         doc = load_yaml(text, file)
+    except SeveralDocuments as exc:
+        _check_kind(exc.first)  # a multi-document Kubernetes manifest is said to be one
+        raise ProjectError(exc.diagnostics()) from None
     except YamlError as exc:
         raise ProjectError(exc.diagnostics()) from None
     _check_kind(doc)

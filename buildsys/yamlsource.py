@@ -47,6 +47,19 @@ class YamlError(BuildsysError):
     """The file is not valid YAML (or uses YAML in a way we refuse, like duplicate keys)."""
 
 
+class SeveralDocuments(YamlError):
+    """The file holds more than one YAML document; `first` is the first one, loaded (a caller can
+    tell what kind of file it is: a multi-document Kubernetes manifest, say)."""
+
+    def __init__(self, first: Located, location: Location) -> None:
+        super().__init__(
+            "not valid YAML: expected a single document in the stream: but found another document",
+            location=location,
+            hint="a prefect.yaml is one YAML document: remove the second `---`, or split the file",
+        )
+        self.first = first
+
+
 @dataclass
 class Located:
     """A loaded document: the value and the location of every node by its path."""
@@ -244,6 +257,15 @@ def load_yaml(text: str, file: str) -> Located:
             problem = f"{exc.context}: {problem}" if exc.context else problem
         at = text[mark.index] if mark and 0 <= mark.index < len(text) else ""
         raise YamlError(f"not valid YAML: {problem}", location=location, hint=_yaml_hint(problem, at)) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise YamlError(
+            f"not valid YAML: the character {char!r} (#x{ord(char):04x}) is not allowed in a YAML file",
+            location=Location(file, line, col),
+            hint="is this a binary file? a prefect.yaml is UTF-8 text",
+        ) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"not valid YAML: {exc}", location=Location(file, 1, 1)) from None
     except UnicodeDecodeError:
@@ -272,11 +294,7 @@ def _document(builder: _Builder, nxt: Next) -> Any:
     assert isinstance(end, DocumentEndEvent)
     after = nxt()
     if not isinstance(after, StreamEndEvent):
-        raise YamlError(
-            "not valid YAML: expected a single document in the stream: but found another document",
-            location=_at(builder.file, after),
-            hint="a prefect.yaml is one YAML document: remove the second `---`, or split the file",
-        )
+        raise SeveralDocuments(Located(value, builder.file, builder.locations), _at(builder.file, after))
     return value
 
 

@@ -203,3 +203,16 @@ deployments:
     assert (pool.name, pool.type, pool.concurrency_limit) == ("local", "process", 4)
     assert pool.queues[0].name == "urgent" and pool.queues[0].priority == 1
     assert [(v.name, v.value) for v in project.variables] == [("region", "eu-west-1")]
+
+
+def test_a_multi_document_kubernetes_manifest_is_named_as_one(tmp_path: Path) -> None:
+    p = write(tmp_path, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Secret\n")
+    assert errors_of(p) == [
+        f"{p}:1:1: error: {p} looks like a Kubernetes manifest (kind: ConfigMap), not a prefect.yaml\n"
+        "  hint: point -f at the project's prefect.yaml"
+    ]
+    two = write(tmp_path, "deployments: []\n---\ndeployments: []\n", "two.yaml")
+    assert errors_of(two) == [
+        f"{two}:2:1: error: not valid YAML: expected a single document in the stream: but found another document\n"
+        "  hint: a prefect.yaml is one YAML document: remove the second `---`, or split the file"
+    ]

@@ -84,6 +84,8 @@ def test_every_node_has_its_location_and_aliases_point_into_the_anchor() -> None
         ("a: &m [1]\nb: {<<: *m}\n", "f.yaml:2:9: error: a merge key (<<) needs a mapping or a list of mappings"),
         ("a:\n\tb: 1\n", "f.yaml:2:1: error: not valid YAML: while scanning for the next token: found character "
          "that cannot start any token\n  hint: YAML does not allow tabs for indentation; use spaces"),
+        ("a: 1\nb: x\x01y\n", "f.yaml:2:5: error: not valid YAML: the character '\\x01' (#x0001) is not allowed in a "
+         "YAML file\n  hint: is this a binary file? a prefect.yaml is UTF-8 text"),
         ("a: @b\n", "f.yaml:1:4: error: not valid YAML: while scanning for the next token: found character "
          "that cannot start any token\n  hint: quote the value: a plain YAML value cannot start with '@'"),
     ],
