@@ -357,7 +357,7 @@ class FileSet:
             if entry.is_dir():
                 out.extend(self._walk(Path(entry.path)))
                 continue
-            rel = prefix + entry.name
+            rel = prefix + n
             if spec is None or not spec.match_file(rel):
                 out.append(rel)
         return out
