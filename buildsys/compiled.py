@@ -113,8 +113,8 @@ def _resolve(compiled: Compiled) -> bool:
         for name, value in compiled.values.items():
             if value is not None:
                 compiled.stepdefs[name] = registry.load_value(value, name)
-            else:
-                compiled.stepdefs[name] = registry.resolve(name, root)
+            else:  # no plugin claimed it when compiled; the key covers installed packages
+                compiled.stepdefs[name] = registry.resolve_import_path(name, root)
     except Exception:
         return False  # anything odd: compile again, which reports it properly
     return True

@@ -33,6 +33,26 @@ def test_reused_then_recompiled_on_project_or_step_file_change(isolated: Path) -
     assert "has no input 'bogus'" in info.value.render()
 
 
+def test_a_reused_compiled_project_loads_file_steps_without_scanning_plugins(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its key covers the installed packages, so no plugin can have claimed the name since."""
+    from buildsys import registry
+
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1}\n")
+    compile_project(pf, sections=("build",), deployments=())
+    registry.refresh()
+
+    def no_scan() -> dict[str, list[object]]:
+        raise AssertionError("entry points were scanned")
+
+    monkeypatch.setattr(registry, "_claims", no_scan)
+    again = compile_project(pf, sections=("build",), deployments=())
+    assert again.stepdefs["s.py:act"].func(n=2) == {"n": 2}
+
+
 def test_corrupt_compiled_file_is_ignored(isolated: Path) -> None:
     pf = isolated / "prefect.yaml"
     pf.write_text("build:\n  - run_shell_script: {id: a, script: echo}\n")
