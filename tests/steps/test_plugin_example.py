@@ -79,8 +79,10 @@ def project(isolated: Path) -> Path:
 def test_the_plugins_own_tests_pass_against_the_installed_plugin(plugin_site: Path) -> None:
     source = plugin_site.parent / "source"  # the copy it was installed from
     # Only pytest itself: the big plugins of this virtualenv (hypothesis, schemathesis) are not needed.
-    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], source, plugin_site,
-               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    # Its temp dirs go under this test's own (removed with it), not into the shared pytest-of-USER.
+    basetemp = plugin_site.parent / "plugin-pytest"
+    done = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}", "tests"],
+               source, plugin_site, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.fullmatch(r"4 passed in [0-9.]+s", done.stdout.strip().splitlines()[-1])
 
