@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.events import (
@@ -103,12 +103,14 @@ class _Builder:
         self.anchors: dict[str, list[Event] | None] = {}  # None while the anchored node is being built
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
         self.constructor = yaml.constructor.SafeConstructor()
+        self.plain_tags: dict[str, str] = {}  # keys and values repeat: resolve each text once
         self.next_source: Next = self.source  # one bound method, so `nxt is self.next_source` works
 
     def source(self) -> Event:
         event: Event = self.loader.get_event()
-        for recorder in self.recorders:
-            recorder.append(event)
+        if self.recorders:
+            for recorder in self.recorders:
+                recorder.append(event)
         return event
 
     def loc(self, event: Event) -> Location:
@@ -181,6 +183,12 @@ class _Builder:
 
     def tag(self, event: ScalarEvent) -> str:
         tag = event.tag
+        if tag is None and event.implicit[0]:  # a plain scalar: its text alone decides (memoised)
+            value = event.value
+            tag = self.plain_tags.get(value)
+            if tag is None:
+                tag = self.plain_tags[value] = str(self.loader.resolve(yaml.ScalarNode, value, event.implicit))
+            return tag
         if tag is None or tag == "!":
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         return str(tag)
@@ -188,19 +196,22 @@ class _Builder:
     def mapping(self, path: Path_ | None, nxt: Next) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
-        while not isinstance(key_event := nxt(), MappingEndEvent):
-            if isinstance(key_event, ScalarEvent) and self.tag(key_event) == _MERGE:
-                for source in self.merge_sources(nxt(), nxt):
-                    for k, v in source.items():
-                        merged.setdefault(k, v)
-                continue
-            if isinstance(key_event, MappingStartEvent | SequenceStartEvent):
+        while (kind := type(key_event := nxt())) is not MappingEndEvent:
+            if kind is ScalarEvent and cast(ScalarEvent, key_event).anchor is None:  # nearly every key
+                scalar = cast(ScalarEvent, key_event)
+                tag = self.tag(scalar)
+                if tag == _MERGE:
+                    for source in self.merge_sources(nxt(), nxt):
+                        for k, v in source.items():
+                            merged.setdefault(k, v)
+                    continue
+                key = intern(scalar.value) if tag == _STR else self.content(scalar, None, nxt)
+            elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
-            key = self.node(key_event, None, nxt)
-            if not isinstance(key, Hashable) or isinstance(key, list | dict):
-                raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
-            if isinstance(key, bool | int | float) or key is None:
-                key = _key_text(key_event, key)
+            else:
+                key = self.node(key_event, None, nxt)  # an alias, or an anchored scalar
+            if type(key) is not str:
+                key = self.odd_key(key, key_event)
             if key in result:
                 raise YamlError(
                     f"duplicate key {key!r}: YAML keeps only the last one, so the first would be silently lost",
@@ -214,6 +225,15 @@ class _Builder:
         for k, v in merged.items():
             result.setdefault(k, v)
         return result
+
+    def odd_key(self, key: Any, event: Event) -> Any:
+        """A key that is not a string: numbers, booleans and null keep the text written (`200:`,
+        `yes:`); anything else (a list or mapping through an alias) is refused."""
+        if isinstance(key, list | dict | set) or not isinstance(key, Hashable):
+            raise YamlError("a mapping key must be a plain value", location=self.loc(event))
+        if isinstance(key, bool | int | float) or key is None:
+            return _key_text(event, key)
+        return key  # a date, bytes, …: kept as YAML built it
 
     def merge_sources(self, event: Event, nxt: Next) -> Iterator[dict[Any, Any]]:
         """The mappings a merge key (<<) names: one mapping, an alias of one, or a list of them."""
