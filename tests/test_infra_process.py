@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from buildsys.infra import InfrastructureError, Job
 from buildsys.infra.process import ProcessInfrastructure
 from buildsys.runtime import CONTROL_PREFIX
-from tests.infra.waiting import wait_for
+from tests.infra.waiting import process_alive, wait_for
 
 
 class Lines:
@@ -108,7 +107,7 @@ def test_terminate_stops_the_whole_process_group(tmp_path: Path) -> None:
     outcome = execution.wait(10)
     assert outcome is not None
     assert (outcome.exit_code, outcome.message) == (-15, "the flow-run process was killed by SIGTERM")
-    wait_for(lambda: not _alive(grandchild), 10, "the flow's own child to be stopped too")
+    wait_for(lambda: not process_alive(grandchild), 10, "the flow's own child to be stopped too")
 
 
 def test_kill_after_sigterm_is_ignored(tmp_path: Path) -> None:
@@ -128,14 +127,3 @@ def test_kill_after_sigterm_is_ignored(tmp_path: Path) -> None:
     outcome = execution.wait(10)
     assert outcome is not None and outcome.exit_code == -9
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False

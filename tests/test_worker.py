@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import textwrap
 import time
@@ -15,7 +14,7 @@ import pytest
 from buildsys.pools import default_job_template
 from buildsys.store import open_store
 from buildsys.store.base import Change, FlowRun, StateStore
-from tests.infra.waiting import wait_for
+from tests.infra.waiting import process_alive, wait_for
 from tests.infra.workers import Workers
 
 FLOWS = """
@@ -214,7 +213,7 @@ def test_cancelling_a_running_process_run(store: StateStore, project: Path, work
         "CANCELLED",
         "Cancelled on request: the flow-run infrastructure was stopped.",
     )
-    wait_for(lambda: not _alive(pid), 5, "the flow process to be gone")
+    wait_for(lambda: not process_alive(pid), 5, "the flow process to be gone")
 
 
 def test_scheduled_run_starts_within_a_second_of_its_time(store: StateStore, project: Path, workers: Workers) -> None:
@@ -259,7 +258,7 @@ def test_killed_worker_is_crashed_by_lease_expiry_and_retried(
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
     # the orphaned flow process notices its worker died and stops (no double execution)
-    wait_for(lambda: not _alive(first_pid), 5, "the orphaned flow process to stop")
+    wait_for(lambda: not process_alive(first_pid), 5, "the orphaned flow process to stop")
     workers.start("--name", "rescuer", "--lease", "2")
     retried = wait_for(lambda: (r := store.get_run(run.id)).attempt == 2 and r, 15, "the run to be retried")
     assert time.monotonic() - killed_at < 2 + 2 + 5  # lease + housekeeping interval + slack
@@ -331,18 +330,6 @@ def test_four_workers_a_thousand_runs_through_the_http_store(project: Path, tmp_
             workers.stop_all()
             store.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie of an exited child counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_pool_concurrency_limit_holds_across_workers(

@@ -14,13 +14,14 @@ refused while a server starts); any other exception propagates at once.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["WaitTimeout", "wait_for"]
+__all__ = ["WaitTimeout", "process_alive", "wait_for"]
 
 
 class WaitTimeout(AssertionError):
@@ -73,3 +74,17 @@ def wait_for(
         else f"last value: {last_value!r}"
     )
     raise WaitTimeout(f"timed out after {elapsed:.1f} s waiting for {what} ({attempts} attempts; {last})")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie of an exited child counts as gone), for
+    ``wait_for(lambda: not process_alive(pid), ...)``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
