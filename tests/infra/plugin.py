@@ -14,3 +14,4 @@ from tests.infra.git import *  # noqa: F403
 from tests.infra.s3 import *  # noqa: F403
 from tests.infra.k8s import *  # noqa: F403
 from tests.infra.workers import *  # noqa: F403
+from tests.infra.prefect import *  # noqa: F403
