@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("buildsys.cli.server", "server"),
     "cache": ("buildsys.cli.cache", "cache"),
     "state": ("buildsys.cli.state", "state"),
+    "help": ("buildsys.cli.help", "help_"),
+    "completion": ("buildsys.cli.completion", "completion"),
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -59,6 +61,8 @@ SHORT_HELP: dict[str, str] = {
     "server": "Serve the state store over HTTP.",
     "cache": "Inspect and clean the build cache.",
     "state": "Show, export and import the state store.",
+    "help": "Read a help topic (`buildsys help` lists them).",
+    "completion": "Print the shell completion script (bash, zsh, fish).",
 }
 
 

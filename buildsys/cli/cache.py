@@ -6,6 +6,7 @@ import time
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 
@@ -38,7 +39,7 @@ def ls(app: App) -> None:
 
 
 @cache.command("explain")
-@click.argument("step")
+@click.argument("step", shell_complete=completion.step_ids)
 @common_options
 @pass_app
 def explain(app: App, step: str) -> None:

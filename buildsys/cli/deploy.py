@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     multiple=True,
     metavar="NAME",
     help="Only these deployments (names or globs).",
+    shell_complete=completion.deployments,
 )
 @click.option("-j", "--jobs", type=int, default=None, help="Steps run in parallel (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid", "json"]), default="text", show_default=True)
-@click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob).")
+@click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob).",
+              shell_complete=completion.deployments)
 @click.option("--push/--no-push", "with_push", default=True, help="Include the push section.", show_default=True)
 @common_options
 @pass_app

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     multiple=True,
     metavar="NAME",
     help="Only these deployments (names or globs).",
+    shell_complete=completion.deployments,
 )
 @common_options
 @pass_app

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import NotFoundError
 
@@ -84,7 +85,7 @@ def show(app: App, name: str) -> None:
 
 
 @pool.command("preview")
-@click.argument("deployment")
+@click.argument("deployment", shell_complete=completion.deployments)
 @click.option("--job-variable", "-j", "job_vars", multiple=True, metavar="K=V", help="A run's override to preview.")
 @common_options
 @pass_app

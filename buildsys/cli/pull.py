@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("-d", "--deployment", "deployment", required=True, help="The deployment whose pull steps to run.")
+@click.option("-d", "--deployment", "deployment", required=True, help="The deployment whose pull steps to run.",
+              shell_complete=completion.deployments)
 @common_options
 @pass_app
 def pull(app: App, deployment: str) -> None:

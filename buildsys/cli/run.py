@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import BuildsysError, NotFoundError
 
@@ -41,7 +42,7 @@ class Signature:
 
 
 @click.command("run")
-@click.argument("deployment")
+@click.argument("deployment", shell_complete=completion.deployments)
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Flow parameter (VALUE parsed as JSON if it parses).")
 @click.option("--job-variable", "-j", "job_vars", multiple=True, metavar="K=V", help="Job variable override for this run.")
 @click.option("--wait", is_flag=True, help="Wait until the run finishes; exit 1 unless it completed.")

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 RESERVED = ("id", "requires", "needs", "inputs")
@@ -46,7 +47,7 @@ def ls(app: App) -> None:
 
 
 @steps.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.step_names)
 @common_options
 @pass_app
 def show(app: App, name: str) -> None:
