@@ -14,12 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from buildsys.plan import ABSENT, EMPTY_DEFAULTS, FieldChange, Plan, ResourceChange
+from buildsys.sensitive import is_secret_name, mask_url_text
 from buildsys.templating import PLACEHOLDER, UNKNOWN, classify
 
 MAX_WIDTH = 160
-SECRET_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[_-]?key|private[_-]?key|credential)", re.IGNORECASE
-)
 _SYMBOL = {"create": "+", "update": "~", "delete": "-"}
 _COLOUR = {"create": "green", "update": "yellow", "delete": "red"}
 
@@ -70,12 +68,14 @@ def render_change(change: ResourceChange, style: Styler) -> list[str]:
     if change.previous_owner:
         head += f" (owner: {change.previous_owner} → {change.owner})"
     lines = [style(head, _COLOUR[change.action])]
+    # A variable's value is secret when its name is (db_password, api_token).
+    under = f"{change.name}." if change.kind == "variable" else ""
     if change.action == "create":
         for f in change.fields:
             shown = template_summary(change) if f.path == "base_job_template" else None
-            lines.append(f"    {f.path}: {shown or show(f.new, f.path)}")
+            lines.append(f"    {f.path}: {shown or show(f.new, under + f.path)}")
     elif change.action == "update":
-        lines += [f"    {field_line(f)}" for f in change.fields]
+        lines += [f"    {field_line(f, under)}" for f in change.fields]
     lines.append("")
     return lines
 
@@ -102,13 +102,14 @@ def template_summary(change: ResourceChange) -> str | None:
     return f"(the {spec.get('type')} default, changed: {', '.join(changed)})"
 
 
-def field_line(f: FieldChange) -> str:
+def field_line(f: FieldChange, under: str = "") -> str:
+    key = under + f.path
     if f.old is ABSENT:
-        return f"{f.path}: (absent) → {show(f.new, f.path)}"
+        return f"{f.path}: (absent) → {show(f.new, key)}"
     if f.new is ABSENT:
-        return f"{f.path}: {show(f.old, f.path)} → (removed)"
-    old = show(_shown_default(f), f.path)
-    return f"{f.path}: {old} → {show(f.new, f.path)}"
+        return f"{f.path}: {show(f.old, key)} → (removed)"
+    old = show(_shown_default(f), key)
+    return f"{f.path}: {old} → {show(f.new, key)}"
 
 
 def _shown_default(f: FieldChange) -> Any:
@@ -138,11 +139,11 @@ def _masked(value: Any, path: str) -> Any:
     if isinstance(value, list):
         return [_masked(v, path) for v in value]
     if isinstance(value, str):
-        return _mask_string(value, path.rsplit(".", 1)[-1])
+        return _mask_string(value, path)
     return value
 
 
-def _mask_string(text: str, key: str) -> str:
+def _mask_string(text: str, path: str) -> str:
     whole = PLACEHOLDER.fullmatch(text)
     if whole is not None and classify(whole.group(1)).kind in ("block", "env"):
         return f"(sensitive: {whole.group(1)})"
@@ -152,9 +153,9 @@ def _mask_string(text: str, key: str) -> str:
         ),
         text,
     )
-    if masked == text and SECRET_KEY.search(key) and "{{" not in text and text:
+    if masked == text and "{{" not in text and text and any(is_secret_name(k) for k in path.split(".")):
         return "(sensitive value)"
-    return masked
+    return mask_url_text(masked)
 
 
 def _styler(color: bool) -> Styler:

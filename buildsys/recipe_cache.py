@@ -8,6 +8,7 @@ a moving ref (branch, tag, or none) is resolved by fetching and earns a warning 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -16,9 +17,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from buildsys.recipes import MANIFEST, Recipe, RecipeError, RecipeSource, find_recipes, load_recipe
+from buildsys.sensitive import mask_url, mask_url_text
 
 __all__ = ["CheckedOut", "GitRecipeRef", "RecipeCache", "default_cache_dir", "is_git_source",
            "parse_git_source", "public_url", "recipe_in_tree", "resolve_recipe"]
@@ -42,7 +44,7 @@ class GitRecipeRef:
         return self.rev is not None and _SHA.match(self.rev) is not None
 
     def __str__(self) -> str:
-        text = f"git+{self.url}"
+        text = f"git+{mask_url(self.url)}"
         if self.rev:
             text += f"@{self.rev}"
         return text + (f"#{self.subdir}" if self.subdir else "")
@@ -153,13 +155,14 @@ class RecipeCache:
         return CheckedOut(ref, commit, tree, from_cache=False, warnings=warnings)
 
     def _fetch(self, ref: GitRecipeRef, repo_dir: Path) -> tuple[str, Path]:
+        url, auth = credential_env(ref.url)
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=repo_dir) as tmp:
             work = Path(tmp) / "tree"
             _git(["init", "-q", str(work)], ref)
             wanted = ref.rev or "HEAD"
-            if _run_git(["-C", str(work), "fetch", "-q", "--depth", "1", ref.url, wanted]).returncode != 0:
+            if _run_git(["-C", str(work), "fetch", "-q", "--depth", "1", url, wanted], auth).returncode != 0:
                 # Older servers refuse a sha they do not advertise: fetch everything, then look.
-                _git(["-C", str(work), "fetch", "-q", ref.url, "+refs/*:refs/remotes/origin/*"], ref)
+                _git(["-C", str(work), "fetch", "-q", url, "+refs/*:refs/remotes/origin/*"], ref, auth)
                 commit = _git(["-C", str(work), "rev-parse", "--verify", "-q", f"{wanted}^{{commit}}"], ref)
             else:
                 commit = _git(["-C", str(work), "rev-parse", "FETCH_HEAD^{commit}"], ref)
@@ -171,8 +174,35 @@ class RecipeCache:
             return commit, final
 
 
-def _run_git(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+def credential_env(url: str) -> tuple[str, dict[str, str]]:
+    """(URL without userinfo, environment that gives git the credentials).
+
+    The userinfo never reaches git's command line (``ps`` shows it to every user): it travels as an
+    HTTP Basic header in environment-only configuration, scoped to the URL's origin, and redirects
+    are refused while it is set (git would send the header to wherever it was redirected).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, {}
+    userinfo = unquote(parts.netloc.rsplit("@", 1)[0])
+    if ":" not in userinfo:
+        userinfo += ":"
+    clean = public_url(url)
+    origin = f"{parts.scheme}://{urlsplit(clean).netloc}/"
+    header = "Authorization: Basic " + base64.b64encode(userinfo.encode()).decode()
+    base = int(os.environ.get("GIT_CONFIG_COUNT", "0") or "0")
+    env = {
+        "GIT_CONFIG_COUNT": str(base + 2),
+        f"GIT_CONFIG_KEY_{base}": f"http.{origin}.extraHeader",
+        f"GIT_CONFIG_VALUE_{base}": header,
+        f"GIT_CONFIG_KEY_{base + 1}": "http.followRedirects",
+        f"GIT_CONFIG_VALUE_{base + 1}": "false",
+    }
+    return clean, env
+
+
+def _run_git(args: list[str], auth: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", **(auth or {})}
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, env=env, timeout=GIT_TIMEOUT,
                               check=False)
@@ -182,13 +212,17 @@ def _run_git(args: list[str]) -> subprocess.CompletedProcess[str]:
         raise RecipeError(f"git {args[-2] if len(args) > 1 else ''} timed out after {GIT_TIMEOUT}s") from None
 
 
-def _git(args: list[str], ref: GitRecipeRef) -> str:
-    result = _run_git(args)
+def _git(args: list[str], ref: GitRecipeRef, auth: dict[str, str] | None = None) -> str:
+    result = _run_git(args, auth)
     if result.returncode != 0:
         detail = result.stderr.strip().splitlines()
+        last = mask_url_text(detail[-1]) if detail else "git failed"
+        redirected = auth and ("redirect" in result.stderr.lower() or " 30" in last)
         raise RecipeError(
-            f"could not fetch recipe {ref}: {detail[-1] if detail else 'git failed'}",
-            hint="check the URL and the revision (a branch, a tag or a commit sha)",
+            f"could not fetch recipe {ref}: {last}",
+            hint="the server redirected: give the final URL (credentials never follow a redirect)"
+            if redirected
+            else "check the URL and the revision (a branch, a tag or a commit sha)",
         )
     return result.stdout.strip()
 

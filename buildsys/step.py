@@ -23,17 +23,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from buildsys.errors import StepError
+from buildsys.sensitive import MASK
 
-__all__ = ["Completed", "Context", "StepDef", "StepError", "step"]
+__all__ = ["MASK", "Completed", "Context", "StepDef", "StepError", "step"]
 
 Outputs = Mapping[str, Any]
 Inputs = Mapping[str, Any]
 FilesHook = Callable[[Inputs, "Context"], Sequence[str]]
 CheckHook = Callable[[Outputs, Inputs, "Context"], bool]
 FingerprintHook = Callable[[Inputs, "Context"], str]
-
-MASK = "****"
-
 
 @dataclass(frozen=True)
 class Completed:
@@ -72,10 +70,9 @@ class Context:
 
     def mask(self, text: str) -> str:
         """Replace every known secret value in ``text`` by ``****``."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret and len(secret) >= 3:
-                text = text.replace(secret, MASK)
-        return text
+        from buildsys.sensitive import mask_url_text, mask_values
+
+        return mask_url_text(mask_values(text, self.secrets))
 
     def log(self, line: str) -> None:
         if self.emit is not None:

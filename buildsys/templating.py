@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.errors import Location, TemplateError
+from buildsys.sensitive import is_secret_name
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.\-\[\]$]+)\s*\}\}")
 RUNTIME_PREFIXES = ("ctx.", "flow_run.", "flow.", "deployment.")
@@ -300,14 +301,6 @@ class _Renderer:
             hint=(guess + "; " if guess else "")
             + (f"step ids here: {', '.join(ids)}" if ids else "no step here has an id"),
         )
-
-
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|PASSWD|PWD|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH", re.I)
-
-
-def is_secret_name(name: str) -> bool:
-    """Env vars whose name says they hold a secret; their values are masked and never cached."""
-    return bool(SECRET_NAME.search(name))
 
 
 def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:

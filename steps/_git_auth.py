@@ -9,15 +9,13 @@ Standard library only.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from buildsys.errors import StepError
+from buildsys.sensitive import mask_url_text
 from buildsys.step import Context
-
-_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,14 @@ def git_auth(ctx: Context, url: str, scheme: str, token: str | None, username: s
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}/"
     base = int(ctx.env.get("GIT_CONFIG_COUNT", "0") or "0")
+    # git adds the header to every request of the process, to wherever a redirect points: with
+    # credentials set, a redirect is refused instead of followed.
     env = {
-        "GIT_CONFIG_COUNT": str(base + 1),
+        "GIT_CONFIG_COUNT": str(base + 2),
         f"GIT_CONFIG_KEY_{base}": f"http.{origin}.extraHeader",
         f"GIT_CONFIG_VALUE_{base}": f"Authorization: Basic {encoded}",
+        f"GIT_CONFIG_KEY_{base + 1}": "http.followRedirects",
+        f"GIT_CONFIG_VALUE_{base + 1}": "false",
     }
     secrets = {token, userinfo, encoded}
     ctx.secrets.update(secrets)
@@ -109,4 +111,4 @@ def basic_userinfo(host: str, token: str, username: str | None) -> str:
 
 def scrub(ctx: Context, text: str) -> str:
     """Mask known secrets and any userinfo in URLs."""
-    return _USERINFO.sub(r"\1****@", ctx.mask(text))
+    return mask_url_text(ctx.mask(text))

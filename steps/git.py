@@ -357,7 +357,12 @@ def _failure(ctx: Context, doing: str, spec: CloneSpec, output: str) -> StepErro
     detail = scrub(ctx, output.strip())
     lowered = detail.lower()
     hint: str | None
-    if any(k in lowered for k in _AUTH_MARKERS):
+    if spec.authenticated and re.search(r"returned error: 30[1278]", lowered):
+        hint = (
+            "the server redirected elsewhere; with credentials set, git_clone does not follow "
+            "redirects (the token would go to the other host): use the repository's final URL"
+        )
+    elif any(k in lowered for k in _AUTH_MARKERS):
         hint = (
             "the server refused the token: check access_token / credentials and that the token may "
             "read this repository"

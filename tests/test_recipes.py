@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from buildsys.recipes import (
     load_recipe,
     resolve_fields,
 )
-from tests.infra.git import GitHttpServer, GitRepos
+from tests.infra.git import GitHttpServer, GitRedirect, GitRepos
 from tests.infra.net import free_port, port_open
 from tests.infra.waiting import wait_for
 
@@ -329,7 +330,7 @@ def test_a_field_that_breaks_the_yaml_is_refused(tmp_path: Path) -> None:
 )
 def test_parse_git_source(text: str, expected: GitRecipeRef) -> None:
     assert parse_git_source(text) == expected
-    assert str(parse_git_source(text)) == text
+    assert str(parse_git_source(text)) == text.replace("//tok@", "//****@")  # shown: never a token
 
 
 @pytest.mark.parametrize(
@@ -641,3 +642,39 @@ def test_s3_recipe_pushes_the_code_and_plans_the_pull(
     code, out, _ = cli(capsys, "plan", "--json")
     deployment = json.loads(out)["changes"][1]["after"]
     assert deployment["pull_steps"] == [{"pull_from_s3": {"id": "pull_code", "bucket": bucket, "folder": "shop"}}]
+
+
+def test_a_recipe_token_never_reaches_gits_command_line(
+    git_repos: GitRepos, git_http: GitHttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `git` first on PATH that records its command line (what `ps` shows every user), then runs git.
+    real_git = shutil.which("git")
+    assert real_git is not None
+    argv_log = tmp_path / "argv.log"
+    wrapper = tmp_path / "bin" / "git"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real_git} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    commit = git_repos.create("recipes", RECIPE_REPO)
+    authed = git_http.url("recipes").replace("http://", f"http://ci:{git_http.token}@")
+
+    recipe, _ = resolve_recipe(f"git+{authed}@{commit}#team/batch")
+
+    assert recipe.source.commit == commit
+    assert "fetch" in argv_log.read_text()
+    assert git_http.token not in argv_log.read_text()
+    assert git_http.requests and all(r.status == "200" for r in git_http.requests)
+
+
+def test_a_recipe_token_never_follows_a_redirect(git_repos: GitRepos, git_redirect: GitRedirect) -> None:
+    git_repos.create("recipes", RECIPE_REPO)
+    authed = git_redirect.url("recipes").replace("http://", "http://ci:TOKEN-xyz@")
+
+    with pytest.raises(RecipeError) as err:
+        resolve_recipe(f"git+{authed}#team/batch")
+
+    assert [r.authorization for r in git_redirect.target.requests if r.authorization] == []
+    assert "TOKEN-xyz" not in err.value.message + (err.value.hint or "")
+    assert "http://ci:****@127.0.0.1" in err.value.message
+    assert err.value.hint == "the server redirected: give the final URL (credentials never follow a redirect)"

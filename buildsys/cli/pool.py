@@ -92,9 +92,11 @@ def show(app: App, name: str) -> None:
 def preview(app: App, deployment: str, job_vars: tuple[str, ...]) -> None:
     """The job configuration a run of DEPLOYMENT would get (from the store, else the project file).
 
-    Environment and variable placeholders are shown as written, so secrets never print.
+    Environment and variable placeholders are shown as written and values under secret names
+    masked, so secrets never print.
     """
     from buildsys.pools import default_job_template, job_configuration, parse_job_variable
+    from buildsys.sensitive import mask_named
 
     overrides = dict(parse_job_variable(j) for j in job_vars)
     dep_spec, pool_name, pool_spec, where = _resolve(app, deployment)
@@ -105,6 +107,7 @@ def preview(app: App, deployment: str, job_vars: tuple[str, ...]) -> None:
     )
     for w in warnings:
         app.echo(w.render(), err=True)
+    config = mask_named(config)
     if app.json:
         app.emit_json({"deployment": deployment, "pool": pool_name, "type": pool_spec.get("type"), "job_configuration": config})
         return

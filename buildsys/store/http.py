@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
+from buildsys.sensitive import mask_url
 from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
 
 API = "/api/v1"
@@ -47,6 +48,7 @@ class HttpStore:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = mask_url(self.url)  # what messages say: never the userinfo's password
         self.retries = retries
         self._timeout = timeout
         token = token if token is not None else os.environ.get("BUILDSYS_TOKEN") or None
@@ -90,7 +92,7 @@ class HttpStore:
     def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachableError:
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
         return ServerUnreachableError(
-            f"the buildsys server at {self.url} {kind}: {exc or type(exc).__name__}",
+            f"the buildsys server at {self.shown_url} {kind}: {exc or type(exc).__name__}",
             hint="check that `buildsys server start` runs there and that --state / BUILDSYS_STATE is right",
         )
 
@@ -109,7 +111,7 @@ class HttpStore:
             else response.text[:200] or response.reason_phrase
         )
         hint = str(error["hint"]) if isinstance(error, dict) and error.get("hint") else None
-        where = f"the buildsys server at {self.url}"
+        where = f"the buildsys server at {self.shown_url}"
         if status == 401:
             raise AuthenticationError(
                 f"{where} refused the request: {message}",
@@ -336,7 +338,7 @@ class HttpStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"HttpStore({self.url!r})"
+        return f"HttpStore({self.shown_url!r})"
 
 
 def _resource(data: dict[str, Any]) -> Resource:

@@ -7,6 +7,9 @@
   name or the password). Every request is recorded, including the raw Authorization header.
 - ``git_https``: the same over ``https://`` with a self-signed certificate made by ``openssl``
   (``ca_file``: point git at it with ``GIT_SSL_CAINFO`` in the client's environment).
+- ``git_redirect``: an http server on 127.0.0.1 that answers every request with a 302 to the same
+  path on another origin (``localhost``, another port): a git server that serves anyone and records
+  every Authorization header it is sent (``git_redirect.target``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from tests.infra.net import free_port, port_open
 from tests.infra.require import unavailable
 from tests.infra.waiting import wait_for
 
-__all__ = ["GitDaemon", "GitHttpServer", "GitRepos", "git_daemon", "git_http", "git_https", "git_repos"]
+__all__ = ["GitDaemon", "GitHttpServer", "GitRedirect", "GitRepos", "git_daemon", "git_http", "git_https",
+           "git_redirect", "git_repos"]
 
 GIT = shutil.which("git")
 
@@ -138,6 +142,7 @@ class GitHttpServer:
     scheme: str = "http"
     ca_file: Path | None = None  # the self-signed certificate of an https server
     fail_next: int = 0  # answer this many of the next requests with 503 (a flaky server)
+    require_auth: bool = True  # False: serves anyone (and still records what it was sent)
 
     def url(self, name: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}/{name}.git"
@@ -161,7 +166,7 @@ class GitHttpServer:
             self.requests.append(HttpRequest(method, path, auth, "503"))
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"try again later\n"]
-        if not self.authorized(auth):
+        if self.require_auth and not self.authorized(auth):
             self.requests.append(HttpRequest(method, path, auth, "401"))
             start_response(
                 "401 Unauthorized",
@@ -309,6 +314,47 @@ def _serve(server_state: GitHttpServer, tls: ssl.SSLContext | None = None) -> It
     try:
         wait_for(lambda: port_open("127.0.0.1", server_state.port), 10, "the git http server to listen")
         yield server_state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@dataclass
+class GitRedirect:
+    """A server whose every answer is a 302 to ``target``, an open git server on another origin."""
+
+    target: GitHttpServer
+    port: int = 0
+    requests: list[HttpRequest] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}.git"
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        query = environ.get("QUERY_STRING", "")
+        self.requests.append(HttpRequest(environ["REQUEST_METHOD"], path, environ.get("HTTP_AUTHORIZATION"), "302"))
+        location = f"http://localhost:{self.target.port}{path}" + (f"?{query}" if query else "")
+        start_response("302 Found", [("Location", location), ("Content-Type", "text/plain")])
+        return [b"moved\n"]
+
+
+@pytest.fixture
+def git_redirect(git_repos: GitRepos) -> Iterator[GitRedirect]:
+    """A 302 from 127.0.0.1 to an open git server at ``localhost``: credentials must not follow it."""
+    for target in _serve(GitHttpServer(git_repos, 0, token="", require_auth=False)):
+        yield from _redirecting(GitRedirect(target))
+
+
+def _redirecting(state: GitRedirect) -> Iterator[GitRedirect]:
+    httpd = make_server("127.0.0.1", 0, state.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, name="git-redirect", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: port_open("127.0.0.1", state.port), 10, "the redirecting server to listen")
+        yield state
     finally:
         httpd.shutdown()
         httpd.server_close()

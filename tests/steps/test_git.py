@@ -15,7 +15,7 @@ from buildsys.steps.git import git_clone
 
 from buildsys.errors import StepError
 from buildsys.step import Context
-from tests.infra.git import GitDaemon, GitHttpServer, GitRepos
+from tests.infra.git import GitDaemon, GitHttpServer, GitRedirect, GitRepos
 
 
 def make_ctx(cwd: Path, **env: str) -> tuple[Context, list[str]]:
@@ -453,3 +453,35 @@ def test_runtime_steps_import_only_the_standard_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "['buildsys']\n"
+
+
+def test_credentials_never_follow_a_redirect_to_another_origin(
+    git_redirect: GitRedirect, git_repos: GitRepos, tmp_path: Path
+) -> None:
+    git_repos.create("private", {"flow.py": "x = 1\n"})
+    ctx, lines = make_ctx(tmp_path)
+    token = "tok-redirected-secret"
+
+    raised: StepError | None = None
+    try:
+        git_clone(ctx, repository=git_redirect.url("private"), access_token=token)
+    except StepError as exc:
+        raised = exc
+
+    # the other origin (an open server at `localhost`) never saw the token, in any form
+    assert git_redirect.requests, "git never asked the configured host"
+    assert [r.authorization for r in git_redirect.target.requests if r.authorization] == []
+    assert raised is not None and not (tmp_path / "private" / "flow.py").exists()
+    message = raised.message + (raised.hint or "")
+    assert "redirect" in message
+    assert token not in message + "".join(lines)
+
+
+def test_without_credentials_a_redirect_is_followed(
+    git_redirect: GitRedirect, git_repos: GitRepos, tmp_path: Path
+) -> None:
+    git_repos.create("public", {"flow.py": "x = 2\n"})
+    ctx, _ = make_ctx(tmp_path)
+
+    assert git_clone(ctx, repository=git_redirect.url("public")) == {"directory": "public"}
+    assert (tmp_path / "public" / "flow.py").read_text() == "x = 2\n"
