@@ -513,6 +513,9 @@ def read_desired(
             project = loaded
         else:
             project = load_project(project_file, strict=strict, text=rev.text, file_exists=rev.exists)
+        from buildsys.validation import require_references
+
+        require_references(project, text=rev.text)  # refused here exactly as `validate` refuses it
         owner = project_identity(project, remote_url=rev.remote_url, file_in_repo=rev.file_in_repo)
         state = desired_state(
             project,

@@ -10,7 +10,7 @@ become `str(value)`. Standard library only: the in-run runtime uses this module.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,8 +254,13 @@ class _Renderer:
 
     def is_pending(self, ph: Placeholder) -> bool:
         s = self.scope
-        if ph.step_id is not None and ph.step_id in s.step_ids():
-            return ph.step_id in s.pending or ph.step_id not in s.outputs
+        if ph.step_id is not None:
+            if ph.step_id in s.pending:
+                return True
+            if ph.step_id in s.step_ids():
+                return ph.step_id not in s.outputs
+            if s.ids is not None:
+                return False  # no step has this id: an error however much has been built
         return bool(s.pending)
 
     def error(self, ph: Placeholder) -> TemplateError:
@@ -291,6 +296,9 @@ class _Renderer:
                 path=self.path,
                 hint=f"its outputs are: {keys}" if keys else None,
             )
+        if ph.step_id is not None and s.ids is not None:
+            message, hint = unknown_step(ph.text, ph.step_id, ids)
+            return TemplateError(message, location=self.location, path=self.path, hint=hint)
         from buildsys.suggest import did_you_mean
 
         guess = did_you_mean(str(ph.keypath[0]) if ph.keypath else ph.name, ids)
@@ -301,6 +309,19 @@ class _Renderer:
             hint=(guess + "; " if guess else "")
             + (f"step ids here: {', '.join(ids)}" if ids else "no step here has an id"),
         )
+
+
+def unknown_step(text: str, ref: str, ids: Iterable[str]) -> tuple[str, str]:
+    """The one wording (message, hint) of a reference to a step id that does not exist, whichever
+    command finds it: validate, plan, apply, deploy, build or the runtime."""
+    from buildsys.suggest import did_you_mean
+
+    known = sorted(ids)
+    guess = did_you_mean(ref, known)
+    return (
+        f"{text} refers to step {ref!r}, which does not exist here (Prefect would silently drop the value)",
+        (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id"),
+    )
 
 
 def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import Diagnostic, ProjectError, StepError
+from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError
 from buildsys.model import Project, StepSpec
-from buildsys.templating import placeholders
+from buildsys.templating import Placeholder, placeholders
+
+if TYPE_CHECKING:
+    from buildsys.yamlsource import Located
+
+Path_ = tuple[str | int, ...]
 
 
 def validate_project(path: Path, *, strict: bool = False) -> tuple[list[Diagnostic], dict[str, Any]]:
@@ -86,30 +92,93 @@ def check_graph(project: Project) -> list[Diagnostic]:
     return []
 
 
-def check_deployment_refs(project: Project) -> list[Diagnostic]:
+def check_deployment_refs(project: Project, *, text: str | None = None) -> list[Diagnostic]:
     """Step-output references in deployment fields and pull steps must name steps that exist; a flat
-    name (`{{ image }}`) must be an output some step declares (when every step declares its outputs)."""
+    name (`{{ image }}`) must be an output some step declares (when every step declares its outputs).
+
+    Each problem points at the placeholder itself, inside the anchor it came from when it came through
+    an alias. `text` is the project file's content when it is not the file on disk (`plan --ref`)."""
     from buildsys.suggest import did_you_mean
 
     out: list[Diagnostic] = []
+    where = _Locator(project, text)
     for d in project.deployments:
         build_ids = {s.id for s in (*d.build, *d.push) if s.id}
         pull_ids = {s.id for s in d.pull if s.id}
         build_outputs = _declared_outputs(project, (*d.build, *d.push))
         fields = {k: v for k, v in d.raw.items() if k not in ("build", "push", "pull", "triggers")}
-        for ph in placeholders(fields):
+        for at, ph in _placeholders_at(fields, ("deployments", d.index)):
             if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids:
-                out.append(_unresolved(ph.text, ph.step_id, build_ids, d.location, d.path, did_you_mean))
+                out.append(_unresolved(ph.text, ph.step_id, build_ids, *where(at, ph.text), did_you_mean))
             elif ph.kind == "output" and ph.step_id is None:
-                out += _flat(ph.text, str(ph.keypath[0]), build_outputs, build_ids, d.location, d.path)
+                out += _flat(ph.text, str(ph.keypath[0]), build_outputs, build_ids, *where(at, ph.text))
+        section: Path_ = ("deployments", d.index, "pull") if d.pull_is_own else ("pull",)
         for i, s in enumerate(d.pull):
             earlier = _declared_outputs(project, (*d.build, *d.push, *d.pull[:i]))
-            for ph in placeholders(s.inputs):
+            step_at: Path_ = (*section, s.index, s.name)
+            for at, ph in _placeholders_at(s.inputs, step_at):
+                shown = ".".join([s.path, *map(str, at[len(step_at):])])
                 if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids | pull_ids:
-                    out.append(_unresolved(ph.text, ph.step_id, build_ids | pull_ids, s.location, s.path, did_you_mean))
+                    out.append(_unresolved(ph.text, ph.step_id, build_ids | pull_ids, where.locate(at, ph.text), shown,
+                                           did_you_mean))
                 elif ph.kind == "output" and ph.step_id is None:
-                    out += _flat(ph.text, str(ph.keypath[0]), earlier, build_ids | pull_ids, s.location, s.path)
+                    out += _flat(ph.text, str(ph.keypath[0]), earlier, build_ids | pull_ids, where.locate(at, ph.text),
+                                 shown)
     return out
+
+
+def _placeholders_at(value: Any, at: Path_) -> Iterator[tuple[Path_, Placeholder]]:
+    """Every placeholder in `value` with the document path of the string that holds it."""
+    if isinstance(value, str):
+        for ph in placeholders(value):
+            yield at, ph
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _placeholders_at(item, (*at, key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _placeholders_at(item, (*at, i))
+
+
+class _Locator:
+    """Where a placeholder is written: the project file is read again (with every node's location)
+    only when there is a problem to place, so a valid project pays nothing."""
+
+    def __init__(self, project: Project, text: str | None) -> None:
+        self.project = project
+        self.text = text
+        self.doc: Located | None = None
+        self.lines: list[str] = []
+
+    def __call__(self, at: Path_, placeholder: str) -> tuple[Location | None, str]:
+        from buildsys.schema import describe_path
+
+        return self.locate(at, placeholder), describe_path(self.project.data, at)
+
+    def locate(self, at: Path_, placeholder: str) -> Location | None:
+        if self.doc is None:
+            from buildsys.yamlsource import load_yaml
+
+            try:
+                text = self.text if self.text is not None else self.project.file.read_text(encoding="utf-8-sig")
+                self.doc = load_yaml(text, str(self.project.file))
+            except (OSError, UnicodeDecodeError, BuildsysError):
+                return None
+            self.lines = text.splitlines()
+        node = self.doc.loc(at)
+        if node is None:
+            return None
+        line = self.lines[node.line - 1] if 0 < node.line <= len(self.lines) else ""
+        column = line.find(placeholder, node.col - 1)
+        return Location(node.file, node.line, column + 1) if column >= 0 else node
+
+
+def require_references(project: Project, *, text: str | None = None) -> None:
+    """Raise the reference errors `validate` reports, so that plan, apply and deploy refuse exactly
+    what validate refuses, before anything is built, pushed or rendered."""
+    errors = [p for p in check_deployment_refs(project, text=text) if p.is_error]
+    if errors:
+        raise ProjectError(_in_file_order(errors))
 
 
 def _declared_outputs(project: Project, steps: tuple[StepSpec, ...]) -> set[str] | None:
@@ -128,7 +197,8 @@ def _declared_outputs(project: Project, steps: tuple[StepSpec, ...]) -> set[str]
     return names
 
 
-def _flat(text: str, name: str, outputs: set[str] | None, ids: set[str], location: Any, path: str) -> list[Diagnostic]:
+def _flat(text: str, name: str, outputs: set[str] | None, ids: set[str], location: Location | None,
+          path: str) -> list[Diagnostic]:
     from buildsys.suggest import did_you_mean
 
     if outputs is None or name in outputs:
@@ -146,15 +216,10 @@ def _flat(text: str, name: str, outputs: set[str] | None, ids: set[str], locatio
 
 
 def _unresolved(text: str, ref: str, ids: set[str], location: Any, path: str, dym: Any) -> Diagnostic:
-    known = sorted(ids)
-    guess = dym(ref, known)
-    return Diagnostic(
-        "error",
-        f"{text} refers to step {ref!r}, which does not exist here (Prefect would silently drop the value)",
-        location,
-        path,
-        (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id"),
-    )
+    from buildsys.templating import unknown_step
+
+    message, hint = unknown_step(text, ref, ids)
+    return Diagnostic("error", message, location, path, hint)
 
 
 def check_env(project: Project, strict: bool) -> list[Diagnostic]:

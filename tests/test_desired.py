@@ -16,7 +16,7 @@ from buildsys.desired import (
     read_desired,
 )
 from buildsys.entrypoints import SourceReader, flow_info, parse_entrypoint
-from buildsys.errors import TemplateError
+from buildsys.errors import ProjectError, TemplateError
 from buildsys.project import load_project
 from buildsys.revision import RevisionError, open_revision, strip_credentials
 from buildsys.templating import UNKNOWN
@@ -245,8 +245,22 @@ def test_a_typo_in_an_output_reference_is_an_error_not_a_dropped_value(tmp_path:
     )
     project = load_project(file)
     built = BuildOutputs({"build_image": {"stdout": ""}, "stdout": ""})
-    with pytest.raises(TemplateError, match=r"\{\{ build-image.image \}\} does not match any step output"):
+    message = ("{{ build-image.image }} refers to step 'build-image', which does not exist here "
+               "(Prefect would silently drop the value)")
+    with pytest.raises(TemplateError) as err:
         desired_state(project, owner="o", source={}, read=reader({}), outputs=lambda d: built)
+    assert (err.value.message, err.value.hint) == (message, "did you mean 'build_image'?; step ids here: build_image")
+    # before any build, too: never "(known after build)" for a step that does not exist (corpus 031)
+    with pytest.raises(TemplateError) as unbuilt:
+        desired_state(project, owner="o", source={}, read=reader({}), outputs=None)
+    assert unbuilt.value.message == message
+    # and read_desired (plan, apply, deploy, watch) refuses it as `validate` does, at the placeholder
+    with pytest.raises(ProjectError) as planned:
+        read_desired(file)
+    assert [d.render() for d in planned.value.diagnostics()] == [
+        f"{file}:6:50: error: {message}\n  at deployments[d].work_pool.job_variables.image\n"
+        "  hint: did you mean 'build_image'?; step ids here: build_image"
+    ]
 
 
 def test_deployment_without_entrypoint_is_an_error(tmp_path: Path) -> None:

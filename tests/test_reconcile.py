@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from buildsys.desired import BuildOutputs, DesiredResource, DesiredState, read_desired
-from buildsys.errors import ConflictError, TemplateError
+from buildsys.errors import ConflictError, ProjectError
 from buildsys.plan import plan
 from buildsys.reconcile import ApplyError, apply_plan, snapshot, to_changes
 from buildsys.store.base import Change, Resource
@@ -157,20 +157,26 @@ def _valid_corpus() -> list[str]:
     return [r["file"] for r in rows if "invalid" not in r["features"].split(",")]
 
 
-# Files with Prefect's silent-typo bug (#17204): an output reference to a step id that does not
-# exist. Prefect drops the job variable; buildsys refuses once the build outputs are known.
+# Files with Prefect's silent-typo bug (#17204): an output reference to a step id (or a flat output)
+# that does not exist. Prefect drops the value; buildsys refuses with the error `validate` gives, at
+# the placeholder (inside the anchor it came from, for 062).
 TYPOS = {
-    "031-kevingrismore-cicd-example.yaml": "{{ build-image.image }} does not match any step output",
-    "062-zzstoatzz-prefect-monorepo.yaml": "{{ build_image.image }} does not match any step output",
+    "009-carlosdmv7-job-market-intelligence.yaml": (
+        "22:19", "{{ clone-output }} does not match any step id or output before it (Prefect would silently drop the value)"),
+    "031-kevingrismore-cicd-example.yaml": (
+        "27:17", "{{ build-image.image }} refers to step 'build-image', which does not exist here (Prefect would silently drop the value)"),
+    "062-zzstoatzz-prefect-monorepo.yaml": (
+        "25:25", "{{ build_image.image }} refers to step 'build_image', which does not exist here (Prefect would silently drop the value)"),
 }
 
 
 @pytest.mark.parametrize("name", _valid_corpus())
 def test_corpus_apply_then_plan_shows_no_changes(name: str, tmp_path: Path) -> None:
     if name in TYPOS:
-        with pytest.raises(TemplateError) as err:
+        with pytest.raises(ProjectError) as err:
             _round_trip(CORPUS / name, tmp_path)
-        assert err.value.message == TYPOS[name]
+        at, message = TYPOS[name]
+        assert (str(err.value.location).split(":", 1)[1], err.value.message) == (at, message)
         return
     _round_trip(CORPUS / name, tmp_path)
 

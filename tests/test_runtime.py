@@ -197,7 +197,8 @@ def test_unresolved_placeholder_in_a_pull_step_is_a_pull_failure(tmp_path: Path)
     result = run_runtime(context, tmp_path)
     assert result.returncode == 3
     assert result.stderr.startswith(
-        "buildsys runtime: pull step pull[0: run_shell_script] failed: {{ clone.directory }} does not match any step output"
+        "buildsys runtime: pull step pull[0: run_shell_script] failed: {{ clone.directory }} refers to step 'clone', "
+        "which does not exist here"
     )
 
 

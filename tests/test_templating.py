@@ -35,7 +35,8 @@ def test_unresolved_step_reference_is_an_error_naming_existing_ids() -> None:
     s = scope(build_image={"image": "x"})
     with pytest.raises(TemplateError) as info:
         render("{{ build-image.image }}", s)
-    assert info.value.message == "{{ build-image.image }} does not match any step output"
+    assert info.value.message == ("{{ build-image.image }} refers to step 'build-image', which does not exist here "
+                                  "(Prefect would silently drop the value)")
     assert info.value.hint == "did you mean 'build_image'?; step ids here: build_image"
     with pytest.raises(TemplateError) as info2:
         render("{{ build_image.tag }}", s)

@@ -34,8 +34,10 @@ def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: b
     from buildsys.cli.apply import report
     from buildsys.cli.plan import make_plan, show_plan
     from buildsys.reconcile import apply_plan
+    from buildsys.validation import require_references
 
     project = app.load_project()
+    require_references(project)  # before anything is built or pushed
     outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache)
     store = app.open_store()
     try:

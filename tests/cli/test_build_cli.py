@@ -195,8 +195,8 @@ def test_validate_flags_a_flat_name_no_step_outputs(proj: Path) -> None:
     r = bs("validate", cwd=proj)
     assert r.returncode == 1
     assert r.stderr.splitlines()[:3] == [
-        "prefect.yaml:3:5: error: {{ clone-output }} does not match any step id or output before it "
+        "prefect.yaml:3:48: error: {{ clone-output }} does not match any step id or output before it "
         "(Prefect would silently drop the value)",
-        "  at pull[1: run_shell_script]",
+        "  at pull[1: run_shell_script].directory",
         "  hint: outputs here: directory",
     ]
