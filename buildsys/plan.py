@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
 from buildsys.errors import BuildsysError, Diagnostic
 from buildsys.preflight import job_variable_problems, parameter_problems, pool_warnings
-from buildsys.store.base import KINDS, Resource
+from buildsys.store.base import KINDS, Resource, StepwiseStore
 from buildsys.templating import UNKNOWN
 
 FORMAT_VERSION = 1
@@ -163,8 +163,13 @@ def plan(
     prune: bool = False,
     owner: str | None = None,
     store: str | None = None,
+    stepwise: StepwiseStore | None = None,
 ) -> Plan:
-    """What apply would change to make the store match `desired`."""
+    """What apply would change to make the store match `desired`.
+
+    Against a `stepwise` store (a Prefect server) desired specs are first put in that store's
+    normal form, and resources it holds without an owner (made by hand or by `prefect deploy`)
+    are left alone, with a warning, until imported."""
     me = owner or desired.owner
     if prune and desired.partial:
         raise PlanError(
@@ -176,6 +181,12 @@ def plan(
     warnings = list(_render_warning(w) for w in desired.warnings)
     for want in desired.resources:
         have = index.get((want.kind, want.name))
+        if stepwise is not None:
+            if have is not None and have.owner is None:
+                warnings.append(_unmanaged(want.kind, want.name))
+                continue
+            spec = stepwise.normalise(want.kind, want.spec, have.spec if have else None)
+            want = replace(want, spec=spec)
         if have is None:
             changes.append(_create(want, me, desired.source))
             continue
@@ -208,6 +219,13 @@ def plan(
         orphans=() if prune else tuple(sorted(f"{r.kind} {r.name}" for r in orphans)),
         warnings=tuple(warnings),
         store=store,
+    )
+
+
+def _unmanaged(kind: str, name: str) -> str:
+    return (
+        f"{kind} {name} exists in the store but was not made by buildsys (unmanaged): left alone "
+        f"(manage it with `buildsys import {kind} {name}`)"
     )
 
 

@@ -3,6 +3,11 @@
 A plan is applied exactly as made: its changes become store Changes (pools before deployments,
 deletions last), written in one `apply` call whose expected serial is the plan's serial, so a store
 that moved since the plan was made refuses it and nothing is written.
+
+A store without transactions (a Prefect server, `StepwiseStore`) is applied step by step instead:
+every resource the plan touches is checked against what the plan saw before the first write, the
+changes are written one at a time in the plan's order, and the first failure stops the apply with
+an error that lists exactly what was written; planning again gives the plan that finishes the job.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import BuildsysError, ConflictError, Diagnostic
-from buildsys.plan import Plan, PlanError
+from buildsys.plan import Plan, PlanError, ResourceChange
 from buildsys.preflight import validate
-from buildsys.store.base import Change, Resource, StateStore
+from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 
 class ApplyError(BuildsysError):
@@ -29,6 +34,29 @@ class ApplyError(BuildsysError):
 
     def diagnostics(self) -> list[Diagnostic]:
         return list(self.problems)
+
+
+class PartialApplyError(BuildsysError):
+    """A stepwise apply stopped at a failing change; `written` were applied before it."""
+
+    def __init__(self, written: Sequence[ResourceChange], failed: ResourceChange, left: int, cause: BuildsysError) -> None:
+        self.written = list(written)
+        self.failed = failed
+        done = "; ".join(_said(c) for c in written) or "nothing"
+        super().__init__(
+            f"apply stopped at {failed.action} of {failed.address}: {cause.message}. "
+            f"Written before it: {done}. Not written: {failed.address} (it may be partly written) and "
+            f"{left} change(s) after it. The store has no transactions, so nothing was rolled back",
+            hint=(cause.hint + "; then " if cause.hint else "fix the cause, then ")
+            + "run `buildsys plan` again: its plan finishes the job",
+        )
+
+
+PAST = {"create": "created", "update": "updated", "delete": "deleted"}
+
+
+def _said(c: ResourceChange) -> str:
+    return f"{PAST[c.action]} {c.address}"
 
 
 @dataclass(frozen=True)
@@ -59,8 +87,15 @@ def to_changes(plan: Plan) -> list[Change]:
     return out
 
 
+def stepwise(store: StateStore) -> StepwiseStore | None:
+    """The store as a StepwiseStore when it has no transactions (plans then use its normal form)."""
+    return store if isinstance(store, StepwiseStore) else None
+
+
 def apply_plan(store: StateStore, plan: Plan) -> ApplyResult:
     """Apply exactly this plan, or nothing (ApplyError / ConflictError say why)."""
+    if isinstance(store, StepwiseStore):
+        return apply_stepwise(store, plan)
     serial, actual = snapshot(store)
     if serial != plan.serial:
         raise stale(plan, serial)
@@ -79,6 +114,57 @@ def apply_plan(store: StateStore, plan: Plan) -> ApplyResult:
             f"the store refused the plan: {exc.message}", hint="make a new plan and apply it"
         ) from None
     return ApplyResult(new, len(plan.changes))
+
+
+def apply_stepwise(store: StateStore, plan: Plan) -> ApplyResult:
+    """Check every touched resource, then write change by change; PartialApplyError on a failure."""
+    assert isinstance(store, StepwiseStore)
+    actual = store.list_resources()
+    problems = validate(plan, actual)
+    if problems:
+        raise ApplyError(problems)
+    current = {(r.kind, r.name): r for r in actual}
+    moved = []
+    for c in plan.changes:
+        why = store.changed_since(c.before, current.get((c.kind, c.name)))
+        if why:
+            moved.append(f"{c.address}: {why}")
+    if moved:
+        raise ConflictError(
+            "the store changed since this plan was made; nothing was applied: " + "; ".join(moved),
+            hint="run `buildsys plan` again and review the new plan",
+        )
+    written: list[ResourceChange] = []
+    for c, change in zip(plan.changes, to_changes(plan), strict=True):
+        try:
+            store.apply_change(change, current.get((c.kind, c.name)))
+        except BuildsysError as exc:
+            raise PartialApplyError(written, c, len(plan.changes) - len(written) - 1, exc) from None
+        written.append(c)
+    return ApplyResult(store.serial(), len(written))
+
+
+def adopt(store: StateStore, kind: str, name: str, owner: str) -> Resource:
+    """Make `owner` the owner of a resource made outside buildsys (`buildsys import`), unchanged
+    otherwise; the next plan shows how it differs from the project."""
+    from buildsys.errors import NotFoundError
+
+    have = store.get_resource(kind, name)
+    if have is None:
+        raise NotFoundError(f"no {kind} {name!r} in the store at {store.url}", hint=f"see `buildsys state show --kind {kind}`")
+    if have.owner == owner:
+        return have
+    if have.owner is not None:
+        raise ConflictError(
+            f"{kind} {name} is already managed by project {have.owner!r}",
+            hint="only unmanaged resources are imported; a plan of this project takes it over with a warning",
+        )
+    change = Change("update", kind, name, dict(have.spec), owner, None)
+    if isinstance(store, StepwiseStore):
+        store.apply_change(change, have)
+    else:
+        store.apply([change], expected_serial=None)
+    return store.get_resource(kind, name) or have
 
 
 def stale(plan: Plan, serial: int) -> ConflictError:

@@ -361,14 +361,14 @@ class Watcher:
         from buildsys.cli.plan import cached_outputs
         from buildsys.desired import read_desired
         from buildsys.plan import plan as compute
-        from buildsys.reconcile import apply_plan, snapshot
+        from buildsys.reconcile import apply_plan, snapshot, stepwise
 
         assert self.open_store is not None
         store = self.open_store()
         try:
             _, desired = read_desired(self.project_file, outputs=cached_outputs)
             serial, actual = snapshot(store)
-            planned = compute(desired, actual, serial=serial)
+            planned = compute(desired, actual, serial=serial, stepwise=stepwise(store))
             summary = _plan_summary(planned)
             outcome = _with(outcome, plan=summary)
             if self.apply and planned.has_changes:

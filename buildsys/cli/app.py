@@ -27,6 +27,7 @@ class App:
 
     file: str | None = None
     state_url: str | None = None
+    state_key_env: str | None = None  # the variable holding a Prefect API key (prefect+http stores)
     json: bool = False
     verbosity: int = 0
     color: bool = True
@@ -53,7 +54,7 @@ class App:
     def open_store(self) -> StateStore:
         from buildsys.store import open_store
 
-        return open_store(self.state, root=self.project_file.resolve().parent)
+        return open_store(self.state, root=self.project_file.resolve().parent, key_env=self.state_key_env)
 
     @property
     def reporter(self) -> Reporter:
@@ -103,9 +104,16 @@ def common_options(f: F) -> F:
         click.option(
             "--state",
             metavar="URL",
-            help="State store: a path, sqlite:///…, http(s)://… or postgresql://… (env BUILDSYS_STATE).",
+            help="State store: a path, sqlite:///…, http(s)://…, postgresql://… or prefect+http(s)://HOST/api (env BUILDSYS_STATE).",
             expose_value=False,
             callback=_setter("state_url"),
+        ),
+        click.option(
+            "--state-key-env",
+            metavar="NAME",
+            help="Environment variable holding the API key of a prefect+http(s):// store (default PREFECT_API_KEY).",
+            expose_value=False,
+            callback=_setter("state_key_env"),
         ),
         click.option(
             "--json",

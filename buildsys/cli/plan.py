@@ -83,7 +83,7 @@ def make_plan(
     """Desired state of the project file against a consistent snapshot of the store."""
     from buildsys.desired import read_desired
     from buildsys.plan import plan as compute
-    from buildsys.reconcile import snapshot
+    from buildsys.reconcile import snapshot, stepwise
     from buildsys.revision import strip_credentials
 
     _, desired = read_desired(
@@ -91,7 +91,9 @@ def make_plan(
     )
     serial, actual = snapshot(store)
     # the URL goes into plan files and CI logs: never with a password or token in it
-    return compute(desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state))
+    return compute(
+        desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state), stepwise=stepwise(store)
+    )
 
 
 def show_plan(app: App, result: Plan) -> None:

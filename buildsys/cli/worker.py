@@ -54,6 +54,13 @@ def start(
     from buildsys.worker import Worker, WorkerOptions
 
     store = app.open_store()
+    from buildsys.store.base import StepwiseStore
+
+    if isinstance(store, StepwiseStore):
+        store.close()
+        from buildsys.errors import BuildsysError
+
+        raise BuildsysError(store.serve_refusal(pool))
     options = WorkerOptions(
         pool=pool,
         name=name or "",

@@ -281,3 +281,30 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StepwiseStore(Protocol):
+    """A store that cannot apply a change set in one transaction (a real Prefect server).
+
+    The reconciler then checks every resource a plan touches before the first write, writes the
+    changes one at a time in the plan's order, and stops at the first failure, saying what was
+    written. Such a store also has its own normal form (`normalise`: what it would store for a
+    desired spec, given what it stores now), and resources it holds without an owner were made
+    outside buildsys: plans leave them alone unless imported.
+    """
+
+    def normalise(self, kind: str, spec: Mapping[str, Any], stored: Mapping[str, Any] | None) -> Mapping[str, Any]: ...
+
+    def changed_since(self, before: Mapping[str, Any] | None, current: Resource | None) -> str | None:
+        """Why a resource is no longer as a plan saw it (`before` = its spec then, None = absent);
+        None when it is unchanged."""
+        ...
+
+    def apply_change(self, change: Change, current: Resource | None) -> None:
+        """Write one change, given the resource as it is now (None = absent)."""
+        ...
+
+    def serve_refusal(self, pool: str) -> str:
+        """What to say to `buildsys worker start` (the store's runs are served by other workers)."""
+        ...

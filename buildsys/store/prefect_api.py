@@ -1,0 +1,132 @@
+"""The HTTP client of a Prefect server's REST API (`prefect+http(s)://HOST/api`), with its errors
+turned into buildsys's. Reads are retried on connection errors and 5xx answers; writes are not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from buildsys.errors import ConflictError, NotFoundError, StateError
+
+SCHEME = "prefect+"
+PAGE = 200  # Prefect's default (and usual maximum) page size
+RETRIES = 3
+BACKOFF = 0.2
+
+
+class PrefectUnreachableError(StateError):
+    """The Prefect server did not answer (down, wrong URL, network)."""
+
+
+class PrefectRefusedError(StateError):
+    """The Prefect server refused a request (4xx other than 404/409)."""
+
+
+def api_url(url: str) -> str:
+    """`prefect+http://host/api` -> `http://host/api`."""
+    return url[len(SCHEME) :].rstrip("/") if url.startswith(SCHEME) else url.rstrip("/")
+
+
+class PrefectApi:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_env: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base = api_url(url)
+        key = os.environ.get(key_env or "PREFECT_API_KEY") or None
+        if key_env and key is None:
+            raise StateError(
+                f"--state-key-env names {key_env}, which is not set",
+                hint=f"export {key_env}=<your Prefect API key>, or drop --state-key-env",
+            )
+        headers = {"Accept": "application/json", "User-Agent": "buildsys"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(
+            base_url=self.base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path, read=True)
+
+    def read(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """A POST that only reads (Prefect's `/filter` endpoints)."""
+        return self.call("POST", path, body=dict(body or {}), read=True)
+
+    def pages(self, path: str, body: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        offset = 0
+        while True:
+            items = self.read(path, {**(body or {}), "limit": PAGE, "offset": offset})
+            yield from items
+            if len(items) < PAGE:
+                return
+            offset += len(items)
+
+    def write(self, method: str, path: str, body: Any = None) -> Any:
+        return self.call(method, path, body=body, read=False)
+
+    def call(self, method: str, path: str, *, body: Any = None, read: bool) -> Any:
+        attempts = RETRIES + 1 if read else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self.client.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                if last:
+                    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
+                    raise PrefectUnreachableError(
+                        f"the Prefect server at {self.base} {kind}: {exc or type(exc).__name__}",
+                        hint="check the URL given to --state (prefect+http(s)://HOST/api) and that the server runs",
+                    ) from None
+            else:
+                if response.status_code < 500 or last:
+                    return self._result(method, path, response)
+            time.sleep(BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _result(self, method: str, path: str, response: httpx.Response) -> Any:
+        status = response.status_code
+        if 200 <= status < 300:
+            return response.json() if response.content else None
+        detail = _detail(response)
+        what = f"Prefect refused {method} {path} ({status}): {detail}"
+        if status in (401, 403):
+            hint = "set PREFECT_API_KEY (or name another variable with --state-key-env)" if status == 401 else None
+            raise PrefectRefusedError(what, hint=hint)
+        if status == 404:
+            raise NotFoundError(what)
+        if status == 409:
+            raise ConflictError(what)
+        if status < 500:
+            raise PrefectRefusedError(what)
+        raise StateError(f"the Prefect server at {self.base} failed on {method} {path} ({status}): {detail}")
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(payload, dict):
+        if isinstance(payload.get("exception_detail"), list):
+            parts = []
+            for d in payload["exception_detail"][:3]:
+                if isinstance(d, dict):
+                    loc = ".".join(str(x) for x in d.get("loc", ()) if x != "body")
+                    parts.append(f"{loc}: {d.get('msg')}" if loc else str(d.get("msg")))
+            return "; ".join(parts) or str(payload.get("exception_message"))
+        if "detail" in payload:
+            return str(payload["detail"])
+    return str(payload)[:300]
