@@ -1,5 +1,7 @@
 """The HTTP client of a Prefect server's REST API (`prefect+http(s)://HOST/api`), with its errors
-turned into buildsys's. Reads are retried on connection errors and 5xx answers; writes are not.
+turned into buildsys's. Reads are retried on connection errors and 5xx answers; writes only on 503
+and 429, which Prefect answers before doing anything (a busy database, rate limits), as its own
+client does.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from buildsys.errors import ConflictError, NotFoundError, StateError
 
 SCHEME = "prefect+"
 PAGE = 200  # Prefect's default (and usual maximum) page size
-RETRIES = 3
-BACKOFF = 0.2
+RETRIES = 4
+BACKOFF = 0.25
+NOT_DONE = (429, 503)  # answers that say the request was not carried out
 
 
 class PrefectUnreachableError(StateError):
@@ -78,20 +81,21 @@ class PrefectApi:
         return self.call(method, path, body=body, read=False)
 
     def call(self, method: str, path: str, *, body: Any = None, read: bool) -> Any:
-        attempts = RETRIES + 1 if read else 1
+        attempts = RETRIES + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 response = self.client.request(method, path, json=body)
             except httpx.TransportError as exc:
-                if last:
+                if last or not read:
                     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
                     raise PrefectUnreachableError(
                         f"the Prefect server at {self.base} {kind}: {exc or type(exc).__name__}",
                         hint="check the URL given to --state (prefect+http(s)://HOST/api) and that the server runs",
                     ) from None
             else:
-                if response.status_code < 500 or last:
+                status = response.status_code
+                if last or (status < 500 and status not in NOT_DONE) or (not read and status not in NOT_DONE):
                     return self._result(method, path, response)
             time.sleep(BACKOFF * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover

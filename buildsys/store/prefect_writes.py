@@ -153,8 +153,8 @@ def _put_deployment(api: PrefectApi, spec: Mapping[str, Any], owner: str | None,
         _put_schedules(api, dep_id, spec["schedules"], have.get("schedules") or [], meta.get("schedules") or [])
     if current.owner != owner:
         _adopt_triggers(api, dep_id)
-        have = {**have, "triggers": _current_triggers(api, dep_id)[0]}
-        meta = {**meta, "triggers": _current_triggers(api, dep_id)[1]}
+        items, ids = _current_triggers(api, dep_id)
+        have, meta = {**have, "triggers": items}, {**meta, "triggers": ids}
     if "triggers" in spec and _differs(spec["triggers"], have.get("triggers")):
         _put_triggers(api, dep_id, spec["triggers"], have.get("triggers") or [], meta.get("triggers") or [], owner)
 
@@ -210,19 +210,19 @@ def _put_schedules(
 
 
 def _current_triggers(api: PrefectApi, dep_id: str) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    mine = [
-        a
-        for a in api.read(f"/automations/related-to/prefect.deployment.{dep_id}")
-        if specs.automation_deployment(a) == dep_id and specs.TRIGGER_TAG in (a.get("tags") or [])
-    ]
+    mine = [a for a in _automations_for(api, dep_id) if specs.TRIGGER_TAG in (a.get("tags") or [])]
     items = [specs.trigger_spec(a) for a in mine]
     return items, [[_key(t), str(a["id"])] for t, a in zip(items, mine, strict=True)]
 
 
+def _automations_for(api: PrefectApi, dep_id: str) -> list[Mapping[str, Any]]:
+    return [a for a in api.pages("/automations/filter") if specs.automation_deployment(a) == dep_id]
+
+
 def _adopt_triggers(api: PrefectApi, dep_id: str) -> None:
     """Taking over a deployment takes over the automations that run it (`prefect deploy` made them)."""
-    for a in api.read(f"/automations/related-to/prefect.deployment.{dep_id}"):
-        if specs.automation_deployment(a) == dep_id and specs.TRIGGER_TAG not in (a.get("tags") or []):
+    for a in _automations_for(api, dep_id):
+        if specs.TRIGGER_TAG not in (a.get("tags") or []):
             body = {k: a[k] for k in ("name", "description", "enabled", "trigger", "actions", "actions_on_trigger", "actions_on_resolve") if k in a}
             body["tags"] = [*(a.get("tags") or []), specs.TRIGGER_TAG]
             api.write("PUT", f"/automations/{a['id']}", body)
