@@ -39,7 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("buildsys.cli.state", "state"),
     "help": ("buildsys.cli.help", "help_"),
     "completion": ("buildsys.cli.completion", "completion"),
-    "import": ("buildsys.cli.import_", "import_"),
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -64,7 +63,6 @@ SHORT_HELP: dict[str, str] = {
     "state": "Show, export and import the state store.",
     "help": "Read a help topic (`buildsys help` lists them).",
     "completion": "Print the shell completion script (bash, zsh, fish).",
-    "import": "Manage a resource made outside buildsys (e.g. by prefect deploy).",
 }
 
 
