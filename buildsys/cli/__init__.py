@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("buildsys.cli.state", "state"),
     "help": ("buildsys.cli.help", "help_"),
     "completion": ("buildsys.cli.completion", "completion"),
+    "ui": ("buildsys.cli.ui", "ui"),
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -63,6 +64,7 @@ SHORT_HELP: dict[str, str] = {
     "state": "Show, export and import the state store.",
     "help": "Read a help topic (`buildsys help` lists them).",
     "completion": "Print the shell completion script (bash, zsh, fish).",
+    "ui": "Open the web UI for this project's state store.",
 }
 
 

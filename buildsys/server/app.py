@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
@@ -46,9 +47,14 @@ class Settings:
 
 
 def create_app(
-    store: StateStore, *, authenticator: Authenticator | None = None, settings: Settings | None = None
+    store: StateStore,
+    *,
+    authenticator: Authenticator | None = None,
+    settings: Settings | None = None,
+    project_root: Path | None = None,
 ) -> Starlette:
-    """The API over `store`; with an authenticator every non-public call needs a bearer token."""
+    """The API over `store`, and the web UI at `/`; with an authenticator every non-public call
+    and page needs a token. `project_root` gives the UI a project (plans, step graph)."""
     settings = settings or Settings()
     services = Services(
         store,
@@ -62,7 +68,14 @@ def create_app(
             ep, services, authenticator, settings, validators
         )
     # one route per path, so a wrong method gets 405 with the path's whole Allow list
-    routes = [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+    routes: list[BaseRoute] = [
+        Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
+    ]
+    # --- the web UI (buildsys.ui): pages at /, same store threads, same tokens and scopes ---
+    from buildsys.ui import ui_routes
+
+    routes.extend(ui_routes(services, authenticator, project_root))
+    # ------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

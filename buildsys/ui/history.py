@@ -1,0 +1,60 @@
+"""Applied plans, kept for the UI's "Plans" page: each apply that wrote something leaves its plan
+(as `plan -o` saves it) in `.buildsys/plans/` of the project it was applied from, newest
+`KEEP` only. The plan files are the same format `apply PLAN` reads, so any of them can be read
+back exactly as it was shown."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from buildsys.plan import Plan, PlanError
+from buildsys.plan_view import render_plan
+
+PLANS_DIR = Path(".buildsys") / "plans"
+KEEP = 50
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    path: Path
+    applied_at: float
+    serial: int  # the store's serial after the apply
+    plan: Plan
+
+    @property
+    def text(self) -> str:
+        return render_plan(self.plan)
+
+
+def record(root: Path, plan: Plan, serial: int, *, now: float | None = None) -> Path:
+    """Keep `plan` (applied, leaving the store at `serial`); drops the oldest beyond KEEP."""
+    folder = root / PLANS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    moment = time.time() if now is None else now
+    path = folder / f"{int(moment * 1000):015d}-{serial}.json"
+    body = {"applied_at": moment, "serial": serial, "plan": plan.to_dict()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    for old in sorted(folder.glob("*.json"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def recorded(root: Path, limit: int = 20) -> tuple[list[AppliedPlan], list[str]]:
+    """The newest applied plans first, and a note for each file that could not be read."""
+    folder = root / PLANS_DIR
+    found: list[AppliedPlan] = []
+    problems: list[str] = []
+    for path in sorted(folder.glob("*.json"), reverse=True)[:limit] if folder.is_dir() else []:
+        try:
+            body: Any = json.loads(path.read_text(encoding="utf-8"))
+            found.append(AppliedPlan(path, float(body["applied_at"]), int(body["serial"]), Plan.from_dict(body["plan"])))
+        except (OSError, ValueError, KeyError, TypeError, PlanError) as exc:
+            problems.append(f"{path.name}: {exc}")
+    return found, problems

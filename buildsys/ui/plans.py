@@ -1,0 +1,57 @@
+"""Plans and builds: the plans applied from this project (with their diffs as `plan` prints
+them), the store's resources by the apply that last wrote them, and the step graph with each
+step's cache state. The project parts need a project: `buildsys ui` serves the one it runs in."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from buildsys.errors import BuildsysError
+from buildsys.store.base import Resource
+from buildsys.ui.session import Viewer
+
+if TYPE_CHECKING:
+    from buildsys.ui.app import Ui
+
+APPLIES_SHOWN = 20
+
+
+def applies(resources: list[Resource]) -> list[dict[str, Any]]:
+    """Resources grouped by the store serial of the apply that last wrote them, newest first."""
+    by_serial: dict[int, list[Resource]] = defaultdict(list)
+    for r in resources:
+        by_serial[r.serial].append(r)
+    rows = []
+    for serial in sorted(by_serial, reverse=True)[:APPLIES_SHOWN]:
+        items = sorted(by_serial[serial], key=lambda r: (r.kind, r.name))
+        source = next((r.source for r in items if r.source), None)
+        rows.append({"serial": serial, "resources": items, "source": source, "at": max(r.updated_at for r in items)})
+    return rows
+
+
+async def plans_page(ui: Ui, request: Request, who: Viewer) -> Response:
+    from buildsys.ui.history import recorded
+    from buildsys.ui.stepgraph import render_svg, step_states
+
+    resources = await ui.sync(ui.services.store.list_resources, None)
+    context: dict[str, Any] = {"applies": applies(resources), "root": ui.project_root, "plans": [],
+                               "problems": [], "steps": [], "svg": None, "graph_error": None}
+    root = ui.project_root
+    if root is not None:
+        context["plans"], context["problems"] = await ui.sync(recorded, root)
+        if (root / "prefect.yaml").is_file():
+            try:
+                steps = await ui.sync(step_states, root)
+                context["steps"], context["svg"] = steps, render_svg(steps)
+            except BuildsysError as exc:
+                context["graph_error"] = exc.render()
+        else:
+            context["graph_error"] = f"no prefect.yaml in {root}"
+    return ui.render(request, who, "plans.html", **context)
+
+
+ROUTES = (("/plans", "GET", "read", plans_page),)

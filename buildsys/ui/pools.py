@@ -1,0 +1,205 @@
+"""Work pools: the list, a pool's page (its template variables as a form, the raw template), and
+the edit path: preview with validation and a diff, then save guarded by the store's serial."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from buildsys.errors import NotFoundError
+from buildsys.pools import JobVariableError, default_job_template, validate_template
+from buildsys.store.base import SCHEDULED, Change, Resource
+from buildsys.ui.forms import fields_for, read_form, submitted
+from buildsys.ui.session import Viewer, posted
+
+if TYPE_CHECKING:
+    from buildsys.ui.app import Ui
+
+WAITING_CAP = 1000  # "1000+" beyond this
+
+
+def template_of(pool: Resource) -> dict[str, Any]:
+    """The pool's base job template as a run gets it (the type's default when none is stored)."""
+    stored = pool.spec.get("base_job_template")
+    if isinstance(stored, Mapping) and stored:
+        return copy.deepcopy(dict(stored))
+    return default_job_template(str(pool.spec.get("type") or "process"))
+
+
+def variables_schema(template: Mapping[str, Any]) -> dict[str, Any]:
+    schema = template.get("variables")
+    return dict(schema) if isinstance(schema, Mapping) else {"type": "object", "properties": {}}
+
+
+async def pools_list(ui: Ui, request: Request, who: Viewer) -> Response:
+    store = ui.services.store
+
+    def read() -> list[dict[str, Any]]:
+        rows = []
+        for pool in store.list_resources("pool"):
+            workers = store.list_workers(pool.name)
+            waiting = len(store.list_runs(pool=pool.name, states=[SCHEDULED], limit=WAITING_CAP + 1))
+            rows.append({"pool": pool, "workers": workers, "waiting": waiting})
+        return rows
+
+    return ui.render(request, who, "pools.html", rows=await ui.sync(read), cap=WAITING_CAP)
+
+
+async def _load(ui: Ui, name: str) -> tuple[Resource, int]:
+    store = ui.services.store
+
+    def read() -> tuple[Resource | None, int]:
+        return store.get_resource("pool", name), store.serial()
+
+    pool, serial = await ui.sync(read)
+    if pool is None:
+        raise NotFoundError(f"work pool {name!r} does not exist", hint="see the list of pools")
+    return pool, serial
+
+
+async def pool_page(ui: Ui, request: Request, who: Viewer) -> Response:
+    name = request.path_params["name"]
+    pool, serial = await _load(ui, name)
+    store = ui.services.store
+
+    def read() -> dict[str, Any]:
+        return {
+            "workers": store.list_workers(name),
+            "waiting": store.list_runs(pool=name, states=[SCHEDULED], limit=20),
+            "deployments": [d for d in store.list_resources("deployment") if d.spec.get("work_pool_name") == name],
+        }
+
+    return _pool_page(ui, request, who, pool, serial, **(await ui.sync(read)))
+
+
+def _pool_page(
+    ui: Ui, request: Request, who: Viewer, pool: Resource, serial: int, *, status: int = 200, **extra: Any
+) -> Response:
+    template = template_of(pool)
+    schema = variables_schema(template)
+    context: dict[str, Any] = {
+        "pool": pool,
+        "serial": serial,
+        "template": template,
+        "template_json": json.dumps(template, indent=2, ensure_ascii=False),
+        "fields": fields_for(schema),
+        "errors": {},
+        "yaml": pool_yaml(pool),
+        "saved": request.query_params.get("saved") == "1",
+        "workers": [],
+        "waiting": [],
+        "deployments": [],
+    }
+    context.update(extra)
+    return ui.render(request, who, "pool.html", status=status, **context)
+
+
+async def preview(ui: Ui, request: Request, who: Viewer) -> Response:
+    """Validate an edit (form or raw JSON) and show its diff; nothing is written yet."""
+    pool, _ = await _load(ui, request.path_params["name"])
+    form = await posted(request)
+    data = form
+    serial = _serial(data.get("serial", ""))
+    old = template_of(pool)
+    if data.get("mode") == "json":
+        try:
+            new = json.loads(data.get("template", ""))
+        except ValueError as exc:
+            return _pool_page(ui, request, who, pool, serial, status=422, json_error=f"not valid JSON: {exc}",
+                              template_json=data.get("template", ""))
+        if not isinstance(new, dict):
+            return _pool_page(ui, request, who, pool, serial, status=422, json_error="the template must be a JSON object",
+                              template_json=data.get("template", ""))
+    else:
+        schema = variables_schema(old)
+        fields = fields_for(schema)
+        # defaults need not satisfy `required` (the run's values do), only each variable's type
+        result = read_form({k: v for k, v in schema.items() if k != "required"}, fields, data)
+        if result.errors:
+            shown = fields_for(schema, submitted(fields, data), fill_defaults=False)
+            return _pool_page(ui, request, who, pool, serial, status=422, fields=shown, errors=result.errors)
+        new = with_defaults(old, result.values)
+    try:
+        validate_template(new)
+    except JobVariableError as exc:
+        return _pool_page(ui, request, who, pool, serial, status=422, json_error=exc.render(),
+                          template_json=json.dumps(new, indent=2, ensure_ascii=False))
+    return ui.render(
+        request, who, "pool_preview.html", pool=pool, serial=serial, diff=template_diff(old, new),
+        template_json=json.dumps(new, ensure_ascii=False),
+    )
+
+
+async def save(ui: Ui, request: Request, who: Viewer) -> Response:
+    pool, _ = await _load(ui, request.path_params["name"])
+    form = await posted(request)
+    try:
+        new = json.loads(form.get("template", ""))
+    except ValueError as exc:
+        raise JobVariableError(f"the template to save is not valid JSON: {exc}") from None
+    if not isinstance(new, dict):
+        raise JobVariableError("the template to save must be a JSON object")
+    validate_template(new)
+    spec = {**pool.spec, "base_job_template": new}
+    change = Change("update", "pool", pool.name, spec=spec, owner=pool.owner, source=pool.source)
+    await ui.sync(ui.services.store.apply, [change], expected_serial=_serial(form.get("serial", "")))
+    ui.services.resources_changed.notify()
+    ui.services.runs_changed.notify()
+    return RedirectResponse(f"/pools/{pool.name}?saved=1", status_code=303)
+
+
+def with_defaults(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The template with its variables' defaults replaced by `values` (a left-out one loses its default)."""
+    new = copy.deepcopy(dict(template))
+    properties = new.get("variables", {}).get("properties", {})
+    for name, prop in properties.items():
+        if not isinstance(prop, dict):
+            continue
+        if name in values:
+            prop["default"] = values[name]
+        else:
+            prop.pop("default", None)
+    return new
+
+
+def template_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    a = json.dumps(old, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    b = json.dumps(new, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    return list(difflib.unified_diff(a, b, "stored", "edited", lineterm="", n=3))
+
+
+def pool_yaml(pool: Resource) -> str:
+    """The pool as a `work_pools:` entry of prefect.yaml, for a git-owned pool edited here."""
+    spec = pool.spec
+    entry: dict[str, Any] = {"name": pool.name, "type": spec.get("type", "process")}
+    for key in ("description", "concurrency_limit", "paused"):
+        if spec.get(key) is not None:
+            entry[key] = spec[key]
+    entry["base_job_template"] = spec.get("base_job_template") or default_job_template(str(entry["type"]))
+    if spec.get("queues"):
+        entry["queues"] = [
+            {k: v for k, v in q.items() if v is not None} for q in spec["queues"] if isinstance(q, Mapping)
+        ]
+    return yaml.safe_dump({"work_pools": [entry]}, sort_keys=False, allow_unicode=True, width=100)
+
+
+def _serial(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise JobVariableError("the form lost the store serial it was made at: reload the page") from None
+
+
+ROUTES = (
+    ("/pools", "GET", "read", pools_list),
+    ("/pools/{name}", "GET", "read", pool_page),
+    ("/pools/{name}/preview", "POST", "apply", preview),
+    ("/pools/{name}/save", "POST", "apply", save),
+)

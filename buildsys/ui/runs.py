@@ -1,0 +1,183 @@
+"""Flow runs: the filtered, paginated list; a run's page (state timeline, parameters, live logs);
+cancel and retry. Logs follow by long-poll: the page asks for the lines after the last one it
+shows, and the answer comes as soon as a line is written (or the run ends, or 20 s pass)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine
+from buildsys.ui.session import Viewer
+
+if TYPE_CHECKING:
+    from buildsys.ui.app import Ui
+
+PAGE_SIZE = 50
+FIRST_LOG_LINES = 2000
+FOLLOW_SECONDS = 20.0
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the "created within" filter
+SCAN_CHUNK = 500
+
+
+def _filters(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    states = [s for s in q.getlist("state") if s in STATE_TYPES]
+    page = q.get("page", "1")
+    return {
+        "state": states,
+        "deployment": q.get("deployment") or None,
+        "pool": q.get("pool") or None,
+        "since": q.get("since") if q.get("since") in WINDOWS else "",
+        "page": max(1, int(page)) if page.isdigit() else 1,
+    }
+
+
+def list_page(store: Any, f: Mapping[str, Any]) -> tuple[list[FlowRun], bool]:
+    """One page of runs matching the filters, and whether there is a next page. The time window
+    is read newest first and stops at the first run older than it."""
+    offset = (f["page"] - 1) * PAGE_SIZE
+    query = {"deployment": f["deployment"], "pool": f["pool"], "states": f["state"] or None}
+    if not f["since"]:
+        found = store.list_runs(**query, limit=PAGE_SIZE + 1, offset=offset)
+        return found[:PAGE_SIZE], len(found) > PAGE_SIZE
+    cutoff = time.time() - WINDOWS[f["since"]]
+    matched: list[FlowRun] = []
+    scanned = 0
+    while len(matched) <= offset + PAGE_SIZE:
+        chunk = store.list_runs(**query, limit=SCAN_CHUNK, offset=scanned)
+        scanned += len(chunk)
+        recent = [r for r in chunk if r.created_at >= cutoff]
+        matched.extend(recent)
+        if len(chunk) < SCAN_CHUNK or len(recent) < len(chunk):
+            break
+    return matched[offset : offset + PAGE_SIZE], len(matched) > offset + PAGE_SIZE
+
+
+async def runs_list(ui: Ui, request: Request, who: Viewer) -> Response:
+    f = _filters(request)
+    store = ui.services.store
+
+    def read() -> tuple[list[FlowRun], bool, list[str], list[str]]:
+        runs, more = list_page(store, f)
+        deployments = [d.name for d in store.list_resources("deployment")]
+        pools = [p.name for p in store.list_resources("pool")]
+        return runs, more, deployments, pools
+
+    runs, more, deployments, pools = await ui.sync(read)
+    base = {k: v for k, v in f.items() if k != "page" and v}
+
+    def link(page: int) -> str:
+        return "/runs?" + urlencode({**base, "page": page}, doseq=True)
+
+    return ui.render(
+        request, who, "runs.html", runs=runs, f=f, states=STATE_TYPES, windows=list(WINDOWS),
+        deployments=deployments, pools=pools,
+        prev=link(f["page"] - 1) if f["page"] > 1 else None, next=link(f["page"] + 1) if more else None,
+    )
+
+
+def timeline(run: FlowRun) -> list[tuple[str, float]]:
+    """The moments the store keeps for a run, in order."""
+    points = [("Created", run.created_at), ("Scheduled for", run.scheduled_at)]
+    if run.started_at:
+        points.append(("Started", run.started_at))
+    if run.ended_at:
+        points.append((run.state_name, run.ended_at))
+    elif run.state not in ("SCHEDULED",):
+        points.append((f"{run.state_name} (now)", time.time()))
+    return sorted(points, key=lambda p: p[1])
+
+
+async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
+    store = ui.services.store
+
+    def read() -> tuple[FlowRun, list[LogLine], dict[str, Any]]:
+        run = store.get_run(request.path_params["run_id"])
+        return run, store.read_logs(run.id, limit=FIRST_LOG_LINES), extras(store, run.id)
+
+    run, lines, extra = await ui.sync(read)
+    last = lines[-1].seq if lines else 0
+    return ui.render(
+        request, who, "run.html", run=run, lines=lines, last=last, timeline=timeline(run),
+        following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, **extra,
+    )
+
+
+def extras(store: Any, run_id: str) -> dict[str, Any]:
+    """Task runs and artifacts, for stores that keep them (the Prefect engine API's records)."""
+    found: dict[str, Any] = {"task_runs": None, "artifacts": None}
+    for key, call in (("task_runs", "list_task_runs"), ("artifacts", "list_artifacts")):
+        method = getattr(store, call, None)
+        if callable(method):
+            found[key] = method(run_id)
+    return found
+
+
+async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
+    """The log lines after `after`, waiting for them; the answer ends with the next follower."""
+    after_text = request.query_params.get("after", "0")
+    after = int(after_text) if after_text.isdigit() else 0
+    services = ui.services
+    deadline = time.monotonic() + FOLLOW_SECONDS
+    while True:
+        seen = services.logs_changed.generation
+        run, lines = await ui.sync(_read_after, services.store, request.path_params["run_id"], after)
+        remaining = deadline - time.monotonic()
+        if lines or run.is_terminal or remaining <= 0:
+            break
+        await services.logs_changed.wait(min(remaining, services.poll_interval), seen)
+        if await request.is_disconnected():
+            return Response(status_code=204)
+    last = lines[-1].seq if lines else after
+    return ui.render(request, who, "log_lines.html", run=run, lines=lines, last=last, following=not run.is_terminal)
+
+
+def _read_after(store: Any, run_id: str, after: int) -> tuple[FlowRun, list[LogLine]]:
+    run = store.get_run(run_id)
+    lines = store.read_logs(run.id, after=after, limit=FIRST_LOG_LINES)
+    if lines and not run.is_terminal:
+        run = store.get_run(run.id)  # the state the lines were written in, for the badge
+    return run, lines
+
+
+async def cancel(ui: Ui, request: Request, who: Viewer) -> Response:
+    run = await ui.sync(ui.services.store.request_cancel, request.path_params["run_id"])
+    ui.services.runs_changed.notify()
+    ui.services.logs_changed.notify()
+    return RedirectResponse(f"/runs/{run.id}", status_code=303)
+
+
+async def retry(ui: Ui, request: Request, who: Viewer) -> Response:
+    """A new run of the same deployment with the same parameters and job-variable overrides."""
+    store = ui.services.store
+
+    def again() -> FlowRun:
+        run = store.get_run(request.path_params["run_id"])
+        if run.state not in TERMINAL:
+            from buildsys.errors import ConflictError
+
+            raise ConflictError(f"run {run.name} is still {run.state_name}: only a finished run can be retried",
+                                hint="cancel it first")
+        return store.create_run(
+            run.deployment, parameters=dict(run.parameters), job_variables=dict(run.job_variables) or None,
+            tags=run.tags,
+        )
+
+    new = await ui.sync(again)
+    ui.services.runs_changed.notify()
+    return RedirectResponse(f"/runs/{new.id}", status_code=303)
+
+
+ROUTES = (
+    ("/runs", "GET", "read", runs_list),
+    ("/runs/{run_id}", "GET", "read", run_page),
+    ("/runs/{run_id}/logs", "GET", "read", logs),
+    ("/runs/{run_id}/cancel", "POST", "apply", cancel),
+    ("/runs/{run_id}/retry", "POST", "apply", retry),
+)
