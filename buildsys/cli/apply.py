@@ -36,7 +36,7 @@ def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool) -> 
     store = app.open_store()
     try:
         if plan_file is not None:
-            result = apply_saved(store, read_plan_file(plan_file))
+            result = apply_saved(store, read_plan_file(plan_file), root=_root(app))
             report(app, None, result)
             return
         planned = make_plan(app, store, prune=prune, outputs=cached_outputs)
@@ -46,15 +46,25 @@ def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool) -> 
             report(app, planned, None)
             return
         confirm(auto_approve)
-        report(app, planned, apply_saved(store, planned))
+        report(app, planned, apply_saved(store, planned, root=_root(app)))
     finally:
         store.close()
 
 
-def apply_saved(store: StateStore, plan: Plan) -> ApplyResult:
+def apply_saved(store: StateStore, plan: Plan, *, root: Path | None = None) -> ApplyResult:
+    """Apply `plan`; with `root`, keep it in the project's plan history (the UI's Plans page)."""
     from buildsys.reconcile import apply_plan
 
-    return apply_plan(store, plan)
+    result = apply_plan(store, plan)
+    if root is not None and result.applied:
+        from buildsys.ui.history import remember
+
+        remember(root, plan, result.serial)
+    return result
+
+
+def _root(app: App) -> Path:
+    return app.project_file.resolve().parent
 
 
 def confirm(auto_approve: bool) -> None:

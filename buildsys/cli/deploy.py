@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 @pass_app
 def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool) -> None:
     """Build, push, plan and apply in one go (the plan is shown, then applied without asking)."""
-    from buildsys.cli.apply import report
+    from buildsys.cli.apply import apply_saved, report
     from buildsys.cli.plan import make_plan, show_plan
-    from buildsys.reconcile import apply_plan
     from buildsys.validation import require_references
 
     project = app.load_project()
@@ -46,7 +45,8 @@ def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: b
         )
         if not app.json:
             show_plan(app, planned)
-        result = apply_plan(store, planned) if planned.has_changes else None
+        root = app.project_file.resolve().parent
+        result = apply_saved(store, planned, root=root) if planned.has_changes else None
         report(app, planned, result)
     finally:
         store.close()

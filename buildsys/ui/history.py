@@ -46,6 +46,17 @@ def record(root: Path, plan: Plan, serial: int, *, now: float | None = None) -> 
     return path
 
 
+def remember(root: Path, plan: Plan, serial: int) -> None:
+    """`record`, for `apply`: the history is a convenience, so a folder that cannot be written
+    (read-only checkout, full disk) costs a warning in the log, never the apply."""
+    import logging
+
+    try:
+        record(root, plan, serial)
+    except OSError as exc:
+        logging.getLogger("buildsys.ui").warning("could not keep the applied plan in %s: %s", root / PLANS_DIR, exc)
+
+
 def recorded(root: Path, limit: int = 20) -> tuple[list[AppliedPlan], list[str]]:
     """The newest applied plans first, and a note for each file that could not be read."""
     folder = root / PLANS_DIR

@@ -156,7 +156,8 @@ async def save(ui: Ui, request: Request, who: Viewer) -> Response:
 
 
 def with_defaults(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The template with its variables' defaults replaced by `values` (a left-out one loses its default)."""
+    """The template with its variables' defaults replaced by `values`. A variable left empty loses
+    its default, unless that default is null or "" (which an empty input stands for already)."""
     new = copy.deepcopy(dict(template))
     properties = new.get("variables", {}).get("properties", {})
     for name, prop in properties.items():
@@ -164,7 +165,7 @@ def with_defaults(template: Mapping[str, Any], values: Mapping[str, Any]) -> dic
             continue
         if name in values:
             prop["default"] = values[name]
-        else:
+        elif prop.get("default") not in (None, ""):
             prop.pop("default", None)
     return new
 

@@ -1,0 +1,209 @@
+"""The web UI in a real browser (Debian's chromium, headless) against a real `buildsys server`
+with runs made by a real worker: a run from the generated form with a pydantic parameter, its
+logs arriving live, cancel, a pool's custom variable edited and used by the next run, sign-in
+with a token. Every page is screenshotted (desktop and phone) and checked for unlabelled controls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from buildsys.store.base import StateStore
+from tests.infra.waiting import wait_for
+from tests.infra.workers import Workers
+from tests.server.running import ServerProcess
+from tests.ui.browser import Browser
+from tests.ui.conftest import DEPLOYMENT
+
+
+def start_run(browser: Browser, url: str, **fields: str) -> str:
+    """Fill the deployment's Run form and submit it; returns the new run's id."""
+    browser.get(f"{url}/deployments/{DEPLOYMENT}")
+    for css, value in fields.items():
+        browser.fill(f"#{css}", value)
+    browser.submit("form[action$='/run'] button[type=submit]")
+    def run_id() -> str:
+        url = str(browser.driver.current_url)
+        return url.rsplit("/runs/", 1)[-1] if "/runs/" in url else ""
+
+    return wait_for(run_id, 20, "the run page after submitting the form")
+
+
+def test_run_from_the_form_with_a_pydantic_parameter_and_its_logs_live(
+    browser: Browser, server: ServerProcess, api: StateStore, worker: Workers, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    browser.get(f"{server.url}/deployments/{DEPLOYMENT}")
+    assert browser.find("label[for='f-settings-retries']").text == "Retries integer"
+    browser.screenshot("deployment")
+    browser.fill("#f-settings-retries", "5")
+    browser.choose("#f-settings-mode", "careful")
+    browser.fill("#f-settings-labels", "blue\ngreen")
+    browser.fill("#f-gate", str(gate))
+    browser.submit("form[action$='/run'] button[type=submit]")
+    wait_for(lambda: "/runs/" in browser.driver.current_url, 20, "the run page")
+    run_id = browser.driver.current_url.rsplit("/", 1)[-1]
+    run = api.get_run(run_id)
+    assert run.parameters == {
+        "day": "2026-12-01",
+        "gate": str(gate),
+        "settings": {"retries": 5, "mode": "careful", "labels": ["blue", "green"]},
+    }
+    browser.driver.execute_script("window.__same_page = 'yes'")
+    logs = browser.wait_text("#logs", "waiting for gate", 60)
+    expected = json.dumps({"labels": ["blue", "green"], "mode": "careful", "retries": 5}, sort_keys=True)
+    assert f"settings {expected}" in logs and "day 2026-12-01" in logs and "GREETING=hello" in logs
+    assert "released" not in logs
+    browser.screenshot("run-following")
+    gate.write_text("")
+    browser.wait_text("#logs", "released", 30)
+    browser.wait_text("#run-state", "Completed", 30)
+    browser.wait_text("#logs", "The run ended: Completed", 10)
+    assert browser.driver.execute_script("return window.__same_page") == "yes", "the page was reloaded"
+    browser.screenshot("run-completed")
+
+
+def test_invalid_form_values_are_named_and_nothing_runs(browser: Browser, server: ServerProcess, api: StateStore) -> None:
+    browser.get(f"{server.url}/deployments/{DEPLOYMENT}")
+    browser.driver.execute_script("document.getElementById('f-day').value = ''")  # a required date left out
+    browser.find("form[action$='/run'] details > summary").click()  # the job variables, folded
+    browser.fill("#f-jv-env", "{not json")
+    browser.fill("#f-settings-labels", "kept")
+    browser.submit("form[action$='/run'] button[type=submit]")
+    browser.wait_text("main", "The run was not created")
+    assert browser.text("#f-day-error") == "required"
+    assert browser.text("#f-jv-env-error").startswith("not valid JSON: Expecting property name")
+    assert browser.find("#f-day").get_attribute("aria-invalid") == "true"
+    assert browser.find("#f-settings-labels").get_attribute("value") == "kept"  # what was typed stays
+    browser.screenshot("run-form-errors")
+    assert [r for r in api.list_runs() if not r.auto_scheduled] == []  # (the cron schedule makes its own)
+
+
+def test_cancel_a_running_run(browser: Browser, server: ServerProcess, api: StateStore, worker: Workers, tmp_path: Path) -> None:
+    run_id = start_run(browser, server.url, **{"f-gate": str(tmp_path / "never")})
+    browser.wait_text("#logs", "waiting for never", 60)
+    browser.submit("form[action$='/cancel'] button")
+    browser.wait_text("#run-state", "Cancelled", 30)
+    assert api.get_run(run_id).state == "CANCELLED"
+    assert not browser.find_all("form[action$='/cancel']")
+    browser.screenshot("run-cancelled")
+    browser.submit("form[action$='/retry'] button")
+    wait_for(lambda: run_id not in browser.driver.current_url, 20, "the retried run's page")
+    again = api.get_run(browser.driver.current_url.rsplit("/", 1)[-1])
+    assert again.parameters == api.get_run(run_id).parameters and again.id != run_id
+    api.request_cancel(again.id)
+
+
+def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
+    browser: Browser, server: ServerProcess, api: StateStore, worker: Workers
+) -> None:
+    browser.get(f"{server.url}/pools/local")
+    notice = browser.text("#gitops").strip() and browser.text("section.notice")
+    assert "A change made here is drift: the next buildsys plan of that project shows it" in notice
+    assert "applied from commit 0123456789ab" in notice
+    assert browser.find("#f-greeting").get_attribute("value") == "hello"
+    assert browser.text("#f-greeting-help") == "What the flow says first (a custom variable of this pool)."
+    browser.screenshot("pool")
+    browser.fill("#f-greeting", "bonjour")
+    browser.submit("form[action$='/preview'] input[value=variables] ~ button")
+    diff = browser.wait_text("pre.diff", '+        "default": "bonjour",')
+    assert '-        "default": "hello",' in diff
+    assert api.get_resource("pool", "local").spec["base_job_template"]["variables"]["properties"]["greeting"]["default"] == "hello"
+    browser.screenshot("pool-preview")
+    browser.submit("form[action$='/save'] button")
+    browser.wait_text("main", "Saved: runs created from now on use the new template.")
+    pool = api.get_resource("pool", "local")
+    assert pool.spec["base_job_template"]["variables"]["properties"]["greeting"]["default"] == "bonjour"
+    assert pool.owner == "git-project"  # still git's: the next plan shows the drift
+    start_run(browser, server.url)
+    browser.wait_text("#logs", "GREETING=bonjour", 60)
+    browser.wait_text("#run-state", "Completed", 30)
+
+
+def test_every_page_renders_labelled_at_desktop_and_phone_width(
+    browser: Browser, server: ServerProcess, api: StateStore, worker: Workers
+) -> None:
+    run = api.create_run(DEPLOYMENT, parameters={"settings": {"retries": 1}})
+    wait_for(lambda: api.get_run(run.id).is_terminal, 60, "the run to finish")
+    pages = {
+        "overview": "/",
+        "pools": "/pools",
+        "pool": "/pools/local",
+        "deployments": "/deployments",
+        "deployment-page": f"/deployments/{DEPLOYMENT}",
+        "runs": "/runs",
+        "runs-filtered": "/runs?state=COMPLETED&pool=local&since=1h",
+        "run-page": f"/runs/{run.id}",
+        "plans": "/plans",
+        "login": "/login",
+    }
+    problems = {}
+    for name, path in pages.items():
+        browser.get(server.url + path)
+        assert browser.find("h1").text, name
+        bad = browser.unlabelled()
+        browser.driver.set_window_size(390, 844)
+        if browser.overflows():
+            bad.append("wider than a phone screen")
+        browser.screenshot(name)
+        if bad:
+            problems[name] = bad
+    assert problems == {}
+    browser.get(f"{server.url}/runs?state=COMPLETED")
+    assert run.name in browser.text("table")
+    browser.get(f"{server.url}/runs?state=FAILED")
+    assert "No runs." in browser.text("table")
+
+
+def test_pages_read_without_javascript(server: ServerProcess, api: StateStore, worker: Workers) -> None:
+    run = api.create_run(DEPLOYMENT, parameters={"settings": {"retries": 1}})
+    wait_for(lambda: api.get_run(run.id).is_terminal, 60, "the run to finish")
+    page = httpx.get(f"{server.url}/runs/{run.id}")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "GREETING=hello" in page.text and "The run ended: Completed." in page.text
+    assert "hx-get" not in page.text  # a finished run has nothing to follow
+
+
+def test_sign_in_with_a_token_and_refused_without(browser: Browser, tmp_path: Path) -> None:
+    from tests.server.running import run_cli, server_process
+
+    db = tmp_path / "auth.db"
+    tokens = {}
+    for scope in ("apply", "read"):
+        made = run_cli("server", "token", "create", "--scope", scope, "--db", str(db), cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        tokens[scope] = made.stdout.strip()
+    with server_process(str(db), tmp_path, extra=["--auth"]) as srv:
+        refused = httpx.get(f"{srv.url}/pools")
+        assert refused.status_code == 303 and refused.headers["location"] == "/login?next=%2Fpools"
+        browser.get(f"{srv.url}/pools")
+        wait_for(lambda: "/login" in browser.driver.current_url, 10, "the sign-in page")
+        browser.screenshot("sign-in")
+        browser.fill("#token", "bst_wrong_token")
+        browser.submit("form[action='/login'] button")
+        assert browser.wait_text("#login-error", "not valid")
+        browser.fill("#token", tokens["read"])
+        browser.submit("form[action='/login'] button")
+        wait_for(lambda: browser.driver.current_url.endswith("/pools"), 10, "the pools page after signing in")
+        assert "token scope: read" in browser.text("header")
+        cookie = browser.driver.get_cookie("buildsys_token")
+        assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+        assert browser.driver.execute_script("return document.cookie") == ""  # scripts cannot read it
+        # a read token may look but not change anything
+        with httpx.Client(base_url=srv.url, cookies={"buildsys_token": tokens["read"], "buildsys_csrf": "c" * 43}) as c:
+            posted = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": srv.url})
+            assert posted.status_code == 403 and "this needs &#39;apply&#39;" in posted.text
+        # an apply token may change things, but only from this origin with the session's CSRF value
+        with httpx.Client(base_url=srv.url, cookies={"buildsys_token": tokens["apply"], "buildsys_csrf": "c" * 43}) as c:
+            cross = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": "http://evil.example"})
+            assert cross.status_code == 403 and "posted from another site" in cross.text
+            forged = c.post("/runs/x/cancel", data={"csrf": "d" * 43}, headers={"Origin": srv.url})
+            assert forged.status_code == 403 and "session check failed" in forged.text
+            allowed = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": srv.url})
+            assert allowed.status_code == 404 and "flow run &#39;x&#39; not found" in allowed.text
+        browser.submit("form[action='/logout'] button")
+        wait_for(lambda: "/login" in browser.driver.current_url, 10, "the sign-in page after signing out")
+        browser.get(f"{srv.url}/runs")
+        wait_for(lambda: "/login?next=%2Fruns" in browser.driver.current_url, 10, "sign-in again")
