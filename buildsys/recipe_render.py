@@ -21,7 +21,8 @@ from buildsys.recipes import MANIFEST, PROJECT_FILE, RECORD_KEY, Recipe, RecipeE
 __all__ = ["PlannedFile", "RecipeConflictError", "RenderResult", "plan_render", "read_record", "record_source",
            "render_recipe", "write_render"]
 
-_SKIP_DIRS = {".git", "__pycache__"}
+_SKIP_DIRS = {".git", ".buildsys", "__pycache__"}  # a recipe's own repository and caches never travel
+_PROTECTED = (".git", ".buildsys")  # git's data and buildsys's caches (trusted when read): never written
 
 
 class RecipeConflictError(RecipeError):
@@ -98,8 +99,9 @@ def _safe_relative(rendered: str, template: str) -> str:
     if any(part in ("..", "") for part in rendered.split("/")) or "\\" in rendered:
         raise RecipeError(f"recipe refused: {template!r} renders to {rendered!r}, outside the target",
                           hint="a recipe may only write inside the target directory")
-    if ".git" in pure.parts:
-        raise RecipeError(f"recipe refused: {template!r} writes into .git")
+    for part in pure.parts:
+        if part.casefold() in _PROTECTED:  # casefold: one folder on a case-insensitive file system
+            raise RecipeError(f"recipe refused: {template!r} writes into {part}")
     return pure.as_posix()
 
 
@@ -170,6 +172,10 @@ def _destination(root: Path, rel: str) -> Path:
 def render_recipe(recipe: Recipe, target: Path, values: Mapping[str, str], *,
                   force: bool = False) -> RenderResult:
     """Plan then write: the whole render is refused before any file is written."""
+    inside = [part for part in target.resolve().parts if part.casefold() in _PROTECTED]
+    if inside:
+        raise RecipeError(f"recipe refused: the target {target} is inside {inside[0]}",
+                          hint="render a recipe into a project folder, not into git's or buildsys's own")
     return write_render(plan_render(recipe, values), target, force=force)
 
 

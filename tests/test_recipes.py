@@ -252,6 +252,8 @@ def _render_path(tmp_path: Path, recipe_dir: Path, **fields: str) -> Path:
         ("../../etc", "recipe refused: '{{ out }}/x.txt' renders to '../../etc/x.txt', outside the target"),
         ("/tmp/evil", "recipe refused: '{{ out }}/x.txt' renders to the absolute path '/tmp/evil/x.txt'"),
         (".git", "recipe refused: '{{ out }}/x.txt' writes into .git"),
+        (".buildsys/compiled", "recipe refused: '{{ out }}/x.txt' writes into .buildsys"),
+        ("a/.BuildSys", "recipe refused: '{{ out }}/x.txt' writes into .BuildSys"),
     ],
 )
 def test_paths_that_escape_the_target_are_refused(tmp_path: Path, out: str, message: str) -> None:
@@ -262,6 +264,17 @@ def test_paths_that_escape_the_target_are_refused(tmp_path: Path, out: str, mess
     assert not (tmp_path / "target").exists()
     assert not Path("/tmp/evil").exists()
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_a_recipes_own_caches_never_reach_the_target(tmp_path: Path) -> None:
+    """`.buildsys/` holds caches buildsys trusts when it reads them: a recipe never writes there."""
+    recipe_dir = make_recipe(tmp_path / "r", {"x.txt": "hi\n", ".buildsys/compiled/0123": "planted"})
+    target = _render_path(tmp_path, recipe_dir)
+    assert (target / "x.txt").read_text() == "hi\n"
+    assert not (target / ".buildsys").exists()
+    with pytest.raises(RecipeError) as err:
+        render_recipe(load_recipe(recipe_dir, RecipeSource("path", str(recipe_dir))), target / ".buildsys" / "projects", {})
+    assert err.value.message == f"recipe refused: the target {target}/.buildsys/projects is inside .buildsys"
 
 
 def test_a_recipe_containing_a_symlink_is_refused(tmp_path: Path) -> None:
