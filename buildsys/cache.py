@@ -22,6 +22,7 @@ from typing import Any
 
 import xxhash
 
+from buildsys import noop
 from buildsys.errors import BuildsysError
 
 SCHEMA = """
@@ -58,8 +59,8 @@ class Cache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.dir = root / ".buildsys"
-        self.path = self.dir / "cache.db"
+        self.dir = root / noop.DIRECTORY
+        self.path = self.dir / noop.STEP_RESULTS
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None

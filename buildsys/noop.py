@@ -13,7 +13,6 @@ Standard library only, imported before click: this module is the reason a no-op 
 
 from __future__ import annotations
 
-import marshal
 import os
 import sys
 import time
@@ -23,7 +22,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from typing import Any
 
-FORMAT = 4
+FORMAT = 5
+# The cache layer's names (described in buildsys.caches), here because this module is imported first.
+DIRECTORY = ".buildsys"
+SUBDIRECTORY = "noop"
+STEP_RESULTS = "cache.db"
 PARALLEL_FROM = 4096  # files; below this a forked helper costs more than it saves
 RACY_NS = 2_000_000_000
 StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
@@ -32,7 +35,7 @@ StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inod
 def manifest_path(project_file: str, sections: Sequence[str], deployments: Sequence[str]) -> str:
     root = os.path.dirname(os.path.abspath(project_file))
     tag = _sha256_hex("\0".join([os.path.abspath(project_file), ",".join(sections), ",".join(sorted(deployments))]).encode())[:16]
-    return os.path.join(root, ".buildsys", "noop", tag)
+    return os.path.join(root, DIRECTORY, SUBDIRECTORY, tag)
 
 
 def environment_fingerprint() -> list[tuple[str, int]]:
@@ -49,21 +52,55 @@ def environment_fingerprint() -> list[tuple[str, int]]:
     return out
 
 
+def code_stamp() -> str:
+    """buildsys's own code: the size and modification time of every file of the package (its steps
+    and schemas included), digested. Editing any of them (a development checkout, an upgrade in
+    place) changes it, so every cache keyed on it is rebuilt. ~0.4 ms: stat data, not contents."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    roots = [package]
+    if not os.path.isdir(os.path.join(package, "steps")):  # a source checkout: steps/ and schemas/ beside it
+        roots += [os.path.join(os.path.dirname(package), d) for d in ("steps", "schemas")]
+    rows = []
+    while roots:
+        directory = roots.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name != "__pycache__":
+                    roots.append(entry.path)
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            rows.append(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}")
+    rows.sort()
+    return _sha256_hex("\n".join(rows).encode("utf-8", "surrogatepass"))[:24]
+
+
 def env_digest(value: str | None) -> str:
     return _sha256_hex(b"buildsys-noop\0" + (value or "\0unset").encode())[:16]
+
+
+_sha256: list[Any] = []  # the constructor, found once (a failed import is not remembered by Python)
 
 
 def _sha256_hex(data: bytes) -> str:
     """SHA-256 from CPython's built-in module when it has one: `import hashlib` loads OpenSSL,
     which alone costs a no-op build ~10 ms."""
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.12+
-    except ImportError:
+    if not _sha256:
         try:
-            from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]  # CPython 3.11
+            from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.12+
         except ImportError:
-            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
-    return str(sha256(data).hexdigest())
+            try:
+                from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]  # CPython 3.11
+            except ImportError:
+                from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+        _sha256.append(sha256)
+    return str(_sha256[0](data).hexdigest())
 
 
 def stat_row(path: str, known: Mapping[str, tuple[int, int, int, int]] | None = None) -> StatRow:
@@ -110,25 +147,87 @@ def write_manifest(
     numbers = array("q")
     for _, size, mtime, ctime, ino in rows:
         numbers.extend((size, mtime, ctime, ino))
-    data = {
-        "format": FORMAT,
-        "python": sys.version,
-        "packages": environment_fingerprint(),
-        # One string and one packed array load far faster than 20,000 small tuples.
-        # relative to the project root where they are under it: shorter to load and to look up
-        "paths": "\n".join(_relative(r[0], _root_of(path)) for r in rows),
+    if any("\0" in label for label in labels):
+        remove(path)
+        return False  # the manifest separates names with NUL (file names cannot hold one)
+    fields = {
+        "python": _text([sys.version]),
+        "code": _text([code_stamp()]),
+        "packages": _text(f"{e}\0{m}" for e, m in environment_fingerprint()),
+        # One string and one packed array load far faster than 20,000 small tuples; paths
+        # relative to the project root where they are under it: shorter to load and to look up.
+        "paths": _text(_relative(r[0], _root_of(path)) for r in rows),
         "stats": numbers.tobytes(),
-        "dirs": dirs,
-        "env": sorted((k, env_digest(v)) for k, v in env.items()),
-        "labels": list(labels),
-        "cache": cache,
+        "dirs": _text(f"{d}\0{m}" for d, m in dirs),
+        "env": _text(f"{k}\0{env_digest(v)}" for k, v in sorted(env.items())),
+        "labels": _text(labels),
+        "cache": _text([cache]),
     }
+    blob = [MAGIC]
+    for name, payload in fields.items():
+        blob += [f"{name} {len(payload)}\n".encode(), payload, b"\n"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
-        marshal.dump(data, fh)
+        fh.write(b"".join(blob))
     os.replace(tmp, path)
     return True
+
+
+# The manifest is plain data read by slicing, never a deserializer: `.buildsys/` is in the project
+# folder, which a cloned repository or a recipe can write into. MAGIC, then for each field a line
+# "NAME LENGTH" and LENGTH bytes and a newline; lists are NUL-separated UTF-8 text.
+MAGIC = f"buildsys-noop {FORMAT}\n".encode()
+
+
+def _text(items: Iterable[str]) -> bytes:
+    return "\0".join(items).encode("utf-8", "surrogatepass")
+
+
+def _items(payload: bytes) -> list[str]:
+    return payload.decode("utf-8", "surrogatepass").split("\0") if payload else []
+
+
+def _fields(blob: bytes) -> dict[str, bytes] | None:
+    if not blob.startswith(MAGIC):
+        return None
+    out = {}
+    pos = len(MAGIC)
+    while pos < len(blob):
+        end = blob.find(b"\n", pos)
+        name, _, size = blob[pos:end].partition(b" ")
+        if end < 0 or not size.isdigit():
+            return None
+        start = end + 1
+        stop = start + int(size)
+        if blob[stop : stop + 1] != b"\n":
+            return None
+        out[name.decode("ascii", "replace")] = blob[start:stop]
+        pos = stop + 1
+    return out
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    """A manifest's fields decoded, or None when it is missing, foreign, damaged or stale."""
+    try:
+        with open(path, "rb") as fh:
+            fields = _fields(fh.read())
+        if fields is None or _items(fields["python"]) != [sys.version]:
+            return None
+        pairs = [_items(fields[k]) for k in ("packages", "dirs", "env")]
+        packages, dirs, env = ([(p[i], p[i + 1]) for i in range(0, len(p), 2)] for p in pairs)
+        return {
+            "code": _items(fields["code"]),
+            "packages": [(e, int(m)) for e, m in packages],
+            "paths": _items(fields["paths"]),
+            "stats": memoryview(fields["stats"]).cast("q"),  # not `array`: it imports collections.abc
+            "dirs": [(d, int(m)) for d, m in dirs],
+            "env": env,
+            "labels": _items(fields["labels"]),
+            "cache": _items(fields["cache"]),
+        }
+    except (OSError, KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
+        return None
 
 
 def _root_of(manifest: str) -> str:
@@ -150,15 +249,11 @@ def remove(path: str) -> None:
 
 def still_valid(path: str) -> list[str] | None:
     """The step labels when nothing the build depended on moved, else None."""
-    try:
-        with open(path, "rb") as fh:
-            data: dict[str, Any] = marshal.load(fh)
-    except (OSError, EOFError, ValueError, TypeError):
+    data = _read(path)
+    if data is None:
         return None
-    if data.get("format") != FORMAT or data.get("python") != sys.version:
-        return None
-    paths = data["paths"].split("\n") if data["paths"] else []
-    numbers = memoryview(data["stats"]).cast("q")  # not `array`: it imports collections.abc
+    paths: list[str] = data["paths"]
+    numbers: memoryview = data["stats"]
     if len(numbers) != 4 * len(paths):
         return None
     if os.stat not in os.supports_dir_fd:
@@ -197,13 +292,15 @@ def _small_things_unchanged(data: dict[str, Any]) -> bool:
         except OSError:
             if mtime != -1:
                 return False
-    if not os.path.exists(data.get("cache", "")):
+    if len(data["cache"]) != 1 or not os.path.exists(data["cache"][0]):
         return False  # the cache was deleted: the steps' results are gone
     environ = os.environ
     for name, digest in data["env"]:
         if env_digest(environ.get(name)) != digest:
             return False
-    return [list(x) for x in environment_fingerprint()] == [list(x) for x in data["packages"]]
+    if data["code"] != [code_stamp()]:
+        return False  # buildsys itself changed: labels, decisions and outputs may differ
+    return bool(environment_fingerprint() == data["packages"])
 
 
 def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int, root: int) -> bool:
