@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
-from buildsys.errors import BuildsysError, Diagnostic, ProjectError, StepError, TemplateError
-from buildsys.graph import StepGraph, StepNode, build_graph
+from buildsys.errors import BuildsysError, TemplateError
+from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
 from buildsys.reporter import Event, NullReporter, Reporter
-from buildsys.schema import check_inputs
 from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render
 
@@ -110,26 +108,21 @@ def _error_text(exc: BuildsysError) -> str:
     return text
 
 
-@dataclass
-class _Prepared:
-    node: StepNode
-    stepdef: StepDef
-
-
 class Engine:
-    """Runs one build. Create, call `run()`, read the BuildResult."""
+    """Runs one build of a project's graph with its resolved steps (`buildsys.compiled`). Create,
+    call `run()`, read the BuildResult."""
 
     def __init__(
         self,
         project: Project,
         graph: StepGraph,
+        steps: Mapping[str, StepDef],
         *,
         jobs: int | None = None,
         use_cache: bool = True,
         keep_going: bool = False,
         explain: bool = False,
         reporter: Reporter | None = None,
-        install_requires: bool = False,
         env: Mapping[str, str] | None = None,
         dry_run: bool = False,
     ) -> None:
@@ -140,51 +133,22 @@ class Engine:
         self.keep_going = keep_going
         self.explain = explain
         self.reporter = reporter or NullReporter()
-        self.install_requires = install_requires
         self.env = dict(os.environ if env is None else env)
         self.dry_run = dry_run
         self.cache = Cache(project.root)
         self.files = FileSet(project.root)
         self.results: dict[str, NodeResult] = {}
         self.variables = {v.name: v.value for v in project.variables}
-        self.prepared: dict[str, _Prepared] = {}
+        self.stepdefs = {key: steps[node.spec.name] for key, node in graph.nodes.items()}  # by node key
         self._decided: dict[str, _ToRun] = {}
         self.dependencies = Dependencies()
         self._unstored: set[str] = set()
 
-    # --- preparation: resolve every step and check its inputs before anything runs ---------------
-    def prepare(self, resolved: Mapping[str, StepDef] | None = None) -> None:
-        """Resolve every step and check its inputs. With `resolved` (from a compiled project whose
-        inputs were already checked) the steps are taken as given."""
-        from buildsys import registry
-
-        problems: list[Diagnostic] = []
-        for key, node in self.graph.nodes.items():
-            spec = node.spec
-            if resolved is not None and spec.name in resolved:
-                self.prepared[key] = _Prepared(node, resolved[spec.name])
-                continue
-            try:
-                if self.install_requires and spec.requires:
-                    try:
-                        registry.resolve(spec.name, self.project.root)
-                    except StepError:
-                        registry.install_requires(spec.requires)
-                stepdef = registry.resolve(spec.name, self.project.root, requires=spec.requires)
-            except StepError as exc:
-                problems.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
-                continue
-            problems.extend(check_inputs(spec, stepdef))
-            self.prepared[key] = _Prepared(node, stepdef)
-        if any(p.is_error for p in problems):
-            raise ProjectError(problems)
-
     # --- execution ------------------------------------------------------------------------------
-    def run(self, resolved: Mapping[str, StepDef] | None = None) -> BuildResult:
+    def run(self) -> BuildResult:
         """Run the graph. Cache decisions for plain steps are made right here, in topological
         order, without a thread hop; only steps that must run (or whose cache check may be slow:
         fingerprints, existence checks) go to the thread pool."""
-        self.prepare(resolved)
         order = self.graph.order()
         waiting = {k: len(self.graph.nodes[k].deps) for k in order}
         children: dict[str, list[str]] = {k: [] for k in order}
@@ -224,19 +188,19 @@ class Engine:
         return BuildResult(self.graph, self.results, self.dependencies)
 
     def _note_dependencies(self) -> None:
+        from buildsys import registry
+
         deps = self.dependencies
         deps.directories |= self.files.scanned
         deps.stats = self.cache.observed
         if self.files.opaque or not self.use_cache:
             deps.provable = False
-        for prep in self.prepared.values():
-            sd = prep.stepdef
+        for sd in self.stepdefs.values():
             if sd.fingerprint_hook is not None or sd.check_hook is not None or not sd.cacheable:
                 deps.provable = False
-            module = sys.modules.get(getattr(sd.func, "__module__", "") or "")
-            source = getattr(module, "__file__", None)
+            source = registry.source_file(sd)
             if source:
-                deps.files.add(os.path.abspath(source))
+                deps.files.add(source)
         for res in self.results.values():
             if res.status not in ("ran", "cached") or (res.status == "ran" and res.key in self._unstored):
                 deps.provable = False
@@ -271,23 +235,21 @@ class Engine:
 
     def _decide_inline(self, key: str) -> NodeResult | None:
         """A cache hit decided in the calling thread, or None when the node goes to the pool."""
-        prep = self.prepared[key]
-        stepdef = prep.stepdef
+        node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         if stepdef.fingerprint_hook is not None or stepdef.check_hook is not None:
             return None
         started = time.monotonic()
         try:
-            decision = self._decide(prep.node, stepdef)
+            decision = self._decide(node, stepdef)
         except BuildsysError as exc:
-            return self._failed(prep.node, _error_text(exc), started)
+            return self._failed(node, _error_text(exc), started)
         if isinstance(decision, NodeResult):
             return decision
         self._decided[key] = decision
         return None
 
     def _run_node(self, key: str) -> NodeResult:
-        prep = self.prepared[key]
-        node, stepdef = prep.node, prep.stepdef
+        node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         started = time.monotonic()
         try:
             decision = self._decided.pop(key, None) or self._decide(node, stepdef)
@@ -484,62 +446,24 @@ def _changed_keys(old: Any, new: Any) -> list[str]:
 
 
 def build(
-    project: Project | Path,
+    project: Project,
+    graph: StepGraph,
+    steps: Mapping[str, StepDef],
     *,
-    sections: Sequence[str] = ("build",),
-    deployments: Sequence[str] = (),
     jobs: int | None = None,
     use_cache: bool = True,
     keep_going: bool = False,
     explain: bool = False,
     reporter: Reporter | None = None,
-    install_requires: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> BuildResult:
-    """Build the selected deployments' sections. Raises ProjectError before running anything if a
-    step is unknown or has invalid inputs.
-
-    Given a project file path, the compiled project (model, graph and resolved steps) is reused
-    from `.buildsys/compiled/` when nothing it depends on changed, so a no-op build neither parses
-    YAML nor validates schemas.
-    """
-    resolved: Mapping[str, StepDef] | None = None
-    if isinstance(project, Path):
-        from buildsys.compiled import compile_project
-
-        compiled = compile_project(project, sections=sections, deployments=deployments)
-        project, graph, resolved = compiled.project, compiled.graph, compiled.stepdefs
-    else:
-        graph = graph_for(project, sections=sections, deployments=deployments)
+    """Build a compiled project (`buildsys.compiled.compile_project`, or the cached form
+    `buildsys.caches.compiled_build`: the command chooses)."""
     engine = Engine(
-        project,
-        graph,
-        jobs=jobs,
-        use_cache=use_cache,
-        keep_going=keep_going,
-        explain=explain,
-        reporter=reporter,
-        install_requires=install_requires,
-        env=env,
+        project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, explain=explain,
+        reporter=reporter, env=env,
     )
-    return engine.run(resolved)
-
-
-def graph_for(project: Project, *, sections: Sequence[str] = ("build",), deployments: Sequence[str] = ()) -> StepGraph:
-    """The graph, with the step definitions it needs resolved (for outputs and cwd handling)."""
-    from buildsys import registry
-
-    stepdefs: dict[str, Any] = {}
-    specs = [s for s in project.build + project.push] + [
-        s for d in project.deployments for s in (*d.build, *d.push)
-    ]
-    for spec in specs:
-        if spec.name not in stepdefs:
-            try:
-                stepdefs[spec.name] = registry.resolve(spec.name, project.root, requires=spec.requires)
-            except StepError:
-                stepdefs[spec.name] = None
-    return build_graph(project, sections=sections, deployments=deployments, stepdefs=stepdefs)
+    return engine.run()
 
 
 def cached_namespace(
@@ -551,19 +475,20 @@ def cached_namespace(
     steps whose current cache key has a result, and the ids of steps whose outputs are not known
     (not built for these inputs yet) — for plan's "(known after build)".
     """
-    graph = graph_for(project, sections=sections, deployments=[deployment] if deployment else [])
-    engine = Engine(project, graph, env=env, dry_run=True)
+    from buildsys.compiled import compile_project
+
+    compiled = compile_project(project, sections=sections, deployments=[deployment] if deployment else [])
+    graph = compiled.graph
+    engine = Engine(project, graph, compiled.steps, env=env, dry_run=True)
     pending: set[str] = set()
     try:
-        engine.prepare()
         for key in graph.order():
             node = graph.nodes[key]
-            prep = engine.prepared[key]
             if any(d not in engine.results for d in node.deps):
                 pending.add(node.spec.id or node.label)
                 continue
             try:
-                res = _cached_only(engine, node, prep.stepdef)
+                res = _cached_only(engine, node, engine.stepdefs[key])
             except (BuildsysError, TemplateError):
                 res = None
             if res is None:
@@ -585,24 +510,26 @@ def _cached_only(engine: Engine, node: StepNode, stepdef: StepDef) -> NodeResult
 
 def explain_step(project: Project, step: str, *, env: Mapping[str, str] | None = None) -> str:
     """Would `step` (label or id) run now, and why — computed without running anything."""
-    graph = graph_for(project, sections=("build", "push"))
+    from buildsys.compiled import compile_project
+
+    compiled = compile_project(project, sections=("build", "push"))
+    graph = compiled.graph
     target = next((k for k, n in graph.nodes.items() if step in (n.label, n.spec.id)), None)
     if target is None:
         from buildsys.suggest import did_you_mean
 
         labels = [n.label for n in graph.nodes.values()]
         raise BuildsysError(f"no step {step!r} in the graph", hint=did_you_mean(step, labels) or ", ".join(labels))
-    engine = Engine(project, graph, env=env, dry_run=True)
+    engine = Engine(project, graph, compiled.steps, env=env, dry_run=True)
     unknown: dict[str, str] = {}  # node key → why its outputs are not known without running it
     try:
-        engine.prepare()
         for key in graph.order():
             node = graph.nodes[key]
             blocked = [graph.nodes[d].label for d in node.deps if d in unknown]
             if blocked:
                 unknown[key] = f"upstream step {blocked[0]} would run first"
             else:
-                keyed = engine.key_for(node, engine.prepared[key].stepdef)
+                keyed = engine.key_for(node, engine.stepdefs[key])
                 hit = engine.cache.result(keyed.cache_key)
                 previous = engine.cache.entry(node.label)
                 if hit is None:

@@ -46,39 +46,31 @@ def load_project(
     """Load and validate a project file. Raises ProjectError listing every problem found.
 
     `text` is the file's content when it does not come from disk (`--ref`); `file_exists` then
-    answers for files relative to the project root at that revision (entrypoints)."""
+    answers for files relative to the project root at that revision (entrypoints). Pure: nothing is
+    cached here (`buildsys.caches.load_project` is the cached form commands use)."""
     file = Path(path)
-    shown = str(path)
     if text is None:
-        try:
-            raw = file.read_bytes()
-        except FileNotFoundError:
-            raise ProjectError(
-                [
-                    Diagnostic(
-                        "error",
-                        f"no project file at {shown}",
-                        hint="run `buildsys init` to create one, or pass -f PATH",
-                    )
-                ]
-            ) from None
-        except IsADirectoryError:
-            raise ProjectError([Diagnostic("error", f"{shown} is a directory, not a project file")]) from None
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ProjectError(
-                [Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]
-            ) from None
-        from buildsys import compiled
+        _, text = read_source(file)
+    return parse_project(text, file=str(path), root=file.resolve().parent, strict=strict, file_exists=file_exists)
 
-        cached = compiled.cached_project(file, raw, strict)
-        if cached is not None:
-            return cached
-        project = parse_project(text, file=shown, root=file.resolve().parent, strict=strict)
-        compiled.remember_project(file, raw, strict, project)
-        return project
-    return parse_project(text, file=shown, root=file.resolve().parent, strict=strict, file_exists=file_exists)
+
+def read_source(path: Path) -> tuple[bytes, str]:
+    """A project file's bytes and text; a missing, unreadable or non-UTF-8 file is a ProjectError."""
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ProjectError(
+            [Diagnostic("error", f"no project file at {shown}", hint="run `buildsys init` to create one, or pass -f PATH")]
+        ) from None
+    except IsADirectoryError:
+        raise ProjectError([Diagnostic("error", f"{shown} is a directory, not a project file")]) from None
+    except OSError as exc:
+        raise ProjectError([Diagnostic("error", f"cannot read {shown}: {exc.strerror or exc}")]) from None
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProjectError([Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]) from None
 
 
 def parse_project(

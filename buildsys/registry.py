@@ -10,18 +10,21 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import StepError
+from buildsys.errors import Diagnostic, ProjectError, StepError
 from buildsys.step import StepDef
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
+
+    from buildsys.model import StepSpec
 
 GROUP = "buildsys.steps"
 BUILTIN_DIST = "buildsys"
@@ -114,6 +117,33 @@ def resolve(name: str, root: Path | None = None, *, requires: Sequence[str] = ()
     return stepdef
 
 
+def resolve_steps(specs: Iterable[StepSpec], root: Path, *, install_missing: bool = False) -> dict[str, StepDef]:
+    """Every step the specs name (by name), with each spec's inputs checked against its step's
+    schema. Raises ProjectError listing every unknown step and bad input, located, before anything
+    runs. `install_missing`: pip install a missing step's `requires` first (opt-in)."""
+    from buildsys.schema import check_inputs
+
+    steps: dict[str, StepDef] = {}
+    problems: list[Diagnostic] = []
+    for spec in specs:
+        try:
+            stepdef = steps.get(spec.name)
+            if stepdef is None:
+                if install_missing and spec.requires:
+                    try:
+                        resolve(spec.name, root)
+                    except StepError:
+                        install_requires(spec.requires)
+                stepdef = steps[spec.name] = resolve(spec.name, root, requires=spec.requires)
+        except StepError as exc:
+            problems.append(Diagnostic("error", exc.message, spec.location, spec.path, exc.hint))
+            continue
+        problems.extend(check_inputs(spec, stepdef))
+    if any(p.is_error for p in problems):
+        raise ProjectError(problems)
+    return steps
+
+
 def resolve_import_path(name: str, root: Path) -> StepDef:
     """A step by its import path (`file.py:func`, `module:func`) without scanning entry points,
     for a caller that knows no plugin claims the name: a compiled project, whose cache key covers
@@ -123,6 +153,13 @@ def resolve_import_path(name: str, root: Path) -> StepDef:
     if hit is None:
         hit = _loaded[key] = _from_import_path(name, root, ())
     return hit
+
+
+def source_file(stepdef: StepDef) -> str | None:
+    """The file that defines a step's function (a project-local file, a plugin's module)."""
+    module = sys.modules.get(getattr(stepdef.func, "__module__", "") or "")
+    source = getattr(module, "__file__", None)
+    return os.path.abspath(source) if isinstance(source, str) else None
 
 
 def value_of(name: str) -> str | None:

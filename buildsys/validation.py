@@ -83,7 +83,7 @@ def check_steps(project: Project) -> list[Diagnostic]:
 
 
 def check_graph(project: Project) -> list[Diagnostic]:
-    from buildsys.engine import graph_for
+    from buildsys.compiled import graph_for
 
     try:
         graph_for(project, sections=("build", "push"))

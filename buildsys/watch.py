@@ -327,12 +327,14 @@ class Watcher:
         return _with(outcome, duration=time.monotonic() - started)
 
     def _build(self, outcome: Cycle) -> Cycle:
+        from buildsys.caches import compiled_build
         from buildsys.engine import build
 
         self.filter.build_started()
         result = None
         try:
-            result = build(self.project_file, sections=("build",), reporter=self.reporter)
+            compiled = compiled_build(self.project_file, sections=("build",), deployments=())
+            result = build(compiled.project, compiled.graph, compiled.steps, reporter=self.reporter)
         finally:
             produced = [r.outputs for r in result.results.values()] if result is not None else []
             self.filter.build_finished(output_paths(produced, self.root), self._read_by_build())
@@ -344,11 +346,11 @@ class Watcher:
 
     def _read_by_build(self) -> list[str]:
         """Patterns of what the build and plan read: step input globs, the project file, entrypoints."""
-        from buildsys.compiled import compile_project
+        from buildsys.caches import load_project
 
         patterns = ["/" + self._rel(str(self.project_file))]
         try:
-            project = compile_project(self.project_file, sections=("build",), deployments=()).project
+            project = load_project(self.project_file)
         except BuildsysError:
             return patterns
         steps = [*project.build, *project.push, *(s for d in project.deployments for s in (*d.build, *d.push))]
@@ -358,6 +360,7 @@ class Watcher:
         return patterns
 
     def _deploy(self, outcome: Cycle) -> Cycle:
+        from buildsys.caches import load_project
         from buildsys.cli.plan import cached_outputs
         from buildsys.desired import read_desired
         from buildsys.plan import plan as compute
@@ -366,7 +369,7 @@ class Watcher:
         assert self.open_store is not None
         store = self.open_store()
         try:
-            _, desired = read_desired(self.project_file, outputs=cached_outputs)
+            _, desired = read_desired(self.project_file, outputs=cached_outputs, loaded=load_project(self.project_file))
             serial, actual = snapshot(store)
             planned = compute(desired, actual, serial=serial, stepwise=stepwise(store))
             summary = _plan_summary(planned)

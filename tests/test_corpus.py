@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.engine import graph_for
+from buildsys.compiled import graph_for
 from buildsys.errors import ProjectError
 from buildsys.project import load_project
 from buildsys.validation import validate_project

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from buildsys.cache import Cache
+from buildsys.compiled import compile_project
 from buildsys.engine import BuildResult, build
 from buildsys.project import load_project
 from buildsys.reporter import Event
@@ -70,7 +71,8 @@ def ran(root: Path) -> list[str]:
 
 def run(root: Path, **kw: Any) -> tuple[BuildResult, Collect]:
     rep = Collect()
-    result = build(load_project(root / "prefect.yaml"), reporter=rep, **kw)
+    compiled = compile_project(load_project(root / "prefect.yaml"))
+    result = build(compiled.project, compiled.graph, compiled.steps, reporter=rep, **kw)
     return result, rep
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.engine import graph_for
+from buildsys.compiled import graph_for
 from buildsys.errors import ProjectError
 from buildsys.graph import to_json, to_text
 from buildsys.project import load_project

@@ -46,8 +46,9 @@ class App:
         return self.color and not os.environ.get("NO_COLOR") and sys.stdout.isatty()
 
     def load_project(self, *, strict: bool = False) -> Project:
-        """Load and validate the project file; raises ProjectError listing every problem."""
-        from buildsys.project import load_project
+        """Load and validate the project file (reused from the cache layer when unchanged); raises
+        ProjectError listing every problem."""
+        from buildsys.caches import load_project
 
         return load_project(self.project_file, strict=strict)
 

@@ -28,21 +28,24 @@ def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
+    from buildsys.caches import compiled_build
     from buildsys.engine import build as run_build
     from buildsys.reporter import Event, make_reporter
 
+    compiled = compiled_build(
+        app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
+    )
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
     try:
         result = run_build(
-            app.project_file,
-            sections=sections,
-            deployments=opts["deployments"],
+            compiled.project,
+            compiled.graph,
+            compiled.steps,
             jobs=opts["jobs"],
             use_cache=not opts["no_cache"],
             keep_going=opts["keep_going"],
             explain=opts["explain"],
             reporter=reporter,
-            install_requires=opts["install_requires"],
         )
         counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
         text = f"{counts['ran']} ran, {counts['cached']} cached, {counts['failed']} failed, {counts['skipped']} not run"
@@ -58,7 +61,7 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
     """Write (or drop) the manifest that lets the next identical build answer without the engine."""
     import os
 
-    from buildsys import noop
+    from buildsys import caches, noop
 
     path = noop.manifest_path(str(app.project_file), sections, opts["deployments"])
     deps = result.dependencies
@@ -72,7 +75,7 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         directories=deps.directories,
         env=deps.env,
         labels=[result.graph.nodes[k].label for k in result.graph.order()],
-        cache=os.path.join(root, ".buildsys", "cache.db"),
+        cache=os.path.join(root, caches.DIRECTORY, caches.STEP_RESULTS),
         known=deps.stats,
     )
 

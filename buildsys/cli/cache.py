@@ -12,7 +12,7 @@ from buildsys.cli.app import App, common_options, pass_app
 
 @click.group()
 def cache() -> None:
-    """Inspect and clean the build cache (.buildsys/cache.db)."""
+    """Inspect and clean the build cache (.buildsys/: see `buildsys help caches`)."""
 
 
 @cache.command("ls")
@@ -78,7 +78,7 @@ def clear(app: App) -> None:
     c = Cache(project.root)
     c.clear()
     c.close()
-    import shutil
+    from buildsys import caches
 
-    shutil.rmtree(project.root / ".buildsys" / "noop", ignore_errors=True)  # no-op proofs relied on it
+    caches.clear(project.root)  # compiled models and no-op proofs go too: every cache of the layer
     app.echo("cache cleared")

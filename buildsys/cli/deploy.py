@@ -56,19 +56,14 @@ def run_builds(
     app: App, project: Project, deployments: tuple[str, ...], *, jobs: int | None, use_cache: bool
 ) -> OutputsFor:
     """Run build + push for the selected deployments; their outputs by deployment."""
+    from buildsys.compiled import compile_project
     from buildsys.desired import BuildOutputs
     from buildsys.engine import build
     from buildsys.errors import BuildsysError
 
+    compiled = compile_project(project, sections=("build", "push"), deployments=deployments)
     result = build(
-        project,
-        sections=("build", "push"),
-        deployments=deployments,
-        jobs=jobs,
-        use_cache=use_cache,
-        keep_going=False,
-        explain=False,
-        reporter=app.reporter,
+        project, compiled.graph, compiled.steps, jobs=jobs, use_cache=use_cache, reporter=app.reporter
     )
     if not result.ok:
         raise BuildsysError("the build failed; nothing was applied", hint="see the failed step above")

@@ -18,7 +18,7 @@ from buildsys.cli.app import App, common_options, pass_app
 def graph(app: App, fmt: str, deployments: tuple[str, ...], with_push: bool) -> None:
     """Show the step graph: one node per distinct step, edges from order, needs and templates."""
     from buildsys import graph as g
-    from buildsys.engine import graph_for
+    from buildsys.compiled import graph_for
 
     project = app.load_project()
     sections = ("build", "push") if with_push else ("build",)

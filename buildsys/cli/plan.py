@@ -86,6 +86,8 @@ def make_plan(
     from buildsys.reconcile import snapshot, stepwise
     from buildsys.revision import strip_credentials
 
+    if project is None and ref is None:
+        project = app.load_project()  # the command chooses the cached load; --ref reads git
     _, desired = read_desired(
         app.project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project
     )

@@ -148,7 +148,7 @@ def _from_project(app: App, name: str) -> Mapping[str, Any]:
     from buildsys.cli.plan import cached_outputs
     from buildsys.desired import read_desired
 
-    _project, state = read_desired(app.project_file, select=[name], outputs=cached_outputs)
+    _project, state = read_desired(app.project_file, select=[name], outputs=cached_outputs, loaded=app.load_project())
     found = [r for r in state.resources if r.kind == "deployment"]
     if not found:
         raise NotFoundError(f"no deployment {name!r} in {app.project_file}")
@@ -160,7 +160,7 @@ def _project_pool(app: App, pool_name: str) -> Mapping[str, Any] | None:
         return None
     from buildsys.desired import read_desired
 
-    _project, state = read_desired(app.project_file, select=[])
+    _project, state = read_desired(app.project_file, select=[], loaded=app.load_project())
     found = state.get("pool", pool_name)
     return found.spec if found is not None else None
 

@@ -1,0 +1,222 @@
+"""The cache layer: records are reused only while nothing they depend on changed (buildsys's own code
+included), and a file nobody with the user's key wrote is never unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import buildsys
+from buildsys import caches
+from buildsys.caches import compiled_build, load_project
+from buildsys.errors import ProjectError
+
+STEP = "def act(*, n):\n    return {'n': n}\n"
+PACKAGE = Path(buildsys.__file__).parent
+REPO = PACKAGE.parent
+
+
+def records(root: Path, kind: str) -> list[Path]:
+    return sorted((root / ".buildsys" / kind).iterdir())
+
+
+def test_reused_then_recompiled_on_project_or_step_file_change(isolated: Path) -> None:
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1}\n")
+    first = compiled_build(pf, sections=("build",), deployments=())
+    assert len(records(isolated, "compiled")) == 1
+    again = compiled_build(pf, sections=("build",), deployments=())
+    assert again.graph is not first.graph and again.graph.order() == first.graph.order()
+    assert again.steps["s.py:act"].version == first.steps["s.py:act"].version
+    # A changed step file: recompiled (and its version changes, so the step reruns).
+    (isolated / "s.py").write_text(STEP.replace("{'n': n}", "{'n': n, 'm': 1}"))
+    third = compiled_build(pf, sections=("build",), deployments=())
+    assert third.steps["s.py:act"].version != first.steps["s.py:act"].version
+    # A changed project file with an error: reported, never served from the cache.
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1, bogus: 2}\n")
+    with pytest.raises(ProjectError) as info:
+        compiled_build(pf, sections=("build",), deployments=())
+    assert "has no input 'bogus'" in info.value.render()
+
+
+def test_a_reused_compiled_build_loads_file_steps_without_scanning_plugins(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its key covers the installed packages, so no plugin can have claimed the name since."""
+    from buildsys import registry
+
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1}\n")
+    compiled_build(pf, sections=("build",), deployments=())
+    registry.refresh()
+
+    def no_scan() -> dict[str, list[object]]:
+        raise AssertionError("entry points were scanned")
+
+    monkeypatch.setattr(registry, "_claims", no_scan)
+    again = compiled_build(pf, sections=("build",), deployments=())
+    assert again.steps["s.py:act"].func(n=2) == {"n": 2}
+
+
+class _Planted:
+    """What a hostile repository or recipe could leave in .buildsys/: a pickle that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.marker), "ran"))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("kind", ["compiled", "projects"])
+def test_a_record_not_written_with_the_users_key_is_never_unpickled(isolated: Path, kind: str) -> None:
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - run_shell_script: {id: a, script: echo}\n")
+    (isolated / ".buildsys").mkdir()
+    compiled_build(pf, sections=("build",), deployments=())  # writes both kinds of record
+    (record,) = records(isolated, kind)
+    marker = isolated / "marker"
+    for forged in (
+        pickle.dumps(_Planted(marker)),  # a bare pickle
+        caches.MAGIC + b"\0" * 32 + pickle.dumps(_Planted(marker)),  # the layout, a made-up MAC
+        b"not a pickle",
+    ):
+        record.write_bytes(forged)
+        again = compiled_build(pf, sections=("build",), deployments=())
+        assert [n.label for n in again.graph.nodes.values()] == ["a"]
+        assert not marker.exists()
+        assert load_project(pf).build[0].id == "a"
+        assert not marker.exists()
+
+
+def test_a_genuine_record_moved_to_another_name_is_refused(isolated: Path) -> None:
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - run_shell_script: {id: a, script: echo}\n")
+    compiled_build(pf, sections=("build",), deployments=())
+    (record,) = records(isolated, "compiled")
+    assert caches.read_record(record) is not None
+    moved = record.with_name("0" * 24)
+    shutil.copy(record, moved)
+    assert caches.read_record(moved) is None
+
+
+def test_no_key_no_cache_and_the_key_lives_outside_the_project(isolated: Path) -> None:
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - run_shell_script: {id: a, script: echo}\n")
+    compiled_build(pf, sections=("build",), deployments=())
+    key = caches.key_file()
+    assert not key.is_relative_to(isolated) and key.stat().st_mode & 0o777 == 0o600
+    assert oct(key.parent.stat().st_mode & 0o777) == oct(0o700)
+    key.chmod(0o644)  # readable by others: anyone could forge records, so none is trusted
+    caches._secrets.clear()
+    (record,) = records(isolated, "compiled")
+    assert caches.read_record(record) is None
+    key.chmod(0o600)
+    caches._secrets.clear()
+    assert caches.read_record(record) is not None
+
+
+def test_loaded_projects_are_cached_by_content_and_entrypoint_existence(isolated: Path) -> None:
+    from buildsys.project import load_project as load_fresh
+
+    pf = isolated / "prefect.yaml"
+    pf.write_text("deployments:\n  - name: a\n    entrypoint: flows/a.py:a\n")
+    load_project(pf)
+    assert not (isolated / ".buildsys").exists()  # never creates .buildsys/ beside a bare file
+    (isolated / ".buildsys").mkdir()
+    load_fresh(pf)
+    assert list((isolated / ".buildsys").iterdir()) == []  # the loader itself is pure
+    first = load_project(pf)
+    assert [w.message for w in first.warnings] == [f"entrypoint file flows/a.py does not exist (relative to {isolated})"]
+    assert len(records(isolated, "projects")) == 1
+    again = load_project(pf)
+    assert again is not first and again == first  # unpickled: equal, not the same object
+    (isolated / "flows").mkdir()
+    (isolated / "flows" / "a.py").write_text("def a(): pass\n")
+    assert load_project(pf).warnings == ()  # the file appeared: loaded afresh, no warning
+    pf.write_text("deployments:\n  - name: b\n    entrypoint: flows/a.py:a\n")
+    assert [d.name for d in load_project(pf).deployments] == ["b"]
+
+
+def test_cache_clear_empties_every_cache_of_the_layer(isolated: Path) -> None:
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - run_shell_script: {id: a, script: echo}\n")
+    (isolated / ".buildsys").mkdir()
+    r = subprocess.run([sys.executable, "-m", "buildsys", "build"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (isolated / ".buildsys").iterdir()} >= {"cache.db", "compiled", "projects"}
+    r = subprocess.run([sys.executable, "-m", "buildsys", "cache", "clear"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert not {"compiled", "projects", "noop"} & {p.name for p in (isolated / ".buildsys").iterdir()}
+
+
+# --- editing buildsys itself ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def package_copy(tmp_path: Path) -> Path:
+    """A copy of the package laid out as a wheel installs it (steps and schemas inside), first on
+    the path of the processes the tests start."""
+    site = tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(PACKAGE, site / "buildsys", ignore=ignore)
+    for part, source in (("steps", "steps"), ("schemas", "schemas"), ("builtin_recipes", "recipes")):
+        shutil.copytree(REPO / source, site / "buildsys" / part, ignore=ignore)
+    return site
+
+
+def _run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _edit(file: Path, old: str, new: str) -> None:
+    text = file.read_text()
+    assert old in text
+    file.write_text(text.replace(old, new))
+
+
+def test_editing_any_buildsys_file_changes_the_key_every_cache_shares(package_copy: Path) -> None:
+    code = "import buildsys, buildsys.caches as c; print(buildsys.__file__); print(c.code_key())"
+    before = _run(package_copy, "-c", code)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.startswith(str(package_copy / "buildsys" / "__init__.py"))
+    assert _run(package_copy, "-c", code).stdout == before.stdout
+    for edited in ("yamlsource.py", "steps/shell.py", "schemas/project.schema.json"):
+        file = package_copy / "buildsys" / edited
+        file.write_text(file.read_text() + "\n")
+        after = _run(package_copy, "-c", code).stdout
+        assert after != before.stdout, edited
+        before = subprocess.CompletedProcess([], 0, after, "")
+
+
+def test_an_edit_to_graph_py_shows_in_the_next_build(isolated: Path, package_copy: Path) -> None:
+    """The reported bug: `buildsys graph` showed a new label while `buildsys build` (the compiled
+    cache, then the no-op manifest) kept the old one."""
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - run_shell_script: {id: one, script: echo one}\n")
+    old = time.time() - 3600
+    os.utime(pf, (old, old))  # outside the racily-clean window: the no-op manifest is written
+
+    def labels() -> list[str]:
+        r = _run(package_copy, "-m", "buildsys", "build", "--json")
+        assert r.returncode == 0, r.stderr
+        events = [json.loads(line) for line in r.stdout.splitlines()]
+        return [e["step"] for e in events if e["event"] in ("done", "cached")]
+
+    assert labels() == ["one"]
+    assert labels() == ["one"]  # answered by the no-op manifest
+    assert (isolated / ".buildsys" / "noop").is_dir()
+    _edit(package_copy / "buildsys" / "graph.py", "base = {k: n.spec.id or n.spec.label", 'base = {k: "L-" + (n.spec.id or n.spec.label)')
+    assert labels() == ["L-one"]
+    assert labels() == ["L-one"]
