@@ -30,7 +30,7 @@ def completion(ctx: click.Context, app: App, shell: str) -> None:
 def _project_for(ctx: click.Context) -> object | None:
     app = ctx.find_object(App)
     try:
-        from buildsys.project import load_project
+        from buildsys.caches import load_project  # the cached load: completion must answer at once
 
         return load_project(app.project_file if app else App().project_file)
     except Exception:  # a broken or missing project completes nothing
