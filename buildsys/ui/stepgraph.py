@@ -34,17 +34,18 @@ class StepState:
 
 def step_states(root: Path, file: str = "prefect.yaml") -> list[StepState]:
     """Every build and push step of the project at `root`, in graph order, with its state."""
-    from buildsys.engine import Engine, explain_change, graph_for
+    from buildsys.compiled import compile_project
+    from buildsys.engine import Engine, explain_change
     from buildsys.errors import BuildsysError, TemplateError
     from buildsys.project import load_project
 
     project = load_project(root / file)
-    graph = graph_for(project, sections=("build", "push"))
-    engine = Engine(project, graph, dry_run=True)
+    compiled = compile_project(project, sections=("build", "push"))
+    graph = compiled.graph
+    engine = Engine(project, graph, compiled.steps, dry_run=True)
     states: list[StepState] = []
     unknown: set[str] = set()
     try:
-        engine.prepare()
         for key in graph.order():
             node = graph.nodes[key]
             previous = engine.cache.entry(node.label)
@@ -55,7 +56,7 @@ def step_states(root: Path, file: str = "prefect.yaml") -> list[StepState]:
                 state, reason = "blocked", f"upstream step {blocked[0]} would run first"
             else:
                 try:
-                    keyed = engine.key_for(node, engine.prepared[key].stepdef)
+                    keyed = engine.key_for(node, engine.stepdefs[key])
                 except (BuildsysError, TemplateError) as exc:
                     unknown.add(key)
                     states.append(StepState(key, node.label, node.section, node.deps, "error", str(exc), built))
