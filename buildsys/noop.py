@@ -398,7 +398,7 @@ def _report(labels: Sequence[str], flags: set[str]) -> None:
         now = round(time.time(), 3)
         out = [json.dumps({"event": "cached", "time": now, "step": label, "reason": "unchanged"}) for label in labels]
         counts = {"ran": 0, "cached": n, "failed": 0, "skipped": 0}
-        out.append(json.dumps({"event": "summary", "time": now, "message": summary, **counts}))
+        out.append(json.dumps({"event": "summary", "time": now, "message": summary, "ok": True, **counts}))
         sys.stdout.write("\n".join(out) + "\n")
         return
     lines = []

@@ -195,9 +195,9 @@ def plan(
             changes.append(change)
             if have.owner is not None and have.owner != me:
                 warnings.append(
-                    f"{want.kind} {want.name} is owned by project {have.owner!r}; applying makes {me!r} its owner"
+                    f"warning: {want.kind} {want.name} is owned by project {have.owner!r}; applying makes {me!r} its owner"
                 )
-    warnings += pool_warnings(desired, actual)
+    warnings += [f"warning: {w}" for w in pool_warnings(desired, actual)]
     warnings += [_render_warning(w) for w in job_variable_problems(desired, actual)]
     warnings += [_render_warning(w) for w in parameter_problems(desired)]
     wanted = {(r.kind, r.name) for r in desired.resources}
@@ -230,8 +230,8 @@ def _unmanaged(kind: str, name: str) -> str:
 
 
 def _render_warning(d: Diagnostic) -> str:
-    where = f"{d.location}: " if d.location else ""
-    return f"{where}{d.message}" + (f" ({d.hint})" if d.hint else "")
+    """As `validate` prints it: FILE:LINE:COL: warning: message, then the document path and the hint."""
+    return Diagnostic("warning", d.message, d.location, d.path, d.hint).render()
 
 
 def _order(c: ResourceChange) -> tuple[int, int, str]:

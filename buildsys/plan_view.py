@@ -39,8 +39,9 @@ def render_plan(plan: Plan, *, color: bool = False) -> str:
             f"Planned from {source.get('file')} at {at}"
             + (" with uncommitted changes" if source.get("dirty") else "")
         )
-    for w in plan.warnings:
-        lines.append(style("warning: ", "yellow") + w)
+    for w in plan.warnings:  # each as `validate` prints it, `warning:` after the location if any
+        before, said, after = w.partition("warning: ")
+        lines.append(before + style(said, "yellow") + after if said else w)
     if source.get("dirty") and not source.get("commit"):
         lines.append(style("note: ", "yellow") + "planned from a working tree that has no commit yet")
     if lines:

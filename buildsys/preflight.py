@@ -112,6 +112,7 @@ def pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str
         r.name for r in desired.resources if r.kind == "pool"
     }
     out = []
+    missing: dict[str, list[str]] = {}  # one warning per missing pool, naming its deployments
     for r in desired.resources:
         if r.kind != "deployment":
             continue
@@ -119,10 +120,14 @@ def pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str
         if not pool:
             out.append(f"deployment {r.name} has no work pool (work_pool.name); no worker will run it")
         elif pool not in pools:
-            out.append(
-                f"deployment {r.name} uses work pool {pool!r}, which is neither in the store nor declared "
-                "here; its runs wait until the pool exists"
-            )
+            missing.setdefault(pool, []).append(r.name)
+    for pool, users in missing.items():
+        if len(users) == 1:
+            who = f"deployment {users[0]} uses work pool {pool!r}"
+        else:
+            shown = ", ".join(users[:5]) + (", …" if len(users) > 5 else "")
+            who = f"{len(users)} deployments use work pool {pool!r} ({shown})"
+        out.append(f"{who}, which is neither in the store nor declared here; runs wait until the pool exists")
     return out
 
 

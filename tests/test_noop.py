@@ -75,7 +75,7 @@ def test_manifest_written_after_a_provable_build_and_used(proj: Path) -> None:
     assert valid(proj)
     summary = build(proj)
     summary.pop("time")
-    assert summary == {"event": "summary", "message": "build ok: 0 ran, 2 cached, 0 failed, 0 not run", "ran": 0, "cached": 2, "failed": 0, "skipped": 0}
+    assert summary == {"event": "summary", "message": "build ok: 0 ran, 2 cached, 0 failed, 0 not run", "ok": True, "ran": 0, "cached": 2, "failed": 0, "skipped": 0}
 
 
 def test_every_kind_of_change_falls_through_to_the_engine(proj: Path) -> None:

@@ -153,7 +153,7 @@ def test_taking_over_a_resource_of_another_project_is_shown() -> None:
     (c,) = p.changes
     assert (c.action, c.fields, c.previous_owner) == ("update", (), "other")
     assert p.warnings == (
-        "deployment etl/nightly is owned by project 'other'; applying makes 'demo' its owner",
+        "warning: deployment etl/nightly is owned by project 'other'; applying makes 'demo' its owner",
     )
 
 
@@ -227,9 +227,15 @@ def test_deployments_whose_pool_nobody_declares_are_warned_about() -> None:
     lost = dep("etl/lost", work_pool_name="nowhere")
     p = plan(state(dep(), dep("etl/none", work_pool_name=None), lost), [POOL], serial=0)
     assert p.warnings == (
-        "deployment etl/none has no work pool (work_pool.name); no worker will run it",
-        "deployment etl/lost uses work pool 'nowhere', which is neither in the store nor declared here; "
-        "its runs wait until the pool exists",
+        "warning: deployment etl/none has no work pool (work_pool.name); no worker will run it",
+        "warning: deployment etl/lost uses work pool 'nowhere', which is neither in the store nor declared here; "
+        "runs wait until the pool exists",
+    )
+    # one warning per missing pool, however many deployments use it
+    more = [dep(f"etl/lost-{i}", work_pool_name="nowhere") for i in range(7)]
+    assert plan(state(*more), [POOL], serial=0).warnings == (
+        "warning: 7 deployments use work pool 'nowhere' (etl/lost-0, etl/lost-1, etl/lost-2, etl/lost-3, "
+        "etl/lost-4, …), which is neither in the store nor declared here; runs wait until the pool exists",
     )
 
 
@@ -323,8 +329,9 @@ def test_job_variables_are_checked_against_the_pool_template() -> None:
     typo = dep(job_variables={"stream_outptu": True, "env": {"A": "{{ $A }}"}, "working_dir": "{{ $DIR }}"})
     p = plan(state(pool, typo), [], serial=0)
     assert p.warnings == (
-        "deployment etl/nightly: unknown job variable 'stream_outptu': the pool's template does not use it "
-        "(did you mean 'stream_output'?)",
+        "warning: deployment etl/nightly: unknown job variable 'stream_outptu': the pool's template does not use it\n"
+        "  at .work_pool.job_variables.stream_outptu\n"
+        "  hint: did you mean 'stream_output'?",
     )
     wrong = dep(job_variables={"stream_output": "yes"})
     with pytest.raises(ProjectError) as err:
@@ -344,7 +351,9 @@ def test_parameters_are_checked_against_the_flow_signature() -> None:
     }
     typo = dep(parameter_schema=schema, parameters={"dya": "x", "day": "{{ prefect.variables.day }}"})
     assert plan(state(typo), [POOL], serial=0).warnings == (
-        "deployment etl/nightly: parameter 'dya' is not a parameter of the flow (did you mean 'day'?)",
+        "warning: deployment etl/nightly: parameter 'dya' is not a parameter of the flow\n"
+        "  at .parameters.dya\n"
+        "  hint: did you mean 'day'?",
     )
     wrong = dep(parameter_schema=schema, parameters={"day": 3})
     with pytest.raises(ProjectError) as err:

@@ -99,33 +99,43 @@ def cli(ctx: click.Context) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors → one message, exit 1; bugs → traceback in a log file, exit 3."""
+    """Console entry point: user errors → one message, exit 1; bugs → traceback in a log file, exit 3.
+
+    Under --json a failure is also one JSON document on stdout (schemas/cli/error.schema.json)."""
     from buildsys.errors import BuildsysError
 
+    app = App()
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=App())
+        code = cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=app)
         if isinstance(code, int) and code:
             sys.exit(code)  # standalone_mode=False returns ctx.exit(N)'s code instead of exiting
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
         click.echo("Aborted.", err=True)
-        sys.exit(1)
+        _fail(app, args, exc, 1)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(1 if exc.exit_code == 2 else exc.exit_code)
+        _fail(app, args, exc, 1 if exc.exit_code == 2 else exc.exit_code)
     except BuildsysError as exc:
         click.echo(exc.render(), err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        _fail(app, args, exc, exc.exit_code)
+    except KeyboardInterrupt as exc:
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        _fail(app, args, exc, 130)
     except SystemExit:
         raise
-    except BaseException:
+    except BaseException as exc:
         path = _write_crash_log()
         click.echo(f"internal error: buildsys crashed; the traceback is in {path}", err=True)
-        sys.exit(3)
+        _fail(app, args, exc, 3, crash_log=path)
+
+
+def _fail(app: App, args: list[str], error: BaseException, code: int, *, crash_log: str | None = None) -> None:
+    if app.json or "--json" in args:  # a usage error may come before --json was parsed
+        app.emit_error(error, code, crash_log=crash_log)
+    sys.exit(code)
 
 
 def _write_crash_log() -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from buildsys.errors import Diagnostic
     from buildsys.model import Project
     from buildsys.reporter import Reporter
     from buildsys.store.base import StateStore
@@ -32,6 +33,8 @@ class App:
     verbosity: int = 0
     color: bool = True
     _reporter: Reporter | None = field(default=None, repr=False)
+    warnings: list[Diagnostic] = field(default_factory=list)  # under --json: part of the document
+    json_lines: bool = False  # the command streams JSON Lines (build events…): one object per line
 
     @property
     def project_file(self) -> Path:
@@ -63,6 +66,7 @@ class App:
             from buildsys.reporter import make_reporter
 
             self._reporter = make_reporter(json=self.json, color=self.use_color, verbosity=self.verbosity)
+            self.json_lines = self.json
         return self._reporter
 
     def echo(self, text: str = "", *, err: bool = False) -> None:
@@ -73,10 +77,45 @@ class App:
             return
         click.echo(text, err=err, color=self.use_color)
 
+    def warn(self, warning: Diagnostic | str) -> None:
+        """A warning: on stderr for people; under --json also in the command's JSON document."""
+        from buildsys.errors import Diagnostic
+
+        diagnostic = warning if isinstance(warning, Diagnostic) else Diagnostic("warning", warning)
+        self.warnings.append(diagnostic)
+        click.echo(diagnostic.render(), err=True, color=self.use_color)
+
     def emit_json(self, payload: object) -> None:
+        """The command's one JSON document on stdout; an object also carries the warnings said."""
         import json
 
-        click.echo(json.dumps(payload, indent=2, sort_keys=False, default=str))
+        if isinstance(payload, dict) and self.warnings:
+            said = [w.as_dict() for w in self.warnings]
+            payload = {**payload, "warnings": [*said, *payload.get("warnings", ())]}
+        click.echo(json.dumps(payload, indent=None if self.json_lines else 2, sort_keys=False, default=str))
+
+    def emit_error(self, error: BaseException, exit_code: int, *, crash_log: str | None = None) -> None:
+        """Under --json, a failed command's document: what went wrong, every problem, the warnings."""
+        from buildsys.errors import BuildsysError, Diagnostic
+
+        if isinstance(error, BuildsysError):
+            problems = error.diagnostics()
+            main = Diagnostic("error", error.message, error.location, error.path, error.hint)
+        else:
+            main = Diagnostic("error", _message_of(error), hint=f"the traceback is in {crash_log}" if crash_log else None)
+            problems = [main]
+        self.emit_json({"ok": False, "exit_code": exit_code, "error": main.as_dict(),
+                        "problems": [p.as_dict() for p in problems]})
+
+
+def _message_of(error: BaseException) -> str:
+    if isinstance(error, click.ClickException):
+        return error.format_message()
+    if isinstance(error, click.exceptions.Abort):
+        return "aborted"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return "internal error: buildsys crashed"
 
 
 def _setter(attr: str, transform: Callable[[Any, App], Any] | None = None) -> Callable[..., Any]:

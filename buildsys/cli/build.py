@@ -36,6 +36,7 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
         app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
     )
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
+    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     try:
         result = run_build(
             compiled.project,
@@ -49,7 +50,8 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
         )
         counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
         text = f"{counts['ran']} ran, {counts['cached']} cached, {counts['failed']} failed, {counts['skipped']} not run"
-        reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text, data=counts))
+        reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text,
+                             data={"ok": result.ok, **counts}))
     finally:
         reporter.close()
     _remember_noop(app, sections, opts, result)

@@ -51,10 +51,10 @@ def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: 
         recipe_spec = _choose_recipe(app, directory, interactive)
     recipe, warnings = resolve_recipe(recipe_spec)
     for warning in warnings:
-        app.echo(f"warning: {warning}", err=True)
+        app.warn(str(warning))
     resolved = _fields(app, recipe, given, directory, interactive)
     for name in resolved.unknown:
-        app.echo(f"warning: recipe {recipe.name!r} has no field {name!r}; ignored", err=True)
+        app.warn(f"recipe {recipe.name!r} has no field {name!r}; ignored")
     result = render_recipe(recipe, directory, resolved.values, force=force)
     _report(app, recipe, result)
 

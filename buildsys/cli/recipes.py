@@ -31,7 +31,7 @@ def ls(app: App, source: str | None) -> None:
         ref = parse_git_source(source)
         out = RecipeCache().checkout(ref)
         for warning in out.warnings:
-            app.echo(f"warning: {warning}", err=True)
+            app.warn(str(warning))
         prefix = f"{ref.subdir}/" if ref.subdir else ""
         found = [r for r in find_recipes(out.tree, RecipeSource("git", ref.url, ref.rev, out.commit))
                  if f"{r.source.subdir or ''}/".startswith(prefix)]
@@ -57,7 +57,7 @@ def show(app: App, name: str) -> None:
 
     recipe, warnings = resolve_recipe(name)
     for warning in warnings:
-        app.echo(f"warning: {warning}", err=True)
+        app.warn(str(warning))
     files = sorted(p.relative_to(recipe.directory).as_posix() for p in recipe.directory.rglob("*")
                    if p.is_file() and p.name != "recipe.yaml" and "__pycache__" not in p.parts)
     if app.json:

@@ -33,8 +33,7 @@ def ls(app: App) -> None:
 
     infos = registry.available()
     for name, claimants in registry.conflicts():
-        app.echo(f"warning: step name {name!r} is claimed by more than one plugin: {' and '.join(claimants)}",
-                 err=True)
+        app.warn(f"step name {name!r} is claimed by more than one plugin: {' and '.join(claimants)}")
     if app.json:
         app.emit_json([{"name": i.name, "aliases": list(i.aliases), "package": i.package, "value": i.value}
                        for i in infos])

@@ -26,6 +26,7 @@ def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int)
 
         raise BuildsysError(f"no project file at {app.project_file}", hint="run `buildsys init` to start one")
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity)
+    app.json_lines = app.json  # build events and one object per cycle, one per line
     watcher = Watcher(app.project_file, open_store=app.open_store, apply=apply_, run=run_, reporter=reporter,
                       debounce_ms=debounce, step_ms=step_ms, own_files=frozenset(redirected_outputs()),
                       ignore=store_files(app.state, app.project_file.resolve().parent))

@@ -445,8 +445,14 @@ def test_ref_checks_entrypoint_files_at_that_commit_not_in_the_working_tree(repo
     at_head = run(repo, "plan", "--ref", "HEAD")
     assert here.returncode == 0 and at_head.returncode == 0, here.stderr + at_head.stderr
     assert "does not exist" not in at_head.stdout  # committed at HEAD, deleted only on disk
-    assert [line for line in here.stdout.splitlines() if "does not exist" in line] == [
-        f"warning: prefect.yaml:{n}:5: entrypoint file flows/pipeline.py does not exist (relative to "
-        f"{repo.resolve()}) (entrypoints are relative to the directory that holds the project file)"
-        for n in (11, 20)
+    # located exactly as `validate` prints it: FILE:LINE:COL: warning: …, the document path, the hint
+    warnings = here.stdout.split("\n\n", 1)[0].split("\n")
+    assert [line for line in warnings if "entrypoint" in line] == [
+        line
+        for n, name in ((11, "nightly"), (20, "hourly"))
+        for line in (
+            f"prefect.yaml:{n}:5: warning: entrypoint file flows/pipeline.py does not exist (relative to {repo.resolve()})",
+            f"  at deployments[{name}].entrypoint",
+            "  hint: entrypoints are relative to the directory that holds the project file",
+        )
     ]
