@@ -32,11 +32,11 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
     from buildsys.engine import build as run_build
     from buildsys.reporter import Event, make_reporter
 
+    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     compiled = compiled_build(
         app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
     )
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
-    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     try:
         result = run_build(
             compiled.project,
