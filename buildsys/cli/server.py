@@ -48,6 +48,7 @@ def start(app: App, host: str, port: int, db: str | None, auth: bool, housekeepi
         f"auth {'required' if secured else 'off'})",
         err=True,
     )
+    app.echo(f"PREFECT_API_URL=http://{host}:{port}/prefect/api", err=True)
     settings = Settings(housekeeping_seconds=housekeeping_seconds)
     serve(ServeOptions(host=host, port=port, db=database, auth=auth, settings=settings))
 

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
@@ -89,11 +89,22 @@ def create_app(
                     await task
             services.executor.shutdown(wait=False, cancel_futures=True)
 
+    routes.append(_prefect_api(store, authenticator))
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},  # type: ignore[dict-item]
     )
+
+
+PREFECT_API = "/prefect/api"  # PREFECT_API_URL=http://HOST:PORT/prefect/api
+
+
+def _prefect_api(store: StateStore, authenticator: Authenticator | None) -> Mount:
+    """The Prefect-compatible API (buildsys.prefectapi) on the same store and tokens."""
+    from buildsys.prefectapi import create_app as prefect_app
+
+    return Mount(PREFECT_API, app=prefect_app(store, authenticator=authenticator))
 
 
 def _by_method(

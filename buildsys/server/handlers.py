@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from buildsys.server.endpoints import ApiError, Call
 from buildsys.server.schemas import MAX_WAIT_SECONDS
-from buildsys.store.base import TERMINAL, Change, FlowRun, Resource
+from buildsys.store.base import TERMINAL, Change, FlowRun, LogEntry, Resource, TaskRun
 
 PAGE_CACHE_ENTRIES = 64
 
@@ -236,7 +236,10 @@ async def expire_leases(call: Call) -> Any:
 
 
 async def append_logs(call: Call) -> Any:
-    lines = [(float(x["ts"]), str(x["stream"]), str(x["message"])) for x in call.body["lines"]]
+    lines = [
+        LogEntry(float(x["ts"]), str(x["stream"]), str(x["message"]), x.get("level"), x.get("logger"), x.get("task_run_id"))
+        for x in call.body["lines"]
+    ]
     last = await call.sync(call.store.append_logs, call.path["run_id"], lines)
     call.services.logs_changed.notify()
     return {"last_seq": last}
@@ -258,6 +261,35 @@ async def read_logs(call: Call) -> Any:
         await services.logs_changed.wait(min(remaining, services.poll_interval), seen)
         if await call.request.is_disconnected():
             return {"lines": [], "state": run.state}
+
+
+async def list_task_runs(call: Call) -> Any:
+    run = await call.sync(call.store.get_run, call.path["run_id"])
+    return {"items": [_task_json(t) for t in await call.sync(call.store.list_task_runs, run.id)]}
+
+
+def _task_json(task: TaskRun) -> dict[str, Any]:
+    data = task.to_dict()
+    data["tags"] = list(task.tags)
+    data["history"] = [dict(h) for h in task.history]
+    return data
+
+
+async def list_artifacts(call: Call) -> Any:
+    run_id = call.query.get("run_id")
+    if run_id is not None:
+        run_id = (await call.sync(call.store.get_run, run_id)).id
+    found = await call.sync(call.store.list_artifacts, flow_run_id=run_id, key=call.query.get("key"))
+    return {"items": [a.to_dict() for a in found]}
+
+
+async def list_concurrency_limits(call: Call) -> Any:
+    return {"items": [x.to_dict() for x in await call.sync(call.store.list_concurrency_limits)]}
+
+
+async def set_concurrency_limit(call: Call) -> Any:
+    result = await call.sync(call.store.set_concurrency_limit, call.path["name"], call.body["limit"])
+    return {"limit": None if result is None else result.to_dict()}
 
 
 async def list_workers(call: Call) -> Any:

@@ -95,8 +95,58 @@ FLOW_RUN = _obj(
         "idempotency_key": _nullable({"type": "string"}),
         "tags": {"type": "array", "items": {"type": "string"}},
         "exit_code": _nullable({"type": "integer"}),
+        "parent_task_run_id": _nullable({"type": "string"}),
+        "run_count": {"type": "integer"},
+        "prefect": OBJECT,
     },
     ("id", "name", "deployment", "deployment_id", "flow_name", "pool", "queue", "state", "state_name"),
+)
+
+TASK_RUN = _obj(
+    {
+        "id": {"type": "string"},
+        "flow_run_id": {"type": "string"},
+        "name": {"type": "string"},
+        "task_key": {"type": "string"},
+        "dynamic_key": {"type": "string"},
+        "state": {"type": "string", "enum": list(STATE_TYPES)},
+        "state_name": {"type": "string"},
+        "state_message": _nullable({"type": "string"}),
+        "state_ts": {"type": "number"},
+        "created_at": {"type": "number"},
+        "started_at": _nullable({"type": "number"}),
+        "ended_at": _nullable({"type": "number"}),
+        "run_count": {"type": "integer"},
+        "cached": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "history": {"type": "array", "items": OBJECT},
+    },
+    ("id", "flow_run_id", "name", "state", "state_name"),
+)
+
+ARTIFACT = _obj(
+    {
+        "id": {"type": "string"},
+        "flow_run_id": _nullable({"type": "string"}),
+        "task_run_id": _nullable({"type": "string"}),
+        "key": _nullable({"type": "string"}),
+        "type": _nullable({"type": "string"}),
+        "description": _nullable({"type": "string"}),
+        "data": {},
+        "created_at": {"type": "number"},
+    },
+    ("id", "flow_run_id"),
+)
+
+CONCURRENCY_LIMIT = _obj(
+    {
+        "name": {"type": "string"},
+        "limit": {"type": "integer"},
+        "active_slots": {"type": "integer"},
+        "id": {"type": "string"},
+        "created_at": {"type": "number"},
+    },
+    ("name", "limit", "active_slots"),
 )
 
 LOG_LINE = _obj(
@@ -106,6 +156,9 @@ LOG_LINE = _obj(
         "ts": {"type": "number"},
         "message": {"type": "string"},
         "stream": {"type": "string"},
+        "level": _nullable({"type": "integer"}),
+        "logger": _nullable({"type": "string"}),
+        "task_run_id": _nullable({"type": "string"}),
     },
     ("run_id", "seq", "ts", "message", "stream"),
 )
@@ -219,8 +272,11 @@ COMPONENTS: dict[str, Schema] = {
                 "items": _obj(
                     {
                         "ts": TIME,
-                        "stream": {"type": "string", "enum": ["stdout", "stderr", "worker"]},
+                        "stream": {"type": "string", "enum": ["stdout", "stderr", "worker", "prefect"]},
                         "message": TEXT,
+                        "level": _nullable({"type": "integer", "minimum": 0, "maximum": 100}),
+                        "logger": _nullable(NAME),
+                        "task_run_id": _nullable(NAME),
                     },
                     ("ts", "stream", "message"),
                 ),
@@ -251,4 +307,14 @@ COMPONENTS: dict[str, Schema] = {
         closed=False,
     ),
     "Imported": _obj({"serial": SERIAL}, ("serial",)),
+    "TaskRun": TASK_RUN,
+    "TaskRuns": _obj({"items": {"type": "array", "items": _ref("TaskRun")}}, ("items",)),
+    "Artifact": ARTIFACT,
+    "Artifacts": _obj({"items": {"type": "array", "items": _ref("Artifact")}}, ("items",)),
+    "ConcurrencyLimit": CONCURRENCY_LIMIT,
+    "ConcurrencyLimits": _obj({"items": {"type": "array", "items": _ref("ConcurrencyLimit")}}, ("items",)),
+    "ConcurrencyLimitSet": _obj(
+        {"limit": _nullable({"type": "integer", "minimum": 0, "maximum": 2**31})}, ("limit",)
+    ),
+    "ConcurrencyLimitResult": _obj({"limit": _nullable(_ref("ConcurrencyLimit"))}, ("limit",)),
 }

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from buildsys.store.transitions import Decision, Proposal
 
 # Resource kinds, in the order apply writes them (pools before deployments; deletions run reversed).
 KINDS = ("variable", "pool", "deployment")
@@ -119,6 +122,12 @@ class FlowRun(_Record):
     idempotency_key: str | None = None
     tags: tuple[str, ...] = ()
     exit_code: int | None = None
+    # Prefect's engine: the task run a subflow or `run_deployment` run was started from, how many
+    # times the engine entered RUNNING, and what it sent that buildsys keeps as it is
+    # (flow_version, empirical_policy {retries, retry_delay}, labels).
+    parent_task_run_id: str | None = None
+    run_count: int = 0
+    prefect: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -131,7 +140,75 @@ class LogLine(_Record):
     seq: int  # increasing per run, assigned by the store (1-based)
     ts: float
     message: str
-    stream: str = "stdout"  # stdout | stderr | worker
+    stream: str = "stdout"  # stdout | stderr | worker | prefect (a record sent by Prefect's logger)
+    level: int | None = None  # logging level of a Prefect record (20 INFO, 40 ERROR …)
+    logger: str | None = None  # the logger's name, e.g. prefect.task_runs
+    task_run_id: str | None = None
+
+
+class LogEntry(NamedTuple):
+    """A log line to append: (ts, stream, message) plus, for Prefect records, level/logger/task."""
+
+    ts: float
+    stream: str
+    message: str
+    level: int | None = None
+    logger: str | None = None
+    task_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRun(_Record):
+    """A task run of a flow run, as Prefect's engine reported it (events/in or POST /task_runs/).
+
+    history holds every state it reported, oldest first: {"type", "name", "ts", "message"}.
+    """
+
+    id: str
+    flow_run_id: str
+    name: str
+    task_key: str = ""
+    dynamic_key: str = ""
+    state: str = PENDING
+    state_name: str = "Pending"
+    state_message: str | None = None
+    state_ts: float = 0.0  # when the current state was entered
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    run_count: int = 0
+    cached: bool = False
+    tags: tuple[str, ...] = ()
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def attempts(self) -> int:
+        return max(self.run_count, 1 if self.started_at is not None else 0)
+
+
+@dataclass(frozen=True)
+class Artifact(_Record):
+    """A result a run published (Prefect's create_markdown_artifact and friends)."""
+
+    id: str
+    flow_run_id: str | None
+    task_run_id: str | None = None
+    key: str | None = None
+    type: str | None = None
+    description: str | None = None
+    data: Any = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConcurrencyLimit(_Record):
+    """At most `limit` slots of `name` held at once (tagged tasks take "tag:<tag>")."""
+
+    name: str
+    limit: int
+    active_slots: int = 0
+    id: str = ""
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -260,13 +337,28 @@ class StateStore(Protocol):
         ...
 
     # --- logs and workers ------------------------------------------------------------------
-    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
-        """Append (ts, stream, message) lines; returns the last seq."""
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str] | LogEntry]) -> int:
+        """Append (ts, stream, message) lines or LogEntry records; returns the last seq."""
         ...
 
     def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]: ...
 
     def list_workers(self, pool: str | None = None) -> list[WorkerInfo]: ...
+
+    # --- what Prefect's engine recorded (written through the Prefect-compatible API) --------
+    def list_task_runs(self, flow_run_id: str) -> list[TaskRun]:
+        """The run's task runs, in the order they were created."""
+        ...
+
+    def list_artifacts(self, *, flow_run_id: str | None = None, key: str | None = None) -> list[Artifact]:
+        """Artifacts of one run or with one key, oldest first."""
+        ...
+
+    def list_concurrency_limits(self) -> list[ConcurrencyLimit]: ...
+
+    def set_concurrency_limit(self, name: str, limit: int | None) -> ConcurrencyLimit | None:
+        """Create or change a limit (None deletes it; returns None then)."""
+        ...
 
     # --- housekeeping ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
@@ -308,3 +400,77 @@ class StepwiseStore(Protocol):
     def serve_refusal(self, pool: str) -> str:
         """What to say to `buildsys worker start` (the store's runs are served by other workers)."""
         ...
+
+
+@runtime_checkable
+class EngineRecords(Protocol):
+    """What /prefect/api writes for Prefect's engine and workers, beyond StateStore. Only the
+    database stores (SQLite, PostgreSQL) have it: Prefect's clients talk to the server that owns the
+    database (`buildsys server`'s /prefect/api, or the worker's own API over the file store)."""
+
+    def propose_run_state(self, run_id: str, proposal: Proposal) -> Decision:
+        """Prefect's orchestration rules (transitions.decide) applied in one transaction."""
+        ...
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        name: str | None = None,
+        infrastructure_pid: str | None = None,
+        prefect: Mapping[str, Any] | None = None,
+    ) -> FlowRun:
+        """Rename a run, note its process, or merge Prefect's own fields into `prefect`."""
+        ...
+
+    def create_subflow_run(
+        self,
+        flow_name: str,
+        *,
+        parent_task_run_id: str | None,
+        parameters: Mapping[str, Any],
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        prefect: Mapping[str, Any] | None = None,
+    ) -> FlowRun: ...
+
+    def set_run_parent(self, run_id: str, parent_task_run_id: str | None) -> FlowRun: ...
+
+    def find_runs(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        parent_task_run_ids: Sequence[str] | None = None,
+        states: Sequence[str] | None = None,
+        state_names: Sequence[str] | None = None,
+        pool: str | None = None,
+        limit: int = 200,
+    ) -> list[FlowRun]: ...
+
+    def record_task_run(self, task_run: TaskRun) -> TaskRun:
+        """Create or update a task run; its state history is merged (see sqlengine.merge_task_run)."""
+        ...
+
+    def get_task_run(self, task_run_id: str) -> TaskRun | None: ...
+
+    def create_artifact(self, artifact: Artifact) -> Artifact: ...
+
+    def acquire_slots(
+        self, names: Sequence[str], slots: int, lease_seconds: float, holder: Mapping[str, Any] | None = None
+    ) -> tuple[str | None, list[ConcurrencyLimit]]:
+        """A lease on `slots` of each existing limit among `names`; (None, limits) when one is full."""
+        ...
+
+    def renew_slots(self, lease_id: str, lease_seconds: float) -> bool: ...
+
+    def release_slots(self, lease_id: str) -> bool: ...
+
+    def ensure_flow(self, name: str) -> str:
+        """The flow's id (created on first use)."""
+        ...
+
+    def get_flow(self, flow_id: str) -> str | None:
+        """The name of the flow with this id."""
+        ...
+
+    def get_resource_by_id(self, kind: str, resource_id: str) -> Resource | None: ...

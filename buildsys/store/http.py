@@ -17,7 +17,18 @@ import httpx
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
 from buildsys.sensitive import mask_url
-from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
+from buildsys.store.base import (
+    KINDS,
+    Artifact,
+    Change,
+    ConcurrencyLimit,
+    FlowRun,
+    LogEntry,
+    LogLine,
+    Resource,
+    TaskRun,
+    WorkerInfo,
+)
 
 API = "/api/v1"
 PAGE = 1000  # runs per request (the server's maximum)
@@ -287,8 +298,9 @@ class HttpStore:
         return [FlowRun.from_dict(r) for r in data["runs"]]
 
     # --- logs and workers ------------------------------------------------------------------
-    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
-        body = {"lines": [{"ts": ts, "stream": stream, "message": message} for ts, stream, message in lines]}
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str] | LogEntry]) -> int:
+        entries = [line if isinstance(line, LogEntry) else LogEntry(*line) for line in lines]
+        body = {"lines": [_log_entry(e) for e in entries]}
         data = self._call("POST", f"{API}/runs/{_segment(run_id)}/logs", body=body, idempotent=False)
         return int(data["last_seq"])
 
@@ -320,6 +332,26 @@ class HttpStore:
             for w in self._call("GET", f"{API}/workers", params=params, idempotent=True)["items"]
         ]
 
+    # --- what Prefect's engine recorded -----------------------------------------------------
+    def list_task_runs(self, flow_run_id: str) -> list[TaskRun]:
+        data = self._call("GET", f"{API}/runs/{_segment(flow_run_id)}/task_runs", idempotent=True)
+        return [TaskRun.from_dict(t) for t in data["items"]]
+
+    def list_artifacts(self, *, flow_run_id: str | None = None, key: str | None = None) -> list[Artifact]:
+        params = {k: v for k, v in (("run_id", flow_run_id), ("key", key)) if v is not None}
+        data = self._call("GET", f"{API}/artifacts", params=params, idempotent=True)
+        return [Artifact.from_dict(a) for a in data["items"]]
+
+    def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
+        data = self._call("GET", f"{API}/concurrency_limits", idempotent=True)
+        return [ConcurrencyLimit.from_dict(x) for x in data["items"]]
+
+    def set_concurrency_limit(self, name: str, limit: int | None) -> ConcurrencyLimit | None:
+        data = self._call(
+            "PUT", f"{API}/concurrency_limits/{_segment(name)}", body={"limit": limit}, idempotent=True
+        )
+        return None if data["limit"] is None else ConcurrencyLimit.from_dict(data["limit"])
+
     # --- housekeeping ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         data: dict[str, Any] = self._call("GET", f"{API}/export", idempotent=True)
@@ -339,6 +371,13 @@ class HttpStore:
 
     def __repr__(self) -> str:
         return f"HttpStore({self.shown_url!r})"
+
+
+def _log_entry(e: LogEntry) -> dict[str, Any]:
+    line: dict[str, Any] = {"ts": e.ts, "stream": e.stream, "message": e.message}
+    if e.stream == "prefect":
+        line.update(level=e.level, logger=e.logger, task_run_id=e.task_run_id)
+    return line
 
 
 def _resource(data: dict[str, Any]) -> Resource:

@@ -106,6 +106,70 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX flow_runs_queue_due ON flow_runs (pool, state, queue, scheduled_at, created_at)",
         ),
     ),
+    Migration(
+        3,
+        "what Prefect's engine records: task runs, artifacts, concurrency leases, flows, log levels",
+        (
+            "ALTER TABLE flow_runs ADD COLUMN parent_task_run_id TEXT",
+            "ALTER TABLE flow_runs ADD COLUMN run_count INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE flow_runs ADD COLUMN prefect TEXT NOT NULL DEFAULT '{}'",
+            "CREATE INDEX flow_runs_parent ON flow_runs (parent_task_run_id)",
+            "ALTER TABLE logs ADD COLUMN level INTEGER",
+            "ALTER TABLE logs ADD COLUMN logger TEXT",
+            "ALTER TABLE logs ADD COLUMN task_run_id TEXT",
+            """CREATE TABLE task_runs (
+                id TEXT PRIMARY KEY,
+                flow_run_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                task_key TEXT NOT NULL,
+                dynamic_key TEXT NOT NULL,
+                state TEXT NOT NULL,
+                state_name TEXT NOT NULL,
+                state_message TEXT,
+                state_ts DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                ended_at DOUBLE PRECISION,
+                run_count INTEGER NOT NULL,
+                cached INTEGER NOT NULL,
+                tags TEXT NOT NULL,
+                history TEXT NOT NULL
+            )""",
+            "CREATE INDEX task_runs_flow_run ON task_runs (flow_run_id, created_at)",
+            """CREATE TABLE artifacts (
+                id TEXT PRIMARY KEY,
+                flow_run_id TEXT,
+                task_run_id TEXT,
+                key TEXT,
+                type TEXT,
+                description TEXT,
+                data TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX artifacts_flow_run ON artifacts (flow_run_id, created_at)",
+            "CREATE INDEX artifacts_key ON artifacts (key, created_at)",
+            """CREATE TABLE concurrency_limits (
+                name TEXT PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                slot_limit BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE concurrency_slots (
+                lease_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                slots BIGINT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                holder TEXT,
+                PRIMARY KEY (lease_id, name)
+            )""",
+            "CREATE INDEX concurrency_slots_name ON concurrency_slots (name, expires_at)",
+            """CREATE TABLE flows (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

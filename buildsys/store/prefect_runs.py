@@ -12,7 +12,16 @@ from typing import Any
 from urllib.parse import quote
 
 from buildsys.errors import NotFoundError, StateError
-from buildsys.store.base import CANCELLED, CANCELLING, FlowRun, LogLine
+from buildsys.store.base import (
+    CANCELLED,
+    CANCELLING,
+    Artifact,
+    ConcurrencyLimit,
+    FlowRun,
+    LogEntry,
+    LogLine,
+    TaskRun,
+)
 from buildsys.store.prefect_api import PrefectApi
 
 _STREAM = {10: "debug", 20: "stdout", 30: "stderr", 40: "stderr", 50: "stderr"}
@@ -119,6 +128,68 @@ class PrefectRuns:
             for i, line in enumerate(self.api.read("/logs/filter", body))
         ]
 
+    # --- what Prefect's engine recorded (task runs, artifacts, concurrency limits) ---------
+    def list_task_runs(self, flow_run_id: str) -> list[TaskRun]:
+        body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200}
+        out = []
+        for t in self.api.read("/task_runs/filter", body):
+            state = t.get("state") or {}
+            out.append(
+                TaskRun(
+                    id=str(t["id"]),
+                    flow_run_id=flow_run_id,
+                    name=str(t.get("name") or ""),
+                    task_key=str(t.get("task_key") or ""),
+                    dynamic_key=str(t.get("dynamic_key") or ""),
+                    state=str(state.get("type") or "PENDING"),
+                    state_name=str(state.get("name") or ""),
+                    state_message=state.get("message"),
+                    state_ts=_epoch(state.get("timestamp")) or 0.0,
+                    created_at=_epoch(t.get("created")) or 0.0,
+                    started_at=_epoch(t.get("start_time")),
+                    ended_at=_epoch(t.get("end_time")),
+                    run_count=int(t.get("run_count") or 0),
+                    cached=state.get("name") == "Cached",
+                    tags=tuple(t.get("tags") or ()),
+                )
+            )
+        return out
+
+    def list_artifacts(self, *, flow_run_id: str | None = None, key: str | None = None) -> list[Artifact]:
+        where: dict[str, Any] = {}
+        if flow_run_id is not None:
+            where["flow_run_id"] = {"any_": [flow_run_id]}
+        if key is not None:
+            where["key"] = {"any_": [key]}
+        found = self.api.read("/artifacts/filter", {"artifacts": where, "sort": "CREATED_ASC", "limit": 200})
+        return [
+            Artifact(
+                id=str(a["id"]), flow_run_id=a.get("flow_run_id"), task_run_id=a.get("task_run_id"), key=a.get("key"),
+                type=a.get("type"), description=a.get("description"), data=a.get("data"),
+                created_at=_epoch(a.get("created")) or 0.0,
+            )
+            for a in found
+        ]
+
+    def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
+        return [
+            ConcurrencyLimit(name=str(x["name"]), limit=int(x["limit"]), active_slots=int(x.get("active_slots") or 0),
+                             id=str(x.get("id") or ""), created_at=_epoch(x.get("created")) or 0.0)
+            for x in self.api.read("/v2/concurrency_limits/filter", {"limit": 200})
+        ]
+
+    def set_concurrency_limit(self, name: str, limit: int | None) -> ConcurrencyLimit | None:
+        path = f"/v2/concurrency_limits/{quote(name, safe='')}"
+        if limit is None:
+            self.api.write("DELETE", path)
+            return None
+        try:
+            self.api.write("PATCH", path, {"limit": limit})
+        except NotFoundError:
+            self.api.write("POST", "/v2/concurrency_limits/", {"name": name, "limit": limit})
+        x = self.api.get(path)
+        return ConcurrencyLimit(name=name, limit=int(x["limit"]), active_slots=int(x.get("active_slots") or 0), id=str(x.get("id") or ""))
+
     # --- what Prefect's workers do --------------------------------------------------------
     def _elsewhere(self) -> WorkersElsewhereError:
         return WorkersElsewhereError(
@@ -138,7 +209,7 @@ class PrefectRuns:
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         raise self._elsewhere()
 
-    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str] | LogEntry]) -> int:
         raise self._elsewhere()
 
     # --- records ----------------------------------------------------------------------------

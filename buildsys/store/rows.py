@@ -39,11 +39,15 @@ RUN_FIELDS = (
     "idempotency_key",
     "tags",
     "exit_code",
+    "parent_task_run_id",
+    "run_count",
+    "prefect",
 )
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
-_JSON_RUN_FIELDS = {"parameters", "job_variables", "tags"}
+_JSON_RUN_FIELDS = {"parameters", "job_variables", "tags", "prefect"}
 
-LOG_COLUMNS = "run_id, seq, ts, message, stream"
+LOG_FIELDS = ("run_id", "seq", "ts", "message", "stream", "level", "logger", "task_run_id")
+LOG_COLUMNS = ", ".join(LOG_FIELDS)
 WORKER_OFFLINE_AFTER_S = 90.0  # Prefect: 3 × the 30 s heartbeat interval
 
 
@@ -127,8 +131,17 @@ def run_to_row(run: FlowRun) -> tuple[Any, ...]:
 
 
 def log_from_row(row: tuple[Any, ...]) -> LogLine:
-    run_id, seq, ts, message, stream = row
-    return LogLine(run_id=run_id, seq=int(seq), ts=float(ts), message=message, stream=stream)
+    run_id, seq, ts, message, stream, level, logger, task_run_id = row
+    return LogLine(
+        run_id=run_id,
+        seq=int(seq),
+        ts=float(ts),
+        message=message,
+        stream=stream,
+        level=None if level is None else int(level),
+        logger=logger,
+        task_run_id=task_run_id,
+    )
 
 
 def worker_from_row(row: tuple[Any, ...], now: float) -> WorkerInfo:

@@ -105,8 +105,8 @@ def _insert(
         [(*run_to_row(r), last_seq.get(r.id, 0)) for r in runs],
     )
     tx.many(
-        f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-        [(x.run_id, x.seq, x.ts, x.message, x.stream) for x in logs],
+        f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(x.run_id, x.seq, x.ts, x.message, x.stream, x.level, x.logger, x.task_run_id) for x in logs],
     )
     tx.many(
         "INSERT INTO workers (pool, name, last_heartbeat, type) VALUES (?, ?, ?, ?)",

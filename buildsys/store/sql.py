@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import ConflictError, StateError
-from buildsys.store import sqlclaims, sqlruns
-from buildsys.store.base import KINDS, Change, FlowRun, LogLine, Resource, WorkerInfo
+from buildsys.store import sqlclaims, sqlengine, sqlruns
+from buildsys.store.base import (
+    KINDS,
+    Artifact,
+    Change,
+    ConcurrencyLimit,
+    FlowRun,
+    LogEntry,
+    LogLine,
+    Resource,
+    TaskRun,
+    WorkerInfo,
+)
 from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, now
 from buildsys.store.migrations import migrate
 from buildsys.store.rows import (
@@ -26,7 +37,7 @@ from buildsys.store.rows import (
     resource_from_row,
 )
 from buildsys.store.snapshot import export_store, import_store
-from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
+from buildsys.store.transitions import DEFAULT_LEASE_SECONDS, Decision, Proposal
 
 ACTIONS = ("create", "update", "delete")
 
@@ -178,7 +189,7 @@ class SqlStore:
         return sqlruns.expire_leases(self._db, now)
 
     # --- logs and workers ------------------------------------------------------------------
-    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+    def append_logs(self, run_id: str, lines: Sequence[tuple[float, str, str] | LogEntry]) -> int:
         return sqlruns.append_logs(self._db, run_id, list(lines))
 
     def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]:
@@ -186,6 +197,95 @@ class SqlStore:
 
     def list_workers(self, pool: str | None = None) -> list[WorkerInfo]:
         return sqlruns.list_workers(self._db, pool)
+
+    # --- what Prefect's engine records (EngineRecords; see sqlengine.py) -------------------
+    def list_task_runs(self, flow_run_id: str) -> list[TaskRun]:
+        return sqlengine.list_task_runs(self._db, flow_run_id)
+
+    def list_artifacts(self, *, flow_run_id: str | None = None, key: str | None = None) -> list[Artifact]:
+        return sqlengine.list_artifacts(self._db, flow_run_id=flow_run_id, key=key)
+
+    def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
+        return sqlengine.list_limits(self._db)
+
+    def set_concurrency_limit(self, name: str, limit: int | None) -> ConcurrencyLimit | None:
+        return sqlengine.set_limit(self._db, name, limit)
+
+    def propose_run_state(self, run_id: str, proposal: Proposal) -> Decision:
+        return sqlengine.propose(self._db, run_id, proposal)
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        name: str | None = None,
+        infrastructure_pid: str | None = None,
+        prefect: Mapping[str, Any] | None = None,
+    ) -> FlowRun:
+        return sqlengine.update_run(self._db, run_id, name=name, infrastructure_pid=infrastructure_pid, prefect=prefect)
+
+    def create_subflow_run(
+        self,
+        flow_name: str,
+        *,
+        parent_task_run_id: str | None,
+        parameters: Mapping[str, Any],
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        prefect: Mapping[str, Any] | None = None,
+    ) -> FlowRun:
+        return sqlengine.create_subflow_run(
+            self._db, flow_name, parent_task_run_id=parent_task_run_id, parameters=parameters, name=name,
+            tags=tags, prefect=prefect or {},
+        )  # fmt: skip
+
+    def set_run_parent(self, run_id: str, parent_task_run_id: str | None) -> FlowRun:
+        return sqlengine.set_parent(self._db, run_id, parent_task_run_id)
+
+    def find_runs(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        parent_task_run_ids: Sequence[str] | None = None,
+        states: Sequence[str] | None = None,
+        state_names: Sequence[str] | None = None,
+        pool: str | None = None,
+        limit: int = 200,
+    ) -> list[FlowRun]:
+        return sqlengine.find_runs(
+            self._db, ids=ids, parent_task_run_ids=parent_task_run_ids, states=states, state_names=state_names,
+            pool=pool, limit=limit,
+        )  # fmt: skip
+
+    def record_task_run(self, task_run: TaskRun) -> TaskRun:
+        return sqlengine.record_task_run(self._db, task_run)
+
+    def get_task_run(self, task_run_id: str) -> TaskRun | None:
+        return sqlengine.get_task_run(self._db, task_run_id)
+
+    def create_artifact(self, artifact: Artifact) -> Artifact:
+        return sqlengine.create_artifact(self._db, artifact)
+
+    def acquire_slots(
+        self, names: Sequence[str], slots: int, lease_seconds: float, holder: Mapping[str, Any] | None = None
+    ) -> tuple[str | None, list[ConcurrencyLimit]]:
+        return sqlengine.acquire(self._db, names, slots, lease_seconds, holder)
+
+    def renew_slots(self, lease_id: str, lease_seconds: float) -> bool:
+        return sqlengine.renew(self._db, lease_id, lease_seconds)
+
+    def release_slots(self, lease_id: str) -> bool:
+        return sqlengine.release(self._db, lease_id)
+
+    def ensure_flow(self, name: str) -> str:
+        return sqlengine.ensure_flow(self._db, name)
+
+    def get_flow(self, flow_id: str) -> str | None:
+        return sqlengine.get_flow(self._db, flow_id)
+
+    def get_resource_by_id(self, kind: str, resource_id: str) -> Resource | None:
+        _check_kind(kind)
+        return sqlengine.resource_by_id(self._db, kind, resource_id)
 
     # --- housekeeping ----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:

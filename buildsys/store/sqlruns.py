@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildsys.errors import NotFoundError, StateError
-from buildsys.store.base import ACTIVE, CANCELLING, SCHEDULED, FlowRun, LogLine, WorkerInfo
+from buildsys.store.base import ACTIVE, CANCELLING, SCHEDULED, FlowRun, LogEntry, LogLine, WorkerInfo
 from buildsys.store.dialect import Database, Tx, now
 from buildsys.store.rows import (
     LOG_COLUMNS,
@@ -253,7 +253,8 @@ def list_workers(db: Database, pool: str | None) -> list[WorkerInfo]:
     return [worker_from_row(r, moment) for r in rows]
 
 
-def append_logs(db: Database, run_id: str, lines: Sequence[tuple[float, str, str]]) -> int:
+def append_logs(db: Database, run_id: str, lines: Sequence[tuple[float, str, str] | LogEntry]) -> int:
+    entries = [line if isinstance(line, LogEntry) else LogEntry(*line) for line in lines]
     with db.tx(write=True) as tx:
         row = tx.one(
             "UPDATE flow_runs SET log_seq = log_seq + ? WHERE id = ? RETURNING log_seq", (len(lines), run_id)
@@ -263,8 +264,11 @@ def append_logs(db: Database, run_id: str, lines: Sequence[tuple[float, str, str
         last = int(row[0])
         first = last - len(lines) + 1
         tx.many(
-            f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-            [(run_id, first + i, float(ts), str(msg), str(stream)) for i, (ts, stream, msg) in enumerate(lines)],
+            f"INSERT INTO logs ({LOG_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, first + i, float(e.ts), str(e.message), str(e.stream), e.level, e.logger, e.task_run_id)
+                for i, e in enumerate(entries)
+            ],
         )
         return last
 

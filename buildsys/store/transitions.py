@@ -9,6 +9,7 @@ changes. FAILED/CRASHED with retries left becomes SCHEDULED "AwaitingRetry" (att
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from buildsys.errors import ConflictError, StateError
 from buildsys.store.base import (
@@ -148,3 +149,150 @@ def expire(run: FlowRun, now: float) -> FlowRun:
         run, state=CRASHED, state_name="Crashed", state_message=why, ended_at=now, lease_expires_at=None
     )
     return retry(crashed, now) if run.attempt <= run.max_retries else crashed
+
+
+# --- Prefect's orchestration of flow-run states (what /prefect/api's set_state answers) -----------
+#
+# Prefect's engine and workers propose states and obey the answer: ACCEPT, REJECT (here is the
+# state the run is in instead), ABORT (stop), WAIT (propose again after a delay). The rules below
+# are Prefect's core flow policy as its clients rely on it, on top of the moves above:
+#   * a finished run never changes (ABORT);
+#   * out of CANCELLING only CANCELLED is accepted (REJECT anything else, even forced);
+#   * PENDING is refused (ABORT) for a run already PENDING, RUNNING, CANCELLING or CANCELLED, except
+#     that the first PENDING of a run a Prefect worker was handed (claimed for it) is acknowledged;
+#   * PENDING or RUNNING before the run's scheduled time is told to WAIT;
+#   * FAILED with engine retries left (empirical_policy.retries, counted by run_count) is REJECTED
+#     with an "AwaitingRetry" state: the engine runs the flow again in the same process, so the run
+#     stays held by its worker (stored as RUNNING "AwaitingRetry" until the retry starts);
+#   * a repeated proposal with the transition id already accepted is accepted again, unchanged.
+
+ACCEPT, REJECT, ABORT, WAIT = "ACCEPT", "REJECT", "ABORT", "WAIT"
+AWAITING_RETRY = "AwaitingRetry"
+PREFECT_WORKER_PREFIX = "prefect-worker:"  # runs handed to Prefect's own workers are held by this
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A state a Prefect client proposes for a flow run."""
+
+    type: str
+    name: str | None = None
+    message: str | None = None
+    force: bool = False
+    transition_id: str | None = None
+    scheduled_at: float | None = None  # a SCHEDULED proposal's scheduled time
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to a Proposal and the run after it (unchanged unless it moved)."""
+
+    status: str
+    run: FlowRun
+    reason: str | None = None
+    delay_seconds: float = 0.0
+    # a REJECT's state for the client when it is not the stored one (the retry's SCHEDULED)
+    reply_type: str | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.status == ACCEPT or (self.status == REJECT and self.reply_type is not None)
+
+
+def decide(run: FlowRun, proposal: Proposal, now: float) -> Decision:
+    """Prefect's answer to `proposal` for `run` (pure; the store saves `decision.run` if it moved)."""
+    kind = proposal.type
+    if kind not in STATE_TYPES:
+        raise StateError(f"unknown flow-run state {kind!r}", hint=f"one of: {', '.join(STATE_TYPES)}")
+    if proposal.transition_id and run.prefect.get("transition_id") == proposal.transition_id:
+        return Decision(ACCEPT, run)
+    if run.state in TERMINAL:
+        return Decision(ABORT, run, f"the run has already finished ({run.state})")
+    if run.state == CANCELLING and kind != CANCELLED:
+        return Decision(REJECT, run, "the run is being cancelled; only CANCELLED is accepted")
+    early = _too_early(run, kind, now)
+    if early is not None:
+        return early
+    if kind == PENDING:
+        return _pending(run, proposal, now)
+    if kind == RUNNING:
+        return _running(run, proposal, now)
+    if kind == FAILED and run.state == RUNNING and not proposal.force:
+        retried = _engine_retry(run, proposal, now)
+        if retried is not None:
+            return retried
+    if kind == CANCELLING:
+        return Decision(ACCEPT, _mark(cancel(run, now), proposal))
+    return Decision(ACCEPT, _mark(_move(run, proposal, now), proposal))
+
+
+def _too_early(run: FlowRun, kind: str, now: float) -> Decision | None:
+    if kind not in (PENDING, RUNNING) or run.state != SCHEDULED or run.scheduled_at <= now + 0.5:
+        return None
+    delay = run.scheduled_at - now
+    return Decision(WAIT, run, f"the run is scheduled to start in {delay:.0f} s", delay_seconds=delay)
+
+
+def _pending(run: FlowRun, proposal: Proposal, now: float) -> Decision:
+    handed = (run.worker or "").startswith(PREFECT_WORKER_PREFIX) and run.state == PENDING
+    if handed and not run.prefect.get("acknowledged"):
+        acknowledged = dataclasses.replace(run, prefect={**run.prefect, "acknowledged": True})
+        return Decision(ACCEPT, _mark(acknowledged, proposal))
+    if run.state in (PENDING, RUNNING, CANCELLING, CANCELLED):
+        return Decision(ABORT, run, f"the run is already {run.state}")
+    return Decision(ACCEPT, _mark(_move(run, proposal, now), proposal))
+
+
+def _running(run: FlowRun, proposal: Proposal, now: float) -> Decision:
+    if run.state == RUNNING and run.state_name != AWAITING_RETRY:
+        return Decision(ABORT, run, "the run is already RUNNING")
+    if run.state_name == AWAITING_RETRY and run.scheduled_at > now + 0.5:
+        delay = run.scheduled_at - now
+        return Decision(WAIT, run, f"the retry starts in {delay:.0f} s", delay_seconds=delay)
+    moved = _move(run, proposal, now)
+    moved = dataclasses.replace(moved, run_count=run.run_count + 1)
+    return Decision(ACCEPT, _mark(moved, proposal))
+
+
+def _move(run: FlowRun, proposal: Proposal, now: float) -> FlowRun:
+    """An accepted move, with the buildsys bookkeeping of `transition` (lease, times, retries).
+    Prefect's engine may end a run that never reached RUNNING (bad parameters), and a run started by
+    hand has no worker to renew a lease, so it gets none."""
+    if proposal.type == RUNNING and run.state_name == AWAITING_RETRY:
+        run = dataclasses.replace(run, state=PENDING)  # the retry starts again from here
+    moved = transition(run, proposal.type, now, name=proposal.name, message=proposal.message)
+    if proposal.type == SCHEDULED and proposal.scheduled_at is not None:
+        moved = dataclasses.replace(moved, scheduled_at=proposal.scheduled_at)
+    if moved.worker is None and moved.state in (PENDING, RUNNING):
+        moved = dataclasses.replace(moved, lease_expires_at=None)
+    return moved
+
+
+def _engine_retry(run: FlowRun, proposal: Proposal, now: float) -> Decision | None:
+    policy = run.prefect.get("empirical_policy")
+    retries = policy.get("retries") if isinstance(policy, dict) else None
+    if not isinstance(retries, int) or isinstance(retries, bool) or run.run_count > retries:
+        return None
+    delay = _retry_delay(policy.get("retry_delay") if isinstance(policy, dict) else None, run.run_count)
+    waiting = dataclasses.replace(
+        run,
+        state_name=AWAITING_RETRY,
+        state_message=proposal.message,
+        scheduled_at=now + delay,
+    )
+    reason = f"retry {run.run_count} of {retries}" + (f" in {delay:g} s" if delay else "")
+    return Decision(REJECT, _mark(waiting, proposal), reason, reply_type=SCHEDULED)
+
+
+def _retry_delay(value: object, run_count: int) -> float:
+    if isinstance(value, list) and value:
+        value = value[min(run_count - 1, len(value) - 1)]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(min(value, 86_400 * 366))
+    return 0.0
+
+
+def _mark(run: FlowRun, proposal: Proposal) -> FlowRun:
+    if not proposal.transition_id:
+        return run
+    return dataclasses.replace(run, prefect={**run.prefect, "transition_id": proposal.transition_id})

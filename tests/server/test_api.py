@@ -261,7 +261,18 @@ def test_logs_append_read_and_follow(deployed: httpx.Client) -> None:
     assert deployed.post(logs, json={"lines": lines}).json() == {"last_seq": 2}
     page = deployed.get(logs, params={"after": 1}).json()
     assert page == {
-        "lines": [{"run_id": run["id"], "seq": 2, "ts": 2.0, "message": "two", "stream": "stderr"}],
+        "lines": [
+            {
+                "run_id": run["id"],
+                "seq": 2,
+                "ts": 2.0,
+                "message": "two",
+                "stream": "stderr",
+                "level": None,
+                "logger": None,
+                "task_run_id": None,
+            }
+        ],
         "state": "SCHEDULED",
     }
     result: dict[str, Any] = {}

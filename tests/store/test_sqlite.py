@@ -46,6 +46,7 @@ def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
         assert db.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall() == [
             (1, "initial schema: serial, resources, flow runs, logs, workers"),
             (2, "claim indexes: due runs in scheduled order, per pool and per queue"),
+            (3, "what Prefect's engine records: task runs, artifacts, concurrency leases, flows, log levels"),
         ]
         assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
     finally:
@@ -86,7 +87,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path: Path) -> None:
     db.execute("UPDATE store_serial SET serial = 1")
     db.close()
     with SqlStore.sqlite(path) as store:
-        assert store.schema_version == LATEST == 2
+        assert store.schema_version == LATEST == 3
         kept = store.get_resource("variable", "kept")
         assert kept is not None and (dict(kept.spec), kept.id, store.serial()) == ({"value": 1}, "id-1", 1)
     db = sqlite3.connect(path)

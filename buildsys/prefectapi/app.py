@@ -1,0 +1,274 @@
+"""The Prefect-compatible API as an ASGI app: the route table served with auth, body limits and
+validation, and Prefect-style JSON errors ({"detail": ...}).
+
+Mounted by `buildsys server` at /prefect/api, and served by the worker itself (EmbeddedApi) when
+runs use the file store. Tokens are buildsys's: `Authorization: Bearer <token>` (PREFECT_API_KEY),
+or Basic auth whose password is the token (PREFECT_API_AUTH_STRING="buildsys:<token>"), which is
+also what the events websockets send in their auth frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.prefectapi.bodies import SCHEMAS
+from buildsys.prefectapi.context import ApiError, Call, Services
+from buildsys.store.base import StateStore
+
+log = logging.getLogger("buildsys.prefectapi")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+READ, WRITE = "read", "worker"
+
+
+class TokenLike(Protocol):
+    @property
+    def scope(self) -> str: ...
+
+    def allows(self, needed: str) -> bool: ...
+
+
+class TokenChecker(Protocol):
+    """buildsys.server.auth.Authenticator, or the worker's per-run keys."""
+
+    def check(self, header: str | None) -> TokenLike | None: ...
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    scope: str = READ
+    body: str | None = None  # a schema of bodies.SCHEMAS
+    status: int = 200
+
+
+@dataclass
+class Settings:
+    max_body_bytes: int = MAX_BODY_BYTES
+    threads: int = 8
+    poll_seconds: float = 0.5  # events/out looks for cancelling and suspended runs this often
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token in an Authorization header: Bearer TOKEN, or Basic with the token as password
+    (or as the whole credential)."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            text = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return frame_token(text)
+    return None
+
+
+def frame_token(text: object) -> str | None:
+    """The token in a websocket auth frame: PREFECT_API_AUTH_STRING as sent ("user:token")."""
+    if not isinstance(text, str) or not text:
+        return None
+    return text.rsplit(":", 1)[-1] or None
+
+
+def create_app(
+    store: StateStore, *, authenticator: TokenChecker | None = None, settings: Settings | None = None
+) -> Starlette:
+    """The Prefect-compatible API over `store` (a database store: SQLite or PostgreSQL)."""
+    from buildsys.prefectapi import events
+    from buildsys.prefectapi.routes import ENDPOINTS
+
+    settings = settings or Settings()
+    services = Services(
+        store,
+        executor=ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="prefectapi-db"),
+        authenticator=authenticator,
+        poll_seconds=settings.poll_seconds,
+    )
+    validators = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for ep in ENDPOINTS:
+        by_path.setdefault(ep.path, {})[ep.method] = _endpoint(ep, services, settings, validators)
+    routes: list[BaseRoute] = [
+        Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
+    ]
+    routes += [
+        WebSocketRoute("/events/in", events.events_in(services)),
+        WebSocketRoute("/events/out", events.events_out(services)),
+        WebSocketRoute("/work_pools/{name}/workers/connect", events.not_served),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},  # type: ignore[dict-item]
+    )
+    app.state.services = services
+    return app
+
+
+def _by_method(
+    handlers: Mapping[str, Callable[[Request], Awaitable[Response]]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
+
+
+def _endpoint(
+    ep: Endpoint, services: Services, settings: Settings, validators: Mapping[str, Draft202012Validator]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        try:
+            await authorize(services, request.headers.get("authorization"), ep.scope)
+            body = await _body(request, ep, settings, validators)
+            path = {k: str(v) for k, v in request.path_params.items()}
+            check_text(path, "path")
+            result = await ep.handler(Call(request, services, body, path))
+            if isinstance(result, Response):
+                return result
+            if result is None:
+                return Response(status_code=204)
+            return JSONResponse(result, status_code=ep.status)
+        except ApiError as exc:
+            return error(exc.status, exc.message, exc.headers)
+        except BuildsysError as exc:
+            return _store_error(exc)
+
+    handle.__name__ = ep.handler.__name__
+    return handle
+
+
+async def authorize(services: Services, header: str | None, scope: str) -> None:
+    """ApiError 401/403 unless the token in `header` allows `scope` (no authenticator: open)."""
+    checker = services.authenticator
+    if checker is None:
+        return
+    token_text = bearer(header)
+    token = await services.run(checker.check, f"Bearer {token_text}") if token_text else None
+    if token is None:
+        raise ApiError(401, "a valid token is required (PREFECT_API_KEY, or PREFECT_API_AUTH_STRING=buildsys:<token>)")
+    if not token.allows(scope):
+        raise ApiError(403, f"this token has scope {token.scope!r}; this call needs {scope!r}")
+
+
+async def _body(
+    request: Request, ep: Endpoint, settings: Settings, validators: Mapping[str, Draft202012Validator]
+) -> Any:
+    if ep.body is None:
+        return None
+    raw = await read_limited(request, settings.max_body_bytes)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    check_text(data, "body")
+    problem = best_match(validators[ep.body].iter_errors(data))
+    if problem is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
+        raise ApiError(422, f"body{where}: {problem.message}")
+    return data
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def check_text(value: Any, where: str) -> None:
+    """Strings a database can store: no NUL characters, no lone surrogates (422, not a 500)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ApiError(422, f"{where}: NUL characters are not allowed in strings")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, f"{where}: a string holds a lone surrogate (not valid Unicode)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    extra = dict(headers or {})
+    if status == 401:
+        extra.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse({"detail": message}, status_code=status, headers=extra or None)
+
+
+def _store_error(exc: BuildsysError) -> JSONResponse:
+    message = exc.message + (f" ({exc.hint})" if exc.hint else "")
+    if isinstance(exc, NotFoundError):
+        return error(404, message)
+    if isinstance(exc, ConflictError):
+        return error(409, message)
+    if isinstance(exc.__cause__, sqlite3.OperationalError) or _pg_outage(exc.__cause__):
+        log.warning("store unavailable: %s", exc.message)
+        return error(503, message)
+    return error(422, message)
+
+
+def _pg_outage(cause: BaseException | None) -> bool:
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(cause, psycopg.OperationalError)
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> Response:
+    message = f"no such endpoint: {request.method} {request.url.path}" if exc.status_code == 404 else exc.detail
+    response = error(exc.status_code, message)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error(500, "internal server error (see the server log)")

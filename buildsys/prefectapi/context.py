@@ -1,0 +1,75 @@
+"""What the Prefect API's handlers share: the store, the threads that call it, and one request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from starlette.requests import Request
+
+from buildsys.errors import StateError
+from buildsys.store.base import EngineRecords, StateStore
+
+if TYPE_CHECKING:
+    from buildsys.prefectapi.app import TokenChecker
+
+T = TypeVar("T")
+
+
+class DatabaseStore(StateStore, EngineRecords, Protocol):
+    """A store the Prefect API can write to (the SQL store)."""
+
+
+def database_store(store: StateStore) -> DatabaseStore:
+    if not isinstance(store, EngineRecords):
+        raise StateError(
+            f"the Prefect-compatible API needs a database store, not {store!r}",
+            hint="serve it where the database is: `buildsys server`, or the worker on a file store",
+        )
+    return cast(DatabaseStore, store)
+
+
+class ApiError(Exception):
+    """An HTTP error; rendered as Prefect's {"detail": message}."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class Services:
+    store_: StateStore
+    executor: ThreadPoolExecutor
+    authenticator: TokenChecker | None = None
+    poll_seconds: float = 0.5
+    known_flows: set[str] = field(default_factory=set)  # flow names already in the flows table
+
+    def __post_init__(self) -> None:
+        self.store: DatabaseStore = database_store(self.store_)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A blocking store call, off the event loop on the store's own threads (the SQL store
+        keeps one connection per thread, so the threads must live as long as the app)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+
+@dataclass
+class Call:
+    request: Request
+    services: Services
+    body: Any
+    path: Mapping[str, str]
+
+    @property
+    def store(self) -> DatabaseStore:
+        return self.services.store
+
+    async def sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.services.run(fn, *args, **kwargs)

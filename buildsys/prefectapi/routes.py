@@ -1,0 +1,59 @@
+"""The route table of the Prefect-compatible API: method, path (relative to PREFECT_API_URL),
+handler, token scope and body schema. See docs/prefect-api.md for what each serves."""
+
+from __future__ import annotations
+
+from buildsys.prefectapi import flowruns as fr
+from buildsys.prefectapi import records as rec
+from buildsys.prefectapi import resources as res
+from buildsys.prefectapi.app import READ, WRITE, Endpoint
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # admin
+    Endpoint("GET", "/admin/version", res.version),
+    Endpoint("GET", "/admin/storage", res.storage),
+    Endpoint("GET", "/csrf-token", res.csrf_token),
+    Endpoint("GET", "/health", res.health),
+    # flow runs
+    Endpoint("GET", "/flow_runs/{id}", fr.read_flow_run),
+    Endpoint("PATCH", "/flow_runs/{id}", fr.update_flow_run, WRITE, "FlowRunUpdate"),
+    Endpoint("POST", "/flow_runs/{id}/set_state", fr.set_state, WRITE, "SetState", status=201),
+    Endpoint("PATCH", "/flow_runs/{id}/labels", fr.update_labels, WRITE, "Labels"),
+    Endpoint("POST", "/flow_runs/filter", fr.filter_flow_runs, READ, "FlowRunFilter"),
+    Endpoint("POST", "/flow_runs/", fr.create_flow_run, WRITE, "FlowRunCreate", status=201),
+    Endpoint("POST", "/task_runs/", fr.create_task_run, WRITE, "TaskRunCreate", status=201),
+    Endpoint("GET", "/task_runs/{id}", fr.read_task_run),
+    # flows and deployments
+    Endpoint("POST", "/flows/", res.create_flow, WRITE, "FlowCreate", status=201),
+    Endpoint("GET", "/flows/name/{name}", res.read_flow_by_name),
+    Endpoint("GET", "/flows/{id}", res.read_flow),
+    Endpoint("GET", "/deployments/name/{flow}/{name}", res.read_deployment_by_name),
+    Endpoint("GET", "/deployments/{id}", res.read_deployment),
+    Endpoint("POST", "/deployments/{id}/create_flow_run", fr.create_deployment_run, WRITE, "DeploymentRun", status=201),
+    # work pools and queues
+    Endpoint("GET", "/work_pools/{name}", res.read_pool),
+    Endpoint("POST", "/work_pools/{name}/queues/filter", res.filter_queues, READ, "Filter"),
+    Endpoint("GET", "/work_pools/{name}/queues/{queue}", res.read_pool_queue),
+    Endpoint("POST", "/work_pools/{name}/get_scheduled_flow_runs", res.scheduled_runs, WRITE, "Scheduled"),
+    Endpoint("POST", "/work_pools/{name}/workers/heartbeat", res.worker_heartbeat, WRITE, "Heartbeat"),
+    Endpoint("POST", "/work_pools/{name}/workers/filter", res.filter_workers, READ, "Filter"),
+    Endpoint("GET", "/work_queues/{id}", res.read_queue),
+    # logs, variables, artifacts
+    Endpoint("POST", "/logs/", rec.create_logs, WRITE, "Logs", status=201),
+    Endpoint("GET", "/variables/name/{name}", res.read_variable),
+    Endpoint("PATCH", "/variables/name/{name}", res.update_variable, WRITE, "VariableUpdate"),
+    Endpoint("DELETE", "/variables/name/{name}", res.delete_variable, WRITE),
+    Endpoint("POST", "/variables/", res.create_variable, WRITE, "VariableCreate", status=201),
+    Endpoint("POST", "/variables/filter", res.filter_variables, READ, "Filter"),
+    Endpoint("POST", "/artifacts/", rec.create_artifact, WRITE, "ArtifactCreate", status=201),
+    Endpoint("POST", "/artifacts/filter", rec.filter_artifacts, READ, "ArtifactFilter"),
+    # concurrency limits (tagged tasks take "tag:<tag>")
+    Endpoint("POST", "/v2/concurrency_limits/increment-with-lease", rec.increment_with_lease, WRITE, "Increment"),
+    Endpoint("POST", "/v2/concurrency_limits/decrement-with-lease", rec.decrement_with_lease, WRITE, "LeaseRef"),
+    Endpoint("POST", "/v2/concurrency_limits/leases/{id}/renew", rec.renew_lease, WRITE, "Renew"),
+    Endpoint("POST", "/v2/concurrency_limits/filter", rec.filter_limits, READ, "Filter"),
+    Endpoint("POST", "/v2/concurrency_limits/", rec.create_limit, WRITE, "LimitCreate", status=201),
+    Endpoint("GET", "/v2/concurrency_limits/{name}", rec.read_limit),
+    Endpoint("DELETE", "/v2/concurrency_limits/{name}", rec.delete_limit, WRITE),
+    Endpoint("POST", "/concurrency_limits/", rec.create_tag_limit, WRITE, "TagLimitCreate"),
+)
