@@ -95,10 +95,24 @@ class _Keyed:
     cache_key: str
 
 
-@dataclass
-class _ToRun:
-    keyed: _Keyed
+@dataclass(frozen=True)
+class Decision:
+    """Whether a step runs, and why: the one status rule behind a build, plan's build outputs,
+    `cache explain` and the UI's graph (as doit's runner and `doit info` share `get_status`).
+
+    state: cached (the result is reused) | run | blocked (an upstream step would run first, so the
+    inputs are not known yet) | error (its inputs cannot be rendered)."""
+
+    state: str
     reason: str
+    cache_key: str = ""
+    outputs: dict[str, Any] | None = None
+    keyed: _Keyed | None = field(default=None, repr=False, compare=False)
+    error: BuildsysError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def cached(self) -> bool:
+        return self.state == "cached"
 
 
 def _error_text(exc: BuildsysError) -> str:
@@ -140,7 +154,7 @@ class Engine:
         self.results: dict[str, NodeResult] = {}
         self.variables = {v.name: v.value for v in project.variables}
         self.stepdefs = {key: steps[node.spec.name] for key, node in graph.nodes.items()}  # by node key
-        self._decided: dict[str, _ToRun] = {}
+        self._decided: dict[str, Decision] = {}
         self.dependencies = Dependencies()
         self._unstored: set[str] = set()
 
@@ -240,11 +254,11 @@ class Engine:
             return None
         started = time.monotonic()
         try:
-            decision = self._decide(node, stepdef)
+            decision = self.decide(key)
         except BuildsysError as exc:
             return self._failed(node, _error_text(exc), started)
-        if isinstance(decision, NodeResult):
-            return decision
+        if decision.cached:
+            return self._reuse(node, decision)
         self._decided[key] = decision
         return None
 
@@ -252,9 +266,9 @@ class Engine:
         node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         started = time.monotonic()
         try:
-            decision = self._decided.pop(key, None) or self._decide(node, stepdef)
-            if isinstance(decision, NodeResult):
-                return decision
+            decision = self._decided.pop(key, None) or self.decide(key)
+            if decision.cached:
+                return self._reuse(node, decision)
             return self._perform(node, stepdef, decision, started)
         except BuildsysError as exc:
             return self._failed(node, _error_text(exc), started)
@@ -284,30 +298,60 @@ class Engine:
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
         return _Keyed(inputs, ctx, components, key_of(components))
 
-    def _decide(self, node: StepNode, stepdef: StepDef) -> NodeResult | _ToRun:
-        """Cache hit (a NodeResult) or what to run and why."""
+    def decide(self, key: str, *, verify: bool = True) -> Decision:
+        """Would node `key` run now, and why (its upstream results must be in `self.results`).
+        Nothing is run or written. `verify`: let the step confirm a cached result still exists
+        (a Docker image in the engine); looking ahead without running (plan, explain) skips it."""
+        node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         keyed = self.key_for(node, stepdef)
         cache_key = keyed.cache_key
+        if not self.use_cache:
+            return Decision("run", "caching disabled (--no-cache)", cache_key, keyed=keyed)
+        if not stepdef.cacheable:
+            return Decision("run", "the step is never cached", cache_key, keyed=keyed)
         previous = self.cache.entry(node.label)
-        if self.use_cache and stepdef.cacheable:
-            hit = self.cache.result(cache_key)
-            if hit is not None:
-                if stepdef.check_hook is None or stepdef.check_hook(hit, keyed.inputs, keyed.ctx):
-                    reason = "unchanged" if previous and previous.key == cache_key else "restored from cache"
-                    if previous is None or previous.key != cache_key:
-                        self.cache.touch(node.label, node.label, cache_key, keyed.components)
-                    self.reporter.event(Event("cached", node.label, reason=reason))
-                    return NodeResult(node.key, node.label, "cached", reason, hit, cache_key=cache_key)
-                self.cache.forget(cache_key)
-                reason = "the cached result no longer exists"
-            else:
-                reason = explain_change(previous.components if previous else None, keyed.components)
-        else:
-            reason = "caching disabled (--no-cache)" if not self.use_cache else "the step is never cached"
-        return _ToRun(keyed, reason)
+        hit = self.cache.result(cache_key)
+        if hit is None:
+            reason = explain_change(previous.components if previous else None, keyed.components)
+            return Decision("run", reason, cache_key, keyed=keyed)
+        if verify and stepdef.check_hook is not None and not stepdef.check_hook(hit, keyed.inputs, keyed.ctx):
+            return Decision("run", STALE, cache_key, keyed=keyed)
+        reason = "unchanged" if previous is not None and previous.key == cache_key else "restored from cache"
+        return Decision("cached", reason, cache_key, hit, keyed)
 
-    def _perform(self, node: StepNode, stepdef: StepDef, todo: _ToRun, started: float) -> NodeResult:
+    def foresee(self) -> dict[str, Decision]:
+        """Every node's decision in graph order without running anything: a node after one that
+        would run is blocked (its inputs are not known yet). Cached results become `self.results`
+        so the nodes after them render with their outputs."""
+        decisions: dict[str, Decision] = {}
+        for key in self.graph.order():
+            node = self.graph.nodes[key]
+            blocked = [self.graph.nodes[d].label for d in node.deps if not decisions[d].cached]
+            if blocked:
+                decisions[key] = Decision("blocked", f"upstream step {blocked[0]} would run first")
+                continue
+            try:
+                decision = decisions[key] = self.decide(key, verify=False)
+            except (BuildsysError, TemplateError) as exc:
+                decisions[key] = Decision("error", exc.message, error=exc)
+                continue
+            if decision.cached:
+                outputs = decision.outputs or {}
+                self.results[key] = NodeResult(key, node.label, "cached", decision.reason, outputs, cache_key=decision.cache_key)
+        return decisions
+
+    def _reuse(self, node: StepNode, decision: Decision) -> NodeResult:
+        keyed = decision.keyed
+        if decision.reason != "unchanged" and keyed is not None:
+            self.cache.touch(node.label, node.label, decision.cache_key, keyed.components)
+        self.reporter.event(Event("cached", node.label, reason=decision.reason))
+        return NodeResult(node.key, node.label, "cached", decision.reason, decision.outputs or {}, cache_key=decision.cache_key)
+
+    def _perform(self, node: StepNode, stepdef: StepDef, todo: Decision, started: float) -> NodeResult:
         keyed, reason = todo.keyed, todo.reason
+        assert keyed is not None  # a decision to run carries its key
+        if reason == STALE:
+            self.cache.forget(todo.cache_key)
         self.reporter.event(Event("start", node.label, reason=reason))
         if self.dry_run:
             return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=keyed.cache_key)
@@ -399,6 +443,9 @@ class Engine:
         }
 
 
+STALE = "the cached result no longer exists"
+
+
 def _holds_secret(outputs: Mapping[str, Any], secrets: set[str]) -> bool:
     text = json.dumps(outputs, default=str)
     return any(len(s) >= 3 and s in text for s in secrets)
@@ -478,69 +525,38 @@ def cached_namespace(
     from buildsys.compiled import compile_project
 
     compiled = compile_project(project, sections=sections, deployments=[deployment] if deployment else [])
-    graph = compiled.graph
-    engine = Engine(project, graph, compiled.steps, env=env, dry_run=True)
-    pending: set[str] = set()
+    engine = Engine(project, compiled.graph, compiled.steps, env=env, dry_run=True)
     try:
-        for key in graph.order():
-            node = graph.nodes[key]
-            if any(d not in engine.results for d in node.deps):
-                pending.add(node.spec.id or node.label)
-                continue
-            try:
-                res = _cached_only(engine, node, engine.stepdefs[key])
-            except (BuildsysError, TemplateError):
-                res = None
-            if res is None:
-                pending.add(node.spec.id or node.label)
-            else:
-                engine.results[key] = res
+        decisions = engine.foresee()
     finally:
         engine.cache.close()
-    return namespace_for(graph, engine.results, deployment), pending
+    nodes = compiled.graph.nodes
+    pending = {nodes[k].spec.id or nodes[k].label for k, d in decisions.items() if not d.cached}
+    return namespace_for(compiled.graph, engine.results, deployment), pending
 
 
-def _cached_only(engine: Engine, node: StepNode, stepdef: StepDef) -> NodeResult | None:
-    keyed = engine.key_for(node, stepdef)
-    hit = engine.cache.result(keyed.cache_key)
-    if hit is None:
-        return None
-    return NodeResult(node.key, node.label, "cached", "unchanged", hit, cache_key=keyed.cache_key)
+def foresee(project: Project, *, env: Mapping[str, str] | None = None) -> tuple[StepGraph, dict[str, Decision]]:
+    """The build and push graph with every step's decision, computed without running anything."""
+    from buildsys.compiled import compile_project
+
+    compiled = compile_project(project, sections=("build", "push"))
+    engine = Engine(project, compiled.graph, compiled.steps, env=env, dry_run=True)
+    try:
+        return compiled.graph, engine.foresee()
+    finally:
+        engine.cache.close()
 
 
 def explain_step(project: Project, step: str, *, env: Mapping[str, str] | None = None) -> str:
     """Would `step` (label or id) run now, and why — computed without running anything."""
-    from buildsys.compiled import compile_project
-
-    compiled = compile_project(project, sections=("build", "push"))
-    graph = compiled.graph
+    graph, decisions = foresee(project, env=env)
     target = next((k for k, n in graph.nodes.items() if step in (n.label, n.spec.id)), None)
     if target is None:
         from buildsys.suggest import did_you_mean
 
         labels = [n.label for n in graph.nodes.values()]
         raise BuildsysError(f"no step {step!r} in the graph", hint=did_you_mean(step, labels) or ", ".join(labels))
-    engine = Engine(project, graph, compiled.steps, env=env, dry_run=True)
-    unknown: dict[str, str] = {}  # node key → why its outputs are not known without running it
-    try:
-        for key in graph.order():
-            node = graph.nodes[key]
-            blocked = [graph.nodes[d].label for d in node.deps if d in unknown]
-            if blocked:
-                unknown[key] = f"upstream step {blocked[0]} would run first"
-            else:
-                keyed = engine.key_for(node, engine.stepdefs[key])
-                hit = engine.cache.result(keyed.cache_key)
-                previous = engine.cache.entry(node.label)
-                if hit is None:
-                    unknown[key] = explain_change(previous.components if previous else None, keyed.components)
-                else:
-                    engine.results[key] = NodeResult(key, node.label, "cached", outputs=hit, cache_key=keyed.cache_key)
-            if key == target:
-                if key in unknown:
-                    return "would run: " + unknown[key]
-                same = previous is not None and previous.key == engine.results[key].cache_key
-                return "cached: " + ("unchanged" if same else "restored from cache")
-    finally:
-        engine.cache.close()
-    raise AssertionError("unreachable: the target is in the graph order")
+    decision = decisions[target]
+    if decision.error is not None:
+        raise decision.error
+    return ("cached: " if decision.cached else "would run: ") + decision.reason

@@ -227,3 +227,29 @@ def test_requires_never_installs_by_default_and_prints_the_command(project_dir: 
     (d,) = info.value.diagnostics()
     assert d.message == "unknown step 'acme_steps.deploy.ship'"
     assert d.hint == "it is not installed; install it with: pip install 'acme-steps>=1.2' (or pass --install-requires)"
+
+
+def test_one_decision_serves_the_build_plan_outputs_and_cache_explain(project_dir: Path) -> None:
+    """Looking ahead (explain, plan's outputs) says exactly what the build then does, and why."""
+    from buildsys.engine import cached_namespace, explain_step, foresee
+
+    (project_dir / "prefect.yaml").write_text(DIAMOND)
+    run(project_dir)
+    ran(project_dir)
+    (project_dir / "src" / "m1.py").write_text("x = 'changed'\n")
+    project = load_project(project_dir / "prefect.yaml")
+    _graph, decisions = foresee(project)
+    assert {k: (d.state, d.reason) for k, d in zip("abcd", decisions.values(), strict=True)} == {
+        "a": ("cached", "unchanged"),
+        "b": ("run", "input file src/m1.py changed"),
+        "c": ("cached", "unchanged"),
+        "d": ("blocked", "upstream step b would run first"),
+    }
+    assert explain_step(project, "b") == "would run: input file src/m1.py changed"
+    assert explain_step(project, "c") == "cached: unchanged"
+    namespace, pending = cached_namespace(project, "one")
+    assert pending == {"b", "d"} and namespace["c"]["value"] == "c:a:x"
+    _result, rep = run(project_dir)
+    assert rep.reasons() == {"a": "unchanged", "b": "input file src/m1.py changed", "c": "unchanged", "d": "upstream step b changed"}
+    assert explain_step(project, "d") == "cached: unchanged"
+    assert cached_namespace(project, "one")[1] == set()

@@ -33,45 +33,29 @@ class StepState:
 
 
 def step_states(root: Path, file: str = "prefect.yaml") -> list[StepState]:
-    """Every build and push step of the project at `root`, in graph order, with its state."""
-    from buildsys.compiled import compile_project
-    from buildsys.engine import Engine, explain_change
-    from buildsys.errors import BuildsysError, TemplateError
+    """Every build and push step of the project at `root`, in graph order, with its state: the
+    engine's own decision (`buildsys.engine.foresee`), as the build and `cache explain` make it."""
+    from buildsys.cache import Cache
+    from buildsys.engine import foresee
     from buildsys.project import load_project
 
     project = load_project(root / file)
-    compiled = compile_project(project, sections=("build", "push"))
-    graph = compiled.graph
-    engine = Engine(project, graph, compiled.steps, dry_run=True)
-    states: list[StepState] = []
-    unknown: set[str] = set()
+    graph, decisions = foresee(project)
+    cache = Cache(project.root)
     try:
-        for key in graph.order():
+        states = []
+        for key, decision in decisions.items():
             node = graph.nodes[key]
-            previous = engine.cache.entry(node.label)
-            built = previous.updated if previous else None
-            blocked = [graph.nodes[d].label for d in node.deps if d in unknown]
-            if blocked:
-                unknown.add(key)
-                state, reason = "blocked", f"upstream step {blocked[0]} would run first"
-            else:
-                try:
-                    keyed = engine.key_for(node, engine.stepdefs[key])
-                except (BuildsysError, TemplateError) as exc:
-                    unknown.add(key)
-                    states.append(StepState(key, node.label, node.section, node.deps, "error", str(exc), built))
-                    continue
-                if engine.cache.result(keyed.cache_key) is None:
-                    unknown.add(key)
-                    state = "would run"
-                    reason = explain_change(previous.components if previous else None, keyed.components)
-                else:
-                    state = "cached"
-                    reason = "unchanged since the last build" if previous and previous.key == keyed.cache_key else "restored from cache"
-            states.append(StepState(key, node.label, node.section, node.deps, state, reason, built))
+            previous = cache.entry(node.label)
+            states.append(StepState(key, node.label, node.section, node.deps, _STATES[decision.state],
+                                    _REASONS.get(decision.reason, decision.reason), previous.updated if previous else None))
     finally:
-        engine.cache.close()
+        cache.close()
     return states
+
+
+_STATES = {"cached": "cached", "run": "would run", "blocked": "blocked", "error": "error"}
+_REASONS = {"unchanged": "unchanged since the last build"}
 
 
 def layers(steps: list[StepState]) -> dict[str, int]:
