@@ -129,6 +129,21 @@ def _setter(attr: str, transform: Callable[[Any, App], Any] | None = None) -> Ca
     return callback
 
 
+def _one_file(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """-f names the one project file; given twice (before or after the command) it is an error."""
+    app = ctx.ensure_object(App)
+    given = ([app.file] if app.file else []) + list(value)
+    if len(given) > 1:
+        raise click.BadParameter(
+            f"given {len(given)} times ({', '.join(given)}); a command reads one project file "
+            "(`buildsys validate FILE…` checks several)",
+            ctx=ctx, param=param,
+        )
+    if value:
+        app.file = value[0]
+    return value
+
+
 def common_options(f: F) -> F:
     """The global options, accepted before or after the command name."""
     options = [
@@ -137,9 +152,10 @@ def common_options(f: F) -> F:
             "--file",
             "file_",
             metavar="PATH",
+            multiple=True,  # so that a second -f is refused, not silently the one used
             help="Project file (default ./prefect.yaml).",
             expose_value=False,
-            callback=_setter("file"),
+            callback=_one_file,
         ),
         click.option(
             "--state",

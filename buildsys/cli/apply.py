@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -22,24 +23,28 @@ if TYPE_CHECKING:
 )
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (needed when there is no terminal).")
 @click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@click.option("-d", "--deployment", "deployments", multiple=True, metavar="NAME",
+              help="Only these deployments (names or globs), as `plan -d` selects them.",
+              shell_complete=completion.deployments)
 @common_options
 @pass_app
-def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool) -> None:
+def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool, deployments: tuple[str, ...]) -> None:
     """Apply a saved plan exactly, or plan and apply (asking first)."""
     from buildsys.cli.plan import cached_outputs, make_plan, show_plan
     from buildsys.reconcile import read_plan_file
 
-    if plan_file is not None and prune:
-        raise click.UsageError(
-            "--prune is decided when the plan is made: use `buildsys plan --prune -o PLAN`"
-        )
+    for given, name in ((prune, "--prune"), (deployments, "-d/--deployment")):
+        if plan_file is not None and given:
+            raise click.UsageError(
+                f"{name} is decided when the plan is made: use `buildsys plan {name.split('/')[0]} … -o PLAN`"
+            )
     store = app.open_store()
     try:
         if plan_file is not None:
             result = apply_saved(store, read_plan_file(plan_file), root=_root(app))
             report(app, None, result)
             return
-        planned = make_plan(app, store, prune=prune, outputs=cached_outputs)
+        planned = make_plan(app, store, prune=prune, select=deployments, outputs=cached_outputs)
         if not app.json:
             show_plan(app, planned)
         if not planned.has_changes:

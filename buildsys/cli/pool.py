@@ -86,7 +86,7 @@ def show(app: App, name: str) -> None:
 
 @pool.command("preview")
 @click.argument("deployment", shell_complete=completion.deployments)
-@click.option("--job-variable", "-j", "job_vars", multiple=True, metavar="K=V", help="A run's override to preview.")
+@click.option("--job-variable", "-jv", "job_vars", multiple=True, metavar="K=V", help="A run's override to preview.")
 @common_options
 @pass_app
 def preview(app: App, deployment: str, job_vars: tuple[str, ...]) -> None:

@@ -44,7 +44,7 @@ class Signature:
 @click.command("run")
 @click.argument("deployment", shell_complete=completion.deployments)
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Flow parameter (VALUE parsed as JSON if it parses).")
-@click.option("--job-variable", "-j", "job_vars", multiple=True, metavar="K=V", help="Job variable override for this run.")
+@click.option("--job-variable", "-jv", "job_vars", multiple=True, metavar="K=V", help="Job variable override for this run.")
 @click.option("--wait", is_flag=True, help="Wait until the run finishes; exit 1 unless it completed.")
 @click.option("--logs", is_flag=True, help="Follow the run's logs (implies --wait).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Give up waiting after this many seconds.")

@@ -140,7 +140,7 @@ def test_job_variables_are_checked_before_the_run_exists(applied: Path) -> None:
         "  at job_variables.stream_output\n"
         "  hint: expected boolean (Copy the flow run's output to the worker's output.)\n"
     )
-    unknown = cli(applied, "run", "greet", "-j", "workdir=/tmp")
+    unknown = cli(applied, "run", "greet", "-jv", "workdir=/tmp")
     assert unknown.returncode == 0
     assert unknown.stderr == (
         "warning: unknown job variable 'workdir': the pool's template does not use it\n"
@@ -215,7 +215,7 @@ def test_pool_ls_show_and_preview(project: Path) -> None:
         "env:\n  GREETING_SOURCE: pool\nstream_output: true\n"
     )
     assert cli(project, "apply", "--auto-approve").returncode == 0
-    after = cli(project, "pool", "preview", "greet", "-j", "env.EXTRA={{ $SECRET }}", "-j", "working_dir=/srv")
+    after = cli(project, "pool", "preview", "greet", "-jv", "env.EXTRA={{ $SECRET }}", "--job-variable", "working_dir=/srv")
     assert after.stdout == (
         "# deployment greet/greet on work pool local (process), from the state store\n"
         "env:\n  GREETING_SOURCE: pool\n  EXTRA: '{{ $SECRET }}'\nstream_output: true\nworking_dir: /srv\n"
