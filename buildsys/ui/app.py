@@ -78,6 +78,12 @@ class Ui:
         """A route handler: sign-in and scope check, CSRF check for posts, store errors as pages."""
 
         async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            response = await answer(request)
+            response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 who = await self.sync(viewer, request, self.authenticator, needed)
             except Refused as exc:

@@ -22,7 +22,7 @@ from buildsys.ui.session import Viewer, posted
 if TYPE_CHECKING:
     from buildsys.ui.app import Ui
 
-WAITING_CAP = 1000  # "1000+" beyond this
+WAITING_CAP = 100  # "100+" beyond this (the store has no count call)
 
 
 def template_of(pool: Resource) -> dict[str, Any]:

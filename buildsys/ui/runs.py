@@ -111,12 +111,12 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
 
 def extras(store: Any, run_id: str) -> dict[str, Any]:
     """Task runs and artifacts, for stores that keep them (the Prefect engine API's records)."""
-    found: dict[str, Any] = {"task_runs": None, "artifacts": None}
-    for key, call in (("task_runs", "list_task_runs"), ("artifacts", "list_artifacts")):
-        method = getattr(store, call, None)
-        if callable(method):
-            found[key] = method(run_id)
-    return found
+    task_runs = getattr(store, "list_task_runs", None)
+    artifacts = getattr(store, "list_artifacts", None)
+    return {
+        "task_runs": task_runs(run_id) if callable(task_runs) else None,
+        "artifacts": artifacts(flow_run_id=run_id) if callable(artifacts) else None,
+    }
 
 
 async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
