@@ -37,7 +37,8 @@ def serve_local(
         announce(url)
         if open_browser:
             threading.Thread(target=_open_when_ready, args=(server, url), daemon=True).start()
-        server.run(sockets=[sock])
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly, then re-raises Ctrl-C
+            server.run(sockets=[sock])
     finally:
         sock.close()
         store.close()
