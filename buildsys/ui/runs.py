@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine
+from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine, StateStore, TaskRun
 from buildsys.ui.session import Viewer
 
 if TYPE_CHECKING:
@@ -109,14 +109,46 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
     )
 
 
-def extras(store: Any, run_id: str) -> dict[str, Any]:
-    """Task runs and artifacts, for stores that keep them (the Prefect engine API's records)."""
-    task_runs = getattr(store, "list_task_runs", None)
-    artifacts = getattr(store, "list_artifacts", None)
+def extras(store: StateStore, run_id: str) -> dict[str, Any]:
+    """Task runs (with their timeline) and artifacts: what Prefect's engine recorded for the run."""
+    task_runs = store.list_task_runs(run_id)
     return {
-        "task_runs": task_runs(run_id) if callable(task_runs) else None,
-        "artifacts": artifacts(flow_run_id=run_id) if callable(artifacts) else None,
+        "task_runs": task_runs,
+        "task_svg": task_timeline_svg(task_runs) if task_runs else None,
+        "artifacts": store.list_artifacts(flow_run_id=run_id),
     }
+
+
+def task_timeline_svg(task_runs: list[TaskRun], *, width: int = 640, row: int = 22) -> str:
+    """One bar per task run from its start to its end (or now), on the run's shared time axis."""
+    from xml.sax.saxutils import escape
+
+    now = time.time()
+    spans = [(t, t.started_at or t.created_at, t.ended_at or (t.state_ts if t.state in TERMINAL else now))
+             for t in task_runs]
+    start = min(s for _, s, _ in spans)
+    end = max(max(e for _, _, e in spans), start + 0.001)
+    label_w, scale = 200, (width - 210) / (end - start)
+    height = row * len(spans) + 24
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+             f'height="{height}" role="img" aria-labelledby="tasks-title" class="tasks">',
+             f'<title id="tasks-title">Task runs over time: {len(spans)} task run(s), '
+             f'{end - start:.2f} s from the first start to the last end</title>']
+    for i, (t, s, e) in enumerate(spans):
+        y = i * row + 4
+        x = label_w + (s - start) * scale
+        w = max((e - s) * scale, 2)
+        fill = {"COMPLETED": "#1e7b34", "FAILED": "#b3261e", "CRASHED": "#b3261e"}.get(t.state, "#0b57d0")
+        name = t.name if len(t.name) <= 28 else t.name[:27] + "…"
+        parts.append(
+            f'<g><title>{escape(t.name)}: {escape(t.state_name)}, {e - s:.2f} s</title>'
+            f'<text x="0" y="{y + 14}" font-family="sans-serif" font-size="12" fill="#111">{escape(name)}</text>'
+            f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 8}" rx="3" fill="{fill}"/></g>'
+        )
+    parts.append(f'<text x="{label_w}" y="{height - 4}" font-family="sans-serif" font-size="11" fill="#333">0 s</text>')
+    parts.append(f'<text x="{width - 4}" y="{height - 4}" text-anchor="end" font-family="sans-serif" font-size="11" '
+                 f'fill="#333">{end - start:.2f} s</text></svg>')
+    return "".join(parts)
 
 
 async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
