@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,7 @@ import click
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
-    from buildsys.store.base import FlowRun
+    from buildsys.store.base import Artifact, FlowRun, LogLine, StateStore, TaskRun
 
 
 @click.group()
@@ -53,17 +55,51 @@ def ls(app: App, deployment: str | None, pool: str | None, states: tuple[str, ..
 @common_options
 @pass_app
 def show(app: App, run_id: str) -> None:
-    """One run's fields (ID may be a unique prefix or the run's name)."""
+    """One run's fields, its task runs and its artifacts (ID may be a unique prefix or the name)."""
     store = app.open_store()
     try:
         run = store.get_run(run_id)
+        tasks = store.list_task_runs(run.id)
+        artifacts = store.list_artifacts(flow_run_id=run.id)
     finally:
         store.close()
     if app.json:
-        app.emit_json(run.to_dict())
+        app.emit_json(
+            {
+                **run.to_dict(),
+                "task_runs": [{**t.to_dict(), "tags": list(t.tags), "history": list(t.history)} for t in tasks],
+                "artifacts": [a.to_dict() for a in artifacts],
+            }
+        )
         return
-    for line in describe(run):
+    for line in [*describe(run), *describe_tasks(tasks), *describe_artifacts(artifacts)]:
         app.echo(line)
+
+
+def describe_tasks(tasks: Sequence[TaskRun]) -> list[str]:
+    """The task runs as a table: name, state, duration, attempts, cached."""
+    if not tasks:
+        return []
+    rows = [("TASK RUN", "STATE", "DURATION", "ATTEMPTS", "CACHED")]
+    for t in tasks:
+        took = f"{t.ended_at - t.started_at:.2f}s" if t.started_at is not None and t.ended_at is not None else ""
+        rows.append((t.name, t.state_name or t.state, took, str(t.attempts), "yes" if t.cached else ""))
+    return ["", *_table(rows)]
+
+
+def describe_artifacts(artifacts: Sequence[Artifact]) -> list[str]:
+    if not artifacts:
+        return []
+    rows = [("ARTIFACT", "TYPE", "DESCRIPTION")]
+    for a in artifacts:
+        first = next((line for line in str(a.description or a.data or "").splitlines() if line.strip()), "")
+        rows.append((a.key or a.id[:8], a.type or "", first[:60]))
+    return ["", *_table(rows)]
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def describe(run: FlowRun) -> list[str]:
@@ -95,24 +131,62 @@ def describe(run: FlowRun) -> list[str]:
 @common_options
 @pass_app
 def logs(app: App, run_id: str, follow_: bool) -> None:
-    """The run's output (and the worker's notes, marked [worker])."""
-    from buildsys.cli.run import print_logs
-
+    """The run's output, the worker's notes (marked [worker]) and the flow's and tasks' log records
+    (time, level, logger and task run, as Prefect's engine sent them)."""
     store = app.open_store()
     try:
         run = store.get_run(run_id)
-        seq = print_logs(app, store, run.id, 0)
+        printer = LogPrinter(app, store, run.id)
+        printer.print_new()
         delay = 0.05
         while follow_ and not run.is_terminal:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
             run = store.get_run(run.id)
-            seq = print_logs(app, store, run.id, seq)
+            delay = 0.05 if printer.print_new() else delay
         if follow_:
-            print_logs(app, store, run.id, seq)
+            printer.print_new()
             app.echo(f"Flow run {run.name} finished: {run.state}" + (f" ({run.state_message})" if run.state_message else ""), err=True)
     finally:
         store.close()
+
+
+class LogPrinter:
+    """Prints a run's log lines after the last one printed; Prefect records get their time, level,
+    logger and task run's name."""
+
+    def __init__(self, app: App, store: StateStore, run_id: str) -> None:
+        self.app, self.store, self.run_id = app, store, run_id
+        self.after = 0
+        self.task_names: dict[str, str] = {}
+
+    def print_new(self) -> int:
+        printed = 0
+        while True:
+            lines = self.store.read_logs(self.run_id, after=self.after)
+            for line in lines:
+                self.after = line.seq
+                self.app.echo(self.format(line), err=self.app.json)
+            printed += len(lines)
+            if len(lines) < 1000:
+                return printed
+
+    def format(self, line: LogLine) -> str:
+        if line.stream == "worker":
+            return f"[worker] {line.message}"
+        if line.stream != "prefect":
+            return line.message
+        when = datetime.fromtimestamp(line.ts).strftime("%H:%M:%S.%f")[:-3]
+        level = logging.getLevelName(line.level) if line.level is not None else ""
+        source = line.logger or ""
+        if line.task_run_id:
+            source += f" {self._task_name(line.task_run_id)}"
+        return f"{when} {level:<8} {source}: {line.message}"
+
+    def _task_name(self, task_run_id: str) -> str:
+        if task_run_id not in self.task_names:
+            self.task_names.update({t.id: t.name for t in self.store.list_task_runs(self.run_id)})
+        return self.task_names.get(task_run_id, task_run_id[:8])
 
 
 @runs.command("cancel")
@@ -132,6 +206,52 @@ def cancel(app: App, run_id: str) -> None:
         app.echo(f"Cancelled flow run {run.name} ({run.id}).")
     else:
         app.echo(f"Cancellation of flow run {run.name} ({run.id}) requested; its worker will stop it.")
+
+
+@runs.command("limits")
+@common_options
+@pass_app
+def limits(app: App) -> None:
+    """Concurrency limits on tagged tasks (Prefect's tag limits) and the slots in use now."""
+    store = app.open_store()
+    try:
+        found = store.list_concurrency_limits()
+    finally:
+        store.close()
+    if app.json:
+        app.emit_json([x.to_dict() for x in found])
+        return
+    if not found:
+        app.echo("No concurrency limits.")
+        return
+    for line in _table([("NAME", "LIMIT", "IN USE"), *((x.name, str(x.limit), str(x.active_slots)) for x in found)]):
+        app.echo(line)
+
+
+@runs.command("limit")
+@click.argument("tag")
+@click.argument("slots", type=click.IntRange(min=0, max=2**31 - 1), required=False)
+@click.option("--delete", is_flag=True, help="Remove the limit.")
+@common_options
+@pass_app
+def limit(app: App, tag: str, slots: int | None, delete: bool) -> None:
+    """Allow at most SLOTS task runs tagged TAG to run at once (across all flow runs), as
+    `prefect concurrency-limit create TAG SLOTS` does; --delete removes it. A full limit name
+    (tag:TAG, or a global limit's name with a colon) is taken as it is."""
+    if delete == (slots is not None):
+        raise click.UsageError("give SLOTS to set the limit, or --delete to remove it")
+    name = tag if ":" in tag else f"tag:{tag}"
+    store = app.open_store()
+    try:
+        result = store.set_concurrency_limit(name, None if delete else slots)
+    finally:
+        store.close()
+    if app.json:
+        app.emit_json(None if result is None else result.to_dict())
+    elif result is None:
+        app.echo(f"Removed the concurrency limit {name}.")
+    else:
+        app.echo(f"Concurrency limit {name}: {result.limit} slot(s), {result.active_slots} in use.")
 
 
 def _when(ts: float | None) -> str:

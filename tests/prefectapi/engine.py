@@ -21,13 +21,20 @@ DEPLOYMENTS = {
     "async_flow": {"parameters": {"n": 1}},
     "boom": {},
     "retried": {},
+    "sleepy": {},
+    "limited": {},
 }
 
 
-def deploy(store: StateStore) -> None:
+def deploy(store: StateStore, project: Path | None = None) -> None:
+    """The flows as deployments of pool "local"; with `project`, their pull step goes there (as
+    Prefect's worker needs; the tests that start the engine themselves run it there)."""
     changes = [Change("create", "pool", "local", {"type": "process"})]
+    pull = [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}] if project else []
     for flow, extra in DEPLOYMENTS.items():
         spec = {"flow_name": flow, "name": "main", "entrypoint": f"flows.py:{flow}", "work_pool_name": "local", **extra}
+        if pull:
+            spec["pull_steps"] = pull
         changes.append(Change("create", "deployment", f"{flow}/main", spec))
     store.apply(changes, expected_serial=None)
 

@@ -3,6 +3,7 @@ worker's EmbeddedApi over a file store, and on `buildsys server` (SQLite and Pos
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -172,3 +173,29 @@ def test_a_flow_with_tasks_against_buildsys_server(
         finished = store.get_run(run.id)
         assert finished.is_terminal, done.stdout + done.stderr
         assert_etl_recorded(store, finished)
+
+
+def test_a_tag_limit_made_through_the_api_holds_tagged_tasks_to_one_at_a_time(
+    prefect_python: str, file_store: SqlStore, embedded: EmbeddedApi, tmp_path: Path
+) -> None:
+    assert embedded.url is not None
+    key = embedded.issue_key("setup")
+    made = httpx.post(
+        f"{embedded.url}/concurrency_limits/",
+        json={"tag": "db", "concurrency_limit": 1},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert made.status_code == 200, made.text
+    assert [(x.name, x.limit) for x in file_store.list_concurrency_limits()] == [("tag:db", 1)]
+    run = _engine(prefect_python, embedded, file_store, claimed_run(file_store, "limited"), copy_project(tmp_path))
+    assert run.state == "COMPLETED"
+    spans: dict[str, list[float]] = {}
+    for line in file_store.read_logs(run.id):
+        word, _, rest = line.message.partition(" ")
+        if word in ("start", "end"):
+            index, ts = rest.split()
+            spans.setdefault(index, []).append(float(ts))
+    ordered = sorted(spans.values())
+    assert len(ordered) == 3 and all(len(s) == 2 for s in ordered)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), ordered
+    assert file_store.list_concurrency_limits()[0].active_slots == 0  # every lease released

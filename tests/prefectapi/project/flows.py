@@ -2,6 +2,7 @@
 
 import asyncio
 import datetime
+import time
 
 import pydantic
 from prefect import flow, get_run_logger, task
@@ -96,3 +97,23 @@ def retried() -> str:
     if _flow_calls["n"] == 1:
         raise RuntimeError("flow fails once")
     return "second time lucky"
+
+
+@flow
+def sleepy(seconds: float = 300.0) -> None:
+    get_run_logger().info("sleeping %s s", seconds)
+    time.sleep(seconds)
+
+
+@task(tags=["db"])
+def slot(i: int) -> None:
+    logger = get_run_logger()
+    logger.info("start %s %.6f", i, time.time())
+    time.sleep(0.5)
+    logger.info("end %s %.6f", i, time.time())
+
+
+@flow
+def limited() -> None:
+    for future in slot.map(range(3)):
+        future.wait()

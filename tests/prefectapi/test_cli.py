@@ -1,0 +1,100 @@
+"""`buildsys runs show / logs / limit(s)` over what Prefect's engine recorded (written here through
+the store's engine calls, as /prefect/api writes them)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from buildsys.store.base import Artifact, Change, LogEntry, TaskRun
+from buildsys.store.sql import SqlStore
+from tests.server.running import run_cli
+
+T0 = 1_800_000_000.0
+
+
+def _populated(tmp_path: Path) -> tuple[str, str]:
+    db = tmp_path / "state.db"
+    with SqlStore.sqlite(db) as store:
+        store.apply(
+            [
+                Change("create", "pool", "local", {"type": "process"}),
+                Change("create", "deployment", "etl/main", {"flow_name": "etl", "name": "main", "work_pool_name": "local"}),
+            ],
+            expected_serial=None,
+        )
+        run = store.create_run("etl/main")
+        for tid, name, count, cached, start in (("a" * 8, "double-1", 1, False, T0), ("b" * 8, "flaky-2", 2, False, T0 + 1)):
+            history = ({"type": "RUNNING", "name": "Running", "ts": start}, {"type": "COMPLETED", "name": "Completed", "ts": start + 0.25})
+            store.record_task_run(
+                TaskRun(id=tid, flow_run_id=run.id, name=name, state="COMPLETED", state_name="Completed",
+                        state_ts=start + 0.25, created_at=start, started_at=start, ended_at=start + 0.25,
+                        run_count=count, cached=cached, history=history)
+            )
+        store.record_task_run(
+            TaskRun(id="c" * 8, flow_run_id=run.id, name="cached-3", state="COMPLETED", state_name="Cached",
+                    state_ts=T0 + 2, created_at=T0 + 2, cached=True)
+        )
+        store.create_artifact(Artifact(id="", flow_run_id=run.id, key="report", type="markdown", data="# Report\nbody"))
+        store.append_logs(
+            run.id,
+            [
+                (T0, "stdout", "plain output"),
+                LogEntry(T0 + 0.5, "prefect", "doubling 7", 20, "prefect.task_runs", "a" * 8),
+                LogEntry(T0 + 3, "prefect", "it broke", 40, "prefect.flow_runs"),
+            ],
+        )
+    return str(db), run.id
+
+
+def test_runs_show_lists_task_runs_and_artifacts(tmp_path: Path) -> None:
+    db, run_id = _populated(tmp_path)
+    shown = run_cli("--state", db, "runs", "show", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    tail = shown.stdout.split("\n\n", 1)[1]
+    assert tail == (
+        "TASK RUN  STATE      DURATION  ATTEMPTS  CACHED\n"
+        "double-1  Completed  0.25s     1\n"
+        "flaky-2   Completed  0.25s     2\n"
+        "cached-3  Cached               0         yes\n"
+        "\n"
+        "ARTIFACT  TYPE      DESCRIPTION\n"
+        "report    markdown  # Report\n"
+    )
+    as_json = json.loads(run_cli("--state", db, "--json", "runs", "show", run_id, cwd=tmp_path).stdout)
+    assert [t["name"] for t in as_json["task_runs"]] == ["double-1", "flaky-2", "cached-3"]
+    assert as_json["task_runs"][1]["history"][1]["name"] == "Completed"
+    assert as_json["artifacts"][0]["data"] == "# Report\nbody"
+
+
+def test_runs_logs_shows_time_level_logger_and_task(tmp_path: Path) -> None:
+    db, run_id = _populated(tmp_path)
+    shown = run_cli("--state", db, "runs", "logs", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+
+    def at(ts: float) -> str:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+    assert shown.stdout == (
+        "plain output\n"
+        f"{at(T0 + 0.5)} INFO     prefect.task_runs double-1: doubling 7\n"
+        f"{at(T0 + 3)} ERROR    prefect.flow_runs: it broke\n"
+    )
+
+
+def test_runs_limit_sets_lists_and_removes_a_tag_limit(tmp_path: Path) -> None:
+    db = str(tmp_path / "state.db")
+    made = run_cli("--state", db, "runs", "limit", "db", "2", cwd=tmp_path)
+    assert made.stdout == "Concurrency limit tag:db: 2 slot(s), 0 in use.\n", made.stderr
+    with SqlStore.sqlite(Path(db)) as store:
+        lease, limits = store.acquire_slots(["tag:db", "tag:other"], 1, 60.0)
+        assert lease is not None and [x.name for x in limits] == ["tag:db"]
+        assert store.acquire_slots(["tag:db"], 2, 60.0)[0] is None  # 1 + 2 > 2
+    listed = run_cli("--state", db, "runs", "limits", cwd=tmp_path)
+    assert listed.stdout == "NAME    LIMIT  IN USE\ntag:db  2      1\n"
+    removed = run_cli("--state", db, "runs", "limit", "db", "--delete", cwd=tmp_path)
+    assert removed.stdout == "Removed the concurrency limit tag:db.\n"
+    assert run_cli("--state", db, "runs", "limits", cwd=tmp_path).stdout == "No concurrency limits.\n"
+    wrong = run_cli("--state", db, "runs", "limit", "db", cwd=tmp_path)
+    assert wrong.returncode == 1 and "give SLOTS to set the limit, or --delete to remove it" in wrong.stderr
