@@ -7,6 +7,7 @@ the steps themselves wrote (the paths they return as outputs, and files written 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ class Cycle:
     applied: int | None = None
     run: str | None = None
     duration: float = 0.0
+    warnings: tuple[str, ...] = ()  # when the project file was (re)read: as `validate` and `plan` say them
 
     @property
     def ok(self) -> bool:
@@ -249,6 +251,7 @@ class Watcher:
     own_files: frozenset[tuple[int, int]] = frozenset()
     ignore: tuple[Path, ...] = ()
     count: int = 0
+    on_start: Callable[[int, tuple[str, ...], bool], None] | None = None  # the header, before the build prints
 
     def __post_init__(self) -> None:
         # kept as given (relative to the cwd) so that messages name it the way the user does
@@ -260,7 +263,7 @@ class Watcher:
         """An initial cycle, then one per burst of changes until ``stop`` is set (Ctrl-C raises
         KeyboardInterrupt). Watching starts before the initial cycle, so no change is missed."""
         for changes in self._bursts(stop, on_ready=lambda: on_cycle(self.cycle(())) if initial else None):
-            mine = sorted(f"{_CHANGE_MARK.get(c, '~')} {self._rel(p)}" for c, p in changes)
+            mine = sorted(f"{_CHANGE_MARK.get(c, '~')} {self._rel(p)}" for c, p in _lasting(changes))
             if mine:
                 on_cycle(self.cycle(tuple(mine)))
 
@@ -318,6 +321,8 @@ class Watcher:
         name = self._rel(str(self.project_file))
         revalidated = any(c[2:] == name for c in changed) or not changed
         outcome = Cycle(self.count, changed, revalidated)
+        if self.on_start is not None:
+            self.on_start(self.count, changed, revalidated)
         try:
             outcome = self._build(outcome)
             if outcome.ok and self.open_store is not None:
@@ -334,6 +339,8 @@ class Watcher:
         result = None
         try:
             compiled = compiled_build(self.project_file, sections=("build",), deployments=())
+            if outcome.revalidated:  # said once per change of the file, not every cycle
+                outcome = _with(outcome, warnings=tuple(w.render() for w in compiled.project.warnings))
             result = build(compiled.project, compiled.graph, compiled.steps, reporter=self.reporter)
         finally:
             produced = [r.outputs for r in result.results.values()] if result is not None else []
@@ -374,6 +381,9 @@ class Watcher:
             planned = compute(desired, actual, serial=serial, stepwise=stepwise(store))
             summary = _plan_summary(planned)
             outcome = _with(outcome, plan=summary)
+            if outcome.revalidated:
+                said = dict.fromkeys((*outcome.warnings, *planned.warnings))  # the plan repeats the file's
+                outcome = _with(outcome, warnings=tuple(said))
             if self.apply and planned.has_changes:
                 outcome = _with(outcome, applied=apply_plan(store, planned).applied)
             if self.run is not None:
@@ -381,6 +391,14 @@ class Watcher:
         finally:
             store.close()
         return outcome
+
+
+def _lasting(changes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Changes without the files that came and went within the burst: an editor's or `sed -i`'s
+    temporary file (`sed7QqnIg`, `.#file`, `4913`) is created, written and renamed away before the
+    cycle starts; what it was renamed to is reported as that file's own change."""
+    added = {p for c, p in changes if c == 1}
+    return {(c, p) for c, p in changes if not (p in added and not os.path.lexists(p))}
 
 
 def _plan_summary(planned: Any) -> str:
@@ -404,14 +422,22 @@ def _with(cycle: Cycle, **changes: Any) -> Cycle:
     return replace(cycle, **changes)
 
 
-def render_cycle(cycle: Cycle, *, apply: bool = False) -> str:
-    """The lines a person reads after each cycle: what changed, what reran and why, how long."""
-    head = "initial build" if not cycle.changed else f"{len(cycle.changed)} change(s)"
-    lines = [f"── cycle {cycle.number}: {head}" + (" (prefect.yaml re-validated)" if cycle.changed and cycle.revalidated else "")]
-    shown = cycle.changed[:10]
+def render_head(number: int, changed: tuple[str, ...], revalidated: bool) -> str:
+    """The cycle's header and what changed: printed when the cycle starts, above the build's output."""
+    head = "initial build" if not changed else f"{len(changed)} change(s)"
+    lines = [f"── cycle {number}: {head}" + (" (prefect.yaml re-validated)" if changed and revalidated else "")]
+    shown = changed[:10]
     lines += [f"   {c}" for c in shown]
-    if len(cycle.changed) > len(shown):
-        lines.append(f"   … and {len(cycle.changed) - len(shown)} more")
+    if len(changed) > len(shown):
+        lines.append(f"   … and {len(changed) - len(shown)} more")
+    return "\n".join(lines)
+
+
+def render_cycle(cycle: Cycle, *, apply: bool = False, head: bool = True) -> str:
+    """The lines a person reads after each cycle: what changed, what reran and why, how long
+    (without the header when it was printed as the cycle started)."""
+    lines = [render_head(cycle.number, cycle.changed, cycle.revalidated)] if head else []
+    lines += [f"   {line}" for w in cycle.warnings for line in w.splitlines()]
     for s in cycle.reran:
         lines.append(f"   {s.status} {s.label}: {s.reason} ({s.duration:.2f}s)")
     cached = len(cycle.steps) - len(cycle.reran)

@@ -343,3 +343,38 @@ def test_a_save_during_a_build_starts_the_next_cycle(isolated: Path) -> None:
             3, ("~ a.txt",), ("ran", "input file a.txt changed"))
     finally:
         running.close()
+
+
+def test_watch_output_header_first_warnings_shown_and_sed_temp_files_not_reported(isolated: Path) -> None:
+    """As a person sees it in a terminal (stdout and stderr in one stream): each cycle's header comes
+    before the build's output, validation warnings are shown (not a bare "ok"), and `sed -i`'s
+    temporary file is not reported as a change."""
+    make_project(isolated)
+    text = PROJECT.replace(
+        "      id: alpha\n      script: cat a.txt\n      inputs: [a.txt]\n      stream_output: false",
+        "      id: alpha\n      script: cat a.txt\n      inputs: [a.txt]")
+    (isolated / "prefect.yaml").write_text(text.replace("    work_pool:\n      name: local", "    work_poll: x\n    work_pool:\n      name: local"))
+    log = isolated.parent / "watch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([BUILDSYS, "watch"], cwd=isolated, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        wait_for(lambda: "ok in" in log.read_text(), 30, "the initial cycle")
+        subprocess.run(["sed", "-i", "s/^1.0$/2.0/", "a.txt"], cwd=isolated, check=True)
+        wait_for(lambda: log.read_text().count("ok in") == 2, 30, "the cycle for a.txt")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text().splitlines()
+    first = lines.index("── cycle 1: initial build")
+    assert lines.index("  alpha │ 1.0") > first  # the build's output comes under its cycle's header
+    warned = lines.index("   prefect.yaml:26:5: warning: unknown key 'work_poll' (ignored)")
+    assert lines[warned + 1:warned + 3] == ["     at deployments[hello].work_poll", "     hint: did you mean 'work_pool'?"]
+    assert sum("warning:" in line for line in lines) == 1  # said once, not again by the plan or cycle 2
+    second = lines.index("── cycle 2: 1 change(s)")
+    assert lines[second + 1] == "   + a.txt"  # sed -i replaced the file; its temporary file is not listed
+    assert lines.index("  alpha │ 2.0") > second
+    assert not [line for line in lines if "sed" in line]

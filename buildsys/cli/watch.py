@@ -19,7 +19,7 @@ from buildsys.cli.app import App, common_options, pass_app
 def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int) -> None:
     """Rebuild what a change affects (the cache decides), re-validate and re-plan; Ctrl-C stops."""
     from buildsys.reporter import make_reporter
-    from buildsys.watch import Cycle, Watcher, redirected_outputs, render_cycle, store_files
+    from buildsys.watch import Cycle, Watcher, redirected_outputs, render_cycle, render_head, store_files
 
     if not app.project_file.is_file():
         from buildsys.errors import BuildsysError
@@ -29,7 +29,8 @@ def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int)
     app.json_lines = app.json  # build events and one object per cycle, one per line
     watcher = Watcher(app.project_file, open_store=app.open_store, apply=apply_, run=run_, reporter=reporter,
                       debounce_ms=debounce, step_ms=step_ms, own_files=frozenset(redirected_outputs()),
-                      ignore=store_files(app.state, app.project_file.resolve().parent))
+                      ignore=store_files(app.state, app.project_file.resolve().parent),
+                      on_start=None if app.json else lambda *head: app.echo(render_head(*head)))
 
     def show(cycle: Cycle) -> None:
         if app.json:
@@ -37,7 +38,7 @@ def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int)
 
             app.emit_json({**asdict(cycle), "ok": cycle.ok})
         else:
-            app.echo(render_cycle(cycle, apply=apply_))
+            app.echo(render_cycle(cycle, apply=apply_, head=False))
 
     app.echo(f"Watching {watcher.root} (Ctrl-C to stop).", err=True)
     try:
