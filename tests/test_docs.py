@@ -46,12 +46,14 @@ class Mention:
 def mentions(path: Path) -> list[Mention]:
     """Every `buildsys …` in code: fenced blocks (each line) and inline code spans."""
     found: list[Mention] = []
-    fence = False
+    fence: str | None = None  # the open block's language
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.lstrip().startswith("```"):
-            fence = not fence
+            fence = None if fence is not None else line.lstrip()[3:].strip()
             continue
-        pieces = [line.split(" #", 1)[0]] if fence else _INLINE.findall(line)
+        if fence == "console" and not line.startswith("$ "):
+            continue  # a console block's output lines are not commands
+        pieces = [line.split(" #", 1)[0]] if fence is not None else _INLINE.findall(line)
         for piece in pieces:
             piece = piece.replace("\\|", "|")
             for match in re.finditer(r"(?<![\w./$-])buildsys\s+(?=[a-z-])", piece):
