@@ -116,13 +116,16 @@ class RichReporter:
     def _render(self) -> Any:
         from rich.spinner import Spinner
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
         with self._lock:
             items = list(self.running.items())
         for label, started in items:
-            table.add_row(Spinner("dots"), label, f"[dim]{now - started:.1f}s[/dim]")
+            # Text, never markup strings: a label such as `build[0: x]` is shown as it is, and no
+            # style tag can leak into the output as text
+            table.add_row(Spinner("dots"), Text(label), Text(f"{now - started:.1f}s", style="dim"))
         return table
 
     def event(self, e: Event) -> None:
