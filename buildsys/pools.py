@@ -19,6 +19,7 @@ from importlib.resources import files
 from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic
+from buildsys.templating import PLACEHOLDER  # the one placeholder syntax
 
 __all__ = [
     "POOL_TYPES",
@@ -37,7 +38,6 @@ __all__ = [
 
 POOL_TYPES = ("process", "docker", "kubernetes")
 
-PLACEHOLDER = re.compile(r"\{\{\s*([\w.\-\[\]$]+)\s*\}\}")
 _MISSING = object()
 
 
@@ -56,6 +56,15 @@ def default_job_template(pool_type: str) -> dict[str, Any]:
             hint=f"use one of: {', '.join(POOL_TYPES)}" + _did_you_mean(pool_type, POOL_TYPES),
         )
     return copy.deepcopy(_load_default(pool_type))
+
+
+def pool_template(spec: Mapping[str, Any], *, default_type: str = "process") -> dict[str, Any]:
+    """The job template a stored pool gives its runs: the one it stores, else its type's default
+    (a fresh copy either way). The one rule for the worker, `run`, `pool preview` and the UI."""
+    stored = spec.get("base_job_template")
+    if isinstance(stored, Mapping) and stored:
+        return copy.deepcopy(dict(stored))
+    return default_job_template(str(spec.get("type") or default_type))
 
 
 @cache

@@ -23,7 +23,7 @@ from typing import Any
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError, StateError
 from buildsys.infra import Execution, Infrastructure, Job, Outcome, get_infrastructure
-from buildsys.pools import default_job_template, job_configuration, placeholders
+from buildsys.pools import default_job_template, job_configuration, placeholders, pool_template
 from buildsys.runtime import CONTROL_PREFIX, EXIT_FLOW_FAILED, EXIT_MEANINGS, RunContext
 from buildsys.store.base import (
     CANCELLED,
@@ -473,7 +473,7 @@ class Worker:
         if pool is None:
             raise NotFoundError(f"work pool {run.pool!r} no longer exists")
         pool_type = str(pool.spec.get("type") or self.pool_type)
-        template = pool.spec.get("base_job_template") or default_job_template(pool_type)
+        template = pool_template(pool.spec, default_type=pool_type)
         spec = deployment.spec
         pull_steps = list(spec.get("pull_steps") or [])
         variables = self._variables(pull_steps, spec.get("job_variables"), run.job_variables, template)

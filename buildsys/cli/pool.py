@@ -95,12 +95,12 @@ def preview(app: App, deployment: str, job_vars: tuple[str, ...]) -> None:
     Environment and variable placeholders are shown as written and values under secret names
     masked, so secrets never print.
     """
-    from buildsys.pools import default_job_template, job_configuration, parse_job_variable
+    from buildsys.pools import job_configuration, parse_job_variable, pool_template
     from buildsys.sensitive import mask_named
 
     overrides = dict(parse_job_variable(j) for j in job_vars)
     dep_spec, pool_name, pool_spec, where = _resolve(app, deployment)
-    template = pool_spec.get("base_job_template") or default_job_template(str(pool_spec.get("type") or "process"))
+    template = pool_template(pool_spec)
     warnings: list[Any] = []
     config = job_configuration(
         template, _known(dep_spec.get("job_variables") or {}), overrides, env={}, warnings=warnings, resolve=False

@@ -124,12 +124,12 @@ def check_run(
     app: App, store: StateStore, deployment: Resource, parameters: Mapping[str, Any], job_variables: Mapping[str, Any]
 ) -> None:
     """Refuse a run that could only fail: bad job variables (pool template) or parameters."""
-    from buildsys.pools import default_job_template, job_configuration
+    from buildsys.pools import job_configuration, pool_template
 
     spec = deployment.spec
     pool = store.get_resource("pool", str(spec.get("work_pool_name") or ""))
     if pool is not None:
-        template = pool.spec.get("base_job_template") or default_job_template(str(pool.spec.get("type") or "process"))
+        template = pool_template(pool.spec)
         warnings: list[Any] = []
         job_configuration(template, spec.get("job_variables"), job_variables, env={}, warnings=warnings)
         for w in warnings:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from buildsys.errors import NotFoundError
-from buildsys.pools import JobVariableError, default_job_template, validate_template
+from buildsys.pools import JobVariableError, pool_template, validate_template
 from buildsys.store.base import SCHEDULED, Change, Resource
 from buildsys.ui.forms import fields_for, read_form, submitted
 from buildsys.ui.session import Viewer, posted
@@ -27,10 +27,7 @@ WAITING_CAP = 100  # "100+" beyond this (the store has no count call)
 
 def template_of(pool: Resource) -> dict[str, Any]:
     """The pool's base job template as a run gets it (the type's default when none is stored)."""
-    stored = pool.spec.get("base_job_template")
-    if isinstance(stored, Mapping) and stored:
-        return copy.deepcopy(dict(stored))
-    return default_job_template(str(pool.spec.get("type") or "process"))
+    return pool_template(pool.spec)
 
 
 def variables_schema(template: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +180,7 @@ def pool_yaml(pool: Resource) -> str:
     for key in ("description", "concurrency_limit", "paused"):
         if spec.get(key) is not None:
             entry[key] = spec[key]
-    entry["base_job_template"] = spec.get("base_job_template") or default_job_template(str(entry["type"]))
+    entry["base_job_template"] = pool_template(spec)
     if spec.get("queues"):
         entry["queues"] = [
             {k: v for k, v in q.items() if v is not None} for q in spec["queues"] if isinstance(q, Mapping)
