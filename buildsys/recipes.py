@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from buildsys.errors import BuildsysError
+from buildsys.templating import PLACEHOLDER  # the one placeholder syntax
 
 __all__ = [
     "MANIFEST",
@@ -47,7 +48,6 @@ __all__ = [
 MANIFEST = "recipe.yaml"
 PROJECT_FILE = "prefect.yaml"
 RECORD_KEY = "buildsys"
-PLACEHOLDER = re.compile(r"\{\{\s*([\w.\-\[\]$]+)\s*\}\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SKIP_DIRS = {".git", "__pycache__"}
 
