@@ -14,6 +14,9 @@ from typing import Any
 
 from buildsys.errors import Diagnostic, Location
 
+# Keys every step accepts besides its inputs (buildsys: `needs`, `inputs`): never passed to the step.
+RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
+
 
 @dataclass(frozen=True, slots=True)
 class StepSpec:

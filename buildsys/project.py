@@ -13,6 +13,7 @@ from typing import Any
 
 from buildsys.errors import Diagnostic, Location, ProjectError
 from buildsys.model import (
+    RESERVED_STEP_KEYS,
     Deployment,
     PoolSpec,
     Project,
@@ -26,7 +27,6 @@ from buildsys.schema import describe_path, schema_problems
 from buildsys.yamlsource import Located, SeveralDocuments, YamlError, load_yaml
 
 Path_ = tuple[str | int, ...]
-RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
 DOCKER_BUILD_NAMES = frozenset(
     {
         "build_docker_image",

@@ -196,7 +196,9 @@ def _split_step(raw: Mapping[str, Any], index: int) -> tuple[str, dict[str, Any]
         value = {}
     if not isinstance(value, Mapping):
         raise RuntimeFailure(f"pull step {name!r}: its inputs must be a mapping", EXIT_PULL_FAILED)
-    inputs = {k: v for k, v in value.items() if k not in ("id", "requires", "needs", "inputs")}
+    from buildsys.model import RESERVED_STEP_KEYS
+
+    inputs = {k: v for k, v in value.items() if k not in RESERVED_STEP_KEYS}
     step_id = value.get("id")
     return str(name), inputs, str(step_id) if step_id else None
 

@@ -14,8 +14,7 @@ import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
-
-RESERVED = ("id", "requires", "needs", "inputs")
+from buildsys.model import RESERVED_STEP_KEYS
 
 
 @click.group("steps")
@@ -77,7 +76,7 @@ def describe(stepdef: Any, package: str) -> dict[str, Any]:
             "description": str(prop.get("description", "")),
         }
         for key, prop in schema.get("properties", {}).items()
-        if key not in RESERVED and isinstance(prop, Mapping)
+        if key not in RESERVED_STEP_KEYS and isinstance(prop, Mapping)
     ]
     declared: Mapping[str, Any] = schema.get("x-outputs", {})
     names = list(stepdef.outputs) or list(declared)
@@ -114,7 +113,7 @@ def render(d: Mapping[str, Any]) -> list[str]:
         lines.append(("  " + "  ".join(row[c].ljust(widths[c]) for c in range(3)) + f"  {row[3]}").rstrip())
     if d["open_inputs"]:
         lines.append("  (further inputs are accepted)")
-    lines.append(f"  reserved on every step: {', '.join(RESERVED)}")
+    lines.append(f"  reserved on every step: {', '.join(RESERVED_STEP_KEYS)}")
     lines += ["", "outputs:"]
     if not d["outputs"]:
         lines.append("  (not declared)")
