@@ -359,3 +359,11 @@ def test_fresh_database_is_dropped_afterwards_even_with_open_connections(
             assert admin.execute(databases).fetchall() == before
         finally:
             lingering.close()
+
+
+def test_decoded_lines_joins_chunks_split_anywhere() -> None:
+    """The one line splitter of the Docker and Kubernetes log streams."""
+    from buildsys.infra import decoded_lines
+
+    chunks = [b"fir", b"st\r\nsec", b"ond\n", b"\xc3", b"\xa9t\xff\n", b"no newline"]
+    assert list(decoded_lines(iter(chunks))) == ["first", "second", "\u00e9t\ufffd", "no newline"]

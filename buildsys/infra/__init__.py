@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -141,3 +141,15 @@ def pump_lines(stream: IO[bytes] | None, name: str, sink: Sink) -> threading.Thr
     thread = threading.Thread(target=run, name=f"pump-{name}", daemon=True)
     thread.start()
     return thread
+
+
+def decoded_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Text lines from a stream of byte chunks split anywhere (a container's or a pod's log)."""
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            yield raw.decode("utf-8", "replace").rstrip("\r")
+    if buffer:
+        yield buffer.decode("utf-8", "replace").rstrip("\r")

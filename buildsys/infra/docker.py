@@ -15,13 +15,13 @@ import shlex
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from buildsys.infra import InfrastructureError, Job, Outcome, Sink
+from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines
 
 __all__ = ["RUNTIME_MOUNT", "DockerExecution", "DockerInfrastructure", "prepare_runtime_dir", "pull_policy"]
 
@@ -235,7 +235,7 @@ class DockerExecution:
 
         def run() -> None:
             chunks = self.container.logs(stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True)
-            for line in _lines(chunks):
+            for line in decoded_lines(chunks):
                 if stream or line.startswith(CONTROL_PREFIX):
                     sink(name, line)
 
@@ -285,14 +285,3 @@ class DockerExecution:
     def kill(self) -> None:
         with contextlib.suppress(Exception):
             self.container.kill(signal="SIGKILL")
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            yield raw.decode("utf-8", "replace").rstrip("\r")
-    if buffer:
-        yield buffer.decode("utf-8", "replace").rstrip("\r")

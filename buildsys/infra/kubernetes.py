@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from buildsys.infra import InfrastructureError, Job, Outcome, Sink
+from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines
 
 __all__ = ["KubernetesExecution", "KubernetesInfrastructure", "build_job", "validate_manifest"]
 
@@ -347,7 +347,7 @@ class KubernetesExecution:
                 response = core.read_namespaced_pod_log(
                     pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False
                 )
-                for line in _lines(response.stream(4096)):
+                for line in decoded_lines(response.stream(4096)):
                     self._emit(line)
 
         self._log_thread = threading.Thread(target=run, name=f"k8s-log-{pod_name}", daemon=True)
@@ -413,14 +413,3 @@ def _terminal_outcome(pod: Any) -> Outcome:
     if code == 137:
         return Outcome(code, "the container was killed (SIGKILL)")
     return Outcome(code, None)
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            yield raw.decode("utf-8", "replace").rstrip("\r")
-    if buffer:
-        yield buffer.decode("utf-8", "replace").rstrip("\r")
