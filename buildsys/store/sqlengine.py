@@ -382,3 +382,43 @@ def resource_by_id(db: Database, kind: str, rid: str) -> Resource | None:
     with db.tx() as tx:
         row = tx.one(f"SELECT {RESOURCE_COLUMNS} FROM resources WHERE kind = ? AND id = ?", (kind, rid))
     return resource_from_row(row) if row else None
+
+
+# --- export and import (snapshot.py) -------------------------------------------------------------
+
+EXPORTED_TABLES = ("task_runs", "artifacts", "concurrency_slots", "concurrency_limits")
+
+
+def export_rows(tx: Tx) -> dict[str, Any]:
+    tasks = [_task_from_row(r) for r in tx.run(f"SELECT {TASK_COLUMNS} FROM task_runs ORDER BY flow_run_id, created_at, id")]
+    artifacts = tx.run(f"SELECT {ARTIFACT_COLUMNS} FROM artifacts ORDER BY created_at, id")
+    limits = tx.run("SELECT name, slot_limit FROM concurrency_limits ORDER BY name")
+    return {
+        "task_runs": [{**t.to_dict(), "tags": list(t.tags), "history": [dict(h) for h in t.history]} for t in tasks],
+        "artifacts": [
+            Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=json.loads(data),
+                     created_at=float(c)).to_dict()
+            for a, f, t, k, ty, d, data, c in artifacts
+        ],
+        "concurrency_limits": [{"name": n, "limit": int(lim)} for n, lim in limits],
+    }
+
+
+def import_rows(tx: Tx, data: Mapping[str, Any]) -> None:
+    """Task runs, artifacts and limits of an export (the flow runs are already in)."""
+    try:
+        tasks = [TaskRun.from_dict(t) for t in data.get("task_runs", [])]
+        artifacts = [Artifact.from_dict(a) for a in data.get("artifacts", [])]
+    except TypeError as exc:
+        raise StateError(f"not a buildsys state export: a task run or artifact is malformed ({exc})") from None
+    tx.many(f"INSERT INTO task_runs ({TASK_COLUMNS}) VALUES ({', '.join('?' for _ in TASK_COLUMNS.split(', '))})",
+            [_task_to_row(t) for t in tasks])
+    tx.many(
+        f"INSERT INTO artifacts ({ARTIFACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(a.id, a.flow_run_id, a.task_run_id, a.key, a.type, a.description, dump(a.data), a.created_at) for a in artifacts],
+    )
+    moment = now()
+    tx.many(
+        "INSERT INTO concurrency_limits (name, id, slot_limit, created_at) VALUES (?, ?, ?, ?)",
+        [(x["name"], str(uuid.uuid4()), int(x["limit"]), moment) for x in data.get("concurrency_limits", [])],
+    )

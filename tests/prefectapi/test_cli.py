@@ -98,3 +98,20 @@ def test_runs_limit_sets_lists_and_removes_a_tag_limit(tmp_path: Path) -> None:
     assert run_cli("--state", db, "runs", "limits", cwd=tmp_path).stdout == "No concurrency limits.\n"
     wrong = run_cli("--state", db, "runs", "limit", "db", cwd=tmp_path)
     assert wrong.returncode == 1 and "give SLOTS to set the limit, or --delete to remove it" in wrong.stderr
+
+
+def test_export_and_import_keep_task_runs_artifacts_and_limits(tmp_path: Path) -> None:
+    db, run_id = _populated(tmp_path)
+    with SqlStore.sqlite(Path(db)) as store:
+        store.set_concurrency_limit("tag:db", 3)
+        exported = store.export()
+    assert [t["name"] for t in exported["task_runs"]] == ["double-1", "flaky-2", "cached-3"]
+    assert exported["concurrency_limits"] == [{"name": "tag:db", "limit": 3}]
+    with SqlStore.sqlite(tmp_path / "copy.db") as copy:
+        copy.import_(json.loads(json.dumps(exported)))
+        again = copy.export()
+        assert [t.name for t in copy.list_task_runs(run_id)] == ["double-1", "flaky-2", "cached-3"]
+        assert [a.data for a in copy.list_artifacts(flow_run_id=run_id)] == ["# Report\nbody"]
+        assert [line.logger for line in copy.read_logs(run_id)] == [None, "prefect.task_runs", "prefect.flow_runs"]
+    for key in ("task_runs", "artifacts", "concurrency_limits", "logs", "runs"):
+        assert again[key] == exported[key]
