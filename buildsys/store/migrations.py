@@ -170,6 +170,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "listing indexes: the newest runs of a state, of a pool in a state, of a deployment (the UI's run lists)",
+        (
+            "CREATE INDEX flow_runs_state_created ON flow_runs (state, created_at)",
+            "CREATE INDEX flow_runs_pool_state_created ON flow_runs (pool, state, created_at)",
+            "CREATE INDEX flow_runs_deployment_created ON flow_runs (deployment, created_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

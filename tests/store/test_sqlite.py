@@ -47,6 +47,7 @@ def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
             (1, "initial schema: serial, resources, flow runs, logs, workers"),
             (2, "claim indexes: due runs in scheduled order, per pool and per queue"),
             (3, "what Prefect's engine records: task runs, artifacts, concurrency leases, flows, log levels"),
+            (4, "listing indexes: the newest runs of a state, of a pool in a state, of a deployment (the UI's run lists)"),
         ]
         assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
     finally:
@@ -87,13 +88,13 @@ def test_an_older_store_is_migrated_in_place(tmp_path: Path) -> None:
     db.execute("UPDATE store_serial SET serial = 1")
     db.close()
     with SqlStore.sqlite(path) as store:
-        assert store.schema_version == LATEST == 3
+        assert store.schema_version == LATEST == 4
         kept = store.get_resource("variable", "kept")
         assert kept is not None and (dict(kept.spec), kept.id, store.serial()) == ({"value": 1}, "id-1", 1)
     db = sqlite3.connect(path)
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flow_runs_%'")}
     db.close()
-    assert {"flow_runs_due", "flow_runs_queue_due"} <= indexes
+    assert {"flow_runs_due", "flow_runs_queue_due", "flow_runs_state_created", "flow_runs_pool_state_created"} <= indexes
 
 
 def test_a_store_from_a_newer_buildsys_is_refused(tmp_path: Path) -> None:
