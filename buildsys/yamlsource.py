@@ -10,6 +10,7 @@ item keeps its location, packed into one int until someone asks for it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from sys import intern
@@ -271,10 +272,15 @@ def load_yaml(text: str, file: str) -> Located:
             raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        location = Location(file, mark.line + 1, mark.column + 1) if mark else None
         problem = exc.problem or str(exc)
         if exc.context and "alias" not in problem:
             problem = f"{exc.context}: {problem}" if exc.context else problem
+        opened = exc.context_mark if exc.context and _UNCLOSED.match(exc.context) else None
+        if opened is not None and mark is not None and opened.line != mark.line:
+            # an unclosed `[a, b` or quote: the parser notices lines later; point where it was opened
+            problem += f" (the parser stopped at line {mark.line + 1}, column {mark.column + 1})"
+            mark = opened
+        location = Location(file, mark.line + 1, mark.column + 1) if mark else None
         at = text[mark.index] if mark and 0 <= mark.index < len(text) else ""
         raise YamlError(f"not valid YAML: {problem}", location=location, hint=_yaml_hint(problem, at)) from None
     except yaml.reader.ReaderError as exc:
@@ -318,12 +324,21 @@ def _document(builder: _Builder, nxt: Next) -> Any:
     return value
 
 
+_UNCLOSED = re.compile(r"while (parsing a flow (sequence|mapping)|scanning a (quoted|double-quoted|single-quoted) scalar)")
+
+
 def _yaml_hint(problem: str, at: str) -> str | None:
     """`at` is the character where the parser stopped."""
     if at == "\t" or "found character '\\t'" in problem:
         return "YAML does not allow tabs for indentation; use spaces"
     if "cannot start any token" in problem:
         return f"quote the value: a plain YAML value cannot start with {at!r}" if at else None
+    if "while parsing a flow sequence" in problem:
+        return "close the list with ']' (a value that starts with '[' must be quoted)"
+    if "while parsing a flow mapping" in problem:
+        return "close the mapping with '}' (a value that starts with '{' must be quoted)"
+    if "quoted scalar" in problem:
+        return "close the quote"
     if "mapping values are not allowed" in problem:
         return "check the indentation, or quote a value that contains ': '"
     return None

@@ -137,7 +137,7 @@ def test_number_where_string_expected_says_quote_it(tmp_path: Path) -> None:
 def test_not_yaml_and_not_a_prefect_file(tmp_path: Path) -> None:
     bad = write(tmp_path, "build: [unclosed\n", "bad.yaml")
     (err,) = errors_of(bad)
-    assert err.startswith(f"{bad}:2:1: error: not valid YAML:")
+    assert err.startswith(f"{bad}:1:8: error: not valid YAML: while parsing a flow sequence")
     compose = write(tmp_path, "services:\n  web:\n    image: nginx\n", "compose.yaml")
     assert errors_of(compose) == [
         f"{compose}:1:1: error: {compose} looks like a docker-compose file (it has `services:`), not a prefect.yaml"

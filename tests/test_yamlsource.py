@@ -96,7 +96,24 @@ def test_bad_input_gets_one_located_error(text: str, rendered: str) -> None:
 
 def test_a_syntax_error_later_in_the_file_wins_over_a_bad_value_before_it() -> None:
     """As when the whole file is parsed first: the broken syntax is what must be fixed first."""
-    assert error("a: !!int ten\nb: [unclosed\n").startswith("f.yaml:3:1: error: not valid YAML: while parsing a flow")
+    assert error("a: !!int ten\nb: [unclosed\n").startswith("f.yaml:2:4: error: not valid YAML: while parsing a flow")
+
+
+@pytest.mark.parametrize(
+    ("text", "rendered"),
+    [
+        ("tags: [a, b\ndescription: x\n", "f.yaml:1:7: error: not valid YAML: while parsing a flow sequence: did not "
+         "find expected ',' or ']' (the parser stopped at line 2, column 12)\n"
+         "  hint: close the list with ']' (a value that starts with '[' must be quoted)"),
+        ("env: {A: 1,\nb: 2\n", "f.yaml:1:6: error: not valid YAML: while parsing a flow mapping: did not find "
+         "expected ',' or '}' (the parser stopped at line 3, column 1)\n"
+         "  hint: close the mapping with '}' (a value that starts with '{' must be quoted)"),
+        ('name: "a\nentrypoint: f.py:f\n', "f.yaml:1:7: error: not valid YAML: while scanning a quoted scalar: found "
+         "unexpected end of stream (the parser stopped at line 3, column 1)\n  hint: close the quote"),
+    ],
+)
+def test_an_unclosed_list_mapping_or_quote_is_reported_where_it_opens(text: str, rendered: str) -> None:
+    assert error(text) == rendered
 
 
 def test_empty_documents() -> None:
