@@ -11,9 +11,15 @@ The context comes from ``--context FILE`` or the environment variable ``BUILDSYS
     {"run": {"id", "name", "deployment", "flow_name", "attempt"}, "entrypoint": "flows/x.py:f",
      "parameters": {...}, "pull_steps": [...], "variables": {...}, "root": "/optional/start/dir"}
 
+A Prefect ``@flow`` is not called here: after the pull steps it is handed to Prefect's own engine
+(``buildsys.prefectengine``), which reads the flow run ``PREFECT__FLOW_RUN_ID`` names from the API
+``PREFECT_API_URL`` names and sets its states there. Anything else (a plain function) is called
+with the run's parameters by this module.
+
 Exit codes: 0 the flow completed, 1 the flow raised, 2 the context is invalid, 3 a pull step failed,
-4 the entrypoint could not be loaded. Progress goes to stdout as control lines that start with
-``::buildsys::`` followed by JSON (the worker turns them into state changes and strips them).
+4 the entrypoint could not be loaded, 5 the installed Prefect cannot run the flow. Progress goes to
+stdout as control lines that start with ``::buildsys::`` followed by JSON (the worker turns them
+into state changes and strips them).
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ EXIT_FLOW_FAILED = 1
 EXIT_BAD_CONTEXT = 2
 EXIT_PULL_FAILED = 3
 EXIT_ENTRYPOINT = 4
+EXIT_PREFECT = 5
 
 EXIT_MEANINGS = {
     EXIT_FLOW_FAILED: "the flow raised an exception",
     EXIT_BAD_CONTEXT: "the run context given to the runtime is invalid",
     EXIT_PULL_FAILED: "a pull step failed before the flow started",
     EXIT_ENTRYPOINT: "the flow's entrypoint could not be loaded",
+    EXIT_PREFECT: "the run's Python has no Prefect that can run this Prefect flow",
 }
 
 
@@ -100,10 +108,10 @@ class RunContext:
         if not isinstance(data, Mapping):
             raise RuntimeFailure("the run context must be a JSON object", EXIT_BAD_CONTEXT)
         entrypoint = data.get("entrypoint")
-        if not isinstance(entrypoint, str) or ":" not in entrypoint:
+        if not isinstance(entrypoint, str) or not _split_entrypoint(entrypoint)[0]:
             raise RuntimeFailure(
                 f"the run context has no valid entrypoint (got {entrypoint!r}; expected "
-                "'path/to/file.py:function' or 'package.module:function')",
+                "'path/to/file.py:function', 'package.module:function' or 'package.module.function')",
                 EXIT_BAD_CONTEXT,
             )
         run = data.get("run") or {}
@@ -254,19 +262,36 @@ def _describe(exc: BaseException) -> str:
 # --- the flow --------------------------------------------------------------------------------------
 
 
-def load_entrypoint(entrypoint: str, directory: Path) -> Callable[..., Any]:
-    """``path/file.py:func`` (loaded as a module) or ``pkg.mod:func``; a Prefect ``@flow`` object
-    is unwrapped to its ``.fn``."""
-    target, _, attr_path = entrypoint.rpartition(":")
+def _split_entrypoint(entrypoint: str) -> tuple[str, str]:
+    """(module or file, attribute path): ``file.py:f``, ``pkg.mod:f`` or Prefect's ``pkg.mod.f``."""
+    text = entrypoint.strip()
+    if ":" in text:
+        target, _, attr_path = text.rpartition(":")
+    else:
+        target, _, attr_path = text.rpartition(".")
     if not target or not attr_path:
+        return "", ""
+    return target, attr_path
+
+
+def load_flow_object(entrypoint: str, directory: Path) -> Any:
+    """Import ``path/file.py:func``, ``pkg.mod:func`` or ``pkg.mod.func`` from ``directory`` and
+    return the object it names, as defined (a Prefect flow stays a flow)."""
+    target, attr_path = _split_entrypoint(entrypoint)
+    if not target:
         raise RuntimeFailure(f"invalid entrypoint {entrypoint!r}", EXIT_ENTRYPOINT)
-    for entry in (str(directory),):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
     try:
         module = _load_file(target, directory) if target.endswith(".py") else importlib.import_module(target)
     except RuntimeFailure:
         raise
+    except ModuleNotFoundError as exc:
+        if exc.name == "prefect" or (exc.name or "").startswith("prefect."):
+            raise RuntimeFailure(_no_prefect(entrypoint), EXIT_PREFECT) from exc
+        raise RuntimeFailure(
+            f"could not import {target!r} for entrypoint {entrypoint!r}:\n{_format(exc)}", EXIT_ENTRYPOINT
+        ) from exc
     except BaseException as exc:
         raise RuntimeFailure(
             f"could not import {target!r} for entrypoint {entrypoint!r}:\n{_format(exc)}", EXIT_ENTRYPOINT
@@ -276,10 +301,18 @@ def load_entrypoint(entrypoint: str, directory: Path) -> Callable[..., Any]:
         if not hasattr(obj, part):
             raise RuntimeFailure(f"entrypoint {entrypoint!r}: {target!r} has no attribute {part!r}", EXIT_ENTRYPOINT)
         obj = getattr(obj, part)
-    func = getattr(obj, "fn", obj)
-    if not callable(func):
+    if not callable(obj):
         raise RuntimeFailure(f"entrypoint {entrypoint!r} is not callable", EXIT_ENTRYPOINT)
-    return func  # type: ignore[no-any-return]
+    return obj
+
+
+def _no_prefect(entrypoint: str) -> str:
+    return (
+        f"the flow {entrypoint!r} imports prefect, but prefect is not installed for the run's Python "
+        f"{sys.executable} (Python {sys.version.split()[0]}); install it there (`{sys.executable} -m pip "
+        "install 'prefect>=3,<4'`), add it to the image, or set the job variable `command` to an "
+        "interpreter that has it"
+    )
 
 
 def _load_file(target: str, directory: Path) -> ModuleType:
@@ -354,7 +387,8 @@ def watch_parent(expected: int, interval: float = 0.5) -> None:
 
 
 def execute(context: RunContext, env: Mapping[str, str]) -> int:
-    """Pull steps, chdir, import, call. Returns the process exit code."""
+    """Pull steps, chdir, import, then Prefect's engine (a Prefect flow) or a plain call. Returns the
+    process exit code."""
     parent = env.get(PARENT_ENV)
     if parent and parent.isdigit() and os.getpgrp() == os.getpid():
         watch_parent(int(parent))
@@ -368,14 +402,47 @@ def execute(context: RunContext, env: Mapping[str, str]) -> int:
         directory = _final_directory(outputs)
         if directory:
             os.chdir(root / directory)
-        func = load_entrypoint(context.entrypoint, Path.cwd())
+        target = load_flow_object(context.entrypoint, Path.cwd())
+        if _is_prefect_flow(target):
+            return _run_with_engine(target, context, env)
     except RuntimeFailure as exc:
         sys.stderr.write(f"buildsys runtime: {exc}\n")
         sys.stderr.flush()
         return exc.code
+    return _call_plain(target, context)
+
+
+def _is_prefect_flow(target: Any) -> bool:
+    from buildsys.prefectengine import is_prefect_flow
+
+    return is_prefect_flow(target)
+
+
+def _run_with_engine(flow: Any, context: RunContext, env: Mapping[str, str]) -> int:
+    """Hand the flow to Prefect's engine; the engine's own exit (SystemExit) ends the process."""
+    from buildsys.prefectengine import API_URL_ENV, RUN_ID_ENV, EngineUnavailable, engine_calls, run_flow_run
+
+    run_id = env.get(RUN_ID_ENV) or context.run_id
+    if not env.get(API_URL_ENV) or not run_id:
+        raise RuntimeFailure(
+            f"{context.entrypoint!r} is a Prefect flow, but no Prefect API was given to the run "
+            f"({API_URL_ENV} and {RUN_ID_ENV} are set by `buildsys worker`)",
+            EXIT_BAD_CONTEXT,
+        )
+    try:
+        engine_calls()
+    except EngineUnavailable as exc:
+        raise RuntimeFailure(str(exc), EXIT_PREFECT) from None
+    control("engine", pid=os.getpid(), cwd=os.getcwd())
+    run_flow_run(flow, run_id)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _call_plain(func: Any, context: RunContext) -> int:
     control("running", pid=os.getpid(), cwd=os.getcwd())
     try:
-        result = call_flow(func, context.parameters)
+        result = call_flow(getattr(func, "fn", func), context.parameters)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit) and not _is_failure(exc):
             raise

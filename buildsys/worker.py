@@ -5,6 +5,10 @@ leases and bring back cancellation requests, expiry of dead workers' leases, sch
 shipper (batched ``append_logs``) and one supervising thread per run. A run goes PENDING (claim)
 → RUNNING (the runtime says the flow starts) → COMPLETED / FAILED / CRASHED / CANCELLED, with a
 message saying why; retries are the store's business (``set_run_state`` reschedules).
+
+A Prefect flow is run by Prefect's engine inside the run's process: the engine sets RUNNING and the
+final state through the Prefect-compatible API (``buildsys.engineapi``), and the worker only steps
+in when the process ends without one (CRASHED) or was stopped on request (CANCELLED).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import contextlib
 import os
 import queue
 import re
+import shlex
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -21,9 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildsys.engineapi import EngineApi
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError, StateError
 from buildsys.infra import Execution, Infrastructure, Job, Outcome, get_infrastructure
 from buildsys.pools import default_job_template, job_configuration, placeholders, pool_template
+from buildsys.prefectengine import API_MARK, RUN_ID_ENV, installed_version, version_problem
 from buildsys.runtime import CONTROL_PREFIX, EXIT_FLOW_FAILED, EXIT_MEANINGS, RunContext
 from buildsys.store.base import (
     CANCELLED,
@@ -177,6 +185,8 @@ class Worker:
         self.pool_type = options.pool_type or "process"
         self.completed = 0
         self._registered: dict[str, str] | None = None
+        self._api = EngineApi(store)
+        self._api_failed = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -185,8 +195,11 @@ class Worker:
         self.pool_type, created = ensure_pool(self.store, self.options.pool, self.options.pool_type)
         if created:
             self.notify(f"Created work pool {self.options.pool!r} of type {self.pool_type!r} with the type's defaults.")
+        prefect = self._check_prefect()
         self._warn_if_paused()
         self.notify(f"Worker {self.name!r} started on pool {self.options.pool!r} ({self.pool_type}).")
+        if prefect:
+            self.notify(prefect)
         self._logs.start()
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
@@ -197,6 +210,7 @@ class Worker:
             self._stopping.set()
             housekeeping.join()
             self._logs.stop()
+            self._api.close()
             for infra in self._infra_cache.values():
                 close = getattr(infra, "close", None)
                 if callable(close):
@@ -214,6 +228,24 @@ class Worker:
         self.stop()
         for active in self._snapshot():
             active.cancel.set()
+
+    def _check_prefect(self) -> str | None:
+        """Refuse a process worker whose Python has a Prefect we cannot start (images are checked by
+        the runtime at run start); returns what to tell about the Prefect that runs Prefect flows."""
+        if self.pool_type != "process" or self._infrastructure is not None:
+            return None
+        python = str(self.options.infra_options.get("process", {}).get("python") or sys.executable)
+        version = installed_version(python)
+        if version is None:
+            return f"Prefect is not installed in {python}: plain Python flows run, Prefect flows cannot."
+        problem = version_problem(version)
+        if problem:
+            raise StateError(
+                f"{problem}; found in {python}",
+                hint="install Prefect 3 there (`pip install 'prefect>=3,<4'`), or start the worker from a Python "
+                "without Prefect if no flow uses it",
+            )
+        return f"Prefect flows run through the engine of Prefect {version} in {python}."
 
     def _warn_if_paused(self) -> None:
         pool = self.store.get_resource("pool", self.options.pool)
@@ -328,6 +360,7 @@ class Worker:
         except Exception as exc:  # a bug must not leave the run PENDING forever
             self._finish(run, CRASHED, f"The worker failed while supervising the run: {type(exc).__name__}: {exc}")
         finally:
+            self._api.release(run.id)
             with self._active_lock:
                 self._active.pop(run.id, None)
             self._slot_freed.set()
@@ -349,6 +382,10 @@ class Worker:
             if line.startswith(CONTROL_PREFIX):
                 control.put((stream, line[len(CONTROL_PREFIX) :]))
                 return
+            if line.startswith(API_MARK):  # the engine sent this record to the API: echo it only
+                if self.options.stream_output:
+                    self.notify(f"{run.name} | {line[len(API_MARK) :]}")
+                return
             tail.add(stream, line)
             self._logs.add(run.id, stream, line)
             if self.options.stream_output:
@@ -361,9 +398,10 @@ class Worker:
             return
         active.execution = execution
         self._worker_log(run, f"Submitted to {infra.type} infrastructure ({execution.identifier}).")
-        custom_command = bool(job.configuration.get("command"))
-        state = _RunState(running=False)
-        if custom_command:
+        command = job.configuration.get("command")
+        custom_command = bool(command)
+        state = _RunState(running=False, engine=_is_prefect_command(command))
+        if custom_command and not state.engine:
             self._set_running(run, execution, state)
         outcome = self._watch(active, execution, control, state)
         self._logs.flush(run.id)
@@ -377,8 +415,7 @@ class Worker:
         while True:
             try:
                 _stream, payload = control.get(timeout=0.05)
-                if '"running"' in payload and not state.running:
-                    self._set_running(run, execution, state)
+                self._on_control(run, execution, state, payload)
                 continue
             except queue.Empty:
                 pass
@@ -386,8 +423,7 @@ class Worker:
             if outcome is not None:
                 while not control.empty():
                     _stream, payload = control.get_nowait()
-                    if '"running"' in payload and not state.running:
-                        self._set_running(run, execution, state)
+                    self._on_control(run, execution, state, payload)
                 return outcome
             if active.cancel.is_set():
                 if term_sent is None:
@@ -398,6 +434,13 @@ class Worker:
                     self._worker_log(run, f"Still running {self.options.cancel_grace_seconds:g} s after SIGTERM: SIGKILL.")
                     execution.kill()
                     term_sent = float("inf")
+
+    def _on_control(self, run: FlowRun, execution: Execution, state: _RunState, payload: str) -> None:
+        if '"engine"' in payload:  # Prefect's engine takes over: it sets RUNNING and the end state itself
+            state.engine = state.running = True
+            self._worker_log(run, "Handed the flow to Prefect's engine.")
+        elif '"running"' in payload and not state.running:
+            self._set_running(run, execution, state)
 
     def _set_running(self, run: FlowRun, execution: Execution, state: _RunState) -> None:
         state.running = True
@@ -416,12 +459,35 @@ class Worker:
                 self._hand_back(run, state)
                 return
             self._finish(run, CANCELLED, "Cancelled on request: the flow-run infrastructure was stopped.", code)
+        elif state.engine:
+            self._conclude_engine(run, outcome, tail)
         elif code == 0:
             self._finish(run, COMPLETED, None, code)
         elif code == EXIT_FLOW_FAILED and (state.running or custom):
             self._finish(run, FAILED, "Flow run failed" + (f": {tail.error}" if tail.error else "."), code)
         else:
             self._finish(run, CRASHED, _crash_message(code, outcome.message, tail.runtime_error), code)
+
+    def _conclude_engine(self, run: FlowRun, outcome: Outcome, tail: _Tail) -> None:
+        """Prefect's engine set the end state (and its message, the exception's) through the API;
+        a process that ended without one crashed."""
+        try:
+            current = self.store.get_run(run.id)
+        except BuildsysError as exc:
+            self.notify(f"Could not read run {run.name} after its process ended: {exc.message}")
+            return
+        if current.is_terminal or current.state == SCHEDULED:
+            self._logs.flush(run.id)
+            self.completed += 1
+            message = f": {current.state_message}" if current.state_message else ""
+            self.notify(f"Run {run.name} ({run.id[:8]}) → {current.state}{message}")
+            return
+        code = outcome.exit_code
+        if code == 0:
+            why = "the Prefect engine exited without reporting a final state"
+        else:
+            why = _crash_message(code, outcome.message, tail.runtime_error, meanings={}).rstrip(".")
+        self._finish(run, CRASHED, f"{why} (the run was {current.state}).", code)
 
     def _cancel_requested(self, run: FlowRun) -> bool:
         with contextlib.suppress(BuildsysError):
@@ -497,6 +563,16 @@ class Worker:
             variables={k: v for k, v in variables.items() if _used(k, pull_steps)},
             step_targets=self._step_targets(pull_steps),
         )
+        try:
+            owned = self._api.environment(run.id)
+        except Exception as exc:  # plain flows still run; a Prefect flow's runtime says it has no API
+            if not self._api_failed:
+                self._api_failed = True
+                self.notify(f"Cannot serve the Prefect API for runs ({type(exc).__name__}: {exc}): Prefect flows cannot run.")
+            owned = {RUN_ID_ENV: run.id}
+        configured_env = config.get("env") or {}
+        for name in sorted(set(owned) & {str(k) for k in configured_env}):
+            self._worker_log(run, f"warning: the job's env sets {name}; the run's Prefect engine uses buildsys's own value")
         job = Job(
             run_id=run.id,
             run_name=run.name,
@@ -508,6 +584,7 @@ class Worker:
             context=context.to_dict(),
             env=self._attribution(run),
             store_url=self.store.url,
+            owned_env=owned,
         )
         return job, self._infra(pool_type)
 
@@ -540,7 +617,6 @@ class Worker:
             "BUILDSYS_POOL": run.pool,
             "BUILDSYS_WORKER": self.name,
             "BUILDSYS_ATTEMPT": str(run.attempt),
-            "PREFECT__FLOW_RUN_ID": run.id,
         }
 
     def _infra(self, pool_type: str) -> Infrastructure:
@@ -557,6 +633,19 @@ class Worker:
 @dataclass
 class _RunState:
     running: bool
+    engine: bool = False  # Prefect's engine runs the flow and reports its states through the API
+
+
+def _is_prefect_command(command: Any) -> bool:
+    """A job command that starts Prefect itself (`prefect flow-run execute`, `uv run prefect ...`,
+    `python -m prefect.engine`): its engine sets the run's states, as under Prefect's worker."""
+    if not isinstance(command, str):
+        return False
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    return any(w == "prefect" or w.endswith("/prefect") or w.startswith("prefect.") for w in words)
 
 
 class _Tail:
@@ -578,11 +667,13 @@ class _Tail:
             self.error = line.strip()
 
 
-def _crash_message(code: int, infra_message: str | None, runtime_error: str | None) -> str:
+def _crash_message(
+    code: int, infra_message: str | None, runtime_error: str | None, meanings: Mapping[int, str] = EXIT_MEANINGS
+) -> str:
     if code < 0 and infra_message:
         return f"Flow run infrastructure failed: {infra_message.rstrip('.')}."
     text = f"Flow run infrastructure exited with non-zero status code {code}"
-    meaning = infra_message or EXIT_MEANINGS.get(code)
+    meaning = infra_message or meanings.get(code)
     if code == 137 and not infra_message:
         meaning = "killed (SIGKILL), often the out-of-memory killer"
     if meaning:

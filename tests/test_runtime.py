@@ -217,7 +217,7 @@ def test_invalid_context_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == (
         "buildsys runtime: the run context has no valid entrypoint (got None; expected "
-        "'path/to/file.py:function' or 'package.module:function')\n"
+        "'path/to/file.py:function', 'package.module:function' or 'package.module.function')\n"
     )
     nothing = subprocess.run(
         [sys.executable, "-m", "buildsys.runtime"], capture_output=True, text=True, env=_base_env(), cwd=tmp_path

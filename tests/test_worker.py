@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import sys
 import textwrap
 import time
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,7 @@ def test_worker_creates_a_missing_pool_and_says_so(store: StateStore, workers: W
     assert workers.output(proc).splitlines() == [
         "Created work pool 'fresh' of type 'process' with the type's defaults.",
         "Worker 'w0' started on pool 'fresh' (process).",
+        f"Prefect flows run through the engine of Prefect {metadata.version('prefect')} in {sys.executable}.",
         "Worker 'w0' stopped.",
     ]
     pool = store.get_resource("pool", "fresh")

@@ -48,18 +48,26 @@ class Job:
     context: Mapping[str, Any]  # the runtime's run context (runtime.RunContext.to_dict())
     env: Mapping[str, str] = field(default_factory=dict)  # attribution vars, merged under config env
     store_url: str = ""
+    # what the worker owns and the job's env cannot change: the Prefect API of the run, its key
+    owned_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def context_json(self) -> str:
         return json.dumps(self.context, separators=(",", ":"), default=str)
 
     def environment(self) -> dict[str, str]:
-        """Attribution variables < configured env; the runtime's context in BUILDSYS_RUN_CONTEXT."""
+        """Attribution variables < configured env < the worker's own (the run's Prefect API); the
+        runtime's context in BUILDSYS_RUN_CONTEXT."""
         configured = self.configuration.get("env") or {}
-        env = {**self.env, **{str(k): str(v) for k, v in configured.items() if v is not None}}
+        env = {**self.env, **{str(k): str(v) for k, v in configured.items() if v is not None}, **self.owned_env}
         env["BUILDSYS_RUN_CONTEXT"] = self.context_json
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
+
+    @property
+    def api_url(self) -> str:
+        """The Prefect API URL the run's engine calls ("" when none)."""
+        return self.owned_env.get("PREFECT_API_URL", "")
 
     def labels(self) -> dict[str, str]:
         base = {

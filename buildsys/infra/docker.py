@@ -149,8 +149,10 @@ class DockerInfrastructure:
             kwargs["name"] = _NAME_CHARS.sub("-", str(name)).strip("-.") or None
         networks = list(config.get("networks") or [])
         network_mode = config.get("network_mode")
-        if not network_mode and not networks and is_loopback_url(self.store_url):
-            network_mode = "host"  # a store on the host's loopback is only reachable with host networking
+        if not network_mode and not networks and (is_loopback_url(self.store_url) or is_loopback_url(job.api_url)):
+            # a store, or the Prefect API the worker serves, on the host's loopback is only reachable
+            # from the container with host networking
+            network_mode = "host"
         if network_mode:
             kwargs["network_mode"] = network_mode
         elif networks:

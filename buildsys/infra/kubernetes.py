@@ -56,6 +56,11 @@ def build_job(job: Job) -> dict[str, Any]:
         if key in pod_spec:
             spec.setdefault(key, pod_spec.pop(key))
     pod_spec.setdefault("restartPolicy", "Never")
+    if _loopback(job.api_url) and "hostNetwork" not in pod_spec:
+        # the worker serves the run's Prefect API on its loopback: only a pod on the host's network
+        # (a single-node cluster beside the worker) reaches it; a server store is reached by URL
+        pod_spec["hostNetwork"] = True
+        pod_spec.setdefault("dnsPolicy", "ClusterFirstWithHostNet")
     containers = pod_spec.setdefault("containers", [{}])
     container = next((c for c in containers if c.get("name") == CONTAINER), containers[0])
     container.setdefault("name", CONTAINER)
@@ -85,6 +90,12 @@ def build_job(job: Job) -> dict[str, Any]:
     if metadata.get("annotations"):
         template_meta["annotations"] = {**metadata["annotations"], **(template_meta.get("annotations") or {})}
     return _through_models(manifest)
+
+
+def _loopback(url: str) -> bool:
+    from buildsys.infra.docker import is_loopback_url
+
+    return is_loopback_url(url)
 
 
 def _label_key(key: str) -> str:

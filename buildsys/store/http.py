@@ -63,6 +63,7 @@ class HttpStore:
         self.retries = retries
         self._timeout = timeout
         token = token if token is not None else os.environ.get("BUILDSYS_TOKEN") or None
+        self.token = token  # also what a worker hands its runs' Prefect engines as PREFECT_API_KEY
         headers = {"Accept": "application/json", "User-Agent": "buildsys"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

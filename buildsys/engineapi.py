@@ -1,0 +1,74 @@
+"""Where a run's Prefect engine reaches buildsys's Prefect-compatible API, and with which key.
+
+With ``buildsys server`` as the store the engine calls the server's ``/prefect/api`` with the
+worker's own token. With the embedded file store or a direct database URL there is no server: the
+worker serves the same API itself (``buildsys.prefectapi.EmbeddedApi``, loopback, random port),
+started on the first run, with a key per run that is revoked when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from buildsys.prefectengine import API_KEY_ENV, API_URL_ENV, RUN_ID_ENV
+from buildsys.store.base import StateStore
+
+__all__ = ["PREFECT_API_PATH", "EngineApi"]
+
+PREFECT_API_PATH = "/prefect/api"
+
+
+class EngineApi:
+    """The Prefect API environment of each run a worker supervises."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._embedded: Any = None
+        self._url = ""
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def remote(self) -> bool:
+        return self.store.url.startswith(("http://", "https://"))
+
+    def environment(self, run_id: str) -> dict[str, str]:
+        """PREFECT_API_URL, PREFECT_API_KEY and PREFECT__FLOW_RUN_ID for one run."""
+        env = {RUN_ID_ENV: run_id}
+        if self.remote:
+            env[API_URL_ENV] = self.store.url.rstrip("/") + PREFECT_API_PATH
+            token = getattr(self.store, "token", None) or os.environ.get("BUILDSYS_TOKEN")
+            if token:
+                env[API_KEY_ENV] = str(token)
+            return env
+        with self._lock:
+            if self._embedded is None:
+                self._embedded = _embedded_api(self.store)
+                self._url = str(self._embedded.start())
+            key = self._keys.get(run_id) or str(self._embedded.issue_key(run_id))
+            self._keys[run_id] = key
+        env[API_URL_ENV] = self._url
+        env[API_KEY_ENV] = key
+        return env
+
+    def release(self, run_id: str) -> None:
+        """The run ended: its key stops working."""
+        with self._lock:
+            key = self._keys.pop(run_id, None)
+            if key is not None and self._embedded is not None:
+                self._embedded.revoke_key(key)
+
+    def close(self) -> None:
+        with self._lock:
+            embedded, self._embedded = self._embedded, None
+            self._keys.clear()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _embedded_api(store: StateStore) -> Any:
+    import importlib
+
+    return importlib.import_module("buildsys.prefectapi").EmbeddedApi(store)
