@@ -20,6 +20,6 @@ def test_worker_refuses_a_prefect_it_cannot_start_naming_the_versions(
     assert workers.output(proc).splitlines()[-2:] == [
         "error: prefect 4.0.0 is installed, but buildsys starts Prefect 3.x's engine (its API changed between major "
         f"versions); found in {sys.executable}",
-        "hint: install Prefect 3 there (`pip install 'prefect>=3,<4'`), or start the worker from a Python without "
+        "  hint: install Prefect 3 there (`pip install 'prefect>=3,<4'`), or start the worker from a Python without "
         "Prefect if no flow uses it",
     ]
