@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 CONTEXT_ENV = "BUILDSYS_RUN_CONTEXT"
 CONTROL_PREFIX = "::buildsys::"
 PARENT_ENV = "BUILDSYS_PARENT_PID"  # set by the process pool: stop the run if that process dies
+STANDBY_FLAG = "--standby"  # start now, take the run's env, directory and context from stdin later
+PRELOAD_PREFECT_FLAG = "--preload-prefect"  # with --standby: import Prefect's engine while waiting
 
 EXIT_OK = 0
 EXIT_FLOW_FAILED = 1
@@ -478,13 +480,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run one flow run: pull steps, then the flow (used by buildsys workers).",
     )
     parser.add_argument("--context", metavar="FILE", help=f"run context JSON (default: ${CONTEXT_ENV})")
+    parser.add_argument(
+        STANDBY_FLAG, action="store_true", help="import what runs take, then read the run from stdin (process pool)"
+    )
+    parser.add_argument(PRELOAD_PREFECT_FLAG, action="store_true", help="with --standby: import Prefect's engine too")
     args = parser.parse_args(argv)
+    if args.standby:
+        return standby(args.preload_prefect)
     try:
         context = read_context(args.context, os.environ)
     except RuntimeFailure as exc:
         sys.stderr.write(f"buildsys runtime: {exc}\n")
         return exc.code
     return execute(context, os.environ)
+
+
+def standby(preload_prefect: bool) -> int:
+    """Wait for a run with the imports done (then say "standby"): one JSON line on stdin,
+    {"env", "cwd"}, then the run exactly as a freshly started runtime with that environment in that
+    directory would run it."""
+    started_in = os.getcwd()
+    _preload(preload_prefect)
+    control("standby")
+    line = sys.stdin.readline()
+    if not line.strip():  # the worker let it go unused
+        return EXIT_OK
+    try:
+        order = json.loads(line)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in order["env"].items()})
+        os.chdir(order["cwd"])
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        sys.stderr.write(f"buildsys runtime: the worker's hand-over could not be used: {exc}\n")
+        return EXIT_BAD_CONTEXT
+    if sys.path and sys.path[0] == started_in:  # `python -m` put the start directory first
+        sys.path[0] = os.getcwd()
+    if "prefect" in sys.modules:
+        importlib.import_module("prefect.context").refresh_global_settings_context()
+    try:
+        context = read_context(None, os.environ)
+    except RuntimeFailure as exc:
+        sys.stderr.write(f"buildsys runtime: {exc}\n")
+        return exc.code
+    return execute(context, os.environ)
+
+
+def _preload(prefect: bool) -> None:
+    """What every run imports anyway; with ``prefect``, Prefect's engine when a supported Prefect is
+    installed (and can take the run's settings after import)."""
+    importlib.import_module("buildsys.templating")
+    importlib.import_module("buildsys.step")
+    if not prefect:
+        return
+    from buildsys.prefectengine import ENGINE_CALLS, installed_version, version_problem
+
+    version = installed_version()
+    if version is None or version_problem(version):
+        return
+    try:
+        for module, _attr in ENGINE_CALLS:
+            importlib.import_module(module)
+        refresh = importlib.import_module("prefect.context").refresh_global_settings_context
+    except (ImportError, AttributeError):
+        sys.exit(EXIT_OK)  # not a Prefect this can prepare for: the run starts cold instead
+    del refresh
 
 
 if __name__ == "__main__":

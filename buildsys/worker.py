@@ -201,6 +201,7 @@ class Worker:
         if prefect:
             self.notify(prefect)
         self._logs.start()
+        self._warm_up()
         housekeeping = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         housekeeping.start()
         try:
@@ -246,6 +247,15 @@ class Worker:
                 "without Prefect if no flow uses it",
             )
         return f"Prefect flows run through the engine of Prefect {version} in {python}."
+
+    def _warm_up(self) -> None:
+        """Let the pool type prepare the first run's process now (the process pool's standby runtime)."""
+        try:
+            warm_up = getattr(self._infra(self.pool_type), "warm_up", None)
+        except BuildsysError:
+            return
+        if callable(warm_up):
+            warm_up()
 
     def _warn_if_paused(self) -> None:
         pool = self.store.get_resource("pool", self.options.pool)
@@ -378,7 +388,17 @@ class Worker:
         control: queue.Queue[tuple[str, str]] = queue.Queue()
         tail = _Tail()
 
+        held: list[tuple[str, str]] | None = []  # output before the "Submitted" line is written
+        order = threading.Lock()
+
         def sink(stream: str, line: str) -> None:
+            with order:
+                if held is not None:
+                    held.append((stream, line))
+                else:
+                    take(stream, line)
+
+        def take(stream: str, line: str) -> None:
             if line.startswith(CONTROL_PREFIX):
                 control.put((stream, line[len(CONTROL_PREFIX) :]))
                 return
@@ -397,7 +417,11 @@ class Worker:
             self._finish(run, CRASHED, f"Failed to submit flow run to infrastructure: {exc.message}")
             return
         active.execution = execution
-        self._worker_log(run, f"Submitted to {infra.type} infrastructure ({execution.identifier}).")
+        with order:
+            self._worker_log(run, f"Submitted to {infra.type} infrastructure ({execution.identifier}).")
+            for stream, line in held or ():
+                take(stream, line)
+            held = None
         command = job.configuration.get("command")
         custom_command = bool(command)
         state = _RunState(running=False, engine=_is_prefect_command(command))
@@ -626,6 +650,8 @@ class Worker:
             options = dict(self.options.infra_options.get(pool_type, {}))
             if pool_type in ("docker",):
                 options.setdefault("store_url", self.store.url)
+            if pool_type == "process":
+                options.setdefault("standby", True)
             self._infra_cache[pool_type] = get_infrastructure(pool_type, **options)
         return self._infra_cache[pool_type]
 

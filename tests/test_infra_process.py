@@ -127,3 +127,42 @@ def test_kill_after_sigterm_is_ignored(tmp_path: Path) -> None:
     outcome = execution.wait(10)
     assert outcome is not None and outcome.exit_code == -9
 
+
+
+def test_the_standby_runtime_runs_the_next_run_with_its_own_env_and_directory(tmp_path: Path) -> None:
+    (tmp_path / "lib.py").write_text("WHO = 'lib next to the flow'\n")
+    (tmp_path / "flow.py").write_text(
+        "import os, sys\n"
+        "def f():\n"
+        "    import lib\n"
+        "    print(os.getpid(), os.getcwd(), os.environ['EXTRA'], 'WORKER_ONLY' in os.environ, lib.WHO)\n"
+    )
+    infra = ProcessInfrastructure(standby=True, base_env={**_env(), "WORKER_ONLY": "1"})
+    try:
+        infra.warm_up()
+        spare = infra._standby._proc  # type: ignore[union-attr]
+        assert spare is not None
+        wait_for(infra._standby._ready.is_set, 30, "the standby runtime to be ready")  # type: ignore[union-attr]
+        lines = Lines()
+        execution = infra.start(job(tmp_path, "flow.py:f", {"env": {"EXTRA": "run's own"}}), lines)
+        assert execution.identifier == str(spare.pid)  # the run got the waiting process
+        outcome = execution.wait(30)
+        assert outcome is not None and outcome.exit_code == 0, lines.items
+        assert lines.plain() == [("stdout", f"{spare.pid} {tmp_path} run's own True lib next to the flow")]
+        # a run that needs other interpreter settings starts cold, and the next standby is made for it
+        wait_for(infra._standby._ready.is_set, 30, "the next standby runtime")  # type: ignore[union-attr]
+        waiting = infra._standby._proc  # type: ignore[union-attr]
+        lines = Lines()
+        execution = infra.start(job(tmp_path, "flow.py:f", {"env": {"EXTRA": "x", "PYTHONPATH": str(tmp_path)}}), lines)
+        assert waiting is not None and execution.identifier != str(waiting.pid)
+        assert execution.wait(30) is not None and lines.plain()[0][1].endswith(f"{tmp_path} x True lib next to the flow")
+        assert infra._standby.settings == {"PYTHONPATH": str(tmp_path)}  # type: ignore[union-attr]
+    finally:
+        infra.close()
+    assert waiting.poll() is not None
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "BUILDSYS_RUN_CONTEXT"))}

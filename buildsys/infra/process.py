@@ -4,11 +4,18 @@ The child is ``<worker's python> -m buildsys.runtime`` unless the job configures
 it gets the worker's environment plus the job's env, and runs in ``working_dir`` or in a fresh
 temporary directory removed afterwards. It leads its own process group so that cancelling a run
 also stops whatever the flow started.
+
+With ``standby`` (the worker's default) one such runtime is kept started ahead of the next run,
+with Prefect's engine already imported (``python -m buildsys.runtime --standby``; importing Prefect
+takes seconds): a run whose interpreter settings (``PYTHON*``, ``LD_*``, ``PREFECT_LOGGING_*``)
+match gets it, with its own environment, directory and context handed over on stdin; any other run
+starts cold as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -21,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines
-from buildsys.runtime import PARENT_ENV
+from buildsys.runtime import CONTROL_PREFIX, PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -33,9 +40,12 @@ def runtime_command(python: str | None = None) -> list[str]:
 class ProcessInfrastructure:
     type = "process"
 
-    def __init__(self, *, python: str | None = None, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *, python: str | None = None, base_env: Mapping[str, str] | None = None, standby: bool = False
+    ) -> None:
         self.python = python or sys.executable
         self.base_env = dict(os.environ if base_env is None else base_env)
+        self._standby = _Standby(self.python, self.base_env) if standby else None
 
     def start(self, job: Job, sink: Sink) -> ProcessExecution:
         config = job.configuration
@@ -53,6 +63,12 @@ class ProcessInfrastructure:
             temp_dir = cwd = Path(tempfile.mkdtemp(prefix=f"buildsys-run-{job.run_id[:8]}-"))
         env = {**self.base_env, **job.environment(), PARENT_ENV: str(os.getpid())}
         stream = config.get("stream_output", True) is not False
+        sink = self._watch_engine(sink if stream else _control_only(sink))
+        if self._standby is not None and not (isinstance(command, str) and command.strip()):
+            spare = self._standby.take(env, cwd)
+            self._standby.warm_up()
+            if spare is not None:
+                return ProcessExecution(spare, sink, temp_dir)
         try:
             proc = subprocess.Popen(
                 args,
@@ -67,13 +83,142 @@ class ProcessInfrastructure:
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             raise InfrastructureError(f"cannot start {shlex.join(args)}: {exc}") from exc
-        return ProcessExecution(proc, sink if stream else _control_only(sink), temp_dir)
+        return ProcessExecution(proc, sink, temp_dir)
+
+    def _watch_engine(self, sink: Sink) -> Sink:
+        """Once a run hands its flow to Prefect's engine, the standby runtime preloads that engine."""
+        standby = self._standby
+        if standby is None or standby.prefect:
+            return sink
+
+        def watching(stream: str, line: str) -> None:
+            if line.startswith(CONTROL_PREFIX) and '"engine"' in line and not standby.prefect:
+                threading.Thread(target=standby.preload_prefect, name="standby-prefect", daemon=True).start()
+            sink(stream, line)
+
+        return watching
+
+    def warm_up(self) -> None:
+        """Start the next run's runtime now (with ``standby``)."""
+        if self._standby is not None:
+            self._standby.warm_up()
+
+    def close(self) -> None:
+        if self._standby is not None:
+            self._standby.close()
+
+
+class _Standby:
+    """One runtime started ahead of the next run; it preloads Prefect's engine once a run of this
+    pool has used it, and is only handed a run once it said it is ready."""
+
+    def __init__(self, python: str, base_env: Mapping[str, str]) -> None:
+        self.python = python
+        self.base_env = dict(base_env)
+        self.settings = _interpreter_settings(base_env)  # what the last run needed
+        self.prefect = False  # a run went to Prefect's engine: preload it
+        self.usable = True
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._env: dict[str, str] = {}
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._closed or not self.usable or (self._proc is not None and self._proc.poll() is None):
+                return
+            env = {k: v for k, v in self.base_env.items() if k not in _interpreter_settings(self.base_env)}
+            env.update(self.settings)
+            env.update({PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
+            env.pop("BUILDSYS_RUN_CONTEXT", None)
+            args = [*runtime_command(self.python), STANDBY_FLAG, *([PRELOAD_PREFECT_FLAG] if self.prefect else [])]
+            try:
+                proc = subprocess.Popen(
+                    args,
+                    cwd=tempfile.gettempdir(),
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            except OSError:
+                self.usable = False
+                return
+            self._proc, self._env, self._ready = proc, env, threading.Event()
+            threading.Thread(target=_await_ready, args=(proc, self._ready), name="standby", daemon=True).start()
+
+    def preload_prefect(self) -> None:
+        """From now on the waiting runtime has Prefect's engine imported (replace one without)."""
+        with self._lock:
+            if self.prefect:
+                return
+            self.prefect = True
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+        self.warm_up()
+
+    def take(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes] | None:
+        """The ready runtime, handed this run's environment and directory; None when none is ready
+        or its interpreter settings differ from the run's (the run then starts cold)."""
+        settings = _interpreter_settings(env)
+        with self._lock:
+            proc = self._proc
+            if proc is None or not self._ready.is_set():
+                if proc is not None and proc.poll() is not None:
+                    self.usable = False  # it could not prepare (see runtime.standby): runs start cold
+                    self._proc = None
+                return None
+            self._proc = None
+            mismatch = settings != _interpreter_settings(self._env)
+            self.settings = settings  # the next one is made for runs like this one
+        if mismatch or proc.poll() is not None:
+            _stop(proc)
+            return None
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps({"env": dict(env), "cwd": str(cwd)}) + "\n").encode())
+            proc.stdin.close()
+        except OSError:  # it died between the check and the write
+            _stop(proc)
+            return None
+        return proc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            _stop(proc)
+
+
+def _await_ready(proc: subprocess.Popen[bytes], ready: threading.Event) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode("utf-8", "replace")
+    if line.startswith(CONTROL_PREFIX) and '"standby"' in line:
+        ready.set()
+
+
+def _interpreter_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """What a started interpreter has already applied: a run that needs other values starts cold."""
+    keep = ("PYTHON", "LD_", "PREFECT_LOGGING_")
+    return {k: v for k, v in env.items() if k.startswith(keep) and k != "PYTHONUNBUFFERED"}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 def _control_only(sink: Sink) -> Sink:
     """With stream_output false only the runtime's control lines are passed on."""
-    from buildsys.runtime import CONTROL_PREFIX
-
     def filtered(stream: str, line: str) -> None:
         if line.startswith(CONTROL_PREFIX):
             sink(stream, line)
