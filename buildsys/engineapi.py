@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from buildsys.prefectengine import API_KEY_ENV, API_URL_ENV, RUN_ID_ENV
+from buildsys.prefectengine import API_AUTH_ENV, API_KEY_ENV, API_URL_ENV, RUN_ID_ENV
 from buildsys.store.base import StateStore
 
 __all__ = ["PREFECT_API_PATH", "EngineApi"]
@@ -35,13 +35,14 @@ class EngineApi:
         return self.store.url.startswith(("http://", "https://"))
 
     def environment(self, run_id: str) -> dict[str, str]:
-        """PREFECT_API_URL, PREFECT_API_KEY and PREFECT__FLOW_RUN_ID for one run."""
+        """PREFECT_API_URL, PREFECT_API_KEY (and the same key as PREFECT_API_AUTH_STRING, for the
+        events websockets) and PREFECT__FLOW_RUN_ID for one run."""
         env = {RUN_ID_ENV: run_id}
         if self.remote:
             env[API_URL_ENV] = self.store.url.rstrip("/") + PREFECT_API_PATH
             token = getattr(self.store, "token", None) or os.environ.get("BUILDSYS_TOKEN")
             if token:
-                env[API_KEY_ENV] = str(token)
+                env.update(_credentials(str(token)))
             return env
         with self._lock:
             if self._embedded is None:
@@ -50,7 +51,7 @@ class EngineApi:
             key = self._keys.get(run_id) or str(self._embedded.issue_key(run_id))
             self._keys[run_id] = key
         env[API_URL_ENV] = self._url
-        env[API_KEY_ENV] = key
+        env.update(_credentials(key))
         return env
 
     def release(self, run_id: str) -> None:
@@ -66,6 +67,10 @@ class EngineApi:
             self._keys.clear()
         if embedded is not None:
             embedded.stop()
+
+
+def _credentials(key: str) -> dict[str, str]:
+    return {API_KEY_ENV: key, API_AUTH_ENV: f"buildsys:{key}"}
 
 
 def _embedded_api(store: StateStore) -> Any:

@@ -25,6 +25,9 @@ SUPPORTED_MAJOR = 3
 RUN_ID_ENV = "PREFECT__FLOW_RUN_ID"
 API_URL_ENV = "PREFECT_API_URL"
 API_KEY_ENV = "PREFECT_API_KEY"
+# Prefect's events websockets authenticate only with an auth string (user:password), never the key:
+# buildsys's API takes "buildsys:<key>" there, and as HTTP Basic (which the string makes Prefect use).
+API_AUTH_ENV = "PREFECT_API_AUTH_STRING"
 # Console lines whose log record Prefect also sent to the API: the worker echoes them but does not
 # store them a second time (they are in the run's logs with their level and logger already).
 API_MARK = "::buildsys-api::"
