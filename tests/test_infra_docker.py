@@ -96,6 +96,69 @@ def test_container_kwargs_from_a_job_configuration() -> None:
     assert "network_mode" not in remote.container_kwargs(job)
 
 
+def test_the_runs_prefect_api_wins_over_the_job_env_and_brings_host_networking() -> None:
+    config = {"image": "img:1", "env": {"PREFECT_API_URL": "https://api.prefect.cloud/api/x", "A": "1"}}
+    owned = {"PREFECT_API_URL": "http://127.0.0.1:41000/api", "PREFECT_API_KEY": "k", "PREFECT__FLOW_RUN_ID": "r1"}
+    job = Job("r1", "brave-otter", "etl", "etl/prod", "dock", "w1", config, {"entrypoint": "f.py:f"}, owned_env=owned)
+    remote_store = DockerInfrastructure(store_url="https://store.example.com", mount_runtime=False)
+    kwargs = remote_store.container_kwargs(job)
+    assert kwargs["network_mode"] == "host"  # the worker's own API is on its loopback
+    assert {k: kwargs["environment"][k] for k in (*owned, "A")} == {**owned, "A": "1"}
+    assert "network_mode" not in remote_store.container_kwargs(
+        Job("r1", "n", "etl", "etl/prod", "dock", "w1", config, {}, owned_env={"PREFECT_API_URL": "https://store.example.com/prefect/api"})
+    )
+
+
+PREFECT_FLOW = """
+from prefect import flow, get_run_logger, task
+
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+
+@flow
+def contained(n: int) -> int:
+    get_run_logger().info("in a container: %s", type(n).__name__)
+    return square(n)
+"""
+
+
+def test_prefect_flow_in_a_container_runs_through_the_engine_against_the_workers_api(
+    store: StateStore, project: Path, workers: Workers, base_image: str, tmp_path: Path
+) -> None:
+    # no image with Prefect is built here: the base image (the host's Python) gets this venv's
+    # site-packages read-only on PYTHONPATH, which is what an image with `pip install prefect` has
+    import sys
+
+    site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
+    (project / "flows" / "pf.py").write_text(PREFECT_FLOW)
+    docker_pool(store, base_image, auto_remove=True)
+    spec = {
+        "flow_name": "contained",
+        "name": "docker",
+        "entrypoint": "flows/pf.py:contained",
+        "parameters": {},
+        "work_pool_name": "dock",
+        "job_variables": {
+            "volumes": [f"{project}:/app:ro", f"{site_packages}:/opt/site:ro"],
+            "env": {"PYTHONPATH": "/opt/site", "PREFECT_HOME": "/tmp/prefect-home"},
+        },
+        "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}],
+    }
+    store.apply([Change("create", "deployment", "contained/docker", spec=spec)], expected_serial=None)
+    worker = workers.start("--name", "dw", pool="dock")
+    run = store.create_run("contained/docker", parameters={"n": "7"})
+    done = final(store, run, timeout=180)
+    wait_for(lambda: f"Run {run.name} ({run.id[:8]}) → " in workers.output(worker), 60, "the worker to conclude")
+    assert (done.state, done.state_message) == ("COMPLETED", None), log_lines(store, run)
+    records = [(x.logger, x.message) for x in store.read_logs(run.id) if x.stream == "prefect"]
+    assert ("prefect.flow_runs", "in a container: int") in records  # "7" was coerced by the engine
+    tasks = store.list_task_runs(run.id)  # type: ignore[attr-defined]
+    assert [(t.state, t.name.rsplit("-", 1)[0]) for t in tasks] == [("COMPLETED", "square")]
+
+
 def test_docker_run_end_to_end_with_host_networking(
     store: StateStore, project: Path, workers: Workers, base_image: str, docker_client: Any
 ) -> None:

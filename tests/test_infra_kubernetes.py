@@ -63,6 +63,20 @@ def test_manifest_from_the_default_template_is_a_valid_job() -> None:
     ]
 
 
+def test_the_runs_prefect_api_is_in_the_env_and_a_loopback_one_means_host_network() -> None:
+    config = job_configuration(default_job_template("kubernetes"), {"image": "img:1"}, None, env={})
+    owned = {"PREFECT_API_URL": "http://127.0.0.1:41000/api", "PREFECT_API_KEY": "k", "PREFECT__FLOW_RUN_ID": "run-1"}
+    manifest = build_job(Job("run-1", "brave-otter", "etl", "etl/prod", "k8s", "w1", config, {}, owned_env=owned))
+    validate_manifest(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert {k: env[k] for k in owned} == owned
+    server = {**owned, "PREFECT_API_URL": "https://buildsys.example.com/prefect/api"}
+    manifest = build_job(Job("run-1", "brave-otter", "etl", "etl/prod", "k8s", "w1", config, {}, owned_env=server))
+    assert "hostNetwork" not in manifest["spec"]["template"]["spec"]
+
+
 def test_command_string_and_hard_coded_env_entries() -> None:
     template = default_job_template("kubernetes")
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
