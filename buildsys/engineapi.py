@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from buildsys.prefectengine import API_AUTH_ENV, API_KEY_ENV, API_URL_ENV, RUN_ID_ENV
 from buildsys.store.base import StateStore
+
+if TYPE_CHECKING:
+    from buildsys.prefectapi import EmbeddedApi
 
 __all__ = ["PREFECT_API_PATH", "EngineApi"]
 
@@ -25,7 +28,7 @@ class EngineApi:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._embedded: Any = None
+        self._embedded: EmbeddedApi | None = None
         self._url = ""
         self._keys: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -46,7 +49,9 @@ class EngineApi:
             return env
         with self._lock:
             if self._embedded is None:
-                self._embedded = _embedded_api(self.store)
+                from buildsys.prefectapi import EmbeddedApi
+
+                self._embedded = EmbeddedApi(self.store)
                 self._url = str(self._embedded.start())
             key = self._keys.get(run_id) or str(self._embedded.issue_key(run_id))
             self._keys[run_id] = key
@@ -72,8 +77,3 @@ class EngineApi:
 def _credentials(key: str) -> dict[str, str]:
     return {API_KEY_ENV: key, API_AUTH_ENV: f"buildsys:{key}"}
 
-
-def _embedded_api(store: StateStore) -> Any:
-    import importlib
-
-    return importlib.import_module("buildsys.prefectapi").EmbeddedApi(store)
