@@ -8,7 +8,6 @@ Secrets stay templates: block, variable and env placeholders are kept exactly as
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from typing import Any
 from buildsys.entrypoints import FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
+from buildsys.selector import select_deployments
 from buildsys.templating import UNKNOWN, Scope, placeholders, render
 
 UNKNOWN_TEXT = str(UNKNOWN)
@@ -117,26 +117,6 @@ def project_identity(
     if remote_url and file_in_repo:
         return f"{remote_url}#{file_in_repo}"
     return project.root.name
-
-
-def select_deployments(project: Project, patterns: Sequence[str] | None) -> tuple[Deployment, ...]:
-    """Deployments whose name (or `flow/name` with the entrypoint's function) matches a pattern."""
-    if not patterns:
-        return project.deployments
-    chosen = [d for d in project.deployments if any(_matches(d, p) for p in patterns)]
-    unmatched = [p for p in patterns if not any(_matches(d, p) for d in chosen)]
-    if unmatched:
-        known = ", ".join(d.name for d in project.deployments) or "none"
-        raise DesiredStateError(
-            f"no deployment matches {', '.join(repr(p) for p in unmatched)}",
-            hint=f"deployments in {project.file}: {known}",
-        )
-    return tuple(chosen)
-
-
-def _matches(d: Deployment, pattern: str) -> bool:
-    func = (d.entrypoint or "").rsplit(":", 1)[-1].rsplit(".", 1)[-1].replace("_", "-")
-    return fnmatch.fnmatchcase(d.name, pattern) or fnmatch.fnmatchcase(f"{func}/{d.name}", pattern)
 
 
 def desired_state(

@@ -11,11 +11,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
-from buildsys.errors import BuildsysError, Diagnostic, ProjectError
-from buildsys.model import Deployment, Project, StepSpec
+from buildsys.errors import Diagnostic, ProjectError
+from buildsys.model import Project, StepSpec
 from buildsys.templating import Placeholder, placeholders
 
 
@@ -76,26 +75,6 @@ class StepGraph:
         return out
 
 
-def select_deployments(project: Project, patterns: Sequence[str]) -> list[Deployment]:
-    """Deployments by name or glob (also `flow-name/deployment` forms); unknown names are errors."""
-    if not patterns:
-        return list(project.deployments)
-    chosen: list[Deployment] = []
-    for pattern in patterns:
-        name = pattern.split("/", 1)[1] if "/" in pattern else pattern
-        matched = [d for d in project.deployments if fnmatchcase(d.name, name)]
-        if not matched:
-            from buildsys.suggest import did_you_mean
-
-            names = [d.name for d in project.deployments]
-            raise BuildsysError(
-                f"no deployment matches {pattern!r}",
-                hint=did_you_mean(name, names) or (f"deployments: {', '.join(names)}" if names else "the project has none"),
-            )
-        chosen.extend(d for d in matched if d not in chosen)
-    return chosen
-
-
 def build_graph(
     project: Project,
     *,
@@ -111,6 +90,8 @@ def build_graph(
     graph = StepGraph()
     problems: list[Diagnostic] = []
     chains: list[tuple[str, list[StepSpec]]] = []
+    from buildsys.selector import select_deployments
+
     selected = select_deployments(project, deployments)
     if selected:
         for d in selected:

@@ -409,7 +409,7 @@ def _plan_summary(planned: Any) -> str:
 
 
 def _start_run(store: Any, deployment: str) -> str:
-    from buildsys.cli.run import find_deployment
+    from buildsys.selector import find_deployment
 
     resource = find_deployment(store, deployment)
     created = store.create_run(resource.name)

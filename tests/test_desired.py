@@ -19,6 +19,7 @@ from buildsys.entrypoints import SourceReader, flow_info, parse_entrypoint
 from buildsys.errors import ProjectError, TemplateError
 from buildsys.project import load_project
 from buildsys.revision import RevisionError, open_revision, strip_credentials
+from buildsys.selector import SelectionError
 from buildsys.templating import UNKNOWN
 
 
@@ -282,7 +283,7 @@ def test_selection_by_name_glob_and_flow(tmp_path: Path) -> None:
     _, state = read_desired(file, select=["*-prod", "other/b"])
     assert [r.name for r in state.resources] == ["load-all/a-prod", "other/b"]
     assert state.partial
-    with pytest.raises(DesiredStateError, match="no deployment matches 'nope'"):
+    with pytest.raises(SelectionError, match="no deployment matches 'nope'"):
         read_desired(file, select=["nope"])
 
 

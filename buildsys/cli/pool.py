@@ -118,7 +118,7 @@ def preview(app: App, deployment: str, job_vars: tuple[str, ...]) -> None:
 
 def _resolve(app: App, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, Any], str]:
     """(deployment spec, pool name, pool spec, where they came from)."""
-    from buildsys.cli.run import find_deployment
+    from buildsys.selector import find_deployment
 
     store = app.open_store()
     try:

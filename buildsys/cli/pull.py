@@ -28,8 +28,8 @@ def pull(app: App, deployment: str) -> None:
     """
     from buildsys.engine import cached_namespace
     from buildsys.errors import BuildsysError
-    from buildsys.graph import select_deployments
     from buildsys.runtime import RuntimeFailure, run_pull_steps
+    from buildsys.selector import select_deployments
     from buildsys.templating import Scope, render
 
     project = app.load_project()

@@ -18,7 +18,7 @@ import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
-from buildsys.errors import BuildsysError, NotFoundError
+from buildsys.errors import BuildsysError
 
 if TYPE_CHECKING:
     from buildsys.store.base import FlowRun, Resource, StateStore
@@ -63,6 +63,7 @@ def run(
 ) -> None:
     """Create a flow run of DEPLOYMENT ("flow/deployment", or the deployment name when unique)."""
     from buildsys.pools import parse_job_variable
+    from buildsys.selector import find_deployment
 
     parameters = dict(parse_param(p) for p in params)
     job_variables = dict(parse_job_variable(j) for j in job_vars)
@@ -97,27 +98,6 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(raw)
     except ValueError:
         return key.strip(), raw
-
-
-def find_deployment(store: StateStore, name: str) -> Resource:
-    """A deployment by resource name ("flow/deployment") or by deployment name when unique."""
-    exact = store.get_resource("deployment", name)
-    if exact is not None:
-        return exact
-    all_deployments = store.list_resources("deployment")
-    matches = [d for d in all_deployments if d.spec.get("name") == name or d.name.split("/", 1)[-1] == name]
-    if len(matches) == 1:
-        return matches[0]
-    known = ", ".join(d.name for d in all_deployments) or "none (run `buildsys apply` first)"
-    if matches:
-        raise NotFoundError(
-            f"deployment name {name!r} is ambiguous: {', '.join(d.name for d in matches)}",
-            hint="use the full name FLOW/DEPLOYMENT",
-        )
-    from buildsys.suggest import did_you_mean
-
-    guess = did_you_mean(name, [d.name for d in all_deployments] + [d.name.split("/", 1)[-1] for d in all_deployments])
-    raise NotFoundError(f"no deployment {name!r} in the state store", hint=(guess + "; " if guess else "") + f"deployments: {known}")
 
 
 def check_run(
