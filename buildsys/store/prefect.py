@@ -11,6 +11,7 @@ written. Flow runs and logs are Prefect's own; Prefect's workers run them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,12 @@ from buildsys.store.base import Change, Resource, WorkerInfo
 from buildsys.store.prefect_api import PrefectApi
 from buildsys.store.prefect_runs import PrefectRuns
 
+# the Prefect collections each kind is read from
+_READS = {
+    "variable": ("variables",),
+    "pool": ("variables", "work_pools", "work_queues"),
+    "deployment": ("deployments", "flows", "automations"),
+}
 META = "_prefect"  # spec key holding Prefect's ids and `updated` stamp (never compared, never written)
 
 
@@ -45,15 +52,27 @@ class PrefectStore(PrefectRuns):
 
     # --- reading ---------------------------------------------------------------------------
     def list_resources(self, kind: str | None = None) -> list[Resource]:
+        """Everything of the kind(s), read with one listing per Prefect collection, in parallel."""
+        if kind is not None and kind not in _READS:
+            raise StateError(f"unknown resource kind {kind!r}", hint="one of: variable, pool, deployment")
+        wanted = [k for k in ("variables", "work_pools", "work_queues", "deployments", "flows", "automations")
+                  if kind is None or k in _READS[kind]]
+        with ThreadPoolExecutor(len(wanted)) as pool:
+            jobs = {k: pool.submit(self._all, k) for k in wanted}
+            got = {k: job.result() for k, job in jobs.items()}
         out: list[Resource] = []
-        variables = list(self.api.pages("/variables/filter")) if kind in (None, "variable", "pool") else []
+        variables = got.get("variables", [])
         if kind in (None, "variable"):
             out += [self._variable(v) for v in variables if not v["name"].startswith(specs.POOL_OWNER_VARIABLE)]
         if kind in (None, "pool"):
-            out += self._pools(variables)
+            out += self._pools(got["work_pools"], got["work_queues"], variables)
         if kind in (None, "deployment"):
-            out += self._deployments(list(self.api.pages("/deployments/filter")))
+            flows = {f["id"]: f["name"] for f in got["flows"]}
+            out += self._deployments(got["deployments"], flows, got["automations"])
         return out
+
+    def _all(self, collection: str) -> list[Any]:
+        return list(self.api.pages(f"/{collection}/filter"))
 
     def get_resource(self, kind: str, name: str) -> Resource | None:
         if kind == "variable":
@@ -73,22 +92,22 @@ class PrefectStore(PrefectRuns):
                 data = self.api.get(f"/deployments/name/{_seg(flow)}/{_seg(dep)}")
             except NotFoundError:
                 return None
-            return self._deployments([data])[0]
+            flows = {data["flow_id"]: flow}
+            return self._deployments([data], flows, list(self.api.pages("/automations/filter")))[0]
         raise StateError(f"unknown resource kind {kind!r}", hint="one of: variable, pool, deployment")
 
     def _variable(self, v: Mapping[str, Any]) -> Resource:
         spec = {**specs.variable_spec(v), META: _meta(v, v.get("updated"))}
         return _resource("variable", v["name"], spec, v, specs.owner_of(v.get("tags") or []))
 
-    def _pools(self, variables: Sequence[Mapping[str, Any]]) -> list[Resource]:
-        pools = list(self.api.pages("/work_pools/filter"))
-        if not pools:
-            return []
-        queues: dict[str, list[Mapping[str, Any]]] = {}
-        for q in self.api.pages("/work_queues/filter"):
-            queues.setdefault(str(q.get("work_pool_id")), []).append(q)
+    def _pools(
+        self, pools: Sequence[Mapping[str, Any]], queues: Sequence[Mapping[str, Any]], variables: Sequence[Mapping[str, Any]]
+    ) -> list[Resource]:
+        by_pool: dict[str, list[Mapping[str, Any]]] = {}
+        for q in queues:
+            by_pool.setdefault(str(q.get("work_pool_id")), []).append(q)
         owners = {v["name"]: v for v in variables if v["name"].startswith(specs.POOL_OWNER_VARIABLE)}
-        return [self._pool(p, queues.get(p["id"], []), owners.get(specs.pool_owner_variable(p["name"]))) for p in pools]
+        return [self._pool(p, by_pool.get(p["id"], []), owners.get(specs.pool_owner_variable(p["name"]))) for p in pools]
 
     def _pool(
         self, p: Mapping[str, Any], queues: Sequence[Mapping[str, Any]], owner: Mapping[str, Any] | None
@@ -100,13 +119,11 @@ class PrefectStore(PrefectRuns):
         spec[META] = {**_meta(p, _latest(stamps)), "queues": {q["name"]: q["id"] for q in queues}}
         return replace(_resource("pool", p["name"], spec, p, record.get("owner")), source=record.get("source"))
 
-    def _deployments(self, deployments: Sequence[Mapping[str, Any]]) -> list[Resource]:
-        if not deployments:
-            return []
-        flow_ids = sorted({str(d["flow_id"]) for d in deployments})
-        flows = {f["id"]: f["name"] for f in self.api.pages("/flows/filter", {"flows": {"id": {"any_": flow_ids}}})}
+    def _deployments(
+        self, deployments: Sequence[Mapping[str, Any]], flows: Mapping[str, str], automations: Sequence[Mapping[str, Any]]
+    ) -> list[Resource]:
         triggers: dict[str, list[Mapping[str, Any]]] = {}
-        for a in self.api.pages("/automations/filter"):
+        for a in automations:
             target = specs.automation_deployment(a)
             if target and specs.TRIGGER_TAG in (a.get("tags") or []):
                 triggers.setdefault(target, []).append(a)

@@ -54,12 +54,23 @@ class PrefectApi:
         headers = {"Accept": "application/json", "User-Agent": "buildsys"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        if transport is None and self.base.startswith("http://"):
+            # plain HTTP needs no certificates: loading the CA bundle is most of a Client's start-up
+            transport = httpx.HTTPTransport(verify=False)
         self.client = httpx.Client(
             base_url=self.base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
         )
 
+        self._flows: dict[str, str] = {}
+
     def close(self) -> None:
         self.client.close()
+
+    def flow_id(self, name: str) -> str:
+        """The id of the flow with this name, made if missing (once per name and client)."""
+        if name not in self._flows:
+            self._flows[name] = str(self.write("POST", "/flows/", {"name": name})["id"])
+        return self._flows[name]
 
     def get(self, path: str) -> Any:
         return self.call("GET", path, read=True)

@@ -129,11 +129,10 @@ def _delete_pool(api: PrefectApi, current: Resource) -> None:
 def _put_deployment(api: PrefectApi, spec: Mapping[str, Any], owner: str | None, current: Resource | None) -> None:
     tags = [*(spec.get("tags") or []), *specs.owner_tags(owner)]
     if current is None:
-        flow = api.write("POST", "/flows/", {"name": spec["flow_name"]})
         body = specs.deployment_payload(spec, specs.DEPLOYMENT_FIELDS)
         body.update(
             name=spec["name"],
-            flow_id=flow["id"],
+            flow_id=api.flow_id(spec["flow_name"]),
             tags=tags,
             schedules=[specs.schedule_payload(s) for s in spec.get("schedules") or []],
         )
