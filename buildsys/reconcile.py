@@ -45,7 +45,7 @@ class PartialApplyError(BuildsysError):
         done = "; ".join(_said(c) for c in written) or "nothing"
         super().__init__(
             f"apply stopped at {failed.action} of {failed.address}: {cause.message}. "
-            f"Written before it: {done}. Not written: {failed.address} (it may be partly written) and "
+            f"Written before it: {done}. Not written: {failed.address} (or only the part the error names) and "
             f"{left} change(s) after it. The store has no transactions, so nothing was rolled back",
             hint=(cause.hint + "; then " if cause.hint else "fix the cause, then ")
             + "run `buildsys plan` again: its plan finishes the job",

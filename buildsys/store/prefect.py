@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from buildsys.errors import NotFoundError, StateError
+from buildsys.errors import BuildsysError, NotFoundError, StateError
 from buildsys.store import prefect_specs as specs
 from buildsys.store.base import Change, Resource, WorkerInfo
 from buildsys.store.prefect_api import PrefectApi
@@ -184,7 +184,16 @@ class PrefectStore(PrefectRuns):
     def apply_change(self, change: Change, current: Resource | None) -> None:
         from buildsys.store import prefect_writes as writes
 
-        writes.apply_change(self.api, change, current)
+        before = len(self.api.written)
+        try:
+            writes.apply_change(self.api, change, current)
+        except BuildsysError as exc:
+            done = self.api.written[before:]
+            if not done:
+                raise
+            raise StateError(
+                f"{exc.message} (for this change Prefect had already accepted: {', '.join(done)})", hint=exc.hint
+            ) from None
 
     def export(self) -> dict[str, Any]:
         return {"version": 1, "serial": 0, "resources": [r.to_dict() for r in self.list_resources()], "runs": []}

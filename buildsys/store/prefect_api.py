@@ -62,6 +62,7 @@ class PrefectApi:
         )
 
         self._flows: dict[str, str] = {}
+        self.written: list[str] = []  # the writes Prefect accepted, in order
 
     def close(self) -> None:
         self.client.close()
@@ -89,7 +90,9 @@ class PrefectApi:
             offset += len(items)
 
     def write(self, method: str, path: str, body: Any = None) -> Any:
-        return self.call(method, path, body=body, read=False)
+        result = self.call(method, path, body=body, read=False)
+        self.written.append(f"{method} {path}")
+        return result
 
     def call(self, method: str, path: str, *, body: Any = None, read: bool) -> Any:
         attempts = RETRIES + 1

@@ -234,6 +234,24 @@ def test_failure_mid_apply_reports_what_was_written_and_next_plan_finishes(prefe
         store.close()
 
 
+def test_failure_inside_a_change_names_what_prefect_accepted(prefect_server: PrefectServer, tmp_path: Path, uid: str) -> None:
+    counting = Counting(fail=lambda method, path: method == "POST" and path.endswith("/automations/"))
+    store = open_store(prefect_server.api_url, counting)
+    try:
+        yaml = shop(tmp_path, uid)
+        with pytest.raises(PartialApplyError) as info:
+            apply(store, make_plan(store, desired(yaml)))
+        assert f"apply stopped at create of deployment {uid}-etl/nightly" in info.value.message
+        assert "(for this change Prefect had already accepted: POST /deployments/)" in info.value.message
+        counting.fail = None
+        rest = make_plan(store, desired(yaml))  # the deployment is there, its trigger is not
+        assert changed_fields(rest) == {f"deployment {uid}-etl/nightly": ["triggers"]}
+        apply(store, rest)
+        assert not make_plan(store, desired(yaml)).has_changes
+    finally:
+        store.close()
+
+
 def test_prefect_refusal_stops_apply(prefect_server: PrefectServer, tmp_path: Path, uid: str) -> None:
     """A variable value longer than Prefect allows (5,000 characters) is refused by Prefect itself."""
     yaml = write_project(tmp_path / "p", f"""
