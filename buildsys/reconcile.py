@@ -145,7 +145,7 @@ def apply_stepwise(store: StateStore, plan: Plan) -> ApplyResult:
 
 
 def adopt(store: StateStore, kind: str, name: str, owner: str) -> Resource:
-    """Make `owner` the owner of a resource made outside buildsys (`buildsys import`), unchanged
+    """Make `owner` the owner of a resource made outside buildsys (`buildsys state adopt`), unchanged
     otherwise; the next plan shows how it differs from the project."""
     from buildsys.errors import NotFoundError
 
@@ -157,7 +157,7 @@ def adopt(store: StateStore, kind: str, name: str, owner: str) -> Resource:
     if have.owner is not None:
         raise ConflictError(
             f"{kind} {name} is already managed by project {have.owner!r}",
-            hint="only unmanaged resources are imported; a plan of this project takes it over with a warning",
+            hint="only unmanaged resources are adopted; a plan of this project takes it over with a warning",
         )
     change = Change("update", kind, name, dict(have.spec), owner, None)
     if isinstance(store, StepwiseStore):

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from buildsys.cli.adopt import adopt
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import StateError
 
@@ -19,6 +20,9 @@ from buildsys.errors import StateError
 @click.group()
 def state() -> None:
     """Show, export and import the state store (--state, default .buildsys/state.db)."""
+
+
+state.add_command(adopt)
 
 
 @state.command("show")

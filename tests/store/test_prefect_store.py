@@ -199,8 +199,14 @@ def test_prune_deletes_only_owned_and_import_adopts(prefect_server: PrefectServe
         assert [c.address for c in made.changes if c.action == "delete"] == [f"deployment {uid}-etl/hourly"]
         assert any(f"deployment {uid}-etl/by-hand exists in the store but was not made by buildsys" in w for w in made.warnings)
         assert f"deployment {uid}-etl/by-hand" not in [c.address for c in made.changes]
-        # imported, it is this project's; the next plan shows how it differs from the project
-        assert adopt(store, "deployment", f"{uid}-etl/by-hand", f"{uid}-shop").owner == f"{uid}-shop"
+        # adopted (the CLI), it is this project's; the next plan shows how it differs from the project
+        env = {**os.environ, "BUILDSYS_STATE": f"prefect+{prefect_server.api_url}"}
+        out = subprocess.run([*BUILDSYS, "state", "adopt", "deployment", "by-hand"], cwd=yaml.parent, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert f"Adopted deployment {uid}-etl/by-hand: now managed by project '{uid}-shop'" in out.stdout
+        with pytest.raises(ConflictError, match="already managed by project"):
+            adopt(store, "deployment", f"{uid}-etl/by-hand", "another-project")
         made = make_plan(store, desired(yaml), prune=True)
         by_hand = next(c for c in made.changes if c.name == f"{uid}-etl/by-hand")
         assert by_hand.action == "update" and "description" in [f.path for f in by_hand.fields]
