@@ -24,8 +24,6 @@ from buildsys.store.base import (
 )
 from buildsys.store.prefect_api import PrefectApi
 
-_STREAM = {10: "debug", 20: "stdout", 30: "stderr", 40: "stderr", 50: "stderr"}
-
 
 class WorkersElsewhereError(StateError):
     """A worker-side call against a Prefect server, whose runs Prefect's workers serve."""
@@ -123,7 +121,10 @@ class PrefectRuns:
                 seq=after + i + 1,
                 ts=_epoch(line.get("timestamp")) or 0.0,
                 message=str(line.get("message") or ""),
-                stream=_STREAM.get(int(line.get("level") or 20), "stdout"),
+                stream="prefect",
+                level=int(line.get("level") or 20),
+                logger=line.get("name"),
+                task_run_id=line.get("task_run_id"),
             )
             for i, line in enumerate(self.api.read("/logs/filter", body))
         ]
@@ -161,7 +162,8 @@ class PrefectRuns:
             where["flow_run_id"] = {"any_": [flow_run_id]}
         if key is not None:
             where["key"] = {"any_": [key]}
-        found = self.api.read("/artifacts/filter", {"artifacts": where, "sort": "CREATED_ASC", "limit": 200})
+        # Prefect sorts artifacts newest first only: read that way, return oldest first
+        found = self.api.read("/artifacts/filter", {"artifacts": where, "sort": "CREATED_DESC", "limit": 200})[::-1]
         return [
             Artifact(
                 id=str(a["id"]), flow_run_id=a.get("flow_run_id"), task_run_id=a.get("task_run_id"), key=a.get("key"),

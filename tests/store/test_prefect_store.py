@@ -320,6 +320,22 @@ def test_saved_plan_applies_when_only_updated_moved(prefect_server: PrefectServe
 # --- the command line: plan/apply, state show, worker, run with Prefect's own worker ----------
 
 
+HELLO = """from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+
+@task
+def step() -> int:
+    return 1
+
+
+@flow(name="{flow}")
+def hello() -> None:
+    step()
+    create_markdown_artifact("# done", key="{key}")
+"""
+
+
 def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: PrefectServer, prefect_python: str, tmp_path: Path, uid: str) -> None:
     yaml = write_project(tmp_path / "w", f"""
         name: {uid}-w
@@ -329,7 +345,7 @@ def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: Pre
           - name: once
             entrypoint: flows/hello.py:hello
             work_pool: {{name: {uid}-wpool}}
-    """, {"flows/hello.py": flow_source("hello", f"{uid}-hello")})
+    """, {"flows/hello.py": HELLO.format(flow=f"{uid}-hello", key=f"{uid}-report")})
     env = {**os.environ, "BUILDSYS_STATE": f"prefect+{prefect_server.api_url}"}
     env.pop("PREFECT_API_KEY", None)
 
@@ -363,7 +379,16 @@ def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: Pre
         done = wait_for(lambda: store.get_run(run.id).is_terminal and store.get_run(run.id), 120, "the run to finish")
         assert done.state == COMPLETED, done
         logs = cli("runs", "logs", run.id)
-        assert f"Beginning flow run {done.name!r} for flow '{uid}-hello'\nFinished in state Completed()" in logs.stdout, logs.stdout + logs.stderr
+        assert f"Beginning flow run {done.name!r} for flow '{uid}-hello'" in logs.stdout, logs.stdout + logs.stderr
+        assert "Finished in state Completed()" in logs.stdout
+        assert any(line.logger == "prefect.flow_runs" and line.level == 20 for line in store.read_logs(run.id))
+        tasks = store.list_task_runs(run.id)
+        assert [(t.name.split("-")[0], t.state) for t in tasks] == [("step", COMPLETED)]
+        assert [a.key for a in store.list_artifacts(flow_run_id=run.id)] == [f"{uid}-report"]
+        limit = store.set_concurrency_limit(f"{uid}-db", 3)
+        assert limit is not None and (limit.name, limit.limit) == (f"{uid}-db", 3)
+        assert (f"{uid}-db", 3) in [(x.name, x.limit) for x in store.list_concurrency_limits()]
+        assert store.set_concurrency_limit(f"{uid}-db", None) is None
     finally:
         store.close()
         os.killpg(worker.pid, signal.SIGTERM)
