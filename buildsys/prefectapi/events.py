@@ -226,19 +226,26 @@ async def _drain(ws: WebSocket) -> None:
         await ws.receive_text()
 
 
+# what to ask the store for each pushed event: (state types, state names or None)
+_QUERIES: dict[str, list[tuple[list[str], list[str] | None]]] = {
+    "prefect.flow-run.Cancelling": [([CANCELLING], None), ([CANCELLED], ["Cancelling"])],
+    "prefect.flow-run.Suspended": [([PAUSED], ["Suspended"])],
+}
+
+
 async def _push(
     ws: WebSocket, services: Services, wanted: tuple[frozenset[str], frozenset[str] | None], listener: asyncio.Task[None]
 ) -> None:
     names, runs = wanted
-    states = sorted({CANCELLING, CANCELLED, PAUSED} if names else set())
+    ids = sorted(runs) if runs is not None else None
     sent: set[tuple[str, str]] = set()
     while not listener.done():
-        if states:
-            found = await services.run(
-                services.store.find_runs, ids=sorted(runs) if runs is not None else None, states=states, limit=1000
-            )
-            for run in found:
-                for name in names:
+        for name in sorted(names):
+            for states, state_names in _QUERIES[name]:
+                found = await services.run(
+                    services.store.find_runs, ids=ids, states=states, state_names=state_names, limit=1000
+                )
+                for run in found:
                     key = (run.id, state_id(run))
                     if _PUSHED[name](run) and key not in sent:
                         sent.add(key)
