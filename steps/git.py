@@ -9,9 +9,11 @@ also runs inside flow-run containers.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -302,9 +304,12 @@ def _update(ctx: Context, spec: CloneSpec, dest: Path, env: Mapping[str, str]) -
 
 @contextmanager
 def _locked(dest: Path) -> Iterator[None]:
-    """Serialise clones into one destination on this machine (``<dest>.lock``, as Prefect does)."""
-    lock_path = dest.with_name(dest.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    """Serialise clones into one destination on this machine. The lock file lives in a per-user
+    folder of the temp dir, keyed on the destination's absolute path, so that nothing is left
+    beside the clone (a `<dest>.lock` in a project would show up in git status)."""
+    folder = Path(tempfile.gettempdir()) / f"buildsys-git-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    lock_path = folder / (hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:32] + ".lock")
     with lock_path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
