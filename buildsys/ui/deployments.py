@@ -3,6 +3,7 @@ deployment's `parameter_schema`, job-variable overrides checked against the pool
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Mapping
@@ -53,8 +54,19 @@ def run_fields(deployment: Resource, pool: Resource | None) -> tuple[tuple[Field
     """The Run form: parameter fields (showing the deployment's values) and job-variable override
     fields (empty: only what is filled in overrides)."""
     params = fields_for(parameter_schema(deployment), dict(deployment.spec.get("parameters") or {}))
-    job = fields_for(variables_schema(template_of(pool)), prefix=JV, fill_defaults=False) if pool else ()
+    job = fields_for(effective_schema(deployment, pool), prefix=JV, fill_defaults=False) if pool else ()
     return params, job
+
+
+def effective_schema(deployment: Resource, pool: Resource) -> dict[str, Any]:
+    """The pool's variables schema with each default as this deployment's runs get it (the
+    deployment's job variables over the pool's), so an empty override field shows what applies."""
+    schema = copy.deepcopy(variables_schema(template_of(pool)))
+    properties = schema.get("properties", {})
+    for name, value in dict(deployment.spec.get("job_variables") or {}).items():
+        if isinstance(properties.get(name), dict):
+            properties[name]["default"] = value
+    return schema
 
 
 async def deployment_page(ui: Ui, request: Request, who: Viewer) -> Response:
@@ -75,7 +87,6 @@ def _page(
     status: int = 200,
 ) -> Response:
     spec = deployment.spec
-    effective = dict(variables_defaults(pool)) | dict(spec.get("job_variables") or {})
     return ui.render(
         request,
         who,
@@ -87,18 +98,10 @@ def _page(
         schedules=schedule_rows(deployment),
         params=params,
         job=job,
-        effective=effective,
         errors=errors,
         free_parameters=not params,
         pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str),
     )
-
-
-def variables_defaults(pool: Resource | None) -> dict[str, Any]:
-    if pool is None:
-        return {}
-    props = variables_schema(template_of(pool)).get("properties", {})
-    return {k: v["default"] for k, v in props.items() if isinstance(v, Mapping) and "default" in v}
 
 
 def schedule_rows(deployment: Resource) -> list[dict[str, Any]]:
@@ -145,7 +148,7 @@ async def create_run(ui: Ui, request: Request, who: Viewer) -> Response:
     if errors:
         shown_params = fields_for(parameter_schema(deployment), submitted(params, data), fill_defaults=False)
         shown_job = fields_for(
-            variables_schema(template_of(pool)), submitted(job, data, JV), prefix=JV, fill_defaults=False
+            effective_schema(deployment, pool), submitted(job, data, JV), prefix=JV, fill_defaults=False
         ) if pool else ()
         return _page(ui, request, who, deployment, pool, shown_params, shown_job, errors, status=422)
     run = await ui.sync(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from buildsys.store.base import ACTIVE
+from buildsys.store.base import ACTIVE, SCHEDULED
 from buildsys.ui.session import CSRF_COOKIE, TOKEN_COOKIE, Viewer, posted, safe_next, set_cookie
 
 if TYPE_CHECKING:
@@ -46,13 +46,12 @@ async def logout(ui: Ui, request: Request, who: Viewer) -> Response:
 async def overview(ui: Ui, request: Request, who: Viewer) -> Response:
     store = ui.services.store
 
-    # (waiting runs are counted on the pools page: listing SCHEDULED runs across every pool is
-    # the one query here that grows with the number of runs)
     def read() -> dict[str, object]:
         return {
             "pools": store.list_resources("pool"),
             "deployments": store.list_resources("deployment"),
             "active": store.list_runs(states=sorted(ACTIVE), limit=20),
+            "waiting": store.list_runs(states=[SCHEDULED], limit=20),
             "recent": store.list_runs(limit=10),
         }
 

@@ -82,3 +82,19 @@ def test_with_defaults_replaces_clears_and_keeps_null() -> None:
         "a": {"type": "string", "default": "z"}, "b": {"type": "string"},
         "c": {"type": ["string", "null"], "default": None}}
     assert template["variables"]["properties"]["a"]["default"] == "x"  # the original is untouched
+
+
+def test_job_variable_fields_show_what_the_deployment_gives_each_variable() -> None:
+    from buildsys.store.base import Resource
+    from buildsys.ui.deployments import JV, run_fields
+
+    template = {"job_configuration": {"env": "{{ env }}", "image": "{{ image }}"}, "variables": {"type": "object", "properties": {
+        "env": {"type": "object", "additionalProperties": {"type": "string"}, "default": {}},
+        "image": {"type": "string", "default": "python:3.11"}}}}
+    pool = Resource("pool", "p", {"type": "docker", "base_job_template": template})
+    deployment = Resource("deployment", "f/d", {"work_pool_name": "p", "job_variables": {"image": "app:1"}})
+    _, job = run_fields(deployment, pool)
+    assert [(f.name, f.widget, f.value, f.default_text) for f in job] == [
+        (f"{JV}env", "json", None, "{}"),
+        (f"{JV}image", "text", None, "app:1"),
+    ]
