@@ -24,7 +24,8 @@ def runs() -> None:
 @runs.command("ls")
 @click.option("--deployment", "-d", help="Only runs of this deployment (FLOW/DEPLOYMENT).")
 @click.option("--pool", help="Only runs on this work pool.")
-@click.option("--status", "-s", "states", multiple=True, help="Only runs in this state (repeatable), e.g. RUNNING.")
+@click.option("--status", "-s", "states", multiple=True, callback=lambda c, p, v: _known_states(v),
+              help="Only runs in this state (repeatable), e.g. RUNNING.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @common_options
 @pass_app
@@ -48,6 +49,20 @@ def ls(app: App, deployment: str | None, pool: str | None, states: tuple[str, ..
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         app.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _known_states(given: tuple[str, ...]) -> tuple[str, ...]:
+    """A state filter that matches no state is a mistake, not "No flow runs."."""
+    from buildsys.store.base import STATE_TYPES
+    from buildsys.suggest import did_you_mean
+
+    for state in given:
+        if state.upper() not in STATE_TYPES:
+            guess = did_you_mean(state.upper(), STATE_TYPES)
+            raise click.BadParameter(
+                f"{state!r} is not a run state; the states are {', '.join(STATE_TYPES)}" + (f" ({guess})" if guess else "")
+            )
+    return given
 
 
 @runs.command("show")

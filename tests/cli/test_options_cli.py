@@ -87,3 +87,16 @@ def test_a_repeated_file_option_is_refused(isolated: Path) -> None:
         ), r.stderr
     once = bs("validate", "-f", "a.yaml", cwd=isolated)
     assert once.returncode == 0, once.stderr
+
+
+def test_runs_ls_refuses_a_state_that_does_not_exist(isolated: Path) -> None:
+    r = bs("runs", "ls", "-s", "done", cwd=isolated)
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--status' / '-s': 'done' is not a run state; the states are SCHEDULED, PENDING, "
+        "RUNNING, COMPLETED, FAILED, CANCELLED, CRASHED, CANCELLING, PAUSED"
+    )
+    typo = bs("runs", "ls", "-s", "runing", cwd=isolated)
+    assert typo.stderr.splitlines()[-1].endswith("(did you mean 'RUNNING'?)")
+    ok = bs("runs", "ls", "-s", "completed", "-s", "Failed", cwd=isolated)
+    assert (ok.returncode, ok.stdout) == (0, "No flow runs.\n")
