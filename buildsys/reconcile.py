@@ -176,10 +176,16 @@ def stale(plan: Plan, serial: int) -> ConflictError:
 
 
 def read_plan_file(path: Path) -> Plan:
+    from buildsys.sourcefiles import PLAN_FILE_LIMIT, UnreadableFile, read_regular
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, limit=PLAN_FILE_LIMIT, what="plan file").decode("utf-8")
     except FileNotFoundError:
         raise PlanError(f"no plan file at {path}", hint="make one with `buildsys plan -o PLAN`") from None
+    except UnreadableFile as exc:
+        raise PlanError(exc.message, hint=exc.hint) from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{path} is not a plan file (not UTF-8 text)") from None
     try:
         data: Any = json.loads(text)
     except ValueError as exc:

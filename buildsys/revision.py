@@ -49,19 +49,29 @@ class Revision:
             return (self.root / relpath).is_file()
         return self._blob(relpath) is not None
 
-    def read(self, relpath: str) -> str | None:
-        """A file relative to the project root at this revision; None when it does not exist."""
+    def read(self, relpath: str) -> bytes | None:
+        """A file relative to the project root at this revision; None when it does not exist.
+        Only regular files of a sane size are read (UnreadableFile otherwise): entrypoints come
+        from the project, which may be an untrusted pull request."""
+        from buildsys.sourcefiles import ENTRYPOINT_FILE_LIMIT, UnreadableFile, read_regular
+
         if self._tree is None:
             path = self.root / relpath
             try:
-                return path.read_text(encoding="utf-8", errors="replace")
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return read_regular(path, limit=ENTRYPOINT_FILE_LIMIT, what="entrypoint file")
+            except (FileNotFoundError, NotADirectoryError):
                 return None
         blob = self._blob(relpath)
         if blob is None:
             return None
+        if getattr(blob, "type", "blob") != "blob" or blob.mode & 0o170000 != 0o100000:
+            raise UnreadableFile(f"entrypoint file {relpath} is not a regular file at {self.ref}")
+        if blob.size > ENTRYPOINT_FILE_LIMIT:
+            raise UnreadableFile(
+                f"entrypoint file {relpath} is {blob.size:,} bytes at {self.ref}; the limit is {ENTRYPOINT_FILE_LIMIT:,}"
+            )
         data: bytes = blob.data_stream.read()
-        return data.decode("utf-8", errors="replace")
+        return data
 
     def _blob(self, relpath: str) -> Any:
         prefix = "" if self.repo_root is None else self.root.resolve().relative_to(self.repo_root).as_posix()

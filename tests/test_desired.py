@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import textwrap
 from pathlib import Path
@@ -349,6 +350,8 @@ def test_parameter_schema_from_the_signature() -> None:
         "        opts: typing.Dict[str, int] = {'a': 1}, when: datetime.date = datetime.date.today()): ...\n"
     )
     info = flow_info("f.py:etl", reader({"f.py": source}))
+    # Prefect's shape (tests/test_paramschema.py compares with Prefect itself); a default computed
+    # when the module runs (`date.today()`) is left out
     assert info.parameter_schema == {
         "title": "Parameters",
         "type": "object",
@@ -356,17 +359,28 @@ def test_parameter_schema_from_the_signature() -> None:
             "day": {"title": "day", "position": 0, "type": "string"},
             "n": {"title": "n", "position": 1, "type": "integer", "default": 3},
             "ratio": {"title": "ratio", "position": 2, "type": "number", "default": 0.5},
-            "tags": {"title": "tags", "position": 3, "default": None},
-            "opts": {"title": "opts", "position": 4, "type": "object", "default": {"a": 1}},
-            "when": {"title": "when", "position": 5},
+            "tags": {
+                "title": "tags",
+                "position": 3,
+                "anyOf": [{"items": {"type": "string"}, "type": "array"}, {"type": "null"}],
+                "default": None,
+            },
+            "opts": {
+                "title": "opts",
+                "position": 4,
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "default": {"a": 1},
+            },
+            "when": {"title": "when", "position": 5, "format": "date", "type": "string"},
         },
         "required": ["day"],
     }
     method = flow_info("f.py:C.run", reader({"f.py": "class C:\n    def run(self, x: bool = True): ...\n"}))
-    assert method.parameter_schema == {
+    assert method.parameter_schema == {  # `self` is counted in positions and left out, as Prefect does
         "title": "Parameters",
         "type": "object",
-        "properties": {"x": {"title": "x", "position": 0, "type": "boolean", "default": True}},
+        "properties": {"x": {"title": "x", "position": 1, "type": "boolean", "default": True}},
     }
 
 
@@ -398,16 +412,19 @@ deployments:
 """
 
 
-def test_vcs_version_type_takes_the_commit_and_nothing_else_infers_a_version(tmp_path: Path) -> None:
+def test_vcs_version_type_takes_the_commit_else_the_flow_file_hash(tmp_path: Path) -> None:
+    """Prefect's rules: vcs:* → the commit's first 8 characters; otherwise (and when there is no
+    commit) the flow's version, which defaults to the MD5 of the flow's file."""
     file = write(tmp_path / "prefect.yaml", VERSIONED)
     write(tmp_path / "f.py", "def f(): ...\n")
+    md5 = hashlib.md5(b"def f(): ...\n").hexdigest()
     _, outside = read_desired(file)
     assert {r.name: r.spec["version"] for r in outside.resources} == {
-        "f/pinned": "1.2", "f/from-git": None, "f/from-github": None, "f/simple": None, "f/plain": None,
+        "f/pinned": "1.2", "f/from-git": md5, "f/from-github": md5, "f/simple": md5, "f/plain": md5,
     }
     assert [w.message for w in outside.warnings if "version_type" in w.message] == [
         f"deployment {name!r} has version_type {kind} but the project is not in a git repository with a "
-        "commit; its version stays unset"
+        "commit; its version is the flow's (the MD5 of its file)"
         for name, kind in (("from-git", "vcs:git"), ("from-github", "vcs:github"))
     ]
     git(tmp_path, "init", "-q")
@@ -416,7 +433,7 @@ def test_vcs_version_type_takes_the_commit_and_nothing_else_infers_a_version(tmp
     sha = git(tmp_path, "rev-parse", "HEAD")
     _, inside = read_desired(file)
     assert {r.name: r.spec["version"] for r in inside.resources} == {
-        "f/pinned": "1.2", "f/from-git": sha, "f/from-github": sha, "f/simple": None, "f/plain": None,
+        "f/pinned": "1.2", "f/from-git": sha[:8], "f/from-github": sha[:8], "f/simple": md5, "f/plain": md5,
     }
     assert not [w for w in inside.warnings if "version_type" in w.message]
 

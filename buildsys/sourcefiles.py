@@ -1,0 +1,74 @@
+"""Reading files that users name (project files, plan files, flow entrypoints) without trusting them.
+
+Regular files only and a size limit, checked on the open descriptor: a symlink to /dev/zero, a FIFO
+or a device is a clear error instead of a hang or a MemoryError, so `plan` is safe on an untrusted
+pull request.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from buildsys.errors import BuildsysError
+
+MiB = 1024 * 1024
+PROJECT_FILE_LIMIT = 64 * MiB
+PLAN_FILE_LIMIT = 512 * MiB
+ENTRYPOINT_FILE_LIMIT = 4 * MiB
+
+
+class UnreadableFile(BuildsysError):
+    """A file that is not a regular file, or is larger than its limit."""
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: Path | str, *, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file (symlinks followed) of at most `limit` bytes.
+
+    FileNotFoundError is left to the caller (each says what a missing file means); anything that is
+    not a regular file, or is too large, raises UnreadableFile. Opening never blocks (O_NONBLOCK),
+    so a FIFO is refused instead of waiting for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise UnreadableFile(f"{what} {path} is a directory, not a file") from None
+    except PermissionError:
+        raise UnreadableFile(f"{what} {path} cannot be read (permission denied)") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(
+                f"{what} {path} is {kind_of(info.st_mode)}, not a regular file",
+                hint="point at a regular file (buildsys never reads devices, pipes or sockets)",
+            )
+        if info.st_size > limit:
+            raise UnreadableFile(f"{what} {path} is {info.st_size:,} bytes; the limit is {limit:,}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # the file may grow after fstat: read at most limit + 1 bytes
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise UnreadableFile(f"{what} {path} is larger than the limit of {limit:,} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
