@@ -48,14 +48,12 @@ def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> 
 
 
 def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
-    """Deployment parameters against the flow's signature (Prefect enforces this unless the
-    deployment says `enforce_parameter_schema: false`): unknown names warn, wrong types raise."""
-    from jsonschema import Draft202012Validator
-
-    from buildsys.suggest import did_you_mean
+    """Deployment parameters against the flow's parameter schema (Prefect's server refuses them on
+    deploy unless `enforce_parameter_schema: false`): wrong types raise, names the flow does not
+    take warn (a run with them is refused). Same checker as `buildsys run`."""
+    from buildsys.parameters import check
 
     found: list[Diagnostic] = []
-    checkers: dict[str, Any] = {}
     for r in desired.resources:
         schema = r.spec.get("parameter_schema") if r.kind == "deployment" else None
         params = r.spec.get("parameters")
@@ -63,34 +61,17 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
             continue
         if r.spec.get("enforce_parameter_schema") is False:
             continue
-        names = list(schema.get("properties") or {})
         where = f"{r.path}.parameters"
-        for name in params:
-            if name not in names:
-                guess = did_you_mean(name, names)
-                found.append(
-                    Diagnostic(
-                        "warning",
-                        f"deployment {r.name}: parameter {name!r} is not a parameter of the flow",
-                        r.location,
-                        f"{where}.{name}",
-                        guess or (f"its parameters: {', '.join(names)}" if names else "the flow takes none"),
-                    )
-                )
-        concrete = {k: v for k, v in params.items() if k in names and not _templated(v)}
-        key = json.dumps(schema, sort_keys=True, default=str)
-        if key not in checkers:  # deployments of one flow share one validator
-            checkers[key] = Draft202012Validator({k: v for k, v in schema.items() if k != "required"})
-        checker = checkers[key]
-        for error in checker.iter_errors(concrete):
-            name = str(error.absolute_path[0]) if error.absolute_path else "?"
+        for p in check(schema, params, partial=True):
             found.append(
                 Diagnostic(
-                    "error",
-                    f"deployment {r.name}: parameter {name!r}: {error.message}",
+                    "warning" if p.unknown_name else "error",
+                    f"deployment {r.name}: {p.message}",
                     r.location,
-                    f"{where}.{name}",
-                    "fix the value, or set `enforce_parameter_schema: false` on the deployment",
+                    f"{where}.{p.field}" if p.field else where,
+                    p.hint
+                    if p.unknown_name
+                    else "fix the value, or set `enforce_parameter_schema: false` on the deployment",
                 )
             )
     errors = [p for p in found if p.is_error]

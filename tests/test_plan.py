@@ -351,8 +351,11 @@ def test_parameters_are_checked_against_the_flow_signature() -> None:
     }
     typo = dep(parameter_schema=schema, parameters={"dya": "x", "day": "{{ prefect.variables.day }}"})
     assert plan(state(typo), [POOL], serial=0).warnings == (
-        "warning: deployment etl/nightly: parameter 'dya' is not a parameter of the flow\n"
-        "  at .parameters.dya\n"
+        "warning: deployment etl/nightly: Validation failed for field 'dya'. Failure reason: the flow has no "
+        "parameter 'dya'
+"
+        "  at .parameters.dya
+"
         "  hint: did you mean 'day'?",
     )
     wrong = dep(parameter_schema=schema, parameters={"day": 3})
@@ -360,7 +363,7 @@ def test_parameters_are_checked_against_the_flow_signature() -> None:
         plan(state(wrong), [POOL], serial=0)
     assert [(d.message, d.hint) for d in err.value.problems] == [
         (
-            "deployment etl/nightly: parameter 'day': 3 is not of type 'string'",
+            "deployment etl/nightly: Validation failed for field 'day'. Failure reason: 3 is not valid under any of the given schemas",
             "fix the value, or set `enforce_parameter_schema: false` on the deployment",
         )
     ]

@@ -1,17 +1,14 @@
 """`buildsys run DEPLOYMENT`: create a flow run (checked first) and optionally follow it.
 
-Parameters are checked against the flow function's signature, read from the entrypoint's source
-with `ast` (user code is never imported here), when the deployment enforces its parameter schema.
+Parameters are checked against the deployment's stored parameter schema when it enforces it
+(buildsys.parameters, the checker plan's preflight uses too).
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,23 +19,6 @@ from buildsys.errors import BuildsysError
 
 if TYPE_CHECKING:
     from buildsys.store.base import FlowRun, Resource, StateStore
-
-
-class ParameterError(BuildsysError):
-    """A run's parameters do not fit the flow function."""
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    required: bool
-    annotation: str | None  # the annotation's source text
-
-
-@dataclass(frozen=True)
-class Signature:
-    params: tuple[Param, ...]
-    var_keyword: bool
 
 
 @click.command("run")
@@ -114,108 +94,10 @@ def check_run(
         job_configuration(template, spec.get("job_variables"), job_variables, env={}, warnings=warnings)
         for w in warnings:
             app.echo(w.render(), err=True)
-    if spec.get("enforce_parameter_schema"):
-        root = app.project_file.resolve().parent
-        signature = read_signature(str(spec.get("entrypoint") or ""), root)
-        if signature is not None:
-            check_parameters(signature, {**(spec.get("parameters") or {}), **parameters}, deployment.name)
+    if spec.get("enforce_parameter_schema", True):  # Prefect 3's default
+        from buildsys.parameters import enforce
 
-
-def read_signature(entrypoint: str, root: Path) -> Signature | None:
-    """The flow function's parameters, parsed from its source; None when the source is not here."""
-    from buildsys.entrypoints import parse_entrypoint
-
-    try:
-        ep = parse_entrypoint(entrypoint)
-    except ValueError:
-        return None
-    for candidate in ep.candidates:
-        path = root / candidate
-        if path.is_file():
-            return signature_from_source(path.read_text(encoding="utf-8"), ep.qualname, candidate)
-    return None
-
-
-def signature_from_source(source: str, qualname: str, filename: str = "<flow>") -> Signature | None:
-    try:
-        tree = ast.parse(source, filename=filename)
-    except SyntaxError:
-        return None
-    body: Sequence[ast.stmt] = tree.body
-    *owners, target = qualname.split(".")
-    for owner in owners:
-        cls = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == owner), None)
-        if cls is None:
-            return None
-        body = cls.body
-    func = next((n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == target), None)
-    if func is None:
-        return None
-    args = func.args
-    positional = [*args.posonlyargs, *args.args]
-    if owners and positional and positional[0].arg in ("self", "cls"):
-        positional = positional[1:]
-    first_default = len(positional) - len(args.defaults)
-    params = [
-        Param(a.arg, i < first_default, ast.unparse(a.annotation) if a.annotation else None) for i, a in enumerate(positional)
-    ]
-    params += [
-        Param(a.arg, d is None, ast.unparse(a.annotation) if a.annotation else None)
-        for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
-    ]
-    return Signature(tuple(params), args.kwarg is not None)
-
-
-_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "list": (list,),
-    "dict": (dict,),
-}
-
-
-def check_parameters(signature: Signature, parameters: Mapping[str, Any], deployment: str) -> None:
-    """Unknown, missing and (for simple annotations) mistyped parameters are errors."""
-    from buildsys.suggest import did_you_mean
-
-    names = [p.name for p in signature.params]
-    problems: list[str] = []
-    hints: list[str] = []
-    if not signature.var_keyword:
-        for key in parameters:
-            if key not in names:
-                problems.append(f"unknown parameter {key!r}")
-                guess = did_you_mean(key, names)
-                if guess:
-                    hints.append(guess)
-    for p in signature.params:
-        if p.required and p.name not in parameters:
-            problems.append(f"missing required parameter {p.name!r}")
-        elif p.name in parameters and not _fits(p.annotation, parameters[p.name]):
-            problems.append(f"parameter {p.name!r} should be {p.annotation}, got {json.dumps(parameters[p.name])}")
-    if problems:
-        shown = ", ".join(f"{p.name}" + (f": {p.annotation}" if p.annotation else "") for p in signature.params)
-        raise ParameterError(
-            f"deployment {deployment}: " + "; ".join(problems),
-            hint="; ".join([*hints, f"the flow takes ({shown})"]),
-        )
-
-
-def _fits(annotation: str | None, value: Any) -> bool:
-    if annotation is None:
-        return True
-    options = [a.strip() for a in annotation.replace("Optional[", "").rstrip("]").split("|")]
-    if "None" in options and value is None:
-        return True
-    known = [_SIMPLE_TYPES[o.split("[", 1)[0]] for o in options if o.split("[", 1)[0] in _SIMPLE_TYPES]
-    if len(known) != len([o for o in options if o != "None"]):
-        return True  # an annotation we do not check (a class, a pydantic model, ...)
-    for types in known:
-        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
-            return True
-    return False
+        enforce(deployment.name, spec.get("parameter_schema"), {**(spec.get("parameters") or {}), **parameters})
 
 
 def follow(app: App, store: StateStore, run_id: str, *, logs: bool, timeout: float | None) -> FlowRun:

@@ -1,0 +1,142 @@
+"""Flow-run parameters checked against a deployment's stored `parameter_schema`, as Prefect's server
+checks them when `enforce_parameter_schema` is on (its default). One checker, used by `run` before a
+run is created and by plan's preflight for the deployment's own parameters.
+
+Messages are Prefect's: "Validation failed for field 'n'. Failure reason: 'x' is not of type
+'integer'". Unlike Prefect, a name the flow does not take is refused too (Prefect's schema lets it
+through and the run then crashes calling the function), unless the flow takes `**kwargs`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from buildsys.errors import BuildsysError
+
+
+class ParameterError(BuildsysError):
+    """A run's parameters do not fit the deployment's parameter schema."""
+
+
+@dataclass(frozen=True)
+class ParameterProblem:
+    field: str  # dotted path of the parameter ("n", "config.size"); "" for the whole set
+    message: str  # Prefect's wording
+    unknown_name: bool = False  # a name the flow does not take (plan: a warning)
+    hint: str | None = None
+
+
+def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: bool = False) -> list[ParameterProblem]:
+    """Every problem with `parameters` under `schema`. `partial`: a deployment's defaults, which
+    need not name every required parameter (Prefect checks them with required ignored).
+    Values that are still templates (resolved when the run starts) are not type-checked."""
+    from buildsys.suggest import did_you_mean
+
+    names = list(schema.get("properties") or {})
+    problems: list[ParameterProblem] = []
+    if not accepts_any_name(schema):
+        for name in parameters:
+            if name not in names:
+                guess = did_you_mean(name, names)
+                problems.append(
+                    ParameterProblem(
+                        name,
+                        f"Validation failed for field {name!r}. Failure reason: the flow has no parameter {name!r}",
+                        unknown_name=True,
+                        hint=guess or (f"its parameters: {', '.join(names)}" if names else "the flow takes none"),
+                    )
+                )
+    if not partial:
+        for name in schema.get("required") or []:
+            if name not in parameters:
+                problems.append(
+                    ParameterProblem("", f"Validation failed. Failure reason: {name!r} is a required property")
+                )
+    concrete = {k: v for k, v in parameters.items() if k in names and not _templated(v)}
+    for error in _validator(schema).iter_errors(concrete):
+        path = ".".join(str(p) for p in error.absolute_path)
+        if not path:
+            message = f"Validation failed. Failure reason: {error.message}"
+        else:
+            message = f"Validation failed for field {path!r}. Failure reason: {error.message}"
+        problems.append(ParameterProblem(path, message))
+    return problems
+
+
+def enforce(deployment: str, schema: Any, parameters: Mapping[str, Any]) -> None:
+    """Refuse a run whose parameters (deployment defaults merged with the run's) do not fit."""
+    if not isinstance(schema, Mapping):
+        return  # no schema stored (the flow's file was not found when planned): nothing to check
+    problems = check(schema, parameters)
+    if problems:
+        hints = [p.hint for p in problems if p.hint]
+        raise ParameterError(
+            f"deployment {deployment}: " + "; ".join(p.message for p in problems),
+            hint="; ".join([*hints, f"the flow takes ({signature_text(schema)})"]),
+        )
+
+
+def signature_text(schema: Mapping[str, Any]) -> str:
+    """`name: type` for each parameter, for hints."""
+    out = []
+    props = schema.get("properties") or {}
+    for name, prop in sorted(props.items(), key=lambda kv: kv[1].get("position", 0) if isinstance(kv[1], Mapping) else 0):
+        kind = prop.get("type") if isinstance(prop, Mapping) else None
+        out.append(f"{name}: {kind}" if isinstance(kind, str) else name)
+    return ", ".join(out)
+
+
+def accepts_any_name(schema: Mapping[str, Any]) -> bool:
+    """The flow takes `**kwargs`: Prefect's schema shows it as the last property, an object with
+    an empty default. (A last `dict` parameter defaulting to `{}` looks the same; it is given the
+    benefit of the doubt.)"""
+    props = schema.get("properties") or {}
+    if not props:
+        return False
+    last = max(props.values(), key=lambda p: p.get("position", -1) if isinstance(p, Mapping) else -1)
+    return isinstance(last, Mapping) and last.get("type") == "object" and last.get("default") == {}
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: Mapping[str, Any]) -> Any:
+    from jsonschema import Draft202012Validator
+
+    key = json.dumps(schema, sort_keys=True, default=str)
+    if key not in _VALIDATORS:  # deployments of one flow share one validator
+        _VALIDATORS[key] = Draft202012Validator(_prepared(schema))
+    return _VALIDATORS[key]
+
+
+def _prepared(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """Prefect's preprocessing: an optional simple-typed parameter without a default also accepts
+    null. `required` is checked separately (templated values count as given)."""
+    out = copy.deepcopy(dict(schema))
+    required = set(out.get("required") or [])
+    for name, prop in (out.get("properties") or {}).items():
+        if (
+            isinstance(prop, dict)
+            and name not in required
+            and "type" in prop
+            and prop["type"] != "null"
+            and "default" not in prop
+        ):
+            prop["anyOf"] = [{"type": prop.pop("type")}, {"type": "null"}]
+    out.pop("required", None)
+    return out
+
+
+def _templated(value: Any) -> bool:
+    """A value only known when the run starts (a block template, an unbuilt output)."""
+    from buildsys.desired import has_unknown
+
+    if isinstance(value, str):
+        text = value.strip()
+        return text.startswith("{{") and text.endswith("}}")
+    return has_unknown(value)
+
