@@ -3,12 +3,17 @@
 Every resource carries its owner (the project's identity) and its source (commit, ref, file, dirty)
 and says which spec keys the project manages: those are compared by `plan` and overwritten by
 `apply`; everything else in a stored spec is left alone (paused / schedules only when declared).
-Secrets stay templates: block, variable and env placeholders are kept exactly as written.
+Deploy-time values are resolved here, at plan time, as `prefect deploy` resolves them: environment
+placeholders everywhere (pull steps included) and `prefect.variables.*` outside pull steps; an unset
+one is a located error (Prefect stores ""). Blocks stay templates, resolved where the run starts.
+A value that came from a secret-looking environment variable is stored (the store needs it) with a
+warning, and is masked wherever the plan is shown.
 """
 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,11 +21,12 @@ from datetime import date, time
 from pathlib import Path
 from typing import Any
 
-from buildsys.entrypoints import FlowInfo, SourceReader, flow_info
+from buildsys.entrypoints import EntrypointError, FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
 from buildsys.selector import select_deployments
-from buildsys.templating import UNKNOWN, Scope, placeholders, render
+from buildsys.sourcefiles import UnreadableFile
+from buildsys.templating import UNKNOWN, Scope, is_secret_name, placeholders, render
 
 UNKNOWN_TEXT = str(UNKNOWN)
 FLAT = "(flat namespace)"
@@ -55,13 +61,15 @@ DEPLOYMENT_KEYS = (
     "concurrency_limit",
     "concurrency_options",
     "triggers",
+    "enforce_parameter_schema",
 )
 # Managed only when the project declares them (prefect.yaml key(s) → spec key): a plan never
 # un-pauses or re-activates what the project did not mention (Prefect pain points §9.4–9.6).
 DEPLOYMENT_WHEN_DECLARED = {
-    "paused": ("paused",),
+    "paused": ("paused", "is_schedule_active"),
     "schedules": ("schedules", "schedule"),
-    "enforce_parameter_schema": ("enforce_parameter_schema",),
+    "retries": ("retries",),
+    "retry_delay_seconds": ("retry_delay_seconds",),
 }
 # What a new resource gets for keys the project does not manage.
 CREATE_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
@@ -100,6 +108,8 @@ class DesiredState:
     resources: tuple[DesiredResource, ...]
     warnings: tuple[Diagnostic, ...] = ()
     partial: bool = False  # only some deployments were selected: pruning would be wrong
+    # values taken from secret-looking environment variables → "$NAME": masked wherever shown
+    sensitive: Mapping[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> DesiredResource | None:
         return next((r for r in self.resources if r.kind == kind and r.name == name), None)
@@ -127,9 +137,18 @@ def desired_state(
     read: SourceReader,
     outputs: OutputsFor | None = None,
     select: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> DesiredState:
-    """All resources the project declares. Values that need a build not yet run are UNKNOWN."""
+    """All resources the project declares. Values that need a build not yet run are UNKNOWN.
+
+    `env` and `variables` resolve deploy-time placeholders (None: they are kept as written);
+    the project's own `variables:` are known in any case, over `variables` (the store's)."""
     warnings: list[Diagnostic] = list(project.warnings)  # the loader's (unknown keys, skipped entries)
+    values = None if variables is None and env is None else {**(variables or {})}
+    if values is not None:
+        values.update({v.name: v.value for v in project.variables})
+    deploy_time = DeployTime(env, values)
     resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
@@ -142,6 +161,7 @@ def desired_state(
             warnings=warnings,
             flows=flows,
             commit=source.get("commit"),
+            deploy_time=deploy_time,
         )
         if res.name in seen:
             raise DesiredStateError(
@@ -152,7 +172,24 @@ def desired_state(
             )
         seen[res.name] = d
         resources.append(res)
-    return DesiredState(owner, dict(source), tuple(resources), tuple(warnings), partial=bool(select))
+    return DesiredState(
+        owner,
+        dict(source),
+        tuple(resources),
+        tuple(warnings),
+        partial=bool(select),
+        sensitive=dict(deploy_time.sensitive),
+    )
+
+
+@dataclass
+class DeployTime:
+    """What `{{ $ENV }}` and `{{ prefect.variables.* }}` resolve to while planning, and which
+    resolved values came from secret-looking environment variables."""
+
+    env: Mapping[str, str] | None = None
+    variables: Mapping[str, Any] | None = None
+    sensitive: dict[str, str] = field(default_factory=dict)  # value → "$NAME"
 
 
 # --- variables and pools ------------------------------------------------------------------------
@@ -223,6 +260,7 @@ def deployment_resource(
     warnings: list[Diagnostic],
     flows: dict[str, FlowInfo] | None = None,
     commit: str | None = None,
+    deploy_time: DeployTime | None = None,
 ) -> DesiredResource:
     if not d.entrypoint:
         raise DesiredStateError(
@@ -235,6 +273,13 @@ def deployment_resource(
         info = _flow(d.entrypoint, read, flows if flows is not None else {})
     except ValueError as exc:
         raise DesiredStateError(str(exc), location=d.location, path=d.path) from None
+    except (EntrypointError, UnreadableFile) as exc:
+        raise DesiredStateError(
+            f"deployment {d.name!r}: entrypoint {d.entrypoint}: {exc.message}",
+            location=d.location,
+            path=f"{d.path}.entrypoint",
+            hint=exc.hint,
+        ) from None
     # a missing `file.py` is already reported by the loader; say it only for module paths
     if info.problem and not (info.file is None and ".py:" in d.entrypoint):
         warnings.append(
@@ -246,14 +291,15 @@ def deployment_resource(
                 "the flow name is read from `@flow(name=...)` in the entrypoint file when it can be found",
             )
         )
-    scope = _scope(d, outputs)
+    deploy_time = deploy_time or DeployTime()
+    scope = _scope(d, outputs, deploy_time)
     r = _Renderer(scope, d)
     spec: dict[str, Any] = {
         "flow_name": info.name,
         "name": d.name,
         "entrypoint": d.entrypoint.removeprefix("./"),
         "description": r.value(d.description, "description") if d.description else info.docstring,
-        "version": _version(d, r, commit, warnings),
+        "version": _version(d, r, commit, info, warnings),
         "tags": _tags(r.value(d.tags, "tags")),
         "parameters": r.value(dict(d.parameters), "parameters"),
         "parameter_schema": info.parameter_schema,
@@ -264,6 +310,8 @@ def deployment_resource(
         "concurrency_limit": d.concurrency_limit,
         "concurrency_options": dict(d.concurrency_options) if d.concurrency_options else None,
         "triggers": _triggers(d, r),
+        # Prefect 3's server default; enforced by `run` and by plan's preflight
+        "enforce_parameter_schema": d.enforce_parameter_schema is not False,
     }
     managed = set(DEPLOYMENT_KEYS)
     for key, yaml_keys in DEPLOYMENT_WHEN_DECLARED.items():
@@ -271,10 +319,13 @@ def deployment_resource(
             managed.add(key)
     if "paused" in managed:
         spec["paused"] = bool(d.paused)
+    if "retries" in managed:
+        spec["retries"] = d.retries or 0
+    if "retry_delay_seconds" in managed:
+        spec["retry_delay_seconds"] = d.retry_delay_seconds or 0
     if "schedules" in managed:
         spec["schedules"] = [_schedule(s, r, f"schedules[{i}]") for i, s in enumerate(d.schedules)]
-    if "enforce_parameter_schema" in managed:
-        spec["enforce_parameter_schema"] = bool(d.enforce_parameter_schema)
+    _note_secrets(d, scope, deploy_time, warnings)
     name = f"{info.name}/{d.name}"
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
@@ -299,13 +350,18 @@ def _triggers(d: Deployment, r: _Renderer) -> list[dict[str, Any]]:
 VERSION_TYPES = ("prefect:simple", "vcs:git", "vcs:github", "vcs:gitlab", "vcs:bitbucket", "vcs:azuredevops")
 
 
-def _version(d: Deployment, r: _Renderer, commit: str | None, warnings: list[Diagnostic]) -> Any:
-    """`version` as written; unset with a `vcs:*` version_type, the commit the plan is made from.
-    Unlike Prefect, an unset version_type infers nothing: a version that follows every commit
-    would make every plan change every deployment."""
-    if d.version is not None or d.version_type is None:
+def _version(
+    d: Deployment, r: _Renderer, commit: str | None, info: FlowInfo, warnings: list[Diagnostic]
+) -> Any:
+    """`version` as written; else, as Prefect: with a `vcs:*` version_type the first 8 characters of
+    the commit the plan is made from, otherwise the flow's version (`@flow(version=...)`, else the
+    MD5 of the flow's file). Unlike Prefect, an unset version_type does not try git: a version
+    that follows every commit would make every plan change every deployment."""
+    if d.version is not None:
         return r.value(d.version, "version")
     kind = d.version_type
+    if kind is None:
+        return info.version
     if kind not in VERSION_TYPES:
         raise DesiredStateError(
             f"deployment {d.name!r}: unknown version_type {kind!r}",
@@ -314,19 +370,20 @@ def _version(d: Deployment, r: _Renderer, commit: str | None, warnings: list[Dia
             hint="one of " + ", ".join(VERSION_TYPES),
         )
     if not kind.startswith("vcs:"):
-        return None
+        return info.version
     if commit is None:
         warnings.append(
             Diagnostic(
                 "warning",
                 f"deployment {d.name!r} has version_type {kind} but the project is not in a git repository "
-                "with a commit; its version stays unset",
+                "with a commit; its version is the flow's (the MD5 of its file)",
                 d.location,
                 d.path,
                 "commit the project, or set `version:`",
             )
         )
-    return commit
+        return info.version
+    return commit[:8]
 
 
 def _flow(entrypoint: str, read: SourceReader, cache: dict[str, FlowInfo]) -> FlowInfo:
@@ -387,12 +444,22 @@ class _Renderer:
         return render(value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}")
 
     def pull_steps(self, steps: Sequence[StepSpec]) -> list[dict[str, Any]]:
-        """Pull steps keep every placeholder except outputs of build/push steps (as Prefect does)."""
+        """Pull steps keep block and variable placeholders for run time, and get the outputs of
+        build/push steps and the environment now (as Prefect does); an unset variable is an error."""
         out = []
+        pull_scope = Scope(
+            outputs=self.scope.outputs,
+            ids=self.scope.ids,
+            env=self.scope.env,
+            pending=self.scope.pending,
+            secrets=self.scope.secrets,
+        )
         for step in steps:
             raw = dict(step.raw) if step.raw else {step.name: dict(step.inputs)}
             where = f"{self.deployment.path}.pull[{step.index}]"
-            rendered = render(raw, self.scope, missing="keep", location=step.location, path=where)
+            if self.scope.env is not None:
+                _check_env(raw, self.scope.env, step.location or self.deployment.location, where)
+            rendered = render(raw, pull_scope, missing="keep", location=step.location, path=where)
             out.append(self._unknown_if_pending(rendered))
         return out
 
@@ -407,16 +474,72 @@ class _Renderer:
         return value
 
 
-def _scope(d: Deployment, outputs: BuildOutputs | None) -> Scope:
+def _check_env(value: Any, env: Mapping[str, str], location: Location | None, where: str) -> None:
+    """Every `{{ $NAME }}` in `value` is set (Prefect would leave it for the worker's environment)."""
+    for p in placeholders(value):
+        name = str(p.keypath[0]) if p.keypath else ""
+        if p.kind == "env" and name not in env:
+            from buildsys.errors import TemplateError
+
+            raise TemplateError(
+                f"environment variable {name} is not set (used as {p.text})",
+                location=location,
+                path=where,
+                hint=f"export {name}=… before planning: environment values are resolved at plan time, "
+                "as `prefect deploy` resolves them",
+            )
+
+
+def _scope(d: Deployment, outputs: BuildOutputs | None, deploy_time: DeployTime) -> Scope:
     steps = (*d.build, *d.push)
     ids = frozenset(s.id for s in steps if s.id)
+    env, variables = deploy_time.env, deploy_time.variables
     if outputs is None:
-        return Scope(outputs={}, ids=ids, pending=frozenset(s.label for s in steps))
+        return Scope(
+            outputs={}, ids=ids, pending=frozenset(s.label for s in steps), env=env, variables=variables
+        )
     ns = outputs.namespace
     by_id = {k: v for k, v in ns.items() if k in ids and isinstance(v, Mapping)}
     flat = {k: v for k, v in ns.items() if k not in ids}
     # the flat merge is one more producer, so `{{ key }}` finds outputs of steps without an id
-    return Scope(outputs={**by_id, FLAT: flat}, ids=ids, pending=frozenset(outputs.pending))
+    return Scope(
+        outputs={**by_id, FLAT: flat},
+        ids=ids,
+        pending=frozenset(outputs.pending),
+        env=env,
+        variables=variables,
+    )
+
+
+def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings: list[Diagnostic]) -> None:
+    """A value from a secret-looking environment variable is stored (the flow needs it): say so,
+    name the way to keep it out of the store, and remember it so every view of the plan masks it."""
+    if deploy_time.env is None or not scope.secrets:
+        return
+    used = sorted(
+        {
+            str(p.keypath[0])
+            for p in placeholders(d.raw)
+            if p.kind == "env" and is_secret_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
+        }
+    )
+    for name in used:
+        value = deploy_time.env[name]
+        if value not in scope.secrets:
+            continue
+        deploy_time.sensitive[value] = f"${name}"
+        block = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+        warnings.append(
+            Diagnostic(
+                "warning",
+                f"deployment {d.name!r}: the value of ${name} (a secret, by its name) is resolved now and "
+                "stored with the deployment, as `prefect deploy` does",
+                d.location,
+                d.path,
+                f"to keep it out of the store, put it in a Secret block and write "
+                f"`{{{{ prefect.blocks.secret.{block} }}}}` (resolved when the run starts)",
+            )
+        )
 
 
 def canonical(value: Any) -> Any:
@@ -477,12 +600,16 @@ def read_desired(
     outputs: Callable[[Project], OutputsFor | None] | None = None,
     strict: bool = False,
     loaded: Project | None = None,
+    env: Mapping[str, str] | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> tuple[Project, DesiredState]:
     """Load the project at `ref` (or the working tree) and compute its desired state.
 
     `outputs` gives, for the loaded project, the build outputs of each deployment (from the cache
     for `plan`, from the build just run for `deploy`); without it every output is UNKNOWN.
     `loaded` is the working tree's project when the caller already has it (deploy built from it).
+    `env` / `variables` resolve deploy-time placeholders (plan and apply pass the process
+    environment and the store's variables); without them those placeholders stay as written.
     """
     from buildsys.project import load_project
     from buildsys.revision import open_revision
@@ -504,6 +631,8 @@ def read_desired(
             read=rev.read,
             outputs=outputs(project) if outputs else None,
             select=select,
+            env=env,
+            variables=variables,
         )
     return project, state
 

@@ -86,6 +86,8 @@ class Deployment:
     paused: bool | None = None
     concurrency_limit: int | None = None
     concurrency_options: Mapping[str, Any] | None = None
+    retries: int | None = None  # buildsys: reschedule a Failed/Crashed run this many times
+    retry_delay_seconds: float | None = None
     work_pool: WorkPoolRef = field(default_factory=WorkPoolRef)
     # Effective sections after §1.5 resolution (top level vs per deployment).
     build: tuple[StepSpec, ...] = ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
@@ -83,6 +83,8 @@ class Plan:
     orphans: tuple[str, ...] = ()  # "kind name" owned by the project, no longer declared, not pruned
     warnings: tuple[str, ...] = ()
     store: str | None = None  # the store URL, for messages
+    # values resolved from secret-looking environment variables → "$NAME"; the text view masks them
+    sensitive: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict[str, int]:
@@ -108,6 +110,7 @@ class Plan:
             "changes": [_change_json(c) for c in self.changes],
             "orphans": list(self.orphans),
             "warnings": list(self.warnings),
+            **({"sensitive": dict(self.sensitive)} if self.sensitive else {}),
         }
 
     @property
@@ -145,6 +148,7 @@ class Plan:
                 orphans=tuple(data.get("orphans") or ()),
                 warnings=tuple(data.get("warnings") or ()),
                 store=data.get("store"),
+                sensitive={str(k): str(v) for k, v in (data.get("sensitive") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(
@@ -219,6 +223,7 @@ def plan(
         orphans=() if prune else tuple(sorted(f"{r.kind} {r.name}" for r in orphans)),
         warnings=tuple(warnings),
         store=store,
+        sensitive=dict(desired.sensitive),
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from buildsys.plan import ABSENT, EMPTY_DEFAULTS, FieldChange, Plan, ResourceChange
@@ -47,7 +48,7 @@ def render_plan(plan: Plan, *, color: bool = False) -> str:
     if lines:
         lines.append("")
     for change in plan.changes:
-        lines.extend(render_change(change, style))
+        lines.extend(render_change(_masked_change(change, plan.sensitive), style))
     if plan.orphans:
         lines.append(
             style("note: ", "yellow")
@@ -157,6 +158,30 @@ def _mask_string(text: str, path: str) -> str:
     if masked == text and "{{" not in text and text and any(is_secret_name(k) for k in path.split(".")):
         return "(sensitive value)"
     return mask_url_text(masked)
+
+
+def _masked_change(change: ResourceChange, sensitive: Mapping[str, str]) -> ResourceChange:
+    """The change with every value that came from a secret-looking environment variable shown as
+    `(sensitive: $NAME)` (the plan file still holds it: apply needs it)."""
+    if not sensitive:
+        return change
+    fields = tuple(
+        replace(f, old=_hide(f.old, sensitive), new=_hide(f.new, sensitive)) for f in change.fields
+    )
+    return replace(change, fields=fields)
+
+
+def _hide(value: Any, sensitive: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        for secret in sorted(sensitive, key=len, reverse=True):
+            if secret and secret in value:
+                value = value.replace(secret, f"(sensitive: {sensitive[secret]})")
+        return value
+    if isinstance(value, dict):
+        return {k: _hide(v, sensitive) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide(v, sensitive) for v in value]
+    return value
 
 
 def _styler(color: bool) -> Styler:

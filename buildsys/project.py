@@ -56,9 +56,13 @@ def load_project(
 
 def read_source(path: Path) -> tuple[bytes, str]:
     """A project file's bytes and text; a missing, unreadable or non-UTF-8 file is a ProjectError."""
+    from buildsys.sourcefiles import PROJECT_FILE_LIMIT, UnreadableFile, read_regular
+
     shown = str(path)
-    try:
-        raw = path.read_bytes()
+    try:  # regular files only, with a size limit: `-f /dev/zero` is an error, not a MemoryError
+        raw = read_regular(path, limit=PROJECT_FILE_LIMIT, what="project file")
+    except UnreadableFile as exc:
+        raise ProjectError([Diagnostic("error", exc.message, hint=exc.hint)]) from None
     except FileNotFoundError:
         raise ProjectError(
             [Diagnostic("error", f"no project file at {shown}", hint="run `buildsys init` to create one, or pass -f PATH")]
@@ -300,6 +304,8 @@ class _Narrower:
         push = own["push"] if "push" in own else top["push"]
         pull, pull_default = self.effective_pull(raw, own, top, build or ())
         wp: dict[str, Any] = raw["work_pool"] if isinstance(raw.get("work_pool"), dict) else {}
+        wp = self.legacy_work_pool(raw, wp, path)
+        paused = self.legacy_paused(raw, path)
         entrypoint = _str_or_none(raw.get("entrypoint"))
         if entrypoint is None:
             self.warn("deployment has no `entrypoint`", (*path, "name"), "add `entrypoint: path/file.py:flow_function`")
@@ -321,9 +327,11 @@ class _Narrower:
             parameters=raw.get("parameters") or {},
             enforce_parameter_schema=raw.get("enforce_parameter_schema"),
             schedules=self.schedules(raw, path),
-            paused=raw.get("paused"),
+            paused=paused,
             concurrency_limit=limit,
             concurrency_options=options,
+            retries=raw.get("retries"),
+            retry_delay_seconds=raw.get("retry_delay_seconds"),
             work_pool=WorkPoolRef(
                 name=_str_or_none(wp.get("name")),
                 work_queue_name=_str_or_none(wp.get("work_queue_name")),
@@ -337,11 +345,78 @@ class _Narrower:
             build_is_own="build" in own,
             push_is_own="push" in own,
             pull_is_own="pull" in own,
-            triggers=tuple(t for t in (raw.get("triggers") or []) if isinstance(t, dict)),
+            triggers=self.triggers(raw, path),
             sla=tuple(raw["sla"]) if isinstance(raw.get("sla"), list) else None,
             declared=frozenset(raw),
             raw=raw,
         )
+
+    def legacy_paused(self, raw: Mapping[str, Any], path: Path_) -> Any:
+        """Prefect 2's `is_schedule_active: false` is Prefect 2.16+/3's `paused: true`."""
+        if raw.get("is_schedule_active") is None:
+            return raw.get("paused")
+        active = bool(raw["is_schedule_active"])
+        if raw.get("paused") is not None and bool(raw["paused"]) == active:
+            self.error(
+                f"`is_schedule_active: {str(active).lower()}` contradicts `paused: {str(bool(raw['paused'])).lower()}`",
+                (*path, "is_schedule_active"),
+                "delete `is_schedule_active` (Prefect 2); `paused` is the key Prefect 3 reads",
+            )
+        self.warn(
+            f"`is_schedule_active` is Prefect 2's key (Prefect 3 ignores it): read as `paused: {str(not active).lower()}`",
+            (*path, "is_schedule_active"),
+            f"write `paused: {str(not active).lower()}` instead",
+        )
+        return not active
+
+    def legacy_work_pool(self, raw: Mapping[str, Any], wp: dict[str, Any], path: Path_) -> dict[str, Any]:
+        """Prefect 2 deployment keys that live under `work_pool:` now; blocks that became pools."""
+        for key, target in (
+            ("work_queue_name", "work_queue_name"),
+            ("infra_overrides", "job_variables"),
+            ("job_variables", "job_variables"),  # the Python API's name, written one level too high
+        ):
+            if raw.get(key) is None:
+                continue
+            if wp.get(target) not in (None, {}) and wp.get(target) != raw[key]:
+                if key == "job_variables":  # not a Prefect key at all: ignored, as Prefect does
+                    self.warn(
+                        "a deployment-level `job_variables` is ignored (as Prefect ignores it): "
+                        "`work_pool.job_variables` is set too",
+                        (*path, key),
+                        "move its keys into `work_pool.job_variables`",
+                    )
+                else:
+                    self.error(
+                        f"`{key}` (Prefect 2) and `work_pool.{target}` are both set",
+                        (*path, key),
+                        f"keep only `work_pool.{target}`",
+                    )
+                continue
+            self.warn(
+                f"`{key}` is not a deployment key in Prefect 3 (it ignores it): read as `work_pool.{target}`",
+                (*path, key),
+                f"move it under `work_pool:` as `{target}`",
+            )
+            wp = {**wp, target: raw[key]}
+        for key, hint in (
+            ("infrastructure", "Prefect 2 infrastructure blocks became work pools: set `work_pool.name` and `job_variables`"),
+            ("storage", "Prefect 2 storage blocks became pull steps: declare a `pull:` section (git_clone, pull_from_s3, ...)"),
+        ):
+            if key in raw:
+                self.error(f"`{key}` is not a deployment key here", (*path, key), hint)
+        return wp
+
+    def triggers(self, raw: Mapping[str, Any], path: Path_) -> tuple[Mapping[str, Any], ...]:
+        found = tuple(t for t in (raw.get("triggers") or []) if isinstance(t, dict))
+        if found:
+            self.warn(
+                f"{len(found)} trigger(s) are stored with the deployment but buildsys does not evaluate "
+                "them: no event creates a run",
+                (*path, "triggers"),
+                "start runs with `buildsys run` or schedules; a Prefect server evaluates triggers",
+            )
+        return found
 
     def effective_pull(
         self,

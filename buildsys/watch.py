@@ -376,7 +376,14 @@ class Watcher:
         assert self.open_store is not None
         store = self.open_store()
         try:
-            _, desired = read_desired(self.project_file, outputs=cached_outputs, loaded=load_project(self.project_file))
+            variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
+            _, desired = read_desired(
+                self.project_file,
+                outputs=cached_outputs,
+                loaded=load_project(self.project_file),
+                env=os.environ,
+                variables=variables,
+            )
             serial, actual = snapshot(store)
             planned = compute(desired, actual, serial=serial, stepwise=stepwise(store))
             summary = _plan_summary(planned)

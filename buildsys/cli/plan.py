@@ -81,6 +81,8 @@ def make_plan(
     project: Project | None = None,
 ) -> Plan:
     """Desired state of the project file against a consistent snapshot of the store."""
+    import os
+
     from buildsys.desired import read_desired
     from buildsys.plan import plan as compute
     from buildsys.reconcile import snapshot, stepwise
@@ -88,8 +90,16 @@ def make_plan(
 
     if project is None and ref is None:
         project = app.load_project()  # the command chooses the cached load; --ref reads git
+    # deploy-time values, as `prefect deploy` resolves them: this environment, the store's variables
+    variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
     _, desired = read_desired(
-        app.project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project
+        app.project_file,
+        ref=ref,
+        select=list(select) or None,
+        outputs=outputs,
+        loaded=project,
+        env=os.environ,
+        variables=variables,
     )
     serial, actual = snapshot(store)
     # the URL goes into plan files and CI logs: never with a password or token in it

@@ -44,7 +44,7 @@ deployments:
     work_pool:
       name: local
       job_variables:
-        env: {API_TOKEN: "{{ $API_TOKEN }}"}
+        env: {LOG_LEVEL: "{{ $ETL_LOG_LEVEL }}"}
     pull: []
   - name: hourly
     entrypoint: flows/etl.py:etl
@@ -80,6 +80,12 @@ def commit(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+@pytest.fixture(autouse=True)
+def deploy_time_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROJECT's job variable reads $ETL_LOG_LEVEL, resolved when planning (as prefect deploy does)."""
+    monkeypatch.setenv("ETL_LOG_LEVEL", "INFO")
+
+
 @pytest.fixture
 def repo(isolated: Path) -> Path:
     write(isolated / "prefect.yaml", PROJECT)
@@ -104,7 +110,7 @@ def test_newcomer_flow_plan_apply_edit_prune(repo: Path) -> None:
     assert (first.returncode, first.stderr) == (2, "")
     assert first.stdout.startswith(header(repo) + "+ create variable region\n")
     assert first.stdout.endswith("Plan: 4 to add, 0 to change, 0 to destroy.\n")
-    assert '    job_variables: {"env": {"API_TOKEN": (sensitive: $API_TOKEN)}}\n' in first.stdout
+    assert '    job_variables: {"env": {"LOG_LEVEL": "INFO"}}\n' in first.stdout
 
     applied = run(repo, "apply", "--auto-approve")
     assert applied.returncode == 0, applied.stderr
@@ -156,7 +162,8 @@ def test_newcomer_flow_plan_apply_edit_prune(repo: Path) -> None:
         ]
         nightly = s.get_resource("deployment", "nightly-etl/nightly")
         assert nightly is not None
-        assert nightly.spec["job_variables"] == {"env": {"API_TOKEN": "{{ $API_TOKEN }}"}}  # never resolved
+        # resolved when planning, as `prefect deploy` resolves it (not from the worker's environment)
+        assert nightly.spec["job_variables"] == {"env": {"LOG_LEVEL": "INFO"}}
         assert nightly.source == {
             "commit": git(repo, "rev-parse", "HEAD~1"),
             "ref": None,
