@@ -304,11 +304,12 @@ def deployment_resource(
         "parameters": r.value(dict(d.parameters), "parameters"),
         "parameter_schema": info.parameter_schema,
         "work_pool_name": d.work_pool.name,
-        "work_queue_name": d.work_pool.work_queue_name,
+        # Prefect stores the pool's default queue by name when none is given
+        "work_queue_name": d.work_pool.work_queue_name or "default",
         "job_variables": r.value(dict(d.work_pool.job_variables), "work_pool.job_variables"),
         "pull_steps": r.pull_steps(d.pull),
         "concurrency_limit": d.concurrency_limit,
-        "concurrency_options": dict(d.concurrency_options) if d.concurrency_options else None,
+        "concurrency_options": _concurrency_options(d.concurrency_options),
         "triggers": _triggers(d, r),
         # Prefect 3's server default; enforced by `run` and by plan's preflight
         "enforce_parameter_schema": d.enforce_parameter_schema is not False,
@@ -326,6 +327,7 @@ def deployment_resource(
     if "schedules" in managed:
         spec["schedules"] = [_schedule(s, r, f"schedules[{i}]") for i, s in enumerate(d.schedules)]
     _note_secrets(d, scope, deploy_time, warnings)
+    _no_blocks_in_parameters(d, spec)
     name = f"{info.name}/{d.name}"
     return DesiredResource(
         "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
@@ -406,12 +408,25 @@ def _tags(value: Any) -> Any:
     return [str(value)]
 
 
+def _concurrency_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Prefect stores both keys of the mapping form (an unset grace period as null)."""
+    if not options:
+        return None
+    return {"grace_period_seconds": None, **options}
+
+
 def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
+    """Stored as Prefect stores it: cron with `day_or` (default true), intervals in UTC unless a
+    timezone is given, anchor dates in UTC with a `Z`. Unlike Prefect, an interval without an
+    anchor_date is not anchored at deploy time (which moves it on every deploy) but at the
+    deployment's creation (buildsys.schedules)."""
     item: dict[str, Any] = {s.kind: r.value(s.value, where)}
+    timezone = s.timezone if s.timezone is not None or s.kind != "interval" else "UTC"
+    day_or = s.day_or if s.day_or is not None or s.kind != "cron" else True
     for key, value in (
-        ("timezone", s.timezone),
-        ("anchor_date", s.anchor_date),
-        ("day_or", s.day_or),
+        ("timezone", timezone),
+        ("anchor_date", _utc_text(s.anchor_date)),
+        ("day_or", day_or),
         ("slug", s.slug),
     ):
         if value is not None:
@@ -420,6 +435,21 @@ def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
     item["active"] = _truthy(active)
     item["parameters"] = r.value(dict(s.parameters), f"{where}.parameters")
     return item
+
+
+def _utc_text(value: str | None) -> str | None:
+    """An aware ISO datetime as Prefect returns it (UTC, `Z`); anything else as written."""
+    from datetime import UTC, datetime
+
+    if value is None or "{{" in value:
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _truthy(value: Any) -> Any:
@@ -472,6 +502,21 @@ class _Renderer:
         if isinstance(value, list):
             return [self._unknown_if_pending(v) for v in value]
         return value
+
+
+def _no_blocks_in_parameters(d: Deployment, spec: Mapping[str, Any]) -> None:
+    """Prefect resolves a block in `parameters` when deploying and stores its (secret) value in
+    plain text; buildsys never stores block values, and a flow must not receive the template
+    text either, so it is refused."""
+    found = [p for p in placeholders([spec.get("parameters"), spec.get("schedules")]) if p.kind == "block"]
+    if found:
+        raise DesiredStateError(
+            f"deployment {d.name!r}: {found[0].text} in parameters would store the block's value with the "
+            "deployment (Prefect stores it in plain text)",
+            location=d.location,
+            path=f"{d.path}.parameters",
+            hint="pass the block's name as the parameter and load it in the flow (e.g. Secret.load(name))",
+        )
 
 
 def _check_env(value: Any, env: Mapping[str, str], location: Location | None, where: str) -> None:

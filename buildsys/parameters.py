@@ -85,9 +85,21 @@ def signature_text(schema: Mapping[str, Any]) -> str:
     out = []
     props = schema.get("properties") or {}
     for name, prop in sorted(props.items(), key=lambda kv: kv[1].get("position", 0) if isinstance(kv[1], Mapping) else 0):
-        kind = prop.get("type") if isinstance(prop, Mapping) else None
-        out.append(f"{name}: {kind}" if isinstance(kind, str) else name)
+        kind = _type_text(prop) if isinstance(prop, Mapping) else None
+        out.append(f"{name}: {kind}" if kind else name)
     return ", ".join(out)
+
+
+def _type_text(prop: Mapping[str, Any]) -> str | None:
+    if isinstance(prop.get("type"), str):
+        return str(prop["type"])
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    members = prop.get("anyOf")
+    if isinstance(members, list):
+        parts = [_type_text(m) for m in members if isinstance(m, Mapping)]
+        return " | ".join(p for p in parts if p) or None
+    return None
 
 
 def accepts_any_name(schema: Mapping[str, Any]) -> bool:
