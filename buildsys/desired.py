@@ -25,8 +25,9 @@ from buildsys.entrypoints import EntrypointError, FlowInfo, SourceReader, flow_i
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
 from buildsys.selector import select_deployments
+from buildsys.sensitive import is_secret_name
 from buildsys.sourcefiles import UnreadableFile
-from buildsys.templating import UNKNOWN, Scope, is_secret_name, placeholders, render
+from buildsys.templating import UNKNOWN, Scope, placeholders, render
 
 UNKNOWN_TEXT = str(UNKNOWN)
 FLAT = "(flat namespace)"
