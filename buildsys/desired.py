@@ -306,7 +306,7 @@ def deployment_resource(
         "parameter_schema": info.parameter_schema,
         "work_pool_name": d.work_pool.name,
         # Prefect stores the pool's default queue by name when none is given
-        "work_queue_name": d.work_pool.work_queue_name or "default",
+        "work_queue_name": d.work_pool.work_queue_name or ("default" if d.work_pool.name else None),
         "job_variables": r.value(dict(d.work_pool.job_variables), "work_pool.job_variables"),
         "pull_steps": r.pull_steps(d.pull),
         "concurrency_limit": d.concurrency_limit,
@@ -418,7 +418,7 @@ def _concurrency_options(options: Mapping[str, Any] | None) -> dict[str, Any] | 
 
 def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
     """Stored as Prefect stores it: cron with `day_or` (default true), intervals in UTC unless a
-    timezone is given, anchor dates in UTC with a `Z`. Unlike Prefect, an interval without an
+    timezone is given, anchor dates in ISO 8601 (`Z` for UTC). Unlike Prefect, an interval without an
     anchor_date is not anchored at deploy time (which moves it on every deploy) but at the
     deployment's creation (buildsys.schedules)."""
     item: dict[str, Any] = {s.kind: r.value(s.value, where)}
@@ -426,7 +426,7 @@ def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
     day_or = s.day_or if s.day_or is not None or s.kind != "cron" else True
     for key, value in (
         ("timezone", timezone),
-        ("anchor_date", _utc_text(s.anchor_date)),
+        ("anchor_date", _iso_text(s.anchor_date)),
         ("day_or", day_or),
         ("slug", s.slug),
     ):
@@ -438,9 +438,9 @@ def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
     return item
 
 
-def _utc_text(value: str | None) -> str | None:
-    """An aware ISO datetime as Prefect returns it (UTC, `Z`); anything else as written."""
-    from datetime import UTC, datetime
+def _iso_text(value: str | None) -> str | None:
+    """An ISO datetime as Prefect returns it (`T`, a zero offset as `Z`); anything else as written."""
+    from datetime import datetime, timedelta
 
     if value is None or "{{" in value:
         return value
@@ -448,9 +448,8 @@ def _utc_text(value: str | None) -> str | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return value
-    if moment.tzinfo is None:
-        return value
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    text = moment.isoformat()
+    return text[:-6] + "Z" if moment.utcoffset() == timedelta(0) else text
 
 
 def _truthy(value: Any) -> Any:

@@ -378,6 +378,14 @@ class _Narrower:
         ):
             if raw.get(key) is None:
                 continue
+            if key == "work_queue_name" and not wp.get("name"):
+                self.warn(
+                    "`work_queue_name` (Prefect 2) is ignored: a work queue belongs to a work pool, and "
+                    "this deployment names none",
+                    (*path, key),
+                    "set `work_pool: {name: POOL, work_queue_name: QUEUE}`",
+                )
+                continue
             if wp.get(target) not in (None, {}) and wp.get(target) != raw[key]:
                 if key == "job_variables":  # not a Prefect key at all: ignored, as Prefect does
                     self.warn(

@@ -247,7 +247,11 @@ def prefect_view(d: Mapping[str, Any]) -> dict[str, Any]:
 def _in_order(schedules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Schedules in one order (Prefect returns them in its own): by kind, then by value."""
     kinds = ("cron", "interval", "rrule")
-    return sorted(schedules, key=lambda s: (next((i for i, k in enumerate(kinds) if k in s), 3), str(s)))
+    def key(s: dict[str, Any]) -> tuple[int, str]:
+        kind = next((i for i, k in enumerate(kinds) if k in s), 3)
+        return kind, json.dumps([s.get(kinds[kind]) if kind < 3 else None, s.get("timezone"), s.get("parameters")])
+
+    return sorted(schedules, key=key)
 
 
 def _prefect_schedule(s: Mapping[str, Any]) -> dict[str, Any]:

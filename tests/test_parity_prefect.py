@@ -502,7 +502,7 @@ def test_item9_small_differences_match_prefect(deployed: Deployed) -> None:
     rrule = next(s for s in mine["schedules"] if "rrule" in s)
     assert [cron, paris, rrule] == [s for s in theirs["schedules"] if s.get("interval") != 3600]
     assert cron["day_or"] is True and "timezone" not in cron
-    assert paris["anchor_date"] == "2023-12-31T22:00:00Z"
+    assert paris["anchor_date"] == "2024-01-01T00:00:00+02:00"
     theirs_hourly = next(s for s in theirs["schedules"] if s.get("interval") == 3600)
     assert hourly["timezone"] == "UTC"  # Prefect's default zone, stored
     assert {**hourly, "anchor_date": theirs_hourly["anchor_date"]} == theirs_hourly
