@@ -352,10 +352,8 @@ def test_parameters_are_checked_against_the_flow_signature() -> None:
     typo = dep(parameter_schema=schema, parameters={"dya": "x", "day": "{{ prefect.variables.day }}"})
     assert plan(state(typo), [POOL], serial=0).warnings == (
         "warning: deployment etl/nightly: Validation failed for field 'dya'. Failure reason: the flow has no "
-        "parameter 'dya'
-"
-        "  at .parameters.dya
-"
+        "parameter 'dya'\n"
+        "  at .parameters.dya\n"
         "  hint: did you mean 'day'?",
     )
     wrong = dep(parameter_schema=schema, parameters={"day": 3})
