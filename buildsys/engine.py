@@ -22,7 +22,7 @@ from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
 from buildsys.reporter import Event, NullReporter, Reporter
 from buildsys.step import Context, StepDef
-from buildsys.templating import Scope, env_blocks, placeholders, render
+from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
 
 
 @dataclass
@@ -285,7 +285,7 @@ class Engine:
         spec = node.spec
         key_inputs = render(spec.inputs, self._scope(node), missing="error", location=spec.location, path=spec.path)
         full_scope = self._scope(node, with_env=True)
-        inputs = render(spec.inputs, full_scope, missing="error", location=spec.location, path=spec.path)
+        inputs = render_inputs(spec.inputs, full_scope, held=stepdef.held, location=spec.location, path=spec.path)
         ctx = Context(
             root=self.project.root,
             cwd=self._cwd(node),

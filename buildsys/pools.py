@@ -26,6 +26,7 @@ __all__ = [
     "JobVariableError",
     "base_job_template",
     "check_job_variables",
+    "check_run_job_variables",
     "default_job_template",
     "expand_dotted",
     "job_configuration",
@@ -195,10 +196,28 @@ def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+# What a single run may not override: the program a job runs is part of the deployment (reviewed
+# in git, applied with plan/apply), not of a request to run it. Unlike Prefect, whose runs may
+# override any job variable.
+NOT_PER_RUN = ("command",)
+
+
+def check_run_job_variables(run_job_variables: Mapping[str, Any] | None) -> None:
+    """Refuse run overrides of what only a deployment or pool may set (see NOT_PER_RUN)."""
+    fixed = sorted(k for k in expand_dotted(run_job_variables or {}) if k in NOT_PER_RUN)
+    if fixed:
+        raise JobVariableError(
+            f"a run may not override {', '.join(repr(k) for k in fixed)}: it is set by the deployment or pool",
+            path=f"job_variables.{fixed[0]}",
+            hint="set it in the deployment's job_variables and apply (buildsys help security)",
+        )
+
+
 def merge_job_variables(
     deployment_job_variables: Mapping[str, Any] | None, run_job_variables: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """Deployment job variables overridden by the run's: ``env`` key by key, the rest wholesale."""
+    check_run_job_variables(run_job_variables)
     merged = expand_dotted(deployment_job_variables or {})
     for key, value in expand_dotted(run_job_variables or {}).items():
         if key == "env" and isinstance(value, Mapping) and isinstance(merged.get("env"), Mapping):

@@ -167,7 +167,7 @@ def run_pull_steps(
     A step that sets the working directory moves later steps there; the final ``directory`` is
     left for the caller to change into.
     """
-    from buildsys.templating import Scope, env_blocks, render
+    from buildsys.templating import Scope, env_blocks, render_inputs
 
     outputs: dict[str, dict[str, Any]] = {}
     ids: set[str] = set()
@@ -181,8 +181,8 @@ def run_pull_steps(
         emit(f"Running pull step {where}")
         scope = Scope(outputs=outputs, ids=frozenset(ids), env=env, variables=variables, blocks=env_blocks(env))
         try:
-            rendered = render(inputs, scope, missing="error", path=where)
             definition = _step_definition(name, root, (step_targets or {}).get(name), _requires(raw))
+            rendered = render_inputs(inputs, scope, held=definition.held, path=where)
             result, sets_cwd = _call_step(definition, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
         except Exception as exc:
             raise RuntimeFailure(f"pull step {where} failed: {_describe(exc)}", EXIT_PULL_FAILED) from exc

@@ -176,6 +176,7 @@ class StepDef:
         sets_cwd: bool = False,
         takes_context: bool = True,
         source: str = "",
+        held: Sequence[str] = (),
     ) -> None:
         self.func = func
         self.name = name
@@ -189,6 +190,9 @@ class StepDef:
         self.sets_cwd = sets_cwd
         self.takes_context = takes_context
         self.source = source or (func.__module__ or "")
+        # Text inputs the step structures itself (a script's lines and words): it gets them as
+        # HeldText, each placeholder held out, so that no rendered value changes the structure.
+        self.held = tuple(held)
         self.files_hook: FilesHook | None = None
         self.check_hook: CheckHook | None = None
         self.fingerprint_hook: FingerprintHook | None = None
@@ -251,8 +255,10 @@ def step(
     example: str = "",
     cacheable: bool = True,
     sets_cwd: bool = False,
+    held: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], StepDef]:
-    """Declare a step. The decorated function is called as ``func(ctx, **inputs)``."""
+    """Declare a step. The decorated function is called as ``func(ctx, **inputs)``; the inputs named
+    in ``held`` arrive as :class:`buildsys.templating.HeldText` (see there)."""
 
     def wrap(func: Callable[..., Any]) -> StepDef:
         return StepDef(
@@ -266,6 +272,7 @@ def step(
             example=example,
             cacheable=cacheable,
             sets_cwd=sets_cwd,
+            held=held,
         )
 
     return wrap

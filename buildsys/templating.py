@@ -369,3 +369,62 @@ def env_blocks(env: Mapping[str, str]) -> BlockResolver:
             return raw
 
     return resolve
+
+
+# --- held text: placeholders a step fills in only after it has split the text -----------------------
+
+_HOLD = re.compile("\ue000(\\d+)\ue001")
+
+
+class HeldText(str):
+    """A template whose placeholders are held out: each is a marker (private-use characters that no
+    shell splits on), and ``values`` holds what each renders to. A step that splits text into
+    commands and words splits first and then fills each word (:func:`fill`), so a value with a
+    newline, U+2028 or a quote stays inside its one word and never starts another command."""
+
+    values: tuple[str, ...] = ()
+
+
+def render_held(
+    text: str, scope: Scope, *, location: Location | None = None, path: str | None = None
+) -> HeldText:
+    """``text`` with each placeholder replaced by a marker, and the rendered values alongside."""
+    if "\ue000" in text or "\ue001" in text:
+        raise TemplateError(
+            "the characters U+E000 and U+E001 are not allowed here", location=location, path=path
+        )
+    values: list[str] = []
+
+    def hold(match: re.Match[str]) -> str:
+        value = render(match.group(0), scope, missing="error", location=location, path=path)
+        values.append(value if isinstance(value, str) else str(value))
+        return f"\ue000{len(values) - 1}\ue001"
+
+    held = HeldText(PLACEHOLDER.sub(hold, text))
+    held.values = tuple(values)
+    return held
+
+
+def fill(text: str, values: tuple[str, ...], quote: Callable[[str], str] | None = None) -> str:
+    """Put held values back into (a piece of) held text, each passed through ``quote`` if given."""
+    if "\ue000" not in text:
+        return text
+    return _HOLD.sub(lambda m: (quote or str)(values[int(m.group(1))]), text)
+
+
+def render_inputs(
+    inputs: Mapping[str, Any],
+    scope: Scope,
+    *,
+    held: tuple[str, ...] = (),
+    location: Location | None = None,
+    path: str | None = None,
+) -> dict[str, Any]:
+    """A step's inputs rendered; those named in ``held`` (text only) as :class:`HeldText`."""
+    rendered = render(inputs, scope, missing="error", location=location, path=path)
+    out = dict(rendered) if isinstance(rendered, Mapping) else {}
+    for name in held:
+        raw = inputs.get(name)
+        if isinstance(raw, str) and PLACEHOLDER.fullmatch(raw) is None:
+            out[name] = render_held(raw, scope, location=location, path=f"{path}.{name}" if path else name)
+    return out

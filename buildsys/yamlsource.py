@@ -42,6 +42,8 @@ _COL_BITS = 32  # a packed location is line << 32 | column (1-based both)
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 _INTERN_UP_TO = 64  # characters
+MAX_ALIAS_NODES = 20_000  # events replayed by aliases, plus 4 per character of the file
+MAX_ALIAS_CHARS = 4_000_000  # scalar characters replayed by aliases, plus 4 per character of the file
 
 
 class YamlError(BuildsysError):
@@ -97,9 +99,14 @@ class _Builder:
     """Builds one document's value from events. `path` None means: record no locations (keys,
     and merge sources, whose locations nobody looks up)."""
 
-    def __init__(self, loader: Any, file: str) -> None:
+    def __init__(self, loader: Any, file: str, size: int = 0) -> None:
         self.loader = loader
         self.file = file
+        # Aliases may copy a few times what the file holds, never without bound (see `spend`).
+        self.expanded = self.expanded_chars = 0
+        self.max_expanded = MAX_ALIAS_NODES + 4 * size
+        self.max_expanded_chars = MAX_ALIAS_CHARS + 4 * size
+        self.sizes: dict[str, tuple[int, int]] = {}  # anchor → (nodes, characters) an alias builds
         self.locations: dict[Path_, int] = {}
         self.anchors: dict[str, list[Event] | None] = {}  # None while the anchored node is being built
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
@@ -120,8 +127,8 @@ class _Builder:
     def node(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
         if path is not None:
             self.locations.setdefault(path, _pack(event))
-        if isinstance(event, AliasEvent):
-            return self.alias(event, path)
+        if isinstance(event, AliasEvent):  # inside a replay, the outermost alias paid for this one
+            return self.alias(event, path, outermost=nxt is self.next_source)
         anchor = getattr(event, "anchor", None)
         if anchor is None or nxt is not self.next_source:  # replayed events define no anchors
             return self.content(event, path, nxt)
@@ -141,9 +148,10 @@ class _Builder:
         finally:
             self.recorders.remove(recorder)
         self.anchors[anchor] = recorder
+        self.measure(anchor, recorder)
         return value
 
-    def alias(self, event: AliasEvent, path: Path_ | None) -> Any:
+    def alias(self, event: AliasEvent, path: Path_ | None, *, outermost: bool = True) -> Any:
         name = event.anchor
         if name not in self.anchors:
             raise YamlError(
@@ -154,8 +162,38 @@ class _Builder:
         recorded = self.anchors[name]
         if recorded is None:
             raise YamlError(f"recursive YAML alias: *{name} is used inside the node &{name} names", location=self.loc(event))
+        if outermost:
+            self.spend(name, event)
         replay = iter(recorded).__next__
         return self.content(replay(), path, replay)
+
+    def measure(self, anchor: str, recorded: list[Event]) -> None:
+        """What replaying the anchor builds: its events and characters, nested aliases included."""
+        nodes = chars = 0
+        for event in recorded:
+            if isinstance(event, AliasEvent):
+                inner = self.sizes.get(str(event.anchor), (1, 0))
+                nodes, chars = nodes + inner[0], chars + inner[1]
+            else:
+                nodes += 1
+                if isinstance(event, ScalarEvent):
+                    chars += len(event.value)
+        self.sizes[anchor] = (nodes, chars)
+
+    def spend(self, anchor: str, alias: AliasEvent) -> None:
+        """Charge an alias to the file's expansion budget before building anything: an alias bomb
+        (aliases of aliases, each multiplying the document) stops at once, located."""
+        nodes, chars = self.sizes.get(anchor, (0, 0))
+        self.expanded += nodes
+        self.expanded_chars += chars
+        if self.expanded > self.max_expanded or self.expanded_chars > self.max_expanded_chars:
+            raise YamlError(
+                f"YAML aliases would expand to more than {self.max_expanded:,} nodes or "
+                f"{self.max_expanded_chars:,} characters (*{anchor} alone is {nodes:,} nodes, "
+                f"{chars:,} characters): an alias bomb?",
+                location=self.loc(alias),
+                hint=f"*{anchor} copies aliases of aliases; use fewer levels of aliases",
+            )
 
     def content(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
         if isinstance(event, MappingStartEvent):
@@ -261,7 +299,7 @@ def load_yaml(text: str, file: str) -> Located:
     """Parse one YAML document with locations. Raises YamlError with a location on bad input."""
     loader = _Loader(text)
     try:
-        builder = _Builder(loader, file)
+        builder = _Builder(loader, file, len(text))
         try:
             value = _document(builder, builder.next_source)
         except YamlError:

@@ -61,6 +61,13 @@ class App:
         return open_store(self.state, root=self.project_file.resolve().parent, key_env=self.state_key_env)
 
     @property
+    def store_description(self) -> str:
+        """The store plan and apply read and write, said for people (`SQLite file /abs/path`, …)."""
+        from buildsys.store import describe_store
+
+        return describe_store(self.state, root=self.project_file.resolve().parent)
+
+    @property
     def reporter(self) -> Reporter:
         if self._reporter is None:
             from buildsys.reporter import make_reporter

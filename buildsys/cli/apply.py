@@ -99,6 +99,9 @@ def report(app: App, plan: Plan | None, result: ApplyResult | None) -> None:
         return
     if result is None:
         return
+    from buildsys.cli.plan import name_store
+
+    name_store(app)
     if result.applied == 0:
         app.echo(f"No changes to apply (store serial {result.serial}).")
         return

@@ -58,6 +58,7 @@ def plan(
         result = make_plan(app, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs)
     finally:
         store.close()
+    name_store(app)
     if out is not None:
         from buildsys.reconcile import write_plan_file
 
@@ -106,6 +107,13 @@ def make_plan(
     return compute(
         desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state), stepwise=stepwise(store)
     )
+
+
+def name_store(app: App) -> None:
+    """Say which store is read and written (on stderr, as Terraform names its backend; under
+    --json the plan's `store` says it)."""
+    if app.verbosity >= 0 and not app.json:
+        app.echo(f"State store: {app.store_description}", err=True)
 
 
 def show_plan(app: App, result: Plan) -> None:

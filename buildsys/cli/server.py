@@ -34,9 +34,21 @@ def server() -> None:
     type=click.FloatRange(0.1, 3600),
     help="How often schedules become runs and expired leases are handled.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    envvar="BUILDSYS_SERVER_ALLOWED_HOSTS",
+    help="Another name (or origin, https://name) clients use for this server; the bound address and "
+    "localhost always are. Other Host and Origin headers are refused (see `buildsys help security`).",
+)
 @common_options
 @pass_app
-def start(app: App, host: str, port: int, db: str | None, auth: bool, housekeeping_seconds: float) -> None:
+def start(
+    app: App, host: str, port: int, db: str | None, auth: bool, housekeeping_seconds: float,
+    allowed_hosts: tuple[str, ...],
+) -> None:
     """Start the HTTP API (uvicorn) on the given database."""
     from buildsys.server import ServeOptions, Settings, serve
     from buildsys.server.serve import DEFAULT_DB, is_loopback
@@ -50,7 +62,8 @@ def start(app: App, host: str, port: int, db: str | None, auth: bool, housekeepi
     )
     app.echo(f"PREFECT_API_URL=http://{host}:{port}/prefect/api", err=True)
     settings = Settings(housekeeping_seconds=housekeeping_seconds)
-    serve(ServeOptions(host=host, port=port, db=database, auth=auth, settings=settings))
+    serve(ServeOptions(host=host, port=port, db=database, auth=auth, settings=settings,
+                       allowed_hosts=allowed_hosts))
 
 
 @server.group("token")

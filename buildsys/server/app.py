@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -28,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
 from buildsys.server.endpoints import ApiError, Call, Endpoint, Services
+from buildsys.server.guard import GuardPolicy, RequestGuard
 from buildsys.server.routes import ENDPOINTS
 from buildsys.server.schemas import COMPONENTS
 from buildsys.store.base import StateStore
@@ -52,9 +54,13 @@ def create_app(
     authenticator: Authenticator | None = None,
     settings: Settings | None = None,
     project_root: Path | None = None,
+    guard: GuardPolicy | None = None,
 ) -> Starlette:
     """The API over `store`, and the web UI at `/`; with an authenticator every non-public call
-    and page needs a token. `project_root` gives the UI a project (plans, step graph)."""
+    and page needs a token. `project_root` gives the UI a project (plans, step graph).
+
+    Everything the app serves, mounts included, sits behind the request guard (Host, Origin,
+    JSON bodies: see buildsys/server/guard.py)."""
     settings = settings or Settings()
     services = Services(
         store,
@@ -93,6 +99,7 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(RequestGuard, policy=guard or GuardPolicy())],
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},  # type: ignore[dict-item]
     )
 

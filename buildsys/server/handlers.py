@@ -132,7 +132,10 @@ def _runs(runs: list[FlowRun]) -> Any:
 
 
 async def create_run(call: Call) -> Any:
+    from buildsys.pools import check_run_job_variables
+
     body = call.body
+    check_run_job_variables(body.get("job_variables"))
     run = await call.sync(
         call.store.create_run,
         body["deployment"],

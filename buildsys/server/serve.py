@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from buildsys.errors import BuildsysError
 from buildsys.server.app import Settings, create_app
 from buildsys.server.auth import Authenticator, TokenStore, database_for
+from buildsys.server.guard import GuardPolicy
 from buildsys.store import open_store
 
 DEFAULT_DB = "buildsys-server.db"
@@ -27,6 +28,7 @@ class ServeOptions:
     auth: bool = False  # loopback only; any other address always requires auth
     settings: Settings = field(default_factory=Settings)
     log_level: str = "info"
+    allowed_hosts: tuple[str, ...] = ()  # more names (or origins) of this server; see server/guard.py
 
 
 def is_loopback(host: str) -> bool:
@@ -62,7 +64,8 @@ def serve(options: ServeOptions) -> None:
     logging.basicConfig(
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(store, authenticator=authenticator, settings=options.settings)
+    guard = GuardPolicy.of(options.allowed_hosts)
+    app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard)
     try:
         uvicorn.run(
             app,

@@ -107,7 +107,8 @@ def header(repo: Path, dirty: bool = False) -> str:
 
 def test_newcomer_flow_plan_apply_edit_prune(repo: Path) -> None:
     first = run(repo, "plan", "--detailed-exitcode")
-    assert (first.returncode, first.stderr) == (2, "")
+    # the store it read is named (on stderr, stdout stays the plan)
+    assert (first.returncode, first.stderr) == (2, f"State store: SQLite file {repo / '.buildsys' / 'state.db'}\n")
     assert first.stdout.startswith(header(repo) + "+ create variable region\n")
     assert first.stdout.endswith("Plan: 4 to add, 0 to change, 0 to destroy.\n")
     assert '    job_variables: {"env": {"LOG_LEVEL": "INFO"}}\n' in first.stdout
@@ -407,7 +408,9 @@ def test_apply_asks_on_a_terminal(repo: Path) -> None:
     code, text = _apply_on_a_terminal(repo, b"y\n")
     assert code == 0
     assert text.endswith(
-        "Apply these changes? [y/N]: y\nApply complete: 4 change(s) written (store serial 1).\n"
+        "Apply these changes? [y/N]: y\n"
+        f"State store: SQLite file {repo / '.buildsys' / 'state.db'}\n"
+        "Apply complete: 4 change(s) written (store serial 1).\n"
     )
 
 
