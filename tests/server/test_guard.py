@@ -11,8 +11,7 @@ import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import Route
 
 from buildsys.server.app import Settings, create_app
 from buildsys.server.guard import GuardPolicy
@@ -104,7 +103,9 @@ def test_a_run_may_not_override_the_command(url: str, store: SqlStore) -> None:
 
 
 def test_everything_mounted_on_the_app_is_guarded(store: SqlStore) -> None:
-    """A Prefect API at /prefect/api and a UI at / (mounted later by others) sit behind the same guard."""
+    """The Prefect API at /prefect/api and the UI at / sit behind the same guard as /api/v1."""
+    import threading
+
     import uvicorn
 
     from tests.infra.net import free_port
@@ -112,36 +113,28 @@ def test_everything_mounted_on_the_app_is_guarded(store: SqlStore) -> None:
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"got": (await request.body()).decode()})
 
-    async def events(ws: WebSocket) -> None:
-        await ws.accept()
-        await ws.send_text("hello")
-        await ws.close()
-
     app = create_app(store, settings=Settings(housekeeping=False), guard=GuardPolicy.of(("build.internal",)))
-    app.router.routes.append(Route("/prefect/api/flow_runs/", echo, methods=["POST"]))
-    app.router.routes.append(Route("/ui/action", echo, methods=["POST"]))
-    app.router.routes.append(WebSocketRoute("/prefect/api/events/in", events))
+    app.router.routes.append(Route("/test-form/action", echo, methods=["POST"]))  # a form page, like the UI's
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    import threading
-
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         wait_for(lambda: server.started, 15, "uvicorn to start")
         base = f"http://127.0.0.1:{port}"
+        prefect = f"{base}/prefect/api/flow_runs/filter"
         plain = {"content-type": "text/plain"}
-        assert httpx.post(f"{base}/prefect/api/flow_runs/", content=b"{}", headers=plain).status_code == 415
-        assert httpx.post(f"{base}/prefect/api/flow_runs/", json={}).status_code == 200
+        assert httpx.post(prefect, content=b"{}", headers=plain).status_code == 415
+        assert httpx.post(prefect, json={}).status_code == 200
         rebound = {"host": f"evil.example:{port}", "content-type": "application/json"}
-        assert httpx.post(f"{base}/prefect/api/flow_runs/", content=b"{}", headers=rebound).status_code == 421
-        named = {"host": f"build.internal:{port}"}
-        assert httpx.post(f"{base}/prefect/api/flow_runs/", json={}, headers=named).status_code == 200
-        # a UI form post: not a JSON endpoint, but a foreign origin is refused all the same
+        assert httpx.post(prefect, content=b"{}", headers=rebound).status_code == 421
+        assert httpx.post(prefect, json={}, headers={"host": f"build.internal:{port}"}).status_code == 200
+        assert httpx.get(f"{base}/", headers={"host": f"evil.example:{port}"}).status_code == 421
+        # a form post: not a JSON endpoint, but a foreign origin is refused all the same
         form = {"content-type": "application/x-www-form-urlencoded"}
-        assert httpx.post(f"{base}/ui/action", content=b"a=1", headers=form).status_code == 200
+        assert httpx.post(f"{base}/test-form/action", content=b"a=1", headers=form).status_code == 200
         cross = {**form, "origin": "http://evil.example"}
-        assert httpx.post(f"{base}/ui/action", content=b"a=1", headers=cross).status_code == 403
+        assert httpx.post(f"{base}/test-form/action", content=b"a=1", headers=cross).status_code == 403
         assert _websocket_status(port, origin=f"http://127.0.0.1:{port}") == 101
         assert _websocket_status(port, origin="http://evil.example") == 403
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.compiled import compile_project
 from buildsys.engine import build
 from buildsys.project import load_project
 from buildsys.reporter import Event
@@ -66,7 +67,8 @@ def test_values_from_env_and_step_outputs_never_start_a_command(
     monkeypatch.setenv("BRANCH_NAME", value)
     _project(isolated, shell)
 
-    result = build(load_project(isolated / "prefect.yaml"), reporter=Quiet(), use_cache=False)
+    compiled = compile_project(load_project(isolated / "prefect.yaml"))
+    result = build(compiled.project, compiled.graph, compiled.steps, reporter=Quiet(), use_cache=False)
 
     assert not marker.exists(), f"{kind}: a templated value ran a command"
     outputs = {r.label: r.outputs for r in result.results.values()}
