@@ -375,7 +375,9 @@ def try_fast(argv: Sequence[str]) -> int | None:
                 return None
             value = inline or args.pop(0)
             if key in ("-f", "--file"):
-                opts["file"] = value
+                if opts.get("file_given"):
+                    return None  # a second -f is an error the normal path reports
+                opts["file"], opts["file_given"] = value, True
             elif key in ("-d", "--deployment"):
                 opts["deployments"].append(value)
         else:

@@ -21,6 +21,7 @@ def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--explain", is_flag=True, help="Say why each step runs or is skipped."),
             click.option("--keep-going", is_flag=True, help="After a failure, keep running independent steps."),
             click.option("--install-requires", is_flag=True, help="pip install a missing step's `requires` (off by default)."),
+            click.option("-n", "--dry-run", is_flag=True, help="Say what would run and why, without running anything."),
         ]
     ):
         f = option(f)
@@ -32,10 +33,13 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
     from buildsys.engine import build as run_build
     from buildsys.reporter import Event, make_reporter
 
-    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     compiled = compiled_build(
         app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
     )
+    if opts["dry_run"]:
+        dry_run(app, compiled)
+        return
+    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
     try:
         result = run_build(
@@ -56,6 +60,34 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
         reporter.close()
     _remember_noop(app, sections, opts, result)
     if not result.ok:
+        raise SystemExit(1)
+
+
+_MARK = {"cached": "=", "run": "▶", "blocked": "·", "error": "✗"}
+_SAYS = {"cached": "cached", "run": "would run", "blocked": "waits", "error": "error"}
+
+
+def dry_run(app: App, compiled: Any) -> None:
+    """`build -n`: every step's decision (the rule a build uses), computed without running anything."""
+    from buildsys.engine import Engine
+
+    engine = Engine(compiled.project, compiled.graph, compiled.steps, dry_run=True)
+    try:
+        decisions = engine.foresee()
+    finally:
+        engine.cache.close()
+    steps = [(compiled.graph.nodes[k].label, decisions[k]) for k in compiled.graph.order()]
+    counts = {state: sum(1 for _, d in steps if d.state == state) for state in _MARK}
+    if app.json:
+        app.emit_json({"dry_run": True, "ok": not counts["error"],
+                       "steps": [{"step": label, "decision": d.state, "reason": d.reason} for label, d in steps],
+                       "counts": counts})
+    else:
+        for label, d in steps:
+            app.echo(f"{_MARK[d.state]} {label}  {_SAYS[d.state]} ({d.reason})")
+        app.echo(f"dry run: {counts['run']} would run, {counts['cached']} cached, {counts['blocked']} after a step "
+                 f"that would run, {counts['error']} error(s); nothing was run")
+    if counts["error"]:
         raise SystemExit(1)
 
 

@@ -200,3 +200,39 @@ def test_validate_flags_a_flat_name_no_step_outputs(proj: Path) -> None:
         "  at pull[1: run_shell_script].directory",
         "  hint: outputs here: directory",
     ]
+
+
+DRY = """\
+build:
+  - run_shell_script: {id: first, script: cat a.txt, inputs: [a.txt], stream_output: false}
+  - run_shell_script: {id: second, script: "echo {{ first.stdout }}", stream_output: false}
+  - run_shell_script: {id: other, script: echo other, needs: [], stream_output: false}
+deployments:
+  - {name: d, entrypoint: f.py:f}
+"""
+
+
+def test_build_dry_run_says_what_would_run_and_why_without_running(isolated: Path) -> None:
+    (isolated / "prefect.yaml").write_text(DRY)
+    (isolated / "a.txt").write_text("1\n")
+    first = bs("build", "-n", cwd=isolated)
+    assert (first.returncode, first.stdout) == (0, (
+        "▶ first  would run (no previous run)\n"
+        "· second  waits (upstream step first would run first)\n"
+        "▶ other  would run (no previous run)\n"
+        "dry run: 2 would run, 0 cached, 1 after a step that would run, 0 error(s); nothing was run\n"
+    ))
+    assert bs("cache", "explain", "first", cwd=isolated).stdout == "first: would run: no previous run\n"  # nothing ran
+    assert bs("build", cwd=isolated).returncode == 0
+    (isolated / "a.txt").write_text("2\n")
+    r = bs("--json", "build", "--dry-run", cwd=isolated)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "dry_run": True, "ok": True,
+        "steps": [{"step": "first", "decision": "run", "reason": "input file a.txt changed"},
+                  {"step": "second", "decision": "blocked", "reason": "upstream step first would run first"},
+                  {"step": "other", "decision": "cached", "reason": "unchanged"}],
+        "counts": {"cached": 1, "run": 1, "blocked": 1, "error": 0},
+    }
+    after = bs("build", "--explain", cwd=isolated)  # the dry run changed nothing: the build still sees the change
+    assert "▶ first  (input file a.txt changed)" in after.stderr
