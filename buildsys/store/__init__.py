@@ -12,7 +12,7 @@ from pathlib import Path
 from buildsys.errors import StateError
 from buildsys.store.base import StateStore
 
-SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "http://", "https://")
+SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "http://", "https://", "prefect+http://", "prefect+https://")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
@@ -66,7 +66,8 @@ def check_scheme(url: str) -> None:
     raise StateError(
         f"unknown state store URL scheme {scheme + ':'!r} in {mask_url(url)!r}",
         hint=(f"did you mean {guess}://? " if guess else "")
-        + "a store is a path or sqlite:///…, postgresql://…, http(s)://… (a path holding ':' can be written ./NAME)",
+        + "a store is a path or sqlite:///…, postgresql://…, http(s)://…, prefect+http(s)://…/api "
+        "(a path holding ':' can be written ./NAME)",
     )
 
 
@@ -74,6 +75,8 @@ def describe_store(url: str, root: Path | None = None) -> str:
     """The store a URL names, said for people (plan and apply name it, as Terraform names its backend)."""
     from buildsys.sensitive import mask_url
 
+    if url.startswith(("prefect+http://", "prefect+https://")):
+        return f"Prefect server {mask_url(url.removeprefix('prefect+')).rstrip('/')}"
     if url.startswith(("http://", "https://")):
         return f"buildsys server {mask_url(url).rstrip('/')}"
     if url.startswith(("postgresql://", "postgres://")):

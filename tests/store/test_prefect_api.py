@@ -76,3 +76,9 @@ def test_writes_are_retried_only_when_prefect_did_nothing(monkeypatch: pytest.Mo
     with pytest.raises(StateError, match=r"failed on POST /variables/ \(500\)"):
         store.api.write("POST", "/variables/", {})
     assert len(seen) == 1 and store.api.written == []
+
+
+def test_the_store_is_named_without_its_secret() -> None:
+    from buildsys.store import describe_store
+
+    assert describe_store("prefect+https://u:tok@prefect.example/api/") == "Prefect server https://u:****@prefect.example/api"
