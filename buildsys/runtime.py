@@ -496,12 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def standby(preload_prefect: bool) -> int:
-    """Wait for a run with the imports done (then say "standby"): one JSON line on stdin,
-    {"env", "cwd"}, then the run exactly as a freshly started runtime with that environment in that
-    directory would run it."""
+    """Import what runs need, then wait for one: a JSON line on stdin, {"env", "cwd"}, then the run
+    exactly as a freshly started runtime with that environment in that directory would run it."""
     started_in = os.getcwd()
     _preload(preload_prefect)
-    control("standby")
     line = sys.stdin.readline()
     if not line.strip():  # the worker let it go unused
         return EXIT_OK
@@ -516,7 +514,12 @@ def standby(preload_prefect: bool) -> int:
     if sys.path and sys.path[0] == started_in:  # `python -m` put the start directory first
         sys.path[0] = os.getcwd()
     if "prefect" in sys.modules:
-        importlib.import_module("prefect.context").refresh_global_settings_context()
+        # Prefect read its settings from the environment at import: make it read the run's
+        refresh = getattr(importlib.import_module("prefect.context"), "refresh_global_settings_context", None)
+        if refresh is None:  # a Prefect that cannot: start afresh, same process, this environment
+            sys.stdout.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "buildsys.runtime"])
+        refresh()
     try:
         context = read_context(None, os.environ)
     except RuntimeFailure as exc:
@@ -526,8 +529,8 @@ def standby(preload_prefect: bool) -> int:
 
 
 def _preload(prefect: bool) -> None:
-    """What every run imports anyway; with ``prefect``, Prefect's engine when a supported Prefect is
-    installed (and can take the run's settings after import)."""
+    """What every run imports anyway; with ``prefect``, Prefect's engine (when a Prefect that
+    buildsys supports is installed)."""
     importlib.import_module("buildsys.templating")
     importlib.import_module("buildsys.step")
     if not prefect:
@@ -537,13 +540,9 @@ def _preload(prefect: bool) -> None:
     version = installed_version()
     if version is None or version_problem(version):
         return
-    try:
+    with contextlib.suppress(ImportError):
         for module, _attr in ENGINE_CALLS:
             importlib.import_module(module)
-        refresh = importlib.import_module("prefect.context").refresh_global_settings_context
-    except (ImportError, AttributeError):
-        sys.exit(EXIT_OK)  # not a Prefect this can prepare for: the run starts cold instead
-    del refresh
 
 
 if __name__ == "__main__":

@@ -140,9 +140,7 @@ def test_the_standby_runtime_runs_the_next_run_with_its_own_env_and_directory(tm
     infra = ProcessInfrastructure(standby=True, base_env={**_env(), "WORKER_ONLY": "1"})
     try:
         infra.warm_up()
-        spare = infra._standby._proc  # type: ignore[union-attr]
-        assert spare is not None
-        wait_for(infra._standby._ready.is_set, 30, "the standby runtime to be ready")  # type: ignore[union-attr]
+        spare = infra._standby._spares[0][0]  # type: ignore[union-attr]
         lines = Lines()
         execution = infra.start(job(tmp_path, "flow.py:f", {"env": {"EXTRA": "run's own"}}), lines)
         assert execution.identifier == str(spare.pid)  # the run got the waiting process
@@ -150,16 +148,15 @@ def test_the_standby_runtime_runs_the_next_run_with_its_own_env_and_directory(tm
         assert outcome is not None and outcome.exit_code == 0, lines.items
         assert lines.plain() == [("stdout", f"{spare.pid} {tmp_path} run's own True lib next to the flow")]
         # a run that needs other interpreter settings starts cold, and the next standby is made for it
-        wait_for(infra._standby._ready.is_set, 30, "the next standby runtime")  # type: ignore[union-attr]
-        waiting = infra._standby._proc  # type: ignore[union-attr]
+        waiting = [p for p, _ in infra._standby._spares]  # type: ignore[union-attr]
         lines = Lines()
         execution = infra.start(job(tmp_path, "flow.py:f", {"env": {"EXTRA": "x", "PYTHONPATH": str(tmp_path)}}), lines)
-        assert waiting is not None and execution.identifier != str(waiting.pid)
+        assert len(waiting) == 2 and execution.identifier not in {str(p.pid) for p in waiting}
         assert execution.wait(30) is not None and lines.plain()[0][1].endswith(f"{tmp_path} x True lib next to the flow")
         assert infra._standby.settings == {"PYTHONPATH": str(tmp_path)}  # type: ignore[union-attr]
     finally:
         infra.close()
-    assert waiting.poll() is not None
+    assert all(p.poll() is not None for p in waiting)
 
 
 def _env() -> dict[str, str]:

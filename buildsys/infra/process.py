@@ -109,73 +109,78 @@ class ProcessInfrastructure:
 
 
 class _Standby:
-    """One runtime started ahead of the next run; it preloads Prefect's engine once a run of this
-    pool has used it, and is only handed a run once it said it is ready."""
+    """Runtimes started ahead of the next runs (``SPARES`` of them: importing Prefect can take
+    longer than a run); they preload Prefect's engine once a run of this pool has used it. A run is
+    handed the oldest even while it is still importing: it has a head start on any process started
+    now."""
+
+    SPARES = 2
 
     def __init__(self, python: str, base_env: Mapping[str, str]) -> None:
         self.python = python
         self.base_env = dict(base_env)
         self.settings = _interpreter_settings(base_env)  # what the last run needed
         self.prefect = False  # a run went to Prefect's engine: preload it
-        self.usable = True
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._env: dict[str, str] = {}
-        self._ready = threading.Event()
+        self._spares: list[tuple[subprocess.Popen[bytes], dict[str, str]]] = []  # oldest first
         self._lock = threading.Lock()
         self._closed = False
 
     def warm_up(self) -> None:
         with self._lock:
-            if self._closed or not self.usable or (self._proc is not None and self._proc.poll() is None):
-                return
-            env = {k: v for k, v in self.base_env.items() if k not in _interpreter_settings(self.base_env)}
-            env.update(self.settings)
-            env.update({PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
-            env.pop("BUILDSYS_RUN_CONTEXT", None)
-            args = [*runtime_command(self.python), STANDBY_FLAG, *([PRELOAD_PREFECT_FLAG] if self.prefect else [])]
-            try:
-                proc = subprocess.Popen(
-                    args,
-                    cwd=tempfile.gettempdir(),
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=True,
-                )
-            except OSError:
-                self.usable = False
-                return
-            self._proc, self._env, self._ready = proc, env, threading.Event()
-            threading.Thread(target=_await_ready, args=(proc, self._ready), name="standby", daemon=True).start()
+            self._spares = [(p, e) for p, e in self._spares if p.poll() is None]
+            while not self._closed and len(self._spares) < self.SPARES:
+                started = self._start()
+                if started is None:
+                    return
+                self._spares.append(started)
+
+    def _start(self) -> tuple[subprocess.Popen[bytes], dict[str, str]] | None:
+        env = {k: v for k, v in self.base_env.items() if k not in _interpreter_settings(self.base_env)}
+        env.update(self.settings)
+        env.update({PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
+        env.pop("BUILDSYS_RUN_CONTEXT", None)
+        args = [*runtime_command(self.python), STANDBY_FLAG, *([PRELOAD_PREFECT_FLAG] if self.prefect else [])]
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=tempfile.gettempdir(),
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError:
+            return None
+        return proc, env
 
     def preload_prefect(self) -> None:
-        """From now on the waiting runtime has Prefect's engine imported (replace one without)."""
+        """From now on the waiting runtimes have Prefect's engine imported (replace those without)."""
         with self._lock:
             if self.prefect:
                 return
             self.prefect = True
-            proc, self._proc = self._proc, None
-        if proc is not None:
+            spares, self._spares = self._spares, []
+        for proc, _env in spares:
             _stop(proc)
         self.warm_up()
 
     def take(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes] | None:
-        """The ready runtime, handed this run's environment and directory; None when none is ready
-        or its interpreter settings differ from the run's (the run then starts cold)."""
+        """The oldest waiting runtime, handed this run's environment and directory; None when there
+        is none with the run's interpreter settings (the run then starts cold)."""
         settings = _interpreter_settings(env)
         with self._lock:
-            proc = self._proc
-            if proc is None or not self._ready.is_set():
-                if proc is not None and proc.poll() is not None:
-                    self.usable = False  # it could not prepare (see runtime.standby): runs start cold
-                    self._proc = None
-                return None
-            self._proc = None
-            mismatch = settings != _interpreter_settings(self._env)
-            self.settings = settings  # the next one is made for runs like this one
-        if mismatch or proc.poll() is not None:
-            _stop(proc)
+            if settings != self.settings:  # the next ones are made for runs like this one
+                self.settings, stale, self._spares = settings, self._spares, []
+            else:
+                stale = []
+            alive = [(p, e) for p, e in self._spares if p.poll() is None]
+            stale += [(p, e) for p, e in self._spares if p.poll() is not None]
+            proc = alive[0][0] if alive else None
+            self._spares = alive[1:]
+        for old, _env in stale:
+            _stop(old)
+        if proc is None:
             return None
         try:
             assert proc.stdin is not None
@@ -189,16 +194,9 @@ class _Standby:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            proc, self._proc = self._proc, None
-        if proc is not None:
+            spares, self._spares = self._spares, []
+        for proc, _env in spares:
             _stop(proc)
-
-
-def _await_ready(proc: subprocess.Popen[bytes], ready: threading.Event) -> None:
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode("utf-8", "replace")
-    if line.startswith(CONTROL_PREFIX) and '"standby"' in line:
-        ready.set()
 
 
 def _interpreter_settings(env: Mapping[str, str]) -> dict[str, str]:
