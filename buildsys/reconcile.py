@@ -13,15 +13,19 @@ an error that lists exactly what was written; planning again gives the plan that
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import BuildsysError, ConflictError, Diagnostic
 from buildsys.plan import Plan, PlanError, ResourceChange
 from buildsys.preflight import validate
 from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
+
+if TYPE_CHECKING:
+    from buildsys.desired import OutputsFor
+    from buildsys.model import Deployment, Project
 
 
 class ApplyError(BuildsysError):
@@ -63,6 +67,52 @@ def _said(c: ResourceChange) -> str:
 class ApplyResult:
     serial: int  # the store serial after the apply
     applied: int  # number of changes written
+
+
+def plan_project(
+    project_file: Path,
+    store: StateStore,
+    *,
+    ref: str | None = None,
+    prune: bool = False,
+    select: Sequence[str] = (),
+    outputs: Callable[[Project], OutputsFor | None] | None = None,
+    project: Project | None = None,
+    env: Mapping[str, str] | None = None,
+    store_url: str = "",
+) -> Plan:
+    """The project file's desired state (at `ref`, or the working tree: `project` when the caller
+    loaded it) against a consistent snapshot of the store: what `plan`, `apply` and `deploy` show.
+    Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them."""
+    from buildsys.desired import read_desired
+    from buildsys.plan import plan as compute
+    from buildsys.revision import strip_credentials
+
+    variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
+    _, desired = read_desired(
+        project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project, env=env, variables=variables
+    )
+    serial, actual = snapshot(store)
+    # the URL goes into plan files and CI logs: never with a password or token in it
+    return compute(
+        desired, actual, serial=serial, prune=prune, store=strip_credentials(store_url), stepwise=stepwise(store)
+    )
+
+
+def cached_outputs(project: Project) -> OutputsFor:
+    """Each deployment's build outputs as the build cache holds them, without running anything
+    (what no build produced for the current inputs is "known after build"): plan's view."""
+    from buildsys.desired import BuildOutputs
+
+    def outputs(d: Deployment) -> BuildOutputs | None:
+        if not (d.build or d.push):
+            return BuildOutputs({})
+        from buildsys.engine import cached_namespace  # only projects with build steps load the engine
+
+        namespace, pending = cached_namespace(project, d.name)
+        return BuildOutputs(namespace, frozenset(pending))
+
+    return outputs
 
 
 def snapshot(store: StateStore, *, attempts: int = 5) -> tuple[int, list[Resource]]:

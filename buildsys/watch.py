@@ -368,10 +368,9 @@ class Watcher:
 
     def _deploy(self, outcome: Cycle) -> Cycle:
         from buildsys.caches import load_project
-        from buildsys.cli.plan import cached_outputs
         from buildsys.desired import read_desired
         from buildsys.plan import plan as compute
-        from buildsys.reconcile import apply_plan, snapshot, stepwise
+        from buildsys.reconcile import apply_plan, cached_outputs, snapshot, stepwise
 
         assert self.open_store is not None
         store = self.open_store()

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 @pass_app
 def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool, deployments: tuple[str, ...]) -> None:
     """Apply a saved plan exactly, or plan and apply (asking first)."""
-    from buildsys.cli.plan import cached_outputs, make_plan, show_plan
-    from buildsys.reconcile import read_plan_file
+    from buildsys.cli.plan import make_plan, show_plan
+    from buildsys.reconcile import cached_outputs, read_plan_file
 
     for given, name in ((prune, "--prune"), (deployments, "-d/--deployment")):
         if plan_file is not None and given:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from buildsys.desired import OutputsFor
-    from buildsys.model import Deployment, Project
+    from buildsys.model import Project
     from buildsys.plan import Plan
     from buildsys.store.base import StateStore
 
@@ -53,6 +53,8 @@ def plan(
     deployments: tuple[str, ...],
 ) -> None:
     """Show what `apply` would change in the state store."""
+    from buildsys.reconcile import cached_outputs
+
     store = app.open_store()
     try:
         result = make_plan(app, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs)
@@ -81,31 +83,18 @@ def make_plan(
     outputs: Callable[[Project], OutputsFor | None] | None = None,
     project: Project | None = None,
 ) -> Plan:
-    """Desired state of the project file against a consistent snapshot of the store."""
+    """`reconcile.plan_project` for this command line's project file, store and environment; the
+    working tree's project comes from the cache layer (the command chooses the cached load; --ref
+    reads git)."""
     import os
 
-    from buildsys.desired import read_desired
-    from buildsys.plan import plan as compute
-    from buildsys.reconcile import snapshot, stepwise
-    from buildsys.revision import strip_credentials
+    from buildsys.reconcile import plan_project
 
     if project is None and ref is None:
-        project = app.load_project()  # the command chooses the cached load; --ref reads git
-    # deploy-time values, as `prefect deploy` resolves them: this environment, the store's variables
-    variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
-    _, desired = read_desired(
-        app.project_file,
-        ref=ref,
-        select=list(select) or None,
-        outputs=outputs,
-        loaded=project,
-        env=os.environ,
-        variables=variables,
-    )
-    serial, actual = snapshot(store)
-    # the URL goes into plan files and CI logs: never with a password or token in it
-    return compute(
-        desired, actual, serial=serial, prune=prune, store=strip_credentials(app.state), stepwise=stepwise(store)
+        project = app.load_project()
+    return plan_project(
+        app.project_file, store, ref=ref, prune=prune, select=select, outputs=outputs, project=project,
+        env=os.environ, store_url=app.state,
     )
 
 
@@ -123,17 +112,3 @@ def show_plan(app: App, result: Plan) -> None:
         app.emit_json(result.to_dict())
     else:
         app.echo(render_plan(result, color=app.use_color).rstrip("\n"))
-
-
-def cached_outputs(project: Project) -> OutputsFor:
-    """Build outputs from the cache, without running anything (missing → known after build)."""
-    from buildsys.desired import BuildOutputs
-    from buildsys.engine import cached_namespace
-
-    def outputs(d: Deployment) -> BuildOutputs | None:
-        if not (d.build or d.push):
-            return BuildOutputs({})
-        namespace, pending = cached_namespace(project, d.name)
-        return BuildOutputs(namespace, frozenset(pending))
-
-    return outputs

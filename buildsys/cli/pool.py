@@ -145,8 +145,8 @@ def _resolve(app: App, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, 
 
 
 def _from_project(app: App, name: str) -> Mapping[str, Any]:
-    from buildsys.cli.plan import cached_outputs
     from buildsys.desired import read_desired
+    from buildsys.reconcile import cached_outputs
 
     _project, state = read_desired(app.project_file, select=[name], outputs=cached_outputs, loaded=app.load_project())
     found = [r for r in state.resources if r.kind == "deployment"]
