@@ -95,7 +95,8 @@ def plan_project(
     serial, actual = snapshot(store)
     # the URL goes into plan files and CI logs: never with a password or token in it
     return compute(
-        desired, actual, serial=serial, prune=prune, store=strip_credentials(store_url), stepwise=stepwise(store)
+        desired, actual, serial=serial, prune=prune, store=strip_credentials(store_url) if store_url else None,
+        stepwise=stepwise(store),
     )
 
 

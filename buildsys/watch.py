@@ -368,23 +368,13 @@ class Watcher:
 
     def _deploy(self, outcome: Cycle) -> Cycle:
         from buildsys.caches import load_project
-        from buildsys.desired import read_desired
-        from buildsys.plan import plan as compute
-        from buildsys.reconcile import apply_plan, cached_outputs, snapshot, stepwise
+        from buildsys.reconcile import apply_plan, cached_outputs, plan_project
 
         assert self.open_store is not None
         store = self.open_store()
         try:
-            variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
-            _, desired = read_desired(
-                self.project_file,
-                outputs=cached_outputs,
-                loaded=load_project(self.project_file),
-                env=os.environ,
-                variables=variables,
-            )
-            serial, actual = snapshot(store)
-            planned = compute(desired, actual, serial=serial, stepwise=stepwise(store))
+            project = load_project(self.project_file)
+            planned = plan_project(self.project_file, store, outputs=cached_outputs, project=project, env=os.environ)
             summary = _plan_summary(planned)
             outcome = _with(outcome, plan=summary)
             if outcome.revalidated:
