@@ -246,3 +246,28 @@ def test_events_in_records_task_runs_and_events_out_pushes_cancelling(client: ht
     (task,) = store.list_task_runs(run.id)
     assert (task.id, task.name, task.state, task.ended_at) == (task_id, "t-1", "COMPLETED", 1893456002.0)
     assert [h["name"] for h in task.history] == ["Running", "Completed"]
+
+
+def test_events_out_pushes_suspended_to_the_run_that_subscribed(client: httpx.Client, store: SqlStore) -> None:
+    mine, other = claimed_run(store, "etl"), claimed_run(store, "child")
+    for run in (mine, other):
+        client.post(f"/flow_runs/{run.id}/set_state", json=state("RUNNING"))
+        paused = client.post(f"/flow_runs/{run.id}/set_state", json=state("PAUSED", "Suspended")).json()
+        assert paused["status"] == "ACCEPT"
+    ws_base = str(client.base_url).rstrip("/").replace("http://", "ws://")
+
+    async def subscribe() -> list[dict[str, Any]]:
+        async with websockets.connect(f"{ws_base}/events/out", subprotocols=[websockets.Subprotocol("prefect")]) as out:
+            await out.send(json.dumps({"type": "auth", "token": None}))
+            assert json.loads(await out.recv()) == {"type": "auth_success"}
+            wanted = {"event": {"name": ["prefect.flow-run.Suspended"]}, "resource": {"id": [f"prefect.flow-run.{mine.id}"]}}
+            await out.send(json.dumps({"type": "filter", "filter": wanted}))
+            first: dict[str, Any] = json.loads(await asyncio.wait_for(out.recv(), 30))
+            with pytest.raises(TimeoutError):  # nothing about the other run, and nothing twice
+                await asyncio.wait_for(out.recv(), 1.5)
+            return [first]
+
+    (pushed,) = asyncio.run(subscribe())
+    assert pushed["event"]["event"] == "prefect.flow-run.Suspended"
+    assert pushed["event"]["resource"]["prefect.resource.id"] == f"prefect.flow-run.{mine.id}"
+    assert pushed["event"]["resource"]["prefect.state-type"] == "PAUSED"
