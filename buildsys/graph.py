@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from buildsys.errors import Diagnostic, ProjectError
+from buildsys.errors import BuildsysError, Diagnostic, ProjectError
 from buildsys.model import Project, StepSpec
 from buildsys.templating import Placeholder, placeholders
 
@@ -73,6 +73,37 @@ class StepGraph:
                     out.add(child)
                     stack.append(child)
         return out
+
+
+def find_node(graph: StepGraph, step: str) -> str:
+    """The key of the node whose label or step id is `step`; an unknown name is an error naming them."""
+    found = next((k for k, n in graph.nodes.items() if step in (n.label, n.spec.id)), None)
+    if found is None:
+        from buildsys.suggest import did_you_mean
+
+        labels = [n.label for n in graph.nodes.values()]
+        raise BuildsysError(f"no step {step!r} in the graph", hint=did_you_mean(step, labels) or ", ".join(labels))
+    return found
+
+
+def around(graph: StepGraph, keys: set[str], *, upstream: bool, downstream: bool) -> StepGraph:
+    """The part of the graph around `keys`: them, what they need (upstream) and what needs them
+    (downstream); edges to nodes left out are dropped."""
+    keep = set(keys)
+    for key in keys:
+        if upstream:
+            ancestors, stack = set(), [key]
+            while stack:
+                for dep in graph.nodes[stack.pop()].deps:
+                    if dep not in ancestors:
+                        ancestors.add(dep)
+                        stack.append(dep)
+            keep |= ancestors
+        if downstream:
+            keep |= graph.dependents(key)
+    nodes = {k: replace(n, deps=tuple(d for d in n.deps if d in keep)) for k, n in graph.nodes.items() if k in keep}
+    chains = {d: tuple(k for k in chain if k in keep) for d, chain in graph.chains.items()}
+    return StepGraph(nodes=nodes, chains={d: c for d, c in chains.items() if c})
 
 
 def build_graph(

@@ -1,0 +1,37 @@
+"""`buildsys graph --upstream/--downstream STEP`: the part of the graph around a step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = """\
+build:
+  - run_shell_script: {id: a, script: echo a}
+  - run_shell_script: {id: b, script: "echo {{ a.stdout }}"}
+  - run_shell_script: {id: c, script: echo c, needs: [b]}
+  - run_shell_script: {id: d, script: echo d, needs: []}
+deployments:
+  - {name: x, entrypoint: f.py:f}
+"""
+
+
+def graph(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "buildsys", "graph", *args], cwd=cwd, capture_output=True,
+                          text=True, env=dict(os.environ), timeout=120)
+
+
+def test_graph_around_a_step(isolated: Path) -> None:
+    (isolated / "prefect.yaml").write_text(PROJECT)
+    line = {k: f"{k} (build: run_shell_script)" + (f" ← {dep}" if dep else "") + "  [x]"
+            for k, dep in (("a", ""), ("b", "a"), ("c", "b"), ("d", ""))}
+    assert graph("--upstream", "b", cwd=isolated).stdout.splitlines() == [line["a"], line["b"]]
+    alone = "b (build: run_shell_script)  [x]"  # its edge from a, which is left out, is dropped
+    assert graph("--downstream", "b", cwd=isolated).stdout.splitlines() == [alone, line["c"]]
+    both = graph("--upstream", "d", "--downstream", "b", cwd=isolated)
+    assert both.stdout.splitlines() == [alone, line["c"], line["d"]]
+    unknown = graph("--upstream", "bb", cwd=isolated)
+    assert unknown.returncode == 1
+    assert unknown.stderr == "error: no step 'bb' in the graph\n  hint: did you mean 'b'?\n"
