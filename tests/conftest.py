@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.require import unavailable
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "prefect-yaml"
 
@@ -41,5 +43,5 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
 @pytest.fixture
 def corpus_dir() -> Path:
     if not CORPUS.is_dir():
-        pytest.skip(f"corpus not found at {CORPUS}")
+        unavailable(f"corpus not found at {CORPUS}")
     return CORPUS

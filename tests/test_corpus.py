@@ -13,6 +13,7 @@ from buildsys.errors import ProjectError
 from buildsys.project import load_project
 from buildsys.validation import validate_project
 from tests.conftest import CORPUS
+from tests.infra.require import unavailable
 
 # Valid files whose step-output references are broken (Prefect silently drops those values, we
 # report them): they load and graph, and `validate` names the broken reference.
@@ -66,7 +67,7 @@ def test_corpus_file(name: str, features: set[str]) -> None:
 def test_corpus_table(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs last in this module: prints the pass table (visible with -s or in the summary)."""
     if not ROWS:
-        pytest.skip("corpus not found")
+        unavailable(f"corpus not found at {CORPUS}")  # CI fails here: the corpus tests never skip there
     assert len(TABLE) == len(ROWS), "the per-file tests must all have run"
     width = max(len(n) for n, _, _ in TABLE)
     lines = [f"{n:<{width}}  {kind:<7}  {detail}" for n, kind, detail in sorted(TABLE)]

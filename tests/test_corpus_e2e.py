@@ -544,7 +544,7 @@ def test_corpus_file_builds_pushes_and_pulls(name: str, make_setup: Any) -> None
 def test_corpus_e2e_table(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs last in this module: prints the outcome of every file (visible with -s or in the log)."""
     if not FILES:
-        pytest.skip("corpus not found")
+        unavailable(f"corpus not found at {CORPUS}")  # CI fails here: the corpus tests never skip there
     if len(TABLE) != len(FILES):
         pytest.skip("only part of the corpus ran (a -k selection): no table")
     width = max(len(n) for n in TABLE)
