@@ -378,3 +378,29 @@ def test_watch_output_header_first_warnings_shown_and_sed_temp_files_not_reporte
     assert lines[second + 1] == "   + a.txt"  # sed -i replaced the file; its temporary file is not listed
     assert lines.index("  alpha │ 2.0") > second
     assert not [line for line in lines if "sed" in line]
+
+
+def _ignore_and_block_stop_signals() -> None:
+    """What a background job of a non-interactive shell (or a careless parent) hands down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_watch_stops_whatever_signal_disposition_it_inherits(isolated: Path, signum: int) -> None:
+    make_project(isolated)
+    log = isolated.parent / f"watch-{signum}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([BUILDSYS, "watch"], cwd=isolated, stdout=out, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "NO_COLOR": "1"}, preexec_fn=_ignore_and_block_stop_signals)
+    try:
+        wait_for(lambda: "ok in" in log.read_text(), 30, "the initial cycle")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.splitlines()[-1] == "Stopped watching."

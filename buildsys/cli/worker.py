@@ -91,8 +91,9 @@ def start(
             notify("Stopping the runs in hand.")
             runner.abort()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    from buildsys.interrupts import stop_on_signals
+
+    stop_on_signals(on_signal)  # whatever disposition (ignored, blocked) was inherited
     try:
         runner.run()
     finally:

@@ -66,6 +66,9 @@ def serve(options: ServeOptions) -> None:
     )
     guard = GuardPolicy.of(options.allowed_hosts)
     app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard)
+    from buildsys.interrupts import stop_on_signals
+
+    stop_on_signals()  # inherited ignored or blocked signals back (uvicorn then installs its own)
     try:
         uvicorn.run(
             app,
