@@ -35,3 +35,21 @@ def test_graph_around_a_step(isolated: Path) -> None:
     unknown = graph("--upstream", "bb", cwd=isolated)
     assert unknown.returncode == 1
     assert unknown.stderr == "error: no step 'bb' in the graph\n  hint: did you mean 'b'?\n"
+
+
+def bs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+
+
+def test_output_prints_a_build_output_from_the_cache(isolated: Path) -> None:
+    (isolated / "prefect.yaml").write_text(PROJECT)
+    before = bs("output", "b.stdout", cwd=isolated)
+    assert (before.returncode, before.stderr) == (1, (
+        "error: step 'b' has no outputs for its current inputs (upstream step a would run first)\n"
+        "  hint: run `buildsys build` (or `push`) first\n"))
+    assert bs("build", cwd=isolated).returncode == 0
+    assert bs("output", "b.stdout", cwd=isolated).stdout == "a\n"
+    assert bs("output", "a", cwd=isolated).stdout == '{\n  "stdout": "a",\n  "stderr": ""\n}\n'
+    typo = bs("output", "a.stdot", cwd=isolated)
+    assert (typo.returncode, typo.stderr) == (1, "error: step 'a' has no output 'stdot'\n  hint: did you mean 'stdout'?\n")
