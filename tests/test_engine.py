@@ -29,6 +29,16 @@ def write(*, name, text="x", files=(), sleep=0.0, fail=False):
     with marker.open("a") as fh:
         fh.write(name + "\\n")
     return {"value": name + ":" + text, "started": time.time()}
+
+
+import threading
+
+_BARRIER = threading.Barrier(2)
+
+
+def meet(*, name, timeout=60.0):
+    _BARRIER.wait(timeout=timeout)  # returns only while the other step is running too
+    return {"value": name}
 '''
 
 
@@ -135,16 +145,30 @@ def test_changed_output_propagates_downstream(project_dir: Path) -> None:
 
 
 def test_independent_steps_run_in_parallel(project_dir: Path) -> None:
+    """Each step waits at a barrier for the other: the build completes only if both run at once."""
     (project_dir / "prefect.yaml").write_text(
         """
 build:
-  - mysteps.py:write: {id: a, name: a, sleep: 0.5, needs: []}
-  - mysteps.py:write: {id: b, name: b, sleep: 0.5, needs: []}
+  - mysteps.py:meet: {id: a, name: a, needs: []}
+  - mysteps.py:meet: {id: b, name: b, needs: []}
 """
     )
     result, _ = run(project_dir, jobs=2)
-    starts = [r.outputs["started"] for r in result.results.values()]
-    assert abs(starts[0] - starts[1]) < 0.3
+    assert {r.label: r.status for r in result.results.values()} == {"a": "ran", "b": "ran"}
+
+
+def test_one_job_runs_one_step_at_a_time(project_dir: Path) -> None:
+    """The barrier can fail: with -j 1 the first step waits alone and gives up."""
+    (project_dir / "prefect.yaml").write_text(
+        """
+build:
+  - mysteps.py:meet: {id: a, name: a, timeout: 0.5, needs: []}
+  - mysteps.py:meet: {id: b, name: b, timeout: 0.5, needs: []}
+"""
+    )
+    result, _ = run(project_dir, jobs=1, keep_going=True)
+    assert [r.status for r in result.results.values()] == ["failed", "failed"]
+    assert all("BrokenBarrierError" in r.error for r in result.results.values())
 
 
 def test_failure_stops_dependents_and_keep_going_runs_the_rest(project_dir: Path) -> None:
