@@ -33,7 +33,15 @@ def open_store(url: str, *, root: Path | None = None, key_env: str | None = None
         return SqlStore.postgres(url)
     from buildsys.store.sql import SqlStore
 
-    return SqlStore.sqlite(sqlite_path(url, root))
+    path = sqlite_path(url, root)
+    if path.is_file() and path.stat().st_size == 0:
+        # SQLite would take an empty file as a new database: a truncated store must not silently
+        # become an empty one (the next apply would re-create everything, and lose all runs).
+        raise StateError(
+            f"the state store {path} is an empty file, not a buildsys store (was it truncated?)",
+            hint="restore it from a `buildsys state export` file, or delete it to start a new store",
+        )
+    return SqlStore.sqlite(path)
 
 
 def sqlite_path(url: str, root: Path | None = None) -> Path:

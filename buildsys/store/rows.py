@@ -99,7 +99,7 @@ def resource_from_row(row: tuple[Any, ...], read_spec: Callable[[str], Any] = js
     return Resource(
         kind=kind,
         name=name,
-        spec=read_spec(spec),
+        spec=_spec(kind, name, spec, read_spec),
         owner=owner,
         source=load(source),
         id=rid,
@@ -107,6 +107,24 @@ def resource_from_row(row: tuple[Any, ...], read_spec: Callable[[str], Any] = js
         updated_at=float(updated),
         serial=int(serial),
     )
+
+
+def _spec(kind: str, name: str, text: Any, read_spec: Callable[[str], Any]) -> Any:
+    """A stored spec, or a clear error when the store was damaged (edited by hand, bytes flipped)."""
+    from buildsys.errors import StateError
+
+    try:
+        value = read_spec(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        shown = repr(text)[:60]
+        raise StateError(
+            f"the state store is damaged: the spec of {kind} {name!r} is {shown}, not a JSON object",
+            hint="restore the store from a `buildsys state export` file (`buildsys state import`), "
+            "or move the store away and apply again to start afresh",
+        )
+    return value
 
 
 def run_from_row(row: tuple[Any, ...]) -> FlowRun:
