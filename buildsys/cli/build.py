@@ -33,13 +33,14 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
     from buildsys.engine import build as run_build
     from buildsys.reporter import Event, make_reporter
 
+    # JSON Lines ending with the summary (or, on an error, the error) object; a dry run is one document
+    app.json_lines = app.json and not opts["dry_run"]
     compiled = compiled_build(
         app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
     )
     if opts["dry_run"]:
         dry_run(app, compiled)
         return
-    app.json_lines = app.json  # JSON Lines ending with the summary (or, on an error, the error) object
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
     try:
         result = run_build(

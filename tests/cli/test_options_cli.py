@@ -38,6 +38,8 @@ def test_a_short_option_means_one_thing_in_every_command() -> None:
     assert clashes == {
         # Prefect's own CLI: `prefect deployment run -p/--param`, `prefect worker start -p/--pool`
         "-p": {"--param": ["buildsys run"], "--pool": ["buildsys worker start"]},
+        # make's `-n` (dry run) on build/push; Prefect's `prefect worker start -n/--name`
+        "-n": {"--dry-run": ["buildsys build", "buildsys push"], "--name": ["buildsys worker start"]},
         # both name the file the command writes
         "-o": {"--out": ["buildsys plan"], "--output": ["buildsys state export"]},
     }
