@@ -135,7 +135,6 @@ class Engine:
         jobs: int | None = None,
         use_cache: bool = True,
         keep_going: bool = False,
-        explain: bool = False,
         reporter: Reporter | None = None,
         env: Mapping[str, str] | None = None,
         dry_run: bool = False,
@@ -145,7 +144,6 @@ class Engine:
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.use_cache = use_cache
         self.keep_going = keep_going
-        self.explain = explain
         self.reporter = reporter or NullReporter()
         self.env = dict(os.environ if env is None else env)
         self.dry_run = dry_run
@@ -500,16 +498,12 @@ def build(
     jobs: int | None = None,
     use_cache: bool = True,
     keep_going: bool = False,
-    explain: bool = False,
     reporter: Reporter | None = None,
     env: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """Build a compiled project (`buildsys.compiled.compile_project`, or the cached form
     `buildsys.caches.compiled_build`: the command chooses)."""
-    engine = Engine(
-        project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, explain=explain,
-        reporter=reporter, env=env,
-    )
+    engine = Engine(project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, reporter=reporter, env=env)
     return engine.run()
 
 

@@ -126,7 +126,7 @@ def test_touching_one_file_reruns_exactly_its_dependents(project_dir: Path) -> N
     run(project_dir)
     ran(project_dir)
     (project_dir / "src" / "m1.py").write_text("x = 'changed'\n")
-    _result, rep = run(project_dir, explain=True)
+    _result, rep = run(project_dir)
     assert ran(project_dir) == ["b", "d"]  # b reads the file; d depends on b; a and c do not
     assert rep.reasons()["b"] == "input file src/m1.py changed"
     assert rep.reasons()["d"] == "upstream step b changed"

@@ -50,7 +50,6 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
             jobs=opts["jobs"],
             use_cache=not opts["no_cache"],
             keep_going=opts["keep_going"],
-            explain=opts["explain"],
             reporter=reporter,
         )
         counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
