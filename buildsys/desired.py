@@ -417,12 +417,13 @@ def _concurrency_options(options: Mapping[str, Any] | None) -> dict[str, Any] | 
 
 
 def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
-    """Stored as Prefect stores it: cron with `day_or` (default true), intervals in UTC unless a
-    timezone is given, anchor dates in ISO 8601 (`Z` for UTC). Unlike Prefect, an interval without an
+    """Stored as Prefect stores it: cron with `day_or` (default true), intervals and rrules in UTC
+    unless a timezone is given, rrules with Prefect's default DTSTART, anchor dates in ISO 8601 (`Z` for UTC). Unlike Prefect, an interval without an
     anchor_date is not anchored at deploy time (which moves it on every deploy) but at the
     deployment's creation (buildsys.schedules)."""
-    item: dict[str, Any] = {s.kind: r.value(s.value, where)}
-    timezone = s.timezone if s.timezone is not None or s.kind != "interval" else "UTC"
+    value = r.value(s.value, where)
+    item: dict[str, Any] = {s.kind: _rrule_text(value) if s.kind == "rrule" else value}
+    timezone = s.timezone if s.timezone is not None or s.kind == "cron" else "UTC"
     day_or = s.day_or if s.day_or is not None or s.kind != "cron" else True
     for key, value in (
         ("timezone", timezone),
@@ -436,6 +437,22 @@ def _schedule(s: ScheduleSpec, r: _Renderer, where: str) -> dict[str, Any]:
     item["active"] = _truthy(active)
     item["parameters"] = r.value(dict(s.parameters), f"{where}.parameters")
     return item
+
+
+def _rrule_text(value: Any) -> Any:
+    """An RRULE as Prefect stores it: without its own DTSTART it starts 2020-01-01 00:00 (so
+    `FREQ=DAILY;BYHOUR=3` runs at 03:00:00, not at the minute the deployment was created)."""
+    from datetime import datetime
+
+    from dateutil import rrule as dateutil_rrule
+
+    if not isinstance(value, str) or "{{" in value or value.lstrip().startswith("{") or "DTSTART" in value.upper():
+        return value
+    try:
+        rule = dateutil_rrule.rrulestr(value, dtstart=datetime(2020, 1, 1))
+    except (ValueError, TypeError):
+        return value  # the schedule checks report it
+    return str(rule).replace("\nRRULE:", "\n") if isinstance(rule, dateutil_rrule.rrule) else value
 
 
 def _iso_text(value: str | None) -> str | None:
