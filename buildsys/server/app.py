@@ -218,13 +218,23 @@ def _no_constants(name: str) -> Any:
 
 
 def _reject_nul(value: Any, where: str) -> None:
-    """Databases refuse NUL characters in text: say so rather than fail inside the store."""
+    """Databases refuse NUL characters and lone surrogates in text and integers past 64 bits: say
+    so (422) rather than fail inside the store (500)."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 raise ApiError(422, "invalid_request", f"{where}: NUL characters are not allowed in strings")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ApiError(
+                        422, "invalid_request", f"{where}: a string holds a lone surrogate (\\ud800-\\udfff)"
+                    ) from None
+        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
+            raise ApiError(422, "invalid_request", f"{where}: the integer {str(item)[:20]}… is out of range (64 bits)")
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())

@@ -138,10 +138,22 @@ def test_apply_against_a_moved_serial_is_refused_whole(deployed: httpx.Client) -
             422,
             error("invalid_request", "body: NUL characters are not allowed in strings"),
         ),
+        (
+            b'{"changes": [{"action": "create", "kind": "pool", "name": "a\\ud800", "spec": {"type": "process"}}], '
+            b'"expected_serial": 0}',
+            422,
+            error("invalid_request", "body: a string holds a lone surrogate (\\ud800-\\udfff)"),
+        ),
+        (
+            b'{"changes": [{"action": "create", "kind": "pool", "name": "p", "spec": {"type": "process", '
+            b'"concurrency_limit": 1' + b"0" * 30 + b'}}], "expected_serial": 0}',
+            422,
+            error("invalid_request", "body: the integer 10000000000000000000\u2026 is out of range (64 bits)"),
+        ),
         (b"[" * 30_000 + b"]" * 30_000, 400, None),
         (b"x" * (64 * 1024 + 1), 413, error("too_large", "the request body is larger than 65536 bytes")),
     ],
-    ids=["bad-json", "nan", "enum", "type", "extra-key", "nul", "deep", "too-large"],
+    ids=["bad-json", "nan", "enum", "type", "extra-key", "nul", "surrogate", "huge-int", "deep", "too-large"],
 )
 def test_bad_bodies_get_clear_4xx(client: httpx.Client, body: bytes, status: int, expected: Any) -> None:
     r = client.post(f"{API}/apply", content=body, headers={"content-type": "application/json"})
