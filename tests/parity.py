@@ -74,6 +74,8 @@ def make_project(
         if not isinstance(dep, dict) or not dep.get("entrypoint"):
             continue
         path, func = _entrypoint_file(str(dep["entrypoint"]))
+        if Path(path).is_absolute():  # a file on the worker's machine: never write outside `root`
+            continue
         params = files.setdefault(path, {}).setdefault(func, {})
         for source in [dep.get("parameters") or {}] + [
             s.get("parameters") or {} for s in _schedules(dep) if isinstance(s, dict)

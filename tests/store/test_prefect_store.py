@@ -122,7 +122,9 @@ def test_corpus_project_applies_then_plans_no_changes(
     shutil.copy(CORPUS / name, root / "prefect.yaml")
     for entry in set(ENTRY.findall(text)):  # each entrypoint gets a small flow named for this test
         path, _, func = entry.rpartition(":")
-        if path.endswith(".py") and func.isidentifier() and not (root / path).exists():
+        # An absolute entrypoint (/opt/prefect/...) names a file on the worker's machine: never
+        # write outside this test's directory (it would change what later tests find there).
+        if path.endswith(".py") and func.isidentifier() and not path.startswith("/") and not (root / path).exists():
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(flow_source(func, f"{uid}-{func}"))
     state = desired(root / "prefect.yaml", outputs=True)
