@@ -12,8 +12,11 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+import httpx
+
+from buildsys.errors import StateError
 from buildsys.prefectengine import API_AUTH_ENV, API_KEY_ENV, API_URL_ENV, RUN_ID_ENV
-from buildsys.store.base import StateStore
+from buildsys.store.base import EngineRecords, StateStore
 
 if TYPE_CHECKING:
     from buildsys.prefectapi import EmbeddedApi
@@ -58,6 +61,27 @@ class EngineApi:
         env[API_URL_ENV] = self._url
         env.update(_credentials(key))
         return env
+
+    def note_infrastructure(self, run_id: str, identifier: str) -> None:
+        """Record where a run handed to Prefect's engine runs (its pid, container or job), as
+        Prefect's worker does with PATCH /flow_runs/{id}: the engine sets the run's states itself,
+        so the worker's RUNNING transition, which records it for other runs, never happens."""
+        if not self.remote:
+            if not isinstance(self.store, EngineRecords):
+                raise StateError(f"cannot record the infrastructure of run {run_id} in {self.store.url}")
+            self.store.update_run(run_id, infrastructure_pid=identifier)
+            return
+        url = f"{self.store.url.rstrip('/')}{PREFECT_API_PATH}/flow_runs/{run_id}"
+        token = getattr(self.store, "token", None) or os.environ.get("BUILDSYS_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            response = httpx.patch(url, json={"infrastructure_pid": identifier}, headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            raise StateError(f"could not record the infrastructure of run {run_id}: {exc}") from None
+        if response.status_code >= 400:
+            raise StateError(
+                f"could not record the infrastructure of run {run_id}: the server answered {response.status_code} {response.text[:200]}"
+            )
 
     def release(self, run_id: str) -> None:
         """The run ended: its key stops working."""

@@ -427,6 +427,8 @@ class Worker:
         state = _RunState(running=False, engine=_is_prefect_command(command))
         if custom_command and not state.engine:
             self._set_running(run, execution, state)
+        elif state.engine:
+            self._note_infrastructure(run, execution)
         outcome = self._watch(active, execution, control, state)
         self._logs.flush(run.id)
         self._conclude(active, outcome, state, tail, custom_command)
@@ -463,8 +465,15 @@ class Worker:
         if '"engine"' in payload:  # Prefect's engine takes over: it sets RUNNING and the end state itself
             state.engine = state.running = True
             self._worker_log(run, "Handed the flow to Prefect's engine.")
+            self._note_infrastructure(run, execution)
         elif '"running"' in payload and not state.running:
             self._set_running(run, execution, state)
+
+    def _note_infrastructure(self, run: FlowRun, execution: Execution) -> None:
+        try:
+            self._api.note_infrastructure(run.id, execution.identifier)
+        except BuildsysError as exc:  # the run goes on; only `runs show` lacks the infrastructure
+            self._worker_log(run, f"Could not record the run's infrastructure ({execution.identifier}): {exc.message}")
 
     def _set_running(self, run: FlowRun, execution: Execution, state: _RunState) -> None:
         state.running = True

@@ -323,12 +323,14 @@ def test_killed_engine_process_is_crashed(batch: Batch) -> None:
     assert done.state_message == (
         "Flow run infrastructure failed: the flow-run process was killed by SIGKILL (the run was RUNNING)."
     )
+    assert done.infrastructure_pid == str(pid)  # recorded by the worker, though the engine set the states
 
 
 def test_prefect_flow_run_execute_command(batch: Batch) -> None:
     done = batch.final("command")
     assert done.state == "COMPLETED", batch.logs("command")
     assert ("prefect.flow_runs", 20, "async done 9") in batch.records("command")
+    assert done.infrastructure_pid and done.infrastructure_pid.isdigit()
 
 
 def test_plain_flows_keep_the_stdlib_runtime(batch: Batch) -> None:

@@ -45,6 +45,12 @@ class TokenLike(Protocol):
     def allows(self, needed: str) -> bool: ...
 
 
+def bound_run(token: TokenLike | None) -> str | None:
+    """The flow run a per-run key is bound to (None for server tokens and an open API)."""
+    run_id = getattr(token, "run_id", None)
+    return run_id if isinstance(run_id, str) else None
+
+
 class TokenChecker(Protocol):
     """buildsys.server.auth.Authenticator, or the worker's per-run keys."""
 
@@ -52,6 +58,7 @@ class TokenChecker(Protocol):
 
 
 Handler = Callable[[Call], Awaitable[Any]]
+Guard = Callable[[Call], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Endpoint:
     scope: str = READ
     body: str | None = None  # a schema of bodies.SCHEMAS
     status: int = 200
+    run_key: Guard | None = None  # what a per-run key may do here (runscope); None: refused to one
 
 
 @dataclass
@@ -145,11 +153,17 @@ def _endpoint(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         try:
-            await authorize(services, request.headers.get("authorization"), ep.scope)
+            token = await authorize(services, request.headers.get("authorization"), ep.scope)
+            run_key = bound_run(token)
+            if run_key is not None and ep.run_key is None:
+                raise ApiError(403, f"a run's key may not call {ep.method} {ep.path} (it is bound to flow run {run_key})")
             body = await _body(request, ep, settings, validators)
             path = {k: str(v) for k, v in request.path_params.items()}
             check_text(path, "path")
-            result = await ep.handler(Call(request, services, body, path))
+            call = Call(request, services, body, path, run_key)
+            if run_key is not None and ep.run_key is not None:
+                await ep.run_key(call)
+            result = await ep.handler(call)
             if isinstance(result, Response):
                 return result
             if result is None:
@@ -164,17 +178,19 @@ def _endpoint(
     return handle
 
 
-async def authorize(services: Services, header: str | None, scope: str) -> None:
-    """ApiError 401/403 unless the token in `header` allows `scope` (no authenticator: open)."""
+async def authorize(services: Services, header: str | None, scope: str) -> TokenLike | None:
+    """The token in `header`; ApiError 401/403 unless it allows `scope` (no authenticator: open,
+    None)."""
     checker = services.authenticator
     if checker is None:
-        return
+        return None
     token_text = bearer(header)
     token = await services.run(checker.check, f"Bearer {token_text}") if token_text else None
     if token is None:
         raise ApiError(401, "a valid token is required (PREFECT_API_KEY, or PREFECT_API_AUTH_STRING=buildsys:<token>)")
     if not token.allows(scope):
         raise ApiError(403, f"this token has scope {token.scope!r}; this call needs {scope!r}")
+    return token
 
 
 async def _body(

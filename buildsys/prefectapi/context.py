@@ -66,6 +66,7 @@ class Call:
     services: Services
     body: Any
     path: Mapping[str, str]
+    run_key: str | None = None  # the flow run a per-run key (the worker's EmbeddedApi) is bound to
 
     @property
     def store(self) -> DatabaseStore:

@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from buildsys.errors import BuildsysError
 from buildsys.prefectapi.app import READ, WRITE, frame_token
 from buildsys.prefectapi.context import ApiError, Services
+from buildsys.prefectapi.runscope import RunScope
 from buildsys.prefectapi.shapes import epoch, iso, state_id, state_ts
 from buildsys.store.base import CANCELLED, CANCELLING, PAUSED, TERMINAL, FlowRun, TaskRun
 
@@ -38,29 +39,36 @@ MAX_MESSAGE = 1024 * 1024
 AUTH_TIMEOUT = 10.0
 
 
-async def _handshake(ws: WebSocket, services: Services, scope: str) -> bool:
-    """Accept, then read the auth frame; False (closed) when it is not acceptable."""
+class _Refused(Exception):
+    """The auth frame was not acceptable; the socket is closed."""
+
+
+async def _handshake(ws: WebSocket, services: Services, scope: str) -> RunScope | None:
+    """Accept, then read the auth frame; the RunScope of a per-run key (None for any other
+    token); _Refused (closed) when it is not acceptable."""
     offered = ws.scope.get("subprotocols") or []
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         frame = json.loads(await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT))
     except (TimeoutError, ValueError, KeyError, WebSocketDisconnect):
         await _close(ws, 1008)
-        return False
+        raise _Refused from None
     if not isinstance(frame, dict) or frame.get("type") != "auth":
         await _refuse(ws, "the first message must be {\"type\": \"auth\", \"token\": ...}")
-        return False
+        raise _Refused
+    run_scope = None
     if services.authenticator is not None:
-        from buildsys.prefectapi.app import authorize
+        from buildsys.prefectapi.app import authorize, bound_run
 
         token = frame_token(frame.get("token"))
         try:
-            await authorize(services, f"Bearer {token}" if token else None, scope)
+            run_key = bound_run(await authorize(services, f"Bearer {token}" if token else None, scope))
         except ApiError as exc:
             await _refuse(ws, exc.message)
-            return False
+            raise _Refused from None
+        run_scope = RunScope(services, run_key) if run_key is not None else None
     await ws.send_text(json.dumps({"type": "auth_success"}))
-    return True
+    return run_scope
 
 
 async def _refuse(ws: WebSocket, reason: str) -> None:
@@ -79,7 +87,9 @@ async def _close(ws: WebSocket, code: int) -> None:
 
 def events_in(services: Services) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(ws: WebSocket) -> None:
-        if not await _handshake(ws, services, WRITE):
+        try:
+            scope = await _handshake(ws, services, WRITE)
+        except _Refused:
             return
         try:
             while True:
@@ -87,8 +97,12 @@ def events_in(services: Services) -> Callable[[WebSocket], Awaitable[None]]:
                 if len(text) > MAX_MESSAGE:
                     continue
                 task = task_run_of(_json(text))
-                if task is not None:
-                    await _record(services, task)
+                if task is None:
+                    continue
+                if scope is not None and not await scope.may_write(task.flow_run_id):
+                    log.info("task-run event of flow run %s dropped: the key is bound to %s", task.flow_run_id, scope.run_id)
+                    continue
+                await _record(services, task)
         except WebSocketDisconnect:
             return
 
@@ -182,12 +196,18 @@ _PUSHED = {
 
 def events_out(services: Services) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(ws: WebSocket) -> None:
-        if not await _handshake(ws, services, READ):
+        try:
+            scope = await _handshake(ws, services, READ)
+        except _Refused:
             return
         try:
             wanted = _subscription(_json(await ws.receive_text()))
         except WebSocketDisconnect:
             return
+        if scope is not None:  # a run's key hears about its own runs only
+            names, runs = wanted
+            mine = [r for r in (runs if runs is not None else {scope.run_id}) if await scope.may_read(r)]
+            wanted = names, frozenset(mine)
         listener = asyncio.create_task(_drain(ws))
         try:
             await _push(ws, services, wanted, listener)

@@ -161,6 +161,11 @@ async def filter_flow_runs(call: Call) -> Any:
         pool=pools[0] if pools else None,
         limit=(200 if limit is None else int(limit)) + offset,
     )
+    if call.run_key is not None:  # a run's key sees its own runs only
+        from buildsys.prefectapi.runscope import scope_of
+
+        scope = scope_of(call)
+        runs = [r for r in runs if await scope.may_read(r.id)]
     return [await view(call, r) for r in runs[offset:]]
 
 

@@ -181,6 +181,9 @@ def test_logs_variables_artifacts_and_leases(client: httpx.Client, store: SqlSto
     assert locked.status_code == 423 and locked.headers["retry-after"] == "1"
     client.post("/v2/concurrency_limits/decrement-with-lease", json={"lease_id": taken.json()["lease_id"]})
     assert client.post("/v2/concurrency_limits/increment-with-lease", json={"names": ["tag:one"], "slots": 1}).status_code == 200
+    v1 = client.post("/concurrency_limits/", json={"tag": "db", "concurrency_limit": 2})  # `prefect concurrency-limit create`
+    assert v1.status_code == 200 and v1.json()["tag"] == "db"
+    assert ("tag:db", 2) in [(x.name, x.limit) for x in store.list_concurrency_limits()]
 
 
 def test_auth_with_bearer_basic_and_the_websocket_auth_frame(store: SqlStore, tmp_path: Path) -> None:

@@ -175,18 +175,10 @@ def test_a_flow_with_tasks_against_buildsys_server(
         assert_etl_recorded(store, finished)
 
 
-def test_a_tag_limit_made_through_the_api_holds_tagged_tasks_to_one_at_a_time(
+def test_a_tag_limit_holds_tagged_tasks_to_one_at_a_time(
     prefect_python: str, file_store: SqlStore, embedded: EmbeddedApi, tmp_path: Path
 ) -> None:
-    assert embedded.url is not None
-    key = embedded.issue_key("setup")
-    made = httpx.post(
-        f"{embedded.url}/concurrency_limits/",
-        json={"tag": "db", "concurrency_limit": 1},
-        headers={"Authorization": f"Bearer {key}"},
-    )
-    assert made.status_code == 200, made.text
-    assert [(x.name, x.limit) for x in file_store.list_concurrency_limits()] == [("tag:db", 1)]
+    file_store.set_concurrency_limit("tag:db", 1)  # as `prefect concurrency-limit create db 1` would
     run = _engine(prefect_python, embedded, file_store, claimed_run(file_store, "limited"), copy_project(tmp_path))
     assert run.state == "COMPLETED"
     spans: dict[str, list[float]] = {}
