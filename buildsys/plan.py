@@ -230,7 +230,7 @@ def plan(
 def _unmanaged(kind: str, name: str) -> str:
     return (
         f"{kind} {name} exists in the store but was not made by buildsys (unmanaged): left alone "
-        f"(manage it with `buildsys state adopt {kind} {name}`)"
+        f"(manage it with `buildsys import {kind} {name}`)"
     )
 
 

@@ -25,8 +25,9 @@ _COLOUR = {"create": "green", "update": "yellow", "delete": "red"}
 Styler = Callable[[str, str], str]
 
 
-def render_plan(plan: Plan, *, color: bool = False) -> str:
-    """The whole plan as text (ends with the summary line, or "No changes.")."""
+def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
+    """The whole plan as text (ends with the summary line, or "No changes."); `full`: every value
+    whole (long ones are otherwise cut at MAX_WIDTH characters, a pool's template summarised)."""
     style = _styler(color)
     lines: list[str] = []
     source = plan.source
@@ -48,7 +49,7 @@ def render_plan(plan: Plan, *, color: bool = False) -> str:
     if lines:
         lines.append("")
     for change in plan.changes:
-        lines.extend(render_change(_masked_change(change, plan.sensitive), style))
+        lines.extend(render_change(_masked_change(change, plan.sensitive), style, full=full))
     if plan.orphans:
         lines.append(
             style("note: ", "yellow")
@@ -65,19 +66,21 @@ def render_plan(plan: Plan, *, color: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_change(change: ResourceChange, style: Styler) -> list[str]:
+def render_change(change: ResourceChange, style: Styler, *, full: bool = False) -> list[str]:
     head = f"{_SYMBOL[change.action]} {change.action} {change.kind} {change.name}"
     if change.previous_owner:
         head += f" (owner: {change.previous_owner} → {change.owner})"
+    elif change.action == "update" and not change.fields:  # nothing else differs: an unowned one taken over
+        head += f" (owner: none → {change.owner})"
     lines = [style(head, _COLOUR[change.action])]
     # A variable's value is secret when its name is (db_password, api_token).
     under = f"{change.name}." if change.kind == "variable" else ""
     if change.action == "create":
         for f in change.fields:
-            shown = template_summary(change) if f.path == "base_job_template" else None
-            lines.append(f"    {f.path}: {shown or show(f.new, under + f.path)}")
+            shown = template_summary(change) if f.path == "base_job_template" and not full else None
+            lines.append(f"    {f.path}: {shown or show(f.new, under + f.path, full=full)}")
     elif change.action == "update":
-        lines += [f"    {field_line(f, under)}" for f in change.fields]
+        lines += [f"    {field_line(f, under, full=full)}" for f in change.fields]
     lines.append("")
     return lines
 
@@ -104,29 +107,29 @@ def template_summary(change: ResourceChange) -> str | None:
     return f"(the {spec.get('type')} default, changed: {', '.join(changed)})"
 
 
-def field_line(f: FieldChange, under: str = "") -> str:
+def field_line(f: FieldChange, under: str = "", *, full: bool = False) -> str:
     key = under + f.path
     if f.old is ABSENT:
-        return f"{f.path}: (absent) → {show(f.new, key)}"
+        return f"{f.path}: (absent) → {show(f.new, key, full=full)}"
     if f.new is ABSENT:
-        return f"{f.path}: {show(f.old, key)} → (removed)"
-    old = show(_shown_default(f), key)
-    return f"{f.path}: {old} → {show(f.new, key)}"
+        return f"{f.path}: {show(f.old, key, full=full)} → (removed)"
+    old = show(_shown_default(f), key, full=full)
+    return f"{f.path}: {old} → {show(f.new, key, full=full)}"
 
 
 def _shown_default(f: FieldChange) -> Any:
     return EMPTY_DEFAULTS.get(f.path) if f.old is None else f.old
 
 
-def show(value: Any, path: str = "") -> str:
-    """One value, compact JSON, masked and shortened."""
+def show(value: Any, path: str = "", *, full: bool = False) -> str:
+    """One value, compact JSON, masked and (unless `full`) shortened."""
     if value is UNKNOWN:
         return str(UNKNOWN)
     text = json.dumps(_masked(value, path), ensure_ascii=False, default=str)
     text = text.replace(json.dumps(_UNKNOWN_MARK), str(UNKNOWN))
     text = re.sub(r'"\(sensitive([^"]*)\)"', r"(sensitive\1)", text)
-    if len(text) > MAX_WIDTH:
-        text = text[: MAX_WIDTH - 1] + f"… ({len(text)} chars; see --json)"
+    if len(text) > MAX_WIDTH and not full:
+        text = text[: MAX_WIDTH - 1] + f"… ({len(text)} chars; see --full or --json)"
     return text
 
 

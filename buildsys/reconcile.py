@@ -196,7 +196,7 @@ def apply_stepwise(store: StateStore, plan: Plan) -> ApplyResult:
 
 
 def adopt(store: StateStore, kind: str, name: str, owner: str) -> Resource:
-    """Make `owner` the owner of a resource made outside buildsys (`buildsys state adopt`), unchanged
+    """Make `owner` the owner of a resource made outside buildsys (`buildsys import`), unchanged
     otherwise; the next plan shows how it differs from the project."""
     from buildsys.errors import NotFoundError
 
@@ -210,12 +210,48 @@ def adopt(store: StateStore, kind: str, name: str, owner: str) -> Resource:
             f"{kind} {name} is already managed by project {have.owner!r}",
             hint="only unmanaged resources are adopted; a plan of this project takes it over with a warning",
         )
-    change = Change("update", kind, name, dict(have.spec), owner, None)
+    return _write_one(store, Change("update", kind, name, dict(have.spec), owner, None), have)
+
+
+def disown(store: StateStore, kind: str, name: str, owner: str) -> Resource:
+    """Stop `owner` managing a resource (`buildsys state rm`), as Terraform's `state rm` forgets one:
+    it stays in the store, unchanged and unowned, so `--prune` never deletes it; a project that
+    still declares it takes it over again with a warning."""
+    from buildsys.errors import NotFoundError
+
+    have = store.get_resource(kind, name)
+    if have is None:
+        raise NotFoundError(f"no {kind} {name!r} in the store at {store.url}", hint=f"see `buildsys state show --kind {kind}`")
+    if have.owner is None:
+        return have
+    if have.owner != owner:
+        raise ConflictError(
+            f"{kind} {name} is managed by project {have.owner!r}, not this one ({owner!r}); nothing was changed",
+            hint="run `buildsys state rm` in the project that manages it",
+        )
+    return _write_one(store, Change("update", kind, name, dict(have.spec), None, have.source), have)
+
+
+def set_paused(store: StateStore, kind: str, name: str, paused: bool) -> Resource:
+    """Pause or resume a deployment (`buildsys deployment pause/resume`), nothing else changed; a
+    project that declares `paused:` shows the difference in its next plan."""
+    from buildsys.errors import NotFoundError
+
+    have = store.get_resource(kind, name)
+    if have is None:
+        raise NotFoundError(f"no {kind} {name!r} in the store at {store.url}", hint=f"see `buildsys state show --kind {kind}`")
+    if bool(have.spec.get("paused")) == paused:
+        return have
+    spec = {**have.spec, "paused": paused}
+    return _write_one(store, Change("update", kind, name, spec, have.owner, have.source), have)
+
+
+def _write_one(store: StateStore, change: Change, have: Resource) -> Resource:
     if isinstance(store, StepwiseStore):
         store.apply_change(change, have)
     else:
         store.apply([change], expected_serial=None)
-    return store.get_resource(kind, name) or have
+    return store.get_resource(change.kind, change.name) or have
 
 
 def stale(plan: Plan, serial: int) -> ConflictError:

@@ -259,7 +259,8 @@ def test_show_values() -> None:
     assert show({"image": UNKNOWN}) == '{"image": (known after build)}'
     assert show("{{ prefect.blocks.secret.gh }}") == "(sensitive: prefect.blocks.secret.gh)"
     assert show("{{ prefect.variables.region }}") == '"{{ prefect.variables.region }}"'
-    assert show("x" * 300).endswith("… (302 chars; see --json)")
+    assert show("x" * 300).endswith("… (302 chars; see --full or --json)")
+    assert show("x" * 300, full=True) == json.dumps("x" * 300)
 
 
 def test_plan_json_follows_its_schema() -> None:

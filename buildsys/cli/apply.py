@@ -26,9 +26,12 @@ if TYPE_CHECKING:
 @click.option("-d", "--deployment", "deployments", multiple=True, metavar="NAME",
               help="Only these deployments (names or globs), as `plan -d` selects them.",
               shell_complete=completion.deployments)
+@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
 @common_options
 @pass_app
-def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool, deployments: tuple[str, ...]) -> None:
+def apply(
+    app: App, plan_file: Path | None, auto_approve: bool, prune: bool, deployments: tuple[str, ...], full: bool
+) -> None:
     """Apply a saved plan exactly, or plan and apply (asking first)."""
     from buildsys.cli.plan import make_plan, show_plan
     from buildsys.reconcile import cached_outputs, read_plan_file
@@ -46,7 +49,7 @@ def apply(app: App, plan_file: Path | None, auto_approve: bool, prune: bool, dep
             return
         planned = make_plan(app, store, prune=prune, select=deployments, outputs=cached_outputs)
         if not app.json:
-            show_plan(app, planned)
+            show_plan(app, planned, full=full)
         if not planned.has_changes:
             report(app, planned, None)
             return

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     help="Only these deployments (names or globs).",
     shell_complete=completion.deployments,
 )
+@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
 @common_options
 @pass_app
 def plan(
@@ -51,6 +52,7 @@ def plan(
     prune: bool,
     detailed_exitcode: bool,
     deployments: tuple[str, ...],
+    full: bool,
 ) -> None:
     """Show what `apply` would change in the state store."""
     from buildsys.reconcile import cached_outputs
@@ -65,7 +67,7 @@ def plan(
         from buildsys.reconcile import write_plan_file
 
         write_plan_file(result, out)
-    show_plan(app, result)
+    show_plan(app, result, full=full)
     if out is not None:
         app.echo(f"Saved the plan to {out}. Apply exactly this plan with: buildsys apply {out}")
     if detailed_exitcode and result.has_changes:
@@ -105,10 +107,10 @@ def name_store(app: App) -> None:
         app.echo(f"State store: {app.store_description}", err=True)
 
 
-def show_plan(app: App, result: Plan) -> None:
+def show_plan(app: App, result: Plan, *, full: bool = False) -> None:
     from buildsys.plan_view import render_plan
 
     if app.json:
         app.emit_json(result.to_dict())
     else:
-        app.echo(render_plan(result, color=app.use_color).rstrip("\n"))
+        app.echo(render_plan(result, color=app.use_color, full=full).rstrip("\n"))

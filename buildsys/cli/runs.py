@@ -1,4 +1,4 @@
-"""`buildsys runs ls / show / logs / cancel`: flow runs in the state store."""
+"""`buildsys runs ls / show / logs / cancel / retry`: flow runs in the state store."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def runs() -> None:
-    """List, inspect, follow and cancel flow runs."""
+    """List, inspect, follow, cancel and retry flow runs."""
 
 
 @runs.command("ls")
@@ -221,6 +221,46 @@ def cancel(app: App, run_id: str) -> None:
         app.echo(f"Cancelled flow run {run.name} ({run.id}).")
     else:
         app.echo(f"Cancellation of flow run {run.name} ({run.id}) requested; its worker will stop it.")
+
+
+@runs.command("retry")
+@click.argument("run_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait until the new run finishes; exit 1 unless it completed.")
+@click.option("--logs", is_flag=True, help="Follow the new run's logs (implies --wait).")
+@common_options
+@pass_app
+def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
+    """Run a finished run again: a new run of its deployment with the same parameters, job variables
+    and tags (the finished run and its logs stay as they were)."""
+    from buildsys.cli.run import follow
+    from buildsys.errors import BuildsysError, ConflictError
+
+    store = app.open_store()
+    try:
+        old = store.get_run(run_id)
+        if not old.is_terminal:
+            raise ConflictError(
+                f"flow run {old.name} is {old.state}; only a finished run (COMPLETED, FAILED, CANCELLED, CRASHED) is retried",
+                hint=f"cancel it first (`buildsys runs cancel {old.id}`), or wait for it to end",
+            )
+        created = store.create_run(old.deployment, parameters=dict(old.parameters),
+                                   job_variables=dict(old.job_variables), tags=old.tags)
+        if app.json and not (wait or logs):
+            app.emit_json({**created.to_dict(), "retry_of": old.id})
+            return
+        app.echo(f"Created flow run {created.name} ({created.id}) of {created.deployment} on pool {created.pool!r}, "
+                 f"a retry of {old.name} ({old.state}).")
+        if wait or logs:
+            done = follow(app, store, created.id, logs=logs, timeout=None)
+            if app.json:
+                app.emit_json({**done.to_dict(), "retry_of": old.id})
+            if done.state != "COMPLETED":
+                raise BuildsysError(
+                    f"flow run {done.name} ended {done.state}" + (f": {done.state_message}" if done.state_message else ""),
+                    hint=f"see its logs: buildsys runs logs {done.id}",
+                )
+    finally:
+        store.close()
 
 
 @runs.command("limits")

@@ -11,11 +11,12 @@ from buildsys.cli.app import App, common_options, pass_app
 
 @click.command("show")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
 @common_options
 @pass_app
-def show(app: App, plan_file: Path) -> None:
+def show(app: App, plan_file: Path, full: bool) -> None:
     """Render a plan saved with `plan -o PLAN` (checked as `apply PLAN` checks it: format and hash)."""
     from buildsys.cli.plan import show_plan
     from buildsys.reconcile import read_plan_file
 
-    show_plan(app, read_plan_file(plan_file))
+    show_plan(app, read_plan_file(plan_file), full=full)

@@ -1,4 +1,5 @@
-"""`buildsys state show / export / import`: look at the state store, back it up, restore it."""
+"""`buildsys state show / export / import / rm / adopt`: look at the state store, back it up, restore
+it, and change which resources this project manages."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from typing import Any
 
 import click
 
-from buildsys.cli.adopt import adopt
+from buildsys.cli.adopt import import_ as adopt
+from buildsys.cli.adopt import rm
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import StateError
 
 
 @click.group()
 def state() -> None:
-    """Show, export and import the state store (--state, default .buildsys/state.db)."""
+    """Show, export and import the state store (--state, default .buildsys/state.db); `rm` and
+    `adopt` change which resources this project manages."""
 
 
-state.add_command(adopt)
+state.add_command(rm)
+state.add_command(adopt, name="adopt")  # the same command as `buildsys import`
 
 
 @state.command("show")
