@@ -184,6 +184,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.pool_type = options.pool_type or "process"
         self.completed = 0
+        self.unsuccessful: list[FlowRun] = []  # runs that ended other than Completed (`--once` exits 1)
         self._registered: dict[str, str] | None = None
         self._api = EngineApi(store)
         self._api_failed = False
@@ -554,6 +555,8 @@ class Worker:
                 self.notify(f"Run {run.name} ({run.id[:8]}) is already {current.state}; not marking it {state}.")
                 return
         self.completed += 1
+        if after.state != COMPLETED and after.is_terminal:
+            self.unsuccessful.append(after)
         text = f"Run {run.name} ({run.id[:8]}) → {state}" + (f": {message}" if message else "")
         if after.state == SCHEDULED and state != SCHEDULED:
             text += f" — retrying (attempt {after.attempt} of {after.max_retries + 1})"

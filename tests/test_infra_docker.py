@@ -269,3 +269,27 @@ def test_missing_image_with_pull_policy_never(store: StateStore, project: Path, 
         "Failed to submit flow run to infrastructure: image buildsys-test/does-not-exist:1 is not on this Docker "
         "engine and the pull policy is Never",
     )
+
+
+def test_a_command_the_image_lacks_is_said_plainly(store: StateStore, project: Path, workers: Workers, base_image: str) -> None:
+    docker_pool(store, base_image, auto_remove=True)
+    deployment = docker_deployment(store, project, "hello", command="no-such-python3 -m buildsys.runtime")
+    run = store.create_run(deployment)
+    proc = workers.start("--once", pool="dock")
+    assert proc.wait(60) == 1
+    done = final(store, run)
+    assert (done.state, done.state_message) == (
+        "CRASHED",
+        "Flow run infrastructure exited with non-zero status code 127 (the command `no-such-python3` was not found "
+        f"in the image {base_image}; check the job variable `command`).",
+    )
+
+
+def test_an_image_without_python3_is_said_plainly() -> None:
+    from buildsys.infra.docker import DEFAULT_COMMAND, not_found
+
+    assert not_found(127, "alpine:3", DEFAULT_COMMAND) == (
+        "the image alpine:3 has no `python3`; the docker pool runs `python3 -m buildsys.runtime` in the "
+        "container: use an image with Python 3.11 or later, or set the job variable `command`"
+    )
+    assert not_found(1, "alpine:3", DEFAULT_COMMAND) is None

@@ -131,13 +131,19 @@ def test_pull_step_failure_crashes_before_running(store: StateStore, project: Pa
     deployment = add_deployment(
         store, project, "hello", pull_steps=[{"run_shell_script": {"script": "false"}}]
     )
-    workers.start()
-    done = final(store, store.create_run(deployment))
+    run = store.create_run(deployment)
+    proc = workers.start("--once")  # and `worker --once` says so in its exit status
+    assert proc.wait(60) == 1
+    done = final(store, run)
     assert done.state == "CRASHED"
     assert done.started_at is None  # never reached RUNNING
     assert done.state_message == (
         "Flow run infrastructure exited with non-zero status code 3 (a pull step failed before the flow "
         "started): pull step pull[0: run_shell_script] failed: `false` exited with status 1."
+    )
+    assert workers.output(proc).endswith(
+        f"error: 1 run(s) did not complete: {run.name} ({run.id[:8]}) CRASHED\n"
+        f"  hint: see the logs: buildsys runs logs {run.id}\n"
     )
 
 

@@ -29,7 +29,7 @@ def worker() -> None:
 @click.option("--name", "-n", metavar="NAME", help="Worker name (default: host-pid-random).")
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only these queues (repeatable).")
 @click.option("--limit", "-l", type=click.IntRange(min=1), help="Runs this worker handles at once.")
-@click.option("--once", is_flag=True, help="Run what is due now, then exit.")
+@click.option("--once", is_flag=True, help="Run what is due now, then exit (1 if a run did not complete).")
 @click.option("--lease", "lease", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Lease seconds.")
 @click.option(
     "--cancel-grace", type=click.FloatRange(min=0.0), default=10.0, show_default=True, help="SIGTERM → SIGKILL seconds."
@@ -98,3 +98,11 @@ def start(
         runner.run()
     finally:
         store.close()
+    if once and runner.unsuccessful:
+        from buildsys.errors import BuildsysError
+
+        ended = ", ".join(f"{r.name} ({r.id[:8]}) {r.state}" for r in runner.unsuccessful)
+        raise BuildsysError(
+            f"{len(runner.unsuccessful)} run(s) did not complete: {ended}",
+            hint=f"see the logs: buildsys runs logs {runner.unsuccessful[0].id}",
+        )

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,8 @@ class DockerInfrastructure:
         except docker.errors.APIError as exc:
             raise InfrastructureError(f"cannot start a container from {image}: {exc.explanation or exc}") from None
         stream = config.get("stream_output", True) is not False
-        return DockerExecution(container, sink, stream=stream, auto_remove=bool(config.get("auto_remove")))
+        return DockerExecution(container, sink, stream=stream, auto_remove=bool(config.get("auto_remove")),
+                               image=str(image), command=list(kwargs["command"]))
 
     def container_kwargs(self, job: Job) -> dict[str, Any]:
         """The keyword arguments of ``containers.create`` for a job (pure apart from the mount dir)."""
@@ -207,6 +208,21 @@ class DockerInfrastructure:
             raise InfrastructureError(f"registry login failed: {exc.explanation or exc}") from None
 
 
+def not_found(code: int, image: str, command: Sequence[str]) -> str | None:
+    """Exit 126/127 of the container's command said for people (the shell's "cannot run" / "not found")."""
+    if code not in (126, 127) or not command:
+        return None
+    program = command[0]
+    if list(command) == DEFAULT_COMMAND:
+        return (
+            f"the image {image} has no `{program}`; the docker pool runs "
+            f"`{' '.join(DEFAULT_COMMAND)}` in the container: use an image with Python 3.11 or later, "
+            "or set the job variable `command`"
+        )
+    what = "cannot be executed" if code == 126 else "was not found"
+    return f"the command `{program}` {what} in the image {image}; check the job variable `command`"
+
+
 def _label_key(key: str) -> str:
     """Prefect's rule: `prefect.io/flow-run-id` becomes Docker's reverse-DNS `io.prefect.flow-run-id`."""
     if "/" not in key:
@@ -216,9 +232,13 @@ def _label_key(key: str) -> str:
 
 
 class DockerExecution:
-    def __init__(self, container: Any, sink: Sink, *, stream: bool, auto_remove: bool) -> None:
+    def __init__(
+        self, container: Any, sink: Sink, *, stream: bool, auto_remove: bool, image: str = "", command: Sequence[str] = ()
+    ) -> None:
         self.container = container
         self.auto_remove = auto_remove
+        self.image = image
+        self.command = list(command)
         self._result: dict[str, Any] | None = None
         self._done = threading.Event()
         self._pumps = [
@@ -278,7 +298,7 @@ class DockerExecution:
             return f"docker: {error}"
         if code == 137:
             return "the container was killed (SIGKILL)"
-        return None
+        return not_found(code, self.image, self.command)
 
     def terminate(self) -> None:
         with contextlib.suppress(Exception):
