@@ -8,6 +8,7 @@ steps with identical inputs upstream collapse, and anything that differs stays a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -296,35 +297,58 @@ def _check_cycles(graph: StepGraph) -> None:
 # --- output formats ---------------------------------------------------------------------------------
 
 
-def to_text(graph: StepGraph) -> str:
+Notes = Mapping[str, str]  # node key → what to say after it (its cache state)
+Pulls = Mapping[str, Sequence[Mapping[str, Any]]]  # deployment → its pull steps (label, step)
+
+
+def to_text(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None = None) -> str:
     lines = []
     for key in graph.order():
         n = graph.nodes[key]
         deps = ", ".join(graph.nodes[d].label for d in n.deps)
         used = f"  [{', '.join(n.deployments)}]" if n.deployments else ""
-        lines.append(f"{n.label} ({n.spec.section}: {n.spec.name})" + (f" ← {deps}" if deps else "") + used)
-    return "\n".join(lines) if lines else "(no steps)"
+        note = f"  — {notes[key]}" if notes and key in notes else ""
+        lines.append(f"{n.label} ({n.spec.section}: {n.spec.name})" + (f" ← {deps}" if deps else "") + used + note)
+    text = "\n".join(lines) if lines else "(no steps)"
+    if pull is not None:
+        text += "\n\npull steps (run by the worker where the flow runs, never cached):"
+        for name, steps in pull.items():
+            said = " → ".join(f"{s['label']} ({s['step']})" for s in steps) or "(none)"
+            text += f"\n  {name}: {said}" + ("  (generated default)" if any(s.get("generated") for s in steps) else "")
+    return text
 
 
-def to_dot(graph: StepGraph) -> str:
+def to_dot(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None = None) -> str:
     out = ["digraph buildsys {", "  rankdir=LR;", "  node [shape=box];"]
     for key, n in graph.nodes.items():
-        out.append(f"  {json.dumps(key)} [label={json.dumps(n.label + chr(10) + n.spec.name)}];")
+        label = n.label + chr(10) + n.spec.name + (chr(10) + notes[key] if notes and key in notes else "")
+        out.append(f"  {json.dumps(key)} [label={json.dumps(label)}];")
     for key, n in graph.nodes.items():
         for d in n.deps:
             out.append(f"  {json.dumps(d)} -> {json.dumps(key)};")
+    for i, (name, steps) in enumerate((pull or {}).items()):
+        ids = [f"pull{i}_{j}" for j in range(len(steps))]
+        for node_id, s in zip(ids, steps, strict=True):
+            out.append(f"  {node_id} [label={json.dumps(name + chr(10) + s['label'] + chr(10) + s['step'])}, style=dashed];")
+        out += [f"  {a} -> {b} [style=dashed];" for a, b in itertools.pairwise(ids)]
     out.append("}")
     return "\n".join(out)
 
 
-def to_mermaid(graph: StepGraph) -> str:
+def to_mermaid(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None = None) -> str:
     out = ["flowchart LR"]
     for key, n in graph.nodes.items():
-        text = f"{n.label}<br/>{n.spec.name}".replace('"', "'")
-        out.append(f'  n{key}["{text}"]')
+        text = f"{n.label}<br/>{n.spec.name}" + (f"<br/>{notes[key]}" if notes and key in notes else "")
+        out.append(f'  n{key}["{text.replace(chr(34), chr(39))}"]')
     for key, n in graph.nodes.items():
         for d in n.deps:
             out.append(f"  n{d} --> n{key}")
+    for i, (name, steps) in enumerate((pull or {}).items()):
+        ids = [f"pull{i}_{j}" for j in range(len(steps))]
+        for node_id, s in zip(ids, steps, strict=True):
+            text = f"{name}<br/>{s['label']}<br/>{s['step']}".replace('"', "'")
+            out.append(f'  {node_id}(["{text}"])')
+        out += [f"  {a} -.-> {b}" for a, b in itertools.pairwise(ids)]
     return "\n".join(out)
 
 

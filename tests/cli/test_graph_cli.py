@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from buildsys.cli import main
 
 PROJECT = """\
 build:
@@ -53,3 +58,52 @@ def test_output_prints_a_build_output_from_the_cache(isolated: Path) -> None:
     assert bs("output", "a", cwd=isolated).stdout == '{\n  "stdout": "a",\n  "stderr": ""\n}\n'
     typo = bs("output", "a.stdot", cwd=isolated)
     assert (typo.returncode, typo.stderr) == (1, "error: step 'a' has no output 'stdot'\n  hint: did you mean 'stdout'?\n")
+
+
+PULLS = PROJECT + """\
+  - name: y
+    entrypoint: f.py:f
+    pull:
+      - prefect.deployments.steps.git_clone: {repository: "https://example.com/r.git"}
+      - prefect.deployments.steps.pip_install_requirements: {requirements_file: r.txt}
+"""
+
+
+def test_graph_shows_each_steps_cache_state_and_the_pull_steps(
+    isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (isolated / "prefect.yaml").write_text(PULLS)
+
+    def run(*args: str) -> str:
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            assert not exc.code
+        return capsys.readouterr().out
+
+    assert run("graph", "--cache", "--pull").splitlines() == [
+        "a (build: run_shell_script)  [x, y]  — would run: no previous run",
+        "b (build: run_shell_script) ← a  [x, y]  — would run: upstream step a would run first",
+        "c (build: run_shell_script) ← b  [x, y]  — would run: upstream step b would run first",
+        "d (build: run_shell_script)  [x, y]  — would run: no previous run",
+        "",
+        "pull steps (run by the worker where the flow runs, never cached):",
+        "  x: set_working_directory#0 (prefect.deployments.steps.set_working_directory)  (generated default)",
+        "  y: git_clone#0 (prefect.deployments.steps.git_clone) → pip_install_requirements#1 "
+        "(prefect.deployments.steps.pip_install_requirements)",
+    ]
+    run("build")
+    (isolated / "prefect.yaml").write_text(PULLS.replace("echo d", "echo dd"))
+    assert run("graph", "--cache", "--upstream", "b", "-d", "y").splitlines() == [
+        "a (build: run_shell_script)  [y]  — cached",
+        "b (build: run_shell_script) ← a  [y]  — cached",
+    ]
+    data = json.loads(run("--json", "graph", "--cache", "--pull", "-d", "y"))
+    assert {n["label"]: n["cache"]["state"] for n in data["nodes"]} == {"a": "cached", "b": "cached", "c": "cached", "d": "run"}
+    assert data["pull"] == {"y": [
+        {"label": "git_clone#0", "step": "prefect.deployments.steps.git_clone", "generated": False},
+        {"label": "pip_install_requirements#1", "step": "prefect.deployments.steps.pip_install_requirements", "generated": False},
+    ]}
+    dot = run("graph", "--format", "dot", "--pull", "-d", "y")
+    assert 'pull0_0 -> pull0_1 [style=dashed];' in dot
+    assert "cached" not in dot  # the cache state only when asked for
