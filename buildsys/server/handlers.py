@@ -170,27 +170,42 @@ async def list_runs(call: Call) -> Any:
 
 
 async def claim_runs(call: Call) -> Any:
-    """Long-poll: try at once, then again whenever this process sees a change (or every
-    poll interval, for changes made through other servers) until `wait` runs out."""
+    """Long-poll: try at once, then again only when something may have become claimable: this
+    process committed a change, another process did (PostgreSQL's NOTIFY count moved), or the
+    pool's next scheduled run came due. A store that cannot tell (SQLite written by other
+    processes too) is tried again every poll interval, as before. An idle waiter therefore costs
+    one claim per long-poll on PostgreSQL, not one per poll interval."""
     body = call.body
     deadline = time.monotonic() + min(float(body.get("wait", 0.0)), MAX_WAIT_SECONDS)
     services = call.services
+    store = call.store
+    tokens = getattr(store, "wakeup_token", None)
     while True:
         seen = services.runs_changed.generation
+        token = await call.sync(tokens) if tokens is not None else None  # before the attempt
         runs = await call.sync(
-            call.store.claim_runs,
+            store.claim_runs,
             body["pool"],
             body["worker"],
             queues=body.get("queues"),
             limit=int(body.get("limit", 1)),
             lease_seconds=float(body.get("lease_seconds", 30.0)),
         )
-        remaining = deadline - time.monotonic()
-        if runs or remaining <= 0:
+        if runs or deadline - time.monotonic() <= 0:
             return _runs(runs)
-        await services.runs_changed.wait(min(remaining, services.poll_interval), seen)
-        if await call.request.is_disconnected():  # nobody to hand a claimed run to
-            return _runs([])
+        due = await call.sync(store.next_due, body["pool"]) if token is not None else None  # type: ignore[attr-defined]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _runs([])
+            await services.runs_changed.wait(min(remaining, services.poll_interval), seen)
+            if await call.request.is_disconnected():  # nobody to hand a claimed run to
+                return _runs([])
+            if token is None or services.runs_changed.generation != seen:
+                break
+            assert tokens is not None
+            if tokens() != token or (due is not None and due <= time.time()):
+                break
 
 
 async def heartbeat(call: Call) -> Any:

@@ -179,6 +179,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX flow_runs_deployment_created ON flow_runs (deployment, created_at)",
         ),
     ),
+    Migration(
+        5,
+        "claim index: the pool's deployments that have a concurrency limit (every claim reads them; "
+        "without it a claim walked every deployment of the pool, a cost that grows with the deployments)",
+        (
+            "CREATE INDEX resources_pool_limited ON resources (kind, pool) WHERE concurrency_limit IS NOT NULL",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

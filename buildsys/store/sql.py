@@ -161,6 +161,17 @@ class SqlStore:
             self._db, pool, worker, queues=queues, limit=limit, lease_seconds=lease_seconds, wait=wait
         )
 
+    def wakeup_token(self) -> object | None:
+        """A value that changes whenever any process commits something that can make runs
+        claimable, when the database tells that without a query (PostgreSQL's LISTEN/NOTIFY);
+        None when it cannot (SQLite: a waiting claim has to look). The first call may start the
+        listener (a blocking connect)."""
+        return self._db.change_token() if self._db.name == "postgresql" else None
+
+    def next_due(self, pool: str) -> float | None:
+        """When the pool's next future SCHEDULED run comes due (epoch seconds), or None."""
+        return sqlclaims.next_due(self._db, pool)
+
     def heartbeat(
         self, pool: str, worker: str, run_ids: Sequence[str], *, lease_seconds: float = DEFAULT_LEASE_SECONDS
     ) -> list[str]:

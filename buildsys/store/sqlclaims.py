@@ -88,25 +88,25 @@ def claim_runs(
     if claimed or wait <= 0 or limit <= 0:
         return claimed
     interval = db.poll_interval()
-    next_due = _next_due(db, pool)
+    due = next_due(db, pool)
     while time.monotonic() < deadline:
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         fresh = db.change_token()
-        if fresh == token and fresh is not None and not (next_due is not None and next_due <= now()):
+        if fresh == token and fresh is not None and not (due is not None and due <= now()):
             continue  # nothing was committed anywhere and no scheduled run came due
         token = fresh
         if not _has_due(db, pool):
-            next_due = _next_due(db, pool)
+            due = next_due(db, pool)
             continue
         claimed = claim_once(db, pool, worker, queues, limit, lease_seconds, record=False)
         if claimed:
             return claimed
         interval = min(interval * 2, 0.5)
-        next_due = _next_due(db, pool)
+        due = next_due(db, pool)
     return []
 
 
-def _next_due(db: Database, pool: str) -> float | None:
+def next_due(db: Database, pool: str) -> float | None:
     """The earliest scheduled time of a future SCHEDULED run of the pool (to wake up for it)."""
     with db.tx() as tx:
         row = tx.one(
@@ -177,14 +177,18 @@ def _pool_rules(tx: Tx, pool: str) -> PoolRules:
     return PoolRules.from_spec(json.loads(row[0]) if row else None)
 
 
+# every claim runs this: it walks the partial index resources_pool_limited (migration 5), so its
+# cost follows the number of limited deployments, not of all the pool's deployments
+DEPLOYMENT_LIMITS_SQL = (
+    "SELECT name, concurrency_limit, spec FROM resources WHERE kind = 'deployment' AND pool = ? "
+    "AND concurrency_limit IS NOT NULL"
+)
+
+
 def _deployment_limits(tx: Tx, pool: str) -> tuple[dict[str, int], frozenset[str]]:
     """Concurrency limits of the pool's deployments, and those whose collision strategy is
     CANCEL_NEW (a run that would exceed the limit is cancelled instead of waiting)."""
-    rows = tx.run(
-        "SELECT name, concurrency_limit, spec FROM resources WHERE kind = 'deployment' AND pool = ? "
-        "AND concurrency_limit IS NOT NULL",
-        (pool,),
-    )
+    rows = tx.run(DEPLOYMENT_LIMITS_SQL, (pool,))
     limits = {str(name): int(limit) for name, limit, _ in rows}
     cancel_new = frozenset(str(name) for name, _, spec in rows if _collision_strategy(spec) == "CANCEL_NEW")
     return limits, cancel_new

@@ -48,6 +48,7 @@ def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
             (2, "claim indexes: due runs in scheduled order, per pool and per queue"),
             (3, "what Prefect's engine records: task runs, artifacts, concurrency leases, flows, log levels"),
             (4, "listing indexes: the newest runs of a state, of a pool in a state, of a deployment (the UI's run lists)"),
+            (5, MIGRATIONS[4].name),
         ]
         assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
     finally:
@@ -88,7 +89,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path: Path) -> None:
     db.execute("UPDATE store_serial SET serial = 1")
     db.close()
     with SqlStore.sqlite(path) as store:
-        assert store.schema_version == LATEST == 4
+        assert store.schema_version == LATEST == 5
         kept = store.get_resource("variable", "kept")
         assert kept is not None and (dict(kept.spec), kept.id, store.serial()) == ({"value": 1}, "id-1", 1)
     db = sqlite3.connect(path)
@@ -323,3 +324,16 @@ def test_a_lock_held_past_the_busy_timeout_is_a_clear_conflict(tmp_path: Path, m
         f"error: the state store {path} stayed locked by another process for more than 0.2 s\n"
         "  hint: another apply, worker or import holds it; try again"
     )
+
+
+def test_a_claim_reads_the_limited_deployments_through_their_own_index(tmp_path: Path) -> None:
+    """Every claim asks for the pool's deployments with a concurrency limit; that must not walk
+    every deployment of the pool (100,000 deployments made claims several times slower)."""
+    from buildsys.store.sqlclaims import DEPLOYMENT_LIMITS_SQL
+
+    path = tmp_path / "state.db"
+    SqlStore.sqlite(path).close()
+    db = sqlite3.connect(path)
+    plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {DEPLOYMENT_LIMITS_SQL}", ("pool",)))
+    db.close()
+    assert "USING INDEX resources_pool_limited" in plan, plan
