@@ -33,6 +33,7 @@ class StepSpec:
     needs: tuple[str, ...] | None = None  # buildsys: explicit ordering, replaces the implicit edge
     input_globs: tuple[str, ...] = ()  # buildsys: files the step reads, relative to the root
     raw: Mapping[str, Any] = field(default_factory=dict)  # the whole mapping as written
+    input_locations: Mapping[str, Location] = field(default_factory=dict)  # each input's key, for errors
 
     @property
     def label(self) -> str:

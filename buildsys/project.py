@@ -252,6 +252,9 @@ class _Narrower:
             needs=None if needs is None else tuple(str(n) for n in (needs if isinstance(needs, list) else [needs])),
             input_globs=(globs,) if isinstance(globs, str) else tuple(str(g) for g in globs),
             raw=item,
+            input_locations={
+                str(k): where for k in body if (where := self.doc.loc((*path, name, k))) is not None
+            },
         )
 
     def deployments(self, value: Any, top: Mapping[str, tuple[StepSpec, ...] | None]) -> tuple[Deployment, ...]:

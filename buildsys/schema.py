@@ -32,12 +32,38 @@ def project_schema() -> dict[str, Any]:
     return data
 
 
+def checking_schema() -> dict[str, Any]:
+    """The schema the loader validates with. The shipped one is what an editor reads and accepts
+    exactly what `validate` accepts: it allows unknown keys where they are only warnings (marked
+    `x-unknown-keys: warning`), and checks built-in steps' inputs. Here unknown keys are refused
+    again, to be reported as warnings (errors under --strict), and step inputs are left to
+    `check_inputs`, which knows plugin steps and templates."""
+    schema = project_schema()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("x-unknown-keys") == "warning":
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    defs = schema.get("$defs", {})
+    for key in [k for k in defs if k.startswith("inputs_of_")]:
+        del defs[key]
+    defs.get("step", {}).pop("properties", None)
+    return schema
+
+
 def _validator() -> Any:
     global _VALIDATOR
     if _VALIDATOR is None:
         from jsonschema import Draft202012Validator
 
-        _VALIDATOR = Draft202012Validator(project_schema())
+        _VALIDATOR = Draft202012Validator(checking_schema())
     return _VALIDATOR
 
 
@@ -214,7 +240,7 @@ def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
                     Diagnostic(
                         "error",
                         f"step {spec.name} has no input {k!r}",
-                        spec.location,
+                        spec.input_locations.get(str(k), spec.location),
                         f"{spec.path}.{k}",
                         did_you_mean(k, known) or f"its inputs are: {', '.join(known)}",
                     )
@@ -228,11 +254,14 @@ def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
             isinstance(err.instance, str) and "{{" in err.instance
         ):
             continue  # a template: checked when rendered
+        key = str(err.absolute_path[0]) if err.absolute_path else None
+        custom = err.schema.get("x-message") if isinstance(err.schema, Mapping) else None
+        message = f"{where}: {custom}, got {_short(err.instance)}" if custom and where else str(err.message)
         out.append(
             Diagnostic(
                 "error",
-                f"step {spec.name}: {err.message}",
-                spec.location,
+                f"step {spec.name}: {message}",
+                spec.input_locations.get(key, spec.location) if key else spec.location,
                 f"{spec.path}.{where}" if where else spec.path,
                 hint,
             )

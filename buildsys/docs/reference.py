@@ -87,7 +87,11 @@ def project_keys() -> str:
         "It is `schemas/project.schema.json`; keys marked buildsys are additions, the rest are Prefect's.",
         "",
         "Editors that speak the YAML language server validate and complete the file with the first line "
-        "`# yaml-language-server: $schema=<path to>/schemas/project.schema.json`.",
+        "`# yaml-language-server: $schema=<path to>/schemas/project.schema.json`. The schema accepts and "
+        "refuses what `buildsys validate` does (a test holds them together): it checks the inputs of the "
+        "built-in steps, and it allows unknown keys where validate only warns about them (Prefect ignores "
+        "them), so the editor is silent where `validate` says `warning: unknown key` (an error under "
+        "`--strict`).",
     ]
     for heading, where, def_name in _PROJECT_SECTIONS:
         node: Mapping[str, Any] = schema if def_name is None else defs.get(def_name, {})
