@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
@@ -140,6 +140,7 @@ def desired_state(
     select: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     variables: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> DesiredState:
     """All resources the project declares. Values that need a build not yet run are UNKNOWN.
 
@@ -154,7 +155,10 @@ def desired_state(
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
     flows: dict[str, FlowInfo] = {}  # many deployments share one flow: parse each file once
-    for d in select_deployments(project, select):
+    chosen = select_deployments(project, select)
+    if only is not None:  # exact names (`--affected`): none at all is a valid choice
+        chosen = tuple(d for d in chosen if d.name in only)
+    for d in chosen:
         res = deployment_resource(
             d,
             read=read,
@@ -178,7 +182,7 @@ def desired_state(
         dict(source),
         tuple(resources),
         tuple(warnings),
-        partial=bool(select),
+        partial=bool(select) or only is not None,
         sensitive=dict(deploy_time.sensitive),
     )
 
@@ -664,6 +668,7 @@ def read_desired(
     loaded: Project | None = None,
     env: Mapping[str, str] | None = None,
     variables: Mapping[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[Project, DesiredState]:
     """Load the project at `ref` (or the working tree) and compute its desired state.
 
@@ -695,6 +700,7 @@ def read_desired(
             select=select,
             env=env,
             variables=variables,
+            only=only,
         )
     return project, state
 

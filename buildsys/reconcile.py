@@ -13,7 +13,7 @@ an error that lists exactly what was written; planning again gives the plan that
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,17 +80,20 @@ def plan_project(
     project: Project | None = None,
     env: Mapping[str, str] | None = None,
     store_url: str = "",
+    only: Collection[str] | None = None,
 ) -> Plan:
     """The project file's desired state (at `ref`, or the working tree: `project` when the caller
     loaded it) against a consistent snapshot of the store: what `plan`, `apply` and `deploy` show.
-    Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them."""
+    Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them.
+    `only`: exactly these deployment names (within `select`), e.g. the ones `--affected` found."""
     from buildsys.desired import read_desired
     from buildsys.plan import plan as compute
     from buildsys.revision import strip_credentials
 
     variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
     _, desired = read_desired(
-        project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project, env=env, variables=variables
+        project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project, env=env, variables=variables,
+        only=only,
     )
     serial, actual = snapshot(store)
     # the URL goes into plan files and CI logs: never with a password or token in it

@@ -179,3 +179,69 @@ def strip_credentials(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+# --- comparing revisions (buildsys.affected) --------------------------------------------------------
+
+DEFAULT_BRANCHES = ("origin/HEAD", "origin/main", "origin/master", "main", "master")
+
+
+def default_base(project_file: Path) -> tuple[str, str]:
+    """The commit `affected` compares with when no --base is given: the merge base of HEAD with the
+    default branch (origin's HEAD, else main or master, remote before local), and that branch."""
+    repo = _repo(project_file.resolve().parent)
+    if repo is None:
+        raise RevisionError(
+            f"`affected` compares two git revisions, but {project_file.resolve().parent} is not inside a git repository",
+            hint="run it in a git checkout, or drop --affected",
+        )
+    if _head(repo) is None:
+        raise RevisionError("the repository has no commit yet: there is nothing to compare with", hint="commit first")
+    for name in DEFAULT_BRANCHES:
+        try:
+            branch = repo.commit(name)
+        except Exception:  # gitpython raises several types for a name that does not resolve
+            continue
+        bases = repo.merge_base("HEAD", branch)
+        if not bases:
+            raise RevisionError(
+                f"HEAD and {name} have no common commit (a shallow clone?)",
+                hint="fetch more history (`git fetch --unshallow`, or `fetch-depth: 0` in CI), or pass --base REF",
+            )
+        return str(bases[0].hexsha), name
+    raise RevisionError(
+        "no default branch to compare with (none of " + ", ".join(DEFAULT_BRANCHES) + " exists)",
+        hint="pass --base REF (a commit, branch or tag)",
+    )
+
+
+def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
+    """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
+    (symlinks and git's filters included) but without touching the repository's index, HEAD or
+    working tree. Returns (the commit, the project file's path under that tree)."""
+    import os
+    import subprocess
+
+    file = project_file.resolve()
+    repo = _repo(file.parent)
+    if repo is None:
+        raise RevisionError(
+            f"comparing with {ref} needs a git repository, but {file.parent} is not inside one",
+            hint="run it in a git checkout",
+        )
+    try:
+        commit = str(repo.commit(ref).hexsha)
+    except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
+        raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`") from exc
+    repo_root = Path(repo.working_tree_dir or file.parent).resolve()
+    dest = workdir / "tree"
+    dest.mkdir()
+    env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}
+    for args in (["read-tree", commit], ["checkout-index", "--all", "--force"]):
+        done = subprocess.run(
+            ["git", "-C", str(repo_root), f"--work-tree={dest}", *args],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise RevisionError(f"cannot read the files of {ref}: {done.stderr.strip() or done.stdout.strip()}")
+    return commit, dest / file.relative_to(repo_root)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsys.cli import completion
+from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -27,16 +28,23 @@ if TYPE_CHECKING:
               help="Only these deployments (names or globs), as `plan -d` selects them.",
               shell_complete=completion.deployments)
 @click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
+@affected_option
 @common_options
 @pass_app
 def apply(
-    app: App, plan_file: Path | None, auto_approve: bool, prune: bool, deployments: tuple[str, ...], full: bool
+    app: App,
+    plan_file: Path | None,
+    auto_approve: bool,
+    prune: bool,
+    deployments: tuple[str, ...],
+    full: bool,
+    affected_base: str | None,
 ) -> None:
     """Apply a saved plan exactly, or plan and apply (asking first)."""
-    from buildsys.cli.plan import make_plan, show_plan
+    from buildsys.cli.plan import affected_selection, make_plan, show_plan
     from buildsys.reconcile import cached_outputs, read_plan_file
 
-    for given, name in ((prune, "--prune"), (deployments, "-d/--deployment")):
+    for given, name in ((prune, "--prune"), (deployments, "-d/--deployment"), (affected_base is not None, "--affected")):
         if plan_file is not None and given:
             raise click.UsageError(
                 f"{name} is decided when the plan is made: use `buildsys plan {name.split('/')[0]} … -o PLAN`"
@@ -47,7 +55,10 @@ def apply(
             result = apply_saved(store, read_plan_file(plan_file), root=_root(app))
             report(app, None, result)
             return
-        planned = make_plan(app, store, prune=prune, select=deployments, outputs=cached_outputs)
+        project, only = affected_selection(app, affected_base, deployments)
+        planned = make_plan(
+            app, store, prune=prune, select=deployments, outputs=cached_outputs, project=project, only=only
+        )
         if not app.json:
             show_plan(app, planned, full=full)
         if not planned.has_changes:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from buildsys.cli import completion
+from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 
 
@@ -25,7 +26,7 @@ def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ]
     ):
         f = option(f)
-    return f
+    return affected_option(f)
 
 
 def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
@@ -35,6 +36,8 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
 
     # JSON Lines ending with the summary (or, on an error, the error) object; a dry run is one document
     app.json_lines = app.json and not opts["dry_run"]
+    if opts.get("affected_base") is not None and not _narrow_to_affected(app, opts):
+        return
     compiled = compiled_build(
         app.project_file, sections=sections, deployments=opts["deployments"], install_missing=opts["install_requires"]
     )
@@ -61,6 +64,27 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
     _remember_noop(app, sections, opts, result)
     if not result.ok:
         raise SystemExit(1)
+
+
+def _narrow_to_affected(app: App, opts: dict[str, Any]) -> bool:
+    """`--affected`: select the affected deployments; False when nothing is affected (then the
+    summary says so and nothing runs)."""
+    from buildsys.cli.affected import as_patterns, select_affected
+    from buildsys.reporter import Event, make_reporter
+
+    result, names = select_affected(app, app.load_project(), opts["affected_base"], opts["deployments"])
+    if names:
+        opts["deployments"] = as_patterns(names)
+        return True
+    if names is None and result.steps:  # no deployments: the top-level build is one whole
+        return True
+    reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=False)
+    try:
+        reporter.event(Event("summary", text=f"build ok: nothing affected since {result.said}; nothing was run",
+                             data={"ok": True, "ran": 0, "cached": 0, "failed": 0, "skipped": 0}))
+    finally:
+        reporter.close()
+    return False
 
 
 _MARK = {"cached": "=", "run": "▶", "blocked": "·", "error": "✗"}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsys.cli import completion
+from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
@@ -27,9 +28,12 @@ if TYPE_CHECKING:
 @click.option("-j", "--jobs", type=int, default=None, help="Steps run in parallel (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")
 @click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@affected_option
 @common_options
 @pass_app
-def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool) -> None:
+def deploy(
+    app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool, affected_base: str | None
+) -> None:
     """Build, push, plan and apply in one go (the plan is shown, then applied without asking)."""
     from buildsys.cli.apply import apply_saved, report
     from buildsys.cli.plan import make_plan, show_plan
@@ -37,11 +41,21 @@ def deploy(app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: b
 
     project = app.load_project()
     require_references(project)  # before anything is built or pushed
-    outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache)
+    only: list[str] | None = None
+    build_needed = True
+    if affected_base is not None:
+        from buildsys.cli.affected import as_patterns, select_affected
+
+        found, only = select_affected(app, project, affected_base, deployments)
+        if only is not None:
+            deployments = as_patterns(only)
+        build_needed = bool(only) if only is not None else bool(found.steps)
+    # nothing affected: nothing to build, and the plan holds the pools and variables only
+    outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache) if build_needed else None
     store = app.open_store()
     try:
         planned = make_plan(
-            app, store, prune=prune, select=deployments, outputs=lambda _p: outputs, project=project
+            app, store, prune=prune, select=deployments, outputs=lambda _p: outputs, project=project, only=only
         )
         if not app.json:
             show_plan(app, planned)

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import click
 
 from buildsys.cli import completion
+from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
     from buildsys.desired import OutputsFor
     from buildsys.model import Project
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     shell_complete=completion.deployments,
 )
 @click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
+@affected_option
 @common_options
 @pass_app
 def plan(
@@ -53,13 +55,19 @@ def plan(
     detailed_exitcode: bool,
     deployments: tuple[str, ...],
     full: bool,
+    affected_base: str | None,
 ) -> None:
     """Show what `apply` would change in the state store."""
     from buildsys.reconcile import cached_outputs
 
+    if affected_base is not None and ref is not None:
+        raise click.UsageError("--affected compares the working tree with a ref; it cannot plan --ref")
+    project, only = affected_selection(app, affected_base, deployments)
     store = app.open_store()
     try:
-        result = make_plan(app, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs)
+        result = make_plan(
+            app, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs, project=project, only=only
+        )
     finally:
         store.close()
     name_store(app)
@@ -75,6 +83,20 @@ def plan(
         sys.exit(2)
 
 
+def affected_selection(
+    app: App, affected_base: str | None, deployments: Sequence[str]
+) -> tuple[Project | None, list[str] | None]:
+    """For `--affected[=REF]`: the loaded project and the names of the deployments to plan;
+    (None, None) without the option."""
+    if affected_base is None:
+        return None, None
+    from buildsys.cli.affected import select_affected
+
+    project = app.load_project()
+    _, names = select_affected(app, project, affected_base, deployments)
+    return project, names
+
+
 def make_plan(
     app: App,
     store: StateStore,
@@ -84,6 +106,7 @@ def make_plan(
     select: Sequence[str] = (),
     outputs: Callable[[Project], OutputsFor | None] | None = None,
     project: Project | None = None,
+    only: Collection[str] | None = None,
 ) -> Plan:
     """`reconcile.plan_project` for this command line's project file, store and environment; the
     working tree's project comes from the cache layer (the command chooses the cached load; --ref
@@ -96,7 +119,7 @@ def make_plan(
         project = app.load_project()
     return plan_project(
         app.project_file, store, ref=ref, prune=prune, select=select, outputs=outputs, project=project,
-        env=os.environ, store_url=app.state,
+        env=os.environ, store_url=app.state, only=only,
     )
 
 

@@ -1,0 +1,414 @@
+"""What a change affects: the steps whose cache keys and the deployments whose specs differ between
+a git revision (the base) and the working tree, each with its reason.
+
+The keys are the engine's own (`Engine.key_for`), evaluated on both sides without running anything:
+the base's files are written to a temporary directory (`revision.export_tree`) and keyed there.
+A step's outputs are not known before it runs, so an upstream step's outputs stand for themselves
+as a symbol naming its key: the cache gives one result per key, so equal upstream keys mean equal
+outputs, and a step whose inputs render the same around equal symbols has the same key as in a
+real build. Where a symbol would decide which files a step reads (its files hook or working
+directory depends on another step's output), the key cannot be known before a build and the step
+counts as affected. Fingerprints (a remote branch's commit, a base image's id) are left out on both
+sides: they are read at the moment of the build, the same for both revisions.
+
+Deployment specs are the desired state plan computes (`desired.desired_state`), with build outputs
+left unknown on both sides; a deployment is affected when its spec differs or a step of its chain is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.compiled import Compiled
+from buildsys.desired import DesiredResource, DesiredState
+from buildsys.errors import BuildsysError
+from buildsys.model import Project
+from buildsys.step import StepDef
+from buildsys.templating import UNKNOWN, placeholders
+
+SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """A step's cache key on one side, or why it cannot be known before a build."""
+
+    label: str
+    key: str
+    components: Mapping[str, Any]
+    deps: tuple[str, ...]  # labels of the steps it waits for
+    deployments: tuple[str, ...]
+    section: str
+    step: str
+    unknown: str = ""
+
+
+@dataclass(frozen=True)
+class AffectedStep:
+    label: str
+    step: str
+    section: str
+    deployments: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class AffectedDeployment:
+    name: str  # the deployment's name in the project file
+    identity: str  # FLOW/NAME, as the store knows it
+    reasons: tuple[str, ...]
+    steps: tuple[str, ...] = ()  # labels of its affected steps
+    fields: tuple[str, ...] = ()  # spec fields that differ
+
+
+@dataclass(frozen=True)
+class Affected:
+    base: str  # as given (or the merge base found)
+    commit: str
+    said: str  # the base for people: "main", "the merge base with origin/main"
+    steps: tuple[AffectedStep, ...]
+    deployments: tuple[AffectedDeployment, ...]
+    removed: tuple[str, ...] = ()  # deployments (FLOW/NAME) at the base that the working tree no longer has
+    total_steps: int = 0
+    total_deployments: int = 0
+    project_has_deployments: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def names(self) -> list[str]:
+        """The affected deployments' names, in file order: what `--affected` selects."""
+        return [d.name for d in self.deployments]
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.steps or self.deployments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "commit": self.commit,
+            "steps": [
+                {"step": s.label, "uses": s.step, "section": s.section, "deployments": list(s.deployments), "reason": s.reason}
+                for s in self.steps
+            ],
+            "deployments": [
+                {"name": d.name, "identity": d.identity, "reasons": list(d.reasons), "steps": list(d.steps),
+                 "fields": list(d.fields)}
+                for d in self.deployments
+            ],
+            "removed": list(self.removed),
+            "counts": {
+                "steps": len(self.steps), "total_steps": self.total_steps,
+                "deployments": len(self.deployments), "total_deployments": self.total_deployments,
+            },
+            "notes": list(self.notes),
+        }
+
+
+# --- the analysis -------------------------------------------------------------------------------------
+
+
+def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None) -> Affected:
+    """Steps and deployments that differ between `base` (default: the merge base of HEAD with the
+    default branch) and the working tree of the project file's repository."""
+    from buildsys import caches
+    from buildsys.revision import default_base, export_tree, open_revision
+
+    if base:
+        base_ref, said = base, base
+    else:
+        base_ref, branch = default_base(project_file)
+        said = f"the merge base with {branch}"
+    environ = dict(os.environ if env is None else env)
+    now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
+    now_rev = open_revision(project_file)
+    with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
+        commit, base_file = export_tree(project_file, base_ref, Path(tmp))
+        source = {"commit": commit, "ref": base_ref, "file": now_rev.file_in_repo, "dirty": False}
+        then, problem = _base_side(base_file, now_compiled.project.root, base_ref, source)
+        env_now = _keying_env(now_compiled.project, environ)
+        now_keys = step_keys(now_compiled, env_now)
+        then_keys = step_keys(then[0], _keying_env(then[0].project, environ)) if then is not None else None
+        now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
+        then_state = then[1] if then is not None else None
+        steps = compare_steps(then_keys, now_keys, base_ref, problem)
+        deployments, removed = compare_deployments(
+            then_state, now_state, now_compiled, steps, base_ref, problem,
+            read_then=_reader(base_file), read_now=now_rev.read,
+        )
+    return Affected(
+        base=base_ref,
+        said=said,
+        commit=commit,
+        steps=tuple(steps),
+        deployments=tuple(deployments),
+        removed=tuple(removed),
+        total_steps=len(now_keys),
+        total_deployments=len(now_compiled.project.deployments),
+        project_has_deployments=bool(now_compiled.project.deployments),
+        notes=(problem,) if problem else (),
+    )
+
+
+def _base_side(
+    base_file: Path, root: Path, ref: str, source: Mapping[str, Any]
+) -> tuple[tuple[Compiled, DesiredState] | None, str]:
+    """The base's compiled build (rooted in the exported tree, where its files are) and desired
+    state (rooted where the working tree's is: the default pull step names the project directory),
+    or None and why there is none (then everything in the working tree counts as affected)."""
+    from dataclasses import replace
+
+    from buildsys.compiled import compile_project
+    from buildsys.project import parse_project, read_source
+
+    if not base_file.is_file():
+        return None, f"the project file does not exist at {ref}"
+    tree = base_file.resolve().parent
+    try:
+        _, text = read_source(base_file)
+        project = parse_project(text, file=str(base_file), root=root, file_exists=lambda rel: (tree / rel).is_file())
+        compiled = compile_project(replace(project, root=tree), sections=("build", "push"))
+        state = _desired(project, source, _reader(base_file))
+    except BuildsysError as exc:
+        return None, f"the project at {ref} cannot be loaded ({exc.message}); everything counts as affected"
+    return (compiled, state), ""
+
+
+def _reader(project_file: Path) -> Any:
+    from buildsys.revision import Revision
+
+    return Revision(file=project_file, root=project_file.resolve().parent, text=None).read
+
+
+def _desired(project: Project, source: Mapping[str, Any], read: Any) -> DesiredState:
+    """Desired state with every build output unknown and deploy-time values as written: the
+    same process and store resolve them on both sides, so they differ only where the text does."""
+    from buildsys.desired import desired_state
+
+    return desired_state(project, owner="", source=source, read=read)
+
+
+def _keying_env(project: Project, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment keys are computed with: a variable a step names but the environment lacks is
+    empty (the key holds the digest of "" for it, as a build's would), so that a CI job without the
+    registry password can still say what a change affects."""
+    names = {
+        str(p.keypath[0])
+        for spec in (*project.build, *project.push, *(s for d in project.deployments for s in (*d.build, *d.push)))
+        for p in placeholders(spec.inputs)
+        if p.kind == "env"
+    }
+    return {**{n: "" for n in names}, **env}
+
+
+# --- step keys ----------------------------------------------------------------------------------------
+
+
+class _Outputs(Mapping[str, Any]):
+    """A step's outputs before it has run: each is a symbol naming the step's key and the output.
+    A step that declares its outputs has exactly those; one that does not may have any."""
+
+    def __init__(self, key: str, declared: Sequence[str]) -> None:
+        self.key = key
+        self.declared = tuple(declared)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (not self.declared or name in self.declared)
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self:
+            raise KeyError(name)
+        return f"{SYMBOL}{name} of {self.key}\u27e7"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.declared)
+
+    def __len__(self) -> int:
+        return len(self.declared)
+
+
+def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
+    """Every step's cache key by label, computed by the engine's key function without running."""
+    from buildsys.engine import Engine, NodeResult
+
+    steps = {name: _unfingerprinted(sd) for name, sd in compiled.steps.items()}
+    graph = compiled.graph
+    engine = Engine(compiled.project, graph, steps, env=env, dry_run=True)
+    out: dict[str, StepKey] = {}
+    try:
+        for key in graph.order():
+            node, stepdef = graph.nodes[key], engine.stepdefs[key]
+            unknown, components, cache_key = "", {}, ""
+            try:
+                keyed = engine.key_for(node, stepdef)
+                components, cache_key = keyed.components, keyed.cache_key
+                if stepdef.files_hook is not None and (SYMBOL in str(keyed.ctx.cwd) or _symbolic(keyed.inputs)):
+                    unknown = "the files it reads depend on another step's outputs, known only after a build"
+            except Exception as exc:  # any failure to key (a step's own hook too) means "cannot know"
+                text = exc.message if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
+                unknown = f"its key cannot be computed before a build ({text})"
+            if unknown:
+                cache_key = f"unknown:{key}"
+            engine.results[key] = NodeResult(
+                key, node.label, "cached", outputs=_Outputs(cache_key, stepdef.outputs), cache_key=cache_key  # type: ignore[arg-type]
+            )
+            out[node.label] = StepKey(
+                label=node.label,
+                key=cache_key,
+                components=components,
+                deps=tuple(graph.nodes[d].label for d in node.deps),
+                deployments=node.deployments,
+                section=node.section,
+                step=node.spec.name,
+                unknown=unknown,
+            )
+    finally:
+        engine.cache.close()
+    return out
+
+
+def _unfingerprinted(stepdef: StepDef) -> StepDef:
+    if stepdef.fingerprint_hook is None:
+        return stepdef
+    clone = copy.copy(stepdef)
+    clone.fingerprint_hook = None
+    return clone
+
+
+_KEYED_SYMBOL = re.compile(SYMBOL + r"(\S+) of [^\u27e7]*\u27e7")
+
+
+def _unsymbolised(components: Mapping[str, Any]) -> dict[str, Any]:
+    """Components with each output symbol's key left out, for the explanation only: a changed
+    upstream step is said once ("upstream step X changed"), not again as changed inputs."""
+    text = _KEYED_SYMBOL.sub(lambda m: f"{SYMBOL}{m.group(1)}\u27e7", json.dumps(components, default=str, ensure_ascii=False))
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _symbolic(value: Any) -> bool:
+    return SYMBOL in json.dumps(value, default=str)
+
+
+def compare_steps(
+    then: Mapping[str, StepKey] | None, now: Mapping[str, StepKey], base: str, problem: str = ""
+) -> list[AffectedStep]:
+    """The working tree's steps a build after a build of `base` would run again: a key the base
+    never had (the cache is content-addressed: a renamed step with the same key is a hit), a key
+    that cannot be known before a build, or a step after an affected one."""
+    from buildsys.engine import explain_change
+
+    known = {k.key for k in (then or {}).values() if not k.unknown}
+    out: list[AffectedStep] = []
+    hit: set[str] = set()
+    for label, k in now.items():  # graph order: upstream steps come first
+        reason = ""
+        if then is None:
+            reason = problem or f"not at {base}"
+        elif k.unknown:
+            reason = k.unknown
+        elif k.key not in known:
+            before = then.get(label)
+            if before is not None and not before.unknown:
+                reason = explain_change(_unsymbolised(before.components), _unsymbolised(k.components))
+            else:
+                reason = f"new step (not at {base})"
+            if before is not None and before.unknown:
+                reason = before.unknown
+        else:
+            after = next((d for d in k.deps if d in hit), None)
+            if after is not None:
+                reason = f"upstream step {after} is affected"
+        if reason:
+            hit.add(label)
+            out.append(AffectedStep(label, k.step, k.section, k.deployments, reason))
+    return out
+
+
+# --- deployments ----------------------------------------------------------------------------------
+
+
+DESCEND = ("parameters", "job_variables")  # fields whose differing keys are named (parameters.size)
+INFO_FIELDS = ("flow_name", "description", "version", "parameter_schema")  # read from the entrypoint file
+
+
+def compare_deployments(
+    then: DesiredState | None,
+    now: DesiredState,
+    compiled: Compiled,
+    steps: Sequence[AffectedStep],
+    base: str,
+    problem: str = "",
+    *,
+    read_then: Any = None,
+    read_now: Any = None,
+) -> tuple[list[AffectedDeployment], list[str]]:
+    """Affected deployments in file order, and the identities the base had that are gone."""
+    before = {r.name: r for r in (then.resources if then else ()) if r.kind == "deployment"}
+    current = {r.name: r for r in now.resources if r.kind == "deployment"}
+    by_step: dict[str, list[AffectedStep]] = {}
+    for s in steps:
+        for name in s.deployments:
+            by_step.setdefault(name, []).append(s)
+    ordered = [r for r in now.resources if r.kind == "deployment"]  # desired_state keeps file order
+    out: list[AffectedDeployment] = []
+    for d, resource in zip(compiled.project.deployments, ordered, strict=True):
+        ident = resource.name
+        mine = by_step.get(d.name, [])
+        reasons = [f"step {s.label}: {s.reason}" for s in mine]
+        fields: list[str] = []
+        want, had = resource, before.get(ident)
+        if then is None:
+            reasons.insert(0, problem or f"not at {base}")
+        elif had is None:
+            reasons.insert(0, f"new deployment (not at {base})")
+        else:
+            fields = spec_changes(had, want)
+            if fields:
+                reasons.append(_field_reason(d.entrypoint, fields, read_then, read_now))
+        if reasons:
+            out.append(AffectedDeployment(d.name, ident, tuple(reasons), tuple(s.label for s in mine), tuple(fields)))
+    removed = sorted(set(before) - set(current))
+    return out, removed
+
+
+def spec_changes(old: DesiredResource, new: DesiredResource) -> list[str]:
+    """The managed fields that differ (parameters and job variables by key: `parameters.shard`)."""
+    out: list[str] = []
+    for key in [k for k in new.spec if k in new.managed] + sorted(old.managed - new.managed):
+        a, b = old.spec.get(key) if key in old.managed else None, new.spec.get(key) if key in new.managed else None
+        if _text(a) == _text(b):
+            continue
+        if key in DESCEND and isinstance(a, Mapping) and isinstance(b, Mapping):
+            inner = [f"{key}.{k}" for k in [*b, *(k for k in a if k not in b)] if _text(a.get(k)) != _text(b.get(k))]
+            out.extend(inner or [key])
+        else:
+            out.append(key)
+    return out
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=lambda v: str(UNKNOWN) if v is UNKNOWN else str(v))
+
+
+def _field_reason(entrypoint: str | None, fields: Sequence[str], read_then: Any, read_now: Any) -> str:
+    """`fields changed: tags, parameters.shard`, naming the entrypoint file when it changed and a
+    field read from it differs."""
+    listed = ", ".join(fields)
+    path = (entrypoint or "").rsplit(":", 1)[0]
+    if path.endswith(".py") and read_then is not None and read_now is not None and any(f in INFO_FIELDS for f in fields):
+        try:
+            changed = read_then(path) != read_now(path)
+        except BuildsysError:
+            changed = False
+        if changed:
+            return f"entrypoint file {path} changed: {listed}"
+    return f"fields changed: {listed}"
