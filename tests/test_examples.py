@@ -172,35 +172,108 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _run_steps(job: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(s.get("name", s["run"]), s["run"]) for s in job["steps"]
-            if "run" in s and "pip install" not in s["run"]]
+INSTALL = re.compile(r'^python -m pip install "\$\{BUILDSYS_PIP:\?set the (repository|CI/CD) variable BUILDSYS_PIP to a '
+                     r'buildsys wheel URL or git\+https://HOST/buildsys\.git@TAG\}"$')
 
 
-def test_ci_pipeline_plans_on_pull_requests_and_applies_on_main(tmp_path: Path) -> None:
-    workflow = yaml.safe_load((EXAMPLES / "ci" / ".github" / "workflows" / "buildsys.yml").read_text())
+class Pipeline:
+    """Runs a CI file's shell steps for real, in order, in one project copy: buildsys from PATH, the
+    store in the test's directory, HOME there too (the registry login writes into it)."""
+
+    def __init__(self, tmp_path: Path, project: Path) -> None:
+        self.project = project
+        self.home = tmp_path / "home"
+        self.home.mkdir(exist_ok=True)
+        self.env = {**os.environ, "PATH": f"{Path(BUILDSYS).parent}:{os.environ['PATH']}", "NO_COLOR": "1",
+                    "HOME": str(self.home), "BUILDSYS_STATE": str(tmp_path / "state.db"), "BUILDSYS_TOKEN": ""}
+
+    def run(self, scripts: list[str], **env: str) -> None:
+        for script in scripts:
+            if INSTALL.match(script):  # installing is checked on its own: see test_ci_install_step_*
+                continue
+            done = subprocess.run(["bash", "-e", "-c", script], cwd=self.project, capture_output=True, text=True,
+                                  env={**self.env, **env}, timeout=120)
+            assert done.returncode == 0, (script, done.stdout, done.stderr)
+
+
+def _github() -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / "ci" / ".github" / "workflows" / "buildsys.yml").read_text())
+
+
+def _gitlab() -> dict[str, Any]:
+    return yaml.safe_load((EXAMPLES / "ci" / ".gitlab-ci.yml").read_text())
+
+
+def _gitlab_job(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    job = dict(doc[name])
+    base = doc[job.pop("extends")] if "extends" in job else {}
+    return {**base, **job}
+
+
+def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) -> None:
+    """The GitHub and the GitLab pipeline, shape and then every shell step for real, as one history
+    on one project and store (to run each buildsys command once): GitHub plans a pull request (changes),
+    GitLab applies the default branch (logging in to the registry), GitLab plans a merge request (no
+    changes), GitHub applies main (nothing to do)."""
+    workflow = _github()
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
     assert triggers == {"pull_request": None, "push": {"branches": ["main"]}}
-    assert workflow["jobs"]["plan"]["if"] == "github.event_name == 'pull_request'"
-    assert workflow["jobs"]["apply"]["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
-    posts = [s for s in workflow["jobs"]["plan"]["steps"] if s.get("uses", "").startswith("actions/github-script")]
-    assert len(posts) == 1 and "createComment" in posts[0]["with"]["script"]
+    jobs = workflow["jobs"]
+    assert jobs["plan"]["if"] == "github.event_name == 'pull_request'"
+    assert jobs["apply"]["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    uses = {job: [s.get("uses", "").split("@")[0] for s in jobs[job]["steps"]] for job in jobs}
+    assert "actions/github-script" in uses["plan"] and "docker/login-action" in uses["apply"]
+    assert "actions/cache/restore" in uses["plan"] and "actions/cache" in uses["apply"]
+    for job in jobs.values():  # installed and the build cache restored before the first buildsys command
+        names = [s.get("name", s.get("uses", "")) for s in job["steps"]]
+        caches = [i for i, s in enumerate(job["steps"]) if s.get("uses", "").startswith("actions/cache")]
+        assert names.index("Install buildsys") < names.index("Validate") and max(caches) < names.index("Validate")
+        assert all(job["steps"][i]["with"]["path"] == ".buildsys/cache.db" for i in caches)
+    gitlab = _gitlab()
+    assert gitlab["stages"] == ["plan", "apply"]
+    plan, apply = _gitlab_job(gitlab, "plan"), _gitlab_job(gitlab, "apply")
+    assert plan["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
+    assert apply["rules"] == [{"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+    assert apply["resource_group"] == "buildsys-apply"
+    assert plan["cache"]["paths"] == [".buildsys/cache.db"] and plan["cache"] == apply["cache"]
 
-    project = copy_example("local-process", tmp_path)
-    env = {**os.environ, "PATH": f"{Path(BUILDSYS).parent}:{os.environ['PATH']}", "NO_COLOR": "1",
-           "BUILDSYS_STATE": str(tmp_path / "state.db"), "BUILDSYS_TOKEN": ""}
+    pipeline = Pipeline(tmp_path, copy_example("local-process", tmp_path))
+    project = pipeline.project
 
-    def run_job(job: str) -> dict[str, str]:
+    def github(job: str) -> dict[str, str]:
         outputs = tmp_path / f"{job}.out"
         outputs.write_text("")
-        for name, script in _run_steps(workflow["jobs"][job]):
-            done = subprocess.run(["bash", "-e", "-c", script], cwd=project, capture_output=True, text=True,
-                                  env={**env, "GITHUB_OUTPUT": str(outputs)}, timeout=120)
-            assert done.returncode == 0, (job, name, done.stdout, done.stderr)
+        pipeline.run([s["run"] for s in jobs[job]["steps"] if "run" in s], GITHUB_OUTPUT=str(outputs))
         return dict(line.split("=", 1) for line in outputs.read_text().splitlines())
 
-    assert run_job("plan") == {"changes": "true"}
+    def gitlab_job(job: dict[str, Any]) -> None:
+        (project / "plan.env").unlink(missing_ok=True)
+        pipeline.run([*job["before_script"], *job["script"]], CI_REGISTRY="registry.example.com:5050",
+                     CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret")
+
+    assert github("plan") == {"changes": "true"}
     assert "Plan: 2 to add, 0 to change, 0 to destroy." in (project / "plan.txt").read_text()
     assert json.loads((project / "plan.json").read_text())["summary"] == {"add": 2, "change": 0, "destroy": 0}
-    assert run_job("apply") == {}
-    assert run_job("plan") == {"changes": "false"}
+    gitlab_job(apply)
+    auths = json.loads((pipeline.home / ".docker" / "config.json").read_text())["auths"]
+    assert auths == {"registry.example.com:5050": {"auth": "Z2l0bGFiLWNpLXRva2VuOnMzY3JldA=="}}  # user:password
+    gitlab_job(plan)
+    assert (project / "plan.env").read_text() == "CHANGES=false\n"
+    assert "No changes." in (project / "plan.txt").read_text()
+    assert github("apply") == {}
+
+
+@pytest.mark.parametrize("where", ["github", "gitlab"])
+def test_ci_install_step_installs_from_buildsys_pip_and_says_when_it_is_unset(tmp_path: Path, where: str) -> None:
+    """Not `pip install buildsys` (no package index has it) nor an editable checkout: the wheel or
+    repository URL in BUILDSYS_PIP; unset, the step fails naming the variable (run for real here; the
+    wheel itself is tested in test_wheel)."""
+    if where == "github":
+        scripts = [s["run"] for job in _github()["jobs"].values() for s in job["steps"] if s.get("name") == "Install buildsys"]
+    else:
+        scripts = [_gitlab_job(_gitlab(), job)["before_script"][0] for job in ("plan", "apply")]
+    assert len(scripts) == 2 and all(INSTALL.match(s) for s in scripts), scripts
+    env = {k: v for k, v in os.environ.items() if k != "BUILDSYS_PIP"}
+    done = subprocess.run(["bash", "-e", "-c", scripts[0]], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode != 0
+    assert "BUILDSYS_PIP: set the" in done.stderr and "variable BUILDSYS_PIP to a buildsys wheel URL" in done.stderr
