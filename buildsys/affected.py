@@ -18,6 +18,7 @@ left unknown on both sides; a deployment is affected when its spec differs or a 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from buildsys.model import Project
 from buildsys.step import StepDef
 from buildsys.templating import UNKNOWN, placeholders
 
+AFFECTED = "affected"  # .buildsys/affected/: the base side of earlier comparisons (buildsys.caches)
 SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
 
 
@@ -120,30 +122,24 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
     """Steps and deployments that differ between `base` (default: the merge base of HEAD with the
     default branch) and the working tree of the project file's repository."""
     from buildsys import caches
-    from buildsys.revision import default_base, export_tree, open_revision
+    from buildsys.revision import default_base, open_revision, resolve_commit
 
     if base:
-        base_ref, said = base, base
+        base_ref, said, commit = base, base, resolve_commit(project_file, base)
     else:
-        base_ref, branch = default_base(project_file)
-        said = f"the merge base with {branch}"
+        commit, branch = default_base(project_file)
+        base_ref, said = commit, f"the merge base with {branch}"
     environ = dict(os.environ if env is None else env)
     now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
     now_rev = open_revision(project_file)
-    with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
-        commit, base_file = export_tree(project_file, base_ref, Path(tmp))
-        source = {"commit": commit, "ref": base_ref, "file": now_rev.file_in_repo, "dirty": False}
-        then, problem = _base_side(base_file, now_compiled.project.root, base_ref, source)
-        env_now = _keying_env(now_compiled.project, environ)
-        now_keys = step_keys(now_compiled, env_now)
-        then_keys = step_keys(then[0], _keying_env(then[0].project, environ)) if then is not None else None
-        now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
-        then_state = then[1] if then is not None else None
-        steps = compare_steps(then_keys, now_keys, base_ref, problem)
-        deployments, removed = compare_deployments(
-            then_state, now_state, now_compiled, steps, base_ref, problem,
-            read_then=_reader(base_file), read_now=now_rev.read,
-        )
+    then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ)
+    now_keys = step_keys(now_compiled, _keying_env(now_compiled.project, environ)[0])
+    now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
+    steps = compare_steps(then.keys, now_keys, base_ref, then.problem)
+    deployments, removed = compare_deployments(
+        then.state, now_state, now_compiled, steps, base_ref, then.problem,
+        entrypoints=then.entrypoints, read_now=now_rev.read,
+    )
     return Affected(
         base=base_ref,
         said=said,
@@ -154,8 +150,70 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
         total_steps=len(now_keys),
         total_deployments=len(now_compiled.project.deployments),
         project_has_deployments=bool(now_compiled.project.deployments),
-        notes=(problem,) if problem else (),
+        notes=(then.problem,) if then.problem else (),
     )
+
+
+@dataclass
+class BaseSide:
+    """What the base contributes: its step keys and desired state (None, with `problem` saying why,
+    when the project cannot be read there), the digests of its entrypoint files, and the digests
+    of the environment values its keys were computed with."""
+
+    keys: dict[str, StepKey] | None
+    state: DesiredState | None
+    problem: str
+    entrypoints: dict[str, str | None]
+    env: dict[str, str]
+
+
+def base_side(
+    project_file: Path, root: Path, ref: str, commit: str, file_in_repo: str | None, environ: Mapping[str, str]
+) -> BaseSide:
+    """The base's side, from `.buildsys/affected/` when this code computed it for this commit, this
+    project file and the same environment values before (a commit never changes), else computed
+    from the base's files written to a temporary directory."""
+    from buildsys import caches
+    from buildsys.cache import secret_digest
+    from buildsys.revision import export_tree
+
+    record = caches.directory(root) / AFFECTED / hashlib.sha256(
+        "\0".join([caches.code_key(), commit, ref, str(project_file.resolve())]).encode("utf-8", "surrogatepass")
+    ).hexdigest()[:24]
+    hit = caches.read_record(record)
+    if isinstance(hit, BaseSide) and all(secret_digest(environ.get(n, "")) == d for n, d in hit.env.items()):
+        return hit
+    with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
+        _, base_file = export_tree(project_file, commit, Path(tmp))
+        source = {"commit": commit, "ref": ref, "file": file_in_repo, "dirty": False}
+        loaded, problem = _base_side(base_file, root, ref, source)
+        side = BaseSide(None, None, problem, {}, {})
+        if loaded is not None:
+            compiled, state = loaded
+            env, names = _keying_env(compiled.project, environ)
+            side = BaseSide(
+                step_keys(compiled, env), state, "", _entrypoint_digests(compiled.project, base_file),
+                {n: secret_digest(environ.get(n, "")) for n in names},
+            )
+    caches.write_record(record, side, max_age=7 * 86400)
+    return side
+
+
+def _entrypoint_digests(project: Project, base_file: Path) -> dict[str, str | None]:
+    read = _reader(base_file)
+    out: dict[str, str | None] = {}
+    for d in project.deployments:
+        path = (d.entrypoint or "").rsplit(":", 1)[0]
+        if path.endswith(".py") and path not in out:
+            try:
+                out[path] = _digest(read(path))
+            except BuildsysError:  # not a regular file: the desired state says so
+                out[path] = None
+    return out
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _base_side(
@@ -196,7 +254,7 @@ def _desired(project: Project, source: Mapping[str, Any], read: Any) -> DesiredS
     return desired_state(project, owner="", source=source, read=read)
 
 
-def _keying_env(project: Project, env: Mapping[str, str]) -> dict[str, str]:
+def _keying_env(project: Project, env: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
     """The environment keys are computed with: a variable a step names but the environment lacks is
     empty (the key holds the digest of "" for it, as a build's would), so that a CI job without the
     registry password can still say what a change affects."""
@@ -206,7 +264,7 @@ def _keying_env(project: Project, env: Mapping[str, str]) -> dict[str, str]:
         for p in placeholders(spec.inputs)
         if p.kind == "env"
     }
-    return {**{n: "" for n in names}, **env}
+    return {**{n: "" for n in names}, **env}, names
 
 
 # --- step keys ----------------------------------------------------------------------------------------
@@ -348,7 +406,7 @@ def compare_deployments(
     base: str,
     problem: str = "",
     *,
-    read_then: Any = None,
+    entrypoints: Mapping[str, str | None] | None = None,
     read_now: Any = None,
 ) -> tuple[list[AffectedDeployment], list[str]]:
     """Affected deployments in file order, and the identities the base had that are gone."""
@@ -373,7 +431,7 @@ def compare_deployments(
         else:
             fields = spec_changes(had, want)
             if fields:
-                reasons.append(_field_reason(d.entrypoint, fields, read_then, read_now))
+                reasons.append(_field_reason(d.entrypoint, fields, entrypoints, read_now))
         if reasons:
             out.append(AffectedDeployment(d.name, ident, tuple(reasons), tuple(s.label for s in mine), tuple(fields)))
     removed = sorted(set(before) - set(current))
@@ -399,14 +457,16 @@ def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=lambda v: str(UNKNOWN) if v is UNKNOWN else str(v))
 
 
-def _field_reason(entrypoint: str | None, fields: Sequence[str], read_then: Any, read_now: Any) -> str:
+def _field_reason(
+    entrypoint: str | None, fields: Sequence[str], before: Mapping[str, str | None] | None, read_now: Any
+) -> str:
     """`fields changed: tags, parameters.shard`, naming the entrypoint file when it changed and a
     field read from it differs."""
     listed = ", ".join(fields)
     path = (entrypoint or "").rsplit(":", 1)[0]
-    if path.endswith(".py") and read_then is not None and read_now is not None and any(f in INFO_FIELDS for f in fields):
+    if before and path in before and read_now is not None and any(f in INFO_FIELDS for f in fields):
         try:
-            changed = read_then(path) != read_now(path)
+            changed = before[path] != _digest(read_now(path))
         except BuildsysError:
             changed = False
         if changed:

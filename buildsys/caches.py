@@ -6,6 +6,7 @@ project (a recipe, a repository) can write into. `buildsys help caches` describe
     .buildsys/projects/   loaded projects, for commands that need no graph               here
     .buildsys/compiled/   compiled builds: project, graph, where each step comes from    here
     .buildsys/noop/       no-op manifests, read before the engine is imported           buildsys.noop
+    .buildsys/affected/   a base revision's step keys and specs, for `affected`          buildsys.affected
 
 Every cache depends on `code_key()` (Python, buildsys's own code, the installed packages). Objects
 are pickled (a 1,000-deployment model unpickles in ~0.05 s, against ~0.6 s to parse and validate)
@@ -59,7 +60,7 @@ def clear(root: Path) -> None:
     """Delete the model caches and the no-op manifests (the step results are `Cache.clear`'s)."""
     import shutil
 
-    for name in (PROJECTS, COMPILED, noop.SUBDIRECTORY):
+    for name in (PROJECTS, COMPILED, noop.SUBDIRECTORY, "affected"):
         shutil.rmtree(directory(root) / name, ignore_errors=True)
 
 

@@ -215,13 +215,8 @@ def default_base(project_file: Path) -> tuple[str, str]:
     )
 
 
-def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
-    """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
-    (symlinks and git's filters included) but without touching the repository's index, HEAD or
-    working tree. Returns (the commit, the project file's path under that tree)."""
-    import os
-    import subprocess
-
+def resolve_commit(project_file: Path, ref: str) -> str:
+    """The commit `ref` (a commit, branch or tag) names in the project file's repository."""
     file = project_file.resolve()
     repo = _repo(file.parent)
     if repo is None:
@@ -230,9 +225,21 @@ def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]
             hint="run it in a git checkout",
         )
     try:
-        commit = str(repo.commit(ref).hexsha)
+        return str(repo.commit(ref).hexsha)
     except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
         raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`") from exc
+
+
+def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
+    """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
+    (symlinks and git's filters included) but without touching the repository's index, HEAD or
+    working tree. Returns (the commit, the project file's path under that tree)."""
+    import os
+    import subprocess
+
+    commit = resolve_commit(project_file, ref)
+    file = project_file.resolve()
+    repo = _repo(file.parent)
     repo_root = Path(repo.working_tree_dir or file.parent).resolve()
     dest = workdir / "tree"
     dest.mkdir()

@@ -264,3 +264,26 @@ def test_a_one_flow_change_in_a_corpus_file_affects_one_deployment(name: str, is
     assert not found.steps and found.total_deployments == len(project.deployments) >= 5
     if name in ONE_FILE_EACH:
         assert sharing == [target.name]
+
+
+def test_the_base_side_is_reused_only_for_the_same_environment(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base's keys are kept in .buildsys/affected/ (a commit never changes), but they hold the
+    digests of the environment values a step names: other values compute them again."""
+    root = isolated / "env"
+    root.mkdir()
+    write(root, {
+        "prefect.yaml": "build:\n  - run_shell_script:\n      id: paint\n      script: echo {{ $COLOR }}\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "a.py": "def a():\n    pass\n",
+        ".gitignore": ".buildsys/\n",
+    })
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    monkeypatch.setenv("COLOR", "red")
+    assert not affected(root / "prefect.yaml", "main").anything
+    assert len(list((root / ".buildsys" / "affected").iterdir())) == 1
+    monkeypatch.setenv("COLOR", "blue")  # the same on both sides: nothing is affected
+    assert not affected(root / "prefect.yaml", "main").anything
+    monkeypatch.delenv("COLOR")
+    assert not affected(root / "prefect.yaml", "main").anything
