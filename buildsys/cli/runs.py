@@ -13,7 +13,7 @@ import click
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
-    from buildsys.store.base import Artifact, FlowRun, LogLine, StateStore, TaskRun
+    from buildsys.store.base import Artifact, FlowRun, LogLine, RunState, StateStore, TaskRun
 
 
 @click.group()
@@ -70,10 +70,12 @@ def _known_states(given: tuple[str, ...]) -> tuple[str, ...]:
 @common_options
 @pass_app
 def show(app: App, run_id: str) -> None:
-    """One run's fields, its task runs and its artifacts (ID may be a unique prefix or the name)."""
+    """One run's fields, every state it entered, its task runs and its artifacts (ID may be a
+    unique prefix or the name)."""
     store = app.open_store()
     try:
         run = store.get_run(run_id)
+        states = store.list_run_states(run.id)
         tasks = store.list_task_runs(run.id)
         artifacts = store.list_artifacts(flow_run_id=run.id)
     finally:
@@ -82,13 +84,28 @@ def show(app: App, run_id: str) -> None:
         app.emit_json(
             {
                 **run.to_dict(),
+                "states": [s.to_dict() for s in states],
                 "task_runs": [{**t.to_dict(), "tags": list(t.tags), "history": list(t.history)} for t in tasks],
                 "artifacts": [a.to_dict() for a in artifacts],
             }
         )
         return
-    for line in [*describe(run), *describe_tasks(tasks), *describe_artifacts(artifacts)]:
+    for line in [*describe(run), *describe_states(run, states), *describe_tasks(tasks), *describe_artifacts(artifacts)]:
         app.echo(line)
+
+
+def describe_states(run: FlowRun, states: Sequence[RunState]) -> list[str]:
+    """The state history as a table: each state, when it was entered, how long the run stayed in it."""
+    if not states:
+        return []
+    rows = [("STATE", "TYPE", "ENTERED", "FOR", "ATTEMPT", "WORKER", "MESSAGE")]
+    ends = [s.ts for s in states[1:]] + [None if not run.is_terminal else states[-1].ts]
+    for s, end in zip(states, ends, strict=True):
+        stay = f"{(end if end is not None else time.time()) - s.ts:.1f}s" + ("" if end is not None else " so far")
+        took = "" if end == s.ts and s is states[-1] else stay
+        message = (s.message or "").splitlines()[0][:80] if s.message else ""
+        rows.append((s.name, s.state, _when(s.ts), took, str(s.attempt), s.worker or "", message))
+    return ["", *_table(rows)]
 
 
 def describe_tasks(tasks: Sequence[TaskRun]) -> list[str]:

@@ -281,6 +281,11 @@ async def read_logs(call: Call) -> Any:
             return {"lines": [], "state": run.state}
 
 
+async def list_run_states(call: Call) -> Any:
+    states = await call.sync(call.store.list_run_states, call.path["run_id"])
+    return {"items": [s.to_dict() for s in states]}
+
+
 async def list_task_runs(call: Call) -> Any:
     run = await call.sync(call.store.get_run, call.path["run_id"])
     return {"items": [_task_json(t) for t in await call.sync(call.store.list_task_runs, run.id)]}

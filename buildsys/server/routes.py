@@ -188,6 +188,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET",
+        f"{API}/runs/{{run_id}}/states",
+        h.list_run_states,
+        "Every state the run entered, oldest first (its state history)",
+        "read",
+        reply="RunStates",
+        errors=(404,),
+        tag="runs",
+    ),
+    Endpoint(
+        "GET",
         f"{API}/runs/{{run_id}}/task_runs",
         h.list_task_runs,
         "The run's task runs (as Prefect's engine reported them)",

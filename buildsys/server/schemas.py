@@ -124,6 +124,19 @@ TASK_RUN = _obj(
     ("id", "flow_run_id", "name", "state", "state_name"),
 )
 
+RUN_STATE = _obj(
+    {
+        "run_id": {"type": "string"},
+        "ts": {"type": "number"},
+        "state": {"type": "string", "enum": list(STATE_TYPES)},
+        "name": {"type": "string"},
+        "message": _nullable({"type": "string"}),
+        "attempt": {"type": "integer", "minimum": 1},
+        "worker": _nullable({"type": "string"}),
+    },
+    ("run_id", "ts", "state", "name"),
+)
+
 ARTIFACT = _obj(
     {
         "id": {"type": "string"},
@@ -309,6 +322,8 @@ COMPONENTS: dict[str, Schema] = {
     "Imported": _obj({"serial": SERIAL}, ("serial",)),
     "TaskRun": TASK_RUN,
     "TaskRuns": _obj({"items": {"type": "array", "items": _ref("TaskRun")}}, ("items",)),
+    "RunState": RUN_STATE,
+    "RunStates": _obj({"items": {"type": "array", "items": _ref("RunState")}}, ("items",)),
     "Artifact": ARTIFACT,
     "Artifacts": _obj({"items": {"type": "array", "items": _ref("Artifact")}}, ("items",)),
     "ConcurrencyLimit": CONCURRENCY_LIMIT,

@@ -93,6 +93,17 @@ class Change(_Record):
 
 
 @dataclass(frozen=True)
+class AppliedChanges(_Record):
+    """One apply as a store with transactions keeps it: the serial it made, when, and each change
+    as {action, kind, name, owner, source, before, after} (the specs before and after; both left
+    out when the apply was too large to keep them)."""
+
+    serial: int
+    applied_at: float
+    changes: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class FlowRun(_Record):
     """A flow run: created by `run`, by schedules or by the API; claimed by a worker under a lease."""
 
@@ -132,6 +143,21 @@ class FlowRun(_Record):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class RunState(_Record):
+    """One state a flow run entered, as its state history keeps it (oldest first): the first is
+    the state it was created in; a failed attempt that is retried keeps its FAILED/CRASHED state
+    before the SCHEDULED "AwaitingRetry" that follows it."""
+
+    run_id: str
+    ts: float  # when the run entered the state (epoch seconds)
+    state: str  # the state type (SCHEDULED … PAUSED)
+    name: str  # the state's name ("AwaitingRetry", "Late", …)
+    message: str | None = None
+    attempt: int = 1
+    worker: str | None = None  # who held the run in this state (None when unclaimed)
 
 
 @dataclass(frozen=True)
@@ -327,6 +353,11 @@ class StateStore(Protocol):
         attempt + 1, after retry_delay_seconds) and that new state is returned."""
         ...
 
+    def list_run_states(self, run_id: str) -> list[RunState]:
+        """Every state the run has entered, oldest first (NotFoundError when the run is missing;
+        runs created before the store kept histories have none)."""
+        ...
+
     def request_cancel(self, run_id: str) -> FlowRun:
         """SCHEDULED (unclaimed) → CANCELLED at once; PENDING/RUNNING → CANCELLING; terminal →
         unchanged (ConflictError)."""
@@ -373,6 +404,15 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ApplyHistory(Protocol):
+    """A store that keeps what its last applies wrote (the SQL stores; the UI's Plans page)."""
+
+    def list_applies(self, limit: int = 20) -> list[AppliedChanges]:
+        """The newest applies first."""
+        ...
 
 
 @runtime_checkable

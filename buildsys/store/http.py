@@ -26,6 +26,7 @@ from buildsys.store.base import (
     LogEntry,
     LogLine,
     Resource,
+    RunState,
     TaskRun,
     WorkerInfo,
 )
@@ -293,6 +294,10 @@ class HttpStore:
         return FlowRun.from_dict(
             self._call("POST", f"{API}/runs/{_segment(run_id)}/cancel", idempotent=False)
         )
+
+    def list_run_states(self, run_id: str) -> list[RunState]:
+        data = self._call("GET", f"{API}/runs/{_segment(run_id)}/states", idempotent=True)
+        return [RunState.from_dict(s) for s in data["items"]]
 
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         data = self._call("POST", f"{API}/runs/expire", body={"now": now}, idempotent=False)

@@ -187,6 +187,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX resources_pool_limited ON resources (kind, pool) WHERE concurrency_limit IS NOT NULL",
         ),
     ),
+    Migration(
+        6,
+        "flow-run state history: every state a run entered, in order (runs show, the UI's timeline)",
+        (
+            """CREATE TABLE flow_run_states (
+                run_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                state TEXT NOT NULL,
+                state_name TEXT NOT NULL,
+                message TEXT,
+                attempt INTEGER NOT NULL,
+                worker TEXT,
+                PRIMARY KEY (run_id, seq)
+            )""",
+        ),
+    ),
+    Migration(
+        7,
+        "apply history: what each apply wrote, specs before and after (the UI's plans on a server)",
+        (
+            """CREATE TABLE applies (
+                serial BIGINT PRIMARY KEY,
+                applied_at DOUBLE PRECISION NOT NULL,
+                changes TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -20,6 +20,7 @@ from buildsys.store.base import (
     FlowRun,
     LogEntry,
     LogLine,
+    RunState,
     TaskRun,
 )
 from buildsys.store.prefect_api import PrefectApi
@@ -112,6 +113,23 @@ class PrefectRuns:
         target = CANCELLED if run.state == "SCHEDULED" else CANCELLING
         self.api.write("POST", f"/flow_runs/{run.id}/set_state", {"state": {"type": target, "name": target.title()}})
         return self.get_run(run.id)
+
+    def list_run_states(self, run_id: str) -> list[RunState]:
+        """Prefect's own history of the run (it keeps every state it accepted)."""
+        run = self.get_run(run_id)
+        found = self.api.get(f"/flow_run_states/?flow_run_id={quote(run.id, safe='')}")
+        states = [
+            RunState(
+                run_id=run.id,
+                ts=_epoch(s.get("timestamp")) or 0.0,
+                state=str(s.get("type") or ""),
+                name=str(s.get("name") or s.get("type") or ""),
+                message=s.get("message") or None,
+            )
+            for s in found
+            if isinstance(s, Mapping)
+        ]
+        return sorted(states, key=lambda s: s.ts)
 
     def read_logs(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[LogLine]:
         body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC", "offset": after, "limit": min(limit, 200)}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import StateError
-from buildsys.store import sqlengine
+from buildsys.store import sqlengine, sqlhistory
 from buildsys.store.base import FlowRun, LogLine
 from buildsys.store.base import Resource as StoredResource
 from buildsys.store.dialect import Database, Tx
@@ -45,12 +45,14 @@ def export_store(db: Database) -> dict[str, Any]:
         logs = tx.run(f"SELECT {LOG_COLUMNS} FROM logs ORDER BY run_id, seq")
         workers = tx.run("SELECT pool, name, last_heartbeat, type FROM workers ORDER BY pool, name")
         engine = sqlengine.export_rows(tx)
+        states = sqlhistory.export_rows(tx)
     return {
         "version": EXPORT_VERSION,
         "serial": int(serial[0]) if serial else 0,
         "resources": [resource_from_row(r).to_dict() for r in resources],
         "runs": [_run_dict(run_from_row(r)) for r in runs],
         "logs": [log_from_row(r).to_dict() for r in logs],
+        "run_states": states,
         "workers": [{"pool": p, "name": n, "last_heartbeat": float(h), "type": t} for p, n, h, t in workers],
         **engine,
     }
@@ -71,9 +73,10 @@ def import_store(db: Database, data: Mapping[str, Any]) -> None:
     with db.tx(write=True) as tx:
         row = tx.one(f"SELECT serial FROM store_serial WHERE id = 1{tx.for_update()}")
         current = int(row[0]) if row else 0
-        for table in ("logs", "flow_runs", "resources", "workers", *sqlengine.EXPORTED_TABLES):
+        for table in ("logs", "flow_run_states", "flow_runs", "applies", "resources", "workers", *sqlengine.EXPORTED_TABLES):
             tx.run(f"DELETE FROM {table}")
         _insert(tx, resources, runs, logs, data.get("workers", []))
+        sqlhistory.import_rows(tx, data.get("run_states", []), {r.id for r in runs})
         sqlengine.import_rows(tx, data)
         tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (max(current + 1, int(data["serial"])),))
         db.notify(tx)

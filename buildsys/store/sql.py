@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import ConflictError, StateError
-from buildsys.store import sqlclaims, sqlengine, sqlruns
+from buildsys.store import sqlapplies, sqlclaims, sqlengine, sqlhistory, sqlruns
 from buildsys.store.base import (
     KINDS,
+    AppliedChanges,
     Artifact,
     Change,
     ConcurrencyLimit,
@@ -23,6 +24,7 @@ from buildsys.store.base import (
     LogEntry,
     LogLine,
     Resource,
+    RunState,
     TaskRun,
     WorkerInfo,
 )
@@ -105,7 +107,9 @@ class SqlStore:
             existing = _existing_ids(tx, changes)
             _check_existence(changes, existing)
             new_serial = current + 1
+            old = sqlapplies.before(tx, changes)
             _write(tx, changes, existing, new_serial)
+            sqlapplies.record(tx, new_serial, now(), changes, old)
             tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (new_serial,))
             self._db.notify(tx)  # an unpaused pool or a raised limit can make runs claimable
             return new_serial
@@ -195,6 +199,12 @@ class SqlStore:
 
     def request_cancel(self, run_id: str) -> FlowRun:
         return sqlruns.request_cancel(self._db, run_id)
+
+    def list_run_states(self, run_id: str) -> list[RunState]:
+        return sqlhistory.list_states(self._db, run_id)
+
+    def list_applies(self, limit: int = 20) -> list[AppliedChanges]:
+        return sqlapplies.list_applies(self._db, limit)
 
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         return sqlruns.expire_leases(self._db, now)

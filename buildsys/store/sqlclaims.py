@@ -19,7 +19,7 @@ from typing import Any
 from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
 from buildsys.store.dialect import Database, Tx, now
 from buildsys.store.rows import RUN_COLUMNS, run_from_row
-from buildsys.store.sqlruns import record_worker
+from buildsys.store.sqlruns import Move, ended, record_worker, save_runs
 
 _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
 
@@ -160,16 +160,15 @@ def claim_once(
             return []
         if not record:
             record_worker(tx, pool, worker, moment)
-        tx.many(
-            "UPDATE flow_runs SET state = ?, state_name = 'Pending', state_message = NULL, worker = ?, "
-            "lease_expires_at = ? WHERE id = ? AND state = ?",
-            [(PENDING, worker, moment + lease_seconds, r.id, SCHEDULED) for r in chosen],
-        )
-    lease = moment + lease_seconds
-    return [
-        dataclasses.replace(r, state=PENDING, state_name="Pending", state_message=None, worker=worker, lease_expires_at=lease)
-        for r in chosen
-    ]
+        lease = moment + lease_seconds
+        moves = [
+            Move(r, dataclasses.replace(
+                r, state=PENDING, state_name="Pending", state_message=None, worker=worker, lease_expires_at=lease
+            ))
+            for r in chosen
+        ]  # fmt: skip
+        save_runs(tx, moves, moment)
+    return [m.after for m in moves]
 
 
 def _pool_rules(tx: Tx, pool: str) -> PoolRules:
@@ -217,18 +216,19 @@ def _cancel_colliding(
     chosen_ids = [r.id for r in chosen]
     paused = sorted(rules.paused_queues)
     sql = (
-        f"UPDATE flow_runs SET state = 'CANCELLED', state_name = 'Cancelled', ended_at = ?, "
-        f"state_message = 'the deployment is at its concurrency limit (collision strategy CANCEL_NEW)' "
+        f"SELECT {RUN_COLUMNS} FROM flow_runs "
         f"WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ? AND deployment IN ({_marks(full)})"
     )
-    params: list[Any] = [moment, pool, moment, *full]
+    params: list[Any] = [pool, moment, *full]
     if chosen_ids:
         sql += f" AND id NOT IN ({_marks(chosen_ids)})"
         params.extend(chosen_ids)
     if paused:
         sql += f" AND (queue IS NULL OR queue NOT IN ({_marks(paused)}))"
         params.extend(paused)
-    tx.run(sql, params)
+    why = "the deployment is at its concurrency limit (collision strategy CANCEL_NEW)"
+    colliding = [run_from_row(r) for r in tx.run(sql + tx.for_update(), params)]
+    save_runs(tx, [Move(r, ended(r, why, moment)) for r in colliding], moment)
 
 
 @dataclass

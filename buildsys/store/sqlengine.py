@@ -15,16 +15,14 @@ from buildsys.store.dialect import Database, Tx, now
 from buildsys.store.rows import (
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
-    RUN_FIELDS,
     check_json,
     dump,
     resource_from_row,
     run_from_row,
     run_name,
-    run_to_row,
 )
-from buildsys.store.sqlruns import load_run, save_run
-from buildsys.store.transitions import Decision, Proposal, decide
+from buildsys.store.sqlruns import insert_run, load_run, save_run
+from buildsys.store.transitions import REJECT, Decision, Proposal, decide
 
 FLOW_NAMESPACE = uuid.UUID("6b1f4a52-5c1e-4a8e-9b7e-2f0c6d1e9a10")
 TASK_COLUMNS = (
@@ -46,9 +44,12 @@ def flow_id(name: str) -> str:
 def propose(db: Database, run_id: str, proposal: Proposal) -> Decision:
     with db.tx(write=True) as tx:
         run = load_run(tx, run_id, lock=True)
-        decision = decide(run, proposal, now())
+        moment = now()
+        decision = decide(run, proposal, moment)
         if decision.run != run:
-            save_run(tx, decision.run)
+            # an engine retry is REJECTed with "AwaitingRetry": the history keeps the failure first
+            retried = decision.status == REJECT and decision.reply_type is not None
+            save_run(tx, run, decision.run, moment, failed=proposal.type if retried else None)
             db.notify(tx)
         return decision
 
@@ -72,8 +73,7 @@ def update_run(
             check_json(dict(prefect), "the flow run's Prefect fields")
             changes["prefect"] = {**run.prefect, **prefect}
         moved = dataclasses.replace(run, **changes)
-        if moved != run:
-            save_run(tx, moved)
+        save_run(tx, run, moved, now())
         return moved
 
 
@@ -110,14 +110,15 @@ def create_subflow_run(
     )
     with db.tx(write=True) as tx:
         _ensure_flow(tx, flow_name, moment)
-        tx.run(f"INSERT INTO flow_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)})", run_to_row(run))
+        insert_run(tx, run)
     return run
 
 
 def set_parent(db: Database, run_id: str, parent_task_run_id: str | None) -> FlowRun:
     with db.tx(write=True) as tx:
-        run = dataclasses.replace(load_run(tx, run_id, lock=True), parent_task_run_id=parent_task_run_id)
-        save_run(tx, run)
+        before = load_run(tx, run_id, lock=True)
+        run = dataclasses.replace(before, parent_task_run_id=parent_task_run_id)
+        save_run(tx, before, run, now())
         return run
 
 

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from buildsys.errors import NotFoundError, StateError
-from buildsys.store.base import ACTIVE, CANCELLING, SCHEDULED, FlowRun, LogEntry, LogLine, WorkerInfo
+from buildsys.store import sqlhistory
+from buildsys.store.base import (
+    ACTIVE,
+    CANCELLED,
+    CANCELLING,
+    CRASHED,
+    FAILED,
+    SCHEDULED,
+    FlowRun,
+    LogEntry,
+    LogLine,
+    WorkerInfo,
+)
 from buildsys.store.dialect import Database, Tx, now
 from buildsys.store.rows import (
     LOG_COLUMNS,
@@ -66,10 +78,12 @@ def create_run(
         )  # fmt: skip
         db.notify(tx)
         if idempotency_key is None:
-            tx.run(_INSERT_RUN, run_to_row(run))
+            insert_run(tx, run)
             return run
         # a concurrent create with the same key may have won: then return that run
         tx.run(_INSERT_RUN + " ON CONFLICT (deployment_id, idempotency_key) DO NOTHING", run_to_row(run))
+        if tx.rowcount > 0:
+            sqlhistory.record(tx, sqlhistory.entered(None, run, run.created_at))
         stored = tx.one(
             f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment_id = ? AND idempotency_key = ?",
             (deployment_id, idempotency_key),
@@ -148,9 +162,30 @@ def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> FlowRun:
     return run_from_row(row)
 
 
-def save_run(tx: Tx, run: FlowRun) -> None:
-    values = run_to_row(run)
-    tx.run(_UPDATE_RUN, (*values[1:], values[0]))
+class Move(NamedTuple):
+    """A stored run and what it becomes; `failed` names the failure (FAILED/CRASHED) that the move
+    turned into a retry, so the history keeps it."""
+
+    before: FlowRun
+    after: FlowRun
+    failed: str | None = None
+
+
+def insert_run(tx: Tx, run: FlowRun) -> None:
+    """A new run, with the state it starts in as the first entry of its history."""
+    tx.run(_INSERT_RUN, run_to_row(run))
+    sqlhistory.record(tx, sqlhistory.entered(None, run, run.created_at))
+
+
+def save_runs(tx: Tx, moves: Sequence[Move], moment: float) -> None:
+    """The one way a stored run changes: each run's row, and every state it entered to its history."""
+    changed = [m for m in moves if m.after != m.before]
+    tx.many(_UPDATE_RUN, [(*v[1:], v[0]) for v in (run_to_row(m.after) for m in changed)])
+    sqlhistory.record(tx, [s for m in changed for s in sqlhistory.entered(m.before, m.after, moment, failed=m.failed)])
+
+
+def save_run(tx: Tx, before: FlowRun, after: FlowRun, moment: float, *, failed: str | None = None) -> None:
+    save_runs(tx, [Move(before, after, failed)], moment)
 
 
 def list_runs(
@@ -187,8 +222,9 @@ def set_run_state(db: Database, run_id: str, state: str, **kwargs: Any) -> FlowR
     with db.tx(write=True) as tx:
         run = load_run(tx, run_id, lock=True)
         check_transition(run, state, kwargs.get("worker"))
-        moved = transition(run, state, now(), **kwargs)
-        save_run(tx, moved)
+        moment = now()
+        moved = transition(run, state, moment, **kwargs)
+        save_run(tx, run, moved, moment, failed=state if state in (FAILED, CRASHED) else None)
         db.notify(tx)  # a retry is claimable; a finished run frees a concurrency slot
         return moved
 
@@ -196,9 +232,9 @@ def set_run_state(db: Database, run_id: str, state: str, **kwargs: Any) -> FlowR
 def request_cancel(db: Database, run_id: str) -> FlowRun:
     with db.tx(write=True) as tx:
         run = load_run(tx, run_id, lock=True)
-        moved = cancel(run, now())
-        if moved != run:
-            save_run(tx, moved)
+        moment = now()
+        moved = cancel(run, moment)
+        save_run(tx, run, moved, moment)
         return moved
 
 
@@ -210,11 +246,12 @@ def expire_leases(db: Database, at: float | None) -> list[FlowRun]:
             f"AND lease_expires_at IS NOT NULL AND lease_expires_at < ?{tx.for_update(skip_locked=True)}",
             (moment,),
         )
-        moved = [expire(run_from_row(r), moment) for r in rows]
-        tx.many(_UPDATE_RUN, [(*v[1:], v[0]) for v in map(run_to_row, moved)])
-        if moved:
+        runs = [run_from_row(r) for r in rows]
+        moves = [Move(r, expire(r, moment), None if r.state == CANCELLING else CRASHED) for r in runs]
+        save_runs(tx, moves, moment)
+        if moves:
             db.notify(tx)
-        return moved
+        return [m.after for m in moves]
 
 
 def heartbeat(db: Database, pool: str, worker: str, run_ids: Sequence[str], lease_seconds: float) -> list[str]:
@@ -292,20 +329,29 @@ def prune_deployment_runs(tx: Tx, updated: Sequence[str], deleted: Sequence[str]
         return
     for chunk in _chunks(names, 500):
         marks = ", ".join("?" for _ in chunk)
-        tx.run(
-            f"DELETE FROM flow_runs WHERE deployment IN ({marks}) AND state = '{SCHEDULED}' "
+        doomed = (
+            f"deployment IN ({marks}) AND state = '{SCHEDULED}' "
             "AND auto_scheduled = 1 AND started_at IS NULL AND attempt = 1 "
-            "AND state_name NOT IN ('AwaitingConcurrencySlot', 'AwaitingRetry') AND scheduled_at >= ?",
-            (*chunk, moment),
+            "AND state_name NOT IN ('AwaitingConcurrencySlot', 'AwaitingRetry') AND scheduled_at >= ?"
         )
+        sqlhistory.forget(tx, doomed, (*chunk, moment))
+        tx.run(f"DELETE FROM flow_runs WHERE {doomed}", (*chunk, moment))
     for chunk in _chunks(list(deleted), 500):
         marks = ", ".join("?" for _ in chunk)
-        tx.run(
-            f"UPDATE flow_runs SET state = 'CANCELLED', state_name = 'Cancelled', "
-            f"state_message = 'its deployment was deleted', ended_at = ? "
-            f"WHERE deployment IN ({marks}) AND state = '{SCHEDULED}'",
-            (moment, *chunk),
+        rows = tx.run(
+            f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment IN ({marks}) AND state = '{SCHEDULED}'"
+            f"{tx.for_update()}",
+            chunk,
         )
+        runs = [run_from_row(r) for r in rows]
+        save_runs(tx, [Move(r, ended(r, "its deployment was deleted", moment)) for r in runs], moment)
+
+
+def ended(run: FlowRun, why: str, moment: float) -> FlowRun:
+    """A run cancelled before any worker took it."""
+    import dataclasses
+
+    return dataclasses.replace(run, state=CANCELLED, state_name="Cancelled", state_message=why, ended_at=moment)
 
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:

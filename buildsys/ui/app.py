@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
 from buildsys.server.endpoints import Services
+from buildsys.ui.runs import state_key
 from buildsys.ui.session import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -54,6 +55,7 @@ class Ui:
         self.env.filters["duration"] = duration
         self.env.filters["q"] = lambda s: quote(str(s), safe="/")
         self.env.globals["htmx"] = HTMX
+        self.env.globals["state_key"] = state_key
 
     async def sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.services.run(fn, *args, **kwargs)

@@ -1,6 +1,7 @@
-"""Plans and builds: the plans applied from this project (with their diffs as `plan` prints
-them), the store's resources by the apply that last wrote them, and the step graph with each
-step's cache state. The project parts need a project: `buildsys ui` serves the one it runs in."""
+"""Plans and builds: the last applied plans with their diffs as `plan` prints them (the project's
+own records under `buildsys ui`, else the store's record of each apply), the store's resources by
+the apply that last wrote them, and the step graph with each step's cache state (which needs a
+project: `buildsys ui` serves the one it runs in)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from buildsys.errors import BuildsysError
-from buildsys.store.base import Resource
+from buildsys.store.base import ApplyHistory, Resource
 from buildsys.ui.session import Viewer
 
 if TYPE_CHECKING:
     from buildsys.ui.app import Ui
 
 APPLIES_SHOWN = 20
+PLANS_SHOWN = 20
 
 
 def applies(resources: list[Resource]) -> list[dict[str, Any]]:
@@ -34,15 +36,20 @@ def applies(resources: list[Resource]) -> list[dict[str, Any]]:
 
 
 async def plans_page(ui: Ui, request: Request, who: Viewer) -> Response:
-    from buildsys.ui.history import recorded
+    from buildsys.ui.history import from_store, recorded
     from buildsys.ui.stepgraph import render_svg, step_states
 
-    resources = await ui.sync(ui.services.store.list_resources, None)
+    store = ui.services.store
+    resources = await ui.sync(store.list_resources, None)
     context: dict[str, Any] = {"applies": applies(resources), "root": ui.project_root, "plans": [],
-                               "problems": [], "steps": [], "svg": None, "graph_error": None}
+                               "problems": [], "steps": [], "svg": None, "graph_error": None, "from_store": False}
     root = ui.project_root
     if root is not None:
         context["plans"], context["problems"] = await ui.sync(recorded, root)
+    if not context["plans"] and isinstance(store, ApplyHistory):
+        kept = await ui.sync(store.list_applies, PLANS_SHOWN)
+        context["plans"], context["from_store"] = [from_store(a) for a in kept], True
+    if root is not None:
         if (root / "prefect.yaml").is_file():
             try:
                 steps = await ui.sync(step_states, root)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine, StateStore, TaskRun
+from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine, RunState, StateStore, TaskRun
 from buildsys.ui.session import Viewer
 
 if TYPE_CHECKING:
@@ -82,8 +84,26 @@ async def runs_list(ui: Ui, request: Request, who: Viewer) -> Response:
     )
 
 
+@dataclass(frozen=True)
+class Stay:
+    """A state of the run's history and how long the run stayed in it: until the next state, or
+    until `now` for the state it is in (`current`); None for the state a finished run ended in."""
+
+    state: RunState
+    seconds: float | None
+    current: bool = False
+
+
+def stays(run: FlowRun, states: list[RunState], now: float) -> list[Stay]:
+    out = [Stay(s, nxt.ts - s.ts) for s, nxt in pairwise(states)]
+    if states:
+        last = states[-1]
+        out.append(Stay(last, None) if run.is_terminal else Stay(last, max(now - last.ts, 0.0), current=True))
+    return out
+
+
 def timeline(run: FlowRun) -> list[tuple[str, float]]:
-    """The moments the store keeps for a run, in order."""
+    """The moments the run itself records, for a run made before the store kept state histories."""
     points = [("Created", run.created_at), ("Scheduled for", run.scheduled_at)]
     if run.started_at:
         points.append(("Started", run.started_at))
@@ -99,7 +119,7 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
 
     def read() -> tuple[FlowRun, list[LogLine], dict[str, Any]]:
         run = store.get_run(request.path_params["run_id"])
-        return run, store.read_logs(run.id, limit=FIRST_LOG_LINES), extras(store, run.id)
+        return run, store.read_logs(run.id, limit=FIRST_LOG_LINES), extras(store, run)
 
     run, lines, extra = await ui.sync(read)
     last = lines[-1].seq if lines else 0
@@ -109,13 +129,15 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
     )
 
 
-def extras(store: StateStore, run_id: str) -> dict[str, Any]:
-    """Task runs (with their timeline) and artifacts: what Prefect's engine recorded for the run."""
-    task_runs = store.list_task_runs(run_id)
+def extras(store: StateStore, run: FlowRun) -> dict[str, Any]:
+    """The run's state history; task runs (with their timeline) and artifacts: what Prefect's
+    engine recorded for the run."""
+    task_runs = store.list_task_runs(run.id)
     return {
+        "stays": stays(run, store.list_run_states(run.id), time.time()),
         "task_runs": task_runs,
         "task_svg": task_timeline_svg(task_runs) if task_runs else None,
-        "artifacts": store.list_artifacts(flow_run_id=run_id),
+        "artifacts": store.list_artifacts(flow_run_id=run.id),
     }
 
 
@@ -155,19 +177,30 @@ async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
     """The log lines after `after`, waiting for them; the answer ends with the next follower."""
     after_text = request.query_params.get("after", "0")
     after = int(after_text) if after_text.isdigit() else 0
+    shown = request.query_params.get("state")  # the state the page shows: a change answers at once
     services = ui.services
     deadline = time.monotonic() + FOLLOW_SECONDS
     while True:
         seen = services.logs_changed.generation
         run, lines = await ui.sync(_read_after, services.store, request.path_params["run_id"], after)
         remaining = deadline - time.monotonic()
-        if lines or run.is_terminal or remaining <= 0:
+        moved = shown is not None and shown != state_key(run)
+        if lines or run.is_terminal or remaining <= 0 or moved:
             break
         await services.logs_changed.wait(min(remaining, services.poll_interval), seen)
         if await request.is_disconnected():
             return Response(status_code=204)
     last = lines[-1].seq if lines else after
-    return ui.render(request, who, "log_lines.html", run=run, lines=lines, last=last, following=not run.is_terminal)
+    states = await ui.sync(services.store.list_run_states, run.id)
+    return ui.render(
+        request, who, "log_lines.html", run=run, lines=lines, last=last, following=not run.is_terminal,
+        stays=stays(run, states, time.time()),
+    )
+
+
+def state_key(run: FlowRun) -> str:
+    """What a page following a run knows of its state (a retry changes the attempt, not the name)."""
+    return f"{run.state_name}/{run.attempt}"
 
 
 def _read_after(store: Any, run_id: str, after: int) -> tuple[FlowRun, list[LogLine]]:

@@ -177,10 +177,15 @@ def test_runs_ls_show_logs_cancel(applied: Path, worker: subprocess.Popen[str], 
     assert header.split() == ["ID", "NAME", "DEPLOYMENT", "STATE", "CREATED", "DURATION"]
     assert row.split()[:4] == [run["id"][:8], run["name"], "hold/hold", "Running"]
     shown = cli(applied, "runs", "show", run["id"][:8])
-    fields = dict(line.split(":", 1) for line in shown.stdout.splitlines())
+    facts, history = shown.stdout.split("\n\n")
+    fields = dict(line.split(":", 1) for line in facts.splitlines())
     assert fields["state"].strip() == "RUNNING"
     assert fields["worker"].strip() == "w1"
     assert fields["attempt"].strip() == "1 of 1"
+    header, *entered = history.splitlines()
+    assert header.split() == ["STATE", "TYPE", "ENTERED", "FOR", "ATTEMPT", "WORKER", "MESSAGE"]
+    assert [line.split()[:2] for line in entered] == [["Scheduled", "SCHEDULED"], ["Pending", "PENDING"], ["Running", "RUNNING"]]
+    assert entered[-1].split()[5:8] == ["so", "far", "1"] and entered[-1].split()[8] == "w1"
     cancelled = cli(applied, "runs", "cancel", run["name"])
     assert cancelled.stdout == f"Cancellation of flow run {run['name']} ({run['id']}) requested; its worker will stop it.\n"
     followed = cli(applied, "runs", "logs", "--follow", run["id"])

@@ -530,6 +530,43 @@ class StoreContract:
         with pytest.raises(NotFoundError):
             store.read_logs("no-such-run")
 
+    # --- state history ---------------------------------------------------------------------
+    def test_the_state_history_keeps_every_state_a_run_entered(self, store: StateStore) -> None:
+        seed(store, nightly={"retries": 1})
+        run = store.create_run("etl/nightly")
+        for state, message in ((None, None), (RUNNING, None), (FAILED, "boom"), (None, None), (RUNNING, None), (COMPLETED, None)):
+            if state is None:
+                assert [r.id for r in store.claim_runs("local", "w1")] == [run.id]
+            else:
+                store.set_run_state(run.id, state, message=message, worker="w1")
+        states = store.list_run_states(run.id[:8])
+        assert [(s.run_id, s.state, s.name, s.attempt, s.worker, s.message) for s in states] == [
+            (run.id, SCHEDULED, "Scheduled", 1, None, None),
+            (run.id, PENDING, "Pending", 1, "w1", None),
+            (run.id, RUNNING, "Running", 1, "w1", None),
+            (run.id, FAILED, "Failed", 1, "w1", "boom"),  # the failed attempt, then its retry
+            (run.id, SCHEDULED, "AwaitingRetry", 2, None, "boom"),
+            (run.id, PENDING, "Pending", 2, "w1", None),
+            (run.id, RUNNING, "Running", 2, "w1", None),
+            (run.id, COMPLETED, "Completed", 2, "w1", None),
+        ]
+        assert states[0].ts == run.created_at
+        assert [s.ts for s in states] == sorted(s.ts for s in states)
+        assert states[-1].ts == store.get_run(run.id).ended_at
+
+        cancelled, crashed = store.create_run("etl/nightly"), store.create_run("etl/nightly")
+        store.request_cancel(cancelled.id)
+        store.claim_runs("local", "w2")
+        store.expire_leases(now=time.time() + 3600)  # w2 stopped renewing: crashed, then retried
+        assert [(s.state, s.name) for s in store.list_run_states(cancelled.id)] == [
+            (SCHEDULED, "Scheduled"), (CANCELLED, "Cancelled"),
+        ]  # fmt: skip
+        assert [(s.state, s.name, s.attempt) for s in store.list_run_states(crashed.id)] == [
+            (SCHEDULED, "Scheduled", 1), (PENDING, "Pending", 1), (CRASHED, "Crashed", 1), (SCHEDULED, "AwaitingRetry", 2),
+        ]  # fmt: skip
+        with pytest.raises(NotFoundError):
+            store.list_run_states("no-such-run")
+
     # --- housekeeping ----------------------------------------------------------------------
     def test_export_import_round_trip(self, store: StateStore, other_store: StateStore) -> None:
         seed(store, nightly={"retries": 1})

@@ -49,6 +49,8 @@ def test_open_store_makes_the_file_and_its_directories(tmp_path: Path) -> None:
             (3, "what Prefect's engine records: task runs, artifacts, concurrency leases, flows, log levels"),
             (4, "listing indexes: the newest runs of a state, of a pool in a state, of a deployment (the UI's run lists)"),
             (5, MIGRATIONS[4].name),
+            (6, "flow-run state history: every state a run entered, in order (runs show, the UI's timeline)"),
+            (7, "apply history: what each apply wrote, specs before and after (the UI's plans on a server)"),
         ]
         assert db.execute("SELECT id, serial FROM store_serial").fetchall() == [(1, 0)]
     finally:
@@ -89,7 +91,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path: Path) -> None:
     db.execute("UPDATE store_serial SET serial = 1")
     db.close()
     with SqlStore.sqlite(path) as store:
-        assert store.schema_version == LATEST == 5
+        assert store.schema_version == LATEST == 7
         kept = store.get_resource("variable", "kept")
         assert kept is not None and (dict(kept.spec), kept.id, store.serial()) == ({"value": 1}, "id-1", 1)
     db = sqlite3.connect(path)

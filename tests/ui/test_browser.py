@@ -61,6 +61,9 @@ def test_run_from_the_form_with_a_pydantic_parameter_and_its_logs_live(
     browser.wait_text("#logs", "released", 30)
     browser.wait_text("#run-state", "Completed", 30)
     browser.wait_text("#logs", "The run ended: Completed", 10)
+    rows = [row.text for row in browser.find_all("#run-states tbody tr")]  # the state history followed live too
+    assert [r.split()[0] for r in rows] == ["Scheduled", "Pending", "Running", "Completed"]
+    assert "ui-worker" in rows[2] and "(ended) 1 ui-worker" in rows[3]
     assert browser.driver.execute_script("return window.__same_page") == "yes", "the page was reloaded"
     browser.screenshot("run-completed")
 
