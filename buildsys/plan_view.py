@@ -49,7 +49,7 @@ def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
     if lines:
         lines.append("")
     for change in plan.changes:
-        lines.extend(render_change(_masked_change(change, plan.sensitive), style, full=full))
+        lines.extend(render_change(masked_change(change, plan.sensitive), style, full=full))
     if plan.orphans:
         lines.append(
             style("note: ", "yellow")
@@ -163,7 +163,7 @@ def _mask_string(text: str, path: str) -> str:
     return mask_url_text(masked)
 
 
-def _masked_change(change: ResourceChange, sensitive: Mapping[str, str]) -> ResourceChange:
+def masked_change(change: ResourceChange, sensitive: Mapping[str, str]) -> ResourceChange:
     """The change with every value that came from a secret-looking environment variable shown as
     `(sensitive: $NAME)` (the plan file still holds it: apply needs it)."""
     if not sensitive:

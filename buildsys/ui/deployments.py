@@ -72,10 +72,10 @@ def effective_schema(deployment: Resource, pool: Resource) -> dict[str, Any]:
 async def deployment_page(ui: Ui, request: Request, who: Viewer) -> Response:
     deployment, pool = await _load(ui, request.path_params["name"])
     params, job = run_fields(deployment, pool)
-    return _page(ui, request, who, deployment, pool, params, job, {})
+    return await _page(ui, request, who, deployment, pool, params, job, {})
 
 
-def _page(
+async def _page(
     ui: Ui,
     request: Request,
     who: Viewer,
@@ -86,7 +86,10 @@ def _page(
     errors: Mapping[str, str],
     status: int = 200,
 ) -> Response:
+    from buildsys.ui.drift import drift
+
     spec = deployment.spec
+    compared = await ui.sync(drift, ui.project_root, ui.services.store, deployment)
     return ui.render(
         request,
         who,
@@ -99,6 +102,7 @@ def _page(
         params=params,
         job=job,
         errors=errors,
+        drift=compared,
         free_parameters=not params,
         pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str),
     )
@@ -150,7 +154,7 @@ async def create_run(ui: Ui, request: Request, who: Viewer) -> Response:
         shown_job = fields_for(
             effective_schema(deployment, pool), submitted(job, data, JV), prefix=JV, fill_defaults=False
         ) if pool else ()
-        return _page(ui, request, who, deployment, pool, shown_params, shown_job, errors, status=422)
+        return await _page(ui, request, who, deployment, pool, shown_params, shown_job, errors, status=422)
     run = await ui.sync(
         ui.services.store.create_run, deployment.name, parameters=parameters, job_variables=overrides or None
     )

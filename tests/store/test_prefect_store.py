@@ -386,6 +386,8 @@ def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: Pre
         assert any(line.logger == "prefect.flow_runs" and line.level == 20 for line in store.read_logs(run.id))
         tasks = store.list_task_runs(run.id)
         assert [(t.name.split("-")[0], t.state) for t in tasks] == [("step", COMPLETED)]
+        states = store.list_run_states(run.id)  # Prefect's own history of the run
+        assert states[0].state == "SCHEDULED" and [s.state for s in states][-3:] == ["PENDING", "RUNNING", COMPLETED], states
         assert [a.key for a in store.list_artifacts(flow_run_id=run.id)] == [f"{uid}-report"]
         limit = store.set_concurrency_limit(f"{uid}-db", 3)
         assert limit is not None and (limit.name, limit.limit) == (f"{uid}-db", 3)

@@ -51,7 +51,8 @@ def test_buildsys_ui_shows_the_projects_plans_and_step_graph(tmp_path: Path, bro
     (root / "flow.py").write_text(textwrap.dedent('def hello(name: str = "world"):\n    print("hello", name)\n'))
     buildsys("build", cwd=root)
     buildsys("apply", "--auto-approve", cwd=root)
-    (root / "prefect.yaml").write_text(PROJECT.replace("echo built", "echo rebuilt"))  # stamp would run again
+    changed = PROJECT.replace("echo built", "echo rebuilt")  # stamp would run again
+    (root / "prefect.yaml").write_text(changed.replace("    entrypoint: flow.py:hello", "    entrypoint: flow.py:hello\n    tags: [nightly]"))
     port = free_port()
     log = tmp_path / "ui.log"
     with log.open("w") as out:
@@ -80,6 +81,12 @@ def test_buildsys_ui_shows_the_projects_plans_and_step_graph(tmp_path: Path, bro
         browser.screenshot("plans-local")
         browser.get(f"{url}/pools/local")
         assert "Owned by git" in browser.text("main")
+        browser.get(f"{url}/deployments/hello/dev")  # desired (the edited prefect.yaml) against the store
+        drift = browser.text("section[aria-labelledby=drift]")
+        assert "The store differs from the project: the next buildsys apply makes these changes." in drift
+        assert [r.text for r in browser.find_all("table.drift tbody tr")] == ['tags [] ["nightly"]']
+        assert browser.text("section[aria-labelledby=drift] pre.diff") == '~ update deployment hello/dev\n    tags: [] → ["nightly"]'
+        browser.screenshot("deployment-drift")
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         code = proc.wait(20)

@@ -26,6 +26,9 @@ def test_task_runs_and_artifacts_of_a_prefect_flow(prefect_python: str, tmp_path
             done = run_engine(prefect_python, f"{server.url}/prefect/api", run, copy_project(tmp_path))
             assert store.get_run(run.id).is_terminal, done.stdout + done.stderr
             tasks = store.list_task_runs(run.id)
+            # the engine's states went through /prefect/api's set_state: the history has them
+            history = [(s.state, s.worker) for s in store.list_run_states(run.id)]
+            assert history == [("SCHEDULED", None), *((t, "test-worker") for t in ("PENDING", "RUNNING", "COMPLETED"))], history
             browser.get(f"{server.url}/runs/{run.id}")
             title = browser.find("svg.tasks title").get_attribute("textContent")
             assert re.fullmatch(rf"Task runs over time: {len(tasks)} task run\(s\), [0-9.]+ s from the first start to the last end", title)
