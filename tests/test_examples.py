@@ -237,23 +237,48 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) ->
     assert apply["resource_group"] == "buildsys-apply"
     assert plan["cache"]["paths"] == [".buildsys/cache.db"] and plan["cache"] == apply["cache"]
 
+    assert jobs["plan"]["steps"][0]["with"] == {"fetch-depth": 0} and plan["variables"] == {"GIT_DEPTH": "0"}
+
+    # A repository with an origin holding main, and a pull request branch that changes one deployment.
     pipeline = Pipeline(tmp_path, copy_example("local-process", tmp_path))
     project = pipeline.project
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, timeout=60)
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "base")
+    git("init", "-q", "--bare", str(tmp_path / "origin.git"))
+    git("remote", "add", "origin", str(tmp_path / "origin.git"))
+    git("push", "-q", "origin", "main")
+    git("checkout", "-q", "-b", "feature")
+    text = (project / "prefect.yaml").read_text()
+    (project / "prefect.yaml").write_text(text.replace("description: Prints a greeting.", "description: Says hello."))
+    git("commit", "-q", "-am", "a new description")
 
     def github(job: str) -> dict[str, str]:
         outputs = tmp_path / f"{job}.out"
         outputs.write_text("")
-        pipeline.run([s["run"] for s in jobs[job]["steps"] if "run" in s], GITHUB_OUTPUT=str(outputs))
+        pipeline.run([s["run"] for s in jobs[job]["steps"] if "run" in s], GITHUB_OUTPUT=str(outputs),
+                     GITHUB_BASE_REF="main")
         return dict(line.split("=", 1) for line in outputs.read_text().splitlines())
 
     def gitlab_job(job: dict[str, Any]) -> None:
         (project / "plan.env").unlink(missing_ok=True)
         pipeline.run([*job["before_script"], *job["script"]], CI_REGISTRY="registry.example.com:5050",
-                     CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret")
+                     CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret",
+                     CI_MERGE_REQUEST_TARGET_BRANCH_NAME="main")
 
+    git("fetch", "-q", "origin")  # what actions/checkout does with fetch-depth: 0
     assert github("plan") == {"changes": "true"}
-    assert "Plan: 2 to add, 0 to change, 0 to destroy." in (project / "plan.txt").read_text()
+    said = (project / "plan.txt").read_text()
+    assert 'description: "Says hello."' in said and "Plan: 2 to add, 0 to change, 0 to destroy." in said
+    assert "Affected since origin/main" in (project / "plan.err").read_text()
     assert json.loads((project / "plan.json").read_text())["summary"] == {"add": 2, "change": 0, "destroy": 0}
+    git("checkout", "-q", "main")  # merged
+    git("merge", "-q", "--ff-only", "feature")
+    git("push", "-q", "origin", "main")
     gitlab_job(apply)
     auths = json.loads((pipeline.home / ".docker" / "config.json").read_text())["auths"]
     assert auths == {"registry.example.com:5050": {"auth": "Z2l0bGFiLWNpLXRva2VuOnMzY3JldA=="}}  # user:password
