@@ -67,7 +67,10 @@ async def pool_page(ui: Ui, request: Request, who: Viewer) -> Response:
     store = ui.services.store
 
     def read() -> dict[str, Any]:
+        from buildsys.ui.drift import drift
+
         return {
+            "drift": drift(ui.project_root, store, pool) if ui.project_root is not None else None,
             "workers": store.list_workers(name),
             "waiting": store.list_runs(pool=name, states=[SCHEDULED], limit=20),
             "deployments": [d for d in store.list_resources("deployment") if d.spec.get("work_pool_name") == name],
@@ -93,6 +96,7 @@ def _pool_page(
         "workers": [],
         "waiting": [],
         "deployments": [],
+        "drift": None,
     }
     context.update(extra)
     return ui.render(request, who, "pool.html", status=status, **context)

@@ -81,6 +81,7 @@ def test_buildsys_ui_shows_the_projects_plans_and_step_graph(tmp_path: Path, bro
         browser.screenshot("plans-local")
         browser.get(f"{url}/pools/local")
         assert "Owned by git" in browser.text("main")
+        assert "The store matches the project's prefect.yaml" in browser.text("section[aria-labelledby=drift]")
         browser.get(f"{url}/deployments/hello/dev")  # desired (the edited prefect.yaml) against the store
         drift = browser.text("section[aria-labelledby=drift]")
         assert "The store differs from the project: the next buildsys apply makes these changes." in drift
