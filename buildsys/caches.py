@@ -7,6 +7,7 @@ project (a recipe, a repository) can write into. `buildsys help caches` describe
     .buildsys/compiled/   compiled builds: project, graph, where each step comes from    here
     .buildsys/noop/       no-op manifests, read before the engine is imported           buildsys.noop
     .buildsys/affected/   a base revision's step keys and specs, for `affected`          buildsys.affected
+    a shared cache        step results other runners wrote (JSON, signed: `seal`)       buildsys.sharedcache
 
 Every cache depends on `code_key()` (Python, buildsys's own code, the installed packages). Objects
 are pickled (a 1,000-deployment model unpickles in ~0.05 s, against ~0.6 s to parse and validate)
@@ -174,6 +175,30 @@ def _digest(*parts: str | bytes) -> str:
         h.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()[:24]
+
+
+# --- shared entries ---------------------------------------------------------------------------------
+# A shared cache (buildsys.sharedcache) holds JSON, never pickles, and every entry is authenticated
+# with HMAC-SHA256 under the writer's key (BUILDSYS_CACHE_KEY, shared by the runners that may read
+# what trusted runners wrote), bound to the content key it is stored under: an entry nobody with
+# the key wrote, or one moved to another key, is refused. The domain differs from local records'.
+
+SHARED_MAGIC = b"buildsys-shared 1\n"
+
+
+def seal(key: bytes, name: str, payload: bytes) -> str:
+    """The hex MAC of a shared entry's `payload` stored under `name`."""
+    return hmac.new(key, SHARED_MAGIC + name.encode() + b"\0" + payload, hashlib.sha256).hexdigest()
+
+
+def sealed_by(key: bytes, name: str, payload: bytes, mac: str) -> bool:
+    """Whether `mac` is `seal(key, name, payload)` (compared in constant time)."""
+    return hmac.compare_digest(seal(key, name, payload), mac)
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a writer's key (entries carry it so a refusal can say which)."""
+    return hashlib.sha256(b"buildsys-key-id\0" + key).hexdigest()[:12]
 
 
 # --- loaded projects --------------------------------------------------------------------------------

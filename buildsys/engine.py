@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
 from buildsys.errors import BuildsysError, TemplateError
@@ -23,6 +23,9 @@ from buildsys.model import Project
 from buildsys.reporter import Event, NullReporter, Reporter
 from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
+
+if TYPE_CHECKING:
+    from buildsys.sharedcache import SharedCache
 
 
 @dataclass
@@ -138,8 +141,10 @@ class Engine:
         reporter: Reporter | None = None,
         env: Mapping[str, str] | None = None,
         dry_run: bool = False,
+        shared: SharedCache | None = None,
     ) -> None:
         self.project = project
+        self.shared = shared  # a cache shared between machines (buildsys.sharedcache), or None
         self.graph = graph
         self.jobs = max(1, jobs or os.cpu_count() or 1)
         self.use_cache = use_cache
@@ -248,7 +253,7 @@ class Engine:
     def _decide_inline(self, key: str) -> NodeResult | None:
         """A cache hit decided in the calling thread, or None when the node goes to the pool."""
         node, stepdef = self.graph.nodes[key], self.stepdefs[key]
-        if stepdef.fingerprint_hook is not None or stepdef.check_hook is not None:
+        if stepdef.fingerprint_hook is not None or stepdef.check_hook is not None or self._shares(stepdef):
             return None
         started = time.monotonic()
         try:
@@ -310,12 +315,42 @@ class Engine:
         previous = self.cache.entry(node.label)
         hit = self.cache.result(cache_key)
         if hit is None:
+            shared = self._from_shared(node, stepdef, keyed) if verify else None
+            if shared is not None:
+                return shared
             reason = explain_change(previous.components if previous else None, keyed.components)
             return Decision("run", reason, cache_key, keyed=keyed)
         if verify and stepdef.check_hook is not None and not stepdef.check_hook(hit, keyed.inputs, keyed.ctx):
             return Decision("run", STALE, cache_key, keyed=keyed)
         reason = "unchanged" if previous is not None and previous.key == cache_key else "restored from cache"
         return Decision("cached", reason, cache_key, hit, keyed)
+
+    def _shares(self, stepdef: StepDef) -> bool:
+        return self.shared is not None and stepdef.shared_hook is not None and stepdef.cacheable
+
+    def _from_shared(self, node: StepNode, stepdef: StepDef, keyed: _Keyed) -> Decision | None:
+        """A result another runner wrote for this very key, once the step confirms that its
+        artifact exists where this machine can get it; a decision to run when it does not."""
+        if self.shared is None or not self._shares(stepdef) or stepdef.shared_hook is None:
+            return None
+        entry = self.shared.get(keyed.cache_key, node.label)
+        if entry is None:
+            return None
+        try:
+            there = stepdef.shared_hook(entry.outputs, keyed.inputs, keyed.ctx)
+        except BuildsysError as exc:
+            return Decision("run", f"{SHARED_STALE} (checking it failed: {exc.message})", keyed.cache_key, keyed=keyed)
+        if not there:
+            return Decision("run", SHARED_STALE, keyed.cache_key, keyed=keyed)
+        return Decision("cached", SHARED_HIT, keyed.cache_key, entry.outputs, keyed)
+
+    def _share(self, node: StepNode, stepdef: StepDef, key: str, outputs: Mapping[str, Any], duration: float,
+               *, if_absent: bool = False) -> None:
+        if self.shared is not None and self.shared.write and self._shares(stepdef):
+            from buildsys.sharedcache import entry_for
+
+            self.shared.put(entry_for(key, stepdef.name, stepdef.version, node.label, outputs, duration),
+                            if_absent=if_absent)
 
     def foresee(self) -> dict[str, Decision]:
         """Every node's decision in graph order without running anything: a node after one that
@@ -339,11 +374,16 @@ class Engine:
         return decisions
 
     def _reuse(self, node: StepNode, decision: Decision) -> NodeResult:
-        keyed = decision.keyed
-        if decision.reason != "unchanged" and keyed is not None:
+        keyed, outputs = decision.keyed, decision.outputs or {}
+        stepdef = self.stepdefs[node.key]
+        if decision.reason == SHARED_HIT and keyed is not None:  # kept here: the next build is local
+            self.cache.record(node.label, node.label, decision.cache_key, keyed.components, outputs, 0.0, stepdef.name)
+        elif decision.reason != "unchanged" and keyed is not None:
             self.cache.touch(node.label, node.label, decision.cache_key, keyed.components)
+        if decision.reason != SHARED_HIT:  # a result built here before: share it if nobody has
+            self._share(node, stepdef, decision.cache_key, outputs, 0.0, if_absent=True)
         self.reporter.event(Event("cached", node.label, reason=decision.reason))
-        return NodeResult(node.key, node.label, "cached", decision.reason, decision.outputs or {}, cache_key=decision.cache_key)
+        return NodeResult(node.key, node.label, "cached", decision.reason, outputs, cache_key=decision.cache_key)
 
     def _perform(self, node: StepNode, stepdef: StepDef, todo: Decision, started: float) -> NodeResult:
         keyed, reason = todo.keyed, todo.reason
@@ -360,6 +400,8 @@ class Engine:
         self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name)
         if storable is None:
             self._unstored.add(node.key)
+        else:
+            self._share(node, stepdef, keyed.cache_key, storable, duration)
         self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
         return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=keyed.cache_key)
 
@@ -442,6 +484,8 @@ class Engine:
 
 
 STALE = "the cached result no longer exists"
+SHARED_HIT = "restored from the shared cache"
+SHARED_STALE = "the shared cache's result no longer exists"
 
 
 def _holds_secret(outputs: Mapping[str, Any], secrets: set[str]) -> bool:
@@ -500,10 +544,12 @@ def build(
     keep_going: bool = False,
     reporter: Reporter | None = None,
     env: Mapping[str, str] | None = None,
+    shared: SharedCache | None = None,
 ) -> BuildResult:
     """Build a compiled project (`buildsys.compiled.compile_project`, or the cached form
     `buildsys.caches.compiled_build`: the command chooses)."""
-    engine = Engine(project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, reporter=reporter, env=env)
+    engine = Engine(project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, reporter=reporter,
+                    env=env, shared=shared)
     return engine.run()
 
 

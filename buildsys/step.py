@@ -196,11 +196,12 @@ class StepDef:
         self.files_hook: FilesHook | None = None
         self.check_hook: CheckHook | None = None
         self.fingerprint_hook: FingerprintHook | None = None
+        self.shared_hook: CheckHook | None = None
 
     def __repr__(self) -> str:
         return f"<step {self.name} v{self.version} from {self.source}>"
 
-    # Hooks, used as decorators: @my_step.files / .check / .fingerprint
+    # Hooks, used as decorators: @my_step.files / .check / .shared / .fingerprint
     def files(self, fn: FilesHook) -> FilesHook:
         """Declare the files (globs relative to the step's cwd) the step reads."""
         self.files_hook = fn
@@ -209,6 +210,13 @@ class StepDef:
     def check(self, fn: CheckHook) -> CheckHook:
         """Confirm that a cached result still exists (e.g. the image is still in the engine)."""
         self.check_hook = fn
+        return fn
+
+    def shared(self, fn: CheckHook) -> CheckHook:
+        """Confirm that a result another runner wrote to a shared cache can be used on this machine
+        (e.g. the image is in the registry). Only steps with this hook are shared: without it a
+        result may live only where it was made (a file written, a package installed)."""
+        self.shared_hook = fn
         return fn
 
     def fingerprint(self, fn: FingerprintHook) -> FingerprintHook:

@@ -72,9 +72,16 @@ def push_tags(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: d
         try:
             local = client.images.get(reference)
         except docker.errors.ImageNotFound:
-            raise StepError(f"image {reference} is not in the local Docker engine",
-                            hint="build it first (build_docker_image) or check image_name and tag") from None
+            local = None
         remote = registry_digest(client, reference, auth)
+        if local is None:
+            # a build restored from a shared cache: another runner's image, confirmed in this registry
+            if remote is None:
+                raise StepError(f"image {reference} is not in the local Docker engine",
+                                hint="build it first (build_docker_image) or check image_name and tag")
+            ctx.log(f"{reference}: not in this engine, and the registry already has {remote}; not pushing")
+            digests[tag] = remote
+            continue
         have = {d.split("@", 1)[1] for d in local.attrs.get("RepoDigests") or [] if d.startswith(name + "@")}
         if remote is not None and remote in have:
             ctx.log(f"{reference}: the registry already has {remote}; not pushing")

@@ -188,6 +188,20 @@ def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ct
     return local_image_id(client_for(ctx), image) == image_id
 
 
+@build_docker_image.shared
+def _image_where_others_get_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+    """A build from the shared cache stands when this engine has the image, or when its registry
+    holds that very image under its tag (another runner pushed it; it is not pulled here)."""
+    image, image_id = outputs.get("image"), outputs.get("image_id")
+    if not isinstance(image, str) or not isinstance(image_id, str):
+        return False
+    if local_image_id(client_for(ctx), image) == image_id:
+        return True
+    from ._docker_registry import holds_image
+
+    return holds_image(ctx, image, image_id, inputs.get("credentials"))
+
+
 # Further keyword arguments of the SDK's build that Prefect passes through (**build_kwargs).
 _ENGINE_OPTIONS = ("cache_from", "container_limits", "extra_hosts", "forcerm", "isolation", "network_mode",
                    "quiet", "rm", "shmsize", "squash", "timeout", "use_config_proxy")
@@ -378,6 +392,9 @@ def _registry_still_has_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any]
     name = str(outputs.get("image_name", ""))
     auth = auth_config(ctx, name, inputs.get("credentials"))
     return registry_digest(client, image, auth) == digest
+
+
+push_docker_image.shared(_registry_still_has_it)
 
 
 def _split_tag(name: str, tag: str | None) -> tuple[str, str]:

@@ -113,6 +113,9 @@ def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: 
         return still_pushed(ctx, store, str(inputs.get("folder", "")), files)
 
 
+push_to_s3.shared(_still_uploaded)  # the bucket is where every runner finds it
+
+
 @step(
     "pull_from_s3",
     aliases=PULL_ALIASES,

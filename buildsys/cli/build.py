@@ -26,7 +26,50 @@ def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ]
     ):
         f = option(f)
-    return affected_option(f)
+    return shared_cache_options(affected_option(f))
+
+
+def shared_cache_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--cache-from and --cache-write (build, push and deploy)."""
+    for option in (
+        click.option("--cache-from", "cache_from", metavar="URL", envvar="BUILDSYS_CACHE",
+                     help="Shared cache: http(s)://SERVER or s3://BUCKET[/PREFIX] (env BUILDSYS_CACHE); "
+                     "read, entries checked with BUILDSYS_CACHE_KEY."),
+        click.option("--cache-write", is_flag=True,
+                     help="Also store this build's results in the shared cache (trusted branches only)."),
+    ):
+        f = option(f)
+    return f
+
+
+def open_shared_cache(app: App, opts: dict[str, Any], reporter: Any) -> Any:
+    """The shared cache the options name (buildsys.sharedcache), or None; its warnings go to the
+    reporter (a cache that is down or unauthenticated never fails the build)."""
+    import os
+
+    from buildsys.reporter import Event
+    from buildsys.sharedcache import open_shared
+
+    url = opts.get("cache_from") or ""
+    if not url:
+        if opts.get("cache_write"):
+            from buildsys.errors import BuildsysError
+
+            raise BuildsysError("--cache-write needs a shared cache", hint="add --cache-from URL or set BUILDSYS_CACHE")
+        return None
+
+    def warn(text: str) -> None:
+        reporter.event(Event("message", text=f"warning: {text}"))
+
+    return open_shared(url, write=bool(opts.get("cache_write")), env=os.environ, warn=warn)
+
+
+def shared_summary(shared: Any) -> str:
+    if shared is None:
+        return ""
+    counts = shared.counts
+    text = f"; shared cache: {counts['hits']} restored, {counts['written']} written"
+    return text + (f", {counts['refused']} refused" if counts["refused"] else "")
 
 
 def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
@@ -46,6 +89,7 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
         return
     reporter = make_reporter(json=app.json, color=app.use_color, verbosity=app.verbosity, explain=opts["explain"])
     try:
+        shared = open_shared_cache(app, opts, reporter)
         result = run_build(
             compiled.project,
             compiled.graph,
@@ -54,11 +98,13 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
             use_cache=not opts["no_cache"],
             keep_going=opts["keep_going"],
             reporter=reporter,
+            shared=shared,
         )
         counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
         text = f"{counts['ran']} ran, {counts['cached']} cached, {counts['failed']} failed, {counts['skipped']} not run"
-        reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text,
-                             data={"ok": result.ok, **counts}))
+        extra = {"shared": dict(shared.counts)} if shared is not None else {}
+        reporter.event(Event("summary", text=("build ok: " if result.ok else "build failed: ") + text
+                             + shared_summary(shared), data={"ok": result.ok, **counts, **extra}))
     finally:
         reporter.close()
     _remember_noop(app, sections, opts, result)

@@ -9,10 +9,12 @@ import click
 from buildsys.cli import completion
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.build import shared_cache_options
 
 if TYPE_CHECKING:
     from buildsys.desired import BuildOutputs, OutputsFor
     from buildsys.model import Deployment, Project
+    from buildsys.sharedcache import SharedCache
 
 
 @click.command("deploy")
@@ -29,10 +31,12 @@ if TYPE_CHECKING:
 @click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")
 @click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
 @affected_option
+@shared_cache_options
 @common_options
 @pass_app
 def deploy(
-    app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool, affected_base: str | None
+    app: App, deployments: tuple[str, ...], jobs: int | None, no_cache: bool, prune: bool, affected_base: str | None,
+    cache_from: str | None, cache_write: bool,
 ) -> None:
     """Build, push, plan and apply in one go (the plan is shown, then applied without asking)."""
     from buildsys.cli.apply import apply_saved, report
@@ -41,6 +45,9 @@ def deploy(
 
     project = app.load_project()
     require_references(project)  # before anything is built or pushed
+    from buildsys.cli.build import open_shared_cache
+
+    shared = open_shared_cache(app, {"cache_from": cache_from, "cache_write": cache_write}, app.reporter)
     only: list[str] | None = None
     build_needed = True
     if affected_base is not None:
@@ -51,7 +58,9 @@ def deploy(
             deployments = as_patterns(only)
         build_needed = bool(only) if only is not None else bool(found.steps)
     # nothing affected: nothing to build, and the plan holds the pools and variables only
-    outputs = run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache) if build_needed else None
+    outputs = (
+        run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache, shared=shared) if build_needed else None
+    )
     store = app.open_store()
     try:
         planned = make_plan(
@@ -67,7 +76,8 @@ def deploy(
 
 
 def run_builds(
-    app: App, project: Project, deployments: tuple[str, ...], *, jobs: int | None, use_cache: bool
+    app: App, project: Project, deployments: tuple[str, ...], *, jobs: int | None, use_cache: bool,
+    shared: SharedCache | None = None,
 ) -> OutputsFor:
     """Run build + push for the selected deployments; their outputs by deployment."""
     from buildsys.compiled import compile_project
@@ -77,7 +87,8 @@ def run_builds(
 
     compiled = compile_project(project, sections=("build", "push"), deployments=deployments)
     result = build(
-        project, compiled.graph, compiled.steps, jobs=jobs, use_cache=use_cache, reporter=app.reporter
+        project, compiled.graph, compiled.steps, jobs=jobs, use_cache=use_cache, reporter=app.reporter,
+        shared=shared,
     )
     if not result.ok:
         raise BuildsysError("the build failed; nothing was applied", hint="see the failed step above")

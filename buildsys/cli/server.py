@@ -75,8 +75,9 @@ def token() -> None:
 @click.option(
     "--scope",
     required=True,
-    type=click.Choice(["read", "apply", "worker", "admin"]),
-    help="read: look; apply: plan/apply and create runs; worker: claim and report runs; admin: all.",
+    type=click.Choice(["read", "apply", "worker", "cache", "admin"]),
+    help="read: look (and read the shared cache); apply: plan/apply and create runs; worker: claim and "
+    "report runs; cache: write the shared build cache; admin: all.",
 )
 @click.option("--description", default=None, help="A note on who or what uses it.")
 @click.option("--db", "db", default=None, metavar="URL", help=DB_HELP)

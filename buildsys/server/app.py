@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
+from buildsys.server.cachetable import CacheTable
 from buildsys.server.endpoints import ApiError, Call, Endpoint, Services
 from buildsys.server.guard import GuardPolicy, RequestGuard
 from buildsys.server.routes import ENDPOINTS
@@ -55,17 +56,20 @@ def create_app(
     settings: Settings | None = None,
     project_root: Path | None = None,
     guard: GuardPolicy | None = None,
+    cache: CacheTable | None = None,
 ) -> Starlette:
     """The API over `store`, and the web UI at `/`; with an authenticator every non-public call
     and page needs a token. `project_root` gives the UI a project (plans, step graph).
 
     Everything the app serves, mounts included, sits behind the request guard (Host, Origin,
-    JSON bodies: see buildsys/server/guard.py)."""
+    JSON bodies: see buildsys/server/guard.py). `cache` serves a shared build cache at
+    /api/v1/cache (buildsys.sharedcache)."""
     settings = settings or Settings()
     services = Services(
         store,
         executor=ThreadPoolExecutor(max_workers=settings.db_threads, thread_name_prefix="buildsys-db"),
         poll_interval=settings.poll_interval,
+        cache=cache,
     )
     validators = {name: _validator(name) for name in COMPONENTS}
     by_path: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {}

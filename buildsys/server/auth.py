@@ -1,8 +1,9 @@
-"""Bearer tokens with scopes (read, apply, worker, admin), kept hashed in the server's database.
+"""Bearer tokens with scopes (read, apply, worker, cache, admin), kept hashed in the server's database.
 
 A token reads ``bst_<id>_<secret>``. The database keeps the id, a random salt and
 HMAC-SHA256(salt, secret) — never the secret — so a leaked database does not leak usable tokens.
-Every scope includes `read`; `admin` includes everything.
+Every scope includes `read`; `admin` includes everything; `cache` writes shared-cache entries
+(buildsys.sharedcache) and nothing else, so a trusted branch's CI can be given it alone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from buildsys.errors import BuildsysError
 from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase
 from buildsys.store.migrations import migrate
 
-SCOPES = ("read", "apply", "worker", "admin")
+SCOPES = ("read", "apply", "worker", "cache", "admin")
 PREFIX = "bst"
 CACHE_SECONDS = 5.0  # a revoked token stops working within this long
 

@@ -122,6 +122,7 @@ class Services:
     logs_changed: Wakeup = field(default_factory=Wakeup)
     resources_changed: Wakeup = field(default_factory=Wakeup)
     pages: dict[Any, tuple[int, bytes]] = field(default_factory=dict)  # resource pages by serial
+    cache: Any = None  # the shared cache's table (server.cachetable.CacheTable), if this server keeps one
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store call on the store threads, off the event loop."""

@@ -15,6 +15,36 @@ from buildsys.store.base import TERMINAL, Change, FlowRun, LogEntry, Resource, T
 PAGE_CACHE_ENTRIES = 64
 
 
+# --- shared cache (buildsys.sharedcache; entries are opaque here: runners check their seals) ---------
+
+
+def _cache_key(call: Call) -> str:
+    from buildsys.sharedcache import valid_key
+
+    if call.services.cache is None:
+        raise ApiError(404, "no_cache", "this server keeps no shared cache")
+    key = call.path["key"]
+    if not valid_key(key):
+        raise ApiError(422, "invalid_request", "a cache key is 16 to 128 lowercase hexadecimal digits")
+    return key
+
+
+async def get_cache_entry(call: Call) -> Any:
+    key = _cache_key(call)
+    body = await call.sync(call.services.cache.get, key)
+    if body is None:
+        raise ApiError(404, "no_entry", f"no shared-cache entry {key}")
+    return Response(body, media_type="application/json")
+
+
+async def put_cache_entry(call: Call) -> Any:
+    key = _cache_key(call)
+    if call.body["key"] != key:
+        raise ApiError(422, "invalid_request", "body.key must be the key in the path")
+    await call.sync(call.services.cache.put, key, json.dumps(call.body, sort_keys=True))
+    return {"key": key}
+
+
 # --- health, serial, resources -----------------------------------------------------------------
 
 

@@ -260,6 +260,27 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="workers",
     ),
     Endpoint(
+        "GET",
+        f"{API}/cache/{{key}}",
+        h.get_cache_entry,
+        "Get a shared-cache entry by content key",
+        "read",
+        reply="CacheEntry",
+        errors=(404,),
+        tag="cache",
+    ),
+    Endpoint(
+        "PUT",
+        f"{API}/cache/{{key}}",
+        h.put_cache_entry,
+        "Store a shared-cache entry under its content key",
+        "cache",
+        body="CacheEntry",
+        reply="Stored",
+        errors=(404,),
+        tag="cache",
+    ),
+    Endpoint(
         "GET", f"{API}/export", h.export_state, "Export everything", "admin", reply="Export", tag="admin"
     ),
     Endpoint(

@@ -187,6 +187,18 @@ WORKER = _obj(
     ("name", "pool", "last_heartbeat", "status", "type"),
 )
 
+# A shared-cache entry (buildsys.sharedcache): the server keeps it as sent; runners check the seal.
+CACHE_ENTRY = _obj(
+    {
+        "format": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "key": {"type": "string", "pattern": "^[0-9a-f]{16,128}$"},
+        "writer": {"type": "string", "maxLength": 64},
+        "mac": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "payload": {"type": "string", "maxLength": 1_000_000},
+    },
+    ("format", "key", "writer", "mac", "payload"),
+)
+
 COMPONENTS: dict[str, Schema] = {
     "Error": _obj(
         {
@@ -199,6 +211,8 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "Health": _obj({"status": {"type": "string", "enum": ["ok"]}, "serial": SERIAL}, ("status",)),
     "Serial": _obj({"serial": SERIAL}, ("serial",)),
+    "CacheEntry": CACHE_ENTRY,
+    "Stored": _obj({"key": {"type": "string"}}, ("key",)),
     "Resource": RESOURCE,
     "ResourcePage": _obj(
         {

@@ -65,7 +65,10 @@ def serve(options: ServeOptions) -> None:
         level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     guard = GuardPolicy.of(options.allowed_hosts)
-    app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard)
+    from buildsys.server.cachetable import CacheTable
+
+    cache = CacheTable(database_for(options.db))
+    app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard, cache=cache)
     from buildsys.interrupts import stop_on_signals
 
     stop_on_signals()  # inherited ignored or blocked signals back (uvicorn then installs its own)

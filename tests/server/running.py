@@ -16,6 +16,7 @@ import uvicorn
 
 from buildsys.server.app import Settings, create_app
 from buildsys.server.auth import Authenticator
+from buildsys.server.cachetable import CacheTable
 from buildsys.store.base import StateStore
 from tests.infra.net import free_port, port_open
 from tests.infra.waiting import wait_for
@@ -25,11 +26,17 @@ BUILDSYS = [sys.executable, "-m", "buildsys"]
 
 @contextmanager
 def threaded_server(
-    store: StateStore, *, authenticator: Authenticator | None = None, settings: Settings | None = None
+    store: StateStore,
+    *,
+    authenticator: Authenticator | None = None,
+    settings: Settings | None = None,
+    cache: CacheTable | None = None,
 ) -> Iterator[str]:
     """Serve `store` with uvicorn in a thread; yields the base URL; stops it on exit."""
     port = free_port()
-    app = create_app(store, authenticator=authenticator, settings=settings or Settings(housekeeping=False))
+    app = create_app(
+        store, authenticator=authenticator, settings=settings or Settings(housekeeping=False), cache=cache
+    )
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -56,14 +56,14 @@ def test_unknown_scope_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert (
-        "Invalid value for '--scope': 'root' is not one of 'read', 'apply', 'worker', 'admin'."
+        "Invalid value for '--scope': 'root' is not one of 'read', 'apply', 'worker', 'cache', 'admin'."
         in result.stderr
     )
 
 
 def test_scopes_decide_what_a_token_may_do(tmp_path: Path) -> None:
     db = tmp_path / "server.db"
-    tokens = {scope: create_token(db, scope, tmp_path) for scope in ("read", "apply", "worker", "admin")}
+    tokens = {scope: create_token(db, scope, tmp_path) for scope in ("read", "apply", "worker", "cache", "admin")}
     with server_process(str(db), tmp_path, extra=["--auth"]) as server:
 
         def status(method: str, path: str, scope: str | None, body: object = None) -> int:
@@ -74,6 +74,9 @@ def test_scopes_decide_what_a_token_may_do(tmp_path: Path) -> None:
 
         apply_body = {"changes": [], "expected_serial": None}
         claim = {"pool": "p", "worker": "w"}
+        ckey = "0123456789abcdef0123456789abcdef"
+        entry = {"format": 1, "key": ckey, "writer": "w", "mac": "0" * 64, "payload": "{}"}
+        cache = f"{API}/cache/{ckey}"
         table = {
             ("GET", f"{API}/serial", None): 401,
             ("GET", f"{API}/serial", "read"): 200,
@@ -85,10 +88,16 @@ def test_scopes_decide_what_a_token_may_do(tmp_path: Path) -> None:
             ("GET", f"{API}/export", "apply"): 403,
             ("GET", f"{API}/export", "admin"): 200,
             ("POST", f"{API}/apply", "admin"): 200,
+            ("GET", cache, None): 401,
+            ("GET", cache, "worker"): 404,  # any token reads the shared cache (nothing stored yet)
+            ("PUT", cache, "read"): 403,
+            ("PUT", cache, "apply"): 403,
+            ("PUT", cache, "cache"): 200,  # only `cache` (and admin) write it
+            ("POST", f"{API}/apply", "cache"): 403,
             ("GET", "/healthz", None): 200,
             ("GET", f"{API}/openapi.json", None): 200,
         }
-        bodies = {f"{API}/apply": apply_body, f"{API}/runs/claim": claim}
+        bodies = {f"{API}/apply": apply_body, f"{API}/runs/claim": claim, cache: entry}
         seen = {key: status(key[0], key[1], key[2], bodies.get(key[1])) for key in table}
         assert seen == table
         r = httpx.get(server.url + f"{API}/serial", headers={"Authorization": "Bearer bst_000000000000_nope"})
