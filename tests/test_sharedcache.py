@@ -1,8 +1,8 @@
 """The shared cache (buildsys.sharedcache) between two "runners": separate clones of one project,
 each with an empty .buildsys/, against a real buildsys server and a real S3-compatible server.
 
-The steps here are push_to_s3 (their artifact is the uploaded folder, checked in the bucket); the
-Docker case (image checked in the registry) is in test_sharedcache_docker.py.
+Most steps here are push_to_s3 (their artifact is the uploaded folder, checked in the bucket); the
+last test builds and pushes a Docker image (checked in the registry).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +24,7 @@ from buildsys.server.cachetable import CacheTable
 from buildsys.sharedcache import SharedEntry, decode, encode
 from buildsys.store import open_store
 from tests.infra.net import free_port
+from tests.infra.registry import Registry
 from tests.infra.s3 import S3Server
 from tests.server.running import threaded_server
 
@@ -295,3 +297,78 @@ def test_entries_are_bound_to_their_key_and_bounded() -> None:
         decode(entry.key, b" " * (2 << 20), secret)
     with pytest.raises(ValueError, match="not JSON"):
         decode(entry.key, b"\x80\x04pickle", secret)
+
+
+DOCKER_PROJECT = """\
+name: docker-demo
+build:
+  - build_docker_image:
+      id: image
+      image_name: {image}
+      dockerfile: Dockerfile
+push:
+  - push_docker_image:
+      id: pushed
+      image_name: "{{{{ image.image_name }}}}"
+      tag: "{{{{ image.tag }}}}"
+      credentials:
+        username: "{{{{ $REGISTRY_USER }}}}"
+        password: "{{{{ $REGISTRY_PASSWORD }}}}"
+        registry_url: {registry}
+deployments:
+  - name: app
+    entrypoint: flows/app.py:main
+"""
+
+
+@pytest.mark.docker
+def test_an_image_is_restored_from_the_registry_and_rebuilt_once_deleted_there(
+    tmp_path: Path, docker_client: Any, base_image: str, registry: Registry, s3_server: S3Server, cache_bucket: str
+) -> None:
+    import base64
+    import uuid
+
+    image = registry.image(f"shared/app-{uuid.uuid4().hex[:10]}")
+    origin = tmp_path / "origin"
+    (origin / "flows").mkdir(parents=True)
+    (origin / "prefect.yaml").write_text(DOCKER_PROJECT.format(image=image, registry=registry.host))
+    (origin / "Dockerfile").write_text(f"FROM {base_image}\nCOPY flows /flows\n")
+    (origin / ".dockerignore").write_text(".git\n")  # a clone's .git differs from another's
+    (origin / "flows" / "app.py").write_text("def main() -> None:\n    pass\n")
+    (origin / ".gitignore").write_text(".buildsys/\n")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "project"]):
+        subprocess.run(["git", *args], cwd=origin, check=True)
+    config = tmp_path / "docker-config"  # `docker login`: what the build step's registry check uses
+    config.mkdir()
+    login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+    env = {"BUILDSYS_CACHE_KEY": KEY, "AWS_ACCESS_KEY_ID": s3_server.access_key,
+           "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "AWS_REGION": s3_server.region,
+           "AWS_ENDPOINT_URL_S3": s3_server.endpoint_url, "DOCKER_CONFIG": str(config),
+           "REGISTRY_USER": registry.username, "REGISTRY_PASSWORD": registry.password}
+    runners = Runners(origin, tmp_path, env)
+    url = f"s3://{cache_bucket}/ci"
+    try:
+        first = runners.clone()
+        built = runners.push(first, "--cache-from", url, "--cache-write")
+        assert (built["ran"], shared(built)) == (2, {"hits": 0, "written": 2, "refused": 0})
+        tag = runners.outputs(first, "image")["tag"]
+        docker_client.images.remove(f"{image}:{tag}", force=True)  # the next runner is another machine
+
+        second = runners.clone()
+        restored = runners.push(second, "--cache-from", url)
+        assert (restored["ran"], restored["cached"], shared(restored)) == (0, 2, {"hits": 2, "written": 0, "refused": 0})
+        assert runners.outputs(second, "pushed") == runners.outputs(first, "pushed")
+        assert not docker_client.images.list(name=image)  # confirmed in the registry, not pulled
+
+        digest = runners.outputs(first, "pushed")["digest"]
+        deleted = httpx.delete(f"{registry.url}/v2/{image.split('/', 1)[1]}/manifests/{digest}",
+                               auth=(registry.username, registry.password))
+        assert deleted.status_code == 202
+        third = runners.clone()
+        rebuilt = runners.push(third, "--cache-from", url, "--cache-write")
+        assert (rebuilt["ran"], rebuilt["cached"]) == (2, 0)
+        assert rebuilt["steps"]["image"] == "the shared cache's result no longer exists"
+    finally:
+        for found in docker_client.images.list(name=image):
+            docker_client.images.remove(found.id, force=True)
