@@ -1,19 +1,17 @@
-"""Checks made before anything is written: job variables against their pool's template, pools that
-nobody declares, values not known until built, pools still in use. Plans warn; apply refuses.
+"""Checks a plan makes of the desired state: job variables against their pool's template,
+parameters against the flow's schema, pools that nobody declares. Plans warn; apply refuses
+(`reconcile.validate` adds what only a finished plan can show).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from buildsys.desired import DesiredState, has_unknown
 from buildsys.errors import Diagnostic, ProjectError
 from buildsys.store.base import Resource
-
-if TYPE_CHECKING:
-    from buildsys.plan import Plan
 
 
 def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> list[Diagnostic]:
@@ -110,48 +108,3 @@ def pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str
             who = f"{len(users)} deployments use work pool {pool!r} ({shown})"
         out.append(f"{who}, which is neither in the store nor declared here; runs wait until the pool exists")
     return out
-
-
-def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:
-    """Every problem that would make the plan unsafe to write (empty when it can be applied)."""
-    problems: list[Diagnostic] = []
-    pools = {r.name for r in actual if r.kind == "pool"}
-    pools |= {c.name for c in plan.changes if c.kind == "pool" and c.action != "delete"}
-    pools -= {c.name for c in plan.changes if c.kind == "pool" and c.action == "delete"}
-    for c in plan.changes:
-        if c.action == "delete":
-            continue
-        if has_unknown(c.spec):
-            fields = sorted(f.path for f in c.fields if has_unknown(f.new)) or ["(a field)"]
-            problems.append(
-                Diagnostic(
-                    "error",
-                    f"{c.kind} {c.name}: {', '.join(fields)} depend on build outputs that are not known yet",
-                    hint="run `buildsys build` (or `buildsys push`) first, or use `buildsys deploy`",
-                )
-            )
-        else:
-            try:
-                json.dumps(c.spec, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                problems.append(Diagnostic("error", f"{c.kind} {c.name}: the spec is not JSON ({exc})"))
-    for c in plan.changes:
-        if c.kind == "pool" and c.action == "delete":
-            users = sorted(
-                r.name
-                for r in actual
-                if r.kind == "deployment"
-                and r.spec.get("work_pool_name") == c.name
-                and not any(
-                    d.kind == "deployment" and d.name == r.name and d.action == "delete" for d in plan.changes
-                )
-            )
-            if users:
-                problems.append(
-                    Diagnostic(
-                        "error",
-                        f"pool {c.name} cannot be deleted: deployments still use it ({', '.join(users)})",
-                        hint="move those deployments to another pool first",
-                    )
-                )
-    return problems

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from buildsys.desired import has_unknown
 from buildsys.errors import BuildsysError, ConflictError, Diagnostic
 from buildsys.plan import Plan, PlanError, ResourceChange
-from buildsys.preflight import validate
 from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 if TYPE_CHECKING:
@@ -117,6 +117,51 @@ def cached_outputs(project: Project) -> OutputsFor:
         return BuildOutputs(namespace, frozenset(pending))
 
     return outputs
+
+
+def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:
+    """Every problem that would make the plan unsafe to write (empty when it can be applied)."""
+    problems: list[Diagnostic] = []
+    pools = {r.name for r in actual if r.kind == "pool"}
+    pools |= {c.name for c in plan.changes if c.kind == "pool" and c.action != "delete"}
+    pools -= {c.name for c in plan.changes if c.kind == "pool" and c.action == "delete"}
+    for c in plan.changes:
+        if c.action == "delete":
+            continue
+        if has_unknown(c.spec):
+            fields = sorted(f.path for f in c.fields if has_unknown(f.new)) or ["(a field)"]
+            problems.append(
+                Diagnostic(
+                    "error",
+                    f"{c.kind} {c.name}: {', '.join(fields)} depend on build outputs that are not known yet",
+                    hint="run `buildsys build` (or `buildsys push`) first, or use `buildsys deploy`",
+                )
+            )
+        else:
+            try:
+                json.dumps(c.spec, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                problems.append(Diagnostic("error", f"{c.kind} {c.name}: the spec is not JSON ({exc})"))
+    for c in plan.changes:
+        if c.kind == "pool" and c.action == "delete":
+            users = sorted(
+                r.name
+                for r in actual
+                if r.kind == "deployment"
+                and r.spec.get("work_pool_name") == c.name
+                and not any(
+                    d.kind == "deployment" and d.name == r.name and d.action == "delete" for d in plan.changes
+                )
+            )
+            if users:
+                problems.append(
+                    Diagnostic(
+                        "error",
+                        f"pool {c.name} cannot be deleted: deployments still use it ({', '.join(users)})",
+                        hint="move those deployments to another pool first",
+                    )
+                )
+    return problems
 
 
 def snapshot(store: StateStore, *, attempts: int = 5) -> tuple[int, list[Resource]]:

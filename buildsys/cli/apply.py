@@ -41,8 +41,10 @@ def apply(
     affected_base: str | None,
 ) -> None:
     """Apply a saved plan exactly, or plan and apply (asking first)."""
-    from buildsys.cli.plan import affected_selection, make_plan, show_plan
-    from buildsys.reconcile import cached_outputs, read_plan_file
+    import os
+
+    from buildsys.cli.plan import affected_selection, show_plan
+    from buildsys.reconcile import cached_outputs, plan_project, read_plan_file
 
     for given, name in ((prune, "--prune"), (deployments, "-d/--deployment"), (affected_base is not None, "--affected")):
         if plan_file is not None and given:
@@ -56,8 +58,9 @@ def apply(
             report(app, None, result)
             return
         project, only = affected_selection(app, affected_base, deployments)
-        planned = make_plan(
-            app, store, prune=prune, select=deployments, outputs=cached_outputs, project=project, only=only
+        planned = plan_project(
+            app.project_file, store, prune=prune, select=deployments, outputs=cached_outputs,
+            project=project if project is not None else app.load_project(), env=os.environ, store_url=app.state, only=only,
         )
         if not app.json:
             show_plan(app, planned, full=full)

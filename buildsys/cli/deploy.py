@@ -39,8 +39,11 @@ def deploy(
     cache_from: str | None, cache_write: bool,
 ) -> None:
     """Build, push, plan and apply in one go (the plan is shown, then applied without asking)."""
+    import os
+
     from buildsys.cli.apply import apply_saved, report
-    from buildsys.cli.plan import make_plan, show_plan
+    from buildsys.cli.plan import show_plan
+    from buildsys.reconcile import plan_project
     from buildsys.validation import require_references
 
     project = app.load_project()
@@ -63,8 +66,9 @@ def deploy(
     )
     store = app.open_store()
     try:
-        planned = make_plan(
-            app, store, prune=prune, select=deployments, outputs=lambda _p: outputs, project=project, only=only
+        planned = plan_project(
+            app.project_file, store, prune=prune, select=deployments, outputs=lambda _p: outputs,
+            project=project, env=os.environ, store_url=app.state, only=only,
         )
         if not app.json:
             show_plan(app, planned)

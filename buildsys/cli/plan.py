@@ -14,12 +14,8 @@ from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
-
-    from buildsys.desired import OutputsFor
     from buildsys.model import Project
     from buildsys.plan import Plan
-    from buildsys.store.base import StateStore
 
 
 @click.command("plan")
@@ -58,15 +54,20 @@ def plan(
     affected_base: str | None,
 ) -> None:
     """Show what `apply` would change in the state store."""
-    from buildsys.reconcile import cached_outputs
+    import os
+
+    from buildsys.reconcile import cached_outputs, plan_project
 
     if affected_base is not None and ref is not None:
         raise click.UsageError("--affected compares the working tree with a ref; it cannot plan --ref")
     project, only = affected_selection(app, affected_base, deployments)
+    if project is None and ref is None:
+        project = app.load_project()  # the cache layer's load; --ref reads git
     store = app.open_store()
     try:
-        result = make_plan(
-            app, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs, project=project, only=only
+        result = plan_project(
+            app.project_file, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs,
+            project=project, env=os.environ, store_url=app.state, only=only,
         )
     finally:
         store.close()
@@ -95,32 +96,6 @@ def affected_selection(
     project = app.load_project()
     _, names = select_affected(app, project, affected_base, deployments)
     return project, names
-
-
-def make_plan(
-    app: App,
-    store: StateStore,
-    *,
-    ref: str | None = None,
-    prune: bool = False,
-    select: Sequence[str] = (),
-    outputs: Callable[[Project], OutputsFor | None] | None = None,
-    project: Project | None = None,
-    only: Collection[str] | None = None,
-) -> Plan:
-    """`reconcile.plan_project` for this command line's project file, store and environment; the
-    working tree's project comes from the cache layer (the command chooses the cached load; --ref
-    reads git)."""
-    import os
-
-    from buildsys.reconcile import plan_project
-
-    if project is None and ref is None:
-        project = app.load_project()
-    return plan_project(
-        app.project_file, store, ref=ref, prune=prune, select=select, outputs=outputs, project=project,
-        env=os.environ, store_url=app.state, only=only,
-    )
 
 
 def name_store(app: App) -> None:
