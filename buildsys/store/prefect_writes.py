@@ -91,7 +91,7 @@ def _put_queues(api: PrefectApi, pool: str, queues: Sequence[Mapping[str, Any]],
     ids: Mapping[str, str] = (have.get(META) or {}).get("queues") or {}
     existing = {q["name"]: q for q in have.get("queues") or []}
     if not have:  # a new pool: Prefect made its default queue
-        existing = {specs.DEFAULT_QUEUE: None}  # type: ignore[dict-item]
+        existing = {specs.DEFAULT_QUEUE: None}
     wanted = {q["name"] for q in queues}
     for q in sorted(queues, key=lambda q: (q.get("priority") or 0, q["name"])):
         body = {

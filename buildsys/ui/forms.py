@@ -145,8 +145,8 @@ def _field(
     if widget == "group":
         inner = value if isinstance(value, Mapping) else {}
         children = _object_fields(root, schema, inner, path + ".", fill and not given, depth + 1)
-        return Field(widget="group", children=children, **common)  # type: ignore[arg-type]
-    return Field(widget=widget, **extra, **common)  # type: ignore[arg-type]
+        return Field(widget="group", children=children, **common)
+    return Field(widget=widget, **extra, **common)
 
 
 def resolve(root: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
