@@ -15,6 +15,20 @@ CORPUS = REPO.parent / "shared" / "corpus" / "prefect-yaml"
 pytest_plugins = ["tests.infra.plugin"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test is integration unless its module says unit: `-m unit` is the fast core, `-m integration`
+    the rest. A unit test that asks for a service fixture is a collection error, so the core stays fast."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)
+            continue
+        defs = getattr(item, "_fixtureinfo", None)
+        chosen = {name: found[-1] for name, found in (defs.name2fixturedefs.items() if defs else ()) if found}
+        used = sorted(name for name, d in chosen.items() if d.func.__module__.startswith("tests.infra."))
+        if used:
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses service fixtures: {', '.join(used)}")
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Temp cwd, temp HOME and XDG dirs, fixed git identity, NO_COLOR; the real home is off limits."""

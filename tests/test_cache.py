@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from buildsys.cache import FileSet
+
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
 
 
 def tree(root: Path, files: list[str]) -> None:

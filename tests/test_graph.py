@@ -11,6 +11,8 @@ from buildsys.errors import ProjectError
 from buildsys.graph import to_json, to_text
 from buildsys.project import load_project
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 
 def graph_of(tmp: Path, text: str, **kw: object):  # type: ignore[no-untyped-def]
     (tmp / "prefect.yaml").write_text(text)

@@ -13,6 +13,8 @@ from buildsys.plan_view import render_plan, show
 from buildsys.store.base import Resource
 from buildsys.templating import UNKNOWN
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 SOURCE = {"commit": "c0ffee" * 6 + "abcd", "ref": None, "file": "prefect.yaml", "dirty": False}
 MANAGED = frozenset({"flow_name", "name", "tags", "parameters", "job_variables", "description"})
 

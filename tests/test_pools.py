@@ -17,6 +17,8 @@ from buildsys.pools import (
     validate_template,
 )
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 MISSING = object()
 
 

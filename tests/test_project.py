@@ -9,6 +9,8 @@ import pytest
 from buildsys.errors import ProjectError
 from buildsys.project import load_project
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 
 def write(tmp: Path, text: str, name: str = "prefect.yaml") -> Path:
     p = tmp / name

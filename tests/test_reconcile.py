@@ -19,6 +19,8 @@ from buildsys.store.sql import SqlStore
 from buildsys.templating import UNKNOWN
 from tests.conftest import CORPUS, REPO
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 SOURCE = {"commit": None, "ref": None, "file": "prefect.yaml", "dirty": False}
 
 

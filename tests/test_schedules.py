@@ -22,6 +22,8 @@ from buildsys.schedules import (
 from buildsys.store.base import Change
 from buildsys.store.sql import SqlStore
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 
 def ts(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()

@@ -20,6 +20,8 @@ from jsonschema.exceptions import ValidationError
 from buildsys.schema import checking_schema
 from tests.conftest import CORPUS
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 SCHEMAS = files("buildsys.schemas")
 STEP_NAMES = (
     "build_docker_image",

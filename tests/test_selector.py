@@ -11,6 +11,8 @@ from buildsys.desired import read_desired
 from buildsys.project import load_project
 from buildsys.selector import SelectionError, select_deployments
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 PROJECT = """\
 build:
   - run_shell_script: {id: shared, script: echo}

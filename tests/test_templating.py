@@ -7,6 +7,8 @@ import pytest
 from buildsys.errors import TemplateError
 from buildsys.templating import UNKNOWN, Scope, env_blocks, placeholders, render
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 
 def scope(**outputs: dict[str, object]) -> Scope:
     return Scope(outputs=outputs, ids=frozenset(outputs), env={"PORT": "8080", "TOKEN": "s3cret"}, variables={"region": "eu", "n": 3})

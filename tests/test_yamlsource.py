@@ -12,6 +12,8 @@ import yaml
 from buildsys.errors import Location
 from buildsys.yamlsource import YamlError, load_yaml
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 DOC = """\
 defaults: &defaults
   pool: {name: k8s, job_variables: {cpu: 1}}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from buildsys.store import prefect_specs as specs
+
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
 
 STORED_SCHEDULE = {
     "id": "s1",

@@ -15,6 +15,8 @@ from buildsys.store.snapshot import SCHEMA_NAMES, schema, validator
 from buildsys.store.sql import SqlStore
 from tests.store.contract import seed
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "state"
 RECORDS = {"resource": Resource, "change": Change, "flow_run": FlowRun, "log_line": LogLine, "worker": WorkerInfo}
 

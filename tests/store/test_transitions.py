@@ -24,6 +24,8 @@ from buildsys.store.base import (
 from buildsys.store.sqlclaims import PoolRules, priority_groups
 from buildsys.store.transitions import cancel, check_transition, expire, transition
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 NOW = 1_000_000.0
 
 ALLOWED = {

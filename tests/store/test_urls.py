@@ -12,6 +12,8 @@ import pytest
 from buildsys.errors import StateError
 from buildsys.store import describe_store, open_store
 
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
+
 PROJECT = """\
 name: p
 work_pools:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from buildsys.ui.forms import fields_for, read_form, submitted
 from buildsys.ui.pools import with_defaults
+
+pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
 
 SCHEMA: dict[str, Any] = {
     "title": "Parameters",
