@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from buildsys.server.cachetable import CacheTable
 from buildsys.server.endpoints import ApiError, Call, Endpoint, Services
 from buildsys.server.guard import GuardPolicy, RequestGuard
 from buildsys.server.routes import ENDPOINTS
-from buildsys.server.schemas import COMPONENTS
+from buildsys.server.schemas import shipped_components
 from buildsys.store.base import StateStore
 
 log = logging.getLogger("buildsys.server")
@@ -71,7 +71,8 @@ def create_app(
         poll_interval=settings.poll_interval,
         cache=cache,
     )
-    validators = {name: _validator(name) for name in COMPONENTS}
+    components = shipped_components()
+    validators = {name: _validator(name, components) for name in components}
     by_path: dict[str, dict[str, Callable[[Request], Coroutine[Any, Any, Response]]]] = {}
     for ep in ENDPOINTS:
         by_path.setdefault(ep.path, {})[ep.method] = _endpoint(
@@ -128,8 +129,8 @@ def _by_method(
     return dispatch
 
 
-def _validator(name: str) -> Draft202012Validator:
-    root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": COMPONENTS}}
+def _validator(name: str, components: Mapping[str, Any]) -> Draft202012Validator:
+    root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": components}}
     return Draft202012Validator(root)
 
 

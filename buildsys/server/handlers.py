@@ -9,7 +9,7 @@ from typing import Any
 from starlette.responses import Response
 
 from buildsys.server.endpoints import ApiError, Call
-from buildsys.server.schemas import MAX_WAIT_SECONDS
+from buildsys.server.schemas import MAX_WAIT_SECONDS, shipped_document
 from buildsys.store.base import TERMINAL, Change, FlowRun, LogEntry, Resource, TaskRun
 
 PAGE_CACHE_ENTRIES = 64
@@ -365,6 +365,4 @@ async def import_state(call: Call) -> Any:
 
 
 async def openapi_document(call: Call) -> Any:
-    from buildsys.server.openapi import document
-
-    return document()
+    return shipped_document()

@@ -1,6 +1,7 @@
-"""The OpenAPI 3.1 document, generated from the route table and the body schemas.
+"""Generates the OpenAPI 3.1 document from the route table and the body schemas.
 
-`schemas/openapi.json` is this document, checked in; regenerate it with
+The server serves and validates against `schemas/openapi.json`, the checked-in output of this
+module (a test fails when they differ); regenerate it with
 ``python -m buildsys.server.openapi > schemas/openapi.json``.
 """
 

@@ -3,6 +3,9 @@ request validation use these same schemas, so the document and the checks cannot
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from buildsys.store.base import KINDS, STATE_TYPES
@@ -347,3 +350,16 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "ConcurrencyLimitResult": _obj({"limit": _nullable(_ref("ConcurrencyLimit"))}, ("limit",)),
 }
+
+
+@cache
+def shipped_document() -> dict[str, Any]:
+    """`schemas/openapi.json` as shipped: what the server serves and validates bodies against (the
+    document `buildsys.server.openapi` generates from the definitions above; a test keeps the two equal)."""
+    document: dict[str, Any] = json.loads((files("buildsys.schemas") / "openapi.json").read_text(encoding="utf-8"))
+    return document
+
+
+def shipped_components() -> dict[str, Schema]:
+    components: dict[str, Schema] = shipped_document()["components"]["schemas"]
+    return components
