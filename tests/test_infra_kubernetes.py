@@ -254,3 +254,40 @@ def test_pods_that_never_start_time_out(
     done = final(store, store.create_run(deployment), timeout=30)
     assert (done.state, done.state_message) == ("CRASHED", message)
     assert k8s_api.jobs == {}  # the Job was deleted
+
+
+def _execution(url: str, lines: list[tuple[str, str]]) -> Any:
+    from kubernetes import client
+
+    from buildsys.infra.kubernetes import KubernetesExecution
+
+    config = client.Configuration()
+    config.host = url
+    config.retries = 0
+    return KubernetesExecution(
+        client.ApiClient(config), "default", "gone", lambda s, line: lines.append((s, line)),
+        stream=True, pod_timeout=1, poll_seconds=0.05,
+    )
+
+
+def test_stopping_a_job_that_is_already_gone_says_nothing(k8s_api: FakeKubernetes) -> None:
+    lines: list[tuple[str, str]] = []
+    execution = _execution(k8s_api.url, lines)
+    execution.terminate()  # the fake answers 404: the Job is gone, nothing to stop
+    assert execution.wait(30) is not None
+    assert lines == []
+
+
+def test_a_job_that_cannot_be_deleted_is_said_in_the_run_log() -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the API is unreachable
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    lines: list[tuple[str, str]] = []
+    execution = _execution(url, lines)
+    execution.terminate()
+    assert execution.wait(30) is not None
+    said = [line for stream, line in lines if stream == "stderr"]
+    assert len(said) == 1 and said[0].startswith("buildsys: could not delete the Kubernetes Job default:gone: "), lines
+    assert "Connection refused" in said[0] or "MaxRetryError" in said[0], said

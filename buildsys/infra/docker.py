@@ -9,13 +9,12 @@ output has been read (removing it earlier could lose the last lines).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shlex
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -239,6 +238,7 @@ class DockerExecution:
         self.auto_remove = auto_remove
         self.image = image
         self.command = list(command)
+        self.sink = sink
         self._result: dict[str, Any] | None = None
         self._done = threading.Event()
         self._pumps = [
@@ -281,8 +281,7 @@ class DockerExecution:
         code = int(result.get("StatusCode", -1))
         message = self._explain(code, result)
         if self.auto_remove:
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
+            self._call("remove the container", self.container.remove, force=True)
         return Outcome(code, message)
 
     def _explain(self, code: int, result: Mapping[str, Any]) -> str | None:
@@ -290,7 +289,7 @@ class DockerExecution:
         try:
             self.container.reload()
             state = self.container.attrs.get("State", {})
-        except Exception:
+        except _engine_errors():  # gone (auto-removed) or the engine went away: the exit code says enough
             state = {}
         if state.get("OOMKilled"):
             return "the container was killed for using more memory than its limit (OOMKilled)"
@@ -301,9 +300,23 @@ class DockerExecution:
         return not_found(code, self.image, self.command)
 
     def terminate(self) -> None:
-        with contextlib.suppress(Exception):
-            self.container.kill(signal="SIGTERM")
+        self._call("stop the container (SIGTERM)", self.container.kill, signal="SIGTERM")
 
     def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.container.kill(signal="SIGKILL")
+        self._call("kill the container (SIGKILL)", self.container.kill, signal="SIGKILL")
+
+    def _call(self, what: str, method: Callable[..., Any], **kwargs: Any) -> None:
+        """A call on a container that may have ended meanwhile (404 gone, 409 not running or being
+        removed: nothing to do); any other engine error goes to the run's log."""
+        try:
+            method(**kwargs)
+        except _engine_errors() as exc:
+            if getattr(exc, "status_code", None) not in (404, 409):
+                self.sink("stderr", f"buildsys: could not {what} {self.identifier}: {exc}")
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """What a Docker engine call raises: the SDK's errors, and OSError (requests' connection errors)."""
+    import docker.errors
+
+    return (docker.errors.DockerException, OSError)

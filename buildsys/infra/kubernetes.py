@@ -133,13 +133,9 @@ def _through_models(manifest: dict[str, Any]) -> dict[str, Any]:
     class _Response:
         data = json.dumps(manifest)
 
-    client = ApiClient()
-    try:
+    with ApiClient() as client:
         model = client.deserialize(_Response(), "V1Job")
         body: dict[str, Any] = client.sanitize_for_serialization(model)
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
     return body
 
 
@@ -219,6 +215,21 @@ class KubernetesInfrastructure:
         )
 
 
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """What a Kubernetes API call raises: the API's refusals, and the connection's errors."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    return (ApiException, HTTPError, OSError)
+
+
+def _described(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    if status is not None:
+        return f"{status} {getattr(exc, 'reason', '')}: {_api_message(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _api_message(exc: Any) -> str:
     try:
         return str(json.loads(exc.body).get("message") or exc.body)
@@ -278,10 +289,13 @@ class KubernetesExecution:
         if self._deleted.is_set():
             return
         self._deleted.set()
-        with contextlib.suppress(Exception):
+        try:
             client.BatchV1Api(self.api).delete_namespaced_job(
                 self.job_name, self.namespace, propagation_policy="Foreground", grace_period_seconds=0
             )
+        except _api_errors() as exc:
+            if getattr(exc, "status", None) != 404:  # 404: already gone, nothing to stop
+                self.sink("stderr", f"buildsys: could not delete the Kubernetes Job {self.identifier}: {_described(exc)}")
 
     # --- the watch -----------------------------------------------------------------------------
 
@@ -354,7 +368,7 @@ class KubernetesExecution:
 
         def run() -> None:
             # a follow stream can end early (API server restarts, proxies): _finish_logs tops up
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_api_errors()):
                 response = core.read_namespaced_pod_log(
                     pod_name, self.namespace, container=CONTAINER, follow=True, _preload_content=False
                 )
@@ -381,11 +395,13 @@ class KubernetesExecution:
         self._log_thread.join(5)
         if self._log_thread.is_alive():
             return
-        with contextlib.suppress(Exception):
+        try:
             text = client.CoreV1Api(self.api).read_namespaced_pod_log(self._pod_name, self.namespace, container=CONTAINER)
-            lines = str(text).splitlines()
-            for line in lines[self._emitted :]:
-                self._emit(line)
+        except _api_errors() as exc:
+            self.sink("stderr", f"buildsys: could not read the rest of pod {self._pod_name}'s log: {_described(exc)}")
+            return
+        for line in str(text).splitlines()[self._emitted :]:
+            self._emit(line)
 
 
 def _container_status(pod: Any) -> Any:
