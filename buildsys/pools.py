@@ -3,7 +3,8 @@
 A template is ``{"job_configuration": {...}, "variables": <JSON Schema>}``. A run's job
 configuration is the template's ``job_configuration`` rendered with the variable defaults, then the
 deployment's ``job_variables``, then the run's own overrides (``env`` merges key by key). Pure
-functions over JSON values; the default templates ship in ``buildsys.schemas/job-templates``.
+functions over JSON values; a type's default template comes from the registered pool type
+(``buildsys.infra``; the built-in ones ship in ``buildsys.schemas/job-templates``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from importlib.resources import files
 from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic
 from buildsys.templating import PLACEHOLDER  # the one placeholder syntax
 
 __all__ = [
-    "POOL_TYPES",
     "JobVariableError",
     "base_job_template",
     "check_job_variables",
@@ -37,8 +36,6 @@ __all__ = [
     "validate_template",
 ]
 
-POOL_TYPES = ("process", "docker", "kubernetes")
-
 _MISSING = object()
 
 
@@ -50,12 +47,12 @@ class JobVariableError(BuildsysError):
 
 
 def default_job_template(pool_type: str) -> dict[str, Any]:
-    """The pool type's default base job template (a fresh copy)."""
-    if pool_type not in POOL_TYPES:
-        raise JobVariableError(
-            f"unknown work pool type {pool_type!r}",
-            hint=f"use one of: {', '.join(POOL_TYPES)}" + _did_you_mean(pool_type, POOL_TYPES),
-        )
+    """The pool type's default base job template (a fresh copy), from the registered type."""
+    from buildsys.infra import unknown_pool_type
+
+    problem = unknown_pool_type(pool_type)
+    if problem is not None:
+        raise JobVariableError(problem[0], hint=problem[1])
     return copy.deepcopy(_load_default(pool_type))
 
 
@@ -70,9 +67,9 @@ def pool_template(spec: Mapping[str, Any], *, default_type: str = "process") -> 
 
 @cache
 def _load_default(pool_type: str) -> dict[str, Any]:
-    text = (files("buildsys.schemas") / "job-templates" / f"{pool_type}.json").read_text(encoding="utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
+    from buildsys.infra import pool_type as registered
+
+    return registered(pool_type).default_job_template()
 
 
 def base_job_template(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import Diagnostic, Location, ProjectError
+from buildsys.infra import unknown_pool_type
 from buildsys.model import (
     RESERVED_STEP_KEYS,
     Deployment,
@@ -584,10 +585,14 @@ class _Narrower:
                 for j, q in enumerate(raw.get("queues") or [])
                 if isinstance(q, dict)
             )
+            pool_type = str(raw.get("type") or "process")
+            problem = unknown_pool_type(pool_type) if isinstance(raw.get("type"), str) else None
+            if problem is not None:
+                self.error(problem[0], (*path, "type"), hint=problem[1])
             out.append(
                 PoolSpec(
                     name=name,
-                    type=str(raw.get("type") or "process"),
+                    type=pool_type,
                     location=self.doc.loc(path),
                     path=describe_path(self.data, path),
                     description=raw.get("description"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from buildsys.errors import Diagnostic
@@ -38,7 +41,7 @@ def test_unknown_pool_type_is_an_error_with_a_suggestion() -> None:
     with pytest.raises(JobVariableError) as info:
         default_job_template("dokcer")
     assert info.value.message == "unknown work pool type 'dokcer'"
-    assert info.value.hint == "use one of: process, docker, kubernetes; did you mean 'docker'?"
+    assert info.value.hint == "use one of: docker, kubernetes, process; did you mean 'docker'?"
 
 
 def test_process_job_configuration_with_defaults_only() -> None:
@@ -216,3 +219,86 @@ def test_parse_job_variable_values_are_json_when_they_parse() -> None:
     with pytest.raises(JobVariableError) as info:
         parse_job_variable("novalue")
     assert info.value.hint == "write KEY=VALUE, e.g. env.LOG_LEVEL=DEBUG"
+
+
+# --- pool types register through entry points ---------------------------------------------------
+
+ACME = """\
+class ShellPool:
+    type = "acme-shell"
+
+    def __init__(self, **options):
+        self.options = options
+
+    @staticmethod
+    def default_job_template():
+        return {
+            "job_configuration": {"command": "{{ command }}"},
+            "variables": {"type": "object", "properties": {"command": {"type": "string", "default": "true"}}},
+        }
+
+    def start(self, job, sink):
+        raise RuntimeError("not started in this test")
+"""
+
+
+def _forget_pool_types() -> None:
+    from buildsys import infra, pools
+
+    infra._registered.cache_clear()
+    infra.pool_type.cache_clear()
+    pools._load_default.cache_clear()
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory importlib.metadata sees as installed distributions (dist-info + module)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _forget_pool_types()
+    yield tmp_path
+    monkeypatch.undo()
+    _forget_pool_types()
+
+
+def _distribution(site: Path, dist: str, entry_points: str, module: str = "") -> None:
+    info = site / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[buildsys.pool_types]\n{entry_points}\n")
+    if module:
+        (site / f"{dist}.py").write_text(module)
+
+
+def test_the_built_in_pool_types_are_registered_like_a_plugins() -> None:
+    from buildsys.infra import pool_type, pool_types
+
+    assert pool_types() == ("docker", "kubernetes", "process")
+    for name in pool_types():
+        assert pool_type(name).type == name
+        validate_template(default_job_template(name))
+
+
+def test_a_plugin_adds_a_pool_type(plugin_site: Path) -> None:
+    from buildsys.infra import get_infrastructure, pool_types
+    from buildsys.project import load_project
+
+    _distribution(plugin_site, "acme_pools", "acme-shell = acme_pools:ShellPool", ACME)
+    assert pool_types() == ("acme-shell", "docker", "kubernetes", "process")
+    config = job_configuration(default_job_template("acme-shell"), {"command": "make"}, None, env={})
+    assert config == {"command": "make"}
+    assert get_infrastructure("acme-shell", python="x").options == {"python": "x"}  # type: ignore[attr-defined]
+    project_file = plugin_site / "prefect.yaml"
+    project_file.write_text("work_pools:\n  - {name: shell, type: acme-shell}\n")
+    assert [p.type for p in load_project(project_file).work_pools] == ["acme-shell"]
+
+
+def test_a_pool_type_registered_twice_names_both(plugin_site: Path) -> None:
+    from buildsys.infra import InfrastructureError, pool_type
+
+    _distribution(plugin_site, "acme_pools", "docker = acme_pools:ShellPool", ACME)
+    with pytest.raises(InfrastructureError) as info:
+        pool_type("docker")
+    assert info.value.message == (
+        "work pool type 'docker' is registered twice: acme_pools:ShellPool and buildsys.infra.docker:DockerInfrastructure"
+    )
+    assert info.value.hint == "uninstall one of the packages that register it"

@@ -218,3 +218,11 @@ def test_a_multi_document_kubernetes_manifest_is_named_as_one(tmp_path: Path) ->
         f"{two}:2:1: error: not valid YAML: expected a single document in the stream: but found another document\n"
         "  hint: a prefect.yaml is one YAML document: remove the second `---`, or split the file"
     ]
+
+
+def test_an_unknown_pool_type_is_a_located_error_naming_the_registered_ones(tmp_path: Path) -> None:
+    p = write(tmp_path, "work_pools:\n  - name: p\n    type: dokcer\n")
+    assert errors_of(p) == [
+        f"{p}:3:5: error: unknown work pool type 'dokcer'\n  at work_pools[p].type\n"
+        "  hint: use one of: docker, kubernetes, process; did you mean 'docker'?"
+    ]

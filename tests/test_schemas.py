@@ -420,7 +420,7 @@ deployments:
         ),
         ({"deployments": {"name": "a"}}, ["deployments: type"]),
         ({"build": "echo hi"}, ["build: type"]),
-        ({"work_pools": [{"name": "p", "type": "ecs"}]}, ["work_pools/0/type: enum"]),
+        ({"work_pools": [{"name": "p", "type": ""}]}, ["work_pools/0/type: minLength"]),  # which types: the registry
         ({"work_pools": [{"name": "p"}]}, ["work_pools/0: required"]),
         (
             {"work_pools": [{"name": "p", "type": "process", "concurrency_limit": -1}]},

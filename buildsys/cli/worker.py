@@ -23,8 +23,8 @@ def worker() -> None:
     "--type",
     "-t",
     "pool_type",
-    type=click.Choice(["process", "docker", "kubernetes"]),
-    help="Create the pool with this type's defaults if it does not exist.",
+    metavar="TYPE",
+    help="Create the pool with this type's defaults if it does not exist (process, docker, kubernetes, or a plugin's).",
 )
 @click.option("--name", "-n", metavar="NAME", help="Worker name (default: host-pid-random).")
 @click.option("--queue", "queues", multiple=True, metavar="NAME", help="Only these queues (repeatable).")

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
 
-POOL_TYPES = ("process", "docker", "kubernetes")
-
 # (heading, where in the file, $defs name or None for the top level)
 _PROJECT_SECTIONS: tuple[tuple[str, str, str | None], ...] = (
     ("Top level", "the top of `prefect.yaml`", None),
@@ -105,7 +103,7 @@ def project_keys() -> str:
 
 
 def pool_variables() -> str:
-    """The job variables of each pool type, from the default base job templates in `schemas/job-templates/`."""
+    """The job variables of each registered pool type, from its default base job template."""
     lines = [
         "# Pool variables",
         "",
@@ -114,8 +112,11 @@ def pool_variables() -> str:
         "the templates are in `schemas/job-templates/`. A pool with its own `base_job_template` has its own variables: "
         "`buildsys pool show NAME` lists them.",
     ]
-    for pool_type in POOL_TYPES:
-        template = _schema(f"job-templates/{pool_type}.json")
+    from buildsys.infra import pool_types
+    from buildsys.pools import default_job_template
+
+    for pool_type in pool_types():
+        template = default_job_template(pool_type)
         variables: Mapping[str, Any] = template.get("variables", {})
         lines += ["", f"## {pool_type}", "", str(variables.get("description", "")), "",
                   "| variable | type | default | what |", "|---|---|---|---|"]

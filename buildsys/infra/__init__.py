@@ -3,6 +3,9 @@
 Each type turns a :class:`Job` (the run's rendered job configuration plus the runtime's context)
 into a running :class:`Execution` whose output lines go to a sink, and which can be waited on,
 terminated and killed. The worker does the rest (states, logs, leases).
+
+Pool types register like steps: the built-in ones through the entry-point group
+``buildsys.pool_types`` that a plugin uses to add its own (name = the pool type, value = the class).
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from importlib.metadata import EntryPoint
 from typing import IO, Any, Protocol
 
 from buildsys.errors import BuildsysError
+from buildsys.suggest import did_you_mean
 
 __all__ = [
     "Execution",
@@ -23,8 +29,14 @@ __all__ = [
     "Outcome",
     "Sink",
     "get_infrastructure",
+    "pool_type",
+    "pool_types",
     "pump_lines",
+    "shipped_job_template",
+    "unknown_pool_type",
 ]
+
+GROUP = "buildsys.pool_types"
 
 # (stream, line) — stream is "stdout" or "stderr"; the line has no trailing newline.
 Sink = Callable[[str, str], None]
@@ -112,28 +124,78 @@ class Execution(Protocol):
 
 
 class Infrastructure(Protocol):
+    """A pool type: the class registered under its name in the ``buildsys.pool_types`` group."""
+
     type: str
+
+    @staticmethod
+    def default_job_template() -> dict[str, Any]:
+        """The type's base job template (Prefect's shape: job_configuration + variables)."""
+        ...
 
     def start(self, job: Job, sink: Sink) -> Execution: ...
 
 
-def get_infrastructure(pool_type: str, **options: Any) -> Infrastructure:
-    """The implementation of a pool type (imports only what that type needs)."""
-    if pool_type == "process":
-        from buildsys.infra.process import ProcessInfrastructure
+@lru_cache(maxsize=1)
+def _registered() -> dict[str, list[EntryPoint]]:
+    """Every entry point of the group by name (two values for one name: a conflict, said when used)."""
+    from importlib.metadata import entry_points
 
-        return ProcessInfrastructure(**options)
-    if pool_type == "docker":
-        from buildsys.infra.docker import DockerInfrastructure
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=GROUP):
+        claims = found.setdefault(ep.name, [])
+        if not any(c.value == ep.value for c in claims):
+            claims.append(ep)
+    return found
 
-        return DockerInfrastructure(**options)
-    if pool_type == "kubernetes":
-        from buildsys.infra.kubernetes import KubernetesInfrastructure
 
-        return KubernetesInfrastructure(**options)
-    raise InfrastructureError(
-        f"unknown work pool type {pool_type!r}", hint="use one of: process, docker, kubernetes"
-    )
+def pool_types() -> tuple[str, ...]:
+    """The names of the registered pool types, sorted."""
+    return tuple(sorted(_registered()))
+
+
+def unknown_pool_type(name: str) -> tuple[str, str] | None:
+    """(message, hint) when no pool type has this name: the one rule for the loader, pools and the worker."""
+    known = pool_types()
+    if name in known:
+        return None
+    if not known:
+        return f"unknown work pool type {name!r}", (
+            f"no pool type is registered (the entry-point group {GROUP} is empty): "
+            "reinstall buildsys so that its entry points are written (pip install -e . in a checkout)"
+        )
+    suggestion = did_you_mean(name, known)
+    return f"unknown work pool type {name!r}", f"use one of: {', '.join(known)}" + (f"; {suggestion}" if suggestion else "")
+
+
+@cache
+def pool_type(name: str) -> type[Infrastructure]:
+    """The class of a pool type (importing only that type's module)."""
+    problem = unknown_pool_type(name)
+    if problem is not None:
+        raise InfrastructureError(problem[0], hint=problem[1])
+    claims = _registered()[name]
+    if len(claims) > 1:
+        raise InfrastructureError(
+            f"work pool type {name!r} is registered twice: {' and '.join(sorted(c.value for c in claims))}",
+            hint="uninstall one of the packages that register it",
+        )
+    loaded: type[Infrastructure] = claims[0].load()
+    return loaded
+
+
+def get_infrastructure(name: str, **options: Any) -> Infrastructure:
+    """An instance of the pool type `name`, made with its options."""
+    return pool_type(name)(**options)
+
+
+def shipped_job_template(name: str) -> dict[str, Any]:
+    """A built-in type's default template, as shipped in `schemas/job-templates/` (a fresh copy)."""
+    from importlib.resources import files
+
+    text = (files("buildsys.schemas") / "job-templates" / f"{name}.json").read_text(encoding="utf-8")
+    template: dict[str, Any] = json.loads(text)
+    return template
 
 
 def pump_lines(stream: IO[bytes] | None, name: str, sink: Sink) -> threading.Thread:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines
+from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines, shipped_job_template
 
 __all__ = ["RUNTIME_MOUNT", "DockerExecution", "DockerInfrastructure", "prepare_runtime_dir", "pull_policy"]
 
@@ -74,6 +74,10 @@ def prepare_runtime_dir(target: Path) -> Path:
 
 class DockerInfrastructure:
     type = "docker"
+
+    @staticmethod
+    def default_job_template() -> dict[str, Any]:
+        return shipped_job_template("docker")
 
     def __init__(self, *, store_url: str = "", client: Any = None, mount_runtime: bool = True) -> None:
         self.store_url = store_url

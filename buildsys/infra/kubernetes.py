@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines
+from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines, shipped_job_template
 
 __all__ = ["KubernetesExecution", "KubernetesInfrastructure", "build_job", "validate_manifest"]
 
@@ -161,6 +161,10 @@ def validate_manifest(manifest: Mapping[str, Any], version: str | None = None) -
 
 class KubernetesInfrastructure:
     type = "kubernetes"
+
+    @staticmethod
+    def default_job_template() -> dict[str, Any]:
+        return shipped_job_template("kubernetes")
 
     def __init__(self, *, api_client: Any = None, validate: bool = True, poll_seconds: float = 0.5) -> None:
         self._api_client = api_client

@@ -26,8 +26,9 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines
+from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines, shipped_job_template
 from buildsys.runtime import CONTROL_PREFIX, PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
@@ -39,6 +40,10 @@ def runtime_command(python: str | None = None) -> list[str]:
 
 class ProcessInfrastructure:
     type = "process"
+
+    @staticmethod
+    def default_job_template() -> dict[str, Any]:
+        return shipped_job_template("process")
 
     def __init__(
         self, *, python: str | None = None, base_env: Mapping[str, str] | None = None, standby: bool = False
