@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from buildsys.project import load_project
-from buildsys.recipe_cache import (
+from buildsys.recipes.cache import (
     GitRecipeRef,
     RecipeCache,
     default_cache_dir,
@@ -26,8 +26,7 @@ from buildsys.recipe_cache import (
     public_url,
     resolve_recipe,
 )
-from buildsys.recipe_render import RecipeConflictError, read_record, render_recipe
-from buildsys.recipes import (
+from buildsys.recipes.manifest import (
     PLACEHOLDER,
     MissingFieldsError,
     RecipeError,
@@ -38,6 +37,7 @@ from buildsys.recipes import (
     load_recipe,
     resolve_fields,
 )
+from buildsys.recipes.render import RecipeConflictError, read_record, render_recipe
 from tests.infra.git import GitHttpServer, GitRedirect, GitRepos
 from tests.infra.net import free_port, port_open
 from tests.infra.waiting import wait_for

@@ -10,8 +10,7 @@ import click
 
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import BuildsysError
-from buildsys.recipe_render import RenderResult, render_recipe
-from buildsys.recipes import (
+from buildsys.recipes.manifest import (
     FieldSpec,
     MissingFieldsError,
     Recipe,
@@ -21,6 +20,7 @@ from buildsys.recipes import (
     infer_recipe_name,
     resolve_fields,
 )
+from buildsys.recipes.render import RenderResult, render_recipe
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -38,7 +38,7 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: bool, again: bool,
          directory: Path) -> None:
     """Start a project from a recipe, in DIRECTORY (default: here). Never overwrites without --force."""
-    from buildsys.recipe_cache import resolve_recipe
+    from buildsys.recipes.cache import resolve_recipe
 
     given = parse_fields(field_args)
     interactive = sys.stdin.isatty() and not app.json
@@ -60,7 +60,7 @@ def init(app: App, recipe_spec: str | None, field_args: tuple[str, ...], force: 
 
 
 def _recorded(directory: Path) -> tuple[str, dict[str, str]]:
-    from buildsys.recipe_render import read_record, record_source
+    from buildsys.recipes.render import read_record, record_source
 
     project_file = directory / "prefect.yaml"
     record = read_record(project_file)

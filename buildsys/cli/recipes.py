@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from buildsys.cli.app import App, common_options, pass_app
-from buildsys.recipes import Recipe
+from buildsys.recipes.manifest import Recipe
 
 
 @click.group("recipes")
@@ -20,8 +20,8 @@ def recipes() -> None:
 @pass_app
 def ls(app: App, source: str | None) -> None:
     """The built-in recipes, or the recipes found in a git repository."""
-    from buildsys.recipe_cache import RecipeCache, is_git_source, parse_git_source
-    from buildsys.recipes import RecipeSource, builtin_recipes, find_recipes
+    from buildsys.recipes.cache import RecipeCache, is_git_source, parse_git_source
+    from buildsys.recipes.manifest import RecipeSource, builtin_recipes, find_recipes
 
     if source is None:
         found = builtin_recipes()
@@ -53,7 +53,7 @@ def ls(app: App, source: str | None) -> None:
 @pass_app
 def show(app: App, name: str) -> None:
     """A recipe's description, fields and files."""
-    from buildsys.recipe_cache import resolve_recipe
+    from buildsys.recipes.cache import resolve_recipe
 
     recipe, warnings = resolve_recipe(name)
     for warning in warnings:

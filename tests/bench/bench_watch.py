@@ -216,9 +216,9 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def bench_init(runs: int = 10) -> dict[str, float]:
-    from buildsys.recipe_cache import resolve_recipe
-    from buildsys.recipe_render import render_recipe
-    from buildsys.recipes import resolve_fields
+    from buildsys.recipes.cache import resolve_recipe
+    from buildsys.recipes.manifest import resolve_fields
+    from buildsys.recipes.render import render_recipe
 
     with tempfile.TemporaryDirectory(prefix="bench-init-") as tmp:
         base = Path(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildsys.cli import main
-from buildsys.recipes import builtin_recipe
+from buildsys.recipes.manifest import builtin_recipe
 from tests.infra.git import GitRepos
 from tests.test_recipes import RECIPE_REPO, Daemon, daemon  # noqa: F401  (fixture)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from buildsys.recipes import MANIFEST, Recipe, RecipeError, RecipeSource, find_recipes, load_recipe
+from buildsys.recipes.manifest import MANIFEST, Recipe, RecipeError, RecipeSource, find_recipes, load_recipe
 from buildsys.sensitive import mask_url, mask_url_text
 
 __all__ = ["CheckedOut", "GitRecipeRef", "RecipeCache", "default_cache_dir", "is_git_source",
@@ -229,7 +229,7 @@ def _git(args: list[str], ref: GitRecipeRef, auth: dict[str, str] | None = None)
 
 def resolve_recipe(spec: str, *, cache: RecipeCache | None = None) -> tuple[Recipe, tuple[str, ...]]:
     """A built-in name, a git source or a local folder → the recipe, plus warnings for the user."""
-    from buildsys.recipes import builtin_recipe
+    from buildsys.recipes.manifest import builtin_recipe
 
     if not is_git_source(spec):
         path = Path(spec)

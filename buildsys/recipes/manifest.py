@@ -1,10 +1,10 @@
-"""Recipes: template folders that `buildsys init` renders into a new project.
+"""A recipe and its manifest: what `buildsys init` renders into a new project.
 
 A recipe is a folder with a manifest (`recipe.yaml`: description and fields) and template files.
 Rendering substitutes `{{ field }}` placeholders (Prefect's syntax, keep-unresolved mode, so step
 output placeholders such as `{{ build_image.image }}` survive), never runs code, never writes outside
-the target directory and never overwrites a file unless forced (:mod:`buildsys.recipe_render`).
-Git-hosted recipes are fetched by :mod:`buildsys.recipe_cache`.
+the target directory and never overwrites a file unless forced (:mod:`buildsys.recipes.render`).
+Git-hosted recipes are fetched by :mod:`buildsys.recipes.cache`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from buildsys.recipes import MANIFEST, PROJECT_FILE, RECORD_KEY, Recipe, RecipeError, render_text
+from buildsys.recipes.manifest import MANIFEST, PROJECT_FILE, RECORD_KEY, Recipe, RecipeError, render_text
 
 __all__ = ["PlannedFile", "RecipeConflictError", "RenderResult", "plan_render", "read_record", "record_source",
            "render_recipe", "write_render"]
