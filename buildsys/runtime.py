@@ -144,6 +144,17 @@ def control(event: str, **payload: Any) -> None:
     sys.stdout.flush()
 
 
+def control_event(payload: str) -> str | None:
+    """The event of a control line (what follows CONTROL_PREFIX), as `control` wrote it; None for a
+    line that is not one (a flow may print anything, the prefix included)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    event = data.get("event") if isinstance(data, dict) else None
+    return event if isinstance(event, str) else None
+
+
 def log(message: str) -> None:
     sys.stdout.write(message.rstrip("\n") + "\n")
     sys.stdout.flush()

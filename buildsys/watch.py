@@ -269,7 +269,8 @@ class Watcher:
 
     def _bursts(self, stop: threading.Event | None, on_ready: Callable[[], None]) -> Iterator[set[tuple[int, str]]]:
         """watchfiles' watch loop, with a hook once the OS watch is in place (watchfiles.watch only
-        starts watching at the first `next()`, after which an initial build could miss changes)."""
+        starts watching at the first `next()`, after which an initial build could miss changes).
+        RustNotify is not watchfiles' public API: pyproject pins the minor version these tests run on."""
         from watchfiles.main import RustNotify  # type: ignore[attr-defined]
 
         with RustNotify([str(self.root)], False, False, 300, True, False) as notify:

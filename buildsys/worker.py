@@ -32,7 +32,7 @@ from buildsys.errors import BuildsysError, ConflictError, NotFoundError, StateEr
 from buildsys.infra import Execution, Infrastructure, Job, Outcome, get_infrastructure
 from buildsys.pools import default_job_template, job_configuration, placeholders, pool_template
 from buildsys.prefectengine import API_MARK, RUN_ID_ENV, installed_version, version_problem
-from buildsys.runtime import CONTROL_PREFIX, EXIT_FLOW_FAILED, EXIT_MEANINGS, RunContext
+from buildsys.runtime import CONTROL_PREFIX, EXIT_FLOW_FAILED, EXIT_MEANINGS, RunContext, control_event
 from buildsys.store.base import (
     CANCELLED,
     CANCELLING,
@@ -463,11 +463,12 @@ class Worker:
                     term_sent = float("inf")
 
     def _on_control(self, run: FlowRun, execution: Execution, state: _RunState, payload: str) -> None:
-        if '"engine"' in payload:  # Prefect's engine takes over: it sets RUNNING and the end state itself
+        event = control_event(payload)
+        if event == "engine":  # Prefect's engine takes over: it sets RUNNING and the end state itself
             state.engine = state.running = True
             self._worker_log(run, "Handed the flow to Prefect's engine.")
             self._note_infrastructure(run, execution)
-        elif '"running"' in payload and not state.running:
+        elif event == "running" and not state.running:
             self._set_running(run, execution, state)
 
     def _note_infrastructure(self, run: FlowRun, execution: Execution) -> None:

@@ -9,6 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from buildsys.runtime import CONTROL_PREFIX, RunContext
 
 HEAVY = ("yaml", "jsonschema", "networkx", "click", "rich", "httpx", "docker", "kubernetes", "pydantic")
@@ -268,3 +270,14 @@ def test_unknown_step_with_requires_is_not_installed_but_explained(tmp_path: Pat
         "buildsys runtime: pull step pull[0: prefect_foo.steps.pull_thing] failed: unknown step "
         "'prefect_foo.steps.pull_thing' (hint: it is not installed; install it with: pip install 'prefect-foo>=1'"
     )
+
+
+def test_control_lines_are_read_as_json_not_searched(capsys: pytest.CaptureFixture[str]) -> None:
+    from buildsys.runtime import control, control_event
+
+    control("completed", result='"engine" and "running" in a result')
+    line = capsys.readouterr().out.rstrip("\n")
+    assert control_event(line[len(CONTROL_PREFIX) :]) == "completed"
+    assert [control_event(p) for p in ('{"event": "engine"}', 'a flow printed "engine"', "[1]", '{"event": 1}')] == [
+        "engine", None, None, None,
+    ]
