@@ -76,8 +76,9 @@ def select_affected(app: App, project: Project, base: str, patterns: Sequence[st
         chosen &= {d.name for d in select_deployments(project, patterns)}
     names = [d.name for d in project.deployments if d.name in chosen]
     said = ", ".join(names) if names else "none"
-    app.echo(f"Affected since {result.said} ({result.commit[:12]}): {len(names)} of {len(project.deployments)} "
-             f"deployment(s): {said}", err=True)
+    if app.verbosity >= 0:
+        app.echo(f"Affected since {result.said} ({result.commit[:12]}): {len(names)} of {len(project.deployments)} "
+                 f"deployment(s): {said}", err=True)
     return result, names
 
 
