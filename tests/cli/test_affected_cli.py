@@ -141,3 +141,20 @@ def test_affected_refuses_what_it_cannot_do(shop: Path) -> None:
     assert r.exit_code == 2 and "--affected compares the working tree with a ref" in r.output
     r = bs("apply", "plan.json", "--affected")
     assert r.exit_code == 2 and "--affected is decided when the plan is made" in r.output
+
+
+def test_a_project_without_deployments_builds_its_top_level_build_when_affected(isolated: Path) -> None:
+    (isolated / "prefect.yaml").write_text(
+        "build:\n  - run_shell_script:\n      id: one\n      script: echo one\n      inputs: [in.txt]\n"
+        "  - run_shell_script:\n      id: two\n      script: echo two\n"
+    )
+    (isolated / "in.txt").write_text("1\n")
+    (isolated / ".gitignore").write_text(".buildsys/\n")
+    git(isolated, "init", "-q", "-b", "main")
+    git(isolated, "add", "-A")
+    git(isolated, "commit", "-q", "-m", "base")
+    assert json.loads(bs("--json", "build", "--affected").stdout.splitlines()[-1])["ran"] == 0
+    (isolated / "in.txt").write_text("2\n")
+    last = json.loads(bs("--json", "build", "--affected").stdout.splitlines()[-1])
+    assert (last["ran"], last["cached"]) == (2, 0)  # nothing was built before: both run
+    assert json.loads(bs("--json", "affected").stdout)["counts"]["steps"] == 2
