@@ -320,13 +320,24 @@ class Engine:
                 return shared
             reason = explain_change(previous.components if previous else None, keyed.components)
             return Decision("run", reason, cache_key, keyed=keyed)
-        if verify and stepdef.check_hook is not None and not stepdef.check_hook(hit, keyed.inputs, keyed.ctx):
+        gone = verify and stepdef.check_hook is not None and not stepdef.check_hook(hit, keyed.inputs, keyed.ctx)
+        if gone and not self._shared_still(stepdef, hit, keyed):
             return Decision("run", STALE, cache_key, keyed=keyed)
         reason = "unchanged" if previous is not None and previous.key == cache_key else "restored from cache"
         return Decision("cached", reason, cache_key, hit, keyed)
 
     def _shares(self, stepdef: StepDef) -> bool:
         return self.shared is not None and stepdef.shared_hook is not None and stepdef.cacheable
+
+    def _shared_still(self, stepdef: StepDef, outputs: dict[str, Any], keyed: _Keyed) -> bool:
+        """With a shared cache, a result not here (an image restored from it, never pulled) stands
+        while the step's shared hook confirms it where other machines get it."""
+        if not self._shares(stepdef) or stepdef.shared_hook is None:
+            return False
+        try:
+            return stepdef.shared_hook(outputs, keyed.inputs, keyed.ctx)
+        except BuildsysError:
+            return False
 
     def _from_shared(self, node: StepNode, stepdef: StepDef, keyed: _Keyed) -> Decision | None:
         """A result another runner wrote for this very key, once the step confirms that its

@@ -356,6 +356,8 @@ def test_an_image_is_restored_from_the_registry_and_rebuilt_once_deleted_there(
         assert (restored["ran"], restored["cached"], shared(restored)) == (0, 2, {"hits": 2, "written": 0, "refused": 0})
         assert runners.outputs(second, "pushed") == runners.outputs(first, "pushed")
         assert not docker_client.images.list(name=image)  # confirmed in the registry, not pulled
+        again = runners.push(second, "--cache-from", url)  # still not here, still in the registry
+        assert (again["ran"], again["cached"], shared(again)) == (0, 2, {"hits": 0, "written": 0, "refused": 0})
 
         digest = runners.outputs(first, "pushed")["digest"]
         deleted = httpx.delete(f"{registry.url}/v2/{image.split('/', 1)[1]}/manifests/{digest}",

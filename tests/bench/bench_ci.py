@@ -1,6 +1,6 @@
 """Benchmark buildsys in CI at scale (not a pytest test).
 
-    .venv/bin/python tests/bench/bench_ci.py [--part affected] [--runs 5] [--deployments 50] [--groups 10]
+    .venv/bin/python tests/bench/bench_ci.py [--part affected|cache] [--runs 5] [--deployments 50] [--groups 10]
 
 Part `affected` (`affected_plan`): a git repository with 50 deployments in 10 groups; each group's
 deployments share one Docker image built from the group's folder (a small image FROM the suite's
@@ -9,6 +9,15 @@ one flow file changes (a new parameter: its group's image and its deployment's p
 differ). Timed, each as a whole `buildsys` process, median of `--runs`: `buildsys plan` (every
 deployment) against `buildsys plan --affected=main` (the group's deployments). Both must show the
 same changes. Target: the affected plan at least 5x faster.
+
+Part `cache` (`shared_cache`): the same shape of project (50 deployments, 10 groups, one small image
+per group FROM the local Python base image, built once per group and pushed to a local registry),
+and a `buildsys server` (auth on) as the shared cache. Per round, with new flow contents (new keys,
+new image layers): a fresh clone runs `buildsys push` without a shared cache (cold: 10 builds, 10
+pushes); a trusted runner writes the cache (`--cache-write`, not timed); the images are removed from
+the engine (the next runner is another machine); a fresh clone runs `buildsys push --cache-from`
+(every step must be restored, 0 run, with the same outputs). Median of `--cache-runs` rounds.
+Target: the fresh runner with the shared cache at least 10x faster than cold.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 AFFECTED_TARGET = 5.0
+CACHE_TARGET = 10.0
 
 
 # --- part `affected`: plan --affected against plan after a one-flow change -------------------------------
@@ -210,6 +220,185 @@ def report_affected(figures: dict[str, object], runs: int) -> str:
     return "\n".join(lines)
 
 
+# --- part `cache`: a fresh runner with the shared cache against a cold one --------------------------------
+
+
+def cache_project(root: Path, deployments: int, groups: int, base_image: str, registry: str, nonce: str) -> None:
+    """Write the project: per group one image (identical build and push steps in each of its
+    deployments, so one graph node each), named in the registry."""
+    lines = ["name: bench-ci-cache", "deployments:"]
+    for g in range(groups):
+        folder = root / "flows" / f"g{g}"
+        folder.mkdir(parents=True)
+        (folder / "Dockerfile").write_text(f"FROM {base_image}\nCOPY . /app\n")
+        (folder / "round.txt").write_text(nonce)  # each round is new content: new keys, new layers
+    for n in range(deployments):
+        g = n % groups
+        flow = f"flows/g{g}/d{n}.py"
+        (root / flow).write_text(f"def run_{n}(day: str = 'today'):\n    print(day)\n")
+        lines += [
+            f"  - name: d{n}",
+            f"    entrypoint: {flow}:run_{n}",
+            "    build:",
+            "      - prefect_docker.deployments.steps.build_docker_image:",
+            "          id: build_image",
+            f"          image_name: {registry}/bench-ci/g{g}",
+            f"          path: flows/g{g}",
+            "          dockerfile: Dockerfile",
+            "    push:",
+            "      - prefect_docker.deployments.steps.push_docker_image:",
+            "          image_name: '{{ build_image.image_name }}'",
+            "          tag: '{{ build_image.tag }}'",
+            "          credentials:",
+            "            username: '{{ $REGISTRY_USER }}'",
+            "            password: '{{ $REGISTRY_PASSWORD }}'",
+            f"            registry_url: {registry}",
+        ]
+    (root / "prefect.yaml").write_text("\n".join(lines) + "\n")
+    (root / ".gitignore").write_text(".buildsys/\n")
+
+
+def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, dict[str, object], dict[str, object]]:
+    """Time `buildsys --json push ARGS` as a whole process: (seconds, summary, outputs by step)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "buildsys", "--json", "push", *args], cwd=root,
+                          capture_output=True, text=True, env=env, timeout=3600)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"buildsys push {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    warnings = [e["message"] for e in events if e["event"] == "message"]
+    if warnings:
+        raise SystemExit(f"buildsys push {' '.join(args)} warned: {warnings}")
+    return took, events[-1], _outputs(root)
+
+
+def _cache_server(base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """`buildsys server start --auth` on a free port; its URL and a writer's and a reader's token."""
+    from tests.infra.net import free_port, port_open
+    from tests.infra.waiting import wait_for
+
+    db = str(base / "cache-server.db")
+    tokens = {}
+    for scope in ("cache", "read"):
+        made = subprocess.run([sys.executable, "-m", "buildsys", "server", "token", "create", "--scope", scope,
+                               "--db", db], capture_output=True, text=True, check=True)
+        tokens[scope] = made.stdout.strip()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "buildsys", "server", "start", "--auth", "--port", str(port),
+                               "--db", db], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: server.poll() is not None or port_open("127.0.0.1", port), 60, "the cache server to listen")
+    if server.poll() is not None:
+        raise SystemExit("buildsys server did not start")
+    return server, f"http://127.0.0.1:{port}", tokens
+
+
+def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
+    """Time a cold fresh runner against a fresh runner with the shared cache; returns the figures."""
+    import base64
+    import secrets
+    import shutil
+
+    from tests.infra.docker import connect, ensure_base_image
+    from tests.infra.registry import start_registry
+
+    client = connect()
+    base_image = ensure_base_image(client)
+    registries = start_registry()
+    registry = next(registries)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ci-cache-"))
+    server, url, tokens = _cache_server(tmp)
+    config = tmp / "docker-config"  # `docker login` for the registry check of a restored build
+    config.mkdir()
+    login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
+    env = {**os.environ, "NO_COLOR": "1", "BUILDSYS_CACHE_KEY": secrets.token_hex(32), "DOCKER_CONFIG": str(config),
+           "REGISTRY_USER": registry.username, "REGISTRY_PASSWORD": registry.password}
+    cold: list[float] = []
+    warm: list[float] = []
+    try:
+        _push_base(client, base_image, registry)
+        for r in range(runs):
+            origin = tmp / f"origin{r}"
+            cache_project(origin, deployments, groups, base_image, registry.host, secrets.token_hex(8))
+            git(origin, "init", "-q", "-b", "main")
+            git(origin, "add", "-A")
+            git(origin, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "r")
+            clones = []
+            for name in ("cold", "writer", "fresh"):
+                clones.append(tmp / f"{name}{r}")
+                git(tmp, "clone", "-q", str(origin), str(clones[-1]))
+            took, summary, cold_outputs = _push(clones[0], env)
+            assert summary["ran"] == 2 * groups, summary
+            cold.append(took)
+            _push(clones[1], {**env, "BUILDSYS_CACHE_TOKEN": tokens["cache"]}, "--cache-from", url, "--cache-write")
+            _remove_images(client, registry.host)
+            took, summary, fresh_outputs = _push(clones[2], {**env, "BUILDSYS_CACHE_TOKEN": tokens["read"]},
+                                                 "--cache-from", url)
+            if summary["ran"] != 0 or summary["cached"] != 2 * groups:
+                raise SystemExit(f"the fresh runner with the shared cache ran steps: {summary}")
+            if fresh_outputs != cold_outputs:
+                differ = {k: (cold_outputs.get(k), fresh_outputs.get(k)) for k in set(cold_outputs) | set(fresh_outputs)
+                          if cold_outputs.get(k) != fresh_outputs.get(k)}
+                raise SystemExit(f"the fresh runner's outputs differ from the cold runner's: {differ}")
+            warm.append(took)
+    finally:
+        server.terminate()
+        server.wait(30)
+        _remove_images(client, registry.host)
+        registries.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    return {"deployments": deployments, "groups": groups, "cold_s": cold_s, "warm_s": warm_s,
+            "ratio": cold_s / warm_s, "cold_runs": cold, "warm_runs": warm}
+
+
+def _remove_images(client: object, registry: str) -> None:
+    """Untag this run's images (by tag: the base image, tagged too, must stay in the engine)."""
+    for image in client.images.list(name=f"{registry}/bench-ci/*"):  # type: ignore[attr-defined]
+        for tag in image.tags:
+            if tag.startswith(f"{registry}/bench-ci/"):
+                client.images.remove(tag)  # type: ignore[attr-defined]
+
+
+def _push_base(client: object, base_image: str, registry: object) -> None:
+    """The base image's layers in the registry first, as a CI registry already has them."""
+    name = f"{registry.host}/bench-ci/base"  # type: ignore[attr-defined]
+    client.images.get(base_image).tag(name, "warm")  # type: ignore[attr-defined]
+    client.images.push(name, tag="warm", auth_config=registry.auth_config)  # type: ignore[attr-defined]
+
+
+def _outputs(root: Path) -> dict[str, object]:
+    """Every step result the runner's local cache holds: outputs (JSON) by cache key."""
+    import sqlite3
+
+    db = sqlite3.connect(root / ".buildsys" / "cache.db")
+    try:
+        return {str(k): json.loads(v) for k, v in db.execute("SELECT key, outputs FROM results")}
+    finally:
+        db.close()
+
+
+def report_cache(figures: dict[str, object], runs: int) -> str:
+    ratio = float(figures["ratio"])  # type: ignore[arg-type]
+    fmt = ", ".join
+    lines = [
+        f"fresh runner: `buildsys push` cold vs with the shared cache ({figures['deployments']} deployments, "
+        f"{figures['groups']} images built and pushed to a local registry; buildsys server as the cache; "
+        f"median of {runs} rounds, whole processes)",
+        "",
+        "| fresh clone, empty .buildsys/ | median wall s | runs |",
+        "|---|---:|---|",
+        f"| `buildsys push` (cold) | {figures['cold_s']:.2f} | {fmt(f'{t:.2f}' for t in figures['cold_runs'])} |",  # type: ignore[attr-defined]
+        f"| `buildsys push --cache-from URL` | {figures['warm_s']:.2f} | "
+        f"{fmt(f'{t:.2f}' for t in figures['warm_runs'])} |",  # type: ignore[attr-defined]
+        "",
+        f"ratio {ratio:.1f}x (target >= {CACHE_TARGET:.0f}x: {'met' if ratio >= CACHE_TARGET else 'NOT met'}); "
+        f"with the cache: 0 steps run, {2 * int(figures['groups'])} restored, the same outputs as cold",  # type: ignore[call-overload]
+    ]
+    return "\n".join(lines)
+
+
 def machine() -> str:
     load = os.getloadavg()
     return (f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -218,16 +407,22 @@ def machine() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["affected"], action="append", help="Which part(s) to run (default: all).")
+    parser.add_argument("--part", choices=["affected", "cache"], action="append",
+                        help="Which part(s) to run (default: all).")
+    parser.add_argument("--cache-runs", type=int, default=3, help="Rounds of the cache part.")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deployments", type=int, default=50)
     parser.add_argument("--groups", type=int, default=10)
     args = parser.parse_args(argv)
-    parts = args.part or ["affected"]
+    parts = args.part or ["affected", "cache"]
     print(machine())
     if "affected" in parts:
         figures = affected_plan(args.runs, args.deployments, args.groups)
         print(report_affected(figures, args.runs))
+        print(machine())
+    if "cache" in parts:
+        cache_figures = shared_cache(args.cache_runs, args.deployments, args.groups)
+        print(report_cache(cache_figures, args.cache_runs))
         print(machine())
 
 
