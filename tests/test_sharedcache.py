@@ -189,6 +189,13 @@ def test_a_fresh_runner_restores_from_the_server_and_a_read_only_runner_writes_n
     restored = runners.push(second, env={"BUILDSYS_CACHE": cache_server.url, **reader_env})
     assert (restored["ran"], restored["cached"], shared(restored)) == (0, 2, {"hits": 2, "written": 0, "refused": 0})
     assert runners.outputs(second, "upload_beta") == runners.outputs(first, "upload_beta")
+    deployer = runners.clone()  # deploy takes the cache too: build and push restored, then applied
+    deployed = CliRunner().invoke(cli, ["--json", "-f", str(deployer / "prefect.yaml"), "deploy", "--cache-from",
+                                        cache_server.url], env={**runners.env, **reader_env})
+    assert deployed.exit_code == 0, deployed.output
+    events = [json.loads(line) for line in deployed.stdout.splitlines()]
+    assert [(e["event"], e.get("reason")) for e in events if "step" in e] == [
+        ("cached", "restored from the shared cache")] * 2
 
     # a read-only runner (no --cache-write) builds a change and stores nothing
     (second / "flows" / "alpha.py").write_text("def main() -> str:\n    return 'changed'\n")
