@@ -59,10 +59,10 @@ class _Claim:
 @lru_cache(maxsize=1)
 def _claims() -> dict[str, list[_Claim]]:
     """Every entry point of the group, by name (several = a conflict, reported when used)."""
-    from importlib.metadata import entry_points
+    from buildsys import plugins
 
     found: dict[str, list[_Claim]] = {}
-    for ep in entry_points(group=GROUP):
+    for ep in plugins.group(GROUP):
         dist = ep.dist.name if ep.dist is not None else "?"
         claims = found.setdefault(ep.name, [])
         if not any(c.value == ep.value and c.package == dist for c in claims):
@@ -72,6 +72,9 @@ def _claims() -> dict[str, list[_Claim]]:
 
 def refresh() -> None:
     """Forget the cached entry points (after installing a plugin in-process)."""
+    from buildsys import plugins
+
+    plugins.refresh()
     _claims.cache_clear()
     _loaded.clear()
 

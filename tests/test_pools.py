@@ -243,8 +243,9 @@ class ShellPool:
 
 
 def _forget_pool_types() -> None:
-    from buildsys import infra, pools
+    from buildsys import infra, plugins, pools
 
+    plugins.refresh()
     infra._registered.cache_clear()
     infra.pool_type.cache_clear()
     pools._load_default.cache_clear()

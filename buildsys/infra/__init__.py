@@ -139,10 +139,10 @@ class Infrastructure(Protocol):
 @lru_cache(maxsize=1)
 def _registered() -> dict[str, list[EntryPoint]]:
     """Every entry point of the group by name (two values for one name: a conflict, said when used)."""
-    from importlib.metadata import entry_points
+    from buildsys import plugins
 
     found: dict[str, list[EntryPoint]] = {}
-    for ep in entry_points(group=GROUP):
+    for ep in plugins.group(GROUP):
         claims = found.setdefault(ep.name, [])
         if not any(c.value == ep.value for c in claims):
             claims.append(ep)
