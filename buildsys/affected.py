@@ -1,15 +1,9 @@
 """What a change affects: the steps whose cache keys and the deployments whose specs differ between
 a git revision (the base) and the working tree, each with its reason.
 
-The keys are the engine's own (`Engine.key_for`), evaluated on both sides without running anything:
-the base's files are written to a temporary directory (`revision.export_tree`) and keyed there.
-A step's outputs are not known before it runs, so an upstream step's outputs stand for themselves
-as a symbol naming its key: the cache gives one result per key, so equal upstream keys mean equal
-outputs, and a step whose inputs render the same around equal symbols has the same key as in a
-real build. Where a symbol would decide which files a step reads (its files hook or working
-directory depends on another step's output), the key cannot be known before a build and the step
-counts as affected. Fingerprints (a remote branch's commit, a base image's id) are left out on both
-sides: they are read at the moment of the build, the same for both revisions.
+The keys are the engine's own, evaluated on both sides without running anything (buildsys.stepkeys):
+the base's files are written to a temporary directory (`revision.export_tree`) and keyed there, and
+that side is kept in `.buildsys/affected/` (a commit never changes).
 
 Deployment specs are the desired state plan computes (`desired.desired_state`), with build outputs
 left unknown on both sides; a deployment is affected when its spec differs or a step of its chain is.
@@ -17,13 +11,11 @@ left unknown on both sides; a deployment is affected when its spec differs or a 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
-import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,25 +24,10 @@ from buildsys.compiled import Compiled
 from buildsys.desired import DesiredResource, DesiredState
 from buildsys.errors import BuildsysError
 from buildsys.model import Project
-from buildsys.step import StepDef
-from buildsys.templating import UNKNOWN, placeholders
+from buildsys.stepkeys import StepKey, keying_env, step_keys, unsymbolised
+from buildsys.templating import UNKNOWN
 
 AFFECTED = "affected"  # .buildsys/affected/: the base side of earlier comparisons (buildsys.caches)
-SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
-
-
-@dataclass(frozen=True)
-class StepKey:
-    """A step's cache key on one side, or why it cannot be known before a build."""
-
-    label: str
-    key: str
-    components: Mapping[str, Any]
-    deps: tuple[str, ...]  # labels of the steps it waits for
-    deployments: tuple[str, ...]
-    section: str
-    step: str
-    unknown: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,7 +110,7 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
     now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
     now_rev = open_revision(project_file)
     then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ)
-    now_keys = step_keys(now_compiled, _keying_env(now_compiled.project, environ)[0])
+    now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
     now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
     steps = compare_steps(then.keys, now_keys, base_ref, then.problem)
     deployments, removed = compare_deployments(
@@ -190,7 +167,7 @@ def base_side(
         side = BaseSide(None, None, problem, {}, {})
         if loaded is not None:
             compiled, state = loaded
-            env, names = _keying_env(compiled.project, environ)
+            env, names = keying_env(compiled.project, environ)
             side = BaseSide(
                 step_keys(compiled, env), state, "", _entrypoint_digests(compiled.project, base_file),
                 {n: secret_digest(environ.get(n, "")) for n in names},
@@ -254,108 +231,6 @@ def _desired(project: Project, source: Mapping[str, Any], read: Any) -> DesiredS
     return desired_state(project, owner="", source=source, read=read)
 
 
-def _keying_env(project: Project, env: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
-    """The environment keys are computed with: a variable a step names but the environment lacks is
-    empty (the key holds the digest of "" for it, as a build's would), so that a CI job without the
-    registry password can still say what a change affects."""
-    names = {
-        str(p.keypath[0])
-        for spec in (*project.build, *project.push, *(s for d in project.deployments for s in (*d.build, *d.push)))
-        for p in placeholders(spec.inputs)
-        if p.kind == "env"
-    }
-    return {**{n: "" for n in names}, **env}, names
-
-
-# --- step keys ----------------------------------------------------------------------------------------
-
-
-class _Outputs(Mapping[str, Any]):
-    """A step's outputs before it has run: each is a symbol naming the step's key and the output.
-    A step that declares its outputs has exactly those; one that does not may have any."""
-
-    def __init__(self, key: str, declared: Sequence[str]) -> None:
-        self.key = key
-        self.declared = tuple(declared)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (not self.declared or name in self.declared)
-
-    def __getitem__(self, name: str) -> str:
-        if name not in self:
-            raise KeyError(name)
-        return f"{SYMBOL}{name} of {self.key}\u27e7"
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.declared)
-
-    def __len__(self) -> int:
-        return len(self.declared)
-
-
-def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
-    """Every step's cache key by label, computed by the engine's key function without running."""
-    from buildsys.engine import Engine, NodeResult
-
-    steps = {name: _unfingerprinted(sd) for name, sd in compiled.steps.items()}
-    graph = compiled.graph
-    engine = Engine(compiled.project, graph, steps, env=env, dry_run=True)
-    out: dict[str, StepKey] = {}
-    try:
-        for key in graph.order():
-            node, stepdef = graph.nodes[key], engine.stepdefs[key]
-            unknown, components, cache_key = "", {}, ""
-            try:
-                keyed = engine.key_for(node, stepdef)
-                components, cache_key = keyed.components, keyed.cache_key
-                if stepdef.files_hook is not None and (SYMBOL in str(keyed.ctx.cwd) or _symbolic(keyed.inputs)):
-                    unknown = "the files it reads depend on another step's outputs, known only after a build"
-            except Exception as exc:  # any failure to key (a step's own hook too) means "cannot know"
-                text = exc.message if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
-                unknown = f"its key cannot be computed before a build ({text})"
-            if unknown:
-                cache_key = f"unknown:{key}"
-            engine.results[key] = NodeResult(
-                key, node.label, "cached", outputs=_Outputs(cache_key, stepdef.outputs), cache_key=cache_key  # type: ignore[arg-type]
-            )
-            out[node.label] = StepKey(
-                label=node.label,
-                key=cache_key,
-                components=components,
-                deps=tuple(graph.nodes[d].label for d in node.deps),
-                deployments=node.deployments,
-                section=node.section,
-                step=node.spec.name,
-                unknown=unknown,
-            )
-    finally:
-        engine.cache.close()
-    return out
-
-
-def _unfingerprinted(stepdef: StepDef) -> StepDef:
-    if stepdef.fingerprint_hook is None:
-        return stepdef
-    clone = copy.copy(stepdef)
-    clone.fingerprint_hook = None
-    return clone
-
-
-_KEYED_SYMBOL = re.compile(SYMBOL + r"(\S+) of [^\u27e7]*\u27e7")
-
-
-def _unsymbolised(components: Mapping[str, Any]) -> dict[str, Any]:
-    """Components with each output symbol's key left out, for the explanation only: a changed
-    upstream step is said once ("upstream step X changed"), not again as changed inputs."""
-    text = _KEYED_SYMBOL.sub(lambda m: f"{SYMBOL}{m.group(1)}\u27e7", json.dumps(components, default=str, ensure_ascii=False))
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-def _symbolic(value: Any) -> bool:
-    return SYMBOL in json.dumps(value, default=str)
-
-
 def compare_steps(
     then: Mapping[str, StepKey] | None, now: Mapping[str, StepKey], base: str, problem: str = ""
 ) -> list[AffectedStep]:
@@ -376,7 +251,7 @@ def compare_steps(
         elif k.key not in known:
             before = then.get(label)
             if before is not None and not before.unknown:
-                reason = explain_change(_unsymbolised(before.components), _unsymbolised(k.components))
+                reason = explain_change(unsymbolised(before.components), unsymbolised(k.components))
             else:
                 reason = f"new step (not at {base})"
             if before is not None and before.unknown:

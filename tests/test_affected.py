@@ -287,3 +287,27 @@ def test_the_base_side_is_reused_only_for_the_same_environment(isolated: Path, m
     assert not affected(root / "prefect.yaml", "main").anything
     monkeypatch.delenv("COLOR")
     assert not affected(root / "prefect.yaml", "main").anything
+
+
+def test_a_step_whose_files_depend_on_another_steps_output_counts_as_affected(isolated: Path) -> None:
+    """Its key cannot be known before a build (which files its hook names depends on an output),
+    so it is affected whatever changed, and so is every step after it."""
+    root = isolated / "hook"
+    root.mkdir()
+    write(root, {
+        "prefect.yaml": "build:\n"
+                        "  - run_shell_script:\n      id: where\n      script: echo deps\n"
+                        "  - pip_install_requirements:\n      id: install\n      directory: '{{ where.stdout }}'\n"
+                        "  - run_shell_script:\n      id: after\n      script: echo after\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "a.py": "def a():\n    pass\n",
+    })
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    found = affected(root / "prefect.yaml", "main")
+    assert [(s.label, s.reason) for s in found.steps] == [
+        ("install", "the files it reads depend on another step's outputs, known only after a build"),
+        ("after", "upstream step install is affected"),
+    ]
+    assert found.names == ["a"]

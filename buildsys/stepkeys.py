@@ -1,0 +1,141 @@
+"""Step keys before a build: the engine's own key function (`Engine.key_for`) evaluated for every
+node of a compiled graph without running anything, for comparing two revisions (buildsys.affected).
+
+A step's outputs are not known before it runs, so each output a later step names stands for itself
+as a symbol naming its step's key: the cache gives one result per key, so equal upstream keys mean
+equal outputs, and a step whose inputs render the same around equal symbols has the key a real
+build would give it. Where a symbol would decide which files a step reads (its files hook, or the
+working directory another step's output gave it), the key cannot be known before a build. Fingerprint
+hooks (a remote branch's commit, a base image's id) are left out: they are read when a build runs,
+the same for both revisions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from buildsys.compiled import Compiled
+from buildsys.errors import BuildsysError
+from buildsys.model import Project
+from buildsys.step import StepDef
+from buildsys.templating import placeholders
+
+SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """A step's cache key on one side, or why it cannot be known before a build."""
+
+    label: str
+    key: str
+    components: Mapping[str, Any]
+    deps: tuple[str, ...]  # labels of the steps it waits for
+    deployments: tuple[str, ...]
+    section: str
+    step: str
+    unknown: str = ""
+
+
+def keying_env(project: Project, env: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
+    """The environment keys are computed with: a variable a step names but the environment lacks is
+    empty (the key holds the digest of "" for it, as a build's would), so that a CI job without the
+    registry password can still say what a change affects."""
+    names = {
+        str(p.keypath[0])
+        for spec in (*project.build, *project.push, *(s for d in project.deployments for s in (*d.build, *d.push)))
+        for p in placeholders(spec.inputs)
+        if p.kind == "env"
+    }
+    return {**{n: "" for n in names}, **env}, names
+
+
+class _Outputs(Mapping[str, Any]):
+    """A step's outputs before it has run: each is a symbol naming the step's key and the output.
+    A step that declares its outputs has exactly those; one that does not may have any."""
+
+    def __init__(self, key: str, declared: Sequence[str]) -> None:
+        self.key = key
+        self.declared = tuple(declared)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (not self.declared or name in self.declared)
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self:
+            raise KeyError(name)
+        return f"{SYMBOL}{name} of {self.key}\u27e7"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.declared)
+
+    def __len__(self) -> int:
+        return len(self.declared)
+
+
+def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
+    """Every step's cache key by label, computed by the engine's key function without running."""
+    from buildsys.engine import Engine, NodeResult
+
+    steps = {name: _unfingerprinted(sd) for name, sd in compiled.steps.items()}
+    graph = compiled.graph
+    engine = Engine(compiled.project, graph, steps, env=env, dry_run=True)
+    out: dict[str, StepKey] = {}
+    try:
+        for key in graph.order():
+            node, stepdef = graph.nodes[key], engine.stepdefs[key]
+            unknown, components, cache_key = "", {}, ""
+            try:
+                keyed = engine.key_for(node, stepdef)
+                components, cache_key = keyed.components, keyed.cache_key
+                if stepdef.files_hook is not None and (SYMBOL in str(keyed.ctx.cwd) or _symbolic(keyed.inputs)):
+                    unknown = "the files it reads depend on another step's outputs, known only after a build"
+            except Exception as exc:  # any failure to key (a step's own hook too) means "cannot know"
+                text = exc.message if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
+                unknown = f"its key cannot be computed before a build ({text})"
+            if unknown:
+                cache_key = f"unknown:{key}"
+            engine.results[key] = NodeResult(
+                key, node.label, "cached", outputs=_Outputs(cache_key, stepdef.outputs), cache_key=cache_key  # type: ignore[arg-type]
+            )
+            out[node.label] = StepKey(
+                label=node.label,
+                key=cache_key,
+                components=components,
+                deps=tuple(graph.nodes[d].label for d in node.deps),
+                deployments=node.deployments,
+                section=node.section,
+                step=node.spec.name,
+                unknown=unknown,
+            )
+    finally:
+        engine.cache.close()
+    return out
+
+
+def _unfingerprinted(stepdef: StepDef) -> StepDef:
+    if stepdef.fingerprint_hook is None:
+        return stepdef
+    clone = copy.copy(stepdef)
+    clone.fingerprint_hook = None
+    return clone
+
+
+_KEYED_SYMBOL = re.compile(SYMBOL + r"(\S+) of [^\u27e7]*\u27e7")
+
+
+def unsymbolised(components: Mapping[str, Any]) -> dict[str, Any]:
+    """Components with each output symbol's key left out, for the explanation only: a changed
+    upstream step is said once ("upstream step X changed"), not again as changed inputs."""
+    text = _KEYED_SYMBOL.sub(lambda m: f"{SYMBOL}{m.group(1)}\u27e7", json.dumps(components, default=str, ensure_ascii=False))
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _symbolic(value: Any) -> bool:
+    return SYMBOL in json.dumps(value, default=str, ensure_ascii=False)
