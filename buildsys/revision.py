@@ -6,6 +6,7 @@ commit, whether the working tree is dirty, and the repository facts the project 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,7 +138,22 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
     )
 
 
+def _maybe_in_git(directory: Path) -> bool:
+    """False only when no directory from here up can be a git repository (no `.git`, not a bare
+    repository's folder, no GIT_DIR): then GitPython, ~0.1 s to import, is not needed at all."""
+    if os.environ.get("GIT_DIR"):
+        return True
+    for d in (directory, *directory.parents):
+        if os.path.lexists(os.path.join(d, ".git")) or (
+            os.path.isfile(os.path.join(d, "HEAD")) and os.path.isdir(os.path.join(d, "objects"))
+        ):
+            return True
+    return False
+
+
 def _repo(directory: Path) -> Any:
+    if not _maybe_in_git(directory):
+        return None
     import git
 
     try:

@@ -22,6 +22,7 @@ Path_ = tuple[str | int, ...]
 SECTION_KEYS = ("build", "push", "pull")
 
 _VALIDATOR: Any = None
+_CHECK: list[Any] = []  # [the compiled yes/no check of the project schema, or None]
 
 
 def project_schema() -> dict[str, Any]:
@@ -67,10 +68,25 @@ def _validator() -> Any:
     return _VALIDATOR
 
 
+def _fast_check() -> Any:
+    """The project schema compiled into a yes/no check (buildsys.schemacheck), once per process."""
+    if not _CHECK:
+        from buildsys.schemacheck import compile_check
+
+        _CHECK.append(compile_check(project_schema()))
+    return _CHECK[0]
+
+
 def schema_problems(doc: Located, strict: bool) -> list[Diagnostic]:
+    """Every schema problem of the document, located. A valid document (nearly every run) is
+    recognised by the compiled check alone; jsonschema is imported and run only to explain a
+    document the check rejects, so the messages are jsonschema's, as they always were."""
     if doc.value is None:
         return []
     try:
+        check = _fast_check()
+        if check is not None and check(doc.value):
+            return []
         validator = _validator()
     except (FileNotFoundError, ModuleNotFoundError):  # schemas not installed: structural checks only
         return []
@@ -225,6 +241,9 @@ def describe_path(data: Any, path: Path_) -> str:
 
 def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
     """Validate a step's (un-rendered) inputs against the step's schema; located, with did-you-mean."""
+    check = _input_check(stepdef)
+    if check is not None and check(dict(spec.inputs)):
+        return []  # valid: nothing to explain (jsonschema would find nothing)
     from jsonschema import Draft202012Validator
 
     from buildsys.suggest import did_you_mean
@@ -267,3 +286,17 @@ def check_inputs(spec: StepSpec, stepdef: StepDef) -> list[Diagnostic]:
             )
         )
     return out
+
+
+_INPUT_CHECKS: dict[int, tuple[object, Any]] = {}  # id(step schema) -> (the schema, its check)
+
+
+def _input_check(stepdef: StepDef) -> Any:
+    """A step's input schema compiled into a yes/no check, once per schema object."""
+    schema = stepdef.schema
+    known = _INPUT_CHECKS.get(id(schema))
+    if known is None or known[0] is not schema:
+        from buildsys.schemacheck import compile_check
+
+        known = _INPUT_CHECKS[id(schema)] = (schema, compile_check(schema))
+    return known[1]

@@ -1,0 +1,178 @@
+"""The compiled yes/no schema check agrees with jsonschema, and validation messages are unchanged.
+
+The check is only a fast path: a "yes" skips jsonschema, a "no" asks jsonschema to explain. So the
+one thing that must never happen is a "yes" where jsonschema finds a problem; these tests compare
+the two on every example and corpus file and on many mutations of them (types swapped, booleans
+for numbers, keys removed and added), and compare whole diagnostics with and without the check.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from buildsys import schema as schema_module
+from buildsys.registry import resolve
+from buildsys.schema import project_schema, schema_problems
+from buildsys.schemacheck import compile_check, equal
+from buildsys.yamlsource import YamlError, load_yaml
+from tests.conftest import CORPUS
+
+REPO = Path(__file__).resolve().parents[1]
+SWAPS: list[Any] = [None, True, False, 0, 1, 2.0, 2.5, -1, "", "x", "1", [], [1], {}, {"k": "v"}, ["a", "a"]]
+
+
+def documents() -> list[Path]:
+    files = sorted((REPO / "examples").glob("**/prefect.yaml"))
+    if CORPUS.is_dir():
+        files += sorted(CORPUS.glob("*.yaml"))
+    return files
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    out = copy.deepcopy(doc)
+    cur = out
+    for part in path[:-1]:
+        cur = cur[part]
+    cur[path[-1]] = value
+    return out
+
+
+def _delete(doc: Any, path: tuple[Any, ...]) -> Any:
+    out = copy.deepcopy(doc)
+    cur = out
+    for part in path[:-1]:
+        cur = cur[part]
+    del cur[path[-1]]
+    return out
+
+
+def mutations(doc: Any, rng: random.Random, count: int) -> Iterator[Any]:
+    paths = list(_paths(doc))
+    for _ in range(count):
+        path = rng.choice(paths)
+        kind = rng.randrange(3)
+        if kind == 0 or not path:
+            yield _set(doc, path, rng.choice(SWAPS))
+        elif kind == 1:
+            yield _delete(doc, path)
+        else:
+            yield _set(doc, path, {"name": "x", "unknown_key": 1, "id": True, "enabled": 1})
+
+
+def _agree(check: Any, validator: Draft202012Validator, value: Any) -> None:
+    errors = list(validator.iter_errors(value))
+    assert check(value) == (not errors), (value, [e.message for e in errors])
+
+
+@pytest.mark.parametrize("file", documents(), ids=lambda p: p.name if p.parent == CORPUS else p.parent.name)
+def test_the_check_agrees_with_jsonschema_on_files_and_their_mutations(file: Path) -> None:
+    schema = project_schema()
+    check = compile_check(schema)
+    assert check is not None
+    validator = Draft202012Validator(schema)
+    try:
+        doc = load_yaml(file.read_text(), str(file)).value
+    except YamlError:
+        return  # a corpus file that is not YAML at all: nothing to validate
+    _agree(check, validator, doc)
+    rng = random.Random(file.name)
+    for mutated in mutations(doc, rng, 25):
+        _agree(check, validator, mutated)
+
+
+def test_jsonschema_equality_rules() -> None:
+    schema = {"enum": [1, "a", [1, True]], "items": {"const": 0}}
+    check = compile_check(schema)
+    validator = Draft202012Validator(schema)
+    for value in (1, True, 1.0, "a", [1, True], [True, 1], [1, 1], [], [0, False], [0.0], False):
+        _agree(check, validator, value)
+    assert not equal(True, 1) and equal(1, 1.0) and not equal([0], [False])
+    unique = {"type": "array", "uniqueItems": True}
+    for value in ([1, True], [1, 1.0], [{"a": 1}, {"a": True}], [[1], [1]]):
+        _agree(compile_check(unique), Draft202012Validator(unique), value)
+
+
+def test_numbers_strings_and_patterns_follow_jsonschema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1, "exclusiveMinimum": 0},
+            "s": {"type": "string", "pattern": "^[a-z$]+$", "maxLength": 4},
+        },
+        "patternProperties": {"^x-": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    check = compile_check(schema)
+    validator = Draft202012Validator(schema)
+    for value in (
+        {"n": 2.0}, {"n": True}, {"n": 0}, {"n": 1.5}, {"s": "ab\n"}, {"s": "a$"}, {"s": "abcde"},
+        {"x-a": "1"}, {"x-a": 1}, {"y": 1}, {"n": None},
+    ):
+        _agree(check, validator, value)
+    assert check is not None and not check({1: "a"})  # a non-string key: jsonschema judges it, as before
+
+
+def test_unsupported_keywords_leave_validation_to_jsonschema() -> None:
+    assert compile_check({"prefixItems": [{"type": "string"}]}) is None
+    assert compile_check({"$ref": "https://example.com/other.json"}) is None
+    assert compile_check({"format": "date"}) is None
+
+
+def test_step_input_schemas_compile() -> None:
+    for name in ("run_shell_script", "git_clone", "build_docker_image", "set_working_directory"):
+        stepdef = resolve(name, REPO)
+        assert compile_check({k: v for k, v in stepdef.schema.items() if not k.startswith("x-")}) is not None, name
+
+
+BAD = """\
+name: demo
+prefect-version: 3.1.0
+build:
+  - run_shell_script:
+      id: one
+      script: echo hi
+      stream_output: "yes"
+deployments:
+  - name: etl
+    entrypoint: flows.py:main
+    scedule: {cron: "0 * * * *"}
+    tags: "nightly"
+    work_pool: {name: 12, job_variables: []}
+    schedules:
+      - cron: 5
+        active: "no"
+  - name: etl
+    entrypoint: 3
+    concurrency_limit: {limit: "2", collision_strategy: QUEUE}
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_messages_are_unchanged_by_the_fast_path(monkeypatch: pytest.MonkeyPatch, strict: bool) -> None:
+    doc = load_yaml(BAD, "prefect.yaml")
+    with_check = schema_problems(doc, strict)
+    monkeypatch.setattr(schema_module, "_CHECK", [None])  # jsonschema alone, as before the check
+    alone = schema_problems(doc, strict)
+    assert with_check == alone
+    assert len(alone) >= 5
+    rendered = [d.render() if hasattr(d, "render") else str(d) for d in alone]
+    assert any("unknown key 'scedule'" in line for line in rendered), rendered
