@@ -68,6 +68,7 @@ class Cache:
         self._touched: list[tuple[str, str, str, str, float, float]] = []
         self._entries: dict[str, Sequence[Any]] | None = None
         self.reads = 0  # files actually read and hashed (tests count these)
+        self.sparse = False  # read file rows per step (few steps decided), not all at once
         # (size, mtime_ns, ctime_ns, inode) of every file digested, by absolute path: the no-op
         # manifest records these instead of asking the file system again
         self.observed: dict[str, tuple[int, int, int, int]] = {}
@@ -110,11 +111,26 @@ class Cache:
         """Digest of a file relative to the root (None when it does not exist)."""
         return self.digests([path])[path]
 
+    def _stats_for(self, paths: Sequence[str]) -> dict[str, tuple[int, int, int, int, str, int]]:
+        """The recorded rows of `paths`: every row at once (one query) unless `sparse`, when a
+        build decides few steps and reads only their rows."""
+        if not self.sparse or self._stats is not None:
+            return self._load_stats()
+        db = self.db
+        with self._lock:
+            rows: dict[str, tuple[int, int, int, int, str, int]] = {}
+            for at in range(0, len(paths), 500):
+                chunk = list(paths[at : at + 500])
+                query = f"SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+                rows.update((r[0], (r[1], r[2], r[3], r[4], r[5], r[6])) for r in db.execute(query, chunk))
+            rows.update((p, self._pending[p]) for p in paths if p in self._pending)  # hashed, not yet flushed
+        return rows
+
     def digests(self, paths: Sequence[str]) -> dict[str, str | None]:
         """Digests of files relative to the root (None for a missing one). A file whose stat data
         matches what was recorded when it was last hashed is not read again; this loop runs for
         every input file of every step, so it is kept tight."""
-        stats = self._load_stats()
+        stats = self._stats_for(paths)
         observed = self.observed
         prefix = os.path.join(str(self.root), "")
         stat = os.stat
@@ -308,33 +324,35 @@ class FileSet:
                 self._spec = pathspec.GitIgnoreSpec.from_lines(lines)  # git's own matching rules
         return self._spec
 
-    def expand(self, patterns: Iterable[str], base: Path) -> list[str]:
-        """Root-relative paths of the files matched (directories expand to their files)."""
+    def expand(self, patterns: Iterable[str], base: Path, listed: list[str] | None = None) -> list[str]:
+        """Root-relative paths of the files matched (directories expand to their files).
+        `listed` receives the directories whose listing the result depends on."""
         found: set[str] = set()
+        trail = [] if listed is None else listed
         for pattern in patterns:
-            for rel in self._expand_one(pattern, base):
+            for rel in self._expand_one(pattern, base, trail):
                 found.add(rel)
         return sorted(found)
 
-    def _expand_one(self, pattern: str, base: Path) -> list[str]:
+    def _expand_one(self, pattern: str, base: Path, listed: list[str]) -> list[str]:
         absolute = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
         if not globlib.has_magic(pattern):
             if os.path.isdir(absolute):
-                return self._walk(Path(absolute))
+                return self._walk(Path(absolute), listed)
             return [self._rel_str(os.path.normpath(absolute))]  # a missing file counts: absence is in the key
         directory, name = os.path.split(absolute)
         if not globlib.has_magic(directory) and name != "**":
-            return self._scan(directory, name)
+            return self._scan(directory, name, listed)
         self.opaque = True
         out: list[str] = []
         for m in globlib.glob(absolute, recursive=True):
             if os.path.isdir(m):
-                out.extend(self._walk(Path(m)))
+                out.extend(self._walk(Path(m), listed))
             elif not self._ignored(self._rel_str(m)):
                 out.append(self._rel_str(m))
         return out
 
-    def _scan(self, directory: str, name: str) -> list[str]:
+    def _scan(self, directory: str, name: str, listed: list[str]) -> list[str]:
         """The common `dir/*.py` case: one scandir, no stat per file (DirEntry knows its type)."""
         import fnmatch
 
@@ -343,6 +361,7 @@ class FileSet:
         if any(part in ALWAYS_IGNORED for part in prefix.split(os.sep)):
             return out
         self.scanned.add(os.path.normpath(directory))
+        listed.append(os.path.normpath(directory))
         try:
             entries = list(os.scandir(directory))
         except OSError:
@@ -356,7 +375,7 @@ class FileSet:
             if n not in wanted or (n.startswith(".") and not hidden_ok) or n in ALWAYS_IGNORED:
                 continue
             if entry.is_dir():
-                out.extend(self._walk(Path(entry.path)))
+                out.extend(self._walk(Path(entry.path), listed))
                 continue
             rel = prefix + n
             if spec is None or not spec.match_file(rel):
@@ -369,10 +388,11 @@ class FileSet:
             return path[len(root) :]
         return self._rel(Path(path))
 
-    def _walk(self, directory: Path) -> list[str]:
+    def _walk(self, directory: Path, listed: list[str]) -> list[str]:
         out: list[str] = []
         for dirpath, dirnames, filenames in os.walk(directory):
             self.scanned.add(os.path.normpath(dirpath))
+            listed.append(os.path.normpath(dirpath))
             dirnames[:] = [d for d in dirnames if d not in ALWAYS_IGNORED]
             for f in filenames:
                 rel = self._rel(Path(dirpath) / f)

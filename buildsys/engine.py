@@ -20,6 +20,7 @@ from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
 from buildsys.errors import BuildsysError, TemplateError
 from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
+from buildsys.noop import Previous
 from buildsys.reporter import Event, NullReporter, Reporter
 from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
@@ -49,6 +50,8 @@ class Dependencies:
     env: dict[str, str | None] = field(default_factory=dict)
     provable: bool = True  # False: some decision needed a hook, a listing we did not track, …
     stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # seen while digesting
+    # label -> (absolute input files, directories listed): what each step's key read
+    nodes: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,6 +145,7 @@ class Engine:
         env: Mapping[str, str] | None = None,
         dry_run: bool = False,
         shared: SharedCache | None = None,
+        previous: Previous | None = None,
     ) -> None:
         self.project = project
         self.shared = shared  # a cache shared between machines (buildsys.sharedcache), or None
@@ -160,6 +164,12 @@ class Engine:
         self._decided: dict[str, Decision] = {}
         self.dependencies = Dependencies()
         self._unstored: set[str] = set()
+        # Only for a build of this process's environment: the manifest checked os.environ.
+        # Not with a shared cache either: a cached step's result may still have to be shared.
+        self.previous = previous if use_cache and not dry_run and env is None and shared is None else None
+        if self.previous is not None:
+            self.cache.sparse = True  # most steps reuse their recorded key: no file rows needed
+            self.dependencies.env.update({name: self.env.get(name) for name in self.previous.env})
 
     # --- execution ------------------------------------------------------------------------------
     def run(self) -> BuildResult:
@@ -255,6 +265,9 @@ class Engine:
         node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         if stepdef.fingerprint_hook is not None or stepdef.check_hook is not None or self._shares(stepdef):
             return None
+        unchanged = self._unchanged_since_previous(node)
+        if unchanged is not None:
+            return unchanged
         started = time.monotonic()
         try:
             decision = self.decide(key)
@@ -264,6 +277,39 @@ class Engine:
             return self._reuse(node, decision)
         self._decided[key] = decision
         return None
+
+    def _unchanged_since_previous(self, node: StepNode) -> NodeResult | None:
+        """The node's result when the last build's manifest proves its key is the one recorded
+        then: none of its own files or listed directories moved, nothing else the build read
+        moved (`noop.previous_build`), and every step it reads from kept its recorded key. Its
+        key would be computed from exactly the same values, so it is not computed again: the
+        decision is the one `decide` would give ("unchanged"), for a fraction of the work."""
+        prev = self.previous
+        if prev is None:
+            return None
+        label = node.label
+        recorded = prev.keys.get(label)
+        if recorded is None or label in prev.changed:
+            return None
+        nodes = self.graph.nodes
+        upstream = [*node.deps, *(k for _, k in node.scope), *((node.cwd_from,) if node.cwd_from else ())]
+        for d in upstream:
+            res = self.results.get(d)
+            if res is None or res.status != "cached" or res.cache_key != prev.keys.get(nodes[d].label):
+                return None
+        outputs = self.cache.result(recorded)
+        if outputs is None:
+            return None
+        files, listed = prev.files[label], prev.directories[label]
+        self.dependencies.files.update(files)
+        self.dependencies.nodes[label] = (files, listed)
+        self.files.scanned.update(listed)
+        observed = self.cache.observed
+        for f in files:
+            if f in prev.stats:
+                observed[f] = prev.stats[f]
+        self.reporter.event(Event("cached", label, reason="unchanged"))
+        return NodeResult(node.key, label, "cached", "unchanged", outputs, cache_key=recorded)
 
     def _run_node(self, key: str) -> NodeResult:
         node, stepdef = self.graph.nodes[key], self.stepdefs[key]
@@ -470,12 +516,15 @@ class Engine:
     ) -> dict[str, Any]:
         env_used = sorted({str(p.keypath[0]) for p in placeholders(node.spec.inputs) if p.kind == "env"})
         patterns = list(node.spec.input_globs)
-        files = self.files.expand(patterns, self.project.root)
+        listed: list[str] = []
+        files = self.files.expand(patterns, self.project.root, listed)
         if stepdef.files_hook is not None:
-            files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd)
+            files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
         digests = {f: d or "(missing)" for f, d in self.cache.digests(sorted(set(files))).items()}
         prefix = os.path.join(str(self.project.root), "")
-        self.dependencies.files.update([f if is_absolute(f) else prefix + f for f in digests])
+        absolute = [f if is_absolute(f) else prefix + f for f in digests]
+        self.dependencies.files.update(absolute)
+        self.dependencies.nodes[node.label] = (absolute, listed)
         for name in env_used:
             self.dependencies.env[name] = self.env.get(name)
         upstream = {
@@ -556,11 +605,13 @@ def build(
     reporter: Reporter | None = None,
     env: Mapping[str, str] | None = None,
     shared: SharedCache | None = None,
+    previous: Previous | None = None,
 ) -> BuildResult:
     """Build a compiled project (`buildsys.compiled.compile_project`, or the cached form
-    `buildsys.caches.compiled_build`: the command chooses)."""
+    `buildsys.caches.compiled_build`: the command chooses). `previous`: the last build's manifest,
+    checked (`noop.previous_build`), so steps whose inputs did not move skip computing their key."""
     engine = Engine(project, graph, steps, jobs=jobs, use_cache=use_cache, keep_going=keep_going, reporter=reporter,
-                    env=env, shared=shared)
+                    env=env, shared=shared, previous=previous)
     return engine.run()
 
 

@@ -30,6 +30,7 @@ STEP_RESULTS = "cache.db"
 PARALLEL_FROM = 4096  # files; below this a forked helper costs more than it saves
 RACY_NS = 2_000_000_000
 StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
+NodeRecord = tuple[str, str, "Sequence[str]", "Sequence[str]"]  # label, key, files, directories
 
 
 def manifest_path(project_file: str, sections: Sequence[str], deployments: Sequence[str]) -> str:
@@ -124,18 +125,19 @@ def write_manifest(
     labels: Sequence[str],
     cache: str,
     known: Mapping[str, tuple[int, int, int, int]] | None = None,
+    nodes: Sequence[NodeRecord] = (),
 ) -> bool:
-    """Record what a successful all-cached-or-ran build depended on. False (nothing written) when
-    a file was modified too recently to trust its stat data (git's "racily clean" rule).
+    """Record what a successful all-cached-or-ran build depended on. False when it cannot prove
+    the next build a no-op: a file was modified too recently to trust its stat data (git's "racily
+    clean" rule). Such files are recorded as changed, so the next build still reuses the steps
+    that do not read them (`previous_build`).
 
     `known` holds stat data the build saw when it digested files: recording what the decision was
     based on (rather than stat-ing again) can only make the next check fall through needlessly,
-    never pass wrongly."""
+    never pass wrongly. `nodes`: each step's label, cache key, input files and scanned directories."""
     now = time.time_ns()
     rows = [stat_row(f, known) for f in sorted(set(files))]
-    if any(r[1] >= 0 and r[2] >= now - RACY_NS for r in rows):
-        remove(path)
-        return False
+    racy = [i for i, r in enumerate(rows) if r[1] >= 0 and r[2] >= now - RACY_NS]
     dirs = []
     for d in sorted(set(directories)):
         try:
@@ -150,18 +152,21 @@ def write_manifest(
     if any("\0" in label for label in labels):
         remove(path)
         return False  # the manifest separates names with NUL (file names cannot hold one)
+    root = _root_of(path).rstrip(os.sep) + os.sep
     fields = {
         "python": _text([sys.version]),
         "code": _text([code_stamp()]),
         "packages": _text(f"{e}\0{m}" for e, m in environment_fingerprint()),
         # One string and one packed array load far faster than 20,000 small tuples; paths
         # relative to the project root where they are under it: shorter to load and to look up.
-        "paths": _text(_relative(r[0], _root_of(path)) for r in rows),
+        "paths": _text(_relative(r[0], root) for r in rows),
         "stats": numbers.tobytes(),
         "dirs": _text(f"{d}\0{m}" for d, m in dirs),
         "env": _text(f"{k}\0{env_digest(v)}" for k, v in sorted(env.items())),
         "labels": _text(labels),
         "cache": _text([cache]),
+        "racy": _text(str(i) for i in racy),
+        "nodes": _text(_node_fields(nodes, [r[0] for r in rows], [d for d, _ in dirs])),
     }
     blob = [MAGIC]
     for name, payload in fields.items():
@@ -171,7 +176,21 @@ def write_manifest(
     with open(tmp, "wb") as fh:
         fh.write(b"".join(blob))
     os.replace(tmp, path)
-    return True
+    return not racy
+
+
+def _node_fields(nodes: Sequence[NodeRecord], files: list[str], dirs: list[str]) -> Iterable[str]:
+    """label, key, file indices, directory indices (comma-separated) per node; nothing at all when
+    a node names a file or directory the manifest does not hold."""
+    file_at = {f: i for i, f in enumerate(files)}
+    dir_at = {d: i for i, d in enumerate(dirs)}
+    out: list[str] = []
+    for label, key, node_files, node_dirs in nodes:
+        try:
+            out += [label, key, ",".join(str(file_at[f]) for f in node_files), ",".join(str(dir_at[d]) for d in node_dirs)]
+        except KeyError:
+            return []
+    return out
 
 
 # The manifest is plain data read by slicing, never a deserializer: `.buildsys/` is in the project
@@ -225,6 +244,8 @@ def _read(path: str) -> dict[str, Any] | None:
             "env": env,
             "labels": _items(fields["labels"]),
             "cache": _items(fields["cache"]),
+            "racy": [int(i) for i in _items(fields.get("racy", b""))],
+            "nodes": _items(fields.get("nodes", b"")),
         }
     except (OSError, KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
         return None
@@ -235,8 +256,8 @@ def _root_of(manifest: str) -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
 
 
-def _relative(path: str, root: str) -> str:
-    prefix = root.rstrip(os.sep) + os.sep
+def _relative(path: str, prefix: str) -> str:
+    """`path` relative to the directory `prefix` (which ends with a separator) when under it."""
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
@@ -250,7 +271,7 @@ def remove(path: str) -> None:
 def still_valid(path: str) -> list[str] | None:
     """The step labels when nothing the build depended on moved, else None."""
     data = _read(path)
-    if data is None:
+    if data is None or data["racy"]:
         return None
     paths: list[str] = data["paths"]
     numbers: memoryview = data["stats"]
@@ -271,7 +292,10 @@ def still_valid(path: str) -> list[str] | None:
         helper = _start_helper(paths, numbers, split, root) if 0 < split < len(paths) else None
         if helper is None:
             split = len(paths)
+        _stopped.clear()
         ok = _small_things_unchanged(data) and _files_unchanged(paths, numbers, 0, split, root)
+        # What this process saw unchanged, for previous_build when the build runs after all.
+        _verified[path] = (split if ok else _stopped[0]) if _stopped else 0
         if helper is not None:
             ok = _join_helper(helper, ok)
     finally:
@@ -284,14 +308,27 @@ def still_valid(path: str) -> list[str] | None:
 
 def _small_things_unchanged(data: dict[str, Any]) -> bool:
     """The scanned directories, the cache, the environment variables and installed packages."""
+    return not _changed_dirs(data, first_only=True) and _surroundings_unchanged(data)
+
+
+def _changed_dirs(data: dict[str, Any], *, first_only: bool = False) -> list[int]:
+    """Indices of the recorded directories whose listing may have changed (mtime moved)."""
     stat = os.stat
-    for d, mtime in data["dirs"]:
+    out = []
+    for i, (d, mtime) in enumerate(data["dirs"]):
         try:
-            if stat(d).st_mtime_ns != mtime:
-                return False
+            moved = stat(d).st_mtime_ns != mtime
         except OSError:
-            if mtime != -1:
-                return False
+            moved = mtime != -1
+        if moved:
+            out.append(i)
+            if first_only:
+                break
+    return out
+
+
+def _surroundings_unchanged(data: dict[str, Any]) -> bool:
+    """The cache, the environment variables, buildsys's code and the installed packages."""
     if len(data["cache"]) != 1 or not os.path.exists(data["cache"][0]):
         return False  # the cache was deleted: the steps' results are gone
     environ = os.environ
@@ -303,18 +340,25 @@ def _small_things_unchanged(data: dict[str, Any]) -> bool:
     return bool(environment_fingerprint() == data["packages"])
 
 
+_verified: dict[str, int] = {}  # manifest -> how many of its first files this process found unchanged
+_stopped: list[int] = []  # where the last _files_unchanged stopped (the first changed file, or its end)
+
+
 def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int, root: int) -> bool:
     """paths[start:end] (relative to the directory `root`, or absolute) still have their stat data."""
     stat = os.stat
     recorded = iter(numbers[4 * start : 4 * end])
+    _stopped[:] = [end]
     for p, size, mtime, ctime, ino in zip(paths[start:end], recorded, recorded, recorded, recorded, strict=True):
         try:
             st = stat(p, dir_fd=root)
         except OSError:
             if size != -1:
+                _stopped[:] = [paths.index(p, start)]  # only on the way out: no counter in the loop
                 return False
             continue
         if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
+            _stopped[:] = [paths.index(p, start)]
             return False
     return True
 
@@ -351,6 +395,85 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+# --- the changed-input path: which steps' own inputs moved since the last build -------------------
+
+
+class Previous:
+    """The last successful build as its manifest recorded it, checked against the file system now:
+    every step's cache key, input files and scanned directories, and which steps' own inputs
+    moved. Everything else the build depended on (the project file, step sources, environment
+    variables, buildsys, installed packages, the cache) is unchanged, or there is no Previous."""
+
+    __slots__ = ("changed", "directories", "env", "files", "keys", "stats")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, str] = {}  # label -> cache key
+        self.files: dict[str, list[str]] = {}  # label -> absolute paths
+        self.directories: dict[str, list[str]] = {}  # label -> directories its globs listed
+        self.changed: set[str] = set()  # labels whose files or directories moved
+        self.stats: dict[str, tuple[int, int, int, int]] = {}  # unchanged files' stat data, by path
+        self.env: list[str] = []  # environment variables the build used (all unchanged)
+
+
+def _previous(path: str) -> Previous | None:
+    data = _read(path)
+    if data is None or not data["nodes"] or not _surroundings_unchanged(data):
+        return None
+    paths: list[str] = data["paths"]
+    numbers: memoryview = data["stats"]
+    if len(numbers) != 4 * len(paths):
+        return None
+    prefix = _root_of(path).rstrip(os.sep) + os.sep
+    full = [p if p.startswith(os.sep) else prefix + p for p in paths]
+    moved = set(data["racy"])
+    stat = os.stat
+    recorded = iter(numbers)
+    out = Previous()
+    seen = _verified.get(path, 0)  # the no-op check, moments ago in this process, found these unchanged
+    for i, (p, size, mtime, ctime, ino) in enumerate(zip(full, recorded, recorded, recorded, recorded, strict=True)):
+        if i < seen:
+            if size != -1 and i not in moved:
+                out.stats[p] = (size, mtime, ctime, ino)
+            continue
+        try:
+            st = stat(p)
+        except OSError:
+            if size != -1:
+                moved.add(i)
+            continue
+        if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
+            moved.add(i)
+        elif i not in moved:
+            out.stats[p] = (size, mtime, ctime, ino)
+    moved_dirs = set(_changed_dirs(data))
+    dirs = [d for d, _ in data["dirs"]]
+    owned: set[int] = set()
+    items = data["nodes"]
+    for at in range(0, len(items) - 3, 4):
+        label, key, file_text, dir_text = items[at : at + 4]
+        indices = [int(i) for i in file_text.split(",")] if file_text else []
+        dir_indices = [int(i) for i in dir_text.split(",")] if dir_text else []
+        owned.update(indices)
+        out.keys[label] = key
+        out.files[label] = [full[i] for i in indices]
+        out.directories[label] = [dirs[i] for i in dir_indices]
+        if moved.intersection(indices) or moved_dirs.intersection(dir_indices):
+            out.changed.add(label)
+    if not moved <= owned:
+        return None  # a file no step reads moved: the project file or a step's source
+    out.env = [name for name, _ in data["env"]]
+    return out
+
+
+def previous_build(path: str) -> Previous | None:
+    """The manifest at `path` as a Previous; None when it is missing, foreign, damaged, or when
+    something besides steps' own input files and directories changed since it was written."""
+    try:
+        return _previous(path)
+    except (ValueError, IndexError):
+        return None
 
 
 # --- the command-line side: a restricted parse of `build` / `push` ------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from buildsys import noop
+from buildsys.cache import Cache
 
 PROJECT = """\
 build:
@@ -117,7 +118,8 @@ def test_recently_modified_files_are_not_trusted(proj: Path) -> None:
     ahead = time.time() + 600
     os.utime(proj / "src" / "a.py", (ahead, ahead))
     build(proj)
-    assert not manifest(proj).exists()
+    assert not valid(proj)  # recorded as changed: the next build decides, no no-op answer
+    assert build(proj)["ran"] == 0  # and it finds nothing to run (the content is what was built)
 
 
 def test_unprovable_builds_leave_no_manifest(proj: Path) -> None:
@@ -192,3 +194,114 @@ def test_stat_data_seen_by_the_build_is_recorded_and_a_file_changed_since_is_not
     stale = {**seen}  # what the build saw of b before a step rewrote it
     assert noop.write_manifest(path, files=[str(a), str(b)], directories=[], env={}, labels=["s"], cache=str(cache), known=stale)
     assert noop.still_valid(path) is None
+
+
+CHAIN = """\
+build:
+  - run_shell_script:
+      id: a
+      script: echo a
+      inputs: ["src/a/*"]
+  - run_shell_script:
+      id: b
+      script: echo b {{ a.stdout }}
+      inputs: ["src/b/*"]
+  - run_shell_script:
+      id: c
+      script: echo c
+      inputs: ["src/c/*"]
+      needs: []
+"""
+
+
+@pytest.fixture
+def chain(isolated: Path) -> Path:
+    (isolated / "prefect.yaml").write_text(CHAIN)
+    age(isolated / "prefect.yaml")
+    for name in "abc":
+        folder = isolated / "src" / name
+        folder.mkdir(parents=True)
+        (folder / "x.txt").write_text(f"{name}\n")
+        age(folder / "x.txt")
+        age(folder)
+    age(isolated / "src")
+    return isolated
+
+
+def decisions(root: Path, *extra: str) -> dict[str, str]:
+    """step -> "ran" or the reason it was cached, from `build --json`."""
+    r = subprocess.run(
+        [sys.executable, "-m", "buildsys", "build", "--json", *extra],
+        cwd=root, capture_output=True, text=True, env={**os.environ, "FLAVOUR": "plain"}, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for event in map(json.loads, r.stdout.splitlines()):
+        if event["event"] == "done":
+            out[event["step"]] = "ran"
+        elif event["event"] == "cached":
+            out[event["step"]] = event["reason"]
+    return out
+
+
+def previous(root: Path) -> dict[str, object] | None:
+    """noop.previous_build, asked the way the CLI asks (a child process: its sys.path)."""
+    code = (
+        "import json; from buildsys import noop\n"
+        f"p = noop.previous_build({str(manifest(root))!r})\n"
+        "print(json.dumps(p and {'changed': sorted(p.changed), 'keys': p.keys, 'files': p.files, 'dirs': p.directories}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env={**os.environ, "FLAVOUR": "plain"})
+    assert r.returncode == 0, r.stderr
+    out: dict[str, object] | None = json.loads(r.stdout)
+    return out
+
+
+def edit(path: Path, text: str) -> None:
+    path.write_text(text)
+    age(path)  # outside the racy window, as a file edited a while ago
+    age(path.parent)
+
+
+def test_previous_build_names_the_steps_whose_own_inputs_moved(chain: Path) -> None:
+    assert decisions(chain) == {"a": "ran", "b": "ran", "c": "ran"}
+    keys = {e.label: e.key for e in Cache(chain).entries()}
+    edit(chain / "src" / "c" / "x.txt", "c changed\n")
+    prev = previous(chain)
+    assert prev is not None
+    assert prev["changed"] == ["c"]
+    assert prev["keys"] == keys
+    assert prev["files"] == {s: [str(chain / "src" / s / "x.txt")] for s in "abc"}
+    assert prev["dirs"] == {s: [str(chain / "src" / s)] for s in "abc"}
+    (chain / "src" / "b" / "new.txt").write_text("new\n")  # a new file: the listing moved
+    prev = previous(chain)
+    assert prev is not None and prev["changed"] == ["b", "c"]
+    edit(chain / "prefect.yaml", CHAIN + "\n")  # anything no single step owns: no shortcut at all
+    assert previous(chain) is None
+
+
+def test_a_build_after_a_change_decides_exactly_as_a_full_one(chain: Path) -> None:
+    decisions(chain)
+    edit(chain / "src" / "c" / "x.txt", "c changed\n")
+    assert decisions(chain) == {"a": "unchanged", "b": "unchanged", "c": "ran"}
+    edit(chain / "src" / "a" / "x.txt", "a changed\n")
+    assert decisions(chain) == {"a": "ran", "b": "ran", "c": "unchanged"}  # b reads a's output
+    (chain / "src" / "b" / "new.txt").write_text("new\n")
+    age(chain / "src" / "b" / "new.txt")
+    assert decisions(chain) == {"a": "unchanged", "b": "ran", "c": "unchanged"}
+    # Every recorded key is the one a build computing all keys finds: it reruns nothing.
+    for stale in manifest(chain).parent.iterdir():
+        stale.unlink()
+    assert decisions(chain) == {"a": "unchanged", "b": "unchanged", "c": "unchanged"}
+
+
+def test_a_racy_file_is_decided_again_and_the_rest_reused(chain: Path) -> None:
+    decisions(chain)
+    (chain / "src" / "a" / "x.txt").write_text("a changed\n")
+    ahead = time.time() + 600  # inside the racy window however slow the machine
+    os.utime(chain / "src" / "a" / "x.txt", (ahead, ahead))
+    assert decisions(chain) == {"a": "ran", "b": "ran", "c": "unchanged"}
+    assert not valid(chain)
+    prev = previous(chain)
+    assert prev is not None and prev["changed"] == ["a"]
+    assert decisions(chain) == {"a": "unchanged", "b": "unchanged", "c": "unchanged"}

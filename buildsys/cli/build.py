@@ -99,6 +99,7 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
             keep_going=opts["keep_going"],
             reporter=reporter,
             shared=shared,
+            previous=None if shared is not None else _previous(app, sections, opts),
         )
         counts = {s: sum(1 for r in result.results.values() if r.status == s) for s in ("ran", "cached", "failed", "skipped")}
         text = f"{counts['ran']} ran, {counts['cached']} cached, {counts['failed']} failed, {counts['skipped']} not run"
@@ -161,6 +162,15 @@ def dry_run(app: App, compiled: Any) -> None:
         raise SystemExit(1)
 
 
+def _previous(app: App, sections: tuple[str, ...], opts: dict[str, Any]) -> Any:
+    """The last identical build's manifest, checked: which steps' own inputs moved since."""
+    from buildsys import noop
+
+    if opts["no_cache"]:
+        return None
+    return noop.previous_build(noop.manifest_path(str(app.project_file), sections, opts["deployments"]))
+
+
 def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], result: Any) -> None:
     """Write (or drop) the manifest that lets the next identical build answer without the engine."""
     import os
@@ -181,7 +191,21 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         labels=[result.graph.nodes[k].label for k in result.graph.order()],
         cache=os.path.join(root, caches.DIRECTORY, caches.STEP_RESULTS),
         known=deps.stats,
+        nodes=_node_records(result),
     )
+
+
+def _node_records(result: Any) -> list[tuple[str, str, list[str], list[str]]]:
+    """Each step's label, key and what its key read, for the next build's `noop.previous_build`
+    (none at all when a step's inputs are not known: then the next build computes every key)."""
+    out = []
+    for key in result.graph.order():
+        res = result.results[key]
+        seen = result.dependencies.nodes.get(res.label)
+        if seen is None or not res.cache_key:
+            return []
+        out.append((res.label, res.cache_key, *seen))
+    return out
 
 
 @click.command()
