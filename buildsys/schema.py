@@ -69,11 +69,12 @@ def _validator() -> Any:
 
 
 def _fast_check() -> Any:
-    """The project schema compiled into a yes/no check (buildsys.schemacheck), once per process."""
+    """The schema the loader validates with (checking_schema) compiled into a yes/no check
+    (buildsys.schemacheck), once per process."""
     if not _CHECK:
         from buildsys.schemacheck import compile_check
 
-        _CHECK.append(compile_check(project_schema()))
+        _CHECK.append(compile_check(checking_schema()))
     return _CHECK[0]
 
 

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 from buildsys import schema as schema_module
 from buildsys.registry import resolve
-from buildsys.schema import project_schema, schema_problems
+from buildsys.schema import checking_schema, project_schema, schema_problems
 from buildsys.schemacheck import compile_check, equal
 from buildsys.yamlsource import YamlError, load_yaml
 from tests.conftest import CORPUS
@@ -85,14 +85,16 @@ def _agree(check: Any, validator: Draft202012Validator, value: Any) -> None:
 
 @pytest.mark.parametrize("file", documents(), ids=lambda p: p.name if p.parent == CORPUS else p.parent.name)
 def test_the_check_agrees_with_jsonschema_on_files_and_their_mutations(file: Path) -> None:
-    schema = project_schema()
-    check = compile_check(schema)
-    assert check is not None
-    validator = Draft202012Validator(schema)
     try:
         doc = load_yaml(file.read_text(), str(file)).value
     except YamlError:
         return  # a corpus file that is not YAML at all: nothing to validate
+    shipped = project_schema()  # what editors read
+    _agree(compile_check(shipped), Draft202012Validator(shipped), doc)
+    schema = checking_schema()  # what the loader validates with: unknown keys refused
+    check = compile_check(schema)
+    assert check is not None
+    validator = Draft202012Validator(schema)
     _agree(check, validator, doc)
     rng = random.Random(file.name)
     for mutated in mutations(doc, rng, 25):
