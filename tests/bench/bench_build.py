@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -307,7 +308,7 @@ def _fmt(series: Sequence[Timing]) -> str:
 
 @dataclass
 class Row:
-    cold: Timing = Timing(0.0, 0.0)
+    colds: list[Timing] = field(default_factory=list)
     noop: list[Timing] = field(default_factory=list)
     variants: dict[str, list[Timing]] = field(default_factory=dict)
     change: list[Timing] = field(default_factory=list)
@@ -316,16 +317,32 @@ class Row:
     touch_reran: int = 0
 
 
+def reset(root: Path, tool: Tool) -> None:
+    """Forget everything a tool built: its stamps and its own state (a fresh checkout for it)."""
+    folder = root / "stamps" / tool.stamps
+    shutil.rmtree(folder)
+    folder.mkdir()
+    if tool.name == "buildsys":
+        shutil.rmtree(root / ".buildsys", ignore_errors=True)
+    if tool.name.startswith("doit ("):
+        for db in root.glob(f".doit-{tool.name[6:-1]}.db*"):
+            db.unlink()
+
+
 def measure(bench: Bench, repeat: int, log: Callable[[str], None], bin_dir: Path) -> dict[str, Row]:
     rows = {t.name: Row() for t in tools(bin_dir)}
     every = set(bench.nodes)
-    for tool in tools(bin_dir):
-        timing, _ = run(tool.build, bench.root, tool.env)
-        after = stamp_times(bench.root, tool)
-        if set(after) != every:
-            raise SystemExit(f"{tool.name}: cold build made {len(after)} stamps, expected {len(every)}")
-        rows[tool.name].cold = timing
-        log(f"cold   {tool.name:<16} {timing.wall:8.3f} s (CPU {timing.cpu:.3f} s)")
+    # Cold builds: each tool from nothing, one tool after the other per round (load hits all alike).
+    for r in range(repeat):
+        for tool in tools(bin_dir):
+            if r:
+                reset(bench.root, tool)
+            timing, _ = run(tool.build, bench.root, tool.env)
+            after = stamp_times(bench.root, tool)
+            if set(after) != every:
+                raise SystemExit(f"{tool.name}: cold build made {len(after)} stamps, expected {len(every)}")
+            rows[tool.name].colds.append(timing)
+            log(f"cold   {tool.name:<16} {timing.wall:8.3f} s (CPU {timing.cpu:.3f} s)")
     # No-op: every form of every tool once per round, so a change in machine load hits all alike.
     forms = [(tool, label, cmd) for tool in tools(bin_dir) for label, cmd in [("", tool.build), *tool.variants.items()]]
     stamps = {tool.name: stamp_times(bench.root, tool) for tool in tools(bin_dir)}
@@ -460,8 +477,8 @@ def report(
         f"{files:,} input files. Wall-clock seconds, median of {repeat} runs (CPU = user+system seconds "
         "of the command and its children).",
         "",
-        "| tool | cold build | no-op rebuild (wall / CPU) | no-op, other form | after changing 1 input "
-        f"| steps rerun (expected {expected}) | after `touch` (mtime only) |",
+        "| tool | cold build (wall / CPU) | no-op rebuild (wall / CPU) | no-op, other form "
+        f"| after changing 1 input (wall / CPU) | steps rerun (expected {expected}) | after `touch` (mtime only) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
@@ -469,8 +486,8 @@ def report(
         exact = "exactly those" if row.change_exact else "NOT the expected set"
         counts = ", ".join(str(c) for c in sorted(set(row.change_reran)))
         lines.append(
-            f"| {name} | {row.cold.wall:.2f} | **{wall(row.noop):.3f}** / {cpu(row.noop):.3f} | {other} | "
-            f"{wall(row.change):.3f} | {counts} ({exact}) | {row.touch_reran} reran |"
+            f"| {name} | {wall(row.colds):.2f} / {cpu(row.colds):.2f} | **{wall(row.noop):.3f}** / {cpu(row.noop):.3f} | "
+            f"{other} | {wall(row.change):.3f} / {cpu(row.change):.3f} | {counts} ({exact}) | {row.touch_reran} reran |"
         )
     bs = rows["buildsys"].noop
     best: dict[str, tuple[str, list[Timing]]] = {}
@@ -489,6 +506,8 @@ def report(
         f"No-op, buildsys vs the fastest make form ({make_label}): buildsys/make = "
         f"**{wall(bs) / wall(make):.1f}×** wall, {cpu(bs) / cpu(make):.1f}× CPU (target ≤ 2×).",
         "",
+        *_targets(rows),
+        "",
         "| command (3-step project) | median wall | median CPU | runs (wall) |",
         "|---|---:|---:|---|",
     ]
@@ -498,12 +517,61 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def profile(bench: Bench, bin_dir: Path, log: Callable[[str], None], top: int = 14) -> str:
+    """cProfile of one buildsys rebuild after a change and one cold build (run last: it changes
+    the project): the functions with the most cumulative time, buildsys's own and the libraries'."""
+    import io
+    import pstats
+
+    buildsys = next(t for t in tools(bin_dir) if t.name == "buildsys")
+    python = str(bin_dir / "python")
+    out = []
+    for label in ("rebuild after changing 1 input", "cold build"):
+        if label == "cold build":
+            reset(bench.root, buildsys)
+        else:
+            with open(bench.root / bench.nodes["g01s0"].files[0], "a") as fh:
+                fh.write("profiled change\n")
+        target = bench.root.parent / f"{label.split()[0]}.prof"
+        timing, _ = run([python, "-m", "cProfile", "-o", str(target), *buildsys.build], bench.root)
+        text = io.StringIO()
+        stats = pstats.Stats(str(target), stream=text)
+        stats.sort_stats("cumulative").print_stats(r"buildsys/(?!cli/|launcher|__main__)|sqlite3|yaml|pickle|json", top)
+        rows = [line for line in text.getvalue().splitlines() if line.strip() and line.lstrip()[0].isdigit()]
+        total = getattr(stats, "total_tt", 0.0)
+        out += [f"{label} under cProfile: {total:.2f} s profiled ({timing.wall:.2f} s wall), top {top} by cumulative time:", "",
+                "```", *(re.sub(r"\S*site-packages/|\S*/buildsys/", "", line) for line in rows), "```", ""]
+        log(f"profiled {label}: {target}")
+    return "\n".join(out)
+
+
+def _targets(rows: dict[str, Row]) -> list[str]:
+    """Issue 18's targets: a rebuild after one change faster than doit and within 3x of make, a
+    cold build faster than doit and within 2x of make (doit: its fastest backend for each)."""
+    bs, make = rows["buildsys"], rows["make"]
+    doits = [row for name, row in rows.items() if name.startswith("doit")]
+    out = []
+    for label, limit in (("cold build", 2.0), ("rebuild after changing 1 input", 3.0)):
+        pick: Callable[[Row], list[Timing]] = (lambda r: r.colds) if label == "cold build" else (lambda r: r.change)
+        doit = min(doits, key=lambda r: wall(pick(r)))
+        vs_doit, vs_make = wall(pick(doit)) / wall(pick(bs)), wall(pick(bs)) / wall(pick(make))
+        cpu_doit, cpu_make = cpu(pick(doit)) / cpu(pick(bs)), cpu(pick(bs)) / cpu(pick(make))
+        met = "met" if vs_doit > 1 and vs_make <= limit else "NOT met"
+        out.append(
+            f"{label[0].upper() + label[1:]}: doit/buildsys = **{vs_doit:.2f}×** wall ({cpu_doit:.2f}× CPU), "
+            f"buildsys/make = **{vs_make:.2f}×** wall ({cpu_make:.2f}× CPU); target faster than doit and "
+            f"≤ {limit:.0f}× make: **{met}** (on wall time)."
+        )
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per no-op / change figure (default 5)")
     parser.add_argument("--groups", type=int, default=GROUPS, help="groups of 4 deployments (default 50: full size)")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the generated projects")
+    parser.add_argument("--profile", action="store_true", help="also profile a rebuild after a change and a cold build")
     parser.add_argument(
         "--install", choices=("wheel", "editable"), default="wheel", help="how buildsys and doit are installed (default: wheel)"
     )
@@ -520,6 +588,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = measure(bench, args.repeat, log, bin_dir)
         small = small_timings(base / "small", args.repeat, bin_dir)
         text = report(rows, small, bench, args.repeat, started, bin_dir, args.install)
+        if args.profile:
+            text += "\n" + profile(bench, bin_dir, log)
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
