@@ -71,14 +71,19 @@ async def _handshake(ws: WebSocket, services: Services, scope: str) -> RunScope 
     return run_scope
 
 
+# what sending on a socket the client already left raises: starlette's disconnect, its RuntimeError
+# for a socket closed already, and the server's OSError (uvicorn's ClientDisconnected)
+_GONE = (WebSocketDisconnect, RuntimeError, OSError)
+
+
 async def _refuse(ws: WebSocket, reason: str) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(*_GONE):
         await ws.send_text(json.dumps({"type": "auth_failure", "reason": reason}))
     await _close(ws, 1008)
 
 
 async def _close(ws: WebSocket, code: int) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(*_GONE):
         await ws.close(code)
 
 
