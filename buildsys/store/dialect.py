@@ -105,6 +105,10 @@ class Database:
         """A driver error as a message for people, or None when it is a bug."""
         return None
 
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        """What the driver raises: a ROLLBACK or close on a broken connection fails with one of these."""
+        raise NotImplementedError
+
     def change_token(self) -> object:
         """Something that changes whenever another connection commits work that may be claimable
         (used by waiting claims); None when the dialect cannot tell (then they poll)."""
@@ -145,7 +149,7 @@ class Database:
             yield Tx(self, cursor)
             cursor.execute("COMMIT")
         except BaseException as exc:
-            with suppress(Exception):
+            with suppress(*self.driver_errors()):  # a broken connection: the error that broke it is raised
                 cursor.execute("ROLLBACK")
             problem = self.translate(exc) if isinstance(exc, Exception) else None
             if problem is not None:
@@ -177,7 +181,7 @@ class Database:
         if os.getpid() != self._pid:
             return
         for conn in conns:
-            with suppress(Exception):
+            with suppress(*self.driver_errors()):
                 conn.close()
         self._local = threading.local()
 
@@ -226,6 +230,9 @@ class SqliteDatabase(Database):
 
     def poll_interval(self) -> float:
         return 0.01  # PRAGMA data_version is a cheap in-memory check
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
 
     def translate(self, exc: BaseException) -> StateError | None:
         if isinstance(exc, StateError):
@@ -359,6 +366,11 @@ class PostgresDatabase(Database):
 
     def _begin(self, conn: Any, write: bool) -> None:
         conn.execute("BEGIN")
+
+    def driver_errors(self) -> tuple[type[BaseException], ...]:
+        import psycopg
+
+        return (psycopg.Error,)
 
     def translate(self, exc: BaseException) -> StateError | None:
         import psycopg
