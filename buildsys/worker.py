@@ -353,6 +353,12 @@ class Worker:
                 active[run_id].cancel.set()
 
     def _schedule(self, now: float) -> None:
+        if self._api.remote:
+            # `buildsys server` turns schedules into runs itself (its housekeeping); a pass lists
+            # every deployment, so a fleet of workers repeating it over HTTP every few seconds
+            # would load the server with work that changes nothing (tests/bench/README.md,
+            # "Server at scale": 111 s per pass at 100,000 deployments)
+            return
         try:
             from buildsys.schedules import schedule_due_runs
         except ImportError:

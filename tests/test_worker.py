@@ -392,3 +392,26 @@ def test_worker_on_a_postgresql_store(fresh_postgres_url: str, project: Path, tm
     finally:
         workers.stop_all()
         pg.close()
+
+
+def test_a_worker_on_buildsys_server_leaves_schedules_to_the_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A schedule pass lists every deployment; the server already makes the runs, so workers over
+    HTTP do not repeat it (at 100,000 deployments one pass took 111 s over HTTP); on a file or
+    database store they still do."""
+    import buildsys.schedules
+    from buildsys.store.http import HttpStore
+    from buildsys.store.sql import SqlStore
+    from buildsys.worker import Worker, WorkerOptions
+
+    passes: list[object] = []
+    monkeypatch.setattr(buildsys.schedules, "schedule_due_runs", lambda store, now=None: passes.append(store) or [])
+    remote = HttpStore("http://127.0.0.1:9", retries=0)  # never called
+    local = SqlStore.sqlite(tmp_path / "state.db")
+    try:
+        Worker(remote, WorkerOptions(pool="p"))._schedule(0.0)
+        assert passes == []
+        Worker(local, WorkerOptions(pool="p"))._schedule(0.0)
+        assert passes == [local]
+    finally:
+        remote.close()
+        local.close()
