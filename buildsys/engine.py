@@ -22,6 +22,7 @@ from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
 from buildsys.noop import Previous
 from buildsys.reporter import Event, NullReporter, Reporter
+from buildsys.sensitive import secret_values
 from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
 
@@ -341,7 +342,7 @@ class Engine:
             env=dict(self.env),
             step_id=spec.id,
             step_name=spec.name,
-            secrets=set(full_scope.secrets),
+            secrets=set(full_scope.secrets) | secret_values(inputs),
             phase=spec.section,
         )
         components = self._components(node, stepdef, key_inputs, inputs, ctx)

@@ -530,4 +530,6 @@ def _report(labels: Sequence[str], flags: set[str]) -> None:
     if "--explain" in flags or "-v" in flags:
         lines = [f"= {label}  cached (unchanged)" for label in labels]
     lines.append(summary)
-    sys.stderr.write("\n".join(lines) + "\n")
+    from buildsys.printable import printable
+
+    sys.stderr.write(printable("\n".join(lines)) + "\n")

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from buildsys.plan import ABSENT, EMPTY_DEFAULTS, FieldChange, Plan, ResourceChange
+from buildsys.printable import printable
 from buildsys.sensitive import is_secret_name, mask_url_text
 from buildsys.templating import PLACEHOLDER, UNKNOWN, classify
 
@@ -27,7 +28,9 @@ Styler = Callable[[str, str], str]
 
 def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
     """The whole plan as text (ends with the summary line, or "No changes."); `full`: every value
-    whole (long ones are otherwise cut at MAX_WIDTH characters, a pool's template summarised)."""
+    whole (long ones are otherwise cut at MAX_WIDTH characters, a pool's template summarised).
+    Names and values are shown printable (control and bidi characters as escapes) before any
+    colour is added."""
     style = _styler(color)
     lines: list[str] = []
     source = plan.source
@@ -37,13 +40,13 @@ def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
             if source.get("ref")
             else str(source["commit"])[:12]
         )
-        lines.append(
+        lines.append(printable(
             f"Planned from {source.get('file')} at {at}"
             + (" with uncommitted changes" if source.get("dirty") else "")
-        )
+        ))
     for w in plan.warnings:  # each as `validate` prints it, `warning:` after the location if any
-        before, said, after = w.partition("warning: ")
-        lines.append(before + style(said, "yellow") + after if said else w)
+        before, said, after = (printable(part) for part in w.partition("warning: "))
+        lines.append(before + style(said, "yellow") + after if said else before)
     if source.get("dirty") and not source.get("commit"):
         lines.append(style("note: ", "yellow") + "planned from a working tree that has no commit yet")
     if lines:
@@ -53,10 +56,10 @@ def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
     if plan.orphans:
         lines.append(
             style("note: ", "yellow")
-            + f"{len(plan.orphans)} resource(s) owned by {plan.owner!r} are no longer declared "
+            + printable(f"{len(plan.orphans)} resource(s) owned by {plan.owner!r} are no longer declared ")
             + "(plan with --prune to delete them):"
         )
-        lines.extend(f"    {o}" for o in plan.orphans)
+        lines.extend(f"    {printable(o, one_line=True)}" for o in plan.orphans)
         lines.append("")
     if not plan.has_changes:
         lines.append(f"No changes. The store matches the project (serial {plan.serial}).")
@@ -67,20 +70,20 @@ def render_plan(plan: Plan, *, color: bool = False, full: bool = False) -> str:
 
 
 def render_change(change: ResourceChange, style: Styler, *, full: bool = False) -> list[str]:
-    head = f"{_SYMBOL[change.action]} {change.action} {change.kind} {change.name}"
+    head = f"{_SYMBOL[change.action]} {change.action} {change.kind} {printable(change.name, one_line=True)}"
     if change.previous_owner:
-        head += f" (owner: {change.previous_owner} → {change.owner})"
+        head += printable(f" (owner: {change.previous_owner} → {change.owner})", one_line=True)
     elif change.action == "update" and not change.fields:  # nothing else differs: an unowned one taken over
-        head += f" (owner: none → {change.owner})"
+        head += printable(f" (owner: none → {change.owner})", one_line=True)
     lines = [style(head, _COLOUR[change.action])]
     # A variable's value is secret when its name is (db_password, api_token).
     under = f"{change.name}." if change.kind == "variable" else ""
     if change.action == "create":
         for f in change.fields:
             shown = template_summary(change) if f.path == "base_job_template" and not full else None
-            lines.append(f"    {f.path}: {shown or show(f.new, under + f.path, full=full)}")
+            lines.append(printable(f"    {f.path}: {shown or show(f.new, under + f.path, full=full)}", one_line=True))
     elif change.action == "update":
-        lines += [f"    {field_line(f, under, full=full)}" for f in change.fields]
+        lines += [printable(f"    {field_line(f, under, full=full)}", one_line=True) for f in change.fields]
     lines.append("")
     return lines
 

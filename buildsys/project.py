@@ -7,7 +7,7 @@ a did-you-mean (errors under strict), and an invalid file fails before anything 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,16 @@ from buildsys.model import (
     VariableSpec,
     WorkPoolRef,
 )
+from buildsys.printable import printable, unsafe_characters
 from buildsys.schema import describe_path, schema_problems
+from buildsys.storable import name_problem, value_problems
 from buildsys.yamlsource import Located, SeveralDocuments, YamlError, load_yaml
 
 Path_ = tuple[str | int, ...]
+NAME_HINT = (
+    "names are stored, put in URLs and FLOW/DEPLOYMENT, and printed: use letters, digits, spaces, "
+    "`-`, `_` and `.`"
+)
 DOCKER_BUILD_NAMES = frozenset(
     {
         "build_docker_image",
@@ -89,7 +95,7 @@ def parse_project(
     except YamlError as exc:
         raise ProjectError(exc.diagnostics()) from None
     _check_kind(doc)
-    problems = list(schema_problems(doc, strict))
+    problems = [*schema_problems(doc, strict), *_unstorable(doc)]
     if any(p.is_error for p in problems):
         raise ProjectError(_sorted(problems))
     loader = _Narrower(doc, root, problems, file_exists)
@@ -99,6 +105,17 @@ def parse_project(
     if any(p.is_error for p in problems):
         raise ProjectError(_sorted(problems))
     return project
+
+
+def _unstorable(doc: Located) -> Iterator[Diagnostic]:
+    """Values the store could not hold as written (huge integers, NaN, NUL, lone surrogates): an
+    error here, where the file says them, not a crash of apply."""
+    data = doc.value if isinstance(doc.value, dict) else {}
+    for at, problem in value_problems(doc.value):
+        yield Diagnostic(
+            "error", problem, doc.loc(at), describe_path(data, at),
+            "quote it to keep it as text, or use a value in range" if "integer" in problem else None,
+        )  # fmt: skip
 
 
 def _sorted(problems: Sequence[Diagnostic]) -> list[Diagnostic]:
@@ -163,6 +180,17 @@ class _Narrower:
         self.problems.append(
             Diagnostic("error", message, self.doc.loc(path), describe_path(self.data, path), hint)
         )
+
+    def check_name(self, value: Any, path: Path_, what: str, *, characters_only: bool = False) -> None:
+        """A name the store could not hold or address, or a terminal could not show, is an error."""
+        if not isinstance(value, str) or value == "":  # an empty name is an absent one (said elsewhere)
+            return
+        problem = name_problem(value)
+        if characters_only and problem and unsafe_characters(value) == []:
+            return
+        if problem:
+            shown = printable(value, one_line=True)
+            self.error(f"{what} '{shown}' {problem}", path, NAME_HINT)
 
     def warn(self, message: str, path: Path_, hint: str | None = None) -> None:
         self.problems.append(
@@ -241,6 +269,7 @@ class _Narrower:
         if sid is not None and not isinstance(sid, str):
             self.error("a step id must be a string", (*path, name, "id"), f'quote it: id: "{sid}"')
             sid = str(sid)
+        self.check_name(sid, (*path, name, "id"), "step id", characters_only=True)
         return StepSpec(
             name=str(name),
             inputs={k: v for k, v in body.items() if k not in RESERVED_STEP_KEYS},
@@ -301,6 +330,8 @@ class _Narrower:
         name = str(name)
         if name.endswith(".py"):
             name = name[:-3]
+        self.check_name(name, (*path, "name"), "deployment name")
+        self.check_name(raw.get("flow_name"), (*path, "flow_name"), "flow name")
         own: dict[str, tuple[StepSpec, ...] | None] = {
             s: self.section(raw.get(s), (*path, s), s) for s in ("build", "push", "pull") if s in raw
         }
@@ -309,6 +340,8 @@ class _Narrower:
         pull, pull_default = self.effective_pull(raw, own, top, build or ())
         wp: dict[str, Any] = raw["work_pool"] if isinstance(raw.get("work_pool"), dict) else {}
         wp = self.legacy_work_pool(raw, wp, path)
+        self.check_name(wp.get("name"), (*path, "work_pool", "name"), "work pool name")
+        self.check_name(wp.get("work_queue_name"), (*path, "work_pool", "work_queue_name"), "work queue name")
         paused = self.legacy_paused(raw, path)
         entrypoint = _str_or_none(raw.get("entrypoint"))
         if entrypoint is None:
@@ -573,6 +606,10 @@ class _Narrower:
             if name in names:
                 self.error(f"work pool {name!r} is declared twice", (*path, "name"))
             names.add(name)
+            self.check_name(raw["name"], (*path, "name"), "work pool name")
+            for j, q in enumerate(raw.get("queues") or []):
+                if isinstance(q, dict):
+                    self.check_name(q.get("name"), (*path, "queues", j, "name"), "work queue name")
             queues = tuple(
                 QueueSpec(
                     name=str(q.get("name")),

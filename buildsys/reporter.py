@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from buildsys.printable import printable
+
 
 @dataclass(frozen=True)
 class Event:
@@ -50,7 +52,12 @@ class PlainReporter:
             self.write(line)
 
     def format(self, e: Event) -> str | None:
-        """The line an event prints as, or None when it prints nothing at this verbosity."""
+        """The line an event prints as (control and bidi characters shown as escapes), or None when
+        it prints nothing at this verbosity."""
+        line = self._format(e)
+        return None if line is None else printable(line)
+
+    def _format(self, e: Event) -> str | None:
         if self.verbosity < 0 and e.kind not in ("failed", "summary", "message"):
             return None
         if e.kind == "start":
@@ -64,7 +71,7 @@ class PlainReporter:
         if e.kind == "skipped":
             return f"- {e.label}  not run: {e.reason}"
         if e.kind == "log":
-            return f"  {e.label} │ {e.text}" if self.verbosity >= 0 else None
+            return f"  {e.label} │ {printable(e.text, one_line=True)}" if self.verbosity >= 0 else None
         if e.kind in ("summary", "message"):
             return e.text
         return None
@@ -125,7 +132,7 @@ class RichReporter:
         for label, started in items:
             # Text, never markup strings: a label such as `build[0: x]` is shown as it is, and no
             # style tag can leak into the output as text
-            table.add_row(Spinner("dots"), Text(label), Text(f"{now - started:.1f}s", style="dim"))
+            table.add_row(Spinner("dots"), Text(printable(label)), Text(f"{now - started:.1f}s", style="dim"))
         return table
 
     def event(self, e: Event) -> None:

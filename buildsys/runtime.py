@@ -178,6 +178,7 @@ def run_pull_steps(
     A step that sets the working directory moves later steps there; the final ``directory`` is
     left for the caller to change into.
     """
+    from buildsys.sensitive import mask_url_text, mask_values, secret_values
     from buildsys.templating import Scope, env_blocks, render_inputs
 
     outputs: dict[str, dict[str, Any]] = {}
@@ -194,9 +195,14 @@ def run_pull_steps(
         try:
             definition = _step_definition(name, root, (step_targets or {}).get(name), _requires(raw))
             rendered = render_inputs(inputs, scope, held=definition.held, path=where)
-            result, sets_cwd = _call_step(definition, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit)
+            # the build's secret rule: templated secrets, and what the inputs hold under secret names
+            secrets = set(scope.secrets) | secret_values(rendered)
+            result, sets_cwd = _call_step(
+                definition, rendered, root=root, cwd=cwd, env=env, step_id=step_id, emit=emit, secrets=secrets
+            )
         except Exception as exc:
-            raise RuntimeFailure(f"pull step {where} failed: {_describe(exc)}", EXIT_PULL_FAILED) from exc
+            said = mask_url_text(mask_values(_describe(exc), scope.secrets | secret_values(inputs)))
+            raise RuntimeFailure(f"pull step {where} failed: {said}", EXIT_PULL_FAILED) from exc
         if step_id:
             ids.add(step_id)
         outputs[label] = result
@@ -256,11 +262,13 @@ def _call_step(
     env: Mapping[str, str],
     step_id: str | None,
     emit: Callable[[str], None],
+    secrets: set[str],
 ) -> tuple[dict[str, Any], bool]:
     from buildsys.step import Context
 
     ctx = Context(
-        root=root, cwd=cwd, env=dict(env), step_id=step_id, step_name=definition.name, emit=emit, phase="pull"
+        root=root, cwd=cwd, env=dict(env), step_id=step_id, step_name=definition.name, emit=emit, phase="pull",
+        secrets=secrets,
     )
     result = definition(ctx, **inputs)
     return (dict(result) if isinstance(result, Mapping) else {}), bool(definition.sets_cwd)

@@ -65,6 +65,22 @@ def mask_named(value: Any, name: str = "") -> Any:
     return value
 
 
+def secret_values(value: Any, name: str = "") -> set[str]:
+    """Every text under a secret name in ``value`` (a step's `access_token`, `credentials`, an
+    `env` entry named `API_TOKEN`): what a step's output must show as MASK, like the values of
+    secret environment variables and blocks that templates brought in."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found |= secret_values(item, str(key) if not (name and is_secret_name(name)) else name)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found |= secret_values(item, name)
+    elif isinstance(value, str) and value and name and is_secret_name(name):
+        found.add(value)
+    return found
+
+
 def _mask_all(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _mask_all(v) for k, v in value.items()}

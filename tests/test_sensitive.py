@@ -98,3 +98,23 @@ def test_a_password_in_the_state_url_is_never_printed(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "hunter2-pass" not in done.stdout + done.stderr
     assert f"http://user:{MASK}@127.0.0.1:1" in done.stderr
+
+
+def test_pull_steps_mask_secrets_as_build_steps_do(isolated: Path) -> None:
+    from buildsys.runtime import RuntimeFailure, run_pull_steps
+
+    env = {"PATH": os.environ["PATH"], "DB_PASSWORD": "hunter2-db", "PLAIN": "visible"}
+    lines: list[str] = []
+    steps = [
+        {"run_shell_script": {"script": "echo db={{ $DB_PASSWORD }} plain={{ $PLAIN }}"}},
+        {"run_shell_script": {"script": "echo token=$API_TOKEN", "expand_env_vars": True,
+                              "env": {"API_TOKEN": "literal-s3cret"}}},  # a literal under a secret name
+    ]
+    run_pull_steps(steps, root=isolated, env=env, variables={}, emit=lines.append)
+    assert [line for line in lines if not line.startswith("Running pull step")] == [
+        f"db={MASK} plain=visible", f"token={MASK}",
+    ]
+    with pytest.raises(RuntimeFailure) as err:
+        run_pull_steps([{"run_shell_script": {"script": "no-such-command-{{ $DB_PASSWORD }}"}}],
+                       root=isolated, env=env, variables={}, emit=lines.append)
+    assert "hunter2-db" not in str(err.value) and MASK in str(err.value)

@@ -6,6 +6,7 @@ Heavy modules are imported only by the command that needs them, so `--help` stay
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from datetime import datetime
 import click
 
 from buildsys.cli.app import App, common_options
+from buildsys.printable import printable
 
 # command name -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -126,10 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         _fail(app, args, exc, 1)
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()  # a usage error repeats what was typed: shown printable, as all output
+        exc.show(file=shown)
+        click.echo(printable(shown.getvalue()), err=True, nl=False)
         _fail(app, args, exc, 1 if exc.exit_code == 2 else exc.exit_code)
     except BuildsysError as exc:
-        click.echo(exc.render(), err=True)
+        click.echo(printable(exc.render()), err=True)
         _fail(app, args, exc, exc.exit_code)
     except KeyboardInterrupt as exc:
         click.echo("Interrupted.", err=True)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from buildsys.printable import printable
+
 if TYPE_CHECKING:
     from buildsys.errors import Diagnostic
     from buildsys.model import Project
@@ -76,13 +78,15 @@ class App:
             self.json_lines = self.json
         return self._reporter
 
-    def echo(self, text: str = "", *, err: bool = False) -> None:
-        """Human output; suppressed on stdout under --json (machine output only there)."""
+    def echo(self, text: str = "", *, err: bool = False, styled: bool = False) -> None:
+        """Human output; suppressed on stdout under --json (machine output only there). Control and
+        bidi characters are shown as escapes (`buildsys.printable`); `styled` text was made
+        printable by its renderer, which added its own colour codes."""
         if self.json and not err:
             return
         if self.verbosity < 0 and not err:
             return
-        click.echo(text, err=err, color=self.use_color)
+        click.echo(text if styled else printable(text), err=err, color=self.use_color)
 
     def warn(self, warning: Diagnostic | str) -> None:
         """A warning: on stderr for people; under --json also in the command's JSON document."""
@@ -90,7 +94,7 @@ class App:
 
         diagnostic = warning if isinstance(warning, Diagnostic) else Diagnostic("warning", warning)
         self.warnings.append(diagnostic)
-        click.echo(diagnostic.render(), err=True, color=self.use_color)
+        click.echo(printable(diagnostic.render()), err=True, color=self.use_color)
 
     def emit_json(self, payload: object) -> None:
         """The command's one JSON document on stdout; an object also carries the warnings said."""

@@ -4,6 +4,7 @@ tag a step produced, say), without running anything — as `terraform output` re
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -45,7 +46,9 @@ def output(app: App, reference: str) -> None:
     value = outputs[key] if key else outputs
     if app.json:
         app.emit_json({"step": step, "key": key or None, "value": value})
-    elif isinstance(value, str):
-        click.echo(value)
     else:
-        click.echo(json.dumps(value, indent=2, default=str))
+        from buildsys.printable import printable
+
+        text = value if isinstance(value, str) else json.dumps(value, indent=2, default=str)
+        # exactly the value for `$(buildsys output …)`; on a terminal, shown printable like all output
+        click.echo(printable(text) if sys.stdout.isatty() else text)

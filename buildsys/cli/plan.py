@@ -111,4 +111,4 @@ def show_plan(app: App, result: Plan, *, full: bool = False) -> None:
     if app.json:
         app.emit_json(result.to_dict())
     else:
-        app.echo(render_plan(result, color=app.use_color, full=full).rstrip("\n"))
+        app.echo(render_plan(result, color=app.use_color, full=full).rstrip("\n"), styled=True)

@@ -41,7 +41,7 @@ def _check(app: App, path: Path, strict: bool) -> dict[str, Any]:
     errors = sum(1 for p in problems if p.is_error)
     if not app.json:
         for p in problems:
-            click.echo(p.render(), err=True)
+            app.echo(p.render(), err=True)
         warnings = len(problems) - errors
         if errors:
             app.echo(f"{path}: invalid ({errors} error{'s' * (errors != 1)}, "

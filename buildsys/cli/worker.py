@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.printable import printable
 
 
 @click.group()
@@ -76,7 +77,7 @@ def start(
 
     def notify(message: str) -> None:
         with lock:
-            click.echo(message, err=app.json)
+            click.echo(printable(message), err=app.json)
             sys.stdout.flush()
 
     runner = Worker(store, options, notify=notify)

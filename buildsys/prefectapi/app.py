@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.prefectapi.bodies import SCHEMAS
 from buildsys.prefectapi.context import ApiError, Call, Services
+from buildsys.server.endpoints import PrintableJSONResponse
 from buildsys.store.base import StateStore
 
 log = logging.getLogger("buildsys.prefectapi")
@@ -168,7 +169,7 @@ def _endpoint(
                 return result
             if result is None:
                 return Response(status_code=204)
-            return JSONResponse(result, status_code=ep.status)
+            return PrintableJSONResponse(result, status_code=ep.status)
         except ApiError as exc:
             return error(exc.status, exc.message, exc.headers)
         except BuildsysError as exc:
@@ -233,29 +234,20 @@ def _no_constants(name: str) -> Any:
 
 
 def check_text(value: Any, where: str) -> None:
-    """Strings a database can store: no NUL characters, no lone surrogates (422, not a 500)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ApiError(422, f"{where}: NUL characters are not allowed in strings")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(422, f"{where}: a string holds a lone surrogate (not valid Unicode)") from None
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    """What the store cannot hold (NUL characters, lone surrogates, integers past 64 bits:
+    `buildsys.storable`, the rule of every door) is a 422 naming the field, not a 500."""
+    from buildsys.storable import value_problems
+    from buildsys.storable import where as path_of
+
+    for at, problem in value_problems(value):
+        raise ApiError(422, f"{path_of(at, where)}: {problem}")
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     extra = dict(headers or {})
     if status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
-    return JSONResponse({"detail": message}, status_code=status, headers=extra or None)
+    return PrintableJSONResponse({"detail": message}, status_code=status, headers=extra or None)
 
 
 def _store_error(exc: BuildsysError) -> JSONResponse:

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.server.auth import Authenticator
 from buildsys.server.cachetable import CacheTable
-from buildsys.server.endpoints import ApiError, Call, Endpoint, Services
+from buildsys.server.endpoints import ApiError, Call, Endpoint, PrintableJSONResponse, Services
 from buildsys.server.guard import GuardPolicy, RequestGuard
 from buildsys.server.routes import ENDPOINTS
 from buildsys.server.schemas import shipped_components
@@ -153,7 +153,7 @@ def _endpoint(
             payload = await ep.handler(Call(request, services, body, path, query))
             if isinstance(payload, Response):
                 return payload
-            return JSONResponse(payload, status_code=ep.status)
+            return PrintableJSONResponse(payload, status_code=ep.status)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except BuildsysError as exc:
@@ -223,34 +223,19 @@ def _no_constants(name: str) -> Any:
 
 
 def _reject_nul(value: Any, where: str) -> None:
-    """Databases refuse NUL characters and lone surrogates in text and integers past 64 bits: say
-    so (422) rather than fail inside the store (500)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise ApiError(422, "invalid_request", f"{where}: NUL characters are not allowed in strings")
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ApiError(
-                        422, "invalid_request", f"{where}: a string holds a lone surrogate (\\ud800-\\udfff)"
-                    ) from None
-        elif isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
-            raise ApiError(422, "invalid_request", f"{where}: the integer {str(item)[:20]}… is out of range (64 bits)")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+    """What the store cannot hold (NUL characters, lone surrogates, integers past 64 bits:
+    `buildsys.storable`) is a 422 naming where, not a 500 from inside the store."""
+    from buildsys.storable import value_problems
+    from buildsys.storable import where as path_of
+
+    for at, problem in value_problems(value):
+        raise ApiError(422, "invalid_request", f"{path_of(at, where)}: {problem}")
 
 
 def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     error = {"code": code, "message": message} | ({"hint": hint} if hint else {})
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    return PrintableJSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _store_error(exc: BuildsysError) -> JSONResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,25 @@ from functools import partial
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from buildsys.printable import printable_json
 from buildsys.store.base import StateStore
 
 T = TypeVar("T")
+
+
+def json_body(content: Any) -> bytes:
+    """A reply's JSON with control, bidi and invisible characters spelled as `\\uXXXX` (the same
+    document once parsed; safe when `curl` shows it on a terminal, and a lone surrogate that came
+    from another door cannot make the reply fail to encode)."""
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return printable_json(text).encode("utf-8")
+
+
+class PrintableJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json_body(content)
 
 
 class ApiError(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from buildsys.server.endpoints import ApiError, Call
+from buildsys.server.endpoints import ApiError, Call, json_body
 from buildsys.server.schemas import MAX_WAIT_SECONDS, shipped_document
 from buildsys.store.base import TERMINAL, Change, FlowRun, LogEntry, Resource, TaskRun
 
@@ -103,7 +103,7 @@ async def _listing(call: Call, kind: str | None) -> Any:
                 return before, resources  # in the store's order (kind, name)
 
     serial, resources = await call.sync(read)
-    body = json.dumps(_page(resources, call, serial), ensure_ascii=False, separators=(",", ":")).encode()
+    body = json_body(_page(resources, call, serial))
     if len(cache) >= PAGE_CACHE_ENTRIES:
         cache.clear()
     cache[key] = (serial, body)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from buildsys.errors import StateError
 from buildsys.store.base import FlowRun, LogLine, Resource, WorkerInfo
 
 RESOURCE_COLUMNS = "kind, name, spec, owner, source, id, created_at, updated_at, serial"
@@ -57,16 +58,53 @@ def dump(value: Any) -> str:
 
 def check_json(value: Any, what: str) -> None:
     """StateError when `value` cannot be stored as JSON (sets, objects, NaN …)."""
+    from buildsys.storable import value_problems, where
+
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        from buildsys.errors import StateError
-
         raise StateError(f"{what} cannot be stored: it is not plain JSON ({exc})") from exc
+    for at, problem in value_problems(value):
+        raise StateError(f"{what} cannot be stored: {where(at) or 'the value'}: {problem}")
 
 
 def load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+DAMAGED_HINT = (
+    "restore the store from a `buildsys state export` file (`buildsys state import`), "
+    "or move the store away and apply again to start afresh"
+)
+
+
+class DamagedRecord(StateError):
+    """A record the store holds but cannot read (edited by hand, bytes flipped): says which record
+    (the table, and the row by its name or id); the store adds where it is kept (`located`)."""
+
+    def __init__(self, what: str, table: str, text: Any, expected: str) -> None:
+        self.detail = f"{what} (table {table}) is {repr(text)[:60]}, not {expected}"
+        super().__init__(f"the state store is damaged: {self.detail}", hint=DAMAGED_HINT)
+
+    def located(self, store: str) -> StateError:
+        return StateError(f"the state store {store} is damaged: {self.detail}", hint=self.hint)
+
+
+_KINDS_OF_JSON: dict[type, str] = {dict: "a JSON object", list: "a JSON list"}
+
+
+def read_json(text: Any, what: str, table: str, kind: type | None = None, *, reader: Callable[[str], Any] = json.loads) -> Any:
+    """A JSON column's value; DamagedRecord naming the record when it is not JSON (of `kind`)."""
+    try:
+        value = reader(text) if isinstance(text, str) else _NOT_TEXT
+    except (ValueError, RecursionError):
+        value = _NOT_TEXT
+    if value is _NOT_TEXT or (kind is not None and not isinstance(value, kind)):
+        raise DamagedRecord(what, table, text, _KINDS_OF_JSON.get(kind, "JSON") if kind else "JSON")
+    return value
+
+
+_NOT_TEXT = object()
 
 
 class SharedSpecs:
@@ -96,12 +134,13 @@ class SharedSpecs:
 
 def resource_from_row(row: tuple[Any, ...], read_spec: Callable[[str], Any] = json.loads) -> Resource:
     kind, name, spec, owner, source, rid, created, updated, serial = row
+    what = f"{kind} {name!r}"
     return Resource(
         kind=kind,
         name=name,
-        spec=_spec(kind, name, spec, read_spec),
+        spec=read_json(spec, f"the spec of {what}", "resources", dict, reader=read_spec),
         owner=owner,
-        source=load(source),
+        source=None if source is None else read_json(source, f"the source of {what}", "resources", dict),
         id=rid,
         created_at=float(created),
         updated_at=float(updated),
@@ -109,28 +148,11 @@ def resource_from_row(row: tuple[Any, ...], read_spec: Callable[[str], Any] = js
     )
 
 
-def _spec(kind: str, name: str, text: Any, read_spec: Callable[[str], Any]) -> Any:
-    """A stored spec, or a clear error when the store was damaged (edited by hand, bytes flipped)."""
-    from buildsys.errors import StateError
-
-    try:
-        value = read_spec(text) if isinstance(text, str) else None
-    except (ValueError, RecursionError):
-        value = None
-    if not isinstance(value, dict):
-        shown = repr(text)[:60]
-        raise StateError(
-            f"the state store is damaged: the spec of {kind} {name!r} is {shown}, not a JSON object",
-            hint="restore the store from a `buildsys state export` file (`buildsys state import`), "
-            "or move the store away and apply again to start afresh",
-        )
-    return value
-
-
 def run_from_row(row: tuple[Any, ...]) -> FlowRun:
     data = dict(zip(RUN_FIELDS, row, strict=True))
     for key in _JSON_RUN_FIELDS:
-        data[key] = json.loads(data[key])
+        kind = list if key == "tags" else dict
+        data[key] = read_json(data[key], f"the {key} of flow run {data['id']}", "flow_runs", kind)
     data["tags"] = tuple(data["tags"])
     data["auto_scheduled"] = bool(data["auto_scheduled"])
     return FlowRun(**data)

@@ -7,12 +7,16 @@ SELECT … FOR UPDATE). Dialect differences live in dialect.py, runs in sqlruns.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from buildsys.errors import ConflictError, StateError
+from buildsys.printable import printable
+from buildsys.storable import resource_name_problem
 from buildsys.store import sqlapplies, sqlclaims, sqlengine, sqlhistory, sqlruns
 from buildsys.store.base import (
     KINDS,
@@ -32,6 +36,7 @@ from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, T
 from buildsys.store.migrations import migrate
 from buildsys.store.rows import (
     RESOURCE_COLUMNS,
+    DamagedRecord,
     SharedSpecs,
     check_json,
     dump,
@@ -42,8 +47,30 @@ from buildsys.store.snapshot import export_store, import_store
 from buildsys.store.transitions import DEFAULT_LEASE_SECONDS, Decision, Proposal
 
 ACTIONS = ("create", "update", "delete")
+C = TypeVar("C", bound=type)
 
 
+def _naming_the_store(cls: C) -> C:
+    """Every public call of the store: a damaged record's error also says which store holds it
+    (the file, or the database's URL without its password)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _located(member))
+    return cls
+
+
+def _located(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(self: SqlStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except DamagedRecord as exc:
+            raise exc.located(self.where) from None
+
+    return call
+
+
+@_naming_the_store
 class SqlStore:
     """The StateStore protocol over SQL (see base.StateStore for the semantics of each call)."""
 
@@ -350,6 +377,9 @@ def _check_shapes(changes: Sequence[Change]) -> None:
         _check_kind(change.kind)
         if not isinstance(change.name, str) or not change.name:
             raise StateError(f"a {change.kind} change has no name")
+        problem = resource_name_problem(change.kind, change.name) if change.action == "create" else None
+        if problem:
+            raise StateError(f"{change.kind} '{printable(change.name, one_line=True)}': the name {problem}")
         if change.action != "delete" and not isinstance(change.spec, Mapping):
             raise StateError(f"{label}: the change carries no spec")
         check_json(change.spec, f"the spec of {change.kind} {change.name!r}")

@@ -9,7 +9,6 @@ concurrency limit must be counted consistently.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
 from buildsys.store.dialect import Database, Tx, now
-from buildsys.store.rows import RUN_COLUMNS, run_from_row
+from buildsys.store.rows import RUN_COLUMNS, read_json, run_from_row
 from buildsys.store.sqlruns import Move, ended, record_worker, save_runs
 
 _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
@@ -173,7 +172,7 @@ def claim_once(
 
 def _pool_rules(tx: Tx, pool: str) -> PoolRules:
     row = tx.one("SELECT spec FROM resources WHERE kind = 'pool' AND name = ?", (pool,))
-    return PoolRules.from_spec(json.loads(row[0]) if row else None)
+    return PoolRules.from_spec(read_json(row[0], f"the spec of pool {pool!r}", "resources", dict) if row else None)
 
 
 # every claim runs this: it walks the partial index resources_pool_limited (migration 5), so its
@@ -189,12 +188,12 @@ def _deployment_limits(tx: Tx, pool: str) -> tuple[dict[str, int], frozenset[str
     CANCEL_NEW (a run that would exceed the limit is cancelled instead of waiting)."""
     rows = tx.run(DEPLOYMENT_LIMITS_SQL, (pool,))
     limits = {str(name): int(limit) for name, limit, _ in rows}
-    cancel_new = frozenset(str(name) for name, _, spec in rows if _collision_strategy(spec) == "CANCEL_NEW")
+    cancel_new = frozenset(str(name) for name, _, spec in rows if _collision_strategy(name, spec) == "CANCEL_NEW")
     return limits, cancel_new
 
 
-def _collision_strategy(spec_text: str) -> str:
-    options = json.loads(spec_text).get("concurrency_options")
+def _collision_strategy(name: str, spec_text: str) -> str:
+    options = read_json(spec_text, f"the spec of deployment {name!r}", "resources", dict).get("concurrency_options")
     strategy = options.get("collision_strategy") if isinstance(options, Mapping) else None
     return str(strategy).upper() if strategy else "ENQUEUE"
 

@@ -4,7 +4,6 @@ runs, artifacts, concurrency leases for tagged tasks and flows (written through 
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from buildsys.store.rows import (
     RUN_COLUMNS,
     check_json,
     dump,
+    read_json,
     resource_from_row,
     run_from_row,
     run_name,
@@ -232,7 +232,9 @@ def _task_from_row(row: tuple[Any, ...]) -> TaskRun:
         id=tid, flow_run_id=frid, name=name, task_key=key, dynamic_key=dyn, state=state, state_name=sname,
         state_message=msg, state_ts=float(sts), created_at=float(created),
         started_at=None if started is None else float(started), ended_at=None if ended is None else float(ended),
-        run_count=int(count), cached=bool(cached), tags=tuple(json.loads(tags)), history=tuple(json.loads(history)),
+        run_count=int(count), cached=bool(cached),
+        tags=tuple(read_json(tags, f"the tags of task run {tid}", "task_runs", list)),
+        history=tuple(read_json(history, f"the history of task run {tid}", "task_runs", list)),
     )  # fmt: skip
 
 
@@ -267,7 +269,7 @@ def list_artifacts(db: Database, *, flow_run_id: str | None, key: str | None, li
     with db.tx() as tx:
         rows = tx.run(sql + " ORDER BY created_at, id LIMIT ?", (*params, limit))
     return [
-        Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=json.loads(data), created_at=float(c))
+        Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=read_json(data, f"the data of artifact {a}", "artifacts"), created_at=float(c))
         for a, f, t, k, ty, d, data, c in rows
     ]
 
@@ -397,7 +399,7 @@ def export_rows(tx: Tx) -> dict[str, Any]:
     return {
         "task_runs": [{**t.to_dict(), "tags": list(t.tags), "history": [dict(h) for h in t.history]} for t in tasks],
         "artifacts": [
-            Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=json.loads(data),
+            Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=read_json(data, f"the data of artifact {a}", "artifacts"),
                      created_at=float(c)).to_dict()
             for a, f, t, k, ty, d, data, c in artifacts
         ],

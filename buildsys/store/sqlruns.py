@@ -27,6 +27,7 @@ from buildsys.store.rows import (
     RUN_FIELDS,
     check_json,
     log_from_row,
+    read_json,
     run_from_row,
     run_name,
     run_to_row,
@@ -64,7 +65,8 @@ def create_run(
                 f"deployment {deployment!r} not found in the state store",
                 hint="deployments are named FLOW/DEPLOYMENT; `buildsys apply` creates them",
             )
-        deployment_id, spec = str(row[0]), _spec(row[1])
+        deployment_id = str(row[0])
+        spec = read_json(row[1], f"the spec of deployment {deployment!r}", "resources", dict)
         if idempotency_key is not None:
             existing = tx.one(
                 f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment_id = ? AND idempotency_key = ?",
@@ -90,13 +92,6 @@ def create_run(
         )
         assert stored is not None
         return run_from_row(stored)
-
-
-def _spec(text: str) -> dict[str, Any]:
-    import json
-
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
 
 
 def _new_run(

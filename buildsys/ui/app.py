@@ -12,12 +12,14 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.printable import printable
 from buildsys.server.auth import Authenticator
 from buildsys.server.endpoints import Services
 from buildsys.ui.runs import state_key
@@ -49,6 +51,7 @@ class Ui:
             autoescape=select_autoescape(default=True, default_for_string=True),
             trim_blocks=True,
             lstrip_blocks=True,
+            finalize=_printable,  # every `{{ value }}`: control and bidi characters as escapes
         )
         self.env.filters["when"] = when
         self.env.filters["ago"] = ago
@@ -163,3 +166,11 @@ def duration(seconds: float | None) -> str:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _printable(value: Any) -> Any:
+    """What a page shows of a value: text with control and bidi characters as escapes (a name
+    holding U+202E cannot reorder the line it is shown in); markup keeps its kind."""
+    if isinstance(value, Markup):
+        return Markup(printable(str(value)))
+    return printable(value) if isinstance(value, str) else value

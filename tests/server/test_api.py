@@ -136,19 +136,19 @@ def test_apply_against_a_moved_serial_is_refused_whole(deployed: httpx.Client) -
         (
             b'{"changes": [{"action": "create", "kind": "pool", "name": "a\\u0000b", "spec": {}}]}',
             422,
-            error("invalid_request", "body: NUL characters are not allowed in strings"),
+            error("invalid_request", "body.changes[0].name: the text holds a NUL character (\\x00), which databases cannot store"),
         ),
         (
             b'{"changes": [{"action": "create", "kind": "pool", "name": "a\\ud800", "spec": {"type": "process"}}], '
             b'"expected_serial": 0}',
             422,
-            error("invalid_request", "body: a string holds a lone surrogate (\\ud800-\\udfff)"),
+            error("invalid_request", "body.changes[0].name: the text holds a lone surrogate (\\ud800-\\udfff), which is not a character"),
         ),
         (
             b'{"changes": [{"action": "create", "kind": "pool", "name": "p", "spec": {"type": "process", '
             b'"concurrency_limit": 1' + b"0" * 30 + b'}}], "expected_serial": 0}',
             422,
-            error("invalid_request", "body: the integer 10000000000000000000\u2026 is out of range (64 bits)"),
+            error("invalid_request", "body.changes[0].spec.concurrency_limit: the integer 10000000000000000000\u2026 (31 digits) is out of range (stored integers are 64-bit: at most 2**63-1 in size)"),
         ),
         (b"[" * 30_000 + b"]" * 30_000, 400, None),
         (b"x" * (64 * 1024 + 1), 413, error("too_large", "the request body is larger than 65536 bytes")),

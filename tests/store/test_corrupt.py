@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from buildsys.errors import StateError
 from buildsys.store import open_store
 from buildsys.store.base import Change
 from buildsys.store.sql import SqlStore
+from tests.store.contract import SOURCE, deployment_spec, pool_spec
 
 
 def test_an_empty_file_is_not_a_new_store(tmp_path: Path) -> None:
@@ -33,6 +35,62 @@ def test_a_damaged_spec_is_a_clear_error(tmp_path: Path, spec: str) -> None:
     with SqlStore.sqlite(path) as store, pytest.raises(StateError) as err:
         store.list_resources("variable")
     assert err.value.message == (
-        f"the state store is damaged: the spec of variable 'region' is {spec!r}, not a JSON object"
+        f"the state store {path} is damaged: the spec of variable 'region' (table resources) is {spec!r}, "
+        "not a JSON object"
     )
     assert "buildsys state export" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "call", "expected"),
+    [
+        ("flow_runs", "parameters", "not json", lambda s, _run: s.list_runs(),
+         "the parameters of flow run {run} (table flow_runs) is 'not json', not a JSON object"),
+        ("flow_runs", "tags", '{"a": 1}', lambda s, run: s.get_run(run),
+         "the tags of flow run {run} (table flow_runs) is '{{\"a\": 1}}', not a JSON list"),
+        ("resources", "source", "\x00", lambda s, _run: s.get_resource("deployment", "etl/nightly"),
+         "the source of deployment 'etl/nightly' (table resources) is '\\x00', not a JSON object"),
+        ("resources", "spec", "[]", lambda s, _run: s.create_run("etl/nightly"),
+         "the spec of deployment 'etl/nightly' (table resources) is '[]', not a JSON object"),
+        ("resources", "spec", "nul", lambda s, _run: s.claim_runs("local", "w"),
+         "the spec of pool 'local' (table resources) is 'nul', not a JSON object"),
+    ],
+    ids=["run-parameters", "run-tags", "source", "spec-when-creating-a-run", "pool-spec-when-claiming"],
+)
+def test_every_damaged_record_names_the_store_and_the_row(
+    tmp_path: Path, table: str, column: str, value: str, call: Any, expected: str
+) -> None:
+    path = tmp_path / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([Change("create", "pool", "local", pool_spec(), "p", SOURCE),
+                     Change("create", "deployment", "etl/nightly", deployment_spec(), "p", SOURCE)], expected_serial=0)
+        run = store.create_run("etl/nightly")
+    where = "id = ?" if table == "flow_runs" else "name = ?"
+    name = run.id if table == "flow_runs" else ("local" if "pool" in expected else "etl/nightly")
+    with sqlite3.connect(path) as db:
+        db.execute(f"update {table} set {column} = ? where {where}", (value, name))
+    with SqlStore.sqlite(path) as store, pytest.raises(StateError) as err:
+        call(store, run.id)
+    assert err.value.message == f"the state store {path} is damaged: " + expected.format(run=run.id)
+    assert err.value.hint and "buildsys state import" in err.value.hint
+
+
+def test_the_cli_says_which_store_and_row_is_damaged(isolated: Path) -> None:
+    import subprocess
+    import sys
+
+    path = isolated / ".buildsys" / "state.db"
+    with SqlStore.sqlite(path) as store:
+        store.apply([Change("create", "pool", "local", pool_spec(), "p", SOURCE),
+                     Change("create", "deployment", "etl/nightly", deployment_spec(), "p", SOURCE)], expected_serial=0)
+        run = store.create_run("etl/nightly")
+    with sqlite3.connect(path) as db:
+        db.execute("update flow_runs set job_variables = '{' where id = ?", (run.id,))
+    result = subprocess.run([sys.executable, "-m", "buildsys", "runs", "ls"], cwd=isolated, capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: the state store {path} is damaged: the job_variables of flow run {run.id} (table flow_runs) is "
+        "'{', not a JSON object\n  hint: restore the store from a `buildsys state export` file (`buildsys state "
+        "import`), or move the store away and apply again to start afresh\n"
+    )
