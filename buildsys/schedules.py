@@ -228,45 +228,96 @@ def idempotency_key(deployment_id: str, moment: float) -> str:
     return f"scheduled {deployment_id} {iso}"
 
 
-def deployment_schedules(deployment: Resource) -> list[Schedule]:
-    """The deployment's active schedules (bad ones raise ScheduleError naming the deployment)."""
+def deployment_schedules(deployment: Resource) -> tuple[list[Schedule], list[ScheduleError]]:
+    """The deployment's active schedules, and an error naming the deployment for each one that
+    cannot be read (the others are still followed)."""
     items = deployment.spec.get("schedules") or []
     if not isinstance(items, list | tuple):
-        raise ScheduleError(f"deployment {deployment.name}: schedules must be a list")
-    found = []
+        return [], [ScheduleError(f"deployment {deployment.name}: schedules must be a list")]
+    found, unreadable = [], []
     for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise ScheduleError(f"deployment {deployment.name}: schedules[{i}] must be a mapping")
-        schedule = parse_schedule(item, f"deployment {deployment.name}: schedules[{i}]")
+        try:
+            if not isinstance(item, Mapping):
+                raise ScheduleError(f"deployment {deployment.name}: schedules[{i}] must be a mapping")
+            schedule = parse_schedule(item, f"deployment {deployment.name}: schedules[{i}]")
+        except ScheduleError as exc:
+            unreadable.append(exc)
+            continue
         if schedule.active:
             found.append(schedule)
-    return found
+    return found, unreadable
+
+
+@dataclass(frozen=True)
+class Round:
+    """One pass of the scheduler: the runs it created, and each deployment it could not schedule
+    (name → why). One deployment's failure never stops the others'."""
+
+    created: list[FlowRun]
+    failed: dict[str, str]
+    scheduled: frozenset[str]  # the deployments that were due for scheduling this round
 
 
 def schedule_due_runs(store: StateStore, now: float | None = None) -> list[FlowRun]:
-    """Create the missing scheduled runs of every schedulable deployment; returns the runs created.
+    """Create the missing scheduled runs of every schedulable deployment; returns the runs created
+    (`schedule_round` also says which deployments failed and why)."""
+    return schedule_round(store, now).created
 
-    A deployment with a schedule that cannot be parsed is skipped (the others still get their runs);
-    `plan`/`validate` report such schedules to the user long before this runs.
-    """
+
+def schedule_round(store: StateStore, now: float | None = None) -> Round:
+    """Create the missing scheduled runs of every schedulable deployment, each on its own: a
+    deployment whose schedule cannot be read or whose runs cannot be created (no work pool, a
+    damaged record) is reported in `failed`, and every other deployment still gets its runs."""
     moment = time.time() if now is None else now
     paused_pools = {p.name for p in store.list_resources("pool") if p.spec.get("paused")}
     created: list[FlowRun] = []
+    failed: dict[str, str] = {}
+    scheduled: set[str] = set()
     for deployment in store.list_resources("deployment"):
         if deployment.spec.get("paused") or deployment.spec.get("work_pool_name") in paused_pools:
             continue
+        scheduled.add(deployment.name)
         try:
-            schedules = deployment_schedules(deployment)
-        except ScheduleError:
-            continue
-        if schedules:
-            created.extend(_schedule_deployment(store, deployment, schedules, moment))
-    return created
+            schedules, unreadable = deployment_schedules(deployment)
+            if schedules:
+                _schedule_deployment(store, deployment, schedules, moment, created)
+            if unreadable:
+                raise unreadable[0]
+        except BuildsysError as exc:
+            failed[deployment.name] = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        except Exception as exc:  # a bug must not stop every deployment after this one either
+            failed[deployment.name] = f"internal error: {type(exc).__name__}: {exc}"
+    return Round(created, failed, frozenset(scheduled))
+
+
+class FailureReports:
+    """Turns rounds into what to tell people: each deployment's failure once (again only when
+    the reason changes), and once when it is scheduled again; not the same line every round."""
+
+    def __init__(self) -> None:
+        self._said: dict[str, str] = {}
+
+    def news(self, round_: Round) -> list[tuple[bool, str]]:
+        """(failed, line) for each thing to say after this round: failures first."""
+        lines = [
+            (True, f"Scheduled runs of deployment {name} cannot be created: {why}")
+            for name, why in sorted(round_.failed.items())
+            if self._said.get(name) != why
+        ]
+        lines += [
+            (False, f"Scheduled runs of deployment {name} are created again.")
+            for name in sorted(set(self._said) - set(round_.failed))
+            if name in round_.scheduled
+        ]
+        self._said = dict(round_.failed)
+        return lines
 
 
 def _schedule_deployment(
-    store: StateStore, deployment: Resource, schedules: list[Schedule], now: float
-) -> list[FlowRun]:
+    store: StateStore, deployment: Resource, schedules: list[Schedule], now: float, created: list[FlowRun]
+) -> None:
+    """Add the deployment's missing runs to `created`; a schedule that cannot be followed does not
+    stop the deployment's other schedules (its error is raised after them)."""
     anchor = float(math.floor(deployment.created_at or now))
     deployment_id = deployment.id or deployment.name
     # a cheap pre-check; the idempotency key is what really prevents duplicates
@@ -275,11 +326,12 @@ def _schedule_deployment(
         for run in store.list_runs(deployment=deployment.name, limit=10 * MAX_RUNS)
         if run.auto_scheduled
     }
-    created = []
+    unreadable: ScheduleError | None = None
     for schedule in schedules:
         try:
             times = upcoming(schedule, now, anchor=anchor)
-        except ScheduleError:
+        except ScheduleError as exc:
+            unreadable = unreadable or exc
             continue
         for moment in times:
             key = idempotency_key(deployment_id, moment)
@@ -294,4 +346,5 @@ def _schedule_deployment(
             )
             existing.add(key)
             created.append(run)
-    return created
+    if unreadable is not None:
+        raise unreadable

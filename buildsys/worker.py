@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.engineapi import EngineApi
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError, StateError
@@ -45,6 +45,9 @@ from buildsys.store.base import (
     FlowRun,
     StateStore,
 )
+
+if TYPE_CHECKING:
+    from buildsys.schedules import FailureReports
 
 __all__ = ["Worker", "WorkerOptions", "default_worker_name", "ensure_pool"]
 
@@ -188,6 +191,7 @@ class Worker:
         self._registered: dict[str, str] | None = None
         self._api = EngineApi(store)
         self._api_failed = False
+        self._schedule_reports: FailureReports | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -353,20 +357,25 @@ class Worker:
                 active[run_id].cancel.set()
 
     def _schedule(self, now: float) -> None:
-        if self._api.remote:
-            # `buildsys server` turns schedules into runs itself (its housekeeping); a pass lists
-            # every deployment, so a fleet of workers repeating it over HTTP every few seconds
-            # would load the server with work that changes nothing (tests/bench/README.md,
-            # "Server at scale": 111 s per pass at 100,000 deployments)
+        """Scheduled deployments → runs, when no server does it; each deployment's failure is said
+        once, not every round."""
+        if self._api.remote or getattr(self.store, "schedules_itself", False):
+            # `buildsys server` turns schedules into runs itself (its housekeeping), and so does a
+            # Prefect server; a pass lists every deployment, so a fleet of workers repeating it over
+            # HTTP every few seconds would load the server with work that changes nothing
+            # (tests/bench/README.md, "Server at scale": 111 s per pass at 100,000 deployments),
+            # and a worker's token may not create runs anyway
             return
+        from buildsys.schedules import FailureReports, schedule_round
+
+        self._schedule_reports = self._schedule_reports or FailureReports()
         try:
-            from buildsys.schedules import schedule_due_runs
-        except ImportError:
-            return
-        try:
-            schedule_due_runs(self.store, now)
+            round_ = schedule_round(self.store, now)
         except BuildsysError as exc:
             self.notify(f"Scheduling runs failed: {exc.message}")
+            return
+        for _failed, line in self._schedule_reports.news(round_):
+            self.notify(line)
 
     # --- one run ----------------------------------------------------------------------------
 

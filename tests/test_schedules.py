@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from buildsys.schedules import (
+    FailureReports,
     ScheduleError,
     idempotency_key,
     parse_interval,
     parse_schedule,
     schedule_due_runs,
+    schedule_round,
     upcoming,
 )
 from buildsys.store.base import Change
@@ -216,3 +218,33 @@ def test_concurrent_schedulers_never_duplicate(store: SqlStore, tmp_path: Path) 
     runs = store.list_runs(deployment="f/minutely", limit=1000)
     assert len(runs) == 60
     assert len({r.scheduled_at for r in runs}) == 60
+
+
+def test_one_bad_deployment_never_stops_the_others_and_is_said_once(store: SqlStore) -> None:
+    # sorted first: a scheduled deployment without a work pool, and one with a schedule that
+    # cannot be followed next to one that can
+    store.apply([Change("create", "deployment", "f/a-no-pool", {"flow_name": "f", "name": "a-no-pool",
+                                                                 "schedules": [{"interval": 600, "anchor_date": "2026-01-01T00:00:00Z"}]})],
+                expected_serial=None)
+    deploy(store, "b-half", [{"cron": "not a cron"}, {"interval": 3600, "anchor_date": "2026-01-01T00:00:00Z"}])
+    deploy(store, "c-fine", [{"cron": "0 * * * *"}])
+    reports = FailureReports()
+    first = schedule_round(store, now=NOW)
+    assert sorted((r.deployment, r.scheduled_at) for r in first.created) == [
+        *(("f/b-half", NOW + 3600 * k) for k in (1, 2, 3)),
+        *(("f/c-fine", NOW + 3600 * k) for k in (1, 2, 3)),
+    ]
+    no_pool = ("deployment 'f/a-no-pool' has no work pool, so no worker could run it "
+               "(set work_pool.name on the deployment in prefect.yaml and apply)")
+    assert first.failed == {"f/a-no-pool": no_pool, "f/b-half": first.failed["f/b-half"]}
+    assert "not a cron" in first.failed["f/b-half"]
+    assert reports.news(first) == [
+        (True, f"Scheduled runs of deployment f/a-no-pool cannot be created: {no_pool}"),
+        (True, f"Scheduled runs of deployment f/b-half cannot be created: {first.failed['f/b-half']}"),
+    ]
+    assert reports.news(schedule_round(store, now=NOW)) == []  # the same failures are not said again
+    fixed = {"flow_name": "f", "name": "a-no-pool", "work_pool_name": "local", "schedules": [{"interval": 600, "anchor_date": "2026-01-01T00:00:00Z"}]}
+    store.apply([Change("update", "deployment", "f/a-no-pool", fixed)], expected_serial=None)
+    again = schedule_round(store, now=NOW)
+    assert reports.news(again) == [(False, "Scheduled runs of deployment f/a-no-pool are created again.")]
+    assert len([r for r in again.created if r.deployment == "f/a-no-pool"]) == 6  # every 10 minutes for an hour

@@ -276,15 +276,41 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 async def _housekeeping(services: Services, settings: Settings) -> None:
-    from buildsys.schedules import schedule_due_runs
+    """Every few seconds: scheduled deployments → runs, expired leases → crashed or retried runs.
+    The two never depend on each other, and one deployment's scheduling failure is logged once
+    (and when it recovers), never blocking the other deployments."""
+    from buildsys.schedules import FailureReports, schedule_round
 
     store = services.store
+    reports = FailureReports()
+    said: dict[str, str] = {}  # what failed whole, and how: said once, not every round
     while True:
+        changed = False
         try:
-            created = await services.run(schedule_due_runs, store)
-            expired = await services.run(store.expire_leases)
-            if created or expired:
-                services.runs_changed.notify()
-        except Exception:  # keep serving; the next round tries again
-            log.exception("housekeeping failed")
+            round_ = await services.run(schedule_round, store)
+            changed = bool(round_.created)
+            for failed, line in reports.news(round_):
+                (log.warning if failed else log.info)("%s", line)
+            said.pop("scheduling", None)
+        except Exception as exc:  # the listing itself failed (a damaged record, the database away)
+            _say_once(said, "scheduling", exc)
+        try:
+            changed = bool(await services.run(store.expire_leases)) or changed
+            said.pop("expiring leases", None)
+        except Exception as exc:
+            _say_once(said, "expiring leases", exc)
+        if changed:
+            services.runs_changed.notify()
         await services.resources_changed.wait(settings.housekeeping_seconds)
+
+
+def _say_once(said: dict[str, str], what: str, exc: Exception) -> None:
+    """Log a housekeeping step's failure when it is new (a bug with its traceback), not every round."""
+    text = exc.render() if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
+    if said.get(what) == text:
+        return
+    said[what] = text
+    if isinstance(exc, BuildsysError):
+        log.error("%s failed (the server tries again every round): %s", what, text)
+    else:
+        log.exception("%s failed (the server tries again every round)", what)

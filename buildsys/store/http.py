@@ -50,6 +50,8 @@ class AuthenticationError(StateError):
 class HttpStore:
     """StateStore over `buildsys server`'s JSON API."""
 
+    schedules_itself = True  # the server turns schedules into runs; its workers need not (nor may, with a worker token)
+
     def __init__(
         self,
         url: str,

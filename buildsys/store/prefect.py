@@ -37,6 +37,8 @@ META = "_prefect"  # spec key holding Prefect's ids and `updated` stamp (never c
 class PrefectStore(PrefectRuns):
     """StateStore (and StepwiseStore) over a Prefect server's API."""
 
+    schedules_itself = True  # Prefect's own scheduler makes the runs of scheduled deployments
+
     def __init__(
         self, url: str, *, key_env: str | None = None, transport: httpx.BaseTransport | None = None
     ) -> None:

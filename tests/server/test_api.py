@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -410,3 +412,41 @@ def test_store_calls_run_on_a_fixed_set_of_threads(deployed: httpx.Client) -> No
         statuses = list(pool.map(lambda _: deployed.get(f"{API}/serial").status_code, range(200)))
     assert statuses == [200] * 200
     assert len(store_threads() - before) <= 8
+
+
+def test_one_bad_deployment_never_stops_scheduling_nor_lease_expiry(
+    store: SqlStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="buildsys.server")
+    daily = [{"interval": 86400, "timezone": "UTC"}]
+    no_pool = {"action": "create", "kind": "deployment", "name": "etl/a-no-pool",  # sorts first
+               "spec": {"flow_name": "etl", "name": "a-no-pool", "entrypoint": "flows.py:etl", "schedules": daily}}
+    fine = {**DEPLOYMENT, "spec": {**DEPLOYMENT["spec"], "schedules": daily}}
+
+    def lost_worker() -> str:  # a run whose worker died: its lease expires
+        store.create_run("etl/nightly")
+        (claimed,) = store.claim_runs("local", "dead-worker", lease_seconds=0.05)
+        return claimed.id
+
+    def crashed(run_id: str) -> bool:
+        return store.get_run(run_id).state == "CRASHED"
+
+    with threaded_server(store, settings=Settings(housekeeping_seconds=0.1)) as url, httpx.Client(base_url=url) as c:
+        assert c.post(f"{API}/apply", json={"changes": [POOL, no_pool, fine]}).status_code == 200
+        wait_for(lambda: len(store.list_runs(deployment="etl/nightly")) >= 3, 20, "the runs of etl/nightly")
+        first = lost_worker()
+        wait_for(lambda: crashed(first), 20, "the expired lease handled")
+        # a damaged record makes the whole scheduling pass fail: leases still expire
+        with sqlite3.connect(tmp_path / "server.db") as db:
+            db.execute("update resources set spec = 'not json' where name = 'etl/a-no-pool'")
+        second = lost_worker()
+        wait_for(lambda: crashed(second), 20, "the expired lease handled while scheduling fails")
+        third = lost_worker()
+        wait_for(lambda: crashed(third), 20, "a later round")
+    said = [r.getMessage() for r in caplog.records if "a-no-pool" in r.getMessage()]
+    assert said[0] == (
+        "Scheduled runs of deployment etl/a-no-pool cannot be created: deployment 'etl/a-no-pool' has no work "
+        "pool, so no worker could run it (set work_pool.name on the deployment in prefect.yaml and apply)"
+    )
+    assert said[-1].startswith("scheduling failed (the server tries again every round): error: the state store")
+    assert len(said) == len(set(said)) <= 3  # each said once (the damage may first be met creating a run)
