@@ -9,6 +9,7 @@ import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.printable import printable
 
 if TYPE_CHECKING:
     from buildsys.engine import Decision
@@ -58,11 +59,11 @@ def graph(app: App, fmt: str, deployments: tuple[str, ...], with_push: bool, ups
         return
     notes = {k: _note(d) for k, d in decisions.items()} if decisions is not None else {}
     if fmt == "dot":
-        click.echo(g.to_dot(step_graph, notes=notes, pull=pull))
+        click.echo(printable(g.to_dot(step_graph, notes=notes, pull=pull)))
     elif fmt == "mermaid":
-        click.echo(g.to_mermaid(step_graph, notes=notes, pull=pull))
+        click.echo(printable(g.to_mermaid(step_graph, notes=notes, pull=pull)))
     else:
-        click.echo(g.to_text(step_graph, notes=notes, pull=pull))
+        click.echo(printable(g.to_text(step_graph, notes=notes, pull=pull)))
 
 
 def _graph(

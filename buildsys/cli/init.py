@@ -10,6 +10,7 @@ import click
 
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.errors import BuildsysError
+from buildsys.printable import printable
 from buildsys.recipes.manifest import (
     FieldSpec,
     MissingFieldsError,
@@ -115,7 +116,7 @@ def _prompt(spec: FieldSpec) -> str:
         problem = spec.problem(value)
         if problem is None:
             return value
-        click.echo(f"  {spec.name} {problem}", err=True)
+        click.echo(printable(f"  {spec.name} {problem}"), err=True)
 
 
 def _report(app: App, recipe: Recipe, result: RenderResult) -> None:
