@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -186,6 +187,31 @@ class Database:
         self._local = threading.local()
 
 
+def _create_atomically(path: Path) -> None:
+    """A new store file appears whole (a SQLite header in WAL mode) or not at all: SQLite would
+    create an empty file first, which another process opening the store at that moment (two
+    applies at once) must not take for a truncated store."""
+    temp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.new")
+    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask decides, as for SQLite's own
+    try:
+        conn = sqlite3.connect(temp)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")  # writes the header: the file is a database now
+        finally:
+            conn.close()
+        try:
+            os.link(temp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(temp, path)
+    finally:
+        for leftover in (temp, f"{temp}-wal", f"{temp}-shm"):
+            with suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
 class SqliteDatabase(Database):
     """A SQLite file in WAL mode; writers take the lock up front (BEGIN IMMEDIATE)."""
 
@@ -203,8 +229,10 @@ class SqliteDatabase(Database):
             )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                _create_atomically(path)
         except OSError as exc:
-            raise StateError(f"cannot create the directory for the state store {path}: {exc}") from exc
+            raise StateError(f"cannot create the state store {path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         try:

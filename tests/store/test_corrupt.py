@@ -94,3 +94,16 @@ def test_the_cli_says_which_store_and_row_is_damaged(isolated: Path) -> None:
         "'{', not a JSON object\n  hint: restore the store from a `buildsys state export` file (`buildsys state "
         "import`), or move the store away and apply again to start afresh\n"
     )
+
+
+def test_a_new_store_file_appears_whole(tmp_path: Path) -> None:
+    """SQLite creates an empty file first; another process opening the store then (two applies at
+    once on a new project) took it for a truncated store. The file now appears with its header."""
+    from buildsys.store.dialect import SqliteDatabase
+
+    path = tmp_path / "new" / "state.db"
+    SqliteDatabase(path)  # no connection yet
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.db"]  # no temporary file left
+    with open_store(str(path), root=tmp_path) as store:
+        assert store.serial() == 0
