@@ -11,6 +11,7 @@ from typing import Any
 
 from buildsys.store.base import AppliedChanges, Change
 from buildsys.store.dialect import Database, Tx
+from buildsys.store.rows import read_json
 
 KEEP = 200
 MAX_SPECS = 500
@@ -26,7 +27,7 @@ def before(tx: Tx, changes: Sequence[Change]) -> dict[tuple[str, str], Mapping[s
         chunk = touched[start : start + 500]
         marks = " OR ".join("(kind = ? AND name = ?)" for _ in chunk)
         rows = tx.run(f"SELECT kind, name, spec FROM resources WHERE {marks}", [v for c in chunk for v in (c.kind, c.name)])
-        found.update({(str(k), str(n)): json.loads(s) for k, n, s in rows})
+        found.update({(str(k), str(n)): read_json(s, f"the spec of {k} {n!r}", "resources", dict) for k, n, s in rows})
     return found
 
 

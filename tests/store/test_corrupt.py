@@ -54,8 +54,12 @@ def test_a_damaged_spec_is_a_clear_error(tmp_path: Path, spec: str) -> None:
          "the spec of deployment 'etl/nightly' (table resources) is '[]', not a JSON object"),
         ("resources", "spec", "nul", lambda s, _run: s.claim_runs("local", "w"),
          "the spec of pool 'local' (table resources) is 'nul', not a JSON object"),
+        ("resources", "spec", "x", lambda s, _run: s.apply([Change("update", "pool", "local", pool_spec(), "p")],
+                                                           expected_serial=None),
+         "the spec of pool 'local' (table resources) is 'x', not a JSON object"),
     ],
-    ids=["run-parameters", "run-tags", "source", "spec-when-creating-a-run", "pool-spec-when-claiming"],
+    ids=["run-parameters", "run-tags", "source", "spec-when-creating-a-run", "pool-spec-when-claiming",
+         "spec-when-updating"],
 )
 def test_every_damaged_record_names_the_store_and_the_row(
     tmp_path: Path, table: str, column: str, value: str, call: Any, expected: str
