@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -152,6 +153,8 @@ class Engine:
         self.shared = shared  # a cache shared between machines (buildsys.sharedcache), or None
         self.graph = graph
         self.jobs = max(1, jobs or os.cpu_count() or 1)
+        # steps run `jobs` at a time; with a shared cache more threads wait on its answers meanwhile
+        self._slots = threading.BoundedSemaphore(self.jobs)
         self.use_cache = use_cache
         self.keep_going = keep_going
         self.reporter = reporter or NullReporter()
@@ -187,7 +190,8 @@ class Engine:
         ready = [k for k in order if waiting[k] == 0]
         stop = False
         try:
-            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as pool:
+            threads = self.jobs + (SHARED_LOOKUPS if self.shared is not None else 0)
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="step") as pool:
                 running: dict[Future[NodeResult], str] = {}
                 while ready or running:
                     while ready and not stop:
@@ -319,7 +323,8 @@ class Engine:
             decision = self._decided.pop(key, None) or self.decide(key)
             if decision.cached:
                 return self._reuse(node, decision)
-            return self._perform(node, stepdef, decision, started)
+            with self._slots:
+                return self._perform(node, stepdef, decision, started)
         except BuildsysError as exc:
             return self._failed(node, _error_text(exc), started)
         except Exception as exc:  # a bug in a step: report it as that step's failure
@@ -545,6 +550,7 @@ class Engine:
 
 
 STALE = "the cached result no longer exists"
+SHARED_LOOKUPS = 8  # threads beyond --jobs that only look results up in a shared cache (network waits)
 SHARED_HIT = "restored from the shared cache"
 SHARED_STALE = "the shared cache's result no longer exists"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,25 +34,47 @@ _LOOPBACK = ("127.", "localhost", "[::1]")
 def holds_image(ctx: Context, image: str, image_id: str, credentials: object) -> bool:
     """Whether the registry of ``image`` (``name:tag``) has that tag, and it is the image
     ``image_id`` (its config digest, or its manifest digest for a containerd-store engine)."""
+    session, repository, tag = _session(ctx, image, credentials)
+    reply = session.get(f"/v2/{repository}/manifests/{tag}")
+    if reply is None:
+        return False
+    found = {reply.headers.get("Docker-Content-Digest", "")}
+    manifest = reply.json()
+    if isinstance(manifest.get("manifests"), list):  # an index: the platform images in it
+        for child in manifest["manifests"][:MAX_CHILDREN]:
+            sub = session.get(f"/v2/{repository}/manifests/{child.get('digest')}")
+            if sub is not None:
+                found.add(str((sub.json().get("config") or {}).get("digest", "")))
+    else:
+        found.add(str((manifest.get("config") or {}).get("digest", "")))
+    return image_id in found
+
+
+def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None:
+    """The digest of the manifest ``image`` (``name:tag``) names in its registry; None when absent."""
+    session, repository, tag = _session(ctx, image, credentials)
+    reply = session.get(f"/v2/{repository}/manifests/{tag}", method="HEAD")
+    return None if reply is None else reply.headers.get("Docker-Content-Digest")
+
+
+# One session per registry, repository and login for the life of the process: the auth challenge
+# is answered once, then every check of a build is one request.
+_SESSIONS: dict[tuple[str, str, tuple[str, str] | None], _Session] = {}
+_LOCK = threading.Lock()
+
+
+def _session(ctx: Context, image: str, credentials: object) -> tuple[_Session, str, str]:
     registry, repository, tag = _parts(image)
     login = _login(ctx, registry, credentials)
     scheme = "http" if registry.startswith(_LOOPBACK) else "https"
     host = "registry-1.docker.io" if registry == "docker.io" else registry
-    with httpx.Client(base_url=f"{scheme}://{host}", timeout=httpx.Timeout(15.0, connect=5.0)) as client:
-        session = _Session(client, repository, login)
-        reply = session.get(f"/v2/{repository}/manifests/{tag}")
-        if reply is None:
-            return False
-        found = {reply.headers.get("Docker-Content-Digest", "")}
-        manifest = reply.json()
-        if isinstance(manifest.get("manifests"), list):  # an index: the platform images in it
-            for child in manifest["manifests"][:MAX_CHILDREN]:
-                sub = session.get(f"/v2/{repository}/manifests/{child.get('digest')}")
-                if sub is not None:
-                    found.add(str((sub.json().get("config") or {}).get("digest", "")))
-        else:
-            found.add(str((manifest.get("config") or {}).get("digest", "")))
-        return image_id in found
+    key = (f"{scheme}://{host}", repository, login)
+    with _LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            client = httpx.Client(base_url=key[0], timeout=httpx.Timeout(15.0, connect=5.0))
+            session = _SESSIONS[key] = _Session(client, repository, login)
+    return session, repository, tag
 
 
 class _Session:
@@ -59,13 +82,14 @@ class _Session:
         self.client, self.repository, self.login = client, repository, login
         self.headers: dict[str, str] = {"Accept": MANIFEST_TYPES}
 
-    def get(self, path: str) -> httpx.Response | None:
-        """The reply to GET `path` (after answering an auth challenge once); None for 404."""
+    def get(self, path: str, *, method: str = "GET") -> httpx.Response | None:
+        """The reply to GET (or HEAD) `path`, answering an auth challenge when one comes (a token
+        that expired is asked for again); None for 404."""
         try:
-            reply = self.client.get(path, headers=self.headers)
+            reply = self.client.request(method, path, headers=dict(self.headers))
             if reply.status_code == 401:
                 self._authenticate(reply.headers.get("WWW-Authenticate", ""))
-                reply = self.client.get(path, headers=self.headers)
+                reply = self.client.request(method, path, headers=dict(self.headers))
         except httpx.HTTPError as exc:
             raise StepError(f"registry {self.client.base_url} could not be reached: {exc}") from None
         if reply.status_code == 404:

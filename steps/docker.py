@@ -394,7 +394,16 @@ def _registry_still_has_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any]
     return registry_digest(client, image, auth) == digest
 
 
-push_docker_image.shared(_registry_still_has_it)
+@push_docker_image.shared
+def _registry_has_it_for_others(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+    """The registry still has the tag at the pushed digest (asked directly: one request once the
+    registry's auth challenge is answered, where the engine would log in for every check)."""
+    image, digest = outputs.get("image"), outputs.get("digest")
+    if not isinstance(image, str) or not isinstance(digest, str):
+        return False
+    from ._docker_registry import manifest_digest
+
+    return manifest_digest(ctx, image, inputs.get("credentials")) == digest
 
 
 def _split_tag(name: str, tag: str | None) -> tuple[str, str]:
