@@ -269,6 +269,17 @@ def test_a_cache_that_is_down_or_unauthenticated_is_a_warning_and_the_build_work
     ]
 
 
+def test_a_result_holding_a_secret_is_never_shared(runners: Runners, cache_bucket: str, s3_server: S3Server) -> None:
+    project = runners.origin / "prefect.yaml"
+    project.write_text(project.read_text().replace("folder: beta", 'folder: "{{ $DEPLOY_TOKEN }}"'))
+    subprocess.run(["git", "commit", "-q", "-am", "beta's folder from a secret"], cwd=runners.origin, check=True)
+    url = f"s3://{cache_bucket}/ci"
+    result = runners.push(runners.clone(), "--cache-from", url, "--cache-write", env={"DEPLOY_TOKEN": "s3cr3t-folder"})
+    assert (result["ran"], shared(result)) == (2, {"hits": 0, "written": 1, "refused": 0})
+    stored = s3_server.objects(cache_bucket)
+    assert len(stored) == 1 and b"s3cr3t-folder" not in next(iter(stored.values()))
+
+
 def test_bad_shared_cache_options_are_clear_errors(runners: Runners, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     runner = runners.clone()
