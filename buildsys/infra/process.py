@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines, shipped_job_template
-from buildsys.runtime import CONTROL_PREFIX, PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG
+from buildsys.runtime import CONTROL_PREFIX, PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG, control_event
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -97,7 +97,7 @@ class ProcessInfrastructure:
             return sink
 
         def watching(stream: str, line: str) -> None:
-            if line.startswith(CONTROL_PREFIX) and '"engine"' in line and not standby.prefect:
+            if not standby.prefect and line.startswith(CONTROL_PREFIX) and control_event(line[len(CONTROL_PREFIX) :]) == "engine":
                 threading.Thread(target=standby.preload_prefect, name="standby-prefect", daemon=True).start()
             sink(stream, line)
 
