@@ -248,11 +248,7 @@ def cache_project(root: Path, deployments: int, groups: int, base_image: str, re
             "    push:",
             "      - prefect_docker.deployments.steps.push_docker_image:",
             "          image_name: '{{ build_image.image_name }}'",
-            "          tag: '{{ build_image.tag }}'",
-            "          credentials:",
-            "            username: '{{ $REGISTRY_USER }}'",
-            "            password: '{{ $REGISTRY_PASSWORD }}'",
-            f"            registry_url: {registry}",
+            "          tag: '{{ build_image.tag }}'",  # the registry login is DOCKER_CONFIG's, as after `docker login`
         ]
     (root / "prefect.yaml").write_text("\n".join(lines) + "\n")
     (root / ".gitignore").write_text(".buildsys/\n")
