@@ -136,6 +136,9 @@ def test_wheel_layout_has_only_the_buildsys_package(installed_wheel: tuple[Path,
         assert f"buildsys/schemas/steps/{schema.name}" in names
     assert "buildsys/schemas/project.schema.json" in names
     assert "[buildsys.steps]" in entry_points
+    assert "[buildsys.pool_types]" in entry_points  # pool types register like steps
+    for module in ("manifest", "render", "cache"):
+        assert f"buildsys/recipes/{module}.py" in names
     assert "[console_scripts]\nbuildsys = buildsys.launcher:main" in entry_points
 
 
