@@ -254,7 +254,7 @@ def compiled_build(
     """The compiled build of `sections` of `deployments` (all when empty), reused while nothing it
     depends on changed: the project file, the code of the steps it uses, `code_key()`. A no-op
     build then neither parses YAML, validates schemas, scans entry points nor builds the graph."""
-    from buildsys.project import read_source
+    from buildsys.sourcefiles import read_source
 
     raw, _ = read_source(path)
     record = _record_path(path, COMPILED, code_key(), str(path), os.getcwd(), ",".join(sections), ",".join(deployments), raw)

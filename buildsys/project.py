@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import Diagnostic, Location, ProjectError
-from buildsys.infra import unknown_pool_type
 from buildsys.model import (
     RESERVED_STEP_KEYS,
     Deployment,
@@ -26,6 +25,7 @@ from buildsys.model import (
 )
 from buildsys.printable import printable, unsafe_characters
 from buildsys.schema import describe_path, schema_problems
+from buildsys.sourcefiles import read_source as read_source  # kept importable from here
 from buildsys.storable import name_problem, value_problems
 from buildsys.yamlsource import Located, SeveralDocuments, YamlError, load_yaml
 
@@ -59,29 +59,6 @@ def load_project(
     if text is None:
         _, text = read_source(file)
     return parse_project(text, file=str(path), root=file.resolve().parent, strict=strict, file_exists=file_exists)
-
-
-def read_source(path: Path) -> tuple[bytes, str]:
-    """A project file's bytes and text; a missing, unreadable or non-UTF-8 file is a ProjectError."""
-    from buildsys.sourcefiles import PROJECT_FILE_LIMIT, UnreadableFile, read_regular
-
-    shown = str(path)
-    try:  # regular files only, with a size limit: `-f /dev/zero` is an error, not a MemoryError
-        raw = read_regular(path, limit=PROJECT_FILE_LIMIT, what="project file")
-    except UnreadableFile as exc:
-        raise ProjectError([Diagnostic("error", exc.message, hint=exc.hint)]) from None
-    except FileNotFoundError:
-        raise ProjectError(
-            [Diagnostic("error", f"no project file at {shown}", hint="run `buildsys init` to create one, or pass -f PATH")]
-        ) from None
-    except IsADirectoryError:
-        raise ProjectError([Diagnostic("error", f"{shown} is a directory, not a project file")]) from None
-    except OSError as exc:
-        raise ProjectError([Diagnostic("error", f"cannot read {shown}: {exc.strerror or exc}")]) from None
-    try:
-        return raw, raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ProjectError([Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]) from None
 
 
 def parse_project(
@@ -623,6 +600,8 @@ class _Narrower:
                 if isinstance(q, dict)
             )
             pool_type = str(raw.get("type") or "process")
+            from buildsys.infra import unknown_pool_type  # plugin entry points: only for a project with pools
+
             problem = unknown_pool_type(pool_type) if isinstance(raw.get("type"), str) else None
             if problem is not None:
                 self.error(problem[0], (*path, "type"), hint=problem[1])

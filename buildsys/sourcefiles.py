@@ -72,3 +72,28 @@ def read_regular(path: Path | str, *, limit: int, what: str = "file") -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_source(path: Path) -> tuple[bytes, str]:
+    """A project file's bytes and text; a missing, unreadable or non-UTF-8 file is a ProjectError.
+    (Here rather than in buildsys.project: a cached build reads the file without importing the
+    loader, YAML and the schemas.)"""
+    from buildsys.errors import Diagnostic, Location, ProjectError
+
+    shown = str(path)
+    try:  # regular files only, with a size limit: `-f /dev/zero` is an error, not a MemoryError
+        raw = read_regular(path, limit=PROJECT_FILE_LIMIT, what="project file")
+    except UnreadableFile as exc:
+        raise ProjectError([Diagnostic("error", exc.message, hint=exc.hint)]) from None
+    except FileNotFoundError:
+        raise ProjectError(
+            [Diagnostic("error", f"no project file at {shown}", hint="run `buildsys init` to create one, or pass -f PATH")]
+        ) from None
+    except IsADirectoryError:
+        raise ProjectError([Diagnostic("error", f"{shown} is a directory, not a project file")]) from None
+    except OSError as exc:
+        raise ProjectError([Diagnostic("error", f"cannot read {shown}: {exc.strerror or exc}")]) from None
+    try:
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ProjectError([Diagnostic("error", f"{shown} is not UTF-8 text", Location(shown, 1, 1))]) from None

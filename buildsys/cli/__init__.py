@@ -9,9 +9,6 @@ import importlib
 import io
 import os
 import sys
-import tempfile
-import traceback
-from datetime import datetime
 
 import click
 
@@ -153,6 +150,10 @@ def _fail(app: App, args: list[str], error: BaseException, code: int, *, crash_l
 
 
 def _write_crash_log() -> str:
+    import tempfile  # only after a crash: tempfile and traceback cost every command's start-up
+    import traceback
+    from datetime import datetime
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, path = tempfile.mkstemp(prefix=f"buildsys-crash-{stamp}-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
