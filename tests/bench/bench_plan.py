@@ -6,6 +6,7 @@ change 1% of the deployments and plan + apply that. Times are medians of several
 columns include loading and validating the project file, as `buildsys plan` does.
 
     .venv/bin/python tests/bench/bench_plan.py [--sizes 100,1000,10000] [--runs 5]
+    .venv/bin/python tests/bench/bench_plan.py --ci [--sizes 1000,10000] [--compare OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -160,10 +161,64 @@ def cli_processes(n: int) -> dict[str, Any]:
         return out
 
 
-def _process(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+def ci_fresh_plans(sizes: list[int], runs: int, compare: Path | None) -> str:
+    """`buildsys plan --detailed-exitcode` as CI runs it: a fresh checkout (no `.buildsys/`), the
+    store already up to date (applied once beforehand, kept outside the project). Each run is a new
+    process; wall, CPU (user + system) and peak RSS, medians of `runs`. With `compare`, the same
+    runs with that checkout's code (PYTHONPATH), alternating with this one so load hits both alike."""
+    import shutil
+
+    here = Path(__file__).resolve().parents[2]
+    codes = {"this checkout": here, **({f"{compare}": compare} if compare else {})}
+    lines = [
+        "| deployments | code | wall s (median) | CPU s (median) | peak RSS MB (max) | runs (wall) |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "project"
+            (root / "flows").mkdir(parents=True)
+            (root / "flows" / "etl.py").write_text(FLOW)
+            (root / "prefect.yaml").write_text(project_text(n))
+            base = {label: [sys.executable, "-m", "buildsys", "--state", str(Path(tmp) / f"state-{i}.db")]
+                    for i, label in enumerate(codes)}  # a store each: an older code may not read a newer store
+            for label, code in codes.items():
+                _process([*base[label], "apply", "--auto-approve", "-q"], root, env={"PYTHONPATH": str(code)})
+            samples: dict[str, list[tuple[float, float, float]]] = {label: [] for label in codes}
+            for _ in range(runs):
+                for label, code in codes.items():
+                    shutil.rmtree(root / ".buildsys", ignore_errors=True)
+                    cmd = [*base[label], "plan", "--detailed-exitcode"]
+                    wall, mb, rc, cpu = _process_cpu(cmd, root, {"PYTHONPATH": str(code)})
+                    assert rc == 0, f"{label}: the plan of an applied project found changes"
+                    samples[label].append((wall, cpu, mb))
+            for label, got in samples.items():
+                walls = ", ".join(f"{w:.2f}" for w, _, _ in got)
+                lines.append(
+                    f"| {n:,} | {label} | {statistics.median(w for w, _, _ in got):.3f} | "
+                    f"{statistics.median(c for _, c, _ in got):.3f} | {max(m for _, _, m in got):.0f} | [{walls}] |"
+                )
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return "\n".join([*lines, "", f"load average at the end: {load} on {os.cpu_count()} CPUs"])
+
+
+def _process_cpu(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, int, float]:
+    """(wall seconds, peak MB, exit code, CPU seconds) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 2):
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, code, usage.ru_utime + usage.ru_stime
+
+
+def _process(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """(wall seconds, peak MB, exit code) of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -178,9 +233,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ci", action="store_true", help="only the CI plan: fresh checkout, store up to date")
+    parser.add_argument("--compare", type=Path, help="with --ci: also run another checkout's code (PYTHONPATH)")
     args = parser.parse_args()
     # the job variables say {{ $TOKEN }}: plan resolves deploy-time values and refuses an unset one
     os.environ.setdefault("TOKEN", "bench-token")
+    if args.ci:
+        print(ci_fresh_plans([int(x) for x in args.sizes.split(",")], args.runs, args.compare))
+        return
     if args.child:
         runs = args.runs if args.child <= 1000 else 1
         print(json.dumps(one_size(args.child, runs)))
