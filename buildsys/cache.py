@@ -62,6 +62,7 @@ class Cache:
         self.dir = root / noop.DIRECTORY
         self.path = self.dir / noop.STEP_RESULTS
         self._lock = threading.Lock()
+        self._opening = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
         self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
@@ -77,19 +78,24 @@ class Cache:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            try:
-                db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(SCHEMA)
-            except sqlite3.DatabaseError as exc:
-                raise BuildsysError(
-                    f"the build cache {self.path} is unreadable: {exc}",
-                    hint="run `buildsys cache clear` (it only deletes cached results)",
-                ) from None
-            self._db = db
+            with self._opening:  # steps decided in several threads at once open it once, not racing
+                if self._db is None:
+                    self._db = self._open()
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise BuildsysError(
+                f"the build cache {self.path} is unreadable: {exc}",
+                hint="run `buildsys cache clear` (it only deletes cached results)",
+            ) from None
+        return db
 
     def close(self) -> None:
         self.flush()
