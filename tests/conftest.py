@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.require import unavailable
+from tests.services.require import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "prefect-yaml"
 
-pytest_plugins = ["tests.infra.plugin"]
+pytest_plugins = ["tests.services.plugin"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         defs = getattr(item, "_fixtureinfo", None)
         chosen = {name: found[-1] for name, found in (defs.name2fixturedefs.items() if defs else ()) if found}
-        used = sorted(name for name, d in chosen.items() if d.func.__module__.startswith("tests.infra."))
+        used = sorted(name for name, d in chosen.items() if d.func.__module__.startswith("tests.services."))
         if used:
             raise pytest.UsageError(f"{item.nodeid} is marked unit but uses service fixtures: {', '.join(used)}")
 

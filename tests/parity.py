@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.infra.prefect import PrefectServer, prefect_env
+from tests.services.prefect import PrefectServer, prefect_env
 
 BUILDSYS = [sys.executable, "-m", "buildsys"]
 TIMEOUT_S = 180.0

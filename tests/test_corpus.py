@@ -13,7 +13,7 @@ from buildsys.errors import ProjectError
 from buildsys.project import load_project
 from buildsys.validation import validate_project
 from tests.conftest import CORPUS
-from tests.infra.require import unavailable
+from tests.services.require import unavailable
 
 # Valid files whose step-output references are broken (Prefect silently drops those values, we
 # report them): they load and graph, and `validate` names the broken reference.

@@ -52,10 +52,10 @@ import yaml
 from buildsys.model import Deployment
 from buildsys.project import load_project
 from tests.conftest import CORPUS, REPO
-from tests.infra.git import GitDaemon, GitRepos
-from tests.infra.net import free_port, port_open
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.git import GitDaemon, GitRepos
+from tests.services.net import free_port, port_open
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

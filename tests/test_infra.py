@@ -19,19 +19,19 @@ import docker.errors
 import psycopg
 import pytest
 
-from tests.infra.docker import (
+from tests.services.docker import (
     SESSION_LABEL,
     TEST_LABEL,
     TEST_LABELS,
     ensure_base_image,
     sweep_test_containers,
 )
-from tests.infra.net import free_port, port_open
-from tests.infra.postgres import PostgresServer, fresh_database
-from tests.infra.registry import Registry
-from tests.infra.require import REQUIRE_ENV, unavailable
-from tests.infra.rootfs import CONTENT_LABEL, content_key, host_python
-from tests.infra.waiting import WaitTimeout, wait_for
+from tests.services.net import free_port, port_open
+from tests.services.postgres import PostgresServer, fresh_database
+from tests.services.registry import Registry
+from tests.services.require import REQUIRE_ENV, unavailable
+from tests.services.rootfs import CONTENT_LABEL, content_key, host_python
+from tests.services.waiting import WaitTimeout, wait_for
 
 HOST_PYTHON = platform.python_version()
 

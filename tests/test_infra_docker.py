@@ -14,9 +14,9 @@ from buildsys.infra import Job
 from buildsys.infra.docker import RUNTIME_MOUNT, DockerInfrastructure, pull_policy
 from buildsys.pools import base_job_template, job_configuration
 from buildsys.store.base import Change, StateStore
-from tests.infra.docker import TEST_LABELS
-from tests.infra.waiting import wait_for
-from tests.infra.workers import Workers
+from tests.services.docker import TEST_LABELS
+from tests.services.waiting import wait_for
+from tests.services.workers import Workers
 from tests.test_worker import FLOWS, final, log_lines
 
 pytestmark = pytest.mark.docker

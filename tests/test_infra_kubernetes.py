@@ -1,5 +1,5 @@
 """The kubernetes pool type: manifests rendered and validated offline, and the submit / watch / log /
-cancel path exercised against the fake API server of tests/infra/k8s.py (there is no cluster here)."""
+cancel path exercised against the fake API server of tests/services/k8s.py (there is no cluster here)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from buildsys.infra import InfrastructureError, Job
 from buildsys.infra.kubernetes import build_job, validate_manifest
 from buildsys.pools import base_job_template, default_job_template, job_configuration
 from buildsys.store.base import Change, StateStore
-from tests.infra.k8s import FakeKubernetes
-from tests.infra.waiting import wait_for
-from tests.infra.workers import Workers
+from tests.services.k8s import FakeKubernetes
+from tests.services.waiting import wait_for
+from tests.services.workers import Workers
 from tests.test_worker import FLOWS, final, log_lines
 
 

@@ -13,7 +13,7 @@ import pytest
 from buildsys.infra import InfrastructureError, Job
 from buildsys.infra.process import ProcessInfrastructure
 from buildsys.runtime import CONTROL_PREFIX
-from tests.infra.waiting import process_alive, wait_for
+from tests.services.waiting import process_alive, wait_for
 
 
 class Lines:

@@ -25,7 +25,6 @@ import httpx
 import pytest
 
 from tests.conftest import CORPUS
-from tests.infra.prefect import PrefectServer
 from tests.parity import (
     ABSENT,
     buildsys,
@@ -39,6 +38,7 @@ from tests.parity import (
     prefect_deployments,
     prefect_view,
 )
+from tests.services.prefect import PrefectServer
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -38,9 +38,9 @@ from buildsys.recipes.manifest import (
     resolve_fields,
 )
 from buildsys.recipes.render import RecipeConflictError, read_record, render_recipe
-from tests.infra.git import GitHttpServer, GitRedirect, GitRepos
-from tests.infra.net import free_port, port_open
-from tests.infra.waiting import wait_for
+from tests.services.git import GitHttpServer, GitRedirect, GitRepos
+from tests.services.net import free_port, port_open
+from tests.services.waiting import wait_for
 
 BUILTINS = ["docker", "docker-git", "git", "kubernetes", "local", "s3"]
 FIELDS = {
@@ -594,7 +594,7 @@ def test_builtin_recipe_builds_and_plans(
     if built:
         assert client.images.get(f"{image_name}:t1").labels["buildsys.test"] == "1"
     if name in ("docker", "kubernetes"):  # the code is where the pull step will look for it
-        from tests.infra.docker import TEST_LABELS
+        from tests.services.docker import TEST_LABELS
 
         out = client.containers.run(f"{image_name}:t1", ["python3", "-c", "from flows.hello import hello; hello('box')"],
                                     working_dir=f"/opt/buildsys/{isolated.name}", remove=True, labels=TEST_LABELS)

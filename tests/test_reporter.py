@@ -11,7 +11,7 @@ from pathlib import Path
 
 SCRIPT = textwrap.dedent("""\
     from buildsys.reporter import Event, RichReporter
-    from tests.infra.waiting import wait_for
+    from tests.services.waiting import wait_for
 
     r = RichReporter()
     r.event(Event("start", label="fetch_a"))

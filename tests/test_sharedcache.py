@@ -23,10 +23,10 @@ from buildsys.server.auth import Authenticator, TokenStore, database_for
 from buildsys.server.cachetable import CacheTable
 from buildsys.sharedcache import SharedEntry, decode, encode
 from buildsys.store import open_store
-from tests.infra.net import free_port
-from tests.infra.registry import Registry
-from tests.infra.s3 import S3Server
 from tests.server.running import threaded_server
+from tests.services.net import free_port
+from tests.services.registry import Registry
+from tests.services.s3 import S3Server
 
 KEY = "k" * 40  # BUILDSYS_CACHE_KEY of the trusted writers
 OTHER_KEY = "p" * 40  # a pull request's own key

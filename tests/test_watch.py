@@ -17,7 +17,7 @@ import pytest
 from buildsys.reporter import Event
 from buildsys.store import open_store
 from buildsys.watch import Cycle, StepRun, Watcher, WatchFilter, output_paths, render_cycle, store_files
-from tests.infra.waiting import wait_for
+from tests.services.waiting import wait_for
 
 BUILDSYS = str(Path(sys.executable).parent / "buildsys")
 

@@ -16,8 +16,8 @@ import pytest
 from buildsys.pools import default_job_template
 from buildsys.store import open_store
 from buildsys.store.base import Change, FlowRun, StateStore
-from tests.infra.waiting import process_alive, wait_for
-from tests.infra.workers import Workers
+from tests.services.waiting import process_alive, wait_for
+from tests.services.workers import Workers
 
 FLOWS = """
 import os, sys, time, pathlib

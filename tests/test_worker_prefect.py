@@ -23,9 +23,9 @@ import pytest
 from buildsys.pools import default_job_template
 from buildsys.store import open_store
 from buildsys.store.base import Change, FlowRun, StateStore
-from tests.infra.prefect import prefect_env
-from tests.infra.waiting import process_alive, wait_for
-from tests.infra.workers import Workers
+from tests.services.prefect import prefect_env
+from tests.services.waiting import process_alive, wait_for
+from tests.services.workers import Workers
 from tests.test_runtime_prefect import fake_prefect
 
 FLOWS = '''

@@ -136,7 +136,7 @@ def changes(stdout: str) -> list[tuple[str, str]]:
 
 def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]:
     """Time `plan` and `plan --affected` after a one-flow change; returns the figures."""
-    from tests.infra.docker import connect, ensure_base_image
+    from tests.services.docker import connect, ensure_base_image
 
     client = connect()
     base_image = ensure_base_image(client)
@@ -271,8 +271,8 @@ def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, dict[str,
 
 def _cache_server(base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     """`buildsys server start --auth` on a free port; its URL and a writer's and a reader's token."""
-    from tests.infra.net import free_port, port_open
-    from tests.infra.waiting import wait_for
+    from tests.services.net import free_port, port_open
+    from tests.services.waiting import wait_for
 
     db = str(base / "cache-server.db")
     tokens = {}
@@ -295,8 +295,8 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
     import secrets
     import shutil
 
-    from tests.infra.docker import connect, ensure_base_image
-    from tests.infra.registry import start_registry
+    from tests.services.docker import connect, ensure_base_image
+    from tests.services.registry import start_registry
 
     client = connect()
     base_image = ensure_base_image(client)

@@ -34,9 +34,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.infra.net import free_port  # noqa: E402
-from tests.infra.prefect import prefect_env  # noqa: E402
-from tests.infra.waiting import wait_for  # noqa: E402
+from tests.services.net import free_port  # noqa: E402
+from tests.services.prefect import prefect_env  # noqa: E402
+from tests.services.waiting import wait_for  # noqa: E402
 
 READS = ("/filter", "/count", "/paginate")
 

@@ -51,8 +51,8 @@ sys.path.insert(0, str(REPO))
 from buildsys.store.base import Change  # noqa: E402
 from buildsys.store.http import HttpStore  # noqa: E402
 from buildsys.store.sql import SqlStore  # noqa: E402
-from tests.infra.net import free_port  # noqa: E402
-from tests.infra.waiting import wait_for  # noqa: E402
+from tests.services.net import free_port  # noqa: E402
+from tests.services.waiting import wait_for  # noqa: E402
 
 POOL = "scale"
 CLAIM_WAIT = 1.0  # as `buildsys worker` (its poll_seconds)
@@ -191,7 +191,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_phase(label: str, pg: Any, args: argparse.Namespace, work: Path, *, finish: bool) -> dict[str, Any]:
-    from tests.infra.postgres import fresh_database
+    from tests.services.postgres import fresh_database
 
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(pg))
@@ -286,7 +286,7 @@ def transactions(store: SqlStore) -> int:
 
 def idle(pg: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """`--workers` worker processes long-polling a pool with nothing to claim."""
-    from tests.infra.postgres import fresh_database
+    from tests.services.postgres import fresh_database
 
     with ExitStack() as stack:
         db = stack.enter_context(contextmanager(fresh_database)(pg))
@@ -334,7 +334,7 @@ def idle(pg: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def big_pool(pg: Any, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Claim latency (one client, one run at a time) with N deployments and N finished runs."""
-    from tests.infra.postgres import fresh_database
+    from tests.services.postgres import fresh_database
 
     n = args.big_deployments
     with ExitStack() as stack:
@@ -419,7 +419,7 @@ def main() -> None:
     if args.client:
         client_main(args)
         return
-    from tests.infra.postgres import start_postgres
+    from tests.services.postgres import start_postgres
 
     phases = set(args.phases.split(","))
     print(f"{os.cpu_count()} CPUs, load average before: {load_average()}", flush=True)

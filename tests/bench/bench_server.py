@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 from buildsys.store.base import Change, StateStore  # noqa: E402
 from buildsys.store.http import HttpStore  # noqa: E402
 from buildsys.store.sql import SqlStore  # noqa: E402
-from tests.infra.net import free_port  # noqa: E402
-from tests.infra.waiting import wait_for  # noqa: E402
+from tests.services.net import free_port  # noqa: E402
+from tests.services.waiting import wait_for  # noqa: E402
 
 TARGETS = {"p50_ms": 100.0, "claims_per_s": 200.0, "plan_ratio": 2.0}
 
@@ -207,7 +207,7 @@ def measure(
 def postgres_server(stack: list[Any]) -> Any:
     """A private PostgreSQL cluster as in the tests, or None when this machine has none."""
     try:
-        from tests.infra.postgres import start_postgres
+        from tests.services.postgres import start_postgres
     except ImportError:
         return None
     gen = start_postgres()
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="whole runs; the table shows medians")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
-    from tests.infra.postgres import fresh_database
+    from tests.services.postgres import fresh_database
 
     rows = []
     cleanup: list[Any] = []

@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 from buildsys.pools import default_job_template  # noqa: E402
 from buildsys.store import open_store  # noqa: E402
 from buildsys.store.base import Change, StateStore  # noqa: E402
-from tests.infra.waiting import wait_for  # noqa: E402
-from tests.infra.workers import Workers  # noqa: E402
 from tests.server.running import server_process  # noqa: E402
+from tests.services.waiting import wait_for  # noqa: E402
+from tests.services.workers import Workers  # noqa: E402
 
 TARGETS = {"p50_ms": 50.0, "weight_kb": 200.0, "log_ms": 500.0}
 TARGET_PAGES = ("/", "/runs")  # the pages the p50 target is about; the others are shown for what they cost

@@ -15,7 +15,7 @@ import pytest
 
 from buildsys.cli import main
 from buildsys.recipes.manifest import builtin_recipe
-from tests.infra.git import GitRepos
+from tests.services.git import GitRepos
 from tests.test_recipes import RECIPE_REPO, Daemon, daemon  # noqa: F401  (fixture)
 
 BUILDSYS = str(Path(sys.executable).parent / "buildsys")

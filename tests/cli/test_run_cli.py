@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from buildsys.store import open_store
-from tests.infra.waiting import wait_for
+from tests.services.waiting import wait_for
 
 BUILDSYS = [sys.executable, "-m", "buildsys"]
 
@@ -261,7 +261,7 @@ def test_worker_start_type_creates_the_pool(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_docker_pool_from_a_freshly_applied_project(tmp_path: Path, base_image: str) -> None:
-    from tests.infra.docker import TEST_LABELS
+    from tests.services.docker import TEST_LABELS
 
     root = tmp_path / "dockerproj"
     (root / "flows").mkdir(parents=True)

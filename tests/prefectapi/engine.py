@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from buildsys.store.base import Change, FlowRun, StateStore
-from tests.infra.prefect import prefect_env
+from tests.services.prefect import prefect_env
 
 PROJECT = Path(__file__).parent / "project"
 ENGINE_TIMEOUT = 240.0

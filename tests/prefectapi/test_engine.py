@@ -14,9 +14,9 @@ import pytest
 from buildsys.prefectapi import EmbeddedApi
 from buildsys.store.base import FlowRun, StateStore
 from buildsys.store.sql import SqlStore
-from tests.infra.postgres import PostgresServer, fresh_database
 from tests.prefectapi.engine import claimed_run, copy_project, deploy, run_engine
 from tests.server.running import server_process
+from tests.services.postgres import PostgresServer, fresh_database
 
 pytestmark = pytest.mark.slow
 

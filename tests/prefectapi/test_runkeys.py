@@ -17,9 +17,9 @@ import websockets
 
 from buildsys.prefectapi.embedded import KeyRing
 from buildsys.store.sql import SqlStore
-from tests.infra.waiting import wait_for
 from tests.prefectapi.engine import claimed_run, deploy
 from tests.server.running import threaded_server
+from tests.services.waiting import wait_for
 
 API = "/prefect/api"
 

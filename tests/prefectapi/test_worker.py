@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from buildsys.store.sql import SqlStore
-from tests.infra.prefect import prefect_env
-from tests.infra.waiting import wait_for
 from tests.prefectapi.engine import ENGINE_TIMEOUT, copy_project, deploy
 from tests.prefectapi.test_engine import assert_etl_recorded
 from tests.server.running import ServerProcess, server_process
+from tests.services.prefect import prefect_env
+from tests.services.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

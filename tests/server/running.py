@@ -18,8 +18,8 @@ from buildsys.server.app import Settings, create_app
 from buildsys.server.auth import Authenticator
 from buildsys.server.cachetable import CacheTable
 from buildsys.store.base import StateStore
-from tests.infra.net import free_port, port_open
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port, port_open
+from tests.services.waiting import wait_for
 
 BUILDSYS = [sys.executable, "-m", "buildsys"]
 

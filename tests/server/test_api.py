@@ -18,8 +18,8 @@ import pytest
 from buildsys.server.app import Settings
 from buildsys.server.openapi import document, render
 from buildsys.store.sql import SqlStore
-from tests.infra.waiting import wait_for
 from tests.server.running import threaded_server
+from tests.services.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1"

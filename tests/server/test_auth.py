@@ -13,9 +13,9 @@ from buildsys.errors import NotFoundError
 from buildsys.server.auth import Authenticator, TokenStore, database_for
 from buildsys.server.serve import is_loopback
 from buildsys.store.http import AuthenticationError, HttpStore, ServerUnreachableError
-from tests.infra.net import free_port
-from tests.infra.waiting import wait_for
 from tests.server.running import run_cli, server_process
+from tests.services.net import free_port
+from tests.services.waiting import wait_for
 
 API = "/api/v1"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from buildsys.store.http import HttpStore
-from tests.infra.waiting import wait_for
 from tests.server.running import run_cli, server_process
+from tests.services.waiting import wait_for
 
 PROJECT = """\
 name: demo

@@ -17,8 +17,8 @@ from buildsys.server.openapi import document
 from buildsys.server.schemas import MAX_WAIT_SECONDS
 from buildsys.store import open_store
 from buildsys.store.base import Change
-from tests.infra.postgres import PostgresServer, fresh_database
 from tests.server.running import threaded_server
+from tests.services.postgres import PostgresServer, fresh_database
 
 schema = schemathesis.openapi.from_dict(document())
 LONG_POLL_CAP = 0.05  # generated `wait`s would make the run slow, not more thorough

@@ -16,8 +16,8 @@ from starlette.routing import Route
 from buildsys.server.app import Settings, create_app
 from buildsys.server.guard import GuardPolicy
 from buildsys.store.sql import SqlStore
-from tests.infra.waiting import wait_for
 from tests.server.running import ServerProcess, threaded_server
+from tests.services.waiting import wait_for
 
 API = "/api/v1"
 SETUP = {
@@ -108,7 +108,7 @@ def test_everything_mounted_on_the_app_is_guarded(store: SqlStore) -> None:
 
     import uvicorn
 
-    from tests.infra.net import free_port
+    from tests.services.net import free_port
 
     async def echo(request: Request) -> JSONResponse:
         return JSONResponse({"got": (await request.body()).decode()})

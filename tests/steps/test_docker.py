@@ -17,7 +17,7 @@ from buildsys.steps.docker import build_docker_image, push_docker_image
 
 from buildsys.errors import StepError
 from buildsys.step import Context
-from tests.infra.registry import Registry
+from tests.services.registry import Registry
 
 pytestmark = pytest.mark.docker
 

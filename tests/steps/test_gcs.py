@@ -17,9 +17,9 @@ from buildsys.steps.gcs import pull_from_gcs, push_to_gcs
 
 from buildsys.errors import StepError
 from buildsys.step import Context
-from tests.infra.net import free_port, port_open
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port, port_open
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from buildsys.steps.git import git_clone
 
 from buildsys.errors import StepError
 from buildsys.step import Context
-from tests.infra.git import GitDaemon, GitHttpServer, GitRedirect, GitRepos
+from tests.services.git import GitDaemon, GitHttpServer, GitRedirect, GitRepos
 
 
 def make_ctx(cwd: Path, **env: str) -> tuple[Context, list[str]]:

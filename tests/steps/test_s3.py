@@ -12,7 +12,7 @@ from buildsys.steps.s3 import pull_from_s3, push_to_s3
 
 from buildsys.errors import StepError
 from buildsys.step import Context
-from tests.infra.s3 import S3Server
+from tests.services.s3 import S3Server
 
 
 def make_ctx(cwd: Path) -> tuple[Context, list[str]]:

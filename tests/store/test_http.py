@@ -16,10 +16,10 @@ from starlette.responses import JSONResponse
 from buildsys.errors import StateError
 from buildsys.store.http import HttpStore
 from buildsys.store.sql import SqlStore
-from tests.infra.net import free_port
-from tests.infra.postgres import PostgresServer, fresh_database
-from tests.infra.waiting import wait_for
 from tests.server.running import threaded_server
+from tests.services.net import free_port
+from tests.services.postgres import PostgresServer, fresh_database
+from tests.services.waiting import wait_for
 from tests.store.contract import StoreContract
 
 

@@ -1,4 +1,4 @@
-"""The store contract on PostgreSQL (a private cluster from tests/infra/postgres.py), plus what only
+"""The store contract on PostgreSQL (a private cluster from tests/services/postgres.py), plus what only
 PostgreSQL has: several connections racing for runs with row locks, and unreachable servers."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from buildsys.errors import StateError
 from buildsys.store import open_store
 from buildsys.store.migrations import LATEST
 from buildsys.store.sql import SqlStore
-from tests.infra.net import free_port
-from tests.infra.postgres import PostgresServer, fresh_database
+from tests.services.net import free_port
+from tests.services.postgres import PostgresServer, fresh_database
 from tests.store.contract import StoreContract, create, deployment_spec, pool_spec
 
 pytestmark = pytest.mark.postgres

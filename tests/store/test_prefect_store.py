@@ -1,4 +1,4 @@
-"""The prefect+http store against a real Prefect 3.9 server (tests/infra/prefect.py).
+"""The prefect+http store against a real Prefect 3.9 server (tests/services/prefect.py).
 
 The server is shared by the session and never emptied: every test names what it makes with its
 own prefix. Plans and applies go through the same library calls as the CLI (plan with the store's
@@ -25,8 +25,8 @@ from buildsys.errors import ConflictError
 from buildsys.reconcile import PartialApplyError, adopt, read_plan_file, write_plan_file
 from buildsys.store.base import COMPLETED
 from tests.conftest import CORPUS
-from tests.infra.prefect import PrefectServer, prefect_env
-from tests.infra.waiting import wait_for
+from tests.services.prefect import PrefectServer, prefect_env
+from tests.services.waiting import wait_for
 from tests.store.prefect_helpers import (
     Counting,
     apply,

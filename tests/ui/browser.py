@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.waiting import wait_for
+from tests.services.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

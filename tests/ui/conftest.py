@@ -14,8 +14,8 @@ import pytest
 from buildsys.pools import default_job_template
 from buildsys.store import open_store
 from buildsys.store.base import Change, StateStore
-from tests.infra.workers import Workers
 from tests.server.running import ServerProcess, server_process
+from tests.services.workers import Workers
 from tests.ui.browser import Browser, chromium
 
 FLOW = '''

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 
 from buildsys.store.base import StateStore
-from tests.infra.waiting import wait_for
-from tests.infra.workers import Workers
 from tests.server.running import ServerProcess
+from tests.services.waiting import wait_for
+from tests.services.workers import Workers
 from tests.ui.browser import Browser
 from tests.ui.conftest import DEPLOYMENT
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.infra.net import free_port
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port
+from tests.services.waiting import wait_for
 from tests.ui.browser import Browser
 
 PROJECT = """\

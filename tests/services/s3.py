@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.infra.net import free_port, port_open
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port, port_open
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 __all__ = ["S3Server", "s3_bucket", "s3_server", "s3_strict_endpoint"]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.net import free_port
-from tests.infra.require import unavailable
+from tests.services.net import free_port
+from tests.services.require import unavailable
 
 __all__ = ["PostgresServer", "fresh_database", "fresh_postgres_url", "postgres_server", "postgres_url"]
 

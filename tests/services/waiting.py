@@ -1,6 +1,6 @@
 """Wait on a condition with a deadline, never with a bare sleep.
 
-    from tests.infra.waiting import wait_for
+    from tests.services.waiting import wait_for
 
     wait_for(lambda: port_open(host, port), timeout=10, what="the registry to listen")
     row = wait_for(lambda: store.get_run(run_id), 5, "the flow run to be recorded")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.net import free_port
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 __all__ = ["Registry", "registry", "start_registry"]
 

@@ -29,9 +29,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from tests.infra.net import free_port, port_open
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port, port_open
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 __all__ = ["GitDaemon", "GitHttpServer", "GitRedirect", "GitRepos", "git_daemon", "git_http", "git_https",
            "git_redirect", "git_repos"]

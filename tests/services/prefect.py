@@ -1,7 +1,7 @@
 """Real Prefect (a test dependency) for the tests: its server on loopback, and its CLI.
 
 * ``prefect_python`` (session): the interpreter that has ``prefect`` importable (this venv's), or
-  a skip/fail (see tests/infra/require.py) when Prefect is not installed.
+  a skip/fail (see tests/services/require.py) when Prefect is not installed.
 * ``prefect_server`` (session): one ``prefect server start`` on 127.0.0.1 and a free port, with a
   temporary ``PREFECT_HOME`` (its own SQLite database), shared by the whole session (it takes about
   10 s to start). Tests must not assume it is empty: name what you create uniquely.
@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.infra.net import free_port
-from tests.infra.require import unavailable
-from tests.infra.waiting import wait_for
+from tests.services.net import free_port
+from tests.services.require import unavailable
+from tests.services.waiting import wait_for
 
 __all__ = ["PrefectServer", "prefect_env", "prefect_python", "prefect_server"]
 

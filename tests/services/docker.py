@@ -7,7 +7,7 @@ Fixtures (all session scope):
   `sweep_test_containers`).
 * ``base_image`` -- the name (``buildsys-test/python:3.11``) of a local image with the host's
   Python 3.11 as ``python3``/``python``, ``/bin/sh``, bash and coreutils; built from this machine's
-  files with no registry (how: `tests.infra.rootfs`), reused across sessions while its content
+  files with no registry (how: `tests.services.rootfs`), reused across sessions while its content
   label matches.
 
 Labels: give every container and image a test creates ``labels=TEST_LABELS`` (or at least
@@ -30,8 +30,8 @@ import docker.errors
 import pytest
 from filelock import FileLock
 
-from tests.infra.require import unavailable
-from tests.infra.rootfs import CONTENT_LABEL, content_key, host_python, image_config, write_rootfs_tar
+from tests.services.require import unavailable
+from tests.services.rootfs import CONTENT_LABEL, content_key, host_python, image_config, write_rootfs_tar
 
 __all__ = [
     "BASE_IMAGE_REPOSITORY",
