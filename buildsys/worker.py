@@ -114,15 +114,19 @@ def ensure_pool(store: StateStore, name: str, pool_type: str | None) -> tuple[st
 
 
 class _LogShipper:
-    """Buffers output lines per run and appends them to the store in batches."""
+    """Ships output lines per run to the store as they come: a line wakes the shipping thread,
+    which waits `linger` for the rest of a burst and appends what it holds in one batch per run.
+    Lines that arrive while a batch is on its way go in the next one, so a slow store gets fewer,
+    larger batches and a quiet flow's line is stored within `linger` of being read."""
 
-    def __init__(self, store: StateStore, interval: float = 0.2) -> None:
+    def __init__(self, store: StateStore, linger: float = 0.02) -> None:
         self.store = store
-        self.interval = interval
+        self.linger = linger
         self._buffer: dict[str, list[tuple[float, str, str]]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
+        self._pending = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="log-shipper", daemon=True)
 
     def start(self) -> None:
@@ -131,6 +135,7 @@ class _LogShipper:
     def add(self, run_id: str, stream: str, message: str) -> None:
         with self._lock:
             self._buffer.setdefault(run_id, []).append((time.time(), stream, message))
+        self._pending.set()
 
     def flush(self, run_id: str | None = None) -> None:
         with self._flush_lock:
@@ -145,11 +150,17 @@ class _LogShipper:
                         self.store.append_logs(rid, lines)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._pending.wait()
+            if self._stop.is_set():
+                return
+            self._stop.wait(self.linger)  # the rest of a burst joins this batch
+            self._pending.clear()  # before taking the buffer: a line added from here on wakes us again
             self.flush()
 
     def stop(self) -> None:
         self._stop.set()
+        self._pending.set()
         self._thread.join()
         self.flush()
 

@@ -414,6 +414,10 @@ class ApplyHistory(Protocol):
         """The newest applies first."""
         ...
 
+    def list_writes_of(self, kind: str, name: str, limit: int = 20) -> list[tuple[AppliedChanges, Mapping[str, Any]]]:
+        """The newest applies that wrote one resource, each with its change of it (as in `changes`)."""
+        ...
+
 
 @runtime_checkable
 class StepwiseStore(Protocol):

@@ -136,7 +136,7 @@ class SqlStore:
             new_serial = current + 1
             old = sqlapplies.before(tx, changes)
             _write(tx, changes, existing, new_serial)
-            sqlapplies.record(tx, new_serial, now(), changes, old)
+            sqlapplies.record(tx, new_serial, now(), changes, old, planned=expected_serial is not None)
             tx.run("UPDATE store_serial SET serial = ? WHERE id = 1", (new_serial,))
             self._db.notify(tx)  # an unpaused pool or a raised limit can make runs claimable
             return new_serial
@@ -232,6 +232,9 @@ class SqlStore:
 
     def list_applies(self, limit: int = 20) -> list[AppliedChanges]:
         return sqlapplies.list_applies(self._db, limit)
+
+    def list_writes_of(self, kind: str, name: str, limit: int = 20) -> list[tuple[AppliedChanges, Mapping[str, Any]]]:
+        return sqlapplies.writes_of(self._db, kind, name, limit)
 
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         return sqlruns.expire_leases(self._db, now)

@@ -32,13 +32,23 @@ def before(tx: Tx, changes: Sequence[Change]) -> dict[tuple[str, str], Mapping[s
 
 
 def record(
-    tx: Tx, serial: int, moment: float, changes: Sequence[Change], old: Mapping[tuple[str, str], Mapping[str, Any]]
+    tx: Tx,
+    serial: int,
+    moment: float,
+    changes: Sequence[Change],
+    old: Mapping[tuple[str, str], Mapping[str, Any]],
+    *,
+    planned: bool,
 ) -> None:
+    """`planned`: the apply was made against the serial a plan was made at (`buildsys apply`,
+    `deploy`, an API client sending `expected_serial`), not a single edit (a pause, a variable);
+    a change whose source says `edited` (a pool edited in the UI) is an edit too."""
     with_specs = len(changes) <= MAX_SPECS
     items = []
     for c in changes:
         item: dict[str, Any] = {"action": c.action, "kind": c.kind, "name": c.name, "owner": c.owner,
-                                "source": dict(c.source) if c.source is not None else None}
+                                "source": dict(c.source) if c.source is not None else None,
+                                "planned": planned and not (c.source or {}).get("edited")}
         if with_specs:
             item["before"] = dict(old[(c.kind, c.name)]) if (c.kind, c.name) in old else None
             item["after"] = dict(c.spec) if c.spec is not None and c.action != "delete" else None
@@ -53,3 +63,22 @@ def list_applies(db: Database, limit: int) -> list[AppliedChanges]:
     with db.tx() as tx:
         rows = tx.run("SELECT serial, applied_at, changes FROM applies ORDER BY serial DESC LIMIT ?", (max(0, limit),))
     return [AppliedChanges(int(s), float(at), tuple(json.loads(text))) for s, at, text in rows]
+
+
+def writes_of(db: Database, kind: str, name: str, limit: int) -> list[tuple[AppliedChanges, Mapping[str, Any]]]:
+    """The newest kept applies that wrote one resource, newest first, each with its change of it.
+    The JSON text is searched for the change's `"kind":…,"name":…` first, so only those are read."""
+    needle = json.dumps({"kind": kind, "name": name}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+    pattern = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+    found: list[tuple[AppliedChanges, Mapping[str, Any]]] = []
+    with db.tx() as tx:
+        rows = tx.run(
+            "SELECT serial, applied_at, changes FROM applies WHERE changes LIKE ? ESCAPE '!' ORDER BY serial DESC LIMIT ?",
+            (pattern, max(0, limit)),
+        )
+    for s, at, text in rows:
+        applied = AppliedChanges(int(s), float(at), tuple(json.loads(text)))
+        change = next((c for c in applied.changes if c.get("kind") == kind and c.get("name") == name), None)
+        if change is not None:
+            found.append((applied, change))
+    return found

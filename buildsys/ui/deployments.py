@@ -86,10 +86,12 @@ async def _page(
     errors: Mapping[str, str],
     status: int = 200,
 ) -> Response:
-    from buildsys.ui.drift import drift
+    from buildsys.ui.drift import drift, since_apply
 
     spec = deployment.spec
-    compared = await ui.sync(drift, ui.project_root, ui.services.store, deployment)
+    store = ui.services.store
+    compared = await ui.sync(drift, ui.project_root, store, deployment)
+    since = await ui.sync(since_apply, store, deployment) if compared.status == "no project" else None
     return ui.render(
         request,
         who,
@@ -103,6 +105,7 @@ async def _page(
         job=job,
         errors=errors,
         drift=compared,
+        since=since,
         free_parameters=not params,
         pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str),
     )

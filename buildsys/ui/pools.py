@@ -67,10 +67,11 @@ async def pool_page(ui: Ui, request: Request, who: Viewer) -> Response:
     store = ui.services.store
 
     def read() -> dict[str, Any]:
-        from buildsys.ui.drift import drift
+        from buildsys.ui.drift import drift, since_apply
 
         return {
             "drift": drift(ui.project_root, store, pool) if ui.project_root is not None else None,
+            "since": since_apply(store, pool) if ui.project_root is None and pool.owner else None,
             "workers": store.list_workers(name),
             "waiting": store.list_runs(pool=name, states=[SCHEDULED], limit=20),
             "deployments": [d for d in store.list_resources("deployment") if d.spec.get("work_pool_name") == name],
@@ -97,6 +98,7 @@ def _pool_page(
         "waiting": [],
         "deployments": [],
         "drift": None,
+        "since": None,
     }
     context.update(extra)
     return ui.render(request, who, "pool.html", status=status, **context)
@@ -149,7 +151,10 @@ async def save(ui: Ui, request: Request, who: Viewer) -> Response:
         raise JobVariableError("the template to save must be a JSON object")
     validate_template(new)
     spec = {**pool.spec, "base_job_template": new}
-    change = Change("update", "pool", pool.name, spec=spec, owner=pool.owner, source=pool.source)
+    # marked as an edit in the UI: the store's apply history tells it apart from an apply of the
+    # project that owns the pool (a server's pages compare the pool with that apply)
+    source = {**(pool.source or {}), "edited": "ui"}
+    change = Change("update", "pool", pool.name, spec=spec, owner=pool.owner, source=source)
     await ui.sync(ui.services.store.apply, [change], expected_serial=_serial(form.get("serial", "")))
     ui.services.resources_changed.notify()
     ui.services.runs_changed.notify()

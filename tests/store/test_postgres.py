@@ -42,6 +42,11 @@ def test_open_store_by_url_migrates_once(fresh_postgres_url: str) -> None:
         assert (first.dialect, first.schema_version, second.schema_version) == ("postgresql", LATEST, LATEST)
         first.apply([create("variable", "v", {"value": 1})], expected_serial=0)
         assert second.serial() == 1
+        # the UI's "since the last apply": one resource's writes, found by LIKE with `_` escaped
+        first.apply([create("variable", "axb", {"value": 2})], expected_serial=None)
+        assert [(a.serial, c["name"], c["planned"]) for a, c in second.list_writes_of("variable", "v")] == [(1, "v", True)]
+        assert [(a.serial, c["planned"]) for a, c in second.list_writes_of("variable", "axb")] == [(2, False)]
+        assert second.list_writes_of("variable", "a_b") == []
     finally:
         first.close()
         second.close()

@@ -107,7 +107,7 @@ def seed(store: StateStore, project: Path) -> None:
             Change("create", "pool", "local", spec=pool, owner="git-project", source=source),
             Change("create", "deployment", DEPLOYMENT, spec=deployment, owner="git-project", source=source),
         ],
-        expected_serial=None,
+        expected_serial=0,  # as `buildsys apply` makes it: against the serial its plan was made at
     )
 
 

@@ -117,6 +117,10 @@ def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
     browser.screenshot("pool-preview")
     browser.submit("form[action$='/save'] button")
     browser.wait_text("main", "Saved: runs created from now on use the new template.")
+    # the server has no project: the page compares the pool with what the project's apply wrote
+    since = browser.text("#since ~ .scroll table.drift")
+    assert since.startswith("Fields that differ from what the apply wrote") and "base_job_template" in since, since
+    assert "(not from a plan)" in browser.text("ul.edits")
     pool = api.get_resource("pool", "local")
     assert pool.spec["base_job_template"]["variables"]["properties"]["greeting"]["default"] == "bonjour"
     assert pool.owner == "git-project"  # still git's: the next plan shows the drift

@@ -105,3 +105,33 @@ def test_the_plans_page_of_a_server_shows_each_apply_as_plan_prints_it(store: Sq
         "    entrypoint: \"flows/etl.py:etl\"\n    work_pool_name: \"local\"\n    parameters: {\"n\": 1}\n    tags: [\"a\"]\n\n"
         "Plan: 2 to add, 0 to change, 0 to destroy.\n",
     ]
+
+
+def test_a_servers_deployment_page_shows_what_changed_since_the_projects_last_apply(store: SqlStore, app: Starlette) -> None:
+    from buildsys.reconcile import set_paused
+
+    store.apply([Change("create", "pool", "local", POOL, "proj", SOURCE)], expected_serial=0)
+    store.apply([Change("create", "deployment", "etl/nightly", DEPLOYMENT, "proj", SOURCE)], expected_serial=1)
+    store.apply([Change("create", "variable", "other_thing", {"value": 1}, "proj", SOURCE)], expected_serial=2)
+
+    def since() -> str:
+        page = get(app, "/deployments/etl/nightly")
+        assert page.status_code == 200
+        return re.sub(r" ([,.)])", r"\1", texts(page.text, r'<h3 id="since">.*?</h3>(.*?)</section>')[0])
+
+    first = since()
+    assert re.fullmatch(r"Last applied from a project at store serial 2, \S+ \S+ UTC, by project proj "
+                        r"\(prefect\.yaml at commit 0123456789ab\)\. Unchanged since: the store holds what that apply wrote\.",
+                        first), first
+    set_paused(store, "deployment", "etl/nightly", True)  # `buildsys deployment pause`: an edit, not a plan
+    edited = since()
+    assert "Changed since that apply" in edited
+    assert "paused true (absent)" in edited  # field, now, as applied (the project did not say)
+    assert re.search(r"Store serial 4, \S+ \S+ UTC ?: edited paused \(not from a plan\)", edited), edited
+    # the project's next apply puts it back and is the new reference
+    store.apply([Change("update", "deployment", "etl/nightly", {**DEPLOYMENT, "paused": False}, "proj", SOURCE)], expected_serial=4)
+    assert "Last applied from a project at store serial 5" in since() and "Unchanged since" in since()
+    # a deployment no plan wrote (or whose plan is no longer kept) says so
+    store.apply([Change("create", "deployment", "etl/by_hand", DEPLOYMENT, None, None)], expected_serial=None)
+    page = get(app, "/deployments/etl/by_hand")
+    assert "keeps no apply from a project that wrote it" in page.text
