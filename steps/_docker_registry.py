@@ -9,13 +9,12 @@ Docker client does; a loopback registry is spoken to over plain HTTP, as dockerd
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-
-import httpx
 
 from buildsys.errors import StepError
 from buildsys.step import Context
@@ -39,12 +38,13 @@ def holds_image(ctx: Context, image: str, image_id: str, credentials: object) ->
     if reply is None:
         return False
     found = {reply.headers.get("Docker-Content-Digest", "")}
-    manifest = reply.json()
+    manifest = _json(reply)
     if isinstance(manifest.get("manifests"), list):  # an index: the platform images in it
         for child in manifest["manifests"][:MAX_CHILDREN]:
-            sub = session.get(f"/v2/{repository}/manifests/{child.get('digest')}")
+            digest = child.get("digest") if isinstance(child, Mapping) else None
+            sub = session.get(f"/v2/{repository}/manifests/{digest}") if isinstance(digest, str) else None
             if sub is not None:
-                found.add(str((sub.json().get("config") or {}).get("digest", "")))
+                found.add(str((_json(sub).get("config") or {}).get("digest", "")))
     else:
         found.add(str((manifest.get("config") or {}).get("digest", "")))
     return image_id in found
@@ -57,10 +57,16 @@ def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None
     return None if reply is None else reply.headers.get("Docker-Content-Digest")
 
 
-# One session per registry, repository and login for the life of the process: the auth challenge
-# is answered once, then every check of a build is one request.
+# Requests go through urllib3, which the Docker SDK already loaded on this path (httpx would add
+# its import and a TLS context per client: about a second of a restored build's start). One
+# connection pool per registry for the life of the process, and one session per registry,
+# repository and login: the auth challenge is answered once (a Basic login is sent to the other
+# repositories of that registry without waiting for their challenge), then a check is one request.
+_POOLS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str, tuple[str, str] | None], _Session] = {}
+_BASIC: set[tuple[str, tuple[str, str]]] = set()  # registries that asked this login for Basic auth
 _LOCK = threading.Lock()
+CONNECT_S, READ_S = 5.0, 15.0
 
 
 def _session(ctx: Context, image: str, credentials: object) -> tuple[_Session, str, str]:
@@ -68,53 +74,106 @@ def _session(ctx: Context, image: str, credentials: object) -> tuple[_Session, s
     login = _login(ctx, registry, credentials)
     scheme = "http" if registry.startswith(_LOOPBACK) else "https"
     host = "registry-1.docker.io" if registry == "docker.io" else registry
-    key = (f"{scheme}://{host}", repository, login)
+    base = f"{scheme}://{host}"
+    key = (base, repository, login)
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            client = httpx.Client(base_url=key[0], timeout=httpx.Timeout(15.0, connect=5.0))
-            session = _SESSIONS[key] = _Session(client, repository, login)
+            pool = _POOLS.get(base)
+            if pool is None:
+                pool = _POOLS[base] = _pool(base, ctx.env)
+            session = _SESSIONS[key] = _Session(pool, base, repository, login)
     return session, repository, tag
 
 
-class _Session:
-    def __init__(self, client: httpx.Client, repository: str, login: tuple[str, str] | None) -> None:
-        self.client, self.repository, self.login = client, repository, login
-        self.headers: dict[str, str] = {"Accept": MANIFEST_TYPES}
+def _pool(base: str, env: Mapping[str, str]) -> Any:
+    """A thread-safe pool for `base`, through the proxy the environment names for it, if any."""
+    import urllib3
 
-    def get(self, path: str, *, method: str = "GET") -> httpx.Response | None:
+    retries = urllib3.Retry(total=2, connect=1, read=1, redirect=5, status=0)  # read: a closed kept-alive connection
+    proxy = _proxy(base, env)
+    if proxy:
+        return urllib3.ProxyManager(proxy, maxsize=16, retries=retries, timeout=urllib3.Timeout(connect=CONNECT_S, read=READ_S))
+    return urllib3.PoolManager(maxsize=16, retries=retries, timeout=urllib3.Timeout(connect=CONNECT_S, read=READ_S))
+
+
+def _proxy(base: str, env: Mapping[str, str]) -> str | None:
+    scheme, _, host = base.partition("://")
+    lowered = {k.lower(): v for k, v in env.items()}
+    proxy = lowered.get(f"{scheme}_proxy") or lowered.get("all_proxy")
+    if not proxy or host.startswith(_LOOPBACK):
+        return None
+    name = host.rsplit(":", 1)[0].lower()
+    for entry in (e.strip().lower().lstrip(".") for e in lowered.get("no_proxy", "").split(",")):
+        if entry == "*" or (entry and (name == entry or name.endswith("." + entry))):
+            return None
+    return proxy
+
+
+class _Session:
+    def __init__(self, pool: Any, base: str, repository: str, login: tuple[str, str] | None) -> None:
+        self.pool, self.base, self.repository, self.login = pool, base, repository, login
+        self.headers: dict[str, str] = {"Accept": MANIFEST_TYPES}
+        if login is not None and (base, login) in _BASIC:
+            self.headers["Authorization"] = _basic(login)
+
+    def get(self, path: str, *, method: str = "GET") -> Any:
         """The reply to GET (or HEAD) `path`, answering an auth challenge when one comes (a token
         that expired is asked for again); None for 404."""
+        import urllib3
+
         try:
-            reply = self.client.request(method, path, headers=dict(self.headers))
-            if reply.status_code == 401:
+            reply = self._request(method, path)
+            if reply.status == 401:
                 self._authenticate(reply.headers.get("WWW-Authenticate", ""))
-                reply = self.client.request(method, path, headers=dict(self.headers))
-        except httpx.HTTPError as exc:
-            raise StepError(f"registry {self.client.base_url} could not be reached: {exc}") from None
-        if reply.status_code == 404:
+                reply = self._request(method, path)
+        except urllib3.exceptions.HTTPError as exc:
+            raise StepError(f"registry {self.base} could not be reached: {_reason(exc)}") from None
+        if reply.status == 404:
             return None
-        if reply.status_code >= 400:
-            raise StepError(f"registry {self.client.base_url} answered {reply.status_code} for {path}",
+        if reply.status >= 400:
+            raise StepError(f"registry {self.base} answered {reply.status} for {path}",
                             hint="check the registry credentials (`docker login` or the step's credentials)")
         return reply
+
+    def _request(self, method: str, path: str) -> Any:
+        return self.pool.request(method, self.base + path, headers=dict(self.headers))
 
     def _authenticate(self, challenge: str) -> None:
         kind = challenge.split(" ", 1)[0].lower()
         if kind == "basic" and self.login is not None:
-            user, password = self.login
-            self.headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.headers["Authorization"] = _basic(self.login)
+            with _LOCK:
+                _BASIC.add((self.base, self.login))
         elif kind == "bearer":
             params = dict(_CHALLENGE.findall(challenge))
             realm = params.pop("realm", "")
             params.setdefault("scope", f"repository:{self.repository}:pull")
-            auth = httpx.BasicAuth(*self.login) if self.login is not None else None
-            reply = self.client.get(realm, params=params, auth=auth)
-            if reply.status_code == 200:
-                data = reply.json()
+            headers = {"Authorization": _basic(self.login)} if self.login is not None else {}
+            reply = self.pool.request("GET", realm, fields=params, headers=headers)
+            if reply.status == 200:
+                data = _json(reply)
                 token = data.get("token") or data.get("access_token")
-                if token:
+                if isinstance(token, str) and token:
                     self.headers["Authorization"] = f"Bearer {token}"
+
+
+def _basic(login: tuple[str, str]) -> str:
+    return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+
+
+def _json(reply: Any) -> dict[str, Any]:
+    """A reply's JSON object; {} for anything else (a registry's reply is data, never trusted)."""
+    try:
+        data = json.loads(reply.data)
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)  # MaxRetryError: the last error, e.g. connection refused
+    return f"{type(reason or exc).__name__}: {reason or exc}"
 
 
 def _parts(image: str) -> tuple[str, str, str]:

@@ -254,19 +254,19 @@ def cache_project(root: Path, deployments: int, groups: int, base_image: str, re
     (root / ".gitignore").write_text(".buildsys/\n")
 
 
-def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, dict[str, object], dict[str, object]]:
-    """Time `buildsys --json push ARGS` as a whole process: (seconds, summary, outputs by step)."""
-    start = time.perf_counter()
+def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, float, dict[str, object], dict[str, object]]:
+    """Time `buildsys --json push ARGS` as a whole process: (wall s, CPU s, summary, outputs by step)."""
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run([sys.executable, "-m", "buildsys", "--json", "push", *args], cwd=root,
                           capture_output=True, text=True, env=env, timeout=3600)
-    took = time.perf_counter() - start
+    took, used = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
         raise SystemExit(f"buildsys push {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     warnings = [e["message"] for e in events if e["event"] == "message"]
     if warnings:
         raise SystemExit(f"buildsys push {' '.join(args)} warned: {warnings}")
-    return took, events[-1], _outputs(root)
+    return took, used, events[-1], _outputs(root)
 
 
 def _cache_server(base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
@@ -310,10 +310,11 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
     (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": login}}}))
     env = {**os.environ, "NO_COLOR": "1", "BUILDSYS_CACHE_KEY": secrets.token_hex(32), "DOCKER_CONFIG": str(config),
            "REGISTRY_USER": registry.username, "REGISTRY_PASSWORD": registry.password}
-    cold: list[float] = []
-    warm: list[float] = []
+    cold: list[tuple[float, float, float]] = []  # (wall s, CPU s, 1-minute load average after)
+    warm: list[tuple[float, float, float]] = []
     try:
         _push_base(client, base_image, registry)
+        _byte_compile()
         for r in range(runs):
             origin = tmp / f"origin{r}"
             cache_project(origin, deployments, groups, base_image, registry.host, secrets.token_hex(8))
@@ -324,12 +325,12 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
             for name in ("cold", "writer", "fresh"):
                 clones.append(tmp / f"{name}{r}")
                 git(tmp, "clone", "-q", str(origin), str(clones[-1]))
-            took, summary, cold_outputs = _push(clones[0], env)
+            took, used, summary, cold_outputs = _push(clones[0], env)
             assert summary["ran"] == 2 * groups, summary
-            cold.append(took)
+            cold.append((took, used, os.getloadavg()[0]))
             _push(clones[1], {**env, "BUILDSYS_CACHE_TOKEN": tokens["cache"]}, "--cache-from", url, "--cache-write")
             _remove_images(client, registry.host)
-            took, summary, fresh_outputs = _push(clones[2], {**env, "BUILDSYS_CACHE_TOKEN": tokens["read"]},
+            took, used, summary, fresh_outputs = _push(clones[2], {**env, "BUILDSYS_CACHE_TOKEN": tokens["read"]},
                                                  "--cache-from", url)
             if summary["ran"] != 0 or summary["cached"] != 2 * groups:
                 raise SystemExit(f"the fresh runner with the shared cache ran steps: {summary}")
@@ -337,16 +338,26 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
                 differ = {k: (cold_outputs.get(k), fresh_outputs.get(k)) for k in set(cold_outputs) | set(fresh_outputs)
                           if cold_outputs.get(k) != fresh_outputs.get(k)}
                 raise SystemExit(f"the fresh runner's outputs differ from the cold runner's: {differ}")
-            warm.append(took)
+            warm.append((took, used, os.getloadavg()[0]))
     finally:
         server.terminate()
         server.wait(30)
         _remove_images(client, registry.host)
         registries.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    cold_s, warm_s = statistics.median(t[0] for t in cold), statistics.median(t[0] for t in warm)
+    cold_cpu, warm_cpu = statistics.median(t[1] for t in cold), statistics.median(t[1] for t in warm)
     return {"deployments": deployments, "groups": groups, "cold_s": cold_s, "warm_s": warm_s,
-            "ratio": cold_s / warm_s, "cold_runs": cold, "warm_runs": warm}
+            "cold_cpu_s": cold_cpu, "warm_cpu_s": warm_cpu, "ratio": cold_s / warm_s, "cpu_ratio": cold_cpu / warm_cpu,
+            "cold_runs": cold, "warm_runs": warm}
+
+
+def _byte_compile() -> None:
+    """Compiled bytecode for buildsys's own modules, as an installed package has it (pip compiles a
+    wheel's modules at install): with PYTHONDONTWRITEBYTECODE set, as on this machine, every
+    process of both sides would otherwise compile them again at its start."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "buildsys", "steps"], cwd=REPO, check=True,
+                   capture_output=True)
 
 
 def _remove_images(client: object, registry: str) -> None:
@@ -376,21 +387,25 @@ def _outputs(root: Path) -> dict[str, object]:
 
 
 def report_cache(figures: dict[str, object], runs: int) -> str:
-    ratio = float(figures["ratio"])  # type: ignore[arg-type]
-    fmt = ", ".join
+    ratio, cpu_ratio = float(figures["ratio"]), float(figures["cpu_ratio"])  # type: ignore[arg-type]
+
+    def each(samples: object) -> str:
+        return ", ".join(f"{w:.2f}/{c:.2f} (load {load:.0f})" for w, c, load in samples)  # type: ignore[attr-defined]
+
     lines = [
         f"fresh runner: `buildsys push` cold vs with the shared cache ({figures['deployments']} deployments, "
         f"{figures['groups']} images built and pushed to a local registry; buildsys server as the cache; "
         f"median of {runs} rounds, whole processes)",
         "",
-        "| fresh clone, empty .buildsys/ | median wall s | runs |",
-        "|---|---:|---|",
-        f"| `buildsys push` (cold) | {figures['cold_s']:.2f} | {fmt(f'{t:.2f}' for t in figures['cold_runs'])} |",  # type: ignore[attr-defined]
-        f"| `buildsys push --cache-from URL` | {figures['warm_s']:.2f} | "
-        f"{fmt(f'{t:.2f}' for t in figures['warm_runs'])} |",  # type: ignore[attr-defined]
+        "| fresh clone, empty .buildsys/ | median wall s | median CPU s | each round: wall/CPU s (load after) |",
+        "|---|---:|---:|---|",
+        f"| `buildsys push` (cold) | {figures['cold_s']:.2f} | {figures['cold_cpu_s']:.2f} | {each(figures['cold_runs'])} |",
+        f"| `buildsys push --cache-from URL` | {figures['warm_s']:.2f} | {figures['warm_cpu_s']:.2f} | "
+        f"{each(figures['warm_runs'])} |",
         "",
-        f"ratio {ratio:.1f}x (target >= {CACHE_TARGET:.0f}x: {'met' if ratio >= CACHE_TARGET else 'NOT met'}); "
-        f"with the cache: 0 steps run, {2 * int(figures['groups'])} restored, the same outputs as cold",  # type: ignore[call-overload]
+        f"wall ratio {ratio:.1f}x (target >= {CACHE_TARGET:.0f}x: {'met' if ratio >= CACHE_TARGET else 'NOT met'}), "
+        f"CPU ratio {cpu_ratio:.1f}x; with the cache: 0 steps run, {2 * int(figures['groups'])} restored, "  # type: ignore[call-overload]
+        "the same outputs as cold",
     ]
     return "\n".join(lines)
 
