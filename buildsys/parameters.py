@@ -57,7 +57,11 @@ def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: 
                     ParameterProblem("", f"Validation failed. Failure reason: {name!r} is a required property")
                 )
     concrete = {k: v for k, v in parameters.items() if k in names and not _templated(v)}
-    for error in _validator(schema).iter_errors(concrete):
+    key = json.dumps(schema, sort_keys=True, default=str)
+    fast = _fast_check(key, schema)
+    if fast is not None and fast(concrete):
+        return problems  # valid: jsonschema (imported only to explain a "no") has nothing to say
+    for error in _validator(key, schema).iter_errors(concrete):
         path = ".".join(str(p) for p in error.absolute_path)
         if not path:
             message = f"Validation failed. Failure reason: {error.message}"
@@ -114,15 +118,28 @@ def accepts_any_name(schema: Mapping[str, Any]) -> bool:
 
 
 _VALIDATORS: dict[str, Any] = {}
+_FAST_CHECKS: dict[str, Any] = {}
+# Keywords the validator below does not assert: Prefect's `position`, `format` (no format checker),
+# and Prefect's older `definitions` (only a place `$ref`s point into).
+_NOT_ASSERTED = frozenset({"position", "format", "definitions"})
 
 
-def _validator(schema: Mapping[str, Any]) -> Any:
+def _validator(key: str, schema: Mapping[str, Any]) -> Any:
     from jsonschema import Draft202012Validator
 
-    key = json.dumps(schema, sort_keys=True, default=str)
     if key not in _VALIDATORS:  # deployments of one flow share one validator
         _VALIDATORS[key] = Draft202012Validator(_prepared(schema))
     return _VALIDATORS[key]
+
+
+def _fast_check(key: str, schema: Mapping[str, Any]) -> Any:
+    """The prepared schema compiled into a yes/no check (buildsys.schemacheck), once per schema;
+    None when it uses a keyword the check does not implement (jsonschema alone then)."""
+    if key not in _FAST_CHECKS:
+        from buildsys.schemacheck import compile_check
+
+        _FAST_CHECKS[key] = compile_check(_prepared(schema), ignore=_NOT_ASSERTED)
+    return _FAST_CHECKS[key]
 
 
 def _prepared(schema: Mapping[str, Any]) -> dict[str, Any]:

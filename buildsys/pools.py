@@ -249,9 +249,15 @@ def check_job_variables(
 
 
 def _type_errors(schema: Mapping[str, Any], values: Mapping[str, Any], where: str) -> list[Diagnostic]:
+    check_schema = {k: v for k, v in schema.items() if k != "required"}
+    from buildsys.schemacheck import compile_check
+
+    # the yes/no check first: jsonschema (slow to import) only explains values it refuses
+    fast = compile_check(check_schema, ignore=_NOT_ASSERTED)
+    if fast is not None and fast(dict(values)):
+        return []
     from jsonschema import Draft202012Validator
 
-    check_schema = {k: v for k, v in schema.items() if k != "required"}
     validator = Draft202012Validator(check_schema)
     problems = []
     for error in sorted(validator.iter_errors(dict(values)), key=lambda e: list(map(str, e.absolute_path))):
@@ -267,6 +273,14 @@ def _type_errors(schema: Mapping[str, Any], values: Mapping[str, Any], where: st
             )
         )
     return problems
+
+
+# Keywords the validator above does not assert: `format` (no format checker), Prefect's own
+# (`position`, and the block schemas' `block_type_slug`, `secret_fields`, `block_schema_references`),
+# and `definitions` (only a place `$ref`s point into). Any other unknown keyword: jsonschema alone.
+_NOT_ASSERTED = frozenset(
+    {"format", "position", "block_type_slug", "secret_fields", "block_schema_references", "definitions"}
+)
 
 
 def _short(message: str) -> str:

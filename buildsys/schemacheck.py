@@ -29,11 +29,13 @@ class Unsupported(Exception):
     """The schema uses something this checker does not implement exactly."""
 
 
-def compile_check(schema: Mapping[str, Any]) -> Check | None:
+def compile_check(schema: Mapping[str, Any], *, ignore: frozenset[str] = frozenset()) -> Check | None:
     """A function telling whether a value is valid against `schema`; None when the schema uses a
-    keyword this module does not implement (validate with jsonschema then)."""
+    keyword this module does not implement (validate with jsonschema then). `ignore`: keywords
+    the caller's jsonschema validator does not assert either (`format` without a format checker,
+    Prefect's `position`), taken as annotations."""
     try:
-        return _Compiler(schema).compile(schema)
+        return _Compiler(schema, ignore).compile(schema)
     except Unsupported:
         return None
 
@@ -73,8 +75,9 @@ def equal(a: object, b: object) -> bool:
 
 
 class _Compiler:
-    def __init__(self, root: Mapping[str, Any]) -> None:
+    def __init__(self, root: Mapping[str, Any], ignore: frozenset[str] = frozenset()) -> None:
         self.root = root
+        self.ignore = ignore
         self.refs: dict[str, Check] = {}
 
     def compile(self, schema: object) -> Check:
@@ -87,7 +90,7 @@ class _Compiler:
         checks: list[Check] = []
         object_checks: list[Check] = []
         for keyword, arg in schema.items():
-            if keyword in _ANNOTATIONS or keyword.startswith("x-") or keyword in ("then", "else"):
+            if keyword in _ANNOTATIONS or keyword.startswith("x-") or keyword in ("then", "else") or keyword in self.ignore:
                 continue
             handler = getattr(self, "_k_" + keyword.lstrip("$"), None)
             if handler is None:

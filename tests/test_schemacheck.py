@@ -178,3 +178,81 @@ def test_messages_are_unchanged_by_the_fast_path(monkeypatch: pytest.MonkeyPatch
     assert len(alone) >= 5
     rendered = [d.render() if hasattr(d, "render") else str(d) for d in alone]
     assert any("unknown key 'scedule'" in line for line in rendered), rendered
+
+
+FLOW_SOURCE = '''
+import datetime
+from enum import Enum
+from typing import Literal, Optional
+from pydantic import BaseModel
+from prefect import flow
+
+
+class Color(Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Size(BaseModel):
+    width: int
+    height: float = 1.0
+
+
+@flow
+def etl(day: str, shard: int = 0, ratio: float = 0.5, on: bool = True, when: datetime.date | None = None,
+        names: list[str] = [], extra: dict = {}, mode: Literal["a", "b"] = "a", color: Color = Color.RED,
+        size: Optional[Size] = None, stamp: datetime.datetime = None, anything=None):
+    """Load."""
+'''
+
+
+def _parameter_schema() -> dict[str, Any]:
+    import ast
+
+    from buildsys.paramschema import parameter_schema
+
+    tree = ast.parse(FLOW_SOURCE)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
+    return parameter_schema(node, tree, ast.get_docstring(node))
+
+
+def test_parameter_and_job_variable_checks_agree_with_jsonschema() -> None:
+    """The plan's parameter and job-variable checks answer "valid" without jsonschema: the checks
+    they compile (Prefect's `position`, `format` and `definitions` taken as the annotations they
+    are to a validator without a format checker) agree with jsonschema on values and mutations."""
+    import json
+
+    from buildsys import parameters, pools
+
+    prepared = parameters._prepared(_parameter_schema())
+    assert "definitions" in prepared or "$defs" in prepared, "the flow has a model: the schema refers to it"
+    variables = [
+        {k: v for k, v in json.loads((REPO / "schemas" / "job-templates" / f"{kind}.json").read_text())["variables"].items()
+         if k != "required"}
+        for kind in ("process", "docker", "kubernetes")
+    ]
+    good = {"day": "mon", "shard": 2, "ratio": 1, "on": False, "when": "2024-01-01", "names": ["a"],
+            "extra": {"k": [1]}, "mode": "b", "color": "blue", "size": {"width": 3}, "stamp": None, "anything": [1]}
+    rng = random.Random(7)
+    for schema, ignore, doc in [(prepared, parameters._NOT_ASSERTED, good)] + [
+        (v, pools._NOT_ASSERTED, {k: p.get("default") for k, p in v["properties"].items() if "default" in p})
+        for v in variables
+    ]:
+        check = compile_check(schema, ignore=ignore)
+        assert check is not None, "the fast path applies to the schemas plans check"
+        validator = Draft202012Validator(schema)
+        _agree(check, validator, doc)
+        for value in mutations(doc, rng, 150):
+            _agree(check, validator, value)
+
+
+def test_parameter_problems_are_unchanged_by_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys import parameters
+
+    schema = _parameter_schema()
+    cases = [{"day": 1, "shard": "x"}, {"size": {"width": "wide"}, "color": "green"}, {"day": "mon", "shard": 3},
+             {"on": 1, "mode": "c", "nope": 2}, {"names": "a"}]
+    with_check = [parameters.check(schema, c, partial=True) for c in cases]
+    monkeypatch.setattr(parameters, "_fast_check", lambda key, schema: None)  # jsonschema alone
+    assert with_check == [parameters.check(schema, c, partial=True) for c in cases]
+    assert [bool(p) for p in with_check] == [True, True, False, True, True]

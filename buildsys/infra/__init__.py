@@ -15,11 +15,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from importlib.metadata import EntryPoint
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from buildsys.errors import BuildsysError
 from buildsys.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint  # the registry's scan imports it, only when asked
 
 __all__ = [
     "Execution",
