@@ -21,7 +21,7 @@ from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
 from buildsys.errors import BuildsysError, TemplateError
 from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
-from buildsys.noop import Previous
+from buildsys.noop import Previous, Seen
 from buildsys.reporter import Event, NullReporter, Reporter
 from buildsys.sensitive import secret_values
 from buildsys.step import Context, StepDef
@@ -51,7 +51,9 @@ class Dependencies:
     directories: set[str] = field(default_factory=set)
     env: dict[str, str | None] = field(default_factory=dict)
     provable: bool = True  # False: some decision needed a hook, a listing we did not track, …
-    stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # seen while digesting
+    # the stat data the decisions rest on: seen while digesting, else recorded by `previous`
+    stats: Mapping[str, tuple[int, int, int, int]] | Seen = field(default_factory=dict)
+    previous: Previous | None = None  # the last build's manifest this build started from
     # label -> (absolute input files, directories listed): what each step's key read
     nodes: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
@@ -168,6 +170,7 @@ class Engine:
         self._decided: dict[str, Decision] = {}
         self.dependencies = Dependencies()
         self._unstored: set[str] = set()
+        self._recorded: dict[str, str] | None = None  # stored outputs (JSON) by recorded key (`previous`)
         # Only for a build of this process's environment: the manifest checked os.environ.
         # Not with a shared cache either: a cached step's result may still have to be shared.
         self.previous = previous if use_cache and not dry_run and env is None and shared is None else None
@@ -224,7 +227,8 @@ class Engine:
 
         deps = self.dependencies
         deps.directories |= self.files.scanned
-        deps.stats = self.cache.observed
+        deps.stats = self.cache.observed if self.previous is None else Seen(self.cache.observed, self.previous)
+        deps.previous = self.previous
         if self.files.opaque or not self.use_cache:
             deps.provable = False
         for sd in self.stepdefs.values():
@@ -302,17 +306,17 @@ class Engine:
             res = self.results.get(d)
             if res is None or res.status != "cached" or res.cache_key != prev.keys.get(nodes[d].label):
                 return None
-        outputs = self.cache.result(recorded)
-        if outputs is None:
+        if self._recorded is None:  # the results of every recorded key, in one query
+            self._recorded = self.cache.results(prev.keys.values())
+        stored = self._recorded.get(recorded)
+        if stored is None:
             return None
+        outputs: dict[str, Any] = json.loads(stored)
         files, listed = prev.files[label], prev.directories[label]
         self.dependencies.files.update(files)
         self.dependencies.nodes[label] = (files, listed)
         self.files.scanned.update(listed)
-        observed = self.cache.observed
-        for f in files:
-            if f in prev.stats:
-                observed[f] = prev.stats[f]
+        # (the stat data of these files: the manifest's, `Seen` in _note_dependencies)
         self.reporter.event(Event("cached", label, reason="unchanged"))
         return NodeResult(node.key, label, "cached", "unchanged", outputs, cache_key=recorded)
 

@@ -29,7 +29,6 @@ SUBDIRECTORY = "noop"
 STEP_RESULTS = "cache.db"
 PARALLEL_FROM = 4096  # files; below this a forked helper costs more than it saves
 RACY_NS = 2_000_000_000
-StatRow = tuple[str, int, int, int, int]  # path, size, mtime_ns, ctime_ns, inode (size -1: missing)
 NodeRecord = tuple[str, str, "Sequence[str]", "Sequence[str]"]  # label, key, files, directories
 
 
@@ -104,18 +103,6 @@ def _sha256_hex(data: bytes) -> str:
     return str(_sha256[0](data).hexdigest())
 
 
-def stat_row(path: str, known: Mapping[str, tuple[int, int, int, int]] | None = None) -> StatRow:
-    """(path, size, mtime_ns, ctime_ns, inode); from `known` (seen during the build) when there."""
-    seen = known.get(path) if known else None
-    if seen is not None:
-        return (path, *seen)
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (path, -1, 0, 0, 0)
-    return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
 def write_manifest(
     path: str,
     *,
@@ -124,8 +111,9 @@ def write_manifest(
     env: Mapping[str, str | None],
     labels: Sequence[str],
     cache: str,
-    known: Mapping[str, tuple[int, int, int, int]] | None = None,
+    known: Mapping[str, tuple[int, int, int, int]] | Seen | None = None,
     nodes: Sequence[NodeRecord] = (),
+    previous: Previous | None = None,
 ) -> bool:
     """Record what a successful all-cached-or-ran build depended on. False when it cannot prove
     the next build a no-op: a file was modified too recently to trust its stat data (git's "racily
@@ -134,39 +122,59 @@ def write_manifest(
 
     `known` holds stat data the build saw when it digested files: recording what the decision was
     based on (rather than stat-ing again) can only make the next check fall through needlessly,
-    never pass wrongly. `nodes`: each step's label, cache key, input files and scanned directories."""
+    never pass wrongly. `nodes`: each step's label, cache key, input files and scanned directories.
+    `previous`: the manifest this build started from (`previous_build`); when the build depended
+    on the same files, its rows are kept and only those of the files that moved are written anew
+    (the same bytes as writing every row)."""
+    _decoded.clear()
     now = time.time_ns()
-    rows = [stat_row(f, known) for f in sorted(set(files))]
-    racy = [i for i, r in enumerate(rows) if r[1] >= 0 and r[2] >= now - RACY_NS]
+    root = _root_of(path).rstrip(os.sep) + os.sep
+    file_set = set(files)
     dirs = []
     for d in sorted(set(directories)):
         try:
             dirs.append((d, os.stat(d).st_mtime_ns))
         except OSError:
             dirs.append((d, -1))
-    from array import array
+    dir_names = [d for d, _ in dirs]
+    kept = _kept_rows(previous, file_set, known, now) if previous is not None and previous.manifest == path else None
+    if kept is not None:
+        assert previous is not None
+        full, paths, numbers, racy = previous.paths, previous.raw["paths"], kept[0], kept[1]
+        node_items = _kept_node_fields(previous, nodes, dir_names)
+    else:
+        from array import array
 
-    numbers = array("q")
-    for _, size, mtime, ctime, ino in rows:
-        numbers.extend((size, mtime, ctime, ino))
+        full = sorted(file_set)
+        get = (known or {}).get
+        numbers = array("q")
+        racy = []
+        for i, f in enumerate(full):
+            row = get(f) or _stat(f)
+            numbers.extend(row)
+            if row[0] >= 0 and row[1] >= now - RACY_NS:
+                racy.append(i)
+        # One string and one packed array load far faster than 20,000 small tuples; paths
+        # relative to the project root where they are under it: shorter to load and to look up.
+        paths = _text(_relative(f, root) for f in full)
+        node_items = None
     if any("\0" in label for label in labels):
         remove(path)
         return False  # the manifest separates names with NUL (file names cannot hold one)
-    root = _root_of(path).rstrip(os.sep) + os.sep
+    if node_items is None:
+        node_items = _node_fields(nodes, full, dir_names)
     fields = {
         "python": _text([sys.version]),
         "code": _text([code_stamp()]),
         "packages": _text(f"{e}\0{m}" for e, m in environment_fingerprint()),
-        # One string and one packed array load far faster than 20,000 small tuples; paths
-        # relative to the project root where they are under it: shorter to load and to look up.
-        "paths": _text(_relative(r[0], root) for r in rows),
+        "paths": paths,
         "stats": numbers.tobytes(),
         "dirs": _text(f"{d}\0{m}" for d, m in dirs),
         "env": _text(f"{k}\0{env_digest(v)}" for k, v in sorted(env.items())),
         "labels": _text(labels),
         "cache": _text([cache]),
         "racy": _text(str(i) for i in racy),
-        "nodes": _text(_node_fields(nodes, [r[0] for r in rows], [d for d, _ in dirs])),
+        "nodes": _text(node_items),
     }
     blob = [MAGIC]
     for name, payload in fields.items():
@@ -179,10 +187,67 @@ def write_manifest(
     return not racy
 
 
-def _node_fields(nodes: Sequence[NodeRecord], files: list[str], dirs: list[str]) -> Iterable[str]:
+def _stat(path: str) -> tuple[int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode), size -1 for a missing file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, 0, 0, 0)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _kept_rows(previous: Previous, files: set[str], known: Any, now: int) -> tuple[Any, list[int]] | None:
+    """The stat rows and racy indices of a manifest for `files`, from the previous manifest's
+    rows with those of the files that moved since replaced; None when the files are not the same."""
+    full = previous.paths
+    if len(files) != len(full) or not files.issuperset(full) or len(previous.numbers) != 4 * len(full):
+        return None
+    from array import array
+
+    numbers = array("q")
+    numbers.frombytes(previous.numbers.tobytes())
+    get = (known or {}).get
+    racy = []
+    # Rows kept as they were are not racy now: they were not when recorded, and time moved on.
+    for i in sorted(previous.moved):
+        row = get(full[i]) or _stat(full[i])
+        numbers[4 * i : 4 * i + 4] = array("q", row)
+        if row[0] >= 0 and row[1] >= now - RACY_NS:
+            racy.append(i)
+    return numbers, racy
+
+
+def _kept_node_fields(previous: Previous, nodes: Sequence[NodeRecord], dirs: list[str]) -> list[str] | None:
+    """`_node_fields` for a manifest with the previous one's files and directories: a node that
+    reads the same files and directories keeps its recorded index lists. None when the
+    directories differ (then everything is computed again)."""
+    old = _items(previous.raw.get("nodes", b""))
+    old_dirs = _items(previous.raw.get("dirs", b""))[0::2]
+    if old_dirs != dirs or not old:
+        return None
+    position = {old[at]: at for at in range(0, len(old) - 3, 4)}
+    file_at: dict[str, int] | None = None
+    dir_at: dict[str, int] | None = None
+    out: list[str] = []
+    for label, key, node_files, node_dirs in nodes:
+        at = position.get(label)
+        if at is not None and previous.files.get(label) == node_files and previous.directories.get(label) == node_dirs:
+            out += [label, key, old[at + 2], old[at + 3]]
+            continue
+        if file_at is None or dir_at is None:
+            file_at = dict(zip(previous.paths, range(len(previous.paths)), strict=True))
+            dir_at = {d: i for i, d in enumerate(dirs)}
+        try:
+            out += [label, key, ",".join(str(file_at[f]) for f in node_files), ",".join(str(dir_at[d]) for d in node_dirs)]
+        except KeyError:
+            return []
+    return out
+
+
+def _node_fields(nodes: Sequence[NodeRecord], files: list[str], dirs: list[str]) -> list[str]:
     """label, key, file indices, directory indices (comma-separated) per node; nothing at all when
     a node names a file or directory the manifest does not hold."""
-    file_at = {f: i for i, f in enumerate(files)}
+    file_at = dict(zip(files, range(len(files)), strict=True))
     dir_at = {d: i for i, d in enumerate(dirs)}
     out: list[str] = []
     for label, key, node_files, node_dirs in nodes:
@@ -226,11 +291,30 @@ def _fields(blob: bytes) -> dict[str, bytes] | None:
     return out
 
 
+_decoded: dict[str, tuple[tuple[int, int, int, int], dict[str, Any] | None]] = {}  # path -> (file identity, _read)
+
+
 def _read(path: str) -> dict[str, Any] | None:
-    """A manifest's fields decoded, or None when it is missing, foreign, damaged or stale."""
+    """A manifest's fields decoded, or None when it is missing, foreign, damaged or stale. Kept
+    for the process while the file is the same one (the no-op check, then previous_build)."""
     try:
         with open(path, "rb") as fh:
-            fields = _fields(fh.read())
+            st = os.fstat(fh.fileno())
+            identity = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            kept = _decoded.get(path)
+            if kept is not None and kept[0] == identity:
+                return kept[1]
+            data = _decode(fh.read())
+    except OSError:
+        return None
+    _decoded.clear()  # one manifest at a time
+    _decoded[path] = (identity, data)
+    return data
+
+
+def _decode(blob: bytes) -> dict[str, Any] | None:
+    try:
+        fields = _fields(blob)
         if fields is None or _items(fields["python"]) != [sys.version]:
             return None
         pairs = [_items(fields[k]) for k in ("packages", "dirs", "env")]
@@ -246,8 +330,9 @@ def _read(path: str) -> dict[str, Any] | None:
             "cache": _items(fields["cache"]),
             "racy": [int(i) for i in _items(fields.get("racy", b""))],
             "nodes": _items(fields.get("nodes", b"")),
+            "raw": fields,
         }
-    except (OSError, KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
+    except (KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
         return None
 
 
@@ -406,15 +491,49 @@ class Previous:
     moved. Everything else the build depended on (the project file, step sources, environment
     variables, buildsys, installed packages, the cache) is unchanged, or there is no Previous."""
 
-    __slots__ = ("changed", "directories", "env", "files", "keys", "stats")
+    __slots__ = ("_at", "changed", "directories", "env", "files", "keys", "manifest", "moved", "numbers", "paths", "raw")
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}  # label -> cache key
         self.files: dict[str, list[str]] = {}  # label -> absolute paths
         self.directories: dict[str, list[str]] = {}  # label -> directories its globs listed
         self.changed: set[str] = set()  # labels whose files or directories moved
-        self.stats: dict[str, tuple[int, int, int, int]] = {}  # unchanged files' stat data, by path
         self.env: list[str] = []  # environment variables the build used (all unchanged)
+        self.paths: list[str] = []  # the manifest's files (absolute), in its order
+        self.numbers: memoryview = memoryview(b"")  # their recorded (size, mtime, ctime, inode), flat
+        self.moved: set[int] = set()  # indices of files that moved (or were racy when recorded)
+        self.raw: dict[str, bytes] = {}  # the manifest's fields as stored
+        self.manifest = ""  # its path
+        self._at: dict[str, int] | None = None
+
+    def recorded(self, path: str) -> tuple[int, int, int, int] | None:
+        """The stat data of `path` as recorded and found unchanged now; None when it moved, is
+        missing or is not in the manifest."""
+        if self._at is None:
+            self._at = dict(zip(self.paths, range(len(self.paths)), strict=True))
+        i = self._at.get(path)
+        if i is None or i in self.moved:
+            return None
+        size, mtime, ctime, ino = self.numbers[4 * i : 4 * i + 4]
+        return None if size == -1 else (size, mtime, ctime, ino)
+
+
+class Seen:
+    """The stat data a build's decisions rest on, by absolute path, as `write_manifest`'s `known`:
+    what the build saw while digesting files, else what the last manifest recorded and was found
+    unchanged at the start of this build (the steps reused with their recorded keys)."""
+
+    __slots__ = ("observed", "previous")
+
+    def __init__(self, observed: Mapping[str, tuple[int, int, int, int]], previous: Previous | None) -> None:
+        self.observed = observed
+        self.previous = previous
+
+    def get(self, path: str) -> tuple[int, int, int, int] | None:
+        seen = self.observed.get(path)
+        if seen is None and self.previous is not None:
+            return self.previous.recorded(path)
+        return seen
 
 
 def _previous(path: str) -> Previous | None:
@@ -429,14 +548,9 @@ def _previous(path: str) -> Previous | None:
     full = [p if p.startswith(os.sep) else prefix + p for p in paths]
     moved = set(data["racy"])
     stat = os.stat
-    recorded = iter(numbers)
-    out = Previous()
     seen = _verified.get(path, 0)  # the no-op check, moments ago in this process, found these unchanged
-    for i, (p, size, mtime, ctime, ino) in enumerate(zip(full, recorded, recorded, recorded, recorded, strict=True)):
-        if i < seen:
-            if size != -1 and i not in moved:
-                out.stats[p] = (size, mtime, ctime, ino)
-            continue
+    recorded = iter(numbers[4 * seen :])
+    for i, p, size, mtime, ctime, ino in zip(range(seen, len(full)), full[seen:], recorded, recorded, recorded, recorded, strict=True):
         try:
             st = stat(p)
         except OSError:
@@ -445,8 +559,8 @@ def _previous(path: str) -> Previous | None:
             continue
         if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
             moved.add(i)
-        elif i not in moved:
-            out.stats[p] = (size, mtime, ctime, ino)
+    out = Previous()
+    out.paths, out.numbers, out.moved, out.raw, out.manifest = full, numbers, moved, data["raw"], path
     moved_dirs = set(_changed_dirs(data))
     dirs = [d for d, _ in data["dirs"]]
     owned: set[int] = set()

@@ -305,3 +305,57 @@ def test_a_racy_file_is_decided_again_and_the_rest_reused(chain: Path) -> None:
     prev = previous(chain)
     assert prev is not None and prev["changed"] == ["a"]
     assert decisions(chain) == {"a": "unchanged", "b": "unchanged", "c": "unchanged"}
+
+
+def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(isolated: Path) -> None:
+    """After a change, the manifest keeps the previous one's rows and rewrites only those of the
+    files that moved: byte for byte what writing every row gives (in-process, no build)."""
+    folders = {name: isolated / "src" / name for name in ("a", "b")}
+    files: dict[str, list[str]] = {}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True)
+        files[name] = []
+        for i in range(3):
+            f = folder / f"{i}.txt"
+            f.write_text(f"{name}{i}\n")
+            age(f)
+            files[name].append(str(f))
+        age(folder)
+    outside = isolated / "prefect.yaml"
+    outside.write_text("build: []\n")
+    age(outside)
+    cache = isolated / ".buildsys" / "cache.db"
+    cache.parent.mkdir()
+    cache.write_text("")
+    path = noop.manifest_path(str(outside), ("build",), [])
+
+    def write(keys: dict[str, str], previous: noop.Previous | None, extra: tuple[str, ...] = ()) -> bytes:
+        nodes = [(n, keys[n], files[n] + list(extra) * (n == "b"), [str(folders[n])]) for n in ("a", "b")]
+        seen = noop.Seen({f: _stat(f) for f in files["a"] + list(extra)}, previous)  # what a build digested
+        noop.write_manifest(path, files={*files["a"], *files["b"], *extra, str(outside)},
+                            directories=[str(d) for d in folders.values()], env={}, labels=["a", "b"],
+                            cache=str(cache), known=seen, nodes=nodes, previous=previous)
+        return Path(path).read_bytes()
+
+    write({"a": "k1", "b": "k2"}, None)
+    Path(files["a"][1]).write_text("changed\n")  # a's own file moved; b's did not
+    age(Path(files["a"][1]))
+    prev = noop.previous_build(path)
+    assert prev is not None and prev.changed == {"a"}
+    kept = write({"a": "k3", "b": "k2"}, prev)
+    assert kept == write({"a": "k3", "b": "k2"}, None)
+    assert noop.still_valid(path) == ["a", "b"]
+    # a file added to b's inputs: the rows cannot be kept, and the result is still the full write
+    new = folders["b"] / "new.txt"
+    new.write_text("new\n")
+    age(new)
+    age(folders["b"])
+    prev = noop.previous_build(path)
+    assert prev is not None and prev.changed == {"b"}
+    grown = write({"a": "k3", "b": "k4"}, prev, (str(new),))
+    assert grown == write({"a": "k3", "b": "k4"}, None, (str(new),))
+
+
+def _stat(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)

@@ -192,6 +192,7 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         cache=os.path.join(root, caches.DIRECTORY, caches.STEP_RESULTS),
         known=deps.stats,
         nodes=_node_records(result),
+        previous=deps.previous,
     )
 
 
