@@ -184,8 +184,30 @@ def _parameters(deployment: Resource, params: tuple[Field, ...], data: Mapping[s
     return value
 
 
+async def pause(ui: Ui, request: Request, who: Viewer) -> Response:
+    return await _set_paused(ui, request, True)
+
+
+async def resume(ui: Ui, request: Request, who: Viewer) -> Response:
+    return await _set_paused(ui, request, False)
+
+
+async def _set_paused(ui: Ui, request: Request, paused: bool) -> Response:
+    """Its schedules stop (or start again) making runs, as `buildsys deployment pause/resume`;
+    runs can still be started by hand."""
+    from buildsys.reconcile import set_paused
+
+    deployment, _ = await _load(ui, request.path_params["name"])
+    await posted(request)  # the CSRF check reads the form
+    await ui.sync(set_paused, ui.services.store, "deployment", deployment.name, paused)
+    ui.services.resources_changed.notify()
+    return RedirectResponse(f"/deployments/{deployment.name}", status_code=303)
+
+
 ROUTES = (
     ("/deployments", "GET", "read", deployments_list),
     ("/deployments/{name:path}/run", "POST", "apply", create_run),
+    ("/deployments/{name:path}/pause", "POST", "apply", pause),
+    ("/deployments/{name:path}/resume", "POST", "apply", resume),
     ("/deployments/{name:path}", "GET", "read", deployment_page),
 )

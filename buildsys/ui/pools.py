@@ -94,6 +94,8 @@ def _pool_page(
         "errors": {},
         "yaml": pool_yaml(pool),
         "saved": request.query_params.get("saved") == "1",
+        "saved_settings": request.query_params.get("saved") == "settings",
+        "settings_error": None,
         "workers": [],
         "waiting": [],
         "deployments": [],
@@ -161,6 +163,27 @@ async def save(ui: Ui, request: Request, who: Viewer) -> Response:
     return RedirectResponse(f"/pools/{pool.name}?saved=1", status_code=303)
 
 
+async def settings(ui: Ui, request: Request, who: Viewer) -> Response:
+    """Pause or resume the pool and set its concurrency limit (empty: no limit), as one edit."""
+    pool, _ = await _load(ui, request.path_params["name"])
+    form = await posted(request)
+    serial = _serial(form.get("serial", ""))
+    text = form.get("concurrency_limit", "").strip()
+    if text and not (text.isascii() and text.isdigit()):
+        store = ui.services.store
+        extra = await ui.sync(lambda: {"workers": store.list_workers(pool.name)})
+        return _pool_page(ui, request, who, pool, serial, status=422, **extra,
+                          settings_error=f"concurrency limit: {text!r} is not a whole number of runs (0 or more; empty: no limit)")
+    spec = {**pool.spec, "paused": form.get("paused") == "1", "concurrency_limit": int(text) if text else None}
+    if spec != dict(pool.spec):
+        source = {**(pool.source or {}), "edited": "ui"}
+        change = Change("update", "pool", pool.name, spec=spec, owner=pool.owner, source=source)
+        await ui.sync(ui.services.store.apply, [change], expected_serial=serial)
+        ui.services.resources_changed.notify()
+        ui.services.runs_changed.notify()  # an unpaused pool or a raised limit makes runs claimable
+    return RedirectResponse(f"/pools/{pool.name}?saved=settings", status_code=303)
+
+
 def with_defaults(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """The template with its variables' defaults replaced by `values`. A variable left empty loses
     its default, unless that default is null or "" (which an empty input stands for already)."""
@@ -209,4 +232,5 @@ ROUTES = (
     ("/pools/{name}", "GET", "read", pool_page),
     ("/pools/{name}/preview", "POST", "apply", preview),
     ("/pools/{name}/save", "POST", "apply", save),
+    ("/pools/{name}/settings", "POST", "apply", settings),
 )

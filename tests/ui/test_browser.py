@@ -127,6 +127,23 @@ def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
     start_run(browser, server.url)
     browser.wait_text("#logs", "GREETING=bonjour", 60)
     browser.wait_text("#run-state", "Completed", 30)
+    # the pool's pause and concurrency limit, and the deployment's schedules, as in Prefect's UI
+    browser.get(f"{server.url}/pools/local")
+    browser.fill("#f-concurrency_limit", "two")
+    browser.submit("form[action$='/settings'] button")
+    assert "'two' is not a whole number" in browser.wait_text("#settings-error", "concurrency limit")
+    browser.fill("#f-concurrency_limit", "2")
+    browser.find("#f-paused").click()
+    browser.submit("form[action$='/settings'] button")
+    browser.wait_text("main", "Saved: the pool is paused, concurrency limit 2.")
+    assert (api.get_resource("pool", "local").spec["paused"], api.get_resource("pool", "local").spec["concurrency_limit"]) == (True, 2)
+    browser.get(f"{server.url}/deployments/{DEPLOYMENT}")
+    browser.submit("form[action$='/pause'] button")
+    browser.wait_text("h1", "paused")
+    assert api.get_resource("deployment", DEPLOYMENT).spec["paused"] is True
+    assert "paused" in browser.text("ul.edits")  # an edit since the project's apply
+    browser.submit("form[action$='/resume'] button")
+    wait_for(lambda: api.get_resource("deployment", DEPLOYMENT).spec["paused"] is False, 10, "the deployment resumed")
 
 
 def test_every_page_renders_labelled_at_desktop_and_phone_width(
