@@ -4,6 +4,7 @@ deployment's `parameter_schema`, job-variable overrides checked against the pool
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -85,6 +86,7 @@ async def _page(
     job: tuple[Field, ...],
     errors: Mapping[str, str],
     status: int = 200,
+    start_at: str = "",
 ) -> Response:
     from buildsys.ui.drift import drift, since_apply
 
@@ -106,6 +108,7 @@ async def _page(
         errors=errors,
         drift=compared,
         since=since,
+        start_at=start_at,
         free_parameters=not params,
         pretty=lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str),
     )
@@ -152,17 +155,35 @@ async def create_run(ui: Ui, request: Request, who: Viewer) -> Response:
                 job_configuration(template_of(pool), deployment.spec.get("job_variables"), overrides, env={})
             except JobVariableError as exc:
                 errors[""] = exc.render()
+    start_at = _start_at(data.get("start_at", ""), errors)
     if errors:
         shown_params = fields_for(parameter_schema(deployment), submitted(params, data), fill_defaults=False)
         shown_job = fields_for(
             effective_schema(deployment, pool), submitted(job, data, JV), prefix=JV, fill_defaults=False
         ) if pool else ()
-        return await _page(ui, request, who, deployment, pool, shown_params, shown_job, errors, status=422)
+        return await _page(ui, request, who, deployment, pool, shown_params, shown_job, errors, status=422,
+                           start_at=data.get("start_at", ""))
     run = await ui.sync(
-        ui.services.store.create_run, deployment.name, parameters=parameters, job_variables=overrides or None
+        ui.services.store.create_run, deployment.name, parameters=parameters, job_variables=overrides or None,
+        scheduled_at=start_at,
     )
     ui.services.runs_changed.notify()
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
+
+
+def _start_at(text: str, errors: dict[str, str]) -> float | None:
+    """The form's "start at" (UTC, as the pages show times): None for now."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        errors["start_at"] = f"{text!r} is not a date and time (YYYY-MM-DDTHH:MM, UTC)"
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def _parameters(deployment: Resource, params: tuple[Field, ...], data: Mapping[str, str], errors: dict[str, str]) -> dict[str, Any]:

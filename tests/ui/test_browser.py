@@ -82,6 +82,14 @@ def test_invalid_form_values_are_named_and_nothing_runs(browser: Browser, server
     assert browser.find("#f-settings-labels").get_attribute("value") == "kept"  # what was typed stays
     browser.screenshot("run-form-errors")
     assert [r for r in api.list_runs() if not r.auto_scheduled] == []  # (the cron schedule makes its own)
+    # fixed, and started later rather than now (Prefect's custom run "start later"); no worker here
+    browser.driver.execute_script("document.getElementById('f-day').value = '2026-12-24'")
+    browser.fill("#f-jv-env", "")
+    browser.driver.execute_script("document.getElementById('f-start_at').value = '2030-01-02T03:04'")
+    browser.submit("form[action$='/run'] button[type=submit]")
+    wait_for(lambda: "/runs/" in str(browser.driver.current_url), 20, "the run page")
+    [run] = [r for r in api.list_runs() if not r.auto_scheduled]
+    assert (run.state, run.scheduled_at, run.parameters["day"]) == ("SCHEDULED", 1893553440.0, "2026-12-24")
 
 
 def test_cancel_a_running_run(browser: Browser, server: ServerProcess, api: StateStore, worker: Workers, tmp_path: Path) -> None:
