@@ -118,7 +118,7 @@ def build_docker_image(
     plan = _plan(ctx, image_name, dockerfile, base_image, path)
     options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
                "target": target, **_engine_options(build_kwargs)}
-    client = client_for(ctx)
+    client = client_for(ctx, private=push and credentials is not None)  # a login stays in its client
     tag = tag or _content_tag(plan, options, _from_images(client, plan, options["buildargs"]))
     extra = [str(t) for t in additional_tags or []]
     if persist_dockerfile and plan.generated is not None:
@@ -376,7 +376,7 @@ def push_docker_image(
         raise StepError(f"build_backend {build_backend!r} is not supported", hint="use docker-py (the default)")
     name, tag = _split_tag(qualified(ctx, image_name), tag)
     extra = [str(t) for t in additional_tags or []]
-    client = client_for(ctx)
+    client = client_for(ctx, private=credentials is not None)  # a login stays in its client
     auth = login(ctx, client, name, credentials)
     digests = push_tags(ctx, client, name, [tag, *extra], auth)
     return {"image_name": name, "tag": tag, "image": f"{name}:{tag}", "digest": digests[tag],
