@@ -164,17 +164,16 @@ async def save(ui: Ui, request: Request, who: Viewer) -> Response:
 
 
 async def settings(ui: Ui, request: Request, who: Viewer) -> Response:
-    """Pause or resume the pool and set its concurrency limit (empty: no limit), as one edit."""
+    """Pause or resume the pool, set its concurrency limit (empty: no limit), and its queues'
+    pause, priority and limit, or add a queue: one edit, every bad value named."""
     pool, _ = await _load(ui, request.path_params["name"])
     form = await posted(request)
     serial = _serial(form.get("serial", ""))
-    text = form.get("concurrency_limit", "").strip()
-    if text and not (text.isascii() and text.isdigit()):
+    spec, problems = settings_spec(pool.spec, form)
+    if problems:
         store = ui.services.store
         extra = await ui.sync(lambda: {"workers": store.list_workers(pool.name)})
-        return _pool_page(ui, request, who, pool, serial, status=422, **extra,
-                          settings_error=f"concurrency limit: {text!r} is not a whole number of runs (0 or more; empty: no limit)")
-    spec = {**pool.spec, "paused": form.get("paused") == "1", "concurrency_limit": int(text) if text else None}
+        return _pool_page(ui, request, who, pool, serial, status=422, **extra, settings_error="; ".join(problems))
     if spec != dict(pool.spec):
         source = {**(pool.source or {}), "edited": "ui"}
         change = Change("update", "pool", pool.name, spec=spec, owner=pool.owner, source=source)
@@ -182,6 +181,46 @@ async def settings(ui: Ui, request: Request, who: Viewer) -> Response:
         ui.services.resources_changed.notify()
         ui.services.runs_changed.notify()  # an unpaused pool or a raised limit makes runs claimable
     return RedirectResponse(f"/pools/{pool.name}?saved=settings", status_code=303)
+
+
+def settings_spec(spec: Mapping[str, Any], form: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The pool's spec with the settings form applied, and what is wrong with the form."""
+    from buildsys.storable import name_problem
+
+    problems: list[str] = []
+
+    def number(key: str, what: str, *, least: int) -> int | None:
+        text = form.get(key, "").strip()
+        if not text:
+            return None
+        if not (text.isascii() and text.isdigit()) or int(text) < least:
+            problems.append(f"{what}: {text!r} is not a whole number of {least} or more (empty: none)")
+            return None
+        return int(text)
+
+    queues: list[dict[str, Any]] = []
+    for index, queue in enumerate(spec.get("queues") or []):
+        if not isinstance(queue, Mapping):
+            continue
+        q, name = dict(queue), str(queue.get("name"))
+        if f"q{index}.seen" in form:  # the row was on the page the form was read from
+            q["paused"] = form.get(f"q{index}.paused") == "1"
+            q["priority"] = number(f"q{index}.priority", f"queue {name} priority", least=1) or q.get("priority") or index + 1
+            q["concurrency_limit"] = number(f"q{index}.concurrency_limit", f"queue {name} concurrency limit", least=0)
+        queues.append(q)
+    new_name = form.get("new_queue", "").strip()
+    if new_name:
+        problem = name_problem(new_name)
+        if problem:
+            problems.append(f"new queue name {new_name!r} {problem}")
+        elif any(q.get("name") == new_name for q in queues):
+            problems.append(f"pool has a queue {new_name!r} already")
+        else:
+            queues.append({"name": new_name, "priority": len(queues) + 1, "concurrency_limit": None,
+                           "description": None, "paused": False})
+    new = {**spec, "paused": form.get("paused") == "1",
+           "concurrency_limit": number("concurrency_limit", "concurrency limit", least=0), "queues": queues}
+    return new, problems
 
 
 def with_defaults(template: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -142,9 +142,19 @@ def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
     assert "'two' is not a whole number" in browser.wait_text("#settings-error", "concurrency limit")
     browser.fill("#f-concurrency_limit", "2")
     browser.find("#f-paused").click()
+    browser.fill("#f-new_queue", "urgent")
     browser.submit("form[action$='/settings'] button")
     browser.wait_text("main", "Saved: the pool is paused, concurrency limit 2.")
-    assert (api.get_resource("pool", "local").spec["paused"], api.get_resource("pool", "local").spec["concurrency_limit"]) == (True, 2)
+    spec = api.get_resource("pool", "local").spec
+    assert (spec["paused"], spec["concurrency_limit"], [q["name"] for q in spec["queues"]]) == (True, 2, ["urgent"])
+    browser.find("#q0-paused").click()
+    browser.fill("#q0-priority", "5")
+    browser.fill("#q0-limit", "1")
+    browser.submit("form[action$='/settings'] button")
+    browser.wait_text("main", "Saved: the pool is paused")
+    assert api.get_resource("pool", "local").spec["queues"] == [
+        {"name": "urgent", "priority": 5, "concurrency_limit": 1, "description": None, "paused": True}]
+    assert browser.unlabelled() == []  # the queue rows' controls too
     browser.get(f"{server.url}/deployments/{DEPLOYMENT}")
     browser.submit("form[action$='/pause'] button")
     browser.wait_text("h1", "paused")
