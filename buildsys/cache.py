@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY, label TEXT, key TEXT, components TEXT, updated REAL, duration REAL);
 """
 RACY_NS = 2_000_000_000  # files modified within 2 s of being recorded are re-read next time
+FLUSH_EVERY = 1.0  # seconds: recorded results wait at most this long for their transaction
 IGNORE_FILES = (".buildsysignore", ".gitignore")
 ALWAYS_IGNORED = (".git", ".buildsys", "__pycache__", ".venv")
 
@@ -67,6 +68,11 @@ class Cache:
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
         self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
         self._touched: list[tuple[str, str, str, str, float, float]] = []
+        # Results and node rows recorded since the last flush: a build's records are written
+        # together (one transaction, not one per step), at most FLUSH_EVERY seconds late.
+        self._results: dict[str, tuple[str, str, str, float]] = {}
+        self._nodes: list[tuple[str, str, str, str, float, float]] = []
+        self._flushed = time.monotonic()
         self._entries: dict[str, Sequence[Any]] | None = None
         self.reads = 0  # files actually read and hashed (tests count these)
         self.sparse = False  # read file rows per step (few steps decided), not all at once
@@ -161,7 +167,7 @@ class Cache:
             ):
                 out[path] = known[4]
                 continue
-            digest = _hash_file(full)
+            digest = _hash_file(full, size)
             with self._lock:
                 self.reads += 1
                 row = (size, mtime, ctime, inode, digest, time.time_ns())
@@ -171,25 +177,32 @@ class Cache:
         return out
 
     def flush(self) -> None:
-        """Write buffered file digests and cache-hit history in one transaction."""
+        """Write buffered file digests, results and node history in one transaction."""
         with self._lock:
             pending, self._pending = self._pending, {}
             touched, self._touched = self._touched, []
-        if pending or touched:
+            results, self._results = self._results, {}
+            nodes, self._nodes = self._nodes, []
+            self._flushed = time.monotonic()
+        if pending or touched or results or nodes:
             with self._transaction() as db:
                 db.executemany(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [(p, *row) for p, row in pending.items()],
                 )
-                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", touched)
+                db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", list(results.values()))
+                # in the order they happened: a node's later record replaces its earlier one
+                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", [*nodes, *touched])
 
     def _transaction(self) -> _Txn:
         return _Txn(self.db, self._lock)
 
     # --- results and node history -------------------------------------------------------------
     def result(self, key: str) -> dict[str, Any] | None:
+        db = self.db
         with self._lock:
-            row = self.db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
+            recorded = self._results.get(key)
+            row = (recorded[2],) if recorded else db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def results(self, keys: Iterable[str]) -> dict[str, str]:
@@ -203,11 +216,13 @@ class Cache:
                 chunk = wanted[at : at + 500]
                 query = f"SELECT key, outputs FROM results WHERE key IN ({','.join('?' * len(chunk))})"
                 out.update(db.execute(query, chunk).fetchall())
+            out.update((k, self._results[k][2]) for k in wanted if k in self._results)
         return out
 
     def entry(self, node: str) -> Entry | None:
         """The node's last recorded key and components (all nodes are read in one query)."""
         if self._entries is None:
+            self.flush()  # the snapshot includes what this build recorded so far
             db = self.db
             with self._lock:
                 rows = db.execute("SELECT node, label, key, components, updated, duration FROM nodes").fetchall()
@@ -216,6 +231,7 @@ class Cache:
         return _entry(row) if row else None
 
     def entries(self) -> list[Entry]:
+        self.flush()
         with self._lock:
             rows = self.db.execute(
                 "SELECT node, label, key, components, updated, duration FROM nodes ORDER BY label"
@@ -232,17 +248,18 @@ class Cache:
         duration: float,
         step: str,
     ) -> None:
+        """Store a step's result and its node's key (buffered: `flush`, at the latest FLUSH_EVERY
+        seconds later or when the build closes the cache; `result` sees it at once)."""
         now = time.time()
-        with self._transaction() as db:
-            if outputs is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                    (key, step, json.dumps(outputs, default=str), now),
-                )
-            db.execute(
-                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)",
-                (node, label, key, json.dumps(components, default=str, sort_keys=True), now, duration),
-            )
+        row = (node, label, key, json.dumps(components, default=str, sort_keys=True), now, duration)
+        stored = None if outputs is None else (key, step, json.dumps(outputs, default=str), now)
+        with self._lock:
+            if stored is not None:
+                self._results[key] = stored
+            self._nodes.append(row)
+            due = time.monotonic() - self._flushed >= FLUSH_EVERY
+        if due:
+            self.flush()
 
     def touch(self, node: str, label: str, key: str, components: Mapping[str, Any]) -> None:
         """Remember a cache hit's key (buffered; written by flush)."""
@@ -251,12 +268,14 @@ class Cache:
             self._touched.append(row)
 
     def forget(self, key: str) -> None:
+        self.flush()  # a result recorded before is forgotten too
         with self._transaction() as db:
             db.execute("DELETE FROM results WHERE key = ?", (key,))
 
     def gc(self, keep_keys: Iterable[str]) -> int:
         """Delete results no current node points at; returns how many were removed."""
         keep = set(keep_keys)
+        self.flush()
         with self._lock:
             keys = [r[0] for r in self.db.execute("SELECT key FROM results")]
         drop = [k for k in keys if k not in keep]
@@ -270,6 +289,7 @@ class Cache:
         return len(drop)
 
     def clear(self) -> None:
+        self.flush()
         with self._transaction() as db:
             db.execute("DELETE FROM results")
             db.execute("DELETE FROM nodes")
@@ -298,11 +318,23 @@ def _entry(row: Sequence[Any]) -> Entry:
     return Entry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
 
-def _hash_file(path: str) -> str:
+def _hash_file(path: str, size: int = -1) -> str:
+    """xxh3-128 of the file's content. `size`, from a stat just before: a small file is read in
+    one call and its short read at that size ends it (three system calls through `os`, not the
+    ~six of `open()`); read on to the end when the file is not that size any more."""
     h = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        total = 0
+        want = min(size + 1, 1 << 20) if size >= 0 else 1 << 20
+        while chunk := os.read(fd, want):
             h.update(chunk)
+            total += len(chunk)
+            if len(chunk) < want and total == size:
+                break
+            want = 1 << 20
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 

@@ -7,6 +7,7 @@ Failures are values: a failed node stops its dependents (and, without --keep-goi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -473,18 +474,31 @@ class Engine:
         return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=keyed.cache_key)
 
     def _call(self, node: StepNode, stepdef: StepDef, ctx: Context, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        log_dir = self.project.root / ".buildsys" / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.label)
-        with open(log_dir / f"{safe}.log", "w", encoding="utf-8") as log:
+        path = os.path.join(self.project.root, ".buildsys", "logs", f"{safe}.log")
+        # Opened when the step first prints: a silent step costs no file (and leaves none).
+        opened: list[Any] = []
+        opening = threading.Lock()  # a step's output pipes are read by two threads
 
-            def emit(line: str) -> None:
-                log.write(line + "\n")
-                log.flush()
-                self.reporter.event(Event("log", node.label, text=line))
+        def emit(line: str) -> None:
+            with opening:
+                if not opened:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    opened.append(open(path, "w", encoding="utf-8"))  # noqa: SIM115 - closed below
+            log = opened[0]
+            log.write(line + "\n")
+            log.flush()
+            self.reporter.event(Event("log", node.label, text=line))
 
-            ctx.emit = emit
+        ctx.emit = emit
+        try:
             outputs = stepdef(ctx, **inputs)
+        finally:
+            if opened:
+                opened[0].close()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # an earlier run's log is not this run's
         normalised: dict[str, Any] = json.loads(json.dumps(outputs, default=str))
         return normalised
 

@@ -147,16 +147,14 @@ def write_manifest(
 
         full = sorted(file_set)
         get = (known or {}).get
-        numbers = array("q")
-        racy = []
-        for i, f in enumerate(full):
-            row = get(f) or _stat(f)
-            numbers.extend(row)
-            if row[0] >= 0 and row[1] >= now - RACY_NS:
-                racy.append(i)
+        rows = [get(f) or _stat(f) for f in full]
+        numbers = array("q", [n for row in rows for n in row])
+        limit = now - RACY_NS
+        racy = [i for i, row in enumerate(rows) if row[1] >= limit and row[0] >= 0]
         # One string and one packed array load far faster than 20,000 small tuples; paths
         # relative to the project root where they are under it: shorter to load and to look up.
-        paths = _text(_relative(f, root) for f in full)
+        cut = len(root)
+        paths = _text([f[cut:] if f.startswith(root) else f for f in full])
         node_items = None
     if any("\0" in label for label in labels):
         remove(path)
@@ -226,8 +224,8 @@ def _kept_node_fields(previous: Previous, nodes: Sequence[NodeRecord], dirs: lis
     if old_dirs != dirs or not old:
         return None
     position = {old[at]: at for at in range(0, len(old) - 3, 4)}
-    file_at: dict[str, int] | None = None
-    dir_at: dict[str, int] | None = None
+    file_at: dict[str, str] | None = None
+    dir_at: dict[str, str] | None = None
     out: list[str] = []
     for label, key, node_files, node_dirs in nodes:
         at = position.get(label)
@@ -235,10 +233,10 @@ def _kept_node_fields(previous: Previous, nodes: Sequence[NodeRecord], dirs: lis
             out += [label, key, old[at + 2], old[at + 3]]
             continue
         if file_at is None or dir_at is None:
-            file_at = dict(zip(previous.paths, range(len(previous.paths)), strict=True))
-            dir_at = {d: i for i, d in enumerate(dirs)}
+            file_at = dict(zip(previous.paths, map(str, range(len(previous.paths))), strict=True))
+            dir_at = {d: str(i) for i, d in enumerate(dirs)}
         try:
-            out += [label, key, ",".join(str(file_at[f]) for f in node_files), ",".join(str(dir_at[d]) for d in node_dirs)]
+            out += [label, key, ",".join(map(file_at.__getitem__, node_files)), ",".join(map(dir_at.__getitem__, node_dirs))]
         except KeyError:
             return []
     return out
@@ -247,12 +245,12 @@ def _kept_node_fields(previous: Previous, nodes: Sequence[NodeRecord], dirs: lis
 def _node_fields(nodes: Sequence[NodeRecord], files: list[str], dirs: list[str]) -> list[str]:
     """label, key, file indices, directory indices (comma-separated) per node; nothing at all when
     a node names a file or directory the manifest does not hold."""
-    file_at = dict(zip(files, range(len(files)), strict=True))
-    dir_at = {d: i for i, d in enumerate(dirs)}
+    file_at = dict(zip(files, map(str, range(len(files))), strict=True))
+    dir_at = {d: str(i) for i, d in enumerate(dirs)}
     out: list[str] = []
     for label, key, node_files, node_dirs in nodes:
         try:
-            out += [label, key, ",".join(str(file_at[f]) for f in node_files), ",".join(str(dir_at[d]) for d in node_dirs)]
+            out += [label, key, ",".join(map(file_at.__getitem__, node_files)), ",".join(map(dir_at.__getitem__, node_dirs))]
         except KeyError:
             return []
     return out
@@ -339,11 +337,6 @@ def _decode(blob: bytes) -> dict[str, Any] | None:
 def _root_of(manifest: str) -> str:
     """The project root of a manifest at ROOT/.buildsys/noop/TAG."""
     return os.path.dirname(os.path.dirname(os.path.dirname(manifest)))
-
-
-def _relative(path: str, prefix: str) -> str:
-    """`path` relative to the directory `prefix` (which ends with a separator) when under it."""
-    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def remove(path: str) -> None:
@@ -567,12 +560,12 @@ def _previous(path: str) -> Previous | None:
     items = data["nodes"]
     for at in range(0, len(items) - 3, 4):
         label, key, file_text, dir_text = items[at : at + 4]
-        indices = [int(i) for i in file_text.split(",")] if file_text else []
-        dir_indices = [int(i) for i in dir_text.split(",")] if dir_text else []
+        indices = list(map(int, file_text.split(","))) if file_text else []
+        dir_indices = list(map(int, dir_text.split(","))) if dir_text else []
         owned.update(indices)
         out.keys[label] = key
-        out.files[label] = [full[i] for i in indices]
-        out.directories[label] = [dirs[i] for i in dir_indices]
+        out.files[label] = list(map(full.__getitem__, indices))
+        out.directories[label] = list(map(dirs.__getitem__, dir_indices))
         if moved.intersection(indices) or moved_dirs.intersection(dir_indices):
             out.changed.add(label)
     if not moved <= owned:

@@ -45,11 +45,6 @@ def shared_cache_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def open_shared_cache(app: App, opts: dict[str, Any], reporter: Any) -> Any:
     """The shared cache the options name (buildsys.sharedcache), or None; its warnings go to the
     reporter (a cache that is down or unauthenticated never fails the build)."""
-    import os
-
-    from buildsys.reporter import Event
-    from buildsys.sharedcache import open_shared
-
     url = opts.get("cache_from") or ""
     if not url:
         if opts.get("cache_write"):
@@ -57,6 +52,10 @@ def open_shared_cache(app: App, opts: dict[str, Any], reporter: Any) -> Any:
 
             raise BuildsysError("--cache-write needs a shared cache", hint="add --cache-from URL or set BUILDSYS_CACHE")
         return None
+    import os
+
+    from buildsys.reporter import Event
+    from buildsys.sharedcache import open_shared
 
     def warn(text: str) -> None:
         reporter.event(Event("message", text=f"warning: {text}"))
