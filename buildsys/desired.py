@@ -158,6 +158,9 @@ def desired_state(
     chosen = select_deployments(project, select)
     if only is not None:  # exact names (`--affected`): none at all is a valid choice
         chosen = tuple(d for d in chosen if d.name in only)
+    prepare = getattr(outputs, "prepare", None)
+    if prepare is not None:  # outputs that are cheaper computed for all the chosen at once
+        prepare(chosen)
     for d in chosen:
         res = deployment_resource(
             d,

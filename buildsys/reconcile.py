@@ -24,7 +24,8 @@ from buildsys.plan import Plan, PlanError, ResourceChange
 from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 if TYPE_CHECKING:
-    from buildsys.desired import OutputsFor
+    from buildsys.desired import BuildOutputs, OutputsFor
+    from buildsys.graph import StepGraph
     from buildsys.model import Deployment, Project
 
 
@@ -106,17 +107,75 @@ def plan_project(
 def cached_outputs(project: Project) -> OutputsFor:
     """Each deployment's build outputs as the build cache holds them, without running anything
     (what no build produced for the current inputs is "known after build"): plan's view."""
-    from buildsys.desired import BuildOutputs
+    return _CachedOutputs(project)
 
-    def outputs(d: Deployment) -> BuildOutputs | None:
+
+class _CachedOutputs:
+    """`cached_outputs`: told which deployments the plan reads (`prepare`), it keys their build
+    and push steps in one graph, as a build of them would: a step that several deployments share
+    (one image for a group) is keyed once, with one look at its files and one fingerprint (a
+    Docker API call for an image's base), not once per deployment. Each deployment's outputs and
+    pending steps are then exactly what keying it alone gives (`engine.cached_namespace`, which
+    also answers whenever the shared graph cannot be made)."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.known: dict[str, BuildOutputs] = {}
+
+    def prepare(self, deployments: Sequence[Deployment]) -> None:
+        names = [d.name for d in deployments if d.build or d.push]
+        if len(names) < 2:
+            return
+        from buildsys.compiled import compile_project
+        from buildsys.engine import Engine, namespace_for
+
+        try:  # a deployment whose steps do not compile: each is keyed alone, with its own error
+            compiled = compile_project(self.project, sections=("build", "push"), deployments=names)
+        except BuildsysError:
+            return
+        graph = compiled.graph
+        engine = Engine(self.project, graph, compiled.steps, dry_run=True)
+        try:
+            decisions = engine.foresee()
+        finally:
+            engine.cache.close()
+        from buildsys.desired import BuildOutputs
+
+        for name in names:
+            chain = graph.chains.get(name)
+            if chain is None:
+                continue
+            labels = _alone_labels(graph, name, chain)
+            pending = frozenset(labels[k] for k in labels if not decisions[k].cached)
+            self.known[name] = BuildOutputs(namespace_for(graph, engine.results, name), pending)
+
+    def __call__(self, d: Deployment) -> BuildOutputs | None:
+        from buildsys.desired import BuildOutputs
+
         if not (d.build or d.push):
             return BuildOutputs({})
+        known = self.known.get(d.name)
+        if known is not None:
+            return known
         from buildsys.engine import cached_namespace  # only projects with build steps load the engine
 
-        namespace, pending = cached_namespace(project, d.name)
+        namespace, pending = cached_namespace(self.project, d.name)
         return BuildOutputs(namespace, frozenset(pending))
 
-    return outputs
+
+def _alone_labels(graph: StepGraph, deployment: str, chain: Sequence[str]) -> dict[str, str]:
+    """How a plan of the deployment alone names each step of its chain when pending
+    (`engine.cached_namespace`): the step's id, else its label in a graph of that deployment
+    alone (name#index, with @deployment when two of its steps share one: graph._label's rule)."""
+    keys = list(dict.fromkeys(chain))
+    base = {k: graph.nodes[k].spec.id or graph.nodes[k].spec.label for k in keys}
+    counts: dict[str, int] = {}
+    for label in base.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {
+        k: graph.nodes[k].spec.id or (f"{label}@{deployment}" if counts[label] > 1 else label)
+        for k, label in base.items()
+    }
 
 
 def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:

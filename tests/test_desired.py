@@ -483,3 +483,54 @@ def test_triggers_are_templated_except_their_parameters_and_get_prefects_default
         },
         {"type": "event", "name": "named", "expect": ["done"]},
     ]
+
+
+BATCH_STEPS = '''
+def write(*, name, text="x"):
+    return {"value": name + ":" + text}
+'''
+
+BATCH = """
+deployments:
+  - name: a
+    entrypoint: f.py:f
+    build:
+      - mysteps.py:write: {id: img, name: img}
+      - mysteps.py:write: {name: extra, text: "{{ img.value }}"}
+      - mysteps.py:write: {name: extra, text: "again"}
+  - name: b
+    entrypoint: f.py:f
+    build:
+      - mysteps.py:write: {id: img, name: img}
+      - mysteps.py:write: {id: tag, name: "{{ img.value }}-b"}
+  - name: c
+    entrypoint: f.py:f
+    build:
+      - mysteps.py:write: {id: other, name: c}
+  - {name: d, entrypoint: f.py:f}
+"""
+
+
+def test_plan_outputs_keyed_together_are_what_each_deployment_keyed_alone_gives(isolated: Path) -> None:
+    """`plan` keys the build steps of all the deployments it reads in one graph (a shared step
+    once); each deployment's outputs and pending steps are the same as keying it alone."""
+    from buildsys.compiled import compile_project
+    from buildsys.engine import build
+    from buildsys.reconcile import cached_outputs
+
+    write(isolated / "mysteps.py", BATCH_STEPS)
+    file = write(isolated / "prefect.yaml", BATCH)
+    project = load_project(file)
+    built = compile_project(project, sections=("build", "push"), deployments=["a"])
+    build(project, built.graph, built.steps)  # a's steps (img among them) built; b's tag and c not
+
+    alone, together = cached_outputs(project), cached_outputs(project)
+    together.prepare(project.deployments)  # type: ignore[attr-defined]
+    assert set(together.known) == {"a", "b", "c"}  # type: ignore[attr-defined]  # keyed in one graph
+    for d in project.deployments:
+        assert together(d) == alone(d), d.name
+    outputs = {d.name: together(d) for d in project.deployments}
+    assert outputs["a"] is not None and outputs["a"].pending == frozenset()
+    assert outputs["a"].namespace["img"] == {"value": "img:x"}
+    assert outputs["b"] is not None and outputs["b"].pending == {"tag"} and "img" in outputs["b"].namespace
+    assert outputs["c"] is not None and outputs["c"].pending == {"other"}
