@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from buildsys.errors import ConflictError, NotFoundError, StateError
+from buildsys.httpclient import httpx
 from buildsys.sensitive import mask_url
 from buildsys.store.base import (
     KINDS,

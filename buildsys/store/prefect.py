@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from buildsys.errors import BuildsysError, NotFoundError, StateError
+from buildsys.httpclient import httpx
 from buildsys.store import prefect_specs as specs
 from buildsys.store.base import Change, Resource, WorkerInfo
 from buildsys.store.prefect_api import PrefectApi

@@ -11,9 +11,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import httpx
-
 from buildsys.errors import ConflictError, NotFoundError, StateError
+from buildsys.httpclient import httpx
 
 SCHEME = "prefect+"
 PAGE = 200  # Prefect's default (and usual maximum) page size

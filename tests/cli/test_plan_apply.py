@@ -466,3 +466,22 @@ def test_ref_checks_entrypoint_files_at_that_commit_not_in_the_working_tree(repo
             "  hint: entrypoints are relative to the directory that holds the project file",
         )
     ]
+
+
+def test_a_plan_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """A plan against a SQLite store, its parameters and job variables valid, imports no
+    jsonschema (only a refused value is explained by it), no httpx/rich CLI, no Docker SDK,
+    GitPython (no repository), networkx or SQLAlchemy: their imports were most of a CI plan's time."""
+    write(tmp_path / "flows" / "etl.py", FLOW)
+    write(tmp_path / "prefect.yaml", PROJECT)
+    heavy = ["jsonschema", "rich", "pygments", "httpx", "docker", "git", "networkx", "sqlalchemy"]
+    probe = (
+        "import sys\nfrom buildsys.cli import main\n"
+        "try:\n    main(['--state', 'state.db', 'plan'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "ETL_LOG_LEVEL": "INFO"})
+    assert result.returncode == 0, result.stderr
+    assert "+ create deployment nightly-etl/nightly" in result.stdout, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
