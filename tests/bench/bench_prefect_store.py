@@ -7,7 +7,7 @@ Both tools run as the commands users run (a new process each), against the same 
 counting proxy on loopback, which counts HTTP requests and writes (POST/PATCH/PUT/DELETE other than
 Prefect's read-only POST .../filter). Wall seconds, medians over --reps runs, each on fresh names.
 
-    .venv/bin/python tests/bench/bench_prefect_store.py [--sizes 1,10,50] [--reps 3]
+    .venv/bin/python tests/bench/bench_prefect_store.py [--sizes 1,10,50] [--reps 3] [--tools buildsys]
 """
 
 from __future__ import annotations
@@ -176,7 +176,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,10,50")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tools", default="buildsys,prefect",
+                        help="buildsys,prefect (default) or buildsys alone (no speed-up column then)")
     args = parser.parse_args()
+    tools = tuple(t for t in ("buildsys", "prefect") if t in args.tools.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(tempfile.mkdtemp(prefix="bench-prefect-store-"))
     bindir = Path(sys.executable).parent
@@ -190,7 +193,7 @@ def main() -> None:
             env.update(BUILDSYS_STATE=f"prefect+{api}", PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
             for n in sizes:
                 for rep in range(args.reps):
-                    for tool in ("buildsys", "prefect"):
+                    for tool in tools:
                         tag = f"{tool[0]}{n}r{rep}-{uuid.uuid4().hex[:6]}"
                         pool = f"pool-{tag}"
                         httpx.post(f"{upstream}/api/work_pools/", json={"name": pool, "type": "process"}, timeout=60)
@@ -220,7 +223,11 @@ def report(rows: dict[tuple[str, int, str], list[tuple[float, int, int, float]]]
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         for phase in ("first apply", "no-change"):
-            b, p = med("buildsys", n, phase), med("prefect", n, phase)
+            b = med("buildsys", n, phase)
+            if ("prefect", n, phase) not in rows:
+                print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | (not run) | | | |")
+                continue
+            p = med("prefect", n, phase)
             print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | {p[0]:.2f} ({p[3]:.2f}) | {p[1]} "
                   f"| {p[2]} | {p[0] / b[0]:.1f}x |")
 
