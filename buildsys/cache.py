@@ -147,15 +147,22 @@ class Cache:
         prefix = os.path.join(str(self.root), "")
         stat = os.stat
         out: dict[str, str | None] = {}
-        for path in paths:
-            full = path if is_absolute(path) else prefix + path
+        hashed: list[tuple[str, tuple[int, int, int, int, str, int]]] = []
+        # Taken before any file is read: a file's row says it was hashed no later than this,
+        # which can only make the racy rule re-read it sooner, never trust it longer.
+        now = time.time_ns()
+        if os.sep == "/":
+            fulls = [p if p.startswith("/") else prefix + p for p in paths]
+        else:
+            fulls = [p if is_absolute(p) else prefix + p for p in paths]
+        for path, full in zip(paths, fulls, strict=True):
             try:
                 st = stat(full)
             except OSError:
                 out[path] = None
                 continue
-            size, mtime, ctime, inode = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-            observed[full] = (size, mtime, ctime, inode)
+            size, mtime, ctime, inode = seen = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+            observed[full] = seen
             known = stats.get(path)
             if (
                 known is not None
@@ -168,12 +175,14 @@ class Cache:
                 out[path] = known[4]
                 continue
             digest = _hash_file(full, size)
-            with self._lock:
-                self.reads += 1
-                row = (size, mtime, ctime, inode, digest, time.time_ns())
-                stats[path] = row
-                self._pending[path] = row
+            hashed.append((path, (size, mtime, ctime, inode, digest, now)))
             out[path] = digest
+        if hashed:
+            with self._lock:
+                self.reads += len(hashed)
+                for path, row in hashed:
+                    stats[path] = row
+                    self._pending[path] = row
         return out
 
     def flush(self) -> None:
@@ -247,11 +256,13 @@ class Cache:
         outputs: Mapping[str, Any] | None,
         duration: float,
         step: str,
+        encoded: str | None = None,
     ) -> None:
         """Store a step's result and its node's key (buffered: `flush`, at the latest FLUSH_EVERY
         seconds later or when the build closes the cache; `result` sees it at once)."""
         now = time.time()
-        row = (node, label, key, json.dumps(components, default=str, sort_keys=True), now, duration)
+        # `encoded`: the components' JSON text when the caller has it (`key_and_text`)
+        row = (node, label, key, encoded or json.dumps(components, default=str, sort_keys=True), now, duration)
         stored = None if outputs is None else (key, step, json.dumps(outputs, default=str), now)
         with self._lock:
             if stored is not None:
@@ -261,9 +272,9 @@ class Cache:
         if due:
             self.flush()
 
-    def touch(self, node: str, label: str, key: str, components: Mapping[str, Any]) -> None:
+    def touch(self, node: str, label: str, key: str, components: Mapping[str, Any], encoded: str | None = None) -> None:
         """Remember a cache hit's key (buffered; written by flush)."""
-        row = (node, label, key, json.dumps(components, default=str, sort_keys=True), time.time(), 0.0)
+        row = (node, label, key, encoded or json.dumps(components, default=str, sort_keys=True), time.time(), 0.0)
         with self._lock:
             self._touched.append(row)
 
@@ -339,7 +350,14 @@ def _hash_file(path: str, size: int = -1) -> str:
 
 
 def key_of(components: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return key_and_text(components)[0]
+
+
+def key_and_text(components: Mapping[str, Any]) -> tuple[str, str]:
+    """The cache key of a step's key components, and their JSON text (what the cache stores as
+    the node's last components: encoded once for both)."""
+    text = json.dumps(components, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], text
 
 
 def secret_digest(value: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.cache import Cache, FileSet, is_absolute, key_of, secret_digest
+from buildsys.cache import Cache, FileSet, is_absolute, key_and_text, secret_digest
 from buildsys.errors import BuildsysError, TemplateError
 from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
@@ -104,6 +104,7 @@ class _Keyed:
     ctx: Context
     components: dict[str, Any]
     cache_key: str
+    encoded: str = ""  # the components' JSON text (the cache stores it as the node's last components)
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,8 @@ class Engine:
             phase=spec.section,
         )
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
-        return _Keyed(inputs, ctx, components, key_of(components))
+        key, text = key_and_text(components)
+        return _Keyed(inputs, ctx, components, key, text)
 
     def decide(self, key: str, *, verify: bool = True) -> Decision:
         """Would node `key` run now, and why (its upstream results must be in `self.results`).
@@ -445,9 +447,10 @@ class Engine:
         keyed, outputs = decision.keyed, decision.outputs or {}
         stepdef = self.stepdefs[node.key]
         if decision.reason == SHARED_HIT and keyed is not None:  # kept here: the next build is local
-            self.cache.record(node.label, node.label, decision.cache_key, keyed.components, outputs, 0.0, stepdef.name)
+            self.cache.record(node.label, node.label, decision.cache_key, keyed.components, outputs, 0.0, stepdef.name,
+                              keyed.encoded)
         elif decision.reason != "unchanged" and keyed is not None:
-            self.cache.touch(node.label, node.label, decision.cache_key, keyed.components)
+            self.cache.touch(node.label, node.label, decision.cache_key, keyed.components, keyed.encoded)
         if decision.reason != SHARED_HIT:  # a result built here before: share it if nobody has
             self._share(node, stepdef, decision.cache_key, outputs, 0.0, if_absent=True)
         self.reporter.event(Event("cached", node.label, reason=decision.reason))
@@ -465,7 +468,8 @@ class Engine:
         duration = time.monotonic() - started
         # Outputs that carry a secret value are never written to the cache (the step reruns).
         storable = None if _holds_secret(outputs, keyed.ctx.secrets) or not stepdef.cacheable else outputs
-        self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name)
+        self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name,
+                          keyed.encoded)
         if storable is None:
             self._unstored.add(node.key)
         else:

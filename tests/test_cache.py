@@ -33,3 +33,29 @@ def test_globs_honour_ignore_files_hidden_files_and_tool_folders(tmp_path: Path)
     assert files.expand(["src/missing.py"], tmp_path) == ["src/missing.py"]  # absence is in the key
     # the folders whose listings a new file would change (not __pycache__: Python rewrites it)
     assert files.scanned == {str(tmp_path / p) for p in ("src", "src/pkg", "src/build")}
+
+
+def test_recorded_results_are_seen_at_once_and_written_together(tmp_path: Path) -> None:
+    """A build's records wait for one transaction (at the latest when the cache closes), but its
+    own lookups see them at once; forgetting one written or not yet written removes it."""
+    from buildsys.cache import Cache, _hash_file
+
+    cache = Cache(tmp_path)
+    cache.record("a", "a", "k1", {"step": "s"}, {"out": 1}, 0.1, "s")
+    cache.record("b", "b", "k2", {"step": "s"}, {"out": 2}, 0.1, "s")
+    assert cache.result("k1") == {"out": 1}
+    assert cache.results(["k1", "k2", "k3"]) == {"k1": '{"out": 1}', "k2": '{"out": 2}'}
+    reader = Cache(tmp_path)
+    assert reader.result("k1") is None  # another build: not written yet
+    reader.close()
+    cache.forget("k2")
+    assert cache.result("k2") is None
+    cache.close()
+    other = Cache(tmp_path)
+    assert other.result("k1") == {"out": 1} and other.result("k2") is None
+    entry = other.entry("a")
+    assert entry is not None and entry.key == "k1"
+    other.close()
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * ((1 << 20) + 3))
+    assert _hash_file(str(big), 5) == _hash_file(str(big)) == _hash_file(str(big), (1 << 20) + 3)  # a stale size reads on
