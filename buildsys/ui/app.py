@@ -22,7 +22,7 @@ from buildsys.errors import BuildsysError, ConflictError, NotFoundError
 from buildsys.printable import printable
 from buildsys.server.auth import Authenticator
 from buildsys.server.endpoints import Services
-from buildsys.ui.runs import state_key
+from buildsys.ui.runs import LOG_FILTERS, state_key
 from buildsys.ui.session import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -59,6 +59,7 @@ class Ui:
         self.env.filters["q"] = lambda s: quote(str(s), safe="/")
         self.env.globals["htmx"] = HTMX
         self.env.globals["state_key"] = state_key
+        self.env.globals["log_filters"] = LOG_FILTERS
 
     async def sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await self.services.run(fn, *args, **kwargs)

@@ -123,10 +123,25 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
 
     run, lines, extra = await ui.sync(read)
     last = lines[-1].seq if lines else 0
+    only = log_filter(request)
     return ui.render(
-        request, who, "run.html", run=run, lines=lines, last=last, timeline=timeline(run),
-        following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, **extra,
+        request, who, "run.html", run=run, lines=filtered_logs(lines, only), last=last, timeline=timeline(run),
+        following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, only=only, **extra,
     )
+
+
+LOG_FILTERS = {"": "every line", "problems": "warnings and errors (stderr, level warning and above)"}
+
+
+def log_filter(request: Request) -> str:
+    wanted = request.query_params.get("logs", "")
+    return wanted if wanted in LOG_FILTERS else ""
+
+
+def filtered_logs(lines: list[LogLine], only: str) -> list[LogLine]:
+    if only == "problems":
+        return [x for x in lines if x.stream == "stderr" or (x.level is not None and x.level >= 30)]
+    return lines
 
 
 def extras(store: StateStore, run: FlowRun) -> dict[str, Any]:
@@ -192,9 +207,10 @@ async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
             return Response(status_code=204)
     last = lines[-1].seq if lines else after
     states = await ui.sync(services.store.list_run_states, run.id)
+    only = log_filter(request)
     return ui.render(
-        request, who, "log_lines.html", run=run, lines=lines, last=last, following=not run.is_terminal,
-        stays=stays(run, states, time.time()),
+        request, who, "log_lines.html", run=run, lines=filtered_logs(lines, only), last=last, following=not run.is_terminal,
+        stays=stays(run, states, time.time()), only=only,
     )
 
 

@@ -135,3 +135,23 @@ def test_a_servers_deployment_page_shows_what_changed_since_the_projects_last_ap
     store.apply([Change("create", "deployment", "etl/by_hand", DEPLOYMENT, None, None)], expected_serial=None)
     page = get(app, "/deployments/etl/by_hand")
     assert "keeps no apply from a project that wrote it" in page.text
+
+
+def test_a_runs_logs_can_show_only_warnings_and_errors_and_follow_so(store: SqlStore, app: Starlette) -> None:
+    from buildsys.store.base import LogEntry
+
+    seed(store)
+    run = store.create_run("etl/nightly")
+    store.append_logs(run.id, [LogEntry(1.0, "stdout", "all fine"), LogEntry(2.0, "stderr", "disk nearly full"),
+                               LogEntry(3.0, "prefect", "task failed", 40, "prefect.task_runs"),
+                               LogEntry(4.0, "prefect", "task started", 20, "prefect.task_runs")])
+    lines = r'<li class="log-[a-z]+">(.*?)</li>'
+    every = texts(get(app, f"/runs/{run.id}").text, lines)
+    assert [x.split(" UTC ", 1)[1] for x in every] == ["all fine", "disk nearly full", "ERROR task failed", "task started"]
+    page = get(app, f"/runs/{run.id}?logs=problems").text
+    assert [x.split(" UTC ", 1)[1] for x in texts(page, lines)] == ["disk nearly full", "ERROR task failed"]
+    assert f'hx-get="/runs/{run.id}/logs?after=4&amp;state=Scheduled/1&amp;logs=problems"' in page  # it follows so
+    store.append_logs(run.id, [LogEntry(5.0, "stdout", "more"), LogEntry(6.0, "stderr", "worse")])
+    followed = get(app, f"/runs/{run.id}/logs?after=4&state=Scheduled/1&logs=problems", **{"HX-Request": "true"}).text
+    assert [x.split(" UTC ", 1)[1] for x in texts(followed, lines)] == ["worse"]
+    assert "after=6&amp;" in followed
