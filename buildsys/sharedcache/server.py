@@ -64,7 +64,7 @@ class ServerBackend:
                                      headers={**self.headers, **(headers or {})})
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc  # MaxRetryError: the error behind it
-            raise Unreachable(f"{_kind(reason)}: {reason}") from None
+            raise Unreachable(f"{_kind(reason)}: {_detail(reason)}") from None
 
     def _ok(self, reply: Any, doing: str) -> None:
         if reply.status >= 400:
@@ -79,6 +79,14 @@ def _kind(error: object) -> str:
     if isinstance(error, urllib3.exceptions.TimeoutError):
         return "Timeout"
     return type(error).__name__
+
+
+def _detail(error: object) -> str:
+    """The cause, without urllib3's preamble before a refused connection's OS error
+    (`HTTPConnection(host=…, port=…): Failed to establish a new connection: `)."""
+    text = str(error)
+    marker = "Failed to establish a new connection: "
+    return text.split(marker, 1)[1] if marker in text else text
 
 
 def _body(reply: Any) -> dict[str, Any]:
