@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
-
-if TYPE_CHECKING:
-    from buildsys.store.transitions import Decision, Proposal
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 # Resource kinds, in the order apply writes them (pools before deployments; deletions run reversed).
 KINDS = ("variable", "pool", "deployment")
@@ -158,6 +155,39 @@ class RunState(_Record):
     message: str | None = None
     attempt: int = 1
     worker: str | None = None  # who held the run in this state (None when unclaimed)
+
+
+# The answers to a state a Prefect client proposes for a run (EngineRecords.propose_run_state;
+# the rules that choose one are transitions.decide).
+ACCEPT, REJECT, ABORT, WAIT = "ACCEPT", "REJECT", "ABORT", "WAIT"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A state a Prefect client proposes for a flow run."""
+
+    type: str
+    name: str | None = None
+    message: str | None = None
+    force: bool = False
+    transition_id: str | None = None
+    scheduled_at: float | None = None  # a SCHEDULED proposal's scheduled time
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to a Proposal and the run after it (unchanged unless it moved)."""
+
+    status: str
+    run: FlowRun
+    reason: str | None = None
+    delay_seconds: float = 0.0
+    # a REJECT's state for the client when it is not the stored one (the retry's SCHEDULED)
+    reply_type: str | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.status == ACCEPT or (self.status == REJECT and self.reply_type is not None)
 
 
 @dataclass(frozen=True)

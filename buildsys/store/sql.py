@@ -17,16 +17,18 @@ from typing import Any, TypeVar
 from buildsys.errors import ConflictError, StateError
 from buildsys.printable import printable
 from buildsys.storable import resource_name_problem
-from buildsys.store import sqlapplies, sqlclaims, sqlengine, sqlhistory, sqlruns
+from buildsys.store import sqlapplies, sqlclaims, sqlengine, sqlruns
 from buildsys.store.base import (
     KINDS,
     AppliedChanges,
     Artifact,
     Change,
     ConcurrencyLimit,
+    Decision,
     FlowRun,
     LogEntry,
     LogLine,
+    Proposal,
     Resource,
     RunState,
     TaskRun,
@@ -44,7 +46,7 @@ from buildsys.store.rows import (
     resource_from_row,
 )
 from buildsys.store.snapshot import export_store, import_store
-from buildsys.store.transitions import DEFAULT_LEASE_SECONDS, Decision, Proposal
+from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
 
 ACTIONS = ("create", "update", "delete")
 C = TypeVar("C", bound=type)
@@ -228,7 +230,7 @@ class SqlStore:
         return sqlruns.request_cancel(self._db, run_id)
 
     def list_run_states(self, run_id: str) -> list[RunState]:
-        return sqlhistory.list_states(self._db, run_id)
+        return sqlruns.list_states(self._db, run_id)
 
     def list_applies(self, limit: int = 20) -> list[AppliedChanges]:
         return sqlapplies.list_applies(self._db, limit)

@@ -9,7 +9,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildsys.errors import NotFoundError, StateError
-from buildsys.store.base import PENDING, TERMINAL, Artifact, ConcurrencyLimit, FlowRun, Resource, TaskRun
+from buildsys.store.base import (
+    PENDING,
+    REJECT,
+    TERMINAL,
+    Artifact,
+    ConcurrencyLimit,
+    Decision,
+    FlowRun,
+    Proposal,
+    Resource,
+    TaskRun,
+)
 from buildsys.store.dialect import Database, Tx, now
 from buildsys.store.rows import (
     RESOURCE_COLUMNS,
@@ -22,7 +33,7 @@ from buildsys.store.rows import (
     run_name,
 )
 from buildsys.store.sqlruns import insert_run, load_run, save_run
-from buildsys.store.transitions import REJECT, Decision, Proposal, decide
+from buildsys.store.transitions import decide
 
 FLOW_NAMESPACE = uuid.UUID("6b1f4a52-5c1e-4a8e-9b7e-2f0c6d1e9a10")
 TASK_COLUMNS = (

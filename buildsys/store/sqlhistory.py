@@ -13,7 +13,7 @@ from typing import Any
 
 from buildsys.errors import StateError
 from buildsys.store.base import STATE_TYPES, FlowRun, RunState
-from buildsys.store.dialect import Database, Tx
+from buildsys.store.dialect import Tx
 from buildsys.store.transitions import DEFAULT_NAMES
 
 STATE_COLUMNS = "run_id, seq, ts, state, state_name, message, attempt, worker"
@@ -55,12 +55,9 @@ def forget(tx: Tx, where: str, params: Sequence[Any]) -> None:
     tx.run(f"DELETE FROM flow_run_states WHERE run_id IN (SELECT id FROM flow_runs WHERE {where})", params)
 
 
-def list_states(db: Database, run_id: str) -> list[RunState]:
-    from buildsys.store.sqlruns import load_run
-
-    with db.tx() as tx:
-        run = load_run(tx, run_id)
-        rows = tx.run(f"SELECT {STATE_COLUMNS} FROM flow_run_states WHERE run_id = ? ORDER BY seq", (run.id,))
+def states_of(tx: Tx, run_id: str) -> list[RunState]:
+    """The history of the run with this exact id (sqlruns.list_states finds the run first)."""
+    rows = tx.run(f"SELECT {STATE_COLUMNS} FROM flow_run_states WHERE run_id = ? ORDER BY seq", (run_id,))
     return [_from_row(r) for r in rows]
 
 

@@ -18,6 +18,7 @@ from buildsys.store.base import (
     FlowRun,
     LogEntry,
     LogLine,
+    RunState,
     WorkerInfo,
 )
 from buildsys.store.dialect import Database, Tx, now
@@ -155,6 +156,12 @@ def load_run(tx: Tx, run_id: str, *, lock: bool = False) -> FlowRun:
     row = tx.one(f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE id = ?{clause}", (rows[0][0],))
     assert row is not None
     return run_from_row(row)
+
+
+def list_states(db: Database, run_id: str) -> list[RunState]:
+    """The state history of a run named as `load_run` takes it, oldest first."""
+    with db.tx() as tx:
+        return sqlhistory.states_of(tx, load_run(tx, run_id).id)
 
 
 class Move(NamedTuple):

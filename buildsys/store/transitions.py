@@ -9,10 +9,11 @@ changes. FAILED/CRASHED with retries left becomes SCHEDULED "AwaitingRetry" (att
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from buildsys.errors import ConflictError, StateError
 from buildsys.store.base import (
+    ABORT,
+    ACCEPT,
     CANCELLED,
     CANCELLING,
     COMPLETED,
@@ -20,11 +21,15 @@ from buildsys.store.base import (
     FAILED,
     PAUSED,
     PENDING,
+    REJECT,
     RUNNING,
     SCHEDULED,
     STATE_TYPES,
     TERMINAL,
+    WAIT,
+    Decision,
     FlowRun,
+    Proposal,
 )
 
 DEFAULT_LEASE_SECONDS = 30.0
@@ -166,37 +171,8 @@ def expire(run: FlowRun, now: float) -> FlowRun:
 #     stays held by its worker (stored as RUNNING "AwaitingRetry" until the retry starts);
 #   * a repeated proposal with the transition id already accepted is accepted again, unchanged.
 
-ACCEPT, REJECT, ABORT, WAIT = "ACCEPT", "REJECT", "ABORT", "WAIT"
 AWAITING_RETRY = "AwaitingRetry"
 PREFECT_WORKER_PREFIX = "prefect-worker:"  # runs handed to Prefect's own workers are held by this
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A state a Prefect client proposes for a flow run."""
-
-    type: str
-    name: str | None = None
-    message: str | None = None
-    force: bool = False
-    transition_id: str | None = None
-    scheduled_at: float | None = None  # a SCHEDULED proposal's scheduled time
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The answer to a Proposal and the run after it (unchanged unless it moved)."""
-
-    status: str
-    run: FlowRun
-    reason: str | None = None
-    delay_seconds: float = 0.0
-    # a REJECT's state for the client when it is not the stored one (the retry's SCHEDULED)
-    reply_type: str | None = None
-
-    @property
-    def moved(self) -> bool:
-        return self.status == ACCEPT or (self.status == REJECT and self.reply_type is not None)
 
 
 def decide(run: FlowRun, proposal: Proposal, now: float) -> Decision:

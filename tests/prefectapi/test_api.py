@@ -17,8 +17,9 @@ import pytest
 import websockets
 
 from buildsys.server.auth import Authenticator, TokenStore, database_for
+from buildsys.store.base import Proposal
 from buildsys.store.sql import SqlStore
-from buildsys.store.transitions import Proposal, decide
+from buildsys.store.transitions import decide
 from tests.prefectapi.engine import claimed_run, deploy
 from tests.server.running import threaded_server
 
