@@ -9,15 +9,13 @@ also what the events websockets send in their auth frame.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -28,49 +26,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.prefectapi import events
 from buildsys.prefectapi.bodies import SCHEMAS
-from buildsys.prefectapi.context import ApiError, Call, Services
+from buildsys.prefectapi.context import ApiError, Call, Services, TokenChecker
+from buildsys.prefectapi.routes import ENDPOINTS, Endpoint
+from buildsys.prefectapi.tokens import authorize, bound_run
 from buildsys.server.endpoints import PrintableJSONResponse
 from buildsys.store.base import StateStore
 
 log = logging.getLogger("buildsys.prefectapi")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-READ, WRITE = "read", "worker"
-
-
-class TokenLike(Protocol):
-    @property
-    def scope(self) -> str: ...
-
-    def allows(self, needed: str) -> bool: ...
-
-
-def bound_run(token: TokenLike | None) -> str | None:
-    """The flow run a per-run key is bound to (None for server tokens and an open API)."""
-    run_id = getattr(token, "run_id", None)
-    return run_id if isinstance(run_id, str) else None
-
-
-class TokenChecker(Protocol):
-    """buildsys.server.auth.Authenticator, or the worker's per-run keys."""
-
-    def check(self, header: str | None) -> TokenLike | None: ...
-
-
-Handler = Callable[[Call], Awaitable[Any]]
-Guard = Callable[[Call], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str
-    handler: Handler
-    scope: str = READ
-    body: str | None = None  # a schema of bodies.SCHEMAS
-    status: int = 200
-    run_key: Guard | None = None  # what a per-run key may do here (runscope); None: refused to one
 
 
 @dataclass
@@ -81,37 +47,10 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def bearer(header: str | None) -> str | None:
-    """The token in an Authorization header: Bearer TOKEN, or Basic with the token as password
-    (or as the whole credential)."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip() or None
-    if scheme.lower() == "basic":
-        try:
-            text = base64.b64decode(value.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return frame_token(text)
-    return None
-
-
-def frame_token(text: object) -> str | None:
-    """The token in a websocket auth frame: PREFECT_API_AUTH_STRING as sent ("user:token")."""
-    if not isinstance(text, str) or not text:
-        return None
-    return text.rsplit(":", 1)[-1] or None
-
-
 def create_app(
     store: StateStore, *, authenticator: TokenChecker | None = None, settings: Settings | None = None
 ) -> Starlette:
     """The Prefect-compatible API over `store` (a database store: SQLite or PostgreSQL)."""
-    from buildsys.prefectapi import events
-    from buildsys.prefectapi.routes import ENDPOINTS
-
     settings = settings or Settings()
     services = Services(
         store,
@@ -177,21 +116,6 @@ def _endpoint(
 
     handle.__name__ = ep.handler.__name__
     return handle
-
-
-async def authorize(services: Services, header: str | None, scope: str) -> TokenLike | None:
-    """The token in `header`; ApiError 401/403 unless it allows `scope` (no authenticator: open,
-    None)."""
-    checker = services.authenticator
-    if checker is None:
-        return None
-    token_text = bearer(header)
-    token = await services.run(checker.check, f"Bearer {token_text}") if token_text else None
-    if token is None:
-        raise ApiError(401, "a valid token is required (PREFECT_API_KEY, or PREFECT_API_AUTH_STRING=buildsys:<token>)")
-    if not token.allows(scope):
-        raise ApiError(403, f"this token has scope {token.scope!r}; this call needs {scope!r}")
-    return token
 
 
 async def _body(

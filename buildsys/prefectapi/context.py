@@ -1,4 +1,5 @@
-"""What the Prefect API's handlers share: the store, the threads that call it, and one request."""
+"""What the Prefect API's handlers share: the store, the threads that call it, who checks tokens,
+and one request."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 
 from buildsys.errors import StateError
 from buildsys.store.base import EngineRecords, StateStore
 
-if TYPE_CHECKING:
-    from buildsys.prefectapi.app import TokenChecker
-
 T = TypeVar("T")
+
+
+class TokenLike(Protocol):
+    @property
+    def scope(self) -> str: ...
+
+    def allows(self, needed: str) -> bool: ...
+
+
+class TokenChecker(Protocol):
+    """buildsys.server.auth.Authenticator, or the worker's per-run keys."""
+
+    def check(self, header: str | None) -> TokenLike | None: ...
 
 
 class DatabaseStore(StateStore, EngineRecords, Protocol):

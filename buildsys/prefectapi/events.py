@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from buildsys.errors import BuildsysError
-from buildsys.prefectapi.app import READ, WRITE, frame_token
 from buildsys.prefectapi.context import ApiError, Services
 from buildsys.prefectapi.runscope import RunScope
 from buildsys.prefectapi.shapes import epoch, iso, state_id, state_ts
+from buildsys.prefectapi.tokens import READ, WRITE, authorize, bound_run, frame_token
 from buildsys.store.base import CANCELLED, CANCELLING, PAUSED, TERMINAL, FlowRun, TaskRun
 
 log = logging.getLogger("buildsys.prefectapi")
@@ -58,8 +58,6 @@ async def _handshake(ws: WebSocket, services: Services, scope: str) -> RunScope 
         raise _Refused
     run_scope = None
     if services.authenticator is not None:
-        from buildsys.prefectapi.app import authorize, bound_run
-
         token = frame_token(frame.get("token"))
         try:
             run_key = bound_run(await authorize(services, f"Bearer {token}" if token else None, scope))

@@ -11,10 +11,10 @@ from typing import Any
 
 from buildsys.errors import NotFoundError
 from buildsys.prefectapi.context import ApiError, Call
+from buildsys.prefectapi.runscope import scope_of
 from buildsys.prefectapi.shapes import epoch, flow_run_json, state_json, task_run_json
-from buildsys.store.base import FlowRun, Resource, TaskRun
+from buildsys.store.base import ABORT, REJECT, WAIT, Decision, FlowRun, Proposal, Resource, TaskRun
 from buildsys.store.dialect import now
-from buildsys.store.transitions import ABORT, REJECT, WAIT, Decision, Proposal
 
 
 def uuid_param(call: Call, name: str = "id") -> str:
@@ -162,8 +162,6 @@ async def filter_flow_runs(call: Call) -> Any:
         limit=(200 if limit is None else int(limit)) + offset,
     )
     if call.run_key is not None:  # a run's key sees its own runs only
-        from buildsys.prefectapi.runscope import scope_of
-
         scope = scope_of(call)
         runs = [r for r in runs if await scope.may_read(r.id)]
     return [await view(call, r) for r in runs[offset:]]

@@ -4,11 +4,31 @@ See docs/prefect-api.md for what each serves."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
 from buildsys.prefectapi import flowruns as fr
 from buildsys.prefectapi import records as rec
 from buildsys.prefectapi import resources as res
 from buildsys.prefectapi import runscope as rs
-from buildsys.prefectapi.app import READ, WRITE, Endpoint
+from buildsys.prefectapi.context import Call
+from buildsys.prefectapi.runscope import Guard
+from buildsys.prefectapi.tokens import READ, WRITE
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    scope: str = READ
+    body: str | None = None  # a schema of bodies.SCHEMAS
+    status: int = 200
+    run_key: Guard | None = None  # what a per-run key may do here (runscope); None: refused to one
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # admin
