@@ -8,7 +8,7 @@ import datetime
 import json
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -17,11 +17,9 @@ from buildsys.errors import BuildsysError, NotFoundError
 from buildsys.pools import JobVariableError, job_configuration
 from buildsys.store.base import Resource
 from buildsys.ui.forms import Field, fields_for, read_form, submitted
+from buildsys.ui.page import Ui
 from buildsys.ui.pools import template_of, variables_schema
 from buildsys.ui.session import Viewer, posted
-
-if TYPE_CHECKING:
-    from buildsys.ui.app import Ui
 
 JV = "jv."  # form-field prefix of the job-variable overrides
 NEXT_TIMES = 3

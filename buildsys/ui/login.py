@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from buildsys.store.base import ACTIVE, SCHEDULED
+from buildsys.ui.page import Ui
 from buildsys.ui.session import CSRF_COOKIE, TOKEN_COOKIE, Viewer, posted, safe_next, set_cookie
-
-if TYPE_CHECKING:
-    from buildsys.ui.app import Ui
 
 SESSION_SECONDS = 12 * 3600
 

@@ -6,17 +6,15 @@ project: `buildsys ui` serves the one it runs in)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from buildsys.errors import BuildsysError
 from buildsys.store.base import ApplyHistory, Resource
+from buildsys.ui.page import Ui
 from buildsys.ui.session import Viewer
-
-if TYPE_CHECKING:
-    from buildsys.ui.app import Ui
 
 APPLIES_SHOWN = 20
 PLANS_SHOWN = 20

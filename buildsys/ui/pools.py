@@ -7,7 +7,7 @@ import copy
 import difflib
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from starlette.requests import Request
@@ -17,10 +17,8 @@ from buildsys.errors import NotFoundError
 from buildsys.pools import JobVariableError, pool_template, validate_template
 from buildsys.store.base import SCHEDULED, Change, Resource
 from buildsys.ui.forms import fields_for, read_form, submitted
+from buildsys.ui.page import Ui
 from buildsys.ui.session import Viewer, posted
-
-if TYPE_CHECKING:
-    from buildsys.ui.app import Ui
 
 WAITING_CAP = 100  # "100+" beyond this (the store has no count call)
 

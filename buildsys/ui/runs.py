@@ -8,17 +8,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine, RunState, StateStore, TaskRun
+from buildsys.ui.page import LOG_FILTERS, Ui, state_key
 from buildsys.ui.session import Viewer
-
-if TYPE_CHECKING:
-    from buildsys.ui.app import Ui
 
 PAGE_SIZE = 50
 FIRST_LOG_LINES = 2000
@@ -130,9 +128,6 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
     )
 
 
-LOG_FILTERS = {"": "every line", "problems": "warnings and errors (stderr, level warning and above)"}
-
-
 def log_filter(request: Request) -> str:
     wanted = request.query_params.get("logs", "")
     return wanted if wanted in LOG_FILTERS else ""
@@ -212,11 +207,6 @@ async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
         request, who, "log_lines.html", run=run, lines=filtered_logs(lines, only), last=last, following=not run.is_terminal,
         stays=stays(run, states, time.time()), only=only,
     )
-
-
-def state_key(run: FlowRun) -> str:
-    """What a page following a run knows of its state (a retry changes the attempt, not the name)."""
-    return f"{run.state_name}/{run.attempt}"
 
 
 def _read_after(store: Any, run_id: str, after: int) -> tuple[FlowRun, list[LogLine]]:
