@@ -17,42 +17,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from buildsys.errors import BuildsysError
+from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, Backend, SharedCacheError, Unreachable, WriteRefused
 
 FORMAT = 1
 KEY_ENV = "BUILDSYS_CACHE_KEY"
 URL_ENV = "BUILDSYS_CACHE"
 MIN_KEY_CHARS = 32
-MAX_ENTRY_BYTES = 1 << 20  # an entry (outputs and record) larger than this is neither written nor read
 KEY_CHARS = frozenset("0123456789abcdef")
 
 Warn = Callable[[str], None]
-
-
-class SharedCacheError(BuildsysError):
-    """The shared cache is configured wrongly (a bad URL, a missing library)."""
-
-
-class Unreachable(Exception):
-    """The backend did not answer, or answered with an error that is not about one entry."""
-
-
-class WriteRefused(Exception):
-    """The backend refused a write (a token or credentials that may only read)."""
-
-
-class Backend(Protocol):
-    """Where entries live: bytes by content key. Raises Unreachable when it cannot answer."""
-
-    where: str  # for messages: the URL without secrets
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def put(self, key: str, data: bytes) -> None: ...
-
-    def has(self, key: str) -> bool: ...
 
 
 @dataclass(frozen=True)

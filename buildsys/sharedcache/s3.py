@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from buildsys.sharedcache import MAX_ENTRY_BYTES, SharedCacheError, Unreachable, WriteRefused
+from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, SharedCacheError, Unreachable, WriteRefused
 
 DEFAULT_PREFIX = "buildsys-cache"
 _MISSING = ("NoSuchKey", "404", "NotFound")

@@ -14,7 +14,7 @@ from typing import Any
 
 import urllib3
 
-from buildsys.sharedcache import MAX_ENTRY_BYTES, Unreachable, WriteRefused
+from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, Unreachable, WriteRefused
 
 TIMEOUT = urllib3.Timeout(connect=3.0, read=10.0)
 POOL_SIZE = 16  # the engine looks entries up on up to --jobs + 8 threads
