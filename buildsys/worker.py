@@ -45,6 +45,7 @@ from buildsys.store.base import (
     FlowRun,
     StateStore,
 )
+from buildsys.templating import PLACEHOLDER
 
 if TYPE_CHECKING:
     from buildsys.schedules import FailureReports
@@ -748,16 +749,22 @@ def _crash_message(
     return text + "."
 
 
-_CTX = re.compile(r"\{\{\s*ctx\.(flow_run|flow|deployment)\.(\w+)\s*\}\}")
-
-
 def _render_ctx(text: str, run: FlowRun) -> str:
+    """`{{ ctx.flow_run.name }}` and the like (ctx.flow_run, ctx.flow, ctx.deployment) filled in;
+    any other placeholder stays as written."""
     values: dict[str, dict[str, Any]] = {
         "flow_run": {"id": run.id, "name": run.name, "attempt": run.attempt},
         "flow": {"name": run.flow_name},
         "deployment": {"name": run.deployment.split("/", 1)[-1], "id": run.deployment_id},
     }
-    return _CTX.sub(lambda m: str(values[m.group(1)].get(m.group(2), "")), text)
+
+    def one(match: re.Match[str]) -> str:
+        parts = match.group(1).split(".")
+        if len(parts) == 3 and parts[0] == "ctx" and parts[1] in values and re.fullmatch(r"\w+", parts[2]):
+            return str(values[parts[1]].get(parts[2], ""))
+        return match.group(0)
+
+    return PLACEHOLDER.sub(one, text)
 
 
 def _used(name: str, pull_steps: Any) -> bool:

@@ -95,11 +95,13 @@ async def _pool(call: Call) -> Resource:
 
 
 def template_of(pool: Resource) -> Mapping[str, Any]:
-    from buildsys.pools import base_job_template
+    """The template the pool's runs get (pools.pool_template, as buildsys's worker uses it); a pool
+    of a type this server does not know shows what it stores."""
+    from buildsys.pools import pool_template
 
     spec = pool.spec
     try:
-        return base_job_template(str(spec.get("type") or "process"), spec.get("job_variables"), spec.get("base_job_template"))
+        return pool_template(spec)
     except BuildsysError:
         return dict(spec.get("base_job_template") or {"job_configuration": {}, "variables": {"properties": {}}})
 
