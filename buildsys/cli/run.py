@@ -58,14 +58,7 @@ def run(
             return
         app.echo(f"Created flow run {created.name} ({created.id}) of {created.deployment} on pool {created.pool!r}.")
         if wait or logs:
-            done = follow(app, store, created.id, logs=logs, timeout=timeout)
-            if app.json:
-                app.emit_json(done.to_dict())
-            if done.state != "COMPLETED":
-                raise BuildsysError(
-                    f"flow run {done.name} ended {done.state}" + (f": {done.state_message}" if done.state_message else ""),
-                    hint=f"see its logs: buildsys runs logs {done.id}",
-                )
+            finish(app, store, created.id, logs=logs, timeout=timeout)
     finally:
         store.close()
 
@@ -98,6 +91,21 @@ def check_run(
         from buildsys.parameters import enforce
 
         enforce(deployment.name, spec.get("parameter_schema"), {**(spec.get("parameters") or {}), **parameters})
+
+
+def finish(
+    app: App, store: StateStore, run_id: str, *, logs: bool, timeout: float | None, extra: Mapping[str, Any] | None = None
+) -> None:
+    """--wait/--logs: follow the run to its end, print it as JSON (with `extra`) for --json, and
+    fail unless it completed."""
+    done = follow(app, store, run_id, logs=logs, timeout=timeout)
+    if app.json:
+        app.emit_json({**done.to_dict(), **(extra or {})})
+    if done.state != "COMPLETED":
+        raise BuildsysError(
+            f"flow run {done.name} ended {done.state}" + (f": {done.state_message}" if done.state_message else ""),
+            hint=f"see its logs: buildsys runs logs {done.id}",
+        )
 
 
 def follow(app: App, store: StateStore, run_id: str, *, logs: bool, timeout: float | None) -> FlowRun:

@@ -249,8 +249,8 @@ def cancel(app: App, run_id: str) -> None:
 def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
     """Run a finished run again: a new run of its deployment with the same parameters, job variables
     and tags (the finished run and its logs stay as they were)."""
-    from buildsys.cli.run import follow
-    from buildsys.errors import BuildsysError, ConflictError
+    from buildsys.cli.run import finish
+    from buildsys.errors import ConflictError
 
     store = app.open_store()
     try:
@@ -268,14 +268,7 @@ def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
         app.echo(f"Created flow run {created.name} ({created.id}) of {created.deployment} on pool {created.pool!r}, "
                  f"a retry of {old.name} ({old.state}).")
         if wait or logs:
-            done = follow(app, store, created.id, logs=logs, timeout=None)
-            if app.json:
-                app.emit_json({**done.to_dict(), "retry_of": old.id})
-            if done.state != "COMPLETED":
-                raise BuildsysError(
-                    f"flow run {done.name} ended {done.state}" + (f": {done.state_message}" if done.state_message else ""),
-                    hint=f"see its logs: buildsys runs logs {done.id}",
-                )
+            finish(app, store, created.id, logs=logs, timeout=None, extra={"retry_of": old.id})
     finally:
         store.close()
 

@@ -14,6 +14,7 @@ import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.docs.reference import type_name
 from buildsys.model import RESERVED_STEP_KEYS
 
 
@@ -69,7 +70,7 @@ def describe(stepdef: Any, package: str) -> dict[str, Any]:
     inputs = [
         {
             "name": key,
-            "type": _type_of(prop),
+            "type": type_name(prop),
             "required": key in required,
             "default": prop.get("default"),
             "has_default": "default" in prop,
@@ -81,7 +82,7 @@ def describe(stepdef: Any, package: str) -> dict[str, Any]:
     declared: Mapping[str, Any] = schema.get("x-outputs", {})
     names = list(stepdef.outputs) or list(declared)
     outputs = [
-        {"name": n, "type": _type_of(declared.get(n, {})), "description": str(declared.get(n, {}).get("description", ""))}
+        {"name": n, "type": type_name(declared.get(n, {})), "description": str(declared.get(n, {}).get("description", ""))}
         for n in names
     ]
     return {
@@ -131,24 +132,6 @@ def _requirement(item: Mapping[str, Any]) -> str:
     if item["has_default"]:
         return f"default {json.dumps(item['default'])}"
     return "optional"
-
-
-def _type_of(prop: Mapping[str, Any]) -> str:
-    if "enum" in prop:
-        return " | ".join(json.dumps(v) for v in prop["enum"])
-    kind = prop.get("type")
-    if isinstance(kind, list):
-        return " | ".join(str(k) for k in kind)
-    if isinstance(kind, str):
-        if kind == "array" and isinstance(prop.get("items"), Mapping) and "type" in prop["items"]:
-            return f"array of {_type_of(prop['items'])}"
-        return kind
-    for key in ("anyOf", "oneOf"):
-        if isinstance(prop.get(key), list):
-            return " | ".join(_type_of(p) for p in prop[key] if isinstance(p, Mapping))
-    if "$ref" in prop:
-        return str(prop["$ref"]).rsplit("/", 1)[-1]
-    return "any"
 
 
 def _schema_example(name: str, schema: Mapping[str, Any]) -> str:
