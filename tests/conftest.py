@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hygiene import Snapshot
 from tests.services.require import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +31,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def leaves_nothing_behind() -> Iterator[None]:
+    """Fail a test that leaves the environment, cwd, signal dispositions or mask, umask, a patched
+    module attribute or a running child process behind (see tests/hygiene.py), and undo it, so the
+    suite passes in any order. Set up before and torn down after every other function fixture."""
+    before = Snapshot.take()
+    yield
+    leaks = before.leaks()
+    if leaks:
+        pytest.fail("the test left state behind for later tests:\n  " + "\n  ".join(leaks), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated(
+    leaves_nothing_behind: None, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Temp cwd, temp HOME and XDG dirs, fixed git identity, NO_COLOR; the real home is off limits."""
     base = tmp_path_factory.mktemp("iso")
     home = base / "home"
