@@ -29,8 +29,9 @@ from types import FunctionType, ModuleType
 # Modules whose functions a test might patch; buildsys's and steps' own, plus the standard ones the
 # code under test calls through.
 _WATCHED_PREFIXES = ("buildsys", "steps")
-_WATCHED_STDLIB = ("os", "subprocess", "signal", "time", "socket", "shutil", "threading", "sys")
-_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+_WATCHED_STDLIB = ("os", "subprocess", "signal", "time", "socket", "shutil", "threading")
+# SIGALRM is pytest-timeout's, set and cleared around each test by the plugin itself.
+_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGALRM))
 
 
 def _watched_modules() -> dict[str, ModuleType]:

@@ -166,9 +166,10 @@ def logs(app: App, run_id: str, follow_: bool) -> None:
     """The run's output, the worker's notes (marked [worker]) and the flow's and tasks' log records
     (time, level, logger and task run, as Prefect's engine sent them)."""
     store = app.open_store()
+    app.json_lines = app.json  # under --json: one object per log line (JSON Lines), on stdout
     try:
         run = store.get_run(run_id)
-        printer = LogPrinter(app, store, run.id)
+        printer = LogPrinter(app, store, run.id, lines_as_json=app.json)
         printer.print_new()
         delay = 0.05
         while follow_ and not run.is_terminal:
@@ -187,8 +188,9 @@ class LogPrinter:
     """Prints a run's log lines after the last one printed; Prefect records get their time, level,
     logger and task run's name."""
 
-    def __init__(self, app: App, store: StateStore, run_id: str) -> None:
+    def __init__(self, app: App, store: StateStore, run_id: str, *, lines_as_json: bool = False) -> None:
         self.app, self.store, self.run_id = app, store, run_id
+        self.lines_as_json = lines_as_json  # `runs logs --json`: each line an object on stdout
         self.after = 0
         self.task_names: dict[str, str] = {}
 
@@ -198,7 +200,10 @@ class LogPrinter:
             lines = self.store.read_logs(self.run_id, after=self.after)
             for line in lines:
                 self.after = line.seq
-                self.app.echo(self.format(line), err=self.app.json)
+                if self.lines_as_json:
+                    self.app.emit_json(self.as_dict(line))
+                else:
+                    self.app.echo(self.format(line), err=self.app.json)
             printed += len(lines)
             if len(lines) < 1000:
                 return printed
@@ -214,6 +219,18 @@ class LogPrinter:
         if line.task_run_id:
             source += f" {self._task_name(line.task_run_id)}"
         return f"{when} {level:<8} {source}: {line.message}"
+
+    def as_dict(self, line: LogLine) -> dict[str, object]:
+        """One line as `runs logs --json` writes it (schemas/cli/log-line.schema.json)."""
+        return {
+            "seq": line.seq,
+            "time": datetime.fromtimestamp(line.ts).astimezone().isoformat(timespec="milliseconds"),
+            "stream": line.stream,
+            "level": logging.getLevelName(line.level) if line.level is not None else None,
+            "logger": line.logger,
+            "task_run": self._task_name(line.task_run_id) if line.task_run_id else None,
+            "message": line.message,
+        }
 
     def _task_name(self, task_run_id: str) -> str:
         if task_run_id not in self.task_names:

@@ -52,7 +52,7 @@ def test_runs_show_lists_task_runs_and_artifacts(tmp_path: Path) -> None:
     db, run_id = _populated(tmp_path)
     shown = run_cli("--state", db, "runs", "show", run_id, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    tail = shown.stdout.split("\n\n", 1)[1]
+    tail = shown.stdout[shown.stdout.index("TASK RUN  "):]  # after the fields and the state history
     assert tail == (
         "TASK RUN  STATE      DURATION  ATTEMPTS  CACHED\n"
         "double-1  Completed  0.25s     1\n"
@@ -115,3 +115,21 @@ def test_export_and_import_keep_task_runs_artifacts_and_limits(tmp_path: Path) -
         assert [line.logger for line in copy.read_logs(run_id)] == [None, "prefect.task_runs", "prefect.flow_runs"]
     for key in ("task_runs", "artifacts", "concurrency_limits", "logs", "runs"):
         assert again[key] == exported[key]
+
+
+def test_runs_logs_json_is_one_object_per_line_on_stdout(tmp_path: Path) -> None:
+    """`--json runs logs` was empty on stdout (the text lines went to stderr): JSON Lines now."""
+    from tests.cli.test_json_output import check
+
+    db, run_id = _populated(tmp_path)
+    shown = run_cli("--state", db, "--json", "runs", "logs", run_id, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = [json.loads(line) for line in shown.stdout.splitlines()]
+    for line in lines:
+        check(line, "cli/log-line.schema.json")
+    assert [(x["seq"], x["stream"], x["level"], x["logger"], x["task_run"], x["message"]) for x in lines] == [
+        (1, "stdout", None, None, None, "plain output"),
+        (2, "prefect", "INFO", "prefect.task_runs", "double-1", "doubling 7"),
+        (3, "prefect", "ERROR", "prefect.flow_runs", None, "it broke"),
+    ]
+    assert datetime.fromisoformat(lines[1]["time"]).timestamp() == T0 + 0.5
