@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import xxhash
@@ -160,6 +161,9 @@ class Cache:
                 st = stat(full)
             except OSError:
                 out[path] = None
+                continue
+            if not S_ISREG(st.st_mode):  # a FIFO or a link to /dev/zero is never read (it would hang)
+                out[path] = _not_a_file(st.st_mode)
                 continue
             size, mtime, ctime, inode = seen = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
             observed[full] = seen
@@ -327,6 +331,13 @@ class _Txn:
 
 def _entry(row: Sequence[Any]) -> Entry:
     return Entry(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+
+
+def _not_a_file(mode: int) -> str:
+    """The digest of an input that is not a regular file: what it is, never its contents."""
+    from buildsys.sourcefiles import kind_of
+
+    return "not a regular file: " + kind_of(mode)
 
 
 def _hash_file(path: str, size: int = -1) -> str:

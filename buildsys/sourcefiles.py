@@ -50,6 +50,13 @@ def read_regular(path: Path | str, *, limit: int, what: str = "file") -> bytes:
         raise UnreadableFile(f"{what} {path} is a directory, not a file") from None
     except PermissionError:
         raise UnreadableFile(f"{what} {path} cannot be read (permission denied)") from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a symlink loop, a socket (ENXIO), a file used as a directory, a name too long…
+        raise UnreadableFile(
+            f"{what} {path} cannot be opened: {exc.strerror or exc}",
+            hint="point at a regular file (buildsys never reads devices, pipes or sockets)",
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -59,3 +59,22 @@ def test_recorded_results_are_seen_at_once_and_written_together(tmp_path: Path) 
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * ((1 << 20) + 3))
     assert _hash_file(str(big), 5) == _hash_file(str(big)) == _hash_file(str(big), (1 << 20) + 3)  # a stale size reads on
+
+
+def test_an_input_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> None:
+    """A FIFO or a symlink to /dev/zero among a step's inputs hung `build` (and any cache key)."""
+    import os
+
+    from buildsys.cache import Cache
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "f").write_text("x")
+    cache = Cache(tmp_path)
+    try:
+        digests = cache.digests(["fifo", "zero", "f"])
+    finally:
+        cache.close()
+    assert digests["fifo"] == "not a regular file: a FIFO (named pipe)"
+    assert digests["zero"] == "not a regular file: a character device"
+    assert digests["f"] is not None and digests["f"].isalnum()

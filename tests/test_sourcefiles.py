@@ -94,3 +94,22 @@ def test_a_fifo_as_the_project_file_is_a_clear_error(project: Path) -> None:
     ran = cli(project, "-f", "fifo.yaml", "plan")
     assert ran.returncode == 1
     assert "project file fifo.yaml is a FIFO (named pipe), not a regular file" in ran.stderr
+
+
+def test_a_symlink_loop_a_socket_or_a_file_used_as_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    """`plan` crashed (exit 3, ELOOP from open) on an entrypoint symlinked to itself."""
+    import socket
+
+    loop = tmp_path / "loop.py"
+    loop.symlink_to("loop.py")
+    with pytest.raises(UnreadableFile, match=r"loop.py cannot be opened: Too many levels of symbolic links"):
+        read_regular(loop, limit=1024, what="entrypoint file")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "s.py"))
+        with pytest.raises(UnreadableFile, match=r"s.py cannot be opened: No such device or address"):
+            read_regular(tmp_path / "s.py", limit=1024)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnreadableFile, match=r"file/f.py cannot be opened: Not a directory"):
+        read_regular(tmp_path / "file" / "f.py", limit=1024)
+    with pytest.raises(FileNotFoundError):  # a missing file is the caller's to word
+        read_regular(tmp_path / "missing.py", limit=1024)
