@@ -245,6 +245,11 @@ class SqliteDatabase(Database):
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise self._translated(exc) from exc
+        except UnicodeDecodeError as exc:  # the header's journal mode is damaged
+            raise StateError(
+                f"the state store {self.path} is not a readable buildsys store: its header is damaged ({exc.reason})",
+                hint="restore it from a `buildsys state export`, or move it away to start afresh",
+            ) from exc
         if mode is None or str(mode[0]).lower() != "wal":
             raise StateError(f"the state store {self.path} cannot use WAL mode (journal mode {mode})")
         return conn
@@ -268,6 +273,19 @@ class SqliteDatabase(Database):
         if not isinstance(exc, sqlite3.Error):
             return None
         text = str(exc)
+        if "Could not decode to UTF-8" in text:  # a byte flipped inside a text column
+            return StateError(
+                f"the state store {self.path} is damaged: a text column holds bytes that are not UTF-8 "
+                f"({text.split(' with text ', 1)[0].removeprefix('Could not decode to UTF-8 ')})",
+                hint="restore it from a `buildsys state export`, or move it away to start afresh",
+            )
+        if isinstance(exc, sqlite3.OperationalError) and text.startswith(("no such column", "no such table")):
+            # the schema was migrated to the latest version when the store was opened: a part of it
+            # missing now means the file's schema was damaged
+            return StateError(
+                f"the state store {self.path} is damaged: its schema lacks what this version wrote ({text})",
+                hint="restore it from a `buildsys state export`, or move it away to start afresh",
+            )
         if "not a database" in text or "malformed" in text or "file is encrypted" in text:
             return StateError(
                 f"the state store {self.path} is not a readable buildsys store: {text}",

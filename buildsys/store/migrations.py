@@ -239,7 +239,18 @@ def migrate(db: Database, where: str) -> int:
         for migration in MIGRATIONS:
             if migration.version > current:
                 for statement in migration.statements:
-                    tx.run(statement)
+                    try:
+                        tx.run(statement)
+                    except db.driver_errors() as exc:
+                        if "already exists" not in str(exc):
+                            raise
+                        # migrations run one at a time under the lock: a table that exists before
+                        # its migration means schema_migrations lost rows
+                        raise StateError(
+                            f"{where} is damaged: its record of schema migrations says version {current}, "
+                            f"but migration {migration.version} ({migration.name}) finds {exc}",
+                            hint="restore it from a `buildsys state export`, or move it away to start afresh",
+                        ) from exc
                 tx.run(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, now()),

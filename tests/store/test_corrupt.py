@@ -111,3 +111,44 @@ def test_a_new_store_file_appears_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.db"]  # no temporary file left
     with open_store(str(path), root=tmp_path) as store:
         assert store.serial() == 0
+
+
+def test_flipped_bytes_are_a_clear_error_never_a_crash(tmp_path: Path) -> None:
+    """Random byte flips in a real store file: each read either works or is a StateError naming the
+    store (before: 'Could not decode to UTF-8', a UnicodeDecodeError from the header and a migration's
+    'table … already exists' were tracebacks, 4 of 40 files here)."""
+    import random
+
+    good = tmp_path / "good.db"
+    with SqlStore.sqlite(good) as store:
+        store.apply([Change("create", "pool", "local", pool_spec(), "p", SOURCE),
+                     Change("create", "deployment", "etl/nightly", deployment_spec(), "p", SOURCE)], expected_serial=0)
+        store.create_run("etl/nightly")
+    with sqlite3.connect(good) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    original = good.read_bytes()
+    rng = random.Random(7)
+    errors = 0
+    for n in range(40):
+        damaged = bytearray(original)
+        for _ in range(20):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path = tmp_path / f"s{n}.db"
+        path.write_bytes(bytes(damaged))
+        try:
+            with SqlStore.sqlite(path) as store:
+                store.list_resources()
+                store.list_runs()
+        except StateError as exc:
+            assert str(path) in exc.message, exc.message
+            errors += 1
+    assert errors > 0
+    # the three kinds seen, made on purpose
+    with sqlite3.connect(good) as db:
+        db.execute("update resources set spec = cast(x'7bff7d' as text) where name = 'local'")
+    with SqlStore.sqlite(good) as store, pytest.raises(StateError, match=r"is damaged: a text column holds bytes that are not UTF-8 \(column 'spec'\)"):
+        store.list_resources("pool")
+    with sqlite3.connect(good) as db:
+        db.execute("delete from schema_migrations")
+    with pytest.raises(StateError, match=r"is damaged: its record of schema migrations says version 0, but migration 1 "):
+        SqlStore.sqlite(good).close()
