@@ -31,6 +31,8 @@ from types import FunctionType, ModuleType
 _WATCHED_PREFIXES = ("buildsys", "steps")
 _WATCHED_STDLIB = ("os", "subprocess", "signal", "time", "socket", "shutil", "threading")
 # SIGALRM is pytest-timeout's, set and cleared around each test by the plugin itself.
+# Started once for the whole process by the standard library, on first use, and meant to stay.
+_PROCESS_WIDE_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 _SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGALRM))
 
 
@@ -157,7 +159,7 @@ class Snapshot:
                 if owner.split(".", 1)[0] == "tests" or owner == "unittest.mock":
                     found.append(f"{name}.{attr} is {owner}.{getattr(value, '__qualname__', attr)} from a test")
         for pid, cmd in sorted(_running_descendants().items()):
-            if pid not in self.processes:
+            if pid not in self.processes and not any(helper in cmd for helper in _PROCESS_WIDE_HELPERS):
                 found.append(f"process {pid} still running: {cmd}")
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
