@@ -112,21 +112,27 @@ class _Builder:
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
         self.constructor = yaml.constructor.SafeConstructor()
         self.plain_tags: dict[str, str] = {}  # keys and values repeat: resolve each text once
-        self.next_source: Next = self.source  # one bound method, so `nxt is self.next_source` works
+        self.next_source: Next = self._source()  # one function, so `nxt is self.next_source` works
 
-    def source(self) -> Event:
-        event: Event = self.loader.get_event()
-        if self.recorders:
-            for recorder in self.recorders:
-                recorder.append(event)
-        return event
+    def _source(self) -> Next:
+        """The parser's next event, also given to every recorder (a closure: called per event)."""
+        get_event, recorders = self.loader.get_event, self.recorders
+
+        def source() -> Event:
+            event: Event = get_event()
+            if recorders:
+                for recorder in recorders:
+                    recorder.append(event)
+            return event
+
+        return source
 
     def loc(self, event: Event) -> Location:
         return _at(self.file, event)
 
     def node(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
-        if path is not None:
-            self.locations.setdefault(path, _pack(event))
+        if path is not None and path not in self.locations:  # a mapping value has its key's already
+            self.locations[path] = _pack(event)
         if isinstance(event, AliasEvent):  # inside a replay, the outermost alias paid for this one
             return self.alias(event, path, outermost=nxt is self.next_source)
         anchor = getattr(event, "anchor", None)
