@@ -375,7 +375,9 @@ def still_valid(path: str) -> list[str] | None:
         # What this process saw unchanged, for previous_build when the build runs after all.
         _verified[path] = (split if ok else _stopped[0]) if _stopped else 0
         if helper is not None:
-            ok = _join_helper(helper, ok)
+            ok, helper_stopped = _join_helper(helper, ok)
+            if _verified[path] == split and helper_stopped is not None:
+                _verified[path] = helper_stopped  # its part unchanged up to there too
     finally:
         os.close(root)
     if not ok:
@@ -441,31 +443,51 @@ def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int
     return True
 
 
-def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int) -> int | None:
-    """Fork a process that checks paths[start:] and answers through its exit status."""
+def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int) -> tuple[int, int] | None:
+    """Fork a process that checks paths[start:] and answers through its exit status, and through
+    a pipe where it stopped (the first changed file, or the end): (its pid, the pipe's end)."""
     if not hasattr(os, "fork"):
+        return None
+    try:
+        fds = os.pipe()
+    except OSError:
         return None
     try:
         pid = os.fork()
     except OSError:
+        os.close(fds[0])
+        os.close(fds[1])
         return None
     if pid == 0:  # the helper runs nothing of the parent's: no atexit, no buffered output
         ok = False
         try:
+            os.close(fds[0])
             ok = _files_unchanged(paths, numbers, start, len(paths), root)
+            os.write(fds[1], str(_stopped[0]).encode())
         finally:
             os._exit(0 if ok else 1)
-    return pid
+    os.close(fds[1])
+    return pid, fds[0]
 
 
-def _join_helper(pid: int, ok: bool) -> bool:
+def _join_helper(helper: tuple[int, int], ok: bool) -> tuple[bool, int | None]:
+    """The helper's answer combined with this process's, and where the helper stopped (None when
+    it did not say: it was stopped because the answer was already no, or failed)."""
+    pid, pipe = helper
     if not ok:
         try:  # noqa: SIM105 - contextlib is one more import on the no-op path
             os.kill(pid, 9)  # the answer is already no: don't wait for the helper's half
         except OSError:
             pass
     _, status = os.waitpid(pid, 0)
-    return ok and os.waitstatus_to_exitcode(status) == 0
+    try:
+        said = os.read(pipe, 32)
+    except OSError:
+        said = b""
+    finally:
+        os.close(pipe)
+    stopped = int(said) if said.isdigit() else None
+    return ok and os.waitstatus_to_exitcode(status) == 0, stopped
 
 
 def _cpus() -> int:

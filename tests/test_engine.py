@@ -208,6 +208,17 @@ def test_step_logs_are_kept_and_env_secrets_masked(project_dir: Path, monkeypatc
     assert [e.text for e in rep.events if e.kind == "log"] == ["token=****"]
 
 
+def test_a_silent_step_leaves_no_log_not_even_an_old_one(project_dir: Path) -> None:
+    """Log files are opened when a step first prints: one that prints nothing has none."""
+    (project_dir / "prefect.yaml").write_text("build:\n  - mysteps.py:write: {id: a, name: a}\n")
+    logs = project_dir / ".buildsys" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "a.log").write_text("an earlier run's output\n")
+    result, _ = run(project_dir)
+    assert result.ok
+    assert not (logs / "a.log").exists()
+
+
 def test_unknown_step_and_bad_input_fail_before_anything_runs(project_dir: Path) -> None:
     from buildsys.errors import ProjectError
 
