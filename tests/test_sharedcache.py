@@ -386,3 +386,35 @@ def test_an_image_is_restored_from_the_registry_and_rebuilt_once_deleted_there(
     finally:
         for found in docker_client.images.list(name=image):
             docker_client.images.remove(found.id, force=True)
+
+
+@pytest.mark.unit
+def test_registry_checks_take_the_proxy_the_environment_names_for_that_registry() -> None:
+    from buildsys.steps._docker_registry import _proxy
+
+    env = {"HTTPS_PROXY": "http://proxy:3128", "no_proxy": "internal.example, .corp.example"}
+    assert _proxy("https://registry-1.docker.io", env) == "http://proxy:3128"
+    assert _proxy("https://ghcr.io:443", {"all_proxy": "http://all:1"}) == "http://all:1"
+    assert _proxy("https://internal.example", env) is None
+    assert _proxy("https://reg.corp.example:5000", env) is None
+    assert _proxy("http://127.0.0.1:5000", {"HTTP_PROXY": "http://proxy:3128"}) is None  # loopback: direct
+    assert _proxy("https://ghcr.io", {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "*"}) is None
+    assert _proxy("https://ghcr.io", {"HTTP_PROXY": "http://proxy:3128"}) is None  # plain HTTP's proxy only
+
+
+@pytest.mark.docker
+def test_docker_steps_share_one_client_per_engine_but_never_one_that_logs_in(tmp_path: Path) -> None:
+    import os
+
+    from buildsys.steps._docker_engine import client_for
+
+    from buildsys.step import Context
+
+    ctx = Context(root=tmp_path, cwd=tmp_path, env=dict(os.environ))
+    shared_client = client_for(ctx)
+    assert client_for(Context(root=tmp_path, cwd=tmp_path, env=dict(os.environ))) is shared_client
+    private = client_for(ctx, private=True)  # a step with credentials: its login stays in its own client
+    assert private is not shared_client and client_for(ctx) is shared_client
+    private.close()
+    elsewhere = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "other-config")}  # another client configuration
+    assert client_for(Context(root=tmp_path, cwd=tmp_path, env=elsewhere)) is not shared_client
