@@ -155,6 +155,7 @@ def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
     assert api.get_resource("pool", "local").spec["queues"] == [
         {"name": "urgent", "priority": 5, "concurrency_limit": 1, "description": None, "paused": True}]
     assert browser.unlabelled() == []  # the queue rows' controls too
+    browser.screenshot("pool-queues")
     browser.get(f"{server.url}/deployments/{DEPLOYMENT}")
     browser.submit("form[action$='/pause'] button")
     browser.wait_text("h1", "paused")
