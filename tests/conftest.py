@@ -37,6 +37,7 @@ def leaves_nothing_behind() -> Iterator[None]:
     suite passes in any order. Set up before and torn down after every other function fixture."""
     before = Snapshot.take()
     yield
+    before.put_back_imports()
     leaks = before.leaks()
     if leaks:
         pytest.fail("the test left state behind for later tests:\n  " + "\n  ".join(leaks), pytrace=False)

@@ -12,6 +12,11 @@ test, names what changed, and is undone, so one leak is reported once and harms 
   imported while a test had patched the name it imports keeps the fake for the rest of the run);
 - child processes still running (a server or worker the test started and did not stop).
 
+Put back without failing, as they are what running a project in-process does (a process runs one
+project in real use): entries added to ``sys.path`` and modules imported from a temporary directory
+(a project's `mysteps:act` step or flow module), so a later test's module of the same name is its
+own and not the cached one of an earlier test.
+
 It costs well under a millisecond per test: dictionaries and identities, and /proc/self's
 children files (Linux) for processes.
 """
@@ -22,6 +27,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FunctionType, ModuleType
@@ -100,6 +106,8 @@ class Snapshot:
     umask: int
     modules: dict[str, tuple[ModuleType, dict[str, object]]]
     processes: dict[int, str]
+    path: list[str]
+    imported: set[str]
 
     @classmethod
     def take(cls) -> Snapshot:
@@ -111,7 +119,19 @@ class Snapshot:
             umask=_umask(),
             modules={name: (mod, _callables(mod)) for name, mod in _watched_modules().items()},
             processes=_running_descendants(),
+            path=list(sys.path),
+            imported=set(sys.modules),
         )
+
+    def put_back_imports(self) -> None:
+        """sys.path as it was; modules first imported from a temporary directory forgotten."""
+        if sys.path != self.path:
+            sys.path[:] = self.path
+        temp = os.path.realpath(tempfile.gettempdir()) + os.sep
+        for name in set(sys.modules) - self.imported:
+            file = getattr(sys.modules.get(name), "__file__", None)
+            if isinstance(file, str) and os.path.realpath(file).startswith(temp):
+                del sys.modules[name]
 
     def leaks(self) -> list[str]:
         """What differs now, each as one line; everything that can be is put back as it was."""
