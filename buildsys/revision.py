@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +101,15 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
     rel = file.relative_to(repo_root).as_posix()
     remote = _remote_url(repo)
     if ref is None:
-        commit = _head(repo)
+        with _closing(repo):
+            commit = _head(repo)
+            dirty = _dirty(repo) if commit else True
         return Revision(
             file=project_file,
             root=file.parent,
             text=None,
             commit=commit,
-            dirty=_dirty(repo) if commit else True,
+            dirty=dirty,
             repo_root=repo_root,
             remote_url=remote,
             file_in_repo=rel,
@@ -162,6 +166,16 @@ def _repo(directory: Path) -> Any:
         return None
 
 
+@contextmanager
+def _closing(repo: Any) -> Iterator[Any]:
+    """The repository, its git helper processes (`git cat-file --batch…`) stopped afterwards: a
+    long-running process (server, watch, a test run) would otherwise keep them."""
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
 def _dirty(repo: Any) -> bool:
     """Uncommitted changes to tracked files, or new files (buildsys's own `.buildsys/` excluded)."""
     if repo.is_dirty(untracked_files=False):
@@ -211,6 +225,11 @@ def default_base(project_file: Path) -> tuple[str, str]:
             f"`affected` compares two git revisions, but {project_file.resolve().parent} is not inside a git repository",
             hint="run it in a git checkout, or drop --affected",
         )
+    with _closing(repo):
+        return _default_base(repo)
+
+
+def _default_base(repo: Any) -> tuple[str, str]:
     if _head(repo) is None:
         raise RevisionError("the repository has no commit yet: there is nothing to compare with", hint="commit first")
     for name in DEFAULT_BRANCHES:
@@ -244,6 +263,8 @@ def resolve_commit(project_file: Path, ref: str) -> str:
         return str(repo.commit(ref).hexsha)
     except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
         raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`") from exc
+    finally:
+        repo.close()
 
 
 def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
@@ -256,7 +277,8 @@ def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]
     commit = resolve_commit(project_file, ref)
     file = project_file.resolve()
     repo = _repo(file.parent)
-    repo_root = Path(repo.working_tree_dir or file.parent).resolve()
+    with _closing(repo):
+        repo_root = Path(repo.working_tree_dir or file.parent).resolve()
     dest = workdir / "tree"
     dest.mkdir()
     env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}
