@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +20,7 @@ from buildsys.errors import BuildsysError, NotFoundError, StateError
 from buildsys.httpclient import httpx
 from buildsys.store import prefect_specs as specs
 from buildsys.store.base import Change, Resource, WorkerInfo
-from buildsys.store.prefect_api import PrefectApi
+from buildsys.store.prefect_api import PrefectApi, epoch
 from buildsys.store.prefect_runs import PrefectRuns
 
 # the Prefect collections each kind is read from
@@ -214,7 +213,7 @@ class PrefectStore(PrefectRuns):
                     WorkerInfo(
                         name=w["name"],
                         pool=name,
-                        last_heartbeat=_epoch(w.get("last_heartbeat_time")) or 0.0,
+                        last_heartbeat=epoch(w.get("last_heartbeat_time")) or 0.0,
                         status=str(w.get("status") or "OFFLINE"),
                     )
                 )
@@ -239,8 +238,8 @@ def _resource(kind: str, name: str, spec: dict[str, Any], data: Mapping[str, Any
         spec=spec,
         owner=owner,
         id=str(data.get("id") or ""),
-        created_at=_epoch(data.get("created")) or 0.0,
-        updated_at=_epoch(spec.get(META, {}).get("updated")) or 0.0,
+        created_at=epoch(data.get("created")) or 0.0,
+        updated_at=epoch(spec.get(META, {}).get("updated")) or 0.0,
     )
 
 
@@ -260,15 +259,6 @@ def _latest(stamps: Sequence[Any]) -> Any:
 
 def _stamp(r: Resource) -> str:
     return str(r.spec.get(META, {}).get("updated") or "?")
-
-
-def _epoch(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _seg(name: str) -> str:

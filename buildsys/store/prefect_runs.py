@@ -23,7 +23,7 @@ from buildsys.store.base import (
     RunState,
     TaskRun,
 )
-from buildsys.store.prefect_api import PrefectApi
+from buildsys.store.prefect_api import PrefectApi, epoch
 
 
 class WorkersElsewhereError(StateError):
@@ -121,7 +121,7 @@ class PrefectRuns:
         states = [
             RunState(
                 run_id=run.id,
-                ts=_epoch(s.get("timestamp")) or 0.0,
+                ts=epoch(s.get("timestamp")) or 0.0,
                 state=str(s.get("type") or ""),
                 name=str(s.get("name") or s.get("type") or ""),
                 message=s.get("message") or None,
@@ -137,7 +137,7 @@ class PrefectRuns:
             LogLine(
                 run_id=run_id,
                 seq=after + i + 1,
-                ts=_epoch(line.get("timestamp")) or 0.0,
+                ts=epoch(line.get("timestamp")) or 0.0,
                 message=str(line.get("message") or ""),
                 stream="prefect",
                 level=int(line.get("level") or 20),
@@ -163,10 +163,10 @@ class PrefectRuns:
                     state=str(state.get("type") or "PENDING"),
                     state_name=str(state.get("name") or ""),
                     state_message=state.get("message"),
-                    state_ts=_epoch(state.get("timestamp")) or 0.0,
-                    created_at=_epoch(t.get("created")) or 0.0,
-                    started_at=_epoch(t.get("start_time")),
-                    ended_at=_epoch(t.get("end_time")),
+                    state_ts=epoch(state.get("timestamp")) or 0.0,
+                    created_at=epoch(t.get("created")) or 0.0,
+                    started_at=epoch(t.get("start_time")),
+                    ended_at=epoch(t.get("end_time")),
                     run_count=int(t.get("run_count") or 0),
                     cached=state.get("name") == "Cached",
                     tags=tuple(t.get("tags") or ()),
@@ -186,7 +186,7 @@ class PrefectRuns:
             Artifact(
                 id=str(a["id"]), flow_run_id=a.get("flow_run_id"), task_run_id=a.get("task_run_id"), key=a.get("key"),
                 type=a.get("type"), description=a.get("description"), data=a.get("data"),
-                created_at=_epoch(a.get("created")) or 0.0,
+                created_at=epoch(a.get("created")) or 0.0,
             )
             for a in found
         ]
@@ -194,7 +194,7 @@ class PrefectRuns:
     def list_concurrency_limits(self) -> list[ConcurrencyLimit]:
         return [
             ConcurrencyLimit(name=str(x["name"]), limit=int(x["limit"]), active_slots=int(x.get("active_slots") or 0),
-                             id=str(x.get("id") or ""), created_at=_epoch(x.get("created")) or 0.0)
+                             id=str(x.get("id") or ""), created_at=epoch(x.get("created")) or 0.0)
             for x in self.api.read("/v2/concurrency_limits/filter", {"limit": 200})
         ]
 
@@ -254,10 +254,10 @@ def _run(d: Mapping[str, Any], names: tuple[str, str] | None) -> FlowRun:
         state=str(d.get("state_type") or state.get("type") or "SCHEDULED"),
         state_name=str(d.get("state_name") or state.get("name") or ""),
         state_message=state.get("message"),
-        scheduled_at=_epoch(d.get("expected_start_time")) or 0.0,
-        created_at=_epoch(d.get("created")) or 0.0,
-        started_at=_epoch(d.get("start_time")),
-        ended_at=_epoch(d.get("end_time")),
+        scheduled_at=epoch(d.get("expected_start_time")) or 0.0,
+        created_at=epoch(d.get("created")) or 0.0,
+        started_at=epoch(d.get("start_time")),
+        ended_at=epoch(d.get("end_time")),
         attempt=max(1, int(d.get("run_count") or 1)),
         infrastructure_pid=d.get("infrastructure_pid"),
         auto_scheduled=bool(d.get("auto_scheduled")),
@@ -265,11 +265,3 @@ def _run(d: Mapping[str, Any], names: tuple[str, str] | None) -> FlowRun:
         tags=tuple(d.get("tags") or ()),
     )
 
-
-def _epoch(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
