@@ -120,6 +120,28 @@ def _pyproject() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
+def _source_packages() -> dict[str, Path]:
+    """Every package of the source tree (a directory holding __init__.py) by its installed name."""
+    package_dir: dict[str, str] = _pyproject()["tool"]["setuptools"]["package-dir"]
+    found: dict[str, Path] = {}
+    for name, folder in package_dir.items():
+        for init in sorted((REPO / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(REPO / folder)
+            if "__pycache__" in rel.parts:
+                continue
+            found[".".join((name, *rel.parts))] = init.parent
+    return found
+
+
+@pytest.mark.unit
+def test_every_source_package_is_listed_for_the_wheel() -> None:
+    """pyproject lists packages by name: a new package missing there is missing from the wheel
+    (an installed buildsys once failed with No module named buildsys.sharedcache)."""
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    missing = sorted(set(_source_packages()) - listed)
+    assert missing == [], f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
+
+
 @pytest.mark.slow
 def test_wheel_layout_has_only_the_buildsys_package(installed_wheel: tuple[Path, Path]) -> None:
     wheel, _ = installed_wheel
@@ -140,6 +162,13 @@ def test_wheel_layout_has_only_the_buildsys_package(installed_wheel: tuple[Path,
     for module in ("manifest", "render", "cache"):
         assert f"buildsys/recipes/{module}.py" in names
     assert "[console_scripts]\nbuildsys = buildsys.launcher:main" in entry_points
+    # every module of every package is in the wheel, where the installed name puts it
+    expected = {
+        "/".join((*package.split("."), module.name))
+        for package, folder in _source_packages().items()
+        for module in folder.glob("*.py")
+    }
+    assert sorted(expected - set(names)) == []
 
 
 @pytest.mark.slow
