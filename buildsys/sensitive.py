@@ -30,6 +30,10 @@ _KEY_QUALIFIERS = frozenset(
 )
 # Names that look secret but are not: the shell's working directories, token *counts* and the like.
 _NOT_SECRET = frozenset({"pwd", "oldpwd", "max_tokens", "token_count", "tokenizer", "token_url", "auth_url"})
+# Fields of a credentials mapping that identify, not authenticate: Prefect's registry credentials
+# keep only the password secret. Their values are not scrubbed from a step's outputs (an image names
+# its registry), though plans still show the whole mapping masked.
+_PUBLIC_UNDER_SECRET = frozenset({"username", "user", "registry_url", "reauth", "host", "port"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _USERINFO = re.compile(r"\b([a-zA-Z][\w+.-]*://)([^/@\s?#]*)@")
 
@@ -71,8 +75,11 @@ def secret_values(value: Any, name: str = "") -> set[str]:
     secret environment variables and blocks that templates brought in."""
     found: set[str] = set()
     if isinstance(value, Mapping):
+        inside_secret = bool(name) and is_secret_name(name)
         for key, item in value.items():
-            found |= secret_values(item, str(key) if not (name and is_secret_name(name)) else name)
+            if inside_secret and str(key).lower() in _PUBLIC_UNDER_SECRET:
+                continue
+            found |= secret_values(item, name if inside_secret else str(key))
     elif isinstance(value, list | tuple):
         for item in value:
             found |= secret_values(item, name)

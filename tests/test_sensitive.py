@@ -118,3 +118,20 @@ def test_pull_steps_mask_secrets_as_build_steps_do(isolated: Path) -> None:
         run_pull_steps([{"run_shell_script": {"script": "no-such-command-{{ $DB_PASSWORD }}"}}],
                        root=isolated, env=env, variables={}, emit=lines.append)
     assert "hunter2-db" not in str(err.value) and MASK in str(err.value)
+
+
+@pytest.mark.unit
+def test_a_credentials_mapping_keeps_only_its_secrets_out_of_outputs() -> None:
+    """An image pushed with registry `credentials` names its registry: the password is scrubbed
+    from what the step prints and stores, the registry and user name are not (as Prefect's
+    DockerRegistryCredentials keeps only the password secret); a plan still masks the whole mapping."""
+    from buildsys.sensitive import secret_values
+
+    inputs = {
+        "image_name": "127.0.0.1:5000/flows",
+        "credentials": {"registry_url": "127.0.0.1:5000", "username": "ci", "password": "s3cret-pw", "reauth": True},
+        "access_token": "tok-123",
+        "env": {"API_TOKEN": "tok-456", "REGION": "eu"},
+    }
+    assert secret_values(inputs) == {"s3cret-pw", "tok-123", "tok-456"}
+    assert mask_named(inputs)["credentials"] == {"registry_url": MASK, "username": MASK, "password": MASK, "reauth": MASK}

@@ -348,8 +348,7 @@ def test_an_image_is_restored_from_the_registry_and_rebuilt_once_deleted_there(
     (origin / ".gitignore").write_text(".buildsys/\n")
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "project"]):
         subprocess.run(["git", *args], cwd=origin, check=True)
-    # `docker login`, as CI does before a push: the push and the registry checks use it (a push step's
-    # `credentials` would make its outputs secret-bearing, as they name the registry: never cached)
+    # `docker login`, as CI does before a push: the push and the registry checks use it
     config = tmp_path / "docker-config"
     config.mkdir()
     login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
