@@ -321,8 +321,10 @@ def _locked(dest: Path) -> Iterator[None]:
 # --- errors ------------------------------------------------------------------------------------
 
 
+# Status codes as git words them: a bare "403" also matched a port (127.0.0.1:40301), so a 503 from
+# such a server was taken for a refusal and not retried.
 _AUTH_MARKERS = ("authentication failed", "could not read username", "could not read password",
-                 "401", "403")
+                 "returned error: 401", "returned error: 403")
 _HINTS = (
     (("not found in upstream", "remote branch"),
      "check the branch name (a tag name also works as `branch`)"),

@@ -485,3 +485,15 @@ def test_without_credentials_a_redirect_is_followed(
 
     assert git_clone(ctx, repository=git_redirect.url("public")) == {"directory": "public"}
     assert (tmp_path / "public" / "flow.py").read_text() == "x = 2\n"
+
+
+@pytest.mark.unit
+def test_a_server_error_is_retried_whatever_the_port_number_says() -> None:
+    """A 503 from a server on port 40301 was taken for a refusal ("403" in the port) and not retried."""
+    from buildsys.steps.git import _transient
+
+    said = ("git_clone: could not clone http://127.0.0.1:40301/private.git\nremote: try again later\n"
+            "fatal: unable to access 'http://127.0.0.1:40301/private.git/': The requested URL returned error: 503")
+    assert _transient(StepError(said))
+    refused = said.replace("error: 503", "error: 403")
+    assert not _transient(StepError(refused))
