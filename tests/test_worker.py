@@ -404,7 +404,11 @@ def test_a_worker_on_buildsys_server_leaves_schedules_to_the_server(monkeypatch:
     from buildsys.worker import Worker, WorkerOptions
 
     passes: list[object] = []
-    monkeypatch.setattr(buildsys.schedules, "schedule_due_runs", lambda store, now=None: passes.append(store) or [])
+    def counted(store: object, now: float | None = None) -> buildsys.schedules.Round:
+        passes.append(store)
+        return buildsys.schedules.Round(created=[], failed={}, scheduled=frozenset())
+
+    monkeypatch.setattr(buildsys.schedules, "schedule_round", counted)
     remote = HttpStore("http://127.0.0.1:9", retries=0)  # never called
     local = SqlStore.sqlite(tmp_path / "state.db")
     try:
