@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys.entrypoints import EntrypointError, FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
@@ -28,6 +28,9 @@ from buildsys.selector import select_deployments
 from buildsys.sensitive import is_secret_name
 from buildsys.sourcefiles import UnreadableFile
 from buildsys.templating import UNKNOWN, Scope, placeholders, render
+
+if TYPE_CHECKING:
+    from buildsys.revision import Revision
 
 UNKNOWN_TEXT = str(UNKNOWN)
 FLAT = "(flat namespace)"
@@ -685,7 +688,7 @@ def read_desired(
     from buildsys.revision import open_revision
 
     rev = open_revision(project_file, ref)
-    with _gc_paused():
+    with _gc_paused(), _closing(rev):
         if loaded is not None and ref is None:
             project = loaded
         else:
@@ -706,6 +709,14 @@ def read_desired(
             only=only,
         )
     return project, state
+
+
+@contextmanager
+def _closing(rev: Revision) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        rev.close()
 
 
 @contextmanager

@@ -36,6 +36,13 @@ class Revision:
     remote_url: str | None = None  # credentials stripped
     file_in_repo: str | None = None  # posix path of the project file inside the repository
     _tree: Any = field(default=None, repr=False, compare=False)
+    _repo: Any = field(default=None, repr=False, compare=False)  # held while `_tree` is read (--ref)
+
+    def close(self) -> None:
+        """Stop the git helper processes a --ref revision's reads started (`git cat-file`); a read
+        after this starts them again."""
+        if self._repo is not None:
+            self._repo.close()
 
     def source(self) -> dict[str, Any]:
         """The `source` recorded on every resource and on the plan."""
@@ -117,6 +124,7 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
     try:
         commit_obj = repo.commit(ref)
     except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
+        repo.close()
         raise RevisionError(
             f"--ref {ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git tag`"
         ) from exc
@@ -124,6 +132,7 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
         blob = commit_obj.tree / rel
         text = blob.data_stream.read().decode("utf-8")
     except KeyError as exc:
+        repo.close()
         raise RevisionError(
             f"--ref {ref}: {rel} does not exist at commit {commit_obj.hexsha[:12]}",
             hint="check the path with `git show " + f"{ref}:{rel}`",
@@ -139,6 +148,7 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
         remote_url=remote,
         file_in_repo=rel,
         _tree=commit_obj.tree,
+        _repo=repo,
     )
 
 
