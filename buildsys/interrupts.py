@@ -22,8 +22,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def stop_on_signals(handler: Handler | None = None) -> None:
-    """Unblock SIGINT and SIGTERM and handle both: with ``handler``, or by raising
-    KeyboardInterrupt (the main thread only, as Python's signal handlers are)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    """Handle SIGINT and SIGTERM, then unblock them: with ``handler``, or by raising
+    KeyboardInterrupt (the main thread only, as Python's signal handlers are).
+
+    In that order: a signal sent while they were blocked (a supervisor stopping the command while
+    it starts) is pending, and unblocking it under the inherited SIG_IGN would drop it; under the
+    new handler it is handled here (so with the default handler this call may raise
+    KeyboardInterrupt: call it inside the ``try`` that handles it)."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler or _interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

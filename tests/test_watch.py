@@ -404,3 +404,29 @@ def test_watch_stops_whatever_signal_disposition_it_inherits(isolated: Path, sig
             proc.wait()
     assert proc.returncode == 0, err
     assert err.splitlines()[-1] == "Stopped watching."
+
+
+@pytest.mark.parametrize(
+    ("command", "signum", "started"),
+    [
+        (["worker", "start", "--pool", "p", "--type", "process"], signal.SIGINT, "started on pool 'p'"),
+        (["server", "start", "--port", "0"], signal.SIGTERM, "buildsys server on http://127.0.0.1:"),
+    ],
+    ids=["worker-SIGINT", "server-SIGTERM"],
+)
+def test_worker_and_server_stop_whatever_signal_disposition_they_inherit(
+    isolated: Path, command: list[str], signum: int, started: str
+) -> None:
+    """As watch: started with both stop signals ignored and blocked, one signal still stops them."""
+    log = isolated.parent / "long-running.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([BUILDSYS, "--state", str(isolated / "s.db"), *command], cwd=isolated, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, preexec_fn=_ignore_and_block_stop_signals)
+    try:
+        wait_for(lambda: started in log.read_text(), 30, f"{command[0]} to start")
+        proc.send_signal(signum)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -42,9 +42,9 @@ def watch(app: App, apply_: bool, run_: str | None, debounce: int, step_ms: int)
 
     from buildsys.interrupts import stop_on_signals
 
-    stop_on_signals()  # Ctrl-C and `kill` stop watching, even if SIGINT was inherited ignored
-    app.echo(f"Watching {watcher.root} (Ctrl-C to stop).", err=True)
     try:
+        stop_on_signals()  # Ctrl-C and `kill` stop watching, even if SIGINT was inherited ignored
+        app.echo(f"Watching {watcher.root} (Ctrl-C to stop).", err=True)
         watcher.watch(show)
     except KeyboardInterrupt:
         pass

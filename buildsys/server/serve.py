@@ -71,8 +71,8 @@ def serve(options: ServeOptions) -> None:
     app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard, cache=cache)
     from buildsys.interrupts import stop_on_signals
 
-    stop_on_signals()  # inherited ignored or blocked signals back (uvicorn then installs its own)
     try:
+        stop_on_signals()  # inherited ignored or blocked signals back (uvicorn then installs its own)
         uvicorn.run(
             app,
             host=options.host,
@@ -81,5 +81,7 @@ def serve(options: ServeOptions) -> None:
             lifespan="on",
             timeout_graceful_shutdown=5,  # long-polls would otherwise hold a restart for up to 30 s
         )
+    except KeyboardInterrupt:
+        pass  # stopped while starting, before uvicorn took the signals over: a clean stop too
     finally:
         store.close()
