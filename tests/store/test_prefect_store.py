@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,8 +51,24 @@ def uid() -> str:
 
 @pytest.fixture
 def api(prefect_server: PrefectServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=prefect_server.api_url, timeout=30) as client:
+    with httpx.Client(base_url=prefect_server.api_url, timeout=30, transport=_RetryingTransport()) as client:
         yield client
+
+
+class _RetryingTransport(httpx.HTTPTransport):
+    """The test's own edits, as a user's would be, sent again while Prefect's SQLite answers a
+    server error under load ("database is locked"): an edit that silently failed made a saved plan
+    look fresh and the conflict test fail."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + 30
+        while True:
+            response = super().handle_request(request)
+            if response.status_code < 500 or time.monotonic() > deadline:
+                return response
+            response.read()
+            response.close()
+            threading.Event().wait(0.2)  # back off before sending it again
 
 
 def project_text(uid: str, *, cron: str = "0 2 * * *", extra: str = "") -> str:
@@ -294,7 +312,7 @@ def test_saved_plan_is_refused_when_a_resource_changed_since(prefect_server: Pre
         # bookkeeping only (same values): `updated` moves, the content does not -> still applies
         assert api.patch(f"/deployments/{dep['id']}", json={"description": dep["description"]}).status_code == 204
         plan = read_plan_file(saved)
-        api.patch(f"/deployments/{dep['id']}", json={"description": "edited in the UI"})
+        assert api.patch(f"/deployments/{dep['id']}", json={"description": "edited in the UI"}).status_code == 204
         with pytest.raises(ConflictError) as info:
             apply(store, plan)
         assert f"deployment {uid}-etl/nightly: description changed since" in info.value.message
