@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from buildsys.errors import ConflictError, StateError
+from buildsys.sensitive import mask_url
 
 if TYPE_CHECKING:
     from buildsys.store.wakeups import Listener
@@ -433,13 +433,8 @@ class PostgresDatabase(Database):
 
 
 def redact(url: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    """The URL without its password (for messages and logs): the one masking rule, sensitive.mask_url."""
+    return mask_url(url)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -82,7 +82,7 @@ def test_an_unreachable_server_gets_a_clear_error() -> None:
     text = err.value.render()
     assert "hunter2" not in text
     assert text.startswith(
-        f"error: cannot connect to the PostgreSQL store {url.replace('hunter2', '***')}: connection failed:"
+        f"error: cannot connect to the PostgreSQL store {url.replace('hunter2', '****')}: connection failed:"
     )
     assert text.endswith("  hint: check that the server runs and that the URL, user and password are right")
 
