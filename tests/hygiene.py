@@ -23,6 +23,7 @@ children files (Linux) for processes.
 
 from __future__ import annotations
 
+import _signal
 import contextlib
 import os
 import signal
@@ -42,21 +43,48 @@ _PROCESS_WIDE_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.fo
 _SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGALRM))
 
 
+_DOTTED_PREFIXES = tuple(f"{prefix}." for prefix in _WATCHED_PREFIXES)
+
+
+_names_seen: set[str] = set()
+_watched: dict[str, ModuleType] = {}
+
+
 def _watched_modules() -> dict[str, ModuleType]:
-    return {
-        name: mod
-        for name, mod in list(sys.modules.items())
-        if isinstance(mod, ModuleType)
-        and (name in _WATCHED_STDLIB or name.split(".", 1)[0] in _WATCHED_PREFIXES)
-    }
+    """The watched modules now in sys.modules (only names new since the last call are matched)."""
+    global _names_seen
+    modules = sys.modules
+    for name in modules.keys() - _names_seen:
+        if name.startswith(_DOTTED_PREFIXES) or name in _WATCHED_PREFIXES or name in _WATCHED_STDLIB:
+            _watched[name] = modules[name]
+    _names_seen = set(modules)
+    for name, mod in list(_watched.items()):
+        if modules.get(name) is not mod:
+            current = modules.get(name)
+            if current is None:
+                del _watched[name]
+            else:
+                _watched[name] = current
+    return {name: mod for name, mod in _watched.items() if isinstance(mod, ModuleType)}
 
 
-def _callables(mod: ModuleType) -> dict[str, object]:
+def _namespace(mod: ModuleType) -> dict[str, object]:
+    """A copy of the module's namespace (a C-speed copy: most tests change nothing in it)."""
     try:
-        items = list(vars(mod).items())
+        return dict(vars(mod))
     except TypeError:
         return {}
-    return {k: v for k, v in items if isinstance(v, FunctionType | type)}
+
+
+def _callables(namespace: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in namespace.items() if isinstance(v, (FunctionType, type))}
+
+
+def _unchanged(before: dict[str, object], now: dict[str, object]) -> bool:
+    try:
+        return before == now  # identity first for every value: functions compare by identity
+    except Exception:  # a value whose == refuses to answer
+        return False
 
 
 def _children(pid: int) -> set[int]:
@@ -91,6 +119,11 @@ def _running_descendants() -> dict[int, str]:
     return out
 
 
+def _shown(handler: object) -> str:
+    """A disposition as `signal.getsignal` words it (the C function gives SIG_IGN/SIG_DFL as ints)."""
+    return repr(signal.Handlers(handler)) if isinstance(handler, int) else repr(handler)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -104,7 +137,7 @@ class Snapshot:
     handlers: dict[int, object]
     mask: set[int]
     umask: int
-    modules: dict[str, tuple[ModuleType, dict[str, object]]]
+    modules: dict[str, tuple[ModuleType, dict[str, object]]]  # each module and a copy of its namespace
     processes: dict[int, str]
     path: list[str]
     imported: set[str]
@@ -114,10 +147,10 @@ class Snapshot:
         return cls(
             environ=dict(os.environ),
             cwd=os.getcwd(),
-            handlers={s: signal.getsignal(s) for s in _SIGNALS},
+            handlers={s: _signal.getsignal(s) for s in _SIGNALS},
             mask=set(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
             umask=_umask(),
-            modules={name: (mod, _callables(mod)) for name, mod in _watched_modules().items()},
+            modules={name: (mod, _namespace(mod)) for name, mod in _watched_modules().items()},
             processes=_running_descendants(),
             path=list(sys.path),
             imported=set(sys.modules),
@@ -152,9 +185,9 @@ class Snapshot:
             found.append(f"working directory: {self.cwd} -> {cwd}")
             os.chdir(self.cwd)
         for signum, before in self.handlers.items():
-            after = signal.getsignal(signum)
+            after = _signal.getsignal(signum)
             if after != before:
-                found.append(f"signal {signal.Signals(signum).name} disposition: {before!r} -> {after!r}")
+                found.append(f"signal {signal.Signals(signum).name} disposition: {_shown(before)} -> {_shown(after)}")
                 if before is not None:
                     signal.signal(signum, before)  # type: ignore[arg-type]
         mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
@@ -165,16 +198,21 @@ class Snapshot:
         if umask != self.umask:
             found.append(f"umask: {self.umask:o} -> {umask:o}")
             os.umask(self.umask)
-        for name, (mod, before_attrs) in self.modules.items():
-            after_attrs = _callables(mod)
-            for attr, value in before_attrs.items():
-                if after_attrs.get(attr) is not value:
-                    found.append(f"{name}.{attr} replaced and not put back")
-                    setattr(mod, attr, value)
         for name, mod in _watched_modules().items():
+            now = _namespace(mod)
+            known = self.modules.get(name)
+            if known is not None and known[0] is mod and _unchanged(known[1], now):
+                continue
+            after_attrs = _callables(now)
+            if known is not None and known[0] is mod:  # a module imported anew is not a patch
+                for attr, value in _callables(known[1]).items():
+                    if after_attrs.get(attr) is not value:
+                        found.append(f"{name}.{attr} replaced and not put back")
+                        setattr(known[0], attr, value)
+                        after_attrs[attr] = value
             if name.split(".", 1)[0] not in _WATCHED_PREFIXES:
                 continue
-            for attr, value in _callables(mod).items():
+            for attr, value in after_attrs.items():
                 owner = getattr(value, "__module__", None) or ""
                 if owner.split(".", 1)[0] == "tests" or owner == "unittest.mock":
                     found.append(f"{name}.{attr} is {owner}.{getattr(value, '__qualname__', attr)} from a test")
