@@ -102,8 +102,12 @@ def _children(pid: int) -> set[int]:
 
 
 def _running_descendants() -> dict[int, str]:
-    """Descendants of this process that are still running (zombies are finished: not a leak)."""
+    """Descendants of this process that are still running (zombies are finished: not a leak) in
+    its own process group. A process in a group of its own is left out, with what it started: the
+    worker's flow runs and warm standby runtimes start so (start_new_session), and a module- or
+    session-scoped worker fixture starts them during whichever test first needs them."""
     out: dict[int, str] = {}
+    group = os.getpgrp()
     todo = list(_children(os.getpid()))
     while todo:
         pid = todo.pop()
@@ -112,7 +116,8 @@ def _running_descendants() -> dict[int, str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] in ("Z", "X") or int(fields[2]) != group:
             continue
         out[pid] = cmd.strip()[:200]
         todo.extend(_children(pid))
