@@ -398,6 +398,10 @@ def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: Pre
         run = store.list_runs(deployment=f"{uid}-hello/once")[0]
         done = wait_for(lambda: store.get_run(run.id).is_terminal and store.get_run(run.id), 120, "the run to finish")
         assert done.state == COMPLETED, done
+        # Prefect's engine ships log lines in batches of its own: the last may reach the server after
+        # the run's final state does
+        wait_for(lambda: any("Finished in state Completed()" in line.message for line in store.read_logs(run.id)),
+                 60, "the run's last log line to reach Prefect")
         logs = cli("runs", "logs", run.id)
         assert f"Beginning flow run {done.name!r} for flow '{uid}-hello'" in logs.stdout, logs.stdout + logs.stderr
         assert "Finished in state Completed()" in logs.stdout
