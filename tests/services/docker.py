@@ -98,8 +98,9 @@ def sweep_test_containers(
     ones older than an hour
     are removed, so a concurrent test run keeps its containers. Images are never removed here.
     """
-    if everything is None:
-        everything = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+    if everything is None:  # never under pytest-xdist: the other workers' containers are in use
+        everything = (os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+                      and "PYTEST_XDIST_WORKER" not in os.environ)
     removed: list[str] = []
     now = time.time()
     for container in client.containers.list(all=True, filters={"label": f"{TEST_LABEL}=1"}):
