@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from buildsys.cli import completion
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
     from buildsys.plan import Plan
@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 )
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (needed when there is no terminal).")
 @click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
-@click.option("-d", "--deployment", "deployments", multiple=True, metavar="NAME",
-              help="Only these deployments (names or globs), as `plan -d` selects them.",
-              shell_complete=completion.deployments)
+@deployments_option
 @click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
 @affected_option
 @common_options

@@ -7,16 +7,15 @@ from typing import Any
 
 import click
 
-from buildsys.cli import completion
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.select import deployments_option
 
 
 def _build_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob).",
-                         shell_complete=completion.deployments),
+            deployments_option,
             click.option("-j", "--jobs", type=click.IntRange(min=1), help="Steps to run at once (default: CPU count)."),
             click.option("--no-cache", is_flag=True, help="Run every step, ignoring cached results."),
             click.option("--explain", is_flag=True, help="Say why each step runs or is skipped."),

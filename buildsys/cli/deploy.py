@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from buildsys.cli import completion
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.cli.build import shared_cache_options
+from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
     from buildsys.desired import BuildOutputs, OutputsFor
@@ -18,15 +18,7 @@ if TYPE_CHECKING:
 
 
 @click.command("deploy")
-@click.option(
-    "-d",
-    "--deployment",
-    "deployments",
-    multiple=True,
-    metavar="NAME",
-    help="Only these deployments (names or globs).",
-    shell_complete=completion.deployments,
-)
+@deployments_option
 @click.option("-j", "--jobs", type=int, default=None, help="Steps run in parallel (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")
 @click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")

@@ -9,6 +9,7 @@ import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.select import deployments_option
 from buildsys.printable import printable
 
 if TYPE_CHECKING:
@@ -22,8 +23,7 @@ SAID = {"cached": "cached", "run": "would run", "blocked": "would run", "error":
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "mermaid", "json"]), default="text", show_default=True)
-@click.option("-d", "--deployment", "deployments", multiple=True, help="Only these deployments (name or glob).",
-              shell_complete=completion.deployments)
+@deployments_option
 @click.option("--push/--no-push", "with_push", default=True, help="Include the push section.", show_default=True)
 @click.option("--upstream", "upstream", multiple=True, metavar="STEP", shell_complete=completion.step_ids,
               help="Only STEP (id or label) and the steps it needs.")

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from buildsys.cli import completion
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
     from buildsys.model import Project
@@ -30,15 +30,7 @@ if TYPE_CHECKING:
 )
 @click.option("--prune", is_flag=True, help="Delete resources this project owns but no longer declares.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes (0 none, 1 error).")
-@click.option(
-    "-d",
-    "--deployment",
-    "deployments",
-    multiple=True,
-    metavar="NAME",
-    help="Only these deployments (names or globs).",
-    shell_complete=completion.deployments,
-)
+@deployments_option
 @click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
 @affected_option
 @common_options
