@@ -6,13 +6,14 @@ where files go and what to log lives here. Standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys.errors import StepError
-from buildsys.step import Context
+from buildsys.step import CheckHook, Context
 
 from ._files import (
     as_globs,
@@ -54,6 +55,19 @@ class ObjectStore(Protocol):
 
     def download(self, key: str, dest: Path) -> None: ...
 
+    def errors(self, ctx: Context) -> AbstractContextManager[None]:
+        """Turns the backend's exceptions into one clear StepError (secrets masked)."""
+        ...
+
+
+def mapping_input(name: str, value: object) -> Mapping[str, Any]:
+    """A step input that must be a mapping (credentials, client parameters); None is empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise StepError(f"`{name}` must be a mapping, got {type(value).__name__}")
+    return value
+
 
 def upload_set(ctx: Context, ignore_file: object) -> list[str]:
     """The files a push sends: the working directory minus the ignore file's patterns."""
@@ -68,7 +82,36 @@ def pushed_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
     return as_globs([*upload_set(ctx, ignore_file), *extra])
 
 
-def push_tree(ctx: Context, store: ObjectStore, folder: str, files: list[str]) -> None:
+def push(ctx: Context, store: ObjectStore, folder: str, ignore_file: object) -> dict[str, str]:
+    """A push step: upload the working directory's files (but what the ignore file names) under
+    ``folder/``, skipping unchanged objects; its outputs."""
+    files = upload_set(ctx, ignore_file)
+    with store.errors(ctx):
+        _push_tree(ctx, store, folder, files)
+    return {"bucket": store.bucket, "folder": folder}
+
+
+def still_uploaded(open_store: Callable[[Mapping[str, Any], Context], ObjectStore]) -> CheckHook:
+    """The ``check`` (and ``shared``) hook of a push step whose bucket ``open_store`` opens from the
+    step's inputs: trust the cached push only while every file is still in the bucket with its size."""
+
+    def check(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
+        store = open_store(inputs, ctx)
+        files = upload_set(ctx, inputs.get("ignore_file", DEFAULT_IGNORE_FILE))
+        with store.errors(ctx):
+            return _still_pushed(ctx, store, str(inputs.get("folder", "")), files)
+
+    return check
+
+
+def pull(ctx: Context, store: ObjectStore, folder: str, pushed_by: str) -> dict[str, str]:
+    """A pull step: download every object under ``folder/`` into the working directory; its outputs."""
+    with store.errors(ctx):
+        _pull_tree(ctx, store, folder, pushed_by)
+    return {"bucket": store.bucket, "folder": folder, "directory": str(ctx.cwd)}
+
+
+def _push_tree(ctx: Context, store: ObjectStore, folder: str, files: list[str]) -> None:
     """Upload ``files`` (relative to the cwd) under ``folder/``, skipping unchanged objects."""
     prefix = prefix_of(folder)
     remote = store.index(prefix)
@@ -84,7 +127,7 @@ def push_tree(ctx: Context, store: ObjectStore, folder: str, files: list[str]) -
     ctx.log(f"{store.scheme}://{store.bucket}/{prefix}: {uploaded} uploaded, {len(files) - uploaded} unchanged")
 
 
-def pull_tree(ctx: Context, store: ObjectStore, folder: str, pushed_by: str) -> None:
+def _pull_tree(ctx: Context, store: ObjectStore, folder: str, pushed_by: str) -> None:
     """Download every object under ``folder/`` into the cwd, skipping files that already match."""
     prefix = prefix_of(folder)
     remote = store.index(prefix)
@@ -104,7 +147,7 @@ def pull_tree(ctx: Context, store: ObjectStore, folder: str, pushed_by: str) -> 
     ctx.log(f"{where}: {downloaded} downloaded, {len(remote) - downloaded} already present")
 
 
-def still_pushed(ctx: Context, store: ObjectStore, folder: str, files: list[str]) -> bool:
+def _still_pushed(ctx: Context, store: ObjectStore, folder: str, files: list[str]) -> bool:
     """Whether every file is still in the bucket with its size (the ``check`` of a cached push)."""
     prefix = prefix_of(folder)
     remote = store.index(prefix)

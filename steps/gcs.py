@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,11 @@ from buildsys.step import Context, step
 from ._sync import (
     DEFAULT_IGNORE_FILE,
     RemoteObject,
-    pull_tree,
-    push_tree,
+    mapping_input,
+    pull,
+    push,
     pushed_files,
-    still_pushed,
-    upload_set,
+    still_uploaded,
 )
 
 PUSH_ALIASES = ("prefect_gcp.deployments.steps.push_to_gcs", "prefect_gcp.projects.steps.push_project_to_gcs")
@@ -76,6 +76,9 @@ class GcsStore:
     def download(self, key: str, dest: Path) -> None:
         self.client.bucket(self.bucket).blob(key).download_to_filename(str(dest))
 
+    def errors(self, ctx: Context) -> AbstractContextManager[None]:
+        return _gcs_errors(ctx, self.bucket)
+
 
 @step("push_to_gcs", aliases=PUSH_ALIASES, version="1", outputs=("bucket", "folder"), example=PUSH_EXAMPLE)
 def push_to_gcs(
@@ -87,26 +90,18 @@ def push_to_gcs(
     ignore_file: str | None = DEFAULT_IGNORE_FILE,
 ) -> dict[str, str]:
     """Upload the working directory's files to gs://bucket/folder/, skipping unchanged objects."""
-    store = GcsStore(_client(ctx, project, credentials), bucket)
-    files = upload_set(ctx, ignore_file)
-    with _gcs_errors(ctx, bucket):
-        push_tree(ctx, store, folder, files)
-    return {"bucket": bucket, "folder": folder}
+    return push(ctx, GcsStore(_client(ctx, project, credentials), bucket), folder, ignore_file)
 
 
 push_to_gcs.files(pushed_files)
 
 
-@push_to_gcs.check
-def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
-    """Trust the cached push only while every file is still in the bucket with its size."""
-    bucket = str(inputs.get("bucket"))
-    store = GcsStore(_client(ctx, inputs.get("project"), inputs.get("credentials")), bucket)
-    files = upload_set(ctx, inputs.get("ignore_file", DEFAULT_IGNORE_FILE))
-    with _gcs_errors(ctx, bucket):
-        return still_pushed(ctx, store, str(inputs.get("folder", "")), files)
+def _open(inputs: Mapping[str, Any], ctx: Context) -> GcsStore:
+    return GcsStore(_client(ctx, inputs.get("project"), inputs.get("credentials")), str(inputs.get("bucket")))
 
 
+_still_uploaded = still_uploaded(_open)
+push_to_gcs.check(_still_uploaded)
 push_to_gcs.shared(_still_uploaded)  # the bucket is where every runner finds it
 
 
@@ -126,10 +121,7 @@ def pull_from_gcs(
     credentials: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Download every object under gs://bucket/folder/ into the working directory."""
-    store = GcsStore(_client(ctx, project, credentials), bucket)
-    with _gcs_errors(ctx, bucket):
-        pull_tree(ctx, store, folder, pushed_by="push_to_gcs")
-    return {"bucket": bucket, "folder": folder, "directory": str(ctx.cwd)}
+    return pull(ctx, GcsStore(_client(ctx, project, credentials), bucket), folder, pushed_by="push_to_gcs")
 
 
 # --- client ------------------------------------------------------------------------------------
@@ -143,7 +135,7 @@ def _client(ctx: Context, project: object, credentials: object) -> Any:
             "the GCS steps need google-cloud-storage, which is not installed",
             hint="pip install 'buildsys[gcs]'",
         ) from None
-    creds = _mapping("credentials", credentials)
+    creds = mapping_input("credentials", credentials)
     # As in Prefect, a project inside the credentials wins over the step's `project`.
     chosen_project = creds.get("project") or project or ctx.env.get("GOOGLE_CLOUD_PROJECT")
     google_creds = _google_credentials(ctx, creds)
@@ -176,14 +168,6 @@ def _google_credentials(ctx: Context, creds: Mapping[str, Any]) -> Any:
         return service_account.Credentials.from_service_account_file(str(ctx.path(str(path))))  # type: ignore[no-untyped-call]
     except (ValueError, OSError, TypeError) as exc:
         raise StepError(f"unusable GCP service account credentials: {ctx.mask(str(exc))}") from None
-
-
-def _mapping(name: str, value: object) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise StepError(f"`{name}` must be a mapping, got {type(value).__name__}")
-    return value
 
 
 @contextmanager

@@ -9,7 +9,7 @@ stdlib-only and the pull step runs in any image that has boto3.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from buildsys.step import Context, step
 from ._sync import (
     DEFAULT_IGNORE_FILE,
     RemoteObject,
-    pull_tree,
-    push_tree,
+    mapping_input,
+    pull,
+    push,
     pushed_files,
-    still_pushed,
-    upload_set,
+    still_uploaded,
 )
 
 PUSH_ALIASES = ("prefect_aws.deployments.steps.push_to_s3", "prefect_aws.projects.steps.push_project_to_s3")
@@ -82,6 +82,9 @@ class S3Store:
     def download(self, key: str, dest: Path) -> None:
         self.client.download_file(self.bucket, key, str(dest))
 
+    def errors(self, ctx: Context) -> AbstractContextManager[None]:
+        return _s3_errors(ctx, self.bucket)
+
 
 @step("push_to_s3", aliases=PUSH_ALIASES, version="1", outputs=("bucket", "folder"), example=PUSH_EXAMPLE)
 def push_to_s3(
@@ -93,26 +96,18 @@ def push_to_s3(
     ignore_file: str | None = DEFAULT_IGNORE_FILE,
 ) -> dict[str, str]:
     """Upload the working directory's files to s3://bucket/folder/, skipping unchanged objects."""
-    store = S3Store(_client(ctx, credentials, client_parameters), bucket)
-    files = upload_set(ctx, ignore_file)
-    with _s3_errors(ctx, bucket):
-        push_tree(ctx, store, folder, files)
-    return {"bucket": bucket, "folder": folder}
+    return push(ctx, S3Store(_client(ctx, credentials, client_parameters), bucket), folder, ignore_file)
 
 
 push_to_s3.files(pushed_files)
 
 
-@push_to_s3.check
-def _still_uploaded(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
-    """Trust the cached push only while every file is still in the bucket with its size."""
-    bucket = str(inputs.get("bucket"))
-    store = S3Store(_client(ctx, inputs.get("credentials"), inputs.get("client_parameters")), bucket)
-    files = upload_set(ctx, inputs.get("ignore_file", DEFAULT_IGNORE_FILE))
-    with _s3_errors(ctx, bucket):
-        return still_pushed(ctx, store, str(inputs.get("folder", "")), files)
+def _open(inputs: Mapping[str, Any], ctx: Context) -> S3Store:
+    return S3Store(_client(ctx, inputs.get("credentials"), inputs.get("client_parameters")), str(inputs.get("bucket")))
 
 
+_still_uploaded = still_uploaded(_open)
+push_to_s3.check(_still_uploaded)
 push_to_s3.shared(_still_uploaded)  # the bucket is where every runner finds it
 
 
@@ -132,10 +127,7 @@ def pull_from_s3(
     client_parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Download every object under s3://bucket/folder/ into the working directory."""
-    store = S3Store(_client(ctx, credentials, client_parameters), bucket)
-    with _s3_errors(ctx, bucket):
-        pull_tree(ctx, store, folder, pushed_by="push_to_s3")
-    return {"bucket": bucket, "folder": folder, "directory": str(ctx.cwd)}
+    return pull(ctx, S3Store(_client(ctx, credentials, client_parameters), bucket), folder, pushed_by="push_to_s3")
 
 
 # --- client ------------------------------------------------------------------------------------
@@ -149,9 +141,9 @@ def _client(ctx: Context, credentials: object, client_parameters: object) -> Any
         raise StepError(
             "the S3 steps need boto3, which is not installed", hint="pip install 'buildsys[s3]'"
         ) from None
-    creds = _mapping("credentials", credentials)
-    params = {**_mapping("credentials.aws_client_parameters", creds.get("aws_client_parameters")),
-              **_mapping("client_parameters", client_parameters)}
+    creds = mapping_input("credentials", credentials)
+    params = {**mapping_input("credentials.aws_client_parameters", creds.get("aws_client_parameters")),
+              **mapping_input("client_parameters", client_parameters)}
     unknown = sorted(set(params) - set(_CLIENT_KEYS))
     if unknown:
         raise StepError(
@@ -163,7 +155,7 @@ def _client(ctx: Context, credentials: object, client_parameters: object) -> Any
     if params.get("verify_cert_path"):
         client_args["verify"] = params["verify_cert_path"]
     if params.get("config"):
-        client_args["config"] = Config(**_mapping("client_parameters.config", params["config"]))
+        client_args["config"] = Config(**mapping_input("client_parameters.config", params["config"]))
     endpoint = ctx.env.get("AWS_ENDPOINT_URL_S3") or ctx.env.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_url" not in client_args:
         client_args["endpoint_url"] = endpoint
@@ -192,14 +184,6 @@ def _session_args(ctx: Context, creds: Mapping[str, Any]) -> dict[str, Any]:
         "profile_name": creds.get("profile_name"),
     }
     return {k: str(v) for k, v in args.items() if v}
-
-
-def _mapping(name: str, value: object) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise StepError(f"`{name}` must be a mapping, got {type(value).__name__}")
-    return value
 
 
 _REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"}
