@@ -2,17 +2,22 @@
 
 Gives the project file's text, a reader for other files at the same revision (entrypoints), the
 commit, whether the working tree is dirty, and the repository facts the project identity needs.
+
+Everything is asked of `git` itself, a few plumbing commands per question (`rev-parse`, `status
+--porcelain=v2`, `config`, `ls-tree`, one `cat-file --batch` for a revision's files): no library
+to import and no extra `git` processes (`plan` and `--affected` run these on every call, so their
+start-up is on every CI job's path).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from buildsys.errors import BuildsysError
@@ -20,6 +25,16 @@ from buildsys.errors import BuildsysError
 
 class RevisionError(BuildsysError):
     """A git revision or a file in it cannot be read."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file of a revision's tree, as `git ls-tree -r -l` lists it."""
+
+    mode: int
+    type: str  # blob, commit (a submodule)
+    oid: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -35,14 +50,14 @@ class Revision:
     repo_root: Path | None = None
     remote_url: str | None = None  # credentials stripped
     file_in_repo: str | None = None  # posix path of the project file inside the repository
-    _tree: Any = field(default=None, repr=False, compare=False)
-    _repo: Any = field(default=None, repr=False, compare=False)  # held while `_tree` is read (--ref)
+    _tree: dict[str, Entry] | None = field(default=None, repr=False, compare=False)  # --ref: path in repo → entry
+    _objects: Any = field(default=None, repr=False, compare=False)  # --ref: the `git cat-file --batch` reader
 
     def close(self) -> None:
-        """Stop the git helper processes a --ref revision's reads started (`git cat-file`); a read
-        after this starts them again."""
-        if self._repo is not None:
-            self._repo.close()
+        """Stop the git helper process a --ref revision's reads started (`git cat-file --batch`); a
+        read after this starts it again."""
+        if self._objects is not None:
+            self._objects.close()
 
     def source(self) -> dict[str, Any]:
         """The `source` recorded on every resource and on the plan."""
@@ -74,87 +89,55 @@ class Revision:
         blob = self._blob(relpath)
         if blob is None:
             return None
-        if getattr(blob, "type", "blob") != "blob" or blob.mode & 0o170000 != 0o100000:
+        if blob.mode & 0o170000 != 0o100000:
             raise UnreadableFile(f"entrypoint file {relpath} is not a regular file at {self.ref}")
         if blob.size > ENTRYPOINT_FILE_LIMIT:
             raise UnreadableFile(
                 f"entrypoint file {relpath} is {blob.size:,} bytes at {self.ref}; the limit is {ENTRYPOINT_FILE_LIMIT:,}"
             )
-        data: bytes = blob.data_stream.read()
+        data: bytes = self._objects.read(blob.oid)
         return data
 
-    def _blob(self, relpath: str) -> Any:
+    def _blob(self, relpath: str) -> Entry | None:
+        assert self._tree is not None
         prefix = "" if self.repo_root is None else self.root.resolve().relative_to(self.repo_root).as_posix()
         full = f"{prefix}/{relpath}" if prefix not in ("", ".") else relpath
-        try:
-            blob = self._tree / posixpath.normpath(full)
-        except KeyError:
-            return None
-        return blob if blob.type == "blob" else None
+        entry = self._tree.get(posixpath.normpath(full))
+        return entry if entry is not None and entry.type == "blob" else None
 
 
-def open_revision(project_file: Path, ref: str | None = None) -> Revision:
-    """The project at `ref` (a commit, branch or tag), or the working tree when ref is None."""
-    file = project_file.resolve()
-    repo = _repo(file.parent)
-    if repo is None:
-        if ref is not None:
-            raise RevisionError(
-                f"--ref {ref} needs a git repository, but {file.parent} is not inside one",
-                hint="run `git init` and commit the project, or drop --ref",
-            )
-        return Revision(file=project_file, root=file.parent, text=None)
-    repo_root = Path(repo.working_tree_dir or file.parent).resolve()
-    rel = file.relative_to(repo_root).as_posix()
-    remote = _remote_url(repo)
-    if ref is None:
-        with _closing(repo):
-            commit = _head(repo)
-            dirty = _dirty(repo) if commit else True
-        return Revision(
-            file=project_file,
-            root=file.parent,
-            text=None,
-            commit=commit,
-            dirty=dirty,
-            repo_root=repo_root,
-            remote_url=remote,
-            file_in_repo=rel,
+# --- talking to git ---------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    # no optional locks: `status` would otherwise refresh the index under index.lock while a user's
+    # own git command runs; C locale: messages are read only for errors, but stay predictable
+    return {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+
+
+def _start(cwd: Path, args: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            ["git", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         )
-    try:
-        commit_obj = repo.commit(ref)
-    except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
-        repo.close()
-        raise RevisionError(
-            f"--ref {ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git tag`"
-        ) from exc
-    try:
-        blob = commit_obj.tree / rel
-        text = blob.data_stream.read().decode("utf-8")
-    except KeyError as exc:
-        repo.close()
-        raise RevisionError(
-            f"--ref {ref}: {rel} does not exist at commit {commit_obj.hexsha[:12]}",
-            hint="check the path with `git show " + f"{ref}:{rel}`",
-        ) from exc
-    return Revision(
-        file=project_file,
-        root=file.parent,
-        text=text,
-        ref=ref,
-        commit=commit_obj.hexsha,
-        dirty=False,
-        repo_root=repo_root,
-        remote_url=remote,
-        file_in_repo=rel,
-        _tree=commit_obj.tree,
-        _repo=repo,
-    )
+    except FileNotFoundError:
+        raise RevisionError("git is not installed", hint="install git to read git revisions") from None
+
+
+def _run(cwd: Path, *args: str, input: bytes | None = None) -> tuple[int, bytes, str]:
+    """(exit status, stdout, stderr) of one git command."""
+    return _finish(_start(cwd, args, stdin=input is not None), input)
+
+
+def _finish(proc: subprocess.Popen[bytes], input: bytes | None = None) -> tuple[int, bytes, str]:
+    out, err = proc.communicate(input)
+    return proc.returncode, out, err.decode("utf-8", "replace").strip()
 
 
 def _maybe_in_git(directory: Path) -> bool:
     """False only when no directory from here up can be a git repository (no `.git`, not a bare
-    repository's folder, no GIT_DIR): then GitPython, ~0.1 s to import, is not needed at all."""
+    repository's folder, no GIT_DIR): then no `git` process is started at all."""
     if os.environ.get("GIT_DIR"):
         return True
     for d in (directory, *directory.parents):
@@ -165,51 +148,214 @@ def _maybe_in_git(directory: Path) -> bool:
     return False
 
 
-def _repo(directory: Path) -> Any:
+def _toplevel(directory: Path) -> Path | None:
+    """The working tree's top directory of the repository holding `directory`; None outside one."""
     if not _maybe_in_git(directory):
         return None
-    import git
+    code, out, _ = _run(directory, "rev-parse", "--show-toplevel")
+    text = out.decode("utf-8", "surrogateescape").strip()
+    return Path(text).resolve() if code == 0 and text else None
 
-    try:
-        return git.Repo(directory, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+
+def _commits(repo_root: Path, names: Sequence[str]) -> list[str | None]:
+    """The commit each revision name (a commit, branch, tag, `origin/HEAD`…) resolves to, None for a
+    name that does not resolve: one `git cat-file --batch-check`, names on its stdin (never parsed
+    as options)."""
+    asked = [n for n in names if n and "\n" not in n]
+    if not asked:
+        return [None for _ in names]
+    query = "".join(f"{n}^{{commit}}\n" for n in asked).encode("utf-8", "surrogateescape")
+    code, out, err = _run(repo_root, "cat-file", "--batch-check=%(objectname) %(objecttype)", input=query)
+    if code != 0:
+        raise RevisionError(f"cannot read the repository at {repo_root}: {err}")
+    found: dict[str, str] = {}
+    for name, line in zip(asked, out.decode("utf-8", "surrogateescape").splitlines(), strict=False):
+        parts = line.split(" ")
+        if len(parts) == 2 and parts[1] == "commit":
+            found[name] = parts[0]
+    return [found.get(n) for n in names]
+
+
+STATUS = ("status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all")
+REMOTES = ("config", "-z", "--get-regexp", r"^(remote\..*\.url|url\..*\.insteadof)$")
+
+
+def _parse_status(text: str) -> tuple[str | None, bool]:
+    """(HEAD's commit or None before the first commit, whether the working tree is dirty) from
+    `git status --porcelain=v2 --branch -z`. Dirty: uncommitted changes to tracked files, or new
+    files (buildsys's own `.buildsys/` excluded)."""
+    commit: str | None = None
+    dirty = False
+    records = iter(text.split("\0"))
+    for record in records:
+        if record.startswith("# branch.oid "):
+            oid = record[len("# branch.oid "):]
+            commit = None if oid == "(initial)" else oid
+        elif record[:2] in ("1 ", "2 ", "u "):
+            dirty = True
+            if record[:2] == "2 ":
+                next(records, None)  # a rename's original path, a record of its own
+        elif record.startswith("? "):
+            path = record[2:]
+            if not path.startswith(".buildsys/") and "/.buildsys/" not in path:
+                dirty = True
+    return commit, dirty if commit else True
+
+
+def _remote_url(repo_root: Path) -> str | None:
+    """The fetch URL of `origin` (else of the first remote), with `url.<base>.insteadOf` applied as
+    git applies it, credentials stripped: one `git config`."""
+    return _parse_remotes(_finish(_start(repo_root, REMOTES)))
+
+
+def _parse_remotes(done: tuple[int, bytes, str]) -> str | None:
+    code, out, _ = done
+    if code != 0:  # 1: none set
         return None
-
-
-@contextmanager
-def _closing(repo: Any) -> Iterator[Any]:
-    """The repository, its git helper processes (`git cat-file --batch…`) stopped afterwards: a
-    long-running process (server, watch, a test run) would otherwise keep them."""
-    try:
-        yield repo
-    finally:
-        repo.close()
-
-
-def _dirty(repo: Any) -> bool:
-    """Uncommitted changes to tracked files, or new files (buildsys's own `.buildsys/` excluded)."""
-    if repo.is_dirty(untracked_files=False):
-        return True
-    return any(not f.startswith(".buildsys/") and "/.buildsys/" not in f for f in repo.untracked_files)
-
-
-def _head(repo: Any) -> str | None:
-    try:
-        return str(repo.head.commit.hexsha)
-    except ValueError:  # no commit yet
-        return None
-
-
-def _remote_url(repo: Any) -> str | None:
-    remotes = list(repo.remotes)
+    remotes: dict[str, str] = {}
+    rewrites: list[tuple[str, str]] = []  # (instead of, base)
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if "\n" not in record:
+            continue
+        key, value = record.split("\n", 1)
+        if key.startswith("remote.") and key.endswith(".url"):
+            remotes.setdefault(key[len("remote."):-len(".url")], value)  # the first url of each remote
+        elif key.startswith("url.") and key.endswith(".insteadof"):
+            rewrites.append((value, key[len("url."):-len(".insteadof")]))
     if not remotes:
         return None
-    chosen = next((r for r in remotes if r.name == "origin"), remotes[0])
+    url = remotes.get("origin", next(iter(remotes.values())))
+    matches = [(prefix, base) for prefix, base in rewrites if url.startswith(prefix)]
+    if matches:
+        prefix, base = max(matches, key=lambda m: len(m[0]))  # git takes the longest match
+        url = base + url[len(prefix):]
+    return strip_credentials(url)
+
+
+class _Objects:
+    """One `git cat-file --batch` process, started at the first read, for a revision's blobs."""
+
+    def __init__(self, repo_root: Path) -> None:
+        self.repo_root = repo_root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def read(self, oid: str) -> bytes:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = _start(self.repo_root, ["cat-file", "--batch"], stdin=True)
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(f"{oid}\n".encode())
+        stdin.flush()
+        header = stdout.readline().decode("utf-8", "replace").split()
+        if len(header) != 3:
+            raise RevisionError(f"cannot read object {oid} of the repository at {self.repo_root}")
+        data = _read_exactly(stdout, int(header[2]))
+        stdout.read(1)  # the newline after each object
+        return data
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise RevisionError("git cat-file stopped in the middle of an object")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _tree(repo_root: Path, commit: str) -> dict[str, Entry]:
+    """Every file of the commit's tree (submodules as `commit` entries): one `git ls-tree -r -l`."""
+    code, out, err = _run(repo_root, "ls-tree", "-r", "-l", "-z", "--full-tree", commit)
+    if code != 0:
+        raise RevisionError(f"cannot list the files of commit {commit[:12]}: {err}")
+    entries: dict[str, Entry] = {}
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if not record:
+            continue
+        meta, path = record.split("\t", 1)
+        mode, kind, oid, size = meta.split()
+        entries[path] = Entry(int(mode, 8), kind, oid, int(size) if size.isdigit() else 0)
+    return entries
+
+
+# --- the revisions ------------------------------------------------------------------------------------
+
+
+def open_revision(project_file: Path, ref: str | None = None) -> Revision:
+    """The project at `ref` (a commit, branch or tag), or the working tree when ref is None."""
+    file = project_file.resolve()
+    repo_root = _toplevel(file.parent)
+    if repo_root is None:
+        if ref is not None:
+            raise RevisionError(
+                f"--ref {ref} needs a git repository, but {file.parent} is not inside one",
+                hint="run `git init` and commit the project, or drop --ref",
+            )
+        return Revision(file=project_file, root=file.parent, text=None)
+    rel = file.relative_to(repo_root).as_posix()
+    if ref is None:  # the two commands run side by side
+        remotes, status = _start(repo_root, REMOTES), _start(repo_root, STATUS)
+        remote = _parse_remotes(_finish(remotes))
+        code, out, err = _finish(status)
+        if code != 0:
+            raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {err}")
+        commit, dirty = _parse_status(out.decode("utf-8", "surrogateescape"))
+        return Revision(
+            file=project_file,
+            root=file.parent,
+            text=None,
+            commit=commit,
+            dirty=dirty,
+            repo_root=repo_root,
+            remote_url=remote,
+            file_in_repo=rel,
+        )
+    remote = _remote_url(repo_root)
+    (commit,) = _commits(repo_root, [ref])
+    if commit is None:
+        raise RevisionError(f"--ref {ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git tag`")
+    tree = _tree(repo_root, commit)
+    entry = tree.get(rel)
+    if entry is None or entry.type != "blob":
+        raise RevisionError(
+            f"--ref {ref}: {rel} does not exist at commit {commit[:12]}",
+            hint="check the path with `git show " + f"{ref}:{rel}`",
+        )
+    objects = _Objects(repo_root)
     try:
-        urls = list(chosen.urls)
-    except Exception:  # a remote without a url
-        return None
-    return strip_credentials(urls[0]) if urls else None
+        text = objects.read(entry.oid).decode("utf-8")
+    except BaseException:
+        objects.close()
+        raise
+    return Revision(
+        file=project_file,
+        root=file.parent,
+        text=text,
+        ref=ref,
+        commit=commit,
+        dirty=False,
+        repo_root=repo_root,
+        remote_url=remote,
+        file_in_repo=rel,
+        _tree=tree,
+        _objects=objects,
+    )
 
 
 def strip_credentials(url: str) -> str:
@@ -229,31 +375,28 @@ DEFAULT_BRANCHES = ("origin/HEAD", "origin/main", "origin/master", "main", "mast
 def default_base(project_file: Path) -> tuple[str, str]:
     """The commit `affected` compares with when no --base is given: the merge base of HEAD with the
     default branch (origin's HEAD, else main or master, remote before local), and that branch."""
-    repo = _repo(project_file.resolve().parent)
-    if repo is None:
+    repo_root = _toplevel(project_file.resolve().parent)
+    if repo_root is None:
         raise RevisionError(
             f"`affected` compares two git revisions, but {project_file.resolve().parent} is not inside a git repository",
             hint="run it in a git checkout, or drop --affected",
         )
-    with _closing(repo):
-        return _default_base(repo)
-
-
-def _default_base(repo: Any) -> tuple[str, str]:
-    if _head(repo) is None:
+    head, *branches = _commits(repo_root, ["HEAD", *DEFAULT_BRANCHES])
+    if head is None:
         raise RevisionError("the repository has no commit yet: there is nothing to compare with", hint="commit first")
-    for name in DEFAULT_BRANCHES:
-        try:
-            branch = repo.commit(name)
-        except Exception:  # gitpython raises several types for a name that does not resolve
+    for name, branch in zip(DEFAULT_BRANCHES, branches, strict=True):
+        if branch is None:
             continue
-        bases = repo.merge_base("HEAD", branch)
-        if not bases:
+        code, out, err = _run(repo_root, "merge-base", head, branch)
+        base = out.decode().strip()
+        if code == 0 and base:
+            return base, name
+        if code == 1 and not err:
             raise RevisionError(
                 f"HEAD and {name} have no common commit (a shallow clone?)",
                 hint="fetch more history (`git fetch --unshallow`, or `fetch-depth: 0` in CI), or pass --base REF",
             )
-        return str(bases[0].hexsha), name
+        raise RevisionError(f"cannot find the merge base of HEAD and {name}: {err}")
     raise RevisionError(
         "no default branch to compare with (none of " + ", ".join(DEFAULT_BRANCHES) + " exists)",
         hint="pass --base REF (a commit, branch or tag)",
@@ -263,32 +406,25 @@ def _default_base(repo: Any) -> tuple[str, str]:
 def resolve_commit(project_file: Path, ref: str) -> str:
     """The commit `ref` (a commit, branch or tag) names in the project file's repository."""
     file = project_file.resolve()
-    repo = _repo(file.parent)
-    if repo is None:
+    repo_root = _toplevel(file.parent)
+    if repo_root is None:
         raise RevisionError(
             f"comparing with {ref} needs a git repository, but {file.parent} is not inside one",
             hint="run it in a git checkout",
         )
-    try:
-        return str(repo.commit(ref).hexsha)
-    except Exception as exc:  # gitpython raises several types (BadName, ValueError, GitCommandError)
-        raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`") from exc
-    finally:
-        repo.close()
+    (commit,) = _commits(repo_root, [ref])
+    if commit is None:
+        raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`")
+    return commit
 
 
 def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
     """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
     (symlinks and git's filters included) but without touching the repository's index, HEAD or
     working tree. Returns (the commit, the project file's path under that tree)."""
-    import os
-    import subprocess
-
     commit = resolve_commit(project_file, ref)
     file = project_file.resolve()
-    repo = _repo(file.parent)
-    with _closing(repo):
-        repo_root = Path(repo.working_tree_dir or file.parent).resolve()
+    repo_root = _toplevel(file.parent) or file.parent
     dest = workdir / "tree"
     dest.mkdir()
     env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}

@@ -1,0 +1,132 @@
+"""Git revisions read with git's own plumbing (buildsys.revision): the working tree's commit and
+dirtiness from one `git status`, the remote from one `git config`, a --ref's files from `ls-tree`
+and one `cat-file --batch`; the edge cases the callers rely on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from buildsys.revision import (
+    RevisionError,
+    _parse_status,
+    default_base,
+    open_revision,
+    resolve_commit,
+)
+from buildsys.sourcefiles import UnreadableFile
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def repo(path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "c")
+    return path / "prefect.yaml"
+
+
+def test_status_records() -> None:
+    head = "# branch.oid " + "a" * 40
+    assert _parse_status(f"{head}\0# branch.head main\0") == ("a" * 40, False)
+    assert _parse_status("# branch.oid (initial)\0") == (None, True)  # nothing committed: dirty
+    assert _parse_status(f"{head}\0? .buildsys/cache.db\0? sub/.buildsys/x\0") == ("a" * 40, False)
+    assert _parse_status(f"{head}\0? flows/new.py\0")[1] is True
+    assert _parse_status(f"{head}\0u UU N... 100644 100644 100644 100644 x y z a.py\0")[1] is True
+    # a rename's original path is a record of its own and is never read as another record
+    rename = "2 R. N... 100644 100644 100644 " + "b" * 40 + " " + "b" * 40 + " R100 new.py"
+    assert _parse_status(f"{rename}\0# branch.oid {'c' * 40}\0{head}\0") == ("a" * 40, True)
+
+
+def test_working_tree(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    rev = open_revision(file)
+    assert (rev.commit, rev.dirty, rev.remote_url, rev.file_in_repo) == (git(tmp_path, "rev-parse", "HEAD"), False,
+                                                                          None, "prefect.yaml")
+    git(tmp_path, "mv", "prefect.yaml", "p.yaml")  # a staged rename is a change
+    assert open_revision(tmp_path / "p.yaml").dirty is True
+    git(tmp_path, "mv", "p.yaml", "prefect.yaml")
+    assert open_revision(file).dirty is False
+
+
+def test_remote_url_is_origin_rewritten_as_git_does_without_credentials(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    git(tmp_path, "remote", "add", "backup", "https://backup.example.com/x.git")
+    assert open_revision(file).remote_url == "https://backup.example.com/x.git"  # the only remote
+    git(tmp_path, "remote", "add", "origin", "gh:acme/flows.git")
+    git(tmp_path, "config", "url.https://bot:secret@github.com/.insteadOf", "gh:")
+    git(tmp_path, "config", "url.https://wrong.example.com/.insteadOf", "g")  # a shorter match loses
+    assert open_revision(file).remote_url == "https://github.com/acme/flows.git"
+    assert git(tmp_path, "remote", "get-url", "origin") == "https://bot:secret@github.com/acme/flows.git"
+
+
+def test_ref_reads_files_of_the_commit_and_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n", "proj/flows/f.py": "v1\n", "proj/flows/big.py": "x" * 10})
+    (tmp_path / "proj" / "flows" / "link.py").symlink_to("f.py")
+    (tmp_path / "proj" / "prefect.yaml").write_text("name: sub\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "links")
+    (tmp_path / "proj" / "flows" / "f.py").write_text("v2\n")  # not committed
+    rev = open_revision(tmp_path / "proj" / "prefect.yaml", "HEAD")
+    try:
+        assert rev.text == "name: sub\n" and rev.file_in_repo == "proj/prefect.yaml"
+        assert rev.read("flows/f.py") == b"v1\n"
+        assert rev.read("flows/missing.py") is None and rev.read("flows") is None  # a directory is no file
+        assert rev.read("../prefect.yaml") == b"name: x\n"  # paths are relative to the project file
+        assert rev.exists("flows/f.py") and not rev.exists("flows")
+        with pytest.raises(UnreadableFile, match=r"flows/link\.py is not a regular file at HEAD"):
+            rev.read("flows/link.py")
+        rev.close()
+        assert rev.read("flows/big.py") == b"x" * 10  # a read after close starts the reader again
+    finally:
+        rev.close()
+    older = open_revision(file, "HEAD~1")
+    try:
+        assert older.read("proj/flows/f.py") == b"v1\n"
+    finally:
+        older.close()
+
+
+def test_refs_are_never_options_and_bad_ones_are_clear_errors(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    for bad in ("--output=/tmp/x", "-h", "nope", "main\nHEAD", "HEAD:prefect.yaml"):
+        with pytest.raises(RevisionError, match="no such commit, branch or tag"):
+            resolve_commit(file, bad)
+    assert resolve_commit(file, "main") == git(tmp_path, "rev-parse", "HEAD")
+
+
+def test_default_base_is_the_merge_base_with_the_default_branch(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    first = git(tmp_path, "rev-parse", "HEAD")
+    git(tmp_path, "checkout", "-qb", "feature")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "--allow-empty", "-m", "f")
+    assert default_base(file) == (first, "main")
+    git(tmp_path, "checkout", "-q", "--orphan", "master")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "unrelated")
+    git(tmp_path, "branch", "-D", "main")
+    with pytest.raises(RevisionError, match="HEAD and master have no common commit"):
+        git(tmp_path, "checkout", "-q", "feature")
+        default_base(file)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    with pytest.raises(RevisionError, match="no commit yet"):
+        default_base(empty / "prefect.yaml")
+
+
+def test_no_git_process_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "prefect.yaml").write_text("name: x\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # no git could even be started
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    if any(os.path.lexists(d / ".git") for d in tmp_path.parents):
+        pytest.skip("the temporary directory is inside a git repository")
+    rev = open_revision(tmp_path / "prefect.yaml")
+    assert (rev.commit, rev.repo_root, rev.dirty) == (None, None, False)
