@@ -1,5 +1,6 @@
 """Every example in examples/ validates, builds and plans (docker ones build a real image from the
-local base); the local-process demo runs end to end; the CI pipeline's shell runs for real."""
+local base); the local-process demo runs end to end; the CI pipelines' shell runs for real, from
+installing the built wheel with the pipelines' own install step to the apply."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import pytest
 import yaml
 
 from buildsys.cli import main
+from buildsys.server.auth import Authenticator, TokenStore, database_for
+from buildsys.store import open_store
+from tests.server.running import threaded_server
+from tests.services.wheel import WheelInstall
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BUILDSYS = str(Path(sys.executable).parent / "buildsys")
@@ -177,23 +182,46 @@ INSTALL = re.compile(r'^python -m pip install "\$\{BUILDSYS_PIP:\?set the (repos
 
 
 class Pipeline:
-    """Runs a CI file's shell steps for real, in order, in one project copy: buildsys from PATH, the
-    store in the test's directory, HOME there too (the registry login writes into it)."""
+    """Runs a CI file's shell steps for real, in order, in one project copy, the way a runner does:
+    in a fresh environment (`bin`: python and pip, no buildsys) the install step installs the wheel
+    named by BUILDSYS_PIP, and every later step runs the `buildsys` that installed; HOME is the test's
+    (the registry login writes into it). The install steps all read the same BUILDSYS_PIP, so the
+    first runs (a real pip install, dependencies resolved from the wheel's metadata and found
+    installed, nothing downloaded) and the later ones, on a runner that already has it, are not re-run."""
 
-    def __init__(self, tmp_path: Path, project: Path) -> None:
+    def __init__(self, tmp_path: Path, project: Path, bin_dir: Path, wheel: Path) -> None:
         self.project = project
+        self.bin_dir = bin_dir
         self.home = tmp_path / "home"
         self.home.mkdir(exist_ok=True)
-        self.env = {**os.environ, "PATH": f"{Path(BUILDSYS).parent}:{os.environ['PATH']}", "NO_COLOR": "1",
-                    "HOME": str(self.home), "BUILDSYS_STATE": str(tmp_path / "state.db"), "BUILDSYS_TOKEN": ""}
+        dev = str(Path(sys.executable).parent)  # the repository's editable buildsys is not on PATH
+        path = os.pathsep.join([str(bin_dir), *(p for p in os.environ["PATH"].split(os.pathsep) if p != dev)])
+        self.env = {**os.environ, "PATH": path, "NO_COLOR": "1", "HOME": str(self.home), "BUILDSYS_PIP": str(wheel),
+                    "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        self.env.pop("PYTHONPATH", None)
+        self.installed = False
 
     def run(self, scripts: list[str], **env: str) -> None:
         for script in scripts:
-            if INSTALL.match(script):  # installing is checked on its own: see test_ci_install_step_*
+            if INSTALL.match(script) and self.installed:
                 continue
             done = subprocess.run(["bash", "-e", "-c", script], cwd=self.project, capture_output=True, text=True,
                                   env={**self.env, **env}, timeout=120)
             assert done.returncode == 0, (script, done.stdout, done.stderr)
+            if INSTALL.match(script):
+                assert "Successfully installed buildsys-" in done.stdout, done.stdout
+                self.installed = True
+                self.check_installed()
+
+    def check_installed(self) -> None:
+        """`buildsys` is the installed wheel's console script, running the installed package."""
+        probe = "command -v buildsys; python -c 'import buildsys; print(buildsys.__file__)'"
+        done = subprocess.run(["bash", "-e", "-c", probe], cwd=self.project, capture_output=True, text=True,
+                              env=self.env, timeout=60)
+        script, module = done.stdout.split()
+        venv_root = self.bin_dir.parent
+        assert Path(script) == self.bin_dir / "buildsys", done.stdout
+        assert Path(module).is_relative_to(venv_root) and "site-packages" in Path(module).parts, done.stdout
 
 
 def _github() -> dict[str, Any]:
@@ -210,11 +238,12 @@ def _gitlab_job(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return {**base, **job}
 
 
-def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) -> None:
+def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path, buildsys_wheel: WheelInstall) -> None:
     """The GitHub and the GitLab pipeline, shape and then every shell step for real, as one history
-    on one project and store (to run each buildsys command once): GitHub plans a pull request (changes),
-    GitLab applies the default branch (logging in to the registry), GitLab plans a merge request (no
-    changes), GitHub applies main (nothing to do)."""
+    on one project and one buildsys server (to run each buildsys command once), with buildsys
+    installed from the built wheel by the pipeline's own install step: GitHub plans a pull request
+    (changes) with a read-only token, GitLab applies the default branch (logging in to the registry)
+    with an apply token, GitLab plans a merge request (no changes), GitHub applies main (nothing to do)."""
     workflow = _github()
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
     assert triggers == {"pull_request": None, "push": {"branches": ["main"]}}
@@ -243,7 +272,19 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) ->
     assert pushes == ["buildsys push --explain ${BUILDSYS_CACHE:+--cache-write}"] * 2  # main writes the shared cache
 
     # A repository with an origin holding main, and a pull request branch that changes one deployment.
-    pipeline = Pipeline(tmp_path, copy_example("local-process", tmp_path))
+    bin_dir = buildsys_wheel.new_venv(tmp_path / "runner")
+    pipeline = Pipeline(tmp_path, copy_example("local-process", tmp_path), bin_dir, buildsys_wheel.wheel)
+    server_db = tmp_path / "server.db"
+    tokens = TokenStore(database_for(str(server_db)))
+    read_token, apply_token = tokens.create("read")[1], tokens.create("apply")[1]
+    with (contextlib.closing(open_store(str(server_db))) as store,
+          threaded_server(store, authenticator=Authenticator(tokens)) as url):
+        pipeline.env["BUILDSYS_STATE"] = url
+        _run_the_history(tmp_path, pipeline, jobs, plan, apply, read_token, apply_token)
+
+
+def _run_the_history(tmp_path: Path, pipeline: Pipeline, jobs: dict[str, Any], plan: dict[str, Any],
+                     apply: dict[str, Any], read_token: str, apply_token: str) -> None:
     project = pipeline.project
 
     def git(*args: str) -> None:
@@ -260,21 +301,21 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) ->
     (project / "prefect.yaml").write_text(text.replace("description: Prints a greeting.", "description: Says hello."))
     git("commit", "-q", "-am", "a new description")
 
-    def github(job: str) -> dict[str, str]:
+    def github(job: str, token: str) -> dict[str, str]:
         outputs = tmp_path / f"{job}.out"
         outputs.write_text("")
         pipeline.run([s["run"] for s in jobs[job]["steps"] if "run" in s], GITHUB_OUTPUT=str(outputs),
-                     GITHUB_BASE_REF="main")
+                     GITHUB_BASE_REF="main", BUILDSYS_TOKEN=token)
         return dict(line.split("=", 1) for line in outputs.read_text().splitlines())
 
-    def gitlab_job(job: dict[str, Any]) -> None:
+    def gitlab_job(job: dict[str, Any], token: str) -> None:
         (project / "plan.env").unlink(missing_ok=True)
-        pipeline.run([*job["before_script"], *job["script"]], CI_REGISTRY="registry.example.com:5050",
+        pipeline.run([*job["before_script"], *job["script"]], BUILDSYS_TOKEN=token, CI_REGISTRY="registry.example.com:5050",
                      CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret",
                      CI_MERGE_REQUEST_TARGET_BRANCH_NAME="main")
 
     git("fetch", "-q", "origin")  # what actions/checkout does with fetch-depth: 0
-    assert github("plan") == {"changes": "true"}
+    assert github("plan", read_token) == {"changes": "true"}
     said = (project / "plan.txt").read_text()
     assert 'description: "Says hello."' in said and "Plan: 2 to add, 0 to change, 0 to destroy." in said
     assert "Affected since origin/main" in (project / "plan.err").read_text()
@@ -284,22 +325,22 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path) ->
     git("push", "-q", "origin", "main")
     unreachable = {"BUILDSYS_CACHE": "http://127.0.0.1:9", "BUILDSYS_CACHE_KEY": "k" * 32}
     pipeline.env.update(unreachable)  # main writes to the shared cache (down here: a warning, not a failure)
-    gitlab_job(apply)
+    gitlab_job(apply, apply_token)
     for name in unreachable:
         del pipeline.env[name]
     auths = json.loads((pipeline.home / ".docker" / "config.json").read_text())["auths"]
     assert auths == {"registry.example.com:5050": {"auth": "Z2l0bGFiLWNpLXRva2VuOnMzY3JldA=="}}  # user:password
-    gitlab_job(plan)
+    gitlab_job(plan, read_token)
     assert (project / "plan.env").read_text() == "CHANGES=false\n"
     assert "No changes." in (project / "plan.txt").read_text()
-    assert github("apply") == {}
+    assert github("apply", apply_token) == {}
 
 
 @pytest.mark.parametrize("where", ["github", "gitlab"])
 def test_ci_install_step_installs_from_buildsys_pip_and_says_when_it_is_unset(tmp_path: Path, where: str) -> None:
     """Not `pip install buildsys` (no package index has it) nor an editable checkout: the wheel or
-    repository URL in BUILDSYS_PIP; unset, the step fails naming the variable (run for real here; the
-    wheel itself is tested in test_wheel)."""
+    repository URL in BUILDSYS_PIP; unset, the step fails naming the variable (installing a wheel with it
+    is run in test_ci_pipelines_plan_on_pull_requests_and_apply_on_main)."""
     if where == "github":
         scripts = [s["run"] for job in _github()["jobs"].values() for s in job["steps"] if s.get("name") == "Install buildsys"]
     else:

@@ -3,11 +3,8 @@ points, the JSON schemas, and a built-in step that runs from it (not from the re
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -18,10 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-
-# What the wheel is built from: the fixed top-level layout (README.md only when it exists).
-SOURCES = ("pyproject.toml", "README.md", "buildsys", "steps", "schemas", "recipes")
-NETWORK_FAILURES = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution")
+from tests.services.wheel import WheelInstall
 
 # Runs in `python -S` with PYTHONPATH at the installed wheel only: no site-packages, no repository.
 PROBE = r"""
@@ -57,53 +51,11 @@ print(json.dumps({
 """
 
 
-def _copy_sources(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".mypy_cache", ".ruff_cache")
-    for name in SOURCES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=ignore)
-        elif src.is_file():
-            shutil.copy2(src, dest / name)
-
-
-def _can_build_offline() -> bool:
-    """setuptools >= 68 and wheel in this interpreter: build without an isolated environment."""
-    try:
-        setuptools = importlib.metadata.version("setuptools")
-        importlib.metadata.version("wheel")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return int(setuptools.split(".")[0]) >= 68
-
-
-def _build_wheel(src: Path, out: Path) -> Path:
-    cmd = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out)]
-    if _can_build_offline():
-        cmd.append("--no-isolation")
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=240)
-    if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
-        if any(marker in text for marker in NETWORK_FAILURES):
-            pytest.skip("building the wheel needs setuptools>=68 and wheel from PyPI, which is unreachable")
-        pytest.fail(f"python -m build failed ({proc.returncode}):\n{text}")
-    wheels = sorted(out.glob("*.whl"))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
-
-
 @pytest.fixture(scope="module")
-def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def installed_wheel(buildsys_wheel: WheelInstall, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(wheel file, directory it is installed into with `pip install --target`)."""
-    if importlib.util.find_spec("build") is None:
-        pytest.skip("the `build` package (in the [test] extra) is not installed")
-    base = tmp_path_factory.mktemp("wheel")
-    src = base / "src"
-    src.mkdir()
-    _copy_sources(src)
-    wheel = _build_wheel(src, base / "dist")
-    target = base / "site"
+    wheel = buildsys_wheel.wheel
+    target = tmp_path_factory.mktemp("wheel") / "site"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},

@@ -15,3 +15,4 @@ from tests.services.s3 import *  # noqa: F403
 from tests.services.k8s import *  # noqa: F403
 from tests.services.workers import *  # noqa: F403
 from tests.services.prefect import *  # noqa: F403
+from tests.services.wheel import *  # noqa: F403
