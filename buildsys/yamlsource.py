@@ -6,6 +6,12 @@ node tree: PyYAML's composer keeps a node with two marks for every scalar of the
 as in `safe_load` (an alias is a fresh copy of what the anchor built, its locations pointing at the
 anchor), duplicate keys are errors (parsers silently keep the last one), and every mapping key and
 item keeps its location, packed into one int until someone asks for it.
+
+Locations are kept beside the containers, not by path: each mapping and list built at a located
+place gets the packed locations of its keys or items, found by the container's identity, and a
+path is looked up by walking the document down to it. Building a path tuple and hashing it for
+every node cost a third of the load; the answers are the same (`tests/test_yamlsource.py` checks
+every path of every corpus file against PyYAML's own node marks).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Any, cast
+from typing import Any
 
 import yaml
 from yaml.events import (
@@ -63,23 +69,49 @@ class SeveralDocuments(YamlError):
         self.first = first
 
 
+# id(container) → (the container, its keys' or items' packed locations); the container is held so
+# that its id cannot be reused by another object while the marks are alive
+Marks = dict[int, tuple[Any, "dict[Any, int] | list[int]"]]
+
+
 @dataclass
 class Located:
     """A loaded document: the value and the location of every node by its path."""
 
     value: Any
     file: str
-    locations: dict[Path_, int] = field(default_factory=dict)  # packed, see `_pack`
+    root: int | None = None  # packed location of the whole document, see `_pack`
+    marks: Marks = field(default_factory=dict)
 
     def loc(self, path: Path_) -> Location | None:
-        """The location of `path`, or of its nearest located ancestor."""
-        while True:
-            found = self.locations.get(path)
-            if found is not None:
-                return Location(self.file, found >> _COL_BITS, found & ((1 << _COL_BITS) - 1))
-            if not path:
-                return None
-            path = path[:-1]
+        """The location of `path`, or of its nearest located ancestor (every ancestor of a located
+        node is located, so walking down and stopping at the first unlocated step finds it)."""
+        found = self.root
+        if found is None:
+            return None
+        node, marks = self.value, self.marks
+        for step in path:
+            entry = marks.get(id(node))
+            if entry is None or entry[0] is not node:
+                break
+            at = entry[1]
+            if type(at) is dict:
+                try:
+                    here = at.get(step)
+                except TypeError:  # an unhashable step names nothing
+                    break
+            elif isinstance(step, int) and 0 <= step < len(at):
+                here = at[step]
+            else:
+                break
+            if here is None:
+                break
+            found = here
+            try:
+                node = node[step]
+            except (LookupError, TypeError):  # the value was edited after loading
+                break
+        return Location(self.file, found >> _COL_BITS, found & ((1 << _COL_BITS) - 1))
 
 
 def _pack(event: Event) -> int:
@@ -96,7 +128,7 @@ Next = Callable[[], Event]
 
 
 class _Builder:
-    """Builds one document's value from events. `path` None means: record no locations (keys,
+    """Builds one document's value from events. `located` False means: record no locations (keys,
     and merge sources, whose locations nobody looks up)."""
 
     def __init__(self, loader: Any, file: str, size: int = 0) -> None:
@@ -107,7 +139,8 @@ class _Builder:
         self.max_expanded = MAX_ALIAS_NODES + 4 * size
         self.max_expanded_chars = MAX_ALIAS_CHARS + 4 * size
         self.sizes: dict[str, tuple[int, int]] = {}  # anchor → (nodes, characters) an alias builds
-        self.locations: dict[Path_, int] = {}
+        self.marks: Marks = {}
+        self.root: int | None = None
         self.anchors: dict[str, list[Event] | None] = {}  # None while the anchored node is being built
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
         self.constructor = yaml.constructor.SafeConstructor()
@@ -130,14 +163,13 @@ class _Builder:
     def loc(self, event: Event) -> Location:
         return _at(self.file, event)
 
-    def node(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
-        if path is not None and path not in self.locations:  # a mapping value has its key's already
-            self.locations[path] = _pack(event)
+    def node(self, event: Event, located: bool, nxt: Next) -> Any:
+        """The value `event` starts (its own location is recorded by the caller)."""
         if isinstance(event, AliasEvent):  # inside a replay, the outermost alias paid for this one
-            return self.alias(event, path, outermost=nxt is self.next_source)
+            return self.alias(event, located, outermost=nxt is self.next_source)
         anchor = getattr(event, "anchor", None)
         if anchor is None or nxt is not self.next_source:  # replayed events define no anchors
-            return self.content(event, path, nxt)
+            return self.content(event, located, nxt)
         if anchor in self.anchors:
             first = self.anchors[anchor]
             where = f" (first defined at line {_at(self.file, first[0]).line})" if first else ""
@@ -150,14 +182,14 @@ class _Builder:
         recorder: list[Event] = [event]
         self.recorders.append(recorder)
         try:
-            value = self.content(event, path, nxt)
+            value = self.content(event, located, nxt)
         finally:
             self.recorders.remove(recorder)
         self.anchors[anchor] = recorder
         self.measure(anchor, recorder)
         return value
 
-    def alias(self, event: AliasEvent, path: Path_ | None, *, outermost: bool = True) -> Any:
+    def alias(self, event: AliasEvent, located: bool, *, outermost: bool = True) -> Any:
         name = event.anchor
         if name not in self.anchors:
             raise YamlError(
@@ -171,7 +203,7 @@ class _Builder:
         if outermost:
             self.spend(name, event)
         replay = iter(recorded).__next__
-        return self.content(replay(), path, replay)
+        return self.content(replay(), located, replay)
 
     def measure(self, anchor: str, recorded: list[Event]) -> None:
         """What replaying the anchor builds: its events and characters, nested aliases included."""
@@ -201,15 +233,28 @@ class _Builder:
                 hint=f"*{anchor} copies aliases of aliases; use fewer levels of aliases",
             )
 
-    def content(self, event: Event, path: Path_ | None, nxt: Next) -> Any:
+    def content(self, event: Event, located: bool, nxt: Next) -> Any:
         if isinstance(event, MappingStartEvent):
-            return self.mapping(path, nxt)
+            return self.mapping(located, nxt)
         if isinstance(event, SequenceStartEvent):
             items: list[Any] = []
-            while not isinstance(item := nxt(), SequenceEndEvent):
-                items.append(self.node(item, None if path is None else (*path, len(items)), nxt))
+            if not located:
+                while not isinstance(item := nxt(), SequenceEndEvent):
+                    items.append(self.node(item, False, nxt))
+                return items
+            at: list[int] = []
+            self.marks[id(items)] = (items, at)
+            while (kind := type(item := nxt())) is not SequenceEndEvent:
+                at.append(_pack(item))
+                if kind is ScalarEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
+                    items.append(self.scalar(item))  # type: ignore[arg-type]
+                else:
+                    items.append(self.node(item, True, nxt))
             return items
         assert isinstance(event, ScalarEvent)
+        return self.scalar(event)
+
+    def scalar(self, event: ScalarEvent) -> Any:
         tag = self.tag(event)
         if tag == _STR:
             # Keys and short values repeat across a large project ("name", "Europe/Paris"):
@@ -238,23 +283,27 @@ class _Builder:
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         return str(tag)
 
-    def mapping(self, path: Path_ | None, nxt: Next) -> dict[Any, Any]:
+    def mapping(self, located: bool, nxt: Next) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
+        at: dict[Any, int] | None = None
+        if located:
+            at = {}
+            self.marks[id(result)] = (result, at)
         while (kind := type(key_event := nxt())) is not MappingEndEvent:
-            if kind is ScalarEvent and cast(ScalarEvent, key_event).anchor is None:  # nearly every key
-                scalar = cast(ScalarEvent, key_event)
+            if kind is ScalarEvent and key_event.anchor is None:  # type: ignore[attr-defined]  # nearly every key
+                scalar: ScalarEvent = key_event  # type: ignore[assignment]
                 tag = self.tag(scalar)
                 if tag == _MERGE:
                     for source in self.merge_sources(nxt(), nxt):
                         for k, v in source.items():
                             merged.setdefault(k, v)
                     continue
-                key = intern(scalar.value) if tag == _STR else self.content(scalar, None, nxt)
+                key = intern(scalar.value) if tag == _STR else self.content(scalar, False, nxt)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
             else:
-                key = self.node(key_event, None, nxt)  # an alias, or an anchored scalar
+                key = self.node(key_event, False, nxt)  # an alias, or an anchored scalar
             if type(key) is not str:
                 key = self.odd_key(key, key_event)
             if key in result:
@@ -263,10 +312,13 @@ class _Builder:
                     location=self.loc(key_event),
                     hint="remove or rename one of the two entries",
                 )
-            child = None if path is None else (*path, key)
-            if child is not None:
-                self.locations[child] = _pack(key_event)
-            result[key] = self.node(nxt(), child, nxt)
+            value_event = nxt()
+            if at is not None:  # a mapping value is located at its key
+                at[key] = _pack(key_event)
+            if type(value_event) is ScalarEvent and value_event.anchor is None:  # as `node` would, with fewer calls
+                result[key] = self.scalar(value_event)
+            else:
+                result[key] = self.node(value_event, at is not None, nxt)
         for k, v in merged.items():
             result.setdefault(k, v)
         return result
@@ -289,7 +341,7 @@ class _Builder:
             yield self.merge_source(event, nxt)
 
     def merge_source(self, event: Event, nxt: Next) -> dict[Any, Any]:
-        value = self.node(event, None, nxt)
+        value = self.node(event, False, nxt)
         if not isinstance(value, dict):
             raise YamlError("a merge key (<<) needs a mapping or a list of mappings", location=self.loc(event))
         return value
@@ -345,8 +397,8 @@ def load_yaml(text: str, file: str) -> Located:
     finally:
         loader.dispose()
     if value is _EMPTY:
-        return Located(None, file, {(): 1 << _COL_BITS | 1})
-    return Located(value, file, builder.locations)
+        return Located(None, file, 1 << _COL_BITS | 1)
+    return Located(value, file, builder.root, builder.marks)
 
 
 _EMPTY = object()
@@ -359,12 +411,14 @@ def _document(builder: _Builder, nxt: Next) -> Any:
     if isinstance(start, StreamEndEvent):
         return _EMPTY
     assert isinstance(start, DocumentStartEvent)
-    value = builder.node(nxt(), (), nxt)
+    first = nxt()
+    builder.root = _pack(first)
+    value = builder.node(first, True, nxt)
     end = nxt()
     assert isinstance(end, DocumentEndEvent)
     after = nxt()
     if not isinstance(after, StreamEndEvent):
-        raise SeveralDocuments(Located(value, builder.file, builder.locations), _at(builder.file, after))
+        raise SeveralDocuments(Located(value, builder.file, builder.root, builder.marks), _at(builder.file, after))
     return value
 
 

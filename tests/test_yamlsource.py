@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from buildsys.errors import Location
 from buildsys.yamlsource import YamlError, load_yaml
+from tests.conftest import CORPUS  # the corpus of real prefect.yaml files
 
 pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
 
@@ -173,3 +175,96 @@ def test_ordinary_aliases_and_merges_stay_within_the_budget() -> None:
     )
     value = load_yaml(text, "ok.yaml").value
     assert len(value["deployments"]) == 500 and value["deployments"][-1]["k39"] == "v39"
+
+
+class _AliasAt:
+    """An alias in PyYAML's node tree: the anchored node, and where the alias itself was written."""
+
+    def __init__(self, node: yaml.Node, mark: yaml.Mark) -> None:
+        self.node, self.mark = node, mark
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """PyYAML's own composer (pure Python, a node with marks for every value), keeping alias places."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            return _AliasAt(super().compose_node(parent, index), mark)  # type: ignore[return-value]
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+
+def _reference(text: str) -> dict[tuple[object, ...], tuple[int, int]]:
+    """Every located path by an independent route: a mapping value is where its key is written, a
+    list item (or the document) where it starts, an alias's children inside the anchor; merged
+    keys have no place of their own."""
+    loader = _MarkedLoader(text)
+    constructor = yaml.constructor.SafeConstructor()
+    found: dict[tuple[object, ...], tuple[int, int]] = {}
+
+    def walk(node: object, path: tuple[object, ...], mark: yaml.Mark) -> None:
+        found[path] = (mark.line + 1, mark.column + 1)
+        body = node.node if isinstance(node, _AliasAt) else node
+        if isinstance(body, yaml.MappingNode):
+            for key, value in body.value:
+                plain = key.node if isinstance(key, _AliasAt) else key
+                if plain.tag == "tag:yaml.org,2002:merge":
+                    continue
+                kept_as_text = plain.tag in {f"tag:yaml.org,2002:{t}" for t in ("str", "bool", "int", "float", "null")}
+                name = plain.value if kept_as_text else constructor.construct_object(plain, deep=True)
+                walk(value, (*path, name), key.mark if isinstance(key, _AliasAt) else key.start_mark)
+        elif isinstance(body, yaml.SequenceNode):
+            for i, item in enumerate(body.value):
+                walk(item, (*path, i), item.mark if isinstance(item, _AliasAt) else item.start_mark)
+
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+    if root is not None:
+        walk(root, (), root.start_mark)
+    return found
+
+
+def _all_paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [path, (*path, "no such key"), (*path, -1), (*path, 10**6)]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _all_paths(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _all_paths(v, (*path, i))
+    return out
+
+
+def _yaml_files() -> list[object]:
+    root = Path(__file__).resolve().parents[1]
+    files: list[object] = sorted(root.glob("examples/**/*.yaml"))
+    if CORPUS.is_dir():
+        files += sorted(CORPUS.glob("*.yaml"))
+    return [DOC, *files]
+
+
+@pytest.mark.parametrize("source", _yaml_files(), ids=lambda s: s.name if isinstance(s, Path) else "DOC")
+def test_every_path_of_every_file_is_located_as_pyyaml_marks_it(source: str | Path) -> None:
+    """Locations are kept beside the containers and found by walking down (not a dict of every
+    path): on each corpus file and example, every path, and paths that name nothing, answer as a
+    path → mark table built from PyYAML's own composer does (nearest located ancestor)."""
+    text = source.read_text() if isinstance(source, Path) else source
+    try:
+        doc = load_yaml(text, "f.yaml")
+    except YamlError:
+        return  # a corpus file that is not valid YAML: the error tests cover those
+    reference = _reference(text)
+    for path in _all_paths(doc.value):
+        probe = path
+        while probe not in reference:
+            probe = probe[:-1]
+        assert doc.loc(path) == Location("f.yaml", *reference[probe]), path
+
+
+def test_a_location_survives_edits_of_the_value() -> None:
+    doc = load_yaml("a: {b: [1, {c: 2}]}\n", "f.yaml")
+    doc.value["a"]["b"] = "replaced"
+    assert doc.loc(("a", "b", 1, "c")) == Location("f.yaml", 1, 5)  # the edited node's own place, no deeper
+    assert doc.loc(("a", ["unhashable"])) == Location("f.yaml", 1, 1)  # type: ignore[list-item]
