@@ -273,6 +273,26 @@ async def cancel_run(call: Call) -> Any:
     return run.to_dict()
 
 
+async def mark_run(call: Call) -> Any:
+    body = call.body
+    run = await call.sync(
+        call.store.mark_run,
+        call.path["run_id"],
+        body["state"],
+        message=body.get("message"),
+        force=bool(body.get("force", False)),
+    )
+    call.services.runs_changed.notify()  # a retry may have made it claimable, a slot freed up
+    call.services.logs_changed.notify()  # log followers stop at a terminal state
+    return run.to_dict()
+
+
+async def delete_run(call: Call) -> Any:
+    run = await call.sync(call.store.delete_run, call.path["run_id"])
+    call.services.logs_changed.notify()  # a page following the run learns that it is gone
+    return run.to_dict()
+
+
 async def expire_leases(call: Call) -> Any:
     runs = await call.sync(call.store.expire_leases, now=(call.body or {}).get("now"))
     if runs:

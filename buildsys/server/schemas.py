@@ -9,6 +9,7 @@ from importlib.resources import files
 from typing import Any
 
 from buildsys.store.base import KINDS, STATE_TYPES
+from buildsys.store.transitions import BY_HAND
 
 MAX_WAIT_SECONDS = 30.0  # long-poll cap (claims and log follows)
 MAX_PAGE = 1000  # runs
@@ -290,6 +291,14 @@ COMPONENTS: dict[str, Schema] = {
             "worker": _nullable(NAME),
             "infrastructure_pid": _nullable(NAME),
             "exit_code": _nullable({"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}),
+        },
+        ("state",),
+    ),
+    "RunMark": _obj(
+        {
+            "state": {"type": "string", "maxLength": 64, "description": "a final state: " + " | ".join(BY_HAND)},
+            "message": _nullable(TEXT),
+            "force": {"type": "boolean"},
         },
         ("state",),
     ),

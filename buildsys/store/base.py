@@ -393,6 +393,20 @@ class StateStore(Protocol):
         unchanged (ConflictError)."""
         ...
 
+    def mark_run(self, run_id: str, state: str, *, message: str | None = None, force: bool = False) -> FlowRun:
+        """A final state (COMPLETED, FAILED, CANCELLED, CRASHED) set by a person, recorded in the
+        run's history like any other move (transitions.mark): without `force`, the moves
+        set_run_state allows (ConflictError for a finished run; a failure with retries left is
+        retried); with it, a finished run's state is replaced too, and a failure is never retried.
+        StateError for any other state."""
+        ...
+
+    def delete_run(self, run_id: str) -> FlowRun:
+        """Delete a run with its logs, state history and task runs (and its artifacts that have no
+        key); returns it as it was. ConflictError while a worker may hold it (PENDING, RUNNING,
+        CANCELLING, PAUSED): cancel it first."""
+        ...
+
     def expire_leases(self, *, now: float | None = None) -> list[FlowRun]:
         """Runs whose lease expired (worker died): CRASHED, or rescheduled if retries are left."""
         ...

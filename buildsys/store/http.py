@@ -296,6 +296,15 @@ class HttpStore:
             self._call("POST", f"{API}/runs/{_segment(run_id)}/cancel", idempotent=False)
         )
 
+    def mark_run(self, run_id: str, state: str, *, message: str | None = None, force: bool = False) -> FlowRun:
+        body = {"state": state, "message": message, "force": force}
+        return FlowRun.from_dict(
+            self._call("POST", f"{API}/runs/{_segment(run_id)}/mark", body=body, idempotent=False)
+        )
+
+    def delete_run(self, run_id: str) -> FlowRun:
+        return FlowRun.from_dict(self._call("DELETE", f"{API}/runs/{_segment(run_id)}", idempotent=False))
+
     def list_run_states(self, run_id: str) -> list[RunState]:
         data = self._call("GET", f"{API}/runs/{_segment(run_id)}/states", idempotent=True)
         return [RunState.from_dict(s) for s in data["items"]]

@@ -114,6 +114,33 @@ class PrefectRuns:
         self.api.write("POST", f"/flow_runs/{run.id}/set_state", {"state": {"type": target, "name": target.title()}})
         return self.get_run(run.id)
 
+    def mark_run(self, run_id: str, state: str, *, message: str | None = None, force: bool = False) -> FlowRun:
+        """Prefect's set_state with `force` as given, after buildsys's own rule for a person's
+        change (transitions.mark: only a final state; a finished run only when forced)."""
+        from buildsys.errors import ConflictError
+        from buildsys.store.transitions import mark
+
+        run = self.get_run(run_id)
+        mark(run, state, 0.0, message=message, force=force)  # refuses what buildsys would refuse
+        body = {"state": {"type": state, "name": state.title(), "message": message}, "force": force}
+        answer = self.api.write("POST", f"/flow_runs/{run.id}/set_state", body)
+        status = answer.get("status") if isinstance(answer, Mapping) else None
+        if status not in (None, "ACCEPT"):
+            details = answer.get("details") if isinstance(answer, Mapping) else None
+            reason = details.get("reason") if isinstance(details, Mapping) else None
+            raise ConflictError(f"Prefect did not accept {state} for flow run {run.name}: {status} ({reason or 'no reason given'})")
+        return self.get_run(run.id)
+
+    def delete_run(self, run_id: str) -> FlowRun:
+        """Prefect's DELETE /flow_runs/{id} (its task runs go with it, its logs soon after), once
+        buildsys's rule allows it (transitions.check_delete: not while it may be running)."""
+        from buildsys.store.transitions import check_delete
+
+        run = self.get_run(run_id)
+        check_delete(run)
+        self.api.write("DELETE", f"/flow_runs/{run.id}")
+        return run
+
     def list_run_states(self, run_id: str) -> list[RunState]:
         """Prefect's own history of the run (it keeps every state it accepted)."""
         run = self.get_run(run_id)

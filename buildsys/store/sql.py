@@ -229,6 +229,12 @@ class SqlStore:
     def request_cancel(self, run_id: str) -> FlowRun:
         return sqlruns.request_cancel(self._db, run_id)
 
+    def mark_run(self, run_id: str, state: str, *, message: str | None = None, force: bool = False) -> FlowRun:
+        return sqlruns.mark_run(self._db, run_id, state, message=message, force=force)
+
+    def delete_run(self, run_id: str) -> FlowRun:
+        return sqlruns.delete_run(self._db, run_id)
+
     def list_run_states(self, run_id: str) -> list[RunState]:
         return sqlruns.list_states(self._db, run_id)
 

@@ -34,7 +34,7 @@ from buildsys.store.rows import (
     run_to_row,
     worker_from_row,
 )
-from buildsys.store.transitions import cancel, check_transition, expire, transition
+from buildsys.store.transitions import cancel, check_delete, check_transition, expire, mark, transition
 
 DEFAULT_QUEUE = "default"
 _INSERT_RUN = f"INSERT INTO flow_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)})"
@@ -238,6 +238,37 @@ def request_cancel(db: Database, run_id: str) -> FlowRun:
         moved = cancel(run, moment)
         save_run(tx, run, moved, moment)
         return moved
+
+
+def mark_run(db: Database, run_id: str, state: str, *, message: str | None, force: bool) -> FlowRun:
+    with db.tx(write=True) as tx:
+        run = load_run(tx, run_id, lock=True)
+        moment = now()
+        moved = mark(run, state, moment, message=message, force=force)
+        save_run(tx, run, moved, moment, failed=state if state in (FAILED, CRASHED) else None)
+        db.notify(tx)  # a retry is claimable; a finished run frees a concurrency slot
+        return moved
+
+
+def delete_run(db: Database, run_id: str) -> FlowRun:
+    """The run and what belongs to it only (Prefect's cascade): its logs, state history, task runs
+    and unkeyed artifacts; a subflow run started from one of its task runs loses that parent link.
+    Artifacts with a key stay: they are that key's history, as Prefect keeps them."""
+    with db.tx(write=True) as tx:
+        run = load_run(tx, run_id, lock=True)
+        check_delete(run)
+        rid = (run.id,)
+        tx.run(
+            "UPDATE flow_runs SET parent_task_run_id = NULL WHERE parent_task_run_id IN "
+            "(SELECT id FROM task_runs WHERE flow_run_id = ?)",
+            rid,
+        )
+        tx.run("DELETE FROM task_runs WHERE flow_run_id = ?", rid)
+        tx.run("DELETE FROM artifacts WHERE flow_run_id = ? AND key IS NULL", rid)
+        tx.run("DELETE FROM logs WHERE run_id = ?", rid)
+        tx.run("DELETE FROM flow_run_states WHERE run_id = ?", rid)
+        tx.run("DELETE FROM flow_runs WHERE id = ?", rid)
+        return run
 
 
 def expire_leases(db: Database, at: float | None) -> list[FlowRun]:

@@ -84,8 +84,10 @@ def transition(
     infrastructure_pid: str | None = None,
     exit_code: int | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    retries: bool = True,
 ) -> FlowRun:
-    """The run after an allowed move to `state` (call check_transition first)."""
+    """The run after an allowed move to `state` (call check_transition first). With `retries`
+    False a failure stays a failure even with retries left (a state forced by hand)."""
     changes: dict[str, object] = {
         "state": state,
         "state_name": name or DEFAULT_NAMES[state],
@@ -107,9 +109,51 @@ def transition(
     elif state in TERMINAL:
         changes.update(ended_at=now, lease_expires_at=None)
     moved = dataclasses.replace(run, **changes)  # type: ignore[arg-type]
-    if state in (FAILED, CRASHED) and run.state != CANCELLING and run.attempt <= run.max_retries:
+    if retries and state in (FAILED, CRASHED) and run.state != CANCELLING and run.attempt <= run.max_retries:
         return retry(moved, now)
     return moved
+
+
+# --- what a person does to a run by hand (the UI's Change state and Delete; the API's mark/DELETE) -
+
+BY_HAND = (COMPLETED, FAILED, CANCELLED, CRASHED)  # the states a run may be given by hand
+HELD = frozenset({PENDING, RUNNING, CANCELLING, PAUSED})  # a worker or a flow process may hold it
+
+
+def mark(run: FlowRun, state: str, now: float, *, message: str | None = None, force: bool = False) -> FlowRun:
+    """The run after a person set its state by hand (Prefect's "Change state"): only a final
+    state. Without `force` the API's rules apply (check_transition: a finished run never changes; a
+    FAILED run with retries left is retried); `force` also replaces a final state with another one
+    (as Prefect's `force=True` skips its orchestration rules) and never retries."""
+    if state not in STATE_TYPES:
+        raise StateError(f"unknown flow-run state {state!r}", hint=f"one of: {', '.join(BY_HAND)}")
+    if state not in BY_HAND:
+        raise StateError(
+            f"a run's state is set by hand only to a final state ({', '.join(BY_HAND)}), not {state}",
+            hint="to run it again, retry it; to stop it, cancel it",
+        )
+    if run.state == state:
+        raise ConflictError(f"flow run {run.name} ({run.id}) is already {state}")
+    if not force:
+        if run.state in TERMINAL:
+            raise ConflictError(
+                f"flow run {run.name} ({run.id}) has already finished ({run.state}); "
+                "a finished run's state is replaced only when forced",
+                hint="force it (the form's Force box; the API's \"force\": true)",
+            )
+        check_transition(run, state, None)
+        return transition(run, state, now, message=message)
+    return transition(run, state, now, message=message, retries=False)
+
+
+def check_delete(run: FlowRun) -> None:
+    """ConflictError when a run may not be deleted: while a worker or its flow may still hold it
+    (Prefect deletes such a run anyway and its process reports to a run that is gone)."""
+    if run.state in HELD:
+        raise ConflictError(
+            f"flow run {run.name} ({run.id}) is {run.state}: a run that may still be running is not deleted",
+            hint="cancel it first, and delete it once it has ended",
+        )
 
 
 def retry(run: FlowRun, now: float) -> FlowRun:

@@ -94,10 +94,15 @@ def test_scopes_decide_what_a_token_may_do(tmp_path: Path) -> None:
             ("PUT", cache, "apply"): 403,
             ("PUT", cache, "cache"): 200,  # only `cache` (and admin) write it
             ("POST", f"{API}/apply", "cache"): 403,
+            ("DELETE", f"{API}/runs/x", "read"): 403,
+            ("DELETE", f"{API}/runs/x", "worker"): 403,
+            ("DELETE", f"{API}/runs/x", "apply"): 404,  # allowed; no such run
+            ("POST", f"{API}/runs/x/mark", "worker"): 403,
+            ("POST", f"{API}/runs/x/mark", "apply"): 404,
             ("GET", "/healthz", None): 200,
             ("GET", f"{API}/openapi.json", None): 200,
         }
-        bodies = {f"{API}/apply": apply_body, f"{API}/runs/claim": claim, cache: entry}
+        bodies = {f"{API}/apply": apply_body, f"{API}/runs/claim": claim, cache: entry, f"{API}/runs/x/mark": {"state": "FAILED"}}
         seen = {key: status(key[0], key[1], key[2], bodies.get(key[1])) for key in table}
         assert seen == table
         r = httpx.get(server.url + f"{API}/serial", headers={"Authorization": "Bearer bst_000000000000_nope"})

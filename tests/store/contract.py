@@ -478,6 +478,55 @@ class StoreContract:
         with pytest.raises(ConflictError, match="is already CANCELLED; nothing to cancel"):
             store.request_cancel(waiting.id)
 
+    def test_a_final_state_set_by_hand_and_a_run_deleted(self, store: StateStore) -> None:
+        seed(store, nightly={}, retried={"retries": 1})
+        run = store.create_run("etl/nightly")
+        store.claim_runs("local", "w1")
+        store.set_run_state(run.id, RUNNING, worker="w1")
+        with pytest.raises(StateError, match="set by hand only to a final state"):
+            store.mark_run(run.id, SCHEDULED, force=True)
+        failed = store.mark_run(run.id, FAILED, message="stuck")
+        assert (failed.state, failed.state_message, failed.ended_at is not None) == (FAILED, "stuck", True)
+        with pytest.raises(ConflictError, match="replaced only when forced"):
+            store.mark_run(run.id, COMPLETED)
+        with pytest.raises(ConflictError, match="is already FAILED"):
+            store.mark_run(run.id, FAILED, force=True)
+        done = store.mark_run(run.id, COMPLETED, message="checked by hand", force=True)
+        assert (done.state, done.state_name, done.state_message) == (COMPLETED, "Completed", "checked by hand")
+        assert [(s.state, s.message) for s in store.list_run_states(run.id)][-2:] == [
+            (FAILED, "stuck"), (COMPLETED, "checked by hand")]
+        waiting = store.create_run("etl/nightly", scheduled_at=time.time() + 60)
+        with pytest.raises(ConflictError, match="cannot move from SCHEDULED to COMPLETED"):
+            store.mark_run(waiting.id, COMPLETED)
+        assert store.mark_run(waiting.id, COMPLETED, force=True).state == COMPLETED
+        # the API's rules without force: a failure with retries left is retried; forced, it stays
+        again = store.create_run("etl/retried")
+        store.claim_runs("local", "w1")
+        assert store.mark_run(again.id, FAILED).state_name == "AwaitingRetry"
+        store.claim_runs("local", "w1")
+        assert store.mark_run(again.id, FAILED, force=True).state == FAILED
+        with pytest.raises(NotFoundError):
+            store.mark_run("no-such-run", FAILED)
+
+        # delete: a run with its logs and states, never one that may still be running
+        run, other = store.create_run("etl/nightly"), store.create_run("etl/nightly")
+        store.claim_runs("local", "w1", limit=2)
+        store.set_run_state(run.id, RUNNING, worker="w1")
+        store.append_logs(run.id, [(1.0, "stdout", "one")])
+        store.append_logs(other.id, [(1.0, "stdout", "kept")])
+        with pytest.raises(ConflictError, match="is RUNNING: a run that may still be running is not deleted"):
+            store.delete_run(run.id)
+        store.set_run_state(run.id, COMPLETED, worker="w1")
+        gone = store.delete_run(run.id[:10])  # a unique prefix names it, as everywhere
+        assert (gone.id, gone.state) == (run.id, COMPLETED)
+        for call in (store.get_run, store.list_run_states, store.read_logs, store.delete_run):
+            with pytest.raises(NotFoundError):
+                call(run.id)
+        assert run.id not in [r.id for r in store.list_runs()] and other.id in [r.id for r in store.list_runs()]
+        assert [x.message for x in store.read_logs(other.id)] == ["kept"]
+        scheduled = store.create_run("etl/nightly", scheduled_at=time.time() + 60)
+        assert store.delete_run(scheduled.id).state == SCHEDULED  # nobody holds it yet
+
     def test_expired_leases_crash_or_retry(self, store: StateStore) -> None:
         seed(store, once={}, twice={"retries": 1}, stopping={})
         runs = {name: store.create_run(f"etl/{name}", name=name) for name in ("once", "twice", "stopping")}

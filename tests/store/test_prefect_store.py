@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from buildsys.errors import ConflictError
+from buildsys.errors import ConflictError, NotFoundError
 from buildsys.reconcile import PartialApplyError, adopt, read_plan_file, write_plan_file
 from buildsys.store.base import COMPLETED
 from tests.conftest import CORPUS
@@ -415,6 +415,15 @@ def test_cli_and_prefect_worker_runs_deployment_to_completed(prefect_server: Pre
         assert limit is not None and (limit.name, limit.limit) == (f"{uid}-db", 3)
         assert (f"{uid}-db", 3) in [(x.name, x.limit) for x in store.list_concurrency_limits()]
         assert store.set_concurrency_limit(f"{uid}-db", None) is None
+        # a final state set by hand (Prefect's set_state, force only when asked) and a delete
+        with pytest.raises(ConflictError, match="replaced only when forced"):
+            store.mark_run(run.id, "FAILED")
+        marked = store.mark_run(run.id, "FAILED", message="checked by hand", force=True)
+        assert (marked.state, marked.state_message) == ("FAILED", "checked by hand")
+        assert store.list_run_states(run.id)[-1].state == "FAILED"
+        assert store.delete_run(run.id).id == run.id
+        with pytest.raises(NotFoundError):
+            store.get_run(run.id)
     finally:
         store.close()
         os.killpg(worker.pid, signal.SIGTERM)
