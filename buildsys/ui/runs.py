@@ -1,5 +1,5 @@
 """Flow runs: the filtered, paginated list; a run's page (state timeline, parameters, live logs);
-cancel and retry. Logs follow by long-poll: the page asks for the lines after the last one it
+cancel, retry, a final state set by hand, and delete (after a confirmation page). Logs follow by long-poll: the page asks for the lines after the last one it
 shows, and the answer comes as soon as a line is written (or the run ends, or 20 s pass)."""
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from buildsys.errors import BuildsysError, ConflictError, NotFoundError, StateError
 from buildsys.store.base import STATE_TYPES, TERMINAL, FlowRun, LogLine, RunState, StateStore, TaskRun
+from buildsys.store.transitions import BY_HAND, HELD
 from buildsys.ui.page import LOG_FILTERS, Ui, state_key
-from buildsys.ui.session import Viewer
+from buildsys.ui.session import Viewer, posted
 
 PAGE_SIZE = 50
+MAX_MESSAGE = 10_000  # characters of a state message typed by hand
 FIRST_LOG_LINES = 2000
 FOLLOW_SECONDS = 20.0
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}  # the "created within" filter
@@ -76,7 +79,7 @@ async def runs_list(ui: Ui, request: Request, who: Viewer) -> Response:
         return "/runs?" + urlencode({**base, "page": page}, doseq=True)
 
     return ui.render(
-        request, who, "runs.html", runs=runs, f=f, states=STATE_TYPES, windows=list(WINDOWS),
+        request, who, "runs.html", runs=runs, f=f, deleted=request.query_params.get("deleted"), states=STATE_TYPES, windows=list(WINDOWS),
         deployments=deployments, pools=pools,
         prev=link(f["page"] - 1) if f["page"] > 1 else None, next=link(f["page"] + 1) if more else None,
     )
@@ -112,7 +115,8 @@ def timeline(run: FlowRun) -> list[tuple[str, float]]:
     return sorted(points, key=lambda p: p[1])
 
 
-async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
+async def run_page(ui: Ui, request: Request, who: Viewer, status: int = 200, **shown: Any) -> Response:
+    """The run's page; `shown` adds what a refused change-state form shows again (its error, values)."""
     store = ui.services.store
 
     def read() -> tuple[FlowRun, list[LogLine], dict[str, Any]]:
@@ -122,9 +126,12 @@ async def run_page(ui: Ui, request: Request, who: Viewer) -> Response:
     run, lines, extra = await ui.sync(read)
     last = lines[-1].seq if lines else 0
     only = log_filter(request)
+    form = {"state": next(s for s in BY_HAND if s != run.state), "message": "", "force": False, "error": None}
+    form.update(shown)
     return ui.render(
-        request, who, "run.html", run=run, lines=filtered_logs(lines, only), last=last, timeline=timeline(run),
-        following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, only=only, **extra,
+        request, who, "run.html", status=status, run=run, lines=filtered_logs(lines, only), last=last,
+        timeline=timeline(run), following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, only=only,
+        by_hand=BY_HAND, change=form, **extra,
     )
 
 
@@ -231,8 +238,6 @@ async def retry(ui: Ui, request: Request, who: Viewer) -> Response:
     def again() -> FlowRun:
         run = store.get_run(request.path_params["run_id"])
         if run.state not in TERMINAL:
-            from buildsys.errors import ConflictError
-
             raise ConflictError(f"run {run.name} is still {run.state_name}: only a finished run can be retried",
                                 hint="cancel it first")
         return store.create_run(
@@ -245,10 +250,60 @@ async def retry(ui: Ui, request: Request, who: Viewer) -> Response:
     return RedirectResponse(f"/runs/{new.id}", status_code=303)
 
 
+async def change_state(ui: Ui, request: Request, who: Viewer) -> Response:
+    """A final state set by hand (Prefect's "Change state"); a refusal shows the form again with
+    its reason, what was typed kept."""
+    form = await posted(request)
+    state = form.get("state", "")
+    message = form.get("message", "").strip() or None
+    force = form.get("force") == "yes"
+    try:
+        if message is not None and len(message) > MAX_MESSAGE:
+            raise StateError(f"the message is {len(message)} characters long; at most {MAX_MESSAGE} are kept")
+        run = await ui.sync(ui.services.store.mark_run, request.path_params["run_id"], state, message=message, force=force)
+    except NotFoundError:
+        raise
+    except BuildsysError as exc:
+        status = 409 if isinstance(exc, ConflictError) else 422
+        return await run_page(ui, request, who, status, state=state, message=message or "", force=force, error=exc.render())
+    ui.services.runs_changed.notify()  # a retry may be claimable, a concurrency slot freed
+    ui.services.logs_changed.notify()  # pages following the run see its new state
+    return RedirectResponse(f"/runs/{run.id}", status_code=303)
+
+
+async def confirm_delete(ui: Ui, request: Request, who: Viewer) -> Response:
+    """What deleting the run takes with it, and the button that does it (or why it cannot be deleted)."""
+    store = ui.services.store
+
+    def read() -> tuple[FlowRun, int, int]:
+        run = store.get_run(request.path_params["run_id"])
+        return run, len(store.list_run_states(run.id)), len(store.list_task_runs(run.id))
+
+    run, state_count, task_count = await ui.sync(read)
+    refusal = (
+        f"This run is {run.state_name} ({run.state}): a worker or its flow may still be running it, so it is "
+        "not deleted. Cancel it first, and delete it once it has ended."
+        if run.state in HELD else None
+    )
+    return ui.render(
+        request, who, "run_delete.html", status=409 if refusal else 200, run=run, refusal=refusal,
+        state_count=state_count, task_count=task_count,
+    )
+
+
+async def delete(ui: Ui, request: Request, who: Viewer) -> Response:
+    run = await ui.sync(ui.services.store.delete_run, request.path_params["run_id"])
+    ui.services.logs_changed.notify()  # a page following the run finds it gone
+    return RedirectResponse("/runs?" + urlencode({"deleted": run.name}), status_code=303)
+
+
 ROUTES = (
     ("/runs", "GET", "read", runs_list),
     ("/runs/{run_id}", "GET", "read", run_page),
     ("/runs/{run_id}/logs", "GET", "read", logs),
     ("/runs/{run_id}/cancel", "POST", "apply", cancel),
     ("/runs/{run_id}/retry", "POST", "apply", retry),
+    ("/runs/{run_id}/state", "POST", "apply", change_state),
+    ("/runs/{run_id}/delete", "GET", "apply", confirm_delete),
+    ("/runs/{run_id}/delete", "POST", "apply", delete),
 )

@@ -1,7 +1,7 @@
 """The web UI in a real browser (Debian's chromium, headless) against a real `buildsys server`
 with runs made by a real worker: a run from the generated form with a pydantic parameter, its
-logs arriving live, cancel, a pool's custom variable edited and used by the next run, sign-in
-with a token. Every page is screenshotted (desktop and phone) and checked for unlabelled controls."""
+logs arriving live, cancel, a state set by hand, delete after a confirmation, a pool's custom
+variable edited and used by the next run, sign-in with a token. Every page is screenshotted (desktop and phone) and checked for unlabelled controls."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
+from buildsys.errors import NotFoundError
 from buildsys.store.base import StateStore
 from tests.server.running import ServerProcess
 from tests.services.waiting import wait_for
@@ -92,19 +94,53 @@ def test_invalid_form_values_are_named_and_nothing_runs(browser: Browser, server
     assert (run.state, run.scheduled_at, run.parameters["day"]) == ("SCHEDULED", 1893553440.0, "2026-12-24")
 
 
-def test_cancel_a_running_run(browser: Browser, server: ServerProcess, api: StateStore, worker: Workers, tmp_path: Path) -> None:
+def test_cancel_a_running_run_change_its_state_and_delete_it(
+    browser: Browser, server: ServerProcess, api: StateStore, worker: Workers, tmp_path: Path
+) -> None:
     run_id = start_run(browser, server.url, **{"f-gate": str(tmp_path / "never")})
     browser.wait_text("#logs", "waiting for never", 60)
+    assert not browser.find_all("#delete-run")  # a running run offers no delete…
+    browser.get(f"{server.url}/runs/{run_id}/delete")  # …and its confirmation page refuses
+    assert "Cancel it first, and delete it once it has ended." in browser.text("#delete-refused")
+    assert not browser.find_all("main form")
+    browser.get(f"{server.url}/runs/{run_id}")
     browser.submit("form[action$='/cancel'] button")
     browser.wait_text("#run-state", "Cancelled", 30)
     assert api.get_run(run_id).state == "CANCELLED"
     assert not browser.find_all("form[action$='/cancel']")
-    browser.screenshot("run-cancelled")
+    # Change state: a finished run's state is replaced only when forced, as Prefect's force=True
+    browser.find("details.change-state > summary").click()
+    browser.choose("#f-new-state", "Completed")
+    browser.fill("#f-state-message", "the work was done before the cancel")
+    assert browser.unlabelled() == []
+    browser.submit("form[action$='/state'] button")
+    error = browser.wait_text("#change-state-error", "replaced only when forced")
+    assert "has already finished (CANCELLED)" in error and api.get_run(run_id).state == "CANCELLED"
+    assert browser.find("#f-state-message").get_attribute("value") == "the work was done before the cancel"
+    browser.screenshot("run-cancelled-change-state-refused")
+    browser.find("#f-force").click()
+    browser.submit("form[action$='/state'] button")
+    browser.wait_text("#run-state", "Completed", 20)
+    rows = [row.text for row in browser.find_all("#run-states tbody tr")]
+    assert [r.split()[0] for r in rows][-2:] == ["Cancelled", "Completed"], rows
+    assert rows[-1].endswith("the work was done before the cancel")
+    assert api.get_run(run_id).state_message == "the work was done before the cancel"
     browser.submit("form[action$='/retry'] button")
     wait_for(lambda: run_id not in browser.driver.current_url, 20, "the retried run's page")
     again = api.get_run(browser.driver.current_url.rsplit("/", 1)[-1])
     assert again.parameters == api.get_run(run_id).parameters and again.id != run_id
     api.request_cancel(again.id)
+    # Delete: a confirmation page (no script needed), then the run and its logs are gone
+    browser.get(f"{server.url}/runs/{run_id}")
+    browser.find("#delete-run").click()
+    assert "also deletes all its log lines" in browser.wait_text("#delete-what", "cannot be undone")
+    browser.screenshot("run-delete-confirm")
+    browser.submit("form[action$='/delete'] button")
+    browser.wait_text("#deleted", "Deleted run")
+    assert run_id not in browser.text("table")
+    for call in (api.get_run, api.read_logs):
+        with pytest.raises(NotFoundError):
+            call(run_id)
 
 
 def test_edit_a_custom_pool_variable_and_the_next_run_uses_it(
@@ -238,6 +274,10 @@ def test_sign_in_with_a_token_and_refused_without(browser: Browser, tmp_path: Pa
         with httpx.Client(base_url=srv.url, cookies={"buildsys_token": tokens["read"], "buildsys_csrf": "c" * 43}) as c:
             posted = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": srv.url})
             assert posted.status_code == 403 and "this needs &#39;apply&#39;" in posted.text
+            for path in ("/runs/x/delete", "/runs/x/state"):  # nor delete a run, nor set its state
+                posted = c.post(path, data={"csrf": "c" * 43, "state": "FAILED"}, headers={"Origin": srv.url})
+                assert posted.status_code == 403 and "this needs &#39;apply&#39;" in posted.text, path
+            assert c.get("/runs/x/delete").status_code == 403
         # an apply token may change things, but only from this origin with the session's CSRF value
         with httpx.Client(base_url=srv.url, cookies={"buildsys_token": tokens["apply"], "buildsys_csrf": "c" * 43}) as c:
             cross = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": "http://evil.example"})
@@ -248,6 +288,9 @@ def test_sign_in_with_a_token_and_refused_without(browser: Browser, tmp_path: Pa
             assert bare.status_code == 403 and "posted from another site" in bare.text
             forged = c.post("/runs/x/cancel", data={"csrf": "d" * 43}, headers={"Origin": srv.url})
             assert forged.status_code == 403 and "session check failed" in forged.text
+            for path in ("/runs/x/delete", "/runs/x/state"):  # the new forms are checked the same way
+                forged = c.post(path, data={"csrf": "d" * 43, "state": "FAILED"}, headers={"Origin": srv.url})
+                assert forged.status_code == 403 and "session check failed" in forged.text, path
             allowed = c.post("/runs/x/cancel", data={"csrf": "c" * 43}, headers={"Origin": srv.url})
             assert allowed.status_code == 404 and "flow run &#39;x&#39; not found" in allowed.text
         browser.submit("form[action='/logout'] button")

@@ -155,3 +155,83 @@ def test_a_runs_logs_can_show_only_warnings_and_errors_and_follow_so(store: SqlS
     followed = get(app, f"/runs/{run.id}/logs?after=4&state=Scheduled/1&logs=problems", **{"HX-Request": "true"}).text
     assert [x.split(" UTC ", 1)[1] for x in texts(followed, lines)] == ["worse"]
     assert "after=6&amp;" in followed
+
+
+def post(app: Starlette, path: str, data: dict[str, str]) -> httpx.Response:
+    """A form post as a page sends it: from this origin, with the session's CSRF value."""
+    csrf = "c" * 43
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                     cookies={"buildsys_csrf": csrf}) as client:
+            return await client.post(path, data={"csrf": csrf, **data}, headers={"Origin": "http://127.0.0.1"})
+
+    return asyncio.run(go())
+
+
+def test_a_runs_state_is_set_by_hand_and_a_final_one_replaced_only_when_forced(store: SqlStore, app: Starlette) -> None:
+    seed(store)
+    run = store.create_run("etl/nightly")
+    store.claim_runs("local", "w1")
+    store.set_run_state(run.id, RUNNING, worker="w1")
+    page = get(app, f"/runs/{run.id}").text
+    assert f'action="/runs/{run.id}/state"' in page and 'id="delete-run"' not in page  # running: no delete
+    moved = post(app, f"/runs/{run.id}/state", {"state": "FAILED", "message": "  marked by hand  "})
+    assert moved.status_code == 303 and moved.headers["location"] == f"/runs/{run.id}"
+    assert (store.get_run(run.id).state, store.get_run(run.id).state_message) == ("FAILED", "marked by hand")
+    refused = post(app, f"/runs/{run.id}/state", {"state": "COMPLETED", "message": "it was fine"})
+    assert refused.status_code == 409
+    error = texts(refused.text, r'<p class="error" role="alert" id="change-state-error">(.*?)</p>')[0]
+    assert "has already finished (FAILED); a finished run's state is replaced only when forced" in error, error
+    assert '<option value="COMPLETED" selected>' in refused.text and ">it was fine</textarea>" in refused.text
+    assert store.get_run(run.id).state == "FAILED"
+    forced = post(app, f"/runs/{run.id}/state", {"state": "COMPLETED", "message": "it was fine", "force": "yes"})
+    assert forced.status_code == 303 and store.get_run(run.id).state == "COMPLETED"
+    assert [(s.state, s.message) for s in store.list_run_states(run.id)][-2:] == [("FAILED", "marked by hand"),
+                                                                                  ("COMPLETED", "it was fine")]
+    states = texts(get(app, f"/runs/{run.id}").text, r'<tr[^>]*>\s*<td><span class="state[^>]*>(.*?)</span>')
+    assert states == ["Scheduled", "Pending", "Running", "Failed", "Completed"]
+    bad = post(app, f"/runs/{run.id}/state", {"state": "RUNNING", "force": "yes"})
+    assert bad.status_code == 422 and "set by hand only to a final state" in bad.text
+    assert post(app, "/runs/nope/state", {"state": "FAILED"}).status_code == 404
+
+
+def test_a_run_is_deleted_after_a_confirmation_with_its_logs_and_task_runs(store: SqlStore, app: Starlette) -> None:
+    from buildsys.store.base import Artifact, LogEntry, TaskRun
+
+    seed(store)
+    run = store.create_run("etl/nightly")
+    store.claim_runs("local", "w1")
+    store.set_run_state(run.id, RUNNING, worker="w1")
+    store.append_logs(run.id, [LogEntry(1.0, "stdout", "hello")])
+    store.record_task_run(TaskRun(id="t-1", flow_run_id=run.id, name="extract", created_at=1.0))
+    store.create_artifact(Artifact(id="a-1", flow_run_id=run.id, data="# report"))
+    store.create_artifact(Artifact(id="a-2", flow_run_id=run.id, key="latest", data="# kept"))
+    child = store.create_run("etl/nightly")
+    store.set_run_parent(child.id, "t-1")
+    refused = get(app, f"/runs/{run.id}/delete")
+    assert refused.status_code == 409 and 'action="/runs/' not in refused.text.split("<main", 1)[1]
+    assert "Cancel it first, and delete it once it has ended." in texts(refused.text, r'id="delete-refused">(.*?)</p>')[0]
+    assert post(app, f"/runs/{run.id}/delete", {}).status_code == 409  # the post is refused the same way
+    store.set_run_state(run.id, COMPLETED, worker="w1")
+    assert 'id="delete-run"' in get(app, f"/runs/{run.id}").text
+    confirm = get(app, f"/runs/{run.id}/delete")
+    assert confirm.status_code == 200
+    what = texts(confirm.text, r'<p id="delete-what">(.*?)</p>')[0]
+    assert "also deletes all its log lines, its 4 recorded state(s), its 1 task run(s)" in what, what
+    deleted = post(app, f"/runs/{run.id}/delete", {})
+    assert deleted.status_code == 303 and deleted.headers["location"] == f"/runs?deleted={run.name}"
+    listed = get(app, deleted.headers["location"]).text
+    assert texts(listed, r'id="deleted">(.*?)</p>') == [f"Deleted run {run.name}, with its logs, states and task runs."]
+    assert get(app, f"/runs/{run.id}").status_code == 404
+    assert [r.id for r in store.list_runs()] == [child.id]
+    assert store.list_task_runs(run.id) == [] and store.get_task_run("t-1") is None
+    assert store.get_run(child.id).parent_task_run_id is None
+    assert [a.id for a in store.list_artifacts(key="latest")] == ["a-2"] and store.list_artifacts(flow_run_id=run.id) == [
+        store.list_artifacts(key="latest")[0]]
+    with store._db.tx() as tx:  # nothing of the run is left behind
+        left = [tx.one(f"SELECT COUNT(*) FROM {t} WHERE {c} = ?", (run.id,))[0]  # type: ignore[index]
+                for t, c in (("logs", "run_id"), ("flow_run_states", "run_id"), ("task_runs", "flow_run_id"))]
+    assert left == [0, 0, 0]
+    # a scheduled run nobody holds can be deleted at once
+    assert post(app, f"/runs/{child.id}/delete", {}).status_code == 303 and store.list_runs() == []

@@ -1,5 +1,5 @@
 """A run of a real Prefect flow (Prefect's own engine against `buildsys server`'s Prefect API)
-shows its task runs as a timeline and its artifact on the run's page."""
+shows its task runs as a timeline and its artifact on the run's page; deleting the run deletes them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from buildsys.errors import NotFoundError
 from buildsys.store.sql import SqlStore
 from tests.prefectapi.engine import claimed_run, copy_project, deploy, run_engine
 from tests.server.running import server_process
@@ -42,5 +43,15 @@ def test_task_runs_and_artifacts_of_a_prefect_flow(prefect_python: str, tmp_path
             assert artifact.find_element("css selector", "pre").text == "# report\nall good"
             assert browser.unlabelled() == []
             browser.screenshot("run-with-task-runs")
+            # deleting the run takes its task runs and logs with it (Prefect's cascade); the keyed artifact stays
+            assert store.read_logs(run.id)
+            browser.find("#delete-run").click()
+            assert f"its {len(tasks)} task run(s)" in browser.wait_text("#delete-what", "cannot be undone")
+            browser.submit("form[action$='/delete'] button")
+            browser.wait_text("#deleted", f"Deleted run {run.name}")
+            assert store.list_task_runs(run.id) == [] and all(store.get_task_run(t.id) is None for t in tasks)
+            with pytest.raises(NotFoundError):
+                store.read_logs(run.id)
+            assert [a.key for a in store.list_artifacts(key="report")] == ["report"]
     finally:
         store.close()
