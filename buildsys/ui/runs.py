@@ -199,7 +199,13 @@ async def logs(ui: Ui, request: Request, who: Viewer) -> Response:
     deadline = time.monotonic() + FOLLOW_SECONDS
     while True:
         seen = services.logs_changed.generation
-        run, lines = await ui.sync(_read_after, services.store, request.path_params["run_id"], after)
+        try:
+            run, lines = await ui.sync(_read_after, services.store, request.path_params["run_id"], after)
+        except NotFoundError:
+            if not request.headers.get("hx-request"):
+                raise
+            # the run a page follows was deleted meanwhile: end the follow instead of answering 404
+            return ui.render(request, who, "log_lines.html", gone=True, lines=[], following=False)
         remaining = deadline - time.monotonic()
         moved = shown is not None and shown != state_key(run)
         if lines or run.is_terminal or remaining <= 0 or moved:

@@ -233,5 +233,9 @@ def test_a_run_is_deleted_after_a_confirmation_with_its_logs_and_task_runs(store
         left = [tx.one(f"SELECT COUNT(*) FROM {t} WHERE {c} = ?", (run.id,))[0]  # type: ignore[index]
                 for t, c in (("logs", "run_id"), ("flow_run_states", "run_id"), ("task_runs", "flow_run_id"))]
     assert left == [0, 0, 0]
-    # a scheduled run nobody holds can be deleted at once
+    # a scheduled run nobody holds can be deleted at once; a page following it learns that it is gone
     assert post(app, f"/runs/{child.id}/delete", {}).status_code == 303 and store.list_runs() == []
+    followed = get(app, f"/runs/{child.id}/logs?after=0&state=Scheduled/1", **{"HX-Request": "true"})
+    assert followed.status_code == 200 and texts(followed.text, r'<li class="end" role="status">(.*?)</li>') == [
+        "This run was deleted."]
+    assert "hx-get" not in followed.text and get(app, f"/runs/{child.id}/logs").status_code == 404
