@@ -126,7 +126,7 @@ async def run_page(ui: Ui, request: Request, who: Viewer, status: int = 200, **s
     run, lines, extra = await ui.sync(read)
     last = lines[-1].seq if lines else 0
     only = log_filter(request)
-    form = {"state": next(s for s in BY_HAND if s != run.state), "message": "", "force": False, "error": None}
+    form = {"state": next(s for s in BY_HAND if s != run.state), "message": "", "force": False, "error": None, "hint": None}
     form.update(shown)
     return ui.render(
         request, who, "run.html", status=status, run=run, lines=filtered_logs(lines, only), last=last,
@@ -271,7 +271,8 @@ async def change_state(ui: Ui, request: Request, who: Viewer) -> Response:
         raise
     except BuildsysError as exc:
         status = 409 if isinstance(exc, ConflictError) else 422
-        return await run_page(ui, request, who, status, state=state, message=message or "", force=force, error=exc.render())
+        return await run_page(ui, request, who, status, state=state, message=message or "", force=force,
+                              error=exc.message, hint=exc.hint)
     ui.services.runs_changed.notify()  # a retry may be claimable, a concurrency slot freed
     ui.services.logs_changed.notify()  # pages following the run see its new state
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
