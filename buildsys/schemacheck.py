@@ -96,14 +96,15 @@ class _Compiler:
             if handler is None:
                 raise Unsupported(keyword)
             made = handler(arg, schema)
-            (object_checks if keyword in _OBJECT_KEYWORDS else checks).append(made)
+            if made is not None:  # None: checked by another keyword's check (properties)
+                (object_checks if keyword in _OBJECT_KEYWORDS else checks).append(made)
         if object_checks:
             checks.append(_only_for_dicts(object_checks))
         if not checks:
             return lambda v: True
         if len(checks) == 1:
             return checks[0]
-        return lambda v: all(c(v) for c in checks)
+        return _all_of(checks)
 
     # --- any type ------------------------------------------------------------------------------
     def _k_type(self, arg: Any, schema: Mapping[str, Any]) -> Check:
@@ -111,7 +112,14 @@ class _Compiler:
         tests = [_TYPES[n] for n in names]
         if len(tests) == 1:
             return tests[0]
-        return lambda v: any(t(v) for t in tests)
+
+        def any_type(v: Any) -> bool:
+            for test in tests:  # noqa: SIM110  # a loop: no generator per call on this hot path
+                if test(v):
+                    return True
+            return False
+
+        return any_type
 
     def _k_enum(self, arg: Any, schema: Mapping[str, Any]) -> Check:
         options = list(arg)
@@ -147,8 +155,7 @@ class _Compiler:
         return node
 
     def _k_allOf(self, arg: Any, schema: Mapping[str, Any]) -> Check:
-        parts = [self.compile(s) for s in arg]
-        return lambda v: all(p(v) for p in parts)
+        return _all_of([self.compile(s) for s in arg])
 
     def _k_anyOf(self, arg: Any, schema: Mapping[str, Any]) -> Check:
         parts = [self.compile(s) for s in arg]
@@ -197,7 +204,15 @@ class _Compiler:
         if isinstance(arg, list):
             raise Unsupported("items as a list")
         item = self.compile(arg)
-        return lambda v: not isinstance(v, list) or all(item(x) for x in v)
+
+        def items(v: Any) -> bool:
+            if isinstance(v, list):
+                for x in v:
+                    if not item(x):
+                        return False
+            return True
+
+        return items
 
     def _k_minItems(self, arg: Any, schema: Mapping[str, Any]) -> Check:
         return lambda v: not isinstance(v, list) or len(v) >= arg
@@ -217,17 +232,36 @@ class _Compiler:
         return unique
 
     # --- objects (applied to dicts only, see _only_for_dicts) ----------------------------------
-    def _k_properties(self, arg: Any, schema: Mapping[str, Any]) -> Check:
-        props = [(name, self.compile(s)) for name, s in arg.items()]
-        return lambda v: all(check(v[name]) for name, check in props if name in v)
+    def _k_properties(self, arg: Any, schema: Mapping[str, Any]) -> Check | None:
+        if "additionalProperties" in schema and "additionalProperties" not in self.ignore:
+            return None  # checked in additionalProperties' pass over the keys
+        props = {name: self.compile(s) for name, s in arg.items()}
+
+        def properties(v: dict[str, Any]) -> bool:
+            for key, value in v.items():  # the value's keys, not every property the schema names
+                check = props.get(key)
+                if check is not None and not check(value):
+                    return False
+            return True
+
+        return properties
 
     def _k_additionalProperties(self, arg: Any, schema: Mapping[str, Any]) -> Check:
+        """`additionalProperties`, and `properties` beside it, in one pass over the value's keys."""
         known = frozenset(schema.get("properties") or ())
+        props: dict[str, Check] = {}
+        if "properties" not in self.ignore:
+            props = {name: self.compile(s) for name, s in (schema.get("properties") or {}).items()}
         patterns = [re.compile(p).search for p in schema.get("patternProperties") or ()]
         extra = self.compile(arg)
 
         def additional(v: dict[str, Any]) -> bool:
             for key, value in v.items():
+                check = props.get(key)
+                if check is not None:
+                    if not check(value):
+                        return False
+                    continue
                 if key in known or any(search(key) for search in patterns):
                     continue
                 if not extra(value):
@@ -237,8 +271,8 @@ class _Compiler:
         return additional
 
     def _k_required(self, arg: Any, schema: Mapping[str, Any]) -> Check:
-        names = list(arg)
-        return lambda v: all(name in v for name in names)
+        names = frozenset(arg)
+        return lambda v: v.keys() >= names
 
     def _k_minProperties(self, arg: Any, schema: Mapping[str, Any]) -> Check:
         return lambda v: len(v) >= arg
@@ -266,11 +300,25 @@ def _only_for_dicts(checks: list[Check]) -> Check:
     def check(v: Any) -> bool:
         if not isinstance(v, dict):
             return True
-        if not all(isinstance(k, str) for k in v):
-            return False
-        return all(c(v) for c in checks)
+        for k in v:
+            if not isinstance(k, str):
+                return False
+        for c in checks:  # noqa: SIM110  # a loop: no generator per call on this hot path
+            if not c(v):
+                return False
+        return True
 
     return check
+
+
+def _all_of(checks: list[Check]) -> Check:
+    def all_of(v: Any) -> bool:
+        for c in checks:  # noqa: SIM110  # a loop: no generator per call on this hot path
+            if not c(v):
+                return False
+        return True
+
+    return all_of
 
 
 _OBJECT_KEYWORDS = frozenset(
