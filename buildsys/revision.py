@@ -405,6 +405,11 @@ def default_base(project_file: Path) -> tuple[str, str]:
 
 def resolve_commit(project_file: Path, ref: str) -> str:
     """The commit `ref` (a commit, branch or tag) names in the project file's repository."""
+    return _resolve(project_file, ref)[1]
+
+
+def _resolve(project_file: Path, ref: str) -> tuple[Path, str]:
+    """(the repository's top directory, the commit `ref` names there)."""
     file = project_file.resolve()
     repo_root = _toplevel(file.parent)
     if repo_root is None:
@@ -415,16 +420,14 @@ def resolve_commit(project_file: Path, ref: str) -> str:
     (commit,) = _commits(repo_root, [ref])
     if commit is None:
         raise RevisionError(f"{ref}: no such commit, branch or tag", hint="see `git log --oneline` or `git branch -a`")
-    return commit
+    return repo_root, commit
 
 
 def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
     """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
     (symlinks and git's filters included) but without touching the repository's index, HEAD or
     working tree. Returns (the commit, the project file's path under that tree)."""
-    commit = resolve_commit(project_file, ref)
-    file = project_file.resolve()
-    repo_root = _toplevel(file.parent) or file.parent
+    repo_root, commit = _resolve(project_file, ref)
     dest = workdir / "tree"
     dest.mkdir()
     env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}
@@ -435,4 +438,4 @@ def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]
         )
         if done.returncode != 0:
             raise RevisionError(f"cannot read the files of {ref}: {done.stderr.strip() or done.stdout.strip()}")
-    return commit, dest / file.relative_to(repo_root)
+    return commit, dest / project_file.resolve().relative_to(repo_root)
