@@ -4,11 +4,20 @@
 
 Part `affected` (`affected_plan`): a git repository with 50 deployments in 10 groups; each group's
 deployments share one Docker image built from the group's folder (a small image FROM the suite's
-local Python base image) and name it in their job variables. The base is built and applied, then
-one flow file changes (a new parameter: its group's image and its deployment's parameter schema
-differ). Timed, each as a whole `buildsys` process, median of `--runs`: `buildsys plan` (every
-deployment) against `buildsys plan --affected=main` (the group's deployments). Both must show the
-same changes. Target: the affected plan at least 5x faster.
+local Python base image) and name it in their job variables. `main` is built and applied (the store is
+a file outside every checkout, as CI's store is a server), and its `.buildsys/cache.db` is kept as the
+CI cache the examples/ci pipeline restores. A branch `change` commits a one-flow change (a new
+parameter: its group's image and its deployment's parameter schema differ). Every timed command runs
+as a whole `buildsys` process in its own fresh `git clone -b change` (issue 19: "every CI job starts
+from a fresh checkout, so `.buildsys/` is empty"), the CI cache restored, in two forms:
+
+* fresh: `plan` / `plan --affected=origin/main` are the job's first buildsys command;
+* after build: the job first runs `build` / `build --affected=origin/main` (not timed), as the
+  examples/ci pipeline does, then the plan.
+
+Full and affected alternate; both plans must show the same changes. Median of `--runs`. Target: the
+affected plan at least 5x faster. Then both plans again and again in one warm process (the work
+alone, without the process start).
 
 Part `cache` (`shared_cache`): the same shape of project (50 deployments, 10 groups, one small image
 per group FROM the local Python base image, built once per group and pushed to a local registry),
@@ -107,25 +116,30 @@ import json, sys, time
 from click.testing import CliRunner
 from buildsys.cli import cli
 from buildsys.cli.app import App
+state, base = sys.argv[2], sys.argv[3]
 def run(*args):
     wall, cpu = time.perf_counter(), time.process_time()
-    result = CliRunner().invoke(cli, list(args), obj=App(), catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["--json", "plan", "--state", state, *args], obj=App(), catch_exceptions=False)
     assert result.exit_code in (0, 2), result.output
     return time.perf_counter() - wall, time.process_time() - cpu
-run("--json", "plan"); run("--json", "plan", "--affected=main")  # imports and caches warm
+run(); run(f"--affected={base}")  # imports and caches warm
 times = {"plan": [], "affected": []}
 for _ in range(int(sys.argv[1])):
-    times["plan"].append(run("--json", "plan"))
-    times["affected"].append(run("--json", "plan", "--affected=main"))
+    times["plan"].append(run())
+    times["affected"].append(run(f"--affected={base}"))
 print(json.dumps(times))
 """
 
+BASE = "origin/main"
+FORMS = ("fresh", "after_build")
 
-def in_process(root: Path, runs: int) -> dict[str, list[tuple[float, float]]]:
+
+def in_process(root: Path, runs: int, state: Path) -> dict[str, list[tuple[float, float]]]:
     """Both commands run again and again in one warm process: the work each does, without the
     interpreter start and imports every whole process pays."""
-    done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(runs)], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(REPO)}, timeout=1800, check=True)
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS, str(runs), str(state), BASE], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(REPO)},
+                          timeout=1800, check=True)
     times: dict[str, list[tuple[float, float]]] = json.loads(done.stdout.strip().splitlines()[-1])
     return times
 
@@ -134,62 +148,89 @@ def changes(stdout: str) -> list[tuple[str, str]]:
     return sorted((c["action"], c["name"]) for c in json.loads(stdout)["changes"])
 
 
+def _checkout(tmp: Path, origin: Path, ci_cache: Path, name: str) -> Path:
+    """A CI job's checkout: a fresh clone of the pull request's branch, `.buildsys/` empty but for
+    the build cache the pipeline restores."""
+    clone = tmp / name
+    git(tmp, "clone", "-q", "-b", "change", str(origin), str(clone))
+    (clone / ".buildsys").mkdir()
+    (clone / ".buildsys" / "cache.db").write_bytes(ci_cache.read_bytes())
+    return clone
+
+
 def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]:
-    """Time `plan` and `plan --affected` after a one-flow change; returns the figures."""
+    """Time `plan` and `plan --affected` in fresh clones after a one-flow change; returns the figures."""
+    import shutil
+
     from tests.services.docker import connect, ensure_base_image
 
     client = connect()
     base_image = ensure_base_image(client)
-    with tempfile.TemporaryDirectory(prefix="bench-ci-affected-") as tmp:
-        root = Path(tmp)
-        flows = affected_project(root, deployments, groups, base_image)
-        git(root, "init", "-q", "-b", "main")
-        git(root, "add", "-A")
-        git(root, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "base")
-        (build_s, _), _ = bs(root, "build")
-        bs(root, "apply", "--auto-approve")
+    _byte_compile()
+    with tempfile.TemporaryDirectory(prefix="bench-ci-affected-") as tmp_name:
+        tmp = Path(tmp_name)
+        origin, state, ci_cache = tmp / "origin", tmp / "state.db", tmp / "ci-cache.db"
+        origin.mkdir()
+        flows = affected_project(origin, deployments, groups, base_image)
+        git(origin, "init", "-q", "-b", "main")
+        git(origin, "add", "-A")
+        git(origin, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-m", "base")
+        (build_s, _), _ = bs(origin, "build")
+        bs(origin, "apply", "--auto-approve", "--state", str(state))
+        shutil.copyfile(origin / ".buildsys" / "cache.db", ci_cache)
         changed = flows[len(flows) // 2]
-        text = (root / changed).read_text()
-        (root / changed).write_text(text.replace("day: str = 'today'", "day: str = 'today', dry: bool = False"))
-        full: list[tuple[float, float]] = []
-        narrow: list[tuple[float, float]] = []
-        for _ in range(runs):  # alternated, so load on the machine falls on both alike
-            took, done = bs(root, "--json", "plan")
-            full.append(took)
-            full_changes = changes(done.stdout)
-            took, done = bs(root, "--json", "plan", "--affected=main")
-            narrow.append(took)
-            narrow_changes = changes(done.stdout)
-        if full_changes != narrow_changes:
-            raise SystemExit(f"plan and plan --affected disagree:\n{full_changes}\n{narrow_changes}")
-        warm = in_process(root, runs)
-        _, done = bs(root, "--json", "affected", "--base", "main")
+        git(origin, "checkout", "-q", "-b", "change")
+        text = (origin / changed).read_text()
+        (origin / changed).write_text(text.replace("day: str = 'today'", "day: str = 'today', dry: bool = False"))
+        git(origin, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q", "-am", "one flow")
+        times: dict[str, list[tuple[float, float, float]]] = {f"{form}_{side}": [] for form in FORMS
+                                                               for side in ("plan", "affected")}
+        seen: dict[str, list[tuple[str, str]]] = {}
+        n = 0
+        for _ in range(runs):
+            for form in FORMS:
+                for side, extra in (("plan", ()), ("affected", (f"--affected={BASE}",))):  # alternated
+                    n += 1
+                    clone = _checkout(tmp, origin, ci_cache, f"job{n}")
+                    if form == "after_build":
+                        bs(clone, "build", *extra)
+                    (wall, cpu), done = bs(clone, "--json", "plan", "--state", str(state), *extra)
+                    times[f"{form}_{side}"].append((wall, cpu, os.getloadavg()[0]))
+                    seen.setdefault(f"{form}_{side}", changes(done.stdout))
+                    if changes(done.stdout) != seen[f"{form}_{side}"]:
+                        raise SystemExit(f"{form} {side}: the plan changed between runs")
+                    shutil.rmtree(clone)
+        plans = {tuple(v) for v in seen.values()}
+        if len(plans) != 1:
+            raise SystemExit(f"plan and plan --affected disagree: {seen}")
+        clone = _checkout(tmp, origin, ci_cache, "warm")
+        bs(clone, "build")
+        warm = in_process(clone, runs, state)
+        _, done = bs(clone, "--json", "affected", "--base", BASE)
         found = json.loads(done.stdout)
-        with_images = {img for img in client.images.list(name="bench-ci/*") for _ in [0]}
-        for image in with_images:
+        for image in client.images.list(name="bench-ci/*"):
             for tag in image.tags:
                 client.images.remove(tag, force=True)
-    full_s, narrow_s = statistics.median(t[0] for t in full), statistics.median(t[0] for t in narrow)
-    full_cpu, narrow_cpu = statistics.median(t[1] for t in full), statistics.median(t[1] for t in narrow)
-    return {
+    figures: dict[str, object] = {
         "deployments": deployments,
         "groups": groups,
         "changed": changed,
         "cold_build_s": build_s,
-        "plan_s": full_s,
-        "plan_affected_s": narrow_s,
-        "plan_cpu_s": full_cpu,
-        "plan_affected_cpu_s": narrow_cpu,
-        "ratio": full_s / narrow_s,
-        "cpu_ratio": full_cpu / narrow_cpu,
+        "runs": times,
         "in_process_plan": _medians(warm["plan"]),
         "in_process_affected": _medians(warm["affected"]),
-        "plan_runs": [t[0] for t in full],
-        "plan_affected_runs": [t[0] for t in narrow],
-        "changes": full_changes,
+        "changes": next(iter(seen.values())),
         "affected_steps": [s["step"] for s in found["steps"]],
         "affected_deployments": [d["name"] for d in found["deployments"]],
     }
+    for form in FORMS:
+        full, narrow = times[f"{form}_plan"], times[f"{form}_affected"]
+        figures[form] = {
+            "plan_s": statistics.median(t[0] for t in full), "affected_s": statistics.median(t[0] for t in narrow),
+            "plan_cpu_s": statistics.median(t[1] for t in full),
+            "affected_cpu_s": statistics.median(t[1] for t in narrow),
+        }
+    return figures
 
 
 def _medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
@@ -197,22 +238,36 @@ def _medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def report_affected(figures: dict[str, object], runs: int) -> str:
-    ratio = float(figures["ratio"])  # type: ignore[arg-type]
+    times: dict[str, list[tuple[float, float, float]]] = figures["runs"]  # type: ignore[assignment]
+
+    def each(samples: list[tuple[float, float, float]]) -> str:
+        return ", ".join(f"{w:.2f}/{c:.2f} ({load:.0f})" for w, c, load in samples)
+
     lines = [
         f"plan --affected vs plan after a one-flow change ({figures['deployments']} deployments, "
-        f"{figures['groups']} image groups; changed {figures['changed']}; median of {runs} whole processes)",
+        f"{figures['groups']} image groups; changed {figures['changed']}; each a whole process in a fresh "
+        f"clone with the CI cache restored; median of {runs})",
         "",
-        "| command | median wall s | median CPU s | wall s of each run |",
-        "|---|---:|---:|---|",
-        f"| `buildsys plan` | {figures['plan_s']:.2f} | {figures['plan_cpu_s']:.2f} | "
-        f"{', '.join(f'{t:.2f}' for t in figures['plan_runs'])} |",  # type: ignore[attr-defined]
-        f"| `buildsys plan --affected=main` | {figures['plan_affected_s']:.2f} | {figures['plan_affected_cpu_s']:.2f} | "
-        f"{', '.join(f'{t:.2f}' for t in figures['plan_affected_runs'])} |",  # type: ignore[attr-defined]
-        "| `plan`, in one warm process | {:.2f} | {:.2f} | |".format(*figures["in_process_plan"]),  # type: ignore[misc]
-        "| `plan --affected=main`, in one warm process | {:.2f} | {:.2f} | |".format(*figures["in_process_affected"]),  # type: ignore[misc]
+        "| job | command | median wall s | median CPU s | each run: wall/CPU s (load after) |",
+        "|---|---|---:|---:|---|",
+    ]
+    said = {"fresh": "plan first", "after_build": "after `build`"}
+    ratios = []
+    for form in FORMS:
+        f: dict[str, float] = figures[form]  # type: ignore[assignment]
+        lines += [
+            f"| {said[form]} | `buildsys plan` | {f['plan_s']:.2f} | {f['plan_cpu_s']:.2f} | {each(times[form + '_plan'])} |",
+            f"| {said[form]} | `buildsys plan --affected={BASE}` | {f['affected_s']:.2f} | {f['affected_cpu_s']:.2f} | "
+            f"{each(times[form + '_affected'])} |",
+        ]
+        ratio = f["plan_s"] / f["affected_s"]
+        ratios.append(f"{said[form]}: wall ratio {ratio:.2f}x, CPU ratio {f['plan_cpu_s'] / f['affected_cpu_s']:.2f}x "
+                      f"(target >= {AFFECTED_TARGET:.0f}x: {'met' if ratio >= AFFECTED_TARGET else 'NOT met'})")
+    lines += [
+        "| warm process | `plan` | {:.3f} | {:.3f} | |".format(*figures["in_process_plan"]),  # type: ignore[misc]
+        "| warm process | `plan --affected` | {:.3f} | {:.3f} | |".format(*figures["in_process_affected"]),  # type: ignore[misc]
         "",
-        f"wall ratio {ratio:.1f}x (target >= {AFFECTED_TARGET:.0f}x: {'met' if ratio >= AFFECTED_TARGET else 'NOT met'}), "
-        f"CPU ratio {float(figures['cpu_ratio']):.1f}x; "  # type: ignore[arg-type]
+        *ratios,
         f"both plans: {len(figures['changes'])} change(s) {figures['changes']}",  # type: ignore[arg-type]
         f"affected: steps {figures['affected_steps']}, deployments {figures['affected_deployments']}",
         f"(cold build of the base, {figures['groups']} images: {figures['cold_build_s']:.1f} s)",
