@@ -101,15 +101,16 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
     from buildsys import caches
     from buildsys.revision import default_base, open_revision, resolve_commit
 
+    now_rev = open_revision(project_file)  # first: its repository's top directory serves the others
     if base:
-        base_ref, said, commit = base, base, resolve_commit(project_file, base)
+        base_ref, said, commit = base, base, resolve_commit(project_file, base, repo_root=now_rev.repo_root)
     else:
-        commit, branch = default_base(project_file)
+        commit, branch = default_base(project_file, repo_root=now_rev.repo_root)
         base_ref, said = commit, f"the merge base with {branch}"
     environ = dict(os.environ if env is None else env)
     now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
-    now_rev = open_revision(project_file)
-    then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ)
+    then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
+                     repo_root=now_rev.repo_root)
     now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
     now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
     steps = compare_steps(then.keys, now_keys, base_ref, then.problem)
@@ -145,7 +146,8 @@ class BaseSide:
 
 
 def base_side(
-    project_file: Path, root: Path, ref: str, commit: str, file_in_repo: str | None, environ: Mapping[str, str]
+    project_file: Path, root: Path, ref: str, commit: str, file_in_repo: str | None, environ: Mapping[str, str],
+    *, repo_root: Path | None = None,
 ) -> BaseSide:
     """The base's side, from `.buildsys/affected/` when this code computed it for this commit, this
     project file and the same environment values before (a commit never changes), else computed
@@ -161,7 +163,7 @@ def base_side(
     if isinstance(hit, BaseSide) and all(secret_digest(environ.get(n, "")) == d for n, d in hit.env.items()):
         return hit
     with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
-        _, base_file = export_tree(project_file, commit, Path(tmp))
+        _, base_file = export_tree(project_file, commit, Path(tmp), repo_root=repo_root)
         source = {"commit": commit, "ref": ref, "file": file_in_repo, "dirty": False}
         loaded, problem = _base_side(base_file, root, ref, source)
         side = BaseSide(None, None, problem, {}, {})

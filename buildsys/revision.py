@@ -372,10 +372,11 @@ def strip_credentials(url: str) -> str:
 DEFAULT_BRANCHES = ("origin/HEAD", "origin/main", "origin/master", "main", "master")
 
 
-def default_base(project_file: Path) -> tuple[str, str]:
+def default_base(project_file: Path, *, repo_root: Path | None = None) -> tuple[str, str]:
     """The commit `affected` compares with when no --base is given: the merge base of HEAD with the
-    default branch (origin's HEAD, else main or master, remote before local), and that branch."""
-    repo_root = _toplevel(project_file.resolve().parent)
+    default branch (origin's HEAD, else main or master, remote before local), and that branch.
+    `repo_root`: the repository's top directory when the caller knows it (one `git` process less)."""
+    repo_root = repo_root or _toplevel(project_file.resolve().parent)
     if repo_root is None:
         raise RevisionError(
             f"`affected` compares two git revisions, but {project_file.resolve().parent} is not inside a git repository",
@@ -403,15 +404,15 @@ def default_base(project_file: Path) -> tuple[str, str]:
     )
 
 
-def resolve_commit(project_file: Path, ref: str) -> str:
+def resolve_commit(project_file: Path, ref: str, *, repo_root: Path | None = None) -> str:
     """The commit `ref` (a commit, branch or tag) names in the project file's repository."""
-    return _resolve(project_file, ref)[1]
+    return _resolve(project_file, ref, repo_root)[1]
 
 
-def _resolve(project_file: Path, ref: str) -> tuple[Path, str]:
+def _resolve(project_file: Path, ref: str, repo_root: Path | None = None) -> tuple[Path, str]:
     """(the repository's top directory, the commit `ref` names there)."""
     file = project_file.resolve()
-    repo_root = _toplevel(file.parent)
+    repo_root = repo_root or _toplevel(file.parent)
     if repo_root is None:
         raise RevisionError(
             f"comparing with {ref} needs a git repository, but {file.parent} is not inside one",
@@ -423,11 +424,16 @@ def _resolve(project_file: Path, ref: str) -> tuple[Path, str]:
     return repo_root, commit
 
 
-def export_tree(project_file: Path, ref: str, workdir: Path) -> tuple[str, Path]:
+def export_tree(project_file: Path, ref: str, workdir: Path, *, repo_root: Path | None = None) -> tuple[str, Path]:
     """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
     (symlinks and git's filters included) but without touching the repository's index, HEAD or
-    working tree. Returns (the commit, the project file's path under that tree)."""
-    repo_root, commit = _resolve(project_file, ref)
+    working tree. Returns (the commit, the project file's path under that tree). A caller that
+    resolved `ref` already passes the commit's id and `repo_root`: then it is not resolved again
+    (`read-tree` refuses an id that is not there)."""
+    if repo_root is not None and len(ref) in (40, 64) and all(c in "0123456789abcdef" for c in ref):
+        commit = ref
+    else:
+        repo_root, commit = _resolve(project_file, ref, repo_root)
     dest = workdir / "tree"
     dest.mkdir()
     env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}
