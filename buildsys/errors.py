@@ -56,6 +56,18 @@ class Diagnostic:
         }
 
 
+def distinct(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Each finding once (the same severity, message, location and path; hints aside), in order."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for d in diagnostics:
+        k = (d.severity, d.message, d.location, d.path)
+        if k not in seen:
+            seen.add(k)
+            out.append(d)
+    return out
+
+
 class BuildsysError(Exception):
     """A user-facing error: the CLI prints it (no traceback) and exits with `exit_code`."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import Diagnostic
+from buildsys.errors import Diagnostic, distinct
 from buildsys.model import StepSpec
 from buildsys.step import StepDef
 from buildsys.templating import placeholders
@@ -94,18 +94,7 @@ def schema_problems(doc: Located, strict: bool) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     for error in validator.iter_errors(doc.value):
         out.extend(_diagnose(error, doc, strict))
-    return _dedupe(out)
-
-
-def _dedupe(items: list[Diagnostic]) -> list[Diagnostic]:
-    seen: set[tuple[object, ...]] = set()
-    out = []
-    for d in items:
-        k = (d.severity, d.message, d.location, d.path)
-        if k not in seen:
-            seen.add(k)
-            out.append(d)
-    return out
+    return distinct(out)
 
 
 def _diagnose(error: Any, doc: Located, strict: bool) -> list[Diagnostic]:

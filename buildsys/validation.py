@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError
+from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError, distinct
 from buildsys.model import Project, StepSpec
 from buildsys.templating import Placeholder, placeholders
 
@@ -30,14 +30,7 @@ def validate_project(path: Path, *, strict: bool = False) -> tuple[list[Diagnost
     problems += check_graph(project)
     problems += check_deployment_refs(project)
     problems += check_env(project, strict)
-    seen: set[tuple[object, ...]] = set()
-    unique = []
-    for p in problems:
-        k = (p.severity, p.message, p.location, p.path)
-        if k not in seen:
-            seen.add(k)
-            unique.append(p)
-    return _in_file_order(unique), {"deployments": len(project.deployments), "steps": len(all_steps(project))}
+    return _in_file_order(distinct(problems)), {"deployments": len(project.deployments), "steps": len(all_steps(project))}
 
 
 def _in_file_order(problems: list[Diagnostic]) -> list[Diagnostic]:
