@@ -28,9 +28,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from buildsys.errors import BuildsysError
 from buildsys.prefectapi.context import ApiError, Services
 from buildsys.prefectapi.runscope import RunScope
-from buildsys.prefectapi.shapes import epoch, iso, state_id, state_ts
+from buildsys.prefectapi.shapes import iso, state_id, state_ts
 from buildsys.prefectapi.tokens import READ, WRITE, authorize, bound_run, frame_token
 from buildsys.store.base import CANCELLED, CANCELLING, PAUSED, TERMINAL, FlowRun, TaskRun
+from buildsys.timestamps import epoch
 
 log = logging.getLogger("buildsys.prefectapi")
 

@@ -12,9 +12,10 @@ from typing import Any
 from buildsys.errors import NotFoundError
 from buildsys.prefectapi.context import ApiError, Call
 from buildsys.prefectapi.runscope import scope_of
-from buildsys.prefectapi.shapes import epoch, flow_run_json, state_json, task_run_json
+from buildsys.prefectapi.shapes import flow_run_json, state_json, task_run_json
 from buildsys.store.base import ABORT, REJECT, WAIT, Decision, FlowRun, Proposal, Resource, TaskRun
 from buildsys.store.dialect import now
+from buildsys.timestamps import epoch
 
 
 def uuid_param(call: Call, name: str = "id") -> str:

@@ -12,8 +12,9 @@ from starlette.responses import JSONResponse
 from buildsys.errors import NotFoundError
 from buildsys.prefectapi.context import ApiError, Call
 from buildsys.prefectapi.flowruns import uuid_param
-from buildsys.prefectapi.shapes import artifact_json, epoch, iso
+from buildsys.prefectapi.shapes import artifact_json, iso
 from buildsys.store.base import Artifact, ConcurrencyLimit, LogEntry
+from buildsys.timestamps import epoch
 
 log = logging.getLogger("buildsys.prefectapi")
 

@@ -19,19 +19,6 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def epoch(value: object) -> float | None:
-    """A Prefect timestamp (ISO 8601; no zone means UTC) as epoch seconds; None if absent or bad."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def queue_id(pool_id: str, queue: str) -> str:
     return str(uuid.uuid5(QUEUE_NAMESPACE, f"{pool_id}/{queue}"))
 

@@ -20,8 +20,9 @@ from buildsys.errors import BuildsysError, NotFoundError, StateError
 from buildsys.httpclient import httpx
 from buildsys.store import prefect_specs as specs
 from buildsys.store.base import Change, Resource, WorkerInfo
-from buildsys.store.prefect_api import PrefectApi, epoch
+from buildsys.store.prefect_api import PrefectApi
 from buildsys.store.prefect_runs import PrefectRuns
+from buildsys.timestamps import epoch
 
 # the Prefect collections each kind is read from
 _READS = {

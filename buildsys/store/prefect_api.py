@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from typing import Any
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
@@ -28,16 +27,6 @@ class PrefectUnreachableError(StateError):
 
 class PrefectRefusedError(StateError):
     """The Prefect server refused a request (4xx other than 404/409)."""
-
-
-def epoch(text: Any) -> float | None:
-    """A timestamp as Prefect's API sends it (ISO 8601) in epoch seconds; None if absent or bad."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def api_url(url: str) -> str:

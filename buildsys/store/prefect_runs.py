@@ -23,7 +23,8 @@ from buildsys.store.base import (
     RunState,
     TaskRun,
 )
-from buildsys.store.prefect_api import PrefectApi, epoch
+from buildsys.store.prefect_api import PrefectApi
+from buildsys.timestamps import epoch
 
 
 class WorkersElsewhereError(StateError):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
+from buildsys import timestamps
 from buildsys.templating import UNKNOWN
 
 OWNER_TAG = "buildsys:"  # tags starting with this mark what buildsys made; the rest names the project
@@ -269,11 +270,8 @@ def schedule_payload(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def _instant(value: Any, timezone: str | None = None) -> Any:
     """An anchor date as Prefect returns it (UTC, ISO 8601, `Z`); text it cannot read is kept."""
-    if not isinstance(value, str):
-        return value
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    when = timestamps.parse(value)
+    if when is None:
         return value
     if when.tzinfo is None:
         if timezone and timezone != "UTC":
