@@ -19,7 +19,7 @@ from functools import cache
 from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic
-from buildsys.templating import PLACEHOLDER  # the one placeholder syntax
+from buildsys.templating import PLACEHOLDER, strings  # the one placeholder syntax
 
 __all__ = [
     "JobVariableError",
@@ -129,15 +129,9 @@ def validate_template(template: Mapping[str, Any]) -> None:
 
 def placeholders(value: Any) -> Iterator[str]:
     """Every placeholder name in a JSON value (strings inside dicts and lists)."""
-    if isinstance(value, str):
-        for match in PLACEHOLDER.finditer(value):
+    for text in strings(value):
+        for match in PLACEHOLDER.finditer(text):
             yield match.group(1)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from placeholders(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from placeholders(item)
 
 
 def _is_special(name: str) -> bool:

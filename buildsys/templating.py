@@ -10,7 +10,7 @@ become `str(value)`. Standard library only: the in-run runtime uses this module.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,21 +75,21 @@ def _keypath(name: str) -> tuple[str | int, ...]:
 
 def placeholders(value: Any) -> list[Placeholder]:
     """Every placeholder in a value (strings inside dicts and lists; keys are never templated)."""
-    found: list[Placeholder] = []
-    _walk(value, found)
-    return found
+    texts = (value,) if isinstance(value, str) else strings(value)
+    return [classify(m.group(1)) for text in texts if "{{" in text for m in PLACEHOLDER.finditer(text)]
 
 
-def _walk(value: Any, found: list[Placeholder]) -> None:
+def strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON-like value: the value itself, or those inside its mappings' values,
+    lists and tuples (keys are not values)."""
     if isinstance(value, str):
-        if "{{" in value:
-            found.extend(classify(m.group(1)) for m in PLACEHOLDER.finditer(value))
+        yield value
     elif isinstance(value, Mapping):
-        for v in value.values():
-            _walk(v, found)
+        for item in value.values():
+            yield from strings(item)
     elif isinstance(value, list | tuple):
-        for v in value:
-            _walk(v, found)
+        for item in value:
+            yield from strings(item)
 
 
 BlockResolver = Callable[[str, str], Any]
@@ -209,7 +209,7 @@ class _Renderer:
                 data = data["value"]
             val = _dig(data, rest) if rest else data
             if val is not _MISSING:
-                _collect_secrets(val, s.secrets)
+                s.secrets.update(strings(val))
             return val
         return self.output(ph)
 
@@ -341,17 +341,6 @@ def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:
         else:
             return _MISSING
     return cur
-
-
-def _collect_secrets(value: Any, sink: set[str]) -> None:
-    if isinstance(value, str):
-        sink.add(value)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            _collect_secrets(v, sink)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _collect_secrets(v, sink)
 
 
 def env_blocks(env: Mapping[str, str]) -> BlockResolver:
