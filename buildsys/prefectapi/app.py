@@ -9,28 +9,26 @@ also what the events websockets send in their auth frame.
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.errors import BuildsysError
 from buildsys.prefectapi import events
 from buildsys.prefectapi.bodies import SCHEMAS
 from buildsys.prefectapi.context import ApiError, Call, Services, TokenChecker
 from buildsys.prefectapi.routes import ENDPOINTS, Endpoint
 from buildsys.prefectapi.tokens import authorize, bound_run
+from buildsys.server import inbound
 from buildsys.server.endpoints import PrintableJSONResponse
 from buildsys.store.base import StateStore
 
@@ -63,7 +61,7 @@ def create_app(
     for ep in ENDPOINTS:
         by_path.setdefault(ep.path, {})[ep.method] = _endpoint(ep, services, settings, validators)
     routes: list[BaseRoute] = [
-        Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
+        Route(path, inbound.by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
     ]
     routes += [
         WebSocketRoute("/events/in", events.events_in(services)),
@@ -76,16 +74,6 @@ def create_app(
     )
     app.state.services = services
     return app
-
-
-def _by_method(
-    handlers: Mapping[str, Callable[[Request], Awaitable[Response]]],
-) -> Callable[[Request], Awaitable[Response]]:
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return dispatch
 
 
 def _endpoint(
@@ -123,48 +111,23 @@ async def _body(
 ) -> Any:
     if ep.body is None:
         return None
-    raw = await read_limited(request, settings.max_body_bytes)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    try:
+        raw = await inbound.read_limited(request, settings.max_body_bytes)
+        data = inbound.parse_json(raw) if raw.strip() else {}
+    except inbound.Refused as exc:
+        raise ApiError(exc.status, exc.message) from None
     check_text(data, "body")
-    problem = best_match(validators[ep.body].iter_errors(data))
+    problem = inbound.schema_problem(validators[ep.body], data)
     if problem is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
-        raise ApiError(422, f"body{where}: {problem.message}")
+        raise ApiError(422, problem)
     return data
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"the request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
 def check_text(value: Any, where: str) -> None:
-    """What the store cannot hold (NUL characters, lone surrogates, integers past 64 bits:
-    `buildsys.storable`, the rule of every door) is a 422 naming the field, not a 500."""
-    from buildsys.storable import value_problems
-    from buildsys.storable import where as path_of
-
-    for at, problem in value_problems(value):
-        raise ApiError(422, f"{path_of(at, where)}: {problem}")
+    """What the store cannot hold is a 422 naming the field (`server.inbound.unstorable`)."""
+    problem = inbound.unstorable(value, where)
+    if problem is not None:
+        raise ApiError(422, problem)
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -175,23 +138,10 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
 
 
 def _store_error(exc: BuildsysError) -> JSONResponse:
-    message = exc.message + (f" ({exc.hint})" if exc.hint else "")
-    if isinstance(exc, NotFoundError):
-        return error(404, message)
-    if isinstance(exc, ConflictError):
-        return error(409, message)
-    if isinstance(exc.__cause__, sqlite3.OperationalError) or _pg_outage(exc.__cause__):
+    status = inbound.store_status(exc)
+    if status == 503:
         log.warning("store unavailable: %s", exc.message)
-        return error(503, message)
-    return error(422, message)
-
-
-def _pg_outage(cause: BaseException | None) -> bool:
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    return isinstance(cause, psycopg.OperationalError)
+    return error(status, exc.message + (f" ({exc.hint})" if exc.hint else ""))
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

@@ -3,16 +3,15 @@ and one request."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 
 from buildsys.errors import StateError
+from buildsys.server.inbound import run_blocking
 from buildsys.store.base import EngineRecords, StateStore
 
 T = TypeVar("T")
@@ -66,9 +65,8 @@ class Services:
         self.store: DatabaseStore = database_store(self.store_)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking store call, off the event loop on the store's own threads (the SQL store
-        keeps one connection per thread, so the threads must live as long as the app)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+        """A blocking store call (`server.inbound.run_blocking`) on this app's store threads."""
+        return await run_blocking(self.executor, fn, *args, **kwargs)
 
 
 @dataclass

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from buildsys.errors import BuildsysError, ConflictError, NotFoundError
+from buildsys.errors import BuildsysError
+from buildsys.server import inbound
 from buildsys.server.auth import Authenticator
 from buildsys.server.cachetable import CacheTable
 from buildsys.server.endpoints import ApiError, Call, Endpoint, PrintableJSONResponse, Services
@@ -80,7 +78,7 @@ def create_app(
         )
     # one route per path, so a wrong method gets 405 with the path's whole Allow list
     routes: list[BaseRoute] = [
-        Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
+        Route(path, inbound.by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()
     ]
     # --- the web UI (buildsys.ui): pages at /, same store threads, same tokens and scopes ---
     from buildsys.ui import ui_routes
@@ -119,16 +117,6 @@ def _prefect_api(store: StateStore, authenticator: Authenticator | None) -> Moun
     return Mount(PREFECT_API, app=prefect_app(store, authenticator=authenticator))
 
 
-def _by_method(
-    handlers: dict[str, Callable[[Request], Coroutine[Any, Any, Response]]],
-) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-    async def dispatch(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method](request)
-
-    return dispatch
-
-
 def _validator(name: str, components: Mapping[str, Any]) -> Draft202012Validator:
     root = {"$ref": f"#/components/schemas/{name}", "components": {"schemas": components}}
     return Draft202012Validator(root)
@@ -154,7 +142,7 @@ def _endpoint(
             if isinstance(payload, Response):
                 return payload
             return PrintableJSONResponse(payload, status_code=ep.status)
-        except ApiError as exc:
+        except inbound.Refused as exc:  # an ApiError, or a body the door refused
             return error_response(exc.status, exc.code, exc.message)
         except BuildsysError as exc:
             return _store_error(exc)
@@ -189,47 +177,22 @@ async def _body(
 ) -> Any:
     if ep.body is None:
         return None
-    raw = await _read_limited(request, settings.max_body_bytes)
+    raw = await inbound.read_limited(request, settings.max_body_bytes)
     if not raw.strip():
         raise ApiError(400, "bad_json", "the request body is empty; this call takes a JSON object")
-    try:
-        data = json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "bad_json", f"the request body is not valid JSON: {exc}") from None
-    error = best_match(validators[ep.body].iter_errors(data))
-    if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        raise ApiError(422, "invalid_request", f"body{where}: {error.message}")
+    data = inbound.parse_json(raw)
+    problem = inbound.schema_problem(validators[ep.body], data)
+    if problem is not None:
+        raise ApiError(422, "invalid_request", problem)
     _reject_nul(data, "body")
     return data
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
 def _reject_nul(value: Any, where: str) -> None:
-    """What the store cannot hold (NUL characters, lone surrogates, integers past 64 bits:
-    `buildsys.storable`) is a 422 naming where, not a 500 from inside the store."""
-    from buildsys.storable import value_problems
-    from buildsys.storable import where as path_of
-
-    for at, problem in value_problems(value):
-        raise ApiError(422, "invalid_request", f"{path_of(at, where)}: {problem}")
+    """What the store cannot hold is a 422 naming where (`server.inbound.unstorable`)."""
+    problem = inbound.unstorable(value, where)
+    if problem is not None:
+        raise ApiError(422, "invalid_request", problem)
 
 
 def error_response(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
@@ -238,26 +201,14 @@ def error_response(status: int, code: str, message: str, hint: str | None = None
     return PrintableJSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+_CODES = {404: "not_found", 409: "conflict", 503: "unavailable", 422: "rejected"}
+
+
 def _store_error(exc: BuildsysError) -> JSONResponse:
-    if isinstance(exc, NotFoundError):
-        return error_response(404, "not_found", exc.message, exc.hint)
-    if isinstance(exc, ConflictError):
-        return error_response(409, "conflict", exc.message, exc.hint)
-    if _is_outage(exc):
+    status = inbound.store_status(exc)
+    if status == 503:
         log.warning("store unavailable: %s", exc.message)
-        return error_response(503, "unavailable", exc.message, exc.hint)
-    return error_response(422, "rejected", exc.message, exc.hint)
-
-
-def _is_outage(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    if isinstance(cause, sqlite3.OperationalError):
-        return True
-    try:
-        import psycopg
-    except ImportError:
-        return False
-    return isinstance(cause, psycopg.OperationalError)
+    return error_response(status, _CODES[status], exc.message, exc.hint)
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

@@ -11,13 +11,13 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from buildsys.printable import printable_json
+from buildsys.server.inbound import Refused, run_blocking
 from buildsys.store.base import StateStore
 
 T = TypeVar("T")
@@ -36,14 +36,9 @@ class PrintableJSONResponse(JSONResponse):
         return json_body(content)
 
 
-class ApiError(Exception):
-    """An HTTP error with a machine-readable code; the app renders it as {"error": {...}}."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class ApiError(Refused):
+    """An HTTP error with a machine-readable code (status, code, message); the app renders it as
+    {"error": {...}}, as it does the refusals of `server.inbound`."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +136,8 @@ class Services:
     cache: Any = None  # the shared cache's table (server.cachetable.CacheTable), if this server keeps one
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking store call on the store threads, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
+        """A blocking store call (`server.inbound.run_blocking`) on this app's store threads."""
+        return await run_blocking(self.executor, fn, *args, **kwargs)
 
 
 @dataclass
