@@ -449,3 +449,28 @@ def _lock_id(key: str) -> int:
 
 def now() -> float:
     return time.time()
+
+
+def marks(values: Sequence[Any]) -> str:
+    """`?, ?, …`: one parameter placeholder per value (for `IN (…)` and `VALUES (…)`)."""
+    return ", ".join("?" for _ in values)
+
+
+def where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]] | None:
+    """A ` WHERE …` clause ("" for none) and its parameters from (column, value) pairs: a None value
+    is no condition, a sequence (not text) `column IN (…)`, anything else `column = ?`. None when a
+    sequence is empty: no row can match."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in conditions:
+        if value is None:
+            continue
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            if not value:
+                return None
+            clauses.append(f"{column} IN ({marks(value)})")
+            params.extend(value)
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

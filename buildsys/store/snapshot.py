@@ -18,7 +18,7 @@ from buildsys.errors import StateError
 from buildsys.store import sqlengine, sqlhistory
 from buildsys.store.base import FlowRun, LogLine
 from buildsys.store.base import Resource as StoredResource
-from buildsys.store.dialect import Database, Tx
+from buildsys.store.dialect import Database, Tx, marks
 from buildsys.store.rows import (
     LOG_COLUMNS,
     RESOURCE_COLUMNS,
@@ -108,7 +108,7 @@ def _insert(
     for line in logs:
         last_seq[line.run_id] = max(last_seq.get(line.run_id, 0), line.seq)
     tx.many(
-        f"INSERT INTO flow_runs ({RUN_COLUMNS}, log_seq) VALUES ({', '.join('?' for _ in RUN_FIELDS)}, ?)",
+        f"INSERT INTO flow_runs ({RUN_COLUMNS}, log_seq) VALUES ({marks(RUN_FIELDS)}, ?)",
         [(*run_to_row(r), last_seq.get(r.id, 0)) for r in runs],
     )
     tx.many(

@@ -34,7 +34,7 @@ from buildsys.store.base import (
     TaskRun,
     WorkerInfo,
 )
-from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, now
+from buildsys.store.dialect import Database, PostgresDatabase, SqliteDatabase, Tx, marks, now
 from buildsys.store.migrations import migrate
 from buildsys.store.rows import (
     RESOURCE_COLUMNS,
@@ -410,7 +410,7 @@ def _existing_ids(tx: Tx, changes: Sequence[Change]) -> dict[tuple[str, str], tu
             chunk = names[start : start + 500]
             rows = tx.run(
                 f"SELECT name, id, created_at FROM resources WHERE kind = ? "
-                f"AND name IN ({', '.join('?' for _ in chunk)})",
+                f"AND name IN ({marks(chunk)})",
                 (kind, *chunk),
             )
             found.update({(kind, str(n)): (str(i), float(c)) for n, i, c in rows})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
-from buildsys.store.dialect import Database, Tx, now
+from buildsys.store.dialect import Database, Tx, marks, now
 from buildsys.store.rows import RUN_COLUMNS, read_json, run_from_row
 from buildsys.store.sqlruns import Move, ended, record_worker, save_runs
 
@@ -216,14 +216,14 @@ def _cancel_colliding(
     paused = sorted(rules.paused_queues)
     sql = (
         f"SELECT {RUN_COLUMNS} FROM flow_runs "
-        f"WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ? AND deployment IN ({_marks(full)})"
+        f"WHERE pool = ? AND state = '{SCHEDULED}' AND scheduled_at <= ? AND deployment IN ({marks(full)})"
     )
     params: list[Any] = [pool, moment, *full]
     if chosen_ids:
-        sql += f" AND id NOT IN ({_marks(chosen_ids)})"
+        sql += f" AND id NOT IN ({marks(chosen_ids)})"
         params.extend(chosen_ids)
     if paused:
-        sql += f" AND (queue IS NULL OR queue NOT IN ({_marks(paused)}))"
+        sql += f" AND (queue IS NULL OR queue NOT IN ({marks(paused)}))"
         params.extend(paused)
     why = "the deployment is at its concurrency limit (collision strategy CANCEL_NEW)"
     colliding = [run_from_row(r) for r in tx.run(sql + tx.for_update(), params)]
@@ -254,9 +254,8 @@ def _room(tx: Tx, pool: str, rules: PoolRules, dep_limits: Mapping[str, int]) ->
     dep_room: dict[str, int] = {}
     if dep_limits:
         names = list(dep_limits)
-        marks = ", ".join("?" for _ in names)
         rows = tx.run(
-            f"SELECT deployment, COUNT(*) FROM flow_runs WHERE deployment IN ({marks}) "
+            f"SELECT deployment, COUNT(*) FROM flow_runs WHERE deployment IN ({marks(names)}) "
             f"AND state IN ({_ACTIVE_LIST}) GROUP BY deployment",
             names,
         )
@@ -289,7 +288,7 @@ def _candidates(
             where.append(clause)
             params.extend(values)
         if full:
-            where.append(f"deployment NOT IN ({_marks(full)})")
+            where.append(f"deployment NOT IN ({marks(full)})")
             params.extend(full)
         sql = (
             f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE {' AND '.join(where)} "
@@ -312,20 +311,16 @@ def priority_groups(
         if name not in blocked and (wanted is None or name in wanted):
             by_priority.setdefault(priority, []).append(name)
     groups: list[list[Clause]] = [
-        [(f"queue IN ({_marks(names)})", sorted(names))] for _, names in sorted(by_priority.items())
+        [(f"queue IN ({marks(names)})", sorted(names))] for _, names in sorted(by_priority.items())
     ]
     rest: list[Clause] = []
     declared_or_blocked = sorted(set(rules.priorities) | set(blocked))
     if declared_or_blocked:
-        rest.append((f"(queue IS NULL OR queue NOT IN ({_marks(declared_or_blocked)}))", declared_or_blocked))
+        rest.append((f"(queue IS NULL OR queue NOT IN ({marks(declared_or_blocked)}))", declared_or_blocked))
     if wanted is not None:
-        rest.append((f"queue IN ({_marks(sorted(wanted))})", sorted(wanted)))
+        rest.append((f"queue IN ({marks(sorted(wanted))})", sorted(wanted)))
     groups.append(rest)
     return groups
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values)
 
 
 def _choose(candidates: Sequence[FlowRun], room: _Room, limit: int) -> list[FlowRun]:

@@ -21,7 +21,7 @@ from buildsys.store.base import (
     Resource,
     TaskRun,
 )
-from buildsys.store.dialect import Database, Tx, now
+from buildsys.store.dialect import Database, Tx, marks, now, where
 from buildsys.store.rows import (
     RESOURCE_COLUMNS,
     RUN_COLUMNS,
@@ -143,27 +143,21 @@ def find_runs(
     pool: str | None,
     limit: int,
 ) -> list[FlowRun]:
-    where: list[str] = []
-    params: list[Any] = []
-    for column, values in (
+    found = where(
         ("id", ids),
         ("parent_task_run_id", parent_task_run_ids),
         ("state", states),
         ("state_name", state_names),
-    ):
-        if values is not None:
-            if not values:
-                return []
-            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
-            params.extend(values)
-    if pool is not None:
-        where.append("pool = ?")
-        params.append(pool)
-    sql = f"SELECT {RUN_COLUMNS} FROM flow_runs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+        ("pool", pool),
+    )
+    if found is None:
+        return []
+    clause, params = found
     with db.tx() as tx:
-        rows = tx.run(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, max(0, limit)))
+        rows = tx.run(
+            f"SELECT {RUN_COLUMNS} FROM flow_runs{clause} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, max(0, limit)),
+        )
     return [run_from_row(r) for r in rows]
 
 
@@ -210,7 +204,7 @@ def record_task_run(db: Database, task_run: TaskRun) -> TaskRun:
         merged = merge_task_run(old, task_run)
         values = _task_to_row(merged)
         if old is None:
-            tx.run(f"INSERT INTO task_runs ({TASK_COLUMNS}) VALUES ({', '.join('?' for _ in values)})", values)
+            tx.run(f"INSERT INTO task_runs ({TASK_COLUMNS}) VALUES ({marks(values)})", values)
         else:
             columns = TASK_COLUMNS.split(", ")[1:]
             tx.run(f"UPDATE task_runs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?", (*values[1:], values[0]))
@@ -267,18 +261,9 @@ def create_artifact(db: Database, artifact: Artifact) -> Artifact:
 
 
 def list_artifacts(db: Database, *, flow_run_id: str | None, key: str | None, limit: int = 1000) -> list[Artifact]:
-    where, params = [], []
-    if flow_run_id is not None:
-        where.append("flow_run_id = ?")
-        params.append(flow_run_id)
-    if key is not None:
-        where.append("key = ?")
-        params.append(key)
-    sql = f"SELECT {ARTIFACT_COLUMNS} FROM artifacts"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    clause, params = where(("flow_run_id", flow_run_id), ("key", key)) or ("", [])
     with db.tx() as tx:
-        rows = tx.run(sql + " ORDER BY created_at, id LIMIT ?", (*params, limit))
+        rows = tx.run(f"SELECT {ARTIFACT_COLUMNS} FROM artifacts{clause} ORDER BY created_at, id LIMIT ?", (*params, limit))
     return [
         Artifact(id=a, flow_run_id=f, task_run_id=t, key=k, type=ty, description=d, data=read_json(data, f"the data of artifact {a}", "artifacts"), created_at=float(c))
         for a, f, t, k, ty, d, data, c in rows
@@ -294,14 +279,11 @@ def list_limits(db: Database, names: Sequence[str] | None = None) -> list[Concur
 
 
 def _limits(tx: Tx, names: Sequence[str] | None, moment: float) -> list[ConcurrencyLimit]:
-    sql = "SELECT name, id, slot_limit, created_at FROM concurrency_limits"
-    params: list[Any] = []
-    if names is not None:
-        if not names:
-            return []
-        sql += f" WHERE name IN ({', '.join('?' for _ in names)})"
-        params.extend(names)
-    rows = tx.run(sql + " ORDER BY name", params)
+    found = where(("name", names))
+    if found is None:
+        return []
+    clause, params = found
+    rows = tx.run(f"SELECT name, id, slot_limit, created_at FROM concurrency_limits{clause} ORDER BY name", params)
     active: dict[str, Any] = dict(
         tx.run("SELECT name, SUM(slots) FROM concurrency_slots WHERE expires_at > ? GROUP BY name", (moment,))
     )
@@ -425,7 +407,7 @@ def import_rows(tx: Tx, data: Mapping[str, Any]) -> None:
         artifacts = [Artifact.from_dict(a) for a in data.get("artifacts", [])]
     except TypeError as exc:
         raise StateError(f"not a buildsys state export: a task run or artifact is malformed ({exc})") from None
-    tx.many(f"INSERT INTO task_runs ({TASK_COLUMNS}) VALUES ({', '.join('?' for _ in TASK_COLUMNS.split(', '))})",
+    tx.many(f"INSERT INTO task_runs ({TASK_COLUMNS}) VALUES ({marks(TASK_COLUMNS.split(', '))})",
             [_task_to_row(t) for t in tasks])
     tx.many(
         f"INSERT INTO artifacts ({ARTIFACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

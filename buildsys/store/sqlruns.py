@@ -21,7 +21,7 @@ from buildsys.store.base import (
     RunState,
     WorkerInfo,
 )
-from buildsys.store.dialect import Database, Tx, now
+from buildsys.store.dialect import Database, Tx, marks, now, where
 from buildsys.store.rows import (
     LOG_COLUMNS,
     RUN_COLUMNS,
@@ -37,7 +37,7 @@ from buildsys.store.rows import (
 from buildsys.store.transitions import cancel, check_delete, check_transition, expire, mark, transition
 
 DEFAULT_QUEUE = "default"
-_INSERT_RUN = f"INSERT INTO flow_runs ({RUN_COLUMNS}) VALUES ({', '.join('?' for _ in RUN_FIELDS)})"
+_INSERT_RUN = f"INSERT INTO flow_runs ({RUN_COLUMNS}) VALUES ({marks(RUN_FIELDS)})"
 _UPDATE_RUN = f"UPDATE flow_runs SET {', '.join(f'{f} = ?' for f in RUN_FIELDS[1:])} WHERE id = ?"
 _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
 
@@ -199,23 +199,11 @@ def list_runs(
     limit: int,
     offset: int,
 ) -> list[FlowRun]:
-    where: list[str] = []
-    params: list[Any] = []
-    if deployment is not None:
-        where.append("deployment = ?")
-        params.append(deployment)
-    if pool is not None:
-        where.append("pool = ?")
-        params.append(pool)
-    if states is not None:
-        if not states:
-            return []
-        where.append(f"state IN ({', '.join('?' for _ in states)})")
-        params.extend(states)
-    sql = f"SELECT {RUN_COLUMNS} FROM flow_runs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+    found = where(("deployment", deployment), ("pool", pool), ("state", states))
+    if found is None:
+        return []
+    clause, params = found
+    sql = f"SELECT {RUN_COLUMNS} FROM flow_runs{clause} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     with db.tx() as tx:
         return [run_from_row(r) for r in tx.run(sql, (*params, max(0, limit), max(0, offset)))]
 
@@ -293,13 +281,12 @@ def heartbeat(db: Database, pool: str, worker: str, run_ids: Sequence[str], leas
         record_worker(tx, pool, worker, moment)
         if not run_ids:
             return []
-        marks = ", ".join("?" for _ in run_ids)
         tx.run(
-            f"UPDATE flow_runs SET lease_expires_at = ? WHERE id IN ({marks}) AND worker = ? "
+            f"UPDATE flow_runs SET lease_expires_at = ? WHERE id IN ({marks(run_ids)}) AND worker = ? "
             f"AND state IN ({_ACTIVE_LIST})",
             (moment + lease_seconds, *run_ids, worker),
         )
-        rows = tx.run(f"SELECT id FROM flow_runs WHERE id IN ({marks}) AND state = ?", (*run_ids, CANCELLING))
+        rows = tx.run(f"SELECT id FROM flow_runs WHERE id IN ({marks(run_ids)}) AND state = ?", (*run_ids, CANCELLING))
     found = {str(r[0]) for r in rows}
     return [rid for rid in run_ids if rid in found]
 
@@ -361,18 +348,16 @@ def prune_deployment_runs(tx: Tx, updated: Sequence[str], deleted: Sequence[str]
     if not names:
         return
     for chunk in _chunks(names, 500):
-        marks = ", ".join("?" for _ in chunk)
         doomed = (
-            f"deployment IN ({marks}) AND state = '{SCHEDULED}' "
+            f"deployment IN ({marks(chunk)}) AND state = '{SCHEDULED}' "
             "AND auto_scheduled = 1 AND started_at IS NULL AND attempt = 1 "
             "AND state_name NOT IN ('AwaitingConcurrencySlot', 'AwaitingRetry') AND scheduled_at >= ?"
         )
         sqlhistory.forget(tx, doomed, (*chunk, moment))
         tx.run(f"DELETE FROM flow_runs WHERE {doomed}", (*chunk, moment))
     for chunk in _chunks(list(deleted), 500):
-        marks = ", ".join("?" for _ in chunk)
         rows = tx.run(
-            f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment IN ({marks}) AND state = '{SCHEDULED}'"
+            f"SELECT {RUN_COLUMNS} FROM flow_runs WHERE deployment IN ({marks(chunk)}) AND state = '{SCHEDULED}'"
             f"{tx.for_update()}",
             chunk,
         )
