@@ -10,6 +10,7 @@ import click
 
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.planopts import full_option, prune_option
 from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
     "plan_file", metavar="[PLAN]", required=False, type=click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (needed when there is no terminal).")
-@click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@prune_option
 @deployments_option
-@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
+@full_option
 @affected_option
 @common_options
 @pass_app

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from buildsys.cli import completion
 from buildsys.cli.app import App, common_options, pass_app
+
+if TYPE_CHECKING:
+    from buildsys.cache import Cache
 
 
 @click.group()
@@ -20,12 +27,8 @@ def cache() -> None:
 @pass_app
 def ls(app: App) -> None:
     """Every step the cache knows: its last key, when it ran and how long it took."""
-    from buildsys.cache import Cache
-
-    project = app.load_project()
-    c = Cache(project.root)
-    entries = c.entries()
-    c.close()
+    with _opened(app) as (_, c):
+        entries = c.entries()
     if app.json:
         app.emit_json([{"step": e.label, "key": e.key, "updated": e.updated, "duration": e.duration} for e in entries])
         return
@@ -58,12 +61,8 @@ def explain(app: App, step: str) -> None:
 @pass_app
 def gc(app: App) -> None:
     """Delete results that no current step points at, and stat entries of deleted files."""
-    from buildsys.cache import Cache
-
-    project = app.load_project()
-    c = Cache(project.root)
-    removed = c.gc(e.key for e in c.entries())
-    c.close()
+    with _opened(app) as (_, c):
+        removed = c.gc(e.key for e in c.entries())
     app.echo(f"removed {removed} unused result(s)")
 
 
@@ -72,13 +71,22 @@ def gc(app: App) -> None:
 @pass_app
 def clear(app: App) -> None:
     """Forget every cached result (the next build runs every step)."""
-    from buildsys.cache import Cache
-
-    project = app.load_project()
-    c = Cache(project.root)
-    c.clear()
-    c.close()
     from buildsys import caches
 
-    caches.clear(project.root)  # compiled models and no-op proofs go too: every cache of the layer
+    with _opened(app) as (root, c):
+        c.clear()
+    caches.clear(root)  # compiled models and no-op proofs go too: every cache of the layer
     app.echo("cache cleared")
+
+
+@contextmanager
+def _opened(app: App) -> Iterator[tuple[Path, Cache]]:
+    """The project's root and its build cache, closed after use."""
+    from buildsys.cache import Cache
+
+    root = app.load_project().root
+    c = Cache(root)
+    try:
+        yield root, c
+    finally:
+        c.close()

@@ -9,6 +9,7 @@ import click
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
 from buildsys.cli.build import shared_cache_options
+from buildsys.cli.planopts import prune_option
 from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 @deployments_option
 @click.option("-j", "--jobs", type=int, default=None, help="Steps run in parallel (default: CPU count).")
 @click.option("--no-cache", is_flag=True, help="Run every step, ignoring the cache.")
-@click.option("--prune", is_flag=True, help="Also delete resources this project owns but no longer declares.")
+@prune_option
 @affected_option
 @shared_cache_options
 @common_options

@@ -11,6 +11,7 @@ import click
 
 from buildsys.cli.affected import affected_option
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.planopts import full_option, prune_option
 from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
@@ -28,10 +29,10 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Save the plan (JSON) for `apply PLAN`.",
 )
-@click.option("--prune", is_flag=True, help="Delete resources this project owns but no longer declares.")
+@prune_option
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes (0 none, 1 error).")
 @deployments_option
-@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
+@full_option
 @affected_option
 @common_options
 @pass_app

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.planopts import full_option
 
 
 @click.command("show")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--full", is_flag=True, help="Show every value whole (long ones are cut at 160 characters otherwise).")
+@full_option
 @common_options
 @pass_app
 def show(app: App, plan_file: Path, full: bool) -> None:
