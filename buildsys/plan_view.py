@@ -161,7 +161,8 @@ def _mask_string(text: str, path: str) -> str:
         ),
         text,
     )
-    if masked == text and "{{" not in text and text and any(is_secret_name(k) for k in path.split(".")):
+    already = "(sensitive: " in text  # named by masked_change: the name says more than "value"
+    if masked == text and "{{" not in text and text and not already and any(is_secret_name(k) for k in path.split(".")):
         return "(sensitive value)"
     return mask_url_text(masked)
 

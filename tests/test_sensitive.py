@@ -39,6 +39,8 @@ def test_templating_plan_and_step_logs_agree(tmp_path: Path) -> None:
     for name in ["DB_PWD", "AUTH_HEADER", "AWS_ACCESS_KEY"]:
         assert show("literal", f"job_variables.env.{name}") == "(sensitive value)"
     assert show("eu-west-1", "job_variables.env.REGION") == '"eu-west-1"'
+    # an environment value a plan already named keeps its name under a secret-looking key
+    assert show("(sensitive: $DB_PWD)", "job_variables.env.DB_PWD") == "(sensitive: $DB_PWD)"
     lines: list[str] = []
     ctx = Context(root=tmp_path, cwd=tmp_path, emit=lines.append, secrets=set(scope.secrets))
     ctx.log(f"using {env['DB_PWD']} at https://ci:{env['AUTH_HEADER']}@git.example/r.git")

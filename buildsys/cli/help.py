@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import click
@@ -10,6 +11,8 @@ from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
     from buildsys.docs import Topic
+
+_COMMENT = re.compile(r"<!--.*-->")
 
 
 @click.command("help")
@@ -57,6 +60,8 @@ def _list(app: App, items: list[Topic], commands: list[str]) -> None:
 
 
 def _render(app: App, text: str) -> None:
+    # Lines that are whole HTML comments are notes for the docs' tests (how an example runs), not text.
+    text = "".join(line for line in text.splitlines(keepends=True) if not _COMMENT.fullmatch(line.strip()))
     if not app.use_color:
         app.echo(text.rstrip("\n"))
         return

@@ -45,6 +45,11 @@ def test_help_topic_prints_the_file_as_written_without_a_terminal(isolated: Path
     r = bs("help", "exit-codes", cwd=isolated)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (REPO / "buildsys" / "docs" / "exit-codes.md").read_text()
+    # the notes that say how an example is tested (tests/test_doc_examples.py) are not shown
+    text = (REPO / "buildsys" / "docs" / "plan-apply.md").read_text()
+    r = bs("help", "plan-apply", cwd=isolated)
+    assert "<!-- run in: the project above -->" in text and "<!--" not in r.stdout
+    assert r.stdout == "".join(line for line in text.splitlines(keepends=True) if not line.startswith("<!--"))
 
 
 def test_help_generated_topic_and_json(isolated: Path) -> None:

@@ -1,0 +1,2 @@
+def etl() -> None:
+    print("etl")
