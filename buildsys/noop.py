@@ -55,7 +55,18 @@ def environment_fingerprint() -> list[tuple[str, int]]:
 def code_stamp() -> str:
     """buildsys's own code: the size and modification time of every file of the package (its steps
     and schemas included), digested. Editing any of them (a development checkout, an upgrade in
-    place) changes it, so every cache keyed on it is rebuilt. ~0.4 ms: stat data, not contents."""
+    place) changes it, so every cache keyed on it is rebuilt. ~0.4 ms: stat data, not contents.
+    Taken once per process (the code running is the code this process loaded: a command asks
+    up to four times)."""
+    if not _code_stamp:
+        _code_stamp.append(_code_stamp_now())
+    return _code_stamp[0]
+
+
+_code_stamp: list[str] = []
+
+
+def _code_stamp_now() -> str:
     package = os.path.dirname(os.path.abspath(__file__))
     roots = [package]
     if not os.path.isdir(os.path.join(package, "steps")):  # a source checkout: steps/ and schemas/ beside it
@@ -347,16 +358,25 @@ def remove(path: str) -> None:
 
 
 def still_valid(path: str) -> list[str] | None:
-    """The step labels when nothing the build depended on moved, else None."""
+    """The step labels when nothing the build depended on moved, else None.
+
+    When the manifest records its steps (what `previous_build` needs), a changed file does not
+    stop the check: every file is checked (in two processes on a multi-core machine) and the
+    moved ones kept for `previous_build`, so the build that follows stats nothing again."""
+    _verified.pop(path, None)
     data = _read(path)
-    if data is None or data["racy"]:
+    if data is None:
         return None
     paths: list[str] = data["paths"]
     numbers: memoryview = data["stats"]
-    if len(numbers) != 4 * len(paths):
+    whole = bool(data["nodes"])  # previous_build can use what is found: check every file
+    if len(numbers) != 4 * len(paths) or (data["racy"] and not whole):
         return None
     if os.stat not in os.supports_dir_fd:
         return None  # (Windows) the engine decides
+    moved_dirs = _changed_dirs(data, first_only=True)
+    if (moved_dirs and not whole) or not _surroundings_unchanged(data):
+        return None  # (previous_build cannot help either: something besides input files moved)
     try:
         root = os.open(_root_of(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -367,28 +387,24 @@ def still_valid(path: str) -> list[str] | None:
         # (git preloads its index the same way, with threads; Python threads would queue on the
         # GIL). This process also stats the directories: the helper takes that many more files.
         split = (len(paths) - len(data["dirs"])) // 2 if len(paths) >= PARALLEL_FROM and _cpus() > 1 else len(paths)
-        helper = _start_helper(paths, numbers, split, root) if 0 < split < len(paths) else None
+        helper = _start_helper(paths, numbers, split, root, whole) if 0 < split < len(paths) else None
         if helper is None:
             split = len(paths)
-        _stopped.clear()
-        ok = _small_things_unchanged(data) and _files_unchanged(paths, numbers, 0, split, root)
-        # What this process saw unchanged, for previous_build when the build runs after all.
-        _verified[path] = (split if ok else _stopped[0]) if _stopped else 0
+        moved = _moved_files(paths, numbers, 0, split, root, whole)
+        covered = [(0, split)]
         if helper is not None:
-            ok, helper_stopped = _join_helper(helper, ok)
-            if _verified[path] == split and helper_stopped is not None:
-                _verified[path] = helper_stopped  # its part unchanged up to there too
+            theirs = _join_helper(helper, stop=bool(moved) and not whole)
+            if theirs is not None:
+                moved += theirs
+                covered.append((split, len(paths)))
     finally:
         os.close(root)
-    if not ok:
+    if whole:
+        _verified[path] = (data, set(moved), covered)
+    if moved or moved_dirs or data["racy"] or len(covered) != (1 if helper is None else 2):
         return None
     labels: list[str] = data["labels"]
     return labels
-
-
-def _small_things_unchanged(data: dict[str, Any]) -> bool:
-    """The scanned directories, the cache, the environment variables and installed packages."""
-    return not _changed_dirs(data, first_only=True) and _surroundings_unchanged(data)
 
 
 def _changed_dirs(data: dict[str, Any], *, first_only: bool = False) -> list[int]:
@@ -420,32 +436,36 @@ def _surroundings_unchanged(data: dict[str, Any]) -> bool:
     return bool(environment_fingerprint() == data["packages"])
 
 
-_verified: dict[str, int] = {}  # manifest -> how many of its first files this process found unchanged
-_stopped: list[int] = []  # where the last _files_unchanged stopped (the first changed file, or its end)
+# manifest -> what still_valid found, for the previous_build that follows in this process: (the
+# decoded manifest checked, indices of the files that moved, the index ranges checked)
+_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]]]] = {}
 
 
-def _files_unchanged(paths: list[str], numbers: memoryview, start: int, end: int, root: int) -> bool:
-    """paths[start:end] (relative to the directory `root`, or absolute) still have their stat data."""
+def _moved_files(paths: list[str], numbers: memoryview, start: int, end: int, root: int, whole: bool) -> list[int]:
+    """Indices of paths[start:end] (relative to the directory `root`, or absolute) whose stat data
+    moved; only the first unless `whole`."""
     stat = os.stat
     recorded = iter(numbers[4 * start : 4 * end])
-    _stopped[:] = [end]
-    for p, size, mtime, ctime, ino in zip(paths[start:end], recorded, recorded, recorded, recorded, strict=True):
+    out: list[int] = []
+    for i, p, size, mtime, ctime, ino in zip(range(start, end), paths[start:end], recorded, recorded, recorded, recorded, strict=True):
         try:
             st = stat(p, dir_fd=root)
         except OSError:
             if size != -1:
-                _stopped[:] = [paths.index(p, start)]  # only on the way out: no counter in the loop
-                return False
+                out.append(i)
+                if not whole:
+                    break
             continue
         if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
-            _stopped[:] = [paths.index(p, start)]
-            return False
-    return True
+            out.append(i)
+            if not whole:
+                break
+    return out
 
 
-def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int) -> tuple[int, int] | None:
-    """Fork a process that checks paths[start:] and answers through its exit status, and through
-    a pipe where it stopped (the first changed file, or the end): (its pid, the pipe's end)."""
+def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int, whole: bool) -> tuple[int, int] | None:
+    """Fork a process that checks paths[start:] and says through a pipe which moved (the first
+    only unless `whole`): (its pid, the pipe's end)."""
     if not hasattr(os, "fork"):
         return None
     try:
@@ -459,35 +479,41 @@ def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int) 
         os.close(fds[1])
         return None
     if pid == 0:  # the helper runs nothing of the parent's: no atexit, no buffered output
-        ok = False
         try:
             os.close(fds[0])
-            ok = _files_unchanged(paths, numbers, start, len(paths), root)
-            os.write(fds[1], str(_stopped[0]).encode())
+            said = (",".join(map(str, _moved_files(paths, numbers, start, len(paths), root, whole))) + ";").encode()
+            while said:
+                said = said[os.write(fds[1], said) :]
         finally:
-            os._exit(0 if ok else 1)
+            os._exit(0)
     os.close(fds[1])
     return pid, fds[0]
 
 
-def _join_helper(helper: tuple[int, int], ok: bool) -> tuple[bool, int | None]:
-    """The helper's answer combined with this process's, and where the helper stopped (None when
-    it did not say: it was stopped because the answer was already no, or failed)."""
+def _join_helper(helper: tuple[int, int], *, stop: bool) -> list[int] | None:
+    """The indices the helper found moved; None when it did not finish (`stop`: the answer is
+    already no and nothing more is wanted, so it is stopped) or failed."""
     pid, pipe = helper
-    if not ok:
+    if stop:
         try:  # noqa: SIM105 - contextlib is one more import on the no-op path
-            os.kill(pid, 9)  # the answer is already no: don't wait for the helper's half
+            os.kill(pid, 9)
         except OSError:
             pass
-    _, status = os.waitpid(pid, 0)
+    said = b""
     try:
-        said = os.read(pipe, 32)
+        while chunk := os.read(pipe, 65536):  # all of it before waiting: a long answer fills the pipe
+            said += chunk
     except OSError:
         said = b""
     finally:
         os.close(pipe)
-    stopped = int(said) if said.isdigit() else None
-    return ok and os.waitstatus_to_exitcode(status) == 0, stopped
+        os.waitpid(pid, 0)
+    if not said.endswith(b";"):
+        return None
+    try:
+        return [int(i) for i in said[:-1].split(b",")] if len(said) > 1 else []
+    except ValueError:
+        return None
 
 
 def _cpus() -> int:
@@ -562,18 +588,26 @@ def _previous(path: str) -> Previous | None:
     prefix = _root_of(path).rstrip(os.sep) + os.sep
     full = [p if p.startswith(os.sep) else prefix + p for p in paths]
     moved = set(data["racy"])
+    checked = _verified.pop(path, None)  # the no-op check, moments ago in this process
+    if checked is not None and checked[0] is data:
+        moved |= checked[1]
+        todo = [(0, len(full))]
+        for start, end in checked[2]:
+            todo = [part for a, b in todo for part in ((a, min(b, start)), (max(a, end), b)) if part[0] < part[1]]
+    else:
+        todo = [(0, len(full))]
     stat = os.stat
-    seen = _verified.get(path, 0)  # the no-op check, moments ago in this process, found these unchanged
-    recorded = iter(numbers[4 * seen :])
-    for i, p, size, mtime, ctime, ino in zip(range(seen, len(full)), full[seen:], recorded, recorded, recorded, recorded, strict=True):
-        try:
-            st = stat(p)
-        except OSError:
-            if size != -1:
+    for start, end in todo:
+        recorded = iter(numbers[4 * start : 4 * end])
+        for i, p, size, mtime, ctime, ino in zip(range(start, end), full[start:end], recorded, recorded, recorded, recorded, strict=True):
+            try:
+                st = stat(p)
+            except OSError:
+                if size != -1:
+                    moved.add(i)
+                continue
+            if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
                 moved.add(i)
-            continue
-        if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
-            moved.add(i)
     out = Previous()
     out.paths, out.numbers, out.moved, out.raw, out.manifest = full, numbers, moved, data["raw"], path
     moved_dirs = set(_changed_dirs(data))

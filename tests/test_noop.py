@@ -129,12 +129,16 @@ def test_unprovable_builds_leave_no_manifest(proj: Path) -> None:
     assert not manifest(proj).exists()
 
 
-@pytest.mark.parametrize("which", ["first", "last", "none"])
+# (a change the main process sees, in a manifest without steps: it stops there and stops the
+# helper; one the helper sees, with steps: both check every file; no change)
+@pytest.mark.parametrize(("which", "steps"), [("first", False), ("last", True), ("none", True)])
 def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
-    isolated: Path, which: str, monkeypatch: pytest.MonkeyPatch
+    isolated: Path, which: str, steps: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above PARALLEL_FROM files a forked helper checks the second half: a change in either half
-    (or a file gone) must still make the manifest invalid, and nothing is left running."""
+    (or a file gone) must still make the manifest invalid, and nothing is left running. When the
+    manifest records its steps, every file is checked and previous_build uses what was found: the
+    same answer as checking again on its own."""
     files = []
     for d in range(10):
         folder = isolated / f"d{d}"
@@ -144,6 +148,7 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
             f.write_text(f"{d}/{i}\n")
             age(f)
             files.append(str(f))
+    files.sort()
     helpers: list[int] = []
     fork = os.fork
 
@@ -156,18 +161,30 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
     monkeypatch.setattr(os, "fork", recorded_fork)
     cache = isolated / "cache.db"
     cache.write_text("")
-    path = str(isolated / "manifest")
-    assert noop.write_manifest(path, files=files, directories=[], env={}, labels=["a", "b"], cache=str(cache))
+    path = str(isolated / ".buildsys" / "noop" / "manifest")
+    half = len(files) // 2
+    nodes = [("a", "k1", files[:half], []), ("b", "k2", files[half:], [])] if steps else []
+    assert noop.write_manifest(path, files=files, directories=[], env={}, labels=["a", "b"], cache=str(cache), nodes=nodes)
     assert noop.still_valid(path) == ["a", "b"]
-    changed = {"first": Path(sorted(files)[0]), "last": Path(sorted(files)[-1])}.get(which)
+    changed = {"first": 0, "last": len(files) - 1}.get(which)
     if changed is not None:
-        before = changed.stat()
-        changed.write_text("changed\n")
-        os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))  # only size and ctime differ
+        f = Path(files[changed])
+        before = f.stat()
+        f.write_text("changed\n")
+        os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))  # only size and ctime differ
         assert noop.still_valid(path) is None
-        # previous_build re-checks only from the first changed file on, whichever process saw it
-        assert noop._verified[path] == (0 if which == "first" else len(files) - 1)
-        changed.unlink()
+        if steps:
+            found = noop._verified[path]
+            assert found[1] == {changed} and sum(end - start for start, end in found[2]) == len(files)
+            fast = noop.previous_build(path)
+            noop._decoded.clear()  # and again with nothing found beforehand: every file stat-ed here
+            slow = noop.previous_build(path)
+            assert fast is not None and slow is not None
+            assert (fast.moved, fast.changed, fast.keys) == (slow.moved, slow.changed, slow.keys) == (
+                {changed}, {"a" if which == "first" else "b"}, {"a": "k1", "b": "k2"})
+        else:
+            assert path not in noop._verified
+        f.unlink()
         assert noop.still_valid(path) is None
     else:
         assert noop.still_valid(path) == ["a", "b"]
