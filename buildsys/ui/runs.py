@@ -1,6 +1,7 @@
 """Flow runs: the filtered, paginated list; a run's page (state timeline, parameters, live logs);
-cancel, retry, a final state set by hand, and delete (after a confirmation page). Logs follow by long-poll: the page asks for the lines after the last one it
-shows, and the answer comes as soon as a line is written (or the run ends, or 20 s pass)."""
+cancel, retry, a final state set by hand, and delete (after a confirmation page). Logs follow by
+long-poll: the page asks for the lines after the last one it shows, and the answer comes as soon
+as a line is written (or the run ends, or 20 s pass)."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ async def runs_list(ui: Ui, request: Request, who: Viewer) -> Response:
         return "/runs?" + urlencode({**base, "page": page}, doseq=True)
 
     return ui.render(
-        request, who, "runs.html", runs=runs, f=f, deleted=request.query_params.get("deleted"), states=STATE_TYPES, windows=list(WINDOWS),
-        deployments=deployments, pools=pools,
+        request, who, "runs.html", runs=runs, f=f, states=STATE_TYPES, windows=list(WINDOWS),
+        deployments=deployments, pools=pools, deleted=request.query_params.get("deleted"),
         prev=link(f["page"] - 1) if f["page"] > 1 else None, next=link(f["page"] + 1) if more else None,
     )
 
@@ -126,8 +127,8 @@ async def run_page(ui: Ui, request: Request, who: Viewer, status: int = 200, **s
     run, lines, extra = await ui.sync(read)
     last = lines[-1].seq if lines else 0
     only = log_filter(request)
-    form = {"state": next(s for s in BY_HAND if s != run.state), "message": "", "force": False, "error": None, "hint": None}
-    form.update(shown)
+    form = {"state": next(s for s in BY_HAND if s != run.state), "message": "", "force": False, "error": None,
+            "hint": None, **shown}
     return ui.render(
         request, who, "run.html", status=status, run=run, lines=filtered_logs(lines, only), last=last,
         timeline=timeline(run), following=not run.is_terminal, more=len(lines) >= FIRST_LOG_LINES, only=only,

@@ -134,6 +134,7 @@ def test_cancel_a_running_run_change_its_state_and_delete_it(
     browser.get(f"{server.url}/runs/{run_id}")
     browser.find("#delete-run").click()
     assert "also deletes all its log lines" in browser.wait_text("#delete-what", "cannot be undone")
+    assert browser.unlabelled() == []
     browser.screenshot("run-delete-confirm")
     browser.submit("form[action$='/delete'] button")
     browser.wait_text("#deleted", "Deleted run")
