@@ -16,7 +16,7 @@ from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic, ProjectError
 from buildsys.model import Project, StepSpec
-from buildsys.templating import Placeholder, placeholders
+from buildsys.templating import Placeholder, placeholders, step_ids_hint
 
 
 @dataclass(frozen=True)
@@ -150,13 +150,11 @@ def _add_chain(
     stepdefs: Mapping[str, Any],
     problems: list[Diagnostic],
 ) -> list[str]:
-    ids = {s.id: s for s in steps if s.id}
-    keys: list[str] = []
-    by_id: dict[str, str] = {}
+    chain = _Chain(steps, {s.id: s for s in steps if s.id}, stepdefs, problems)
     scope: list[tuple[str, str]] = []
     cwd_from: str | None = None
     for i, spec in enumerate(steps):
-        deps = _deps(spec, i, steps, keys, by_id, ids, stepdefs, problems)
+        deps = chain.deps(spec, i)
         key = _node_key(spec, [graph_key for graph_key in deps])
         node = graph.nodes.get(key)
         if node is None:
@@ -172,85 +170,74 @@ def _add_chain(
             graph.nodes[key] = StepNode(
                 node.key, node.spec, node.deps, node.scope, node.cwd_from, (*node.deployments, dep_name)
             )
-        keys.append(key)
+        chain.keys.append(key)
         label = spec.id or spec.label
         scope.append((label, key))
         if spec.id:
-            by_id[spec.id] = key
+            chain.by_id[spec.id] = key
         sdef = stepdefs.get(spec.name)
         if sdef is not None and getattr(sdef, "sets_cwd", False):
             cwd_from = key
-    return keys
+    return chain.keys
 
 
-def _deps(
-    spec: StepSpec,
-    i: int,
-    steps: list[StepSpec],
-    keys: list[str],
-    by_id: Mapping[str, str],
-    ids: Mapping[str, StepSpec],
-    stepdefs: Mapping[str, Any],
-    problems: list[Diagnostic],
-) -> list[str]:
-    deps: list[str] = []
-    if spec.needs is not None:
-        for need in spec.needs:
-            if need in by_id:
-                deps.append(by_id[need])
-            else:
-                problems.append(_unknown_id(spec, need, ids, "needs", later=need in ids))
-    elif i > 0:
-        deps.append(keys[i - 1])
-    for ph in placeholders(spec.inputs):
-        if ph.kind != "output":
-            continue
-        target = _reference_target(ph, spec, steps[:i], keys, by_id, ids, stepdefs, problems)
-        if target is not None and target not in deps:
-            deps.append(target)
-    return deps
+@dataclass
+class _Chain:
+    """One chain of steps while its nodes are added: the keys so far, in order and by step id."""
 
+    steps: list[StepSpec]
+    ids: Mapping[str, StepSpec]  # every step id of the chain, earlier or later
+    stepdefs: Mapping[str, Any]
+    problems: list[Diagnostic]
+    keys: list[str] = field(default_factory=list)
+    by_id: dict[str, str] = field(default_factory=dict)
 
-def _reference_target(
-    ph: Placeholder,
-    spec: StepSpec,
-    earlier: list[StepSpec],
-    keys: list[str],
-    by_id: Mapping[str, str],
-    ids: Mapping[str, StepSpec],
-    stepdefs: Mapping[str, Any],
-    problems: list[Diagnostic],
-) -> str | None:
-    if ph.step_id is not None and ph.step_id in by_id:
-        return by_id[ph.step_id]
-    if ph.step_id is not None and ph.step_id in ids:
-        problems.append(_unknown_id(spec, ph.step_id, ids, ph.text, later=True))
+    def deps(self, spec: StepSpec, i: int) -> list[str]:
+        deps: list[str] = []
+        if spec.needs is not None:
+            for need in spec.needs:
+                if need in self.by_id:
+                    deps.append(self.by_id[need])
+                else:
+                    self.problems.append(_unknown_id(spec, need, self.ids, "needs", later=need in self.ids))
+        elif i > 0:
+            deps.append(self.keys[i - 1])
+        for ph in placeholders(spec.inputs):
+            if ph.kind != "output":
+                continue
+            target = self._reference_target(ph, spec, self.steps[:i])
+            if target is not None and target not in deps:
+                deps.append(target)
+        return deps
+
+    def _reference_target(self, ph: Placeholder, spec: StepSpec, earlier: list[StepSpec]) -> str | None:
+        by_id, ids, stepdefs, keys = self.by_id, self.ids, self.stepdefs, self.keys
+        if ph.step_id is not None and ph.step_id in by_id:
+            return by_id[ph.step_id]
+        if ph.step_id is not None and ph.step_id in ids:
+            self.problems.append(_unknown_id(spec, ph.step_id, ids, ph.text, later=True))
+            return None
+        head = str(ph.keypath[0]) if ph.keypath else ph.name
+        producers = [
+            keys[j]
+            for j, s in enumerate(earlier)
+            if head in getattr(stepdefs.get(s.name), "outputs", ()) or stepdefs.get(s.name) is None
+        ]
+        if producers:
+            return producers[-1]
+        if any(not getattr(stepdefs.get(s.name), "outputs", ()) for s in earlier):
+            return keys[-1] if keys else None  # an earlier step with undeclared outputs may provide it
+        self.problems.append(_unknown_id(spec, ph.step_id or head, ids, ph.text, later=False))
         return None
-    head = str(ph.keypath[0]) if ph.keypath else ph.name
-    producers = [
-        keys[j]
-        for j, s in enumerate(earlier)
-        if head in getattr(stepdefs.get(s.name), "outputs", ()) or stepdefs.get(s.name) is None
-    ]
-    if producers:
-        return producers[-1]
-    if any(not getattr(stepdefs.get(s.name), "outputs", ()) for s in earlier):
-        return keys[-1] if keys else None  # an earlier step with undeclared outputs may provide it
-    problems.append(_unknown_id(spec, ph.step_id or head, ids, ph.text, later=False))
-    return None
 
 
 def _unknown_id(spec: StepSpec, ref: str, ids: Mapping[str, StepSpec], what: str, *, later: bool) -> Diagnostic:
-    from buildsys.suggest import did_you_mean
-
-    known = sorted(ids)
     if later:
         message = f"{what} refers to step {ref!r}, which runs after this step"
         hint = "move the step, or reference an earlier one"
     else:
         message = f"{what} does not match any step output before this step"
-        guess = did_you_mean(ref, known)
-        hint = (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id")
+        hint = step_ids_hint(ref, ids)
     return Diagnostic("error", message, spec.location, spec.path, hint)
 
 

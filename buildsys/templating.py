@@ -264,64 +264,58 @@ class _Renderer:
         return bool(s.pending)
 
     def error(self, ph: Placeholder) -> TemplateError:
+        message, hint = self._problem(ph)
+        return TemplateError(message, location=self.location, path=self.path, hint=hint)
+
+    def _problem(self, ph: Placeholder) -> tuple[str, str | None]:
+        """What is wrong with a placeholder that has no value, and the hint: (message, hint)."""
         s = self.scope
         if ph.kind == "env":
-            return TemplateError(
+            return (
                 f"environment variable {ph.keypath[0]} is not set (used as {ph.text})",
-                location=self.location,
-                path=self.path,
-                hint=f"export {ph.keypath[0]}=… before running",
+                f"export {ph.keypath[0]}=… before running",
             )
         if ph.kind == "variable":
-            return TemplateError(
+            return (
                 f"variable {ph.name[18:]!r} is not defined (used as {ph.text})",
-                location=self.location,
-                path=self.path,
-                hint="declare it under `variables:` in the project file",
+                "declare it under `variables:` in the project file",
             )
         if ph.kind == "block":
-            return TemplateError(
+            return (
                 f"block {ph.name[15:]!r} was not found (used as {ph.text})",
-                location=self.location,
-                path=self.path,
-                hint="set BUILDSYS_BLOCK_<TYPE>_<NAME> in the environment (JSON or a plain value)",
+                "set BUILDSYS_BLOCK_<TYPE>_<NAME> in the environment (JSON or a plain value)",
             )
         ids = sorted(s.step_ids())
         if ph.step_id is not None and ph.step_id in s.step_ids():
             out = s.outputs.get(ph.step_id, {})
             keys = ", ".join(sorted(out)) if isinstance(out, Mapping) else ""
-            return TemplateError(
+            return (
                 f"{ph.text}: step {ph.step_id!r} has no output {'.'.join(map(str, ph.keypath[1:]))!r}",
-                location=self.location,
-                path=self.path,
-                hint=f"its outputs are: {keys}" if keys else None,
+                f"its outputs are: {keys}" if keys else None,
             )
         if ph.step_id is not None and s.ids is not None:
-            message, hint = unknown_step(ph.text, ph.step_id, ids)
-            return TemplateError(message, location=self.location, path=self.path, hint=hint)
-        from buildsys.suggest import did_you_mean
-
-        guess = did_you_mean(str(ph.keypath[0]) if ph.keypath else ph.name, ids)
-        return TemplateError(
-            f"{ph.text} does not match any step output",
-            location=self.location,
-            path=self.path,
-            hint=(guess + "; " if guess else "")
-            + (f"step ids here: {', '.join(ids)}" if ids else "no step here has an id"),
-        )
+            return unknown_step(ph.text, ph.step_id, ids)
+        ref = str(ph.keypath[0]) if ph.keypath else ph.name
+        return f"{ph.text} does not match any step output", step_ids_hint(ref, ids)
 
 
 def unknown_step(text: str, ref: str, ids: Iterable[str]) -> tuple[str, str]:
     """The one wording (message, hint) of a reference to a step id that does not exist, whichever
     command finds it: validate, plan, apply, deploy, build or the runtime."""
+    return (
+        f"{text} refers to step {ref!r}, which does not exist here (Prefect would silently drop the value)",
+        step_ids_hint(ref, ids),
+    )
+
+
+def step_ids_hint(ref: str, ids: Iterable[str]) -> str:
+    """The one hint for a reference that names no step (or no step's output): the closest id, if
+    one is close, and the ids there are."""
     from buildsys.suggest import did_you_mean
 
     known = sorted(ids)
     guess = did_you_mean(ref, known)
-    return (
-        f"{text} refers to step {ref!r}, which does not exist here (Prefect would silently drop the value)",
-        (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id"),
-    )
+    return (guess + "; " if guess else "") + (f"step ids here: {', '.join(known)}" if known else "no step here has an id")
 
 
 def _dig(data: Any, keypath: tuple[str | int, ...]) -> Any:
