@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar, cast
 from starlette.requests import Request
 
 from buildsys.errors import StateError
-from buildsys.server.inbound import run_blocking
+from buildsys.server.inbound import BlockingCalls
 from buildsys.store.base import EngineRecords, StateStore
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class ApiError(Exception):
 
 
 @dataclass
-class Services:
+class Services(BlockingCalls):
     store_: StateStore
     executor: ThreadPoolExecutor
     authenticator: TokenChecker | None = None
@@ -63,10 +63,6 @@ class Services:
 
     def __post_init__(self) -> None:
         self.store: DatabaseStore = database_store(self.store_)
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking store call (`server.inbound.run_blocking`) on this app's store threads."""
-        return await run_blocking(self.executor, fn, *args, **kwargs)
 
 
 @dataclass

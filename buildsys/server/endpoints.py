@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from buildsys.printable import printable_json
-from buildsys.server.inbound import Refused, run_blocking
+from buildsys.server.inbound import BlockingCalls, Refused
 from buildsys.store.base import StateStore
 
 T = TypeVar("T")
@@ -118,7 +118,7 @@ class Wakeup:
 
 
 @dataclass
-class Services:
+class Services(BlockingCalls):
     """What handlers share: the store, the threads that call it, and the wake-ups for long-polls
     and the scheduler."""
 
@@ -134,10 +134,6 @@ class Services:
     resources_changed: Wakeup = field(default_factory=Wakeup)
     pages: dict[Any, tuple[int, bytes]] = field(default_factory=dict)  # resource pages by serial
     cache: Any = None  # the shared cache's table (server.cachetable.CacheTable), if this server keeps one
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A blocking store call (`server.inbound.run_blocking`) on this app's store threads."""
-        return await run_blocking(self.executor, fn, *args, **kwargs)
 
 
 @dataclass

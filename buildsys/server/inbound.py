@@ -33,10 +33,15 @@ class Refused(Exception):
         self.message = message
 
 
-async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A blocking store call on the store's own threads, off the event loop (the SQL store keeps
-    one connection per thread, so the threads must live as long as the app)."""
-    return await asyncio.get_running_loop().run_in_executor(executor, partial(fn, *args, **kwargs))
+class BlockingCalls:
+    """What an app's services share: `run` a blocking store call on the app's own `executor`
+    threads, off the event loop (the SQL store keeps one connection per thread, so the threads
+    must live as long as the app)."""
+
+    executor: ThreadPoolExecutor
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
