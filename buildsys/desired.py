@@ -626,9 +626,15 @@ def _is_canonical(value: Any) -> bool:
     if kind is str or kind is int or kind is float or kind is bool or value is None or value is UNKNOWN:
         return True
     if kind is dict:
-        return all(type(k) is str and _is_canonical(v) for k, v in value.items())
+        for k, v in value.items():  # noqa: SIM110  # loops, not all(...): no generator per call on this hot path
+            if type(k) is not str or not _is_canonical(v):
+                return False
+        return True
     if kind is list:
-        return all(_is_canonical(v) for v in value)
+        for v in value:  # noqa: SIM110  # as above
+            if not _is_canonical(v):
+                return False
+        return True
     return False
 
 

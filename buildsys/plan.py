@@ -309,9 +309,15 @@ def _identical(a: Any, b: Any) -> bool:
     if ta is str:
         return UNKNOWN_TEXT not in a and UNKNOWN_TEXT not in b
     if ta is dict:
-        return all(_identical(v, b[k]) for k, v in a.items())
+        for k, v in a.items():  # noqa: SIM110  # loops, not all(...): no generator per call on this hot path
+            if not _identical(v, b[k]):
+                return False
+        return True
     if ta is list:
-        return all(_identical(x, y) for x, y in zip(a, b, strict=True))
+        for x, y in zip(a, b, strict=True):  # noqa: SIM110  # as above
+            if not _identical(x, y):
+                return False
+        return True
     return a is not UNKNOWN
 
 

@@ -148,7 +148,16 @@ class _Narrower:
         self, doc: Located, root: Path, problems: list[Diagnostic], file_exists: Callable[[str], bool] | None = None
     ) -> None:
         self.doc = doc
-        self.file_exists = file_exists or (lambda rel: (root / rel).is_file())
+        exists = file_exists or (lambda rel: (root / rel).is_file())
+        known: dict[str, bool] = {}  # many deployments name one flow file: ask once per file
+
+        def file_exists_once(rel: str) -> bool:
+            found = known.get(rel)
+            if found is None:
+                found = known[rel] = exists(rel)
+            return found
+
+        self.file_exists = file_exists_once
         self.data: dict[str, Any] = doc.value if isinstance(doc.value, dict) else {}
         self.root = root
         self.problems = problems

@@ -40,30 +40,42 @@ def value_problems(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
     """Every part of a JSON-like value the store cannot hold as it is, with its path: integers past
     64 bits, floats that are not finite (NaN never equals itself, so a plan would always differ),
     NUL characters (PostgreSQL refuses them) and lone surrogates (not encodable as UTF-8)."""
-    stack: list[tuple[Path_, Any]] = [(path, value)]
+    # A node's path is kept as a link (parent link, key) and made into a tuple only for a problem:
+    # a whole project is walked on every load and nearly every value is fine.
+    stack: list[tuple[Any, Any]] = [(None, value)]
     while stack:
-        at, item = stack.pop()
+        link, item = stack.pop()
         if isinstance(item, str):
-            problem = text_problem(item)
-            if problem:
-                yield at, problem
+            if "\x00" in item or not item.isascii():  # the only texts text_problem can refuse
+                problem = text_problem(item)
+                if problem:
+                    yield _path(path, link), problem
         elif isinstance(item, bool):
             continue
         elif isinstance(item, int):
             if not INT_RANGE[0] <= item <= INT_RANGE[1]:
                 shown = str(item) if len(str(item)) <= 24 else f"{str(item)[:20]}… ({len(str(item))} digits)"
-                yield at, f"the integer {shown} is out of range (stored integers are 64-bit: at most 2**63-1 in size)"
+                yield _path(path, link), f"the integer {shown} is out of range (stored integers are 64-bit: at most 2**63-1 in size)"
         elif isinstance(item, float):
             if not math.isfinite(item):
-                yield at, f"the number {item} cannot be stored (JSON has no NaN or infinity)"
+                yield _path(path, link), f"the number {item} cannot be stored (JSON has no NaN or infinity)"
         elif isinstance(item, dict):
             for key, child in reversed(item.items()):
-                key_problem = text_problem(key) if isinstance(key, str) else None
-                if key_problem:
-                    yield at, f"the key '{printable(key, one_line=True)}': {key_problem}"
-                stack.append(((*at, key), child))
+                if isinstance(key, str) and ("\x00" in key or not key.isascii()):
+                    key_problem = text_problem(key)
+                    if key_problem:
+                        yield _path(path, link), f"the key '{printable(key, one_line=True)}': {key_problem}"
+                stack.append(((link, key), child))
         elif isinstance(item, list | tuple):
-            stack.extend(((*at, i), child) for i, child in reversed(list(enumerate(item))))
+            stack.extend(((link, i), child) for i, child in reversed(list(enumerate(item))))
+
+
+def _path(prefix: Path_, link: Any) -> Path_:
+    keys: list[str | int] = []
+    while link is not None:
+        link, key = link
+        keys.append(key)
+    return (*prefix, *reversed(keys))
 
 
 def text_problem(text: str) -> str | None:

@@ -100,3 +100,13 @@ def test_the_store_refuses_unaddressable_names_and_unstorable_values(tmp_path: P
             "range (stored integers are 64-bit: at most 2**63-1 in size)"
         )
         assert store.serial() == 0
+
+
+def test_each_problem_has_its_full_path_in_document_order() -> None:
+    value = {"a": [1, {"b\x00": "ok", "c": ["x", float("inf")]}], "d": "\ud800", "e": {"f": [[2**64]]}}
+    assert [(at, problem.split(",")[0]) for at, problem in value_problems(value, ("top",))] == [
+        (("top", "a", 1), "the key 'b\\x00': the text holds a NUL character (\\x00)"),
+        (("top", "a", 1, "c", 1), "the number inf cannot be stored (JSON has no NaN or infinity)"),
+        (("top", "d"), "the text holds a lone surrogate (\\ud800-\\udfff)"),
+        (("top", "e", "f", 0, 0), "the integer 18446744073709551616 is out of range (stored integers are 64-bit: at most 2**63-1 in size)"),
+    ]
