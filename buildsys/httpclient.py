@@ -1,23 +1,39 @@
-"""httpx, without its command-line tool: import httpx from here.
+"""httpx, without its command-line tool and without trio: import httpx from here.
 
 httpx's `__init__` imports `httpx._main` (the `httpx` command: click, rich and pygments, ~0.3 s of
 CPU) whenever those are installed, and rich is a dependency of buildsys. buildsys only uses the
 client, so the first import here makes that one import fail as if they were missing (httpx then
 defines a stub `main`), and lets `httpx._main` be imported normally afterwards.
+
+httpcore (which httpx's transports import on first use) imports trio whenever it is installed
+(selenium and other tools bring it), only to know which async library it runs under: ~0.15 s of
+CPU. buildsys's clients are synchronous (or asyncio's), so httpcore is imported here with trio
+looking absent, unless trio is already loaded (then it costs nothing and is left to httpcore).
 """
 
 from __future__ import annotations
 
 import sys
 
-if "httpx" not in sys.modules:
-    sys.modules["httpx._main"] = None  # type: ignore[assignment]  # `from ._main import main` raises ImportError
-    try:
-        import httpx
-    finally:
-        if "httpx._main" in sys.modules and sys.modules["httpx._main"] is None:
-            del sys.modules["httpx._main"]
 
-import httpx as httpx  # re-exported
+def _import_without(names: tuple[str, ...], module: str) -> None:
+    """Import `module` while `names` (not yet imported) import as if they were not installed."""
+    hidden = [n for n in names if n not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import name` raises ImportError
+    try:
+        __import__(module)
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+if "httpx" not in sys.modules:
+    _import_without(("httpx._main",), "httpx")
+if "httpcore" not in sys.modules:
+    _import_without(("trio",), "httpcore")
+
+import httpx as httpx  # noqa: E402  # re-exported, after the guarded imports above
 
 __all__ = ["httpx"]

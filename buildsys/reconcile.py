@@ -96,7 +96,12 @@ def plan_project(
         project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project, env=env, variables=variables,
         only=only,
     )
-    serial, actual = snapshot(store)
+    scoped = stepwise(store)
+    if scoped is None:
+        serial, actual = snapshot(store)
+    else:  # no serial, no transactions: one read of what this project's plan can touch
+        names = [r.name for r in desired.resources if r.kind == "deployment"]
+        serial, actual = store.serial(), scoped.plan_resources(desired.owner, names)
     # the URL goes into plan files and CI logs: never with a password or token in it
     return compute(
         desired, actual, serial=serial, prune=prune, store=strip_credentials(store_url) if store_url else None,

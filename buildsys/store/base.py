@@ -8,7 +8,7 @@ workers are operational records with their own calls. Every record converts to a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -475,6 +475,12 @@ class StepwiseStore(Protocol):
     """
 
     def normalise(self, kind: str, spec: Mapping[str, Any], stored: Mapping[str, Any] | None) -> Mapping[str, Any]: ...
+
+    def plan_resources(self, owner: str, deployments: Collection[str]) -> list[Resource]:
+        """What a plan of project `owner` declaring `deployments` (names) is made against: every
+        pool and variable, and of the deployments only those it declares or owns (the other
+        projects' deployments on a shared server are not read: a plan never touches them)."""
+        ...
 
     def changed_since(self, before: Mapping[str, Any] | None, current: Resource | None) -> str | None:
         """Why a resource is no longer as a plan saw it (`before` = its spec then, None = absent);

@@ -10,7 +10,7 @@ written. Flow runs and logs are Prefect's own; Prefect's workers run them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -30,6 +30,9 @@ _READS = {
     "pool": ("variables", "work_pools", "work_queues"),
     "deployment": ("deployments", "flows", "automations"),
 }
+_COLLECTIONS = ("variables", "work_pools", "work_queues", "deployments", "flows", "automations")
+# only automations tagged as a deployment's trigger are read (the others are not buildsys's)
+_FILTERS: dict[str, Mapping[str, Any]] = {"automations": {"automations": {"tags": {"all_": [specs.TRIGGER_TAG]}}}}
 META = "_prefect"  # spec key holding Prefect's ids and `updated` stamp (never compared, never written)
 
 
@@ -56,10 +59,24 @@ class PrefectStore(PrefectRuns):
         """Everything of the kind(s), read with one listing per Prefect collection, in parallel."""
         if kind is not None and kind not in _READS:
             raise StateError(f"unknown resource kind {kind!r}", hint="one of: variable, pool, deployment")
-        wanted = [k for k in ("variables", "work_pools", "work_queues", "deployments", "flows", "automations")
-                  if kind is None or k in _READS[kind]]
+        return self._listing(kind, {})
+
+    def plan_resources(self, owner: str, deployments: Collection[str]) -> list[Resource]:
+        """Every pool and variable, and the deployments that are named `deployments` or carry
+        `owner`'s tag, with their flows and triggers: Prefect filters them, so a plan's reads do not
+        grow with the other projects on the server."""
+        names = sorted({name.partition("/")[2] for name in deployments})
+        mine: dict[str, Any] = {"operator": "or_", "tags": {"all_": specs.owner_tags(owner)}}
+        if names:
+            mine["name"] = {"any_": names}
+        listed = self._listing(None, {"deployments": {"deployments": mine}, "flows": {"deployments": mine}})
+        wanted = set(deployments)
+        return [r for r in listed if r.kind != "deployment" or r.name in wanted or r.owner == owner]
+
+    def _listing(self, kind: str | None, filters: Mapping[str, Mapping[str, Any]]) -> list[Resource]:
+        wanted = [k for k in _COLLECTIONS if kind is None or k in _READS[kind]]
         with ThreadPoolExecutor(len(wanted)) as pool:
-            jobs = {k: pool.submit(self._all, k) for k in wanted}
+            jobs = {k: pool.submit(self._all, k, filters.get(k, _FILTERS.get(k))) for k in wanted}
             got = {k: job.result() for k, job in jobs.items()}
         out: list[Resource] = []
         variables = got.get("variables", [])
@@ -72,8 +89,8 @@ class PrefectStore(PrefectRuns):
             out += self._deployments(got["deployments"], flows, got["automations"])
         return out
 
-    def _all(self, collection: str) -> list[Any]:
-        return list(self.api.pages(f"/{collection}/filter"))
+    def _all(self, collection: str, body: Mapping[str, Any] | None = None) -> list[Any]:
+        return list(self.api.pages(f"/{collection}/filter", body))
 
     def get_resource(self, kind: str, name: str) -> Resource | None:
         if kind == "variable":
@@ -94,7 +111,7 @@ class PrefectStore(PrefectRuns):
             except NotFoundError:
                 return None
             flows = {data["flow_id"]: flow}
-            return self._deployments([data], flows, list(self.api.pages("/automations/filter")))[0]
+            return self._deployments([data], flows, self._all("automations", _FILTERS["automations"]))[0]
         raise StateError(f"unknown resource kind {kind!r}", hint="one of: variable, pool, deployment")
 
     def _variable(self, v: Mapping[str, Any]) -> Resource:

@@ -88,7 +88,10 @@ def desired(project_file: Path, *, outputs: bool = False) -> DesiredState:
 
 
 def make_plan(store: PrefectStore, state: DesiredState, *, prune: bool = False, owner: str | None = None) -> Plan:
-    return plan(state, store.list_resources(), serial=store.serial(), prune=prune, owner=owner, stepwise=stepwise(store))
+    """As `plan_project` makes it: against what the project can touch (`plan_resources`)."""
+    names = [r.name for r in state.resources if r.kind == "deployment"]
+    actual = store.plan_resources(owner or state.owner, names)
+    return plan(state, actual, serial=store.serial(), prune=prune, owner=owner, stepwise=stepwise(store))
 
 
 def apply(store: PrefectStore, made: Plan) -> ApplyResult:

@@ -8,6 +8,7 @@ normal form, stepwise apply); a few tests run the real command line.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import pytest
 
 from buildsys.errors import ConflictError, NotFoundError
 from buildsys.reconcile import PartialApplyError, adopt, read_plan_file, write_plan_file
-from buildsys.store.base import COMPLETED
+from buildsys.store.base import COMPLETED, Resource
 from tests.conftest import CORPUS
 from tests.services.prefect import PrefectServer, prefect_env
 from tests.services.waiting import wait_for
@@ -210,6 +211,18 @@ def test_prune_deletes_only_owned_and_import_adopts(prefect_server: PrefectServe
         flow = api.post("/flows/", json={"name": f"{uid}-etl"}).json()
         hand = {"name": "by-hand", "flow_id": flow["id"], "work_pool_name": f"{uid}-pool", "description": "made in the UI"}
         assert api.post("/deployments/", json=hand).status_code == 201
+        # a plan reads the deployments its project declares or owns, not the rest of the server
+        declared = [f"{uid}-etl/nightly", f"{uid}-etl/by-hand"]
+
+        def seen(resources: list[Resource]) -> set[tuple[str, str, str | None]]:
+            return {(r.kind, r.name, r.owner) for r in resources if r.name.startswith(uid)}
+
+        full = seen(store.list_resources())
+        assert seen(store.plan_resources(f"{uid}-shop", declared)) == full
+        assert seen(store.plan_resources(f"{uid}-shop", [])) == {r for r in full if r[2] or r[0] != "deployment"}
+        assert seen(store.plan_resources(f"{uid}-other", declared[1:])) == {
+            r for r in full if r[0] != "deployment" or r[1] == declared[1]
+        }
 
         # the project now declares `by-hand` too, and renames `hourly` (so the old one is an orphan)
         by_hand = f"- name: by-hand\n            entrypoint: flows/etl.py:etl\n            work_pool: {{name: {uid}-pool}}\n            pull: []\n"
@@ -335,6 +348,22 @@ def test_saved_plan_applies_when_only_updated_moved(prefect_server: PrefectServe
         assert apply(store, saved).applied == 1
     finally:
         store.close()
+
+
+def test_the_store_imports_httpcore_without_trio() -> None:
+    """httpcore imports trio whenever it is installed, only to tell async libraries apart (~0.15 s
+    of a plan's CPU): buildsys's clients are synchronous, so buildsys.httpclient hides it."""
+    if importlib.util.find_spec("trio") is None:
+        pytest.skip("trio is not installed here")
+    probe = (
+        "import sys\nfrom buildsys.store.prefect import PrefectStore\n"
+        "PrefectStore('prefect+http://127.0.0.1:9/api').close()\n"
+        "import httpcore._synchronization as s\n"
+        "print('trio' in sys.modules, 'httpcore' in sys.modules, s.trio)\n"
+        "import trio\nprint('trio' in sys.modules)\n"  # still importable by whoever wants it
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True", "None", "True"], out.stderr
 
 
 # --- the command line: plan/apply, state show, worker, run with Prefect's own worker ----------
