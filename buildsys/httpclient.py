@@ -9,6 +9,9 @@ httpcore (which httpx's transports import on first use) imports trio whenever it
 (selenium and other tools bring it), only to know which async library it runs under: ~0.15 s of
 CPU. buildsys's clients are synchronous (or asyncio's), so httpcore is imported here with trio
 looking absent, unless trio is already loaded (then it costs nothing and is left to httpcore).
+Its package also imports its HTTP/2 connection classes (h2 and hpack, ~0.03 s) for their public
+names only: a connection imports them itself when HTTP/2 is negotiated, which still works, so they
+are left out of httpcore's first import too (`httpcore.HTTP2Connection` is then httpcore's stub).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def _import_without(names: tuple[str, ...], module: str) -> None:
 if "httpx" not in sys.modules:
     _import_without(("httpx._main",), "httpx")
 if "httpcore" not in sys.modules:
-    _import_without(("trio",), "httpcore")
+    _import_without(("trio", "httpcore._sync.http2", "httpcore._async.http2"), "httpcore")
 
 import httpx as httpx  # noqa: E402  # re-exported, after the guarded imports above
 
