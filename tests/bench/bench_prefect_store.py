@@ -157,10 +157,15 @@ def project(root: Path, tag: str, n: int, pool: str) -> Path:
     return root
 
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str], counter: Counter) -> tuple[float, int, int, float]:
+Run = tuple[float, int, int, float, float]  # wall s, requests, writes, CPU s, load average
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str], counter: Counter) -> Run:
     """(wall seconds, requests, writes, CPU seconds of the command: user + system, which a busy
-    machine inflates much less than wall time)."""
+    machine inflates much less than wall time, and the 1-minute load average when it started: on a
+    shared machine that says how far the wall time is to be trusted)."""
     counter.reset()
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
@@ -169,7 +174,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], counter: Counter) -> t
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return took, counter.requests, counter.writes, cpu
+    return took, counter.requests, counter.writes, cpu, load
 
 
 def main() -> None:
@@ -183,7 +188,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(tempfile.mkdtemp(prefix="bench-prefect-store-"))
     bindir = Path(sys.executable).parent
-    rows: dict[tuple[str, int, str], list[tuple[float, int, int, float]]] = {}
+    rows: dict[tuple[str, int, str], list[Run]] = {}
     try:
         with prefect_server(base) as upstream, counting_proxy(upstream) as (proxy, counter):
             api = f"{proxy}/api"
@@ -212,24 +217,29 @@ def main() -> None:
     report(rows, sizes)
 
 
-def report(rows: dict[tuple[str, int, str], list[tuple[float, int, int, float]]], sizes: list[int]) -> None:
-    def med(tool: str, n: int, phase: str) -> tuple[float, int, int, float]:
+def report(rows: dict[tuple[str, int, str], list[Run]], sizes: list[int]) -> None:
+    def med(tool: str, n: int, phase: str) -> tuple[float, int, int, float, float]:
         runs = rows[(tool, n, phase)]
         return (statistics.median(r[0] for r in runs), int(statistics.median(r[1] for r in runs)),
-                int(statistics.median(r[2] for r in runs)), statistics.median(r[3] for r in runs))
+                int(statistics.median(r[2] for r in runs)), statistics.median(r[3] for r in runs),
+                statistics.median(r[4] for r in runs))
 
-    print("| deployments | phase | buildsys s (CPU s) | requests | writes | prefect deploy --all s (CPU s) "
+    print("| deployments | phase | buildsys s (CPU s) | requests | writes | load | prefect deploy --all s (CPU s) "
           "| requests | writes | speed-up |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         for phase in ("first apply", "no-change"):
             b = med("buildsys", n, phase)
             if ("prefect", n, phase) not in rows:
-                print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | (not run) | | | |")
+                print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | {b[4]:.1f} | (not run) | | | |")
                 continue
             p = med("prefect", n, phase)
-            print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | {p[0]:.2f} ({p[3]:.2f}) | {p[1]} "
-                  f"| {p[2]} | {p[0] / b[0]:.1f}x |")
+            print(f"| {n} | {phase} | {b[0]:.2f} ({b[3]:.2f}) | {b[1]} | {b[2]} | {b[4]:.1f} | {p[0]:.2f} ({p[3]:.2f}) "
+                  f"| {p[1]} | {p[2]} | {p[0] / b[0]:.1f}x |")
+    for n in sizes:  # each run, so a reader sees the spread and the load behind a median
+        runs = rows[("buildsys", n, "no-change")]
+        print(f"buildsys no-change plan of {n}, each run (wall s / CPU s @ load): "
+              + ", ".join(f"{r[0]:.2f}/{r[3]:.2f} @ {r[4]:.1f}" for r in runs))
 
 
 if __name__ == "__main__":
