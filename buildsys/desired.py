@@ -667,6 +667,15 @@ def has_unknown(value: Any) -> bool:
     return False
 
 
+def known_later(value: Any) -> bool:
+    """A value known only when the run starts or after the build (a whole `{{ … }}` template, an
+    unbuilt output): its type cannot be checked now."""
+    if isinstance(value, str):
+        text = value.strip()
+        return text.startswith("{{") and text.endswith("}}")
+    return has_unknown(value)
+
+
 # --- from a project file (working tree or git revision) -----------------------------------------
 
 

@@ -34,6 +34,7 @@ def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: 
     """Every problem with `parameters` under `schema`. `partial`: a deployment's defaults, which
     need not name every required parameter (Prefect checks them with required ignored).
     Values that are still templates (resolved when the run starts) are not type-checked."""
+    from buildsys.desired import known_later
     from buildsys.suggest import did_you_mean
 
     names = list(schema.get("properties") or {})
@@ -56,7 +57,7 @@ def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: 
                 problems.append(
                     ParameterProblem("", f"Validation failed. Failure reason: {name!r} is a required property")
                 )
-    concrete = {k: v for k, v in parameters.items() if k in names and not _templated(v)}
+    concrete = {k: v for k, v in parameters.items() if k in names and not known_later(v)}
     key = json.dumps(schema, sort_keys=True, default=str)
     fast = _fast_check(key, schema)
     if fast is not None and fast(concrete):
@@ -159,13 +160,4 @@ def _prepared(schema: Mapping[str, Any]) -> dict[str, Any]:
     out.pop("required", None)
     return out
 
-
-def _templated(value: Any) -> bool:
-    """A value only known when the run starts (a block template, an unbuilt output)."""
-    from buildsys.desired import has_unknown
-
-    if isinstance(value, str):
-        text = value.strip()
-        return text.startswith("{{") and text.endswith("}}")
-    return has_unknown(value)
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from buildsys.desired import DesiredState, has_unknown
+from buildsys.desired import DesiredState, known_later
 from buildsys.errors import Diagnostic, ProjectError
 from buildsys.store.base import Resource
 
@@ -29,7 +28,7 @@ def job_variable_problems(desired: DesiredState, actual: Sequence[Resource]) -> 
         template = templates.get(pool) if isinstance(pool, str) else None
         if not variables or not isinstance(template, Mapping) or not isinstance(variables, Mapping):
             continue
-        concrete = {k: v for k, v in expand_dotted(variables).items() if not _templated(v)}
+        concrete = {k: v for k, v in expand_dotted(variables).items() if not known_later(v)}
         key = (str(pool), json.dumps(concrete, sort_keys=True, default=str))
         if key not in memo:  # thousands of deployments usually share a handful of variable sets
             memo[key] = check_job_variables(template, concrete, where="work_pool.job_variables")
@@ -76,13 +75,6 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
     if errors:
         raise ProjectError(errors)
     return found
-
-
-def _templated(value: Any) -> bool:
-    """A value only known at run time (or after the build): its type cannot be checked now."""
-    if isinstance(value, str):
-        return value.strip().startswith("{{") and value.strip().endswith("}}")
-    return has_unknown(value)
 
 
 def pool_warnings(desired: DesiredState, actual: Sequence[Resource]) -> list[str]:
