@@ -182,18 +182,22 @@ INSTALL = re.compile(r'^python -m pip install "\$\{BUILDSYS_PIP:\?set the (repos
 
 
 class Pipeline:
-    """Runs a CI file's shell steps for real, in order, in one project copy, the way a runner does:
-    in a fresh environment (`bin`: python and pip, no buildsys) the install step installs the wheel
-    named by BUILDSYS_PIP, and every later step runs the `buildsys` that installed; HOME is the test's
-    (the registry login writes into it). The install steps all read the same BUILDSYS_PIP, so the
-    first runs (a real pip install, dependencies resolved from the wheel's metadata and found
-    installed, nothing downloaded) and the later ones, on a runner that already has it, are not re-run."""
+    """Runs a CI file's jobs for real, the way runners do: each job in a fresh clone of `origin` at the
+    same path with a fresh HOME, the CI cache (`.buildsys/cache.db` only) restored before the steps
+    and saved after them when the job saves it, and its shell steps in order. buildsys comes from the
+    job's own install step: in a fresh environment (`bin_dir`: python and pip, no buildsys) it
+    installs the wheel named by BUILDSYS_PIP, and every later step runs the `buildsys` it installed.
+    The install steps all read the same BUILDSYS_PIP, so the first runs (a real pip install,
+    dependencies resolved from the wheel's metadata and found installed, nothing downloaded) and the
+    later ones, on a runner that already has it, are not re-run."""
 
-    def __init__(self, tmp_path: Path, project: Path, bin_dir: Path, wheel: Path) -> None:
-        self.project = project
+    def __init__(self, tmp_path: Path, origin: Path, bin_dir: Path, wheel: Path) -> None:
+        self.origin = origin
+        self.project = tmp_path / "runner" / "work" / "project"  # one path, as on a CI runner
+        self.home = tmp_path / "runner" / "home"
+        self.cache = tmp_path / "ci-cache"
+        self.cache.mkdir()
         self.bin_dir = bin_dir
-        self.home = tmp_path / "home"
-        self.home.mkdir(exist_ok=True)
         dev = str(Path(sys.executable).parent)  # the repository's editable buildsys is not on PATH
         path = os.pathsep.join([str(bin_dir), *(p for p in os.environ["PATH"].split(os.pathsep) if p != dev)])
         self.env = {**os.environ, "PATH": path, "NO_COLOR": "1", "HOME": str(self.home), "BUILDSYS_PIP": str(wheel),
@@ -201,17 +205,36 @@ class Pipeline:
         self.env.pop("PYTHONPATH", None)
         self.installed = False
 
-    def run(self, scripts: list[str], **env: str) -> None:
+    def job(self, ref: str, scripts: list[str], *, saves_cache: bool, **env: str) -> str:
+        """Check out `ref`, restore the cache, run `scripts`, save the cache; what the steps printed."""
+        for folder in (self.project, self.home):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.home.mkdir(parents=True)
+        subprocess.run(["git", "clone", "-q", "--branch", ref, str(self.origin), str(self.project)], check=True,
+                       capture_output=True, timeout=60)
+        cached = self.cache / "cache.db"
+        if cached.exists():
+            (self.project / ".buildsys").mkdir()
+            shutil.copy2(cached, self.project / ".buildsys" / "cache.db")
+        printed = self.run(scripts, **env)
+        if saves_cache and (self.project / ".buildsys" / "cache.db").exists():
+            shutil.copy2(self.project / ".buildsys" / "cache.db", cached)
+        return printed
+
+    def run(self, scripts: list[str], **env: str) -> str:
+        printed = []
         for script in scripts:
             if INSTALL.match(script) and self.installed:
                 continue
             done = subprocess.run(["bash", "-e", "-c", script], cwd=self.project, capture_output=True, text=True,
                                   env={**self.env, **env}, timeout=120)
             assert done.returncode == 0, (script, done.stdout, done.stderr)
+            printed.append(done.stdout + done.stderr)
             if INSTALL.match(script):
                 assert "Successfully installed buildsys-" in done.stdout, done.stdout
                 self.installed = True
                 self.check_installed()
+        return "".join(printed)
 
     def check_installed(self) -> None:
         """`buildsys` is the installed wheel's console script, running the installed package."""
@@ -272,8 +295,8 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path, bu
     assert pushes == ["buildsys push --explain ${BUILDSYS_CACHE:+--cache-write}"] * 2  # main writes the shared cache
 
     # A repository with an origin holding main, and a pull request branch that changes one deployment.
-    bin_dir = buildsys_wheel.new_venv(tmp_path / "runner")
-    pipeline = Pipeline(tmp_path, copy_example("local-process", tmp_path), bin_dir, buildsys_wheel.wheel)
+    bin_dir = buildsys_wheel.new_venv(tmp_path / "python")
+    pipeline = Pipeline(tmp_path, tmp_path / "origin.git", bin_dir, buildsys_wheel.wheel)
     server_db = tmp_path / "server.db"
     tokens = TokenStore(database_for(str(server_db)))
     read_token, apply_token = tokens.create("read")[1], tokens.create("apply")[1]
@@ -285,39 +308,43 @@ def test_ci_pipelines_plan_on_pull_requests_and_apply_on_main(tmp_path: Path, bu
 
 def _run_the_history(tmp_path: Path, pipeline: Pipeline, jobs: dict[str, Any], plan: dict[str, Any],
                      apply: dict[str, Any], read_token: str, apply_token: str) -> None:
-    project = pipeline.project
+    checkout = copy_example("local-process", tmp_path)  # the developer's
 
     def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, timeout=60)
+        subprocess.run(["git", *args], cwd=checkout, check=True, capture_output=True, timeout=60)
 
     git("init", "-q", "-b", "main")
     git("add", "-A")
     git("commit", "-q", "-m", "base")
-    git("init", "-q", "--bare", str(tmp_path / "origin.git"))
-    git("remote", "add", "origin", str(tmp_path / "origin.git"))
+    git("init", "-q", "--bare", str(pipeline.origin))
+    git("remote", "add", "origin", str(pipeline.origin))
     git("push", "-q", "origin", "main")
     git("checkout", "-q", "-b", "feature")
-    text = (project / "prefect.yaml").read_text()
-    (project / "prefect.yaml").write_text(text.replace("description: Prints a greeting.", "description: Says hello."))
+    text = (checkout / "prefect.yaml").read_text()
+    (checkout / "prefect.yaml").write_text(text.replace("description: Prints a greeting.", "description: Says hello."))
     git("commit", "-q", "-am", "a new description")
+    git("push", "-q", "origin", "feature")
 
-    def github(job: str, token: str) -> dict[str, str]:
+    def github(job: str, ref: str, token: str) -> tuple[dict[str, str], str]:
         outputs = tmp_path / f"{job}.out"
         outputs.write_text("")
-        pipeline.run([s["run"] for s in jobs[job]["steps"] if "run" in s], GITHUB_OUTPUT=str(outputs),
-                     GITHUB_BASE_REF="main", BUILDSYS_TOKEN=token)
-        return dict(line.split("=", 1) for line in outputs.read_text().splitlines())
+        steps = jobs[job]["steps"]
+        saves = any(s.get("uses", "").split("@")[0] == "actions/cache" for s in steps)  # not cache/restore
+        printed = pipeline.job(ref, [s["run"] for s in steps if "run" in s], saves_cache=saves,
+                               GITHUB_OUTPUT=str(outputs), GITHUB_BASE_REF="main", BUILDSYS_TOKEN=token)
+        return dict(line.split("=", 1) for line in outputs.read_text().splitlines()), printed
 
-    def gitlab_job(job: dict[str, Any], token: str) -> None:
-        (project / "plan.env").unlink(missing_ok=True)
-        pipeline.run([*job["before_script"], *job["script"]], BUILDSYS_TOKEN=token, CI_REGISTRY="registry.example.com:5050",
-                     CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret",
-                     CI_MERGE_REQUEST_TARGET_BRANCH_NAME="main")
+    def gitlab_job(job: dict[str, Any], token: str) -> str:
+        return pipeline.job("main", [*job["before_script"], *job["script"]], saves_cache=job["cache"]["when"] == "always",
+                            BUILDSYS_TOKEN=token, CI_REGISTRY="registry.example.com:5050",
+                            CI_REGISTRY_USER="gitlab-ci-token", CI_REGISTRY_PASSWORD="s3cret",
+                            CI_MERGE_REQUEST_TARGET_BRANCH_NAME="main")
 
-    git("fetch", "-q", "origin")  # what actions/checkout does with fetch-depth: 0
-    assert github("plan", read_token) == {"changes": "true"}
-    said = (project / "plan.txt").read_text()
-    assert 'description: "Says hello."' in said and "Plan: 2 to add, 0 to change, 0 to destroy." in said
+    project = pipeline.project
+    said, printed = github("plan", "feature", read_token)  # the clone has origin/main: fetch-depth 0
+    assert said == {"changes": "true"}
+    said_plan = (project / "plan.txt").read_text()
+    assert 'description: "Says hello."' in said_plan and "Plan: 2 to add, 0 to change, 0 to destroy." in said_plan
     assert "Affected since origin/main" in (project / "plan.err").read_text()
     assert json.loads((project / "plan.json").read_text())["summary"] == {"add": 2, "change": 0, "destroy": 0}
     git("checkout", "-q", "main")  # merged
@@ -325,15 +352,19 @@ def _run_the_history(tmp_path: Path, pipeline: Pipeline, jobs: dict[str, Any], p
     git("push", "-q", "origin", "main")
     unreachable = {"BUILDSYS_CACHE": "http://127.0.0.1:9", "BUILDSYS_CACHE_KEY": "k" * 32}
     pipeline.env.update(unreachable)  # main writes to the shared cache (down here: a warning, not a failure)
-    gitlab_job(apply, apply_token)
+    printed = gitlab_job(apply, apply_token)
     for name in unreachable:
         del pipeline.env[name]
+    assert re.search(r"^▶ version\b.*no previous run", printed, re.M), printed  # nothing cached yet
     auths = json.loads((pipeline.home / ".docker" / "config.json").read_text())["auths"]
     assert auths == {"registry.example.com:5050": {"auth": "Z2l0bGFiLWNpLXRva2VuOnMzY3JldA=="}}  # user:password
     gitlab_job(plan, read_token)
     assert (project / "plan.env").read_text() == "CHANGES=false\n"
     assert "No changes." in (project / "plan.txt").read_text()
-    assert github("apply", apply_token) == {}
+    said, printed = github("apply", "main", apply_token)
+    assert said == {}
+    # a fresh clone, a fresh HOME and only .buildsys/cache.db from the CI cache: the step is not run again
+    assert re.search(r"^= version\s+cached", printed, re.M), printed
 
 
 @pytest.mark.parametrize("where", ["github", "gitlab"])
