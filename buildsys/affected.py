@@ -102,15 +102,16 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
     from buildsys.revision import default_base, open_revision, resolve_commit
 
     now_rev = open_revision(project_file)  # first: its repository's top directory serves the others
+    repo_root = now_rev.repo_root if now_rev.commit else None  # else each finds (and explains) it again
     if base:
-        base_ref, said, commit = base, base, resolve_commit(project_file, base, repo_root=now_rev.repo_root)
+        base_ref, said, commit = base, base, resolve_commit(project_file, base, repo_root=repo_root)
     else:
-        commit, branch = default_base(project_file, repo_root=now_rev.repo_root)
+        commit, branch = default_base(project_file, repo_root=repo_root)
         base_ref, said = commit, f"the merge base with {branch}"
     environ = dict(os.environ if env is None else env)
     now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
     then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
-                     repo_root=now_rev.repo_root)
+                     repo_root=repo_root)
     now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
     now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
     steps = compare_steps(then.keys, now_keys, base_ref, then.problem)

@@ -27,6 +27,10 @@ class RevisionError(BuildsysError):
     """A git revision or a file in it cannot be read."""
 
 
+class RepositoryRefused(RevisionError):
+    """git will not read the repository (a checkout owned by another user: `safe.directory`)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """A file of a revision's tree, as `git ls-tree -r -l` lists it."""
@@ -152,9 +156,18 @@ def _toplevel(directory: Path) -> Path | None:
     """The working tree's top directory of the repository holding `directory`; None outside one."""
     if not _maybe_in_git(directory):
         return None
-    code, out, _ = _run(directory, "rev-parse", "--show-toplevel")
+    code, out, err = _run(directory, "rev-parse", "--show-toplevel")
     text = out.decode("utf-8", "surrogateescape").strip()
-    return Path(text).resolve() if code == 0 and text else None
+    if code == 0 and text:
+        return Path(text).resolve()
+    if "not a git repository" in err or "must be run in a work tree" in err:  # none, or a bare one
+        return None
+    lines = err.splitlines()
+    raise RepositoryRefused(  # e.g. a checkout owned by another user (git's safe.directory)
+        f"git cannot read the repository holding {directory}: {lines[0].removeprefix('fatal: ') if lines else code}",
+        hint=next((line.strip() for line in lines if "safe.directory" in line and "git config" in line),
+                  "run `git status` there to see what git says"),
+    )
 
 
 def _commits(repo_root: Path, names: Sequence[str]) -> list[str | None]:
@@ -300,7 +313,12 @@ def _tree(repo_root: Path, commit: str) -> dict[str, Entry]:
 def open_revision(project_file: Path, ref: str | None = None) -> Revision:
     """The project at `ref` (a commit, branch or tag), or the working tree when ref is None."""
     file = project_file.resolve()
-    repo_root = _toplevel(file.parent)
+    try:
+        repo_root = _toplevel(file.parent)
+    except RepositoryRefused:
+        if ref is not None:
+            raise
+        return _unreadable(project_file)
     if repo_root is None:
         if ref is not None:
             raise RevisionError(
@@ -356,6 +374,18 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
         _tree=tree,
         _objects=objects,
     )
+
+
+def _unreadable(project_file: Path) -> Revision:
+    """The working tree of a repository git refuses to read: its top directory (where `.git` is),
+    no commit, dirty, no remote — what a plan recorded for such a checkout before buildsys asked
+    git itself (GitPython found the directory, and every git command it ran failed)."""
+    file = project_file.resolve()
+    top = next((d for d in (file.parent, *file.parent.parents) if os.path.lexists(d / ".git")), None)
+    if top is None:
+        return Revision(file=project_file, root=file.parent, text=None)
+    return Revision(file=project_file, root=file.parent, text=None, commit=None, dirty=True, repo_root=top,
+                    file_in_repo=file.relative_to(top).as_posix())
 
 
 def strip_credentials(url: str) -> str:

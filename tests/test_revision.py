@@ -130,3 +130,26 @@ def test_no_git_process_outside_a_repository(tmp_path: Path, monkeypatch: pytest
         pytest.skip("the temporary directory is inside a git repository")
     rev = open_revision(tmp_path / "prefect.yaml")
     assert (rev.commit, rev.repo_root, rev.dirty) == (None, None, False)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs to give the checkout to another user")
+def test_a_repository_git_refuses_to_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "co").mkdir()
+    file = repo(tmp_path / "co", {"prefect.yaml": "name: x\n"})
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "no-global-config"))  # no safe.directory exceptions
+    for path in (tmp_path / "co", *(tmp_path / "co").rglob("*")):
+        os.lchown(path, 12345, 12345)
+    # a plan goes on as before git was asked directly: the checkout, no commit, dirty, no remote
+    rev = open_revision(file)
+    assert (rev.repo_root, rev.file_in_repo, rev.commit, rev.dirty, rev.remote_url) == (
+        (tmp_path / "co").resolve(), "prefect.yaml", None, True, None)
+    from buildsys.affected import affected
+
+    for call in (lambda: open_revision(file, "HEAD"), lambda: affected(file, "HEAD"), lambda: affected(file)):
+        with pytest.raises(RevisionError, match=r"git cannot read the repository holding .*dubious ownership") as caught:
+            call()
+        assert "safe.directory" in (caught.value.hint or "")
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "init", "-q", "--bare", str(bare))
+    (bare / "prefect.yaml").write_text("name: x\n")
+    assert open_revision(bare / "prefect.yaml").repo_root is None  # a bare repository has no working tree
