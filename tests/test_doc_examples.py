@@ -15,15 +15,19 @@ or why it is not run here:
 ``the project above`` is the nearest ``yaml`` block above the example, written as ``prefect.yaml``.
 A command is a ``$ `` line of a console block (the lines under it, up to the next ``$ ``, are what it
 prints: each must appear in its output, in order; ``…`` or ``...`` stand for anything, durations
-may differ) or a line of a sh/bash block. An example's commands run in one bash session (a ``cd`` or
-an ``export`` holds for the next ones) in the prepared folder, with the repository's ``buildsys``
-first on PATH, a temp HOME and no store configured.
+may differ) or a line of a sh/bash block. An example's commands run as at one terminal (a ``cd`` or
+an ``export`` holds for the next ones) in the prepared folder, a plain ``buildsys ARGS`` in this
+process, anything else in bash with the repository's ``buildsys`` first on PATH; a temp HOME and
+no store configured.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from buildsys.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SHELL_LANGUAGES = {"console", "sh", "bash", "shell"}
@@ -181,23 +187,48 @@ def shell_env() -> dict[str, str]:
             "GIT_CONFIG_GLOBAL": os.devnull}
 
 
-_END = "@@doc-example-exit"
+_SHELL = re.compile(r"[|&;<>()`$*?~]")  # a word with any of these is left to bash
 
 
-def run_session(scripts: list[str], cwd: Path) -> list[tuple[int, str]]:
-    """Run `scripts` one after the other in one bash, as typed at a terminal (a `cd` or an `export`
-    holds for the next ones): each one's exit status and what it printed (stdout and stderr)."""
-    session = "".join(f"{script}\nprintf '\\n{_END} %s@@\\n' \"$?\"\n" for script in scripts)
-    done = subprocess.run(["bash"], input=session, cwd=cwd, env=shell_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300)
-    results = []
-    rest = done.stdout
-    for _ in scripts:
-        printed, found, rest = rest.partition(f"\n{_END} ")
-        assert found, f"the session stopped early (bash exited {done.returncode}):\n{printed}"
-        code, _, rest = rest.partition("@@\n")
-        results.append((int(code), printed))
-    return results
+class Session:
+    """Commands as typed at one terminal: `export NAME=VALUE` and `cd DIR` hold for the next ones; a
+    plain `buildsys ARGS` runs in this process (the CLI's own entry point, stdout and stderr into
+    one buffer as on a terminal: cheaper than a process each); anything else runs in bash."""
+
+    def __init__(self, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.monkeypatch = monkeypatch
+        monkeypatch.chdir(cwd)
+
+    def run(self, text: str) -> tuple[int, str]:
+        try:
+            words = shlex.split(text, comments=True)
+        except ValueError:
+            words = []
+        plain = bool(words) and not any(_SHELL.search(word) for word in words[1:])
+        if plain and words[0] == "export" and all(re.fullmatch(r"[A-Za-z_]\w*=.*", w) for w in words[1:]):
+            for word in words[1:]:
+                name, _, value = word.partition("=")
+                self.monkeypatch.setenv(name, value)
+            return 0, ""
+        if plain and words[0] == "cd" and len(words) == 2:
+            self.monkeypatch.chdir(Path(words[1]))
+            return 0, ""
+        if plain and words[0] == "buildsys":
+            return self._buildsys(words[1:])
+        done = subprocess.run(["bash", "-c", text], cwd=Path.cwd(), env=shell_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=120)
+        return done.returncode, done.stdout
+
+    @staticmethod
+    def _buildsys(args: list[str]) -> tuple[int, str]:
+        printed = io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            try:
+                main(args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, printed.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,17 +270,16 @@ RUNNABLE = [e for e in every_example() if "run in" in e.notes]
 
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=[e.id for e in RUNNABLE])
-def test_example_runs_as_written(example: Example, tmp_path: Path) -> None:
+def test_example_runs_as_written(example: Example, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert problems_of(example) == []
-    project = prepare(example, tmp_path / "project")
-    commands = example.commands()
-    first = [example.notes["first"]] if "first" in example.notes else []
-    results = run_session([*first, *(c.text for c in commands)], project)
-    if first:
-        code, printed = results.pop(0)
+    session = Session(prepare(example, tmp_path / "project"), monkeypatch)
+    if "first" in example.notes:
+        code, printed = session.run(example.notes["first"])
         assert code == 0, f"{example.id}: its first: exited {code}:\n{printed}"
+    commands = example.commands()
     codes = [int(c) for c in example.notes.get("exit codes", "").split()] or [0] * len(commands)
-    for command, want, (code, printed) in zip(commands, codes, results, strict=True):
+    for command, want in zip(commands, codes, strict=True):
+        code, printed = session.run(command.text)
         assert code == want, f"{example.id}: `{command.text}` exited {code}, not {want}:\n{printed}"
         missing = unmatched(command.prints, printed)
         assert missing == [], f"{example.id}: `{command.text}` did not print these lines:\n" + "\n".join(
