@@ -4,7 +4,7 @@ Gives the project file's text, a reader for other files at the same revision (en
 commit, whether the working tree is dirty, and the repository facts the project identity needs.
 
 Everything is asked of `git` itself, a few plumbing commands per question (`rev-parse`, `status
---porcelain=v2`, `config`, `ls-tree`, one `cat-file --batch` for a revision's files): no library
+--porcelain=v2`, `config`, `ls-tree -r`, one `cat-file --batch` for a revision's files): no library
 to import and no extra `git` processes (`plan` and `--affected` run these on every call, so their
 start-up is on every CI job's path).
 """
@@ -33,12 +33,11 @@ class RepositoryRefused(RevisionError):
 
 @dataclass(frozen=True)
 class Entry:
-    """A file of a revision's tree, as `git ls-tree -r -l` lists it."""
+    """A file of a revision's tree, as `git ls-tree -r` lists it."""
 
     mode: int
     type: str  # blob, commit (a submodule)
     oid: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -95,11 +94,12 @@ class Revision:
             return None
         if blob.mode & 0o170000 != 0o100000:
             raise UnreadableFile(f"entrypoint file {relpath} is not a regular file at {self.ref}")
-        if blob.size > ENTRYPOINT_FILE_LIMIT:
+        objects: _Objects = self._objects
+        size, data = objects.read(blob.oid, limit=ENTRYPOINT_FILE_LIMIT)
+        if data is None:
             raise UnreadableFile(
-                f"entrypoint file {relpath} is {blob.size:,} bytes at {self.ref}; the limit is {ENTRYPOINT_FILE_LIMIT:,}"
+                f"entrypoint file {relpath} is {size:,} bytes at {self.ref}; the limit is {ENTRYPOINT_FILE_LIMIT:,}"
             )
-        data: bytes = self._objects.read(blob.oid)
         return data
 
     def _blob(self, relpath: str) -> Entry | None:
@@ -252,7 +252,9 @@ class _Objects:
         self.repo_root = repo_root
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def read(self, oid: str) -> bytes:
+    def read(self, oid: str, limit: int | None = None) -> tuple[int, bytes | None]:
+        """(the object's size, its bytes — None when it is larger than `limit`: then it is read
+        and dropped in pieces, never held)."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = _start(self.repo_root, ["cat-file", "--batch"], stdin=True)
         stdin, stdout = self.proc.stdin, self.proc.stdout
@@ -262,9 +264,10 @@ class _Objects:
         header = stdout.readline().decode("utf-8", "replace").split()
         if len(header) != 3:
             raise RevisionError(f"cannot read object {oid} of the repository at {self.repo_root}")
-        data = _read_exactly(stdout, int(header[2]))
+        size = int(header[2])
+        data = _read_exactly(stdout, size, keep=limit is None or size <= limit)
         stdout.read(1)  # the newline after each object
-        return data
+        return size, data
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
@@ -280,21 +283,23 @@ class _Objects:
             proc.wait()
 
 
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+def _read_exactly(stream: IO[bytes], size: int, *, keep: bool = True) -> bytes | None:
     chunks: list[bytes] = []
     left = size
     while left:
-        chunk = stream.read(left)
+        chunk = stream.read(min(left, 1 << 20))
         if not chunk:
             raise RevisionError("git cat-file stopped in the middle of an object")
-        chunks.append(chunk)
+        if keep:
+            chunks.append(chunk)
         left -= len(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks) if keep else None
 
 
 def _tree(repo_root: Path, commit: str) -> dict[str, Entry]:
-    """Every file of the commit's tree (submodules as `commit` entries): one `git ls-tree -r -l`."""
-    code, out, err = _run(repo_root, "ls-tree", "-r", "-l", "-z", "--full-tree", commit)
+    """Every file of the commit's tree (submodules as `commit` entries): one `git ls-tree -r` (trees
+    only are read: no `-l`, whose sizes cost a look at every blob of a large repository)."""
+    code, out, err = _run(repo_root, "ls-tree", "-r", "-z", "--full-tree", commit)
     if code != 0:
         raise RevisionError(f"cannot list the files of commit {commit[:12]}: {err}")
     entries: dict[str, Entry] = {}
@@ -302,8 +307,8 @@ def _tree(repo_root: Path, commit: str) -> dict[str, Entry]:
         if not record:
             continue
         meta, path = record.split("\t", 1)
-        mode, kind, oid, size = meta.split()
-        entries[path] = Entry(int(mode, 8), kind, oid, int(size) if size.isdigit() else 0)
+        mode, kind, oid = meta.split()
+        entries[path] = Entry(int(mode, 8), kind, oid)
     return entries
 
 
@@ -357,7 +362,7 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
         )
     objects = _Objects(repo_root)
     try:
-        text = objects.read(entry.oid).decode("utf-8")
+        text = (objects.read(entry.oid)[1] or b"").decode("utf-8")
     except BaseException:
         objects.close()
         raise

@@ -68,7 +68,9 @@ def test_remote_url_is_origin_rewritten_as_git_does_without_credentials(tmp_path
     assert git(tmp_path, "remote", "get-url", "origin") == "https://bot:secret@github.com/acme/flows.git"
 
 
-def test_ref_reads_files_of_the_commit_and_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+def test_ref_reads_files_of_the_commit_and_refuses_what_is_not_a_regular_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     file = repo(tmp_path, {"prefect.yaml": "name: x\n", "proj/flows/f.py": "v1\n", "proj/flows/big.py": "x" * 10})
     (tmp_path / "proj" / "flows" / "link.py").symlink_to("f.py")
     (tmp_path / "proj" / "prefect.yaml").write_text("name: sub\n")
@@ -86,6 +88,10 @@ def test_ref_reads_files_of_the_commit_and_refuses_what_is_not_a_regular_file(tm
             rev.read("flows/link.py")
         rev.close()
         assert rev.read("flows/big.py") == b"x" * 10  # a read after close starts the reader again
+        monkeypatch.setattr("buildsys.sourcefiles.ENTRYPOINT_FILE_LIMIT", 5)
+        with pytest.raises(UnreadableFile, match=r"flows/big\.py is 10 bytes at HEAD; the limit is 5"):
+            rev.read("flows/big.py")
+        assert rev.read("flows/f.py") == b"v1\n"  # the reader stays in step after a file it dropped
     finally:
         rev.close()
     older = open_revision(file, "HEAD~1")
