@@ -137,10 +137,10 @@ class WheelInstall:
 
 
 @pytest.fixture(scope="session")
-def buildsys_wheel(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> WheelInstall:
+def buildsys_wheel(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
     """The wheel of this checkout, built once per run (shared by the xdist workers), and its dependencies."""
     root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's directory, shared by its workers
     base = root / "buildsys-wheel"
     with FileLock(str(root / "buildsys-wheel.lock"), timeout=600):
