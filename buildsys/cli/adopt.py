@@ -30,12 +30,9 @@ def import_(app: App, kind: str, name: str) -> None:
     from buildsys.reconcile import adopt as take_over
 
     owner = project_identity(app.load_project())
-    store = app.open_store()
-    try:
+    with app.store() as store:
         full = full_name(store.list_resources(kind), kind, name)
         res = take_over(store, kind, full, owner)
-    finally:
-        store.close()
     if app.json:
         app.emit_json({"kind": kind, "name": res.name, "owner": res.owner, "url": store.url})
     else:
@@ -54,13 +51,10 @@ def rm(app: App, kind: str, name: str) -> None:
     from buildsys.reconcile import disown
 
     owner = project_identity(app.load_project())
-    store = app.open_store()
-    try:
+    with app.store() as store:
         full = full_name(store.list_resources(kind), kind, name)
         before = store.get_resource(kind, full)
         res = disown(store, kind, full, owner)
-    finally:
-        store.close()
     changed = before is not None and before.owner is not None
     if app.json:
         app.emit_json({"kind": kind, "name": res.name, "owner": None, "changed": changed, "url": store.url})

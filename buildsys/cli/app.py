@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -61,6 +62,15 @@ class App:
         from buildsys.store import open_store
 
         return open_store(self.state, root=self.project_file.resolve().parent, key_env=self.state_key_env)
+
+    @contextmanager
+    def store(self) -> Iterator[StateStore]:
+        """The state store (`open_store`), closed when the block ends, however it ends."""
+        store = self.open_store()
+        try:
+            yield store
+        finally:
+            store.close()
 
     @property
     def store_description(self) -> str:

@@ -50,8 +50,7 @@ def apply(
             raise click.UsageError(
                 f"{name} is decided when the plan is made: use `buildsys plan {name.split('/')[0]} … -o PLAN`"
             )
-    store = app.open_store()
-    try:
+    with app.store() as store:
         if plan_file is not None:
             result = apply_saved(store, read_plan_file(plan_file), root=_root(app))
             report(app, None, result)
@@ -68,8 +67,6 @@ def apply(
             return
         confirm(auto_approve)
         report(app, planned, apply_saved(store, planned, root=_root(app)))
-    finally:
-        store.close()
 
 
 def apply_saved(store: StateStore, plan: Plan, *, root: Path | None = None) -> ApplyResult:

@@ -57,8 +57,7 @@ def deploy(
     outputs = (
         run_builds(app, project, deployments, jobs=jobs, use_cache=not no_cache, shared=shared) if build_needed else None
     )
-    store = app.open_store()
-    try:
+    with app.store() as store:
         planned = plan_project(
             app.project_file, store, prune=prune, select=deployments, outputs=lambda _p: outputs,
             project=project, env=os.environ, store_url=app.state, only=only,
@@ -68,8 +67,6 @@ def deploy(
         root = app.project_file.resolve().parent
         result = apply_saved(store, planned, root=root) if planned.has_changes else None
         report(app, planned, result)
-    finally:
-        store.close()
 
 
 def run_builds(

@@ -19,12 +19,9 @@ def _set(app: App, name: str, paused: bool) -> None:
     from buildsys.reconcile import set_paused
     from buildsys.selector import find_deployment
 
-    store = app.open_store()
-    try:
+    with app.store() as store:
         have = find_deployment(store, name)
         res = set_paused(store, "deployment", have.name, paused)
-    finally:
-        store.close()
     changed = bool(have.spec.get("paused")) != paused
     word = "paused" if paused else "resumed"
     if app.json:

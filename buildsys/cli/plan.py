@@ -56,14 +56,11 @@ def plan(
     project, only = affected_selection(app, affected_base, deployments)
     if project is None and ref is None:
         project = app.load_project()  # the cache layer's load; --ref reads git
-    store = app.open_store()
-    try:
+    with app.store() as store:
         result = plan_project(
             app.project_file, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs,
             project=project, env=os.environ, store_url=app.state, only=only,
         )
-    finally:
-        store.close()
     name_store(app)
     if out is not None:
         from buildsys.reconcile import write_plan_file

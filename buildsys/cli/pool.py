@@ -23,12 +23,9 @@ def pool() -> None:
 @pass_app
 def ls(app: App) -> None:
     """Every pool in the state store, with its workers."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         pools = store.list_resources("pool")
         workers = store.list_workers()
-    finally:
-        store.close()
     if app.json:
         app.emit_json([{"name": p.name, **dict(p.spec)} for p in pools])
         return
@@ -54,15 +51,12 @@ def ls(app: App) -> None:
 @pass_app
 def show(app: App, name: str) -> None:
     """A pool's settings, queues and template variables (with their defaults)."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         resource = store.get_resource("pool", name)
         if resource is None:
             known = ", ".join(p.name for p in store.list_resources("pool")) or "none"
             raise NotFoundError(f"no work pool {name!r} in the state store", hint=f"pools: {known}")
         workers = [w for w in store.list_workers(name)]
-    finally:
-        store.close()
     spec = resource.spec
     if app.json:
         app.emit_json({"name": name, **dict(spec), "workers": [w.to_dict() for w in workers]})
@@ -120,8 +114,7 @@ def _resolve(app: App, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, 
     """(deployment spec, pool name, pool spec, where they came from)."""
     from buildsys.selector import find_deployment
 
-    store = app.open_store()
-    try:
+    with app.store() as store:
         try:
             resource = find_deployment(store, name)
             dep_spec, where = resource.spec, "the state store"
@@ -131,8 +124,6 @@ def _resolve(app: App, name: str) -> tuple[Mapping[str, Any], str, Mapping[str, 
             dep_spec, where = _from_project(app, name), str(app.project_file)
         pool_name = str(dep_spec.get("work_pool_name") or "")
         stored = store.get_resource("pool", pool_name) if pool_name else None
-    finally:
-        store.close()
     if stored is not None:
         return dep_spec, pool_name, stored.spec, where
     declared = _project_pool(app, pool_name)

@@ -47,8 +47,7 @@ def run(
 
     parameters = dict(parse_param(p) for p in params)
     job_variables = dict(parse_job_variable(j) for j in job_vars)
-    store = app.open_store()
-    try:
+    with app.store() as store:
         resource = find_deployment(store, deployment)
         check_run(app, store, resource, parameters, job_variables)
         scheduled = time.time() + start_in if start_in else None
@@ -59,8 +58,6 @@ def run(
         app.echo(f"Created flow run {created.name} ({created.id}) of {created.deployment} on pool {created.pool!r}.")
         if wait or logs:
             finish(app, store, created.id, logs=logs, timeout=timeout)
-    finally:
-        store.close()
 
 
 def parse_param(text: str) -> tuple[str, Any]:

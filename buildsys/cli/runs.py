@@ -31,13 +31,10 @@ def runs() -> None:
 @pass_app
 def ls(app: App, deployment: str | None, pool: str | None, states: tuple[str, ...], limit: int) -> None:
     """The newest runs first."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         found = store.list_runs(
             deployment=deployment, pool=pool, states=[s.upper() for s in states] or None, limit=limit
         )
-    finally:
-        store.close()
     if app.json:
         app.emit_json([r.to_dict() for r in found])
         return
@@ -72,14 +69,11 @@ def _known_states(given: tuple[str, ...]) -> tuple[str, ...]:
 def show(app: App, run_id: str) -> None:
     """One run's fields, every state it entered, its task runs and its artifacts (ID may be a
     unique prefix or the name)."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         run = store.get_run(run_id)
         states = store.list_run_states(run.id)
         tasks = store.list_task_runs(run.id)
         artifacts = store.list_artifacts(flow_run_id=run.id)
-    finally:
-        store.close()
     if app.json:
         app.emit_json(
             {
@@ -244,11 +238,8 @@ class LogPrinter:
 @pass_app
 def cancel(app: App, run_id: str) -> None:
     """Cancel a run: a scheduled one at once, a running one through its worker (SIGTERM, then SIGKILL)."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         run = store.request_cancel(store.get_run(run_id).id)
-    finally:
-        store.close()
     if app.json:
         app.emit_json(run.to_dict())
     elif run.state == "CANCELLED":
@@ -269,8 +260,7 @@ def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
     from buildsys.cli.run import finish
     from buildsys.errors import ConflictError
 
-    store = app.open_store()
-    try:
+    with app.store() as store:
         old = store.get_run(run_id)
         if not old.is_terminal:
             raise ConflictError(
@@ -286,8 +276,6 @@ def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
                  f"a retry of {old.name} ({old.state}).")
         if wait or logs:
             finish(app, store, created.id, logs=logs, timeout=None, extra={"retry_of": old.id})
-    finally:
-        store.close()
 
 
 @runs.command("limits")
@@ -295,11 +283,8 @@ def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
 @pass_app
 def limits(app: App) -> None:
     """Concurrency limits on tagged tasks (Prefect's tag limits) and the slots in use now."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         found = store.list_concurrency_limits()
-    finally:
-        store.close()
     if app.json:
         app.emit_json([x.to_dict() for x in found])
         return
@@ -323,11 +308,8 @@ def limit(app: App, tag: str, slots: int | None, delete: bool) -> None:
     if delete == (slots is not None):
         raise click.UsageError("give SLOTS to set the limit, or --delete to remove it")
     name = tag if ":" in tag else f"tag:{tag}"
-    store = app.open_store()
-    try:
+    with app.store() as store:
         result = store.set_concurrency_limit(name, None if delete else slots)
-    finally:
-        store.close()
     if app.json:
         app.emit_json(None if result is None else result.to_dict())
     elif result is None:

@@ -35,13 +35,10 @@ state.add_command(adopt, name="adopt")  # the same command as `buildsys import`
 @pass_app
 def show(app: App, kind: str | None) -> None:
     """The store's serial, its resources (who owns them, when they changed) and its workers."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         serial = store.serial()
         resources = store.list_resources(kind)
         workers = store.list_workers()
-    finally:
-        store.close()
     if app.json:
         app.emit_json(
             {
@@ -81,11 +78,8 @@ def _when(ts: float) -> str:
 @pass_app
 def export(app: App, output: Path | None) -> None:
     """Everything in the store as one JSON document (resources, runs, logs, workers)."""
-    store = app.open_store()
-    try:
+    with app.store() as store:
         data = store.export()
-    finally:
-        store.close()
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     if output is None:
         click.echo(text, nl=False)
@@ -119,14 +113,11 @@ def _counts(data: dict[str, Any]) -> str:
 def import_(app: App, file: str, yes: bool) -> None:
     """Replace the store's contents with an export (FILE, or - for stdin), in one transaction."""
     data = _read_export(file)
-    store = app.open_store()
-    try:
+    with app.store() as store:
         if not yes and (store.list_resources() or store.list_runs(limit=1)):
             _confirm(store.url)
         store.import_(data)
         serial = store.serial()
-    finally:
-        store.close()
     if app.json:
         imported = {key: len(data.get(key) or []) for key in ("resources", "runs", "logs", "workers")}
         app.emit_json({"url": store.url, "serial": serial, "imported": imported})
