@@ -120,6 +120,10 @@ class Cache:
                     self._stats = {r[0]: (r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
         return self._stats
 
+    def file_rows(self) -> dict[str, tuple[int, int, int, int, str, int]]:
+        """Every recorded file row (path -> size, mtime_ns, ctime_ns, inode, digest, recorded_ns)."""
+        return dict(self._load_stats())
+
     def digest(self, path: str) -> str | None:
         """Digest of a file relative to the root (None when it does not exist)."""
         return self.digests([path])[path]
@@ -141,53 +145,30 @@ class Cache:
 
     def digests(self, paths: Sequence[str]) -> dict[str, str | None]:
         """Digests of files relative to the root (None for a missing one). A file whose stat data
-        matches what was recorded when it was last hashed is not read again; this loop runs for
-        every input file of every step, so it is kept tight."""
+        matches what was recorded when it was last hashed is not read again."""
         stats = self._stats_for(paths)
-        observed = self.observed
         prefix = os.path.join(str(self.root), "")
-        stat = os.stat
-        out: dict[str, str | None] = {}
-        hashed: list[tuple[str, tuple[int, int, int, int, str, int]]] = []
-        # Taken before any file is read: a file's row says it was hashed no later than this,
-        # which can only make the racy rule re-read it sooner, never trust it longer.
-        now = time.time_ns()
         if os.sep == "/":
             fulls = [p if p.startswith("/") else prefix + p for p in paths]
         else:
             fulls = [p if is_absolute(p) else prefix + p for p in paths]
-        for path, full in zip(paths, fulls, strict=True):
-            try:
-                st = stat(full)
-            except OSError:
-                out[path] = None
-                continue
-            if not S_ISREG(st.st_mode):  # a FIFO or a link to /dev/zero is never read (it would hang)
-                out[path] = _not_a_file(st.st_mode)
-                continue
-            size, mtime, ctime, inode = seen = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-            observed[full] = seen
-            known = stats.get(path)
-            if (
-                known is not None
-                and known[0] == size
-                and known[1] == mtime
-                and known[2] == ctime
-                and known[3] == inode
-                and mtime < known[5] - RACY_NS
-            ):
-                out[path] = known[4]
-                continue
-            digest = _hash_file(full, size)
-            hashed.append((path, (size, mtime, ctime, inode, digest, now)))
-            out[path] = digest
-        if hashed:
-            with self._lock:
-                self.reads += len(hashed)
-                for path, row in hashed:
-                    stats[path] = row
-                    self._pending[path] = row
+        out, hashed = file_digests(paths, fulls, stats, self.observed)
+        self.add_hashed(hashed, stats)
         return out
+
+    def add_hashed(self, hashed: Sequence[tuple[str, tuple[int, int, int, int, str, int]]],
+                   stats: dict[str, tuple[int, int, int, int, str, int]] | None = None) -> None:
+        """Rows of files just hashed (`file_digests`): kept for this build's lookups and written
+        at the next flush."""
+        if not hashed:
+            return
+        with self._lock:
+            if stats is None:
+                stats = self._stats if self._stats is not None else {}
+            self.reads += len(hashed)
+            for path, row in hashed:
+                stats[path] = row
+                self._pending[path] = row
 
     def flush(self) -> None:
         """Write buffered file digests, results and node history in one transaction."""
@@ -338,6 +319,50 @@ def _not_a_file(mode: int) -> str:
     from buildsys.sourcefiles import kind_of
 
     return "not a regular file: " + kind_of(mode)
+
+
+def file_digests(
+    paths: Sequence[str],
+    fulls: Sequence[str],
+    stats: Mapping[str, tuple[int, int, int, int, str, int]],
+    observed: dict[str, tuple[int, int, int, int]],
+) -> tuple[dict[str, str | None], list[tuple[str, tuple[int, int, int, int, str, int]]]]:
+    """The digest of each of `paths` (`fulls`: the same, absolute), hashing only a file whose stat
+    data differs from its row in `stats` or is racily recent there; the stat data of every regular
+    file goes into `observed`. Returns the digests and the rows of the files hashed (to record).
+    This loop runs for every input file of every step, so it is kept tight."""
+    stat = os.stat
+    out: dict[str, str | None] = {}
+    hashed: list[tuple[str, tuple[int, int, int, int, str, int]]] = []
+    # Taken before any file is read: a file's row says it was hashed no later than this,
+    # which can only make the racy rule re-read it sooner, never trust it longer.
+    now = time.time_ns()
+    for path, full in zip(paths, fulls, strict=True):
+        try:
+            st = stat(full)
+        except OSError:
+            out[path] = None
+            continue
+        if not S_ISREG(st.st_mode):  # a FIFO or a link to /dev/zero is never read (it would hang)
+            out[path] = _not_a_file(st.st_mode)
+            continue
+        size, mtime, ctime, inode = seen = st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        observed[full] = seen
+        known = stats.get(path)
+        if (
+            known is not None
+            and known[0] == size
+            and known[1] == mtime
+            and known[2] == ctime
+            and known[3] == inode
+            and mtime < known[5] - RACY_NS
+        ):
+            out[path] = known[4]
+            continue
+        digest = _hash_file(full, size)
+        hashed.append((path, (size, mtime, ctime, inode, digest, now)))
+        out[path] = digest
+    return out, hashed
 
 
 def _hash_file(path: str, size: int = -1) -> str:

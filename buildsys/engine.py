@@ -29,6 +29,7 @@ from buildsys.step import Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
 
 if TYPE_CHECKING:
+    from buildsys.cache_prefetch import Prefetch
     from buildsys.sharedcache import SharedCache
 
 
@@ -173,6 +174,7 @@ class Engine:
         self.dependencies = Dependencies()
         self._unstored: set[str] = set()
         self._recorded: dict[str, str] | None = None  # stored outputs (JSON) by recorded key (`previous`)
+        self._prefetch: Prefetch | None = None  # a helper hashing inputs ahead (cold builds)
         # Only for a build of this process's environment: the manifest checked os.environ.
         # Not with a shared cache either: a cached step's result may still have to be shared.
         self.previous = previous if use_cache and not dry_run and env is None and shared is None else None
@@ -195,6 +197,7 @@ class Engine:
         ready = [k for k in order if waiting[k] == 0]
         stop = False
         try:
+            self._start_prefetch(order)
             threads = self.jobs + (SHARED_LOOKUPS if self.shared is not None else 0)
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="step") as pool:
                 running: dict[Future[NodeResult], str] = {}
@@ -220,9 +223,22 @@ class Engine:
                         self.results[key] = NodeResult(key, label, "skipped", reason=reason)
                         self.reporter.event(Event("skipped", label, reason=reason))
         finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
             self.cache.close()
         self._note_dependencies()
         return BuildResult(self.graph, self.results, self.dependencies)
+
+    def _start_prefetch(self, order: Sequence[str]) -> None:
+        """A forked helper listing and hashing the steps' inputs ahead (buildsys.cache_prefetch),
+        when this build computes every key (no previous manifest) of enough steps."""
+        if self.previous is not None or not self.use_cache or self.dry_run or self.shared is not None:
+            return
+        from buildsys.cache_prefetch import Prefetch
+
+        nodes = self.graph.nodes
+        self._prefetch = Prefetch.start(self.cache, self.files, self.project.root,
+                                        [(k, nodes[k].spec.input_globs) for k in order])
 
     def _note_dependencies(self) -> None:
         from buildsys import registry
@@ -543,12 +559,25 @@ class Engine:
         ctx: Context,
     ) -> dict[str, Any]:
         env_used = sorted({str(p.keypath[0]) for p in placeholders(node.spec.inputs) if p.kind == "env"})
-        patterns = list(node.spec.input_globs)
         listed: list[str] = []
-        files = self.files.expand(patterns, self.project.root, listed)
+        prefetch = self._prefetch
+        ahead = prefetch.take(node.key) if prefetch is not None else None
+        if ahead is not None:  # the helper's expansion and digests, checked still true
+            files = list(ahead.files)
+            listed += ahead.listed
+            self.files.scanned.update(ahead.listed)
+        else:
+            files = self.files.expand(list(node.spec.input_globs), self.project.root, listed)
         if stepdef.files_hook is not None:
             files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
-        digests = {f: d or "(missing)" for f, d in self.cache.digests(sorted(set(files))).items()}
+        wanted = sorted(set(files))
+        if prefetch is not None and ahead is not None:
+            prefetch.apply(ahead, self.cache)
+            rest = self.cache.digests([f for f in wanted if f not in ahead.digests])
+            found = {f: ahead.digests[f] if f in ahead.digests else rest[f] for f in wanted}
+        else:
+            found = self.cache.digests(wanted)
+        digests = {f: d or "(missing)" for f, d in found.items()}
         prefix = os.path.join(str(self.project.root), "")
         absolute = [f if is_absolute(f) else prefix + f for f in digests]
         self.dependencies.files.update(absolute)

@@ -1,0 +1,228 @@
+"""Input files listed and hashed ahead, in a forked helper, while the build decides and runs steps.
+
+When a build computes many keys (a cold build, or after a change to what every key includes), most
+of each key's work is expanding the step's `inputs` globs and reading the files they match: work
+that needs nothing the build computes. A forked helper process does it for the steps from the
+last in graph order backwards, on the machine's other core, and streams each step's answer
+through a pipe, while the engine works forwards: when it decides a step the helper has answered
+for, it takes the answer instead of doing the work itself, and otherwise does it as always (never
+waiting), so the two meet in the middle. (Python threads would queue on the interpreter lock.)
+
+An answer is used only when nothing it rests on moved in between (an earlier step may write a later
+step's inputs): every directory listed and every file hashed still has the stat data the helper saw
+first, and none was modified within RACY_NS of the helper looking at it (the build cache's "racily
+clean" rule, so a same-tick change cannot hide). Anything else, or anything unusual (a missing or
+non-regular file, a glob with wildcards in its directories), is left to the engine, which then does
+exactly what it does without a helper. The answer is the same either way; only who did the work
+differs.
+"""
+
+from __future__ import annotations
+
+import marshal
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any
+
+from buildsys.cache import RACY_NS, Cache, FileSet, file_digests, is_absolute
+
+MIN_STEPS = 32  # fewer steps to look ahead for: a fork costs more than it saves
+_HEAD = struct.Struct("<I")
+Row = tuple[str, tuple[int, int, int, int, str, int]]
+
+
+class Prefetched:
+    """One step's expansion of its `inputs` and the digests of the files, checked still true."""
+
+    __slots__ = ("digests", "files", "hashed", "listed", "seen")
+
+    def __init__(self, files: list[str], listed: list[str], digests: dict[str, str], hashed: list[Row],
+                 seen: dict[str, tuple[int, int, int, int]]) -> None:
+        self.files = files  # root-relative paths, as FileSet.expand gives them
+        self.listed = listed  # the directories whose listing the expansion depended on
+        self.digests = digests  # path -> digest
+        self.hashed = hashed  # rows of the files the helper read (the cache records them)
+        self.seen = seen  # absolute path -> (size, mtime_ns, ctime_ns, inode), as checked now
+
+
+class Prefetch:
+    """The helper's side is `_serve`; the engine calls `take(node key)` and finally `close()`."""
+
+    patient = False  # (tests) wait for the helper's answer instead of doing the work meanwhile
+
+    def __init__(self, pid: int, pipe: int, observed: dict[str, tuple[int, int, int, int]],
+                 index: dict[str, int], progress: mmap.mmap) -> None:
+        self._pid = pid
+        self._index = index  # node key -> its place in the helper's list
+        self._progress = progress  # shared with the helper: a byte per place, 1 once the engine does it
+        self._pipe = pipe  # non-blocking: the engine reads what has arrived, never waits
+        self._buffer = b""
+        self._answers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._done = False
+        self._observed = observed
+        self.used = 0  # answers taken (tests)
+
+    @classmethod
+    def start(cls, cache: Cache, files: FileSet, root: Path, steps: Sequence[tuple[str, Sequence[str]]]) -> Prefetch | None:
+        """Fork the helper for `steps` (node key, its input globs relative to `root`), in the order
+        the build will most likely want them; None when it would not pay or cannot be started."""
+        todo = [(key, list(globs)) for key, globs in steps if globs]
+        if len(todo) < MIN_STEPS or not hasattr(os, "fork") or os.sep != "/" or _cpus() < 2:
+            return None
+        stats = cache.file_rows()  # loaded before the fork: the helper never touches the database
+        try:
+            progress = mmap.mmap(-1, len(todo))  # shared with the forked helper (zeros)
+            fds = os.pipe()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(fds[0])
+            os.close(fds[1])
+            return None
+        if pid == 0:  # the helper: no threads, no database, no atexit, no buffered output
+            try:
+                os.close(fds[0])
+                _serve(fds[1], files, root, todo, stats, progress)
+            finally:
+                os._exit(0)
+        os.close(fds[1])
+        os.set_blocking(fds[0], False)
+        return cls(pid, fds[0], cache.observed, {key: i for i, (key, _) in enumerate(todo)}, progress)
+
+    def take(self, key: str) -> Prefetched | None:
+        """The helper's answer for node `key` when it has arrived and still holds, else None
+        (the engine does the work)."""
+        with self._lock:
+            self._read_arrived()
+            while self.patient and key in self._index and key not in self._answers and not self._done:
+                import select
+
+                select.select([self._pipe], [], [])
+                self._read_arrived()
+            answer = self._answers.pop(key, None)
+            place = self._index.get(key)
+            if answer is None and place is not None:  # the engine does this one: the helper skips it
+                self._progress[place] = 1
+        if answer is None:
+            return None
+        found = _still_true(answer)
+        if found is not None:
+            self.used += 1
+        return found
+
+    def _read_arrived(self) -> None:
+        """Every answer the pipe holds now (a partial one stays buffered)."""
+        while not self._done:
+            try:
+                chunk = os.read(self._pipe, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._done = True
+                break
+            self._buffer += chunk
+        data, at = self._buffer, 0
+        while len(data) - at >= _HEAD.size:
+            end = at + _HEAD.size + _HEAD.unpack_from(data, at)[0]
+            if end > len(data):
+                break
+            try:
+                key, answer = marshal.loads(data[at + _HEAD.size : end])
+            except (EOFError, ValueError, TypeError):
+                self._done = True
+                break
+            self._answers[key] = answer
+            at = end
+        self._buffer = data[at:]
+
+    def apply(self, found: Prefetched, cache: Cache) -> None:
+        """Record what the engine takes from an answer, as its own work would have."""
+        self._observed.update(found.seen)
+        cache.add_hashed(found.hashed)
+
+    def close(self) -> None:
+        """Stop the helper (done or not) and wait for it."""
+        with self._lock:
+            self._done = True
+            try:  # noqa: SIM105 - the helper may have finished already
+                os.kill(self._pid, 9)
+            except OSError:
+                pass
+            os.close(self._pipe)
+            try:  # noqa: SIM105
+                os.waitpid(self._pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, list[str]]],
+           stats: Mapping[str, tuple[int, int, int, int, str, int]], progress: mmap.mmap) -> None:
+    """The helper: for each step from the last, its expansion and digests (or None: leave it to
+    the engine)."""
+    prefix = os.path.join(str(root), "")
+    out = os.fdopen(pipe, "wb")
+    stat = os.stat
+    for place in range(len(steps) - 1, -1, -1):
+        if progress[place]:
+            continue  # the engine did this one itself
+        key, globs = steps[place]
+        now = time.time_ns()
+        limit = now - RACY_NS
+        answer: Any = None
+        files.opaque = False
+        listed: list[str] = []
+        try:
+            found = files.expand(globs, root, listed)
+            dirs = [stat(d).st_mtime_ns for d in listed]
+        except OSError:
+            found, dirs = [], [limit]
+        if not files.opaque and all(m < limit for m in dirs):
+            fulls = [p if is_absolute(p) else prefix + p for p in found]
+            seen: dict[str, tuple[int, int, int, int]] = {}
+            digests, hashed = file_digests(found, fulls, stats, seen)
+            if len(seen) == len(found) and all(d is not None for d in digests.values()):
+                rows = [(full, *seen[full]) for full in fulls]
+                answer = (found, listed, dirs, rows, list(digests.values()), hashed, limit)
+        body = marshal.dumps((key, answer))
+        out.write(_HEAD.pack(len(body)) + body)
+        out.flush()
+
+
+def _still_true(answer: Any) -> Prefetched | None:
+    """The answer when every directory and file it rests on is as the helper saw it, and none was
+    modified within RACY_NS before it looked; else None."""
+    found, listed, dirs, rows, digests, hashed, limit = answer
+    stat = os.stat
+    seen: dict[str, tuple[int, int, int, int]] = {}
+    try:
+        for d, mtime in zip(listed, dirs, strict=True):
+            if stat(d).st_mtime_ns != mtime:
+                return None
+        for full, size, mtime, ctime, ino in rows:
+            st = stat(full)
+            if mtime >= limit or not S_ISREG(st.st_mode) or st.st_mtime_ns != mtime or st.st_size != size \
+                    or st.st_ino != ino or st.st_ctime_ns != ctime:
+                return None
+            seen[full] = (size, mtime, ctime, ino)
+    except OSError:
+        return None
+    return Prefetched(list(found), list(listed), dict(zip(found, digests, strict=True)),
+                      [(p, tuple(r)) for p, r in hashed], seen)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,167 @@
+"""Inputs listed and hashed ahead by a forked helper (buildsys.cache_prefetch): the build decides,
+keys and records exactly what it does without the helper, and an answer that no longer holds is
+never used."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buildsys import cache_prefetch
+from buildsys.cache import Cache, FileSet
+from buildsys.compiled import compile_project
+from buildsys.engine import Engine
+from buildsys.project import load_project
+from buildsys.reporter import Event
+
+STEPS_PY = '''
+from pathlib import Path
+
+
+def put(*, name, text="", write=None):
+    if write:
+        Path(write).write_text(text)
+    return {"value": name + ":" + text}
+'''
+
+# b reads the file a writes (an answer computed before a ran must not be used for b); c has a
+# named input that does not exist; d a directory; the rest a glob each.
+PROJECT = """
+build:
+  - mysteps.py:put: {id: a, name: a, text: "new content", write: src/b/x.txt, inputs: ["src/a/*"]}
+  - mysteps.py:put: {id: b, name: b, text: "{{ a.value }}", inputs: ["src/b/*.txt"], needs: [a]}
+  - mysteps.py:put: {id: c, name: c, inputs: ["src/c/missing.txt", "src/c/*"], needs: []}
+  - mysteps.py:put: {id: d, name: d, inputs: ["src/d"], needs: []}
+""" + "".join(
+    f'  - mysteps.py:put: {{id: e{i}, name: e{i}, inputs: ["src/e{i}/*"], needs: []}}\n' for i in range(6)
+)
+
+
+def age(path: Path) -> None:
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir(exist_ok=True)
+    (root / "mysteps.py").write_text(STEPS_PY)
+    (root / "prefect.yaml").write_text(PROJECT)
+    for name in ["a", "b", "c", "d", "d/sub", *(f"e{i}" for i in range(6))]:
+        folder = root / "src" / name
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / f"f{i}.txt").write_text(f"{name} {i}\n")
+            age(folder / f"f{i}.txt")
+    (root / "src" / "b" / "x.txt").write_text("old content\n")
+    age(root / "src" / "b" / "x.txt")
+    for folder in sorted((root / "src").rglob("*"), reverse=True):
+        if folder.is_dir():
+            age(folder)
+    return root
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def event(self, event: Event) -> None:
+        if event.kind != "log":
+            self.events.append((event.kind, event.label, event.reason))
+
+    def close(self) -> None:
+        pass
+
+
+def build(root: Path) -> tuple[dict[str, Any], int]:
+    compiled = compile_project(load_project(root / "prefect.yaml"))
+    rep = Collect()
+    engine = Engine(compiled.project, compiled.graph, compiled.steps, jobs=1, reporter=rep)
+    here = os.getcwd()
+    os.chdir(root)  # the step writes a path relative to the project
+    try:
+        result = engine.run()
+    finally:
+        os.chdir(here)
+    assert result.ok, [r.error for r in result.results.values() if r.error]
+    used = engine._prefetch.used if engine._prefetch is not None else -1
+    cache = Cache(root)
+    rows = cache.db.execute("SELECT path, size, digest FROM files ORDER BY path").fetchall()
+    nodes = cache.db.execute("SELECT node, key, components FROM nodes ORDER BY node").fetchall()
+    cache.close()
+    deps = result.dependencies
+    prefix = str(root)
+    seen = {
+        "events": rep.events,
+        "keys": {r.label: r.cache_key for r in result.results.values()},
+        "outputs": {r.label: r.outputs for r in result.results.values()},
+        "files": sorted(f.replace(prefix, "") for f in deps.files),
+        "directories": sorted(d.replace(prefix, "") for d in deps.directories),
+        "nodes": {k: ([f.replace(prefix, "") for f in v[0]], [d.replace(prefix, "") for d in v[1]]) for k, v in deps.nodes.items()},
+        "stats": sorted(f.replace(prefix, "") for f in deps.stats),
+        "rows": rows,
+        "records": nodes,
+        "provable": deps.provable,
+    }
+    return seen, used
+
+
+def test_a_build_with_the_helper_equals_one_without(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_prefetch, "_cpus", lambda: 2)
+    monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 1)
+    monkeypatch.setattr(cache_prefetch.Prefetch, "patient", True)  # every answer waited for and taken
+    with_helper, used = build(make_project(isolated / "one"))
+    # The helper answers from the last step back, so b's answer predates a writing b's input: it is
+    # refused. c's missing file is left to the engine; a, d and e0-e5 are taken.
+    assert used == 8
+    monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 10**9)
+    without, unused = build(make_project(isolated / "two"))
+    assert unused == -1
+    assert with_helper == without
+    # b was keyed on what a wrote, whoever listed and hashed src/b first
+    assert "new content" in dict((n, c) for n, _, c in with_helper["records"])["b"].replace("\\n", "")
+
+
+def answers(root: Path, steps: list[tuple[str, list[str]]]) -> dict[str, Any]:
+    """The helper's answers, computed in this process (what the forked helper sends)."""
+    import mmap
+
+    read, write = os.pipe()
+    cache = Cache(root)
+    try:
+        cache_prefetch._serve(write, FileSet(root), root, steps, cache.file_rows(), mmap.mmap(-1, len(steps)))
+    finally:
+        cache.close()
+    out = {}
+    with os.fdopen(read, "rb") as fh:
+        while head := fh.read(4):
+            key, answer = marshal.loads(fh.read(int.from_bytes(head, "little")))
+            out[key] = answer
+    return out
+
+
+def test_an_answer_is_used_only_while_what_it_rests_on_holds(isolated: Path) -> None:
+    root = make_project(isolated)
+    got = answers(root, [("b", ["src/b/*.txt"]), ("c", ["src/c/missing.txt", "src/c/*"]), ("d", ["src/d"]),
+                         ("e0", ["src/e0/*"])])
+    assert got["c"] is None  # a missing file: left to the engine
+    found = cache_prefetch._still_true(got["d"])
+    assert found is not None
+    assert found.files == FileSet(root).expand(["src/d"], root)
+    cache = Cache(root)
+    assert found.digests == cache.digests(found.files)
+    cache.close()
+    assert sorted(found.listed) == [str(root / "src" / "d"), str(root / "src" / "d" / "sub")]
+    # a file rewritten, a file added, a file too recent to trust: each answer is refused
+    (root / "src" / "b" / "x.txt").write_text("changed\n")
+    age(root / "src" / "b" / "x.txt")
+    assert cache_prefetch._still_true(got["b"]) is None
+    (root / "src" / "d" / "sub" / "new.txt").write_text("new\n")
+    assert cache_prefetch._still_true(got["d"]) is None
+    assert cache_prefetch._still_true(got["e0"]) is not None
+    (root / "src" / "e0" / "f0.txt").write_text("e0 0\n")  # same content, but modified just now
+    assert cache_prefetch._still_true(answers(root, [("e0", ["src/e0/*"])])["e0"]) is None
