@@ -1,4 +1,4 @@
-"""`buildsys runs ls / show / logs / cancel / retry`: flow runs in the state store."""
+"""`buildsys runs ls / show / logs / cancel / retry / mark / delete`: flow runs in the state store."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def runs() -> None:
-    """List, inspect, follow, cancel and retry flow runs."""
+    """List, inspect, follow, cancel, retry, mark and delete flow runs."""
 
 
 @runs.command("ls")
@@ -276,6 +276,59 @@ def retry(app: App, run_id: str, wait: bool, logs: bool) -> None:
                  f"a retry of {old.name} ({old.state}).")
         if wait or logs:
             finish(app, store, created.id, logs=logs, timeout=None, extra={"retry_of": old.id})
+
+
+@runs.command("mark")
+@click.argument("run_id", metavar="ID")
+@click.argument("new_state", metavar="STATE", type=click.Choice(["COMPLETED", "FAILED", "CANCELLED", "CRASHED"], case_sensitive=False))
+@click.option("--message", "-m", help="Why: kept in the run's state history.")
+@click.option("--force", is_flag=True, help="Replace a finished run's state too (and never retry a failure).")
+@common_options
+@pass_app
+def mark(app: App, run_id: str, new_state: str, message: str | None, force: bool) -> None:
+    """Set a run's final state by hand (as the UI's Change state): the API's transition rules apply
+    unless --force. It does not stop a running flow; `runs cancel` does."""
+    store = app.open_store()
+    try:
+        run = store.mark_run(store.get_run(run_id).id, new_state.upper(), message=message, force=force)
+    finally:
+        store.close()
+    if app.json:
+        app.emit_json(run.to_dict())
+    else:
+        app.echo(f"Flow run {run.name} ({run.id}) is now {run.state}.")
+
+
+@runs.command("delete")
+@click.argument("run_id", metavar="ID")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed without a terminal).")
+@common_options
+@pass_app
+def delete(app: App, run_id: str, yes: bool) -> None:
+    """Delete a finished or scheduled run with its logs, state history and task runs (a run a worker
+    may hold is refused: cancel it first)."""
+    import sys
+
+    from buildsys.errors import BuildsysError
+
+    store = app.open_store()
+    try:
+        run = store.get_run(run_id)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise BuildsysError(
+                    f"deleting flow run {run.name} ({run.id}) needs confirmation, and there is no terminal to ask on; nothing was deleted",
+                    hint="pass --yes",
+                )
+            if not click.confirm(f"Delete flow run {run.name} ({run.state}) with its logs, states and task runs?", default=False):
+                raise click.exceptions.Abort()
+        gone = store.delete_run(run.id)
+    finally:
+        store.close()
+    if app.json:
+        app.emit_json({**gone.to_dict(), "deleted": True})
+    else:
+        app.echo(f"Deleted flow run {gone.name} ({gone.id}) with its logs, states and task runs.")
 
 
 @runs.command("limits")

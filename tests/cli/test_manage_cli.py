@@ -147,3 +147,26 @@ def test_plan_and_show_full(project: Path, capsys: pytest.CaptureFixture[str]) -
         code, out, _ = cli(capsys, *args)
         assert code == 0
         assert f'    description: "{LONG.strip()}" → "{LONG}and more"\n' in out, args
+
+
+def test_runs_mark_and_delete(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "--json", "run", "a")
+    assert code == 0, out
+    run = json.loads(out)
+    code, _, err = cli(capsys, "runs", "mark", run["id"], "completed")
+    assert code == 1 and "SCHEDULED" in err  # a scheduled run can only be cancelled, as set_run_state says
+    code, out, err = cli(capsys, "runs", "mark", run["id"], "cancelled", "-m", "not needed")
+    assert (code, out) == (0, f"Flow run {run['name']} ({run['id']}) is now CANCELLED.\n"), err
+    code, _, err = cli(capsys, "runs", "mark", run["id"], "COMPLETED")
+    assert code == 1 and err.startswith("error:")
+    code, out, _ = cli(capsys, "--json", "runs", "mark", run["id"], "COMPLETED", "--force")
+    assert code == 0 and json.loads(out)["state"] == "COMPLETED"
+    code, _, err = cli(capsys, "runs", "mark", run["id"], "RUNNING")
+    assert code != 0 and "'RUNNING' is not one of" in err, err
+
+    code, _, err = cli(capsys, "runs", "delete", run["id"])  # no terminal under pytest: asks for --yes
+    assert code == 1 and "pass --yes" in err and "nothing was deleted" in err
+    code, out, err = cli(capsys, "runs", "delete", run["id"], "--yes")
+    assert (code, out) == (0, f"Deleted flow run {run['name']} ({run['id']}) with its logs, states and task runs.\n"), err
+    code, _, err = cli(capsys, "runs", "show", run["id"])
+    assert code == 1 and f"flow run '{run['id']}' not found" in err
