@@ -282,7 +282,10 @@ def apply_plan(store: StateStore, plan: Plan) -> ApplyResult:
 def apply_stepwise(store: StateStore, plan: Plan) -> ApplyResult:
     """Check every touched resource, then write change by change; PartialApplyError on a failure."""
     assert isinstance(store, StepwiseStore)
-    actual = store.list_resources()
+    if any(c.kind == "pool" and c.action == "delete" for c in plan.changes):
+        actual = store.list_resources()  # a pool's users may be any project's deployments
+    else:  # what the plan touches, whoever owns it now, and what its project owns
+        actual = store.plan_resources(plan.owner, [c.name for c in plan.changes if c.kind == "deployment"])
     problems = validate(plan, actual)
     if problems:
         raise ApplyError(problems)
