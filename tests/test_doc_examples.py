@@ -122,7 +122,7 @@ def problems_of(example: Example) -> list[str]:
     """What is wrong with how an example says it runs (or why it does not)."""
     notes = example.notes
     if ("run in" in notes) == ("not run" in notes):
-        return ["say either <!-- run in: WHERE --> or <!-- not run: REASON --> right above it"]
+        return ["say either <!-- run in: WHERE --> or <!-- not run: REASON --> right above it (see tests/test_doc_examples.py)"]
     if "not run" in notes:
         reason = notes["not run"]
         extra = sorted(set(notes) - {"not run"})
@@ -248,7 +248,7 @@ def test_the_checks_catch_an_unmarked_example_and_wrong_output(tmp_path: Path) -
     page = REPO / "tests" / "data" / "doc-example-page.md"
     found = examples(page)
     assert [(e.line, problems_of(e)) for e in found] == [
-        (3, ["say either <!-- run in: WHERE --> or <!-- not run: REASON --> right above it"]),
+        (3, ["say either <!-- run in: WHERE --> or <!-- not run: REASON --> right above it (see tests/test_doc_examples.py)"]),
         (8, ["not run: give a reason (a sentence), not 'later'"]),
         (13, ["run in the project above, but there is no yaml block above it"]),
         (19, ["exit codes '0': give one number for each of its 2 command(s)"]),
