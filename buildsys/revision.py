@@ -360,9 +360,19 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
             f"--ref {ref}: {rel} does not exist at commit {commit[:12]}",
             hint="check the path with `git show " + f"{ref}:{rel}`",
         )
+    from buildsys.sourcefiles import PROJECT_FILE_LIMIT
+
     objects = _Objects(repo_root)
     try:
-        text = (objects.read(entry.oid)[1] or b"").decode("utf-8")
+        size, raw = objects.read(entry.oid, limit=PROJECT_FILE_LIMIT)
+        if raw is None:
+            raise RevisionError(
+                f"--ref {ref}: {rel} is {size:,} bytes at commit {commit[:12]}; the limit is {PROJECT_FILE_LIMIT:,}"
+            )
+        text = raw.decode("utf-8-sig")  # as the working tree's project file is read
+    except UnicodeDecodeError:
+        objects.close()
+        raise RevisionError(f"--ref {ref}: {rel} is not UTF-8 text at commit {commit[:12]}") from None
     except BaseException:
         objects.close()
         raise

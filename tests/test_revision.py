@@ -159,3 +159,16 @@ def test_a_repository_git_refuses_to_read(tmp_path: Path, monkeypatch: pytest.Mo
     git(tmp_path, "init", "-q", "--bare", str(bare))
     (bare / "prefect.yaml").write_text("name: x\n")
     assert open_revision(bare / "prefect.yaml").repo_root is None  # a bare repository has no working tree
+
+
+def test_a_project_file_at_a_ref_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    file.write_bytes(b"name: \xff\xfe\n")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "latin-1")
+    with pytest.raises(RevisionError, match=r"--ref HEAD: prefect\.yaml is not UTF-8 text at commit"):
+        open_revision(file, "HEAD")
+    file.write_bytes(b"\xef\xbb\xbfname: x\n")  # a byte-order mark is dropped, as from the working tree
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "bom")
+    rev = open_revision(file, "HEAD")
+    rev.close()
+    assert rev.text == "name: x\n"
