@@ -214,7 +214,17 @@ class Cache:
         return out
 
     def entry(self, node: str) -> Entry | None:
-        """The node's last recorded key and components (all nodes are read in one query)."""
+        """The node's last recorded key and components (all nodes are read in one query, or with
+        `sparse`, when a build decides few steps, only the node asked for)."""
+        if self.sparse and self._entries is None:
+            db = self.db
+            with self._lock:  # what this build recorded and not yet written first (flush's order)
+                found = next((r for r in reversed([*self._nodes, *self._touched]) if r[0] == node), None)
+                if found is None:
+                    found = db.execute(
+                        "SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,)
+                    ).fetchone()
+            return _entry(found) if found else None
         if self._entries is None:
             self.flush()  # the snapshot includes what this build recorded so far
             db = self.db

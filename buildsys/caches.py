@@ -24,7 +24,6 @@ import hmac
 import io
 import os
 import pickle
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -192,7 +191,7 @@ def _make_key(path: Path) -> bool:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.write(fd, os.urandom(KEY_BYTES))  # (what secrets.token_bytes reads; `secrets` imports `random`)
         finally:
             os.close(fd)
         with contextlib.suppress(FileExistsError):  # another process made it first: use theirs

@@ -249,7 +249,7 @@ class Engine:
         deps.previous = self.previous
         if self.files.opaque or not self.use_cache:
             deps.provable = False
-        for sd in self.stepdefs.values():
+        for sd in {id(sd): sd for sd in self.stepdefs.values()}.values():  # each step once, not once per node
             if sd.fingerprint_hook is not None or sd.check_hook is not None or not sd.cacheable:
                 deps.provable = False
             source = registry.source_file(sd)

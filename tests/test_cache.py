@@ -61,6 +61,29 @@ def test_recorded_results_are_seen_at_once_and_written_together(tmp_path: Path) 
     assert _hash_file(str(big), 5) == _hash_file(str(big)) == _hash_file(str(big), (1 << 20) + 3)  # a stale size reads on
 
 
+def test_a_sparse_cache_reads_one_node_entry_as_the_full_read_does(tmp_path: Path) -> None:
+    """`sparse` (a build reusing most recorded keys) asks for one node's entry at a time: the same
+    entries as reading them all, this build's unwritten records included."""
+    from buildsys.cache import Cache
+
+    cache = Cache(tmp_path)
+    cache.record("a", "a", "k1", {"step": "s"}, {"out": 1}, 0.1, "s")
+    cache.record("b", "b", "k2", {"step": "s"}, {"out": 2}, 0.1, "s")
+    cache.close()
+    full, sparse = Cache(tmp_path), Cache(tmp_path)
+    sparse.sparse = True
+    for c in (full, sparse):
+        c.record("b", "b", "k3", {"step": "t"}, {"out": 3}, 0.2, "s")  # not written yet
+        c.touch("c", "c", "k4", {"step": "u"})
+    def seen(c: Cache) -> list[object]:
+        return [e and (e.node, e.label, e.key, e.components, e.duration) for e in map(c.entry, "abcd")]
+
+    assert seen(sparse) == seen(full)
+    assert [e and e.key for e in map(sparse.entry, "abcd")] == ["k1", "k3", "k4", None]
+    full.close()
+    sparse.close()
+
+
 def test_an_input_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> None:
     """A FIFO or a symlink to /dev/zero among a step's inputs hung `build` (and any cache key)."""
     import os
