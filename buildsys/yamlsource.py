@@ -69,9 +69,9 @@ class SeveralDocuments(YamlError):
         self.first = first
 
 
-# id(container) → (the container, its keys' or items' packed locations); the container is held so
-# that its id cannot be reused by another object while the marks are alive
-Marks = dict[int, tuple[Any, "dict[Any, int] | list[int]"]]
+# id(container) → its keys' or items' packed locations. Every container named here is also held
+# (`Located.held`), so while the marks live no other object can have its id.
+Marks = dict[int, "dict[Any, int] | list[int]"]
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Located:
     file: str
     root: int | None = None  # packed location of the whole document, see `_pack`
     marks: Marks = field(default_factory=dict)
+    held: list[Any] = field(default_factory=list, repr=False)  # the containers `marks` names
 
     def loc(self, path: Path_) -> Location | None:
         """The location of `path`, or of its nearest located ancestor (every ancestor of a located
@@ -91,10 +92,9 @@ class Located:
             return None
         node, marks = self.value, self.marks
         for step in path:
-            entry = marks.get(id(node))
-            if entry is None or entry[0] is not node:
+            at = marks.get(id(node))
+            if at is None:
                 break
-            at = entry[1]
             if type(at) is dict:
                 try:
                     here = at.get(step)
@@ -140,6 +140,7 @@ class _Builder:
         self.max_expanded_chars = MAX_ALIAS_CHARS + 4 * size
         self.sizes: dict[str, tuple[int, int]] = {}  # anchor → (nodes, characters) an alias builds
         self.marks: Marks = {}
+        self.held: list[Any] = []
         self.root: int | None = None
         self.anchors: dict[str, list[Event] | None] = {}  # None while the anchored node is being built
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
@@ -243,7 +244,8 @@ class _Builder:
                     items.append(self.node(item, False, nxt))
                 return items
             at: list[int] = []
-            self.marks[id(items)] = (items, at)
+            self.marks[id(items)] = at
+            self.held.append(items)
             while (kind := type(item := nxt())) is not SequenceEndEvent:
                 at.append(_pack(item))
                 if kind is ScalarEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
@@ -289,7 +291,8 @@ class _Builder:
         at: dict[Any, int] | None = None
         if located:
             at = {}
-            self.marks[id(result)] = (result, at)
+            self.marks[id(result)] = at
+            self.held.append(result)
         while (kind := type(key_event := nxt())) is not MappingEndEvent:
             if kind is ScalarEvent and key_event.anchor is None:  # type: ignore[attr-defined]  # nearly every key
                 scalar: ScalarEvent = key_event  # type: ignore[assignment]
@@ -398,7 +401,7 @@ def load_yaml(text: str, file: str) -> Located:
         loader.dispose()
     if value is _EMPTY:
         return Located(None, file, 1 << _COL_BITS | 1)
-    return Located(value, file, builder.root, builder.marks)
+    return Located(value, file, builder.root, builder.marks, builder.held)
 
 
 _EMPTY = object()
@@ -418,7 +421,7 @@ def _document(builder: _Builder, nxt: Next) -> Any:
     assert isinstance(end, DocumentEndEvent)
     after = nxt()
     if not isinstance(after, StreamEndEvent):
-        raise SeveralDocuments(Located(value, builder.file, builder.root, builder.marks), _at(builder.file, after))
+        raise SeveralDocuments(Located(value, builder.file, builder.root, builder.marks, builder.held), _at(builder.file, after))
     return value
 
 
