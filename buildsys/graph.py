@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -340,37 +340,59 @@ def to_text(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None 
 
 
 def to_dot(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None = None) -> str:
-    out = ["digraph buildsys {", "  rankdir=LR;", "  node [shape=box];"]
-    for key, n in graph.nodes.items():
-        label = n.label + chr(10) + n.spec.name + (chr(10) + notes[key] if notes and key in notes else "")
-        out.append(f"  {json.dumps(key)} [label={json.dumps(label)}];")
-    for key, n in graph.nodes.items():
-        for d in n.deps:
-            out.append(f"  {json.dumps(d)} -> {json.dumps(key)};")
-    for i, (name, steps) in enumerate((pull or {}).items()):
-        ids = [f"pull{i}_{j}" for j in range(len(steps))]
-        for node_id, s in zip(ids, steps, strict=True):
-            out.append(f"  {node_id} [label={json.dumps(name + chr(10) + s['label'] + chr(10) + s['step'])}, style=dashed];")
-        out += [f"  {a} -> {b} [style=dashed];" for a, b in itertools.pairwise(ids)]
-    out.append("}")
-    return "\n".join(out)
+    return _draw(graph, notes, pull, _DOT)
 
 
 def to_mermaid(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | None = None) -> str:
-    out = ["flowchart LR"]
+    return _draw(graph, notes, pull, _MERMAID)
+
+
+@dataclass(frozen=True)
+class _Syntax:
+    """How one drawing format writes what `_draw` walks: a node and a pull step by their id and
+    the lines of their label, an edge, a pull chain's edge."""
+
+    head: tuple[str, ...]
+    node: Callable[[str, list[str]], str]
+    edge: Callable[[str, str], str]
+    pull_node: Callable[[str, list[str]], str]
+    pull_edge: Callable[[str, str], str]
+    tail: tuple[str, ...] = ()
+
+
+def _draw(graph: StepGraph, notes: Notes | None, pull: Pulls | None, syntax: _Syntax) -> str:
+    """The nodes (label, step, note), the edges, then each deployment's pull chain (dashed)."""
+    out = list(syntax.head)
     for key, n in graph.nodes.items():
-        text = f"{n.label}<br/>{n.spec.name}" + (f"<br/>{notes[key]}" if notes and key in notes else "")
-        out.append(f'  n{key}["{text.replace(chr(34), chr(39))}"]')
+        out.append(syntax.node(key, [n.label, n.spec.name, *([notes[key]] if notes and key in notes else [])]))
     for key, n in graph.nodes.items():
-        for d in n.deps:
-            out.append(f"  n{d} --> n{key}")
+        out += [syntax.edge(d, key) for d in n.deps]
     for i, (name, steps) in enumerate((pull or {}).items()):
         ids = [f"pull{i}_{j}" for j in range(len(steps))]
-        for node_id, s in zip(ids, steps, strict=True):
-            text = f"{name}<br/>{s['label']}<br/>{s['step']}".replace('"', "'")
-            out.append(f'  {node_id}(["{text}"])')
-        out += [f"  {a} -.-> {b}" for a, b in itertools.pairwise(ids)]
-    return "\n".join(out)
+        out += [syntax.pull_node(node_id, [name, s["label"], s["step"]]) for node_id, s in zip(ids, steps, strict=True)]
+        out += [syntax.pull_edge(a, b) for a, b in itertools.pairwise(ids)]
+    return "\n".join([*out, *syntax.tail])
+
+
+def _mermaid_text(lines: list[str]) -> str:
+    return "<br/>".join(lines).replace('"', "'")
+
+
+_DOT = _Syntax(
+    head=("digraph buildsys {", "  rankdir=LR;", "  node [shape=box];"),
+    node=lambda key, lines: f"  {json.dumps(key)} [label={json.dumps(chr(10).join(lines))}];",
+    edge=lambda a, b: f"  {json.dumps(a)} -> {json.dumps(b)};",
+    pull_node=lambda node_id, lines: f"  {node_id} [label={json.dumps(chr(10).join(lines))}, style=dashed];",
+    pull_edge=lambda a, b: f"  {a} -> {b} [style=dashed];",
+    tail=("}",),
+)
+_MERMAID = _Syntax(
+    head=("flowchart LR",),
+    node=lambda key, lines: f'  n{key}["{_mermaid_text(lines)}"]',
+    edge=lambda a, b: f"  n{a} --> n{b}",
+    pull_node=lambda node_id, lines: f'  {node_id}(["{_mermaid_text(lines)}"])',
+    pull_edge=lambda a, b: f"  {a} -.-> {b}",
+)
 
 
 def to_json(graph: StepGraph) -> dict[str, Any]:
