@@ -57,6 +57,9 @@ def mentions(path: Path) -> list[Mention]:
         for piece in pieces:
             piece = piece.replace("\\|", "|")
             for match in re.finditer(r"(?<![\w./$-])buildsys\s+(?=[a-z-])", piece):
+                before = piece[:match.start()].split()
+                if before and before[-1].startswith("-"):
+                    continue  # an option's value (`bench.py --tools buildsys --sizes 50`), not the command
                 rest = re.split(r"\s(?:&&|\|\||;|>|&|\|)\s|\)|\$\(|\s#", piece[match.end():])[0]
                 found.append(Mention(path.relative_to(REPO).as_posix(), number, "buildsys " + rest.strip()))
     return found
@@ -155,6 +158,7 @@ def test_the_checker_catches_what_does_not_exist(tmp_path: Path) -> None:
         "Run `buildsys biuld`, `buildsys build --jbos 2`, `buildsys runs lss` and `buildsys help nosuchtopic`.\n"
         "```console\n$ buildsys plan -o plan.json --detailed-exitcode && buildsys apply --yes plan.json\n```\n"
         "Fine: `buildsys build -j 2 --explain`, `buildsys pool ls / show NAME`, `buildsys help builds`.\n"
+        "Not a command: `bench.py --tools buildsys --sizes 50`.\n"
     )
     relative = Path(os.path.relpath(page, REPO))
     found = mentions(REPO / relative)
