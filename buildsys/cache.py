@@ -63,7 +63,11 @@ class Cache:
         self.root = root
         self.dir = root / noop.DIRECTORY
         self.path = self.dir / noop.STEP_RESULTS
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the buffers below
+        # The connection (shared by the build's threads): a transaction holds only this lock, so
+        # steps keep recording and digesting into the buffers while a flush writes.
+        self._db_lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time, written in the order swapped
         self._opening = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
@@ -73,6 +77,8 @@ class Cache:
         # together (one transaction, not one per step), at most FLUSH_EVERY seconds late.
         self._results: dict[str, tuple[str, str, str, float]] = {}
         self._nodes: list[tuple[str, str, str, str, float, float]] = []
+        # what a flush in progress is writing (pending, touched, results, nodes): still seen by lookups
+        self._writing: tuple[dict[str, Any], list[Any], dict[str, Any], list[Any]] = ({}, [], {}, [])
         self._flushed = time.monotonic()
         self._entries: dict[str, Sequence[Any]] | None = None
         self.reads = 0  # files actually read and hashed (tests count these)
@@ -114,7 +120,7 @@ class Cache:
     def _load_stats(self) -> dict[str, tuple[int, int, int, int, str, int]]:
         if self._stats is None:
             db = self.db
-            with self._lock:
+            with self._db_lock:
                 if self._stats is None:
                     rows = db.execute("SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files")
                     self._stats = {r[0]: (r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
@@ -134,13 +140,15 @@ class Cache:
         if not self.sparse or self._stats is not None:
             return self._load_stats()
         db = self.db
-        with self._lock:
-            rows: dict[str, tuple[int, int, int, int, str, int]] = {}
+        with self._lock:  # hashed and not yet written (read first: a flush may end meanwhile)
+            unwritten = {p: row for buffer in (self._writing[0], self._pending) for p in paths if (row := buffer.get(p))}
+        rows: dict[str, tuple[int, int, int, int, str, int]] = {}
+        with self._db_lock:
             for at in range(0, len(paths), 500):
                 chunk = list(paths[at : at + 500])
                 query = f"SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files WHERE path IN ({','.join('?' * len(chunk))})"
                 rows.update((r[0], (r[1], r[2], r[3], r[4], r[5], r[6])) for r in db.execute(query, chunk))
-            rows.update((p, self._pending[p]) for p in paths if p in self._pending)  # hashed, not yet flushed
+        rows.update(unwritten)
         return rows
 
     def digests(self, paths: Sequence[str]) -> dict[str, str | None]:
@@ -171,33 +179,45 @@ class Cache:
                 self._pending[path] = row
 
     def flush(self) -> None:
-        """Write buffered file digests, results and node history in one transaction."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            touched, self._touched = self._touched, []
-            results, self._results = self._results, {}
-            nodes, self._nodes = self._nodes, []
-            self._flushed = time.monotonic()
-        if pending or touched or results or nodes:
-            with self._transaction() as db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(p, *row) for p, row in pending.items()],
-                )
-                db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", list(results.values()))
-                # in the order they happened: a node's later record replaces its earlier one
-                db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", [*nodes, *touched])
+        """Write buffered file digests, results and node history in one transaction. Lookups see
+        the records being written until they are (`_writing`); recording goes on meanwhile."""
+        with self._flushing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+                touched, self._touched = self._touched, []
+                results, self._results = self._results, {}
+                nodes, self._nodes = self._nodes, []
+                self._writing = (pending, touched, results, nodes)
+                self._flushed = time.monotonic()
+            try:
+                if pending or touched or results or nodes:
+                    with self._transaction() as db:
+                        db.executemany(
+                            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(p, *row) for p, row in pending.items()],
+                        )
+                        db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", list(results.values()))
+                        # in the order they happened: a node's later record replaces its earlier one
+                        db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", [*nodes, *touched])
+            finally:
+                with self._lock:
+                    self._writing = ({}, [], {}, [])
 
     def _transaction(self) -> _Txn:
-        return _Txn(self.db, self._lock)
+        return _Txn(self.db, self._db_lock)
 
     # --- results and node history -------------------------------------------------------------
     def result(self, key: str) -> dict[str, Any] | None:
         db = self.db
         with self._lock:
-            recorded = self._results.get(key)
-            row = (recorded[2],) if recorded else db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+            recorded = self._results.get(key) or self._writing[2].get(key)
+        if recorded:
+            row = (recorded[2],)
+        else:
+            with self._db_lock:
+                row = db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
+        outputs: dict[str, Any] | None = json.loads(row[0]) if row else None
+        return outputs
 
     def results(self, keys: Iterable[str]) -> dict[str, str]:
         """The outputs (JSON text, as `result` reads it) stored under each of `keys` that has a
@@ -205,12 +225,14 @@ class Cache:
         wanted = sorted(set(keys))
         out: dict[str, str] = {}
         db = self.db
-        with self._lock:
+        with self._lock:  # recorded and not yet written (read first: a flush may end meanwhile)
+            unwritten = {k: row[2] for buffer in (self._writing[2], self._results) for k in wanted if (row := buffer.get(k))}
+        with self._db_lock:
             for at in range(0, len(wanted), 500):
                 chunk = wanted[at : at + 500]
                 query = f"SELECT key, outputs FROM results WHERE key IN ({','.join('?' * len(chunk))})"
                 out.update(db.execute(query, chunk).fetchall())
-            out.update((k, self._results[k][2]) for k in wanted if k in self._results)
+        out.update(unwritten)
         return out
 
     def entry(self, node: str) -> Entry | None:
@@ -219,8 +241,11 @@ class Cache:
         if self.sparse and self._entries is None:
             db = self.db
             with self._lock:  # what this build recorded and not yet written first (flush's order)
-                found = next((r for r in reversed([*self._nodes, *self._touched]) if r[0] == node), None)
-                if found is None:
+                _, touched, _, nodes = self._writing
+                unwritten = [*nodes, *touched, *self._nodes, *self._touched]
+                found = next((r for r in reversed(unwritten) if r[0] == node), None)
+            if found is None:
+                with self._db_lock:
                     found = db.execute(
                         "SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,)
                     ).fetchone()
@@ -228,7 +253,7 @@ class Cache:
         if self._entries is None:
             self.flush()  # the snapshot includes what this build recorded so far
             db = self.db
-            with self._lock:
+            with self._db_lock:
                 rows = db.execute("SELECT node, label, key, components, updated, duration FROM nodes").fetchall()
                 self._entries = {r[0]: r for r in rows}
         row = self._entries.get(node)
@@ -236,8 +261,9 @@ class Cache:
 
     def entries(self) -> list[Entry]:
         self.flush()
-        with self._lock:
-            rows = self.db.execute(
+        db = self.db
+        with self._db_lock:
+            rows = db.execute(
                 "SELECT node, label, key, components, updated, duration FROM nodes ORDER BY label"
             ).fetchall()
         return [_entry(r) for r in rows]
@@ -282,8 +308,9 @@ class Cache:
         """Delete results no current node points at; returns how many were removed."""
         keep = set(keep_keys)
         self.flush()
-        with self._lock:
-            keys = [r[0] for r in self.db.execute("SELECT key FROM results")]
+        db = self.db
+        with self._db_lock:
+            keys = [r[0] for r in db.execute("SELECT key FROM results")]
         drop = [k for k in keys if k not in keep]
         with self._transaction() as db:
             db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in drop])

@@ -22,11 +22,12 @@ import dataclasses
 import hashlib
 import hmac
 import io
+import operator
 import os
 import pickle
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,25 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
-        names = _positional.get(cls)
-        if names is None:
-            names = _positional[cls] = _init_fields(cls)
-        if not names:
+        values = _positional.get(cls)
+        if values is None:
+            values = _positional[cls] = _values_of(_init_fields(cls))
+        if values is None:
             return NotImplemented
-        return (cls, tuple(getattr(obj, name) for name in names))
+        return (cls, values(obj))
 
 
-_positional: dict[type, tuple[str, ...]] = {}
+_positional: dict[type, Callable[[Any], tuple[Any, ...]] | None] = {}
+
+
+def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
+    """The field values of an object as a tuple, read in C (`operator.attrgetter`); None for ()."""
+    if not names:
+        return None
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda obj: (get(obj),)
+    return get
 
 
 def _init_fields(cls: type) -> tuple[str, ...]:

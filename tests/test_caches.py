@@ -220,3 +220,29 @@ def test_an_edit_to_graph_py_shows_in_the_next_build(isolated: Path, package_cop
     _edit(package_copy / "buildsys" / "graph.py", "base = {k: n.spec.id or n.spec.label", 'base = {k: "L-" + (n.spec.id or n.spec.label)')
     assert labels() == ["L-one"]
     assert labels() == ["L-one"]
+
+
+def test_the_model_pickles_as_constructor_calls_read_in_c_byte_for_byte(isolated: Path) -> None:
+    """caches._Pickler reads a dataclass's fields with operator.attrgetter: the same bytes as
+    reading them one by one in Python, and objects equal to the original when loaded."""
+    import io
+
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1}\n  - s.py:act: {id: b, n: 2, inputs: ['*.py']}\n"
+                  "deployments:\n  - {name: d, entrypoint: s.py:act}\n")
+    compiled = compiled_build(pf, sections=("build",), deployments=())
+
+    class ByName(pickle.Pickler):  # the reference: every field by getattr, as before
+        def reducer_override(self, obj: object) -> object:
+            names = caches._init_fields(type(obj))
+            if not names:
+                return NotImplemented
+            return (type(obj), tuple(getattr(obj, n) for n in names))
+
+    for obj in (compiled.project, compiled.graph):
+        fast, slow = io.BytesIO(), io.BytesIO()
+        caches._Pickler(fast, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        ByName(slow, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        assert fast.getvalue() == slow.getvalue()
+        assert pickle.loads(fast.getvalue()) == obj
