@@ -59,25 +59,38 @@ class PrefectStore(PrefectRuns):
         """Everything of the kind(s), read with one listing per Prefect collection, in parallel."""
         if kind is not None and kind not in _READS:
             raise StateError(f"unknown resource kind {kind!r}", hint="one of: variable, pool, deployment")
-        return self._listing(kind, {})
+        wanted = [k for k in _COLLECTIONS if kind is None or k in _READS[kind]]
+        return self._resources(kind, self._read({k: _FILTERS.get(k) for k in wanted}))
 
     def plan_resources(self, owner: str, deployments: Collection[str]) -> list[Resource]:
-        """Every pool and variable, and the deployments that are named `deployments` or carry
-        `owner`'s tag, with their flows and triggers: Prefect filters them, so a plan's reads do not
-        grow with the other projects on the server."""
-        names = sorted({name.partition("/")[2] for name in deployments})
-        mine: dict[str, Any] = {"operator": "or_", "tags": {"all_": specs.owner_tags(owner)}}
-        if names:
-            mine["name"] = {"any_": names}
-        listed = self._listing(None, {"deployments": {"deployments": mine}, "flows": {"deployments": mine}})
+        """Every pool and variable, and the deployments named `deployments` or carrying `owner`'s
+        tag, with their flows and triggers. Prefect filters them (its filters cannot say "tag, or
+        flow and name", so the owned ones are read first, with everything else, and the named ones
+        that were not among them in a second round): a plan's reads do not grow with the other
+        projects on the server, and a project that owns all it declares needs one round."""
+        owned = {"deployments": {"tags": {"all_": specs.owner_tags(owner)}}}
+        got = self._read({**{k: _FILTERS.get(k) for k in _COLLECTIONS}, "deployments": owned, "flows": owned})
+        flows = {f["id"]: f["name"] for f in got["flows"]}
+        missing = set(deployments) - {f"{flows.get(d['flow_id'])}/{d['name']}" for d in got["deployments"]}
+        if missing:
+            by_name = {"name": {"any_": sorted({n.partition("/")[0] for n in missing})}}
+            named = {"flows": by_name, "deployments": {"name": {"any_": sorted({n.partition("/")[2] for n in missing})}}}
+            more = self._read({"deployments": named, "flows": {"flows": by_name}})
+            seen = {d["id"] for d in got["deployments"]}
+            got["deployments"] += [d for d in more["deployments"] if d["id"] not in seen]
+            got["flows"] += more["flows"]
         wanted = set(deployments)
-        return [r for r in listed if r.kind != "deployment" or r.name in wanted or r.owner == owner]
+        return [
+            r for r in self._resources(None, got) if r.kind != "deployment" or r.name in wanted or r.owner == owner
+        ]
 
-    def _listing(self, kind: str | None, filters: Mapping[str, Mapping[str, Any]]) -> list[Resource]:
-        wanted = [k for k in _COLLECTIONS if kind is None or k in _READS[kind]]
-        with ThreadPoolExecutor(len(wanted)) as pool:
-            jobs = {k: pool.submit(self._all, k, filters.get(k, _FILTERS.get(k))) for k in wanted}
-            got = {k: job.result() for k, job in jobs.items()}
+    def _read(self, bodies: Mapping[str, Mapping[str, Any] | None]) -> dict[str, list[Any]]:
+        """Each collection's listing (its filter body, or None for all), all at once."""
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            jobs = {k: pool.submit(self._all, k, body) for k, body in bodies.items()}
+            return {k: job.result() for k, job in jobs.items()}
+
+    def _resources(self, kind: str | None, got: Mapping[str, list[Any]]) -> list[Resource]:
         out: list[Resource] = []
         variables = got.get("variables", [])
         if kind in (None, "variable"):
