@@ -362,8 +362,10 @@ def still_valid(path: str) -> list[str] | None:
 
     When the manifest records its steps (what `previous_build` needs), a changed file does not
     stop the check: every file is checked (in two processes on a multi-core machine) and the
-    moved ones kept for `previous_build`, so the build that follows stats nothing again."""
-    _verified.pop(path, None)
+    moved ones kept for `previous_build`, so the build that follows stats nothing again. Once
+    this process's part has shown the answer is no, the helper's part is collected there too,
+    having run meanwhile beside the build's start (imports, the compiled build)."""
+    _forget_verified(path)
     data = _read(path)
     if data is None:
         return None
@@ -392,6 +394,9 @@ def still_valid(path: str) -> list[str] | None:
             split = len(paths)
         moved = _moved_files(paths, numbers, 0, split, root, whole)
         covered = [(0, split)]
+        if helper is not None and whole and (moved or moved_dirs or data["racy"]):
+            _verified[path] = (data, set(moved), covered, (helper, split))  # collected by previous_build
+            return None
         if helper is not None:
             theirs = _join_helper(helper, stop=bool(moved) and not whole)
             if theirs is not None:
@@ -400,7 +405,7 @@ def still_valid(path: str) -> list[str] | None:
     finally:
         os.close(root)
     if whole:
-        _verified[path] = (data, set(moved), covered)
+        _verified[path] = (data, set(moved), covered, None)
     if moved or moved_dirs or data["racy"] or len(covered) != (1 if helper is None else 2):
         return None
     labels: list[str] = data["labels"]
@@ -437,8 +442,16 @@ def _surroundings_unchanged(data: dict[str, Any]) -> bool:
 
 
 # manifest -> what still_valid found, for the previous_build that follows in this process: (the
-# decoded manifest checked, indices of the files that moved, the index ranges checked)
-_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]]]] = {}
+# decoded manifest checked, indices of the files that moved, the index ranges checked, a helper
+# still checking the files from an index on, or None)
+_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]], tuple[tuple[int, int], int] | None]] = {}
+
+
+def _forget_verified(path: str) -> None:
+    """Drop what still_valid found for `path`, stopping and waiting for a helper left running."""
+    found = _verified.pop(path, None)
+    if found is not None and found[3] is not None:
+        _join_helper(found[3][0], stop=True)
 
 
 def _moved_files(paths: list[str], numbers: memoryview, start: int, end: int, root: int, whole: bool) -> list[int]:
@@ -588,13 +601,22 @@ def _previous(path: str) -> Previous | None:
     prefix = _root_of(path).rstrip(os.sep) + os.sep
     full = [p if p.startswith(os.sep) else prefix + p for p in paths]
     moved = set(data["racy"])
-    checked = _verified.pop(path, None)  # the no-op check, moments ago in this process
+    checked = _verified.get(path)  # the no-op check, moments ago in this process
     if checked is not None and checked[0] is data:
+        _verified.pop(path)
         moved |= checked[1]
+        covered = list(checked[2])
+        if checked[3] is not None:  # its helper, done by now (or its part is checked here)
+            (helper, start) = checked[3]
+            theirs = _join_helper(helper, stop=False)
+            if theirs is not None:
+                moved.update(theirs)
+                covered.append((start, len(full)))
         todo = [(0, len(full))]
-        for start, end in checked[2]:
+        for start, end in covered:
             todo = [part for a, b in todo for part in ((a, min(b, start)), (max(a, end), b)) if part[0] < part[1]]
     else:
+        _forget_verified(path)
         todo = [(0, len(full))]
     stat = os.stat
     for start, end in todo:
@@ -637,6 +659,8 @@ def previous_build(path: str) -> Previous | None:
         return _previous(path)
     except (ValueError, IndexError):
         return None
+    finally:
+        _forget_verified(path)  # what the no-op check found and this did not use (a helper stopped)
 
 
 # --- the command-line side: a restricted parse of `build` / `push` ------------------------------------
