@@ -31,6 +31,7 @@ from stat import S_ISREG
 from typing import Any
 
 from buildsys.cache import RACY_NS, Cache, FileSet, file_digests, is_absolute
+from buildsys.noop import cpus, fork_helper
 
 MIN_STEPS = 32  # fewer steps to look ahead for: a fork costs more than it saves
 _HEAD = struct.Struct("<I")
@@ -74,29 +75,20 @@ class Prefetch:
         """Fork the helper for `steps` (node key, its input globs relative to `root`), in the order
         the build will most likely want them; None when it would not pay or cannot be started."""
         todo = [(key, list(globs)) for key, globs in steps if globs]
-        if len(todo) < MIN_STEPS or not hasattr(os, "fork") or os.sep != "/" or _cpus() < 2:
+        if len(todo) < MIN_STEPS or not hasattr(os, "fork") or os.sep != "/" or cpus() < 2:
             return None
         stats = cache.file_rows()  # loaded before the fork: the helper never touches the database
         try:
             progress = mmap.mmap(-1, len(todo))  # shared with the forked helper (zeros)
-            fds = os.pipe()
         except OSError:
             return None
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(fds[0])
-            os.close(fds[1])
+        # the helper: no threads, no database, no atexit, no buffered output
+        forked = fork_helper(lambda out: _serve(out, files, root, todo, stats, progress))
+        if forked is None:
             return None
-        if pid == 0:  # the helper: no threads, no database, no atexit, no buffered output
-            try:
-                os.close(fds[0])
-                _serve(fds[1], files, root, todo, stats, progress)
-            finally:
-                os._exit(0)
-        os.close(fds[1])
-        os.set_blocking(fds[0], False)
-        return cls(pid, fds[0], cache.observed, {key: i for i, (key, _) in enumerate(todo)}, progress)
+        pid, pipe = forked
+        os.set_blocking(pipe, False)
+        return cls(pid, pipe, cache.observed, {key: i for i, (key, _) in enumerate(todo)}, progress)
 
     def take(self, key: str) -> Prefetched | None:
         """The helper's answer for node `key` when it has arrived and still holds, else None
@@ -219,10 +211,3 @@ def _still_true(answer: Any) -> Prefetched | None:
         return None
     return Prefetched(list(found), list(listed), dict(zip(found, digests, strict=True)),
                       [(p, tuple(r)) for p, r in hashed], seen)
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

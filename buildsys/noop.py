@@ -19,7 +19,7 @@ import time
 
 TYPE_CHECKING = False  # not `typing.TYPE_CHECKING`: importing typing costs a no-op ~3 ms
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
 FORMAT = 5
@@ -388,7 +388,7 @@ def still_valid(path: str) -> list[str] | None:
         # helper checks the second part of the files while this process checks everything else
         # (git preloads its index the same way, with threads; Python threads would queue on the
         # GIL). This process also stats the directories: the helper takes that many more files.
-        split = (len(paths) - len(data["dirs"])) // 2 if len(paths) >= PARALLEL_FROM and _cpus() > 1 else len(paths)
+        split = (len(paths) - len(data["dirs"])) // 2 if len(paths) >= PARALLEL_FROM and cpus() > 1 else len(paths)
         helper = _start_helper(paths, numbers, split, root, whole) if 0 < split < len(paths) else None
         if helper is None:
             split = len(paths)
@@ -479,6 +479,19 @@ def _moved_files(paths: list[str], numbers: memoryview, start: int, end: int, ro
 def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int, whole: bool) -> tuple[int, int] | None:
     """Fork a process that checks paths[start:] and says through a pipe which moved (the first
     only unless `whole`): (its pid, the pipe's end)."""
+
+    def work(out: int) -> None:
+        said = (",".join(map(str, _moved_files(paths, numbers, start, len(paths), root, whole))) + ";").encode()
+        while said:
+            said = said[os.write(out, said) :]
+
+    return fork_helper(work)
+
+
+def fork_helper(work: Callable[[int], object]) -> tuple[int, int] | None:
+    """Fork a helper process that runs `work(the pipe's write end)` and exits without running
+    anything of the parent's (no atexit, no buffered output): (its pid, the pipe's read end), or
+    None when no process can be forked. Shared by this check and cache_prefetch."""
     if not hasattr(os, "fork"):
         return None
     try:
@@ -491,12 +504,10 @@ def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int, 
         os.close(fds[0])
         os.close(fds[1])
         return None
-    if pid == 0:  # the helper runs nothing of the parent's: no atexit, no buffered output
+    if pid == 0:
         try:
             os.close(fds[0])
-            said = (",".join(map(str, _moved_files(paths, numbers, start, len(paths), root, whole))) + ";").encode()
-            while said:
-                said = said[os.write(fds[1], said) :]
+            work(fds[1])
         finally:
             os._exit(0)
     os.close(fds[1])
@@ -529,7 +540,8 @@ def _join_helper(helper: tuple[int, int], *, stop: bool) -> list[int] | None:
         return None
 
 
-def _cpus() -> int:
+def cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -111,7 +111,7 @@ def build(root: Path) -> tuple[dict[str, Any], int]:
 
 
 def test_a_build_with_the_helper_equals_one_without(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_prefetch, "_cpus", lambda: 2)
+    monkeypatch.setattr(cache_prefetch, "cpus", lambda: 2)
     monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 1)
     monkeypatch.setattr(cache_prefetch.Prefetch, "patient", True)  # every answer waited for and taken
     with_helper, used = build(make_project(isolated / "one"))

@@ -176,7 +176,7 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
         if steps:
             found = noop._verified[path]
             assert found[1] == {changed}
-            assert (found[3] is not None) == (noop._cpus() > 1)  # the helper's part: collected below
+            assert (found[3] is not None) == (noop.cpus() > 1)  # the helper's part: collected below
             fast = noop.previous_build(path)
             assert path not in noop._verified
             noop._decoded.clear()  # and again with nothing found beforehand: every file stat-ed here
@@ -191,7 +191,7 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
         noop.previous_build(path)  # (what the build does next: it collects a helper left checking)
     else:
         assert noop.still_valid(path) == ["a", "b"]
-    if noop._cpus() > 1:
+    if noop.cpus() > 1:
         assert len(helpers) == (3 if changed is not None else 2)  # one per still_valid call
     for pid in helpers:  # every helper was waited for
         with pytest.raises(ChildProcessError):
