@@ -129,6 +129,16 @@ class App:
                         "problems": [p.as_dict() for p in problems]})
 
 
+def ask_or_refuse(question: str, refusal: Exception) -> None:
+    """The rule of every command that destroys or replaces something: ask `question` on a terminal
+    (no is the default: the command aborts); without a terminal raise `refusal`, which says what was
+    not done and which flag approves it (the caller skips this call when that flag was given)."""
+    if not sys.stdin.isatty():
+        raise refusal
+    if not click.confirm(question, default=False):
+        raise click.exceptions.Abort()
+
+
 def _message_of(error: BaseException) -> str:
     if isinstance(error, click.ClickException):
         return error.format_message()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from buildsys.cli.affected import affected_option
-from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.app import App, ask_or_refuse, common_options, pass_app
 from buildsys.cli.planopts import full_option, prune_option
 from buildsys.cli.select import deployments_option
 
@@ -89,15 +88,15 @@ def confirm(auto_approve: bool) -> None:
     """Ask on a terminal; refuse without one unless --auto-approve (CI must say so explicitly)."""
     if auto_approve:
         return
-    if not sys.stdin.isatty():
-        from buildsys.errors import BuildsysError
+    from buildsys.errors import BuildsysError
 
-        raise BuildsysError(
+    ask_or_refuse(
+        "Apply these changes?",
+        BuildsysError(
             "apply needs approval, and there is no terminal to ask on; nothing was applied",
             hint="pass --auto-approve, or apply a reviewed plan file: `buildsys plan -o PLAN` then `buildsys apply PLAN`",
-        )
-    if not click.confirm("Apply these changes?", default=False):
-        raise click.exceptions.Abort()
+        ),
+    )
 
 
 def report(app: App, plan: Plan | None, result: ApplyResult | None) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.app import App, ask_or_refuse, common_options, pass_app
 
 if TYPE_CHECKING:
     from buildsys.store.base import Artifact, FlowRun, LogLine, RunState, StateStore, TaskRun
@@ -307,21 +307,19 @@ def mark(app: App, run_id: str, new_state: str, message: str | None, force: bool
 def delete(app: App, run_id: str, yes: bool) -> None:
     """Delete a finished or scheduled run with its logs, state history and task runs (a run a worker
     may hold is refused: cancel it first)."""
-    import sys
-
     from buildsys.errors import BuildsysError
 
     store = app.open_store()
     try:
         run = store.get_run(run_id)
         if not yes:
-            if not sys.stdin.isatty():
-                raise BuildsysError(
+            ask_or_refuse(
+                f"Delete flow run {run.name} ({run.state}) with its logs, states and task runs?",
+                BuildsysError(
                     f"deleting flow run {run.name} ({run.id}) needs confirmation, and there is no terminal to ask on; nothing was deleted",
                     hint="pass --yes",
-                )
-            if not click.confirm(f"Delete flow run {run.name} ({run.state}) with its logs, states and task runs?", default=False):
-                raise click.exceptions.Abort()
+                ),
+            )
         gone = store.delete_run(run.id)
     finally:
         store.close()

@@ -15,7 +15,7 @@ import click
 
 from buildsys.cli.adopt import import_ as adopt
 from buildsys.cli.adopt import rm
-from buildsys.cli.app import App, common_options, pass_app
+from buildsys.cli.app import App, ask_or_refuse, common_options, pass_app
 from buildsys.errors import StateError
 
 
@@ -143,10 +143,10 @@ def _read_export(file: str) -> Any:
 
 
 def _confirm(url: str) -> None:
-    if not sys.stdin.isatty():
-        raise StateError(
+    ask_or_refuse(
+        f"Replace everything in {url}?",
+        StateError(
             f"the store {url} is not empty and an import replaces everything in it",
             hint="pass --yes to replace it (there is no terminal to ask on)",
-        )
-    if not click.confirm(f"Replace everything in {url}?", default=False):
-        raise click.Abort()
+        ),
+    )

@@ -170,3 +170,24 @@ def test_runs_mark_and_delete(project: Path, capsys: pytest.CaptureFixture[str])
     assert (code, out) == (0, f"Deleted flow run {run['name']} ({run['id']}) with its logs, states and task runs.\n"), err
     code, _, err = cli(capsys, "runs", "show", run["id"])
     assert code == 1 and f"flow run '{run['id']}' not found" in err
+
+
+
+@pytest.mark.parametrize("answer, deleted", [("y\n", True), ("n\n", False), ("\n", False)])
+def test_runs_delete_asks_on_a_terminal_and_no_is_the_default(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, answer: str, deleted: bool
+) -> None:
+    """The one rule of apply, `state import` and `runs delete` (cli.app.ask_or_refuse): on a terminal
+    the question is asked and only yes goes ahead (the refusal without one is tested above)."""
+    import io
+
+    code, out, _ = cli(capsys, "--json", "run", "a")
+    assert code == 0, out
+    run = json.loads(out)
+    monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    code, out, err = cli(capsys, "runs", "delete", run["id"])
+    assert f"Delete flow run {run['name']} (SCHEDULED) with its logs, states and task runs? [y/N]" in out
+    assert (code == 0) is deleted, err
+    code, _, err = cli(capsys, "runs", "show", run["id"])
+    assert (code == 1 and "not found" in err) is deleted
