@@ -39,8 +39,13 @@ def manifest_path(project_file: str, sections: Sequence[str], deployments: Seque
 
 
 def environment_fingerprint() -> list[tuple[str, int]]:
-    """Installed packages move these directories' mtimes (the current directory excluded)."""
+    """Installed packages move these directories' mtimes. Not the entry Python puts first for
+    how it was started: the current directory (`python -m buildsys`, `-c`) or the running
+    script's directory (the `buildsys` console script's bin/): it holds no installed package, so
+    both ways of starting buildsys share every cache."""
     here = {"", os.getcwd()}
+    if sys.argv and sys.argv[0]:
+        here.add(os.path.dirname(os.path.abspath(sys.argv[0])))
     out = []
     for entry in sys.path:
         if entry in here:

@@ -246,3 +246,20 @@ def test_the_model_pickles_as_constructor_calls_read_in_c_byte_for_byte(isolated
         ByName(slow, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
         assert fast.getvalue() == slow.getvalue()
         assert pickle.loads(fast.getvalue()) == obj
+
+
+def test_the_way_buildsys_is_started_does_not_change_the_key(tmp_path: Path) -> None:
+    """The console script (its bin/ first on sys.path) and `python -m buildsys` / `-c` (the current
+    directory first) share every cache: the entry Python puts first is no installed package."""
+    code = "import buildsys.caches as c; print(c.code_key())"
+    script = tmp_path / "bin" / "start.py"
+    script.parent.mkdir()
+    script.write_text(code + "\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    keys = [
+        subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+        for args in ([str(script)], ["-c", code])
+    ]
+    assert all(k.returncode == 0 for k in keys), [k.stderr for k in keys]
+    assert keys[0].stdout == keys[1].stdout
+    assert str(script.parent) not in keys[0].stdout
