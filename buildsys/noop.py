@@ -43,9 +43,7 @@ def environment_fingerprint() -> list[tuple[str, int]]:
     how it was started: the current directory (`python -m buildsys`, `-c`) or the running
     script's directory (the `buildsys` console script's bin/): it holds no installed package, so
     both ways of starting buildsys share every cache."""
-    here = {"", os.getcwd()}
-    if sys.argv and sys.argv[0]:
-        here.add(os.path.dirname(os.path.abspath(sys.argv[0])))
+    here = {"", os.getcwd(), _STARTED_FROM}
     out = []
     for entry in sys.path:
         if entry in here:
@@ -55,6 +53,10 @@ def environment_fingerprint() -> list[tuple[str, int]]:
         except OSError:
             continue
     return out
+
+
+# the running script's directory, taken before anything could change the current directory
+_STARTED_FROM = os.path.dirname(os.path.abspath(sys.argv[0])) if getattr(sys, "argv", None) and sys.argv[0] else ""
 
 
 def code_stamp() -> str:
