@@ -8,6 +8,7 @@ Failures are values: a failed node stops its dependents (and, without --keep-goi
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import threading
@@ -196,6 +197,10 @@ class Engine:
         position = {k: i for i, k in enumerate(order)}
         ready = [k for k in order if waiting[k] == 0]
         stop = False
+        # What exists now (the modules, the compiled build: tens of thousands of objects that
+        # outlive the build) is left out of the collections the build's own objects cause;
+        # given back to them when the build ends.
+        gc.freeze()
         try:
             self._start_prefetch(order)
             threads = self.jobs + (SHARED_LOOKUPS if self.shared is not None else 0)
@@ -223,6 +228,7 @@ class Engine:
                         self.results[key] = NodeResult(key, label, "skipped", reason=reason)
                         self.reporter.event(Event("skipped", label, reason=reason))
         finally:
+            gc.unfreeze()
             if self._prefetch is not None:
                 self._prefetch.close()
             self.cache.close()
