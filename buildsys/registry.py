@@ -22,9 +22,8 @@ from buildsys.errors import Diagnostic, ProjectError, StepError
 from buildsys.step import StepDef
 
 if TYPE_CHECKING:
-    from importlib.metadata import EntryPoint
-
     from buildsys.model import StepSpec
+    from buildsys.plugins import Entry
 
 GROUP = "buildsys.steps"
 BUILTIN_DIST = "buildsys"
@@ -53,7 +52,7 @@ class _Claim:
     name: str
     value: str
     package: str
-    ep: EntryPoint
+    ep: Entry
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ from buildsys.errors import BuildsysError
 from buildsys.suggest import did_you_mean
 
 if TYPE_CHECKING:
-    from importlib.metadata import EntryPoint  # the registry's scan imports it, only when asked
+    from buildsys.plugins import Entry
 
 __all__ = [
     "Execution",
@@ -139,11 +139,11 @@ class Infrastructure(Protocol):
 
 
 @lru_cache(maxsize=1)
-def _registered() -> dict[str, list[EntryPoint]]:
+def _registered() -> dict[str, list[Entry]]:
     """Every entry point of the group by name (two values for one name: a conflict, said when used)."""
     from buildsys import plugins
 
-    found: dict[str, list[EntryPoint]] = {}
+    found: dict[str, list[Entry]] = {}
     for ep in plugins.group(GROUP):
         claims = found.setdefault(ep.name, [])
         if not any(c.value == ep.value for c in claims):
