@@ -31,13 +31,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__, noop
-from buildsys.compiled import Compiled, compile_project
-from buildsys.graph import StepGraph
 from buildsys.model import Project
-from buildsys.step import StepDef
+
+if TYPE_CHECKING:  # a plan loads projects only: the compiled build's modules cost it ~30 ms to import
+    from buildsys.compiled import Compiled
+    from buildsys.graph import StepGraph
+    from buildsys.step import StepDef
 
 FORMAT = 3
 DIRECTORY = noop.DIRECTORY  # ".buildsys", beside the project file
@@ -305,6 +307,7 @@ def compiled_build(
     """The compiled build of `sections` of `deployments` (all when empty), reused while nothing it
     depends on changed: the project file, the code of the steps it uses, `code_key()`. A no-op
     build then neither parses YAML, validates schemas, scans entry points nor builds the graph."""
+    from buildsys.compiled import Compiled, compile_project
     from buildsys.sourcefiles import read_source
 
     raw, _ = read_source(path)

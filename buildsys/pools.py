@@ -10,7 +10,6 @@ functions over JSON values; a type's default template comes from the registered 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
@@ -305,6 +304,8 @@ def _unknown_hint(name: str, properties: Mapping[str, Any]) -> str | None:
 
 
 def _did_you_mean(name: str, candidates: Any) -> str:
+    import difflib  # only for an unknown name
+
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import Diagnostic, distinct
 from buildsys.model import StepSpec
-from buildsys.step import StepDef
 from buildsys.templating import placeholders
 
 if TYPE_CHECKING:
+    from buildsys.step import StepDef  # the loader of a plan resolves no step: not imported for it
     from buildsys.yamlsource import Located
 
 Path_ = tuple[str | int, ...]
@@ -27,9 +27,10 @@ _CHECK: list[Any] = []  # [the compiled yes/no check of the project schema, or N
 
 def project_schema() -> dict[str, Any]:
     import json
-    from importlib.resources import files
 
-    data: dict[str, Any] = json.loads(files("buildsys.schemas").joinpath("project.schema.json").read_text())
+    from buildsys.shipped import schema_text
+
+    data: dict[str, Any] = json.loads(schema_text("project.schema.json"))
     return data
 
 

@@ -355,10 +355,11 @@ def _builtin_schema(name: str, source: str) -> dict[str, Any] | None:
     if not source.startswith("buildsys.steps"):
         return None
     import json
-    from importlib.resources import files
+
+    from buildsys.shipped import schema_text
 
     try:
-        text = files("buildsys.schemas").joinpath("steps", f"{name}.json").read_text()
+        text = schema_text("steps", f"{name}.json")
     except (FileNotFoundError, ModuleNotFoundError, OSError):
         return None
     data: dict[str, Any] = json.loads(text)

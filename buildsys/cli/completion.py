@@ -5,10 +5,14 @@ Completers never fail: a project that does not load simply completes nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
-from click.shell_completion import CompletionItem, get_completion_class
 
 from buildsys.cli.app import App, common_options, pass_app
+
+if TYPE_CHECKING:  # click.shell_completion only when completing: every command imports this module
+    from click.shell_completion import CompletionItem
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -20,6 +24,8 @@ SHELLS = ("bash", "zsh", "fish")
 @click.pass_context
 def completion(ctx: click.Context, app: App, shell: str) -> None:
     """Print the completion script for SHELL (see `buildsys help completion`)."""
+    from click.shell_completion import get_completion_class
+
     root = ctx.find_root()
     cls = get_completion_class(shell)
     assert cls is not None  # every name in SHELLS is one of click's
@@ -39,6 +45,8 @@ def _project_for(ctx: click.Context) -> object | None:
 
 def deployments(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Deployment names of the project file (for -d and DEPLOYMENT arguments)."""
+    from click.shell_completion import CompletionItem
+
     project = _project_for(ctx)
     names = sorted({d.name for d in getattr(project, "deployments", ())})
     return [CompletionItem(n) for n in names if n.startswith(incomplete)]
@@ -46,6 +54,8 @@ def deployments(ctx: click.Context, param: click.Parameter, incomplete: str) -> 
 
 def step_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Ids of the project's build and push steps (for STEP arguments)."""
+    from click.shell_completion import CompletionItem
+
     project = _project_for(ctx)
     specs = [*getattr(project, "build", ()), *getattr(project, "push", ())]
     for deployment in getattr(project, "deployments", ()):
@@ -56,6 +66,8 @@ def step_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> lis
 
 def step_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Registered step names and aliases (for `steps show NAME`); reads metadata only."""
+    from click.shell_completion import CompletionItem
+
     try:
         from buildsys import registry
 

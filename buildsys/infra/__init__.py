@@ -193,9 +193,9 @@ def get_infrastructure(name: str, **options: Any) -> Infrastructure:
 
 def shipped_job_template(name: str) -> dict[str, Any]:
     """A built-in type's default template, as shipped in `schemas/job-templates/` (a fresh copy)."""
-    from importlib.resources import files
+    from buildsys.shipped import schema_text
 
-    text = (files("buildsys.schemas") / "job-templates" / f"{name}.json").read_text(encoding="utf-8")
+    text = schema_text("job-templates", f"{name}.json")
     template: dict[str, Any] = json.loads(text)
     return template
 
