@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from buildsys import __version__
 from buildsys.cli.app import App, common_options
 from buildsys.printable import printable
 
@@ -99,7 +100,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="buildsys", prog_name="buildsys")
+@click.version_option(__version__, prog_name="buildsys")  # not package_name: that reads the installed metadata
 @common_options
 @click.pass_context
 def cli(ctx: click.Context) -> None:

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines, shipped_job_template
-from buildsys.runtime import CONTROL_PREFIX, PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG, control_event
+
+# buildsys.runtime (with argparse) is imported where a run starts: a plan loads this module only for
+# the type's default job template.
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -53,6 +55,8 @@ class ProcessInfrastructure:
         self._standby = _Standby(self.python, self.base_env) if standby else None
 
     def start(self, job: Job, sink: Sink) -> ProcessExecution:
+        from buildsys.runtime import PARENT_ENV
+
         config = job.configuration
         command = config.get("command")
         args = shlex.split(command) if isinstance(command, str) and command.strip() else runtime_command(self.python)
@@ -92,6 +96,8 @@ class ProcessInfrastructure:
 
     def _watch_engine(self, sink: Sink) -> Sink:
         """Once a run hands its flow to Prefect's engine, the standby runtime preloads that engine."""
+        from buildsys.runtime import CONTROL_PREFIX, control_event
+
         standby = self._standby
         if standby is None or standby.prefect:
             return sink
@@ -140,6 +146,8 @@ class _Standby:
                 self._spares.append(started)
 
     def _start(self) -> tuple[subprocess.Popen[bytes], dict[str, str]] | None:
+        from buildsys.runtime import PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG
+
         env = {k: v for k, v in self.base_env.items() if k not in _interpreter_settings(self.base_env)}
         env.update(self.settings)
         env.update({PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
@@ -222,6 +230,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _control_only(sink: Sink) -> Sink:
     """With stream_output false only the runtime's control lines are passed on."""
+    from buildsys.runtime import CONTROL_PREFIX
+
     def filtered(stream: str, line: str) -> None:
         if line.startswith(CONTROL_PREFIX):
             sink(stream, line)

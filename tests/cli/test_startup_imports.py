@@ -105,3 +105,13 @@ def test_a_push_with_a_shared_cache_imports_no_entry_point_scan_of_its_own(proje
     modules = imported("push", "--cache-from", "http://127.0.0.1:9", cwd=project, env=env)
     assert "buildsys.sharedcache" in modules
     assert families(modules, NEVER | {"click.shell_completion", "difflib"}) == set()
+
+
+def test_the_version_is_the_installed_one_without_reading_metadata(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "buildsys", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"buildsys, version {version('buildsys')}\n"
+    assert " importlib.metadata\n" not in result.stderr and " click.core\n" in result.stderr
