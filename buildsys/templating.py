@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from buildsys.errors import Location, TemplateError
@@ -50,7 +51,10 @@ class Placeholder:
     keypath: tuple[str | int, ...] = ()
 
 
+@lru_cache(maxsize=4096)
 def classify(name: str) -> Placeholder:
+    """What a placeholder names. Placeholders are immutable, so a name written 10,000 times (one
+    `{{ $TOKEN }}` per deployment) is classified once."""
     if name.startswith("$"):
         return Placeholder(f"{{{{ {name} }}}}", name, "env", keypath=(name[1:],))
     if name.startswith("prefect.variables."):
@@ -75,8 +79,38 @@ def _keypath(name: str) -> tuple[str | int, ...]:
 
 def placeholders(value: Any) -> list[Placeholder]:
     """Every placeholder in a value (strings inside dicts and lists; keys are never templated)."""
-    texts = (value,) if isinstance(value, str) else strings(value)
-    return [classify(m.group(1)) for text in texts if "{{" in text for m in PLACEHOLDER.finditer(text)]
+    if isinstance(value, str):
+        texts = [value] if "{{" in value else []
+    else:
+        texts = []
+        templated(value, texts)
+    return [classify(m.group(1)) for text in texts for m in PLACEHOLDER.finditer(text)]
+
+
+_LEAVES = frozenset({int, float, bool, type(None)})
+
+
+def templated(value: Any, out: list[str]) -> None:
+    """Append to `out` every string inside `value` (as `strings` walks it) that holds `{{`, in
+    order. One call per container, not a generator per value: plans ask this of every field of
+    every deployment, and almost none is templated."""
+    if isinstance(value, Mapping):
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        if isinstance(value, str) and "{{" in value:
+            out.append(value)
+        return
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if "{{" in item:
+                out.append(item)
+        elif kind is dict or kind is list or kind is tuple:
+            templated(item, out)
+        elif kind not in _LEAVES:
+            templated(item, out)  # str, Mapping and sequence subclasses: the checks above, in full
 
 
 def strings(value: Any) -> Iterator[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError, distinct
 from buildsys.model import Project, StepSpec
-from buildsys.templating import Placeholder, placeholders
+from buildsys.templating import Placeholder, placeholders, templated
 
 if TYPE_CHECKING:
     from buildsys.yamlsource import Located
@@ -120,17 +120,37 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
     return out
 
 
-def _placeholders_at(value: Any, at: Path_) -> Iterator[tuple[Path_, Placeholder]]:
-    """Every placeholder in `value` with the document path of the string that holds it."""
+def _placeholders_at(value: Any, at: Path_) -> list[tuple[Path_, Placeholder]]:
+    """Every placeholder in `value` with the document path of the string that holds it. The paths
+    are made only for a value that holds a placeholder (one fast look first): plans ask this of
+    every deployment, and most of a project is not templated."""
+    texts: list[str] = []
+    templated(value, texts)
+    if not texts:
+        return []
+    out: list[tuple[Path_, Placeholder]] = []
+    _located(value, at, out)
+    return out
+
+
+def _located(value: Any, at: Path_, out: list[tuple[Path_, Placeholder]]) -> None:
     if isinstance(value, str):
-        for ph in placeholders(value):
-            yield at, ph
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _placeholders_at(item, (*at, key))
+        out.extend((at, ph) for ph in placeholders(value))
+        return
+    if isinstance(value, Mapping):
+        items: Iterable[tuple[Any, Any]] = value.items()
     elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _placeholders_at(item, (*at, i))
+        items = enumerate(value)
+    else:
+        return
+    for key, item in items:
+        kind = type(item)
+        if (kind is str and "{{" not in item) or kind in _LEAVES:
+            continue  # no path made for what holds no placeholder
+        _located(item, (*at, key), out)
+
+
+_LEAVES = frozenset({int, float, bool, type(None)})
 
 
 class _Locator:
