@@ -325,10 +325,7 @@ def deployment_resource(
         # Prefect 3's server default; enforced by `run` and by plan's preflight
         "enforce_parameter_schema": d.enforce_parameter_schema is not False,
     }
-    managed = set(DEPLOYMENT_KEYS)
-    for key, yaml_keys in DEPLOYMENT_WHEN_DECLARED.items():
-        if d.declared & set(yaml_keys):
-            managed.add(key)
+    managed = _managed(d.declared)
     if "paused" in managed:
         spec["paused"] = bool(d.paused)
     if "retries" in managed:
@@ -341,8 +338,22 @@ def deployment_resource(
     _no_blocks_in_parameters(d, spec)
     name = f"{info.name}/{d.name}"
     return DesiredResource(
-        "deployment", name, _with_defaults("deployment", spec), frozenset(managed), d.path, d.location
+        "deployment", name, _with_defaults("deployment", spec), managed, d.path, d.location
     )
+
+
+_WHEN_DECLARED_YAML = frozenset(k for keys in DEPLOYMENT_WHEN_DECLARED.values() for k in keys)
+_MANAGED: dict[frozenset[str], frozenset[str]] = {}  # by the declared YAML keys that decide it
+
+
+def _managed(declared: frozenset[str]) -> frozenset[str]:
+    """The spec keys a deployment declaring these YAML keys manages: one shared set per kind."""
+    deciding = declared & _WHEN_DECLARED_YAML
+    found = _MANAGED.get(deciding)
+    if found is None:
+        extra = {key for key, yaml_keys in DEPLOYMENT_WHEN_DECLARED.items() if deciding & set(yaml_keys)}
+        found = _MANAGED[deciding] = frozenset({*DEPLOYMENT_KEYS, *extra})
+    return found
 
 
 def _triggers(d: Deployment, r: _Renderer) -> list[dict[str, Any]]:

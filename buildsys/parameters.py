@@ -30,10 +30,13 @@ class ParameterProblem:
     hint: str | None = None
 
 
-def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: bool = False) -> list[ParameterProblem]:
+def check(
+    schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: bool = False, key: str | None = None
+) -> list[ParameterProblem]:
     """Every problem with `parameters` under `schema`. `partial`: a deployment's defaults, which
     need not name every required parameter (Prefect checks them with required ignored).
-    Values that are still templates (resolved when the run starts) are not type-checked."""
+    Values that are still templates (resolved when the run starts) are not type-checked.
+    `key`: `schema_key(schema)`, when the caller checks many values against one schema."""
     from buildsys.desired import known_later
     from buildsys.suggest import did_you_mean
 
@@ -58,7 +61,7 @@ def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: 
                     ParameterProblem("", f"Validation failed. Failure reason: {name!r} is a required property")
                 )
     concrete = {k: v for k, v in parameters.items() if k in names and not known_later(v)}
-    key = json.dumps(schema, sort_keys=True, default=str)
+    key = key if key is not None else schema_key(schema)
     fast = _fast_check(key, schema)
     if fast is not None and fast(concrete):
         return problems  # valid: jsonschema (imported only to explain a "no") has nothing to say
@@ -70,6 +73,11 @@ def check(schema: Mapping[str, Any], parameters: Mapping[str, Any], *, partial: 
             message = f"Validation failed for field {path!r}. Failure reason: {error.message}"
         problems.append(ParameterProblem(path, message))
     return problems
+
+
+def schema_key(schema: Mapping[str, Any]) -> str:
+    """What the compiled checks are kept by: the schema's canonical JSON text."""
+    return json.dumps(schema, sort_keys=True, default=str)
 
 
 def enforce(deployment: str, schema: Any, parameters: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from buildsys.desired import DesiredState, known_later
 from buildsys.errors import Diagnostic, ProjectError
@@ -48,9 +49,12 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
     """Deployment parameters against the flow's parameter schema (Prefect's server refuses them on
     deploy unless `enforce_parameter_schema: false`): wrong types raise, names the flow does not
     take warn (a run with them is refused). Same checker as `buildsys run`."""
-    from buildsys.parameters import check
+    from buildsys.parameters import check, schema_key
 
     found: list[Diagnostic] = []
+    # The deployments of one flow share one schema object (desired.canonical keeps it): its key,
+    # the JSON text of the whole schema, is made once per object, not once per deployment.
+    keys: dict[int, tuple[Mapping[str, Any], str]] = {}  # id → (the schema, held so the id stays its)
     for r in desired.resources:
         schema = r.spec.get("parameter_schema") if r.kind == "deployment" else None
         params = r.spec.get("parameters")
@@ -59,7 +63,10 @@ def parameter_problems(desired: DesiredState) -> list[Diagnostic]:
         if r.spec.get("enforce_parameter_schema") is False:
             continue
         where = f"{r.path}.parameters"
-        for p in check(schema, params, partial=True):
+        known = keys.get(id(schema))
+        if known is None:
+            known = keys[id(schema)] = (schema, schema_key(schema))
+        for p in check(schema, params, partial=True, key=known[1]):
             found.append(
                 Diagnostic(
                     "warning" if p.unknown_name else "error",

@@ -86,7 +86,10 @@ def parse_project(
 
 def _unstorable(doc: Located) -> Iterator[Diagnostic]:
     """Values the store could not hold as written (huge integers, NaN, NUL, lone surrogates): an
-    error here, where the file says them, not a crash of apply."""
+    error here, where the file says them, not a crash of apply. The loader already looked at every
+    value it built (`Located.storable`): the document is walked again only when it saw one."""
+    if doc.storable:
+        return
     data = doc.value if isinstance(doc.value, dict) else {}
     for at, problem in value_problems(doc.value):
         yield Diagnostic(
@@ -269,7 +272,7 @@ class _Narrower:
             input_globs=(globs,) if isinstance(globs, str) else tuple(str(g) for g in globs),
             raw=item,
             input_locations={
-                str(k): where for k in body if (where := self.doc.loc((*path, name, k))) is not None
+                str(k): where for k, where in zip(body, self.doc.locs((*path, name), body), strict=True) if where is not None
             },
         )
 

@@ -177,9 +177,12 @@ class _Renderer:
         self.path = path
 
     def value(self, value: Any) -> Any:
-        if isinstance(value, str):
+        kind = type(value)
+        if kind in _LEAVES:  # most values of a project: no ABC checks for them
+            return value
+        if kind is str or isinstance(value, str):
             return self.string(value) if "{{" in value else value
-        if isinstance(value, Mapping):
+        if kind is dict or isinstance(value, Mapping):
             out = {}
             for k, v in value.items():
                 r = self.value(v)

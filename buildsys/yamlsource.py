@@ -16,8 +16,9 @@ every path of every corpus file against PyYAML's own node marks).
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
@@ -83,6 +84,9 @@ class Located:
     root: int | None = None  # packed location of the whole document, see `_pack`
     marks: Marks = field(default_factory=dict)
     held: list[Any] = field(default_factory=list, repr=False)  # the containers `marks` names
+    # True: the loader saw every value built and none is one the store cannot hold (see
+    # `storable.value_problems`), so that walk of the whole document can be skipped. False: unknown.
+    storable: bool = False
 
     def loc(self, path: Path_) -> Location | None:
         """The location of `path`, or of its nearest located ancestor (every ancestor of a located
@@ -90,28 +94,49 @@ class Located:
         found = self.root
         if found is None:
             return None
-        node, marks = self.value, self.marks
+        found, _ = self._walk(path, found, self.value)
+        return Location(self.file, found >> _COL_BITS, found & ((1 << _COL_BITS) - 1))
+
+    def locs(self, path: Path_, keys: Iterable[str | int]) -> list[Location | None]:
+        """`[loc((*path, key)) for key in keys]`, walking down to `path` once."""
+        found = self.root
+        if found is None:
+            return [None for _ in keys]
+        found, node = self._walk(path, found, self.value)
+        out: list[Location | None] = []
+        for key in keys:
+            here = found if node is _STOPPED else self._walk((key,), found, node)[0]
+            out.append(Location(self.file, here >> _COL_BITS, here & ((1 << _COL_BITS) - 1)))
+        return out
+
+    def _walk(self, path: Path_, found: int, node: Any) -> tuple[int, Any]:
+        """From `node` (located at `found`) down `path`: (the packed location of `path` or of its
+        nearest located ancestor, the value at `path`, or `_STOPPED` when the walk stopped above it)."""
+        marks = self.marks
         for step in path:
             at = marks.get(id(node))
             if at is None:
-                break
+                return found, _STOPPED
             if type(at) is dict:
                 try:
                     here = at.get(step)
                 except TypeError:  # an unhashable step names nothing
-                    break
+                    return found, _STOPPED
             elif isinstance(step, int) and 0 <= step < len(at):
                 here = at[step]
             else:
-                break
+                return found, _STOPPED
             if here is None:
-                break
+                return found, _STOPPED
             found = here
             try:
                 node = node[step]
             except (LookupError, TypeError):  # the value was edited after loading
-                break
-        return Location(self.file, found >> _COL_BITS, found & ((1 << _COL_BITS) - 1))
+                return found, _STOPPED
+        return found, node
+
+
+_STOPPED = object()
 
 
 def _pack(event: Event) -> int:
@@ -146,6 +171,7 @@ class _Builder:
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
         self.constructor = yaml.constructor.SafeConstructor()
         self.plain_tags: dict[str, str] = {}  # keys and values repeat: resolve each text once
+        self.storable = True  # until a value the store cannot hold is built (`_unstorable_text` …)
         self.next_source: Next = self._source()  # one function, so `nxt is self.next_source` works
 
     def _source(self) -> Next:
@@ -262,10 +288,15 @@ class _Builder:
             # Keys and short values repeat across a large project ("name", "Europe/Paris"):
             # one shared string each, here and in everything built from them.
             value: str = event.value
+            if ("\x00" in value or not value.isascii()) and _unstorable_text(value):
+                self.storable = False
             return intern(value) if len(value) <= _INTERN_UP_TO else value
         scalar = yaml.ScalarNode(tag, event.value, None, None, style=event.style)
         try:
-            return self.constructor.construct_object(scalar, deep=True)
+            built = self.constructor.construct_object(scalar, deep=True)
+            if not _storable_scalar(built):
+                self.storable = False
+            return built
         except yaml.MarkedYAMLError as exc:
             raise YamlError(f"bad YAML value: {exc.problem}", location=self.loc(event)) from None
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
@@ -302,7 +333,12 @@ class _Builder:
                         for k, v in source.items():
                             merged.setdefault(k, v)
                     continue
-                key = intern(scalar.value) if tag == _STR else self.content(scalar, False, nxt)
+                if tag == _STR:
+                    key = intern(scalar.value)
+                    if ("\x00" in key or not key.isascii()) and _unstorable_text(key):
+                        self.storable = False
+                else:
+                    key = self.content(scalar, False, nxt)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
             else:
@@ -332,7 +368,10 @@ class _Builder:
         if isinstance(key, list | dict | set) or not isinstance(key, Hashable):
             raise YamlError("a mapping key must be a plain value", location=self.loc(event))
         if isinstance(key, bool | int | float) or key is None:
-            return _key_text(event, key)
+            text = _key_text(event, key)
+            if _unstorable_text(text):
+                self.storable = False
+            return text
         return key  # a date, bytes, …: kept as YAML built it
 
     def merge_sources(self, event: Event, nxt: Next) -> Iterator[dict[Any, Any]]:
@@ -348,6 +387,34 @@ class _Builder:
         if not isinstance(value, dict):
             raise YamlError("a merge key (<<) needs a mapping or a list of mappings", location=self.loc(event))
         return value
+
+
+def _unstorable_text(text: str) -> bool:
+    """`storable.text_problem`'s test (a NUL, a lone surrogate), said as yes/no."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_INT_RANGE = (-(2**63), 2**63 - 1)  # storable.INT_RANGE (not imported: the loader needs no store rules)
+
+
+def _storable_scalar(value: Any) -> bool:
+    """A value the constructor built (an explicit tag, a number, a date …) passes
+    `storable.value_problems`' checks of a scalar."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return _INT_RANGE[0] <= value <= _INT_RANGE[1]
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return not _unstorable_text(value)
+    return True  # dates, bytes …: value_problems does not look at them
 
 
 def _key_text(event: Event, value: object) -> str:
@@ -401,7 +468,7 @@ def load_yaml(text: str, file: str) -> Located:
         loader.dispose()
     if value is _EMPTY:
         return Located(None, file, 1 << _COL_BITS | 1)
-    return Located(value, file, builder.root, builder.marks, builder.held)
+    return Located(value, file, builder.root, builder.marks, builder.held, storable=builder.storable)
 
 
 _EMPTY = object()

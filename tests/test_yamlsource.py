@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from buildsys.errors import Location
+from buildsys.storable import value_problems
 from buildsys.yamlsource import YamlError, load_yaml
 from tests.conftest import CORPUS  # the corpus of real prefect.yaml files
 
@@ -255,12 +256,58 @@ def test_every_path_of_every_file_is_located_as_pyyaml_marks_it(source: str | Pa
         doc = load_yaml(text, "f.yaml")
     except YamlError:
         return  # a corpus file that is not valid YAML: the error tests cover those
+    assert doc.storable == (not any(value_problems(doc.value)))  # the loader's own look agrees
     reference = _reference(text)
     for path in _all_paths(doc.value):
         probe = path
         while probe not in reference:
             probe = probe[:-1]
         assert doc.loc(path) == Location("f.yaml", *reference[probe]), path
+    for path in [(), *_all_paths(doc.value)]:  # a container's children at once, as one by one
+        keys = ["no-such-key", 99, *_children(doc.value, path)]
+        assert doc.locs(path, keys) == [doc.loc((*path, k)) for k in keys], path
+
+
+def _children(value: object, path: tuple[object, ...]) -> list[object]:
+    for step in path:  # paths that name nothing have no children
+        named = step in value if isinstance(value, dict) else isinstance(value, list) and isinstance(step, int) and 0 <= step < len(value)
+        if not named:
+            return []
+        value = value[step]  # type: ignore[index]
+    if isinstance(value, dict):
+        return list(value)
+    return list(range(len(value))) if isinstance(value, list) else []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 100000000000000000000000",
+        "a: [1, -9223372036854775809]",
+        "a: .nan",
+        "a: {b: -.inf}",
+        'a: "x\\0y"',
+        '"k\\0": 1',
+        'a: !!str "x\\0"',
+        "a: !!float 1e400",
+        'x: &bad {v: "\\0"}\ny: *bad',
+        'x: &bad {v: .inf}\ny: {<<: *bad}',
+        "- [1, {b: [x, .inf]}]",
+        'x: &k "\\0"\n? *k\n: 1',
+    ],
+)
+def test_the_loader_says_when_a_value_cannot_be_stored(text: str) -> None:
+    """`Located.storable` lets a load skip `value_problems`' walk of the whole document: it must be
+    False whenever that walk would find something (and True for what people write, above)."""
+    doc = load_yaml(text, "f.yaml")
+    assert any(value_problems(doc.value))
+    assert not doc.storable
+
+
+def test_the_loader_finds_ordinary_values_storable() -> None:
+    doc = load_yaml("a: [9223372036854775807, -9223372036854775808, 1.5, café, 2024-01-01, yes, null, !!binary aGk=]", "f")
+    assert not any(value_problems(doc.value))
+    assert doc.storable
 
 
 def test_a_location_survives_edits_of_the_value() -> None:

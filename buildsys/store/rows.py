@@ -116,6 +116,16 @@ class SharedSpecs:
     def __init__(self) -> None:
         self._memo: dict[str, Any] = {}
         self._encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+        self._sources: dict[str, Any] = {}
+
+    def source(self, text: str) -> Any:
+        """A `source` column: one apply writes the same text on every row it touches, decoded once."""
+        value = self._sources.get(text)
+        if value is None:
+            value = json.loads(text)
+            if len(self._sources) < 1024:
+                self._sources[text] = value
+        return value
 
     def __call__(self, text: str) -> Any:
         value = json.loads(text)
@@ -135,12 +145,13 @@ class SharedSpecs:
 def resource_from_row(row: tuple[Any, ...], read_spec: Callable[[str], Any] = json.loads) -> Resource:
     kind, name, spec, owner, source, rid, created, updated, serial = row
     what = f"{kind} {name!r}"
+    read_source = read_spec.source if isinstance(read_spec, SharedSpecs) else json.loads
     return Resource(
         kind=kind,
         name=name,
         spec=read_json(spec, f"the spec of {what}", "resources", dict, reader=read_spec),
         owner=owner,
-        source=None if source is None else read_json(source, f"the source of {what}", "resources", dict),
+        source=None if source is None else read_json(source, f"the source of {what}", "resources", dict, reader=read_source),
         id=rid,
         created_at=float(created),
         updated_at=float(updated),
