@@ -178,6 +178,26 @@ def _new_client(ctx: Context) -> Any:
                         hint="start dockerd or set DOCKER_HOST") from None
 
 
+def image_id(ctx: Context, reference: str) -> str | None:
+    """The id of the image `reference` names in the engine of ``ctx.env`` (None: it has none),
+    asked over the engine's socket (the SDK only for engines behind TLS or ssh). Identical
+    lookups at the same moment share one request (``_docker_api.Lookups``)."""
+    from ._docker_api import LOOKUPS, engine_for
+
+    engine = engine_for(ctx.env)
+    if engine is None:
+        where = tuple(ctx.env.get(name, "") for name in DOCKER_ENV)
+        return LOOKUPS.get((where, reference), lambda: local_image_id(client_for(ctx), reference))
+    return LOOKUPS.get((engine.address, reference), lambda: engine.image_id(reference))
+
+
+def images_changed() -> None:
+    """This process built or tagged an image: lookups from now on ask the engine afresh."""
+    from ._docker_api import LOOKUPS
+
+    LOOKUPS.changed()
+
+
 def local_image_id(client: Any, reference: str) -> str | None:
     import docker.errors
 

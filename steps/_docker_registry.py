@@ -190,12 +190,60 @@ def _login(ctx: Context, registry: str, credentials: object) -> tuple[str, str] 
     if isinstance(credentials, Mapping) and credentials.get("username") and credentials.get("password"):
         ctx.secrets.add(str(credentials["password"]))
         return str(credentials["username"]), str(credentials["password"])
+    return configured_login(ctx.env, registry)
+
+
+def configured_login(env: Mapping[str, str], registry: str) -> tuple[str, str] | None:
+    """The login ``docker login`` stored for `registry` in the client configuration
+    (``DOCKER_CONFIG``/config.json, else ``~/.docker/config.json``), read as the Docker SDK reads it.
+    A configuration that keeps its logins in a credential store or helper (or the legacy
+    ``~/.dockercfg``) is read through the SDK, which runs the helper."""
+    config = _config_file(env)
+    if config is None:
+        return None
+    try:
+        with open(config, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict) or data.get("credsStore") or data.get("credHelpers") or not data.get("auths"):
+        return _sdk_login(env, config, registry)
+    auths = data["auths"]
+    if not isinstance(auths, dict):
+        return None
+    wanted = _index_name(registry)
+    entry = auths.get(wanted)
+    if entry is None:
+        entry = next((e for key, e in auths.items() if _index_name(str(key)) == wanted), None)
+    if not isinstance(entry, dict) or "identitytoken" in entry or not isinstance(entry.get("auth"), str):
+        return None
+    try:
+        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if user and password else None
+
+
+def _config_file(env: Mapping[str, str]) -> str | None:
+    """The client configuration the SDK reads: the step environment's DOCKER_CONFIG, the process's,
+    ~/.docker/config.json, ~/.dockercfg; the first that exists."""
+    home = os.path.expanduser("~")
+    candidates = [os.path.join(folder, "config.json") for folder in (env.get("DOCKER_CONFIG"), os.environ.get("DOCKER_CONFIG")) if folder]
+    candidates += [os.path.join(home, ".docker", "config.json"), os.path.join(home, ".dockercfg")]
+    return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def _index_name(registry: str) -> str:
+    """A registry's name as the Docker client's configuration keys it (Docker Hub: docker.io)."""
+    host = registry.replace("http://", "").replace("https://", "").split("/", 1)[0]
+    return "docker.io" if host == "index.docker.io" else host
+
+
+def _sdk_login(env: Mapping[str, str], config: str, registry: str) -> tuple[str, str] | None:
     try:
         import docker.auth
 
-        folder = ctx.env.get("DOCKER_CONFIG")
-        path = os.path.join(folder, "config.json") if folder else None
-        found: Any = docker.auth.load_config(config_path=path, credstore_env=ctx.env).resolve_authconfig(registry)
+        found: Any = docker.auth.load_config(config_path=config, credstore_env=env).resolve_authconfig(registry)
     except Exception:  # no usable client configuration: ask anonymously
         return None
     if isinstance(found, Mapping) and found.get("username") and found.get("password"):

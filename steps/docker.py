@@ -24,7 +24,8 @@ from ._docker_engine import (
     auth_config,
     client_for,
     docker_errors,
-    local_image_id,
+    image_id,
+    images_changed,
     login,
     push_tags,
     qualified,
@@ -119,19 +120,22 @@ def build_docker_image(
     options = {"buildargs": dict(buildargs or {}), "labels": dict(labels or {}), "platform": platform,
                "target": target, **_engine_options(build_kwargs)}
     client = client_for(ctx, private=push and credentials is not None)  # a login stays in its client
-    tag = tag or _content_tag(plan, options, _from_images(client, plan, options["buildargs"]))
+    tag = tag or _content_tag(plan, options, _from_images(ctx, plan, options["buildargs"]))
     extra = [str(t) for t in additional_tags or []]
     if persist_dockerfile and plan.generated is not None:
         ctx.path(dockerfile_output_path).write_text(plan.generated)
-    image_id = _run_build(ctx, client, plan, tag, options, pull=pull, nocache=nocache)
-    with docker_errors(ctx, f"tagging {plan.image_name}"):
-        for extra_tag in extra:
-            client.api.tag(image_id, plan.image_name, tag=extra_tag)
-    ctx.log(f"built {plan.image_name}:{tag} ({image_id})")
+    try:
+        built = _run_build(ctx, client, plan, tag, options, pull=pull, nocache=nocache)
+        with docker_errors(ctx, f"tagging {plan.image_name}"):
+            for extra_tag in extra:
+                client.api.tag(built, plan.image_name, tag=extra_tag)
+    finally:
+        images_changed()  # a later step's FROM may be this image
+    ctx.log(f"built {plan.image_name}:{tag} ({built})")
     if push:  # prefect-docker's old `push: true` (with its optional `credentials`)
         push_tags(ctx, client, plan.image_name, [tag, *extra], login(ctx, client, plan.image_name, credentials))
     return {"image_name": plan.image_name, "tag": tag, "image": f"{plan.image_name}:{tag}",
-            "image_id": image_id, "additional_tags": extra}
+            "image_id": built, "additional_tags": extra}
 
 
 @build_docker_image.files
@@ -151,14 +155,14 @@ def _base_images(inputs: Mapping[str, Any], ctx: Context) -> str:
     """The ids of the FROM images in this engine, so that a rebuilt base image rebuilds this one."""
     plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
                  inputs.get("base_image"), inputs.get("path"))
-    return _from_images(client_for(ctx), plan, inputs.get("buildargs") or {})
+    return _from_images(ctx, plan, inputs.get("buildargs") or {})
 
 
 _ARG = re.compile(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.IGNORECASE | re.MULTILINE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _from_images(client: Any, plan: BuildPlan, buildargs: Mapping[str, Any] | None = None) -> str:
+def _from_images(ctx: Context, plan: BuildPlan, buildargs: Mapping[str, Any] | None = None) -> str:
     """`FROM` references with build args substituted (`ARG BASE=…` / `FROM ${BASE}`); a reference
     that stays unresolved (or names an earlier stage) is left out rather than looked up."""
     text = plan.generated if plan.generated is not None else _read_dockerfile(plan)
@@ -176,30 +180,30 @@ def _from_images(client: Any, plan: BuildPlan, buildargs: Mapping[str, Any] | No
             refs.add(resolved)
     stages = {m.lower() for m in re.findall(r"^\s*FROM\s+\S+\s+AS\s+(\S+)", text, re.IGNORECASE | re.MULTILINE)}
     return "\n".join(
-        f"{ref}={local_image_id(client, ref) or 'absent'}" for ref in sorted(refs) if ref.lower() not in stages
+        f"{ref}={image_id(ctx, ref) or 'absent'}" for ref in sorted(refs) if ref.lower() not in stages
     )
 
 
 @build_docker_image.check
 def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
-    image, image_id = outputs.get("image"), outputs.get("image_id")
-    if not isinstance(image, str) or not isinstance(image_id, str):
+    image, built = outputs.get("image"), outputs.get("image_id")
+    if not isinstance(image, str) or not isinstance(built, str):
         return False
-    return local_image_id(client_for(ctx), image) == image_id
+    return image_id(ctx, image) == built
 
 
 @build_docker_image.shared
 def _image_where_others_get_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
     """A build from the shared cache stands when this engine has the image, or when its registry
     holds that very image under its tag (another runner pushed it; it is not pulled here)."""
-    image, image_id = outputs.get("image"), outputs.get("image_id")
-    if not isinstance(image, str) or not isinstance(image_id, str):
+    image, built = outputs.get("image"), outputs.get("image_id")
+    if not isinstance(image, str) or not isinstance(built, str):
         return False
-    if local_image_id(client_for(ctx), image) == image_id:
+    if image_id(ctx, image) == built:
         return True
     from ._docker_registry import holds_image
 
-    return holds_image(ctx, image, image_id, inputs.get("credentials"))
+    return holds_image(ctx, image, built, inputs.get("credentials"))
 
 
 # Further keyword arguments of the SDK's build that Prefect passes through (**build_kwargs).
@@ -255,20 +259,26 @@ def auto_dockerfile(base_image: str, dirname: str, *, has_requirements: bool) ->
 
 
 def _context(context: Path, dockerfile: str) -> list[str]:
-    from docker.utils.build import exclude_paths
+    return sorted(p for p in _sent(context, ignore_patterns(context), dockerfile) if (context / p).is_file())
 
-    paths = exclude_paths(str(context), ignore_patterns(context), dockerfile=dockerfile)
-    return sorted(p for p in paths if (context / p).is_file())
+
+def _sent(context: Path, patterns: list[str], dockerfile: str) -> set[str]:
+    """The paths a build of `context` sends (files and directories), by Docker's ``.dockerignore`` rules."""
+    from ._dockerignore import BadPattern, sent_paths
+
+    try:
+        return sent_paths(context, patterns, dockerfile=dockerfile)
+    except BadPattern as exc:
+        raise StepError(f"{context / '.dockerignore'}: {exc}", hint="Docker refuses this pattern too") from None
 
 
 def ignore_patterns(context: Path) -> list[str]:
     """The context's ``.dockerignore`` patterns, plus buildsys's own state directory, which must
     neither reach the image nor make every build look new."""
+    from ._dockerignore import read_patterns
+
     ignore = context / ".dockerignore"
-    patterns = []
-    if ignore.is_file():
-        lines = (line.strip() for line in ignore.read_text().splitlines())
-        patterns = [line for line in lines if line and not line.startswith("#")]
+    patterns = read_patterns(ignore.read_text(errors="replace")) if ignore.is_file() else []
     return [*patterns, ".buildsys"]
 
 
@@ -300,7 +310,7 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, tag: str, options: Ma
     reference = f"{plan.image_name}:{tag}"
     step_line = ""
     step_output: list[str] = []
-    image_id: str | None = None
+    found_id: str | None = None
     with docker_errors(ctx, f"building {reference}"), ExitStack() as stack:
         settings = {"rm": True, "forcerm": True, **{k: v for k, v in options.items() if v is not None}}
         name, archive = _context_archive(plan)
@@ -320,8 +330,8 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, tag: str, options: Ma
                 raise _build_failure(ctx, reference, step_line, step_output, str(chunk["error"]))
             aux = chunk.get("aux")
             if isinstance(aux, Mapping) and aux.get("ID"):
-                image_id = str(aux["ID"])
-        return image_id or client.images.get(reference).id
+                found_id = str(aux["ID"])
+        return found_id or str(client.images.get(reference).id)
 
 
 def _context_archive(plan: BuildPlan) -> tuple[str, Any]:
@@ -329,7 +339,7 @@ def _context_archive(plan: BuildPlan) -> tuple[str, Any]:
     or one from outside the context, is added under a fixed name that the archive's own
     ``.dockerignore`` keeps out of ``COPY .`` (a fixed name keeps rebuilds identical)."""
     from docker.api.build import process_dockerfile
-    from docker.utils.build import tar
+    from docker.utils.build import create_archive
 
     if plan.generated is not None:
         name, content = "Dockerfile", plan.generated
@@ -339,8 +349,12 @@ def _context_archive(plan: BuildPlan) -> tuple[str, Any]:
             name = ".buildsys.Dockerfile"
     patterns = ignore_patterns(plan.context)
     if not (plan.context / ".dockerignore").exists():
-        patterns.append(".dockerignore")  # the SDK may add one to the archive; keep it out of the image
-    archive = tar(str(plan.context), exclude=patterns, dockerfile=(name, content))
+        patterns.append(".dockerignore")  # one is added to the archive below; keep it out of the image
+    files = sorted(_sent(plan.context, list(patterns), str(name)))
+    extra = []
+    if content is not None:  # as the SDK's `tar`: the added Dockerfile, and a .dockerignore naming it
+        extra = [(".dockerignore", "\n".join([*patterns, str(name)])), (str(name), content)]
+    archive = create_archive(str(plan.context), files=files, extra_files=extra)
     return str(name), archive
 
 

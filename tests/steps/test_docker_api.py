@@ -1,0 +1,143 @@
+"""The engine API over its socket (steps/_docker_api.py) and the client configuration's logins
+(steps/_docker_registry.configured_login), each against what the Docker SDK gives."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from buildsys.steps import _docker_api
+from buildsys.steps._docker_api import EngineError, Lookups, address, engine_for
+from buildsys.steps._docker_registry import configured_login
+
+from tests.services.waiting import wait_for
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, "unix:///var/run/docker.sock"),
+    ({"DOCKER_HOST": "unix:///run/user/1000/docker.sock"}, "unix:///run/user/1000/docker.sock"),
+    ({"DOCKER_HOST": "tcp://10.0.0.5:2376"}, "tcp://10.0.0.5:2376"),
+    ({"DOCKER_HOST": "tcp://dockerhost"}, "tcp://dockerhost:2375"),
+    ({"DOCKER_HOST": "tcp://[::1]:2375"}, "tcp://[::1]:2375"),
+    ({"DOCKER_HOST": "tcp://10.0.0.5:2376", "DOCKER_TLS_VERIFY": "1"}, None),  # TLS: the SDK's
+    ({"DOCKER_HOST": "tcp://10.0.0.5:2376", "DOCKER_CERT_PATH": "/certs"}, None),
+    ({"DOCKER_HOST": "ssh://me@host"}, None),
+    ({"DOCKER_HOST": "npipe:////./pipe/docker_engine"}, None),
+    ({"DOCKER_HOST": "tcp://host:notaport"}, None),
+])
+def test_the_engine_is_the_one_the_sdk_would_use(env: dict[str, str], expected: str | None) -> None:
+    assert address(env) == expected
+
+
+@pytest.mark.docker
+def test_image_ids_are_the_sdks(docker_client: Any, base_image: str) -> None:
+    engine = engine_for(dict(os.environ))  # the suite's engine, as docker_client found it
+    assert engine is not None
+    assert engine.image_id(base_image) == docker_client.images.get(base_image).id
+    assert engine.image_id(f"{base_image}-absent-{threading.get_ident()}") is None
+    assert engine.image_id(docker_client.images.get(base_image).id) == docker_client.images.get(base_image).id
+
+
+def test_an_engine_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    engine = _docker_api.Engine(f"unix://{tmp_path}/docker.sock")
+    with pytest.raises(EngineError) as err:
+        engine.image_id("python:3.11")
+    assert err.value.message.startswith(f"cannot reach the Docker engine at unix://{tmp_path}/docker.sock: ")
+    assert err.value.hint == "start dockerd or set DOCKER_HOST"
+
+
+def _waiting(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "wait":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_identical_lookups_at_the_same_moment_share_one_request() -> None:
+    lookups = Lookups()
+    asked: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        asked.append("leader")
+        started.set()
+        release.wait(30)
+        return "sha256:one"
+
+    results: dict[str, str | None] = {}
+    leader = threading.Thread(target=lambda: results.update(leader=lookups.get("python", slow)))
+    leader.start()
+    wait_for(started.is_set, 30, "the first lookup to start")
+    joiner = threading.Thread(target=lambda: results.update(joiner=lookups.get("python", lambda: "sha256:two")))
+    joiner.start()
+    wait_for(lambda: _waiting(joiner), 30, "the second lookup to wait on the first")
+    release.set()
+    leader.join(30)
+    joiner.join(30)
+    assert results == {"leader": "sha256:one", "joiner": "sha256:one"} and asked == ["leader"]
+    # nothing is kept once answered: the next lookup asks the engine
+    assert lookups.get("python", lambda: "sha256:three") == "sha256:three"
+
+
+def test_a_lookup_after_this_process_changed_an_image_does_not_join_an_older_one() -> None:
+    lookups = Lookups()
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(30)
+        return "sha256:before"
+
+    leader = threading.Thread(target=lambda: lookups.get("base", slow))
+    leader.start()
+    wait_for(started.is_set, 30, "the first lookup to start")
+    lookups.changed()  # e.g. a build here tagged `base` meanwhile
+    assert lookups.get("base", lambda: "sha256:after") == "sha256:after"
+    release.set()
+    leader.join(30)
+
+
+def _config(folder: Path, data: dict[str, Any]) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(data))
+    return {"DOCKER_CONFIG": str(folder)}
+
+
+def _auth(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_logins_are_read_from_the_client_configuration_as_the_sdk_reads_them(tmp_path: Path) -> None:
+    import docker.auth
+
+    env = _config(tmp_path / "c", {"auths": {
+        "registry.example.com:5000": {"auth": _auth("ci", "pw:with:colons")},
+        "https://index.docker.io/v1/": {"auth": _auth("hub", "hubpw")},
+        "http://legacy.example.com/v1/": {"auth": _auth("old", "oldpw")},
+        "token.example.com": {"identitytoken": "tok"},
+        "empty.example.com": {},
+    }})
+    for registry in ("registry.example.com:5000", "docker.io", "index.docker.io", "legacy.example.com",
+                     "token.example.com", "empty.example.com", "other.example.com"):
+        sdk = docker.auth.load_config(config_path=str(tmp_path / "c" / "config.json")).resolve_authconfig(registry)
+        expected = (sdk["username"], sdk["password"]) if sdk and sdk.get("username") and sdk.get("password") else None
+        assert configured_login(env, registry) == expected, registry
+    assert configured_login(env, "registry.example.com:5000") == ("ci", "pw:with:colons")
+
+
+def test_a_credential_helper_is_left_to_the_sdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.steps import _docker_registry
+
+    env = _config(tmp_path / "c", {"auths": {"r.example.com": {}}, "credsStore": "pass"})
+    seen: list[str] = []
+    monkeypatch.setattr(_docker_registry, "_sdk_login", lambda e, path, registry: seen.append(path) or ("u", "p"))
+    assert configured_login(env, "r.example.com") == ("u", "p")
+    assert seen == [str(tmp_path / "c" / "config.json")]
