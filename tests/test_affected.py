@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from buildsys.errors import BuildsysError
 from buildsys.model import Deployment
 from buildsys.project import load_project
 from tests.conftest import CORPUS
+from tests.services.gitrepo import commit_tree, git, write
 from tests.test_corpus import UNRESOLVED_REFS
 
 PROJECT = """\
@@ -67,16 +67,6 @@ FILES = {
 }
 
 
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-
-
 def full_build(root: Path) -> set[str]:
     """Build every deployment; the labels of the steps that ran (were not cached)."""
     project = load_project(root / "prefect.yaml")
@@ -91,10 +81,7 @@ def shop(isolated: Path) -> Path:
     """The project committed on main and built (so the cache holds the base's results)."""
     root = isolated / "shop"
     root.mkdir()
-    write(root, {"prefect.yaml": PROJECT, ".gitignore": ".buildsys/\n", **FILES})
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
+    commit_tree(root, {"prefect.yaml": PROJECT, ".gitignore": ".buildsys/\n", **FILES})
     full_build(root)
     return root
 
@@ -246,9 +233,7 @@ def test_a_one_flow_change_in_a_corpus_file_affects_one_deployment(name: str, is
         files.setdefault(path, []).append(func)
     for path, funcs in files.items():
         write(root, {path: "".join(f"def {f}(n: int = 1):\n    return n\n\n\n" for f in funcs)})
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
+    commit_tree(root, {})
     def file_of(d: Deployment) -> str:
         return (d.entrypoint or "").rsplit(":", 1)[0]
 
@@ -271,15 +256,12 @@ def test_the_base_side_is_reused_only_for_the_same_environment(isolated: Path, m
     digests of the environment values a step names: other values compute them again."""
     root = isolated / "env"
     root.mkdir()
-    write(root, {
+    commit_tree(root, {
         "prefect.yaml": "build:\n  - run_shell_script:\n      id: paint\n      script: echo {{ $COLOR }}\n"
                         "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
         "a.py": "def a():\n    pass\n",
         ".gitignore": ".buildsys/\n",
     })
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
     monkeypatch.setenv("COLOR", "red")
     assert not affected(root / "prefect.yaml", "main").anything
     assert len(list((root / ".buildsys" / "affected").iterdir())) == 1
@@ -294,7 +276,7 @@ def test_a_step_whose_files_depend_on_another_steps_output_counts_as_affected(is
     so it is affected whatever changed, and so is every step after it."""
     root = isolated / "hook"
     root.mkdir()
-    write(root, {
+    commit_tree(root, {
         "prefect.yaml": "build:\n"
                         "  - run_shell_script:\n      id: where\n      script: echo deps\n"
                         "  - pip_install_requirements:\n      id: install\n      directory: '{{ where.stdout }}'\n"
@@ -302,9 +284,6 @@ def test_a_step_whose_files_depend_on_another_steps_output_counts_as_affected(is
                         "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
         "a.py": "def a():\n    pass\n",
     })
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "base")
     found = affected(root / "prefect.yaml", "main")
     assert [(s.label, s.reason) for s in found.steps] == [
         ("install", "the files it reads depend on another step's outputs, known only after a build"),

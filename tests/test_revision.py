@@ -5,7 +5,6 @@ and one `cat-file --batch`; the edge cases the callers rely on."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,12 @@ from buildsys.revision import (
     resolve_commit,
 )
 from buildsys.sourcefiles import UnreadableFile
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+from tests.services.gitrepo import commit_tree, git
 
 
 def repo(path: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "add", "-A")
-    git(path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "c")
-    return path / "prefect.yaml"
+    """The repository's prefect.yaml (`files` committed on main)."""
+    return commit_tree(path, files, "c") / "prefect.yaml"
 
 
 def test_status_records() -> None:
