@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -351,11 +352,12 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
     import shutil
 
     from tests.services.docker import connect, ensure_base_image
-    from tests.services.registry import start_registry
+    from tests.services.registry import Registry, start_registry
 
     client = connect()
     base_image = ensure_base_image(client)
-    registries = start_registry()
+    # start_registry is a generator (typed as an Iterator): closing it stops the registry
+    registries = cast("Generator[Registry, None, None]", start_registry())
     registry = next(registries)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ci-cache-"))
     server, url, tokens = _cache_server(tmp)
