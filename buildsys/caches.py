@@ -129,14 +129,16 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
-        values = _positional.get(cls)
-        if values is None:
+        try:
+            values = _positional[cls]
+        except KeyError:  # a class met for the first time (the answer None is remembered too)
             values = _positional[cls] = _values_of(_init_fields(cls))
         if values is None:
             return NotImplemented
         return (cls, values(obj))
 
 
+# class -> its objects' field values read as a tuple, or None: pickled the usual way
 _positional: dict[type, Callable[[Any], tuple[Any, ...]] | None] = {}
 
 
