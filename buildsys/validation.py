@@ -196,6 +196,8 @@ def require_references(project: Project, *, text: str | None = None) -> None:
 
 def _declared_outputs(project: Project, steps: tuple[StepSpec, ...]) -> set[str] | None:
     """Every output name these steps declare; None when one of them declares none (unknowable)."""
+    if not steps:
+        return set()  # without importing the registry (and every step's module): most plans
     from buildsys import registry
 
     names: set[str] = set()

@@ -69,11 +69,13 @@ def test_a_plan_imports_no_entry_point_scan_nor_the_build(project: Path) -> None
     modules = imported("--state", "state.db", "plan", cwd=project)  # its build step's outputs: the engine's
     assert {"buildsys.desired", "buildsys.engine"} <= modules
     assert families(modules, NEVER | UNNEEDED) == set()
-    # without build steps a plan loads the project only: no compiled build, no graph, no engine
+    # without build steps a plan loads the project only: no compiled build, no graph, no engine,
     modules = imported("--file", "deployments.yaml", "--state", "state.db", "plan", cwd=project)
     assert "buildsys.desired" in modules
     assert families(modules, NEVER | UNNEEDED) == set()
     assert families(modules, {"buildsys.graph", "buildsys.compiled", "buildsys.engine", "buildsys.cache"}) == set()
+    # … nor the step registry: no step output to look up (its one pull step is the first)
+    assert families(modules, {"buildsys.registry", "buildsys.step"}) == set()
 
 
 def test_an_affected_plan_imports_no_entry_point_scan(project: Path, tmp_path: Path) -> None:
