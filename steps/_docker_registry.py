@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,16 +58,16 @@ def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None
     return None if reply is None else reply.headers.get("Docker-Content-Digest")
 
 
-# Requests go through urllib3, which the Docker SDK already loaded on this path (httpx would add
-# its import and a TLS context per client: about a second of a restored build's start). One
-# connection pool per registry for the life of the process, and one session per registry,
-# repository and login: the auth challenge is answered once (a Basic login is sent to the other
-# repositories of that registry without waiting for their challenge), then a check is one request.
-_POOLS: dict[str, Any] = {}
+# Requests go through buildsys.sharedcache.http (kept-alive connections on http.client: urllib3 or
+# httpx would cost more to import than a restored build's checks take). One client per registry for
+# the life of the process (its token service's origin pooled in it too), and one session per
+# registry, repository and login: the auth challenge is answered once (a Basic login is sent to the
+# other repositories of that registry without waiting for their challenge), then a check is one request.
+_CLIENTS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str, tuple[str, str] | None], _Session] = {}
 _BASIC: set[tuple[str, tuple[str, str]]] = set()  # registries that asked this login for Basic auth
 _LOCK = threading.Lock()
-CONNECT_S, READ_S = 5.0, 15.0
+READ_S = 15.0
 
 
 def _session(ctx: Context, image: str, credentials: object) -> tuple[_Session, str, str]:
@@ -79,22 +80,18 @@ def _session(ctx: Context, image: str, credentials: object) -> tuple[_Session, s
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            pool = _POOLS.get(base)
-            if pool is None:
-                pool = _POOLS[base] = _pool(base, ctx.env)
-            session = _SESSIONS[key] = _Session(pool, base, repository, login)
+            client = _CLIENTS.get(base)
+            if client is None:
+                client = _CLIENTS[base] = _client(ctx.env)
+            session = _SESSIONS[key] = _Session(client, base, repository, login)
     return session, repository, tag
 
 
-def _pool(base: str, env: Mapping[str, str]) -> Any:
-    """A thread-safe pool for `base`, through the proxy the environment names for it, if any."""
-    import urllib3
+def _client(env: Mapping[str, str]) -> Any:
+    """A thread-safe client (redirects followed), through the proxy the environment names for each origin."""
+    from buildsys.sharedcache.http import Client
 
-    retries = urllib3.Retry(total=2, connect=1, read=1, redirect=5, status=0)  # read: a closed kept-alive connection
-    proxy = _proxy(base, env)
-    if proxy:
-        return urllib3.ProxyManager(proxy, maxsize=16, retries=retries, timeout=urllib3.Timeout(connect=CONNECT_S, read=READ_S))
-    return urllib3.PoolManager(maxsize=16, retries=retries, timeout=urllib3.Timeout(connect=CONNECT_S, read=READ_S))
+    return Client(timeout=READ_S, proxy_for=lambda origin: _proxy(origin, env))
 
 
 def _proxy(base: str, env: Mapping[str, str]) -> str | None:
@@ -111,8 +108,8 @@ def _proxy(base: str, env: Mapping[str, str]) -> str | None:
 
 
 class _Session:
-    def __init__(self, pool: Any, base: str, repository: str, login: tuple[str, str] | None) -> None:
-        self.pool, self.base, self.repository, self.login = pool, base, repository, login
+    def __init__(self, client: Any, base: str, repository: str, login: tuple[str, str] | None) -> None:
+        self.client, self.base, self.repository, self.login = client, base, repository, login
         self.headers: dict[str, str] = {"Accept": MANIFEST_TYPES}
         if login is not None and (base, login) in _BASIC:
             self.headers["Authorization"] = _basic(login)
@@ -120,15 +117,15 @@ class _Session:
     def get(self, path: str, *, method: str = "GET") -> Any:
         """The reply to GET (or HEAD) `path`, answering an auth challenge when one comes (a token
         that expired is asked for again); None for 404."""
-        import urllib3
+        from buildsys.sharedcache.http import RequestError
 
         try:
             reply = self._request(method, path)
             if reply.status == 401:
                 self._authenticate(reply.headers.get("WWW-Authenticate", ""))
                 reply = self._request(method, path)
-        except urllib3.exceptions.HTTPError as exc:
-            raise StepError(f"registry {self.base} could not be reached: {_reason(exc)}") from None
+        except RequestError as exc:
+            raise StepError(f"registry {self.base} could not be reached: {exc}") from None
         if reply.status == 404:
             return None
         if reply.status >= 400:
@@ -137,7 +134,7 @@ class _Session:
         return reply
 
     def _request(self, method: str, path: str) -> Any:
-        return self.pool.request(method, self.base + path, headers=dict(self.headers))
+        return self.client.request(method, self.base + path, headers=dict(self.headers))
 
     def _authenticate(self, challenge: str) -> None:
         kind = challenge.split(" ", 1)[0].lower()
@@ -150,7 +147,8 @@ class _Session:
             realm = params.pop("realm", "")
             params.setdefault("scope", f"repository:{self.repository}:pull")
             headers = {"Authorization": _basic(self.login)} if self.login is not None else {}
-            reply = self.pool.request("GET", realm, fields=params, headers=headers)
+            query = urllib.parse.urlencode(params)
+            reply = self.client.request("GET", f"{realm}{'&' if '?' in realm else '?'}{query}", headers=headers)
             if reply.status == 200:
                 data = _json(reply)
                 token = data.get("token") or data.get("access_token")
@@ -169,11 +167,6 @@ def _json(reply: Any) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _reason(exc: Exception) -> str:
-    reason = getattr(exc, "reason", None)  # MaxRetryError: the last error, e.g. connection refused
-    return f"{type(reason or exc).__name__}: {reason or exc}"
 
 
 def _parts(image: str) -> tuple[str, str, str]:

@@ -1,22 +1,22 @@
 """The shared cache on `buildsys server`: GET/PUT /api/v1/cache/{key} with a bearer token
 (BUILDSYS_CACHE_TOKEN, else BUILDSYS_TOKEN). Any token reads; writing needs the `cache` scope.
 
-Requests go through urllib3 (one thread-safe pool of kept-alive connections), which a build that
-uses Docker steps has loaded already: httpx would add its own import and a TLS context, about a
-second of a fresh runner's start on a busy machine, for a handful of small requests.
+Requests go through one pool of kept-alive connections (buildsys.sharedcache.http, on the standard
+library's http.client): httpx or urllib3 would cost more to import than the few dozen small
+requests of a restored build take.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import urllib3
+from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, SharedCacheError, Unreachable, WriteRefused
+from buildsys.sharedcache.http import Pool, RequestError
 
-from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, Unreachable, WriteRefused
-
-TIMEOUT = urllib3.Timeout(connect=3.0, read=10.0)
+TIMEOUT_S = 10.0
 POOL_SIZE = 16  # the engine looks entries up on up to --jobs + 8 threads
 
 
@@ -32,8 +32,13 @@ class ServerBackend:
         # No proxy from the environment (as before). A refused connection is not retried: a cache
         # that is not there is one warning at once, and the build goes on without it. A kept-alive
         # connection the server closed meanwhile is retried once on a new one.
-        retries = urllib3.Retry(total=1, connect=0, read=1, status=0, other=0, redirect=False)
-        self.pool = urllib3.PoolManager(maxsize=POOL_SIZE, timeout=TIMEOUT, retries=retries)
+        parts = urllib.parse.urlsplit(self.base)
+        self.prefix = parts.path.rstrip("/")
+        try:
+            self.pool = Pool(f"{parts.scheme}://{parts.netloc}", timeout=TIMEOUT_S, idle=POOL_SIZE)
+        except ValueError:
+            raise SharedCacheError(f"shared cache URL {self.where!r} names no host",
+                                   hint="use http(s)://HOST:PORT (a buildsys server)") from None
 
     def get(self, key: str) -> bytes | None:
         reply = self._send("GET", key)
@@ -60,33 +65,14 @@ class ServerBackend:
     def _send(self, method: str, key: str, *, body: bytes | None = None,
               headers: Mapping[str, str] | None = None) -> Any:
         try:
-            return self.pool.request(method, f"{self.base}/api/v1/cache/{key}", body=body,
+            return self.pool.request(method, f"{self.prefix}/api/v1/cache/{key}", body=body,
                                      headers={**self.headers, **(headers or {})})
-        except urllib3.exceptions.HTTPError as exc:
-            reason = getattr(exc, "reason", None) or exc  # MaxRetryError: the error behind it
-            raise Unreachable(f"{_kind(reason)}: {_detail(reason)}") from None
+        except RequestError as exc:
+            raise Unreachable(f"{exc.kind}: {exc.reason}") from None
 
     def _ok(self, reply: Any, doing: str) -> None:
         if reply.status >= 400:
             raise Unreachable(f"{doing}: HTTP {reply.status}: {_message(reply)}")
-
-
-def _kind(error: object) -> str:
-    """A short name for the failure: ConnectError (nothing listens there, or no such host),
-    Timeout, else the exception's class."""
-    if isinstance(error, urllib3.exceptions.NewConnectionError):
-        return "ConnectError"
-    if isinstance(error, urllib3.exceptions.TimeoutError):
-        return "Timeout"
-    return type(error).__name__
-
-
-def _detail(error: object) -> str:
-    """The cause, without urllib3's preamble before a refused connection's OS error
-    (`HTTPConnection(host=…, port=…): Failed to establish a new connection: `)."""
-    text = str(error)
-    marker = "Failed to establish a new connection: "
-    return text.split(marker, 1)[1] if marker in text else text
 
 
 def _body(reply: Any) -> dict[str, Any]:
