@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -72,6 +71,8 @@ def prefix_of(folder: str) -> str:
 def replace_atomically(dest: Path, fill: Callable[[Path], None]) -> None:
     """Write ``dest`` through a temporary sibling, so a failed download never leaves half a file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # not at import: the build steps that import this module never need it
+
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
