@@ -383,7 +383,7 @@ def still_valid(path: str) -> list[str] | None:
         return None
     if os.stat not in os.supports_dir_fd:
         return None  # (Windows) the engine decides
-    moved_dirs = _changed_dirs(data, first_only=True)
+    moved_dirs = _changed_dirs(data, first_only=not whole)  # all of them for previous_build
     if (moved_dirs and not whole) or not _surroundings_unchanged(data):
         return None  # (previous_build cannot help either: something besides input files moved)
     try:
@@ -402,7 +402,7 @@ def still_valid(path: str) -> list[str] | None:
         moved = _moved_files(paths, numbers, 0, split, root, whole)
         covered = [(0, split)]
         if helper is not None and whole and (moved or moved_dirs or data["racy"]):
-            _verified[path] = (data, set(moved), covered, (helper, split))  # collected by previous_build
+            _verified[path] = (data, set(moved), covered, (helper, split), moved_dirs)  # collected by previous_build
             return None
         if helper is not None:
             theirs = _join_helper(helper, stop=bool(moved) and not whole)
@@ -412,7 +412,7 @@ def still_valid(path: str) -> list[str] | None:
     finally:
         os.close(root)
     if whole:
-        _verified[path] = (data, set(moved), covered, None)
+        _verified[path] = (data, set(moved), covered, None, moved_dirs)
     if moved or moved_dirs or data["racy"] or len(covered) != (1 if helper is None else 2):
         return None
     labels: list[str] = data["labels"]
@@ -450,8 +450,8 @@ def _surroundings_unchanged(data: dict[str, Any]) -> bool:
 
 # manifest -> what still_valid found, for the previous_build that follows in this process: (the
 # decoded manifest checked, indices of the files that moved, the index ranges checked, a helper
-# still checking the files from an index on, or None)
-_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]], tuple[tuple[int, int], int] | None]] = {}
+# still checking the files from an index on, or None, indices of the directories that moved)
+_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]], tuple[tuple[int, int], int] | None, list[int]]] = {}
 
 
 def _forget_verified(path: str) -> None:
@@ -621,9 +621,11 @@ def _previous(path: str) -> Previous | None:
     full = [p if p.startswith(os.sep) else prefix + p for p in paths]
     moved = set(data["racy"])
     checked = _verified.get(path)  # the no-op check, moments ago in this process
+    moved_dirs: set[int] | None = None
     if checked is not None and checked[0] is data:
         _verified.pop(path)
         moved |= checked[1]
+        moved_dirs = set(checked[4])
         covered = list(checked[2])
         if checked[3] is not None:  # its helper, done by now (or its part is checked here)
             (helper, start) = checked[3]
@@ -651,7 +653,8 @@ def _previous(path: str) -> Previous | None:
                 moved.add(i)
     out = Previous()
     out.paths, out.numbers, out.moved, out.raw, out.manifest = full, numbers, moved, data["raw"], path
-    moved_dirs = set(_changed_dirs(data))
+    if moved_dirs is None:
+        moved_dirs = set(_changed_dirs(data))
     dirs = [d for d, _ in data["dirs"]]
     owned: set[int] = set()
     items = data["nodes"]

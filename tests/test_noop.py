@@ -163,8 +163,10 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
     cache.write_text("")
     path = str(isolated / ".buildsys" / "noop" / "manifest")
     half = len(files) // 2
-    nodes = [("a", "k1", files[:half], []), ("b", "k2", files[half:], [])] if steps else []
-    assert noop.write_manifest(path, files=files, directories=[], env={}, labels=["a", "b"], cache=str(cache), nodes=nodes)
+    dirs = [str(isolated / f"d{d}") for d in range(10)]  # each step lists the folders of its files
+    nodes = [("a", "k1", files[:half], dirs[:5]), ("b", "k2", files[half:], dirs[5:])] if steps else []
+    assert noop.write_manifest(path, files=files, directories=dirs if steps else [], env={}, labels=["a", "b"],
+                               cache=str(cache), nodes=nodes)
     assert noop.still_valid(path) == ["a", "b"]
     changed = {"first": 0, "last": len(files) - 1}.get(which)
     if changed is not None:
@@ -172,6 +174,8 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
         before = f.stat()
         f.write_text("changed\n")
         os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))  # only size and ctime differ
+        if steps:  # and a folder step a lists gains a file: previous_build takes the check's folders too
+            (isolated / "d0" / "new").write_text("new\n")
         assert noop.still_valid(path) is None
         if steps:
             found = noop._verified[path]
@@ -183,7 +187,7 @@ def test_many_files_are_checked_in_two_processes_and_any_change_is_seen(
             slow = noop.previous_build(path)
             assert fast is not None and slow is not None
             assert (fast.moved, fast.changed, fast.keys) == (slow.moved, slow.changed, slow.keys) == (
-                {changed}, {"a" if which == "first" else "b"}, {"a": "k1", "b": "k2"})
+                {changed}, {"a"} if which == "first" else {"a", "b"}, {"a": "k1", "b": "k2"})
         else:
             assert path not in noop._verified
         f.unlink()
