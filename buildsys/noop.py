@@ -411,12 +411,12 @@ def still_valid(path: str) -> list[str] | None:
                 covered.append((split, len(paths)))
     finally:
         os.close(root)
-    if whole:
-        _verified[path] = (data, set(moved), covered, None, moved_dirs)
     if moved or moved_dirs or data["racy"] or len(covered) != (1 if helper is None else 2):
+        if whole:  # for the build that follows (the answer is no): its previous_build
+            _verified[path] = (data, set(moved), covered, None, moved_dirs)
         return None
     labels: list[str] = data["labels"]
-    return labels
+    return labels  # (a yes ends the command: nothing is kept for a later, staler look)
 
 
 def _changed_dirs(data: dict[str, Any], *, first_only: bool = False) -> list[int]:
