@@ -153,7 +153,8 @@ def desired_state(
     values = None if variables is None and env is None else {**(variables or {})}
     if values is not None:
         values.update({v.name: v.value for v in project.variables})
-    deploy_time = DeployTime(env, values)
+    # a plain dict: os.environ encodes and decodes on every lookup, and each deployment looks a few up
+    deploy_time = DeployTime(None if env is None else dict(env), values)
     resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
@@ -533,6 +534,8 @@ class _Renderer:
 
     def _unknown_if_pending(self, value: Any) -> Any:
         if isinstance(value, str):
+            if "{{" not in value:
+                return value
             pending = any(p.kind == "output" and p.step_id in self.built_ids for p in placeholders(value))
             return UNKNOWN if pending else value
         if isinstance(value, Mapping):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from buildsys.printable import printable, unsafe_characters
@@ -20,7 +21,18 @@ Path_ = tuple[str | int, ...]
 
 
 def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a stored, addressable name (None when it can)."""
+    """Why `name` cannot be a stored, addressable name (None when it can). Kept per short name: a
+    project names one pool and one queue in each of its thousands of deployments (long names,
+    which a request may send, are not kept)."""
+    return _short_name_problem(name) if len(name) <= 256 else _name_problem(name)
+
+
+@lru_cache(maxsize=4096)
+def _short_name_problem(name: str) -> str | None:
+    return _name_problem(name)
+
+
+def _name_problem(name: str) -> str | None:
     if not name.strip():
         return "is empty"
     unsafe = unsafe_characters(name)

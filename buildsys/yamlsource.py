@@ -272,8 +272,10 @@ class _Builder:
             at: list[int] = []
             self.marks[id(items)] = at
             self.held.append(items)
-            while (kind := type(item := nxt())) is not SequenceEndEvent:
-                at.append(_pack(item))
+            get = self._direct(nxt)
+            while (kind := type(item := get())) is not SequenceEndEvent:
+                mark: Any = item.start_mark
+                at.append((mark.line + 1) << _COL_BITS | (mark.column + 1))  # `_pack`, inlined
                 if kind is ScalarEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
                     items.append(self.scalar(item))  # type: ignore[arg-type]
                 else:
@@ -283,7 +285,9 @@ class _Builder:
         return self.scalar(event)
 
     def scalar(self, event: ScalarEvent) -> Any:
-        tag = self.tag(event)
+        tag = self.plain_tags.get(event.value) if event.tag is None and event.implicit[0] else None
+        if tag is None:  # `tag`, with its memo looked at first (inlined: once per value)
+            tag = self.tag(event)
         if tag == _STR:
             # Keys and short values repeat across a large project ("name", "Europe/Paris"):
             # one shared string each, here and in everything built from them.
@@ -316,6 +320,16 @@ class _Builder:
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         return str(tag)
 
+    def _direct(self, nxt: Next) -> Next:
+        """What a container's own loop reads its items' first events with: the parser itself when
+        no anchored node is being recorded (nearly always), else `nxt`. Anything an item builds
+        reads through `nxt`, so an anchor inside it is still recorded: a recorder added by an item
+        is removed before the item returns, and one open around this container stays open for all
+        of its loop."""
+        if nxt is self.next_source and not self.recorders:
+            return self.loader.get_event  # type: ignore[no-any-return]
+        return nxt
+
     def mapping(self, located: bool, nxt: Next) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
@@ -324,12 +338,16 @@ class _Builder:
             at = {}
             self.marks[id(result)] = at
             self.held.append(result)
-        while (kind := type(key_event := nxt())) is not MappingEndEvent:
+        get = self._direct(nxt)
+        plain_tags = self.plain_tags
+        while (kind := type(key_event := get())) is not MappingEndEvent:
             if kind is ScalarEvent and key_event.anchor is None:  # type: ignore[attr-defined]  # nearly every key
                 scalar: ScalarEvent = key_event  # type: ignore[assignment]
-                tag = self.tag(scalar)
+                tag = plain_tags.get(scalar.value) if scalar.tag is None and scalar.implicit[0] else None
+                if tag is None:  # `tag`, with its memo looked at first (inlined: once per key)
+                    tag = self.tag(scalar)
                 if tag == _MERGE:
-                    for source in self.merge_sources(nxt(), nxt):
+                    for source in self.merge_sources(get(), nxt):
                         for k, v in source.items():
                             merged.setdefault(k, v)
                     continue
@@ -351,9 +369,10 @@ class _Builder:
                     location=self.loc(key_event),
                     hint="remove or rename one of the two entries",
                 )
-            value_event = nxt()
+            value_event = get()
             if at is not None:  # a mapping value is located at its key
-                at[key] = _pack(key_event)
+                mark: Any = key_event.start_mark
+                at[key] = (mark.line + 1) << _COL_BITS | (mark.column + 1)  # `_pack`, inlined
             if type(value_event) is ScalarEvent and value_event.anchor is None:  # as `node` would, with fewer calls
                 result[key] = self.scalar(value_event)
             else:
