@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # a plan loads projects only: the compiled build's modules co
     from buildsys.graph import StepGraph
     from buildsys.step import StepDef
 
-FORMAT = 3
+FORMAT = 4
 DIRECTORY = noop.DIRECTORY  # ".buildsys", beside the project file
 STEP_RESULTS = noop.STEP_RESULTS  # "cache.db": buildsys.cache
 PROJECTS = "projects"
@@ -301,6 +301,8 @@ class _CompiledBuild:
     graph: StepGraph
     values: dict[str, str | None]  # step name → "module:attr" of its entry point (None: an import path)
     sources: dict[str, str]  # each step's source file → its digest when compiled
+    # plain functions' versions (digests of their source) by where they are, in those files
+    versions: dict[tuple[str, int, str], str]
 
 
 def compiled_build(
@@ -330,23 +332,30 @@ def _compiled_record(compiled: Compiled) -> _CompiledBuild:
     from buildsys import registry
 
     values = {name: registry.value_of(name) for name in compiled.steps}
+    from buildsys import step
+
     sources = {}
+    versions = {}
     for stepdef in compiled.steps.values():
         source = registry.source_file(stepdef)
         if source is not None:
             sources[source] = _file_digest(source)
-    return _CompiledBuild(compiled.project, compiled.graph, values, sources)
+        key = step.version_key(stepdef.func)
+        if key is not None and key[0] in sources and step.computed_versions.get(key) == stepdef.version:
+            versions[key] = stepdef.version
+    return _CompiledBuild(compiled.project, compiled.graph, values, sources, versions)
 
 
 def _steps_of(record: _CompiledBuild) -> dict[str, StepDef] | None:
     """Import the steps a compiled build uses; None when one's source changed since (compile
     again: its declared outputs or input schema may have changed the graph or the checks)."""
-    from buildsys import registry
+    from buildsys import registry, step
 
     root = record.project.root
     try:
         if any(_file_digest(f) != digest for f, digest in record.sources.items()):
             return None
+        step.proven_versions.update(record.versions)  # their files are the ones digested then
         return {
             # an import path: no plugin claimed the name when compiled, and the key covers installs
             name: registry.load_value(value, name) if value is not None else registry.resolve_import_path(name, root)
@@ -354,6 +363,8 @@ def _steps_of(record: _CompiledBuild) -> dict[str, StepDef] | None:
         }
     except Exception:  # anything odd: compile again, which reports it properly
         return None
+    finally:
+        step.proven_versions.clear()
 
 
 def _file_digest(path: str) -> str:

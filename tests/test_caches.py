@@ -68,6 +68,30 @@ def test_a_reused_compiled_build_loads_file_steps_without_scanning_plugins(
     assert again.steps["s.py:act"].func(n=2) == {"n": 2}
 
 
+def test_a_reused_compiled_build_gives_plain_steps_their_recorded_versions(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain function's version (a digest of its source) comes from the record, whose digest of
+    the function's file was just found unchanged: no inspect.getsource (it tokenizes the module)."""
+    from buildsys import registry, step
+
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    pf.write_text("build:\n  - s.py:act: {id: a, n: 1}\n")
+    first = compiled_build(pf, sections=("build",), deployments=())
+    registry.refresh()  # resolved again from the file, as in a new process
+
+    def no_source(func: object) -> str:
+        raise AssertionError("the source was read again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(step.inspect, "getsource", no_source)
+        again = compiled_build(pf, sections=("build",), deployments=())
+    assert again.steps["s.py:act"].version == first.steps["s.py:act"].version != "0"
+    assert again.steps["s.py:act"].func is not first.steps["s.py:act"].func  # a fresh StepDef, not a cached one
+    assert step.proven_versions == {}  # vouched for only while the record's steps load
+
+
 class _Planted:
     """What a hostile repository or recipe could leave in .buildsys/: a pickle that runs code."""
 
