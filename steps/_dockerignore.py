@@ -30,7 +30,6 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -44,13 +43,17 @@ class BadPattern(ValueError):
     """A ``.dockerignore`` line that Docker refuses (an unclosed ``[``, a trailing ``\\``)."""
 
 
-@dataclass(frozen=True)
 class Pattern:
-    text: str  # cleaned, without its `!`
-    exception: bool
-    depth: int  # the number of path elements in the pattern
-    kind: str  # "exact", "prefix" (`dir/**`), "suffix" (`**/name`) or "regex", as moby decides
-    regex: re.Pattern[str] | None
+    """One cleaned pattern (a plain class: a dataclass costs more to define than a build uses it)."""
+
+    __slots__ = ("depth", "exception", "kind", "regex", "text")
+
+    def __init__(self, text: str, exception: bool, depth: int, kind: str, regex: re.Pattern[str] | None) -> None:
+        self.text = text  # cleaned, without its `!`
+        self.exception = exception
+        self.depth = depth  # the number of path elements in the pattern
+        self.kind = kind  # "exact", "prefix" (`dir/**`), "suffix" (`**/name`) or "regex", as moby decides
+        self.regex = regex
 
     def matches(self, path: str) -> bool:
         if self.kind == "exact":

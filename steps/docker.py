@@ -78,7 +78,7 @@ class BuildPlan:
     context: Path
     dockerfile: str  # relative to the context, or an absolute path (generated / outside)
     generated: str | None  # the Dockerfile text for ``dockerfile: auto``
-    files: tuple[str, ...]  # the context's files, relative to the context
+    files: tuple[str, ...]  # the context's files, relative to the context (empty when not asked for)
 
 
 # --- build -------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _context_files(inputs: Mapping[str, Any], ctx: Context) -> list[str]:
 def _base_images(inputs: Mapping[str, Any], ctx: Context) -> str:
     """The ids of the FROM images in this engine, so that a rebuilt base image rebuilds this one."""
     plan = _plan(ctx, str(inputs.get("image_name", "")), str(inputs.get("dockerfile", "Dockerfile")),
-                 inputs.get("base_image"), inputs.get("path"))
+                 inputs.get("base_image"), inputs.get("path"), with_files=False)  # the Dockerfile is enough
     return _from_images(ctx, plan, inputs.get("buildargs") or {})
 
 
@@ -224,7 +224,9 @@ def _engine_options(build_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in build_kwargs.items() if v is not None}
 
 
-def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, path: object) -> BuildPlan:
+def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, path: object, *,
+          with_files: bool = True) -> BuildPlan:
+    """The build decided from its inputs; `with_files`: list the context's files too (a walk of it)."""
     name = qualified(ctx, image_name)
     context = ctx.path(str(path)) if path else ctx.cwd
     if not context.is_dir():
@@ -242,7 +244,8 @@ def _plan(ctx: Context, image_name: str, dockerfile: str, base_image: object, pa
     elif not (context / dockerfile).is_file():
         raise StepError(f"Dockerfile {dockerfile!r} not found in the build context {context}",
                         hint="set `dockerfile` (relative to the context) or use `dockerfile: auto`")
-    return BuildPlan(name, context, dockerfile, generated, tuple(_context(context, dockerfile)))
+    files = tuple(_context(context, dockerfile)) if with_files else ()
+    return BuildPlan(name, context, dockerfile, generated, files)
 
 
 def auto_dockerfile(base_image: str, dirname: str, *, has_requirements: bool) -> str:

@@ -16,7 +16,6 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 MAX_REDIRECTS = 5
@@ -33,11 +32,12 @@ class RequestError(Exception):
         self.kind, self.reason = kind, reason
 
 
-@dataclass(frozen=True)
 class Reply:
-    status: int
-    headers: Any  # http.client.HTTPMessage: case-insensitive get()
-    data: bytes
+    __slots__ = ("data", "headers", "status")
+
+    def __init__(self, status: int, headers: Any, data: bytes) -> None:
+        self.status, self.data = status, data
+        self.headers = headers  # http.client.HTTPMessage: case-insensitive get()
 
 
 _CONTEXT: ssl.SSLContext | None = None
