@@ -90,12 +90,12 @@ class EngineApi:
             if key is not None and self._embedded is not None:
                 self._embedded.revoke_key(key)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop serving; False when the embedded API's thread did not end within `timeout`."""
         with self._lock:
             embedded, self._embedded = self._embedded, None
             self._keys.clear()
-        if embedded is not None:
-            embedded.stop()
+        return embedded is None or embedded.stop(timeout)
 
 
 def _credentials(key: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from buildsys.infra import Execution, Infrastructure, Job, Outcome, get_infrastr
 from buildsys.pools import default_job_template, job_configuration, placeholders, pool_template
 from buildsys.prefectengine import API_MARK, RUN_ID_ENV, installed_version, version_problem
 from buildsys.runtime import CONTROL_PREFIX, EXIT_FLOW_FAILED, EXIT_MEANINGS, RunContext, control_event
+from buildsys.shutdown import join_within
 from buildsys.store.base import (
     CANCELLED,
     CANCELLING,
@@ -54,6 +55,7 @@ __all__ = ["Worker", "WorkerOptions", "default_worker_name", "ensure_pool"]
 
 Notify = Callable[[str], None]
 STORE_RUNNING_LEASE = 30.0  # the lease the store grants on the move to RUNNING
+STOP_SECONDS = 30.0  # how long shutdown waits for a helper thread (the HTTP store's own timeout)
 
 
 @dataclass(frozen=True)
@@ -151,19 +153,23 @@ class _LogShipper:
                         self.store.append_logs(rid, lines)
 
     def _loop(self) -> None:
-        while True:
+        # `stop` is checked after each flush, not only on waking: stop() may come while the loop
+        # lingers, and the clear below then erases its wake-up (the worker hung on exit that way)
+        while not self._stop.is_set():
             self._pending.wait()
-            if self._stop.is_set():
-                return
             self._stop.wait(self.linger)  # the rest of a burst joins this batch
             self._pending.clear()  # before taking the buffer: a line added from here on wakes us again
             self.flush()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> bool:
+        """Ship what is left and end the thread; False when it did not end within `timeout` (a
+        store call that does not return): the lines it holds are then not stored."""
         self._stop.set()
         self._pending.set()
-        self._thread.join()
+        if join_within([self._thread], timeout):
+            return False
         self.flush()
+        return True
 
 
 @dataclass
@@ -224,16 +230,26 @@ class Worker:
         try:
             self._claim_loop()
         finally:
-            self._drain()
-            self._stopping.set()
-            housekeeping.join()
-            self._logs.stop()
-            self._api.close()
-            for infra in self._infra_cache.values():
-                close = getattr(infra, "close", None)
-                if callable(close):
-                    close()
+            self._shut_down(housekeeping)
             self.notify(f"Worker {self.name!r} stopped.")
+
+    def _shut_down(self, housekeeping: threading.Thread) -> None:
+        """After the claim loop: wait for the runs in hand, then stop the helpers, each within
+        STOP_SECONDS (a helper that will not stop is named and left behind: they are daemon threads)."""
+        self._drain()
+        self._stopping.set()
+        if join_within([housekeeping], STOP_SECONDS):
+            self.notify(f"The housekeeping thread did not stop within {STOP_SECONDS:g} s (a heartbeat to the store "
+                        "does not return); not waiting for it.")
+        if not self._logs.stop(STOP_SECONDS):
+            self.notify(f"Shipping the last log lines did not finish within {STOP_SECONDS:g} s (the store does not "
+                        "answer); the lines not yet stored are lost.")
+        if not self._api.close(STOP_SECONDS):
+            self.notify(f"The worker's Prefect API did not stop within {STOP_SECONDS:g} s; not waiting for it.")
+        for infra in self._infra_cache.values():
+            close = getattr(infra, "close", None)
+            if callable(close):
+                close()
 
     def stop(self) -> None:
         """Graceful: stop claiming and let the runs in hand finish."""
@@ -329,8 +345,18 @@ class Worker:
         thread.start()
 
     def _drain(self) -> None:
-        for thread in list(self._threads):
-            thread.join()
+        """Wait for the supervisors as long as their runs go on (a graceful stop lets them finish);
+        once the runs were told to stop (abort), at most the SIGTERM grace and STOP_SECONDS more."""
+        threads = list(self._threads)
+        while threads:
+            if self._aborting.is_set():
+                limit = self.options.cancel_grace_seconds + STOP_SECONDS
+                for thread in join_within(threads, limit):
+                    self.notify(f"The supervisor of a run ({thread.name}) did not stop within {limit:g} s of the "
+                                "request to stop; not waiting for it.")
+                return
+            threads[0].join(0.5)
+            threads = [t for t in threads if t.is_alive()]
 
     def _snapshot(self) -> list[_Active]:
         with self._active_lock:

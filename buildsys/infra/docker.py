@@ -21,11 +21,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines, shipped_job_template
+from buildsys.shutdown import join_within
 
 __all__ = ["RUNTIME_MOUNT", "DockerExecution", "DockerInfrastructure", "prepare_runtime_dir", "pull_policy"]
 
 RUNTIME_MOUNT = "/opt/buildsys-runtime"
 DEFAULT_COMMAND = ["python3", "-m", "buildsys.runtime"]
+OUTPUT_GRACE_SECONDS = 10.0  # how long the output may go on after the container exited
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
@@ -260,10 +262,14 @@ class DockerExecution:
         from buildsys.runtime import CONTROL_PREFIX
 
         def run() -> None:
-            chunks = self.container.logs(stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True)
-            for line in decoded_lines(chunks):
-                if stream or line.startswith(CONTROL_PREFIX):
-                    sink(name, line)
+            try:
+                chunks = self.container.logs(stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True)
+                for line in decoded_lines(chunks):
+                    if stream or line.startswith(CONTROL_PREFIX):
+                        sink(name, line)
+            except _engine_errors() as exc:  # removed before the stream began, or the engine went away
+                if getattr(exc, "status_code", None) != 404:
+                    sink("stderr", f"buildsys: the {name} of {self.identifier} could not be read: {exc}")
 
         thread = threading.Thread(target=run, name=f"docker-{name}", daemon=True)
         thread.start()
@@ -279,8 +285,11 @@ class DockerExecution:
     def wait(self, timeout: float | None = None) -> Outcome | None:
         if not self._done.wait(timeout):
             return None
-        for pump in self._pumps:
-            pump.join(10)
+        if join_within(self._pumps, OUTPUT_GRACE_SECONDS):
+            # the engine may keep a follow stream open after the container exited (seen on 20.10
+            # when the container ends before the stream attaches); removing the container ends it
+            self.sink("stderr", f"buildsys: the output of {self.identifier} did not end within "
+                      f"{OUTPUT_GRACE_SECONDS:g} s of its exit; lines after this may be missing")
         result = self._result or {}
         code = int(result.get("StatusCode", -1))
         message = self._explain(code, result)

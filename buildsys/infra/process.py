@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines, shipped_job_template
+from buildsys.shutdown import join_within
 
 # buildsys.runtime (with argparse) is imported where a run starts: a plan loads this module only for
 # the type's default job template.
+
+OUTPUT_GRACE_SECONDS = 10.0  # how long the output may go on after the process exited
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -72,12 +75,12 @@ class ProcessInfrastructure:
             temp_dir = cwd = Path(tempfile.mkdtemp(prefix=f"buildsys-run-{job.run_id[:8]}-"))
         env = {**self.base_env, **job.environment(), PARENT_ENV: str(os.getpid())}
         stream = config.get("stream_output", True) is not False
-        sink = self._watch_engine(sink if stream else _control_only(sink))
+        notice, sink = sink, self._watch_engine(sink if stream else _control_only(sink))
         if self._standby is not None and not (isinstance(command, str) and command.strip()):
             spare = self._standby.take(env, cwd)
             self._standby.warm_up()
             if spare is not None:
-                return ProcessExecution(spare, sink, temp_dir)
+                return ProcessExecution(spare, sink, temp_dir, notice=notice)
         try:
             proc = subprocess.Popen(
                 args,
@@ -92,7 +95,7 @@ class ProcessInfrastructure:
             if temp_dir is not None:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             raise InfrastructureError(f"cannot start {shlex.join(args)}: {exc}") from exc
-        return ProcessExecution(proc, sink, temp_dir)
+        return ProcessExecution(proc, sink, temp_dir, notice=notice)
 
     def _watch_engine(self, sink: Sink) -> Sink:
         """Once a run hands its flow to Prefect's engine, the standby runtime preloads that engine."""
@@ -240,9 +243,10 @@ def _control_only(sink: Sink) -> Sink:
 
 
 class ProcessExecution:
-    def __init__(self, proc: subprocess.Popen[bytes], sink: Sink, temp_dir: Path | None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sink: Sink, temp_dir: Path | None, *, notice: Sink | None = None) -> None:
         self.proc = proc
         self.temp_dir = temp_dir
+        self._notice = notice or sink  # the worker's own lines (shown even without stream_output)
         self._pumps = [pump_lines(proc.stdout, "stdout", sink), pump_lines(proc.stderr, "stderr", sink)]
         self._lock = threading.Lock()
 
@@ -255,8 +259,10 @@ class ProcessExecution:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-        for pump in self._pumps:
-            pump.join()
+        if join_within(self._pumps, OUTPUT_GRACE_SECONDS):
+            self._notice("stderr", f"buildsys: the output of process {self.proc.pid} did not end within "
+                       f"{OUTPUT_GRACE_SECONDS:g} s of its exit (a process it started still holds its stdout or "
+                       "stderr); not waiting for it")
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return Outcome(code, _signal_message(code))

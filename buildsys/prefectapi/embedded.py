@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from buildsys.errors import StateError
+from buildsys.shutdown import join_within
 from buildsys.store.base import StateStore
 
 START_TIMEOUT = 15.0
@@ -104,11 +105,12 @@ class EmbeddedApi:
     def revoke_key(self, key: str) -> None:
         self.keys.revoke(key)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask uvicorn to exit; False when its thread did not end within `timeout` (left behind: a
+        daemon thread)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
         self.url = None
         if server is not None:
             server.should_exit = True  # type: ignore[attr-defined]
-        if thread is not None:
-            thread.join(10)
+        return thread is None or not join_within([thread], timeout)

@@ -1,0 +1,21 @@
+"""Bounded waits for threads at shutdown: a thread that will not stop is named and left behind
+(they are daemon threads), never waited for without end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+__all__ = ["join_within"]
+
+
+def join_within(threads: Iterable[threading.Thread], seconds: float) -> list[threading.Thread]:
+    """Join `threads`, all within one deadline of `seconds`; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    left = []
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            left.append(thread)
+    return left
