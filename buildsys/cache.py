@@ -70,13 +70,6 @@ class Cache:
         self._flushing = threading.Lock()  # one flush at a time, written in the order swapped
         self._opening = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        # A second connection, for lookups while the first is in a flush's transaction (WAL: a
-        # read does not wait for a write), and its lock; opened only when a lookup meets a flush.
-        self._reader: sqlite3.Connection | None = None
-        self._reading = threading.Lock()
-        # A due flush runs in a thread of its own (`_flush_later`); an error it met, raised by close.
-        self._flusher: threading.Thread | None = None
-        self._flush_error: BaseException | None = None
         self._stats: dict[str, tuple[int, int, int, int, str, int]] | None = None
         self._pending: dict[str, tuple[int, int, int, int, str, int]] = {}
         self._touched: list[tuple[str, str, str, str, float, float]] = []
@@ -118,34 +111,10 @@ class Cache:
         return db
 
     def close(self) -> None:
-        flusher = self._flusher
-        if flusher is not None:
-            flusher.join()
         self.flush()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
-        error, self._flush_error = self._flush_error, None
-        if error is not None:
-            raise error
-
-    def _lookup(self, query: str, args: Sequence[Any]) -> list[Any]:
-        """The rows of a read-only query: on the connection when it is free, else (a flush is
-        writing) on the second one, which sees what is committed; what is being written is in
-        the buffers, which every lookup reads first."""
-        db = self.db
-        if self._db_lock.acquire(blocking=False):
-            try:
-                return db.execute(query, args).fetchall()
-            finally:
-                self._db_lock.release()
-        with self._reading:
-            if self._reader is None:
-                self._reader = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            return self._reader.execute(query, args).fetchall()
 
     # --- file digests -------------------------------------------------------------------------
     def _load_stats(self) -> dict[str, tuple[int, int, int, int, str, int]]:
@@ -170,13 +139,15 @@ class Cache:
         build decides few steps and reads only their rows."""
         if not self.sparse or self._stats is not None:
             return self._load_stats()
+        db = self.db
         with self._lock:  # hashed and not yet written (read first: a flush may end meanwhile)
             unwritten = {p: row for buffer in (self._writing[0], self._pending) for p in paths if (row := buffer.get(p))}
         rows: dict[str, tuple[int, int, int, int, str, int]] = {}
-        for at in range(0, len(paths), 500):
-            chunk = list(paths[at : at + 500])
-            query = f"SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files WHERE path IN ({','.join('?' * len(chunk))})"
-            rows.update((r[0], (r[1], r[2], r[3], r[4], r[5], r[6])) for r in self._lookup(query, chunk))
+        with self._db_lock:
+            for at in range(0, len(paths), 500):
+                chunk = list(paths[at : at + 500])
+                query = f"SELECT path, size, mtime_ns, ctime_ns, inode, digest, recorded_ns FROM files WHERE path IN ({','.join('?' * len(chunk))})"
+                rows.update((r[0], (r[1], r[2], r[3], r[4], r[5], r[6])) for r in db.execute(query, chunk))
         rows.update(unwritten)
         return rows
 
@@ -237,14 +208,15 @@ class Cache:
 
     # --- results and node history -------------------------------------------------------------
     def result(self, key: str) -> dict[str, Any] | None:
+        db = self.db
         with self._lock:
             recorded = self._results.get(key) or self._writing[2].get(key)
         if recorded:
-            text: str | None = recorded[2]
+            row = (recorded[2],)
         else:
-            found = self._lookup("SELECT outputs FROM results WHERE key = ?", (key,))
-            text = found[0][0] if found else None
-        outputs: dict[str, Any] | None = json.loads(text) if text is not None else None
+            with self._db_lock:
+                row = db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
+        outputs: dict[str, Any] | None = json.loads(row[0]) if row else None
         return outputs
 
     def results(self, keys: Iterable[str]) -> dict[str, str]:
@@ -252,12 +224,14 @@ class Cache:
         result: one query per 500 keys instead of one per key."""
         wanted = sorted(set(keys))
         out: dict[str, str] = {}
+        db = self.db
         with self._lock:  # recorded and not yet written (read first: a flush may end meanwhile)
             unwritten = {k: row[2] for buffer in (self._writing[2], self._results) for k in wanted if (row := buffer.get(k))}
-        for at in range(0, len(wanted), 500):
-            chunk = wanted[at : at + 500]
-            query = f"SELECT key, outputs FROM results WHERE key IN ({','.join('?' * len(chunk))})"
-            out.update(self._lookup(query, chunk))
+        with self._db_lock:
+            for at in range(0, len(wanted), 500):
+                chunk = wanted[at : at + 500]
+                query = f"SELECT key, outputs FROM results WHERE key IN ({','.join('?' * len(chunk))})"
+                out.update(db.execute(query, chunk).fetchall())
         out.update(unwritten)
         return out
 
@@ -271,8 +245,10 @@ class Cache:
                 unwritten = [*nodes, *touched, *self._nodes, *self._touched]
                 found = next((r for r in reversed(unwritten) if r[0] == node), None)
             if found is None:
-                rows = self._lookup("SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,))
-                found = rows[0] if rows else None
+                with self._db_lock:
+                    found = db.execute(
+                        "SELECT node, label, key, components, updated, duration FROM nodes WHERE node = ?", (node,)
+                    ).fetchone()
             return _entry(found) if found else None
         if self._entries is None:
             self.flush()  # the snapshot includes what this build recorded so far
@@ -315,23 +291,7 @@ class Cache:
             self._nodes.append(row)
             due = time.monotonic() - self._flushed >= FLUSH_EVERY
         if due:
-            self._flush_later()
-
-    def _flush_later(self) -> None:
-        """Start a due flush in a thread of its own, unless one is running: the step that recorded
-        goes on (it holds one of the build's --jobs slots, and a transaction can wait on the disk
-        or on another build's). close() waits for it and raises what it met."""
-        with self._lock:
-            if self._flusher is not None and self._flusher.is_alive():
-                return
-            self._flusher = threading.Thread(target=self._flush_quietly, name="buildsys-cache-flush", daemon=True)
-            self._flusher.start()
-
-    def _flush_quietly(self) -> None:
-        try:
             self.flush()
-        except BaseException as exc:  # kept for close(), which raises it in the build
-            self._flush_error = exc
 
     def touch(self, node: str, label: str, key: str, components: Mapping[str, Any], encoded: str | None = None) -> None:
         """Remember a cache hit's key (buffered; written by flush)."""

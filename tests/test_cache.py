@@ -84,54 +84,6 @@ def test_a_sparse_cache_reads_one_node_entry_as_the_full_read_does(tmp_path: Pat
     sparse.close()
 
 
-def test_a_due_flush_is_written_beside_the_steps_and_lookups_never_wait_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A due flush runs in a thread of its own (the step that recorded holds a --jobs slot);
-    lookups during a write transaction use a second connection and still see every record;
-    close waits for the flush, and raises what it met."""
-    import sqlite3
-    import threading
-
-    from buildsys import cache as cachemod
-    from buildsys.cache import Cache
-
-    cache = Cache(tmp_path)
-    cache.record("a", "a", "k1", {"step": "s"}, {"out": 1}, 0.1, "s")
-    cache.close()
-    cache = Cache(tmp_path)
-    cache.sparse = True
-    monkeypatch.setattr(cachemod, "FLUSH_EVERY", 0.0)  # every record is due
-    found: list[object] = []
-
-
-    def step() -> None:  # records (its flush waits for the transaction; the step does not), then looks up
-        cache.record("b", "b", "k2", {"step": "s"}, {"out": 2}, 0.1, "s")
-        found.extend([cache.result("k1"), cache.result("k2"), cache.result("k3"), cache.entry("a") is not None,
-                      cache.results(["k1", "k2"])])
-
-    with cache._transaction():  # as a flush (or another build's write) holds the connection
-        thread = threading.Thread(target=step)
-        thread.start()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
-    assert found == [{"out": 1}, {"out": 2}, None, True, {"k1": '{"out": 1}', "k2": '{"out": 2}'}]
-    cache.close()
-    other = Cache(tmp_path)
-    assert other.result("k2") == {"out": 2} and other.entry("b") is not None
-    other.close()
-
-    failing = Cache(tmp_path)
-
-    def broken() -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(failing, "_transaction", broken)
-    failing.record("c", "c", "k3", {"step": "s"}, {"out": 3}, 0.1, "s")
-    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        failing.close()
-
-
 def test_an_input_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> None:
     """A FIFO or a symlink to /dev/zero among a step's inputs hung `build` (and any cache key)."""
     import os
