@@ -149,6 +149,9 @@ def main() -> None:
         (wb, cb), (wa, ca) = ((statistics.median(w for w, _ in got[k]), statistics.median(c for _, c in got[k]))
                               for k in ("before", "after"))
         print(f"| `{name}` | {wb:.3f} / {cb:.3f} | {wa:.3f} / {ca:.3f} | {ca / cb:.2f} |")
+    print("\nEach run's CPU s (before | after):")
+    for name, got in samples.items():
+        print(f"* `{name}`: " + " | ".join(" ".join(f"{c:.2f}" for _, c in got[k]) for k in ("before", "after")))
 
 
 if __name__ == "__main__":
