@@ -3,7 +3,7 @@
 The rules are those of moby's ``patternmatcher`` and of the CLI that reads ``.dockerignore``
 (https://docs.docker.com/build/concepts/context/#dockerignore-files):
 
-* a line is trimmed; empty lines and lines starting with ``#`` are skipped; a leading ``!`` makes
+* a line starting with ``#`` is a comment; a line is trimmed, and skipped when empty; a leading ``!`` makes
   the pattern an exception (a file it matches is sent after all); the rest is cleaned as Go's
   ``filepath.Clean`` does (``.`` and ``..`` elements, doubled and trailing slashes) and a leading
   ``/`` is dropped: patterns are relative to the context's root;
@@ -35,8 +35,8 @@ from pathlib import Path
 
 def read_patterns(text: str) -> list[str]:
     """The patterns of a ``.dockerignore`` file's text (comments and empty lines dropped)."""
-    lines = (line.strip() for line in text.lstrip("\ufeff").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    lines = (line.strip() for line in text.lstrip("\ufeff").splitlines() if not line.startswith("#"))
+    return [line for line in lines if line]  # `#` starts a comment only in a line's first column
 
 
 class BadPattern(ValueError):
@@ -73,6 +73,8 @@ def compile_pattern(line: str) -> Pattern | None:
     exception = text.startswith("!")
     if exception:
         text = text[1:].strip()
+        if not text:
+            raise BadPattern('"!" alone is not a pattern')
     if not text:
         return None
     text = _clean(text)

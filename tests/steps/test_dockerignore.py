@@ -111,7 +111,7 @@ def _files(root: Path, files: list[str]) -> Path:
 
 TREE = ["Dockerfile", ".dockerignore", "README.md", "README-secret.md", "CHANGES.md", "main.go",
         "lib/util.go", "lib/deep/x.go", "docs/a.md", "temp", "tempa", "src/temp1/f", "node_modules/m/i.js",
-        "a/b/node_modules/n/i.js", "build/out.bin", "build/keep.txt", "notes.MD"]
+        "a/b/node_modules/n/i.js", "build/out.bin", "build/keep.txt", "notes.MD", "#notes"]
 
 
 @pytest.mark.parametrize(("patterns", "gone"), [
@@ -126,6 +126,7 @@ TREE = ["Dockerfile", ".dockerignore", "README.md", "README-secret.md", "CHANGES
     (["*.md"], {"README.md", "README-secret.md", "CHANGES.md"}),  # case-sensitive: notes.MD stays
     (["Dockerfile", ".dockerignore", "*"], set(TREE) - {"Dockerfile", ".dockerignore"}),  # always sent
     (["# a comment", "lib/../docs", "./main.go"], {"docs/a.md", "main.go"}),  # cleaned as Go does
+    (["  #notes", "#main.go"], {"#notes"}),  # `#` starts a comment in the first column only
 ])
 def test_dockers_documented_rules(tmp_path: Path, patterns: list[str], gone: set[str]) -> None:
     root = _files(tmp_path, TREE)
@@ -137,7 +138,7 @@ def test_a_pattern_docker_refuses_is_a_located_step_error(tmp_path: Path) -> Non
     from buildsys.steps.docker import build_docker_image
 
     root = _files(tmp_path, ["Dockerfile", "flow.py"])
-    for bad in ("[abc", "flow\\"):
+    for bad in ("[abc", "flow\\", "!"):
         with pytest.raises(BadPattern):
             sent_paths(root, [bad])
     (root / ".dockerignore").write_text("*.log\n[abc\n")
