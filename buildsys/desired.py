@@ -12,7 +12,6 @@ warning, and is masked wherever the plan is shown.
 
 from __future__ import annotations
 
-import gc
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -713,11 +712,11 @@ def read_desired(
     `env` / `variables` resolve deploy-time placeholders (plan and apply pass the process
     environment and the store's variables); without them those placeholders stay as written.
     """
-    from buildsys.project import load_project
+    from buildsys.project import gc_paused, load_project
     from buildsys.revision import open_revision
 
     rev = open_revision(project_file, ref)
-    with _gc_paused(), _closing(rev):
+    with gc_paused(), _closing(rev):
         if loaded is not None and ref is None:
             project = loaded
         else:
@@ -748,14 +747,3 @@ def _closing(rev: Revision) -> Iterator[None]:
         rev.close()
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Building a large project allocates hundreds of thousands of acyclic objects; the cyclic
-    collector's repeated full passes over them cost ~20% of the time. Paused, then restored."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

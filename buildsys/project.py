@@ -7,7 +7,9 @@ a did-you-mean (errors under strict), and an invalid file fails before anything 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,30 @@ def load_project(
     return parse_project(text, file=str(path), root=file.resolve().parent, strict=strict, file_exists=file_exists)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Loading and planning a large project allocate hundreds of thousands of objects with no cycle
+    among them, and the cyclic collector's repeated full passes over what is already built cost
+    ~20-25% of the time (a fresh plan of 10,000 deployments: ~1.5-2 s of ~8 s). Paused, then
+    restored as it was (nested pauses leave it to the outermost)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse_project(
     text: str, *, file: str, root: Path, strict: bool = False, file_exists: Callable[[str], bool] | None = None
+) -> Project:
+    with gc_paused():
+        return _parse_project(text, file=file, root=root, strict=strict, file_exists=file_exists)
+
+
+def _parse_project(
+    text: str, *, file: str, root: Path, strict: bool, file_exists: Callable[[str], bool] | None
 ) -> Project:
     try:
         doc = load_yaml(text, file)

@@ -87,6 +87,28 @@ def plan_project(
     loaded it) against a consistent snapshot of the store: what `plan`, `apply` and `deploy` show.
     Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them.
     `only`: exactly these deployment names (within `select`), e.g. the ones `--affected` found."""
+    from buildsys.project import gc_paused
+
+    with gc_paused():  # desired state, the store's snapshot and the diff: no cycles among them either
+        return _plan_project(
+            project_file, store, ref=ref, prune=prune, select=select, outputs=outputs, project=project, env=env,
+            store_url=store_url, only=only,
+        )
+
+
+def _plan_project(
+    project_file: Path,
+    store: StateStore,
+    *,
+    ref: str | None,
+    prune: bool,
+    select: Sequence[str],
+    outputs: Callable[[Project], OutputsFor | None] | None,
+    project: Project | None,
+    env: Mapping[str, str] | None,
+    store_url: str,
+    only: Collection[str] | None,
+) -> Plan:
     from buildsys.desired import read_desired
     from buildsys.plan import plan as compute
     from buildsys.revision import strip_credentials
