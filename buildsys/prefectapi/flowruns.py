@@ -1,5 +1,6 @@
-"""Flow runs for Prefect's engine and workers: read, update, set_state (Prefect's orchestration
-rules, transitions.decide), filter, subflow and run_deployment creation, task-run creation."""
+"""Flow runs for Prefect's engine, workers, client and UI: read, update, delete, set_state (Prefect's
+orchestration rules, transitions.decide), filter, subflow and run_deployment creation, task-run
+creation."""
 
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ async def update_flow_run(call: Call) -> Any:
         infrastructure_pid=body.get("infrastructure_pid"),
         prefect=prefect,
     )
+    return None
+
+
+async def delete_flow_run(call: Call) -> Any:
+    """Prefect's DELETE /flow_runs/{id} (the client's delete_flow_run, the UI): 204, 404 when there
+    is no such run. The store's delete_run, as `buildsys runs delete` and the UI's delete: the run
+    goes with its logs, state history, task runs and unkeyed artifacts, and a run a worker may still
+    hold (PENDING, RUNNING, CANCELLING, PAUSED) is refused with 409 where Prefect deletes it."""
+    await call.sync(call.store.delete_run, uuid_param(call))
     return None
 
 

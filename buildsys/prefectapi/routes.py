@@ -14,7 +14,7 @@ from buildsys.prefectapi import resources as res
 from buildsys.prefectapi import runscope as rs
 from buildsys.prefectapi.context import Call
 from buildsys.prefectapi.runscope import Guard
-from buildsys.prefectapi.tokens import READ, WRITE
+from buildsys.prefectapi.tokens import APPLY, READ, WRITE
 
 Handler = Callable[[Call], Awaitable[Any]]
 
@@ -39,6 +39,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # flow runs
     Endpoint("GET", "/flow_runs/{id}", fr.read_flow_run, run_key=rs.read_path_run),
     Endpoint("PATCH", "/flow_runs/{id}", fr.update_flow_run, WRITE, "FlowRunUpdate", run_key=rs.write_path_run),
+    Endpoint("DELETE", "/flow_runs/{id}", fr.delete_flow_run, APPLY),  # as `buildsys runs delete`; never a run's key
     Endpoint("POST", "/flow_runs/{id}/set_state", fr.set_state, WRITE, "SetState", status=201, run_key=rs.write_path_run),
     Endpoint("PATCH", "/flow_runs/{id}/labels", fr.update_labels, WRITE, "Labels", run_key=rs.write_path_run),
     Endpoint("POST", "/flow_runs/filter", fr.filter_flow_runs, READ, "FlowRunFilter", run_key=rs.anything),

@@ -1,5 +1,6 @@
-"""What a token lets a call to the Prefect API do: the two scopes, where the token is found (an
-Authorization header, or a websocket's auth frame), and the flow run a per-run key is bound to."""
+"""What a token lets a call to the Prefect API do: the scopes (read, worker, and apply for what the
+native API also keeps to it: deleting a run), where the token is found (an Authorization header,
+or a websocket's auth frame), and the flow run a per-run key is bound to."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import binascii
 
 from buildsys.prefectapi.context import ApiError, Services, TokenLike
 
-READ, WRITE = "read", "worker"
+READ, WRITE, APPLY = "read", "worker", "apply"
 
 
 def bound_run(token: TokenLike | None) -> str | None:

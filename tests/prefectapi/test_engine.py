@@ -100,6 +100,14 @@ def test_the_embedded_api_refuses_requests_without_a_key(embedded: EmbeddedApi) 
     assert httpx.get(f"{embedded.url}/admin/version", headers={"Authorization": f"Bearer {key}"}).status_code == 401
 
 
+def test_a_runs_key_may_not_delete_runs(file_store: SqlStore, embedded: EmbeddedApi) -> None:
+    run = file_store.create_run("etl/main")
+    key = embedded.issue_key(run.id)
+    refused = httpx.delete(f"{embedded.url}/flow_runs/{run.id}", headers={"Authorization": f"Bearer {key}"})
+    assert (refused.status_code, refused.json()) == (403, {"detail": "this token has scope 'worker'; this call needs 'apply'"})
+    assert file_store.get_run(run.id).state == "SCHEDULED"
+
+
 def test_a_failing_flow_fails_with_the_exception_as_its_message(
     prefect_python: str, file_store: SqlStore, embedded: EmbeddedApi, tmp_path: Path
 ) -> None:
