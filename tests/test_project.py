@@ -226,3 +226,24 @@ def test_an_unknown_pool_type_is_a_located_error_naming_the_registered_ones(tmp_
         f"{p}:3:5: error: unknown work pool type 'dokcer'\n  at work_pools[p].type\n"
         "  hint: use one of: docker, kubernetes, process; did you mean 'docker'?"
     ]
+
+
+def test_loading_leaves_the_cyclic_collector_as_it_was(tmp_path: Path) -> None:
+    """Loading pauses the collector (project.gc_paused) and restores it, after an error too, and
+    leaves it off when the caller had turned it off."""
+    import gc
+
+    from buildsys.project import parse_project
+
+    assert gc.isenabled()
+    parse_project("name: x\n", file="f.yaml", root=tmp_path)
+    assert gc.isenabled()
+    with pytest.raises(ProjectError):
+        parse_project("deployments: [\n", file="f.yaml", root=tmp_path)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_project("name: x\n", file="f.yaml", root=tmp_path)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
