@@ -58,8 +58,8 @@ def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None
     return None if reply is None else reply.headers.get("Docker-Content-Digest")
 
 
-# Requests go through buildsys.sharedcache.http (kept-alive connections, its own HTTP/1.1 exchange:
-# urllib3, httpx or http.client would cost more to import than a restored build's checks take). One client per registry for
+# Requests go through buildsys.sharedcache.http (kept-alive connections on http.client: urllib3 or
+# httpx would cost more to import than a restored build's checks take). One client per registry for
 # the life of the process (its token service's origin pooled in it too), and one session per
 # registry, repository and login: the auth challenge is answered once (a Basic login is sent to the
 # other repositories of that registry without waiting for their challenge), then a check is one request.

@@ -1,9 +1,9 @@
 """The shared cache on `buildsys server`: GET/PUT /api/v1/cache/{key} with a bearer token
 (BUILDSYS_CACHE_TOKEN, else BUILDSYS_TOKEN). Any token reads; writing needs the `cache` scope.
 
-Requests go through one pool of kept-alive connections (buildsys.sharedcache.http, its own
-HTTP/1.1 exchange): httpx, urllib3 or even http.client would cost more to import than the few
-dozen small requests of a restored build take.
+Requests go through one pool of kept-alive connections (buildsys.sharedcache.http, on the standard
+library's http.client): httpx or urllib3 would cost more to import than the few dozen small
+requests of a restored build take.
 """
 
 from __future__ import annotations
