@@ -8,11 +8,12 @@ keying; builds, pushes and logins keep using the SDK (``_docker_engine``). The e
 the SDK would use: ``DOCKER_HOST`` (``unix://`` or ``tcp://``), else ``/var/run/docker.sock``.
 An engine reached over TLS (``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``) or ssh is asked through the
 SDK, which knows those transports. Requests go to the engine's unversioned paths (its own API
-version) on kept-alive HTTP/1.1 connections, a few per engine, shared by the threads of a build.
+version) on kept-alive connections, a few per engine, shared by the threads of a build.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -25,96 +26,26 @@ from buildsys.errors import StepError
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TIMEOUT_S = 60.0
 IDLE = 8  # kept-alive connections per engine
-MAX_LINE, MAX_HEADERS, MAX_BODY = 65536, 100, 64 << 20
 
 
-class EngineError(StepError):
-    """The engine answered with an error (not a 404) or could not be reached."""
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
 
-
-class _BadReply(Exception):
-    """The engine's reply is not HTTP/1.1 as this client reads it."""
-
-
-class _Connection:
-    """One kept-alive HTTP/1.1 connection to the engine. The exchange is written here rather than
-    taken from ``http.client``, which imports ``email`` and ``ssl`` (~20-35 ms, more than the
-    whole lookup) for what is, against dockerd, a request line and a JSON body."""
-
-    def __init__(self, address: str) -> None:
-        if address.startswith("unix://"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: Any = address[len("unix://"):]
-        else:
-            host, _, port = address[len("tcp://"):].rpartition(":")
-            sock = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET, socket.SOCK_STREAM)
-            target = (host.strip("[]"), int(port))
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(TIMEOUT_S)
-            sock.connect(target)
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
         except OSError:
             sock.close()
             raise
         self.sock = sock
-        self.reader = sock.makefile("rb")
 
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
 
-    def get(self, path: str, headers: Mapping[str, str]) -> tuple[int, bytes, bool]:
-        """(status, body, whether the connection stays open) of GET `path`."""
-        lines = [f"GET {path} HTTP/1.1", "Host: docker", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
-        self.sock.sendall("\r\n".join(lines).encode("latin-1"))
-        status_line = self.reader.readline(MAX_LINE)
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise _BadReply(f"not an HTTP reply: {status_line[:80]!r}")
-        status = int(parts[1])
-        fields: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
-            line = self.reader.readline(MAX_LINE)
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            fields[name.strip().lower()] = value.strip()
-        else:
-            raise _BadReply("too many header lines")
-        keep = parts[0] == b"HTTP/1.1" and fields.get("connection", "").lower() != "close"
-        if "chunked" in fields.get("transfer-encoding", "").lower():
-            body = self._chunks()
-        elif "content-length" in fields:
-            body = self._exactly(int(fields["content-length"]))
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:  # the body ends when the engine closes the connection
-            body, keep = self.reader.read(), False
-        return status, body, keep
-
-    def _exactly(self, size: int) -> bytes:
-        if size < 0 or size > MAX_BODY:
-            raise _BadReply(f"a body of {size} bytes")
-        data = self.reader.read(size)
-        if len(data) != size:
-            raise _BadReply("the connection closed inside a body")
-        return data
-
-    def _chunks(self) -> bytes:
-        out = bytearray()
-        while True:
-            size_line = self.reader.readline(MAX_LINE).split(b";", 1)[0].strip()
-            try:
-                size = int(size_line, 16)
-            except ValueError:
-                raise _BadReply(f"a chunk size of {size_line[:20]!r}") from None
-            if size == 0:
-                while self.reader.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return bytes(out)
-            out += self._exactly(size)
-            if len(out) > MAX_BODY:
-                raise _BadReply("a body that is too large")
-            self.reader.readline(MAX_LINE)  # the CRLF after each chunk
+class EngineError(StepError):
+    """The engine answered with an error (not a 404) or could not be reached."""
 
 
 class Engine:
@@ -122,34 +53,46 @@ class Engine:
 
     def __init__(self, address: str) -> None:
         self.address = address  # unix:///path or tcp://host:port
-        self._idle: list[_Connection] = []
+        self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if self.address.startswith("unix://"):
+            return _UnixConnection(self.address[len("unix://"):], TIMEOUT_S)
+        host = self.address.split("://", 1)[1]
+        return http.client.HTTPConnection(host, timeout=TIMEOUT_S)
+
+    def _release(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """(status, body) of GET `path`; a kept-alive connection that the engine closed meanwhile
         is replaced once."""
         for attempt in (1, 2):
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            reused = conn is not None
+            conn = self._connection()
+            fresh = conn.sock is None
             try:
-                if conn is None:
-                    conn = _Connection(self.address)
-                status, body, keep = conn.get(path, dict(headers or {}))
-            except (OSError, ValueError, _BadReply) as exc:
-                if conn is not None:
-                    conn.close()
-                if not reused or attempt == 2:
+                conn.request("GET", path, headers=dict(headers or {}))
+                reply = conn.getresponse()
+                body = reply.read()
+            except (http.client.HTTPException, OSError) as exc:
+                conn.close()
+                if fresh or attempt == 2:
                     raise EngineError(f"cannot reach the Docker engine at {self.address}: {exc}",
                                       hint="start dockerd or set DOCKER_HOST") from None
                 continue
-            with self._lock:
-                if keep and len(self._idle) < IDLE:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
+            if reply.will_close:
                 conn.close()
-            return status, body
+            else:
+                self._release(conn)
+            return reply.status, body
         raise AssertionError("unreachable")
 
     def image_id(self, reference: str) -> str | None:

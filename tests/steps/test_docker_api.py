@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,62 +141,3 @@ def test_a_credential_helper_is_left_to_the_sdk(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(_docker_registry, "_sdk_login", lambda e, path, registry: seen.append(path) or ("u", "p"))
     assert configured_login(env, "r.example.com") == ("u", "p")
     assert seen == [str(tmp_path / "c" / "config.json")]
-
-
-REPLIES = {
-    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"7;ext=1\r\n{\"Id\": \r\n9\r\n\"sha256:c\r\n2\r\n\"}\r\n0\r\nX-Trailer: t\r\n\r\n",
-    b"/length": b"HTTP/1.1 200 OK\r\nContent-Length: 18\r\n\r\n{\"Id\": \"sha256:l\"}",
-    b"/missing": b"HTTP/1.1 404 Not Found\r\nContent-Length: 29\r\n\r\n{\"message\": \"No such image\"}\n",
-    b"/close": b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n{\"message\": \"boom\"}",
-}
-
-
-@pytest.fixture
-def fake_engine(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
-    """A Unix-socket HTTP/1.1 server answering REPLIES by path; yields its address and a list
-    that counts its connections."""
-    import socketserver
-
-    connections: list[int] = []
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            connections.append(1)
-            while True:
-                request = self.rfile.readline()
-                if not request:
-                    return
-                while self.rfile.readline() not in (b"\r\n", b""):
-                    pass
-                path = request.split()[1].split(b"/json")[0].replace(b"/images", b"")
-                reply = REPLIES[path]
-                self.wfile.write(reply)
-                if b"Connection: close" in reply:
-                    return
-
-    socket_path = str(tmp_path / "engine.sock")
-    server = socketserver.ThreadingUnixStreamServer(socket_path, Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"unix://{socket_path}", connections
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
-def test_the_engines_replies_are_read_whatever_their_framing(fake_engine: tuple[str, list[int]]) -> None:
-    where, connections = fake_engine
-    engine = _docker_api.Engine(where)
-    assert engine.image_id("chunked") == "sha256:c"  # chunks, an extension, a trailer
-    assert engine.image_id("length") == "sha256:l"
-    assert engine.image_id("missing") is None
-    assert len(connections) == 1  # one kept-alive connection so far
-    with pytest.raises(EngineError) as err:
-        engine.image_id("close")
-    assert err.value.message == "Docker engine error while looking up image close: boom"
-    assert engine.image_id("length") == "sha256:l"  # the closed connection was not kept
-    assert len(connections) == 2
