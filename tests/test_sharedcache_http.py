@@ -3,16 +3,23 @@ registry checks, against small local HTTP servers (127.0.0.1)."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
+import socketserver
+import subprocess
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from buildsys.sharedcache.http import Client, Pool, RequestError
 from tests.services.net import free_port
+from tests.services.require import unavailable
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +140,92 @@ def test_a_plain_http_proxy_gets_the_absolute_url_and_its_login() -> None:
         method, target, headers = proxy.seen[-1]
         assert (method, target) == ("GET", "http://registry.invalid:5000/v2/")
         assert headers["Proxy-Authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl is not installed (needed for the https test server's certificate)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   capture_output=True, check=True)
+    return cert, key
+
+
+class _Tunnel(socketserver.ThreadingTCPServer):
+    """A CONNECT proxy: records each CONNECT request, then relays bytes both ways."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _TunnelHandler)
+        self.seen: list[list[bytes]] = []
+
+
+class _TunnelHandler(socketserver.StreamRequestHandler):
+    server: _Tunnel
+
+    def handle(self) -> None:
+        head = [self.rfile.readline()]
+        while head[-1] not in (b"\r\n", b""):
+            head.append(self.rfile.readline())
+        self.server.seen.append(head)
+        host, _, port = head[0].split()[1].decode().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as upstream:
+            self.wfile.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self.wfile.flush()
+            relay = threading.Thread(target=_pipe, args=(upstream, self.connection), daemon=True)
+            relay.start()
+            _pipe(self.connection, upstream)
+            relay.join(10)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_https_directly_and_through_a_connect_proxy(certificate: tuple[Path, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    from buildsys.sharedcache import http
+
+    cert, key = certificate
+    trusting = ssl.create_default_context(cafile=str(cert))  # instead of the system's certificates
+    monkeypatch.setattr(http, "_CONTEXT", trusting)
+    with _serving() as server, _Tunnel() as tunnel:
+        serving_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        serving_tls.load_cert_chain(cert, key)
+        server.socket = serving_tls.wrap_socket(server.socket, server_side=True)
+        relay = threading.Thread(target=tunnel.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        relay.start()
+        origin = f"https://127.0.0.1:{server.server_address[1]}"
+        try:
+            direct = Pool(origin, timeout=10)
+            assert direct.request("GET", "/tls").data == b"echo:/tls:"
+            through = Pool(origin, timeout=10, proxy=f"http://u:p@127.0.0.1:{tunnel.server_address[1]}")
+            assert through.request("GET", "/tunnelled").data == b"echo:/tunnelled:"
+            assert through.request("GET", "/again").data == b"echo:/again:"  # the same tunnel, kept alive
+        finally:
+            tunnel.shutdown()
+            relay.join(10)
+        connect = tunnel.seen[0]
+        assert connect[0].startswith(f"CONNECT 127.0.0.1:{server.server_address[1]} HTTP/1.".encode())
+        assert b"Proxy-Authorization: Basic dTpw\r\n" in connect  # u:p
+        assert len(tunnel.seen) == 1
+        # a certificate nothing vouches for is refused
+        monkeypatch.setattr(http, "_CONTEXT", ssl.create_default_context())
+        with pytest.raises(RequestError) as err:
+            Pool(origin, timeout=10).request("GET", "/untrusted")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)
