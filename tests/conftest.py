@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hygiene import Snapshot
+from tests.services.distributions import forget_plugins
 from tests.services.require import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,3 +76,15 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         unavailable(f"corpus not found at {CORPUS}")
     return CORPUS
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory first on sys.path where a test installs distributions
+    (`tests.services.distributions.installed_distribution`); the plugin caches are forgotten before
+    and after."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    forget_plugins()
+    yield tmp_path
+    monkeypatch.undo()
+    forget_plugins()

@@ -5,43 +5,16 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
 
-from buildsys import infra, plugins, pools, registry
+from buildsys import infra, plugins, registry
 from buildsys.errors import StepError
+from tests.services.distributions import forget_plugins, installed_distribution
 
 GROUPS = ("buildsys.steps", "buildsys.pool_types")
-
-
-def _forget() -> None:
-    registry.refresh()  # plugins.refresh() too
-    infra._registered.cache_clear()
-    infra.pool_type.cache_clear()
-    pools._load_default.cache_clear()
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory first on sys.path where a test installs distributions (dist-info folders)."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _forget()
-    yield tmp_path
-    monkeypatch.undo()
-    _forget()
-
-
-def _dist(site: Path, name: str, entry_points: str, module: str = "") -> Path:
-    info = site / f"{name}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(entry_points)
-    if module:
-        (site / f"{name}.py").write_text(module)
-    return info
 
 
 def _full(group: str) -> list[tuple[str, str, str]]:
@@ -53,7 +26,7 @@ def _seen(group: str) -> list[tuple[str, str, str]]:
 
 
 def test_buildsys_alone_is_read_from_its_own_file_and_equals_the_full_scan() -> None:
-    _forget()
+    forget_plugins()
     assert plugins._own_only() is not None  # this environment: no other package names buildsys
     for group in GROUPS:
         assert _seen(group) == _full(group) != []
@@ -63,8 +36,8 @@ def test_buildsys_alone_is_read_from_its_own_file_and_equals_the_full_scan() -> 
     assert registry.resolve("run_shell_script").name == "run_shell_script"
 
 
-def test_a_plugin_that_shadows_a_built_in_name_is_still_reported(site: Path) -> None:
-    _dist(site, "shadow", "[buildsys.steps]\nrun_shell_script = shadow:step\n"
+def test_a_plugin_that_shadows_a_built_in_name_is_still_reported(plugin_site: Path) -> None:
+    installed_distribution(plugin_site, "shadow", "[buildsys.steps]\nrun_shell_script = shadow:step\n"
                           "[buildsys.pool_types]\nprocess = shadow:Pool\n")
     assert plugins._own_only() is None
     for group in GROUPS:
@@ -79,33 +52,34 @@ def test_a_plugin_that_shadows_a_built_in_name_is_still_reported(site: Path) -> 
         infra.pool_type("process")
 
 
-def test_a_broken_plugin_is_still_reported(site: Path) -> None:
-    _dist(site, "broken", "[buildsys.steps]\nacme_step = broken:step\n", module="raise ImportError('no acme here')\n")
+def test_a_broken_plugin_is_still_reported(plugin_site: Path) -> None:
+    installed_distribution(plugin_site, "broken", "[buildsys.steps]\nacme_step = broken:step\n",
+                           {"broken": "raise ImportError('no acme here')\n"})
     with pytest.raises(StepError, match=r"plugin broken failed to import step 'acme_step' \(broken:step\): "
                                         r"ImportError: no acme here"):
         registry.resolve("acme_step")
     assert registry.resolve("run_shell_script").name == "run_shell_script"  # others unaffected
 
 
-def test_any_other_mention_of_buildsys_takes_the_full_scan(site: Path) -> None:
-    _dist(site, "tool", "[console_scripts]\ntool = buildsys_tool:main\n")
+def test_any_other_mention_of_buildsys_takes_the_full_scan(plugin_site: Path) -> None:
+    installed_distribution(plugin_site, "tool", "[console_scripts]\ntool = buildsys_tool:main\n")
     assert plugins._own_only() is None
     for group in GROUPS:
         assert _seen(group) == _full(group)
 
 
-def test_an_unrelated_distribution_keeps_the_own_file(site: Path) -> None:
-    _dist(site, "other", "[console_scripts]\nother = other:main\n")
+def test_an_unrelated_distribution_keeps_the_own_file(plugin_site: Path) -> None:
+    installed_distribution(plugin_site, "other", "[console_scripts]\nother = other:main\n")
     assert plugins._own_only() is not None
     for group in GROUPS:
         assert _seen(group) == _full(group)
 
 
-def test_a_broken_install_reports_what_the_full_scan_reports(site: Path) -> None:
+def test_a_broken_install_reports_what_the_full_scan_reports(plugin_site: Path) -> None:
     """A second buildsys distribution first on the path, without entry points (an install that did
     not write them): importlib.metadata takes the first, so no pool type is registered; said so."""
     real = Path(str(distribution("buildsys")._path))  # type: ignore[attr-defined]
-    copy = site / real.name
+    copy = plugin_site / real.name
     shutil.copytree(real, copy)
     (copy / "entry_points.txt").unlink()
     assert plugins._own_only() is None
@@ -114,8 +88,8 @@ def test_a_broken_install_reports_what_the_full_scan_reports(site: Path) -> None
     assert problem is not None and "no pool type is registered" in problem[1]
 
 
-def test_a_zip_on_the_path_takes_the_full_scan(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    archive = site / "lib.zip"
+def test_a_zip_on_the_path_takes_the_full_scan(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = plugin_site / "lib.zip"
     archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip archive
     monkeypatch.setattr(sys, "path", [str(archive), *sys.path])
     plugins.refresh()

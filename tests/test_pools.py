@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from buildsys.pools import (
     render_job_template,
     validate_template,
 )
+from tests.services.distributions import installed_distribution
 
 pytestmark = pytest.mark.unit  # in-process and fast: part of `pytest -m unit`
 
@@ -242,32 +242,8 @@ class ShellPool:
 """
 
 
-def _forget_pool_types() -> None:
-    from buildsys import infra, plugins, pools
-
-    plugins.refresh()
-    infra._registered.cache_clear()
-    infra.pool_type.cache_clear()
-    pools._load_default.cache_clear()
-
-
-@pytest.fixture
-def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory importlib.metadata sees as installed distributions (dist-info + module)."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _forget_pool_types()
-    yield tmp_path
-    monkeypatch.undo()
-    _forget_pool_types()
-
-
 def _distribution(site: Path, dist: str, entry_points: str, module: str = "") -> None:
-    info = site / f"{dist}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[buildsys.pool_types]\n{entry_points}\n")
-    if module:
-        (site / f"{dist}.py").write_text(module)
+    installed_distribution(site, dist, f"[buildsys.pool_types]\n{entry_points}\n", {dist: module} if module else None)
 
 
 def test_the_built_in_pool_types_are_registered_like_a_plugins() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services.distributions import installed_distribution
+
 
 def bs(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
@@ -21,14 +23,9 @@ def bs(*args: str, cwd: Path, pythonpath: Path | None = None) -> subprocess.Comp
 
 
 def fake_distribution(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
-    """An installed distribution as importlib.metadata sees it: a dist-info folder plus modules."""
-    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    """Install `dist` with these steps into `site` (for a subprocess's PYTHONPATH); returns `site`."""
     lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[buildsys.steps]\n{lines}\n")
-    for name, text in modules.items():
-        (site / f"{name}.py").write_text(text)
+    installed_distribution(site, dist, f"[buildsys.steps]\n{lines}\n", modules)
     return site
 
 
