@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import hashlib
 import hmac
 import io
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__, noop
+from buildsys.collector import gc_paused
 from buildsys.model import Project
 
 if TYPE_CHECKING:  # a plan loads projects only: the compiled build's modules cost it ~30 ms to import
@@ -89,15 +89,11 @@ def read_record(path: Path) -> object | None:
         return None
     if not hmac.compare_digest(data[len(MAGIC) : head], _mac(key, path.name, data[head:])):
         return None
-    collecting = gc.isenabled()
-    gc.disable()  # ~10,000 new objects, no cycle among them: no collection pass while they arrive
     try:
-        obj: object = pickle.loads(data[head:])
+        with gc_paused():  # ~10,000 new objects, no cycle among them: no collection pass while they arrive
+            obj: object = pickle.loads(data[head:])
     except Exception:  # ours, but no longer loadable (a renamed class): simply not cached
         return None
-    finally:
-        if collecting:
-            gc.enable()
     return obj
 
 

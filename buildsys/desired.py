@@ -712,7 +712,8 @@ def read_desired(
     `env` / `variables` resolve deploy-time placeholders (plan and apply pass the process
     environment and the store's variables); without them those placeholders stay as written.
     """
-    from buildsys.project import gc_paused, load_project
+    from buildsys.collector import gc_paused
+    from buildsys.project import load_project
     from buildsys.revision import open_revision
 
     rev = open_revision(project_file, ref)

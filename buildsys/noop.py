@@ -677,17 +677,14 @@ def _previous(path: str) -> Previous | None:
 def previous_build(path: str) -> Previous | None:
     """The manifest at `path` as a Previous; None when it is missing, foreign, damaged, or when
     something besides steps' own input files and directories changed since it was written."""
-    import gc
+    from buildsys.collector import gc_paused
 
-    collecting = gc.isenabled()
-    gc.disable()  # thousands of lists and no cycle among them: no collection pass while they are made
     try:
-        return _previous(path)
+        with gc_paused():  # thousands of lists and no cycle among them: no collection pass while they are made
+            return _previous(path)
     except (ValueError, IndexError):
         return None
     finally:
-        if collecting:
-            gc.enable()
         _forget_verified(path)  # what the no-op check found and this did not use (a helper stopped)
 
 

@@ -87,7 +87,7 @@ def plan_project(
     loaded it) against a consistent snapshot of the store: what `plan`, `apply` and `deploy` show.
     Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them.
     `only`: exactly these deployment names (within `select`), e.g. the ones `--affected` found."""
-    from buildsys.project import gc_paused
+    from buildsys.collector import gc_paused
 
     with gc_paused():  # desired state, the store's snapshot and the diff: no cycles among them either
         return _plan_project(

@@ -229,7 +229,7 @@ def test_an_unknown_pool_type_is_a_located_error_naming_the_registered_ones(tmp_
 
 
 def test_loading_leaves_the_cyclic_collector_as_it_was(tmp_path: Path) -> None:
-    """Loading pauses the collector (project.gc_paused) and restores it, after an error too, and
+    """Loading pauses the collector (collector.gc_paused) and restores it, after an error too, and
     leaves it off when the caller had turned it off."""
     import gc
 
