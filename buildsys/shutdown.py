@@ -7,7 +7,11 @@ import threading
 import time
 from collections.abc import Iterable
 
-__all__ = ["join_within"]
+__all__ = ["OUTPUT_GRACE_SECONDS", "join_within"]
+
+# how long a run's output (a process's pipes, a container's log stream) may go on after the run
+# exited before the worker stops reading it (buildsys.infra.process, buildsys.infra.docker)
+OUTPUT_GRACE_SECONDS = 10.0
 
 
 def join_within(threads: Iterable[threading.Thread], seconds: float) -> list[threading.Thread]:

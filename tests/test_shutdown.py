@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from buildsys.infra import docker as docker_infra
-from buildsys.infra import process as process_infra
+from buildsys import shutdown
 from buildsys.infra.docker import DockerExecution, not_found
 from buildsys.infra.process import ProcessExecution
 from buildsys.worker import _LogShipper
@@ -120,7 +119,7 @@ class EndlessContainer:
 def test_a_container_output_stream_that_never_ends_is_given_up_and_the_container_removed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(docker_infra, "OUTPUT_GRACE_SECONDS", 0.1)
+    monkeypatch.setattr(shutdown, "OUTPUT_GRACE_SECONDS", 0.1)
     container = EndlessContainer()
     lines: list[tuple[str, str]] = []
     command = ["no-such-python3", "-m", "buildsys.runtime"]
@@ -138,7 +137,7 @@ def test_a_container_output_stream_that_never_ends_is_given_up_and_the_container
 
 
 def test_a_child_that_keeps_the_pipes_open_does_not_hold_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(process_infra, "OUTPUT_GRACE_SECONDS", 0.1)
+    monkeypatch.setattr(shutdown, "OUTPUT_GRACE_SECONDS", 0.1)
     script = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('parent done')"
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True)

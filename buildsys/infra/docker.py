@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from buildsys import shutdown
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, decoded_lines, shipped_job_template
 from buildsys.shutdown import join_within
 
@@ -27,7 +28,6 @@ __all__ = ["RUNTIME_MOUNT", "DockerExecution", "DockerInfrastructure", "prepare_
 
 RUNTIME_MOUNT = "/opt/buildsys-runtime"
 DEFAULT_COMMAND = ["python3", "-m", "buildsys.runtime"]
-OUTPUT_GRACE_SECONDS = 10.0  # how long the output may go on after the container exited
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
@@ -285,11 +285,11 @@ class DockerExecution:
     def wait(self, timeout: float | None = None) -> Outcome | None:
         if not self._done.wait(timeout):
             return None
-        if join_within(self._pumps, OUTPUT_GRACE_SECONDS):
+        if join_within(self._pumps, shutdown.OUTPUT_GRACE_SECONDS):
             # the engine may keep a follow stream open after the container exited (seen on 20.10
             # when the container ends before the stream attaches); removing the container ends it
             self.sink("stderr", f"buildsys: the output of {self.identifier} did not end within "
-                      f"{OUTPUT_GRACE_SECONDS:g} s of its exit; lines after this may be missing")
+                      f"{shutdown.OUTPUT_GRACE_SECONDS:g} s of its exit; lines after this may be missing")
         result = self._result or {}
         code = int(result.get("StatusCode", -1))
         message = self._explain(code, result)

@@ -28,13 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from buildsys import shutdown
 from buildsys.infra import InfrastructureError, Job, Outcome, Sink, pump_lines, shipped_job_template
 from buildsys.shutdown import join_within
 
 # buildsys.runtime (with argparse) is imported where a run starts: a plan loads this module only for
 # the type's default job template.
 
-OUTPUT_GRACE_SECONDS = 10.0  # how long the output may go on after the process exited
 
 __all__ = ["ProcessExecution", "ProcessInfrastructure", "runtime_command"]
 
@@ -259,9 +259,9 @@ class ProcessExecution:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-        if join_within(self._pumps, OUTPUT_GRACE_SECONDS):
+        if join_within(self._pumps, shutdown.OUTPUT_GRACE_SECONDS):
             self._notice("stderr", f"buildsys: the output of process {self.proc.pid} did not end within "
-                       f"{OUTPUT_GRACE_SECONDS:g} s of its exit (a process it started still holds its stdout or "
+                       f"{shutdown.OUTPUT_GRACE_SECONDS:g} s of its exit (a process it started still holds its stdout or "
                        "stderr); not waiting for it")
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
