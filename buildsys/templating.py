@@ -87,7 +87,8 @@ def placeholders(value: Any) -> list[Placeholder]:
     return [classify(m.group(1)) for text in texts for m in PLACEHOLDER.finditer(text)]
 
 
-_LEAVES = frozenset({int, float, bool, type(None)})
+# the types of value a walk for placeholders need not enter or read (buildsys.validation too)
+LEAVES = frozenset({int, float, bool, type(None)})
 
 
 def templated(value: Any, out: list[str]) -> None:
@@ -109,7 +110,7 @@ def templated(value: Any, out: list[str]) -> None:
                 out.append(item)
         elif kind is dict or kind is list or kind is tuple:
             templated(item, out)
-        elif kind not in _LEAVES:
+        elif kind not in LEAVES:
             templated(item, out)  # str, Mapping and sequence subclasses: the checks above, in full
 
 
@@ -178,7 +179,7 @@ class _Renderer:
 
     def value(self, value: Any) -> Any:
         kind = type(value)
-        if kind in _LEAVES:  # most values of a project: no ABC checks for them
+        if kind in LEAVES:  # most values of a project: no ABC checks for them
             return value
         if kind is str or isinstance(value, str):
             return self.string(value) if "{{" in value else value

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError, distinct
 from buildsys.model import Project, StepSpec
-from buildsys.templating import Placeholder, placeholders, templated
+from buildsys.templating import LEAVES, Placeholder, placeholders, templated
 
 if TYPE_CHECKING:
     from buildsys.yamlsource import Located
@@ -145,12 +145,10 @@ def _located(value: Any, at: Path_, out: list[tuple[Path_, Placeholder]]) -> Non
         return
     for key, item in items:
         kind = type(item)
-        if (kind is str and "{{" not in item) or kind in _LEAVES:
+        if (kind is str and "{{" not in item) or kind in LEAVES:
             continue  # no path made for what holds no placeholder
         _located(item, (*at, key), out)
 
-
-_LEAVES = frozenset({int, float, bool, type(None)})
 
 
 class _Locator:
