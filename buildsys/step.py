@@ -17,21 +17,22 @@ import logging
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from buildsys.errors import StepError
 from buildsys.sensitive import MASK
 
-__all__ = ["MASK", "Completed", "Context", "StepDef", "StepError", "step"]
+__all__ = ["MASK", "BuildScope", "Completed", "Context", "StepDef", "StepError", "step"]
 
 Outputs = Mapping[str, Any]
 Inputs = Mapping[str, Any]
 FilesHook = Callable[[Inputs, "Context"], Sequence[str]]
 CheckHook = Callable[[Outputs, Inputs, "Context"], bool]
 FingerprintHook = Callable[[Inputs, "Context"], str]
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Completed:
@@ -43,9 +44,49 @@ class Completed:
     stderr: str
 
 
+class BuildScope:
+    """What the steps and hooks of one build share, for that build only: the engine makes one per
+    build and hands it to every step's context (``ctx.build``). A step keeps here an answer that
+    holds for the rest of the build (a registry's manifest, asked by an image build's check and
+    again by its push's check) and nowhere longer-lived: a process may run many builds (``watch``,
+    the server), and what an answer describes can change between them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[Hashable, Any] = {}
+        self._pending: dict[Hashable, threading.Event] = {}
+
+    def once(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()`` for `key`, computed once in this build: a caller that comes while it is
+        being computed waits for that answer; an error is not kept (the next caller tries again)."""
+        while True:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]  # type: ignore[no-any-return]
+                pending = self._pending.get(key)
+                if pending is None:
+                    self._pending[key] = threading.Event()
+                    break
+            pending.wait()
+        try:
+            value = compute()
+            with self._lock:
+                self._values[key] = value
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+        return value
+
+    def forget(self, key: Hashable) -> None:
+        """Drop the answer for `key`: the step changed what it described (pushed that tag)."""
+        with self._lock:
+            self._values.pop(key, None)
+
+
 @dataclass
 class Context:
-    """What a step gets besides its inputs: where it runs, how to log, how to run commands."""
+    """What a step gets besides its inputs: where it runs, how to log, how to run commands, and
+    what the steps of its build share (`build`; a context made outside a build has its own)."""
 
     root: Path
     cwd: Path
@@ -55,6 +96,7 @@ class Context:
     secrets: set[str] = field(default_factory=set)
     emit: Callable[[str], None] | None = None  # receives each (masked) log line
     phase: str = "build"  # "build" | "push" | "pull"
+    build: BuildScope = field(default_factory=BuildScope)
 
     @property
     def logger(self) -> logging.Logger:
