@@ -26,7 +26,7 @@ from buildsys.model import Project
 from buildsys.noop import Previous, Seen
 from buildsys.reporter import Event, NullReporter, Reporter
 from buildsys.sensitive import secret_values
-from buildsys.step import Context, StepDef
+from buildsys.step import BuildScope, Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ class Engine:
         self._unstored: set[str] = set()
         self._recorded: dict[str, str] | None = None  # stored outputs (JSON) by recorded key (`previous`)
         self._prefetch: Prefetch | None = None  # a helper hashing inputs ahead (cold builds)
+        self.scope = BuildScope()  # what this build's steps and hooks share (ctx.build), for this build only
         # Only for a build of this process's environment: the manifest checked os.environ.
         # Not with a shared cache either: a cached step's result may still have to be shared.
         self.previous = previous if use_cache and not dry_run and env is None and shared is None else None
@@ -377,6 +378,7 @@ class Engine:
             step_name=spec.name,
             secrets=set(full_scope.secrets) | secret_values(inputs),
             phase=spec.section,
+            build=self.scope,
         )
         components = self._components(node, stepdef, key_inputs, inputs, ctx)
         key, text = key_and_text(components)
