@@ -89,6 +89,9 @@ def push_tags(ctx: Context, client: Any, name: str, tags: Sequence[str], auth: d
             digests[tag] = remote
             continue
         digests[tag] = _push_one(ctx, client, name, tag, auth)
+        from ._docker_registry import pushed
+
+        pushed(ctx, reference, auth)  # a check of this tag earlier in the build saw what was there before
     return digests
 
 

@@ -15,6 +15,7 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from buildsys.errors import StepError
@@ -35,27 +36,53 @@ def holds_image(ctx: Context, image: str, image_id: str, credentials: object) ->
     """Whether the registry of ``image`` (``name:tag``) has that tag, and it is the image
     ``image_id`` (its config digest, or its manifest digest for a containerd-store engine)."""
     session, repository, tag = _session(ctx, image, credentials)
-    reply = session.get(f"/v2/{repository}/manifests/{tag}")
-    if reply is None:
+    manifest = _manifest(ctx, session, tag)
+    if manifest is None:
         return False
-    found = {reply.headers.get("Docker-Content-Digest", "")}
-    manifest = _json(reply)
-    if isinstance(manifest.get("manifests"), list):  # an index: the platform images in it
-        for child in manifest["manifests"][:MAX_CHILDREN]:
+    found = {manifest.digest}
+    if isinstance(manifest.body.get("manifests"), list):  # an index: the platform images in it
+        for child in manifest.body["manifests"][:MAX_CHILDREN]:
             digest = child.get("digest") if isinstance(child, Mapping) else None
             sub = session.get(f"/v2/{repository}/manifests/{digest}") if isinstance(digest, str) else None
             if sub is not None:
                 found.add(str((_json(sub).get("config") or {}).get("digest", "")))
     else:
-        found.add(str((manifest.get("config") or {}).get("digest", "")))
+        found.add(str((manifest.body.get("config") or {}).get("digest", "")))
     return image_id in found
 
 
 def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None:
     """The digest of the manifest ``image`` (``name:tag``) names in its registry; None when absent."""
-    session, repository, tag = _session(ctx, image, credentials)
-    reply = session.get(f"/v2/{repository}/manifests/{tag}", method="HEAD")
-    return None if reply is None else reply.headers.get("Docker-Content-Digest")
+    session, _, tag = _session(ctx, image, credentials)
+    manifest = _manifest(ctx, session, tag)
+    return None if manifest is None or not manifest.digest else manifest.digest
+
+
+def pushed(ctx: Context, image: str, credentials: object) -> None:
+    """This build pushed ``image``: what its checks learnt of that tag no longer holds."""
+    session, _, tag = _session(ctx, image, credentials)
+    ctx.build.forget(_manifest_key(session, tag))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str  # Docker-Content-Digest
+    body: dict[str, Any]  # the manifest (or index) itself
+
+
+def _manifest(ctx: Context, session: _Session, tag: str) -> Manifest | None:
+    """The manifest the tag names, asked once per build: an image build's check and its push's
+    check ask for the same tag, one after the other (the build's GET answers both)."""
+
+    def ask() -> Manifest | None:
+        reply = session.get(f"/v2/{session.repository}/manifests/{tag}")
+        return None if reply is None else Manifest(reply.headers.get("Docker-Content-Digest", ""), _json(reply))
+
+    return ctx.build.once(_manifest_key(session, tag), ask)
+
+
+def _manifest_key(session: _Session, tag: str) -> tuple[object, ...]:
+    return ("docker registry manifest", session.base, session.repository, session.login, tag)
 
 
 # Requests go through buildsys.sharedcache.http (kept-alive connections on http.client: urllib3 or
@@ -66,6 +93,7 @@ def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None
 _CLIENTS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str, tuple[str, str] | None], _Session] = {}
 _BASIC: set[tuple[str, tuple[str, str]]] = set()  # registries that asked this login for Basic auth
+_PROBES: dict[tuple[str, tuple[str, str]], threading.Event] = {}  # set once the first request with a login is answered
 _LOCK = threading.Lock()
 READ_S = 15.0
 
@@ -119,6 +147,7 @@ class _Session:
         that expired is asked for again); None for 404."""
         from buildsys.sharedcache.http import RequestError
 
+        probe = self._first_of_login()
         try:
             reply = self._request(method, path)
             if reply.status == 401:
@@ -126,12 +155,36 @@ class _Session:
                 reply = self._request(method, path)
         except RequestError as exc:
             raise StepError(f"registry {self.base} could not be reached: {exc}") from None
+        finally:
+            if probe is not None:
+                probe.set()
         if reply.status == 404:
             return None
         if reply.status >= 400:
             raise StepError(f"registry {self.base} answered {reply.status} for {path}",
                             hint="check the registry credentials (`docker login` or the step's credentials)")
         return reply
+
+    def _first_of_login(self) -> threading.Event | None:
+        """Until this registry has answered one request with this login, a session's first request
+        waits for the first one's (an Event to set when this session is that first one): a Basic
+        login is then sent at once, where the parallel checks of a restored build would each be
+        answered 401 first."""
+        if self.login is None or "Authorization" in self.headers:
+            return None
+        with _LOCK:
+            if (self.base, self.login) in _BASIC:
+                self.headers["Authorization"] = _basic(self.login)
+                return None
+            first = _PROBES.get((self.base, self.login))
+            if first is None:
+                first = _PROBES[(self.base, self.login)] = threading.Event()
+                return first
+        first.wait(READ_S)
+        with _LOCK:
+            if (self.base, self.login) in _BASIC:
+                self.headers["Authorization"] = _basic(self.login)
+        return None
 
     def _request(self, method: str, path: str) -> Any:
         return self.client.request(method, self.base + path, headers=dict(self.headers))

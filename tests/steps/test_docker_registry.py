@@ -1,0 +1,126 @@
+"""The registry checks of restored images (steps/_docker_registry), counted against a small local
+registry stand-in that answers manifests behind a Basic login (127.0.0.1)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from buildsys.steps._docker_registry import holds_image, manifest_digest, pushed
+
+from buildsys.step import BuildScope, Context
+
+pytestmark = pytest.mark.unit
+
+LOGIN = {"username": "ci", "password": "s3cret"}
+CONFIG = "sha256:" + "c" * 64
+DIGEST = "sha256:" + "d" * 64
+
+
+class _Registry(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.seen: list[tuple[str, str, bool]] = []  # (method, path, with a login)
+        self.lock = threading.Lock()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def requests(self, method: str = "", *, authorized: bool | None = None) -> int:
+        with self.lock:
+            return sum(1 for m, _, auth in self.seen
+                       if (not method or m == method) and (authorized is None or auth == authorized))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Registry
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        expected = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+        authorized = self.headers.get("Authorization") == expected
+        with self.server.lock:
+            self.server.seen.append((self.command, self.path, authorized))
+        if not authorized:
+            self._send(401, b"", {"WWW-Authenticate": 'Basic realm="test"'})
+        elif self.path.endswith("/manifests/there"):
+            body = json.dumps({"schemaVersion": 2, "config": {"digest": CONFIG}}).encode()
+            self._send(200, body, {"Docker-Content-Digest": DIGEST})
+        else:
+            self._send(404, b"{}", {})
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _answer
+
+
+@contextmanager
+def _serving() -> Iterator[_Registry]:
+    server = _Registry()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _context(tmp_path: Path, scope: BuildScope) -> Context:
+    return Context(root=tmp_path, cwd=tmp_path, env={"DOCKER_CONFIG": str(tmp_path / "none")}, build=scope)
+
+
+def test_the_build_check_and_the_push_check_of_one_build_ask_the_registry_once(tmp_path: Path) -> None:
+    with _serving() as registry:
+        image = f"{registry.host}/team/app:there"
+        build = _context(tmp_path, BuildScope())
+        assert holds_image(build, image, CONFIG, LOGIN)
+        push = _context(tmp_path, build.build)  # another step's context in the same build
+        assert manifest_digest(push, image, LOGIN) == DIGEST
+        assert registry.requests(authorized=True) == 1
+        assert not holds_image(build, image, "sha256:" + "0" * 64, LOGIN)  # another image: the same answer read
+        assert registry.requests(authorized=True) == 1
+
+        later = _context(tmp_path, BuildScope())  # the next build asks again
+        assert manifest_digest(later, image, LOGIN) == DIGEST
+        assert registry.requests(authorized=True) == 2
+        pushed(later, image, LOGIN)  # this build pushed the tag: what it learnt of it is gone
+        assert manifest_digest(later, image, LOGIN) == DIGEST
+        assert registry.requests(authorized=True) == 3
+
+        absent = f"{registry.host}/team/app:gone"
+        assert manifest_digest(later, absent, LOGIN) is None
+        assert not holds_image(later, absent, CONFIG, LOGIN)
+        assert registry.requests(authorized=True) == 4  # an absent tag is an answer too
+
+
+def test_parallel_checks_with_one_login_meet_the_basic_challenge_once(tmp_path: Path) -> None:
+    with _serving() as registry:
+        scope = BuildScope()
+        images = [f"{registry.host}/team/app{n}:there" for n in range(8)]  # 8 repositories, 8 sessions
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda image: holds_image(_context(tmp_path, scope), image, CONFIG, LOGIN), images))
+        assert found == [True] * 8
+        assert registry.requests(authorized=False) == 1  # one 401, not one per repository
+        assert registry.requests(authorized=True) == 8
