@@ -41,6 +41,16 @@ IGNORE_FILES = (".buildsysignore", ".gitignore")
 ALWAYS_IGNORED = (".git", ".buildsys", "__pycache__", ".venv")
 
 
+class _Everything(frozenset[str]):
+    """Holds every key (`Cache._stored_keys` when each lookup asks the database)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
+
+
 def is_absolute(path: str) -> bool:
     """os.path.isabs for the per-file loops: on POSIX a plain prefix test (isabs costs ~1 µs)."""
     return path.startswith("/") if os.sep == "/" else os.path.isabs(path)
@@ -81,6 +91,7 @@ class Cache:
         self._writing: tuple[dict[str, Any], list[Any], dict[str, Any], list[Any]] = ({}, [], {}, [])
         self._flushed = time.monotonic()
         self._entries: dict[str, Sequence[Any]] | None = None
+        self._keys: set[str] | None = None  # keys of the stored results (`_stored_keys`)
         self.reads = 0  # files actually read and hashed (tests count these)
         self.sparse = False  # read file rows per step (few steps decided), not all at once
         # (size, mtime_ns, ctime_ns, inode) of every file digested, by absolute path: the no-op
@@ -213,11 +224,33 @@ class Cache:
             recorded = self._results.get(key) or self._writing[2].get(key)
         if recorded:
             row = (recorded[2],)
+        elif key not in self._stored_keys():
+            row = None
         else:
             with self._db_lock:
                 row = db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
         outputs: dict[str, Any] | None = json.loads(row[0]) if row else None
         return outputs
+
+    def _stored_keys(self) -> set[str] | frozenset[str]:
+        """Unless `sparse`: the key of every stored result, read once (one query), and of every
+        result recorded since, so that a build deciding every step (most of them misses in a cold
+        build) asks the database only for a key it holds. A result another build stores meanwhile
+        is not seen, as if this build had looked just before: the step runs here as well.
+        With `sparse` (few steps decided): everything, i.e. ask the database each time."""
+        if self.sparse:
+            return _EVERYTHING
+        keys = self._keys
+        if keys is None:
+            db = self.db
+            with self._db_lock:
+                keys = self._keys
+                if keys is None:
+                    keys = {r[0] for r in db.execute("SELECT key FROM results")}
+                    with self._lock:  # recorded meanwhile, not yet written: `record` adds from now on
+                        keys.update(self._results, self._writing[2])
+                        self._keys = keys
+        return keys
 
     def results(self, keys: Iterable[str]) -> dict[str, str]:
         """The outputs (JSON text, as `result` reads it) stored under each of `keys` that has a
@@ -278,16 +311,24 @@ class Cache:
         duration: float,
         step: str,
         encoded: str | None = None,
+        *,
+        outputs_text: str | None = None,
     ) -> None:
         """Store a step's result and its node's key (buffered: `flush`, at the latest FLUSH_EVERY
         seconds later or when the build closes the cache; `result` sees it at once)."""
         now = time.time()
-        # `encoded`: the components' JSON text when the caller has it (`key_and_text`)
+        # `encoded`: the components' JSON text when the caller has it (`key_and_text`);
+        # `outputs_text`: the outputs' (json.dumps(outputs, default=str)), likewise
         row = (node, label, key, encoded or json.dumps(components, default=str, sort_keys=True), now, duration)
-        stored = None if outputs is None else (key, step, json.dumps(outputs, default=str), now)
+        if outputs is None:
+            stored = None
+        else:
+            stored = (key, step, outputs_text if outputs_text is not None else json.dumps(outputs, default=str), now)
         with self._lock:
             if stored is not None:
                 self._results[key] = stored
+                if self._keys is not None:
+                    self._keys.add(key)
             self._nodes.append(row)
             due = time.monotonic() - self._flushed >= FLUSH_EVERY
         if due:
@@ -328,6 +369,7 @@ class Cache:
             db.execute("DELETE FROM nodes")
             db.execute("DELETE FROM files")
         self._stats = None
+        self._keys = None
 
 
 class _Txn:

@@ -177,6 +177,8 @@ class Engine:
         self._recorded: dict[str, str] | None = None  # stored outputs (JSON) by recorded key (`previous`)
         self._prefetch: Prefetch | None = None  # a helper hashing inputs ahead (cold builds)
         self.scope = BuildScope()  # what this build's steps and hooks share (ctx.build), for this build only
+        self._logs: frozenset[str] | None = None  # log files left by earlier builds (`_earlier_logs`)
+        self._logs_lock = threading.Lock()
         # Only for a build of this process's environment: the manifest checked os.environ.
         # Not with a shared cache either: a cached step's result may still have to be shared.
         self.previous = previous if use_cache and not dry_run and env is None and shared is None else None
@@ -488,12 +490,12 @@ class Engine:
         self.reporter.event(Event("start", node.label, reason=reason))
         if self.dry_run:
             return NodeResult(node.key, node.label, "ran", reason, {}, cache_key=keyed.cache_key)
-        outputs = self._call(node, stepdef, keyed.ctx, keyed.inputs)
+        outputs, text = self._call(node, stepdef, keyed.ctx, keyed.inputs)
         duration = time.monotonic() - started
         # Outputs that carry a secret value are never written to the cache (the step reruns).
-        storable = None if _holds_secret(outputs, keyed.ctx.secrets) or not stepdef.cacheable else outputs
+        storable = None if _holds_secret(text, keyed.ctx.secrets) or not stepdef.cacheable else outputs
         self.cache.record(node.label, node.label, keyed.cache_key, keyed.components, storable, duration, stepdef.name,
-                          keyed.encoded)
+                          keyed.encoded, outputs_text=text)
         if storable is None:
             self._unstored.add(node.key)
         else:
@@ -501,9 +503,12 @@ class Engine:
         self.reporter.event(Event("done", node.label, reason=reason, duration=duration))
         return NodeResult(node.key, node.label, "ran", reason, outputs, duration=duration, cache_key=keyed.cache_key)
 
-    def _call(self, node: StepNode, stepdef: StepDef, ctx: Context, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def _call(self, node: StepNode, stepdef: StepDef, ctx: Context, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """Run the step; its outputs as JSON gives them back (and that JSON text, which the secret
+        check and the cache row use as they are: encoding them again gives the same text)."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.label)
-        path = os.path.join(self.project.root, ".buildsys", "logs", f"{safe}.log")
+        name = f"{safe}.log"
+        path = os.path.join(self.project.root, ".buildsys", "logs", name)
         # Opened when the step first prints: a silent step costs no file (and leaves none).
         opened: list[Any] = []
         opening = threading.Lock()  # a step's output pipes are read by two threads
@@ -524,11 +529,27 @@ class Engine:
         finally:
             if opened:
                 opened[0].close()
-            else:
+            elif name in self._earlier_logs():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)  # an earlier run's log is not this run's
-        normalised: dict[str, Any] = json.loads(json.dumps(outputs, default=str))
-        return normalised
+        text = json.dumps(outputs, default=str)
+        normalised: dict[str, Any] = json.loads(text)
+        return normalised, text
+
+    def _earlier_logs(self) -> frozenset[str]:
+        """The log files earlier builds left (listed once per build: a silent step removes its
+        earlier log, and most steps have none, so no failed unlink per step)."""
+        logs = self._logs
+        if logs is None:
+            with self._logs_lock:
+                logs = self._logs
+                if logs is None:
+                    try:
+                        logs = frozenset(os.listdir(os.path.join(self.project.root, ".buildsys", "logs")))
+                    except OSError:  # none yet (or not a folder: then no log was left there either)
+                        logs = frozenset()
+                    self._logs = logs
+        return logs
 
     def _scope(self, node: StepNode, *, with_env: bool = False) -> Scope:
         outputs: dict[str, Mapping[str, Any]] = {}
@@ -614,8 +635,8 @@ SHARED_HIT = "restored from the shared cache"
 SHARED_STALE = "the shared cache's result no longer exists"
 
 
-def _holds_secret(outputs: Mapping[str, Any], secrets: set[str]) -> bool:
-    text = json.dumps(outputs, default=str)
+def _holds_secret(text: str, secrets: set[str]) -> bool:
+    """Whether outputs (their JSON text) carry one of the secret values."""
     return any(len(s) >= 3 and s in text for s in secrets)
 
 

@@ -61,6 +61,29 @@ def test_recorded_results_are_seen_at_once_and_written_together(tmp_path: Path) 
     assert _hash_file(str(big), 5) == _hash_file(str(big)) == _hash_file(str(big), (1 << 20) + 3)  # a stale size reads on
 
 
+def test_lookups_from_the_stored_keys_find_what_a_query_finds(tmp_path: Path) -> None:
+    """A build deciding every step looks a key up in the database only when a stored result has
+    it (the keys read once): the same answers as a query per key (`sparse`), for results written
+    before, recorded by this build and not written yet, and written by this build's flushes."""
+    from buildsys.cache import Cache
+
+    first = Cache(tmp_path)
+    first.record("a", "a", "k1", {"step": "s"}, {"out": 1}, 0.1, "s")
+    first.close()
+    full, sparse = Cache(tmp_path), Cache(tmp_path)
+    sparse.sparse = True
+    for c in (full, sparse):
+        assert c.result("k1") == {"out": 1} and c.result("k2") is None  # (the keys are read here)
+    for c in (full, sparse):
+        c.record("b", "b", "k2", {"step": "s"}, {"out": 2}, 0.1, "s")
+        assert c.result("k2") == {"out": 2}  # not written yet
+        c.flush()
+        assert c.result("k2") == {"out": 2} and c.result("k3") is None  # written since the keys were read
+    assert full._keys == {"k1", "k2"}  # the lookups above came from here
+    full.close()
+    sparse.close()
+
+
 def test_a_sparse_cache_reads_one_node_entry_as_the_full_read_does(tmp_path: Path) -> None:
     """`sparse` (a build reusing most recorded keys) asks for one node's entry at a time: the same
     entries as reading them all, this build's unwritten records included."""
