@@ -8,7 +8,9 @@ keying; builds, pushes and logins keep using the SDK (``_docker_engine``). The e
 the SDK would use: ``DOCKER_HOST`` (``unix://`` or ``tcp://``), else ``/var/run/docker.sock``.
 An engine reached over TLS (``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``) or ssh is asked through the
 SDK, which knows those transports. Requests go to the engine's unversioned paths (its own API
-version) on kept-alive connections, a few per engine, shared by the threads of a build.
+version) on kept-alive connections, a few per engine, shared by the threads of a build: the pool of
+``buildsys.sharedcache.http`` (the shared cache's and the registries' too), here with connections
+to the engine's Unix socket.
 """
 
 from __future__ import annotations
@@ -49,51 +51,30 @@ class EngineError(StepError):
 
 
 class Engine:
-    """One Docker engine's API: ``get(path)`` on pooled kept-alive connections (thread-safe)."""
+    """One Docker engine's API: ``get(path)`` on kept-alive connections shared by threads (the
+    pool of buildsys.sharedcache.http, which also retries a request only by its one rule)."""
 
     def __init__(self, address: str) -> None:
+        from buildsys.sharedcache.http import Pool
+
         self.address = address  # unix:///path or tcp://host:port
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        if self.address.startswith("unix://"):
-            return _UnixConnection(self.address[len("unix://"):], TIMEOUT_S)
-        host = self.address.split("://", 1)[1]
-        return http.client.HTTPConnection(host, timeout=TIMEOUT_S)
-
-    def _release(self, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            if len(self._idle) < IDLE:
-                self._idle.append(conn)
-                return
-        conn.close()
+        if address.startswith("unix://"):
+            path = address[len("unix://"):]
+            self.pool = Pool(lambda: _UnixConnection(path, TIMEOUT_S), idle=IDLE)
+        else:
+            host = address.split("://", 1)[1]
+            self.pool = Pool(lambda: http.client.HTTPConnection(host, timeout=TIMEOUT_S), idle=IDLE)
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
-        """(status, body) of GET `path`; a kept-alive connection that the engine closed meanwhile
-        is replaced once."""
-        for attempt in (1, 2):
-            conn = self._connection()
-            fresh = conn.sock is None
-            try:
-                conn.request("GET", path, headers=dict(headers or {}))
-                reply = conn.getresponse()
-                body = reply.read()
-            except (http.client.HTTPException, OSError) as exc:
-                conn.close()
-                if fresh or attempt == 2:
-                    raise EngineError(f"cannot reach the Docker engine at {self.address}: {exc}",
-                                      hint="start dockerd or set DOCKER_HOST") from None
-                continue
-            if reply.will_close:
-                conn.close()
-            else:
-                self._release(conn)
-            return reply.status, body
-        raise AssertionError("unreachable")
+        """(status, body) of GET `path`."""
+        from buildsys.sharedcache.http import RequestError
+
+        try:
+            reply = self.pool.request("GET", path, headers=headers)
+        except RequestError as exc:
+            raise EngineError(f"cannot reach the Docker engine at {self.address}: {exc.reason}",
+                              hint="start dockerd or set DOCKER_HOST") from None
+        return reply.status, reply.data
 
     def image_id(self, reference: str) -> str | None:
         """The id of the image `reference` names in this engine; None when it has none."""

@@ -34,6 +34,9 @@ class _Server(ThreadingHTTPServer):
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, target, headers)
         self.lock = threading.Lock()
         self.close_next = False
+        self.modes: list[str] = []  # what the next requests get: drop | close-silently | stall
+        self.closed = 0  # connections this server has closed
+        self.release = threading.Event()  # a stalled request is answered once set
 
     @property
     def origin(self) -> str:
@@ -49,6 +52,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.connections += 1
 
+    def finish(self) -> None:
+        super().finish()
+        with self.server.lock:
+            self.server.closed += 1
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -56,8 +64,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.seen.append((self.command, self.path, dict(self.headers)))
             close, self.server.close_next = self.server.close_next, False
+            mode = self.server.modes.pop(0) if self.server.modes else ""
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if mode == "drop":  # read, then closed without an answer (processed or not: the client cannot tell)
+            self.close_connection = True
+            return
+        if mode == "stall":
+            self.server.release.wait(30)
         if self.path.startswith("/moved") and self.server.redirect_to:
             self.send_response(302)
             self.send_header("Location", self.server.redirect_to + "/landed")
@@ -72,10 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-        if close:
+        if close or mode == "close-silently":  # silently: the reply says nothing of it
             self.close_connection = True
 
-    do_GET = do_HEAD = do_PUT = _answer
+    do_GET = do_HEAD = do_PUT = do_POST = _answer
 
 
 @contextmanager
@@ -86,6 +100,7 @@ def _serving(redirect_to: str | None = None) -> Iterator[_Server]:
     try:
         yield server
     finally:
+        server.release.set()
         server.shutdown()
         server.server_close()
         thread.join(10)
@@ -93,7 +108,7 @@ def _serving(redirect_to: str | None = None) -> Iterator[_Server]:
 
 def test_requests_from_many_threads_share_kept_alive_connections() -> None:
     with _serving() as server:
-        pool = Pool(server.origin, timeout=10, idle=4)
+        pool = Pool.to(server.origin, timeout=10, idle=4)
         with ThreadPoolExecutor(4) as threads:
             replies = list(threads.map(lambda n: pool.request("GET", f"/k/{n}"), range(40)))
         assert [r.data for r in replies] == [f"echo:/k/{n}:".encode() for n in range(40)]
@@ -105,15 +120,61 @@ def test_requests_from_many_threads_share_kept_alive_connections() -> None:
 
 def test_a_connection_the_server_closed_is_replaced() -> None:
     with _serving() as server:
-        pool = Pool(server.origin, timeout=10)
+        pool = Pool.to(server.origin, timeout=10)
         server.close_next = True  # answered, then closed: the pool must not reuse it
         assert pool.request("GET", "/a").status == 200
         assert pool.request("GET", "/b").data == b"echo:/b:"
         assert server.connections == 2
 
 
+def test_only_an_idempotent_request_on_a_kept_alive_connection_the_server_closed_is_sent_again() -> None:
+    with _serving() as server:
+        pool = Pool.to(server.origin, timeout=10)
+        assert pool.request("GET", "/a").status == 200  # its connection is kept
+        server.modes = ["drop"]
+        assert pool.request("GET", "/b").data == b"echo:/b:"  # sent again on a new connection
+        assert [target for _, target, _ in server.seen].count("/b") == 2
+        for method in ("PUT", "POST"):
+            server.modes = ["drop"]
+            if method == "PUT":  # idempotent: again
+                assert pool.request(method, "/put", body=b"x").status == 200
+            else:  # the server may have acted on it: never twice
+                with pytest.raises(RequestError) as err:
+                    pool.request(method, "/post", body=b"x")
+                assert err.value.kind == "RemoteDisconnected"
+        assert [(m, t) for m, t, _ in server.seen if t in ("/put", "/post")] == [
+            ("PUT", "/put"), ("PUT", "/put"), ("POST", "/post")]
+
+
+def test_a_new_connection_closed_or_a_timeout_is_never_retried() -> None:
+    with _serving() as server:
+        server.modes = ["drop"]
+        with pytest.raises(RequestError) as err:
+            Pool.to(server.origin, timeout=10).request("GET", "/new")  # on a new connection: the server's answer
+        assert err.value.kind == "RemoteDisconnected"
+        pool = Pool.to(server.origin, timeout=0.2)
+        assert pool.request("GET", "/kept").status == 200
+        server.modes = ["stall"]
+        with pytest.raises(RequestError) as err:
+            pool.request("GET", "/slow")  # kept alive, but the server may be working on it
+        assert err.value.kind == "Timeout"
+        assert [target for _, target, _ in server.seen] == ["/new", "/kept", "/slow"]
+
+
+def test_an_idle_connection_the_server_closed_is_not_used_even_for_a_post() -> None:
+    from tests.services.waiting import wait_for
+
+    with _serving() as server:
+        pool = Pool.to(server.origin, timeout=10)
+        server.modes = ["close-silently"]
+        assert pool.request("GET", "/a").status == 200  # kept: nothing said the server would close it
+        wait_for(lambda: server.closed == 1, 10, "the server to close the connection")
+        assert pool.request("POST", "/p", body=b"once").data == b"echo:/p:once"
+        assert (server.connections, [t for _, t, _ in server.seen]) == (2, ["/a", "/p"])
+
+
 def test_nothing_listening_is_a_connect_error() -> None:
-    pool = Pool(f"http://127.0.0.1:{free_port()}", timeout=10)
+    pool = Pool.to(f"http://127.0.0.1:{free_port()}", timeout=10)
     with pytest.raises(RequestError) as err:
         pool.request("GET", "/")
     assert err.value.kind == "ConnectError"
@@ -134,7 +195,7 @@ def test_redirects_are_followed_and_credentials_stay_with_their_origin() -> None
 
 def test_a_plain_http_proxy_gets_the_absolute_url_and_its_login() -> None:
     with _serving() as proxy:
-        pool = Pool("http://registry.invalid:5000", timeout=10,
+        pool = Pool.to("http://registry.invalid:5000", timeout=10,
                     proxy=f"http://user:p%40ss@127.0.0.1:{proxy.server_address[1]}")
         assert pool.request("GET", "/v2/").status == 200
         method, target, headers = proxy.seen[-1]
@@ -212,9 +273,9 @@ def test_https_directly_and_through_a_connect_proxy(certificate: tuple[Path, Pat
         relay.start()
         origin = f"https://127.0.0.1:{server.server_address[1]}"
         try:
-            direct = Pool(origin, timeout=10)
+            direct = Pool.to(origin, timeout=10)
             assert direct.request("GET", "/tls").data == b"echo:/tls:"
-            through = Pool(origin, timeout=10, proxy=f"http://u:p@127.0.0.1:{tunnel.server_address[1]}")
+            through = Pool.to(origin, timeout=10, proxy=f"http://u:p@127.0.0.1:{tunnel.server_address[1]}")
             assert through.request("GET", "/tunnelled").data == b"echo:/tunnelled:"
             assert through.request("GET", "/again").data == b"echo:/again:"  # the same tunnel, kept alive
         finally:
@@ -227,5 +288,5 @@ def test_https_directly_and_through_a_connect_proxy(certificate: tuple[Path, Pat
         # a certificate nothing vouches for is refused
         monkeypatch.setattr(http, "_CONTEXT", ssl.create_default_context())
         with pytest.raises(RequestError) as err:
-            Pool(origin, timeout=10).request("GET", "/untrusted")
+            Pool.to(origin, timeout=10).request("GET", "/untrusted")
         assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)

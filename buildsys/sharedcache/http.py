@@ -1,21 +1,25 @@
-"""A few HTTP requests on kept-alive connections, with the standard library's ``http.client``: the
-shared cache's server backend and the registry checks of restored images (steps/_docker_registry).
+"""Kept-alive connections on the standard library's ``http.client``, one pool for every peer
+buildsys asks a few quick questions: the shared cache's server backend and the registry checks of
+restored images (steps/_docker_registry, through `Client`), and the Docker engine's API over its
+Unix socket (steps/_docker_api, with a connection factory of its own).
 
 A restored build makes a few dozen small requests to two or three origins; urllib3 (or httpx) would
 cost more to import than all of them take (urllib3 ~0.1 s of CPU, and importlib.metadata with it).
-What they need is here: a pool of connections per origin shared by threads, a kept-alive connection
-that the server closed meanwhile replaced once, HTTPS with the system's certificates, an HTTP proxy
-(CONNECT for https), and redirects followed for GET/HEAD (credentials not sent to another origin).
+What they need is here: a pool of connections shared by threads with one rule for when a request is
+sent again (`Pool`), HTTPS with the system's certificates, an HTTP proxy (CONNECT for https), and
+redirects followed for GET/HEAD (credentials not sent to another origin).
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
+import select
 import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MAX_REDIRECTS = 5
@@ -52,79 +56,126 @@ def _tls() -> ssl.SSLContext:
         return _CONTEXT
 
 
-class Pool:
-    """Kept-alive connections to one origin (``scheme://host[:port]``), optionally through an HTTP
-    proxy; thread-safe: a request takes an idle connection or opens one."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# The peer closed the connection: reset, broken pipe, or end of stream before a status line
+# (http.client.RemoteDisconnected is a ConnectionResetError).
+CLOSED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
-    def __init__(self, origin: str, *, timeout: float, proxy: str | None = None, idle: int = 16) -> None:
+
+class Pool:
+    """Kept-alive ``http.client`` connections made by `connect` (not yet connected: http.client
+    connects on the first request), shared by threads: a request takes an idle connection or makes
+    one, and puts it back when the reply allows. `target_prefix` and `headers` go with every
+    request (a plain-HTTP proxy's absolute URL and login: ``Pool.to``).
+
+    One retry rule: a request is sent again, once and on a new connection, only when it went out on
+    a reused kept-alive connection that the peer turned out to have closed (reset, broken pipe, or
+    closed before any status line) and its method is idempotent, so that a request the peer may
+    have processed is never made twice with another effect. A timeout, a refused or new connection,
+    or a garbled reply is never retried. An idle connection the peer has closed meanwhile (readable
+    while idle: the end of its stream) is dropped before it is used, so that even a POST rarely meets
+    a closed one."""
+
+    def __init__(self, connect: Callable[[], http.client.HTTPConnection], *, idle: int = 16,
+                 target_prefix: str = "", headers: Mapping[str, str] | None = None) -> None:
+        self.connect, self.max_idle = connect, idle
+        self.target_prefix, self.headers = target_prefix, dict(headers or {})
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def to(cls, origin: str, *, timeout: float, proxy: str | None = None, idle: int = 16) -> Pool:
+        """A pool to `origin` (``scheme://host[:port]``), optionally through an HTTP proxy."""
         parts = urllib.parse.urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) origin: {origin!r}")
-        self.origin = f"{parts.scheme}://{parts.netloc}"
-        self.https = parts.scheme == "https"
-        self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
-        self.timeout, self.max_idle = timeout, idle
-        self.proxy = urllib.parse.urlsplit(proxy) if proxy else None
-        self.proxy_headers: dict[str, str] = {}
-        if self.proxy is not None and self.proxy.username:
-            login = f"{urllib.parse.unquote(self.proxy.username)}:{urllib.parse.unquote(self.proxy.password or '')}"
-            self.proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
-        self._idle: list[Any] = []
-        self._lock = threading.Lock()
+        https = parts.scheme == "https"
+        host, port = parts.hostname, parts.port or (443 if https else 80)
+        if proxy is None:
+            return cls(lambda: _connection(https, host, port, timeout), idle=idle)
+        via = urllib.parse.urlsplit(proxy)
+        headers: dict[str, str] = {}
+        if via.username:
+            login = f"{urllib.parse.unquote(via.username)}:{urllib.parse.unquote(via.password or '')}"
+            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+        via_host, via_port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
+        if https:  # a tunnel (CONNECT): TLS with the origin itself, through the proxy
 
-    def _connect(self) -> Any:
-        import http.client
+            def tunnel() -> http.client.HTTPConnection:
+                conn = _connection(True, via_host, via_port, timeout)
+                conn.set_tunnel(host, port, headers=headers)
+                return conn
 
-        if self.proxy is None:
-            if self.https:
-                return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=_tls())
-            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        proxy_host = self.proxy.hostname or ""
-        proxy_port = self.proxy.port or (443 if self.proxy.scheme == "https" else 80)
-        if self.https:  # a tunnel (CONNECT): TLS with the origin itself, through the proxy
-            conn = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout, context=_tls())
-            conn.set_tunnel(self.host, self.port, headers=self.proxy_headers)
-            return conn
-        if self.proxy.scheme == "https":
-            return http.client.HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout, context=_tls())
-        return http.client.HTTPConnection(proxy_host, proxy_port, timeout=self.timeout)
+            return cls(tunnel, idle=idle)
+        # a plain-HTTP proxy takes the absolute URL, and its login with each request
+        return cls(lambda: _connection(via.scheme == "https", via_host, via_port, timeout), idle=idle,
+                   target_prefix=f"{parts.scheme}://{parts.netloc}", headers=headers)
 
     def request(self, method: str, target: str, *, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> Reply:
-        """`method` `target` (a path with its query) on this origin; RequestError when no answer
-        came (a kept-alive connection the server had closed is replaced once first)."""
-        import http.client
-
-        sent = dict(headers or {})
-        if self.proxy is not None and not self.https:  # a plain-HTTP proxy takes the absolute URL
-            target = self.origin + target
-            sent.update(self.proxy_headers)
+        """`method` `target` (a path with its query); RequestError when no answer came."""
+        sent = {**(headers or {}), **self.headers}
+        target = self.target_prefix + target
         for attempt in (1, 2):
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            reused = conn is not None
-            if conn is None:
-                conn = self._connect()
+            conn, reused = self._take()
             try:
                 conn.request(method, target, body=body, headers=sent)
                 reply = conn.getresponse()
                 data = reply.read()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
-                    continue  # the server closed this kept-alive connection meanwhile
+                if attempt == 1 and reused and isinstance(exc, CLOSED) and method in IDEMPOTENT:
+                    continue
                 raise RequestError(_kind(exc), exc) from None
-            if reply.will_close:
-                conn.close()
-            else:
-                with self._lock:
-                    keep = len(self._idle) < self.max_idle
-                    if keep:
-                        self._idle.append(conn)
-                if not keep:
-                    conn.close()
+            self._put_back(conn, reply.will_close)
             return Reply(reply.status, reply.headers, data)
         raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the idle connections (one in use is closed when it comes back)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self.max_idle = 0
+        for conn in idle:
+            conn.close()
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection the peer has not closed (True), else a new one (False)."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self.connect(), False
+            if not _closed_by_peer(conn):
+                return conn, True
+            conn.close()
+
+    def _put_back(self, conn: http.client.HTTPConnection, will_close: bool) -> None:
+        if not will_close:
+            with self._lock:
+                if len(self._idle) < self.max_idle:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+
+def _connection(https: bool, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    if https:
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection with something to read: the peer's end of stream (or bytes it
+    should not have sent); either way it cannot carry the next request."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):  # closed, or a descriptor beyond select's range
+        return False
+    return bool(readable)
 
 
 class Client:
@@ -141,7 +192,7 @@ class Client:
             pool = self._pools.get(origin)
             if pool is None:
                 proxy = self.proxy_for(origin) if self.proxy_for is not None else None
-                pool = self._pools[origin] = Pool(origin, timeout=self.timeout, proxy=proxy)
+                pool = self._pools[origin] = Pool.to(origin, timeout=self.timeout, proxy=proxy)
         return pool
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,

@@ -30,12 +30,12 @@ class ServerBackend:
         token = env.get("BUILDSYS_CACHE_TOKEN") or env.get("BUILDSYS_TOKEN") or ""
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         # No proxy from the environment (as before). A refused connection is not retried: a cache
-        # that is not there is one warning at once, and the build goes on without it. A kept-alive
-        # connection the server closed meanwhile is retried once on a new one.
+        # that is not there is one warning at once, and the build goes on without it (the pool's
+        # rule: only a GET, HEAD or PUT on a kept-alive connection the server had closed is sent again).
         parts = urllib.parse.urlsplit(self.base)
         self.prefix = parts.path.rstrip("/")
         try:
-            self.pool = Pool(f"{parts.scheme}://{parts.netloc}", timeout=TIMEOUT_S, idle=POOL_SIZE)
+            self.pool = Pool.to(f"{parts.scheme}://{parts.netloc}", timeout=TIMEOUT_S, idle=POOL_SIZE)
         except ValueError:
             raise SharedCacheError(f"shared cache URL {self.where!r} names no host",
                                    hint="use http(s)://HOST:PORT (a buildsys server)") from None

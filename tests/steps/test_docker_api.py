@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socketserver
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,61 @@ def test_an_engine_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
         engine.image_id("python:3.11")
     assert err.value.message.startswith(f"cannot reach the Docker engine at unix://{tmp_path}/docker.sock: ")
     assert err.value.hint == "start dockerd or set DOCKER_HOST"
+
+
+class _UnixEngine(socketserver.ThreadingUnixStreamServer):
+    """An engine stand-in on a Unix socket: answers every GET with the image's id; `drop` the
+    next request (read, then the connection closed without an answer)."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, _EngineHandler)
+        self.connections, self.seen, self.drop = 0, [], False
+
+
+class _EngineHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _UnixEngine
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append(self.path)
+        if self.server.drop:
+            self.server.drop, self.close_connection = False, True
+            return
+        body = json.dumps({"Id": "sha256:" + "a" * 64}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_the_engine_socket_keeps_its_connection_and_replaces_one_the_engine_closed(tmp_path: Path) -> None:
+    path = str(tmp_path / "engine.sock")
+    with _UnixEngine(path) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        thread.start()
+        try:
+            engine = _docker_api.Engine(f"unix://{path}")
+            assert engine.image_id("app:1") == engine.image_id("app:2") == "sha256:" + "a" * 64
+            assert server.connections == 1  # kept alive
+            server.drop = True  # closed while this request was on its way: a GET is asked again
+            assert engine.image_id("app:3") == "sha256:" + "a" * 64
+            assert (server.connections, server.seen) == (2, ["/images/app:1/json", "/images/app:2/json",
+                                                            "/images/app:3/json", "/images/app:3/json"])
+        finally:
+            server.shutdown()
+            thread.join(10)
 
 
 def _waiting(thread: threading.Thread) -> bool:
