@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from buildsys.steps.docker import build_docker_image, push_docker_image
 
 from buildsys.errors import StepError
 from buildsys.step import Context
+from tests.services.docker import SESSION_ID, SESSION_LABEL, TEST_LABELS
 from tests.services.registry import Registry
 
 pytestmark = pytest.mark.docker
@@ -36,11 +38,25 @@ def write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def base_image(base_image: str, docker_client: Any) -> Iterator[str]:
+    """The suite's base image with this session's label on it: every image this module builds
+    inherits it, so that `image_name` sweeps only this session's dangling images, never those of a
+    concurrent session or a bench building on the same engine (they inherit only buildsys.test=1)."""
+    name = f"buildsys-test/session-base:{SESSION_ID}"
+    docker_client.images.build(fileobj=io.BytesIO(f"FROM {base_image}\n".encode()), tag=name, labels=TEST_LABELS,
+                               rm=True, forcerm=True)
+    yield name
+    with contextlib.suppress(docker.errors.APIError):  # still the parent of a leftover: the session sweep's
+        docker_client.images.remove(name)
+
+
 @pytest.fixture
 def image_name(docker_client: Any) -> Iterator[str]:
     """A unique local repository name; every image tagged into it is removed afterwards, and so are
-    the test images left dangling meanwhile (a rebuilt tag leaves its previous image untagged)."""
-    dangling = {"dangling": True, "label": "buildsys.test=1"}
+    this session's test images left dangling meanwhile (a rebuilt tag leaves its previous image
+    untagged); built from `base_image`, they carry this session's label."""
+    dangling = {"dangling": True, "label": f"{SESSION_LABEL}={SESSION_ID}"}
     before = {image.id for image in docker_client.images.list(filters=dangling)}
     name = f"buildsys-test/step-{uuid.uuid4().hex[:10]}"
     yield name
@@ -53,7 +69,7 @@ def image_name(docker_client: Any) -> Iterator[str]:
 
 
 def run_in(docker_client: Any, image: str, command: str) -> str:
-    out = docker_client.containers.run(image, ["sh", "-c", command], remove=True, labels={"buildsys.test": "1"})
+    out = docker_client.containers.run(image, ["sh", "-c", command], remove=True, labels=TEST_LABELS)
     return str(out.decode())
 
 
