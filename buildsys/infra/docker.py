@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +51,7 @@ def prepare_runtime_dir(target: Path) -> Path:
     """Copy buildsys's Python modules (and the built-in steps, with their entry points) to
     ``target`` so that a container can import them from a read-only mount."""
     import importlib
+    from importlib import metadata  # email, zipfile, csv…: only where a run mounts the runtime
 
     import buildsys
 
@@ -105,6 +104,8 @@ class DockerInfrastructure:
     def runtime_dir(self) -> Path:
         with self._lock:
             if self._runtime_dir is None:
+                import tempfile
+
                 self._runtime_dir = prepare_runtime_dir(Path(tempfile.mkdtemp(prefix="buildsys-runtime-")))
             return self._runtime_dir
 

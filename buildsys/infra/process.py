@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +71,8 @@ class ProcessInfrastructure:
                     f"working_dir {cwd} does not exist", hint="set the job variable working_dir to an existing directory"
                 )
         else:
+            import tempfile  # random, hashlib…: only when a run starts, not when a plan reads the template
+
             temp_dir = cwd = Path(tempfile.mkdtemp(prefix=f"buildsys-run-{job.run_id[:8]}-"))
         env = {**self.base_env, **job.environment(), PARENT_ENV: str(os.getpid())}
         stream = config.get("stream_output", True) is not False
@@ -149,6 +150,8 @@ class _Standby:
                 self._spares.append(started)
 
     def _start(self) -> tuple[subprocess.Popen[bytes], dict[str, str]] | None:
+        import tempfile
+
         from buildsys.runtime import PARENT_ENV, PRELOAD_PREFECT_FLAG, STANDBY_FLAG
 
         env = {k: v for k, v in self.base_env.items() if k not in _interpreter_settings(self.base_env)}
