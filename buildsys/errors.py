@@ -6,30 +6,46 @@ Library code raises these; only the CLI turns them into messages and exit codes.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from buildsys.records import Record
+
+_set = object.__setattr__
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(Record):
     """A position in a source file (1-based line and column)."""
 
+    __slots__ = __match_args__ = ("file", "line", "col")
     file: str
     line: int
     col: int
+
+    def __init__(self, file: str, line: int, col: int) -> None:
+        _set(self, "file", file)
+        _set(self, "line", line)
+        _set(self, "col", col)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-@dataclass(frozen=True, slots=True)
-class Diagnostic:
+class Diagnostic(Record):
     """One finding about a project: an error or a warning, located and explained."""
 
+    __slots__ = __match_args__ = ("severity", "message", "location", "path", "hint")
     severity: str  # "error" | "warning"
     message: str
-    location: Location | None = None
-    path: str | None = None  # the path through the document, items named by id/name
-    hint: str | None = None
+    location: Location | None
+    path: str | None  # the path through the document, items named by id/name
+    hint: str | None
+
+    def __init__(self, severity: str, message: str, location: Location | None = None, path: str | None = None,
+                 hint: str | None = None) -> None:
+        _set(self, "severity", severity)
+        _set(self, "message", message)
+        _set(self, "location", location)
+        _set(self, "path", path)
+        _set(self, "hint", hint)
 
     @property
     def is_error(self) -> bool:

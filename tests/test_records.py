@@ -1,0 +1,79 @@
+"""buildsys.records.Record behaves as the frozen dataclass it replaces (compared, hashed, shown,
+refused assignment, pickled and copied the same), and every Record's `__init__` takes its fields in
+`__match_args__` order, which pickling relies on."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+
+from buildsys.errors import Diagnostic, Location
+from buildsys.infra import Job, Outcome
+from buildsys.model import Deployment, PoolSpec, QueueSpec, ScheduleSpec, StepSpec, VariableSpec, WorkPoolRef
+from buildsys.records import Record
+
+RECORDS: list[type[Record]] = [Location, Diagnostic, StepSpec, ScheduleSpec, WorkPoolRef, Deployment, QueueSpec,
+                               PoolSpec, VariableSpec, Job, Outcome]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AsDataclass:
+    severity: str
+    message: str
+    location: Location | None = None
+    path: str | None = None
+    hint: str | None = None
+
+
+def test_a_record_behaves_as_a_frozen_dataclass() -> None:
+    where = Location("prefect.yaml", 3, 5)
+    record, twin = Diagnostic("error", "bad", where, hint="fix"), AsDataclass("error", "bad", where, hint="fix")
+    assert repr(record) == repr(twin).replace("AsDataclass", "Diagnostic")
+    assert record == Diagnostic("error", "bad", Location("prefect.yaml", 3, 5), None, "fix")
+    assert record != Diagnostic("error", "bad", where) and record != twin and record != ("error", "bad", where, None, "fix")
+    assert hash(record) == hash(twin) == hash(("error", "bad", where, None, "fix"))
+    assert len({record, Diagnostic("error", "bad", where, hint="fix")}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'message'"):
+        record.message = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot delete field 'hint'"):
+        del record.hint
+    for again in (pickle.loads(pickle.dumps(record)), copy.copy(record), copy.deepcopy(record)):
+        assert again == record and type(again) is Diagnostic
+    match record:
+        case Diagnostic(severity, message, Location(file, line, col)):
+            assert (severity, message, file, line, col) == ("error", "bad", "prefect.yaml", 3, 5)
+        case _:
+            pytest.fail("no match")
+    assert not hasattr(record, "__dict__")
+
+
+def test_defaults_that_are_mappings_are_new_for_each_record() -> None:
+    a, b = Deployment("a", 0, None, "deployments[a]"), Deployment("b", 1, None, "deployments[b]")
+    assert a.parameters == {} and a.parameters is not b.parameters and a.raw is not b.raw
+    assert a.work_pool == WorkPoolRef() and a.work_pool is not b.work_pool
+    assert a.work_pool.job_variables is not b.work_pool.job_variables
+    assert isinstance(a.parameters, dict)
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
+def test_init_takes_the_fields_in_match_args_order(cls: type[Record]) -> None:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in params] == list(cls.__match_args__)
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+    assert cls.__slots__ == cls.__match_args__
+    # built with every field given, the record round-trips through pickle as a call of the class
+    values: dict[str, Any] = {p.name: ({"k": p.name} if "Mapping" in str(p.annotation) else p.name) for p in params}
+    record = cls(**values)
+    assert pickle.loads(pickle.dumps(record)) == record
+    assert all(getattr(record, k) == v for k, v in values.items())
+
+
+def test_a_record_must_name_its_fields() -> None:
+    with pytest.raises(TypeError, match="__match_args__"):
+        class Loose(Record):
+            __slots__ = ("a", "b")
