@@ -6,7 +6,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,19 +24,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE = ".buildsys/state.db"
 
 
-@dataclass
 class App:
-    """Global settings plus lazily created services (project, store, reporter)."""
+    """Global settings plus lazily created services (project, store, reporter). A plain class (one
+    object per process; never compared): a dataclass's generated methods cost every start-up."""
 
-    file: str | None = None
-    state_url: str | None = None
-    state_key_env: str | None = None  # the variable holding a Prefect API key (prefect+http stores)
-    json: bool = False
-    verbosity: int = 0
-    color: bool = True
-    _reporter: Reporter | None = field(default=None, repr=False)
-    warnings: list[Diagnostic] = field(default_factory=list)  # under --json: part of the document
-    json_lines: bool = False  # the command streams JSON Lines (build events…): one object per line
+    def __init__(
+        self,
+        file: str | None = None,
+        state_url: str | None = None,
+        state_key_env: str | None = None,
+        json: bool = False,
+        verbosity: int = 0,
+        color: bool = True,
+    ) -> None:
+        self.file = file
+        self.state_url = state_url
+        self.state_key_env = state_key_env  # the variable holding a Prefect API key (prefect+http stores)
+        self.json = json
+        self.verbosity = verbosity
+        self.color = color
+        self._reporter: Reporter | None = None
+        self.warnings: list[Diagnostic] = []  # under --json: part of the document
+        self.json_lines = False  # the command streams JSON Lines (build events…): one object per line
 
     @property
     def project_file(self) -> Path:
