@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from buildsys.errors import BuildsysError
+from buildsys.records import Record
 from buildsys.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -43,15 +43,21 @@ GROUP = "buildsys.pool_types"
 # (stream, line) — stream is "stdout" or "stderr"; the line has no trailing newline.
 Sink = Callable[[str, str], None]
 
+_set = object.__setattr__
+_NEW_DICT: Mapping[str, Any] = {}  # a default: each job gets a new empty dict (never this one)
+
 
 class InfrastructureError(BuildsysError):
     """The infrastructure for a run could not be created (bad image, API refused, ...)."""
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(Record):
     """Everything a pool type needs to start one run."""
 
+    __slots__ = __match_args__ = (
+        "run_id", "run_name", "flow_name", "deployment", "pool", "worker", "configuration", "context",
+        "env", "store_url", "owned_env",
+    )
     run_id: str
     run_name: str
     flow_name: str
@@ -60,10 +66,36 @@ class Job:
     worker: str
     configuration: Mapping[str, Any]  # the rendered job configuration (pools.job_configuration)
     context: Mapping[str, Any]  # the runtime's run context (runtime.RunContext.to_dict())
-    env: Mapping[str, str] = field(default_factory=dict)  # attribution vars, merged under config env
-    store_url: str = ""
+    env: Mapping[str, str]  # attribution vars, merged under config env
+    store_url: str
     # what the worker owns and the job's env cannot change: the Prefect API of the run, its key
-    owned_env: Mapping[str, str] = field(default_factory=dict)
+    owned_env: Mapping[str, str]
+
+    def __init__(
+        self,
+        run_id: str,
+        run_name: str,
+        flow_name: str,
+        deployment: str,
+        pool: str,
+        worker: str,
+        configuration: Mapping[str, Any],
+        context: Mapping[str, Any],
+        env: Mapping[str, str] = _NEW_DICT,
+        store_url: str = "",
+        owned_env: Mapping[str, str] = _NEW_DICT,
+    ) -> None:
+        _set(self, "run_id", run_id)
+        _set(self, "run_name", run_name)
+        _set(self, "flow_name", flow_name)
+        _set(self, "deployment", deployment)
+        _set(self, "pool", pool)
+        _set(self, "worker", worker)
+        _set(self, "configuration", configuration)
+        _set(self, "context", context)
+        _set(self, "env", {} if env is _NEW_DICT else env)
+        _set(self, "store_url", store_url)
+        _set(self, "owned_env", {} if owned_env is _NEW_DICT else owned_env)
 
     @property
     def context_json(self) -> str:
@@ -96,12 +128,20 @@ class Job:
         return {**base, **{str(k): str(v) for k, v in configured.items()}}
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Record):
     """How the infrastructure ended: an exit code, and a message when it crashed for a known reason."""
 
+    __slots__ = __match_args__ = ("exit_code", "message")
     exit_code: int
-    message: str | None = None
+    message: str | None
+
+    def __init__(
+        self,
+        exit_code: int,
+        message: str | None = None,
+    ) -> None:
+        _set(self, "exit_code", exit_code)
+        _set(self, "message", message)
 
 
 class Execution(Protocol):
