@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys import __version__, noop
 from buildsys.collector import gc_paused
 from buildsys.model import Project
+from buildsys.records import Record
 
 if TYPE_CHECKING:  # a plan loads projects only: the compiled build's modules cost it ~30 ms to import
     from buildsys.compiled import Compiled
@@ -150,8 +151,10 @@ def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | Non
 
 def _init_fields(cls: type) -> tuple[str, ...]:
     """The field names of a slotted dataclass that `cls(*values)` rebuilds exactly (every field
-    positional in `__init__`, no `__post_init__`, no class or init-only pseudo-fields); () for
-    any other class."""
+    positional in `__init__`, no `__post_init__`, no class or init-only pseudo-fields), or of a
+    `Record` (its `__match_args__`, so made); () for any other class."""
+    if issubclass(cls, Record):
+        return cls.__match_args__
     if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
         return ()
     fields = dataclasses.fields(cls)
