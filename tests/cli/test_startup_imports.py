@@ -17,6 +17,7 @@ PROJECT = """\
 name: shop
 work_pools:
   - {name: local, type: process, queues: [{name: q1, priority: 1}]}
+  - {name: boxes, type: docker}
 build:
   - run_shell_script: {id: stamp, script: "echo built", inputs: ["src/*.txt"]}
 deployments:
@@ -27,7 +28,7 @@ deployments:
     pull: [{set_working_directory: {directory: /opt/app}}]
   - name: hourly
     entrypoint: flows/etl.py:etl
-    work_pool: {name: local}
+    work_pool: {name: boxes, job_variables: {image: "python:3.11"}}
 """
 
 # Never on an everyday command's path: the optional and server-side libraries.
@@ -69,6 +70,10 @@ def test_a_plan_imports_no_entry_point_scan_nor_the_build(project: Path) -> None
     modules = imported("--state", "state.db", "plan", cwd=project)  # its build step's outputs: the engine's
     assert {"buildsys.desired", "buildsys.engine"} <= modules
     assert families(modules, NEVER | UNNEEDED) == set()
+    # the pool types' default templates load buildsys.infra.docker and .process (through
+    # importlib.import_module, which -X importtime does not list; what they import it does): not
+    # what only a run uses
+    assert families(modules, {"tempfile"}) == set()
     # without build steps a plan loads the project only: no compiled build, no graph, no engine,
     modules = imported("--file", "deployments.yaml", "--state", "state.db", "plan", cwd=project)
     assert "buildsys.desired" in modules
