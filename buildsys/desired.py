@@ -143,11 +143,14 @@ def desired_state(
     env: Mapping[str, str] | None = None,
     variables: Mapping[str, Any] | None = None,
     only: Collection[str] | None = None,
+    flows: dict[str, FlowInfo] | None = None,
 ) -> DesiredState:
     """All resources the project declares. Values that need a build not yet run are UNKNOWN.
 
     `env` and `variables` resolve deploy-time placeholders (None: they are kept as written);
-    the project's own `variables:` are known in any case, over `variables` (the store's)."""
+    the project's own `variables:` are known in any case, over `variables` (the store's).
+    `flows`: what each entrypoint's file says (by entrypoint), shared with the caller: entries
+    already there are used as they are, the others read with `read` and added."""
     warnings: list[Diagnostic] = list(project.warnings)  # the loader's (unknown keys, skipped entries)
     values = None if variables is None and env is None else {**(variables or {})}
     if values is not None:
@@ -157,7 +160,7 @@ def desired_state(
     resources: list[DesiredResource] = [variable_resource(v) for v in project.variables]
     resources += [pool_resource(p, warnings) for p in project.work_pools]
     seen: dict[str, Deployment] = {}
-    flows: dict[str, FlowInfo] = {}  # many deployments share one flow: parse each file once
+    flows = {} if flows is None else flows  # many deployments share one flow: parse each file once
     chosen = select_deployments(project, select)
     if only is not None:  # exact names (`--affected`): none at all is a valid choice
         chosen = tuple(d for d in chosen if d.name in only)
