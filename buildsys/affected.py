@@ -15,17 +15,22 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from buildsys.cache import secret_digest
 from buildsys.compiled import Compiled
 from buildsys.desired import DesiredResource, DesiredState
 from buildsys.errors import BuildsysError
-from buildsys.model import Project
-from buildsys.stepkeys import StepKey, keying_env, step_keys, unsymbolised
+from buildsys.model import Deployment, Project
+from buildsys.stepkeys import Reads, StepKey, keying_env, step_keys, unsymbolised
 from buildsys.templating import UNKNOWN
+
+if TYPE_CHECKING:
+    from buildsys.entrypoints import FlowInfo
+    from buildsys.revision import Revision
 
 AFFECTED = "affected"  # .buildsys/affected/: the base side of earlier comparisons (buildsys.caches)
 
@@ -60,6 +65,7 @@ class Affected:
     total_deployments: int = 0
     project_has_deployments: bool = True
     notes: tuple[str, ...] = field(default=())
+    proved: bool = field(default=False, compare=False)  # the base side proved from git's changed paths
 
     @property
     def names(self) -> list[str]:
@@ -95,9 +101,14 @@ class Affected:
 # --- the analysis -------------------------------------------------------------------------------------
 
 
-def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None) -> Affected:
+def affected(
+    project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None, prove: bool = True
+) -> Affected:
     """Steps and deployments that differ between `base` (default: the merge base of HEAD with the
-    default branch) and the working tree of the project file's repository."""
+    default branch) and the working tree of the project file's repository.
+
+    `prove`: first try to prove from what git says changed that most keys and specs are the
+    working tree's (`_proved`); False computes the whole base side, as `_proved` falls back to."""
     from buildsys import caches
     from buildsys.revision import default_base, open_revision, resolve_commit
 
@@ -110,14 +121,20 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
         base_ref, said = commit, f"the merge base with {branch}"
     environ = dict(os.environ if env is None else env)
     now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
-    then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
-                     repo_root=repo_root)
-    now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
-    now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
+    sides = None
+    if prove and repo_root is not None:
+        sides = _proved(project_file, now_rev, now_compiled, base_ref, commit, repo_root, environ)
+    if sides is None:
+        then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
+                         repo_root=repo_root)
+        now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
+        now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
+    else:
+        then, now_keys, now_state = sides
     steps = compare_steps(then.keys, now_keys, base_ref, then.problem)
     deployments, removed = compare_deployments(
         then.state, now_state, now_compiled, steps, base_ref, then.problem,
-        entrypoints=then.entrypoints, read_now=now_rev.read,
+        entrypoints=then.entrypoints, read_now=now_rev.read, chosen=then.chosen,
     )
     return Affected(
         base=base_ref,
@@ -130,7 +147,195 @@ def affected(project_file: Path, base: str | None = None, *, env: Mapping[str, s
         total_deployments=len(now_compiled.project.deployments),
         project_has_deployments=bool(now_compiled.project.deployments),
         notes=(then.problem,) if then.problem else (),
+        proved=sides is not None,
     )
+
+
+# --- the base side proved from git's list of changed paths --------------------------------------------
+
+
+def _proved(
+    project_file: Path, now_rev: Revision, now: Compiled, ref: str, commit: str, repo_root: Path,
+    environ: Mapping[str, str],
+) -> tuple[BaseSide, dict[str, StepKey], DesiredState] | None:
+    """The base's side without computing most of it, or None when that cannot be proved (then the
+    whole base side is computed).
+
+    The project file is the same at both revisions (else None), so both sides have the same
+    steps, inputs, environment and deployments. A step's key is then a function of the files
+    its key reads and of the keys before it: a step none of whose reads (the files it digests,
+    the directories listed and the files opened while keying it, its files hook's included) is a
+    changed path, and after no such step, has the working tree's key at the base. Only the other
+    steps are keyed on the base's files. A deployment's spec reads only its entrypoint's files
+    and the commit: each entrypoint file that did not change is parsed once for both sides."""
+    from buildsys.cache import IGNORE_FILES
+    from buildsys.registry import source_file
+    from buildsys.revision import changed_paths, export_tree
+
+    project = now.project
+    top = os.path.normpath(str(repo_root))
+    changes = _Changes(top, changed_paths(repo_root, commit))
+    root = os.path.normpath(str(project.root.resolve()))
+    defining = [os.path.normpath(str(project_file.resolve()))]
+    defining += [os.path.join(root, name) for name in IGNORE_FILES]  # every step's file set
+    if any(changes.hit(path) for path in defining):
+        return None
+    if any(_inside(source_file(sd) or "", top) for sd in now.steps.values()):
+        return None  # a step whose code is in the repository: its code may differ at the base
+    key_env, names = keying_env(project, environ)
+    reads: dict[str, Reads] = {}
+    now_keys = step_keys(now, key_env, reads=reads)
+    touched: set[str] = set()
+    nodes = now.graph.nodes
+    by_label = {node.label: node for node in nodes.values()}
+    for label in now_keys:  # graph order: a step's upstream steps come before it
+        node = by_label[label]
+        upstream = [*node.deps, *(k for _, k in node.scope), *((node.cwd_from,) if node.cwd_from else ())]
+        if any(nodes[k].label in touched for k in upstream) or changes.touches(reads.get(label), top):
+            touched.add(label)
+    # the deployments whose spec can differ (an entrypoint file changed, a version that follows the
+    # commit) or that a step may affect (for their identity): only these are read on either side
+    maybe: set[str] = set()  # steps compare_steps may find affected: touched, unknown, or after such a step
+    for label, k in now_keys.items():
+        if label in touched or k.unknown or any(dep in maybe for dep in k.deps):
+            maybe.add(label)
+    steps_of = {d for label in maybe for d in now_keys[label].deployments}
+    chosen = {d.name for d in project.deployments
+              if d.name in steps_of or _follows_commit(d) or _entrypoint_moved(d.entrypoint, root, changes)}
+    # and those sharing a name with one of them: two deployments may not share an identity
+    chosen |= {d.name for d in project.deployments if d.name in chosen}
+    flows: dict[str, FlowInfo] = {}
+    now_state = _desired(project, now_rev.source(), now_rev.read, flows=flows, only=chosen)
+    moved = {ep for ep in flows if _entrypoint_moved(ep, root, changes)}
+    source = {"commit": commit, "ref": ref, "file": now_rev.file_in_repo, "dirty": False}
+    unchanged = {ep: info for ep, info in flows.items() if ep not in moved}
+    env_digests = {n: secret_digest(environ.get(n, "")) for n in names}
+    if not touched and not moved:
+        then_state = _desired(project, source, now_rev.read, flows=unchanged, only=chosen)
+        side = BaseSide(now_keys, then_state, "", _SameDigests(now_rev.read, {}), env_digests, frozenset(chosen))
+        return side, now_keys, now_state
+    with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
+        _, base_file = export_tree(project_file, commit, Path(tmp), repo_root=repo_root)
+        then_keys = now_keys
+        if touched:
+            from dataclasses import replace
+
+            at_base = Compiled(replace(project, root=base_file.resolve().parent), now.graph, now.steps)
+            then_keys = step_keys(at_base, key_env, only=touched, given=now_keys)
+        read = _reader(base_file)
+        try:
+            then_state = _desired(project, source, read, flows=unchanged, only=chosen)
+        except BuildsysError:
+            return None  # the base cannot be read (two deployments' identities clash there): say it as before
+        moved_files: dict[str, str | None] = {path: None for path in _entrypoint_files(moved)}
+        for path in moved_files:
+            try:
+                moved_files[path] = _digest(read(path))
+            except BuildsysError:
+                moved_files[path] = None
+        side = BaseSide(then_keys, then_state, "", _SameDigests(now_rev.read, moved_files), env_digests,
+                        frozenset(chosen))
+    return side, now_keys, now_state
+
+
+def _follows_commit(d: Deployment) -> bool:
+    """A deployment whose version is the commit's (`version_type: vcs:*` without `version:`)."""
+    return d.version is None and str(d.version_type or "").startswith("vcs:")
+
+
+class _Changes:
+    """The paths git says changed (absolute, normalised; untracked folders as folders), and the
+    question whether a path one side reads may be one of them."""
+
+    def __init__(self, top: str, changed: Sequence[str]) -> None:
+        self.paths: set[str] = set()
+        self.folders: set[str] = set()  # untracked or ignored folders: everything under them is new
+        self.above: set[str] = set()  # every folder that holds a changed path
+        for rel in changed:
+            path = os.path.normpath(os.path.join(top, rel))
+            (self.folders if rel.endswith("/") else self.paths).add(path)
+            parent = os.path.dirname(path)
+            while parent.startswith(top) and parent not in self.above:
+                self.above.add(parent)
+                parent = os.path.dirname(parent)
+
+    def hit(self, path: str) -> bool:
+        """`path` (a file or a folder) changed, holds a changed path or is in a new folder."""
+        if path in self.paths or path in self.folders or path in self.above:
+            return True
+        parent = os.path.dirname(path)
+        while True:
+            if parent in self.folders:
+                return True
+            up = os.path.dirname(parent)
+            if up == parent:
+                return False
+            parent = up
+
+    def touches(self, reads: Reads | None, top: str) -> bool:
+        """Whether what keying a step read may differ at the base: a read changed path, a listed
+        folder that holds one (a file added or deleted there), or a file its key digests outside
+        the repository (the base's side resolves it from the base's files, as before)."""
+        if reads is None:
+            return True
+        if any(not _inside(f, top) for f in reads.files):
+            return True
+        return any(_inside(p, top) and not _kept_out(p, top) and self.hit(p)
+                   for p in (*reads.files, *reads.listed, *reads.opened))
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + os.sep)
+
+
+def _kept_out(path: str, top: str) -> bool:
+    """buildsys's own state and git's: never a step's input (buildsys.cache.ALWAYS_IGNORED)."""
+    from buildsys.cache import ALWAYS_IGNORED
+
+    return any(part in ALWAYS_IGNORED for part in os.path.relpath(path, top).split(os.sep))
+
+
+def _entrypoint_moved(entrypoint: str | None, root: str, changes: _Changes) -> bool:
+    from buildsys.entrypoints import parse_entrypoint
+
+    if not entrypoint:
+        return False  # the working tree's spec says so, as the base's would
+    try:
+        files = parse_entrypoint(entrypoint).candidates
+    except ValueError:
+        return True
+    return any(changes.hit(os.path.normpath(os.path.join(root, f))) for f in files)
+
+
+def _entrypoint_files(entrypoints: Collection[str]) -> list[str]:
+    """The `.py` files of these entrypoints, as `_entrypoint_digests` names them."""
+    return sorted({p for ep in entrypoints if (p := ep.rsplit(":", 1)[0]).endswith(".py")})
+
+
+class _SameDigests(Mapping[str, "str | None"]):
+    """The base's entrypoint digests when only `moved` files can differ: every other file's is the
+    working tree's, read only when a reason asks for it."""
+
+    def __init__(self, read: Any, moved: Mapping[str, str | None]) -> None:
+        self.read = read
+        self.moved = dict(moved)
+
+    def __getitem__(self, path: str) -> str | None:
+        if path in self.moved:
+            return self.moved[path]
+        try:
+            return _digest(self.read(path))
+        except BuildsysError:
+            return None
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and path.endswith(".py")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.moved)
+
+    def __len__(self) -> int:
+        return len(self.moved)
 
 
 @dataclass
@@ -142,8 +347,9 @@ class BaseSide:
     keys: dict[str, StepKey] | None
     state: DesiredState | None
     problem: str
-    entrypoints: dict[str, str | None]
+    entrypoints: Mapping[str, str | None]
     env: dict[str, str]
+    chosen: frozenset[str] | None = None  # the deployments both states hold (None: all)
 
 
 def base_side(
@@ -154,7 +360,6 @@ def base_side(
     project file and the same environment values before (a commit never changes), else computed
     from the base's files written to a temporary directory."""
     from buildsys import caches
-    from buildsys.cache import secret_digest
     from buildsys.revision import export_tree
 
     record = caches.directory(root) / AFFECTED / hashlib.sha256(
@@ -226,12 +431,16 @@ def _reader(project_file: Path) -> Any:
     return Revision(file=project_file, root=project_file.resolve().parent, text=None).read
 
 
-def _desired(project: Project, source: Mapping[str, Any], read: Any) -> DesiredState:
+def _desired(
+    project: Project, source: Mapping[str, Any], read: Any, *, flows: dict[str, FlowInfo] | None = None,
+    only: Collection[str] | None = None,
+) -> DesiredState:
     """Desired state with every build output unknown and deploy-time values as written: the
-    same process and store resolve them on both sides, so they differ only where the text does."""
+    same process and store resolve them on both sides, so they differ only where the text does.
+    `flows`: entrypoints already read (`desired.desired_state`); `only`: just these deployments."""
     from buildsys.desired import desired_state
 
-    return desired_state(project, owner="", source=source, read=read)
+    return desired_state(project, owner="", source=source, read=read, flows=flows, only=only)
 
 
 def compare_steps(
@@ -286,8 +495,11 @@ def compare_deployments(
     *,
     entrypoints: Mapping[str, str | None] | None = None,
     read_now: Any = None,
+    chosen: Collection[str] | None = None,
 ) -> tuple[list[AffectedDeployment], list[str]]:
-    """Affected deployments in file order, and the identities the base had that are gone."""
+    """Affected deployments in file order, and the identities the base had that are gone.
+    `chosen`: both states hold only these deployments (the others are the same on both sides and
+    no step of theirs is affected)."""
     before = {r.name: r for r in (then.resources if then else ()) if r.kind == "deployment"}
     current = {r.name: r for r in now.resources if r.kind == "deployment"}
     by_step: dict[str, list[AffectedStep]] = {}
@@ -296,7 +508,8 @@ def compare_deployments(
             by_step.setdefault(name, []).append(s)
     ordered = [r for r in now.resources if r.kind == "deployment"]  # desired_state keeps file order
     out: list[AffectedDeployment] = []
-    for d, resource in zip(compiled.project.deployments, ordered, strict=True):
+    read = compiled.project.deployments if chosen is None else [d for d in compiled.project.deployments if d.name in chosen]
+    for d, resource in zip(read, ordered, strict=True):
         ident = resource.name
         mine = by_step.get(d.name, [])
         reasons = [f"step {s.label}: {s.reason}" for s in mine]

@@ -490,3 +490,32 @@ def export_tree(project_file: Path, ref: str, workdir: Path, *, repo_root: Path 
         if done.returncode != 0:
             raise RevisionError(f"cannot read the files of {ref}: {done.stderr.strip() or done.stdout.strip()}")
     return commit, dest / project_file.resolve().relative_to(repo_root)
+
+
+CHANGED_STATUS = ("status", "--porcelain=v2", "-z", "--untracked-files=normal", "--ignored=traditional")
+
+
+def changed_paths(repo_root: Path, commit: str) -> list[str]:
+    """Every path of the repository whose content may differ between `commit` and the working tree
+    (posix, relative to the repository's top directory): tracked files changed, added, deleted or
+    renamed since the commit (`git diff --no-renames`: a rename is its old and its new path),
+    staged or not, and every file git does not track, ignored ones included (a step's files are
+    not git's: a file only `.git/info/exclude` ignores is still an input). Untracked and ignored
+    folders come as one entry ending in `/` (git does not descend into them): everything under
+    it is new. Two git processes, side by side."""
+    diff = _start(repo_root, ["diff", "--no-renames", "--name-only", "-z", "--no-ext-diff", commit, "--"])
+    status = _start(repo_root, CHANGED_STATUS)
+    code, out, err = _finish(diff)
+    s_code, s_out, s_err = _finish(status)
+    if code != 0:
+        raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
+    if s_code != 0:
+        raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
+    paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+    records = iter(s_out.decode("utf-8", "surrogateescape").split("\0"))
+    for record in records:
+        if record[:2] in ("? ", "! "):
+            paths.append(record[2:])
+        elif record[:2] == "2 ":
+            next(records, None)  # a rename's original path: `diff --no-renames` names both already
+    return sorted(set(paths))

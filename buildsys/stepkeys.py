@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import sys
+import threading
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.compiled import Compiled
@@ -78,8 +81,29 @@ class _Outputs(Mapping[str, Any]):
         return len(self.declared)
 
 
-def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
-    """Every step's cache key by label, computed by the engine's key function without running."""
+@dataclass
+class Reads:
+    """What keying one step read (absolute, normalised paths): the files its key digests, the
+    directories listed and the files opened on the way (its files hook's own reads included)."""
+
+    files: set[str] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)
+    opened: set[str] = field(default_factory=set)
+
+
+def step_keys(
+    compiled: Compiled,
+    env: Mapping[str, str],
+    *,
+    reads: dict[str, Reads] | None = None,
+    only: Collection[str] | None = None,
+    given: Mapping[str, StepKey] | None = None,
+) -> dict[str, StepKey]:
+    """Every step's cache key by label, computed by the engine's key function without running.
+
+    `reads`: filled with what keying each step read (`Reads`), for proving that a change cannot
+    have moved its key (buildsys.affected). `only`: key just these labels and take every other
+    step's key from `given` (as a step after them sees it)."""
     from buildsys.engine import Engine, NodeResult
 
     steps = {name: _unfingerprinted(sd) for name, sd in compiled.steps.items()}
@@ -89,9 +113,18 @@ def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
     try:
         for key in graph.order():
             node, stepdef = graph.nodes[key], engine.stepdefs[key]
+            if only is not None and node.label not in only:
+                known = (given or {})[node.label]
+                engine.results[key] = NodeResult(
+                    key, node.label, "cached", outputs=_Outputs(known.key, stepdef.outputs), cache_key=known.key  # type: ignore[arg-type]
+                )
+                out[node.label] = known
+                continue
             unknown, components, cache_key = "", {}, ""
+            seen = Reads() if reads is not None else None
             try:
-                keyed = engine.key_for(node, stepdef)
+                with _tracing(seen):
+                    keyed = engine.key_for(node, stepdef)
                 components, cache_key = keyed.components, keyed.cache_key
                 if stepdef.files_hook is not None and (SYMBOL in str(keyed.ctx.cwd) or _symbolic(keyed.inputs)):
                     unknown = "the files it reads depend on another step's outputs, known only after a build"
@@ -100,6 +133,11 @@ def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
                 unknown = f"its key cannot be computed before a build ({text})"
             if unknown:
                 cache_key = f"unknown:{key}"
+            if seen is not None and reads is not None:
+                files, listed = engine.dependencies.nodes.get(node.label, ((), ()))
+                seen.files.update(os.path.normpath(f) for f in files)
+                seen.listed.update(os.path.normpath(d) for d in listed)
+                reads[node.label] = seen
             engine.results[key] = NodeResult(
                 key, node.label, "cached", outputs=_Outputs(cache_key, stepdef.outputs), cache_key=cache_key  # type: ignore[arg-type]
             )
@@ -116,6 +154,53 @@ def step_keys(compiled: Compiled, env: Mapping[str, str]) -> dict[str, StepKey]:
     finally:
         engine.cache.close()
     return out
+
+
+# --- what keying a step read: Python's audit events for opened files and listed directories ----------
+
+_TRACE = threading.local()  # .reads: the Reads being filled in this thread, or None
+_HOOKED = False
+_LISTINGS = ("os.scandir", "os.listdir")
+
+
+class _tracing:
+    """Within the block, every file this thread opens (`open`, `os.open`) and every directory it
+    lists (`os.scandir`, `os.listdir`, so also `os.walk`, `glob`, `Path.iterdir`) is noted in
+    `reads`. Python's audit hooks cannot be removed, so one is added the first time and does
+    nothing outside such a block. Tests of existence alone (`os.stat`) raise no audit event."""
+
+    def __init__(self, reads: Reads | None) -> None:
+        self.reads = reads
+
+    def __enter__(self) -> None:
+        global _HOOKED
+        if self.reads is None:
+            return
+        if not _HOOKED:
+            sys.addaudithook(_audit)
+            _HOOKED = True
+        _TRACE.reads = self.reads
+
+    def __exit__(self, *exc: object) -> None:
+        if self.reads is not None:
+            _TRACE.reads = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    reads: Reads | None = getattr(_TRACE, "reads", None)
+    if reads is None or (event != "open" and event not in _LISTINGS):
+        return
+    path = args[0] if args else None
+    if path is None and event in _LISTINGS:
+        path = "."
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return  # an open file descriptor
+    _TRACE.reads = None  # what the bookkeeping itself does is not the step's
+    try:
+        name = os.path.normpath(os.path.abspath(os.fsdecode(path)))
+        (reads.opened if event == "open" else reads.listed).add(name)
+    finally:
+        _TRACE.reads = reads
 
 
 def _unfingerprinted(stepdef: StepDef) -> StepDef:

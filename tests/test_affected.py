@@ -86,12 +86,18 @@ def shop(isolated: Path) -> Path:
     return root
 
 
-def check(root: Path, steps: set[str], deployments: dict[str, list[str]]) -> Affected:
-    """`affected` against main names these steps and deployments (with these reasons), and a full
-    build now reruns exactly those steps."""
+def check(root: Path, steps: set[str], deployments: dict[str, list[str]], *, proved: bool | None = None) -> Affected:
+    """`affected` against main names these steps and deployments (with these reasons), the same
+    as computing the whole base side gives, and a full build now reruns exactly those steps.
+    `proved`: whether the base side was proved from git's changed paths (default: when the
+    project file did not change)."""
     found = affected(root / "prefect.yaml", "main")
+    if proved is None:
+        proved = "prefect.yaml" not in git(root, "diff", "--name-only", "main").split()
+    assert found.proved == proved
     assert {s.label for s in found.steps} == steps
     assert {d.name: list(d.reasons) for d in found.deployments} == deployments
+    assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()  # the whole base side
     assert full_build(root) == steps
     return found
 
@@ -181,6 +187,115 @@ def test_the_default_base_is_the_merge_base_with_the_default_branch(shop: Path) 
     assert [d.name for d in found.deployments] == ["c"]  # main's own change is not this branch's
 
 
+# --- proving the base side from git's changed paths: each kind of change equals the whole base side ---
+
+
+def test_an_untracked_file_in_an_input_folder_and_one_no_step_reads(shop: Path) -> None:
+    write(shop, {"notes/todo.txt": "later\n"})  # an untracked folder no step reads
+    check(shop, set(), {})
+    write(shop, {"common/new.txt": "new\n"})
+    check(shop, {"shared", "package"}, {
+        "a": ["step shared: input file common/new.txt added", "step package: upstream step shared changed"],
+        "b": ["step shared: input file common/new.txt added", "step package: upstream step shared changed"],
+    })
+
+
+def test_a_file_git_ignores_but_buildsys_does_not(shop: Path) -> None:
+    """`.git/info/exclude` is git's, not buildsys's: the file is an input, so the step is affected."""
+    (shop / ".git" / "info" / "exclude").write_text("*.log\n")
+    write(shop, {"src/debug.log": "x\n"})
+    assert "src/debug.log" not in git(shop, "status", "--porcelain")
+    check(shop, {"package"}, {
+        "a": ["step package: input file src/debug.log added"], "b": ["step package: input file src/debug.log added"],
+    })
+
+
+def test_a_deleted_and_a_renamed_input_file(shop: Path) -> None:
+    (shop / "flows" / "c" / "data.txt").unlink()
+    check(shop, {"fetch", "compile", "bundle"}, {"c": [
+        "step fetch: input file flows/c/data.txt removed",
+        "step compile: upstream step fetch changed",
+        "step bundle: upstream step fetch changed",
+    ]})
+    git(shop, "checkout", "--", ".")
+    git(shop, "mv", "src/app.py", "src/main.py")
+    check(shop, {"package"}, {
+        "a": ["step package: input file src/app.py no longer an input; input file src/main.py added"],
+        "b": ["step package: input file src/app.py no longer an input; input file src/main.py added"],
+    })
+
+
+def test_a_change_no_key_or_spec_reads_writes_no_base_files(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import buildsys.revision
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the base's files were written")
+
+    monkeypatch.setattr(buildsys.revision, "export_tree", refuse)
+    write(shop, {"README.md": "a file no step reads\n", "flows/a.py": "def a(n: int = 1):\n    return n\n"})
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved and not found.anything
+
+
+def test_a_files_hook_and_a_version_that_follows_the_commit(isolated: Path) -> None:
+    """A step's files hook names a file that is deleted; a deployment's version is the commit's."""
+    root = commit_tree(isolated / "hooked", {
+        "prefect.yaml": "build:\n  - pip_install_requirements:\n      id: install\n      directory: deps\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n    version_type: vcs:git\n"
+                        "  - name: b\n    entrypoint: a.py:a\n    version: '1'\n",
+        "a.py": "def a():\n    pass\n", "deps/requirements.txt": "six\n", ".gitignore": ".buildsys/\n",
+    })
+    (root / "deps" / "requirements.txt").unlink()
+    git(root, "commit", "-q", "-am", "no requirements")
+    found = affected(root / "prefect.yaml", "HEAD~1")
+    assert found.proved
+    assert [(s.label, s.reason) for s in found.steps] == [("install", "input file deps/requirements.txt removed")]
+    assert {d.name: d.fields for d in found.deployments} == {"a": ("version",), "b": ()}
+    assert found.to_dict() == affected(root / "prefect.yaml", "HEAD~1", prove=False).to_dict()
+
+
+def test_what_defines_every_key_is_compared_whole(shop: Path) -> None:
+    """The project file and the root ignore files decide every step's inputs: when one of them
+    changed, the whole base side is computed (and gives the same answer as before)."""
+    write(shop, {".gitignore": ".buildsys/\ncommon/lib.txt\n"})
+    check(shop, {"shared", "package"}, {
+        "a": ["step shared: input file common/lib.txt no longer an input", "step package: upstream step shared changed"],
+        "b": ["step shared: input file common/lib.txt no longer an input", "step package: upstream step shared changed"],
+    }, proved=False)
+
+
+def test_a_step_whose_code_is_in_the_repository(isolated: Path) -> None:
+    """A project-local step's code may differ at the base: the whole base side is computed."""
+    root = commit_tree(isolated / "local", {
+        "prefect.yaml": "build:\n  - mysteps.py:paint:\n      id: paint\n      color: red\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "mysteps.py": "def paint(color):\n    return {'color': color}\n",
+        "a.py": "def a():\n    pass\n", ".gitignore": ".buildsys/\n",
+    })
+    full_build(root)
+    write(root, {"mysteps.py": "def paint(color):\n    return {'color': color.upper()}\n"})
+    found = affected(root / "prefect.yaml", "main")
+    assert not found.proved and [s.label for s in found.steps] == ["paint"]
+    assert found.steps[0].reason.startswith("step version changed")  # a plain function's version is its source's
+    assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
+    assert full_build(root) == {"paint"}
+
+
+def test_an_environment_variable_in_a_key(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same process keys both sides, so a variable's value is never a change; an input file is."""
+    root = commit_tree(isolated / "env2", {
+        "prefect.yaml": "build:\n  - run_shell_script:\n      id: paint\n      script: echo {{ $COLOR }}\n"
+                        "      inputs: [paint.txt]\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "a.py": "def a():\n    pass\n", "paint.txt": "1\n", ".gitignore": ".buildsys/\n",
+    })
+    monkeypatch.setenv("COLOR", "red")
+    full_build(root)
+    check(root, set(), {})
+    write(root, {"paint.txt": "2\n"})
+    check(root, {"paint"}, {"a": ["step paint: input file paint.txt changed"]})
+
+
 def test_a_base_without_the_project_counts_everything(shop: Path) -> None:
     empty_tree = git(shop, "hash-object", "-t", "tree", "/dev/null")
     git(shop, "branch", "empty", git(shop, "commit-tree", empty_tree, "-m", "nothing"))
@@ -243,6 +358,7 @@ def test_a_one_flow_change_in_a_corpus_file_affects_one_deployment(name: str, is
     func = (target.entrypoint or "").rsplit(":", 1)[1]
     edit(root, file_of(target), f"def {func}(n: int = 1)", f"def {func}(n: int = 1, extra: str = 'x')")
     found = affected(root / "prefect.yaml", "main")
+    assert found.proved and found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
     sharing = [d.name for d in project.deployments if file_of(d) == file_of(target)]
     assert [d.name for d in found.deployments] == sharing
     assert "parameter_schema" in found.deployments[sharing.index(target.name)].fields
@@ -263,12 +379,13 @@ def test_the_base_side_is_reused_only_for_the_same_environment(isolated: Path, m
         ".gitignore": ".buildsys/\n",
     })
     monkeypatch.setenv("COLOR", "red")
-    assert not affected(root / "prefect.yaml", "main").anything
+    assert not affected(root / "prefect.yaml", "main", prove=False).anything
     assert len(list((root / ".buildsys" / "affected").iterdir())) == 1
     monkeypatch.setenv("COLOR", "blue")  # the same on both sides: nothing is affected
-    assert not affected(root / "prefect.yaml", "main").anything
+    assert not affected(root / "prefect.yaml", "main", prove=False).anything
     monkeypatch.delenv("COLOR")
-    assert not affected(root / "prefect.yaml", "main").anything
+    assert not affected(root / "prefect.yaml", "main", prove=False).anything
+    assert affected(root / "prefect.yaml", "main").proved  # nothing changed: no base side at all
 
 
 def test_a_step_whose_files_depend_on_another_steps_output_counts_as_affected(isolated: Path) -> None:
