@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import posixpath
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -315,8 +316,35 @@ def _tree(repo_root: Path, commit: str) -> dict[str, Entry]:
 # --- the revisions ------------------------------------------------------------------------------------
 
 
+_kept: dict[Path, Revision] | None = None  # the working tree's revisions while `reading_once` is on
+
+
+@contextmanager
+def reading_once() -> Iterator[None]:
+    """Within the block, the working tree's revision of each project file is asked of git once
+    (`rev-parse`, `config`, `status`): for a command that reads it twice with nothing run between
+    (`plan --affected`: the analysis, then the plan)."""
+    global _kept
+    outer = _kept
+    _kept = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _kept = outer
+
+
 def open_revision(project_file: Path, ref: str | None = None) -> Revision:
     """The project at `ref` (a commit, branch or tag), or the working tree when ref is None."""
+    kept = _kept
+    if ref is None and kept is not None:
+        known = kept.get(project_file.resolve())
+        if known is None or known.file != project_file:
+            known = kept[project_file.resolve()] = _open_revision(project_file, None)
+        return known
+    return _open_revision(project_file, ref)
+
+
+def _open_revision(project_file: Path, ref: str | None) -> Revision:
     file = project_file.resolve()
     try:
         repo_root = _toplevel(file.parent)

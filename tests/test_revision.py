@@ -163,3 +163,26 @@ def test_a_project_file_at_a_ref_that_is_not_text_is_a_clear_error(tmp_path: Pat
     rev = open_revision(file, "HEAD")
     rev.close()
     assert rev.text == "name: x\n"
+
+
+def test_changed_paths_and_reading_the_working_tree_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys import revision
+
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n", "a.txt": "1\n", "b.txt": "1\n", ".gitignore": "*.log\n"})
+    base = git(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "a.txt").write_text("2\n")
+    git(tmp_path, "mv", "b.txt", "c.txt")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "x.txt").write_text("x\n")
+    (tmp_path / "debug.log").write_text("x\n")
+    # tracked changes since the commit (a rename as both paths), untracked and ignored files, folders collapsed
+    assert revision.changed_paths(tmp_path, base) == ["a.txt", "b.txt", "c.txt", "debug.log", "new/"]
+    git(tmp_path, "commit", "-qm", "moved")
+    assert revision.changed_paths(tmp_path, base) == ["a.txt", "b.txt", "c.txt", "debug.log", "new/"]
+    calls: list[object] = []
+    real = revision._open_revision
+    monkeypatch.setattr(revision, "_open_revision", lambda *a: calls.append(a) or real(*a))
+    with revision.reading_once():
+        first = open_revision(file)
+        assert open_revision(file) is first and len(calls) == 1
+    assert open_revision(file) is not first and len(calls) == 2  # outside the block: asked again

@@ -54,11 +54,15 @@ def apply(
             result = apply_saved(store, read_plan_file(plan_file), root=_root(app))
             report(app, None, result)
             return
-        project, only = affected_selection(app, affected_base, deployments)
-        planned = plan_project(
-            app.project_file, store, prune=prune, select=deployments, outputs=cached_outputs,
-            project=project if project is not None else app.load_project(), env=os.environ, store_url=app.state, only=only,
-        )
+        from buildsys.revision import reading_once
+
+        with reading_once():  # --affected and the plan read the same working tree: ask git once
+            project, only = affected_selection(app, affected_base, deployments)
+            planned = plan_project(
+                app.project_file, store, prune=prune, select=deployments, outputs=cached_outputs,
+                project=project if project is not None else app.load_project(), env=os.environ, store_url=app.state,
+                only=only,
+            )
         if not app.json:
             show_plan(app, planned, full=full)
         if not planned.has_changes:

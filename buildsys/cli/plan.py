@@ -50,17 +50,19 @@ def plan(
     import os
 
     from buildsys.reconcile import cached_outputs, plan_project
+    from buildsys.revision import reading_once
 
     if affected_base is not None and ref is not None:
         raise click.UsageError("--affected compares the working tree with a ref; it cannot plan --ref")
-    project, only = affected_selection(app, affected_base, deployments)
-    if project is None and ref is None:
-        project = app.load_project()  # the cache layer's load; --ref reads git
-    with app.store() as store:
-        result = plan_project(
-            app.project_file, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs,
-            project=project, env=os.environ, store_url=app.state, only=only,
-        )
+    with reading_once():  # --affected and the plan read the same working tree: ask git once
+        project, only = affected_selection(app, affected_base, deployments)
+        if project is None and ref is None:
+            project = app.load_project()  # the cache layer's load; --ref reads git
+        with app.store() as store:
+            result = plan_project(
+                app.project_file, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs,
+                project=project, env=os.environ, store_url=app.state, only=only,
+            )
     name_store(app)
     if out is not None:
         from buildsys.reconcile import write_plan_file
