@@ -150,8 +150,12 @@ class _Session:
         probe = self._first_of_login()
         try:
             reply = self._request(method, path)
-            if reply.status == 401:
+            challenged = reply.status == 401
+            if challenged:
                 self._authenticate(reply.headers.get("WWW-Authenticate", ""))
+            if probe is not None:  # the registry's way with this login is known: the others go on
+                probe.set()
+            if challenged:
                 reply = self._request(method, path)
         except RequestError as exc:
             raise StepError(f"registry {self.base} could not be reached: {exc}") from None
@@ -167,9 +171,9 @@ class _Session:
 
     def _first_of_login(self) -> threading.Event | None:
         """Until this registry has answered one request with this login, a session's first request
-        waits for the first one's (an Event to set when this session is that first one): a Basic
-        login is then sent at once, where the parallel checks of a restored build would each be
-        answered 401 first."""
+        waits for that answer (an Event to set once it came, when this session is the first): a
+        Basic login is then sent at once, where the parallel checks of a restored build would each
+        be answered 401 first."""
         if self.login is None or "Authorization" in self.headers:
             return None
         with _LOCK:
