@@ -131,14 +131,6 @@ class Pool:
             return Reply(reply.status, reply.headers, data)
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """Close the idle connections (one in use is closed when it comes back)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-            self.max_idle = 0
-        for conn in idle:
-            conn.close()
-
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
         """An idle connection the peer has not closed (True), else a new one (False)."""
         while True:
