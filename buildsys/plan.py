@@ -256,10 +256,31 @@ def _create(want: DesiredResource, owner: str, source: Mapping[str, Any]) -> Res
     return ResourceChange("create", want.kind, want.name, spec, None, fields, owner, dict(source))
 
 
+_SPEC_TEXT = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode  # as the SQL store writes a spec
+
+
+def known_specs(desired: DesiredState) -> dict[str, Mapping[str, Any]]:
+    """Each desired spec by its text as the SQL store writes it (`store.rows.dump`): a stored spec
+    with the same text is the same JSON, so the store's listing can hand back the desired value
+    itself (`SharedSpecs`) and `_update` sees at once that nothing changed. Specs that could not
+    compare equal are left out: a value not known until built, NaN, anything not JSON."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in desired.resources:
+        try:
+            text = _SPEC_TEXT(r.spec)
+        except (TypeError, ValueError):  # UNKNOWN (not JSON), NaN
+            continue
+        if UNKNOWN_TEXT not in text:  # an output embedded in a string never equals anything
+            out[text] = r.spec
+    return out
+
+
 def _update(
     want: DesiredResource, have: Resource, owner: str, source: Mapping[str, Any]
 ) -> ResourceChange | None:
     stored = have.spec  # from JSON: already JSON-shaped
+    if stored is want.spec and have.owner == owner:
+        return None  # the listing found the stored text equal to this spec (`known_specs`)
     fields: list[FieldChange] = []
     for key in want.managed:
         new = want.spec.get(key)

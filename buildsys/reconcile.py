@@ -12,6 +12,7 @@ an error that lists exactly what was written; planning again gives the plan that
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ def _plan_project(
     only: Collection[str] | None,
 ) -> Plan:
     from buildsys.desired import read_desired
+    from buildsys.plan import known_specs
     from buildsys.plan import plan as compute
     from buildsys.revision import strip_credentials
 
@@ -120,7 +122,7 @@ def _plan_project(
     )
     scoped = stepwise(store)
     if scoped is None:
-        serial, actual = snapshot(store)
+        serial, actual = snapshot(store, known=known_specs(desired))
     else:  # no serial, no transactions: one read of what this project's plan can touch
         names = [r.name for r in desired.resources if r.kind == "deployment"]
         serial, actual = store.serial(), scoped.plan_resources(desired.owner, names)
@@ -250,11 +252,18 @@ def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:
     return problems
 
 
-def snapshot(store: StateStore, *, attempts: int = 5) -> tuple[int, list[Resource]]:
-    """The store's serial and resources as one consistent view (re-read if an apply slipped in)."""
+def snapshot(
+    store: StateStore, *, attempts: int = 5, known: Mapping[str, Any] | None = None
+) -> tuple[int, list[Resource]]:
+    """The store's serial and resources as one consistent view (re-read if an apply slipped in).
+    `known` (`plan.known_specs`): stored specs equal to a desired one are that same value, not
+    decoded again, when the store can tell (a SQL store compares the texts)."""
+    listing: Callable[[], list[Resource]] = store.list_resources
+    if known and getattr(store, "lists_known_specs", False):
+        listing = functools.partial(store.list_resources, known=known)  # type: ignore[call-arg]
     for _ in range(attempts):
         before = store.serial()
-        resources = store.list_resources()
+        resources = listing()
         if store.serial() == before:
             return before, resources
     raise ConflictError(

@@ -12,7 +12,7 @@ import pytest
 
 from buildsys.desired import BuildOutputs, DesiredResource, DesiredState, read_desired
 from buildsys.errors import ConflictError, ProjectError
-from buildsys.plan import plan
+from buildsys.plan import known_specs, plan
 from buildsys.reconcile import ApplyError, apply_plan, snapshot, to_changes
 from buildsys.store.base import Change, Resource
 from buildsys.store.sql import SqlStore
@@ -201,8 +201,47 @@ def _round_trip(source: Path, tmp_path: Path, *, copy: bool = True) -> None:
         assert [c.address for c in again.changes] == []
         reread = read_desired(file, outputs=lambda project: _built)[1]
         assert not plan(reread, s.list_resources(), serial=s.serial()).has_changes
+        serial, known = snapshot(s, known=known_specs(reread))  # as plan_project reads the store
+        assert known == s.list_resources() and not plan(reread, known, serial=serial).has_changes
         assert sorted(r.name for r in s.list_resources()) == sorted(r.name for r in want.resources)
         assert all(r.owner == want.owner for r in s.list_resources())
+
+
+def test_a_listing_given_the_desired_specs_plans_as_one_that_decodes_them(store: SqlStore) -> None:
+    """`known_specs`: a stored spec whose text is a desired one's is handed back as that value, not
+    decoded; a spec edited out of band, a number stored for a boolean and another owner still show."""
+    want = desired(
+        res("pool", "p", type="process"),
+        res("deployment", "f/same", tags=["a"], retries=1, paused=False),
+        res("deployment", "f/drift", tags=["b"]),
+        res("deployment", "f/later", tags=["c"], version=UNKNOWN),
+        res("variable", "flag", value=True),
+    )
+    first = (*want.resources[:2], res("deployment", "f/later", tags=["c"], version="1"), want.resources[4])
+    apply_plan(store, plan(desired(*first), [], serial=0))
+    store.apply(
+        [
+            Change("create", "deployment", "f/drift", {"tags": ["edited"]}, "demo", SOURCE),
+            Change("update", "variable", "flag", {"value": 1}, "demo", SOURCE),
+            Change("update", "pool", "p", {"type": "process"}, "another", SOURCE),
+        ],
+        expected_serial=None,
+    )
+    known = known_specs(want)
+    assert len(known) == 4  # not the spec holding a value known only after the build
+    serial, listed = snapshot(store, known=known)
+    decoded = store.list_resources()
+    assert listed == decoded
+    shared = {r.name for r in listed if any(r.spec is w.spec for w in want.resources)}
+    assert shared == {"p", "f/same"}
+    fast, slow = plan(want, listed, serial=serial), plan(want, decoded, serial=serial)
+    assert fast.to_dict() == slow.to_dict()
+    assert sorted((c.action, c.name, [f.path for f in c.fields], c.previous_owner) for c in fast.changes) == [
+        ("update", "f/drift", ["tags"], None),
+        ("update", "f/later", ["version"], None),
+        ("update", "flag", ["value"], None),
+        ("update", "p", [], "another"),
+    ]
 
 
 def test_stored_resource_records_round_trip() -> None:

@@ -111,9 +111,14 @@ class SharedSpecs:
     """Decodes the specs of one listing so that what repeats is held once: field names, short
     strings, and equal field values (10,000 deployments of one flow carry one parameter schema,
     one job-variables mapping, ...). A listing of 10,000 deployments takes ~11 MB, not ~60 MB.
-    The shared values are read-only, like the rest of a Resource."""
+    The shared values are read-only, like the rest of a Resource.
 
-    def __init__(self) -> None:
+    `known`: spec texts (as `dump` writes them) the caller already holds the value of, e.g. a
+    plan's desired specs. A row whose text is one of them gets that value, not decoded again:
+    equal texts are equal JSON, so the value is the one decoding would give (same types too)."""
+
+    def __init__(self, known: Mapping[str, Any] | None = None) -> None:
+        self._known = known or {}
         self._memo: dict[str, Any] = {}
         self._encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
         self._sources: dict[str, Any] = {}
@@ -128,6 +133,9 @@ class SharedSpecs:
         return value
 
     def __call__(self, text: str) -> Any:
+        value = self._known.get(text) if self._known else None
+        if value is not None:
+            return value
         value = json.loads(text)
         if type(value) is not dict:
             return value

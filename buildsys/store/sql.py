@@ -93,6 +93,8 @@ class SqlStore:
         db = PostgresDatabase(url)
         return cls(db, db.display_url)
 
+    lists_known_specs = True  # `list_resources(known=...)`: see `reconcile.snapshot`
+
     @property
     def dialect(self) -> str:
         """"sqlite" or "postgresql"."""
@@ -103,7 +105,9 @@ class SqlStore:
         with self._db.tx() as tx:
             return _serial(tx)
 
-    def list_resources(self, kind: str | None = None) -> list[Resource]:
+    def list_resources(self, kind: str | None = None, *, known: Mapping[str, Any] | None = None) -> list[Resource]:
+        """`known`: spec texts whose values the caller holds (see `SharedSpecs`): a row with one of
+        them is given that value instead of decoding its text (a plan's desired specs: ~all rows)."""
         sql = f"SELECT {RESOURCE_COLUMNS} FROM resources"
         params: tuple[str, ...] = ()
         if kind is not None:
@@ -111,7 +115,7 @@ class SqlStore:
             sql, params = sql + " WHERE kind = ?", (kind,)
         with self._db.tx() as tx:
             rows = tx.run(sql + " ORDER BY kind, name", params)
-        read_spec = SharedSpecs()
+        read_spec = SharedSpecs(known)
         return [resource_from_row(r, read_spec) for r in rows]
 
     def get_resource(self, kind: str, name: str) -> Resource | None:
