@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, time
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -511,6 +512,9 @@ class _Renderer:
         self.built_ids = frozenset(s.label for s in (*self.deployment.build, *self.deployment.push))
 
     def value(self, value: Any, where: str) -> Any:
+        kind = type(value)
+        if (kind is str and "{{" not in value) or kind is bool or kind is int or kind is float or value is None:
+            return value  # what render gives back for a plain value, without making a renderer
         d = self.deployment
         return render(value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}")
 
@@ -608,7 +612,7 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
         {
             str(p.keypath[0])
             for p in placeholders(d.raw)
-            if p.kind == "env" and is_secret_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
+            if p.kind == "env" and _secret_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
         }
     )
     for name in used:
@@ -616,7 +620,7 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
         if value not in scope.secrets:
             continue
         deploy_time.sensitive[value] = f"${name}"
-        block = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+        block = _block_name(name)
         warnings.append(
             Diagnostic(
                 "warning",
@@ -628,6 +632,15 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
                 f"`{{{{ prefect.blocks.secret.{block} }}}}` (resolved when the run starts)",
             )
         )
+
+
+_secret_name = lru_cache(maxsize=1024)(is_secret_name)  # every deployment asks of the same few names
+
+
+@lru_cache(maxsize=1024)
+def _block_name(name: str) -> str:
+    """The Secret block a warning suggests for the environment variable `name`."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
 
 
 def canonical(value: Any) -> Any:

@@ -38,14 +38,16 @@ def check(
     Values that are still templates (resolved when the run starts) are not type-checked.
     `key`: `schema_key(schema)`, when the caller checks many values against one schema."""
     from buildsys.desired import known_later
-    from buildsys.suggest import did_you_mean
 
-    names = list(schema.get("properties") or {})
+    key = key if key is not None else schema_key(schema)
+    names, any_name = _names(key, schema)
     problems: list[ParameterProblem] = []
-    if not accepts_any_name(schema):
+    if not any_name:
         for name in parameters:
             if name not in names:
-                guess = did_you_mean(name, names)
+                from buildsys.suggest import did_you_mean
+
+                guess = did_you_mean(name, list(names))
                 problems.append(
                     ParameterProblem(
                         name,
@@ -61,7 +63,6 @@ def check(
                     ParameterProblem("", f"Validation failed. Failure reason: {name!r} is a required property")
                 )
     concrete = {k: v for k, v in parameters.items() if k in names and not known_later(v)}
-    key = key if key is not None else schema_key(schema)
     fast = _fast_check(key, schema)
     if fast is not None and fast(concrete):
         return problems  # valid: jsonschema (imported only to explain a "no") has nothing to say
@@ -124,6 +125,17 @@ def accepts_any_name(schema: Mapping[str, Any]) -> bool:
         return False
     last = max(props.values(), key=lambda p: p.get("position", -1) if isinstance(p, Mapping) else -1)
     return isinstance(last, Mapping) and last.get("type") == "object" and last.get("default") == {}
+
+
+_NAMES: dict[str, tuple[dict[str, None], bool]] = {}
+
+
+def _names(key: str, schema: Mapping[str, Any]) -> tuple[dict[str, None], bool]:
+    """The schema's parameter names (in order) and `accepts_any_name`, once per schema."""
+    found = _NAMES.get(key)
+    if found is None:
+        found = _NAMES[key] = dict.fromkeys(schema.get("properties") or {}), accepts_any_name(schema)
+    return found
 
 
 _VALIDATORS: dict[str, Any] = {}

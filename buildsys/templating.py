@@ -84,7 +84,13 @@ def placeholders(value: Any) -> list[Placeholder]:
     else:
         texts = []
         templated(value, texts)
-    return [classify(m.group(1)) for text in texts for m in PLACEHOLDER.finditer(text)]
+    return [ph for text in texts for ph in _in_text(text)]
+
+
+@lru_cache(maxsize=4096)
+def _in_text(text: str) -> tuple[Placeholder, ...]:
+    """The placeholders of one templated string (the same texts recur in every deployment)."""
+    return tuple(classify(m.group(1)) for m in PLACEHOLDER.finditer(text))
 
 
 # the types of value a walk for placeholders need not enter or read (buildsys.validation too)

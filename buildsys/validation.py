@@ -100,7 +100,7 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
         pull_ids = {s.id for s in d.pull if s.id}
         build_outputs = _declared_outputs(project, (*d.build, *d.push))
         fields = {k: v for k, v in d.raw.items() if k not in ("build", "push", "pull", "triggers")}
-        for at, ph in _placeholders_at(fields, ("deployments", d.index)):
+        for at, ph in _outputs_at(fields, ("deployments", d.index)):
             if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids:
                 out.append(_unresolved(ph.text, ph.step_id, build_ids, *where(at, ph.text), did_you_mean))
             elif ph.kind == "output" and ph.step_id is None:
@@ -109,7 +109,7 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
         for i, s in enumerate(d.pull):
             earlier = _declared_outputs(project, (*d.build, *d.push, *d.pull[:i]))
             step_at: Path_ = (*section, s.index, s.name)
-            for at, ph in _placeholders_at(s.inputs, step_at):
+            for at, ph in _outputs_at(s.inputs, step_at):
                 shown = ".".join([s.path, *map(str, at[len(step_at):])])
                 if ph.kind == "output" and ph.step_id is not None and ph.step_id not in build_ids | pull_ids:
                     out.append(_unresolved(ph.text, ph.step_id, build_ids | pull_ids, where.locate(at, ph.text), shown,
@@ -120,17 +120,17 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
     return out
 
 
-def _placeholders_at(value: Any, at: Path_) -> list[tuple[Path_, Placeholder]]:
-    """Every placeholder in `value` with the document path of the string that holds it. The paths
-    are made only for a value that holds a placeholder (one fast look first): plans ask this of
-    every deployment, and most of a project is not templated."""
+def _outputs_at(value: Any, at: Path_) -> list[tuple[Path_, Placeholder]]:
+    """Every step-output placeholder in `value` with the document path of the string that holds
+    it. The paths are made only for a value that holds one (one fast look first): plans ask this
+    of every deployment, and most of a project refers to no output (an environment value, say)."""
     texts: list[str] = []
     templated(value, texts)
-    if not texts:
+    if not any(ph.kind == "output" for text in texts for ph in placeholders(text)):
         return []
     out: list[tuple[Path_, Placeholder]] = []
     _located(value, at, out)
-    return out
+    return [(path, ph) for path, ph in out if ph.kind == "output"]
 
 
 def _located(value: Any, at: Path_, out: list[tuple[Path_, Placeholder]]) -> None:
