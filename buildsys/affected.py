@@ -176,8 +176,9 @@ def _proved(
     top = os.path.normpath(str(repo_root))
     changes = _Changes(top, changed_paths(repo_root, commit))
     root = os.path.normpath(str(project.root.resolve()))
-    defining = [os.path.normpath(str(project_file.resolve()))]
-    defining += [os.path.join(root, name) for name in IGNORE_FILES]  # every step's file set
+    # the project file (as named, and the file a link names) and the ignore files every step's file set honours
+    defining = [os.path.normpath(str(project_file.resolve())), os.path.normpath(os.path.abspath(project_file))]
+    defining += [os.path.join(root, name) for name in IGNORE_FILES]
     if any(changes.hit(path) for path in defining):
         return None
     if any(_inside(source_file(sd) or "", top) for sd in now.steps.values()):
