@@ -11,6 +11,7 @@ left unknown on both sides; a deployment is affected when its spec differs or a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -120,10 +121,22 @@ def affected(
         commit, branch = default_base(project_file, repo_root=repo_root)
         base_ref, said = commit, f"the merge base with {branch}"
     environ = dict(os.environ if env is None else env)
-    now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
-    sides = None
+    changed = None
     if prove and repo_root is not None:
-        sides = _proved(project_file, now_rev, now_compiled, base_ref, commit, repo_root, environ)
+        from buildsys.revision import start_changed_paths
+
+        changed = start_changed_paths(repo_root, commit)  # git works while the project loads
+    try:
+        now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
+    except BaseException:
+        if changed is not None:  # wait for git; the project's error is the one to say
+            with contextlib.suppress(BuildsysError):
+                changed()
+        raise
+    paths = changed() if changed is not None else None
+    sides = None
+    if paths is not None and repo_root is not None:
+        sides = _proved(project_file, now_rev, now_compiled, base_ref, commit, repo_root, environ, paths)
     if sides is None:
         then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
                          repo_root=repo_root)
@@ -156,12 +169,13 @@ def affected(
 
 def _proved(
     project_file: Path, now_rev: Revision, now: Compiled, ref: str, commit: str, repo_root: Path,
-    environ: Mapping[str, str],
+    environ: Mapping[str, str], changed: Sequence[str],
 ) -> tuple[BaseSide, dict[str, StepKey], DesiredState] | None:
     """The base's side without computing most of it, or None when that cannot be proved (then the
     whole base side is computed).
 
-    The project file is the same at both revisions (else None), so both sides have the same
+    `changed`: the paths git says differ (`revision.changed_paths`). The project file is the same
+    at both revisions (else None), so both sides have the same
     steps, inputs, environment and deployments. A step's key is then a function of the files
     its key reads and of the keys before it: a step none of whose reads (the files it digests,
     the directories listed and the files opened while keying it, its files hook's included) is a
@@ -170,11 +184,11 @@ def _proved(
     and the commit: each entrypoint file that did not change is parsed once for both sides."""
     from buildsys.cache import IGNORE_FILES
     from buildsys.registry import source_file
-    from buildsys.revision import changed_paths, export_tree
+    from buildsys.revision import export_tree
 
     project = now.project
     top = os.path.normpath(str(repo_root))
-    changes = _Changes(top, changed_paths(repo_root, commit))
+    changes = _Changes(top, changed)
     root = os.path.normpath(str(project.root.resolve()))
     # the project file (as named, and the file a link names) and the ignore files every step's file set honours
     defining = [os.path.normpath(str(project_file.resolve())), os.path.normpath(os.path.abspath(project_file))]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -530,20 +530,35 @@ def changed_paths(repo_root: Path, commit: str) -> list[str]:
     staged or not, and every file git does not track, ignored ones included (a step's files are
     not git's: a file only `.git/info/exclude` ignores is still an input). Untracked and ignored
     folders come as one entry ending in `/` (git does not descend into them): everything under
-    it is new. Two git processes, side by side."""
+    it is new."""
+    return start_changed_paths(repo_root, commit)()
+
+
+def start_changed_paths(repo_root: Path, commit: str) -> Callable[[], list[str]]:
+    """`changed_paths`, started: its two git processes run side by side (and beside the caller's
+    own work) until the returned function is called for the answer. Call it in any case (it
+    waits for them)."""
     diff = _start(repo_root, ["diff", "--no-renames", "--name-only", "-z", "--no-ext-diff", commit, "--"])
-    status = _start(repo_root, CHANGED_STATUS)
-    code, out, err = _finish(diff)
-    s_code, s_out, s_err = _finish(status)
-    if code != 0:
-        raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
-    if s_code != 0:
-        raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
-    paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
-    records = iter(s_out.decode("utf-8", "surrogateescape").split("\0"))
-    for record in records:
-        if record[:2] in ("? ", "! "):
-            paths.append(record[2:])
-        elif record[:2] == "2 ":
-            next(records, None)  # a rename's original path: `diff --no-renames` names both already
-    return sorted(set(paths))
+    try:
+        status = _start(repo_root, CHANGED_STATUS)
+    except BaseException:
+        _finish(diff)
+        raise
+
+    def finish() -> list[str]:
+        code, out, err = _finish(diff)
+        s_code, s_out, s_err = _finish(status)
+        if code != 0:
+            raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
+        if s_code != 0:
+            raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
+        paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+        records = iter(s_out.decode("utf-8", "surrogateescape").split("\0"))
+        for record in records:
+            if record[:2] in ("? ", "! "):
+                paths.append(record[2:])
+            elif record[:2] == "2 ":
+                next(records, None)  # a rename's original path: `diff --no-renames` names both already
+        return sorted(set(paths))
+
+    return finish
