@@ -187,8 +187,13 @@ def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, lis
             seen: dict[str, tuple[int, int, int, int]] = {}
             digests, hashed = file_digests(found, fulls, stats, seen)
             if len(seen) == len(found) and all(d is not None for d in digests.values()):
-                rows = [(full, *seen[full]) for full in fulls]
-                answer = (found, listed, dirs, rows, list(digests.values()), hashed, limit)
+                # Compact (each path once): the stat data flat in `found`'s order, and which of
+                # the files were read (their rows are the stat data, the digest and when).
+                flat = [n for full in fulls for n in seen[full]]
+                at = {path: i for i, path in enumerate(found)}
+                read = [at[path] for path, _ in hashed]
+                when = hashed[0][1][5] if hashed else 0
+                answer = (found, listed, dirs, flat, list(digests.values()), read, when, limit, prefix)
         body = marshal.dumps((key, answer))
         out.write(_HEAD.pack(len(body)) + body)
         out.flush()
@@ -197,14 +202,16 @@ def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, lis
 def _still_true(answer: Any) -> Prefetched | None:
     """The answer when every directory and file it rests on is as the helper saw it, and none was
     modified within RACY_NS before it looked; else None."""
-    found, listed, dirs, rows, digests, hashed, limit = answer
+    found, listed, dirs, flat, digests, read, when, limit, prefix = answer
     stat = os.stat
     seen: dict[str, tuple[int, int, int, int]] = {}
+    fulls = [p if p.startswith("/") else prefix + p for p in found]  # (the helper runs on POSIX only)
     try:
         for d, mtime in zip(listed, dirs, strict=True):
             if stat(d).st_mtime_ns != mtime:
                 return None
-        for full, size, mtime, ctime, ino in rows:
+        numbers = iter(flat)
+        for full, size, mtime, ctime, ino in zip(fulls, numbers, numbers, numbers, numbers, strict=True):
             st = stat(full)
             if mtime >= limit or not S_ISREG(st.st_mode) or st.st_mtime_ns != mtime or st.st_size != size \
                     or st.st_ino != ino or st.st_ctime_ns != ctime:
@@ -212,5 +219,5 @@ def _still_true(answer: Any) -> Prefetched | None:
             seen[full] = (size, mtime, ctime, ino)
     except OSError:
         return None
-    return Prefetched(list(found), list(listed), dict(zip(found, digests, strict=True)),
-                      [(p, tuple(r)) for p, r in hashed], seen)
+    hashed = [(found[i], (*seen[fulls[i]], digests[i], when)) for i in read]
+    return Prefetched(list(found), list(listed), dict(zip(found, digests, strict=True)), hashed, seen)
