@@ -15,7 +15,6 @@ import hashlib
 import inspect
 import logging
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +139,8 @@ class Context:
 
         ``check`` raises :class:`StepError` with the exit code and the captured stderr.
         """
+        import subprocess  # only for a step that runs a command: a build of plain functions never does
+
         run_env = dict(self.env if env is None else env)
         workdir = self.path(cwd) if cwd is not None else self.cwd
         try:
