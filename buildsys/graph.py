@@ -11,23 +11,44 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.errors import BuildsysError, Diagnostic, ProjectError
 from buildsys.model import Project, StepSpec
+from buildsys.records import Record
 from buildsys.templating import Placeholder, placeholders, step_ids_hint
 
+_set = object.__setattr__
 
-@dataclass(frozen=True)
-class StepNode:
+
+class StepNode(Record):
+    __slots__ = __match_args__ = ("key", "spec", "deps", "scope", "cwd_from", "deployments", "label")
     key: str  # stable identity (hash of the step and its upstream keys)
     spec: StepSpec
     deps: tuple[str, ...]  # node keys this one waits for
     scope: tuple[tuple[str, str], ...]  # earlier steps of its chain: (id or label, node key), in order
     cwd_from: str | None  # node key of the nearest earlier set_working_directory-like step
-    deployments: tuple[str, ...] = ()
-    label: str = ""
+    deployments: tuple[str, ...]
+    label: str
+
+    def __init__(
+        self,
+        key: str,
+        spec: StepSpec,
+        deps: tuple[str, ...],
+        scope: tuple[tuple[str, str], ...],
+        cwd_from: str | None,
+        deployments: tuple[str, ...] = (),
+        label: str = "",
+    ) -> None:
+        _set(self, "key", key)
+        _set(self, "spec", spec)
+        _set(self, "deps", deps)
+        _set(self, "scope", scope)
+        _set(self, "cwd_from", cwd_from)
+        _set(self, "deployments", deployments)
+        _set(self, "label", label)
 
     @property
     def section(self) -> str:
@@ -104,7 +125,11 @@ def around(graph: StepGraph, keys: set[str], *, upstream: bool, downstream: bool
             keep |= ancestors
         if downstream:
             keep |= graph.dependents(key)
-    nodes = {k: replace(n, deps=tuple(d for d in n.deps if d in keep)) for k, n in graph.nodes.items() if k in keep}
+    nodes = {
+        k: StepNode(n.key, n.spec, tuple(d for d in n.deps if d in keep), n.scope, n.cwd_from, n.deployments, n.label)
+        for k, n in graph.nodes.items()
+        if k in keep
+    }
     chains = {d: tuple(k for k in chain if k in keep) for d, chain in graph.chains.items()}
     return StepGraph(nodes=nodes, chains={d: c for d, c in chains.items() if c})
 
@@ -347,17 +372,33 @@ def to_mermaid(graph: StepGraph, *, notes: Notes | None = None, pull: Pulls | No
     return _draw(graph, notes, pull, _MERMAID)
 
 
-@dataclass(frozen=True)
-class _Syntax:
+class _Syntax(Record):
     """How one drawing format writes what `_draw` walks: a node and a pull step by their id and
     the lines of their label, an edge, a pull chain's edge."""
 
+    __slots__ = __match_args__ = ("head", "node", "edge", "pull_node", "pull_edge", "tail")
     head: tuple[str, ...]
     node: Callable[[str, list[str]], str]
     edge: Callable[[str, str], str]
     pull_node: Callable[[str, list[str]], str]
     pull_edge: Callable[[str, str], str]
-    tail: tuple[str, ...] = ()
+    tail: tuple[str, ...]
+
+    def __init__(
+        self,
+        head: tuple[str, ...],
+        node: Callable[[str, list[str]], str],
+        edge: Callable[[str, str], str],
+        pull_node: Callable[[str, list[str]], str],
+        pull_edge: Callable[[str, str], str],
+        tail: tuple[str, ...] = (),
+    ) -> None:
+        _set(self, "head", head)
+        _set(self, "node", node)
+        _set(self, "edge", edge)
+        _set(self, "pull_node", pull_node)
+        _set(self, "pull_edge", pull_edge)
+        _set(self, "tail", tail)
 
 
 def _draw(graph: StepGraph, notes: Notes | None, pull: Pulls | None, syntax: _Syntax) -> str:
