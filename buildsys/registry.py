@@ -13,12 +13,12 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import Diagnostic, ProjectError, StepError
+from buildsys.records import Record
 from buildsys.step import StepDef
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 GROUP = "buildsys.steps"
 BUILTIN_DIST = "buildsys"
+_set = object.__setattr__
 
 # Where the well-known Prefect integrations' steps come from, for install hints.
 EXTRA_FOR_PREFIX = {
@@ -35,24 +36,48 @@ EXTRA_FOR_PREFIX = {
 }
 
 
-@dataclass(frozen=True)
-class StepInfo:
+class StepInfo(Record):
+    __slots__ = __match_args__ = ("name", "aliases", "package", "value")
     name: str
     aliases: tuple[str, ...]
     package: str  # the distribution that provides it
     value: str  # "module:attr"
+
+    def __init__(
+        self,
+        name: str,
+        aliases: tuple[str, ...],
+        package: str,
+        value: str,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "aliases", aliases)
+        _set(self, "package", package)
+        _set(self, "value", value)
 
     @property
     def builtin(self) -> bool:
         return self.package == BUILTIN_DIST
 
 
-@dataclass(frozen=True)
-class _Claim:
+class _Claim(Record):
+    __slots__ = __match_args__ = ("name", "value", "package", "ep")
     name: str
     value: str
     package: str
     ep: Entry
+
+    def __init__(
+        self,
+        name: str,
+        value: str,
+        package: str,
+        ep: Entry,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "value", value)
+        _set(self, "package", package)
+        _set(self, "ep", ep)
 
 
 @lru_cache(maxsize=1)
