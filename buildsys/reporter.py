@@ -10,20 +10,39 @@ import json
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from buildsys.printable import printable
+from buildsys.records import Record
+
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each event gets a new empty dict (never this one)
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(Record):
+    __slots__ = __match_args__ = ("kind", "label", "reason", "duration", "text", "data")
     kind: str  # start | cached | done | failed | skipped | log | summary | message
-    label: str = ""
-    reason: str = ""
-    duration: float = 0.0
-    text: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
+    label: str
+    reason: str
+    duration: float
+    text: str
+    data: dict[str, Any]
+
+    def __init__(
+        self,
+        kind: str,
+        label: str = "",
+        reason: str = "",
+        duration: float = 0.0,
+        text: str = "",
+        data: dict[str, Any] = _NEW_DICT,
+    ) -> None:
+        _set(self, "kind", kind)
+        _set(self, "label", label)
+        _set(self, "reason", reason)
+        _set(self, "duration", duration)
+        _set(self, "text", text)
+        _set(self, "data", {} if data is _NEW_DICT else data)
 
 
 class Reporter(Protocol):
