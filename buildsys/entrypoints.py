@@ -12,10 +12,12 @@ from __future__ import annotations
 import ast
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from buildsys.errors import BuildsysError
+from buildsys.records import Record
+
+_set = object.__setattr__
 
 # Reads a file relative to the project root (posix path); None when it does not exist. It raises
 # UnreadableFile (buildsys.sourcefiles) for anything that is not a regular file of a sane size.
@@ -30,27 +32,53 @@ class EntrypointError(BuildsysError):
     """An entrypoint file that cannot be analysed at all (pathological nesting)."""
 
 
-@dataclass(frozen=True)
-class Entrypoint:
+class Entrypoint(Record):
     """An entrypoint split into the file that defines the flow and the qualified function name."""
 
+    __slots__ = __match_args__ = ("text", "candidates", "qualname")
     text: str  # as written, normalised (no leading "./")
     candidates: tuple[str, ...]  # files that may define it, relative to the project root
     qualname: str  # "func" or "Class.method"
+
+    def __init__(
+        self,
+        text: str,
+        candidates: tuple[str, ...],
+        qualname: str,
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "candidates", candidates)
+        _set(self, "qualname", qualname)
 
     @property
     def function(self) -> str:
         return self.qualname.rsplit(".", 1)[-1]
 
 
-@dataclass(frozen=True)
-class FlowInfo:
+class FlowInfo(Record):
+    __slots__ = __match_args__ = ("name", "docstring", "file", "problem", "parameter_schema", "version")
     name: str
-    docstring: str | None = None
-    file: str | None = None  # the file it was read from; None when no file was found
-    problem: str | None = None  # why the name is a guess (missing file, syntax error, no function)
-    parameter_schema: dict[str, Any] | None = None  # from the signature, Prefect's shape
-    version: str | None = None  # `@flow(version=...)`, else the MD5 of the flow's file (Prefect's)
+    docstring: str | None
+    file: str | None  # the file it was read from; None when no file was found
+    problem: str | None  # why the name is a guess (missing file, syntax error, no function)
+    parameter_schema: dict[str, Any] | None  # from the signature, Prefect's shape
+    version: str | None  # `@flow(version=...)`, else the MD5 of the flow's file (Prefect's)
+
+    def __init__(
+        self,
+        name: str,
+        docstring: str | None = None,
+        file: str | None = None,
+        problem: str | None = None,
+        parameter_schema: dict[str, Any] | None = None,
+        version: str | None = None,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "docstring", docstring)
+        _set(self, "file", file)
+        _set(self, "problem", problem)
+        _set(self, "parameter_schema", parameter_schema)
+        _set(self, "version", version)
 
 
 def parse_entrypoint(text: str) -> Entrypoint:
