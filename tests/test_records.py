@@ -12,13 +12,17 @@ from typing import Any
 
 import pytest
 
+from buildsys.entrypoints import Entrypoint, FlowInfo
 from buildsys.errors import Diagnostic, Location
+from buildsys.graph import StepNode
 from buildsys.infra import Job, Outcome
 from buildsys.model import Deployment, PoolSpec, QueueSpec, ScheduleSpec, StepSpec, VariableSpec, WorkPoolRef
 from buildsys.records import Record
+from buildsys.registry import StepInfo
+from buildsys.reporter import Event
 
 RECORDS: list[type[Record]] = [Location, Diagnostic, StepSpec, ScheduleSpec, WorkPoolRef, Deployment, QueueSpec,
-                               PoolSpec, VariableSpec, Job, Outcome]
+                               PoolSpec, VariableSpec, Job, Outcome, StepNode, StepInfo, Event, Entrypoint, FlowInfo]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
