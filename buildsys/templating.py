@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from buildsys.errors import Location, TemplateError
+from buildsys.records import Record
 from buildsys.sensitive import is_secret_name
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.\-\[\]$]+)\s*\}\}")
@@ -42,13 +43,30 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
-@dataclass(frozen=True)
-class Placeholder:
+_set = object.__setattr__
+
+
+class Placeholder(Record):
+    __slots__ = __match_args__ = ("text", "name", "kind", "step_id", "keypath")
     text: str  # the whole `{{ … }}`
     name: str
     kind: str  # output | env | variable | block | ctx
-    step_id: str | None = None  # for outputs written as step_id.key
-    keypath: tuple[str | int, ...] = ()
+    step_id: str | None  # for outputs written as step_id.key
+    keypath: tuple[str | int, ...]
+
+    def __init__(
+        self,
+        text: str,
+        name: str,
+        kind: str,
+        step_id: str | None = None,
+        keypath: tuple[str | int, ...] = (),
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "name", name)
+        _set(self, "kind", kind)
+        _set(self, "step_id", step_id)
+        _set(self, "keypath", keypath)
 
 
 @lru_cache(maxsize=4096)
