@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from buildsys.errors import StepError
+from buildsys.records import Record
 from buildsys.sensitive import MASK
 
 __all__ = ["MASK", "BuildScope", "Completed", "Context", "StepDef", "StepError", "step"]
@@ -33,14 +34,29 @@ CheckHook = Callable[[Outputs, Inputs, "Context"], bool]
 FingerprintHook = Callable[[Inputs, "Context"], str]
 T = TypeVar("T")
 
-@dataclass(frozen=True)
-class Completed:
+_set = object.__setattr__
+
+
+class Completed(Record):
     """The result of :meth:`Context.run`."""
 
+    __slots__ = __match_args__ = ("args", "returncode", "stdout", "stderr")
     args: Sequence[str] | str
     returncode: int
     stdout: str
     stderr: str
+
+    def __init__(
+        self,
+        args: Sequence[str] | str,
+        returncode: int,
+        stdout: str,
+        stderr: str,
+    ) -> None:
+        _set(self, "args", args)
+        _set(self, "returncode", returncode)
+        _set(self, "stdout", stdout)
+        _set(self, "stderr", stderr)
 
 
 class BuildScope:
