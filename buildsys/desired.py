@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.entrypoints import EntrypointError, FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
+from buildsys.records import Record
 from buildsys.selector import select_deployments
 from buildsys.sensitive import is_secret_name
 from buildsys.sourcefiles import UnreadableFile
@@ -36,13 +37,25 @@ UNKNOWN_TEXT = str(UNKNOWN)
 FLAT = "(flat namespace)"
 
 
-@dataclass(frozen=True)
-class BuildOutputs:
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
+
+
+class BuildOutputs(Record):
     """A deployment's build/push outputs: Prefect's namespace (by step id plus the flat merge) and
     the ids/labels of steps whose outputs are not known (not built for the current inputs)."""
 
+    __slots__ = __match_args__ = ("namespace", "pending")
     namespace: Mapping[str, Any]
-    pending: frozenset[str] = frozenset()
+    pending: frozenset[str]
+
+    def __init__(
+        self,
+        namespace: Mapping[str, Any],
+        pending: frozenset[str] = frozenset(),
+    ) -> None:
+        _set(self, "namespace", namespace)
+        _set(self, "pending", pending)
 
 
 # A deployment's build outputs (None = nothing known: every output is "known after build").
@@ -105,15 +118,31 @@ class DesiredResource:
         object.__setattr__(self, "spec", canonical(self.spec))
 
 
-@dataclass(frozen=True)
-class DesiredState:
+class DesiredState(Record):
+    __slots__ = __match_args__ = ("owner", "source", "resources", "warnings", "partial", "sensitive")
     owner: str
     source: Mapping[str, Any]
     resources: tuple[DesiredResource, ...]
-    warnings: tuple[Diagnostic, ...] = ()
-    partial: bool = False  # only some deployments were selected: pruning would be wrong
+    warnings: tuple[Diagnostic, ...]
+    partial: bool  # only some deployments were selected: pruning would be wrong
     # values taken from secret-looking environment variables → "$NAME": masked wherever shown
-    sensitive: Mapping[str, str] = field(default_factory=dict)
+    sensitive: Mapping[str, str]
+
+    def __init__(
+        self,
+        owner: str,
+        source: Mapping[str, Any],
+        resources: tuple[DesiredResource, ...],
+        warnings: tuple[Diagnostic, ...] = (),
+        partial: bool = False,
+        sensitive: Mapping[str, str] = _NEW_DICT,
+    ) -> None:
+        _set(self, "owner", owner)
+        _set(self, "source", source)
+        _set(self, "resources", resources)
+        _set(self, "warnings", warnings)
+        _set(self, "partial", partial)
+        _set(self, "sensitive", {} if sensitive is _NEW_DICT else sensitive)
 
     def get(self, kind: str, name: str) -> DesiredResource | None:
         return next((r for r in self.resources if r.kind == kind and r.name == name), None)
