@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
 from buildsys.errors import BuildsysError, Diagnostic
 from buildsys.preflight import job_variable_problems, parameter_problems, pool_warnings
+from buildsys.records import Record
 from buildsys.store.base import KINDS, Resource, StepwiseStore
 from buildsys.templating import UNKNOWN
 
@@ -73,18 +74,46 @@ class ResourceChange:
         return f"{self.kind} {self.name}"
 
 
-@dataclass(frozen=True)
-class Plan:
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
+
+
+class Plan(Record):
+    __slots__ = __match_args__ = (
+        "serial", "owner", "source", "changes", "prune", "orphans", "warnings", "store", "sensitive",
+    )
     serial: int  # the store serial the plan was made against
     owner: str
     source: Mapping[str, Any]
     changes: tuple[ResourceChange, ...]
-    prune: bool = False
-    orphans: tuple[str, ...] = ()  # "kind name" owned by the project, no longer declared, not pruned
-    warnings: tuple[str, ...] = ()
-    store: str | None = None  # the store URL, for messages
+    prune: bool
+    orphans: tuple[str, ...]  # "kind name" owned by the project, no longer declared, not pruned
+    warnings: tuple[str, ...]
+    store: str | None  # the store URL, for messages
     # values resolved from secret-looking environment variables → "$NAME"; the text view masks them
-    sensitive: Mapping[str, str] = field(default_factory=dict)
+    sensitive: Mapping[str, str]
+
+    def __init__(
+        self,
+        serial: int,
+        owner: str,
+        source: Mapping[str, Any],
+        changes: tuple[ResourceChange, ...],
+        prune: bool = False,
+        orphans: tuple[str, ...] = (),
+        warnings: tuple[str, ...] = (),
+        store: str | None = None,
+        sensitive: Mapping[str, str] = _NEW_DICT,
+    ) -> None:
+        _set(self, "serial", serial)
+        _set(self, "owner", owner)
+        _set(self, "source", source)
+        _set(self, "changes", changes)
+        _set(self, "prune", prune)
+        _set(self, "orphans", orphans)
+        _set(self, "warnings", warnings)
+        _set(self, "store", store)
+        _set(self, "sensitive", {} if sensitive is _NEW_DICT else sensitive)
 
     @property
     def summary(self) -> dict[str, int]:
