@@ -12,22 +12,37 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from buildsys.errors import BuildsysError
+from buildsys.records import Record
 
 
 class ParameterError(BuildsysError):
     """A run's parameters do not fit the deployment's parameter schema."""
 
 
-@dataclass(frozen=True)
-class ParameterProblem:
+_set = object.__setattr__
+
+
+class ParameterProblem(Record):
+    __slots__ = __match_args__ = ("field", "message", "unknown_name", "hint")
     field: str  # dotted path of the parameter ("n", "config.size"); "" for the whole set
     message: str  # Prefect's wording
-    unknown_name: bool = False  # a name the flow does not take (plan: a warning)
-    hint: str | None = None
+    unknown_name: bool  # a name the flow does not take (plan: a warning)
+    hint: str | None
+
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        unknown_name: bool = False,
+        hint: str | None = None,
+    ) -> None:
+        _set(self, "field", field)
+        _set(self, "message", message)
+        _set(self, "unknown_name", unknown_name)
+        _set(self, "hint", hint)
 
 
 def check(
