@@ -7,17 +7,28 @@ PRECISION). A migration is never edited once released: a change is a new migrati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from buildsys.errors import StateError
+from buildsys.records import Record
 from buildsys.store.dialect import Database, Tx, now
 
+_set = object.__setattr__
 
-@dataclass(frozen=True)
-class Migration:
+
+class Migration(Record):
+    __slots__ = __match_args__ = ("version", "name", "statements")
     version: int
     name: str
     statements: tuple[str, ...]
+
+    def __init__(
+        self,
+        version: int,
+        name: str,
+        statements: tuple[str, ...],
+    ) -> None:
+        _set(self, "version", version)
+        _set(self, "name", name)
+        _set(self, "statements", statements)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
