@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.desired import has_unknown
 from buildsys.errors import BuildsysError, ConflictError, Diagnostic
 from buildsys.plan import Plan, PlanError, ResourceChange
+from buildsys.records import Record
 from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 if TYPE_CHECKING:
@@ -65,10 +65,21 @@ def _said(c: ResourceChange) -> str:
     return f"{PAST[c.action]} {c.address}"
 
 
-@dataclass(frozen=True)
-class ApplyResult:
+_set = object.__setattr__
+
+
+class ApplyResult(Record):
+    __slots__ = __match_args__ = ("serial", "applied")
     serial: int  # the store serial after the apply
     applied: int  # number of changes written
+
+    def __init__(
+        self,
+        serial: int,
+        applied: int,
+    ) -> None:
+        _set(self, "serial", serial)
+        _set(self, "applied", applied)
 
 
 def plan_project(
