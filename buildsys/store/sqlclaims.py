@@ -12,9 +12,10 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from buildsys.records import Record
 from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
 from buildsys.store.dialect import Database, Tx, marks, now
 from buildsys.store.rows import RUN_COLUMNS, read_json, run_from_row
@@ -23,15 +24,33 @@ from buildsys.store.sqlruns import Move, ended, record_worker, save_runs
 _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
 
 
-@dataclass(frozen=True)
-class PoolRules:
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
+
+
+class PoolRules(Record):
     """What a pool's spec says about delivery: paused, limits, queue priorities."""
 
-    paused: bool = False
-    limit: int | None = None
-    priorities: Mapping[str, int] = field(default_factory=dict)
-    queue_limits: Mapping[str, int] = field(default_factory=dict)
-    paused_queues: frozenset[str] = frozenset()
+    __slots__ = __match_args__ = ("paused", "limit", "priorities", "queue_limits", "paused_queues")
+    paused: bool
+    limit: int | None
+    priorities: Mapping[str, int]
+    queue_limits: Mapping[str, int]
+    paused_queues: frozenset[str]
+
+    def __init__(
+        self,
+        paused: bool = False,
+        limit: int | None = None,
+        priorities: Mapping[str, int] = _NEW_DICT,
+        queue_limits: Mapping[str, int] = _NEW_DICT,
+        paused_queues: frozenset[str] = frozenset(),
+    ) -> None:
+        _set(self, "paused", paused)
+        _set(self, "limit", limit)
+        _set(self, "priorities", {} if priorities is _NEW_DICT else priorities)
+        _set(self, "queue_limits", {} if queue_limits is _NEW_DICT else queue_limits)
+        _set(self, "paused_queues", paused_queues)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> PoolRules:
