@@ -240,7 +240,9 @@ def _login(ctx: Context, registry: str, credentials: object) -> tuple[str, str] 
     if isinstance(credentials, Mapping) and credentials.get("username") and credentials.get("password"):
         ctx.secrets.add(str(credentials["password"]))
         return str(credentials["username"]), str(credentials["password"])
-    return configured_login(ctx.env, registry)
+    # read once per build (every image's check and its push's ask the same registry's login)
+    where = (ctx.env.get("DOCKER_CONFIG"), os.environ.get("DOCKER_CONFIG"), os.path.expanduser("~"))
+    return ctx.build.once(("docker login", registry, where), lambda: configured_login(ctx.env, registry))
 
 
 def configured_login(env: Mapping[str, str], registry: str) -> tuple[str, str] | None:

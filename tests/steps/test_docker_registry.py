@@ -124,3 +124,24 @@ def test_parallel_checks_with_one_login_meet_the_basic_challenge_once(tmp_path: 
         assert found == [True] * 8
         assert registry.requests(authorized=False) == 1  # one 401, not one per repository
         assert registry.requests(authorized=True) == 8
+
+
+def test_the_login_docker_login_stored_is_read_once_per_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.steps import _docker_registry
+
+    reads: list[str] = []
+    real = _docker_registry.configured_login
+    monkeypatch.setattr(_docker_registry, "configured_login", lambda env, registry: reads.append(registry) or real(env, registry))
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    with _serving() as registry:
+        auth = base64.b64encode(b"ci:s3cret").decode()
+        (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
+        scope = BuildScope()
+        for n in range(3):  # three images of one build, without `credentials`: `docker login`'s
+            ctx = Context(root=tmp_path, cwd=tmp_path, env={"DOCKER_CONFIG": str(config)}, build=scope)
+            assert manifest_digest(ctx, f"{registry.host}/team/app{n}:there", None) == DIGEST
+        assert reads == [registry.host]
+        later = Context(root=tmp_path, cwd=tmp_path, env={"DOCKER_CONFIG": str(config)}, build=BuildScope())
+        assert manifest_digest(later, f"{registry.host}/team/app0:there", None) == DIGEST
+        assert reads == [registry.host, registry.host]  # the next build reads it again
