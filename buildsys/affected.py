@@ -169,7 +169,7 @@ def affected(
 
 def _proved(
     project_file: Path, now_rev: Revision, now: Compiled, ref: str, commit: str, repo_root: Path,
-    environ: Mapping[str, str], changed: Sequence[str],
+    environ: Mapping[str, str], changed: Mapping[str, str],
 ) -> tuple[BaseSide, dict[str, StepKey], DesiredState] | None:
     """The base's side without computing most of it, or None when that cannot be proved (then the
     whole base side is computed).
@@ -229,10 +229,24 @@ def _proved(
         then_state = _desired(project, source, now_rev.read, flows=unchanged, only=chosen)
         side = BaseSide(now_keys, then_state, "", _SameDigests(now_rev.read, {}), env_digests, frozenset(chosen))
         return side, now_keys, now_state
+    # a touched step whose changed reads are only files it digests, changed in content (and not
+    # read by its files hook to choose its files): its base key is its working-tree key with those
+    # files' base digests (and the base keys of the steps before it), so only those files of the
+    # base are written; otherwise every file of the base is written and the touched steps keyed there
+    plan = _edits(now_keys, reads, touched, changes, changed, top, root)
+    wanted: list[str] | None = None
+    if plan is not None:
+        wanted = sorted({os.path.relpath(f, top) for files in plan.values() for f in files}
+                        | _entrypoint_files_at_base(moved, root, top, changes, changed))
     with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
-        _, base_file = export_tree(project_file, commit, Path(tmp), repo_root=repo_root)
+        _, base_file = export_tree(project_file, commit, Path(tmp), repo_root=repo_root, paths=wanted)
         then_keys = now_keys
-        if touched:
+        if touched and plan is not None:
+            edited = _edited_keys(now_keys, plan, Path(tmp) / "tree", top, root)
+            if edited is None:
+                return None
+            then_keys = edited
+        elif touched:
             from dataclasses import replace
 
             at_base = Compiled(replace(project, root=base_file.resolve().parent), now.graph, now.steps)
@@ -253,6 +267,97 @@ def _proved(
     return side, now_keys, now_state
 
 
+def _edits(
+    now_keys: Mapping[str, StepKey], reads: Mapping[str, Reads], touched: Collection[str], changes: _Changes,
+    kinds: Mapping[str, str], top: str, root: str,
+) -> dict[str, set[str]] | None:
+    """For each touched step (graph order), the changed files whose base digests its base key
+    needs; None when some touched step's base key cannot be had that way: a changed path it
+    lists or reads is not a file modified in place that its key digests (a file added, deleted
+    or in a new folder changes what a listing gives), its files hook read a changed file (its
+    choice of files may differ), or its key is not known before a build."""
+    from buildsys.revision import MODIFIED
+
+    out: dict[str, set[str]] = {}
+    for label in now_keys:
+        if label not in touched:
+            continue
+        got = reads.get(label)
+        if got is None or now_keys[label].unknown or any(not _inside(f, top) for f in got.files):
+            return None
+        files: set[str] = set()
+        for path in changes.hits(got, top):
+            if kinds.get(os.path.relpath(path, top).replace(os.sep, "/")) != MODIFIED or path in got.hooked:
+                return None
+            if path in got.files:
+                files.add(path)
+            elif path in got.opened:
+                return None  # read, but not as a digested file
+            # else: in a listed folder, never read: a content change changes no listing
+        if any(os.path.relpath(f, root) not in (now_keys[label].components.get("files") or {}) for f in files):
+            return None
+        out[label] = files
+    return out
+
+
+def _edited_keys(
+    now_keys: Mapping[str, StepKey], plan: Mapping[str, set[str]], tree: Path, top: str, root: str
+) -> dict[str, StepKey] | None:
+    """The base's keys: each touched step's working-tree key components with its changed files'
+    digests at the base (read from `tree`, where those files were written) and the base's keys
+    of the steps before it in place of theirs (their keys also stand in its inputs' output
+    symbols). None when a working-tree key does not come out of its own components."""
+    from buildsys.cache import file_digests, key_and_text
+
+    out = dict(now_keys)
+    moved: dict[str, str] = {}  # a working-tree key -> the base's key of the same step
+    for label, files in plan.items():  # graph order
+        k = now_keys[label]
+        key, text = key_and_text(k.components)
+        if key != k.key:
+            return None
+        components: dict[str, Any] = json.loads(text)
+        rels = [os.path.relpath(f, root) for f in files]
+        fulls = [str(tree / os.path.relpath(f, top)) for f in files]
+        digests, _ = file_digests(rels, fulls, {}, {})
+        components["files"].update({rel: d or "(missing)" for rel, d in digests.items()})
+        text = json.dumps(components, sort_keys=True, default=str)
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        components = json.loads(text)
+        key = key_and_text(components)[0]
+        if key != k.key:
+            moved[k.key] = key
+        out[label] = StepKey(k.label, key, components, k.deps, k.deployments, k.section, k.step)
+    return out
+
+
+def _entrypoint_files_at_base(
+    entrypoints: Collection[str], root: str, top: str, changes: _Changes, kinds: Mapping[str, str]
+) -> set[str]:
+    """The files the base's specs of these entrypoints may read (relative to the repository):
+    each candidate file that is at the base (changed, but not added; or unchanged and here)."""
+    from buildsys.entrypoints import parse_entrypoint
+
+    out: set[str] = set()
+    for ep in entrypoints:
+        try:
+            candidates = parse_entrypoint(ep).candidates
+        except ValueError:
+            continue
+        for c in candidates:
+            path = os.path.normpath(os.path.join(root, c))
+            rel = os.path.relpath(path, top).replace(os.sep, "/")
+            if not _inside(path, top):
+                continue
+            if changes.hit(path):
+                if kinds.get(rel) in ("M", "D", "T"):
+                    out.add(rel)
+            elif os.path.isfile(path):
+                out.add(rel)
+    return out
+
+
 def _follows_commit(d: Deployment) -> bool:
     """A deployment whose version is the commit's (`version_type: vcs:*` without `version:`)."""
     return d.version is None and str(d.version_type or "").startswith("vcs:")
@@ -262,7 +367,7 @@ class _Changes:
     """The paths git says changed (absolute, normalised; untracked folders as folders), and the
     question whether a path one side reads may be one of them."""
 
-    def __init__(self, top: str, changed: Sequence[str]) -> None:
+    def __init__(self, top: str, changed: Collection[str]) -> None:
         self.paths: set[str] = set()
         self.folders: set[str] = set()  # untracked or ignored folders: everything under them is new
         self.above: set[str] = set()  # every folder that holds a changed path
@@ -287,6 +392,23 @@ class _Changes:
                 return False
             parent = up
 
+    def hits(self, reads: Reads, top: str) -> set[str]:
+        """The changed paths (and new folders) that what keying a step read may depend on: each
+        read path that changed or lies in a new folder, and each changed path in a folder read."""
+        read = {p for p in (*reads.files, *reads.listed, *reads.opened) if _inside(p, top) and not _kept_out(p, top)}
+        out: set[str] = set()
+        for path in (*self.paths, *self.folders):
+            parent = path
+            while _inside(parent, top):
+                if parent in read:
+                    out.add(path)
+                    break
+                parent = os.path.dirname(parent)
+        for folder in self.folders:
+            if any(p.startswith(folder + os.sep) for p in read):
+                out.add(folder)
+        return out
+
     def touches(self, reads: Reads | None, top: str) -> bool:
         """Whether what keying a step read may differ at the base: a read changed path, a listed
         folder that holds one (a file added or deleted there), or a file its key digests outside
@@ -295,8 +417,7 @@ class _Changes:
             return True
         if any(not _inside(f, top) for f in reads.files):
             return True
-        return any(_inside(p, top) and not _kept_out(p, top) and self.hit(p)
-                   for p in (*reads.files, *reads.listed, *reads.opened))
+        return bool(self.hits(reads, top))
 
 
 def _inside(path: str, top: str) -> bool:

@@ -497,12 +497,15 @@ def _resolve(project_file: Path, ref: str, repo_root: Path | None = None) -> tup
     return repo_root, commit
 
 
-def export_tree(project_file: Path, ref: str, workdir: Path, *, repo_root: Path | None = None) -> tuple[str, Path]:
+def export_tree(
+    project_file: Path, ref: str, workdir: Path, *, repo_root: Path | None = None, paths: Sequence[str] | None = None
+) -> tuple[str, Path]:
     """Write the files of the repository at `ref` into `workdir/tree`, as a checkout would
     (symlinks and git's filters included) but without touching the repository's index, HEAD or
     working tree. Returns (the commit, the project file's path under that tree). A caller that
     resolved `ref` already passes the commit's id and `repo_root`: then it is not resolved again
-    (`read-tree` refuses an id that is not there)."""
+    (`read-tree` refuses an id that is not there). `paths` (relative to the repository's top
+    directory, each a file of `ref`): only these files are written."""
     if repo_root is not None and len(ref) in (40, 64) and all(c in "0123456789abcdef" for c in ref):
         commit = ref
     else:
@@ -510,10 +513,12 @@ def export_tree(project_file: Path, ref: str, workdir: Path, *, repo_root: Path 
     dest = workdir / "tree"
     dest.mkdir()
     env = {**os.environ, "GIT_INDEX_FILE": str(workdir / "index")}
-    for args in (["read-tree", commit], ["checkout-index", "--all", "--force"]):
+    which = ["--all"] if paths is None else ["--stdin", "-z"]
+    for args in (["read-tree", commit], ["checkout-index", "--force", *which]):
+        given = "".join(f"{p}\0" for p in paths) if paths is not None and "--stdin" in args else None
         done = subprocess.run(
             ["git", "-C", str(repo_root), f"--work-tree={dest}", *args],
-            env=env, capture_output=True, text=True, check=False,
+            env=env, capture_output=True, text=True, check=False, input=given,
         )
         if done.returncode != 0:
             raise RevisionError(f"cannot read the files of {ref}: {done.stderr.strip() or done.stdout.strip()}")
@@ -523,42 +528,54 @@ def export_tree(project_file: Path, ref: str, workdir: Path, *, repo_root: Path 
 CHANGED_STATUS = ("status", "--porcelain=v2", "-z", "--untracked-files=normal", "--ignored=traditional")
 
 
-def changed_paths(repo_root: Path, commit: str) -> list[str]:
+MODIFIED = "M"  # a file at both revisions whose content (or mode) differs; any other kind may add or remove one
+
+
+def changed_paths(repo_root: Path, commit: str) -> dict[str, str]:
     """Every path of the repository whose content may differ between `commit` and the working tree
-    (posix, relative to the repository's top directory): tracked files changed, added, deleted or
-    renamed since the commit (`git diff --no-renames`: a rename is its old and its new path),
-    staged or not, and every file git does not track, ignored ones included (a step's files are
-    not git's: a file only `.git/info/exclude` ignores is still an input). Untracked and ignored
-    folders come as one entry ending in `/` (git does not descend into them): everything under
-    it is new."""
+    (posix, relative to the repository's top directory), with how: `git diff --name-status`'s
+    letter for tracked files changed, added (`A`), deleted (`D`), or changed in type since the
+    commit, staged or not (`--no-renames`: a rename is its old path deleted and its new path
+    added); `?` for every file git does not track and `!` for every file it ignores (a step's
+    files are not git's: a file only `.git/info/exclude` ignores is still an input). Untracked
+    and ignored folders come as one entry ending in `/` (git does not descend into them):
+    everything under it is new. A path named twice is `*`."""
     return start_changed_paths(repo_root, commit)()
 
 
-def start_changed_paths(repo_root: Path, commit: str) -> Callable[[], list[str]]:
+def start_changed_paths(repo_root: Path, commit: str) -> Callable[[], dict[str, str]]:
     """`changed_paths`, started: its two git processes run side by side (and beside the caller's
     own work) until the returned function is called for the answer. Call it in any case (it
     waits for them)."""
-    diff = _start(repo_root, ["diff", "--no-renames", "--name-only", "-z", "--no-ext-diff", commit, "--"])
+    diff = _start(repo_root, ["diff", "--no-renames", "--name-status", "-z", "--no-ext-diff", commit, "--"])
     try:
         status = _start(repo_root, CHANGED_STATUS)
     except BaseException:
         _finish(diff)
         raise
 
-    def finish() -> list[str]:
+    def finish() -> dict[str, str]:
         code, out, err = _finish(diff)
         s_code, s_out, s_err = _finish(status)
         if code != 0:
             raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
         if s_code != 0:
             raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
-        paths = [p for p in out.decode("utf-8", "surrogateescape").split("\0") if p]
+        found: dict[str, str] = {}
+
+        def note(path: str, kind: str) -> None:
+            found[path] = kind if found.get(path, kind) == kind else "*"
+
+        fields = out.decode("utf-8", "surrogateescape").split("\0")
+        for kind, path in zip(fields[0::2], fields[1::2], strict=False):
+            if kind and path:
+                note(path, kind[:1])
         records = iter(s_out.decode("utf-8", "surrogateescape").split("\0"))
         for record in records:
             if record[:2] in ("? ", "! "):
-                paths.append(record[2:])
+                note(record[2:], record[0])
             elif record[:2] == "2 ":
                 next(records, None)  # a rename's original path: `diff --no-renames` names both already
-        return sorted(set(paths))
+        return dict(sorted(found.items()))
 
     return finish

@@ -89,6 +89,7 @@ class Reads:
     files: set[str] = field(default_factory=set)
     listed: set[str] = field(default_factory=set)
     opened: set[str] = field(default_factory=set)
+    hooked: set[str] = field(default_factory=set)  # what its files hook itself opened or listed
 
 
 def step_keys(
@@ -106,7 +107,7 @@ def step_keys(
     step's key from `given` (as a step after them sees it)."""
     from buildsys.engine import Engine, NodeResult
 
-    steps = {name: _unfingerprinted(sd) for name, sd in compiled.steps.items()}
+    steps = {name: _unfingerprinted(sd, traced=reads is not None) for name, sd in compiled.steps.items()}
     graph = compiled.graph
     engine = Engine(compiled.project, graph, steps, env=env, dry_run=True)
     out: dict[str, StepKey] = {}
@@ -199,15 +200,28 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     try:
         name = os.path.normpath(os.path.abspath(os.fsdecode(path)))
         (reads.opened if event == "open" else reads.listed).add(name)
+        if getattr(_TRACE, "in_hook", False):
+            reads.hooked.add(name)
     finally:
         _TRACE.reads = reads
 
 
-def _unfingerprinted(stepdef: StepDef) -> StepDef:
-    if stepdef.fingerprint_hook is None:
+def _unfingerprinted(stepdef: StepDef, *, traced: bool = False) -> StepDef:
+    """The step without its fingerprint hook; `traced`: its files hook's reads noted as its own."""
+    hook = stepdef.files_hook
+    if stepdef.fingerprint_hook is None and (hook is None or not traced):
         return stepdef
     clone = copy.copy(stepdef)
     clone.fingerprint_hook = None
+    if hook is not None and traced:
+        def files(inputs: Mapping[str, Any], ctx: Any, hook: Any = hook) -> Any:
+            _TRACE.in_hook = True
+            try:
+                return hook(inputs, ctx)
+            finally:
+                _TRACE.in_hook = False
+
+        clone.files_hook = files
     return clone
 
 

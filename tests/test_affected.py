@@ -407,3 +407,51 @@ def test_a_step_whose_files_depend_on_another_steps_output_counts_as_affected(is
         ("after", "upstream step install is affected"),
     ]
     assert found.names == ["a"]
+
+
+def test_only_the_changed_files_of_the_base_are_written_when_a_step_digests_them(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file a step digests, changed in place: its base key is its working-tree key with that
+    file's base digest (and the base keys of the steps after it), so only that file is written."""
+    import buildsys.revision
+
+    written: list[object] = []
+    real = buildsys.revision.export_tree
+
+    def export(*args: object, paths: object = None, **kwargs: object) -> object:
+        written.append(paths)
+        return real(*args, paths=paths, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(buildsys.revision, "export_tree", export)
+    write(shop, {"flows/c/data.txt": "data 2\n", "flows/b.py": "def b(n: int = 2):\n    return n\n"})
+    check(shop, {"fetch", "compile", "bundle"}, {
+        "b": ["entrypoint file flows/b.py changed: version, parameter_schema"],
+        "c": ["step fetch: input file flows/c/data.txt changed", "step compile: upstream step fetch changed",
+              "step bundle: upstream step fetch changed"],
+    })
+    assert written[0] == ["flows/b.py", "flows/c/data.txt"]
+    (shop / "flows" / "c" / "extra.py").write_text("x = 1\n")  # added where `compile` lists: every file
+    written.clear()
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved and found.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
+    assert [s.reason for s in found.steps][1] == "input file flows/c/extra.py added; upstream step fetch changed"
+    assert written[0] is None
+
+
+def test_a_docker_build_context(isolated: Path) -> None:
+    """build_docker_image's files hook lists its context and reads its .dockerignore: a file
+    changed in place is edited into the key; a changed .dockerignore or a new file is keyed on
+    the base's files; each the same as the whole base side."""
+    root = commit_tree(isolated / "img", {
+        "prefect.yaml": "deployments:\n  - name: a\n    entrypoint: a.py:a\n    build:\n"
+                        "      - prefect_docker.deployments.steps.build_docker_image:\n          id: image\n"
+                        "          image_name: test/img\n          path: ctx\n          dockerfile: Dockerfile\n",
+        "a.py": "def a():\n    pass\n", "ctx/Dockerfile": "FROM scratch\nCOPY . /app\n", "ctx/app.py": "1\n",
+        "ctx/.dockerignore": "*.log\n", ".gitignore": ".buildsys/\n",
+    })
+    for files in ({"ctx/app.py": "2\n"}, {"ctx/debug.log": "x\n"}, {"ctx/.dockerignore": "*.md\n"}, {"ctx/new.py": "n\n"}):
+        write(root, files)
+        found = affected(root / "prefect.yaml", "main")
+        assert found.proved and found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
+    assert [s.label for s in found.steps] == ["image"] and found.names == ["a"]

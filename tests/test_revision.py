@@ -176,9 +176,11 @@ def test_changed_paths_and_reading_the_working_tree_once(tmp_path: Path, monkeyp
     (tmp_path / "new" / "x.txt").write_text("x\n")
     (tmp_path / "debug.log").write_text("x\n")
     # tracked changes since the commit (a rename as both paths), untracked and ignored files, folders collapsed
-    assert revision.changed_paths(tmp_path, base) == ["a.txt", "b.txt", "c.txt", "debug.log", "new/"]
+    assert revision.changed_paths(tmp_path, base) == {"a.txt": "M", "b.txt": "D", "c.txt": "A", "debug.log": "!",
+                                                      "new/": "?"}
     git(tmp_path, "commit", "-qm", "moved")
-    assert revision.changed_paths(tmp_path, base) == ["a.txt", "b.txt", "c.txt", "debug.log", "new/"]
+    (tmp_path / "a.txt").write_text("1\n")  # back as it was at the base: no change
+    assert revision.changed_paths(tmp_path, base) == {"b.txt": "D", "c.txt": "A", "debug.log": "!", "new/": "?"}
     calls: list[object] = []
     real = revision._open_revision
     monkeypatch.setattr(revision, "_open_revision", lambda *a: calls.append(a) or real(*a))
