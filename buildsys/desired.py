@@ -26,9 +26,8 @@ from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
 from buildsys.records import Record
 from buildsys.selector import select_deployments
-from buildsys.sensitive import is_secret_name
 from buildsys.sourcefiles import UnreadableFile
-from buildsys.templating import UNKNOWN, Scope, placeholders, render
+from buildsys.templating import UNKNOWN, Scope, placeholders, render, secret_env_name
 
 if TYPE_CHECKING:
     from buildsys.revision import Revision
@@ -511,10 +510,10 @@ def _rrule_text(value: Any) -> Any:
 
 def _iso_text(value: str | None) -> str | None:
     """An ISO datetime as Prefect returns it (`T`, a zero offset as `Z`); anything else as written."""
-    from datetime import datetime, timedelta
-
     if value is None or "{{" in value:
         return value
+    from datetime import datetime, timedelta
+
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -641,7 +640,7 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
         {
             str(p.keypath[0])
             for p in placeholders(d.raw)
-            if p.kind == "env" and _secret_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
+            if p.kind == "env" and secret_env_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
         }
     )
     for name in used:
@@ -661,9 +660,6 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
                 f"`{{{{ prefect.blocks.secret.{block} }}}}` (resolved when the run starts)",
             )
         )
-
-
-_secret_name = lru_cache(maxsize=1024)(is_secret_name)  # every deployment asks of the same few names
 
 
 @lru_cache(maxsize=1024)

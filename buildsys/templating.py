@@ -105,6 +105,10 @@ def placeholders(value: Any) -> list[Placeholder]:
     return [ph for text in texts for ph in _in_text(text)]
 
 
+# whether `{{ $NAME }}` resolves a secret (masked, warned about): every deployment asks of the same few names
+secret_env_name = lru_cache(maxsize=1024)(is_secret_name)
+
+
 @lru_cache(maxsize=4096)
 def _in_text(text: str) -> tuple[Placeholder, ...]:
     """The placeholders of one templated string (the same texts recur in every deployment)."""
@@ -119,8 +123,13 @@ def templated(value: Any, out: list[str]) -> None:
     """Append to `out` every string inside `value` (as `strings` walks it) that holds `{{`, in
     order. One call per container, not a generator per value: plans ask this of every field of
     every deployment, and almost none is templated."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind is dict:  # the exact types first: an ABC check per container costs more than its walk
         items: Iterable[Any] = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif isinstance(value, Mapping):
+        items = value.values()
     elif isinstance(value, list | tuple):
         items = value
     else:
@@ -215,7 +224,12 @@ class _Renderer:
                     out[k] = r
             return out
         if isinstance(value, list | tuple):
-            return [r for r in (self.value(v) for v in value) if r is not _DROP]
+            items = []
+            for v in value:
+                r = self.value(v)
+                if r is not _DROP:
+                    items.append(r)
+            return items
         return value
 
     def string(self, text: str) -> Any:
@@ -252,7 +266,7 @@ class _Renderer:
             name = str(ph.keypath[0])
             val = s.env.get(name)
             if val is not None:
-                if is_secret_name(name):
+                if secret_env_name(name):
                     s.secrets.add(val)
                 return val
             return _MISSING

@@ -285,8 +285,12 @@ class _Builder:
         return self.scalar(event)
 
     def scalar(self, event: ScalarEvent) -> Any:
-        tag = self.plain_tags.get(event.value) if event.tag is None and event.implicit[0] else None
-        if tag is None:  # `tag`, with its memo looked at first (inlined: once per value)
+        tag = event.tag
+        if tag is None:  # `tag`, with its memo looked at first and quoted text at once (inlined: once per value)
+            tag = self.plain_tags.get(event.value) if event.implicit[0] else _STR
+            if tag is None:
+                tag = self.tag(event)
+        else:
             tag = self.tag(event)
         if tag == _STR:
             # Keys and short values repeat across a large project ("name", "Europe/Paris"):
@@ -310,7 +314,9 @@ class _Builder:
 
     def tag(self, event: ScalarEvent) -> str:
         tag = event.tag
-        if tag is None and event.implicit[0]:  # a plain scalar: its text alone decides (memoised)
+        if tag is None and not event.implicit[0]:
+            return _STR  # quoted or block text without a tag: always a string (the resolver's default)
+        if tag is None:  # a plain scalar: its text alone decides (memoised)
             value = event.value
             tag = self.plain_tags.get(value)
             if tag is None:
