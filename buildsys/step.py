@@ -70,6 +70,7 @@ class BuildScope:
         self._lock = threading.Lock()
         self._values: dict[Hashable, Any] = {}
         self._pending: dict[Hashable, threading.Event] = {}
+        self._forgotten: set[Hashable] = set()  # forgotten while being computed: that answer is not kept
 
     def once(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()`` for `key`, computed once in this build: a caller that comes while it is
@@ -86,16 +87,21 @@ class BuildScope:
         try:
             value = compute()
             with self._lock:
-                self._values[key] = value
+                if key not in self._forgotten:
+                    self._values[key] = value
         finally:
             with self._lock:
+                self._forgotten.discard(key)
                 self._pending.pop(key).set()
         return value
 
     def forget(self, key: Hashable) -> None:
-        """Drop the answer for `key`: the step changed what it described (pushed that tag)."""
+        """Drop the answer for `key` (one being computed is not kept either): the step changed
+        what it described (pushed that tag)."""
         with self._lock:
             self._values.pop(key, None)
+            if key in self._pending:
+                self._forgotten.add(key)
 
 
 @dataclass

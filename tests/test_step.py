@@ -52,6 +52,17 @@ def test_an_error_is_not_kept_and_forget_asks_again() -> None:
     assert scope.once("k", lambda: "again") == "again"
 
 
+def test_an_answer_forgotten_while_it_was_computed_is_not_kept() -> None:
+    scope = BuildScope()
+
+    def compute() -> str:
+        scope.forget("tag")  # e.g. the tag was pushed while its manifest was being asked for
+        return "before the push"
+
+    assert scope.once("tag", compute) == "before the push"  # the caller gets what it asked for
+    assert scope.once("tag", lambda: "after the push") == "after the push"
+
+
 def test_a_context_made_outside_a_build_has_its_own_scope(tmp_path: Path) -> None:
     one, two = Context(root=tmp_path, cwd=tmp_path), Context(root=tmp_path, cwd=tmp_path)
     assert one.build is not two.build
