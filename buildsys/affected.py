@@ -289,10 +289,12 @@ def _edits(
         for path in changes.hits(got, top):
             if kinds.get(os.path.relpath(path, top).replace(os.sep, "/")) != MODIFIED or path in got.hooked:
                 return None
-            if path in got.files:
+            if path in got.targets:
+                return None  # digested through a link too: that entry's digest moves with it
+            if path in got.files and not os.path.islink(path):
                 files.add(path)
-            elif path in got.opened:
-                return None  # read, but not as a digested file
+            elif path in got.opened or path in got.files:
+                return None  # read, but not as a digested file (or through a link)
             # else: in a listed folder, never read: a content change changes no listing
         if any(os.path.relpath(f, root) not in (now_keys[label].components.get("files") or {}) for f in files):
             return None

@@ -90,6 +90,7 @@ class Reads:
     listed: set[str] = field(default_factory=set)
     opened: set[str] = field(default_factory=set)
     hooked: set[str] = field(default_factory=set)  # what its files hook itself opened or listed
+    targets: set[str] = field(default_factory=set)  # files it digests through a link (also in `files`)
 
 
 def step_keys(
@@ -136,7 +137,13 @@ def step_keys(
                 cache_key = f"unknown:{key}"
             if seen is not None and reads is not None:
                 files, listed = engine.dependencies.nodes.get(node.label, ((), ()))
-                seen.files.update(os.path.normpath(f) for f in files)
+                for f in files:
+                    name = os.path.normpath(f)
+                    seen.files.add(name)
+                    real = os.path.realpath(name)  # a link's digest is its target's content
+                    if real != name:
+                        seen.files.add(real)
+                        seen.targets.add(real)
                 seen.listed.update(os.path.normpath(d) for d in listed)
                 reads[node.label] = seen
             engine.results[key] = NodeResult(

@@ -455,3 +455,16 @@ def test_a_docker_build_context(isolated: Path) -> None:
         found = affected(root / "prefect.yaml", "main")
         assert found.proved and found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
     assert [s.label for s in found.steps] == ["image"] and found.names == ["a"]
+
+
+def test_a_file_a_step_digests_through_a_link(shop: Path) -> None:
+    """A link in a step's inputs is digested as its target: a change to the target is a change."""
+    (shop / "src" / "shared.txt").symlink_to("../common/lib.txt")
+    git(shop, "add", "-A")
+    git(shop, "commit", "-qm", "a link")
+    full_build(shop)
+    write(shop, {"common/lib.txt": "lib 2\n"})
+    found = affected(shop / "prefect.yaml", "HEAD")
+    assert found.proved and found.to_dict() == affected(shop / "prefect.yaml", "HEAD", prove=False).to_dict()
+    assert [s.label for s in found.steps] == ["shared", "package"]
+    assert "input file src/shared.txt changed" in found.steps[1].reason
