@@ -134,6 +134,7 @@ def test_only_an_idempotent_request_on_a_kept_alive_connection_the_server_closed
         server.modes = ["drop"]
         assert pool.request("GET", "/b").data == b"echo:/b:"  # sent again on a new connection
         assert [target for _, target, _ in server.seen].count("/b") == 2
+        assert server.connections == 2
         for method in ("PUT", "POST"):
             server.modes = ["drop"]
             if method == "PUT":  # idempotent: again

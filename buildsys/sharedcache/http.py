@@ -117,15 +117,15 @@ class Pool:
         sent = {**(headers or {}), **self.headers}
         target = self.target_prefix + target
         for attempt in (1, 2):
-            conn, reused = self._take()
+            conn, reused = self._take() if attempt == 1 else (self.connect(), False)
             try:
                 conn.request(method, target, body=body, headers=sent)
                 reply = conn.getresponse()
                 data = reply.read()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if attempt == 1 and reused and isinstance(exc, CLOSED) and method in IDEMPOTENT:
-                    continue
+                if reused and isinstance(exc, CLOSED) and method in IDEMPOTENT:
+                    continue  # the second attempt is on a new connection: never retried
                 raise RequestError(_kind(exc), exc) from None
             self._put_back(conn, reply.will_close)
             return Reply(reply.status, reply.headers, data)
