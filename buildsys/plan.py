@@ -285,7 +285,8 @@ def _create(want: DesiredResource, owner: str, source: Mapping[str, Any]) -> Res
     return ResourceChange("create", want.kind, want.name, spec, None, fields, owner, dict(source))
 
 
-_SPEC_TEXT = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode  # as the SQL store writes a spec
+# As the SQL store writes a spec (`store.rows.dump`); desired specs are trees, so no cycle check.
+_SPEC_TEXT = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False, check_circular=False).encode
 
 
 def known_specs(desired: DesiredState) -> dict[str, Mapping[str, Any]]:
@@ -297,7 +298,7 @@ def known_specs(desired: DesiredState) -> dict[str, Mapping[str, Any]]:
     for r in desired.resources:
         try:
             text = _SPEC_TEXT(r.spec)
-        except (TypeError, ValueError):  # UNKNOWN (not JSON), NaN
+        except (TypeError, ValueError, RecursionError):  # UNKNOWN (not JSON), NaN
             continue
         if UNKNOWN_TEXT not in text:  # an output embedded in a string never equals anything
             out[text] = r.spec

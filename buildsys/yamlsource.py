@@ -278,6 +278,8 @@ class _Builder:
                 at.append((mark.line + 1) << _COL_BITS | (mark.column + 1))  # `_pack`, inlined
                 if kind is ScalarEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
                     items.append(self.scalar(item))  # type: ignore[arg-type]
+                elif kind is MappingStartEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
+                    items.append(self.mapping(True, nxt))
                 else:
                     items.append(self.node(item, True, nxt))
             return items
@@ -379,8 +381,11 @@ class _Builder:
             if at is not None:  # a mapping value is located at its key
                 mark: Any = key_event.start_mark
                 at[key] = (mark.line + 1) << _COL_BITS | (mark.column + 1)  # `_pack`, inlined
-            if type(value_event) is ScalarEvent and value_event.anchor is None:  # as `node` would, with fewer calls
-                result[key] = self.scalar(value_event)
+            kind = type(value_event)
+            if kind is ScalarEvent and value_event.anchor is None:  # type: ignore[attr-defined]  # as `node` would, with fewer calls
+                result[key] = self.scalar(value_event)  # type: ignore[arg-type]
+            elif kind is MappingStartEvent and value_event.anchor is None:  # type: ignore[attr-defined]  # as above
+                result[key] = self.mapping(at is not None, nxt)
             else:
                 result[key] = self.node(value_event, at is not None, nxt)
         for k, v in merged.items():
