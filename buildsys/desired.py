@@ -680,13 +680,17 @@ def _is_canonical(value: Any) -> bool:
     if kind is str or kind is int or kind is float or kind is bool or value is None or value is UNKNOWN:
         return True
     if kind is dict:
-        for k, v in value.items():  # noqa: SIM110  # loops, not all(...): no generator per call on this hot path
-            if type(k) is not str or not _is_canonical(v):
+        for k, v in value.items():  # loops, not all(...): no generator per call on this hot path
+            if type(k) is not str:
+                return False
+            leaf = type(v)  # a text or number is canonical: no call for it (most of a spec)
+            if not (leaf is str or leaf is int or leaf is bool or leaf is float or v is None or _is_canonical(v)):
                 return False
         return True
     if kind is list:
-        for v in value:  # noqa: SIM110  # as above
-            if not _is_canonical(v):
+        for v in value:
+            leaf = type(v)  # as above
+            if not (leaf is str or leaf is int or leaf is bool or leaf is float or v is None or _is_canonical(v)):
                 return False
         return True
     return False
