@@ -27,7 +27,7 @@ from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec
 from buildsys.records import Record
 from buildsys.selector import select_deployments
 from buildsys.sourcefiles import UnreadableFile
-from buildsys.templating import UNKNOWN, Scope, placeholders, render, secret_env_name
+from buildsys.templating import UNKNOWN, Scope, placeholders, render, secret_env_name, templated
 
 if TYPE_CHECKING:
     from buildsys.revision import Revision
@@ -449,7 +449,10 @@ def _flow(entrypoint: str, read: SourceReader, cache: dict[str, FlowInfo]) -> Fl
 
 
 def _with_defaults(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {**spec, **{k: v for k, v in CREATE_DEFAULTS[kind].items() if k not in spec}}
+    """`spec` (a dict the caller just made) with the create defaults it lacks added at its end."""
+    for key, value in CREATE_DEFAULTS[kind].items():
+        spec.setdefault(key, value)
+    return spec
 
 
 def _tags(value: Any) -> Any:
@@ -560,10 +563,12 @@ class _Renderer:
         for step in steps:
             raw = dict(step.raw) if step.raw else {step.name: dict(step.inputs)}
             where = f"{self.deployment.path}.pull[{step.index}]"
-            if self.scope.env is not None:
+            texts: list[str] = []
+            templated(raw, texts)  # most pull steps hold no placeholder: then nothing below can find one
+            if texts and self.scope.env is not None:
                 _check_env(raw, self.scope.env, step.location or self.deployment.location, where)
             rendered = render(raw, pull_scope, missing="keep", location=step.location, path=where)
-            out.append(self._unknown_if_pending(rendered))
+            out.append(self._unknown_if_pending(rendered) if texts else rendered)
         return out
 
     def _unknown_if_pending(self, value: Any) -> Any:

@@ -18,14 +18,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.desired import has_unknown
+from buildsys.desired import BuildOutputs, has_unknown
 from buildsys.errors import BuildsysError, ConflictError, Diagnostic
 from buildsys.plan import Plan, PlanError, ResourceChange
 from buildsys.records import Record
 from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 if TYPE_CHECKING:
-    from buildsys.desired import BuildOutputs, OutputsFor
+    from buildsys.desired import OutputsFor
     from buildsys.graph import StepGraph
     from buildsys.model import Deployment, Project
 
@@ -179,8 +179,6 @@ class _CachedOutputs:
             decisions = engine.foresee()
         finally:
             engine.cache.close()
-        from buildsys.desired import BuildOutputs
-
         for name in names:
             chain = graph.chains.get(name)
             if chain is None:
@@ -190,10 +188,8 @@ class _CachedOutputs:
             self.known[name] = BuildOutputs(namespace_for(graph, engine.results, name), pending)
 
     def __call__(self, d: Deployment) -> BuildOutputs | None:
-        from buildsys.desired import BuildOutputs
-
         if not (d.build or d.push):
-            return BuildOutputs({})
+            return _NO_OUTPUTS
         known = self.known.get(d.name)
         if known is not None:
             return known
@@ -201,6 +197,9 @@ class _CachedOutputs:
 
         namespace, pending = cached_namespace(self.project, d.name)
         return BuildOutputs(namespace, frozenset(pending))
+
+
+_NO_OUTPUTS = BuildOutputs({})  # a deployment without build or push steps (read-only, like every BuildOutputs)
 
 
 def _alone_labels(graph: StepGraph, deployment: str, chain: Sequence[str]) -> dict[str, str]:
