@@ -93,7 +93,9 @@ def _manifest_key(session: _Session, tag: str) -> tuple[object, ...]:
 _CLIENTS: dict[str, Any] = {}
 _SESSIONS: dict[tuple[str, str, tuple[str, str] | None], _Session] = {}
 _BASIC: set[tuple[str, tuple[str, str]]] = set()  # registries that asked this login for Basic auth
-_PROBES: dict[tuple[str, tuple[str, str]], threading.Event] = {}  # set once the first request with a login is answered
+_PROBES: dict[tuple[str, tuple[str, str] | None], threading.Event] = {}  # set once a login's first request is answered
+# the token service (realm, and its parameters but the scope) a registry named in a Bearer challenge, by login
+_BEARER: dict[tuple[str, tuple[str, str] | None], tuple[str, dict[str, str]]] = {}
 _LOCK = threading.Lock()
 READ_S = 15.0
 
@@ -147,8 +149,9 @@ class _Session:
         that expired is asked for again); None for 404."""
         from buildsys.sharedcache.http import RequestError
 
-        probe = self._first_of_login()
+        probe = None
         try:
+            probe = self._first_of_login()
             reply = self._request(method, path)
             challenged = reply.status == 401
             if challenged:
@@ -170,24 +173,27 @@ class _Session:
         return reply
 
     def _first_of_login(self) -> threading.Event | None:
-        """Until this registry has answered one request with this login, a session's first request
-        waits for that answer (an Event to set once it came, when this session is the first): a
-        Basic login is then sent at once, where the parallel checks of a restored build would each
-        be answered 401 first."""
-        if self.login is None or "Authorization" in self.headers:
+        """Until this registry has answered one request with this login (or none), a session's
+        first request waits for that answer (an Event to set once it came, when this session is
+        the first), then answers ahead what it asked: a Basic login is sent at once, a token for
+        this repository is asked of the token service it named, where the parallel checks of a
+        restored build would each be answered 401 first."""
+        if "Authorization" in self.headers:
             return None
         with _LOCK:
-            if (self.base, self.login) in _BASIC:
-                self.headers["Authorization"] = _basic(self.login)
-                return None
             first = _PROBES.get((self.base, self.login))
             if first is None:
                 first = _PROBES[(self.base, self.login)] = threading.Event()
                 return first
         first.wait(READ_S)
         with _LOCK:
-            if (self.base, self.login) in _BASIC:
-                self.headers["Authorization"] = _basic(self.login)
+            basic = self.login is not None and (self.base, self.login) in _BASIC
+            service = _BEARER.get((self.base, self.login))
+        if basic and self.login is not None:
+            self.headers["Authorization"] = _basic(self.login)
+        elif service is not None:  # a token that does not do is answered as a challenge later
+            realm, params = service
+            self._token(realm, {**params, "scope": f"repository:{self.repository}:pull"})
         return None
 
     def _request(self, method: str, path: str) -> Any:
@@ -202,15 +208,20 @@ class _Session:
         elif kind == "bearer":
             params = dict(_CHALLENGE.findall(challenge))
             realm = params.pop("realm", "")
-            params.setdefault("scope", f"repository:{self.repository}:pull")
-            headers = {"Authorization": _basic(self.login)} if self.login is not None else {}
-            query = urllib.parse.urlencode(params)
-            reply = self.client.request("GET", f"{realm}{'&' if '?' in realm else '?'}{query}", headers=headers)
-            if reply.status == 200:
-                data = _json(reply)
-                token = data.get("token") or data.get("access_token")
-                if isinstance(token, str) and token:
-                    self.headers["Authorization"] = f"Bearer {token}"
+            scope = params.pop("scope", f"repository:{self.repository}:pull")
+            with _LOCK:  # the next sessions with this login ask this service for their token at once
+                _BEARER[(self.base, self.login)] = (realm, params)
+            self._token(realm, {**params, "scope": scope})
+
+    def _token(self, realm: str, params: Mapping[str, str]) -> None:
+        headers = {"Authorization": _basic(self.login)} if self.login is not None else {}
+        query = urllib.parse.urlencode(params)
+        reply = self.client.request("GET", f"{realm}{'&' if '?' in realm else '?'}{query}", headers=headers)
+        if reply.status == 200:
+            data = _json(reply)
+            token = data.get("token") or data.get("access_token")
+            if isinstance(token, str) and token:
+                self.headers["Authorization"] = f"Bearer {token}"
 
 
 def _basic(login: tuple[str, str]) -> str:

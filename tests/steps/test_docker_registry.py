@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,10 +28,11 @@ DIGEST = "sha256:" + "d" * 64
 class _Registry(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, bearer: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.seen: list[tuple[str, str, bool]] = []  # (method, path, with a login)
+        self.seen: list[tuple[str, str, bool]] = []  # (method, path, with a login or the repository's token)
         self.lock = threading.Lock()
+        self.bearer = bearer  # tokens from /token (for the login), one per repository, instead of Basic
 
     @property
     def host(self) -> str:
@@ -50,11 +52,23 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _answer(self) -> None:
-        expected = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+        login = "Basic " + base64.b64encode(b"ci:s3cret").decode()
+        repository = self.path.removeprefix("/v2/").partition("/manifests/")[0]
+        expected = f"Bearer for:{repository}" if self.server.bearer else login
         authorized = self.headers.get("Authorization") == expected
+        if self.path.startswith("/token?"):
+            query = urllib.parse.parse_qs(self.path.partition("?")[2])
+            authorized = self.headers.get("Authorization") == login and query["service"] == ["stand-in"]
+            scope = query["scope"][0].removeprefix("repository:").removesuffix(":pull")
         with self.server.lock:
             self.server.seen.append((self.command, self.path, authorized))
-        if not authorized:
+        if self.path.startswith("/token?"):
+            self._send(200 if authorized else 401, json.dumps({"token": f"for:{scope}"}).encode(), {})
+        elif not authorized and self.server.bearer:
+            realm = f"http://{self.server.host}/token"
+            challenge = f'Bearer realm="{realm}",service="stand-in",scope="repository:{repository}:pull"'
+            self._send(401, b"", {"WWW-Authenticate": challenge})
+        elif not authorized:
             self._send(401, b"", {"WWW-Authenticate": 'Basic realm="test"'})
         elif self.path.endswith("/manifests/there"):
             body = json.dumps({"schemaVersion": 2, "config": {"digest": CONFIG}}).encode()
@@ -75,8 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _serving() -> Iterator[_Registry]:
-    server = _Registry()
+def _serving(bearer: bool = False) -> Iterator[_Registry]:
+    server = _Registry(bearer)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
@@ -124,6 +138,21 @@ def test_parallel_checks_with_one_login_meet_the_basic_challenge_once(tmp_path: 
         assert found == [True] * 8
         assert registry.requests(authorized=False) == 1  # one 401, not one per repository
         assert registry.requests(authorized=True) == 8
+
+
+def test_parallel_checks_meet_a_token_challenge_once_and_ask_for_their_tokens_at_once(tmp_path: Path) -> None:
+    with _serving(bearer=True) as registry:
+        scope = BuildScope()
+        images = [f"{registry.host}/team/app{n}:there" for n in range(8)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda image: holds_image(_context(tmp_path, scope), image, CONFIG, LOGIN), images))
+        assert found == [True] * 8
+        with registry.lock:
+            seen = list(registry.seen)
+        assert [path for _, path, authorized in seen if not authorized] == [seen[0][1]]  # the first one's 401
+        tokens = sorted(path for _, path, _ in seen if path.startswith("/token?"))
+        assert tokens == sorted(f"/token?service=stand-in&scope=repository%3Ateam%2Fapp{n}%3Apull" for n in range(8))
+        assert registry.requests("GET", authorized=True) == 16  # 8 tokens, 8 manifests
 
 
 def test_the_login_docker_login_stored_is_read_once_per_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
