@@ -15,9 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from buildsys.compiled import Compiled
 from buildsys.desired import DesiredResource, DesiredState
 from buildsys.errors import BuildsysError
 from buildsys.model import Deployment, Project
+from buildsys.records import Record
 from buildsys.stepkeys import Reads, StepKey, keying_env, step_keys, unsymbolised
 from buildsys.templating import UNKNOWN
 
@@ -36,37 +35,71 @@ if TYPE_CHECKING:
 AFFECTED = "affected"  # .buildsys/affected/: the base side of earlier comparisons (buildsys.caches)
 
 
-@dataclass(frozen=True)
-class AffectedStep:
+class AffectedStep(Record):
+    __slots__ = __match_args__ = ("label", "step", "section", "deployments", "reason")
     label: str
     step: str
     section: str
     deployments: tuple[str, ...]
     reason: str
 
+    def __init__(self, label: str, step: str, section: str, deployments: tuple[str, ...], reason: str) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "label", label)
+        setattr_(self, "step", step)
+        setattr_(self, "section", section)
+        setattr_(self, "deployments", deployments)
+        setattr_(self, "reason", reason)
 
-@dataclass(frozen=True)
-class AffectedDeployment:
+
+class AffectedDeployment(Record):
+    __slots__ = __match_args__ = ("name", "identity", "reasons", "steps", "fields")
     name: str  # the deployment's name in the project file
     identity: str  # FLOW/NAME, as the store knows it
     reasons: tuple[str, ...]
-    steps: tuple[str, ...] = ()  # labels of its affected steps
-    fields: tuple[str, ...] = ()  # spec fields that differ
+    steps: tuple[str, ...]  # labels of its affected steps
+    fields: tuple[str, ...]  # spec fields that differ
+
+    def __init__(
+        self, name: str, identity: str, reasons: tuple[str, ...], steps: tuple[str, ...] = (), fields: tuple[str, ...] = ()
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "identity", identity)
+        setattr_(self, "reasons", reasons)
+        setattr_(self, "steps", steps)
+        setattr_(self, "fields", fields)
 
 
-@dataclass(frozen=True)
-class Affected:
+class Affected(Record):
+    __slots__ = __match_args__ = (
+        "base", "commit", "said", "steps", "deployments", "removed", "total_steps", "total_deployments",
+        "project_has_deployments", "notes", "proved",
+    )
     base: str  # as given (or the merge base found)
     commit: str
     said: str  # the base for people: "main", "the merge base with origin/main"
     steps: tuple[AffectedStep, ...]
     deployments: tuple[AffectedDeployment, ...]
-    removed: tuple[str, ...] = ()  # deployments (FLOW/NAME) at the base that the working tree no longer has
-    total_steps: int = 0
-    total_deployments: int = 0
-    project_has_deployments: bool = True
-    notes: tuple[str, ...] = field(default=())
-    proved: bool = field(default=False, compare=False)  # the base side proved from git's changed paths
+    removed: tuple[str, ...]  # deployments (FLOW/NAME) at the base that the working tree no longer has
+    total_steps: int
+    total_deployments: int
+    project_has_deployments: bool
+    notes: tuple[str, ...]
+    proved: bool  # the base side proved from git's changed paths (not in to_dict: the answer is the same)
+
+    def __init__(
+        self, base: str, commit: str, said: str, steps: tuple[AffectedStep, ...],
+        deployments: tuple[AffectedDeployment, ...], removed: tuple[str, ...] = (), total_steps: int = 0,
+        total_deployments: int = 0, project_has_deployments: bool = True, notes: tuple[str, ...] = (),
+        proved: bool = False,
+    ) -> None:
+        setattr_ = object.__setattr__
+        for name, value in zip(self.__match_args__, (
+            base, commit, said, steps, deployments, removed, total_steps, total_deployments, project_has_deployments,
+            notes, proved,
+        ), strict=True):
+            setattr_(self, name, value)
 
     @property
     def names(self) -> list[str]:
@@ -238,11 +271,11 @@ def _proved(
     if plan is not None:
         wanted = sorted({os.path.relpath(f, top) for files in plan.values() for f in files}
                         | _entrypoint_files_at_base(moved, root, top, changes, changed))
-    with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
-        _, base_file = export_tree(project_file, commit, Path(tmp), repo_root=repo_root, paths=wanted)
+    with _scratch(project.root) as tmp:
+        _, base_file = export_tree(project_file, commit, tmp, repo_root=repo_root, paths=wanted)
         then_keys = now_keys
         if touched and plan is not None:
-            edited = _edited_keys(now_keys, plan, Path(tmp) / "tree", top, root)
+            edited = _edited_keys(now_keys, plan, tmp / "tree", top, root)
             if edited is None:
                 return None
             then_keys = edited
@@ -265,6 +298,30 @@ def _proved(
         side = BaseSide(then_keys, then_state, "", _SameDigests(now_rev.read, moved_files), env_digests,
                         frozenset(chosen))
     return side, now_keys, now_state
+
+
+@contextlib.contextmanager
+def _scratch(root: Path) -> Iterator[Path]:
+    """A new empty folder for some of the base's files, removed afterwards: in the project's
+    `.buildsys/affected/` (no `tempfile` to import on `plan --affected`'s path), else, when that
+    cannot be made, in the system's temporary directory."""
+    import shutil
+
+    from buildsys import caches
+
+    path = caches.directory(root) / AFFECTED / f"base-{os.getpid()}-{os.urandom(6).hex()}"
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except OSError:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="buildsys-affected-") as tmp:
+            yield Path(tmp)
+        return
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _edits(
@@ -476,18 +533,22 @@ class _SameDigests(Mapping[str, "str | None"]):
         return len(self.moved)
 
 
-@dataclass
 class BaseSide:
     """What the base contributes: its step keys and desired state (None, with `problem` saying why,
-    when the project cannot be read there), the digests of its entrypoint files, and the digests
-    of the environment values its keys were computed with."""
+    when the project cannot be read there), the digests of its entrypoint files, the digests
+    of the environment values its keys were computed with, and (when only some deployments'
+    specs were computed) which."""
 
-    keys: dict[str, StepKey] | None
-    state: DesiredState | None
-    problem: str
-    entrypoints: Mapping[str, str | None]
-    env: dict[str, str]
-    chosen: frozenset[str] | None = None  # the deployments both states hold (None: all)
+    def __init__(
+        self, keys: dict[str, StepKey] | None, state: DesiredState | None, problem: str,
+        entrypoints: Mapping[str, str | None], env: dict[str, str], chosen: frozenset[str] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.state = state
+        self.problem = problem
+        self.entrypoints = entrypoints
+        self.env = env
+        self.chosen = chosen  # the deployments both states hold (None: all)
 
 
 def base_side(
@@ -497,6 +558,8 @@ def base_side(
     """The base's side, from `.buildsys/affected/` when this code computed it for this commit, this
     project file and the same environment values before (a commit never changes), else computed
     from the base's files written to a temporary directory."""
+    import tempfile
+
     from buildsys import caches
     from buildsys.revision import export_tree
 

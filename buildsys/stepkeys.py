@@ -19,22 +19,22 @@ import re
 import sys
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.compiled import Compiled
 from buildsys.errors import BuildsysError
 from buildsys.model import Project
+from buildsys.records import Record
 from buildsys.step import StepDef
 from buildsys.templating import placeholders
 
 SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
 
 
-@dataclass(frozen=True)
-class StepKey:
+class StepKey(Record):
     """A step's cache key on one side, or why it cannot be known before a build."""
 
+    __slots__ = __match_args__ = ("label", "key", "components", "deps", "deployments", "section", "step", "unknown")
     label: str
     key: str
     components: Mapping[str, Any]
@@ -42,7 +42,21 @@ class StepKey:
     deployments: tuple[str, ...]
     section: str
     step: str
-    unknown: str = ""
+    unknown: str
+
+    def __init__(
+        self, label: str, key: str, components: Mapping[str, Any], deps: tuple[str, ...], deployments: tuple[str, ...],
+        section: str, step: str, unknown: str = "",
+    ) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "label", label)
+        setattr_(self, "key", key)
+        setattr_(self, "components", components)
+        setattr_(self, "deps", deps)
+        setattr_(self, "deployments", deployments)
+        setattr_(self, "section", section)
+        setattr_(self, "step", step)
+        setattr_(self, "unknown", unknown)
 
 
 def keying_env(project: Project, env: Mapping[str, str]) -> tuple[dict[str, str], set[str]]:
@@ -81,16 +95,16 @@ class _Outputs(Mapping[str, Any]):
         return len(self.declared)
 
 
-@dataclass
 class Reads:
     """What keying one step read (absolute, normalised paths): the files its key digests, the
     directories listed and the files opened on the way (its files hook's own reads included)."""
 
-    files: set[str] = field(default_factory=set)
-    listed: set[str] = field(default_factory=set)
-    opened: set[str] = field(default_factory=set)
-    hooked: set[str] = field(default_factory=set)  # what its files hook itself opened or listed
-    targets: set[str] = field(default_factory=set)  # files it digests through a link (also in `files`)
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.listed: set[str] = set()
+        self.opened: set[str] = set()
+        self.hooked: set[str] = set()  # what its files hook itself opened or listed
+        self.targets: set[str] = set()  # files it digests through a link (also in `files`)
 
 
 def step_keys(
@@ -232,13 +246,13 @@ def _unfingerprinted(stepdef: StepDef, *, traced: bool = False) -> StepDef:
     return clone
 
 
-_KEYED_SYMBOL = re.compile(SYMBOL + r"(\S+) of [^\u27e7]*\u27e7")
+_KEYED_SYMBOL = SYMBOL + r"(\S+) of [^\u27e7]*\u27e7"
 
 
 def unsymbolised(components: Mapping[str, Any]) -> dict[str, Any]:
     """Components with each output symbol's key left out, for the explanation only: a changed
     upstream step is said once ("upstream step X changed"), not again as changed inputs."""
-    text = _KEYED_SYMBOL.sub(lambda m: f"{SYMBOL}{m.group(1)}\u27e7", json.dumps(components, default=str, ensure_ascii=False))
+    text = re.sub(_KEYED_SYMBOL, lambda m: f"{SYMBOL}{m.group(1)}\u27e7", json.dumps(components, default=str, ensure_ascii=False))
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
