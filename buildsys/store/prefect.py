@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -148,7 +147,7 @@ class PrefectStore(PrefectRuns):
         spec = specs.pool_spec(p, queues)
         stamps = [p.get("updated"), *(q.get("updated") for q in queues), owner.get("updated") if owner else None]
         spec[META] = {**_meta(p, _latest(stamps)), "queues": {q["name"]: q["id"] for q in queues}}
-        return replace(_resource("pool", p["name"], spec, p, record.get("owner")), source=record.get("source"))
+        return _resource("pool", p["name"], spec, p, record.get("owner"), record.get("source"))
 
     def _deployments(
         self, deployments: Sequence[Mapping[str, Any]], flows: Mapping[str, str], automations: Sequence[Mapping[str, Any]]
@@ -262,12 +261,16 @@ class PrefectStore(PrefectRuns):
         return {d["id"]: (flows.get(d["flow_id"], "?"), d["name"]) for d in found}
 
 
-def _resource(kind: str, name: str, spec: dict[str, Any], data: Mapping[str, Any], owner: str | None) -> Resource:
+def _resource(
+    kind: str, name: str, spec: dict[str, Any], data: Mapping[str, Any], owner: str | None,
+    source: Mapping[str, Any] | None = None,
+) -> Resource:
     return Resource(
         kind=kind,
         name=name,
         spec=spec,
         owner=owner,
+        source=source,
         id=str(data.get("id") or ""),
         created_at=epoch(data.get("created")) or 0.0,
         updated_at=epoch(spec.get(META, {}).get("updated")) or 0.0,
