@@ -8,9 +8,11 @@ workers are operational records with their own calls. Every record converts to a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, TypeVar, runtime_checkable
+
+from buildsys.records import Record
 
 # Resource kinds, in the order apply writes them (pools before deployments; deletions run reversed).
 KINDS = ("variable", "pool", "deployment")
@@ -30,26 +32,67 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, CRASHED})
 ACTIVE = frozenset({PENDING, RUNNING, CANCELLING})  # count against concurrency limits
 
 T = TypeVar("T")
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class _Record:
-    """JSON round-tripping for the frozen dataclasses below."""
+    """JSON round-tripping for the frozen records below: Records (`buildsys.records`) and the
+    dataclasses that `dataclasses.replace` is used on (runs, task runs, artifacts), alike: the
+    fields as `dataclasses.asdict` gives them; back by a call of the class with the known keys,
+    lists made tuples where the field is a tuple."""
+
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
+        if isinstance(self, Record):
+            names: tuple[str, ...] = self.__match_args__
+            return {name: _plain(getattr(self, name)) for name in names}
         return asdict(self)  # type: ignore[call-overload, no-any-return]
 
     @classmethod
-    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        names, tuples = _shape(cls)
         kwargs = {k: v for k, v in data.items() if k in names}
-        for f in fields(cls):  # type: ignore[arg-type]
-            if f.name in kwargs and isinstance(kwargs[f.name], list) and "tuple" in str(f.type):
-                kwargs[f.name] = tuple(kwargs[f.name])
-        return cls(**kwargs)
+        for name in tuples:
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
+        make: Callable[..., Self] = cls
+        return make(**kwargs)
 
 
-@dataclass(frozen=True)
-class Resource(_Record):
+_shapes: dict[type, tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def _shape(cls: type) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A record class's field names, and those annotated as tuples (JSON gives them as lists)."""
+    found = _shapes.get(cls)
+    if found is None:
+        if issubclass(cls, Record):
+            names: tuple[str, ...] = cls.__match_args__
+            types = {n: cls.__annotations__[n] for n in names}
+        else:
+            types = {f.name: f.type for f in fields(cls)}  # type: ignore[arg-type]
+        found = _shapes[cls] = (frozenset(types), tuple(n for n, t in types.items() if "tuple" in str(t)))
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as `dataclasses.asdict` copies it: dicts, lists and tuples rebuilt, anything
+    else deep-copied (the scalars JSON holds are their own copies)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if isinstance(value, dict):
+        return kind((_plain(k), _plain(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return kind(_plain(v) for v in value)
+    import copy
+
+    return copy.deepcopy(value)
+
+
+class Resource(_Record, Record):
     """A desired-state resource as stored.
 
     kind  "pool" | "deployment" | "variable"
@@ -66,38 +109,89 @@ class Resource(_Record):
     source where it came from: {"commit": sha|None, "ref": str|None, "file": str, "dirty": bool}
     """
 
+    __slots__ = __match_args__ = (
+        "kind", "name", "spec", "owner", "source", "id", "created_at", "updated_at", "serial",
+    )
     kind: str
     name: str
     spec: Mapping[str, Any]
-    owner: str | None = None
-    source: Mapping[str, Any] | None = None
-    id: str = ""  # stable id assigned by the store at create
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    serial: int = 0  # store serial of the last change to this resource
+    owner: str | None
+    source: Mapping[str, Any] | None
+    id: str  # stable id assigned by the store at create
+    created_at: float
+    updated_at: float
+    serial: int  # store serial of the last change to this resource
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any],
+        owner: str | None = None,
+        source: Mapping[str, Any] | None = None,
+        id: str = "",
+        created_at: float = 0.0,
+        updated_at: float = 0.0,
+        serial: int = 0,
+    ) -> None:
+        _set(self, "kind", kind)
+        _set(self, "name", name)
+        _set(self, "spec", spec)
+        _set(self, "owner", owner)
+        _set(self, "source", source)
+        _set(self, "id", id)
+        _set(self, "created_at", created_at)
+        _set(self, "updated_at", updated_at)
+        _set(self, "serial", serial)
 
 
-@dataclass(frozen=True)
-class Change(_Record):
+class Change(_Record, Record):
     """One write of an apply: create / update (full new spec) / delete."""
 
+    __slots__ = __match_args__ = ("action", "kind", "name", "spec", "owner", "source")
     action: str  # "create" | "update" | "delete"
     kind: str
     name: str
-    spec: Mapping[str, Any] | None = None
-    owner: str | None = None
-    source: Mapping[str, Any] | None = None
+    spec: Mapping[str, Any] | None
+    owner: str | None
+    source: Mapping[str, Any] | None
+
+    def __init__(
+        self,
+        action: str,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+        source: Mapping[str, Any] | None = None,
+    ) -> None:
+        _set(self, "action", action)
+        _set(self, "kind", kind)
+        _set(self, "name", name)
+        _set(self, "spec", spec)
+        _set(self, "owner", owner)
+        _set(self, "source", source)
 
 
-@dataclass(frozen=True)
-class AppliedChanges(_Record):
+class AppliedChanges(_Record, Record):
     """One apply as a store with transactions keeps it: the serial it made, when, and each change
     as {action, kind, name, owner, source, before, after} (the specs before and after; both left
     out when the apply was too large to keep them)."""
 
+    __slots__ = __match_args__ = ("serial", "applied_at", "changes")
     serial: int
     applied_at: float
-    changes: tuple[Mapping[str, Any], ...] = ()
+    changes: tuple[Mapping[str, Any], ...]
+
+    def __init__(
+        self,
+        serial: int,
+        applied_at: float,
+        changes: tuple[Mapping[str, Any], ...] = (),
+    ) -> None:
+        _set(self, "serial", serial)
+        _set(self, "applied_at", applied_at)
+        _set(self, "changes", changes)
 
 
 @dataclass(frozen=True)
@@ -142,19 +236,37 @@ class FlowRun(_Record):
         return self.state in TERMINAL
 
 
-@dataclass(frozen=True)
-class RunState(_Record):
+class RunState(_Record, Record):
     """One state a flow run entered, as its state history keeps it (oldest first): the first is
     the state it was created in; a failed attempt that is retried keeps its FAILED/CRASHED state
     before the SCHEDULED "AwaitingRetry" that follows it."""
 
+    __slots__ = __match_args__ = ("run_id", "ts", "state", "name", "message", "attempt", "worker")
     run_id: str
     ts: float  # when the run entered the state (epoch seconds)
     state: str  # the state type (SCHEDULED … PAUSED)
     name: str  # the state's name ("AwaitingRetry", "Late", …)
-    message: str | None = None
-    attempt: int = 1
-    worker: str | None = None  # who held the run in this state (None when unclaimed)
+    message: str | None
+    attempt: int
+    worker: str | None  # who held the run in this state (None when unclaimed)
+
+    def __init__(
+        self,
+        run_id: str,
+        ts: float,
+        state: str,
+        name: str,
+        message: str | None = None,
+        attempt: int = 1,
+        worker: str | None = None,
+    ) -> None:
+        _set(self, "run_id", run_id)
+        _set(self, "ts", ts)
+        _set(self, "state", state)
+        _set(self, "name", name)
+        _set(self, "message", message)
+        _set(self, "attempt", attempt)
+        _set(self, "worker", worker)
 
 
 # The answers to a state a Prefect client proposes for a run (EngineRecords.propose_run_state;
@@ -162,44 +274,96 @@ class RunState(_Record):
 ACCEPT, REJECT, ABORT, WAIT = "ACCEPT", "REJECT", "ABORT", "WAIT"
 
 
-@dataclass(frozen=True)
-class Proposal:
+class Proposal(Record):
     """A state a Prefect client proposes for a flow run."""
 
+    __slots__ = __match_args__ = ("type", "name", "message", "force", "transition_id", "scheduled_at")
     type: str
-    name: str | None = None
-    message: str | None = None
-    force: bool = False
-    transition_id: str | None = None
-    scheduled_at: float | None = None  # a SCHEDULED proposal's scheduled time
+    name: str | None
+    message: str | None
+    force: bool
+    transition_id: str | None
+    scheduled_at: float | None  # a SCHEDULED proposal's scheduled time
+
+    def __init__(
+        self,
+        type: str,
+        name: str | None = None,
+        message: str | None = None,
+        force: bool = False,
+        transition_id: str | None = None,
+        scheduled_at: float | None = None,
+    ) -> None:
+        _set(self, "type", type)
+        _set(self, "name", name)
+        _set(self, "message", message)
+        _set(self, "force", force)
+        _set(self, "transition_id", transition_id)
+        _set(self, "scheduled_at", scheduled_at)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     """The answer to a Proposal and the run after it (unchanged unless it moved)."""
 
+    __slots__ = __match_args__ = ("status", "run", "reason", "delay_seconds", "reply_type")
     status: str
     run: FlowRun
-    reason: str | None = None
-    delay_seconds: float = 0.0
+    reason: str | None
+    delay_seconds: float
     # a REJECT's state for the client when it is not the stored one (the retry's SCHEDULED)
-    reply_type: str | None = None
+    reply_type: str | None
+
+    def __init__(
+        self,
+        status: str,
+        run: FlowRun,
+        reason: str | None = None,
+        delay_seconds: float = 0.0,
+        reply_type: str | None = None,
+    ) -> None:
+        _set(self, "status", status)
+        _set(self, "run", run)
+        _set(self, "reason", reason)
+        _set(self, "delay_seconds", delay_seconds)
+        _set(self, "reply_type", reply_type)
 
     @property
     def moved(self) -> bool:
         return self.status == ACCEPT or (self.status == REJECT and self.reply_type is not None)
 
 
-@dataclass(frozen=True)
-class LogLine(_Record):
+class LogLine(_Record, Record):
+    __slots__ = __match_args__ = (
+        "run_id", "seq", "ts", "message", "stream", "level", "logger", "task_run_id",
+    )
     run_id: str
     seq: int  # increasing per run, assigned by the store (1-based)
     ts: float
     message: str
-    stream: str = "stdout"  # stdout | stderr | worker | prefect (a record sent by Prefect's logger)
-    level: int | None = None  # logging level of a Prefect record (20 INFO, 40 ERROR …)
-    logger: str | None = None  # the logger's name, e.g. prefect.task_runs
-    task_run_id: str | None = None
+    stream: str  # stdout | stderr | worker | prefect (a record sent by Prefect's logger)
+    level: int | None  # logging level of a Prefect record (20 INFO, 40 ERROR …)
+    logger: str | None  # the logger's name, e.g. prefect.task_runs
+    task_run_id: str | None
+
+    def __init__(
+        self,
+        run_id: str,
+        seq: int,
+        ts: float,
+        message: str,
+        stream: str = "stdout",
+        level: int | None = None,
+        logger: str | None = None,
+        task_run_id: str | None = None,
+    ) -> None:
+        _set(self, "run_id", run_id)
+        _set(self, "seq", seq)
+        _set(self, "ts", ts)
+        _set(self, "message", message)
+        _set(self, "stream", stream)
+        _set(self, "level", level)
+        _set(self, "logger", logger)
+        _set(self, "task_run_id", task_run_id)
 
 
 class LogEntry(NamedTuple):
@@ -256,24 +420,52 @@ class Artifact(_Record):
     created_at: float = 0.0
 
 
-@dataclass(frozen=True)
-class ConcurrencyLimit(_Record):
+class ConcurrencyLimit(_Record, Record):
     """At most `limit` slots of `name` held at once (tagged tasks take "tag:<tag>")."""
 
+    __slots__ = __match_args__ = ("name", "limit", "active_slots", "id", "created_at")
     name: str
     limit: int
-    active_slots: int = 0
-    id: str = ""
-    created_at: float = 0.0
+    active_slots: int
+    id: str
+    created_at: float
+
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        active_slots: int = 0,
+        id: str = "",
+        created_at: float = 0.0,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "limit", limit)
+        _set(self, "active_slots", active_slots)
+        _set(self, "id", id)
+        _set(self, "created_at", created_at)
 
 
-@dataclass(frozen=True)
-class WorkerInfo(_Record):
+class WorkerInfo(_Record, Record):
+    __slots__ = __match_args__ = ("name", "pool", "last_heartbeat", "status", "type")
     name: str
     pool: str
     last_heartbeat: float
-    status: str = "ONLINE"  # ONLINE | OFFLINE
-    type: str | None = None
+    status: str  # ONLINE | OFFLINE
+    type: str | None
+
+    def __init__(
+        self,
+        name: str,
+        pool: str,
+        last_heartbeat: float,
+        status: str = "ONLINE",
+        type: str | None = None,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "pool", pool)
+        _set(self, "last_heartbeat", last_heartbeat)
+        _set(self, "status", status)
+        _set(self, "type", type)
 
 
 @runtime_checkable

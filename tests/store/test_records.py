@@ -4,6 +4,7 @@ what the store produces validates."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -29,16 +30,21 @@ def test_every_state_schema_is_a_valid_draft_2020_12_schema() -> None:
         assert document["$id"] == f"https://buildsys.dev/schemas/state/{name}.json"
 
 
+def record_fields(cls: type) -> dict[str, bool]:
+    """A record's fields and whether each is required (no default): a dataclass's, or a
+    buildsys.records.Record's from its `__init__`."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                for f in dataclasses.fields(cls)}
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.default is p.empty for p in params}
+
+
 @pytest.mark.parametrize("name", sorted(RECORDS))
 def test_schema_properties_match_the_record_fields(name: str) -> None:
-    fields = [f.name for f in dataclasses.fields(RECORDS[name])]
+    fields = record_fields(RECORDS[name])
     assert sorted(schema(name)["properties"]) == sorted(fields)
-    required = [
-        f.name
-        for f in dataclasses.fields(RECORDS[name])
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    assert sorted(schema(name)["required"]) == sorted(required)
+    assert sorted(schema(name)["required"]) == sorted(n for n, required in fields.items() if required)
 
 
 def test_what_the_store_produces_validates(tmp_path: Path) -> None:
