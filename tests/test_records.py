@@ -20,9 +20,22 @@ from buildsys.model import Deployment, PoolSpec, QueueSpec, ScheduleSpec, StepSp
 from buildsys.records import Record
 from buildsys.registry import StepInfo
 from buildsys.reporter import Event
+from buildsys.store.base import (
+    AppliedChanges,
+    Change,
+    ConcurrencyLimit,
+    Decision,
+    LogLine,
+    Proposal,
+    Resource,
+    RunState,
+    WorkerInfo,
+)
 
 RECORDS: list[type[Record]] = [Location, Diagnostic, StepSpec, ScheduleSpec, WorkPoolRef, Deployment, QueueSpec,
-                               PoolSpec, VariableSpec, Job, Outcome, StepNode, StepInfo, Event, Entrypoint, FlowInfo]
+                               PoolSpec, VariableSpec, Job, Outcome, StepNode, StepInfo, Event, Entrypoint, FlowInfo,
+                               Resource, Change, AppliedChanges, RunState, Proposal, Decision, LogLine, ConcurrencyLimit,
+                               WorkerInfo]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +88,17 @@ def test_init_takes_the_fields_in_match_args_order(cls: type[Record]) -> None:
     record = cls(**values)
     assert pickle.loads(pickle.dumps(record)) == record
     assert all(getattr(record, k) == v for k, v in values.items())
+
+
+def test_a_store_record_round_trips_through_json_as_the_dataclass_did() -> None:
+    change = Change("update", "deployment", "etl/nightly", {"tags": ("a", "b"), "n": [1, {"x": 2}]}, "me")
+    plain = change.to_dict()
+    assert plain == {"action": "update", "kind": "deployment", "name": "etl/nightly",
+                     "spec": {"tags": ("a", "b"), "n": [1, {"x": 2}]}, "owner": "me", "source": None}
+    assert plain["spec"] is not change.spec and plain["spec"]["n"][1] is not change.spec["n"][1]  # type: ignore[index]
+    assert Change.from_dict({**plain, "unknown": 1}) == change
+    applied = AppliedChanges.from_dict({"serial": 3, "applied_at": 1.5, "changes": [{"action": "create"}]})
+    assert applied.changes == ({"action": "create"},) and isinstance(applied.changes, tuple)
 
 
 def test_a_record_must_name_its_fields() -> None:
