@@ -348,6 +348,8 @@ def _edits(
                 return None
             if path in got.targets:
                 return None  # digested through a link too: that entry's digest moves with it
+            if any(f.startswith(path + os.sep) for f in (*got.files, *got.opened)):
+                return None  # a path holding what it reads (a submodule): its files are not git's changed paths
             if path in got.files and not os.path.islink(path):
                 files.add(path)
             elif path in got.opened or path in got.files:
@@ -439,17 +441,21 @@ class _Changes:
                 parent = os.path.dirname(parent)
 
     def hit(self, path: str) -> bool:
-        """`path` (a file or a folder) changed, holds a changed path or is in a new folder."""
-        if path in self.paths or path in self.folders or path in self.above:
+        """`path` (a file or a folder) changed, holds a changed path, or is in a new folder or
+        under a changed path (a submodule git names as one path)."""
+        if path in self.above:
             return True
-        parent = os.path.dirname(path)
+        return self.under(path) is not None
+
+    def under(self, path: str) -> str | None:
+        """The changed path or new folder that is `path` or holds it, if any."""
         while True:
-            if parent in self.folders:
-                return True
-            up = os.path.dirname(parent)
-            if up == parent:
-                return False
-            parent = up
+            if path in self.paths or path in self.folders:
+                return path
+            up = os.path.dirname(path)
+            if up == path:
+                return None
+            path = up
 
     def hits(self, reads: Reads, top: str) -> set[str]:
         """The changed paths (and new folders) that what keying a step read may depend on: each
@@ -463,9 +469,10 @@ class _Changes:
                     out.add(path)
                     break
                 parent = os.path.dirname(parent)
-        for folder in self.folders:
-            if any(p.startswith(folder + os.sep) for p in read):
-                out.add(folder)
+        for p in read:  # a read path under a changed one: in a new folder, or in a submodule that moved
+            changed = self.under(p)
+            if changed is not None:
+                out.add(changed)
         return out
 
     def touches(self, reads: Reads | None, top: str) -> bool:

@@ -468,3 +468,18 @@ def test_a_file_a_step_digests_through_a_link(shop: Path) -> None:
     assert found.proved and found.to_dict() == affected(shop / "prefect.yaml", "HEAD", prove=False).to_dict()
     assert [s.label for s in found.steps] == ["shared", "package"]
     assert "input file src/shared.txt changed" in found.steps[1].reason
+
+
+def test_a_submodule_that_moved(shop: Path, isolated: Path) -> None:
+    """git names a submodule as one path: a step reading a file inside it is touched by it."""
+    lib = commit_tree(isolated / "lib", {"file.txt": "1\n"})
+    git(shop, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
+    edit(shop, "prefect.yaml", "inputs: [src/**]", "inputs: [src/**, vendor/lib/file.txt]")
+    git(shop, "add", "-A")
+    git(shop, "commit", "-qm", "a submodule")
+    write(shop / "vendor" / "lib", {"file.txt": "2\n"})
+    git(shop / "vendor" / "lib", "commit", "-qam", "moved")
+    assert git(shop, "diff", "--name-status", "HEAD") == "M\tvendor/lib"
+    found = affected(shop / "prefect.yaml", "HEAD")
+    assert found.proved and found.to_dict() == affected(shop / "prefect.yaml", "HEAD", prove=False).to_dict()
+    assert [s.label for s in found.steps] == ["package"]
