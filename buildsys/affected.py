@@ -230,6 +230,8 @@ def _proved(
         return None
     if any(_inside(source_file(sd) or "", top) for sd in now.steps.values()):
         return None  # a step whose code is in the repository: its code may differ at the base
+    if _sparse(repo_root):
+        return None  # files a sparse checkout leaves out are in neither `git diff` nor `git status`
     key_env, names = keying_env(project, environ)
     reads: dict[str, Reads] = {}
     now_keys = step_keys(now, key_env, reads=reads)
@@ -417,6 +419,18 @@ def _entrypoint_files_at_base(
             elif os.path.isfile(path):
                 out.add(rel)
     return out
+
+
+def _sparse(repo_root: Path) -> bool:
+    """The checkout may be sparse: its git directory holds `info/sparse-checkout`."""
+    git = repo_root / ".git"
+    try:
+        if git.is_file():  # a linked worktree or a submodule: "gitdir: <path>"
+            text = git.read_text(errors="replace").strip()
+            git = (repo_root / text.removeprefix("gitdir:").strip()).resolve()
+        return (git / "info" / "sparse-checkout").exists()
+    except OSError:
+        return True
 
 
 def _follows_commit(d: Deployment) -> bool:

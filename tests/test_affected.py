@@ -483,3 +483,12 @@ def test_a_submodule_that_moved(shop: Path, isolated: Path) -> None:
     found = affected(shop / "prefect.yaml", "HEAD")
     assert found.proved and found.to_dict() == affected(shop / "prefect.yaml", "HEAD", prove=False).to_dict()
     assert [s.label for s in found.steps] == ["package"]
+
+
+def test_a_sparse_checkout_is_compared_whole(shop: Path) -> None:
+    """Files a sparse checkout leaves out are no changed paths to git: the whole base side."""
+    git(shop, "sparse-checkout", "set", "--no-cone", "/*", "!/common/")
+    assert not (shop / "common").exists()
+    found = affected(shop / "prefect.yaml", "main")
+    assert not found.proved
+    assert found.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
