@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
@@ -50,32 +49,66 @@ class _Absent:
 ABSENT: Any = _Absent()  # a key that does not exist on one side of a field change
 
 
-@dataclass(frozen=True, slots=True)
-class FieldChange:
+_set = object.__setattr__
+_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
+
+
+class FieldChange(Record):
+    __slots__ = __match_args__ = ("path", "old", "new")
     path: str  # "tags", "job_variables.image", "queues"
-    old: Any = ABSENT
-    new: Any = ABSENT
+    old: Any
+    new: Any
+
+    def __init__(
+        self,
+        path: str,
+        old: Any = ABSENT,
+        new: Any = ABSENT,
+    ) -> None:
+        _set(self, "path", path)
+        _set(self, "old", old)
+        _set(self, "new", new)
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceChange:
+class ResourceChange(Record):
+    __slots__ = __match_args__ = (
+        "action", "kind", "name", "spec", "before", "fields", "owner", "source", "previous_owner",
+    )
     action: str  # create | update | delete
     kind: str
     name: str
     spec: Mapping[str, Any] | None  # the full spec to write (None for delete)
     before: Mapping[str, Any] | None  # the stored spec (None for create)
-    fields: tuple[FieldChange, ...] = ()
-    owner: str | None = None
-    source: Mapping[str, Any] | None = None
-    previous_owner: str | None = None
+    fields: tuple[FieldChange, ...]
+    owner: str | None
+    source: Mapping[str, Any] | None
+    previous_owner: str | None
+
+    def __init__(
+        self,
+        action: str,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any] | None,
+        before: Mapping[str, Any] | None,
+        fields: tuple[FieldChange, ...] = (),
+        owner: str | None = None,
+        source: Mapping[str, Any] | None = None,
+        previous_owner: str | None = None,
+    ) -> None:
+        _set(self, "action", action)
+        _set(self, "kind", kind)
+        _set(self, "name", name)
+        _set(self, "spec", spec)
+        _set(self, "before", before)
+        _set(self, "fields", fields)
+        _set(self, "owner", owner)
+        _set(self, "source", source)
+        _set(self, "previous_owner", previous_owner)
 
     @property
     def address(self) -> str:
         return f"{self.kind} {self.name}"
-
-
-_set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class Plan(Record):
@@ -219,7 +252,7 @@ def plan(
                 warnings.append(_unmanaged(want.kind, want.name))
                 continue
             spec = stepwise.normalise(want.kind, want.spec, have.spec if have else None)
-            want = replace(want, spec=spec)
+            want = DesiredResource(want.kind, want.name, spec, want.managed, want.path, want.location)
         if have is None:
             changes.append(_create(want, me, desired.source))
             continue

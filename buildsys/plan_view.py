@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from buildsys.plan import ABSENT, EMPTY_DEFAULTS, FieldChange, Plan, ResourceChange
@@ -172,10 +171,9 @@ def masked_change(change: ResourceChange, sensitive: Mapping[str, str]) -> Resou
     `(sensitive: $NAME)` (the plan file still holds it: apply needs it)."""
     if not sensitive:
         return change
-    fields = tuple(
-        replace(f, old=_hide(f.old, sensitive), new=_hide(f.new, sensitive)) for f in change.fields
-    )
-    return replace(change, fields=fields)
+    fields = tuple(FieldChange(f.path, _hide(f.old, sensitive), _hide(f.new, sensitive)) for f in change.fields)
+    return ResourceChange(change.action, change.kind, change.name, change.spec, change.before, fields, change.owner,
+                          change.source, change.previous_owner)
 
 
 def _hide(value: Any, sensitive: Mapping[str, str]) -> Any:
