@@ -100,21 +100,34 @@ class DesiredStateError(BuildsysError):
     """The project cannot be turned into resources (missing entrypoint, duplicate identity, …)."""
 
 
-@dataclass(frozen=True)
-class DesiredResource:
+class DesiredResource(Record):
     """One resource as the project wants it."""
 
+    __slots__ = __match_args__ = ("kind", "name", "spec", "managed", "path", "location")
     kind: str  # pool | deployment | variable
     name: str  # identity within the kind ("<flow>/<deployment>" for deployments)
     spec: Mapping[str, Any]  # managed keys (values may be UNKNOWN until built) + create defaults
     managed: frozenset[str]  # the spec keys this project compares and overwrites
-    path: str = ""  # document path, for messages
-    location: Location | None = None
+    path: str  # document path, for messages
+    location: Location | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        spec: Mapping[str, Any],
+        managed: frozenset[str],
+        path: str = "",
+        location: Location | None = None,
+    ) -> None:
+        _set(self, "kind", kind)
+        _set(self, "name", name)
         # JSON-shaped from the start (YAML dates become ISO text, tuples lists), so checks and the
         # plan see exactly what the store will hold
-        object.__setattr__(self, "spec", canonical(self.spec))
+        _set(self, "spec", canonical(spec))
+        _set(self, "managed", managed)
+        _set(self, "path", path)
+        _set(self, "location", location)
 
 
 class DesiredState(Record):
