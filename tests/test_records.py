@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 
+from buildsys.desired import DesiredResource
 from buildsys.entrypoints import Entrypoint, FlowInfo
 from buildsys.errors import Diagnostic, Location
 from buildsys.graph import StepNode
 from buildsys.infra import Job, Outcome
 from buildsys.model import Deployment, PoolSpec, QueueSpec, ScheduleSpec, StepSpec, VariableSpec, WorkPoolRef
+from buildsys.plan import FieldChange, ResourceChange
 from buildsys.records import Record
 from buildsys.registry import StepInfo
 from buildsys.reporter import Event
@@ -35,7 +37,7 @@ from buildsys.store.base import (
 RECORDS: list[type[Record]] = [Location, Diagnostic, StepSpec, ScheduleSpec, WorkPoolRef, Deployment, QueueSpec,
                                PoolSpec, VariableSpec, Job, Outcome, StepNode, StepInfo, Event, Entrypoint, FlowInfo,
                                Resource, Change, AppliedChanges, RunState, Proposal, Decision, LogLine, ConcurrencyLimit,
-                               WorkerInfo]
+                               WorkerInfo, DesiredResource, FieldChange, ResourceChange]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
