@@ -171,6 +171,10 @@ class _Builder:
         self.recorders: list[list[Event]] = []  # the events of every anchored node being built
         self.constructor = yaml.constructor.SafeConstructor()
         self.plain_tags: dict[str, str] = {}  # keys and values repeat: resolve each text once
+        # A plain text that resolved to a string (storable, short): the shared string it builds.
+        # Quoted text builds the same string, so it may look here too (but never adds: a quoted
+        # `yes` is a string where a plain one is a boolean).
+        self.plain_str: dict[str, str] = {}
         self.storable = True  # until a value the store cannot hold is built (`_unstorable_text` …)
         self.next_source: Next = self._source()  # one function, so `nxt is self.next_source` works
 
@@ -273,11 +277,13 @@ class _Builder:
             self.marks[id(items)] = at
             self.held.append(items)
             get = self._direct(nxt)
+            plain_str = self.plain_str
             while (kind := type(item := get())) is not SequenceEndEvent:
                 mark: Any = item.start_mark
                 at.append((mark.line + 1) << _COL_BITS | (mark.column + 1))  # `_pack`, inlined
                 if kind is ScalarEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
-                    items.append(self.scalar(item))  # type: ignore[arg-type]
+                    text = plain_str.get(item.value) if item.tag is None else None  # type: ignore[attr-defined]
+                    items.append(text if text is not None else self.scalar(item))  # type: ignore[arg-type]
                 elif kind is MappingStartEvent and item.anchor is None:  # type: ignore[attr-defined]  # as `node` would
                     items.append(self.mapping(True, nxt))
                 else:
@@ -300,7 +306,13 @@ class _Builder:
             value: str = event.value
             if ("\x00" in value or not value.isascii()) and _unstorable_text(value):
                 self.storable = False
-            return intern(value) if len(value) <= _INTERN_UP_TO else value
+                return intern(value) if len(value) <= _INTERN_UP_TO else value
+            if len(value) > _INTERN_UP_TO:
+                return value
+            shared = intern(value)
+            if event.tag is None and event.implicit[0]:
+                self.plain_str[value] = shared
+            return shared
         scalar = yaml.ScalarNode(tag, event.value, None, None, style=event.style)
         try:
             built = self.constructor.construct_object(scalar, deep=True)
@@ -347,30 +359,32 @@ class _Builder:
             self.marks[id(result)] = at
             self.held.append(result)
         get = self._direct(nxt)
-        plain_tags = self.plain_tags
+        plain_tags, plain_str = self.plain_tags, self.plain_str
         while (kind := type(key_event := get())) is not MappingEndEvent:
             if kind is ScalarEvent and key_event.anchor is None:  # type: ignore[attr-defined]  # nearly every key
                 scalar: ScalarEvent = key_event  # type: ignore[assignment]
-                tag = plain_tags.get(scalar.value) if scalar.tag is None and scalar.implicit[0] else None
-                if tag is None:  # `tag`, with its memo looked at first (inlined: once per key)
-                    tag = self.tag(scalar)
-                if tag == _MERGE:
-                    for source in self.merge_sources(get(), nxt):
-                        for k, v in source.items():
-                            merged.setdefault(k, v)
-                    continue
-                if tag == _STR:
-                    key = intern(scalar.value)
-                    if ("\x00" in key or not key.isascii()) and _unstorable_text(key):
-                        self.storable = False
-                else:
-                    key = self.content(scalar, False, nxt)
+                key = plain_str.get(scalar.value) if scalar.tag is None else None  # a key seen before
+                if key is None:
+                    tag = plain_tags.get(scalar.value) if scalar.tag is None and scalar.implicit[0] else None
+                    if tag is None:  # `tag`, with its memo looked at first (inlined: once per key)
+                        tag = self.tag(scalar)
+                    if tag == _MERGE:
+                        for source in self.merge_sources(get(), nxt):
+                            for k, v in source.items():
+                                merged.setdefault(k, v)
+                        continue
+                    if tag == _STR:
+                        key = self.scalar(scalar)
+                    else:
+                        key = self.content(scalar, False, nxt)
+                        if type(key) is not str:
+                            key = self.odd_key(key, key_event)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
             else:
                 key = self.node(key_event, False, nxt)  # an alias, or an anchored scalar
-            if type(key) is not str:
-                key = self.odd_key(key, key_event)
+                if type(key) is not str:
+                    key = self.odd_key(key, key_event)
             if key in result:
                 raise YamlError(
                     f"duplicate key {key!r}: YAML keeps only the last one, so the first would be silently lost",
@@ -383,7 +397,8 @@ class _Builder:
                 at[key] = (mark.line + 1) << _COL_BITS | (mark.column + 1)  # `_pack`, inlined
             kind = type(value_event)
             if kind is ScalarEvent and value_event.anchor is None:  # type: ignore[attr-defined]  # as `node` would, with fewer calls
-                result[key] = self.scalar(value_event)  # type: ignore[arg-type]
+                text = plain_str.get(value_event.value) if value_event.tag is None else None  # type: ignore[attr-defined]
+                result[key] = text if text is not None else self.scalar(value_event)  # type: ignore[arg-type]
             elif kind is MappingStartEvent and value_event.anchor is None:  # type: ignore[attr-defined]  # as above
                 result[key] = self.mapping(at is not None, nxt)
             else:

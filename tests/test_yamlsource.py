@@ -53,6 +53,21 @@ def test_values_are_what_safe_load_builds() -> None:
     assert three["pool"] is not one["pool"]
 
 
+def test_a_text_seen_before_builds_what_it_built_then_plain_or_quoted() -> None:
+    """The loader reuses the string a plain text built; quoted text may reuse it, never the other
+    way round (a quoted `yes` is a string, a plain one a boolean), and tags or NUL text never."""
+    text = (
+        "a: [abc, 'abc', \"abc\", yes, 'yes', yes, '012', 012, 012, '1.5', 1.5, !!str 7, 7, ~, '~', ~]\n"
+        "'abc': {abc: 'on', 'on': on, on2: on}\n"
+        "b: [nul, 'nul\\0', \"nul\\0\"]\n"
+    )
+    doc = load_yaml(text, "f.yaml")
+    assert doc.value == yaml.safe_load(text)
+    assert [type(v) for v in doc.value["a"]] == [str, str, str, bool, str, bool, str, int, int, str, float, str, int,
+                                                  type(None), str, type(None)]
+    assert not doc.storable  # the NUL written as an escape, after the same text without it
+
+
 def test_every_node_has_its_location_and_aliases_point_into_the_anchor() -> None:
     doc = load_yaml(DOC, "f.yaml")
     at = {
