@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from buildsys.templating import UNKNOWN
 if TYPE_CHECKING:
     from buildsys.entrypoints import FlowInfo
     from buildsys.revision import Revision
+    from buildsys.step import StepDef
 
 AFFECTED = "affected"  # .buildsys/affected/: the base side of earlier comparisons (buildsys.caches)
 
@@ -238,6 +240,10 @@ def _proved(
     touched: set[str] = set()
     nodes = now.graph.nodes
     by_label = {node.label: node for node in nodes.values()}
+    if changed:  # what a plugin's files hook read is not known (a test of existence leaves no trace)
+        for label, node in by_label.items():
+            if not _own_hook(now.steps[node.spec.name]):
+                reads.pop(label, None)
     for label in now_keys:  # graph order: a step's upstream steps come before it
         node = by_label[label]
         upstream = [*node.deps, *(k for _, k in node.scope), *((node.cwd_from,) if node.cwd_from else ())]
@@ -498,6 +504,24 @@ class _Changes:
         if any(not _inside(f, top) for f in reads.files):
             return True
         return bool(self.hits(reads, top))
+
+
+def _own_hook(stepdef: StepDef) -> bool:
+    """Whether the step has no files hook or buildsys's own (its steps/ and buildsys/ packages):
+    those are known to read only through what the audit events show (opening, listing). Another
+    hook may choose its files by testing existence, which no event shows: such a step is keyed on
+    the base's files whenever anything changed."""
+    hook = stepdef.files_hook
+    if hook is None:
+        return True
+    import steps
+
+    module = sys.modules.get(getattr(hook, "__module__", "") or "")
+    source = getattr(module, "__file__", None)
+    if not isinstance(source, str):
+        return False
+    own = (os.path.dirname(os.path.abspath(p)) for p in (__file__, steps.__file__ or ""))
+    return any(_inside(os.path.abspath(source), folder) for folder in own)
 
 
 def _inside(path: str, top: str) -> bool:

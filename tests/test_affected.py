@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,45 @@ def test_a_step_whose_code_is_in_the_repository(isolated: Path) -> None:
     assert found.steps[0].reason.startswith("step version changed")  # a plain function's version is its source's
     assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
     assert full_build(root) == {"paint"}
+
+
+HOOKED_PLUGIN = """\
+import os
+
+from buildsys.step import step
+
+
+@step("pick")
+def pick(ctx, name: str):
+    return {"name": name}
+
+
+@pick.files
+def _files(inputs, ctx):
+    # chooses its files by testing existence alone: no audit event shows that read
+    return ["b.txt"] if os.path.exists(os.path.join(ctx.cwd, "USE_B")) else ["a.txt"]
+"""
+
+
+def test_a_plugins_files_hook_that_tests_existence(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A files hook from outside buildsys may decide by `os.path.exists`, which leaves no trace:
+    such a step is keyed on the base's files whenever anything changed, so the answer is still
+    what the whole base side and a full build give."""
+    plugins = isolated / "plugins"
+    plugins.mkdir()
+    (plugins / "hookplug.py").write_text(HOOKED_PLUGIN)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.delitem(sys.modules, "hookplug", raising=False)
+    root = commit_tree(isolated / "plugged", {
+        "prefect.yaml": "build:\n  - hookplug.pick:\n      id: pick\n      name: x\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "a.py": "def a():\n    pass\n", "a.txt": "a\n", "b.txt": "b\n", ".gitignore": ".buildsys/\n",
+    })
+    full_build(root)
+    write(root, {"USE_B": ""})
+    found = check(root, {"pick"}, {"a": ["step pick: input file a.txt no longer an input; input file b.txt added"]})
+    assert found.proved
+    monkeypatch.delitem(sys.modules, "hookplug", raising=False)
 
 
 def test_an_environment_variable_in_a_key(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
