@@ -288,9 +288,7 @@ def _proved(
                 return None
             then_keys = edited
         elif touched:
-            from dataclasses import replace
-
-            at_base = Compiled(replace(project, root=base_file.resolve().parent), now.graph, now.steps)
+            at_base = Compiled(project.with_root(base_file.resolve().parent), now.graph, now.steps)
             then_keys = step_keys(at_base, key_env, only=touched, given=now_keys)
         read = _reader(base_file)
         try:
@@ -653,7 +651,6 @@ def _base_side(
     """The base's compiled build (rooted in the exported tree, where its files are) and desired
     state (rooted where the working tree's is: the default pull step names the project directory),
     or None and why there is none (then everything in the working tree counts as affected)."""
-    from dataclasses import replace
 
     from buildsys.compiled import compile_project
     from buildsys.project import parse_project, read_source
@@ -664,7 +661,7 @@ def _base_side(
     try:
         _, text = read_source(base_file)
         project = parse_project(text, file=str(base_file), root=root, file_exists=lambda rel: (tree / rel).is_file())
-        compiled = compile_project(replace(project, root=tree), sections=("build", "push"))
+        compiled = compile_project(project.with_root(tree), sections=("build", "push"))
         state = _desired(project, source, _reader(base_file))
     except BuildsysError as exc:
         return None, f"the project at {ref} cannot be loaded ({exc.message}); everything counts as affected"

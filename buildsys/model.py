@@ -1,7 +1,7 @@
 """The typed project model: what the loader narrows a prefect.yaml into.
 
 Frozen records (`buildsys.records`: a frozen dataclass's behaviour without generating its methods
-at import; the project itself is a dataclass) with a source location on every node. Nothing after the loader handles raw
+at import) with a source location on every node. Nothing after the loader handles raw
 YAML; mappings kept here (step inputs, parameters, job variables) are JSON-like values that are
 templates to be rendered later, so they stay as plain data.
 """
@@ -9,7 +9,6 @@ templates to be rendered later, so they stay as plain data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -342,10 +341,13 @@ class VariableSpec(Record):
         _set(self, "location", location)
 
 
-@dataclass(frozen=True, slots=True)
-class Project:
+class Project(Record):
     """A loaded, validated project file."""
 
+    __slots__ = __match_args__ = (
+        "file", "root", "name", "prefect_version", "build", "push", "pull", "deployments", "work_pools",
+        "variables", "warnings", "recipe", "data",
+    )
     file: Path  # the project file
     root: Path  # the project root (the directory commands run from; entrypoints are relative to it)
     name: str | None
@@ -354,11 +356,47 @@ class Project:
     push: tuple[StepSpec, ...]
     pull: tuple[StepSpec, ...] | None
     deployments: tuple[Deployment, ...]
-    work_pools: tuple[PoolSpec, ...] = ()
-    variables: tuple[VariableSpec, ...] = ()
-    warnings: tuple[Diagnostic, ...] = ()
-    recipe: Mapping[str, Any] | None = None  # buildsys: where the project was rendered from
-    data: Mapping[str, Any] = field(default_factory=dict)  # the document after YAML expansion
+    work_pools: tuple[PoolSpec, ...]
+    variables: tuple[VariableSpec, ...]
+    warnings: tuple[Diagnostic, ...]
+    recipe: Mapping[str, Any] | None  # buildsys: where the project was rendered from
+    data: Mapping[str, Any]  # the document after YAML expansion
+
+    def __init__(
+        self,
+        file: Path,
+        root: Path,
+        name: str | None,
+        prefect_version: str | None,
+        build: tuple[StepSpec, ...],
+        push: tuple[StepSpec, ...],
+        pull: tuple[StepSpec, ...] | None,
+        deployments: tuple[Deployment, ...],
+        work_pools: tuple[PoolSpec, ...] = (),
+        variables: tuple[VariableSpec, ...] = (),
+        warnings: tuple[Diagnostic, ...] = (),
+        recipe: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] = _NEW_DICT,
+    ) -> None:
+        _set(self, "file", file)
+        _set(self, "root", root)
+        _set(self, "name", name)
+        _set(self, "prefect_version", prefect_version)
+        _set(self, "build", build)
+        _set(self, "push", push)
+        _set(self, "pull", pull)
+        _set(self, "deployments", deployments)
+        _set(self, "work_pools", work_pools)
+        _set(self, "variables", variables)
+        _set(self, "warnings", warnings)
+        _set(self, "recipe", recipe)
+        _set(self, "data", {} if data is _NEW_DICT else data)
+
+    def with_root(self, root: Path) -> Project:
+        """The same project read from another root (the affected analysis compiles a project file
+        of another revision against the files it checked out)."""
+        return Project(self.file, root, self.name, self.prefect_version, self.build, self.push, self.pull,
+                       self.deployments, self.work_pools, self.variables, self.warnings, self.recipe, self.data)
 
     def deployment(self, name: str) -> Deployment | None:
         for d in self.deployments:
