@@ -132,3 +132,16 @@ def test_server_json_and_pages_show_hostile_names_as_escapes(served: tuple[httpx
         assert answer.status_code == 200 and RAW.search(answer.text) is None, (page, answer.text)
     assert printable(POOL) in client.get("/pools").text
     assert printable(DEPLOYMENT) in client.get("/runs").text
+
+
+def test_text_that_str_isprintable_passes_holds_no_unsafe_character() -> None:
+    """printable() returns such text as it is, without its pattern: every character the pattern
+    escapes must be one that str.isprintable refuses."""
+    from buildsys.printable import _UNSAFE
+
+    ranges = re.findall(r"(.)(?:-(.))?", _UNSAFE, re.S)
+    unsafe = [c for lo, hi in ranges for c in map(chr, range(ord(lo), ord(hi or lo) + 1))]
+    assert len(unsafe) > 2000
+    assert not [hex(ord(c)) for c in unsafe if c.isprintable()]
+    assert printable("plain text, ünïcödé, emoji 👍") == "plain text, ünïcödé, emoji 👍"
+    assert printable("a\u202eb") == "a\\u202eb" and printable("a\nb", one_line=True) == "a\\x0ab"
