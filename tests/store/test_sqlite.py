@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,21 +155,23 @@ def test_values_that_are_not_json_are_refused(tmp_path: Path) -> None:
         assert (store.serial(), store.get_resource("variable", "v"), store.list_runs()) == (1, None, [])
 
 
-def test_bulk_apply_and_list_are_fast(tmp_path: Path) -> None:
-    """Loose bounds that hold on a loaded CI machine (on an idle one: ~50 ms and ~150 ms); they
-    catch a pathological regression such as one transaction per row. Figures live in the report."""
+def test_bulk_apply_and_list_take_one_transaction_and_a_few_queries(tmp_path: Path) -> None:
+    """What makes a bulk apply or a listing slow (a transaction per row, a query per row) is
+    counted here, not timed: a bound on seconds fails on a loaded machine. Figures live in the
+    bench README."""
     with SqlStore.sqlite(tmp_path / "state.db") as store:
+        statements: list[str] = []
+        store._db.connection().set_trace_callback(statements.append)  # this thread's connection
         changes = [create("pool", "local", pool_spec())]
         changes += [create("deployment", f"etl/d{i}", deployment_spec(f"d{i}")) for i in range(1000)]
-        start = time.perf_counter()
         store.apply(changes, expected_serial=0)
-        assert time.perf_counter() - start < 5.0
+        assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
         more = [create("deployment", f"etl/e{i}", deployment_spec(f"e{i}")) for i in range(9000)]
         store.apply(more, expected_serial=1)
-        start = time.perf_counter()
+        statements.clear()
         listed = store.list_resources("deployment")
-        assert time.perf_counter() - start < 5.0
         assert len(listed) == 10_000
+        assert len(statements) <= 5, statements
 
 
 # --- several processes on one file -----------------------------------------------------------
