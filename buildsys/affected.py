@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -505,21 +504,15 @@ class _Changes:
 
 
 def _own_hook(stepdef: StepDef) -> bool:
-    """Whether the step has no files hook or buildsys's own (its steps/ and buildsys/ packages):
-    those are known to read only through what the audit events show (opening, listing). Another
-    hook may choose its files by testing existence, which no event shows: such a step is keyed on
-    the base's files whenever anything changed."""
+    """Whether the step has no files hook or buildsys's own (its modules, the built-in steps among
+    them as `buildsys.steps.*`): those read only through what the audit events show (opening,
+    listing). Another hook may choose its files by testing existence, which no event shows: such a
+    step is keyed on the base's files whenever anything changed."""
     hook = stepdef.files_hook
     if hook is None:
         return True
-    import steps
-
-    module = sys.modules.get(getattr(hook, "__module__", "") or "")
-    source = getattr(module, "__file__", None)
-    if not isinstance(source, str):
-        return False
-    own = (os.path.dirname(os.path.abspath(p)) for p in (__file__, steps.__file__ or ""))
-    return any(_inside(os.path.abspath(source), folder) for folder in own)
+    module = getattr(hook, "__module__", None) or ""
+    return module.startswith("buildsys.")
 
 
 def _inside(path: str, top: str) -> bool:
