@@ -71,17 +71,22 @@ def serve(options: ServeOptions) -> None:
     app = create_app(store, authenticator=authenticator, settings=options.settings, guard=guard, cache=cache)
     from buildsys.interrupts import stop_on_signals
 
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,  # long-polls would otherwise hold a restart for up to 30 s
+    )
+    # uvicorn.Server, not uvicorn.run: run() turns a stop signal that lands while the server starts
+    # (before uvicorn takes the signals over, or taken over but not yet serving) into exit 3, its
+    # "startup failure"; a stop asked for is a clean stop whenever it comes. A real startup failure
+    # (the port taken, the app's lifespan failing) still exits 3 from inside the server.
     try:
         stop_on_signals()  # inherited ignored or blocked signals back (uvicorn then installs its own)
-        uvicorn.run(
-            app,
-            host=options.host,
-            port=options.port,
-            log_level=options.log_level,
-            lifespan="on",
-            timeout_graceful_shutdown=5,  # long-polls would otherwise hold a restart for up to 30 s
-        )
+        uvicorn.Server(config).run()
     except KeyboardInterrupt:
-        pass  # stopped while starting, before uvicorn took the signals over: a clean stop too
+        pass  # stopped before uvicorn took the signals, or re-raised by it after a stop during start-up
     finally:
         store.close()
