@@ -20,6 +20,7 @@ import pytest
 from buildsys.sharedcache.http import Client, Pool, RequestError
 from tests.services.net import free_port
 from tests.services.require import unavailable
+from tests.services.serving import served
 
 pytestmark = pytest.mark.unit
 
@@ -95,15 +96,11 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def _serving(redirect_to: str | None = None) -> Iterator[_Server]:
     server = _Server(redirect_to)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with served(server):
+        try:
+            yield server
+        finally:
+            server.release.set()  # a request held open must end before the server can shut down
 
 
 def test_requests_from_many_threads_share_kept_alive_connections() -> None:
@@ -266,22 +263,16 @@ def test_https_directly_and_through_a_connect_proxy(certificate: tuple[Path, Pat
     cert, key = certificate
     trusting = ssl.create_default_context(cafile=str(cert))  # instead of the system's certificates
     monkeypatch.setattr(http, "_CONTEXT", trusting)
-    with _serving() as server, _Tunnel() as tunnel:
+    with _serving() as server, served(_Tunnel()) as tunnel:
         serving_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         serving_tls.load_cert_chain(cert, key)
         server.socket = serving_tls.wrap_socket(server.socket, server_side=True)
-        relay = threading.Thread(target=tunnel.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        relay.start()
         origin = f"https://127.0.0.1:{server.server_address[1]}"
-        try:
-            direct = Pool.to(origin, timeout=10)
-            assert direct.request("GET", "/tls").data == b"echo:/tls:"
-            through = Pool.to(origin, timeout=10, proxy=f"http://u:p@127.0.0.1:{tunnel.server_address[1]}")
-            assert through.request("GET", "/tunnelled").data == b"echo:/tunnelled:"
-            assert through.request("GET", "/again").data == b"echo:/again:"  # the same tunnel, kept alive
-        finally:
-            tunnel.shutdown()
-            relay.join(10)
+        direct = Pool.to(origin, timeout=10)
+        assert direct.request("GET", "/tls").data == b"echo:/tls:"
+        through = Pool.to(origin, timeout=10, proxy=f"http://u:p@127.0.0.1:{tunnel.server_address[1]}")
+        assert through.request("GET", "/tunnelled").data == b"echo:/tunnelled:"
+        assert through.request("GET", "/again").data == b"echo:/again:"  # the same tunnel, kept alive
         connect = tunnel.seen[0]
         assert connect[0].startswith(f"CONNECT 127.0.0.1:{server.server_address[1]} HTTP/1.".encode())
         assert b"Proxy-Authorization: Basic dTpw\r\n" in connect  # u:p

@@ -18,6 +18,7 @@ from buildsys.steps import _docker_api
 from buildsys.steps._docker_api import EngineError, Lookups, address, engine_for
 from buildsys.steps._docker_registry import configured_login
 
+from tests.services.serving import served
 from tests.services.waiting import wait_for
 
 
@@ -93,20 +94,14 @@ class _EngineHandler(BaseHTTPRequestHandler):
 
 def test_the_engine_socket_keeps_its_connection_and_replaces_one_the_engine_closed(tmp_path: Path) -> None:
     path = str(tmp_path / "engine.sock")
-    with _UnixEngine(path) as server:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-        try:
-            engine = _docker_api.Engine(f"unix://{path}")
-            assert engine.image_id("app:1") == engine.image_id("app:2") == "sha256:" + "a" * 64
-            assert server.connections == 1  # kept alive
-            server.drop = True  # closed while this request was on its way: a GET is asked again
-            assert engine.image_id("app:3") == "sha256:" + "a" * 64
-            assert (server.connections, server.seen) == (2, ["/images/app:1/json", "/images/app:2/json",
-                                                            "/images/app:3/json", "/images/app:3/json"])
-        finally:
-            server.shutdown()
-            thread.join(10)
+    with served(_UnixEngine(path), poll_interval=0.02) as server:
+        engine = _docker_api.Engine(f"unix://{path}")
+        assert engine.image_id("app:1") == engine.image_id("app:2") == "sha256:" + "a" * 64
+        assert server.connections == 1  # kept alive
+        server.drop = True  # closed while this request was on its way: a GET is asked again
+        assert engine.image_id("app:3") == "sha256:" + "a" * 64
+        assert (server.connections, server.seen) == (2, ["/images/app:1/json", "/images/app:2/json",
+                                                        "/images/app:3/json", "/images/app:3/json"])
 
 
 def _waiting(thread: threading.Thread) -> bool:

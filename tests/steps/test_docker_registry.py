@@ -7,9 +7,8 @@ import base64
 import json
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from buildsys.steps._docker_registry import holds_image, manifest_digest, pushed
 
 from buildsys.step import BuildScope, Context
+from tests.services.serving import served
 
 pytestmark = pytest.mark.unit
 
@@ -88,17 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = _answer
 
 
-@contextmanager
-def _serving(bearer: bool = False) -> Iterator[_Registry]:
-    server = _Registry(bearer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+def _serving(bearer: bool = False) -> AbstractContextManager[_Registry]:
+    return served(_Registry(bearer), poll_interval=0.02)
 
 
 def _context(tmp_path: Path, scope: BuildScope) -> Context:
