@@ -41,16 +41,6 @@ IGNORE_FILES = (".buildsysignore", ".gitignore")
 ALWAYS_IGNORED = (".git", ".buildsys", "__pycache__", ".venv")
 
 
-class _Everything(frozenset[str]):
-    """Holds every key (`Cache._stored_keys` when each lookup asks the database)."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_EVERYTHING = _Everything()
-
-
 def is_absolute(path: str) -> bool:
     """os.path.isabs for the per-file loops: on POSIX a plain prefix test (isabs costs ~1 µs)."""
     return path.startswith("/") if os.sep == "/" else os.path.isabs(path)
@@ -224,22 +214,19 @@ class Cache:
             recorded = self._results.get(key) or self._writing[2].get(key)
         if recorded:
             row = (recorded[2],)
-        elif key not in self._stored_keys():
-            row = None
+        elif not self.sparse and key not in self._stored_keys():
+            row = None  # few steps decided (`sparse`): each lookup asks the database instead
         else:
             with self._db_lock:
                 row = db.execute("SELECT outputs FROM results WHERE key = ?", (key,)).fetchone()
         outputs: dict[str, Any] | None = json.loads(row[0]) if row else None
         return outputs
 
-    def _stored_keys(self) -> set[str] | frozenset[str]:
-        """Unless `sparse`: the key of every stored result, read once (one query), and of every
-        result recorded since, so that a build deciding every step (most of them misses in a cold
-        build) asks the database only for a key it holds. A result another build stores meanwhile
-        is not seen, as if this build had looked just before: the step runs here as well.
-        With `sparse` (few steps decided): everything, i.e. ask the database each time."""
-        if self.sparse:
-            return _EVERYTHING
+    def _stored_keys(self) -> set[str]:
+        """The key of every stored result, read once (one query), and of every result recorded
+        since, so that a build deciding every step (most of them misses in a cold build) asks the
+        database only for a key it holds. A result another build stores meanwhile is not seen, as
+        if this build had looked just before: the step runs here as well."""
         keys = self._keys
         if keys is None:
             db = self.db
