@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from buildsys.entrypoints import EntrypointError, FlowInfo, SourceReader, flow_info
 from buildsys.errors import BuildsysError, Diagnostic, Location
 from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec, VariableSpec
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 from buildsys.selector import select_deployments
 from buildsys.sourcefiles import UnreadableFile
 from buildsys.templating import UNKNOWN, Scope, placeholders, render, secret_env_name, templated
@@ -37,7 +37,6 @@ FLAT = "(flat namespace)"
 
 
 _set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class BuildOutputs(Record):
@@ -147,14 +146,14 @@ class DesiredState(Record):
         resources: tuple[DesiredResource, ...],
         warnings: tuple[Diagnostic, ...] = (),
         partial: bool = False,
-        sensitive: Mapping[str, str] = _NEW_DICT,
+        sensitive: Mapping[str, str] = NEW_DICT,
     ) -> None:
         _set(self, "owner", owner)
         _set(self, "source", source)
         _set(self, "resources", resources)
         _set(self, "warnings", warnings)
         _set(self, "partial", partial)
-        _set(self, "sensitive", {} if sensitive is _NEW_DICT else sensitive)
+        _set(self, "sensitive", {} if sensitive is NEW_DICT else sensitive)
 
     def get(self, kind: str, name: str) -> DesiredResource | None:
         return next((r for r in self.resources if r.kind == kind and r.name == name), None)

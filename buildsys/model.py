@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.errors import Diagnostic, Location
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 
 _set = object.__setattr__
-_NEW_DICT: Mapping[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 # Keys every step accepts besides its inputs (buildsys: `needs`, `inputs`): never passed to the step.
 RESERVED_STEP_KEYS = ("id", "requires", "needs", "inputs")
@@ -54,8 +53,8 @@ class StepSpec(Record):
         requires: tuple[str, ...] = (),
         needs: tuple[str, ...] | None = None,
         input_globs: tuple[str, ...] = (),
-        raw: Mapping[str, Any] = _NEW_DICT,
-        input_locations: Mapping[str, Location] = _NEW_DICT,
+        raw: Mapping[str, Any] = NEW_DICT,
+        input_locations: Mapping[str, Location] = NEW_DICT,
     ) -> None:
         _set(self, "name", name)
         _set(self, "inputs", inputs)
@@ -67,8 +66,8 @@ class StepSpec(Record):
         _set(self, "requires", requires)
         _set(self, "needs", needs)
         _set(self, "input_globs", input_globs)
-        _set(self, "raw", {} if raw is _NEW_DICT else raw)
-        _set(self, "input_locations", {} if input_locations is _NEW_DICT else input_locations)
+        _set(self, "raw", {} if raw is NEW_DICT else raw)
+        _set(self, "input_locations", {} if input_locations is NEW_DICT else input_locations)
 
     @property
     def label(self) -> str:
@@ -100,25 +99,25 @@ class ScheduleSpec(Record):
         value: Any,
         timezone: str | None = None,
         active: Any = True,
-        parameters: Mapping[str, Any] = _NEW_DICT,
+        parameters: Mapping[str, Any] = NEW_DICT,
         slug: str | None = None,
         replaces: str | None = None,
         anchor_date: str | None = None,
         day_or: bool | None = None,
         location: Location | None = None,
-        raw: Mapping[str, Any] = _NEW_DICT,
+        raw: Mapping[str, Any] = NEW_DICT,
     ) -> None:
         _set(self, "kind", kind)
         _set(self, "value", value)
         _set(self, "timezone", timezone)
         _set(self, "active", active)
-        _set(self, "parameters", {} if parameters is _NEW_DICT else parameters)
+        _set(self, "parameters", {} if parameters is NEW_DICT else parameters)
         _set(self, "slug", slug)
         _set(self, "replaces", replaces)
         _set(self, "anchor_date", anchor_date)
         _set(self, "day_or", day_or)
         _set(self, "location", location)
-        _set(self, "raw", {} if raw is _NEW_DICT else raw)
+        _set(self, "raw", {} if raw is NEW_DICT else raw)
 
 
 class WorkPoolRef(Record):
@@ -134,12 +133,12 @@ class WorkPoolRef(Record):
         self,
         name: str | None = None,
         work_queue_name: str | None = None,
-        job_variables: Mapping[str, Any] = _NEW_DICT,
+        job_variables: Mapping[str, Any] = NEW_DICT,
         location: Location | None = None,
     ) -> None:
         _set(self, "name", name)
         _set(self, "work_queue_name", work_queue_name)
-        _set(self, "job_variables", {} if job_variables is _NEW_DICT else job_variables)
+        _set(self, "job_variables", {} if job_variables is NEW_DICT else job_variables)
         _set(self, "location", location)
 
 
@@ -199,7 +198,7 @@ class Deployment(Record):
         version_type: str | None = None,
         description: str | None = None,
         tags: Any = (),
-        parameters: Mapping[str, Any] = _NEW_DICT,
+        parameters: Mapping[str, Any] = NEW_DICT,
         enforce_parameter_schema: bool | None = None,
         schedules: tuple[ScheduleSpec, ...] = (),
         paused: bool | None = None,
@@ -218,7 +217,7 @@ class Deployment(Record):
         triggers: tuple[Mapping[str, Any], ...] = (),
         sla: tuple[Mapping[str, Any], ...] | None = None,
         declared: frozenset[str] = frozenset(),
-        raw: Mapping[str, Any] = _NEW_DICT,
+        raw: Mapping[str, Any] = NEW_DICT,
     ) -> None:
         _set(self, "name", name)
         _set(self, "index", index)
@@ -230,7 +229,7 @@ class Deployment(Record):
         _set(self, "version_type", version_type)
         _set(self, "description", description)
         _set(self, "tags", tags)
-        _set(self, "parameters", {} if parameters is _NEW_DICT else parameters)
+        _set(self, "parameters", {} if parameters is NEW_DICT else parameters)
         _set(self, "enforce_parameter_schema", enforce_parameter_schema)
         _set(self, "schedules", schedules)
         _set(self, "paused", paused)
@@ -249,7 +248,7 @@ class Deployment(Record):
         _set(self, "triggers", triggers)
         _set(self, "sla", sla)
         _set(self, "declared", declared)
-        _set(self, "raw", {} if raw is _NEW_DICT else raw)
+        _set(self, "raw", {} if raw is NEW_DICT else raw)
 
 
 class QueueSpec(Record):
@@ -306,7 +305,7 @@ class PoolSpec(Record):
         description: str | None = None,
         concurrency_limit: int | None = None,
         paused: bool | None = None,
-        job_variables: Mapping[str, Any] = _NEW_DICT,
+        job_variables: Mapping[str, Any] = NEW_DICT,
         base_job_template: Mapping[str, Any] | None = None,
         queues: tuple[QueueSpec, ...] = (),
         declared: frozenset[str] = frozenset(),
@@ -318,7 +317,7 @@ class PoolSpec(Record):
         _set(self, "description", description)
         _set(self, "concurrency_limit", concurrency_limit)
         _set(self, "paused", paused)
-        _set(self, "job_variables", {} if job_variables is _NEW_DICT else job_variables)
+        _set(self, "job_variables", {} if job_variables is NEW_DICT else job_variables)
         _set(self, "base_job_template", base_job_template)
         _set(self, "queues", queues)
         _set(self, "declared", declared)
@@ -376,7 +375,7 @@ class Project(Record):
         variables: tuple[VariableSpec, ...] = (),
         warnings: tuple[Diagnostic, ...] = (),
         recipe: Mapping[str, Any] | None = None,
-        data: Mapping[str, Any] = _NEW_DICT,
+        data: Mapping[str, Any] = NEW_DICT,
     ) -> None:
         _set(self, "file", file)
         _set(self, "root", root)
@@ -390,7 +389,7 @@ class Project(Record):
         _set(self, "variables", variables)
         _set(self, "warnings", warnings)
         _set(self, "recipe", recipe)
-        _set(self, "data", {} if data is _NEW_DICT else data)
+        _set(self, "data", {} if data is NEW_DICT else data)
 
     def with_root(self, root: Path) -> Project:
         """The same project read from another root (the affected analysis compiles a project file

@@ -16,7 +16,7 @@ from typing import Any
 from buildsys.desired import UNKNOWN_TEXT, DesiredResource, DesiredState, canonical
 from buildsys.errors import BuildsysError, Diagnostic
 from buildsys.preflight import job_variable_problems, parameter_problems, pool_warnings
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 from buildsys.store.base import KINDS, Resource, StepwiseStore
 from buildsys.templating import UNKNOWN
 
@@ -50,7 +50,6 @@ ABSENT: Any = _Absent()  # a key that does not exist on one side of a field chan
 
 
 _set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class FieldChange(Record):
@@ -136,7 +135,7 @@ class Plan(Record):
         orphans: tuple[str, ...] = (),
         warnings: tuple[str, ...] = (),
         store: str | None = None,
-        sensitive: Mapping[str, str] = _NEW_DICT,
+        sensitive: Mapping[str, str] = NEW_DICT,
     ) -> None:
         _set(self, "serial", serial)
         _set(self, "owner", owner)
@@ -146,7 +145,7 @@ class Plan(Record):
         _set(self, "orphans", orphans)
         _set(self, "warnings", warnings)
         _set(self, "store", store)
-        _set(self, "sensitive", {} if sensitive is _NEW_DICT else sensitive)
+        _set(self, "sensitive", {} if sensitive is NEW_DICT else sensitive)
 
     @property
     def summary(self) -> dict[str, int]:

@@ -19,7 +19,11 @@ from dataclasses import FrozenInstanceError
 from operator import attrgetter
 from typing import Any, ClassVar, dataclass_transform
 
-__all__ = ["FrozenInstanceError", "Record"]
+__all__ = ["NEW_DICT", "FrozenInstanceError", "Record"]
+
+# The default of a record's dict field: its `__init__` gives each record a new empty dict when it
+# gets this one (`{} if x is NEW_DICT else x`), so this one is never stored, shared or changed.
+NEW_DICT: dict[str, Any] = {}
 
 
 @dataclass_transform(eq_default=True, frozen_default=True)

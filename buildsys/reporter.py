@@ -13,10 +13,9 @@ import time
 from typing import IO, Any, Protocol
 
 from buildsys.printable import printable
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 
 _set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each event gets a new empty dict (never this one)
 
 
 class Event(Record):
@@ -35,14 +34,14 @@ class Event(Record):
         reason: str = "",
         duration: float = 0.0,
         text: str = "",
-        data: dict[str, Any] = _NEW_DICT,
+        data: dict[str, Any] = NEW_DICT,
     ) -> None:
         _set(self, "kind", kind)
         _set(self, "label", label)
         _set(self, "reason", reason)
         _set(self, "duration", duration)
         _set(self, "text", text)
-        _set(self, "data", {} if data is _NEW_DICT else data)
+        _set(self, "data", {} if data is NEW_DICT else data)
 
 
 class Reporter(Protocol):

@@ -17,7 +17,7 @@ from functools import cache, lru_cache
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from buildsys.errors import BuildsysError
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 from buildsys.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ GROUP = "buildsys.pool_types"
 Sink = Callable[[str, str], None]
 
 _set = object.__setattr__
-_NEW_DICT: Mapping[str, Any] = {}  # a default: each job gets a new empty dict (never this one)
 
 
 class InfrastructureError(BuildsysError):
@@ -81,9 +80,9 @@ class Job(Record):
         worker: str,
         configuration: Mapping[str, Any],
         context: Mapping[str, Any],
-        env: Mapping[str, str] = _NEW_DICT,
+        env: Mapping[str, str] = NEW_DICT,
         store_url: str = "",
-        owned_env: Mapping[str, str] = _NEW_DICT,
+        owned_env: Mapping[str, str] = NEW_DICT,
     ) -> None:
         _set(self, "run_id", run_id)
         _set(self, "run_name", run_name)
@@ -93,9 +92,9 @@ class Job(Record):
         _set(self, "worker", worker)
         _set(self, "configuration", configuration)
         _set(self, "context", context)
-        _set(self, "env", {} if env is _NEW_DICT else env)
+        _set(self, "env", {} if env is NEW_DICT else env)
         _set(self, "store_url", store_url)
-        _set(self, "owned_env", {} if owned_env is _NEW_DICT else owned_env)
+        _set(self, "owned_env", {} if owned_env is NEW_DICT else owned_env)
 
     @property
     def context_json(self) -> str:

@@ -33,7 +33,6 @@ ACTIVE = frozenset({PENDING, RUNNING, CANCELLING})  # count against concurrency 
 
 T = TypeVar("T")
 _set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class _Record:

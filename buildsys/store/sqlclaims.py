@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from buildsys.records import Record
+from buildsys.records import NEW_DICT, Record
 from buildsys.store.base import ACTIVE, PENDING, SCHEDULED, FlowRun
 from buildsys.store.dialect import Database, Tx, marks, now
 from buildsys.store.rows import RUN_COLUMNS, read_json, run_from_row
@@ -25,7 +25,6 @@ _ACTIVE_LIST = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
 
 
 _set = object.__setattr__
-_NEW_DICT: dict[str, Any] = {}  # a default: each record gets a new empty dict (never this one)
 
 
 class PoolRules(Record):
@@ -42,14 +41,14 @@ class PoolRules(Record):
         self,
         paused: bool = False,
         limit: int | None = None,
-        priorities: Mapping[str, int] = _NEW_DICT,
-        queue_limits: Mapping[str, int] = _NEW_DICT,
+        priorities: Mapping[str, int] = NEW_DICT,
+        queue_limits: Mapping[str, int] = NEW_DICT,
         paused_queues: frozenset[str] = frozenset(),
     ) -> None:
         _set(self, "paused", paused)
         _set(self, "limit", limit)
-        _set(self, "priorities", {} if priorities is _NEW_DICT else priorities)
-        _set(self, "queue_limits", {} if queue_limits is _NEW_DICT else queue_limits)
+        _set(self, "priorities", {} if priorities is NEW_DICT else priorities)
+        _set(self, "queue_limits", {} if queue_limits is NEW_DICT else queue_limits)
         _set(self, "paused_queues", paused_queues)
 
     @classmethod
