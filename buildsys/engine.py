@@ -608,10 +608,7 @@ class Engine:
             found = self.cache.digests(wanted)
         digests = {f: d or "(missing)" for f, d in found.items()}
         prefix = os.path.join(str(self.project.root), "")
-        if os.sep == "/":  # (is_absolute, without a call per file)
-            absolute = [f if f.startswith("/") else prefix + f for f in digests]
-        else:
-            absolute = [f if is_absolute(f) else prefix + f for f in digests]
+        absolute = [f if is_absolute(f) else prefix + f for f in digests]
         self.dependencies.files.update(absolute)
         self.dependencies.nodes[node.label] = (absolute, listed)
         for name in env_used:
