@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buildsys.cache import Cache, FileSet, is_absolute, key_and_text, secret_digest
+from buildsys.cache import IGNORE_FILES, Cache, FileSet, is_absolute, key_and_text, secret_digest
 from buildsys.errors import BuildsysError, TemplateError
 from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
@@ -192,19 +192,23 @@ class Engine:
         order, without a thread hop; only steps that must run (or whose cache check may be slow:
         fingerprints, existence checks) go to the thread pool."""
         order = self.graph.order()
-        waiting = {k: len(self.graph.nodes[k].deps) for k in order}
-        children: dict[str, list[str]] = {k: [] for k in order}
-        for k in order:
-            for d in self.graph.nodes[k].deps:
-                children[d].append(k)
-        position = {k: i for i, k in enumerate(order)}
-        ready = [k for k in order if waiting[k] == 0]
         stop = False
         # What exists now (the modules, the compiled build: tens of thousands of objects that
         # outlive the build) is left out of the collections the build's own objects cause;
         # given back to them when the build ends.
         gc.freeze()
         try:
+            left = self._reuse_unchanged(order)
+            nodes = self.graph.nodes
+            results = self.results
+            waiting = {k: sum(1 for d in nodes[k].deps if d not in results) for k in left}
+            children: dict[str, list[str]] = {k: [] for k in left}
+            for k in left:
+                for d in nodes[k].deps:
+                    if d not in results:
+                        children[d].append(k)
+            position = {k: i for i, k in enumerate(left)}
+            ready = [k for k in left if waiting[k] == 0]
             self._start_prefetch(order)
             threads = self.jobs + (SHARED_LOOKUPS if self.shared is not None else 0)
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="step") as pool:
@@ -254,6 +258,11 @@ class Engine:
 
         deps = self.dependencies
         deps.directories |= self.files.scanned
+        # The ignore files decide what every glob matches: editing, adding or removing one moves
+        # no input file and no listed directory (they are at the root), yet changes the keys.
+        # Recorded as files (a missing one as missing) that no step owns, so the no-op check
+        # falls through and the next build decides every step again.
+        deps.files.update(os.path.join(self.project.root, name) for name in IGNORE_FILES)
         deps.stats = self.cache.observed if self.previous is None else Seen(self.cache.observed, self.previous)
         deps.previous = self.previous
         if self.files.opaque or not self.use_cache:
@@ -313,6 +322,26 @@ class Engine:
             return self._reuse(node, decision)
         self._decided[key] = decision
         return None
+
+    def _reuse_unchanged(self, order: Sequence[str]) -> list[str]:
+        """Settle first, in graph order, every step the last build's manifest proves unchanged
+        (`_unchanged_since_previous`): after a change most steps are, and none of them needs the
+        run's queue, threads or a key. The rest (the steps whose own inputs moved, and those
+        after them) are returned in graph order for the run to decide, each again by the same
+        rule when its turn comes (an upstream step decided again may keep its recorded key)."""
+        if self.previous is None:
+            return list(order)
+        left = []
+        for key in order:
+            stepdef = self.stepdefs[key]
+            res = None
+            if stepdef.fingerprint_hook is None and stepdef.check_hook is None and not self._shares(stepdef):
+                res = self._unchanged_since_previous(self.graph.nodes[key])
+            if res is None:
+                left.append(key)
+            else:
+                self.results[key] = res
+        return left
 
     def _unchanged_since_previous(self, node: StepNode) -> NodeResult | None:
         """The node's result when the last build's manifest proves its key is the one recorded

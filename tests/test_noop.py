@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -385,3 +386,93 @@ def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(iso
 def _stat(path: str) -> tuple[int, int, int, int]:
     st = os.stat(path)
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+REACH = """\
+build:
+  - mysteps.py:emit:
+      id: a
+      word: "{{ $FLAVOUR }}"
+      inputs: ["src/a/*"]
+  - mysteps.py:emit:
+      id: b
+      word: "{{ a.word }}"
+      inputs: ["src/b/*"]
+  - mysteps.py:emit:
+      id: c
+      word: c
+      inputs: ["src/c/*"]
+      needs: []
+  - mysteps.py:emit:
+      id: d
+      word: "{{ c.word }}"
+      inputs: ["src/d/*"]
+"""
+STEPS = "def emit(word: str) -> dict[str, str]:\n    return {'word': word}\n"
+
+
+def test_a_build_after_each_kind_of_change_decides_as_a_build_from_nothing(isolated: Path) -> None:
+    """Every way a step's key can change without one of its own input files changing reaches the
+    step: each change is made in the project and in a copy whose no-op manifest is gone (that
+    build computes every key), and both builds must decide every step alike, and as expected."""
+    import shutil
+
+    root = isolated / "p"
+    root.mkdir()
+    (root / "prefect.yaml").write_text(REACH)
+    (root / "mysteps.py").write_text(STEPS)
+    for name in "abcd":
+        (root / "src" / name).mkdir(parents=True)
+        for f in ("x.txt", "y.txt"):
+            (root / "src" / name / f).write_text(f"{name}/{f}\n")
+    (root / "src" / "a" / "x.log").write_text("a log\n")
+
+    def settle(top: Path) -> None:
+        """What just changed taken out of the racy window, as after a pause (nothing else is
+        touched: aging a file moves its ctime, which the checks see as a change)."""
+        recent = time.time() - 600
+        for p in [top, *top.rglob("*")]:
+            if ".buildsys" not in p.parts and p.lstat().st_mtime > recent:
+                age(p)
+
+    settle(root)
+    env = {"FLAVOUR": "plain"}
+    assert set(decisions_with(root, env).values()) == {"ran"}
+    changes: list[tuple[str, Callable[[Path], None], dict[str, str], set[str]]] = [
+        ("an environment variable a renders", lambda p: None, {"FLAVOUR": "spicy"}, {"a", "b"}),
+        ("an input file of c", lambda p: (p / "src" / "c" / "x.txt").write_text("c changed\n"), {}, {"c", "d"}),
+        ("a file added to b's folder", lambda p: (p / "src" / "b" / "z.txt").write_text("new\n"), {}, {"b"}),
+        ("a file of d deleted", lambda p: (p / "src" / "d" / "y.txt").unlink(), {}, {"d"}),
+        ("an ignore file created", lambda p: (p / ".gitignore").write_text("*.log\n"), {}, {"a", "b"}),
+        ("an ignore file edited", lambda p: (p / ".gitignore").write_text("y.txt\n"), {}, {"a", "b", "c", "d"}),
+        ("the other ignore file", lambda p: (p / ".buildsysignore").write_text("z.txt\n"), {}, {"b"}),
+        ("the step's code", lambda p: (p / "mysteps.py").write_text(STEPS.replace("word}", "word, 'v': '2'}")), {},
+         {"a", "b", "c", "d"}),
+        ("a templated value in the project file", lambda p: (p / "prefect.yaml").write_text(
+            REACH.replace("word: c\n", "word: see\n")), {}, {"c", "d"}),
+        ("nothing but an mtime", lambda p: os.utime(p / "src" / "a" / "x.txt"), {}, set()),
+    ]
+    for what, change, extra, expected in changes:
+        env = {**env, **extra}
+        twin = isolated / "twin"
+        shutil.rmtree(twin, ignore_errors=True)
+        shutil.copytree(root, twin, symlinks=True)
+        shutil.rmtree(twin / ".buildsys" / "noop")  # the twin decides every step from its key
+        for p in (root, twin):
+            change(p)
+            settle(p)
+        narrowed, full = decisions_with(root, env), decisions_with(twin, env)
+        assert narrowed == full, what
+        assert {s for s, d in narrowed.items() if d == "ran"} == expected, what
+
+
+def decisions_with(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """step -> "ran" or the reason it was cached, from `build --json` with these variables."""
+    r = subprocess.run([sys.executable, "-m", "buildsys", "build", "--json"], cwd=root, capture_output=True,
+                       text=True, env={**os.environ, **env}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for event in map(json.loads, r.stdout.splitlines()):
+        if event["event"] in ("done", "cached"):
+            out[event["step"]] = "ran" if event["event"] == "done" else event["reason"]
+    return out
