@@ -138,6 +138,12 @@ class Lookups:
         self._generation = 0
         self._pending: dict[tuple[object, int], _Pending] = {}
 
+    @property
+    def generation(self) -> int:
+        """How many times this process changed an image (``changed()``)."""
+        with self._lock:
+            return self._generation
+
     def changed(self) -> None:
         with self._lock:
             self._generation += 1

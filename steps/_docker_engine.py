@@ -194,6 +194,17 @@ def image_id(ctx: Context, reference: str) -> str | None:
     return LOOKUPS.get((engine.address, reference), lambda: engine.image_id(reference))
 
 
+def base_image_id(ctx: Context, reference: str) -> str | None:
+    """`image_id` of a build's ``FROM`` image, asked once per build until this process changes an
+    image: the builds of a group-per-image project all key on one base image, some after the
+    others' answer came, and every key of one build then holds the same id for it."""
+    from ._docker_api import LOOKUPS
+
+    where = (*(ctx.env.get(name, "") for name in DOCKER_ENV), reference)
+    generation = LOOKUPS.generation  # read first: an answer asked before a change is not kept for after it
+    return ctx.build.once(("docker base image id", where, generation), lambda: image_id(ctx, reference))
+
+
 def images_changed() -> None:
     """This process built or tagged an image: lookups from now on ask the engine afresh."""
     from ._docker_api import LOOKUPS

@@ -51,6 +51,11 @@ def holds_image(ctx: Context, image: str, image_id: str, credentials: object) ->
     return image_id in found
 
 
+def names_registry(image: str) -> bool:
+    """Whether ``image`` names its registry (``host[:port]/repository``), not Docker Hub's by default."""
+    return _parts(image)[0] != "docker.io"
+
+
 def manifest_digest(ctx: Context, image: str, credentials: object) -> str | None:
     """The digest of the manifest ``image`` (``name:tag``) names in its registry; None when absent."""
     session, _, tag = _session(ctx, image, credentials)

@@ -22,6 +22,7 @@ from buildsys.step import Context, step
 
 from ._docker_engine import (
     auth_config,
+    base_image_id,
     client_for,
     docker_errors,
     image_id,
@@ -180,7 +181,7 @@ def _from_images(ctx: Context, plan: BuildPlan, buildargs: Mapping[str, Any] | N
             refs.add(resolved)
     stages = {m.lower() for m in re.findall(r"^\s*FROM\s+\S+\s+AS\s+(\S+)", text, re.IGNORECASE | re.MULTILINE)}
     return "\n".join(
-        f"{ref}={image_id(ctx, ref) or 'absent'}" for ref in sorted(refs) if ref.lower() not in stages
+        f"{ref}={base_image_id(ctx, ref) or 'absent'}" for ref in sorted(refs) if ref.lower() not in stages
     )
 
 
@@ -194,16 +195,26 @@ def _image_still_there(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ct
 
 @build_docker_image.shared
 def _image_where_others_get_it(outputs: Mapping[str, Any], inputs: Mapping[str, Any], ctx: Context) -> bool:
-    """A build from the shared cache stands when this engine has the image, or when its registry
-    holds that very image under its tag (another runner pushed it; it is not pulled here)."""
+    """A build from the shared cache stands when its registry holds that very image under its tag
+    (another runner pushed it; it is not pulled here), or when this engine has the image. An image
+    that names its registry is looked for there first: a fresh runner finds it there, not in its
+    engine, and the image's push check reads that same answer next (one request per build,
+    `_docker_registry`); an image named without one (Docker Hub's) is looked for here first."""
     image, built = outputs.get("image"), outputs.get("image_id")
     if not isinstance(image, str) or not isinstance(built, str):
         return False
-    if image_id(ctx, image) == built:
-        return True
-    from ._docker_registry import holds_image
+    from ._docker_registry import holds_image, names_registry
 
-    return holds_image(ctx, image, built, inputs.get("credentials"))
+    if not names_registry(image):
+        return image_id(ctx, image) == built or holds_image(ctx, image, built, inputs.get("credentials"))
+    try:
+        if holds_image(ctx, image, built, inputs.get("credentials")):
+            return True
+    except StepError:
+        if image_id(ctx, image) == built:  # the registry did not answer, but the image is here
+            return True
+        raise
+    return image_id(ctx, image) == built
 
 
 # Further keyword arguments of the SDK's build that Prefect passes through (**build_kwargs).

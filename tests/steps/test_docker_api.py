@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 from buildsys.steps import _docker_api
 from buildsys.steps._docker_api import EngineError, Lookups, address, engine_for
+from buildsys.steps._docker_engine import base_image_id, image_id, images_changed
 from buildsys.steps._docker_registry import configured_login
 
+from buildsys.step import BuildScope, Context
 from tests.services.serving import served
 from tests.services.waiting import wait_for
 
@@ -102,6 +104,25 @@ def test_the_engine_socket_keeps_its_connection_and_replaces_one_the_engine_clos
         assert engine.image_id("app:3") == "sha256:" + "a" * 64
         assert (server.connections, server.seen) == (2, ["/images/app:1/json", "/images/app:2/json",
                                                         "/images/app:3/json", "/images/app:3/json"])
+
+
+def test_a_base_image_id_is_asked_once_per_build_until_this_process_changes_an_image(tmp_path: Path) -> None:
+    path = str(tmp_path / "engine.sock")
+    with served(_UnixEngine(path), poll_interval=0.02) as server:
+        build = BuildScope()
+
+        def ctx(scope: BuildScope) -> Context:
+            return Context(root=tmp_path, cwd=tmp_path, env={"DOCKER_HOST": f"unix://{path}"}, build=scope)
+
+        found = "sha256:" + "a" * 64
+        assert base_image_id(ctx(build), "base:1") == base_image_id(ctx(build), "base:1") == found  # two builds' keys
+        assert base_image_id(ctx(build), "base:2") == found
+        assert server.seen == ["/images/base:1/json", "/images/base:2/json"]
+        assert base_image_id(ctx(BuildScope()), "base:1") == found  # the next build asks again
+        assert image_id(ctx(build), "base:1") == found  # a check asks the engine every time
+        images_changed()  # a build here made or tagged an image: asked again in this build too
+        assert base_image_id(ctx(build), "base:1") == base_image_id(ctx(build), "base:1") == found
+        assert server.seen == ["/images/base:1/json", "/images/base:2/json"] + ["/images/base:1/json"] * 3
 
 
 def _waiting(thread: threading.Thread) -> bool:

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 from buildsys.steps._docker_registry import holds_image, manifest_digest, pushed
+from buildsys.steps.docker import build_docker_image
 
+from buildsys.errors import StepError
 from buildsys.step import BuildScope, Context
+from tests.services.net import free_port
 from tests.services.serving import served
+from tests.steps.test_docker_api import _UnixEngine
 
 pytestmark = pytest.mark.unit
 
@@ -165,3 +169,34 @@ def test_the_login_docker_login_stored_is_read_once_per_build(tmp_path: Path, mo
         later = Context(root=tmp_path, cwd=tmp_path, env={"DOCKER_CONFIG": str(config)}, build=BuildScope())
         assert manifest_digest(later, f"{registry.host}/team/app0:there", None) == DIGEST
         assert reads == [registry.host, registry.host]  # the next build reads it again
+
+
+def test_a_restored_build_is_looked_for_in_its_registry_first_and_in_this_engine_when_not_there(
+    tmp_path: Path,
+) -> None:
+    """A fresh runner finds a restored image in the registry its name says, not in its engine (the
+    engine is asked only when the registry does not have it, or did not answer); an image named
+    without a registry (Docker Hub's) is looked for in the engine first."""
+    hook = build_docker_image.shared_hook
+    assert hook is not None
+    here = "sha256:" + "a" * 64  # the engine stand-in's id of every image
+    path = str(tmp_path / "engine.sock")
+    with _serving() as registry, served(_UnixEngine(path), poll_interval=0.02) as engine:
+
+        def check(image: str, built: str) -> bool:
+            ctx = Context(root=tmp_path, cwd=tmp_path, build=BuildScope(),
+                          env={"DOCKER_CONFIG": str(tmp_path / "none"), "DOCKER_HOST": f"unix://{path}"})
+            return hook({"image": image, "image_id": built}, {"credentials": LOGIN}, ctx)
+
+        assert check(f"{registry.host}/team/app:there", CONFIG)
+        assert (registry.requests(authorized=True), engine.seen) == (1, [])
+        assert check(f"{registry.host}/team/app:gone", here)  # not pushed, but this engine has it
+        assert engine.seen == ["/images/" + f"{registry.host}/team/app:gone/json"]
+        assert not check(f"{registry.host}/team/app:there", "sha256:" + "b" * 64)  # neither has that image
+        down = f"127.0.0.1:{free_port()}/team/app:there"  # nothing listens there
+        assert check(down, here)
+        with pytest.raises(StepError, match="could not be reached"):
+            check(down, "sha256:" + "b" * 64)
+        engine.seen.clear()
+        assert check("team/app:1", here)
+        assert engine.seen == ["/images/team/app:1/json"]  # Docker Hub was not asked
