@@ -24,7 +24,7 @@ from buildsys.errors import BuildsysError, TemplateError
 from buildsys.graph import StepGraph, StepNode
 from buildsys.model import Project
 from buildsys.noop import Previous, Seen
-from buildsys.reporter import Event, NullReporter, Reporter
+from buildsys.reporter import Event, NullReporter, Reporter, report_all
 from buildsys.sensitive import secret_values
 from buildsys.step import BuildScope, Context, StepDef
 from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
@@ -332,23 +332,26 @@ class Engine:
         if self.previous is None:
             return list(order)
         left = []
+        said: list[Event] = []  # their events, reported together (one write, not one per step)
         for key in order:
             stepdef = self.stepdefs[key]
             res = None
             if stepdef.fingerprint_hook is None and stepdef.check_hook is None and not self._shares(stepdef):
-                res = self._unchanged_since_previous(self.graph.nodes[key])
+                res = self._unchanged_since_previous(self.graph.nodes[key], said)
             if res is None:
                 left.append(key)
             else:
                 self.results[key] = res
+        report_all(self.reporter, said)
         return left
 
-    def _unchanged_since_previous(self, node: StepNode) -> NodeResult | None:
+    def _unchanged_since_previous(self, node: StepNode, said: list[Event] | None = None) -> NodeResult | None:
         """The node's result when the last build's manifest proves its key is the one recorded
         then: none of its own files or listed directories moved, nothing else the build read
         moved (`noop.previous_build`), and every step it reads from kept its recorded key. Its
         key would be computed from exactly the same values, so it is not computed again: the
-        decision is the one `decide` would give ("unchanged"), for a fraction of the work."""
+        decision is the one `decide` would give ("unchanged"), for a fraction of the work.
+        `said`: where its event goes to be reported later (else it is reported now)."""
         prev = self.previous
         if prev is None:
             return None
@@ -373,7 +376,11 @@ class Engine:
         self.dependencies.nodes[label] = (files, listed)
         self.files.scanned.update(listed)
         # (the stat data of these files: the manifest's, `Seen` in _note_dependencies)
-        self.reporter.event(Event("cached", label, reason="unchanged"))
+        event = Event("cached", label, reason="unchanged")
+        if said is None:
+            self.reporter.event(event)
+        else:
+            said.append(event)
         return NodeResult(node.key, label, "cached", "unchanged", outputs, cache_key=recorded)
 
     def _run_node(self, key: str) -> NodeResult:

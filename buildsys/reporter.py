@@ -10,6 +10,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from typing import IO, Any, Protocol
 
 from buildsys.printable import printable
@@ -50,6 +51,17 @@ class Reporter(Protocol):
     def close(self) -> None: ...
 
 
+def report_all(reporter: Reporter, batch: Sequence[Event]) -> None:
+    """Events that happened at once, in order: written together by a reporter that can (`events`),
+    else one by one."""
+    together = getattr(reporter, "events", None)
+    if together is not None:
+        together(batch)
+        return
+    for e in batch:
+        reporter.event(e)
+
+
 class PlainReporter:
     """One line per event; log lines of steps are prefixed with the step label."""
 
@@ -68,6 +80,12 @@ class PlainReporter:
         line = self.format(e)
         if line is not None:
             self.write(line)
+
+    def events(self, batch: Iterable[Event]) -> None:
+        """Several events that happened at once (a build's unchanged steps): written together."""
+        lines = [line for line in map(self.format, batch) if line is not None]
+        if lines:
+            self.write("\n".join(lines))
 
     def format(self, e: Event) -> str | None:
         """The line an event prints as (control and bidi characters shown as escapes), or None when
@@ -106,7 +124,19 @@ class JsonReporter:
         self._lock = threading.Lock()
 
     def event(self, e: Event) -> None:
-        payload: dict[str, Any] = {"event": e.kind, "time": round(time.time(), 3)}
+        self.events((e,))
+
+    def events(self, batch: Iterable[Event]) -> None:
+        """Several events that happened at once (a build's unchanged steps): one write."""
+        now = round(time.time(), 3)
+        text = "".join(json.dumps(self._payload(e, now), default=str) + "\n" for e in batch)
+        with self._lock:
+            self.stream.write(text)
+            self.stream.flush()
+
+    @staticmethod
+    def _payload(e: Event, now: float) -> dict[str, Any]:
+        payload: dict[str, Any] = {"event": e.kind, "time": now}
         if e.label:
             payload["step"] = e.label
         if e.reason:
@@ -116,9 +146,7 @@ class JsonReporter:
         if e.text:
             payload["message" if e.kind != "log" else "line"] = e.text
         payload.update(e.data)
-        with self._lock:
-            self.stream.write(json.dumps(payload, default=str) + "\n")
-            self.stream.flush()
+        return payload
 
     def close(self) -> None:
         pass

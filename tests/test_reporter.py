@@ -48,3 +48,52 @@ def test_live_output_on_a_terminal_has_no_markup_and_keeps_labels(tmp_path: Path
     assert "[dim]" not in screen and "[/dim]" not in screen
     assert "build[0: b]" in screen
     assert "✓ build[0: b]  0.50s" in screen and "✓ fetch_a  0.80s" in screen
+
+
+def test_events_reported_together_read_as_when_reported_one_by_one() -> None:
+    """`report_all` (a build's unchanged steps at once): the same lines as one `event` each, in
+    order, for the JSON and plain reporters, and for a reporter that only has `event`."""
+    import io
+    import json
+
+    from buildsys.reporter import Event, JsonReporter, PlainReporter, report_all
+
+    batch = [Event("cached", "a", reason="unchanged"), Event("cached", "b\x1b[31m", reason="unchanged"),
+             Event("skipped", "c", reason="upstream step a failed"), Event("cached", "d", reason="unchanged")]
+
+    def lines(make: object, together: bool) -> list[str]:
+        out = io.StringIO()
+        reporter = make(out)  # type: ignore[operator]
+        if together:
+            report_all(reporter, batch)
+        else:
+            for e in batch:
+                reporter.event(e)
+        return out.getvalue().splitlines()
+
+    def untimed(text: list[str]) -> list[dict[str, object]]:
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in text]
+
+    assert untimed(lines(JsonReporter, True)) == untimed(lines(JsonReporter, False)) == [
+        {"event": "cached", "step": "a", "reason": "unchanged"},
+        {"event": "cached", "step": "b\x1b[31m", "reason": "unchanged"},
+        {"event": "skipped", "step": "c", "reason": "upstream step a failed"},
+        {"event": "cached", "step": "d", "reason": "unchanged"},
+    ]
+    explained = lambda out: PlainReporter(out, explain=True)  # noqa: E731
+    assert lines(explained, True) == lines(explained, False) == [
+        "= a  cached (unchanged)", "= b\\x1b[31m  cached (unchanged)", "- c  not run: upstream step a failed",
+        "= d  cached (unchanged)"]
+    assert lines(PlainReporter, True) == lines(PlainReporter, False) == ["- c  not run: upstream step a failed"]
+
+    class OneByOne:
+        def __init__(self, out: io.StringIO) -> None:
+            self.out = out
+
+        def event(self, e: Event) -> None:
+            self.out.write(f"{e.kind} {e.label}\n")
+
+        def close(self) -> None:
+            pass
+
+    assert lines(OneByOne, True) == ["cached a", "cached b\x1b[31m", "skipped c", "cached d"]
