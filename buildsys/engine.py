@@ -13,10 +13,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from buildsys.cache import IGNORE_FILES, Cache, FileSet, is_absolute, key_and_text, secret_digest
@@ -211,29 +211,29 @@ class Engine:
             ready = [k for k in left if waiting[k] == 0]
             self._start_prefetch(order)
             threads = self.jobs + (SHARED_LOOKUPS if self.shared is not None else 0)
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="step") as pool:
-                running: dict[Future[NodeResult], str] = {}
-                while ready or running:
+            pool = _Pool(self._run_node, threads)
+            try:
+                while ready or pool.running:
                     while ready and not stop:
                         ready.sort(key=position.__getitem__, reverse=True)
                         key = ready.pop()
                         res = self._decide_inline(key)
                         if res is None:
-                            running[pool.submit(self._run_node, key)] = key
+                            pool.start(key)
                         else:
                             stop = self._finish(key, res, waiting, children, ready) or stop
-                    if not running:
+                    if not pool.running:
                         break
-                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        key = running.pop(fut)
-                        stop = self._finish(key, fut.result(), waiting, children, ready) or stop
-                for key in order:
-                    if key not in self.results:
-                        label = self.graph.nodes[key].label
-                        reason = "the build stopped after a failure"
-                        self.results[key] = NodeResult(key, label, "skipped", reason=reason)
-                        self.reporter.event(Event("skipped", label, reason=reason))
+                    key, res = pool.finished()
+                    stop = self._finish(key, res, waiting, children, ready) or stop
+            finally:
+                pool.close()  # (after an interrupt too: the steps running are waited for)
+            for key in order:
+                if key not in self.results:
+                    label = self.graph.nodes[key].label
+                    reason = "the build stopped after a failure"
+                    self.results[key] = NodeResult(key, label, "skipped", reason=reason)
+                    self.reporter.event(Event("skipped", label, reason=reason))
         finally:
             gc.unfreeze()
             if self._prefetch is not None:
@@ -663,6 +663,52 @@ class Engine:
             "fingerprint": fingerprint,
             "cwd": os.path.relpath(ctx.cwd, self.project.root) if ctx.cwd != self.project.root else ".",
         }
+
+
+class _Pool:
+    """The threads that run the steps the engine's thread hands them (`start`), each result handed
+    back as its step finishes (`finished`). A thread is started when more steps run at once than
+    there are threads, up to `size` (a rebuild of 20 steps starts two). Plain threads and queues:
+    `concurrent.futures` imports `logging`, which no build needs."""
+
+    def __init__(self, work: Callable[[str], NodeResult], size: int) -> None:
+        self._work = work
+        self._size = size
+        self._todo: SimpleQueue[str | None] = SimpleQueue()
+        self._done: SimpleQueue[tuple[str, NodeResult | BaseException]] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.running = 0  # started and not yet handed back
+
+    def start(self, key: str) -> None:
+        self.running += 1
+        if len(self._threads) < min(self._size, self.running):
+            thread = threading.Thread(target=self._serve, name=f"step_{len(self._threads)}")
+            thread.start()
+            self._threads.append(thread)
+        self._todo.put(key)
+
+    def _serve(self) -> None:
+        while (key := self._todo.get()) is not None:
+            try:
+                out: NodeResult | BaseException = self._work(key)
+            except BaseException as exc:  # handed to the engine's thread, which raises it
+                out = exc
+            self._done.put((key, out))
+
+    def finished(self) -> tuple[str, NodeResult]:
+        """The next step to finish and its result (waiting for one)."""
+        key, out = self._done.get()
+        self.running -= 1
+        if isinstance(out, BaseException):
+            raise out
+        return key, out
+
+    def close(self) -> None:
+        """Stop the threads once they have run every step handed to them, and wait for them."""
+        for _ in self._threads:
+            self._todo.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 STALE = "the cached result no longer exists"

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import logging
 import os
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from buildsys.errors import StepError
 from buildsys.records import Record
 from buildsys.sensitive import MASK
+
+if TYPE_CHECKING:
+    import logging
+
+    class _EmitHandler(logging.Handler):  # what `_emit_handler` makes
+        ctx: Context
+
+        def __init__(self, ctx: Context) -> None: ...
 
 __all__ = ["MASK", "BuildScope", "Completed", "Context", "StepDef", "StepError", "step"]
 
@@ -121,12 +128,15 @@ class Context:
 
     @property
     def logger(self) -> logging.Logger:
+        import logging  # here: a build whose steps never ask for a logger does not import logging
+
         name = f"buildsys.step.{self.step_id or self.step_name or 'anonymous'}"
         logger = logging.getLogger(name)
-        if not any(isinstance(h, _EmitHandler) and h.ctx is self for h in logger.handlers):
-            for h in [h for h in logger.handlers if isinstance(h, _EmitHandler)]:
+        handler = _emit_handler()
+        if not any(isinstance(h, handler) and h.ctx is self for h in logger.handlers):
+            for h in [h for h in logger.handlers if isinstance(h, handler)]:
                 logger.removeHandler(h)
-            logger.addHandler(_EmitHandler(self))
+            logger.addHandler(handler(self))
             logger.setLevel(logging.DEBUG)
             logger.propagate = False
         return logger
@@ -214,13 +224,25 @@ class Context:
         pipe.close()
 
 
-class _EmitHandler(logging.Handler):
-    def __init__(self, ctx: Context) -> None:
-        super().__init__()
-        self.ctx = ctx
+def _emit_handler() -> type[_EmitHandler]:
+    """The logging handler that sends a step's records to its context's log, made once, when a
+    step first asks for its logger."""
+    if not _emit_handlers:
+        import logging
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.ctx.log(self.format(record))
+        class EmitHandler(logging.Handler):
+            def __init__(self, ctx: Context) -> None:
+                super().__init__()
+                self.ctx = ctx
+
+            def emit(self, record: logging.LogRecord) -> None:
+                self.ctx.log(self.format(record))
+
+        _emit_handlers.append(cast("type[_EmitHandler]", EmitHandler))
+    return _emit_handlers[0]
+
+
+_emit_handlers: list[type[_EmitHandler]] = []
 
 
 class StepDef:

@@ -94,3 +94,18 @@ def test_the_steps_of_one_build_share_a_scope_and_the_next_build_gets_a_new_one(
         result = build(compiled.project, compiled.graph, compiled.steps, use_cache=False)
         assert result.ok
         assert [r.outputs["number"] for r in result.results.values()] == [number, number]
+
+
+def test_a_step_logger_sends_masked_records_to_its_own_context_only(tmp_path: Path) -> None:
+    """`ctx.logger` (its handler made when first asked for): records reach the context's log,
+    masked; a later context of the same step takes the logger over."""
+    first: list[str] = []
+    later: list[str] = []
+    ctx = Context(root=tmp_path, cwd=tmp_path, step_id="logs", secrets={"hunter22"}, emit=first.append)
+    ctx.logger.info("token hunter22 used")
+    ctx.logger.debug("detail")
+    again = Context(root=tmp_path, cwd=tmp_path, step_id="logs", emit=later.append)
+    again.logger.warning("second run")
+    assert first == ["token **** used", "detail"]
+    assert later == ["second run"]
+    assert len(again.logger.handlers) == 1
