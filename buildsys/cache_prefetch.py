@@ -2,11 +2,14 @@
 
 When a build computes many keys (a cold build, or after a change to what every key includes), most
 of each key's work is expanding the step's `inputs` globs and reading the files they match: work
-that needs nothing the build computes. A forked helper process does it for the steps from the
-last in graph order backwards, on the machine's other core, and streams each step's answer
-through a pipe, while the engine works forwards: when it decides a step the helper has answered
-for, it takes the answer instead of doing the work itself, and otherwise does it as always (never
-waiting), so the two meet in the middle. (Python threads would queue on the interpreter lock.)
+that needs nothing the build computes. A forked helper process does it on the machine's other core,
+in the order the build will most likely decide the steps (`Prefetch.start`), and streams each
+step's answer through a pipe: when the engine decides a step the helper has answered for, it takes
+the answer instead of doing the work itself, and otherwise does it as always (never waiting).
+(Python threads would queue on the interpreter lock.) The steps ready when the build starts are
+decided at once, before any answer can arrive, so the helper begins after them; when the build
+overtakes it anyway (a loaded machine, steps with few inputs), it leaves that stretch to the build
+and answers further ahead, and it comes back at the end for what is still undecided.
 
 An answer is used only when nothing it rests on moved in between (an earlier step may write a later
 step's inputs): every directory listed and every file hashed still has the stat data the helper saw
@@ -25,7 +28,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -42,13 +45,14 @@ Row = tuple[str, tuple[int, int, int, int, str, int]]
 class Prefetched:
     """One step's expansion of its `inputs` and the digests of the files, checked still true."""
 
-    __slots__ = ("digests", "files", "hashed", "listed", "seen")
+    __slots__ = ("digests", "files", "fulls", "hashed", "listed", "seen")
 
-    def __init__(self, files: list[str], listed: list[str], digests: dict[str, str], hashed: list[Row],
-                 seen: dict[str, tuple[int, int, int, int]]) -> None:
-        self.files = files  # root-relative paths, as FileSet.expand gives them
+    def __init__(self, files: list[str], fulls: list[str], listed: list[str], digests: dict[str, str],
+                 hashed: list[Row], seen: dict[str, tuple[int, int, int, int]]) -> None:
+        self.files = files  # root-relative paths, as FileSet.expand gives them (sorted, each once)
+        self.fulls = fulls  # the same paths, absolute
         self.listed = listed  # the directories whose listing the expansion depended on
-        self.digests = digests  # path -> digest
+        self.digests = digests  # path -> digest, in `files` order
         self.hashed = hashed  # rows of the files the helper read (the cache records them)
         self.seen = seen  # absolute path -> (size, mtime_ns, ctime_ns, inode), as checked now
 
@@ -72,19 +76,22 @@ class Prefetch:
         self.used = 0  # answers taken (tests)
 
     @classmethod
-    def start(cls, cache: Cache, files: FileSet, root: Path, steps: Sequence[tuple[str, Sequence[str]]]) -> Prefetch | None:
+    def start(cls, cache: Cache, files: FileSet, root: Path, steps: Sequence[tuple[str, Sequence[str]]],
+              ready: int = 0) -> Prefetch | None:
         """Fork the helper for `steps` (node key, its input globs relative to `root`), in the order
-        the build will most likely want them; None when it would not pay or cannot be started."""
+        the build will most likely want them, the first `ready` of them those it decides at once
+        when it starts; None when it would not pay or cannot be started."""
         todo = [(key, list(globs)) for key, globs in steps if globs]
         if len(todo) < MIN_STEPS or not hasattr(os, "fork") or os.sep != "/" or cpus() < 2:
             return None
+        first = sum(1 for key, globs in steps[:ready] if globs)  # the same place among `todo`
         stats = cache.file_rows()  # loaded before the fork: the helper never touches the database
         try:
             progress = mmap.mmap(-1, len(todo))  # shared with the forked helper (zeros)
         except OSError:
             return None
         # the helper: no threads, no database, no atexit, no buffered output
-        forked = fork_helper(lambda out: _serve(out, files, root, todo, stats, progress))
+        forked = fork_helper(lambda out: _serve(out, files, root, todo, stats, progress, first))
         if forked is None:
             return None
         pid, pipe = forked
@@ -161,16 +168,37 @@ class Prefetch:
                 pass
 
 
+def _places(progress: mmap.mmap, count: int, first: int) -> Iterator[int]:
+    """The places the helper answers, in order: from `first` (the build decides the places before
+    it as it starts) forwards. Where the build has already decided a stretch itself, it is ahead:
+    the helper leaves as many places again to it and answers beyond them, coming back to those
+    (farthest first), then to the first places, at the end. A place the build did is skipped."""
+    left: list[int] = []
+    place = first
+    while place < count:
+        if progress[place]:
+            ahead = place
+            while ahead < count and progress[ahead]:
+                ahead += 1
+            gap = min(ahead - place, count - ahead)
+            left.extend(range(ahead, ahead + gap))
+            place = ahead + gap
+            continue
+        yield place
+        place += 1
+    for place in (*reversed(left), *range(first - 1, -1, -1)):
+        if not progress[place]:
+            yield place
+
+
 def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, list[str]]],
-           stats: Mapping[str, tuple[int, int, int, int, str, int]], progress: mmap.mmap) -> None:
-    """The helper: for each step from the last, its expansion and digests (or None: leave it to
+           stats: Mapping[str, tuple[int, int, int, int, str, int]], progress: mmap.mmap, first: int = 0) -> None:
+    """The helper: for each step (`_places`), its expansion and digests (or None: leave it to
     the engine)."""
     prefix = os.path.join(str(root), "")
     out = os.fdopen(pipe, "wb")
     stat = os.stat
-    for place in range(len(steps) - 1, -1, -1):
-        if progress[place]:
-            continue  # the engine did this one itself
+    for place in _places(progress, len(steps), first):
         key, globs = steps[place]
         now = time.time_ns()
         limit = now - RACY_NS
@@ -203,21 +231,23 @@ def _still_true(answer: Any) -> Prefetched | None:
     """The answer when every directory and file it rests on is as the helper saw it, and none was
     modified within RACY_NS before it looked; else None."""
     found, listed, dirs, flat, digests, read, when, limit, prefix = answer
-    stat = os.stat
-    seen: dict[str, tuple[int, int, int, int]] = {}
+    if flat and max(flat[1::4]) >= limit:  # a file modified too recently to trust its stat data
+        return None
     fulls = [p if p.startswith("/") else prefix + p for p in found]  # (the helper runs on POSIX only)
+    numbers = iter(flat)
+    rows: list[tuple[int, int, int, int]] = list(zip(numbers, numbers, numbers, numbers, strict=True))
+    stat = os.stat
     try:
-        for d, mtime in zip(listed, dirs, strict=True):
-            if stat(d).st_mtime_ns != mtime:
-                return None
-        numbers = iter(flat)
-        for full, size, mtime, ctime, ino in zip(fulls, numbers, numbers, numbers, numbers, strict=True):
-            st = stat(full)
-            if mtime >= limit or not S_ISREG(st.st_mode) or st.st_mtime_ns != mtime or st.st_size != size \
-                    or st.st_ino != ino or st.st_ctime_ns != ctime:
-                return None
-            seen[full] = (size, mtime, ctime, ino)
+        # (stat through map and comprehensions: no Python frame per file; this runs for every
+        # input file of every step the helper answers for)
+        if [stat(d).st_mtime_ns for d in listed] != dirs:
+            return None
+        now = list(map(stat, fulls))
     except OSError:
         return None
-    hashed = [(found[i], (*seen[fulls[i]], digests[i], when)) for i in read]
-    return Prefetched(list(found), list(listed), dict(zip(found, digests, strict=True)), hashed, seen)
+    if [(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for st in now] != rows \
+            or not all([S_ISREG(st.st_mode) for st in now]):
+        return None
+    hashed = [(found[i], (*rows[i], digests[i], when)) for i in read]
+    return Prefetched(found, fulls, listed, dict(zip(found, digests, strict=True)), hashed,
+                      dict(zip(fulls, rows, strict=True)))

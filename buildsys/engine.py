@@ -249,9 +249,17 @@ class Engine:
             return
         from buildsys.cache_prefetch import Prefetch
 
+        # The order this build decides its steps in when each one runs: those ready at the start
+        # at once, then each step once the steps it needs are done, so by depth (the longest
+        # chain of steps it waits for), in graph order within a depth.
         nodes = self.graph.nodes
+        depth: dict[str, int] = {}
+        for k in order:
+            depth[k] = 1 + max([depth[d] for d in nodes[k].deps], default=-1)
+        likely = sorted(order, key=depth.__getitem__)
+        ready = sum(1 for k in order if not depth[k])
         self._prefetch = Prefetch.start(self.cache, self.files, self.project.root,
-                                        [(k, nodes[k].spec.input_globs) for k in order])
+                                        [(k, nodes[k].spec.input_globs) for k in likely], ready)
 
     def _note_dependencies(self) -> None:
         from buildsys import registry
@@ -627,24 +635,30 @@ class Engine:
         listed: list[str] = []
         prefetch = self._prefetch
         ahead = prefetch.take(node.key) if prefetch is not None else None
-        if ahead is not None:  # the helper's expansion and digests, checked still true
-            files = list(ahead.files)
+        digests: dict[str, str]
+        if prefetch is not None and ahead is not None:  # the helper's expansion and digests, checked still true
             listed += ahead.listed
             self.files.scanned.update(ahead.listed)
-        else:
-            files = self.files.expand(list(node.spec.input_globs), self.project.root, listed)
-        if stepdef.files_hook is not None:
-            files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
-        wanted = sorted(set(files))
-        if prefetch is not None and ahead is not None:
             prefetch.apply(ahead, self.cache)
-            rest = self.cache.digests([f for f in wanted if f not in ahead.digests])
-            found = {f: ahead.digests[f] if f in ahead.digests else rest[f] for f in wanted}
+        if ahead is not None and stepdef.files_hook is None:
+            # its files sorted, each once, every one digested: what the lines below would make of them
+            digests, absolute = ahead.digests, ahead.fulls
         else:
-            found = self.cache.digests(wanted)
-        digests = {f: d or "(missing)" for f, d in found.items()}
-        prefix = os.path.join(str(self.project.root), "")
-        absolute = [f if is_absolute(f) else prefix + f for f in digests]
+            if ahead is not None:
+                files = list(ahead.files)
+            else:
+                files = self.files.expand(list(node.spec.input_globs), self.project.root, listed)
+            if stepdef.files_hook is not None:
+                files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
+            wanted = sorted(set(files))
+            if ahead is not None:
+                rest = self.cache.digests([f for f in wanted if f not in ahead.digests])
+                found = {f: ahead.digests[f] if f in ahead.digests else rest[f] for f in wanted}
+            else:
+                found = self.cache.digests(wanted)
+            digests = {f: d or "(missing)" for f, d in found.items()}
+            prefix = os.path.join(str(self.project.root), "")
+            absolute = [f if is_absolute(f) else prefix + f for f in digests]
         self.dependencies.files.update(absolute)
         self.dependencies.nodes[node.label] = (absolute, listed)
         for name in env_used:

@@ -115,8 +115,9 @@ def test_a_build_with_the_helper_equals_one_without(isolated: Path, monkeypatch:
     monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 1)
     monkeypatch.setattr(cache_prefetch.Prefetch, "patient", True)  # every answer waited for and taken
     with_helper, used = build(make_project(isolated / "one"))
-    # The helper answers from the last step back, so b's answer predates a writing b's input: it is
-    # refused. c's missing file is left to the engine; a, d and e0-e5 are taken.
+    # The helper answers b first (every other step is ready at the start, so the build decides them
+    # at once), before a writes b's input: that answer is refused. c's missing file is left to the
+    # engine; a, d and e0-e5 are taken.
     assert used == 8
     monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 10**9)
     without, unused = build(make_project(isolated / "two"))
@@ -165,3 +166,38 @@ def test_an_answer_is_used_only_while_what_it_rests_on_holds(isolated: Path) -> 
     assert cache_prefetch._still_true(got["e0"]) is not None
     (root / "src" / "e0" / "f0.txt").write_text("e0 0\n")  # same content, but modified just now
     assert cache_prefetch._still_true(answers(root, [("e0", ["src/e0/*"])])["e0"]) is None
+
+
+def test_the_helper_answers_ahead_of_the_build_and_leaves_it_what_it_overtook() -> None:
+    import mmap
+
+    def order(count: int, first: int, build_does: dict[int, list[int]]) -> list[int]:
+        """The places the helper answers, the build deciding `build_does[n]` before the nth answer."""
+        progress = mmap.mmap(-1, count)
+        for done in build_does.get(0, []):
+            progress[done] = 1
+        out: list[int] = []
+        for place in cache_prefetch._places(progress, count, first):
+            out.append(place)
+            for done in build_does.get(len(out), []):
+                progress[done] = 1
+        return out
+
+    # ready at the start: 0-2 (the build decides them at once); then forwards; the first ones last
+    assert order(8, 3, {}) == [3, 4, 5, 6, 7, 2, 1, 0]
+    assert order(8, 3, {0: [0, 1, 2]}) == [3, 4, 5, 6, 7]
+    # the build overtook the helper at 4-5: it leaves 6-7 to the build too, answers 8 on, and
+    # comes back (farthest first) to what the build has not reached by then
+    assert order(12, 3, {1: [4, 5]}) == [3, 8, 9, 10, 11, 7, 6, 2, 1, 0]
+    assert order(12, 3, {1: [4, 5], 4: [6]}) == [3, 8, 9, 10, 11, 7, 2, 1, 0]
+    # every place at most once, never one the build has decided, and every one it has not
+    progress = mmap.mmap(-1, 50)
+    seen: list[int] = []
+    for place in cache_prefetch._places(progress, 50, 5):
+        assert not progress[place]
+        seen.append(place)
+        for done in (len(seen) * 3, len(seen) * 3 + 1):
+            if done < 50:
+                progress[done] = 1
+    assert len(seen) == len(set(seen))
+    assert set(seen) | {i for i in range(50) if progress[i]} == set(range(50))
