@@ -1,9 +1,14 @@
-"""The console entry point: answer a provable no-op build before importing anything heavy."""
+"""The console entry point: answer a provable no-op build before importing anything heavy, and end
+the process without the interpreter's teardown once a command is done."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+TYPE_CHECKING = False  # not typing's: the no-op answer imports nothing it does not need
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> None:
@@ -11,14 +16,74 @@ def main() -> None:
 
     code = try_fast(sys.argv[1:])
     if code is not None:
-        # Answered from the manifest: nothing was imported that needs shutting down, so skip the
-        # interpreter's teardown (a few ms of a ~40 ms command).
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # a closed pipe: the answer had nowhere to go, like any failed write
-            code = code or 1
-        os._exit(code)
+        # Answered from the manifest: nothing was imported that needs shutting down.
+        _exit_now(code)
     from buildsys.cli import main as cli_main
 
-    cli_main()
+    try:
+        cli_main()
+    except SystemExit as exc:
+        leave(exc)
+    leave(SystemExit(0))
+
+
+def leave(exc: SystemExit) -> NoReturn:
+    """End the process with `exc`'s status as the interpreter would, but without freeing every
+    module and object one by one (~15 ms of CPU for `--version`, ~40 ms for a plan of 50
+    deployments). What that teardown does that anyone can see is done first, in its order:
+    non-daemon threads joined (thread pools shut down), atexit callbacks run (logging's flush,
+    `weakref.finalize`, coverage). When something still open needs its object freed to finish —
+    an SQLite connection (closing it checkpoints the WAL into the database file, the one file CI
+    caches keep) or a file written through a buffer — the interpreter's own exit does it."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter calls first at exit
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exitfuncs is None:
+        raise exc
+    shutdown()
+    run_exitfuncs()  # and clears them: the interpreter's exit below would not run them twice
+    if _left_open():
+        raise exc
+    code = exc.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # sys.exit("message"): said on stderr, status 1
+        code = 1
+    _exit_now(code or 0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: the output had nowhere to go, like any failed write
+        code = code or 1
+    os._exit(code & 0xFF)
+
+
+def _left_open() -> bool:
+    """Whether an object still alive holds an open SQLite connection or a written file's buffer
+    (the standard streams are flushed by `_exit_now`)."""
+    import gc
+    import io
+
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    std = {id(s) for s in streams} | {id(getattr(s, "buffer", None)) for s in streams}
+    sqlite3 = sys.modules.get("sqlite3")
+    connection = getattr(sqlite3, "Connection", None)
+    files = (io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper)
+    for obj in gc.get_objects():
+        if isinstance(obj, files):
+            try:
+                if id(obj) not in std and not obj.closed and obj.writable():
+                    return True
+            except ValueError:  # detached from its buffer
+                continue
+        elif connection is not None and isinstance(obj, connection):
+            try:
+                obj.total_changes  # noqa: B018 (raises once the connection is closed)
+            except sqlite3.ProgrammingError:  # type: ignore[union-attr]
+                continue
+            return True
+    return False
