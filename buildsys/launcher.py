@@ -10,6 +10,8 @@ TYPE_CHECKING = False  # not typing's: the no-op answer imports nothing it does 
 if TYPE_CHECKING:
     from typing import NoReturn
 
+YOUNG_OBJECTS = 50_000  # allocations between two collections of the youngest generation
+
 
 def main() -> None:
     from buildsys.noop import try_fast
@@ -18,6 +20,12 @@ def main() -> None:
     if code is not None:
         # Answered from the manifest: nothing was imported that needs shutting down.
         _exit_now(code)
+    import gc
+
+    # A command makes tens of thousands of objects that live until it ends (modules, the project's
+    # model) and little cyclic garbage; at the default 700 allocations the collector walked them
+    # ~50 times in a plan of 50 deployments (15-20 ms of CPU, 800 objects found).
+    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
     from buildsys.cli import main as cli_main
 
     try:

@@ -90,3 +90,23 @@ def test_the_console_command_exits_with_its_status(tmp_path: Path) -> None:
                              text=True, timeout=60)
     assert missing.returncode == 1
     assert "prefect.yaml" in missing.stderr
+
+
+def test_a_command_collects_young_objects_less_often(tmp_path: Path) -> None:
+    """The collector's first threshold is raised for a command (not for the no-op answer, which
+    makes few objects); the others stay the interpreter's."""
+    script = (
+        "import atexit, gc, sys\n"
+        "from buildsys import launcher\n"
+        "before = gc.get_threshold()\n"
+        "atexit.register(lambda: print(before, gc.get_threshold()))\n"
+        "sys.argv = ['buildsys', '--version']\n"
+        "launcher.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    import gc
+
+    from buildsys.launcher import YOUNG_OBJECTS
+
+    default = gc.get_threshold()
+    assert done.stdout.splitlines()[-1] == f"{default} {(YOUNG_OBJECTS, *default[1:])}"
