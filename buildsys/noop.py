@@ -383,8 +383,9 @@ def still_valid(path: str) -> list[str] | None:
         return None
     if os.stat not in os.supports_dir_fd:
         return None  # (Windows) the engine decides
-    moved_dirs = _changed_dirs(data, first_only=not whole)  # all of them for previous_build
-    if (moved_dirs and not whole) or not _surroundings_unchanged(data):
+    if not whole and _changed_dirs(data, first_only=True):
+        return None
+    if not _surroundings_unchanged(data):
         return None  # (previous_build cannot help either: something besides input files moved)
     try:
         root = os.open(_root_of(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -394,11 +395,13 @@ def still_valid(path: str) -> list[str] | None:
         # One stat per input file is nearly all of the cost, so on a multi-core machine a forked
         # helper checks the second part of the files while this process checks everything else
         # (git preloads its index the same way, with threads; Python threads would queue on the
-        # GIL). This process also stats the directories: the helper takes that many more files.
+        # GIL). This process also stats the directories, once the helper is started: the helper
+        # takes that many more files.
         split = (len(paths) - len(data["dirs"])) // 2 if len(paths) >= PARALLEL_FROM and cpus() > 1 else len(paths)
         helper = _start_helper(paths, numbers, split, root, whole) if 0 < split < len(paths) else None
         if helper is None:
             split = len(paths)
+        moved_dirs = _changed_dirs(data) if whole else []  # all of them, for previous_build
         moved = _moved_files(paths, numbers, 0, split, root, whole)
         covered = [(0, split)]
         if helper is not None and whole and (moved or moved_dirs or data["racy"]):
