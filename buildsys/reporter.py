@@ -116,6 +116,9 @@ class PlainReporter:
         pass
 
 
+_ENCODER = json.JSONEncoder(default=str)  # json.dumps(…, default=str) makes one per call
+
+
 class JsonReporter:
     """One JSON object per line on stdout (nothing else goes there)."""
 
@@ -129,7 +132,8 @@ class JsonReporter:
     def events(self, batch: Iterable[Event]) -> None:
         """Several events that happened at once (a build's unchanged steps): one write."""
         now = round(time.time(), 3)
-        text = "".join(json.dumps(self._payload(e, now), default=str) + "\n" for e in batch)
+        encode = _ENCODER.encode
+        text = "".join(encode(self._payload(e, now)) + "\n" for e in batch)
         with self._lock:
             self.stream.write(text)
             self.stream.flush()
