@@ -15,7 +15,6 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from buildsys.errors import StepError
@@ -28,7 +27,7 @@ MANIFEST_TYPES = ", ".join((
     "application/vnd.oci.image.index.v1+json",
 ))
 MAX_CHILDREN = 16
-_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+_CHALLENGE = r'(\w+)="([^"]*)"'  # a token challenge's parameters (compiled when one comes: re's cache)
 _LOOPBACK = ("127.", "localhost", "[::1]")
 
 
@@ -69,10 +68,12 @@ def pushed(ctx: Context, image: str, credentials: object) -> None:
     ctx.build.forget(_manifest_key(session, tag))
 
 
-@dataclass(frozen=True)
 class Manifest:
-    digest: str  # Docker-Content-Digest
-    body: dict[str, Any]  # the manifest (or index) itself
+    __slots__ = ("body", "digest")
+
+    def __init__(self, digest: str, body: dict[str, Any]) -> None:
+        self.digest = digest  # Docker-Content-Digest
+        self.body = body  # the manifest (or index) itself
 
 
 def _manifest(ctx: Context, session: _Session, tag: str) -> Manifest | None:
@@ -211,7 +212,7 @@ class _Session:
             with _LOCK:
                 _BASIC.add((self.base, self.login))
         elif kind == "bearer":
-            params = dict(_CHALLENGE.findall(challenge))
+            params = dict(re.findall(_CHALLENGE, challenge))
             realm = params.pop("realm", "")
             scope = params.pop("scope", f"repository:{self.repository}:pull")
             with _LOCK:  # the next sessions with this login ask this service for their token at once

@@ -13,7 +13,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +64,25 @@ push:
         registry_url: registry.example.com
 """
 
-_STEP_LINE = re.compile(r"^Step \d+/\d+ : ")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STEP_LINE = r"^Step \d+/\d+ : "  # build output's patterns: compiled when a build runs (re's cache)
+_ANSI = r"\x1b\[[0-9;]*m"
 _BUILDER_NOISE = (" ---> ", "Removing intermediate container ")
 _FROM = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)", re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass(frozen=True)
 class BuildPlan:
-    """Everything a build needs, decided from the inputs before the engine is asked anything."""
+    """Everything a build needs, decided from the inputs before the engine is asked anything. (A
+    plain class: a dataclass would cost every process that imports this step its generated methods.)"""
 
-    image_name: str
-    context: Path
-    dockerfile: str  # relative to the context, or an absolute path (generated / outside)
-    generated: str | None  # the Dockerfile text for ``dockerfile: auto``
-    files: tuple[str, ...]  # the context's files, relative to the context (empty when not asked for)
+    __slots__ = ("context", "dockerfile", "files", "generated", "image_name")
+
+    def __init__(self, image_name: str, context: Path, dockerfile: str, generated: str | None,
+                 files: tuple[str, ...]) -> None:
+        self.image_name = image_name
+        self.context = context
+        self.dockerfile = dockerfile  # relative to the context, or an absolute path (generated / outside)
+        self.generated = generated  # the Dockerfile text for ``dockerfile: auto``
+        self.files = files  # the context's files, relative to the context (empty when not asked for)
 
 
 # --- build -------------------------------------------------------------------------------------
@@ -334,9 +337,9 @@ def _run_build(ctx: Context, client: Any, plan: BuildPlan, tag: str, options: Ma
             nocache=nocache, **{k: v for k, v in settings.items() if v not in ({}, "")},
         )
         for chunk in chunks:
-            for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
+            for line in re.sub(_ANSI, "", str(chunk.get("stream", ""))).splitlines():
                 ctx.log(line)
-                if _STEP_LINE.match(line):
+                if re.match(_STEP_LINE, line):
                     step_line, step_output = line, []
                 elif line.strip():
                     step_output.append(line)

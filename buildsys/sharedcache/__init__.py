@@ -16,9 +16,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from buildsys.records import Record
 from buildsys.sharedcache.backend import MAX_ENTRY_BYTES, Backend, SharedCacheError, Unreachable, WriteRefused
 
 FORMAT = 1
@@ -28,12 +28,13 @@ MIN_KEY_CHARS = 32
 KEY_CHARS = frozenset("0123456789abcdef")
 
 Warn = Callable[[str], None]
+_set = object.__setattr__  # a Record is frozen: its __init__ sets its fields past __setattr__
 
 
-@dataclass(frozen=True)
-class SharedEntry:
+class SharedEntry(Record):
     """A step result as another runner recorded it."""
 
+    __slots__ = __match_args__ = ("key", "step", "version", "label", "outputs", "duration", "created", "writer")
     key: str
     step: str
     version: str
@@ -42,6 +43,17 @@ class SharedEntry:
     duration: float
     created: float
     writer: str  # the id of the key that sealed it
+
+    def __init__(self, key: str, step: str, version: str, label: str, outputs: dict[str, Any], duration: float,
+                 created: float, writer: str) -> None:
+        _set(self, "key", key)
+        _set(self, "step", step)
+        _set(self, "version", version)
+        _set(self, "label", label)
+        _set(self, "outputs", outputs)
+        _set(self, "duration", duration)
+        _set(self, "created", created)
+        _set(self, "writer", writer)
 
 
 def valid_key(key: str) -> bool:
