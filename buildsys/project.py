@@ -272,7 +272,7 @@ class _Narrower:
             inputs={k: v for k, v in body.items() if k not in RESERVED_STEP_KEYS},
             section=section,
             index=index,
-            location=self.doc.loc((*path, name)),
+            location=self.doc.at(item, name, (*path, name)),
             path=describe_path(self.data, path),
             id=sid,
             requires=(requires,) if isinstance(requires, str) else tuple(str(r) for r in requires),
@@ -280,7 +280,7 @@ class _Narrower:
             input_globs=(globs,) if isinstance(globs, str) else tuple(str(g) for g in globs),
             raw=item,
             input_locations={
-                str(k): where for k, where in zip(body, self.doc.locs((*path, name), body), strict=True) if where is not None
+                str(k): where for k, where in zip(body, self.doc.keys_at(body, (*path, name)), strict=True) if where is not None
             },
         )
 
@@ -300,7 +300,7 @@ class _Narrower:
             if not isinstance(raw, dict):
                 self.error("a deployment must be a mapping", path)
                 continue
-            dep = self.deployment(raw, path, i, top)
+            dep = self.deployment(raw, path, i, top, self.doc.at(value, i, path))
             if dep is None:
                 continue
             if dep.name in seen:
@@ -314,7 +314,12 @@ class _Narrower:
         return tuple(out)
 
     def deployment(
-        self, raw: dict[str, Any], path: Path_, index: int, top: Mapping[str, tuple[StepSpec, ...] | None]
+        self,
+        raw: dict[str, Any],
+        path: Path_,
+        index: int,
+        top: Mapping[str, tuple[StepSpec, ...] | None],
+        location: Location | None,
     ) -> Deployment | None:
         name = raw.get("name")
         if name is None or name == "":
@@ -350,7 +355,7 @@ class _Narrower:
         return Deployment(
             name=name,
             index=index,
-            location=self.doc.loc(path),
+            location=location,
             path=describe_path(self.data, path),
             entrypoint=entrypoint,
             flow_name=_str_or_none(raw.get("flow_name")),
@@ -370,7 +375,7 @@ class _Narrower:
                 name=_str_or_none(wp.get("name")),
                 work_queue_name=_str_or_none(wp.get("work_queue_name")),
                 job_variables=wp.get("job_variables") or {},
-                location=self.doc.loc((*path, "work_pool")),
+                location=self.doc.at(raw, "work_pool", (*path, "work_pool")),
             ),
             build=build or (),
             push=push or (),
@@ -517,7 +522,7 @@ class _Narrower:
             )
 
     def schedules(self, raw: Mapping[str, Any], path: Path_) -> tuple[ScheduleSpec, ...]:
-        items: list[tuple[Any, Path_]] = []
+        items: list[tuple[Any, Path_, Location | None]] = []  # each with its location
         single = raw.get("schedule")
         many = raw.get("schedules")
         if single and many:
@@ -527,7 +532,7 @@ class _Narrower:
                 "move the `schedule` item into the `schedules` list (`schedule` is deprecated)",
             )
         if isinstance(single, dict) and single:
-            items.append((single, (*path, "schedule")))
+            items.append((single, (*path, "schedule"), self.doc.at(raw, "schedule", (*path, "schedule"))))
         elif single is not None and not isinstance(single, dict):
             self.error(
                 "`schedule` must be a mapping such as {cron: '0 * * * *'}",
@@ -535,15 +540,16 @@ class _Narrower:
                 "write `schedules: [{cron: ...}]` (`schedule` is deprecated)",
             )
         if isinstance(many, list):
-            items.extend((s, (*path, "schedules", i)) for i, s in enumerate(many))
+            at = self.doc.at
+            items.extend((s, (*path, "schedules", i), at(many, i, (*path, "schedules", i))) for i, s in enumerate(many))
         out = []
-        for item, ipath in items:
-            spec = self.schedule(item, ipath)
+        for item, ipath, location in items:
+            spec = self.schedule(item, ipath, location)
             if spec is not None:
                 out.append(spec)
         return tuple(out)
 
-    def schedule(self, item: Any, path: Path_) -> ScheduleSpec | None:
+    def schedule(self, item: Any, path: Path_, location: Location | None) -> ScheduleSpec | None:
         if not isinstance(item, dict):
             self.error("a schedule must be a mapping", path)
             return None
@@ -578,7 +584,7 @@ class _Narrower:
             replaces=_str_or_none(item.get("replaces")),
             anchor_date=_str_or_none(item.get("anchor_date")),
             day_or=item.get("day_or"),
-            location=self.doc.loc(path),
+            location=location,
             raw=item,
         )
 

@@ -277,6 +277,25 @@ def test_every_path_of_every_file_is_located_as_pyyaml_marks_it(source: str | Pa
     for path in [(), *_all_paths(doc.value)]:  # a container's children at once, as one by one
         keys = ["no-such-key", 99, *_children(doc.value, path)]
         assert doc.locs(path, keys) == [doc.loc((*path, k)) for k in keys], path
+        container = _value_at(doc.value, path)
+        if container is not _NOTHING:  # one look at the container's marks answers as the walk does
+            for k in keys:
+                assert doc.at(container, k, (*path, k)) == doc.loc((*path, k)), (*path, k)  # type: ignore[arg-type]
+            if isinstance(container, dict):
+                assert doc.keys_at(container, path) == doc.locs(path, container), path
+
+
+_NOTHING = object()
+
+
+def _value_at(value: object, path: tuple[object, ...]) -> object:
+    """The value `path` names (as `loc` reads a path: list items by an index in range), or _NOTHING."""
+    for step in path:
+        named = step in value if isinstance(value, dict) else isinstance(value, list) and type(step) is int and 0 <= step < len(value)
+        if not named:
+            return _NOTHING
+        value = value[step]  # type: ignore[index]
+    return value
 
 
 def _children(value: object, path: tuple[object, ...]) -> list[object]:
