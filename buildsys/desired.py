@@ -656,7 +656,7 @@ def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings
     used = sorted(
         {
             str(p.keypath[0])
-            for p in placeholders(d.raw)
+            for p in placeholders(d.raw if d.templates is None else d.templates)  # the loader noted them
             if p.kind == "env" and secret_env_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
         }
     )

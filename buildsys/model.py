@@ -153,6 +153,7 @@ class Deployment(Record):
         "tags", "parameters", "enforce_parameter_schema", "schedules", "paused", "concurrency_limit",
         "concurrency_options", "retries", "retry_delay_seconds", "work_pool", "build", "push", "pull",
         "pull_is_default", "build_is_own", "push_is_own", "pull_is_own", "triggers", "sla", "declared", "raw",
+        "templates",
     )
     name: str
     index: int
@@ -185,6 +186,9 @@ class Deployment(Record):
     sla: tuple[Mapping[str, Any], ...] | None
     declared: frozenset[str]  # the keys the project declared for this deployment
     raw: Mapping[str, Any]
+    # The strings in `raw` that hold `{{`, as `templating.templated(raw)` finds them, when the
+    # loader noted them (None: not known, walk `raw`)
+    templates: tuple[str, ...] | None
 
     def __init__(
         self,
@@ -218,6 +222,7 @@ class Deployment(Record):
         sla: tuple[Mapping[str, Any], ...] | None = None,
         declared: frozenset[str] = frozenset(),
         raw: Mapping[str, Any] = NEW_DICT,
+        templates: tuple[str, ...] | None = None,
     ) -> None:
         _set(self, "name", name)
         _set(self, "index", index)
@@ -249,6 +254,7 @@ class Deployment(Record):
         _set(self, "sla", sla)
         _set(self, "declared", declared)
         _set(self, "raw", {} if raw is NEW_DICT else raw)
+        _set(self, "templates", templates)
 
 
 class QueueSpec(Record):

@@ -172,6 +172,9 @@ class _Narrower:
         self.data: dict[str, Any] = doc.value if isinstance(doc.value, dict) else {}
         self.root = root
         self.problems = problems
+        # the deployment being narrowed (its path, that path described, its value): its steps'
+        # paths are described from there, not walked from the top again
+        self.inside: tuple[Path_, str, Any] = ((), "", self.data)
 
     def error(self, message: str, path: Path_, hint: str | None = None) -> None:
         self.problems.append(
@@ -273,7 +276,7 @@ class _Narrower:
             section=section,
             index=index,
             location=self.doc.at(item, name, (*path, name)),
-            path=describe_path(self.data, path),
+            path=self.describe(path),
             id=sid,
             requires=(requires,) if isinstance(requires, str) else tuple(str(r) for r in requires),
             needs=None if needs is None else tuple(str(n) for n in (needs if isinstance(needs, list) else [needs])),
@@ -283,6 +286,13 @@ class _Narrower:
                 str(k): where for k, where in zip(body, self.doc.keys_at(body, (*path, name)), strict=True) if where is not None
             },
         )
+
+    def describe(self, path: Path_) -> str:
+        """`describe_path(self.data, path)`, from the deployment being narrowed when inside it."""
+        at, text, value = self.inside
+        if path[: len(at)] == at:
+            return describe_path(value, path[len(at) :], text)
+        return describe_path(self.data, path)
 
     def deployments(self, value: Any, top: Mapping[str, tuple[StepSpec, ...] | None]) -> tuple[Deployment, ...]:
         if value is None:
@@ -332,6 +342,8 @@ class _Narrower:
         name = str(name)
         if name.endswith(".py"):
             name = name[:-3]
+        described = describe_path(self.data, path)
+        self.inside = (path, described, raw)
         self.check_name(name, (*path, "name"), "deployment name")
         self.check_name(raw.get("flow_name"), (*path, "flow_name"), "flow name")
         own: dict[str, tuple[StepSpec, ...] | None] = {
@@ -356,7 +368,7 @@ class _Narrower:
             name=name,
             index=index,
             location=location,
-            path=describe_path(self.data, path),
+            path=described,
             entrypoint=entrypoint,
             flow_name=_str_or_none(raw.get("flow_name")),
             version=raw.get("version"),
@@ -388,6 +400,7 @@ class _Narrower:
             sla=tuple(raw["sla"]) if isinstance(raw.get("sla"), list) else None,
             declared=frozenset(raw),
             raw=raw,
+            templates=self.doc.templates(raw),
         )
 
     def legacy_paused(self, raw: Mapping[str, Any], path: Path_) -> Any:

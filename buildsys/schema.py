@@ -207,9 +207,10 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def describe_path(data: Any, path: Path_) -> str:
-    """The document path with list items named by their name or step id: deployments[etl].build[0]."""
-    out = ""
+def describe_path(data: Any, path: Path_, prefix: str = "") -> str:
+    """The document path with list items named by their name or step id: deployments[etl].build[0].
+    `prefix`: the description of where `data` itself is (`path` is then below it)."""
+    out = prefix
     cur = data
     for part in path:
         if isinstance(part, int):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import BuildsysError, Diagnostic, Location, ProjectError, StepError, distinct
-from buildsys.model import Project, StepSpec
+from buildsys.model import Deployment, Project, StepSpec
 from buildsys.templating import LEAVES, Placeholder, placeholders, templated
 
 if TYPE_CHECKING:
@@ -96,6 +96,8 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
     out: list[Diagnostic] = []
     where = _Locator(project, text)
     for d in project.deployments:
+        if _refers_to_no_output(d):
+            continue
         build_ids = {s.id for s in (*d.build, *d.push) if s.id}
         pull_ids = {s.id for s in d.pull if s.id}
         build_outputs = _declared_outputs(project, (*d.build, *d.push))
@@ -118,6 +120,21 @@ def check_deployment_refs(project: Project, *, text: str | None = None) -> list[
                     out += _flat(ph.text, str(ph.keypath[0]), earlier, build_ids | pull_ids, where.locate(at, ph.text),
                                  shown)
     return out
+
+
+def _refers_to_no_output(d: Deployment) -> bool:
+    """True when no field or pull step of `d` names a step output: the loader noted every templated
+    string of the entry (`Deployment.templates`) and none names one, and a pull step that is not an
+    item of the entry (the top level's, the generated default) names none either. Most plans
+    check thousands of deployments that refer to none."""
+    if d.templates is None or any(ph.kind == "output" for text in d.templates for ph in placeholders(text)):
+        return False
+    own = d.raw.get("pull")
+    items = own if isinstance(own, list) else [own]
+    for s in d.pull:
+        if not any(s.raw is item for item in items) and any(ph.kind == "output" for ph in placeholders(s.inputs)):
+            return False
+    return True
 
 
 def _outputs_at(value: Any, at: Path_) -> list[tuple[Path_, Placeholder]]:

@@ -88,6 +88,11 @@ class Located:
     # True: the loader saw every value built and none is one the store cannot hold (see
     # `storable.value_problems`), so that walk of the whole document can be skipped. False: unknown.
     storable: bool = False
+    # Every string value holding `{{` (a placeholder, see `templating.templated`), in the order
+    # built, and which of them each located container holds (see `templates`).
+    texts: list[str] = field(default_factory=list, repr=False)
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)  # id → texts[a:b]
+    merged: set[int] = field(default_factory=set, repr=False)  # ids of containers with a merge key inside
 
     def loc(self, path: Path_) -> Location | None:
         """The location of `path`, or of its nearest located ancestor (every ancestor of a located
@@ -139,6 +144,17 @@ class Located:
                 out.append(Location(file, here >> _COL_BITS, here & _COL_MASK))
             return out
         return self.locs(path, container)
+
+    def templates(self, container: Any) -> tuple[str, ...] | None:
+        """What `templating.templated(container)` finds, for a mapping or list this document
+        built at a located place: the strings among its values (at any depth) that hold `{{`, in
+        order, noted as they were built. None when not known so: a container not built here, or
+        one with a merge key inside (a merged value can be overridden: walk it then)."""
+        key = id(container)
+        if key not in self.marks or key in self.merged:
+            return None
+        span = self.spans.get(key)
+        return () if span is None else tuple(self.texts[span[0] : span[1]])
 
     def _walk(self, path: Path_, found: int, node: Any) -> tuple[int, Any]:
         """From `node` (located at `found`) down `path`: (the packed location of `path` or of its
@@ -207,6 +223,10 @@ class _Builder:
         # `yes` is a string where a plain one is a boolean).
         self.plain_str: dict[str, str] = {}
         self.storable = True  # until a value the store cannot hold is built (`_unstorable_text` …)
+        self.texts: list[str] = []  # string values holding `{{`, as built (`Located.templates`)
+        self.spans: dict[int, tuple[int, int]] = {}
+        self.merges = 0  # merge keys seen so far
+        self.merged: set[int] = set()
         self.next_source: Next = self._source()  # one function, so `nxt is self.next_source` works
 
     def _source(self) -> Next:
@@ -309,6 +329,7 @@ class _Builder:
             self.held.append(items)
             get = self._direct(nxt)
             plain_str = self.plain_str
+            first, merges = len(self.texts), self.merges
             while (kind := type(item := get())) is not SequenceEndEvent:
                 mark: Any = item.start_mark
                 at.append((mark.line + 1) << _COL_BITS | (mark.column + 1))  # `_pack`, inlined
@@ -319,6 +340,7 @@ class _Builder:
                     items.append(self.mapping(True, nxt))
                 else:
                     items.append(self.node(item, True, nxt))
+            self.noted(items, first, merges)
             return items
         assert isinstance(event, ScalarEvent)
         return self.scalar(event)
@@ -335,13 +357,16 @@ class _Builder:
             # Keys and short values repeat across a large project ("name", "Europe/Paris"):
             # one shared string each, here and in everything built from them.
             value: str = event.value
+            templated = "{{" in value  # a placeholder: noted, and never shared through `plain_str` (so always seen here)
+            if templated:
+                self.texts.append(value)
             if ("\x00" in value or not value.isascii()) and _unstorable_text(value):
                 self.storable = False
                 return intern(value) if len(value) <= _INTERN_UP_TO else value
             if len(value) > _INTERN_UP_TO:
                 return value
             shared = intern(value)
-            if event.tag is None and event.implicit[0]:
+            if event.tag is None and event.implicit[0] and not templated:
                 self.plain_str[value] = shared
             return shared
         scalar = yaml.ScalarNode(tag, event.value, None, None, style=event.style)
@@ -383,12 +408,13 @@ class _Builder:
 
     def mapping(self, located: bool, nxt: Next) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
-        merged: dict[Any, Any] = {}
+        merged: dict[Any, Any] | None = None  # made at the first merge key (few mappings have one)
         at: dict[Any, int] | None = None
         if located:
             at = {}
             self.marks[id(result)] = at
             self.held.append(result)
+        first, merges = len(self.texts), self.merges
         get = self._direct(nxt)
         plain_tags, plain_str = self.plain_tags, self.plain_str
         while (kind := type(key_event := get())) is not MappingEndEvent:
@@ -396,10 +422,14 @@ class _Builder:
                 scalar: ScalarEvent = key_event  # type: ignore[assignment]
                 key = plain_str.get(scalar.value) if scalar.tag is None else None  # a key seen before
                 if key is None:
+                    texts = len(self.texts)
                     tag = plain_tags.get(scalar.value) if scalar.tag is None and scalar.implicit[0] else None
                     if tag is None:  # `tag`, with its memo looked at first (inlined: once per key)
                         tag = self.tag(scalar)
                     if tag == _MERGE:
+                        self.merges += 1
+                        if merged is None:
+                            merged = {}
                         for source in self.merge_sources(get(), nxt):
                             for k, v in source.items():
                                 merged.setdefault(k, v)
@@ -410,12 +440,15 @@ class _Builder:
                         key = self.content(scalar, False, nxt)
                         if type(key) is not str:
                             key = self.odd_key(key, key_event)
+                    del self.texts[texts:]  # keys are never templated
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 raise YamlError("a mapping key must be a plain value", location=self.loc(key_event))
             else:
+                texts = len(self.texts)
                 key = self.node(key_event, False, nxt)  # an alias, or an anchored scalar
                 if type(key) is not str:
                     key = self.odd_key(key, key_event)
+                del self.texts[texts:]
             if key in result:
                 raise YamlError(
                     f"duplicate key {key!r}: YAML keeps only the last one, so the first would be silently lost",
@@ -434,9 +467,19 @@ class _Builder:
                 result[key] = self.mapping(at is not None, nxt)
             else:
                 result[key] = self.node(value_event, at is not None, nxt)
-        for k, v in merged.items():
-            result.setdefault(k, v)
+        if merged:
+            for k, v in merged.items():
+                result.setdefault(k, v)
+        if at is not None:
+            self.noted(result, first, merges)
         return result
+
+    def noted(self, container: Any, first: int, merges: int) -> None:
+        """A located container is built: which of `texts` it holds (`Located.templates`)."""
+        if len(self.texts) != first:
+            self.spans[id(container)] = (first, len(self.texts))
+        if self.merges != merges:
+            self.merged.add(id(container))
 
     def odd_key(self, key: Any, event: Event) -> Any:
         """A key that is not a string: numbers, booleans and null keep the text written (`200:`,
@@ -544,7 +587,10 @@ def load_yaml(text: str, file: str) -> Located:
         loader.dispose()
     if value is _EMPTY:
         return Located(None, file, 1 << _COL_BITS | 1)
-    return Located(value, file, builder.root, builder.marks, builder.held, storable=builder.storable)
+    return Located(
+        value, file, builder.root, builder.marks, builder.held, storable=builder.storable, texts=builder.texts,
+        spans=builder.spans, merged=builder.merged,
+    )
 
 
 _EMPTY = object()
@@ -564,7 +610,11 @@ def _document(builder: _Builder, nxt: Next) -> Any:
     assert isinstance(end, DocumentEndEvent)
     after = nxt()
     if not isinstance(after, StreamEndEvent):
-        raise SeveralDocuments(Located(value, builder.file, builder.root, builder.marks, builder.held), _at(builder.file, after))
+        loaded = Located(
+            value, builder.file, builder.root, builder.marks, builder.held, texts=builder.texts, spans=builder.spans,
+            merged=builder.merged,
+        )
+        raise SeveralDocuments(loaded, _at(builder.file, after))
     return value
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from buildsys.errors import Location
 from buildsys.storable import value_problems
+from buildsys.templating import templated
 from buildsys.yamlsource import YamlError, load_yaml
 from tests.conftest import CORPUS  # the corpus of real prefect.yaml files
 
@@ -296,6 +297,61 @@ def _value_at(value: object, path: tuple[object, ...]) -> object:
             return _NOTHING
         value = value[step]  # type: ignore[index]
     return value
+
+
+def _containers(value: object) -> list[object]:
+    out: list[object] = []
+    if isinstance(value, dict | list):
+        out.append(value)
+        for item in value.values() if isinstance(value, dict) else value:
+            out += _containers(item)
+    return out
+
+
+@pytest.mark.parametrize("source", _yaml_files(), ids=lambda s: s.name if isinstance(s, Path) else "DOC")
+def test_the_templated_strings_noted_per_container_are_what_a_walk_finds(source: str | Path) -> None:
+    """`Located.templates` (noted as the values are built) answers as `templating.templated` walking
+    the container, for every mapping and list of every corpus file and example, or says it does
+    not know (None: a merge key inside)."""
+    text = source.read_text() if isinstance(source, Path) else source
+    try:
+        doc = load_yaml(text, "f.yaml")
+    except YamlError:
+        return
+    for container in _containers(doc.value):
+        noted = doc.templates(container)
+        if noted is not None:
+            walked: list[str] = []
+            templated(container, walked)
+            assert noted == tuple(walked), container
+    assert doc.templates({"a": "{{ x }}"}) is None  # not built by this document
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a:\n  b: '{{ x }}'\n  c: [d, '{{ $Y }} z']\n  e: plain {{ w }}\n", ("{{ x }}", "{{ $Y }} z", "plain {{ w }}")),
+        ("'{{ key }}': v\nb: !!str '{{ tagged }}'\n", ("{{ tagged }}",)),  # keys are never templated
+        ("a: &x {b: '{{ x }}'}\nc: *x\nd: *x\n", ("{{ x }}",) * 3),  # an alias copies its strings
+        ("a: '{{ x }}'\nb: '{{ x }}'\n", ("{{ x }}", "{{ x }}")),  # repeats: each one noted
+        ("a: 1\nb: [true, null, 2.5]\n", ()),
+    ],
+)
+def test_templated_strings_are_noted_as_built(text: str, expected: tuple[str, ...]) -> None:
+    doc = load_yaml(text, "f.yaml")
+    assert doc.templates(doc.value) == expected
+    walked: list[str] = []
+    templated(doc.value, walked)
+    assert tuple(walked) == expected
+
+
+def test_a_merge_key_makes_the_templated_strings_unknown() -> None:
+    """A merged value can be overridden (`<<: *base` then the same key): walk such a container."""
+    doc = load_yaml("base: &b {x: '{{ old }}'}\nd: {<<: *b, x: new, y: {z: '{{ z }}'}}\n", "f.yaml")
+    assert doc.templates(doc.value) is None
+    assert doc.templates(doc.value["d"]) is None
+    assert doc.templates(doc.value["d"]["y"]) == ("{{ z }}",)
+    assert doc.templates(doc.value["base"]) == ("{{ old }}",)
 
 
 def _children(value: object, path: tuple[object, ...]) -> list[object]:
