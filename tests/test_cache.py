@@ -124,3 +124,24 @@ def test_an_input_that_is_a_fifo_or_a_device_is_never_read(tmp_path: Path) -> No
     assert digests["fifo"] == "not a regular file: a FIFO (named pipe)"
     assert digests["zero"] == "not a regular file: a character device"
     assert digests["f"] is not None and digests["f"].isalnum()
+
+
+def test_rows_are_written_many_a_statement_as_one_statement_each_would(tmp_path: Path) -> None:
+    import sqlite3
+
+    from buildsys.cache import MAX_VARIABLES, SCHEMA, _insert
+
+    # more rows than one statement holds, and keys written twice (within a statement and across
+    # two): each later row replaces the earlier one
+    per = MAX_VARIABLES // 6
+    rows = [(f"n{i % (per + 7)}", "label", f"k{i}", "{}", float(i), 0.5) for i in range(3 * per + 5)]
+    found = []
+    for name, write in (("many", lambda db: _insert(db, "nodes", rows)),
+                        ("each", lambda db: db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?)", rows))):
+        db = sqlite3.connect(tmp_path / f"{name}.db")
+        db.executescript(SCHEMA)
+        write(db)
+        found.append(db.execute("SELECT * FROM nodes ORDER BY node").fetchall())
+        db.close()
+    assert found[0] == found[1]
+    assert len(found[0]) == per + 7
