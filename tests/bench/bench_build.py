@@ -517,6 +517,18 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+# The command as the console script runs it, under cProfile. The launcher ends a command with
+# os._exit (no interpreter teardown), which would end the process before cProfile writes its file.
+PROFILED = """\
+import cProfile, os, sys
+from buildsys import launcher
+target = sys.argv[1]
+sys.argv = ["buildsys", *sys.argv[2:]]
+os._exit = sys.exit
+cProfile.run("launcher.main()", target)
+"""
+
+
 def profile(bench: Bench, bin_dir: Path, log: Callable[[str], None], top: int = 14) -> str:
     """cProfile of one buildsys rebuild after a change and one cold build (run last: it changes
     the project): the functions with the most cumulative time, buildsys's own and the libraries'."""
@@ -533,7 +545,7 @@ def profile(bench: Bench, bin_dir: Path, log: Callable[[str], None], top: int = 
             with open(bench.root / bench.nodes["g01s0"].files[0], "a") as fh:
                 fh.write("profiled change\n")
         target = bench.root.parent / f"{label.split()[0]}.prof"
-        timing, _ = run([python, "-m", "cProfile", "-o", str(target), *buildsys.build], bench.root)
+        timing, _ = run([python, "-c", PROFILED, str(target), *buildsys.build[1:]], bench.root)
         text = io.StringIO()
         stats = pstats.Stats(str(target), stream=text)
         stats.sort_stats("cumulative").print_stats(r"buildsys/(?!cli/|launcher|__main__)|sqlite3|yaml|pickle|json", top)
