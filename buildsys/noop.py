@@ -680,19 +680,11 @@ def _previous(path: str) -> Previous | None:
 def previous_build(path: str) -> Previous | None:
     """The manifest at `path` as a Previous; None when it is missing, foreign, damaged, or when
     something besides steps' own input files and directories changed since it was written."""
-    import gc
-
     from buildsys.collector import gc_paused
 
     try:
         with gc_paused():  # thousands of lists and no cycle among them: no collection pass while they are made
-            previous = _previous(path)
-            # What exists now lasts the whole build (this, the compiled build unpickled just before,
-            # the modules): left out of the collections (Engine.run gives them back when it ends).
-            # Else the first young collection after the pause walks all of it: ~25,000 objects
-            # since the compiled build's own pause, 20-30 ms of a loaded rebuild, nothing found.
-            gc.freeze()
-            return previous
+            return _previous(path)
     except (ValueError, IndexError):
         return None
     finally:

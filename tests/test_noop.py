@@ -480,8 +480,9 @@ def decisions_with(root: Path, env: dict[str, str]) -> dict[str, str]:
 
 def test_what_lasts_the_build_is_out_of_the_young_generation_after_previous_build(isolated: Path) -> None:
     """The compiled build (unpickled with the collector paused) and the manifest live until the
-    build ends: after previous_build they are frozen out of the collections, so the first young
-    collection does not walk them all (20-30 ms of a loaded 1,000-step rebuild, nothing found)."""
+    build ends: after previous_build they are out of the young generation (collector.gc_paused),
+    so the first young collection does not walk them all (20-30 ms of a loaded 1,000-step
+    rebuild, nothing found)."""
     import gc
 
     folder = isolated / "src"
