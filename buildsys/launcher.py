@@ -71,27 +71,36 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _left_open() -> bool:
-    """Whether an object still alive holds an open SQLite connection or a written file's buffer
-    (the standard streams are flushed by `_exit_now`)."""
+    """Whether an object still alive is an open SQLite connection or a file written through a
+    buffer (the standard streams are flushed by `_exit_now`). Objects of exactly these classes,
+    picked out in C: a Python loop over the tens of thousands of objects a command keeps would
+    cost a third of what leaving early saves."""
     import gc
     import io
+    from itertools import compress
 
+    sqlite3 = sys.modules.get("sqlite3")
+    kinds: set[type] = {io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper}
+    if sqlite3 is not None:
+        kinds.add(sqlite3.Connection)
+    objects = gc.get_objects()
+    found = list(compress(objects, map(kinds.__contains__, map(type, objects))))
+    del objects
     streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
     std = {id(s) for s in streams} | {id(getattr(s, "buffer", None)) for s in streams}
-    sqlite3 = sys.modules.get("sqlite3")
-    connection = getattr(sqlite3, "Connection", None)
-    files = (io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper)
-    for obj in gc.get_objects():
-        if isinstance(obj, files):
+    for obj in found:
+        if id(obj) in std:
+            continue
+        if isinstance(obj, io.IOBase):
             try:
-                if id(obj) not in std and not obj.closed and obj.writable():
+                if not obj.closed and obj.writable():
                     return True
             except ValueError:  # detached from its buffer
                 continue
-        elif connection is not None and isinstance(obj, connection):
+        elif sqlite3 is not None:
             try:
                 obj.total_changes  # noqa: B018 (raises once the connection is closed)
-            except sqlite3.ProgrammingError:  # type: ignore[union-attr]
+            except sqlite3.ProgrammingError:
                 continue
             return True
     return False
