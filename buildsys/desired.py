@@ -628,9 +628,12 @@ def _check_env(value: Any, env: Mapping[str, str], location: Location | None, wh
 
 
 def _scope(d: Deployment, outputs: BuildOutputs | None, deploy_time: DeployTime) -> Scope:
+    env, variables = deploy_time.env, deploy_time.variables
+    if not (d.build or d.push) and outputs is not None and not outputs.namespace and not outputs.pending:
+        # nothing built for it (most deployments of a large project): what the lines below make of nothing
+        return Scope(outputs={FLAT: {}}, ids=_NO_IDS, pending=_NO_IDS, env=env, variables=variables)
     steps = (*d.build, *d.push)
     ids = frozenset(s.id for s in steps if s.id)
-    env, variables = deploy_time.env, deploy_time.variables
     if outputs is None:
         return Scope(
             outputs={}, ids=ids, pending=frozenset(s.label for s in steps), env=env, variables=variables
@@ -646,6 +649,9 @@ def _scope(d: Deployment, outputs: BuildOutputs | None, deploy_time: DeployTime)
         env=env,
         variables=variables,
     )
+
+
+_NO_IDS: frozenset[str] = frozenset()
 
 
 def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings: list[Diagnostic]) -> None:

@@ -79,6 +79,7 @@ class _Compiler:
         self.root = root
         self.ignore = ignore
         self.refs: dict[str, Check] = {}
+        self.pending: set[str] = set()  # references whose target is being compiled
 
     def compile(self, schema: object) -> Check:
         if schema is True:
@@ -134,13 +135,16 @@ class _Compiler:
     def _k_ref(self, arg: Any, schema: Mapping[str, Any]) -> Check:
         if not isinstance(arg, str) or not arg.startswith("#"):
             raise Unsupported(f"$ref {arg!r}")
-        if arg not in self.refs:
-            target = self._pointer(arg[1:])
-            self.refs[arg] = lambda v: compiled(v)  # placeholder for recursive references
-            compiled = self.compile(target)
-            self.refs[arg] = compiled
         refs = self.refs
-        return lambda v: refs[arg](v)
+        if arg in self.pending:  # a reference inside its own target: looked up when called
+            return lambda v: refs[arg](v)
+        if arg not in refs:
+            self.pending.add(arg)
+            try:
+                refs[arg] = self.compile(self._pointer(arg[1:]))
+            finally:
+                self.pending.discard(arg)
+        return refs[arg]  # the target's check itself: no call in between
 
     def _pointer(self, pointer: str) -> object:
         node: object = self.root

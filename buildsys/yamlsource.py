@@ -50,6 +50,7 @@ _COL_MASK = (1 << _COL_BITS) - 1
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 _INTERN_UP_TO = 64  # characters
+_SHORT_INT = 18  # digits: any such integer is one the store can hold (< 2**63)
 MAX_ALIAS_NODES = 20_000  # events replayed by aliases, plus 4 per character of the file
 MAX_ALIAS_CHARS = 4_000_000  # scalar characters replayed by aliases, plus 4 per character of the file
 
@@ -348,9 +349,17 @@ class _Builder:
     def scalar(self, event: ScalarEvent) -> Any:
         tag = event.tag
         if tag is None:  # `tag`, with its memo looked at first and quoted text at once (inlined: once per value)
-            tag = self.plain_tags.get(event.value) if event.implicit[0] else _STR
-            if tag is None:
-                tag = self.tag(event)
+            if event.implicit[0]:
+                text = event.value
+                tag = self.plain_tags.get(text)
+                if tag is None:
+                    if text.isdigit() and text.isascii() and len(text) <= _SHORT_INT and (text[0] != "0" or text == "0"):
+                        # plain decimal digits (no sign, `_` or leading 0: octal): YAML 1.1's int, as the
+                        # resolver and constructor would make it (each integer of a project is new text)
+                        return int(text)
+                    tag = self.tag(event)
+            else:
+                tag = _STR
         else:
             tag = self.tag(event)
         if tag == _STR:

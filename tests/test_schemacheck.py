@@ -256,3 +256,16 @@ def test_parameter_problems_are_unchanged_by_the_fast_path(monkeypatch: pytest.M
     monkeypatch.setattr(parameters, "_fast_check", lambda key, schema: None)  # jsonschema alone
     assert with_check == [parameters.check(schema, c, partial=True) for c in cases]
     assert [bool(p) for p in with_check] == [True, True, False, True, True]
+
+
+def test_a_reference_inside_its_own_target_checks_at_every_depth() -> None:
+    tree = {
+        "$ref": "#/$defs/node",
+        "$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                                                          "n": {"type": "integer"}}, "additionalProperties": False}},
+    }
+    check = compile_check(tree)
+    assert check is not None
+    assert check({"n": 1, "kids": [{"n": 2, "kids": [{"n": 3}]}, {}]})
+    assert not check({"n": 1, "kids": [{"n": 2, "kids": [{"n": "3"}]}]})
+    assert not check({"kids": [{"kids": [{"other": 1}]}]})

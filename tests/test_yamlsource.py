@@ -53,6 +53,21 @@ def test_values_are_what_safe_load_builds() -> None:
     assert three["pool"] is not one["pool"]
 
 
+def test_plain_integers_are_what_safe_load_builds() -> None:
+    """Plain decimal digits are built without the resolver; everything else integer-like with it."""
+    texts = ["0", "7", "00", "012", "0_1", "1_000", "123", "-1", "+1", "0x1F", "0b101", "1:30", "1e3", "1.0",
+             "\u0663", "\u00b2", "12\u0663", "999999999999999999", "9223372036854775807", "9223372036854775808",
+             "99999999999999999999999", "'12'", "!!str 12", "!!int 12"]
+    text = "".join(f"k{i}: {t}\n" for i, t in enumerate(texts)) + "\n".join(f"{t}: x" for t in ["12", "012", "0"]) + "\n"
+    doc = load_yaml(text, "f.yaml")
+    expected = yaml.safe_load(text)
+    for key in [12, 10, 0]:  # non-string keys keep the text that was written
+        expected[{12: "12", 10: "012", 0: "0"}[key]] = expected.pop(key)
+    assert doc.value == expected
+    assert [type(doc.value[f"k{i}"]) for i in range(len(texts))] == [type(expected[f"k{i}"]) for i in range(len(texts))]
+    assert not doc.storable  # 9223372036854775808 and the longer one
+
+
 def test_a_text_seen_before_builds_what_it_built_then_plain_or_quoted() -> None:
     """The loader reuses the string a plain text built; quoted text may reuse it, never the other
     way round (a quoted `yes` is a string, a plain one a boolean), and tags or NUL text never."""
