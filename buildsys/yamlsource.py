@@ -92,7 +92,7 @@ class Located:
     # Every string value holding `{{` (a placeholder, see `templating.templated`), in the order
     # built, and which of them each located container holds (see `templates`).
     texts: list[str] = field(default_factory=list, repr=False)
-    spans: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)  # id → texts[a:b]
+    spans: dict[int, int] = field(default_factory=dict, repr=False)  # id → a << 32 | b: texts[a:b]
     merged: set[int] = field(default_factory=set, repr=False)  # ids of containers with a merge key inside
 
     def loc(self, path: Path_) -> Location | None:
@@ -155,7 +155,7 @@ class Located:
         if key not in self.marks or key in self.merged:
             return None
         span = self.spans.get(key)
-        return () if span is None else tuple(self.texts[span[0] : span[1]])
+        return () if span is None else tuple(self.texts[span >> _COL_BITS : span & _COL_MASK])
 
     def _walk(self, path: Path_, found: int, node: Any) -> tuple[int, Any]:
         """From `node` (located at `found`) down `path`: (the packed location of `path` or of its
@@ -225,7 +225,7 @@ class _Builder:
         self.plain_str: dict[str, str] = {}
         self.storable = True  # until a value the store cannot hold is built (`_unstorable_text` …)
         self.texts: list[str] = []  # string values holding `{{`, as built (`Located.templates`)
-        self.spans: dict[int, tuple[int, int]] = {}
+        self.spans: dict[int, int] = {}  # one int each, as marks are packed
         self.merges = 0  # merge keys seen so far
         self.merged: set[int] = set()
         self.next_source: Next = self._source()  # one function, so `nxt is self.next_source` works
@@ -341,7 +341,8 @@ class _Builder:
                     items.append(self.mapping(True, nxt))
                 else:
                     items.append(self.node(item, True, nxt))
-            self.noted(items, first, merges)
+            if len(self.texts) != first or self.merges != merges:
+                self.noted(items, first, merges)
             return items
         assert isinstance(event, ScalarEvent)
         return self.scalar(event)
@@ -479,14 +480,14 @@ class _Builder:
         if merged:
             for k, v in merged.items():
                 result.setdefault(k, v)
-        if at is not None:
+        if at is not None and (len(self.texts) != first or self.merges != merges):  # `noted`'s test first: most hold none
             self.noted(result, first, merges)
         return result
 
     def noted(self, container: Any, first: int, merges: int) -> None:
         """A located container is built: which of `texts` it holds (`Located.templates`)."""
         if len(self.texts) != first:
-            self.spans[id(container)] = (first, len(self.texts))
+            self.spans[id(container)] = first << _COL_BITS | len(self.texts)
         if self.merges != merges:
             self.merged.add(id(container))
 
