@@ -27,7 +27,7 @@ from buildsys.noop import Previous, Seen
 from buildsys.reporter import Event, NullReporter, Reporter, report_all
 from buildsys.sensitive import secret_values
 from buildsys.step import BuildScope, Context, StepDef
-from buildsys.templating import Scope, env_blocks, placeholders, render, render_inputs
+from buildsys.templating import BlockResolver, Scope, env_blocks, placeholders, render, render_inputs
 
 if TYPE_CHECKING:
     from buildsys.cache_prefetch import Prefetch
@@ -177,6 +177,7 @@ class Engine:
         self._recorded: dict[str, str] | None = None  # stored outputs (JSON) by recorded key (`previous`)
         self._prefetch: Prefetch | None = None  # a helper hashing inputs ahead (cold builds)
         self.scope = BuildScope()  # what this build's steps and hooks share (ctx.build), for this build only
+        self._blocks: BlockResolver | None = None  # blocks from the environment (`_scopes`), made once
         self._logs: frozenset[str] | None = None  # log files left by earlier builds (`_earlier_logs`)
         self._logs_lock = threading.Lock()
         # Only for a build of this process's environment: the manifest checked os.environ.
@@ -413,8 +414,8 @@ class Engine:
     def key_for(self, node: StepNode, stepdef: StepDef) -> _Keyed:
         """Render the node's inputs and compute its cache key (nothing runs)."""
         spec = node.spec
-        key_inputs = render(spec.inputs, self._scope(node), missing="error", location=spec.location, path=spec.path)
-        full_scope = self._scope(node, with_env=True)
+        key_scope, full_scope = self._scopes(node)
+        key_inputs = render(spec.inputs, key_scope, missing="error", location=spec.location, path=spec.path)
         inputs = render_inputs(spec.inputs, full_scope, held=stepdef.held, location=spec.location, path=spec.path)
         ctx = Context(
             root=self.project.root,
@@ -595,23 +596,23 @@ class Engine:
                     self._logs = logs
         return logs
 
-    def _scope(self, node: StepNode, *, with_env: bool = False) -> Scope:
+    def _scopes(self, node: StepNode) -> tuple[Scope, Scope]:
+        """What the node's inputs render against: for its key (upstream outputs only), and to run
+        it (the environment, variables and blocks too); the outputs gathered once for both."""
         outputs: dict[str, Mapping[str, Any]] = {}
         ids: set[str] = set()
+        results, nodes = self.results, self.graph.nodes
         for label, key in node.scope:
-            res = self.results.get(key)
+            res = results.get(key)
             if res is not None:
                 outputs[label] = res.outputs
-            if self.graph.nodes[key].spec.id:
+            if nodes[key].spec.id:
                 ids.add(label)
-        if not with_env:
-            return Scope(outputs=outputs, ids=frozenset(ids))
-        return Scope(
-            outputs=outputs,
-            ids=frozenset(ids),
-            env=self.env,
-            variables=self.variables,
-            blocks=env_blocks(self.env),
+        known = frozenset(ids)
+        if self._blocks is None:
+            self._blocks = env_blocks(self.env)
+        return Scope(outputs=outputs, ids=known), Scope(
+            outputs=outputs, ids=known, env=self.env, variables=self.variables, blocks=self._blocks
         )
 
     def _cwd(self, node: StepNode) -> Path:
