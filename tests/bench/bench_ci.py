@@ -17,7 +17,9 @@ from a fresh checkout, so `.buildsys/` is empty"), the CI cache restored, in two
 
 Full and affected alternate; both plans must show the same changes. Median of `--runs`. Target: the
 affected plan at least 5x faster. Then both plans again and again in one warm process (the work
-alone, without the process start).
+alone, without the process start). In the same minutes, what every process pays before any
+command's work (`python -c pass`, `buildsys --version`), and the ratio's ceiling were `plan
+--affected` to cost no more than `--version`.
 
 Part `cache` (`shared_cache`): the same shape of project (50 deployments, 10 groups, one small image
 per group FROM the local Python base image, built once per group and pushed to a local registry),
@@ -101,6 +103,18 @@ def bs(root: Path, *args: str) -> tuple[tuple[float, float], subprocess.Complete
     if done.returncode not in (0, 2):
         raise SystemExit(f"buildsys {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return took, done
+
+
+def floor(root: Path) -> dict[str, tuple[float, float]]:
+    """What every process pays before a command's work, in the same checkout and minutes: the
+    interpreter (`python -c pass`) and `buildsys --version` (the interpreter, click and the CLI)."""
+    out = {}
+    for name, argv in (("python -c pass", ["-c", "pass"]), ("buildsys --version", ["-m", "buildsys", "--version"])):
+        start, cpu = time.perf_counter(), _children_cpu()
+        subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, check=True, env={**os.environ, "NO_COLOR": "1"},
+                       timeout=600)
+        out[name] = (time.perf_counter() - start, _children_cpu() - cpu)
+    return out
 
 
 def _children_cpu() -> float:
@@ -187,6 +201,7 @@ def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]
         times: dict[str, list[tuple[float, float, float]]] = {f"{form}_{side}": [] for form in FORMS
                                                                for side in ("plan", "affected")}
         seen: dict[str, list[tuple[str, str]]] = {}
+        floors: dict[str, list[tuple[float, float]]] = {}
         n = 0
         for _ in range(runs):
             for form in FORMS:
@@ -200,6 +215,9 @@ def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]
                     seen.setdefault(f"{form}_{side}", changes(done.stdout))
                     if changes(done.stdout) != seen[f"{form}_{side}"]:
                         raise SystemExit(f"{form} {side}: the plan changed between runs")
+                    if form == "fresh" and side == "plan":
+                        for name, took in floor(clone).items():
+                            floors.setdefault(name, []).append(took)
                     shutil.rmtree(clone)
         plans = {tuple(v) for v in seen.values()}
         if len(plans) != 1:
@@ -220,6 +238,7 @@ def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]
         "runs": times,
         "in_process_plan": _medians(warm["plan"]),
         "in_process_affected": _medians(warm["affected"]),
+        "floor": {name: _medians(samples) for name, samples in floors.items()},
         "changes": next(iter(seen.values())),
         "affected_steps": [s["step"] for s in found["steps"]],
         "affected_deployments": [d["name"] for d in found["deployments"]],
@@ -264,6 +283,12 @@ def report_affected(figures: dict[str, object], runs: int) -> str:
         ratio = f["plan_s"] / f["affected_s"]
         ratios.append(f"{said[form]}: wall ratio {ratio:.2f}x, CPU ratio {f['plan_cpu_s'] / f['affected_cpu_s']:.2f}x "
                       f"(target >= {AFFECTED_TARGET:.0f}x: {'met' if ratio >= AFFECTED_TARGET else 'NOT met'})")
+    for name, (wall, cpu) in figures["floor"].items():  # type: ignore[attr-defined]
+        lines.append(f"| every process | `{name}` | {wall:.3f} | {cpu:.3f} | |")
+    fresh: dict[str, float] = figures["fresh"]  # type: ignore[assignment]
+    start = figures["floor"]["buildsys --version"]  # type: ignore[index]
+    ratios.append(f"ceiling: were `plan --affected` to cost no more than `buildsys --version`, the wall ratio "
+                  f"(plan first) would be {fresh['plan_s'] / start[0]:.2f}x, the CPU ratio {fresh['plan_cpu_s'] / start[1]:.2f}x")
     lines += [
         "| warm process | `plan` | {:.3f} | {:.3f} | |".format(*figures["in_process_plan"]),  # type: ignore[misc]
         "| warm process | `plan --affected` | {:.3f} | {:.3f} | |".format(*figures["in_process_affected"]),  # type: ignore[misc]
