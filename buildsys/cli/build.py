@@ -181,9 +181,10 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         noop.remove(path)
         return
     root = os.path.dirname(os.path.abspath(app.project_file))
+    deps.files.add(os.path.abspath(app.project_file))  # the build's own set, not a copy of its 20,000 paths
     noop.write_manifest(
         path,
-        files={*deps.files, os.path.abspath(app.project_file)},
+        files=deps.files,
         directories=deps.directories,
         env=deps.env,
         labels=[result.graph.nodes[k].label for k in result.graph.order()],
