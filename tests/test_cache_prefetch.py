@@ -4,8 +4,10 @@ never used."""
 
 from __future__ import annotations
 
+import json
 import marshal
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,45 @@ def test_the_helper_answers_ahead_of_the_build_and_leaves_it_what_it_overtook() 
                 progress[done] = 1
     assert len(seen) == len(set(seen))
     assert set(seen) | {i for i in range(50) if progress[i]} == set(range(50))
+
+
+HOOKED = '''
+from buildsys.step import step
+
+
+@step("hooked")
+def hooked(ctx, name: str):
+    return {"name": name}
+
+
+@hooked.files
+def _files(inputs, ctx):
+    return ["src/h/extra.txt", "src/e0/f0.txt"]  # one of its own, one another step's glob lists
+'''
+
+
+def test_a_step_with_a_files_hook_keys_the_same_with_the_helper(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugins = isolated / "plugins"
+    plugins.mkdir()
+    (plugins / "prefetchhook.py").write_text(HOOKED)
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setattr(cache_prefetch, "cpus", lambda: 2)
+    monkeypatch.setattr(cache_prefetch.Prefetch, "patient", True)
+    seen = []
+    for name, least in (("one", 1), ("two", 10**9)):
+        monkeypatch.delitem(sys.modules, "prefetchhook", raising=False)
+        monkeypatch.setattr(cache_prefetch, "MIN_STEPS", least)
+        root = make_project(isolated / name)
+        (root / "src" / "h").mkdir()
+        for f in ("x.txt", "extra.txt"):
+            (root / "src" / "h" / f).write_text(f"h {f}\n")
+            age(root / "src" / "h" / f)
+        age(root / "src" / "h")
+        with (root / "prefect.yaml").open("a") as fh:
+            fh.write('  - prefetchhook.hooked: {id: h, name: h, inputs: ["src/h/x.txt"], needs: []}\n')
+        seen.append(build(root))
+    (with_helper, used), (without, unused) = seen
+    assert used == 9 and unused == -1  # the hooked step's answer was taken too
+    assert with_helper == without
+    components = json.loads(dict((n, c) for n, _, c in with_helper["records"])["h"])
+    assert sorted(components["files"]) == ["src/e0/f0.txt", "src/h/extra.txt", "src/h/x.txt"]
