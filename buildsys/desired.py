@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import date, time
 from functools import lru_cache
 from pathlib import Path
@@ -237,14 +236,16 @@ def desired_state(
     )
 
 
-@dataclass
 class DeployTime:
     """What `{{ $ENV }}` and `{{ prefect.variables.* }}` resolve to while planning, and which
     resolved values came from secret-looking environment variables."""
 
-    env: Mapping[str, str] | None = None
-    variables: Mapping[str, Any] | None = None
-    sensitive: dict[str, str] = field(default_factory=dict)  # value → "$NAME"
+    __slots__ = ("env", "sensitive", "variables")
+
+    def __init__(self, env: Mapping[str, str] | None = None, variables: Mapping[str, Any] | None = None) -> None:
+        self.env = env
+        self.variables = variables
+        self.sensitive: dict[str, str] = {}  # value → "$NAME"
 
 
 # --- variables and pools ------------------------------------------------------------------------
@@ -543,16 +544,15 @@ def _truthy(value: Any) -> Any:
     return value if value is UNKNOWN else bool(value)
 
 
-@dataclass
 class _Renderer:
     """Renders one deployment's fields with its build/push outputs (UNKNOWN when not built)."""
 
-    scope: Scope
-    deployment: Deployment
-    built_ids: frozenset[str] = field(default_factory=frozenset)
+    __slots__ = ("built_ids", "deployment", "scope")
 
-    def __post_init__(self) -> None:
-        self.built_ids = frozenset(s.label for s in (*self.deployment.build, *self.deployment.push))
+    def __init__(self, scope: Scope, deployment: Deployment) -> None:
+        self.scope = scope
+        self.deployment = deployment
+        self.built_ids = frozenset(s.label for s in (*deployment.build, *deployment.push))
 
     def value(self, value: Any, where: str) -> Any:
         kind = type(value)

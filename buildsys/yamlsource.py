@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
@@ -77,23 +76,41 @@ class SeveralDocuments(YamlError):
 Marks = dict[int, "dict[Any, int] | list[int]"]
 
 
-@dataclass
 class Located:
-    """A loaded document: the value and the location of every node by its path."""
+    """A loaded document: the value and the location of every node by its path. (A plain class,
+    not a dataclass: one fewer class compiled from source at every start.)"""
 
-    value: Any
-    file: str
-    root: int | None = None  # packed location of the whole document, see `_pack`
-    marks: Marks = field(default_factory=dict)
-    held: list[Any] = field(default_factory=list, repr=False)  # the containers `marks` names
-    # True: the loader saw every value built and none is one the store cannot hold (see
-    # `storable.value_problems`), so that walk of the whole document can be skipped. False: unknown.
-    storable: bool = False
-    # Every string value holding `{{` (a placeholder, see `templating.templated`), in the order
-    # built, and which of them each located container holds (see `templates`).
-    texts: list[str] = field(default_factory=list, repr=False)
-    spans: dict[int, int] = field(default_factory=dict, repr=False)  # id → a << 32 | b: texts[a:b]
-    merged: set[int] = field(default_factory=set, repr=False)  # ids of containers with a merge key inside
+    __slots__ = ("file", "held", "marks", "merged", "root", "spans", "storable", "texts", "value")
+
+    def __init__(
+        self,
+        value: Any,
+        file: str,
+        root: int | None = None,  # packed location of the whole document, see `_pack`
+        marks: Marks | None = None,
+        held: list[Any] | None = None,  # the containers `marks` names
+        storable: bool = False,
+        texts: list[str] | None = None,
+        spans: dict[int, int] | None = None,
+        merged: set[int] | None = None,
+    ) -> None:
+        self.value = value
+        self.file = file
+        self.root = root
+        self.marks: Marks = {} if marks is None else marks
+        self.held: list[Any] = [] if held is None else held
+        # True: the loader saw every value built and none is one the store cannot hold (see
+        # `storable.value_problems`), so that walk of the whole document can be skipped. False: unknown.
+        self.storable = storable
+        # Every string value holding `{{` (a placeholder, see `templating.templated`), in the order
+        # built, and which of them each located container holds (see `templates`): id → a << 32 | b,
+        # the container holds texts[a:b]; `merged`: containers with a merge key inside.
+        self.texts: list[str] = [] if texts is None else texts
+        self.spans: dict[int, int] = {} if spans is None else spans
+        self.merged: set[int] = set() if merged is None else merged
+
+    def __repr__(self) -> str:
+        return f"Located(value={self.value!r}, file={self.file!r}, root={self.root!r}, storable={self.storable!r})"
 
     def loc(self, path: Path_) -> Location | None:
         """The location of `path`, or of its nearest located ancestor (every ancestor of a located
