@@ -406,6 +406,10 @@ class _Builder:
             raise YamlError(f"bad YAML value: {exc.problem}", location=self.loc(event)) from None
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
             raise YamlError(f"bad YAML value {event.value!r} for {tag}: {exc}", location=self.loc(event)) from None
+        except (AttributeError, LookupError):  # PyYAML's constructors crash on some text their tag cannot read
+            raise YamlError(
+                f"bad YAML value {event.value!r} for {tag}: not a value of that type", location=self.loc(event),
+            ) from None
         finally:
             self.constructor.constructed_objects.clear()
 

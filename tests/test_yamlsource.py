@@ -118,6 +118,8 @@ def test_every_node_has_its_location_and_aliases_point_into_the_anchor() -> None
         ("a: !!int ten\n", "f.yaml:1:4: error: bad YAML value 'ten' for tag:yaml.org,2002:int: invalid literal for "
          "int() with base 10: 'ten'"),
         ("a: !Ref x\n", "f.yaml:1:4: error: bad YAML value: could not determine a constructor for the tag '!Ref'"),
+        ("a: !!timestamp 2001-12-14 - x\n", "f.yaml:1:4: error: bad YAML value '2001-12-14 - x' for "
+         "tag:yaml.org,2002:timestamp: not a value of that type"),  # PyYAML's constructor crashed on it
         ("? [a, b]\n: c\n", "f.yaml:1:3: error: a mapping key must be a plain value"),
         ("a: &m [1]\nb: {<<: *m}\n", "f.yaml:2:9: error: a merge key (<<) needs a mapping or a list of mappings"),
         ("a:\n\tb: 1\n", "f.yaml:2:1: error: not valid YAML: while scanning for the next token: found character "
