@@ -52,7 +52,11 @@ def leave(exc: SystemExit) -> NoReturn:
         raise exc
     shutdown()
     run_exitfuncs()  # and clears them: the interpreter's exit below would not run them twice
-    if _left_open():
+    try:
+        left_open = _left_open()
+    except Exception:  # an object the check could not read: leave the interpreter's way
+        left_open = True
+    if left_open:
         raise exc
     code = exc.code
     if code is not None and not isinstance(code, int):

@@ -110,3 +110,25 @@ def test_a_command_collects_young_objects_less_often(tmp_path: Path) -> None:
 
     default = gc.get_threshold()
     assert done.stdout.splitlines()[-1] == f"{default} {(YOUNG_OBJECTS, *default[1:])}"
+
+
+def test_dead_weak_proxies_alive_at_the_exit_do_not_break_it(tmp_path: Path) -> None:
+    # A dead proxy raises ReferenceError on almost anything asked of it (isinstance included): the
+    # check for open files must not (an earlier version of it ended `buildsys push` with a traceback).
+    body = (
+        "import weakref\nclass Thing: pass\nthing = Thing()\nproxies = [weakref.proxy(thing)]\ndel thing\n"
+        "kept = open('out.txt', 'w'); kept.write('kept')"
+    )
+    done = _run(tmp_path, body)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert (tmp_path / "out.txt").read_text() == "kept"
+
+
+def test_an_exit_check_that_fails_leaves_the_interpreters_way(tmp_path: Path) -> None:
+    body = (
+        "import gc\ndef broken(*args):\n    raise RuntimeError('cannot list objects')\ngc.get_objects = broken\n"
+        "kept = open('out.txt', 'w'); kept.write('kept')"
+    )
+    done = _run(tmp_path, body, "SystemExit(4)")
+    assert (done.returncode, done.stderr) == (4, "")
+    assert (tmp_path / "out.txt").read_text() == "kept"
