@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
@@ -224,25 +225,21 @@ class Context:
         pipe.close()
 
 
+@cache
 def _emit_handler() -> type[_EmitHandler]:
     """The logging handler that sends a step's records to its context's log, made once, when a
     step first asks for its logger."""
-    if not _emit_handlers:
-        import logging
+    import logging
 
-        class EmitHandler(logging.Handler):
-            def __init__(self, ctx: Context) -> None:
-                super().__init__()
-                self.ctx = ctx
+    class EmitHandler(logging.Handler):
+        def __init__(self, ctx: Context) -> None:
+            super().__init__()
+            self.ctx = ctx
 
-            def emit(self, record: logging.LogRecord) -> None:
-                self.ctx.log(self.format(record))
+        def emit(self, record: logging.LogRecord) -> None:
+            self.ctx.log(self.format(record))
 
-        _emit_handlers.append(cast("type[_EmitHandler]", EmitHandler))
-    return _emit_handlers[0]
-
-
-_emit_handlers: list[type[_EmitHandler]] = []
+    return cast("type[_EmitHandler]", EmitHandler)
 
 
 class StepDef:
