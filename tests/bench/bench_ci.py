@@ -1,6 +1,7 @@
 """Benchmark buildsys in CI at scale (not a pytest test).
 
     .venv/bin/python tests/bench/bench_ci.py [--part affected|cache] [--runs 5] [--deployments 50] [--groups 10]
+        [--cache-runs 3] [--cache-install wheel|editable]
 
 Part `affected` (`affected_plan`): a git repository with 50 deployments in 10 groups; each group's
 deployments share one Docker image built from the group's folder (a small image FROM the suite's
@@ -28,7 +29,11 @@ new image layers): a fresh clone runs `buildsys push` without a shared cache (co
 pushes); a trusted runner writes the cache (`--cache-write`, not timed); the images are removed from
 the engine (the next runner is another machine); a fresh clone runs `buildsys push --cache-from`
 (every step must be restored, 0 run, with the same outputs). Median of `--cache-runs` rounds.
-Target: the fresh runner with the shared cache at least 10x faster than cold.
+Target: the fresh runner with the shared cache at least 10x faster than cold. Every runner of this
+part runs the `buildsys` command of a fresh virtual environment holding buildsys's wheel (`pip
+install`, byte-compiled at install), as a CI job installs it; `--cache-install editable` runs
+`python -m buildsys` from the development venv instead (its editable-install finder, and its ~190
+test and tool distributions scanned for entry points).
 """
 
 from __future__ import annotations
@@ -335,10 +340,11 @@ def cache_project(root: Path, deployments: int, groups: int, base_image: str, re
     (root / ".gitignore").write_text(".buildsys/\n")
 
 
-def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, float, dict[str, object], dict[str, object]]:
+def _push(buildsys: list[str], root: Path, env: dict[str, str],
+          *args: str) -> tuple[float, float, dict[str, object], dict[str, object]]:
     """Time `buildsys --json push ARGS` as a whole process: (wall s, CPU s, summary, outputs by step)."""
     start, cpu = time.perf_counter(), _children_cpu()
-    done = subprocess.run([sys.executable, "-m", "buildsys", "--json", "push", *args], cwd=root,
+    done = subprocess.run([*buildsys, "--json", "push", *args], cwd=root,
                           capture_output=True, text=True, env=env, timeout=3600)
     took, used = time.perf_counter() - start, _children_cpu() - cpu
     if done.returncode != 0:
@@ -350,7 +356,7 @@ def _push(root: Path, env: dict[str, str], *args: str) -> tuple[float, float, di
     return took, used, events[-1], _outputs(root)
 
 
-def _cache_server(base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+def _cache_server(buildsys: list[str], base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
     """`buildsys server start --auth` on a free port; its URL and a writer's and a reader's token."""
     from tests.services.net import free_port, port_open
     from tests.services.waiting import wait_for
@@ -358,19 +364,19 @@ def _cache_server(base: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, s
     db = str(base / "cache-server.db")
     tokens = {}
     for scope in ("cache", "read"):
-        made = subprocess.run([sys.executable, "-m", "buildsys", "server", "token", "create", "--scope", scope,
-                               "--db", db], capture_output=True, text=True, check=True)
+        made = subprocess.run([*buildsys, "server", "token", "create", "--scope", scope, "--db", db],
+                              capture_output=True, text=True, check=True)
         tokens[scope] = made.stdout.strip()
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "buildsys", "server", "start", "--auth", "--port", str(port),
-                               "--db", db], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*buildsys, "server", "start", "--auth", "--port", str(port), "--db", db],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: server.poll() is not None or port_open("127.0.0.1", port), 60, "the cache server to listen")
     if server.poll() is not None:
         raise SystemExit("buildsys server did not start")
     return server, f"http://127.0.0.1:{port}", tokens
 
 
-def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
+def shared_cache(runs: int, deployments: int, groups: int, install_form: str = "wheel") -> dict[str, object]:
     """Time a cold fresh runner against a fresh runner with the shared cache; returns the figures."""
     import base64
     import secrets
@@ -385,7 +391,13 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
     registries = cast("Generator[Registry, None, None]", start_registry())
     registry = next(registries)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ci-cache-"))
-    server, url, tokens = _cache_server(tmp)
+    try:
+        buildsys = _install(tmp, install_form)
+        server, url, tokens = _cache_server(buildsys, tmp)
+    except BaseException:
+        registries.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     config = tmp / "docker-config"  # `docker login` for the registry check of a restored build
     config.mkdir()
     login = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
@@ -396,7 +408,6 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
     warm: list[tuple[float, float, float]] = []
     try:
         _push_base(client, base_image, registry)
-        _byte_compile()
         for r in range(runs):
             origin = tmp / f"origin{r}"
             cache_project(origin, deployments, groups, base_image, registry.host, secrets.token_hex(8))
@@ -407,13 +418,14 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
             for name in ("cold", "writer", "fresh"):
                 clones.append(tmp / f"{name}{r}")
                 git(tmp, "clone", "-q", str(origin), str(clones[-1]))
-            took, used, summary, cold_outputs = _push(clones[0], env)
+            took, used, summary, cold_outputs = _push(buildsys, clones[0], env)
             assert summary["ran"] == 2 * groups, summary
             cold.append((took, used, os.getloadavg()[0]))
-            _push(clones[1], {**env, "BUILDSYS_CACHE_TOKEN": tokens["cache"]}, "--cache-from", url, "--cache-write")
+            _push(buildsys, clones[1], {**env, "BUILDSYS_CACHE_TOKEN": tokens["cache"]}, "--cache-from", url,
+                  "--cache-write")
             _remove_images(client, registry.host)
-            took, used, summary, fresh_outputs = _push(clones[2], {**env, "BUILDSYS_CACHE_TOKEN": tokens["read"]},
-                                                 "--cache-from", url)
+            took, used, summary, fresh_outputs = _push(buildsys, clones[2],
+                                                       {**env, "BUILDSYS_CACHE_TOKEN": tokens["read"]}, "--cache-from", url)
             if summary["ran"] != 0 or summary["cached"] != 2 * groups:
                 raise SystemExit(f"the fresh runner with the shared cache ran steps: {summary}")
             if fresh_outputs != cold_outputs:
@@ -429,9 +441,32 @@ def shared_cache(runs: int, deployments: int, groups: int) -> dict[str, object]:
         shutil.rmtree(tmp, ignore_errors=True)
     cold_s, warm_s = statistics.median(t[0] for t in cold), statistics.median(t[0] for t in warm)
     cold_cpu, warm_cpu = statistics.median(t[1] for t in cold), statistics.median(t[1] for t in warm)
-    return {"deployments": deployments, "groups": groups, "cold_s": cold_s, "warm_s": warm_s,
+    return {"deployments": deployments, "groups": groups, "install": install_form, "cold_s": cold_s, "warm_s": warm_s,
             "cold_cpu_s": cold_cpu, "warm_cpu_s": warm_cpu, "ratio": cold_s / warm_s, "cpu_ratio": cold_cpu / warm_cpu,
             "cold_runs": cold, "warm_runs": warm}
+
+
+def _install(base: Path, form: str) -> list[str]:
+    """The `buildsys` command every runner of the cache part runs. `wheel`: the console script of a
+    fresh venv holding buildsys's wheel and its dependencies (pip byte-compiles them at install), as
+    a CI job installs buildsys. `editable`: `python -m buildsys` from this development venv, its
+    own modules byte-compiled first."""
+    if form == "editable":
+        _byte_compile()
+        return [sys.executable, "-m", "buildsys"]
+    wheels, venv = base / "wheels", base / "venv"
+    _quiet(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO))
+    _quiet(sys.executable, "-m", "venv", str(venv))
+    _quiet(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+           str(next(wheels.glob("buildsys-*.whl"))))
+    return [str(venv / "bin" / "buildsys")]
+
+
+def _quiet(*cmd: str) -> None:
+    """Run a set-up command; its output only matters when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
 def _byte_compile() -> None:
@@ -477,7 +512,8 @@ def report_cache(figures: dict[str, object], runs: int) -> str:
     lines = [
         f"fresh runner: `buildsys push` cold vs with the shared cache ({figures['deployments']} deployments, "
         f"{figures['groups']} images built and pushed to a local registry; buildsys server as the cache; "
-        f"median of {runs} rounds, whole processes)",
+        f"median of {runs} rounds, whole processes; buildsys "
+        f"{'from a wheel in a fresh venv' if figures['install'] == 'wheel' else 'from the development venv'})",
         "",
         "| fresh clone, empty .buildsys/ | median wall s | median CPU s | each round: wall/CPU s (load after) |",
         "|---|---:|---:|---|",
@@ -503,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--part", choices=["affected", "cache"], action="append",
                         help="Which part(s) to run (default: all).")
     parser.add_argument("--cache-runs", type=int, default=3, help="Rounds of the cache part.")
+    parser.add_argument("--cache-install", choices=("wheel", "editable"), default="wheel",
+                        help="how the cache part's runners get buildsys (default: its wheel in a fresh venv)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deployments", type=int, default=50)
     parser.add_argument("--groups", type=int, default=10)
@@ -514,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(report_affected(figures, args.runs))
         print(machine())
     if "cache" in parts:
-        cache_figures = shared_cache(args.cache_runs, args.deployments, args.groups)
+        cache_figures = shared_cache(args.cache_runs, args.deployments, args.groups, args.cache_install)
         print(report_cache(cache_figures, args.cache_runs))
         print(machine())
 
