@@ -46,6 +46,14 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _tcp_connection(host: str) -> http.client.HTTPConnection:
+    from buildsys.sharedcache.http import create_connection
+
+    conn = http.client.HTTPConnection(host, timeout=TIMEOUT_S)
+    conn._create_connection = create_connection  # type: ignore[attr-defined]
+    return conn
+
+
 class EngineError(StepError):
     """The engine answered with an error (not a 404) or could not be reached."""
 
@@ -63,7 +71,7 @@ class Engine:
             self.pool = Pool(lambda: _UnixConnection(path, TIMEOUT_S), idle=IDLE)
         else:
             host = address.split("://", 1)[1]
-            self.pool = Pool(lambda: http.client.HTTPConnection(host, timeout=TIMEOUT_S), idle=IDLE)
+            self.pool = Pool(lambda: _tcp_connection(host), idle=IDLE)
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """(status, body) of GET `path`."""

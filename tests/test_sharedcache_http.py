@@ -8,6 +8,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,25 @@ def test_nothing_listening_is_a_connect_error() -> None:
         pool.request("GET", "/")
     assert err.value.kind == "ConnectError"
     assert str(err.value).startswith("ConnectError: [Errno ")
+
+
+def test_an_ascii_host_is_resolved_without_the_idna_codec() -> None:
+    """A plain-HTTP request gives getaddrinfo its ASCII host name as bytes: a restored build that
+    speaks only plain HTTP does not import encodings.idna (with stringprep and unicodedata) for it."""
+    with _serving() as server:
+        code = ("import sys\nfrom buildsys.sharedcache.http import Client\n"
+                f"reply = Client(timeout=10).request('GET', '{server.origin}/x')\n"
+                "print(reply.status, reply.data.decode(), 'encodings.idna' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.split(), done.stderr) == (0, ["200", "echo:/x:", "False"], "")
+
+
+def test_a_host_name_the_resolver_refuses_is_a_connect_error() -> None:
+    """An empty label, which the idna codec refused with a UnicodeError out of the request, is
+    refused by the resolver: no answer, as for any name that does not resolve."""
+    with pytest.raises(RequestError) as err:
+        Pool.to("http://registry..invalid:5000", timeout=10).request("GET", "/v2/")
+    assert err.value.kind == "ConnectError"
 
 
 def test_redirects_are_followed_and_credentials_stay_with_their_origin() -> None:

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import socketserver
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler
@@ -104,6 +105,29 @@ def test_the_engine_socket_keeps_its_connection_and_replaces_one_the_engine_clos
         assert engine.image_id("app:3") == "sha256:" + "a" * 64
         assert (server.connections, server.seen) == (2, ["/images/app:1/json", "/images/app:2/json",
                                                         "/images/app:3/json", "/images/app:3/json"])
+
+
+class _TcpEngine(socketserver.ThreadingTCPServer):
+    """The engine stand-in on loopback TCP (DOCKER_HOST=tcp://…)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _EngineHandler)
+        self.connections, self.seen, self.drop = 0, [], False
+
+
+def test_an_engine_on_tcp_is_asked_without_the_idna_codec() -> None:
+    """The engine's ASCII host name goes to getaddrinfo as bytes (encodings.idna, stringprep and
+    unicodedata are not imported for it), on one kept-alive connection."""
+    with served(_TcpEngine(), poll_interval=0.02) as server:
+        port = server.server_address[1]
+        code = ("import sys\nfrom buildsys.steps._docker_api import Engine\n"
+                f"engine = Engine('tcp://127.0.0.1:{port}')\n"
+                "print(engine.image_id('app:1'), engine.image_id('app:2'), 'encodings.idna' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout.split(), done.stderr) == (0, ["sha256:" + "a" * 64] * 2 + ["False"], "")
+        assert (server.connections, server.seen) == (1, ["/images/app:1/json", "/images/app:2/json"])
 
 
 def test_a_base_image_id_is_asked_once_per_build_until_this_process_changes_an_image(tmp_path: Path) -> None:
