@@ -575,6 +575,13 @@ def _key_text(event: Event, value: object) -> str:
 
 def load_yaml(text: str, file: str) -> Located:
     """Parse one YAML document with locations. Raises YamlError with a location on bad input."""
+    from buildsys.yamllines import load_lines  # imports this module: not at its top
+
+    return load_lines(text, file) or load_events(text, file)
+
+
+def load_events(text: str, file: str) -> Located:
+    """`load_yaml` from libyaml's events: any YAML (`yamllines` reads only a plain subset)."""
     loader = _Loader(text)
     try:
         builder = _Builder(loader, file, len(text))
