@@ -59,6 +59,11 @@ class Dependencies:
     previous: Previous | None = None  # the last build's manifest this build started from
     # label -> (absolute input files, directories listed): what each step's key read
     nodes: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    # the steps settled from `previous` (their key, files and directories: the ones it recorded,
+    # in none of the fields above)
+    kept: list[str] = field(default_factory=list)
+    # files every step depends on that no step's key covers (the ignore files, the steps' code)
+    loose: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -271,7 +276,7 @@ class Engine:
         # no input file and no listed directory (they are at the root), yet changes the keys.
         # Recorded as files (a missing one as missing) that no step owns, so the no-op check
         # falls through and the next build decides every step again.
-        deps.files.update(os.path.join(self.project.root, name) for name in IGNORE_FILES)
+        deps.loose.update(os.path.join(self.project.root, name) for name in IGNORE_FILES)
         deps.stats = self.cache.observed if self.previous is None else Seen(self.cache.observed, self.previous)
         deps.previous = self.previous
         if self.files.opaque or not self.use_cache:
@@ -281,7 +286,8 @@ class Engine:
                 deps.provable = False
             source = registry.source_file(sd)
             if source:
-                deps.files.add(source)
+                deps.loose.add(source)
+        deps.files |= deps.loose
         for res in self.results.values():
             if res.status not in ("ran", "cached") or (res.status == "ran" and res.key in self._unstored):
                 deps.provable = False
@@ -380,11 +386,8 @@ class Engine:
         if stored is None:
             return None
         outputs: dict[str, Any] = json.loads(stored)
-        files, listed = prev.files[label], prev.directories[label]
-        self.dependencies.files.update(files)
-        self.dependencies.nodes[label] = (files, listed)
-        self.files.scanned.update(listed)
-        # (the stat data of these files: the manifest's, `Seen` in _note_dependencies)
+        # Its files, directories and their stat data: the manifest's (noop.write_manifest's `kept`).
+        self.dependencies.kept.append(label)
         event = Event("cached", label, reason="unchanged")
         if said is None:
             self.reporter.event(event)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
-FORMAT = 5
+FORMAT = 6
 # The cache layer's names (described in buildsys.caches), here because this module is imported first.
 DIRECTORY = ".buildsys"
 SUBDIRECTORY = "noop"
@@ -132,6 +132,8 @@ def write_manifest(
     known: Mapping[str, tuple[int, int, int, int]] | Seen | None = None,
     nodes: Sequence[NodeRecord] = (),
     previous: Previous | None = None,
+    loose: Iterable[str] = (),
+    kept: Iterable[str] = (),
 ) -> bool:
     """Record what a successful all-cached-or-ran build depended on. False when it cannot prove
     the next build a no-op: a file was modified too recently to trust its stat data (git's "racily
@@ -141,59 +143,40 @@ def write_manifest(
     `known` holds stat data the build saw when it digested files: recording what the decision was
     based on (rather than stat-ing again) can only make the next check fall through needlessly,
     never pass wrongly. `nodes`: each step's label, cache key, input files and scanned directories.
-    `previous`: the manifest this build started from (`previous_build`); when the build depended
-    on the same files, its rows are kept and only those of the files that moved are written anew
-    (the same bytes as writing every row)."""
+    `loose`: files every step depends on that no step's key covers (the project file, the steps'
+    code, the ignore files): one of them moving makes every recorded key untrustworthy.
+    `previous`: the manifest this build started from (`previous_build`); `kept`: the steps this
+    build settled from it, with its key, files and directories for them (which `files`,
+    `directories` and `nodes` need not repeat). When every other step read what it read before,
+    the previous manifest's rows are kept and only those of the files and directories that moved
+    are written anew: the same bytes as writing every row."""
     _decoded.clear()
-    now = time.time_ns()
-    root = _root_of(path).rstrip(os.sep) + os.sep
-    file_set = files if isinstance(files, set) else set(files)  # (a build's 20,000 paths: not copied)
-    dirs = []
-    for d in sorted(set(directories)):
-        try:
-            dirs.append((d, os.stat(d).st_mtime_ns))
-        except OSError:
-            dirs.append((d, -1))
-    dir_names = [d for d, _ in dirs]
-    kept = _kept_rows(previous, file_set, known, now) if previous is not None and previous.manifest == path else None
-    if kept is not None:
-        assert previous is not None
-        full, paths, numbers, racy = previous.paths, previous.raw["paths"], kept[0], kept[1]
-        node_items = _kept_node_fields(previous, nodes, dir_names)
-    else:
-        from array import array
-
-        full = sorted(file_set)
-        get = (known or {}).get
-        rows = [get(f) or _stat(f) for f in full]
-        numbers = array("q", [n for row in rows for n in row])
-        limit = now - RACY_NS
-        racy = [i for i, row in enumerate(rows) if row[1] >= limit and row[0] >= 0]
-        # One string and one packed array load far faster than 20,000 small tuples; paths
-        # relative to the project root where they are under it: shorter to load and to look up.
-        cut = len(root)
-        paths = _text([f[cut:] if f.startswith(root) else f for f in full])
-        node_items = None
     if any("\0" in label for label in labels):
         remove(path)
         return False  # the manifest separates names with NUL (file names cannot hold one)
-    if node_items is None:
-        node_items = _node_fields(nodes, full, dir_names)
-    fields = {
+    now = time.time_ns()
+    loose = set(loose)
+    kept = set(kept)
+    found = None
+    if previous is not None and previous.manifest == path:
+        found = _kept_fields(previous, files, directories, labels, nodes, loose, kept, known, now)
+    if found is None:
+        if kept:
+            assert previous is not None  # (kept steps are a previous manifest's)
+            files, directories, nodes = _with_kept(previous, files, directories, nodes, kept, labels)
+        found = _fresh_fields(_root_of(path).rstrip(os.sep) + os.sep, files, directories, known, nodes, loose, now)
+    fields, racy = found
+    blob = [MAGIC]
+    for name, payload in {
         "python": _text([sys.version]),
         "code": _text([code_stamp()]),
         "packages": _text(f"{e}\0{m}" for e, m in environment_fingerprint()),
-        "paths": paths,
-        "stats": numbers.tobytes(),
-        "dirs": _text(f"{d}\0{m}" for d, m in dirs),
+        **fields,
         "env": _text(f"{k}\0{env_digest(v)}" for k, v in sorted(env.items())),
         "labels": _text(labels),
         "cache": _text([cache]),
         "racy": _text(str(i) for i in racy),
-        "nodes": _text(node_items),
-    }
-    blob = [MAGIC]
-    for name, payload in fields.items():
+    }.items():
         blob += [f"{name} {len(payload)}\n".encode(), payload, b"\n"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -212,11 +195,110 @@ def _stat(path: str) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def _kept_rows(previous: Previous, files: set[str], known: Any, now: int) -> tuple[Any, list[int]] | None:
-    """The stat rows and racy indices of a manifest for `files`, from the previous manifest's
-    rows with those of the files that moved since replaced; None when the files are not the same."""
-    full = previous.paths
-    if len(files) != len(full) or not files.issuperset(full) or len(previous.numbers) != 4 * len(full):
+def _fresh_fields(
+    root: str,
+    files: Iterable[str],
+    directories: Iterable[str],
+    known: Any,
+    nodes: Sequence[NodeRecord],
+    loose: set[str],
+    now: int,
+) -> tuple[dict[str, bytes], list[int]]:
+    """The file, directory and step fields of a manifest, every row from `known` or stat-ed now,
+    and the indices of the racy files."""
+    from array import array
+
+    dirs = []
+    for d in sorted(set(directories)):
+        try:
+            dirs.append((d, os.stat(d).st_mtime_ns))
+        except OSError:
+            dirs.append((d, -1))
+    full = sorted(files | loose if isinstance(files, set) else {*files, *loose})  # (a build's 20,000 paths: not copied)
+    get = (known or {}).get
+    rows = [get(f) or _stat(f) for f in full]
+    limit = now - RACY_NS
+    file_at = dict(zip(full, map(str, range(len(full))), strict=True))
+    cut = len(root)
+    return {
+        # One string and one packed array load far faster than 20,000 small tuples; paths
+        # relative to the project root where they are under it: shorter to load and to look up.
+        "paths": _text([f[cut:] if f.startswith(root) else f for f in full]),
+        "stats": array("q", [n for row in rows for n in row]).tobytes(),
+        "dirs": _text(f"{d}\0{m}" for d, m in dirs),
+        "nodes": _text(_node_fields(nodes, file_at, [d for d, _ in dirs])),
+        "loose": _text(file_at[f] for f in sorted(loose)),
+    }, [i for i, row in enumerate(rows) if row[1] >= limit and row[0] >= 0]
+
+
+def _node_fields(nodes: Sequence[NodeRecord], file_at: Mapping[str, str], dirs: list[str]) -> list[str]:
+    """label, key, file indices, directory indices (comma-separated) per node; nothing at all when
+    a node names a file or directory the manifest does not hold."""
+    dir_at = {d: str(i) for i, d in enumerate(dirs)}
+    out: list[str] = []
+    for label, key, node_files, node_dirs in nodes:
+        try:
+            out += [label, key, ",".join(map(file_at.__getitem__, node_files)), ",".join(map(dir_at.__getitem__, node_dirs))]
+        except KeyError:
+            return []
+    return out
+
+
+def _with_kept(
+    previous: Previous,
+    files: Iterable[str],
+    directories: Iterable[str],
+    nodes: Sequence[NodeRecord],
+    kept: set[str],
+    labels: Sequence[str],
+) -> tuple[set[str], set[str], list[NodeRecord]]:
+    """`files`, `directories` and `nodes` with the kept steps' own from `previous`, every node in
+    the order of `labels` (none at all when a step is neither kept nor given)."""
+    files, directories = {*files}, {*directories}
+    given = {node[0]: node for node in nodes}
+    out: list[NodeRecord] = []
+    for label in labels:
+        node = given.get(label)
+        if node is None and label in kept:
+            node = (label, previous.keys[label], previous.files_of(label) or [], previous.directories_of(label) or [])
+            files.update(node[2])
+            directories.update(node[3])
+        if node is None:
+            return files, directories, []
+        out.append(node)
+    return files, directories, out
+
+
+def _kept_fields(
+    previous: Previous,
+    files: Iterable[str],
+    directories: Iterable[str],
+    labels: Sequence[str],
+    nodes: Sequence[NodeRecord],
+    loose: set[str],
+    kept: set[str],
+    known: Any,
+    now: int,
+) -> tuple[dict[str, bytes], list[int]] | None:
+    """The fields of `_fresh_fields` from the previous manifest's, when this build depended on the
+    same files and directories: the same steps, each of the steps decided again reading what it
+    read then, the same loose files, nothing else. Only the rows of what moved since are new."""
+    if previous.labels != list(labels) or len(previous.numbers) != 4 * len(previous.relative):
+        return None
+    given = {node[0] for node in nodes}
+    if len(given) != len(nodes) or given & kept or len(given) + len(kept) != len(labels) or not kept.issubset(previous.keys):
+        return None
+    if loose != previous.loose_files():
+        return None
+    reads, listed = set(loose), set(previous.dir_names)
+    keys = dict(previous.keys)
+    for label, key, node_files, node_dirs in nodes:
+        if previous.files_of(label) != list(node_files) or previous.directories_of(label) != list(node_dirs):
+            return None
+        keys[label] = key
+        reads.update(node_files)
+        listed.update(node_dirs)
+    if not reads.issuperset(files) or not listed.issuperset(directories):
         return None
     from array import array
 
@@ -226,52 +308,22 @@ def _kept_rows(previous: Previous, files: set[str], known: Any, now: int) -> tup
     racy = []
     # Rows kept as they were are not racy now: they were not when recorded, and time moved on.
     for i in sorted(previous.moved):
-        row = get(full[i]) or _stat(full[i])
+        f = previous.path_at(i)
+        row = get(f) or _stat(f)
         numbers[4 * i : 4 * i + 4] = array("q", row)
         if row[0] >= 0 and row[1] >= now - RACY_NS:
             racy.append(i)
-    return numbers, racy
-
-
-def _kept_node_fields(previous: Previous, nodes: Sequence[NodeRecord], dirs: list[str]) -> list[str] | None:
-    """`_node_fields` for a manifest with the previous one's files and directories: a node that
-    reads the same files and directories keeps its recorded index lists. None when the
-    directories differ (then everything is computed again)."""
-    old = _items(previous.raw.get("nodes", b""))
-    old_dirs = _items(previous.raw.get("dirs", b""))[0::2]
-    if old_dirs != dirs or not old:
-        return None
-    position = {old[at]: at for at in range(0, len(old) - 3, 4)}
-    file_at: dict[str, str] | None = None
-    dir_at: dict[str, str] | None = None
-    out: list[str] = []
-    for label, key, node_files, node_dirs in nodes:
-        at = position.get(label)
-        if at is not None and previous.files.get(label) == node_files and previous.directories.get(label) == node_dirs:
-            out += [label, key, old[at + 2], old[at + 3]]
-            continue
-        if file_at is None or dir_at is None:
-            file_at = dict(zip(previous.paths, map(str, range(len(previous.paths))), strict=True))
-            dir_at = {d: str(i) for i, d in enumerate(dirs)}
-        try:
-            out += [label, key, ",".join(map(file_at.__getitem__, node_files)), ",".join(map(dir_at.__getitem__, node_dirs))]
-        except KeyError:
-            return []
-    return out
-
-
-def _node_fields(nodes: Sequence[NodeRecord], files: list[str], dirs: list[str]) -> list[str]:
-    """label, key, file indices, directory indices (comma-separated) per node; nothing at all when
-    a node names a file or directory the manifest does not hold."""
-    file_at = dict(zip(files, map(str, range(len(files))), strict=True))
-    dir_at = {d: str(i) for i, d in enumerate(dirs)}
-    out: list[str] = []
-    for label, key, node_files, node_dirs in nodes:
-        try:
-            out += [label, key, ",".join(map(file_at.__getitem__, node_files)), ",".join(map(dir_at.__getitem__, node_dirs))]
-        except KeyError:
-            return []
-    return out
+    items = list(previous.items)
+    items[1::4] = map(keys.__getitem__, items[0::4])
+    raw = previous.raw
+    return {
+        "paths": raw["paths"],
+        "stats": numbers.tobytes(),
+        # the directories as the check before this build saw them (those that moved, as they were then)
+        "dirs": _text(f"{d}\0{previous.dirs_now.get(i, m)}" for i, (d, m) in enumerate(previous.dirs)),
+        "nodes": _text(items),
+        "loose": raw["loose"],
+    }, racy
 
 
 # The manifest is plain data read by slicing, never a deserializer: `.buildsys/` is in the project
@@ -345,7 +397,8 @@ def _decode(blob: bytes) -> dict[str, Any] | None:
             "labels": _items(fields["labels"]),
             "cache": _items(fields["cache"]),
             "racy": [int(i) for i in _items(fields.get("racy", b""))],
-            "nodes": _items(fields.get("nodes", b"")),
+            "nodes": _items(fields["nodes"]),
+            "loose": [int(i) for i in _items(fields["loose"])],
             "raw": fields,
         }
     except (KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
@@ -422,17 +475,18 @@ def still_valid(path: str) -> list[str] | None:
     return labels  # (a yes ends the command: nothing is kept for a later, staler look)
 
 
-def _changed_dirs(data: dict[str, Any], *, first_only: bool = False) -> list[int]:
-    """Indices of the recorded directories whose listing may have changed (mtime moved)."""
+def _changed_dirs(data: dict[str, Any], *, first_only: bool = False) -> list[tuple[int, int]]:
+    """The recorded directories whose listing may have changed (mtime moved): (index, mtime now,
+    or -1 when gone)."""
     stat = os.stat
     out = []
     for i, (d, mtime) in enumerate(data["dirs"]):
         try:
-            moved = stat(d).st_mtime_ns != mtime
+            now = stat(d).st_mtime_ns
         except OSError:
-            moved = mtime != -1
-        if moved:
-            out.append(i)
+            now = -1
+        if now != mtime:
+            out.append((i, now))
             if first_only:
                 break
     return out
@@ -453,8 +507,10 @@ def _surroundings_unchanged(data: dict[str, Any]) -> bool:
 
 # manifest -> what still_valid found, for the previous_build that follows in this process: (the
 # decoded manifest checked, indices of the files that moved, the index ranges checked, a helper
-# still checking the files from an index on, or None, indices of the directories that moved)
-_verified: dict[str, tuple[dict[str, Any], set[int], list[tuple[int, int]], tuple[tuple[int, int], int] | None, list[int]]] = {}
+# still checking the files from an index on, or None, the directories that moved: index, mtime now)
+_verified: dict[
+    str, tuple[dict[str, Any], set[int], list[tuple[int, int]], tuple[tuple[int, int], int] | None, list[tuple[int, int]]]
+] = {}
 
 
 def _forget_verified(path: str) -> None:
@@ -565,28 +621,84 @@ class Previous:
     """The last successful build as its manifest recorded it, checked against the file system now:
     every step's cache key, input files and scanned directories, and which steps' own inputs
     moved. Everything else the build depended on (the project file, step sources, environment
-    variables, buildsys, installed packages, the cache) is unchanged, or there is no Previous."""
+    variables, buildsys, installed packages, the cache) is unchanged, or there is no Previous.
+    A step's files and directories are read from the manifest when asked for (`files_of`): a
+    build after a small change needs those of the few steps it decides again, not of all."""
 
-    __slots__ = ("_at", "changed", "directories", "env", "files", "keys", "manifest", "moved", "numbers", "paths", "raw")
+    __slots__ = (
+        "_at", "_lists", "changed", "dirs", "dirs_now", "env", "items", "keys", "labels", "manifest", "moved",
+        "numbers", "prefix", "raw", "relative",
+    )
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}  # label -> cache key
-        self.files: dict[str, list[str]] = {}  # label -> absolute paths
-        self.directories: dict[str, list[str]] = {}  # label -> directories its globs listed
         self.changed: set[str] = set()  # labels whose files or directories moved
         self.env: list[str] = []  # environment variables the build used (all unchanged)
-        self.paths: list[str] = []  # the manifest's files (absolute), in its order
+        self.labels: list[str] = []  # every step's label, in graph order
+        self.items: list[str] = []  # label, key, file indices, directory indices, per step, as recorded
+        self.relative: list[str] = []  # the manifest's files as recorded (relative to `prefix` when under it)
+        self.prefix = ""  # the project root, with a trailing separator
         self.numbers: memoryview = memoryview(b"")  # their recorded (size, mtime, ctime, inode), flat
         self.moved: set[int] = set()  # indices of files that moved (or were racy when recorded)
+        self.dirs: list[tuple[str, int]] = []  # the scanned directories and their recorded mtimes
+        self.dirs_now: dict[int, int] = {}  # index -> mtime now, of the directories that moved (-1: gone)
         self.raw: dict[str, bytes] = {}  # the manifest's fields as stored
         self.manifest = ""  # its path
+        self._lists: dict[str, tuple[str, str]] | None = None  # label -> its file and directory indices
         self._at: dict[str, int] | None = None
+
+    def path_at(self, i: int) -> str:
+        p = self.relative[i]
+        return p if p.startswith(os.sep) else self.prefix + p
+
+    @property
+    def paths(self) -> list[str]:
+        """The manifest's files (absolute), in its order."""
+        return [self.path_at(i) for i in range(len(self.relative))]
+
+    @property
+    def dir_names(self) -> list[str]:
+        return [d for d, _ in self.dirs]
+
+    def _texts(self, label: str) -> tuple[str, str] | None:
+        if self._lists is None:
+            items = self.items
+            self._lists = dict(zip(items[0::4], zip(items[2::4], items[3::4], strict=True), strict=True))
+        return self._lists.get(label)
+
+    def files_of(self, label: str) -> list[str] | None:
+        """The absolute paths of the step's input files, as recorded; None for a step not recorded."""
+        texts = self._texts(label)
+        if texts is None:
+            return None
+        return [self.path_at(int(i)) for i in texts[0].split(",")] if texts[0] else []
+
+    def directories_of(self, label: str) -> list[str] | None:
+        """The directories the step's globs listed, as recorded; None for a step not recorded."""
+        texts = self._texts(label)
+        if texts is None:
+            return None
+        return [self.dirs[int(i)][0] for i in texts[1].split(",")] if texts[1] else []
+
+    @property
+    def files(self) -> dict[str, list[str]]:
+        """label -> `files_of` for every step."""
+        return {label: self.files_of(label) or [] for label in self.keys}
+
+    @property
+    def directories(self) -> dict[str, list[str]]:
+        """label -> `directories_of` for every step."""
+        return {label: self.directories_of(label) or [] for label in self.keys}
+
+    def loose_files(self) -> set[str]:
+        """The files recorded as depended on by every step (`write_manifest`'s `loose`)."""
+        return {self.path_at(int(i)) for i in _items(self.raw.get("loose", b""))}
 
     def recorded(self, path: str) -> tuple[int, int, int, int] | None:
         """The stat data of `path` as recorded and found unchanged now; None when it moved, is
         missing or is not in the manifest."""
         if self._at is None:
-            self._at = dict(zip(self.paths, range(len(self.paths)), strict=True))
+            self._at = dict(zip(self.paths, range(len(self.relative)), strict=True))
         i = self._at.get(path)
         if i is None or i in self.moved:
             return None
@@ -612,40 +724,73 @@ class Seen:
         return seen
 
 
+def _owners(
+    labels: Sequence[str], file_texts: Sequence[str], dir_texts: Sequence[str], moved: set[int], moved_dirs: Mapping[int, int]
+) -> tuple[set[str], set[int]]:
+    """The steps whose files or directories include one that moved, and the moved files some step
+    reads. A few moved (the usual case): each is looked for in the steps' index lists as text,
+    which parses none of the 20,000 indices a large build records."""
+    changed: set[str] = set()
+    owned: set[int] = set()
+    if not moved and not moved_dirs:
+        return changed, owned
+    if len(moved) + len(moved_dirs) > 32:
+        for label, file_text, dir_text in zip(labels, file_texts, dir_texts, strict=True):
+            hit = moved.intersection(map(int, file_text.split(","))) if file_text else set()
+            owned |= hit
+            if hit or (dir_text and not moved_dirs.keys().isdisjoint(map(int, dir_text.split(",")))):
+                changed.add(label)
+        return changed, owned
+    files = [(i, f",{i},") for i in moved]
+    dirs = [f",{i}," for i in moved_dirs]
+    for label, file_text, dir_text in zip(labels, file_texts, dir_texts, strict=True):
+        listed = f",{file_text},"
+        for i, text in files:
+            if text in listed:
+                owned.add(i)
+                changed.add(label)
+        if dirs and label not in changed:
+            listed = f",{dir_text},"
+            if any(text in listed for text in dirs):
+                changed.add(label)
+    return changed, owned
+
+
 def _previous(path: str) -> Previous | None:
     data = _read(path)
     if data is None or not data["nodes"] or not _surroundings_unchanged(data):
         return None
     paths: list[str] = data["paths"]
     numbers: memoryview = data["stats"]
-    if len(numbers) != 4 * len(paths):
+    items: list[str] = data["nodes"]
+    if len(numbers) != 4 * len(paths) or len(items) % 4:
         return None
     prefix = _root_of(path).rstrip(os.sep) + os.sep
-    full = [p if p.startswith(os.sep) else prefix + p for p in paths]
     moved = set(data["racy"])
     checked = _verified.get(path)  # the no-op check, moments ago in this process
-    moved_dirs: set[int] | None = None
+    moved_dirs: dict[int, int] | None = None
     if checked is not None and checked[0] is data:
         _verified.pop(path)
         moved |= checked[1]
-        moved_dirs = set(checked[4])
+        moved_dirs = dict(checked[4])
         covered = list(checked[2])
         if checked[3] is not None:  # its helper, done by now (or its part is checked here)
             (helper, start) = checked[3]
             theirs = _join_helper(helper, stop=False)
             if theirs is not None:
                 moved.update(theirs)
-                covered.append((start, len(full)))
-        todo = [(0, len(full))]
+                covered.append((start, len(paths)))
+        todo = [(0, len(paths))]
         for start, end in covered:
             todo = [part for a, b in todo for part in ((a, min(b, start)), (max(a, end), b)) if part[0] < part[1]]
     else:
         _forget_verified(path)
-        todo = [(0, len(full))]
+        todo = [(0, len(paths))]
     stat = os.stat
     for start, end in todo:
+        full = [p if p.startswith(os.sep) else prefix + p for p in paths[start:end]]
         recorded = iter(numbers[4 * start : 4 * end])
-        for i, p, size, mtime, ctime, ino in zip(range(start, end), full[start:end], recorded, recorded, recorded, recorded, strict=True):
+        for i, p, size, mtime, ctime, ino in zip(range(start, end), full, recorded, recorded, recorded, recorded, strict=True):
             try:
                 st = stat(p)
             except OSError:
@@ -654,25 +799,20 @@ def _previous(path: str) -> Previous | None:
                 continue
             if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
                 moved.add(i)
-    out = Previous()
-    out.paths, out.numbers, out.moved, out.raw, out.manifest = full, numbers, moved, data["raw"], path
+    if not moved.isdisjoint(data["loose"]):
+        return None  # the project file, a step's code or an ignore file: every key may have changed
     if moved_dirs is None:
-        moved_dirs = set(_changed_dirs(data))
-    dirs = [d for d, _ in data["dirs"]]
-    owned: set[int] = set()
-    items = data["nodes"]
-    for at in range(0, len(items) - 3, 4):
-        label, key, file_text, dir_text = items[at : at + 4]
-        indices = list(map(int, file_text.split(","))) if file_text else []
-        dir_indices = list(map(int, dir_text.split(","))) if dir_text else []
-        owned.update(indices)
-        out.keys[label] = key
-        out.files[label] = list(map(full.__getitem__, indices))
-        out.directories[label] = list(map(dirs.__getitem__, dir_indices))
-        if moved.intersection(indices) or moved_dirs.intersection(dir_indices):
-            out.changed.add(label)
+        moved_dirs = dict(_changed_dirs(data))
+    labels = items[0::4]
+    changed, owned = _owners(labels, items[2::4], items[3::4], moved, moved_dirs)
     if not moved <= owned:
-        return None  # a file no step reads moved: the project file or a step's source
+        return None  # a file no step reads moved
+    out = Previous()
+    out.keys = dict(zip(labels, items[1::4], strict=True))
+    out.changed, out.moved, out.dirs_now = changed, moved, moved_dirs
+    out.labels, out.items, out.dirs = data["labels"], items, data["dirs"]
+    out.relative, out.prefix, out.numbers = paths, prefix, numbers
+    out.raw, out.manifest = data["raw"], path
     out.env = [name for name, _ in data["env"]]
     return out
 

@@ -334,9 +334,12 @@ def test_a_racy_file_is_decided_again_and_the_rest_reused(chain: Path) -> None:
     assert decisions(chain) == {"a": "unchanged", "b": "unchanged", "c": "unchanged"}
 
 
-def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(isolated: Path) -> None:
+def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a change, the manifest keeps the previous one's rows and rewrites only those of the
-    files that moved: byte for byte what writing every row gives (in-process, no build)."""
+    files that moved, and the steps the build settled from it (`kept`) are taken from it as they
+    were: byte for byte what writing every row of every step gives (in-process, no build)."""
     folders = {name: isolated / "src" / name for name in ("a", "b")}
     files: dict[str, list[str]] = {}
     for name, folder in folders.items():
@@ -356,12 +359,13 @@ def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(iso
     cache.write_text("")
     path = noop.manifest_path(str(outside), ("build",), [])
 
-    def write(keys: dict[str, str], previous: noop.Previous | None, extra: tuple[str, ...] = ()) -> bytes:
-        nodes = [(n, keys[n], files[n] + list(extra) * (n == "b"), [str(folders[n])]) for n in ("a", "b")]
+    def write(keys: dict[str, str], previous: noop.Previous | None, extra: tuple[str, ...] = (), kept: str = "") -> bytes:
+        nodes = [(n, keys[n], files[n] + list(extra) * (n == "b"), [str(folders[n])]) for n in ("a", "b") if n not in kept]
+        read = [f for n in ("a", "b") if n not in kept for f in files[n]]
         seen = noop.Seen({f: _stat(f) for f in files["a"] + list(extra)}, previous)  # what a build digested
-        noop.write_manifest(path, files={*files["a"], *files["b"], *extra, str(outside)},
-                            directories=[str(d) for d in folders.values()], env={}, labels=["a", "b"],
-                            cache=str(cache), known=seen, nodes=nodes, previous=previous)
+        noop.write_manifest(path, files={*read, *extra}, directories=[str(folders[n]) for n in ("a", "b") if n not in kept],
+                            env={}, labels=["a", "b"], cache=str(cache), known=seen, nodes=nodes, previous=previous,
+                            loose=[str(outside)], kept=kept)
         return Path(path).read_bytes()
 
     write({"a": "k1", "b": "k2"}, None)
@@ -369,7 +373,9 @@ def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(iso
     age(Path(files["a"][1]))
     prev = noop.previous_build(path)
     assert prev is not None and prev.changed == {"a"}
-    kept = write({"a": "k3", "b": "k2"}, prev)
+    with monkeypatch.context() as patched:  # the previous manifest's rows, not a full write
+        patched.setattr(noop, "_fresh_fields", None)
+        kept = write({"a": "k3", "b": "k2"}, prev, kept="b")
     assert kept == write({"a": "k3", "b": "k2"}, None)
     assert noop.still_valid(path) == ["a", "b"]
     # a file added to b's inputs: the rows cannot be kept, and the result is still the full write
@@ -379,8 +385,15 @@ def test_a_manifest_written_from_the_previous_one_is_the_one_written_in_full(iso
     age(folders["b"])
     prev = noop.previous_build(path)
     assert prev is not None and prev.changed == {"b"}
-    grown = write({"a": "k3", "b": "k4"}, prev, (str(new),))
+    grown = write({"a": "k3", "b": "k4"}, prev, (str(new),), kept="a")
     assert grown == write({"a": "k3", "b": "k4"}, None, (str(new),))
+    # the project file moved: no step's recorded key is trusted, though a step reads it too
+    files["b"].append(str(outside))
+    write({"a": "k3", "b": "k4"}, None)
+    assert noop.previous_build(path) is not None
+    outside.write_text("build: [] # edited\n")
+    age(outside)
+    assert noop.previous_build(path) is None
 
 
 def _stat(path: str) -> tuple[int, int, int, int]:
@@ -407,6 +420,11 @@ build:
       id: d
       word: "{{ c.word }}"
       inputs: ["src/d/*"]
+  - mysteps.py:emit:
+      id: e
+      word: e
+      inputs: ["*.yaml", "*.py"]
+      needs: []
 """
 STEPS = "def emit(word: str) -> dict[str, str]:\n    return {'word': word}\n"
 
@@ -414,7 +432,10 @@ STEPS = "def emit(word: str) -> dict[str, str]:\n    return {'word': word}\n"
 def test_a_build_after_each_kind_of_change_decides_as_a_build_from_nothing(isolated: Path) -> None:
     """Every way a step's key can change without one of its own input files changing reaches the
     step: each change is made in the project and in a copy whose no-op manifest is gone (that
-    build computes every key), and both builds must decide every step alike, and as expected."""
+    build computes every key), and both builds must decide every step alike, and as expected.
+    Step e reads the project file and the steps' code as its own inputs: a change to either is
+    still a change to every step (c and d, settled before e, kept their keys once when it was
+    taken for e's change alone)."""
     import shutil
 
     root = isolated / "p"
@@ -447,9 +468,9 @@ def test_a_build_after_each_kind_of_change_decides_as_a_build_from_nothing(isola
         ("an ignore file edited", lambda p: (p / ".gitignore").write_text("y.txt\n"), {}, {"a", "b", "c", "d"}),
         ("the other ignore file", lambda p: (p / ".buildsysignore").write_text("z.txt\n"), {}, {"b"}),
         ("the step's code", lambda p: (p / "mysteps.py").write_text(STEPS.replace("word}", "word, 'v': '2'}")), {},
-         {"a", "b", "c", "d"}),
+         {"a", "b", "c", "d", "e"}),
         ("a templated value in the project file", lambda p: (p / "prefect.yaml").write_text(
-            REACH.replace("word: c\n", "word: see\n")), {}, {"c", "d"}),
+            REACH.replace("word: c\n", "word: see\n")), {}, {"c", "d", "e"}),
         ("nothing but an mtime", lambda p: os.utime(p / "src" / "a" / "x.txt"), {}, set()),
     ]
     for what, change, extra, expected in changes:

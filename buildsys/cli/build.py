@@ -181,7 +181,7 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         noop.remove(path)
         return
     root = os.path.dirname(os.path.abspath(app.project_file))
-    deps.files.add(os.path.abspath(app.project_file))  # the build's own set, not a copy of its 20,000 paths
+    deps.loose.add(os.path.abspath(app.project_file))
     noop.write_manifest(
         path,
         files=deps.files,
@@ -192,6 +192,8 @@ def _remember_noop(app: App, sections: tuple[str, ...], opts: dict[str, Any], re
         known=deps.stats,
         nodes=_node_records(result),
         previous=deps.previous,
+        loose=deps.loose,
+        kept=deps.kept,
     )
 
 
@@ -199,8 +201,11 @@ def _node_records(result: Any) -> list[tuple[str, str, list[str], list[str]]]:
     """Each step's label, key and what its key read, for the next build's `noop.previous_build`
     (none at all when a step's inputs are not known: then the next build computes every key)."""
     out = []
+    kept = set(result.dependencies.kept)  # (the previous manifest's: noop.write_manifest)
     for key in result.graph.order():
         res = result.results[key]
+        if res.label in kept:
+            continue
         seen = result.dependencies.nodes.get(res.label)
         if seen is None or not res.cache_key:
             return []
