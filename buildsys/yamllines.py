@@ -17,8 +17,6 @@ import re
 from sys import intern
 from typing import Any
 
-import yaml
-
 from buildsys.yamlsource import (
     _COL_BITS,
     _INTERN_UP_TO,
@@ -40,6 +38,18 @@ _FLOW_TOKEN = re.compile(
 )
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _MAX_KEY = 1000  # libyaml refuses a simple key longer than 1024 characters; leave those to it
+# YAML 1.1's implicit types as PyYAML's resolver and constructor give them, for the plain texts that
+# start with a letter or `~` (the others are the resolver's to type, with PyYAML imported then):
+# `tests/test_yamllines.py` checks these against PyYAML's own tables.
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_BOOLS = {
+    text: value
+    for word, value in (("yes", True), ("no", False), ("true", True), ("false", False), ("on", True), ("off", False))
+    for text in (word, word.capitalize(), word.upper())
+}
+_NULLS = frozenset({"~", "null", "Null", "NULL", ""})
+_TYPED_FIRST = frozenset("-+0123456789.<=!&*")  # numbers, dates, `<<`, `=` and PyYAML's own `!`, `&`, `*`
 
 
 # A flow collection as built once, to build again at another place: (the container, its marks'
@@ -77,8 +87,8 @@ class _Reader:
         self.storable = True
         self.plain_tags: dict[str, str] = {}
         self.plain_str: dict[str, str] = {}
-        self.resolver = yaml.resolver.Resolver()
-        self.constructor: yaml.constructor.SafeConstructor | None = None
+        self.resolver: Any = None  # PyYAML's, made for the first text it has to type
+        self.constructor: Any = None
         # the content lines: (line number, indent, dash, column after the dash, key, rest, its column)
         self.lines: list[tuple[int, int, str | None, int, str | None, str, int]] = []
         self.at = 0  # index of the next line to read
@@ -399,8 +409,18 @@ class _Reader:
         return self.string(key, plain=True)  # no `{` in a key this reader reads: never templated
 
     def resolve(self, text: str) -> str:
-        """The tag of a plain scalar (`yamlsource._Builder.tag`'s question)."""
-        return str(self.resolver.resolve(yaml.ScalarNode, text, (True, False)))  # type: ignore[no-untyped-call]
+        """The tag of a plain scalar, as PyYAML's resolver says (`yamlevents._Builder.tag`)."""
+        if text in _NULLS:
+            return _NULL_TAG
+        if text in _BOOLS:
+            return _BOOL_TAG
+        if text[0] not in _TYPED_FIRST:
+            return _STR
+        import yaml
+
+        if self.resolver is None:
+            self.resolver = yaml.resolver.Resolver()
+        return str(self.resolver.resolve(yaml.ScalarNode, text, (True, False)))
 
     def plain(self, text: str) -> Any:
         shared = self.plain_str.get(text)
@@ -413,6 +433,12 @@ class _Reader:
             tag = self.plain_tags[text] = self.resolve(text)
         if tag == _STR:
             return self.string(text, plain=True)
+        if tag == _NULL_TAG:
+            return None
+        if tag == _BOOL_TAG:
+            return _BOOLS[text]
+        import yaml
+
         if self.constructor is None:
             self.constructor = yaml.constructor.SafeConstructor()
         try:

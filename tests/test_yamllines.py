@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from buildsys.yamlevents import load_events
 from buildsys.yamllines import load_lines
-from buildsys.yamlsource import Located, YamlError, load_events, load_yaml
+from buildsys.yamlsource import Located, YamlError, load_yaml
 from tests.conftest import CORPUS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
@@ -217,3 +218,40 @@ def test_mutated_files_are_read_as_the_events_build_them_or_left_alone() -> None
         assert same_as_events(text), text
         read += 1
     assert read > 500
+
+
+def test_the_implicit_types_read_here_are_pyyamls() -> None:
+    """Plain texts starting with a letter or `~` are typed here (bool, null or text) without
+    PyYAML; every other first character PyYAML's resolver types is left to it."""
+    import yaml
+
+    from buildsys.yamllines import _BOOLS, _NULLS, _TYPED_FIRST, _Reader
+
+    table = yaml.resolver.Resolver.yaml_implicit_resolvers
+    assert None not in table  # no resolver that looks at every text
+    for first, resolvers in table.items():
+        tags = {tag.rsplit(":", 1)[1] for tag, _ in resolvers}
+        assert first in _TYPED_FIRST or tags <= {"bool", "null"}, first
+    words = [*_BOOLS, *_NULLS, "yes!", "Yes ", "nULL", "NuLL", "tRUE", "ok", "n", "y", "Y", "~x", "off-", "o"]
+    resolver, reader = yaml.resolver.Resolver(), _Reader("f")
+    for text in words:
+        assert reader.resolve(text) == resolver.resolve(yaml.ScalarNode, text, (True, False)), text
+        assert same_as_events(f"a: {text}\n" if text.strip() == text else f"a: '{text}'\n")
+    assert {text: _BOOLS[text] for text in _BOOLS} == {
+        text: yaml.safe_load(f"a: {text}")["a"] for text in _BOOLS
+    }
+
+
+def test_a_plan_of_plain_yaml_does_not_import_pyyaml() -> None:
+    """Reading a file in the subset needs no PyYAML; a number or date it cannot type imports it."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from buildsys.yamlsource import load_yaml\n"
+        "load_yaml(sys.argv[1], 'f.yaml')\n"
+        "print('yaml' in sys.modules)\n"
+    )
+    for text, imported in (("a: [x, 1, yes, ~]\nb: {c: d}\n", "False"), ("a: 1.5\n", "True"), ("a: &x 1\n", "True")):
+        out = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == imported, text
