@@ -460,6 +460,9 @@ def still_valid(path: str) -> list[str] | None:
         if helper is not None and whole and (moved or moved_dirs or data["racy"]):
             _verified[path] = (data, set(moved), covered, (helper, split), moved_dirs)  # collected by previous_build
             return None
+        if helper is not None and whole and _helper_found_one(helper):  # its part moved: no wait for the rest
+            _verified[path] = (data, set(moved), covered, (helper, split), moved_dirs)
+            return None
         if helper is not None:
             theirs = _join_helper(helper, stop=bool(moved) and not whole)
             if theirs is not None:
@@ -520,9 +523,11 @@ def _forget_verified(path: str) -> None:
         _join_helper(found[3][0], stop=True)
 
 
-def _moved_files(paths: list[str], numbers: memoryview, start: int, end: int, root: int, whole: bool) -> list[int]:
+def _moved_files(
+    paths: list[str], numbers: memoryview, start: int, end: int, root: int, whole: bool, found: Callable[[], object] | None = None
+) -> list[int]:
     """Indices of paths[start:end] (relative to the directory `root`, or absolute) whose stat data
-    moved; only the first unless `whole`."""
+    moved; only the first unless `whole`. `found` is called when the first is found."""
     stat = os.stat
     recorded = iter(numbers[4 * start : 4 * end])
     out: list[int] = []
@@ -530,24 +535,27 @@ def _moved_files(paths: list[str], numbers: memoryview, start: int, end: int, ro
         try:
             st = stat(p, dir_fd=root)
         except OSError:
-            if size != -1:
-                out.append(i)
-                if not whole:
-                    break
-            continue
-        if st.st_mtime_ns != mtime or st.st_size != size or st.st_ino != ino or st.st_ctime_ns != ctime:
-            out.append(i)
-            if not whole:
-                break
+            if size == -1:
+                continue
+        else:
+            if st.st_mtime_ns == mtime and st.st_size == size and st.st_ino == ino and st.st_ctime_ns == ctime:
+                continue
+        out.append(i)
+        if not whole:
+            break
+        if found is not None and len(out) == 1:
+            found()
     return out
 
 
 def _start_helper(paths: list[str], numbers: memoryview, start: int, root: int, whole: bool) -> tuple[int, int] | None:
     """Fork a process that checks paths[start:] and says through a pipe which moved (the first
-    only unless `whole`): (its pid, the pipe's end)."""
+    only unless `whole`): (its pid, the pipe's end). Checking every file, it says FOUND at the
+    first that moved, then goes on: the no-op check's answer is no, and the build can start."""
 
     def work(out: int) -> None:
-        said = (",".join(map(str, _moved_files(paths, numbers, start, len(paths), root, whole))) + ";").encode()
+        moved = _moved_files(paths, numbers, start, len(paths), root, whole, lambda: os.write(out, FOUND))
+        said = (",".join(map(str, moved)) + ";").encode()
         while said:
             said = said[os.write(out, said) :]
 
@@ -580,6 +588,22 @@ def fork_helper(work: Callable[[int], object]) -> tuple[int, int] | None:
     return pid, fds[0]
 
 
+FOUND = b"!"  # a helper's first word when a file of its part moved (`_helper_found_one`)
+_heard: dict[int, bytes] = {}  # pipe -> what `_helper_found_one` read that was not FOUND
+
+
+def _helper_found_one(helper: tuple[int, int]) -> bool:
+    """Wait for the helper's first word: whether a file of its part moved, said as soon as it is
+    seen (else the helper's whole answer begins, and is kept for `_join_helper`)."""
+    try:
+        first = os.read(helper[1], 1)
+    except OSError:
+        first = b""
+    if first != FOUND:
+        _heard[helper[1]] = first
+    return first == FOUND
+
+
 def _join_helper(helper: tuple[int, int], *, stop: bool) -> list[int] | None:
     """The indices the helper found moved; None when it did not finish (`stop`: the answer is
     already no and nothing more is wanted, so it is stopped) or failed."""
@@ -589,7 +613,7 @@ def _join_helper(helper: tuple[int, int], *, stop: bool) -> list[int] | None:
             os.kill(pid, 9)
         except OSError:
             pass
-    said = b""
+    said = _heard.pop(pipe, b"")
     try:
         while chunk := os.read(pipe, 65536):  # all of it before waiting: a long answer fills the pipe
             said += chunk
@@ -600,6 +624,7 @@ def _join_helper(helper: tuple[int, int], *, stop: bool) -> list[int] | None:
         os.waitpid(pid, 0)
     if not said.endswith(b";"):
         return None
+    said = said.removeprefix(FOUND)
     try:
         return [int(i) for i in said[:-1].split(b",")] if len(said) > 1 else []
     except ValueError:
