@@ -137,13 +137,16 @@ class Affected(Record):
 
 
 def affected(
-    project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None, prove: bool = True
+    project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None, prove: bool = True,
+    flows: dict[str, FlowInfo] | None = None,
 ) -> Affected:
     """Steps and deployments that differ between `base` (default: the merge base of HEAD with the
     default branch) and the working tree of the project file's repository.
 
     `prove`: first try to prove from what git says changed that most keys and specs are the
-    working tree's (`_proved`); False computes the whole base side, as `_proved` falls back to."""
+    working tree's (`_proved`); False computes the whole base side, as `_proved` falls back to.
+    `flows`: filled with what the working tree's entrypoints say (`desired.desired_state`), for a
+    plan of the same working tree that follows (its affected deployments' flows are parsed once)."""
     from buildsys import caches
     from buildsys.revision import default_base, open_revision, resolve_commit
 
@@ -169,13 +172,14 @@ def affected(
         raise
     paths = changed() if changed is not None else None
     sides = None
+    flows = {} if flows is None else flows
     if paths is not None and repo_root is not None:
-        sides = _proved(project_file, now_rev, now_compiled, base_ref, commit, repo_root, environ, paths)
+        sides = _proved(project_file, now_rev, now_compiled, base_ref, commit, repo_root, environ, paths, flows)
     if sides is None:
         then = base_side(project_file, now_compiled.project.root, base_ref, commit, now_rev.file_in_repo, environ,
                          repo_root=repo_root)
         now_keys = step_keys(now_compiled, keying_env(now_compiled.project, environ)[0])
-        now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read)
+        now_state = _desired(now_compiled.project, now_rev.source(), now_rev.read, flows=flows)
     else:
         then, now_keys, now_state = sides
     steps = compare_steps(then.keys, now_keys, base_ref, then.problem)
@@ -203,7 +207,7 @@ def affected(
 
 def _proved(
     project_file: Path, now_rev: Revision, now: Compiled, ref: str, commit: str, repo_root: Path,
-    environ: Mapping[str, str], changed: Mapping[str, str],
+    environ: Mapping[str, str], changed: Mapping[str, str], flows: dict[str, FlowInfo],
 ) -> tuple[BaseSide, dict[str, StepKey], DesiredState] | None:
     """The base's side without computing most of it, or None when that cannot be proved (then the
     whole base side is computed).
@@ -215,7 +219,8 @@ def _proved(
     the directories listed and the files opened while keying it, its files hook's included) is a
     changed path, and after no such step, has the working tree's key at the base. Only the other
     steps are keyed on the base's files. A deployment's spec reads only its entrypoint's files
-    and the commit: each entrypoint file that did not change is parsed once for both sides."""
+    and the commit: each entrypoint file that did not change is parsed once for both sides.
+    `flows` is filled with the working tree's entrypoints read (those of the deployments read)."""
     from buildsys.cache import IGNORE_FILES
     from buildsys.registry import source_file
     from buildsys.revision import export_tree
@@ -259,7 +264,6 @@ def _proved(
               if d.name in steps_of or _follows_commit(d) or _entrypoint_moved(d.entrypoint, root, changes)}
     # and those sharing a name with one of them: two deployments may not share an identity
     chosen |= {d.name for d in project.deployments if d.name in chosen}
-    flows: dict[str, FlowInfo] = {}
     now_state = _desired(project, now_rev.source(), now_rev.read, flows=flows, only=chosen)
     moved = {ep for ep in flows if _entrypoint_moved(ep, root, changes)}
     source = {"commit": commit, "ref": ref, "file": now_rev.file_in_repo, "dirty": False}

@@ -771,6 +771,7 @@ def read_desired(
     env: Mapping[str, str] | None = None,
     variables: Mapping[str, Any] | None = None,
     only: Collection[str] | None = None,
+    flows: dict[str, FlowInfo] | None = None,
 ) -> tuple[Project, DesiredState]:
     """Load the project at `ref` (or the working tree) and compute its desired state.
 
@@ -779,6 +780,7 @@ def read_desired(
     `loaded` is the working tree's project when the caller already has it (deploy built from it).
     `env` / `variables` resolve deploy-time placeholders (plan and apply pass the process
     environment and the store's variables); without them those placeholders stay as written.
+    `flows`: entrypoints the caller already read from the same files (`desired_state`).
     """
     from buildsys.collector import gc_paused
     from buildsys.project import load_project
@@ -804,6 +806,7 @@ def read_desired(
             env=env,
             variables=variables,
             only=only,
+            flows=flows,
         )
     return project, state
 

@@ -26,6 +26,7 @@ from buildsys.store.base import Change, Resource, StateStore, StepwiseStore
 
 if TYPE_CHECKING:
     from buildsys.desired import OutputsFor
+    from buildsys.entrypoints import FlowInfo
     from buildsys.graph import StepGraph
     from buildsys.model import Deployment, Project
 
@@ -94,17 +95,19 @@ def plan_project(
     env: Mapping[str, str] | None = None,
     store_url: str = "",
     only: Collection[str] | None = None,
+    flows: dict[str, FlowInfo] | None = None,
 ) -> Plan:
     """The project file's desired state (at `ref`, or the working tree: `project` when the caller
     loaded it) against a consistent snapshot of the store: what `plan`, `apply` and `deploy` show.
     Deploy-time values come from `env` and the store's variables, as `prefect deploy` resolves them.
-    `only`: exactly these deployment names (within `select`), e.g. the ones `--affected` found."""
+    `only`: exactly these deployment names (within `select`), e.g. the ones `--affected` found;
+    `flows`: the entrypoints it read from the same working tree (`desired.desired_state`)."""
     from buildsys.collector import gc_paused
 
     with gc_paused():  # desired state, the store's snapshot and the diff: no cycles among them either
         return _plan_project(
             project_file, store, ref=ref, prune=prune, select=select, outputs=outputs, project=project, env=env,
-            store_url=store_url, only=only,
+            store_url=store_url, only=only, flows=flows,
         )
 
 
@@ -120,6 +123,7 @@ def _plan_project(
     env: Mapping[str, str] | None,
     store_url: str,
     only: Collection[str] | None,
+    flows: dict[str, FlowInfo] | None = None,
 ) -> Plan:
     from buildsys.desired import read_desired
     from buildsys.plan import known_specs
@@ -129,7 +133,7 @@ def _plan_project(
     variables = {r.name: r.spec.get("value") for r in store.list_resources("variable")}
     _, desired = read_desired(
         project_file, ref=ref, select=list(select) or None, outputs=outputs, loaded=project, env=env, variables=variables,
-        only=only,
+        only=only, flows=flows,
     )
     scoped = stepwise(store)
     if scoped is None:

@@ -12,6 +12,7 @@ from buildsys.cli.app import App, common_options, pass_app
 
 if TYPE_CHECKING:
     from buildsys.affected import Affected
+    from buildsys.entrypoints import FlowInfo
     from buildsys.model import Project
 
 MERGE_BASE = ""  # --affected without a value: the merge base with the default branch
@@ -43,10 +44,11 @@ def affected(app: App, base: str | None) -> None:
     app.echo(render(result))
 
 
-def analyse(app: App, base: str | None) -> Affected:
+def analyse(app: App, base: str | None, *, flows: dict[str, FlowInfo] | None = None) -> Affected:
+    """`flows`: filled with the working tree's entrypoints read (`buildsys.affected.affected`)."""
     from buildsys.affected import affected as compute
 
-    return compute(app.project_file, base or None)
+    return compute(app.project_file, base or None, flows=flows)
 
 
 def render(result: Affected) -> str:
@@ -63,12 +65,15 @@ def render(result: Affected) -> str:
     return "\n".join(lines)
 
 
-def select_affected(app: App, project: Project, base: str, patterns: Sequence[str]) -> tuple[Affected, list[str] | None]:
+def select_affected(
+    app: App, project: Project, base: str, patterns: Sequence[str], *, flows: dict[str, FlowInfo] | None = None
+) -> tuple[Affected, list[str] | None]:
     """The names of the deployments `--affected` selects (within -d's patterns, when given), in file
-    order. None: the project has no deployments (its top-level build is one whole)."""
+    order. None: the project has no deployments (its top-level build is one whole). `flows`: as
+    `analyse` fills it, for a plan of the same working tree."""
     from buildsys.selector import select_deployments
 
-    result = analyse(app, base)
+    result = analyse(app, base, flows=flows)
     if not result.project_has_deployments:
         return result, None
     chosen = set(result.names)

@@ -13,6 +13,7 @@ from buildsys.cli.planopts import full_option, prune_option
 from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
+    from buildsys.entrypoints import FlowInfo
     from buildsys.plan import Plan
     from buildsys.reconcile import ApplyResult
     from buildsys.store.base import StateStore
@@ -56,12 +57,13 @@ def apply(
             return
         from buildsys.revision import reading_once
 
+        flows: dict[str, FlowInfo] = {}  # read once for the analysis and the plan
         with reading_once():  # --affected and the plan read the same working tree: ask git once
-            project, only = affected_selection(app, affected_base, deployments)
+            project, only = affected_selection(app, affected_base, deployments, flows=flows)
             planned = plan_project(
                 app.project_file, store, prune=prune, select=deployments, outputs=cached_outputs,
                 project=project if project is not None else app.load_project(), env=os.environ, store_url=app.state,
-                only=only,
+                only=only, flows=flows,
             )
         if not app.json:
             show_plan(app, planned, full=full)

@@ -15,6 +15,7 @@ from buildsys.cli.planopts import full_option, prune_option
 from buildsys.cli.select import deployments_option
 
 if TYPE_CHECKING:
+    from buildsys.entrypoints import FlowInfo
     from buildsys.model import Project
     from buildsys.plan import Plan
 
@@ -54,14 +55,15 @@ def plan(
 
     if affected_base is not None and ref is not None:
         raise click.UsageError("--affected compares the working tree with a ref; it cannot plan --ref")
+    flows: dict[str, FlowInfo] = {}  # the affected deployments' flows, read once for the analysis and the plan
     with reading_once():  # --affected and the plan read the same working tree: ask git once
-        project, only = affected_selection(app, affected_base, deployments)
+        project, only = affected_selection(app, affected_base, deployments, flows=flows)
         if project is None and ref is None:
             project = app.load_project()  # the cache layer's load; --ref reads git
         with app.store() as store:
             result = plan_project(
                 app.project_file, store, ref=ref, prune=prune, select=deployments, outputs=cached_outputs,
-                project=project, env=os.environ, store_url=app.state, only=only,
+                project=project, env=os.environ, store_url=app.state, only=only, flows=flows if ref is None else None,
             )
     name_store(app)
     if out is not None:
@@ -77,16 +79,17 @@ def plan(
 
 
 def affected_selection(
-    app: App, affected_base: str | None, deployments: Sequence[str]
+    app: App, affected_base: str | None, deployments: Sequence[str], *, flows: dict[str, FlowInfo] | None = None
 ) -> tuple[Project | None, list[str] | None]:
     """For `--affected[=REF]`: the loaded project and the names of the deployments to plan;
-    (None, None) without the option."""
+    (None, None) without the option. `flows`: filled with the working tree's entrypoints the
+    analysis read, for the plan that follows (within the same `revision.reading_once`)."""
     if affected_base is None:
         return None, None
     from buildsys.cli.affected import select_affected
 
     project = app.load_project()
-    _, names = select_affected(app, project, affected_base, deployments)
+    _, names = select_affected(app, project, affected_base, deployments, flows=flows)
     return project, names
 
 

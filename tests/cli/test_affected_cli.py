@@ -127,6 +127,28 @@ def test_plan_and_apply_affected_plan_only_the_affected_deployments(shop: Path) 
     assert json.loads(bs("--json", "plan").stdout)["changes"] == []
 
 
+def test_plan_affected_reads_each_affected_flow_once(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis's working-tree flows are the plan's: b's flow file is parsed once at the
+    working tree (and once at the base), not again by the plan of b (the same plan as before)."""
+    import buildsys.desired
+
+    read: list[str] = []
+    real = buildsys.desired.flow_info
+
+    def counting(entrypoint: str, reader: object) -> object:
+        read.append(entrypoint)
+        return real(entrypoint, reader)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(buildsys.desired, "flow_info", counting)
+    change_b(shop)
+    for command in ("plan", "apply"):
+        read.clear()
+        r = bs("--json", command, "--affected=main", *(["--auto-approve"] if command == "apply" else []))
+        assert r.exit_code == 0, r.output
+        assert read == ["flows/b.py:b", "flows/b.py:b"], command  # the working tree's, then the base's
+    assert json.loads(bs("--json", "plan").stdout)["changes"] == []
+
+
 def test_deploy_affected_builds_and_applies_only_the_affected_deployments(shop: Path) -> None:
     (shop / "prefect.yaml").write_text(PROJECT.replace("    work_pool: {name: local}\n  - name: b", "    tags: [new]\n    work_pool: {name: local}\n  - name: b"))
     r = bs("--json", "deploy", "--affected=main")
