@@ -1,20 +1,23 @@
-"""The `buildsys` command line: a lazy click group, one module per command under this package.
+"""The `buildsys` command line: a lazy click group (`buildsys.cli.group`), one module per command
+under this package, and the entry point that turns failures into messages and exit codes.
 
-Heavy modules are imported only by the command that needs them, so `--help` stays instant.
+Heavy modules are imported only by the command that needs them, so `--help` stays instant. This
+module imports no click: a plain `build` or `push` runs without it (`buildsys.cli.direct`).
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
-import click
-
-from buildsys import __version__
-from buildsys.cli.app import App, common_options
+from buildsys.cli.app import App
 from buildsys.printable import printable
+
+if TYPE_CHECKING:
+    from buildsys.cli.group import LazyGroup as LazyGroup
+    from buildsys.cli.group import cli as cli
 
 # command name -> (module, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -78,41 +81,20 @@ SHORT_HELP: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
-    """Imports a command's module only when that command is invoked."""
+def __getattr__(name: str) -> object:
+    """`cli` and `LazyGroup` (buildsys.cli.group), imported with click when first asked for."""
+    if name in ("cli", "LazyGroup"):
+        from buildsys.cli import group
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module = importlib.import_module(target[0])
-        cmd = getattr(module, target[1])
-        assert isinstance(cmd, click.Command)
-        return cmd
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="buildsys")  # not package_name: that reads the installed metadata
-@common_options
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """buildsys: cached builds, plan/apply and a worker for prefect.yaml projects."""
-    ctx.ensure_object(App)
+        return getattr(group, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors → one message, exit 1; bugs → traceback in a log file, exit 3.
 
     Under --json a failure is also one JSON document on stdout (schemas/cli/error.schema.json)."""
-    from buildsys.errors import BuildsysError
+    from buildsys.cli.group import cli
 
     app = App()
     args = sys.argv[1:] if argv is None else argv
@@ -120,37 +102,57 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="buildsys", standalone_mode=False, obj=app)
         if isinstance(code, int) and code:
             sys.exit(code)  # standalone_mode=False returns ctx.exit(N)'s code instead of exiting
-    except click.exceptions.Exit as exc:
+    except BaseException as exc:
+        failed(app, args, exc)
+
+
+def failed(app: App, args: list[str], exc: BaseException) -> NoReturn:
+    """End a command that raised `exc` (re-raised when it is SystemExit): the one rule for the
+    click group and the direct path (`buildsys.cli.direct`). A click exception can only have been
+    raised when click was imported: it is not imported to ask."""
+    from buildsys.errors import BuildsysError
+
+    click = sys.modules.get("click")
+    if isinstance(exc, SystemExit):
+        raise exc
+    if click is not None and isinstance(exc, click.exceptions.Exit):
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort as exc:
-        click.echo("Aborted.", err=True)
+    if click is not None and isinstance(exc, click.exceptions.Abort):
+        _say("Aborted.")
         _fail(app, args, exc, 1)
-    except click.ClickException as exc:
+    if click is not None and isinstance(exc, click.ClickException):
         shown = io.StringIO()  # a usage error repeats what was typed: shown printable, as all output
         exc.show(file=shown)
-        click.echo(printable(shown.getvalue()), err=True, nl=False)
+        _say(printable(shown.getvalue()), nl=False)
         _fail(app, args, exc, 1 if exc.exit_code == 2 else exc.exit_code)
-    except BuildsysError as exc:
-        click.echo(printable(exc.render()), err=True)
+    if isinstance(exc, BuildsysError):
+        _say(printable(exc.render()))
         _fail(app, args, exc, exc.exit_code)
-    except KeyboardInterrupt as exc:
-        click.echo("Interrupted.", err=True)
+    if isinstance(exc, KeyboardInterrupt):
+        _say("Interrupted.")
         _fail(app, args, exc, 130)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        path = _write_crash_log()
-        click.echo(f"internal error: buildsys crashed; the traceback is in {path}", err=True)
-        _fail(app, args, exc, 3, crash_log=path)
+    path = _write_crash_log(exc)
+    _say(f"internal error: buildsys crashed; the traceback is in {path}")
+    _fail(app, args, exc, 3, crash_log=path)
 
 
-def _fail(app: App, args: list[str], error: BaseException, code: int, *, crash_log: str | None = None) -> None:
+def _say(text: str, *, nl: bool = True) -> None:
+    """A message on stderr, as `click.echo(text, err=True)` writes it: the text is printable
+    already (no escape sequence for click to strip), then flushed."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    stream.write(text + ("\n" if nl else ""))
+    stream.flush()
+
+
+def _fail(app: App, args: list[str], error: BaseException, code: int, *, crash_log: str | None = None) -> NoReturn:
     if app.json or "--json" in args:  # a usage error may come before --json was parsed
         app.emit_error(error, code, crash_log=crash_log)
     sys.exit(code)
 
 
-def _write_crash_log() -> str:
+def _write_crash_log(exc: BaseException) -> str:
     import tempfile  # only after a crash: tempfile and traceback cost every command's start-up
     import traceback
     from datetime import datetime
@@ -159,5 +161,5 @@ def _write_crash_log() -> str:
     fd, path = tempfile.mkstemp(prefix=f"buildsys-crash-{stamp}-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
         fh.write(f"buildsys {' '.join(sys.argv[1:])}\n\n")
-        fh.write(traceback.format_exc())
+        fh.write("".join(traceback.format_exception(exc)))
     return path

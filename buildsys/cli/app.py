@@ -1,4 +1,7 @@
-"""The application object every command receives, and the global options that fill it."""
+"""The application object every command receives, and the global options that fill it.
+
+Importing this module imports no click (a plain `build` runs without it: `buildsys.cli.direct`);
+the options and the output functions import it when used."""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import click
-
 from buildsys.printable import printable
 
 if TYPE_CHECKING:
+    import click
+
     from buildsys.errors import Diagnostic
     from buildsys.model import Project
     from buildsys.reporter import Reporter
@@ -104,10 +107,14 @@ class App:
             return
         if self.verbosity < 0 and not err:
             return
+        import click
+
         click.echo(text if styled else printable(text), err=err, color=self.use_color)
 
     def warn(self, warning: Diagnostic | str) -> None:
         """A warning: on stderr for people; under --json also in the command's JSON document."""
+        import click
+
         from buildsys.errors import Diagnostic
 
         diagnostic = warning if isinstance(warning, Diagnostic) else Diagnostic("warning", warning)
@@ -117,6 +124,8 @@ class App:
     def emit_json(self, payload: object) -> None:
         """The command's one JSON document on stdout; an object also carries the warnings said."""
         import json
+
+        import click
 
         if isinstance(payload, dict) and self.warnings:
             said = [w.as_dict() for w in self.warnings]
@@ -143,14 +152,17 @@ def ask_or_refuse(question: str, refusal: Exception) -> None:
     not done and which flag approves it (the caller skips this call when that flag was given)."""
     if not sys.stdin.isatty():
         raise refusal
+    import click
+
     if not click.confirm(question, default=False):
         raise click.exceptions.Abort()
 
 
 def _message_of(error: BaseException) -> str:
-    if isinstance(error, click.ClickException):
-        return error.format_message()
-    if isinstance(error, click.exceptions.Abort):
+    click = sys.modules.get("click")  # a click exception exists only when click was imported
+    if click is not None and isinstance(error, click.ClickException):
+        return str(error.format_message())
+    if click is not None and isinstance(error, click.exceptions.Abort):
         return "aborted"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
@@ -170,6 +182,8 @@ def _setter(attr: str, transform: Callable[[Any, App], Any] | None = None) -> Ca
 
 def _one_file(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     """-f names the one project file; given twice (before or after the command) it is an error."""
+    import click
+
     app = ctx.ensure_object(App)
     given = ([app.file] if app.file else []) + list(value)
     if len(given) > 1:
@@ -185,6 +199,8 @@ def _one_file(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 
 def common_options(f: F) -> F:
     """The global options, accepted before or after the command name."""
+    import click
+
     options = [
         click.option(
             "-f",
@@ -249,4 +265,6 @@ def common_options(f: F) -> F:
 
 def pass_app(f: F) -> F:
     """Give a command the App object as its first argument."""
+    import click
+
     return click.make_pass_decorator(App, ensure=True)(f)  # type: ignore[return-value]

@@ -1,0 +1,167 @@
+"""The launcher's direct path for a plain `build` / `push` (`buildsys.cli.direct`): it reads an
+argument list exactly as the click command does, or leaves it to click; it runs and fails as the
+click command does; and it imports no click."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+import buildsys.cli.build
+import buildsys.cli.buildrun
+from buildsys.cli import main
+from buildsys.cli.app import App
+from buildsys.cli.direct import Direct, parse, run
+from buildsys.cli.group import cli
+
+# Read by the direct path (each must give what click gives).
+ACCEPTED = [
+    ["build"], ["push"], ["build", "-q"], ["build", "-j", "2"], ["build", "--jobs=8"], ["build", "--jobs", "16"],
+    ["build", "-j", "1"], ["build", "-j", "123456789"], ["build", "-f", "p.yaml"], ["build", "--file=p.yaml"],
+    ["build", "--file", "p.yaml", "-d", "a", "-d", "b*"], ["build", "--deployment=x", "--deployment", "y"],
+    ["build", "-v", "-v", "-q"], ["build", "--verbose", "--quiet", "--quiet"],
+    ["build", "--json", "--no-color", "--explain", "--keep-going", "--no-cache", "--install-requires", "-n"],
+    ["build", "--dry-run"], ["build", "--json", "--json"], ["build", "-n", "-n"], ["build", "-d", "a=b"],
+    ["build", "--file=a=b.yaml"], ["push", "--cache-from", "http://127.0.0.1:9", "--cache-write"],
+    ["push", "--cache-from=s3://bucket/prefix", "-q", "-j", "4", "-f", "x.yaml"], ["build", "--cache-write"],
+    ["push", "-d", "a", "-q", "--cache-from", "http://h", "-d", "b", "-v"],
+]
+# Left to click although click reads them (forms the direct path does not read).
+TO_CLICK = [
+    ["build", "-qv"], ["build", "-vv"], ["build", "-j2"], ["build", "-fp.yaml"], ["build", "--affected"],
+    ["build", "--affected=main"], ["build", "-j", "2", "-j", "3"], ["build", "--state", "x.db"],
+    ["build", "--state-key-env", "K"], ["build", "-j", "+3"], ["build", "-j", " 3"], ["build", "-j", "1_0"],
+    ["build", "-j", "\u0663"], ["build", "-j", "01"], ["build", "--file="], ["build", "-d", ""],
+    ["build", "--cache-from", "u", "--cache-from", "v"], ["build", "-d", "-x"], ["build", "-f", "--json"],
+    ["-q", "build"], ["--file", "p.yaml", "build"], ["graph"], ["plan"], ["--version"], [],
+]
+# Refused by click (the direct path must leave each to click, which says why).
+ERRORS = [
+    ["build", "-j", "0"], ["build", "-j", "x"], ["build", "-j", "-1"], ["build", "--jobs=0"], ["build", "-j"],
+    ["build", "-f", "a", "-f", "b"], ["build", "--file=a", "--file=b"], ["build", "--file"], ["build", "-d"],
+    ["build", "--json=1"], ["build", "--json="], ["build", "--no-cache=yes"], ["build", "--cache-write=1"],
+    ["build", "extra"], ["build", "--unknown"], ["build", "-x"], ["build", "--jso"], ["build", "--", "x"],
+    ["build", "-h"], ["build", "--help"], ["push", "--help"], ["bild"], ["build", "-q=1"], ["build", "--verbose=2"],
+]
+ENVIRONMENTS = [{}, {"BUILDSYS_CACHE": "http://from-env"}, {"BUILDSYS_CACHE": ""}]
+
+
+def by_click(argv: list[str]) -> tuple[Any, ...] | str:
+    """What the click command gives for `argv`: the App's settings and the parameters, or how it
+    refused (an error, or the help's exit)."""
+    if not argv:
+        return "group"
+    command = cli.get_command(click.Context(cli), argv[0])
+    if command is None:
+        return "error"  # no such command
+    if argv[0] not in ("build", "push"):
+        return "not build"
+    app = App()
+    try:
+        with command.make_context(argv[0], list(argv[1:]), obj=app) as ctx:
+            params = dict(ctx.params)
+    except click.exceptions.Exit:
+        return "exit"
+    except click.ClickException:
+        return "error"
+    return app.file, app.json, app.verbosity, app.color, params
+
+
+def seen(direct: Direct) -> tuple[Any, ...]:
+    return direct.file, direct.json, direct.verbosity, direct.color, direct.params
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=["no-env", "cache-env", "empty-env"])
+@pytest.mark.parametrize("argv", ACCEPTED + TO_CLICK + ERRORS, ids=lambda a: " ".join(a) or "(none)")
+def test_the_direct_path_reads_an_argument_list_as_click_does_or_leaves_it(
+    argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BUILDSYS_CACHE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    direct = parse(argv, os.environ)
+    expected = by_click(argv)
+    if argv in ERRORS:
+        assert expected in ("error", "exit")  # the table is what it says
+    if argv in ACCEPTED:
+        assert direct is not None
+        assert isinstance(expected, tuple)
+        assert direct.sections == (("build",) if argv[0] == "build" else ("build", "push"))
+    if argv in TO_CLICK:
+        assert direct is None
+    if direct is not None:
+        assert seen(direct) == expected
+    if isinstance(expected, str):
+        assert direct is None
+
+
+def _both(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[tuple[object, str, str]]:
+    """The outcome (exit status, stdout, stderr) of `argv` through the direct path and through click."""
+    out = []
+    for way in ("direct", "click"):
+        with pytest.raises(SystemExit) as exc:
+            if way == "direct":
+                direct = parse(argv, os.environ)
+                assert direct is not None
+                run(direct, argv)
+            else:
+                main(argv)
+            raise SystemExit(0)
+        got = capsys.readouterr()
+        out.append((exc.value.code, *(re.sub(r"buildsys-crash-[^\s\"]+", "LOG", text) for text in (got.out, got.err))))
+    return out
+
+
+def test_the_direct_path_fails_as_click_does(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["build"], ["build", "--json"], ["push", "-f", "other.yaml", "-q"]):  # no project file
+        direct, through_click = _both(argv, capsys)
+        assert direct == through_click
+        assert direct[0] == 1 and "no project file" in direct[1] + direct[2]
+    (isolated / "prefect.yaml").write_text("name: p\nbuild:\n  - run_shell_script: {id: a, script: 'exit 3'}\n")
+    direct, through_click = _both(["build", "-q"], capsys)  # a step fails: SystemExit(1), the same report
+    assert direct == through_click and direct[0] == 1 and "build failed" in direct[2]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(buildsys.cli.buildrun, "run_sections", interrupted)
+    monkeypatch.setattr(buildsys.cli.build, "run_sections", interrupted)
+    for argv in (["build"], ["build", "--json"]):
+        direct, through_click = _both(argv, capsys)
+        assert direct == through_click and direct[:1] == (1,) and direct[2] == "\nAborted.\n"
+
+    def crashed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(buildsys.cli.buildrun, "run_sections", crashed)
+    monkeypatch.setattr(buildsys.cli.build, "run_sections", crashed)
+    monkeypatch.setattr(tempfile, "tempdir", str(isolated))  # the crash logs
+    direct, through_click = _both(["build", "--json"], capsys)
+    assert direct == through_click and direct[0] == 3 and "internal error: buildsys crashed" in direct[2]
+
+
+def test_a_plain_build_runs_without_click(isolated: Path) -> None:
+    """A rebuild (not a no-op) through the real entry point imports no click; one the direct path
+    does not read goes through click with the same outcome."""
+    (isolated / "prefect.yaml").write_text("name: p\nbuild:\n  - run_shell_script: {id: a, script: 'echo hi', inputs: [x.txt]}\n")
+    outputs = []
+    for n, argv in enumerate((["build", "-q", "-j", "2"], ["build", "-qj", "2"])):
+        (isolated / "x.txt").write_text(f"{n}\n")
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "buildsys", *argv], cwd=isolated,
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr[-3000:]
+        modules = {m.group(1) for m in re.finditer(r"^import time:.*\| +(\S+)$", result.stderr, re.M)}
+        assert ("click" in modules) == (n == 1), argv
+        assert "buildsys.engine" in modules
+        outputs.append((result.stdout, [line for line in result.stderr.splitlines() if not line.startswith("import time:")]))
+    assert outputs[0] == outputs[1] == ("", ["build ok: 1 ran, 0 cached, 0 failed, 0 not run"])
