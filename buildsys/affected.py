@@ -453,6 +453,7 @@ class _Changes:
         self.paths: set[str] = set()
         self.folders: set[str] = set()  # untracked or ignored folders: everything under them is new
         self.above: set[str] = set()  # every folder that holds a changed path
+        self._under: dict[str, str | None] = {}  # `under` of each folder asked about (the reads share a few)
         for rel in changed:
             path = os.path.normpath(os.path.join(top, rel))
             (self.folders if rel.endswith("/") else self.paths).add(path)
@@ -470,29 +471,32 @@ class _Changes:
 
     def under(self, path: str) -> str | None:
         """The changed path or new folder that is `path` or holds it, if any."""
-        while True:
-            if path in self.paths or path in self.folders:
-                return path
-            up = os.path.dirname(path)
-            if up == path:
-                return None
-            path = up
+        if path in self.paths or path in self.folders:
+            return path
+        up = os.path.dirname(path)
+        if up == path:
+            return None
+        if up not in self._under:
+            self._under[up] = self.under(up)
+        return self._under[up]
 
     def hits(self, reads: Reads, top: str) -> set[str]:
         """The changed paths (and new folders) that what keying a step read may depend on: each
         read path that changed or lies in a new folder, and each changed path in a folder read."""
-        read = {p for p in (*reads.files, *reads.listed, *reads.opened) if _inside(p, top) and not _kept_out(p, top)}
+        # buildsys's and git's own state is never an input (`_kept_out`): asked of the few read
+        # paths that would count, not of every one (a step reads hundreds)
+        read = {p for p in (*reads.files, *reads.listed, *reads.opened) if _inside(p, top)}
         out: set[str] = set()
         for path in (*self.paths, *self.folders):
             parent = path
             while _inside(parent, top):
-                if parent in read:
+                if parent in read and not _kept_out(parent, top):
                     out.add(path)
                     break
                 parent = os.path.dirname(parent)
         for p in read:  # a read path under a changed one: in a new folder, or in a submodule that moved
             changed = self.under(p)
-            if changed is not None:
+            if changed is not None and not _kept_out(p, top):
                 out.add(changed)
         return out
 

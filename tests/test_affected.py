@@ -532,3 +532,42 @@ def test_a_sparse_checkout_is_compared_whole(shop: Path) -> None:
     found = affected(shop / "prefect.yaml", "main")
     assert not found.proved
     assert found.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
+
+
+def test_changed_paths_a_step_read_are_those_the_definition_gives() -> None:
+    """`_Changes.hits` (what the proof asks of every step) against its definition, on random
+    trees: a changed path counts when a read path (inside the repository, not under .git,
+    .buildsys… at any depth) is it or a folder holding it, or when a read path lies in it (the
+    deepest such changed path)."""
+    import os
+    import random
+
+    from buildsys.affected import _Changes
+    from buildsys.stepkeys import Reads
+
+    top = "/r"
+    names = ["a", "b", ".git", ".buildsys", "c.txt", "d"]
+    rng = random.Random(19)
+
+    def some_path() -> str:
+        return "/".join(rng.choice(names) for _ in range(rng.randint(1, 4)))
+
+    def kept_out(path: str) -> bool:
+        return any(part in (".git", ".buildsys", "__pycache__", ".venv") for part in os.path.relpath(path, top).split("/"))
+
+    for _ in range(400):
+        changed = {some_path() + rng.choice(["", "", "/"]) for _ in range(rng.randint(0, 4))}
+        changes = _Changes(top, changed)
+        heads = changes.paths | changes.folders
+        reads = Reads()
+        for bucket in (reads.files, reads.listed, reads.opened):
+            bucket.update(os.path.normpath(os.path.join(rng.choice([top, "/elsewhere"]), some_path()))
+                          for _ in range(rng.randint(0, 5)))
+        read = {p for p in (*reads.files, *reads.listed, *reads.opened)
+                if (p == top or p.startswith(top + "/")) and not kept_out(p)}
+        expected = {c for c in heads if any(c == r or c.startswith(r + "/") for r in read)}
+        for r in read:
+            holding = [c for c in heads if r == c or r.startswith(c + "/")]
+            if holding:
+                expected.add(max(holding, key=len))
+        assert changes.hits(reads, top) == expected, (changed, read)
