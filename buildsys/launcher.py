@@ -15,22 +15,23 @@ YOUNG_OBJECTS = 50_000  # allocations between two collections of the youngest ge
 
 
 def main() -> None:
-    from buildsys.noop import try_fast
+    from buildsys.cli.direct import parse
 
-    code = try_fast(sys.argv[1:])
-    if code is not None:
-        # Answered from the manifest: nothing was imported that needs shutting down.
-        _exit_now(code)
+    args = sys.argv[1:]
+    direct = parse(args, os.environ)
+    if direct is not None:  # only an argument list click reads the same way is answered from the manifest
+        from buildsys.noop import try_fast
+
+        code = try_fast(args)
+        if code is not None:
+            # Answered from the manifest: nothing was imported that needs shutting down.
+            _exit_now(code)
     import gc
 
     # A command makes tens of thousands of objects that live until it ends (modules, the project's
     # model) and little cyclic garbage; at the default 700 allocations the collector walked them
     # ~50 times in a plan of 50 deployments (15-20 ms of CPU, 800 objects found).
     gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
-    from buildsys.cli.direct import parse
-
-    args = sys.argv[1:]
-    direct = parse(args, os.environ)
     try:
         if direct is not None:
             from buildsys.cli.direct import run

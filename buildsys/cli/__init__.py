@@ -2,20 +2,20 @@
 under this package, and the entry point that turns failures into messages and exit codes.
 
 Heavy modules are imported only by the command that needs them, so `--help` stays instant. This
-module imports no click: a plain `build` or `push` runs without it (`buildsys.cli.direct`).
+module imports no click (a plain `build` or `push` runs without it: `buildsys.cli.direct`) and
+nothing at all that the launcher's no-op answer does not (it asks `buildsys.cli.direct` first).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
 
-from buildsys.cli.app import App
-from buildsys.printable import printable
-
+TYPE_CHECKING = False  # not typing's: the no-op answer imports nothing it does not need
 if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from buildsys.cli.app import App
     from buildsys.cli.group import LazyGroup as LazyGroup
     from buildsys.cli.group import cli as cli
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors → one message, exit 1; bugs → traceback in a log file, exit 3.
 
     Under --json a failure is also one JSON document on stdout (schemas/cli/error.schema.json)."""
+    from buildsys.cli.app import App
     from buildsys.cli.group import cli
 
     app = App()
@@ -110,7 +111,10 @@ def failed(app: App, args: list[str], exc: BaseException) -> NoReturn:
     """End a command that raised `exc` (re-raised when it is SystemExit): the one rule for the
     click group and the direct path (`buildsys.cli.direct`). A click exception can only have been
     raised when click was imported: it is not imported to ask."""
+    import io
+
     from buildsys.errors import BuildsysError
+    from buildsys.printable import printable
 
     click = sys.modules.get("click")
     if isinstance(exc, SystemExit):

@@ -9,12 +9,14 @@ click command's own parsing on a table of argument lists, errors and `--help` in
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
 
-from buildsys.cli.app import App
+TYPE_CHECKING = False  # not typing's: the launcher asks this module before its no-op answer
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from buildsys.cli.app import App
 
 SECTIONS = {"build": ("build",), "push": ("build", "push")}
 # option name -> the command's parameter it sets (as click names it)
@@ -29,7 +31,6 @@ VALUED = {
     "--cache-from": "cache_from",
 }
 CACHE_ENV = "BUILDSYS_CACHE"  # --cache-from's environment variable (buildsys.cli.build)
-_JOBS = re.compile(r"[1-9][0-9]{0,8}")  # what int() reads the same way, within IntRange(min=1)
 
 
 class Direct:
@@ -50,6 +51,8 @@ class Direct:
         }
 
     def app(self) -> App:
+        from buildsys.cli.app import App
+
         return App(file=self.file, json=self.json, verbosity=self.verbosity, color=self.color)
 
 
@@ -95,7 +98,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
         if target == "file":
             out.file = inline
         elif target == "jobs":
-            if not _JOBS.fullmatch(inline):
+            if not _plain_count(inline):
                 return None
             out.params["jobs"] = int(inline)
         else:
@@ -104,6 +107,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
     if "cache_from" not in given:
         out.params["cache_from"] = environ.get(CACHE_ENV) or None  # click: an empty variable is unset
     return out
+
+
+def _plain_count(text: str) -> bool:
+    """1 to 999,999,999 in ASCII digits, no sign, space or leading zero: what int() and click's
+    IntRange(min=1) read as that number (int() also takes "+3", " 3", "1_0", other scripts' digits)."""
+    return text.isascii() and text.isdigit() and text[0] != "0" and len(text) <= 9
 
 
 def run(direct: Direct, args: list[str]) -> None:

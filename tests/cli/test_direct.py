@@ -165,3 +165,26 @@ def test_a_plain_build_runs_without_click(isolated: Path) -> None:
         assert "buildsys.engine" in modules
         outputs.append((result.stdout, [line for line in result.stderr.splitlines() if not line.startswith("import time:")]))
     assert outputs[0] == outputs[1] == ("", ["build ok: 1 ran, 0 cached, 0 failed, 0 not run"])
+
+
+def test_the_no_op_answer_is_given_only_to_what_click_accepts(isolated: Path) -> None:
+    """A provable no-op is answered from the manifest (the control), but an argument list click
+    refuses gets click's refusal, not the manifest's answer (before: `build -j 0`, `-j abc`,
+    `--json=` and `--explain=` answered 'build ok' with status 0)."""
+    (isolated / "prefect.yaml").write_text("name: p\nbuild:\n  - run_shell_script: {id: a, script: 'echo hi', inputs: [x.txt]}\n")
+    (isolated / "x.txt").write_text("x\n")
+    for name in ("prefect.yaml", "x.txt"):  # older than the racy window: the manifest can prove a no-op
+        os.utime(isolated / name, (1_700_000_000, 1_700_000_000))
+
+    def buildsys(*argv: str) -> tuple[int, str]:
+        result = subprocess.run([sys.executable, "-m", "buildsys", *argv], cwd=isolated, capture_output=True,
+                                text=True, timeout=120, stdin=subprocess.DEVNULL)
+        return result.returncode, result.stdout + result.stderr
+
+    assert buildsys("build", "-q") == (0, "build ok: 1 ran, 0 cached, 0 failed, 0 not run\n")
+    assert buildsys("build", "-j", "1") == (0, "build ok: 0 ran, 1 cached, 0 failed, 0 not run\n")
+    for argv, said in ((["-j", "0"], "0 is not in the range x>=1"), (["-j", "abc"], "'abc' is not a valid integer"),
+                       (["--json="], "Option '--json' does not take a value"),
+                       (["--explain="], "Option '--explain' does not take a value")):
+        code, output = buildsys("build", *argv)
+        assert code == 1 and said in output and "build ok" not in output, (argv, output)
