@@ -17,6 +17,7 @@ user's cache directory: a file nobody with the key wrote is never unpickled, onl
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys import __version__, noop
 from buildsys.collector import gc_paused
-from buildsys.model import Project
+from buildsys.model import Project, StepSpec
 from buildsys.records import Record
 
 if TYPE_CHECKING:  # a plan loads projects only: the compiled build's modules cost it ~30 ms to import
@@ -98,14 +99,15 @@ def read_record(path: Path) -> object | None:
     return obj
 
 
-def write_record(path: Path, obj: object, *, max_age: float) -> None:
+def write_record(path: Path, obj: object, *, max_age: float, defer_specs: bool = False) -> None:
     """Store `obj` at `path` atomically (best effort: no key or a read-only folder caches nothing),
-    sweeping the records beside it older than `max_age` seconds."""
+    sweeping the records beside it older than `max_age` seconds. `defer_specs`: its step specs are
+    read back as `_DeferredSpec`s."""
     key = _secret()
     if key is None:
         return
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    (_DeferringPickler if defer_specs else _Pickler)(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     payload = buffer.getvalue()
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -126,6 +128,8 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
+        if cls is _DeferredSpec:  # a spec read back from a compiled build: stored as the StepSpec it is
+            obj, cls = obj._read(), StepSpec
         try:
             values = _positional[cls]
         except KeyError:  # a class met for the first time (the answer None is remembered too)
@@ -137,6 +141,64 @@ class _Pickler(pickle.Pickler):
 
 # class -> its objects' field values read as a tuple, or None: pickled the usual way
 _positional: dict[type, Callable[[Any], tuple[Any, ...]] | None] = {}
+
+
+class _DeferringPickler(_Pickler):
+    """`_Pickler` storing each step spec as a `_DeferredSpec`: its name and id, and the spec
+    pickled apart (once however many nodes and deployments share it: the memo holds it)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is StepSpec:
+            buffer = io.BytesIO()
+            _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+            return (_DeferredSpec, (obj.name, obj.id, buffer.getvalue()))
+        return super().reducer_override(obj)
+
+
+_set = object.__setattr__
+_deferred: dict[int, bytes] = {}  # id of a _DeferredSpec not read yet -> its spec, pickled
+
+
+class _DeferredSpec(Record):
+    """A step spec of a compiled build read back: its name and id at once (all a step the last
+    build's manifest settles needs: `noop.previous_build`), the rest unpickled when first asked
+    for, which makes it the StepSpec it was (the same fields: its class is then StepSpec's). A
+    build after a change to a few steps' inputs unpickles the specs of those, not of 1,000."""
+
+    __slots__ = __match_args__ = StepSpec.__match_args__  # StepSpec's layout: it can become one
+
+    def __init__(self, name: str, id: str | None, pickled: bytes) -> None:
+        _set(self, "name", name)
+        _set(self, "id", id)
+        _deferred[builtins.id(self)] = pickled
+
+    def __getattr__(self, name: str) -> Any:  # a field not read yet (a slot still empty)
+        return getattr(self._read(), name)
+
+    def _read(self) -> StepSpec:
+        pickled = _deferred.get(builtins.id(self))
+        if pickled is not None:  # (else another thread read it meanwhile: it is a StepSpec now)
+            spec = pickle.loads(pickled)
+            for field in StepSpec.__match_args__:
+                _set(self, field, getattr(spec, field))
+            _set(self, "__class__", StepSpec)
+            _deferred.pop(builtins.id(self), None)
+        return self  # type: ignore[return-value]  # (a StepSpec by now)
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self._read() == other)
+
+    def __hash__(self) -> int:
+        return hash(self._read())
+
+    def __repr__(self) -> str:
+        return repr(self._read())
+
+    def __reduce__(self) -> Any:
+        return self._read().__reduce__()
+
+    def __del__(self) -> None:  # never read: its pickled spec goes with it
+        _deferred.pop(builtins.id(self), None)
 
 
 def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
@@ -323,7 +385,7 @@ def compiled_build(
     compiled = compile_project(
         load_project(path), sections=sections, deployments=deployments, install_missing=install_missing
     )
-    write_record(record, _compiled_record(compiled), max_age=7 * 86400)
+    write_record(record, _compiled_record(compiled), max_age=7 * 86400, defer_specs=True)
     return compiled
 
 

@@ -102,6 +102,47 @@ class _Planted:
         return (Path.write_text, (str(self.marker), "ran"))  # type: ignore[return-value]
 
 
+def test_a_reused_compiled_build_reads_each_step_spec_when_first_used(isolated: Path) -> None:
+    """A compiled build read back gives each step's name and id at once and reads the rest of its
+    spec when first used (a build after a change settles most steps by label and key alone); it
+    is then the StepSpec it was. Equal, shown and pickled as the fresh compile's, read or
+    not, shared by the graph and the project as before, and read once when threads race to it."""
+    import io
+    import threading
+
+    from buildsys.model import StepSpec
+
+    (isolated / "s.py").write_text(STEP)
+    pf = isolated / "prefect.yaml"
+    steps = "".join(f"  - s.py:act: {{id: s{i}, n: {i}}}\n" for i in range(40))
+    pf.write_text("build:\n" + steps)
+    fresh = compiled_build(pf, sections=("build",), deployments=())
+    fresh_specs = [fresh.graph.nodes[k].spec for k in fresh.graph.order()]
+    again = compiled_build(pf, sections=("build",), deployments=())
+    specs = [again.graph.nodes[k].spec for k in again.graph.order()]
+    assert {type(s) for s in specs} == {caches._DeferredSpec}
+    assert [(s.name, s.id) for s in specs] == [(s.name, s.id) for s in fresh_specs]
+    assert {type(s) for s in specs} == {caches._DeferredSpec}  # (name and id read nothing)
+    assert specs[0].inputs == {"n": 0} and type(specs[0]) is StepSpec
+    assert type(specs[1]) is caches._DeferredSpec
+    assert specs[1] == fresh_specs[1] and type(specs[1]) is StepSpec
+    assert repr(specs[3]) == repr(fresh_specs[3])
+    buffer = io.BytesIO()
+    caches._Pickler(buffer).dump(specs[4])
+    assert type(specs[4]) is StepSpec and pickle.loads(buffer.getvalue()) == fresh_specs[4]
+    assert again.project.build[5] is specs[5] and again.project.build == fresh.project.build
+    third = compiled_build(pf, sections=("build",), deployments=())
+    racing = [third.graph.nodes[k].spec for k in third.graph.order()]
+    seen: list[object] = []
+    threads = [threading.Thread(target=lambda: seen.extend(s.location for s in racing)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {type(s) for s in racing} == {StepSpec} and racing == fresh_specs and len(seen) == 160
+    assert not caches._deferred.keys() & {id(s) for s in racing}
+
+
 @pytest.mark.parametrize("kind", ["compiled", "projects"])
 def test_a_record_not_written_with_the_users_key_is_never_unpickled(isolated: Path, kind: str) -> None:
     pf = isolated / "prefect.yaml"
