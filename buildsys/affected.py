@@ -138,7 +138,7 @@ class Affected(Record):
 
 def affected(
     project_file: Path, base: str | None = None, *, env: Mapping[str, str] | None = None, prove: bool = True,
-    flows: dict[str, FlowInfo] | None = None,
+    flows: dict[str, FlowInfo] | None = None, loaded: Project | None = None,
 ) -> Affected:
     """Steps and deployments that differ between `base` (default: the merge base of HEAD with the
     default branch) and the working tree of the project file's repository.
@@ -146,7 +146,8 @@ def affected(
     `prove`: first try to prove from what git says changed that most keys and specs are the
     working tree's (`_proved`); False computes the whole base side, as `_proved` falls back to.
     `flows`: filled with what the working tree's entrypoints say (`desired.desired_state`), for a
-    plan of the same working tree that follows (its affected deployments' flows are parsed once)."""
+    plan of the same working tree that follows (its affected deployments' flows are parsed once).
+    `loaded`: the working tree's project as the caller loaded it (`caches.load_project`)."""
     from buildsys import caches
     from buildsys.revision import default_base, open_revision, resolve_commit
 
@@ -164,7 +165,7 @@ def affected(
 
         changed = start_changed_paths(repo_root, commit)  # git works while the project loads
     try:
-        now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=())
+        now_compiled = caches.compiled_build(project_file, sections=("build", "push"), deployments=(), loaded=loaded)
     except BaseException:
         if changed is not None:  # wait for git; the project's error is the one to say
             with contextlib.suppress(BuildsysError):

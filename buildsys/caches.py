@@ -367,11 +367,13 @@ class _CompiledBuild:
 
 
 def compiled_build(
-    path: Path, *, sections: Sequence[str], deployments: Sequence[str], install_missing: bool = False
+    path: Path, *, sections: Sequence[str], deployments: Sequence[str], install_missing: bool = False,
+    loaded: Project | None = None,
 ) -> Compiled:
     """The compiled build of `sections` of `deployments` (all when empty), reused while nothing it
     depends on changed: the project file, the code of the steps it uses, `code_key()`. A no-op
-    build then neither parses YAML, validates schemas, scans entry points nor builds the graph."""
+    build then neither parses YAML, validates schemas, scans entry points nor builds the graph.
+    `loaded`: the project the caller loaded from this file (`load_project`), not read again."""
     from buildsys.compiled import Compiled, compile_project
     from buildsys.sourcefiles import read_source
 
@@ -383,7 +385,8 @@ def compiled_build(
         if steps is not None:
             return Compiled(hit.project, hit.graph, steps)
     compiled = compile_project(
-        load_project(path), sections=sections, deployments=deployments, install_missing=install_missing
+        loaded if loaded is not None else load_project(path), sections=sections, deployments=deployments,
+        install_missing=install_missing,
     )
     write_record(record, _compiled_record(compiled), max_age=7 * 86400, defer_specs=True)
     return compiled

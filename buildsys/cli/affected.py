@@ -44,11 +44,14 @@ def affected(app: App, base: str | None) -> None:
     app.echo(render(result))
 
 
-def analyse(app: App, base: str | None, *, flows: dict[str, FlowInfo] | None = None) -> Affected:
-    """`flows`: filled with the working tree's entrypoints read (`buildsys.affected.affected`)."""
+def analyse(
+    app: App, base: str | None, *, flows: dict[str, FlowInfo] | None = None, loaded: Project | None = None
+) -> Affected:
+    """`flows`: filled with the working tree's entrypoints read; `loaded`: the project as
+    `app.load_project` gave it (`buildsys.affected.affected`)."""
     from buildsys.affected import affected as compute
 
-    return compute(app.project_file, base or None, flows=flows)
+    return compute(app.project_file, base or None, flows=flows, loaded=loaded)
 
 
 def render(result: Affected) -> str:
@@ -73,7 +76,7 @@ def select_affected(
     `analyse` fills it, for a plan of the same working tree."""
     from buildsys.selector import select_deployments
 
-    result = analyse(app, base, flows=flows)
+    result = analyse(app, base, flows=flows, loaded=project)
     if not result.project_has_deployments:
         return result, None
     chosen = set(result.names)

@@ -149,6 +149,26 @@ def test_plan_affected_reads_each_affected_flow_once(shop: Path, monkeypatch: py
     assert json.loads(bs("--json", "plan").stdout)["changes"] == []
 
 
+def test_plan_affected_loads_the_project_once(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis compiles the project the command loaded, not one read back from the cache
+    layer's record of it (a second load: the whole project unpickled); the same plan."""
+    import buildsys.caches
+
+    loads: list[str] = []
+    real = buildsys.caches.load_project
+
+    def counting(path: Path, *, strict: bool = False) -> object:
+        loads.append(str(path))
+        return real(path, strict=strict)
+
+    monkeypatch.setattr(buildsys.caches, "load_project", counting)
+    change_b(shop)
+    r = bs("--json", "plan", "--affected=main")
+    assert r.exit_code == 0, r.output
+    assert [(c["action"], c["name"]) for c in json.loads(r.stdout)["changes"]] == [("update", "b/b")]
+    assert loads == ["prefect.yaml"]
+
+
 def test_deploy_affected_builds_and_applies_only_the_affected_deployments(shop: Path) -> None:
     (shop / "prefect.yaml").write_text(PROJECT.replace("    work_pool: {name: local}\n  - name: b", "    tags: [new]\n    work_pool: {name: local}\n  - name: b"))
     r = bs("--json", "deploy", "--affected=main")
