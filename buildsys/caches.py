@@ -17,7 +17,6 @@ user's cache directory: a file nobody with the key wrote is never unpickled, onl
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -27,6 +26,7 @@ import operator
 import os
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,7 +129,7 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         cls = type(obj)
         if cls is _DeferredSpec:  # a spec read back from a compiled build: stored as the StepSpec it is
-            obj, cls = obj._read(), StepSpec
+            obj, cls = _read_spec(obj), StepSpec
         try:
             values = _positional[cls]
         except KeyError:  # a class met for the first time (the answer None is remembered too)
@@ -156,49 +156,51 @@ class _DeferringPickler(_Pickler):
 
 
 _set = object.__setattr__
-_deferred: dict[int, bytes] = {}  # id of a _DeferredSpec not read yet -> its spec, pickled
+_get = object.__getattribute__
+_reading = threading.Lock()  # one thread reads a deferred spec; another asking meanwhile waits for it
 
 
 class _DeferredSpec(Record):
     """A step spec of a compiled build read back: its name and id at once (all a step the last
-    build's manifest settles needs: `noop.previous_build`), the rest unpickled when first asked
-    for, which makes it the StepSpec it was (the same fields: its class is then StepSpec's). A
-    build after a change to a few steps' inputs unpickles the specs of those, not of 1,000."""
+    build's manifest settles needs: `noop.previous_build`), the rest unpickled when anything else
+    is first asked of it, which makes it the StepSpec it was (the same slots: its class is then
+    StepSpec's, whose reads are plain slot reads). A build after a change to a few steps' inputs
+    unpickles the specs of those, not of all 1,000. Until read, `raw` holds the pickled spec."""
 
     __slots__ = __match_args__ = StepSpec.__match_args__  # StepSpec's layout: it can become one
 
     def __init__(self, name: str, id: str | None, pickled: bytes) -> None:
         _set(self, "name", name)
         _set(self, "id", id)
-        _deferred[builtins.id(self)] = pickled
+        _set(self, "raw", pickled)
 
-    def __getattr__(self, name: str) -> Any:  # a field not read yet (a slot still empty)
-        return getattr(self._read(), name)
-
-    def _read(self) -> StepSpec:
-        pickled = _deferred.get(builtins.id(self))
-        if pickled is not None:  # (else another thread read it meanwhile: it is a StepSpec now)
-            spec = pickle.loads(pickled)
-            for field in StepSpec.__match_args__:
-                _set(self, field, getattr(spec, field))
-            _set(self, "__class__", StepSpec)
-            _deferred.pop(builtins.id(self), None)
-        return self  # type: ignore[return-value]  # (a StepSpec by now)
+    def __getattribute__(self, name: str) -> Any:
+        if name == "name" or name == "id":
+            return _get(self, name)
+        return getattr(_read_spec(self), name)
 
     def __eq__(self, other: object) -> bool:
-        return bool(self._read() == other)
+        return bool(_read_spec(self) == other)
 
     def __hash__(self) -> int:
-        return hash(self._read())
+        return hash(_read_spec(self))
 
     def __repr__(self) -> str:
-        return repr(self._read())
+        return repr(_read_spec(self))
 
     def __reduce__(self) -> Any:
-        return self._read().__reduce__()
+        return _read_spec(self).__reduce__()
 
-    def __del__(self) -> None:  # never read: its pickled spec goes with it
-        _deferred.pop(builtins.id(self), None)
+
+def _read_spec(spec: StepSpec | _DeferredSpec) -> StepSpec:
+    """The StepSpec a deferred spec was (`spec` itself, read now if it was not yet)."""
+    with _reading:
+        if type(spec) is _DeferredSpec:  # (else it was read meanwhile)
+            read = pickle.loads(_get(spec, "raw"))
+            for field in StepSpec.__match_args__:
+                _set(spec, field, getattr(read, field))
+            _set(spec, "__class__", StepSpec)
+    return spec  # type: ignore[return-value]  # (a StepSpec by now)
 
 
 def _values_of(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
