@@ -1,5 +1,5 @@
 """YAML from libyaml's events, with source locations: any text `yamllines` does not read (the
-event builder `yamlsource.load_yaml` falls back to; see `yamlsource` on what it builds)."""
+builder `yamlsource.load_yaml` falls back to; `yamlsource` says what it builds, `located` holds it)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from yaml.events import (
 )
 
 from buildsys.errors import Location
-from buildsys.yamlsource import (
+from buildsys.located import (
     _COL_BITS,
     _INTERN_UP_TO,
     _MERGE,

@@ -4,7 +4,7 @@ libyaml hands every key, value and bracket over as a Python event object, and th
 looks at each one: for a 90,000-line project that is most of the load. Most project files use
 only block mappings and lists of plain keys, one-line scalars and one-line flow collections; such a
 file is read here with one regular expression a line and the same scalar rules as the event
-builder (`yamlsource._Builder.scalar`), giving the same `Located` (values, marks, templated
+builder (`yamlevents._Builder.scalar`), giving the same `Located` (values, marks, templated
 strings, storable flag). Anything else — anchors, aliases, tags, block or multi-line scalars,
 escapes, document markers, tabs, non-ASCII text, duplicate keys, a value that does not build,
 anything unexpected — gives None, and the event builder reads the whole file instead, with its
@@ -17,7 +17,7 @@ import re
 from sys import intern
 from typing import Any
 
-from buildsys.yamlsource import (
+from buildsys.located import (
     _COL_BITS,
     _INTERN_UP_TO,
     _SHORT_INT,
@@ -394,7 +394,7 @@ class _Reader:
             top[3] = None
         top[4] = True
 
-    # --- scalars: `yamlsource._Builder.scalar`'s rules --------------------------------------------
+    # --- scalars: `yamlevents._Builder.scalar`'s rules --------------------------------------------
 
     def key(self, key: str) -> str:
         """A plain key not seen before: the string it builds (one that is not a string, `yes:` or
