@@ -188,3 +188,33 @@ def test_the_no_op_answer_is_given_only_to_what_click_accepts(isolated: Path) ->
                        (["--explain="], "Option '--explain' does not take a value")):
         code, output = buildsys("build", *argv)
         assert code == 1 and said in output and "build ok" not in output, (argv, output)
+
+
+SAY = """
+import io, sys
+buffer = io.BytesIO()
+sys.stderr = io.TextIOWrapper(buffer, encoding=sys.argv[1], errors="backslashreplace", write_through=True)
+if sys.argv[2] == "click":
+    import click
+    click.echo("caf\\u00e9 \\u25b6 done", err=True)
+else:
+    from buildsys.cli import _say
+    _say("caf\\u00e9 \\u25b6 done")
+sys.stderr.flush()
+sys.__stdout__.write(repr(buffer.getvalue()) + " " + str("click" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "ascii"])
+def test_a_failure_message_is_written_as_click_writes_it(encoding: str) -> None:
+    """The failure rule's messages (`cli._say`) are the bytes `click.echo(err=True)` writes, on an
+    ASCII stderr too (click re-encodes it as UTF-8); click is imported for it only there."""
+    def run(way: str) -> tuple[str, str]:
+        out = subprocess.run([sys.executable, "-c", SAY, encoding, way], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        written, imported = out.rsplit(" ", 1)
+        return written, imported
+
+    by_click, by_say = run("click"), run("say")
+    assert by_say[0] == by_click[0]
+    assert by_say[1] == ("True" if encoding == "ascii" else "False")
