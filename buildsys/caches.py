@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -322,10 +321,14 @@ def key_id(key: bytes) -> str:
 # --- loaded projects --------------------------------------------------------------------------------
 
 
-@dataclass
-class _LoadedProject:
+class _LoadedProject(Record):
+    __slots__ = __match_args__ = ("project", "entrypoints")
     project: Project
     entrypoints: list[tuple[str, bool]]  # files the loader's warnings depended on, and whether they existed
+
+    def __init__(self, project: Project, entrypoints: list[tuple[str, bool]]) -> None:
+        _set(self, "project", project)
+        _set(self, "entrypoints", entrypoints)
 
 
 def load_project(path: Path, *, strict: bool = False) -> Project:
@@ -358,14 +361,24 @@ def _record_path(path: Path, kind: str, *parts: str | bytes) -> Path:
 # --- compiled builds --------------------------------------------------------------------------------
 
 
-@dataclass
-class _CompiledBuild:
+class _CompiledBuild(Record):
+    __slots__ = __match_args__ = ("project", "graph", "values", "sources", "versions")
     project: Project
     graph: StepGraph
     values: dict[str, str | None]  # step name → "module:attr" of its entry point (None: an import path)
     sources: dict[str, str]  # each step's source file → its digest when compiled
     # plain functions' versions (digests of their source) by where they are, in those files
     versions: dict[tuple[str, int, str], str]
+
+    def __init__(
+        self, project: Project, graph: StepGraph, values: dict[str, str | None], sources: dict[str, str],
+        versions: dict[tuple[str, int, str], str],
+    ) -> None:
+        _set(self, "project", project)
+        _set(self, "graph", graph)
+        _set(self, "values", values)
+        _set(self, "sources", sources)
+        _set(self, "versions", versions)
 
 
 def compiled_build(

@@ -8,7 +8,6 @@ Pure with respect to caches: this always computes. `buildsys.caches.compiled_bui
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from buildsys.errors import StepError
 from buildsys.graph import StepGraph, build_graph
@@ -16,11 +15,13 @@ from buildsys.model import Project
 from buildsys.step import StepDef
 
 
-@dataclass
 class Compiled:
-    project: Project
-    graph: StepGraph
-    steps: dict[str, StepDef]  # step name as written → its definition, for every node of the graph
+    __slots__ = ("graph", "project", "steps")
+
+    def __init__(self, project: Project, graph: StepGraph, steps: dict[str, StepDef]) -> None:
+        self.project = project
+        self.graph = graph
+        self.steps = steps  # step name as written → its definition, for every node of the graph
 
 
 def compile_project(
