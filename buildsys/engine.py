@@ -265,7 +265,7 @@ class Engine:
         likely = sorted(order, key=depth.__getitem__)
         ready = sum(1 for k in order if not depth[k])
         self._prefetch = Prefetch.start(self.cache, self.files, self.project.root,
-                                        [(k, nodes[k].spec.input_globs) for k in likely], ready)
+                                        [(k, nodes[k].spec.input_globs, nodes[k].deps) for k in likely], ready)
 
     def _note_dependencies(self) -> None:
         from buildsys import registry
@@ -396,6 +396,13 @@ class Engine:
         return NodeResult(node.key, label, "cached", "unchanged", outputs, cache_key=recorded)
 
     def _run_node(self, key: str) -> NodeResult:
+        try:
+            return self._run_here(key)
+        finally:
+            if self._prefetch is not None:  # its writes done: the helper may check the steps after it
+                self._prefetch.finished(key)
+
+    def _run_here(self, key: str) -> NodeResult:
         node, stepdef = self.graph.nodes[key], self.stepdefs[key]
         started = time.monotonic()
         try:

@@ -91,6 +91,7 @@ def build(root: Path) -> tuple[dict[str, Any], int]:
         os.chdir(here)
     assert result.ok, [r.error for r in result.results.values() if r.error]
     used = engine._prefetch.used if engine._prefetch is not None else -1
+    checked = engine._prefetch.checked if engine._prefetch is not None else -1
     cache = Cache(root)
     rows = cache.db.execute("SELECT path, size, digest FROM files ORDER BY path").fetchall()
     nodes = cache.db.execute("SELECT node, key, components FROM nodes ORDER BY node").fetchall()
@@ -109,20 +110,21 @@ def build(root: Path) -> tuple[dict[str, Any], int]:
         "records": nodes,
         "provable": deps.provable,
     }
-    return seen, used
+    return seen, used, checked
 
 
 def test_a_build_with_the_helper_equals_one_without(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cache_prefetch, "cpus", lambda: 2)
     monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 1)
     monkeypatch.setattr(cache_prefetch.Prefetch, "patient", True)  # every answer waited for and taken
-    with_helper, used = build(make_project(isolated / "one"))
+    with_helper, used, checked = build(make_project(isolated / "one"))
     # The helper answers b first (every other step is ready at the start, so the build decides them
-    # at once), before a writes b's input: that answer is refused. c's missing file is left to the
-    # engine; a, d and e0-e5 are taken.
-    assert used == 8
+    # at once), before a writes b's input: that answer is refused, by the helper's check once a has
+    # finished and by the build's own. c's missing file is left to the engine; a, d and e0-e5 are
+    # taken, each on the helper's word (they wait for no step: it checks them right away).
+    assert (used, checked) == (8, 8)
     monkeypatch.setattr(cache_prefetch, "MIN_STEPS", 10**9)
-    without, unused = build(make_project(isolated / "two"))
+    without, unused, _ = build(make_project(isolated / "two"))
     assert unused == -1
     assert with_helper == without
     # b was keyed on what a wrote, whoever listed and hashed src/b first
@@ -168,6 +170,50 @@ def test_an_answer_is_used_only_while_what_it_rests_on_holds(isolated: Path) -> 
     assert cache_prefetch._still_true(got["e0"]) is not None
     (root / "src" / "e0" / "f0.txt").write_text("e0 0\n")  # same content, but modified just now
     assert cache_prefetch._still_true(answers(root, [("e0", ["src/e0/*"])])["e0"]) is None
+
+
+def test_the_helper_vouches_for_an_answer_only_once_the_steps_before_it_finished(isolated: Path) -> None:
+    import mmap
+    import select
+    import threading
+
+    root = make_project(isolated)
+    steps = [("b", ["src/b/*.txt"]), ("e0", ["src/e0/*"]), ("e1", ["src/e1/*"])]
+    out_read, out_write = os.pipe()
+    hear, finished = os.pipe()
+    cache = Cache(root)
+    rows = cache.file_rows()
+    cache.close()
+    # b waits for steps 7 and 8 (numbered as the build numbers them), e0 for none, e1 for step 9
+    helper = threading.Thread(target=cache_prefetch._serve, args=(
+        out_write, FileSet(root), root, steps, rows, mmap.mmap(-1, len(steps)), 0, hear, [[7, 8], [], [9]]))
+    helper.start()
+    said: list[tuple[str, Any]] = []
+    fh = os.fdopen(out_read, "rb")
+
+    def until(count: int) -> list[tuple[str, Any]]:
+        deadline = time.monotonic() + 30
+        while len(said) < count:
+            assert select.select([fh], [], [], max(0.0, deadline - time.monotonic()))[0], said
+            size = int.from_bytes(fh.read(4), "little")
+            key, answer = marshal.loads(fh.read(size))
+            said.append((key, answer if isinstance(answer, bool) else "answer"))
+        return said
+
+    # e0 waits for nothing: checked at once; b and e1 not before the steps they wait for finish
+    assert until(4) == [("b", "answer"), ("e0", "answer"), ("e0", True), ("e1", "answer")]
+    os.write(finished, (7).to_bytes(4, "little") * 2)  # step 7, said twice, is still one of b's two
+    os.write(finished, (9).to_bytes(4, "little"))  # e1's, its files as they were: checked
+    assert until(5)[4] == ("e1", True)
+    (root / "src" / "b" / "x.txt").write_text("written by step 8\n")  # what a step before b wrote
+    age(root / "src" / "b" / "x.txt")
+    os.write(finished, (8).to_bytes(4, "little"))
+    assert until(6)[5] == ("b", False)
+    os.close(finished)
+    helper.join(30)
+    assert not helper.is_alive()
+    assert fh.read() == b""
+    fh.close()
 
 
 def test_the_helper_answers_ahead_of_the_build_and_leaves_it_what_it_overtook() -> None:
@@ -239,7 +285,7 @@ def test_a_step_with_a_files_hook_keys_the_same_with_the_helper(isolated: Path, 
         age(root / "src" / "h")
         with (root / "prefect.yaml").open("a") as fh:
             fh.write('  - prefetchhook.hooked: {id: h, name: h, inputs: ["src/h/x.txt"], needs: []}\n')
-        seen.append(build(root))
+        seen.append(build(root)[:2])
     (with_helper, used), (without, unused) = seen
     assert used == 9 and unused == -1  # the hooked step's answer was taken too
     assert with_helper == without
