@@ -46,6 +46,7 @@ from buildsys.cache import RACY_NS, Cache, FileSet, file_digests, is_absolute
 from buildsys.noop import cpus, fork_helper
 
 MIN_STEPS = 32  # fewer steps to look ahead for: a fork costs more than it saves
+LEAD = 16  # answers the helper keeps ahead of the build before it spends time on checks
 _HEAD = struct.Struct("<I")
 PIPE_READ = 1 << 16
 Row = tuple[str, tuple[int, int, int, int, str, int]]
@@ -285,12 +286,14 @@ def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, lis
         out.write(_HEAD.pack(len(body)) + body)
         out.flush()
         if checks is not None:
-            if answer is not None:
-                checks.answered(place, fulls, listed, dirs, flat)
+            checks.answered(place, None if answer is None else (fulls, listed, dirs, flat))
             checks.hear(block=False)
+            checks.check_due()
     if checks is not None:
+        checks.lead = 0
+        checks.check_due()
         while checks.held and checks.hear(block=True):
-            pass
+            checks.check_due()
 
 
 class _Checks:
@@ -313,11 +316,27 @@ class _Checks:
         self.held: dict[int, tuple[list[str], list[str], list[int], list[int]]] = {}  # answered, not yet checked
         self.buffer = b""
         self.blocking = True
+        self.places: list[int] = []  # the places answered, in order
+        self.due: list[int] = []  # answered, and every step before them finished: to check
+        self.lead = LEAD
 
-    def answered(self, place: int, fulls: list[str], listed: list[str], dirs: list[int], flat: list[int]) -> None:
-        self.held[place] = (fulls, listed, dirs, flat)
-        if not self.waiting[place]:
-            self.check(place)
+    def answered(self, place: int, held: tuple[list[str], list[str], list[int], list[int]] | None) -> None:
+        self.places.append(place)
+        if held is not None:
+            self.held[place] = held
+            if not self.waiting[place]:
+                self.due.append(place)
+
+    def check_due(self) -> None:
+        """Check the answers whose steps before them have all finished, while the helper is ahead
+        of the build (the place it answered `lead` answers ago still undecided): an answer
+        the build overtakes costs it the whole listing and hashing, a check only the stats."""
+        places, lead = self.places, self.lead
+        if not self.due or (lead and (len(places) <= lead or self.progress[places[-lead]])):
+            return
+        for due in self.due:
+            self.check(due)
+        self.due.clear()
 
     def hear(self, *, block: bool) -> bool:
         """Take the numbers of the steps finished since (waiting for one when `block`) and check
@@ -343,13 +362,14 @@ class _Checks:
             for place in self.after.get(number, ()):
                 self.waiting[place] -= 1
                 if not self.waiting[place] and place in self.held:
-                    self.check(place)
+                    self.due.append(place)
         return True
 
     def check(self, place: int) -> None:
-        fulls, listed, dirs, flat = self.held.pop(place)
-        if self.progress[place]:  # the build has decided it already
+        held = self.held.pop(place, None)
+        if held is None or self.progress[place]:  # (the build has decided it already)
             return
+        fulls, listed, dirs, flat = held
         stat = os.stat
         try:
             holds = [stat(d).st_mtime_ns for d in listed] == dirs
