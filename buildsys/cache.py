@@ -447,21 +447,29 @@ def file_digests(
     return out, hashed
 
 
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_CHUNK = 1 << 20
+
+
 def _hash_file(path: str, size: int = -1) -> str:
     """xxh3-128 of the file's content. `size`, from a stat just before: a small file is read in
     one call and its short read at that size ends it (three system calls through `os`, not the
-    ~six of `open()`); read on to the end when the file is not that size any more."""
-    h = xxhash.xxh3_128()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    ~six of `open()`), hashed in one call; read on to the end when the file is not that size any
+    more."""
+    fd = os.open(path, _READ_FLAGS)
     try:
-        total = 0
-        want = min(size + 1, 1 << 20) if size >= 0 else 1 << 20
-        while chunk := os.read(fd, want):
+        want = size + 1 if 0 <= size < _CHUNK else _CHUNK
+        chunk = os.read(fd, want)
+        if len(chunk) == size < want:  # the whole file (the common case: a small source file)
+            return xxhash.xxh3_128_hexdigest(chunk)
+        h = xxhash.xxh3_128(chunk)
+        total = len(chunk)
+        while chunk:
+            chunk = os.read(fd, _CHUNK)
             h.update(chunk)
             total += len(chunk)
-            if len(chunk) < want and total == size:
+            if len(chunk) < _CHUNK and total == size:
                 break
-            want = 1 << 20
     finally:
         os.close(fd)
     return h.hexdigest()

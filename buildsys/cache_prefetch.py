@@ -42,7 +42,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from buildsys.cache import RACY_NS, Cache, FileSet, file_digests, is_absolute
+from buildsys.cache import RACY_NS, Cache, FileSet, file_digests
 from buildsys.noop import cpus, fork_helper
 
 MIN_STEPS = 32  # fewer steps to look ahead for: a fork costs more than it saves
@@ -271,7 +271,7 @@ def _serve(pipe: int, files: FileSet, root: Path, steps: Sequence[tuple[str, lis
         except OSError:
             found, dirs = [], [limit]
         if not files.opaque and all(m < limit for m in dirs):
-            fulls = [p if is_absolute(p) else prefix + p for p in found]
+            fulls = [p if p.startswith("/") else prefix + p for p in found]  # (POSIX only)
             seen: dict[str, tuple[int, int, int, int]] = {}
             digests, hashed = file_digests(found, fulls, stats, seen)
             if len(seen) == len(found) and all(d is not None for d in digests.values()):

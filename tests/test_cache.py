@@ -61,6 +61,24 @@ def test_recorded_results_are_seen_at_once_and_written_together(tmp_path: Path) 
     assert _hash_file(str(big), 5) == _hash_file(str(big)) == _hash_file(str(big), (1 << 20) + 3)  # a stale size reads on
 
 
+def test_a_file_hashes_to_its_content_whatever_size_the_stat_before_said(tmp_path: Path) -> None:
+    """`_hash_file` reads a small file in one call and hashes it in one; a file of another size
+    than the stat said (it grew or shrank since) or larger than a read is hashed as a stream: the
+    digest is the content's either way."""
+    import xxhash
+
+    from buildsys.cache import _hash_file
+
+    chunk = 1 << 20
+    for length in (0, 1, 15, chunk - 1, chunk, chunk + 3, 2 * chunk + 1):
+        data = bytes(i % 251 for i in range(length))
+        path = tmp_path / f"f{length}"
+        path.write_bytes(data)
+        want = xxhash.xxh3_128(data).hexdigest()
+        for said in {length, -1, 0, 5, max(0, length - 1), length + 1, chunk, chunk - 1}:
+            assert _hash_file(str(path), said) == want, (length, said)
+
+
 def test_lookups_from_the_stored_keys_find_what_a_query_finds(tmp_path: Path) -> None:
     """A build deciding every step looks a key up in the database only when a stored result has
     it (the keys read once): the same answers as a query per key (`sparse`), for results written
