@@ -77,13 +77,15 @@ class Prefetch:
 
     def __init__(self, pid: int, pipe: int, observed: dict[str, tuple[int, int, int, int]],
                  index: dict[str, int], progress: mmap.mmap, finished: int = -1,
-                 numbers: dict[str, int] | None = None) -> None:
+                 numbers: dict[str, int] | None = None, waits: dict[str, Sequence[str]] | None = None) -> None:
         self._pid = pid
         self._index = index  # node key -> its place in the helper's list
         self._progress = progress  # shared with the helper: a byte per place, 1 once the engine does it
         self._pipe = pipe  # non-blocking: the engine reads what has arrived, never waits
         self._finished = finished  # to the helper: the number of each step finished (non-blocking)
         self._numbers = numbers or {}  # node key -> its number there
+        self._waits = waits or {}  # node key -> the keys of the steps it waits for
+        self._said: set[str] = set()  # the keys told finished
         self._finishing = threading.Lock()  # (the pipe is closed under it: never written once closed)
         self._buffer = b""
         self._answers: dict[str, Any] = {}
@@ -128,7 +130,8 @@ class Prefetch:
         pid, pipe = forked
         os.set_blocking(pipe, False)
         os.set_blocking(finished, False)  # a full pipe (a helper that stopped reading) never blocks a step
-        return cls(pid, pipe, cache.observed, {key: i for i, (key, _) in enumerate(todo)}, progress, finished, numbers)
+        return cls(pid, pipe, cache.observed, {key: i for i, (key, _) in enumerate(todo)}, progress, finished, numbers,
+                   {key: deps for key, globs, deps in steps if globs})
 
     def finished(self, key: str) -> None:
         """Node `key` has finished (called in its step's thread once its writes are done, before
@@ -139,18 +142,20 @@ class Prefetch:
         with self._finishing:
             if self._finished < 0:
                 return
-            try:  # noqa: SIM105 - a full pipe or a helper gone: its answers are checked here instead
+            try:
                 os.write(self._finished, _HEAD.pack(number))
-            except OSError:
-                pass
+            except OSError:  # a full pipe or a helper gone: its answers are checked here instead
+                return
+            self._said.add(key)
 
     def take(self, key: str) -> Prefetched | None:
         """The helper's answer for node `key` when it has arrived and still holds, else None
         (the engine does the work)."""
         with self._lock:
             self._read_arrived()
-            while self.patient and not self._done and key in self._index and (
-                    key not in self._answers or (self._answers[key] is not None and key not in self._checked)):
+            while self.patient and not self._done and key in self._index and (key not in self._answers or (
+                    self._answers[key] is not None and key not in self._checked  # its word is due:
+                    and all(d in self._said for d in self._waits.get(key, ())))):  # (all before it told)
                 import select
 
                 select.select([self._pipe], [], [])
