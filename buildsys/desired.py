@@ -127,6 +127,20 @@ class DesiredResource(Record):
         _set(self, "path", path)
         _set(self, "location", location)
 
+    @classmethod
+    def _canonical(
+        cls, kind: str, name: str, spec: dict[str, Any], managed: frozenset[str], path: str, location: Location | None
+    ) -> DesiredResource:
+        """As the constructor, for a `spec` the caller made canonical itself (`_deployment_spec`)."""
+        self = cls.__new__(cls)
+        _set(self, "kind", kind)
+        _set(self, "name", name)
+        _set(self, "spec", spec)
+        _set(self, "managed", managed)
+        _set(self, "path", path)
+        _set(self, "location", location)
+        return self
+
 
 class DesiredState(Record):
     __slots__ = __match_args__ = ("owner", "source", "resources", "warnings", "partial", "sensitive")
@@ -382,9 +396,50 @@ def deployment_resource(
     _note_secrets(d, scope, deploy_time, warnings)
     _no_blocks_in_parameters(d, spec)
     name = f"{info.name}/{d.name}"
-    return DesiredResource(
-        "deployment", name, _with_defaults("deployment", spec), managed, d.path, d.location
+    return DesiredResource._canonical(
+        "deployment", name, _deployment_spec(_with_defaults("deployment", spec)), managed, d.path, d.location
     )
+
+
+# the fields `deployment_resource` renders JSON-shaped (`_Renderer`): canonical as made
+_RENDERED = frozenset({"parameters", "job_variables", "pull_steps"})
+
+
+def _deployment_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """`canonical(spec)` without walking again what is canonical by construction: the rendered
+    fields, and the parameter schema (one object for every deployment of a flow, made by
+    buildsys.entrypoints), checked once per flow, not once per deployment."""
+    out = spec
+    for key, value in spec.items():
+        if key in _RENDERED:
+            continue
+        if key == "parameter_schema":
+            made = _canonical_schema(value)
+        else:
+            leaf = type(value)
+            if leaf is str or leaf is int or leaf is bool or leaf is float or value is None or _is_canonical(value):
+                continue
+            made = _canonical_copy(value)
+        if made is not value:
+            if out is spec:
+                out = dict(spec)
+            out[key] = made
+    return out
+
+
+# id → (schema, its canonical form): the schema is held, so its id is not reused while remembered
+_SCHEMAS: dict[int, tuple[Any, Any]] = {}
+
+
+def _canonical_schema(schema: Any) -> Any:
+    known = _SCHEMAS.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    if len(_SCHEMAS) >= 256:  # flows of earlier plans in one process (tests, watch): forget them
+        _SCHEMAS.clear()
+    made = canonical(schema)
+    _SCHEMAS[id(schema)] = (schema, made)
+    return made
 
 
 _WHEN_DECLARED_YAML = frozenset(k for keys in DEPLOYMENT_WHEN_DECLARED.values() for k in keys)
@@ -559,7 +614,9 @@ class _Renderer:
         if (kind is str and "{{" not in value) or kind is bool or kind is int or kind is float or value is None:
             return value  # what render gives back for a plain value, without making a renderer
         d = self.deployment
-        return render(value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}")
+        return render(
+            value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}", json_shaped=canonical
+        )
 
     def pull_steps(self, steps: Sequence[StepSpec]) -> list[dict[str, Any]]:
         """Pull steps keep block and variable placeholders for run time, and get the outputs of
@@ -579,7 +636,7 @@ class _Renderer:
             templated(raw, texts)  # most pull steps hold no placeholder: then nothing below can find one
             if texts and self.scope.env is not None:
                 _check_env(raw, self.scope.env, step.location or self.deployment.location, where)
-            rendered = render(raw, pull_scope, missing="keep", location=step.location, path=where)
+            rendered = render(raw, pull_scope, missing="keep", location=step.location, path=where, json_shaped=canonical)
             out.append(self._unknown_if_pending(rendered) if texts else rendered)
         return out
 

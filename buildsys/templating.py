@@ -191,14 +191,20 @@ def render(
     missing: str = "error",
     location: Location | None = None,
     path: str | None = None,
+    json_shaped: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Render every placeholder in `value`.
 
     missing: "error" (TemplateError naming the place), "keep" (leave the placeholder as written),
     "unknown" (UNKNOWN for values of steps that have not run), "blank" (Prefect's default: a missing
     whole-string value drops its key or list item, an embedded one becomes "").
+    json_shaped: `buildsys.desired.canonical`, to get `json_shaped(render(value, ...))` in the same
+    walk: keys made text, and the function applied to the leaves that are neither text nor numbers
+    (dates) and to the values placeholders resolve to.
     """
-    renderer = _Renderer(scope, missing, location, path)
+    renderer = _Renderer(scope, missing, location, path) if json_shaped is None else _JsonRenderer(
+        scope, missing, location, path, json_shaped
+    )
     result = renderer.value(value)
     return None if result is _DROP else result
 
@@ -374,6 +380,41 @@ class _Renderer:
         ref = str(ph.keypath[0]) if ph.keypath else ph.name
         return f"{ph.text} does not match any step output", step_ids_hint(ref, ids)
 
+
+class _JsonRenderer(_Renderer):
+    """`render` and then `json_shaped` of the result, in one walk (desired state renders every
+    field of every deployment and then needs it JSON-shaped: two walks of the same values)."""
+
+    def __init__(
+        self, scope: Scope, missing: str, location: Location | None, path: str | None, finish: Callable[[Any], Any]
+    ) -> None:
+        super().__init__(scope, missing, location, path)
+        self.finish = finish
+
+    def value(self, value: Any) -> Any:
+        kind = type(value)
+        if kind in LEAVES:
+            return value
+        if kind is str or isinstance(value, str):
+            if "{{" not in value:
+                return value
+            result = self.string(value)
+            return result if type(result) is str or result is _DROP else self.finish(result)
+        if kind is dict or isinstance(value, Mapping):
+            out = {}
+            for k, v in value.items():
+                r = self.value(v)
+                if r is not _DROP:
+                    out[k if type(k) is str else str(k)] = r
+            return out
+        if isinstance(value, list | tuple):
+            items = []
+            for v in value:
+                r = self.value(v)
+                if r is not _DROP:
+                    items.append(r)
+            return items
+        return self.finish(value)
 
 def unknown_step(text: str, ref: str, ids: Iterable[str]) -> tuple[str, str]:
     """The one wording (message, hint) of a reference to a step id that does not exist, whichever

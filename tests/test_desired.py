@@ -534,3 +534,48 @@ def test_plan_outputs_keyed_together_are_what_each_deployment_keyed_alone_gives(
     assert outputs["a"].namespace["img"] == {"value": "img:x"}
     assert outputs["b"] is not None and outputs["b"].pending == {"tag"} and "img" in outputs["b"].namespace
     assert outputs["c"] is not None and outputs["c"].pending == {"other"}
+
+
+def test_rendered_fields_are_json_shaped_in_the_same_walk(tmp_path: Path) -> None:
+    """parameters, job_variables and pull steps are rendered JSON-shaped (dates as ISO text, keys
+    as text, resolved values made canonical) and not walked again: the spec is what canonical()
+    of the plainly rendered fields gives."""
+    from buildsys.desired import _is_canonical, canonical
+
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        deployments:
+          - name: d
+            entrypoint: f.py:etl
+            parameters: {start: 2024-01-31, 1: one, nested: [{when: 2024-02-01}], token: "{{ $TOKEN }}"}
+            work_pool:
+              name: p
+              job_variables: {env: {A: "{{ $TOKEN }}"}, at: 2024-03-01, 2: two}
+            pull:
+              - set_working_directory: {directory: /x, since: 2024-04-01, who: "{{ $TOKEN }}"}
+        """,
+    )
+    write(tmp_path / "f.py", "from prefect import flow\n@flow\ndef etl(start: str): ...\n")
+    _, state = read_desired(file, env={"TOKEN": "t"})
+    spec = state.get("deployment", "etl/d").spec  # type: ignore[union-attr]
+    assert spec["parameters"] == {
+        "start": "2024-01-31", "1": "one", "nested": [{"when": "2024-02-01"}], "token": "t"
+    }
+    assert spec["job_variables"] == {"env": {"A": "t"}, "at": "2024-03-01", "2": "two"}
+    assert spec["pull_steps"] == [{"set_working_directory": {"directory": "/x", "since": "2024-04-01", "who": "t"}}]
+    assert _is_canonical(spec)
+    assert canonical(spec) is spec
+
+
+def test_a_parameter_schema_is_made_canonical_once_per_object() -> None:
+    from buildsys.desired import _canonical_schema
+
+    schema = {"properties": {"a": {"enum": ("x", "y")}}}
+    made = _canonical_schema(schema)
+    assert made == {"properties": {"a": {"enum": ["x", "y"]}}}
+    assert _canonical_schema(schema) is made  # remembered: one copy for every deployment of the flow
+    other = {"properties": {"b": {"enum": ("z",)}}}
+    assert _canonical_schema(other) == {"properties": {"b": {"enum": ["z"]}}}
+    plain = {"type": "object"}
+    assert _canonical_schema(plain) is plain

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date, time
+
 import pytest
 
 from buildsys.errors import TemplateError
@@ -91,3 +93,24 @@ def test_placeholders_are_classified() -> None:
         ("variable", None, ("v",)),
         ("block", None, ("t", "n")),
     ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": date(2024, 1, 31), 1: "one", "t": "{{ $T }}", "n": [{"w": time(3, 4)}, ("x", "{{ $T }}")]},
+        ["{{ $T }}", date(2024, 1, 1), None, 1.5, True],
+        "{{ out.value }}",
+        "{{ out.pair }}",
+        "plain",
+        {1: "a", "1": "b"},
+    ],
+)
+def test_json_shaped_render_is_canonical_of_the_render(value: object) -> None:
+    from buildsys.desired import canonical
+
+    scope = Scope(outputs={"out": {"value": {2: date(2024, 5, 6)}, "pair": ("a", 1)}}, env={"T": "t"})
+    plain = canonical(render(value, scope, missing="unknown"))
+    shaped = render(value, scope, missing="unknown", json_shaped=canonical)
+    assert shaped == plain
+    assert repr(shaped) == repr(plain)  # the same key order and types
