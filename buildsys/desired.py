@@ -26,7 +26,7 @@ from buildsys.model import Deployment, PoolSpec, Project, ScheduleSpec, StepSpec
 from buildsys.records import NEW_DICT, Record
 from buildsys.selector import select_deployments
 from buildsys.sourcefiles import UnreadableFile
-from buildsys.templating import UNKNOWN, Scope, placeholders, render, secret_env_name, templated
+from buildsys.templating import UNKNOWN, JsonRenderer, Scope, placeholders, render, secret_env_name, templated
 
 if TYPE_CHECKING:
     from buildsys.revision import Revision
@@ -602,21 +602,23 @@ def _truthy(value: Any) -> Any:
 class _Renderer:
     """Renders one deployment's fields with its build/push outputs (UNKNOWN when not built)."""
 
-    __slots__ = ("built_ids", "deployment", "scope")
+    __slots__ = ("built_ids", "deployment", "fields", "scope")
 
     def __init__(self, scope: Scope, deployment: Deployment) -> None:
         self.scope = scope
         self.deployment = deployment
+        self.fields: JsonRenderer | None = None
         self.built_ids = frozenset(s.label for s in (*deployment.build, *deployment.push))
 
     def value(self, value: Any, where: str) -> Any:
         kind = type(value)
         if (kind is str and "{{" not in value) or kind is bool or kind is int or kind is float or value is None:
             return value  # what render gives back for a plain value, without making a renderer
-        d = self.deployment
-        return render(
-            value, self.scope, missing="unknown", location=d.location, path=f"{d.path}.{where}", json_shaped=canonical
-        )
+        fields = self.fields
+        if fields is None:  # one renderer for every templated field of the deployment
+            d = self.deployment
+            fields = self.fields = JsonRenderer(self.scope, "unknown", d.location, d.path, canonical)
+        return fields.field(value, where)
 
     def pull_steps(self, steps: Sequence[StepSpec]) -> list[dict[str, Any]]:
         """Pull steps keep block and variable placeholders for run time, and get the outputs of

@@ -202,7 +202,7 @@ def render(
     walk: keys made text, and the function applied to the leaves that are neither text nor numbers
     (dates) and to the values placeholders resolve to.
     """
-    renderer = _Renderer(scope, missing, location, path) if json_shaped is None else _JsonRenderer(
+    renderer = _Renderer(scope, missing, location, path) if json_shaped is None else JsonRenderer(
         scope, missing, location, path, json_shaped
     )
     result = renderer.value(value)
@@ -238,6 +238,10 @@ class _Renderer:
             return items
         return value
 
+    def place(self) -> str | None:
+        """The document path messages name."""
+        return self.path
+
     def string(self, text: str) -> Any:
         whole = PLACEHOLDER.fullmatch(text)
         if whole is not None:
@@ -258,7 +262,7 @@ class _Renderer:
             raise TemplateError(
                 f"block {ph.name!r} is a structure and cannot be embedded in a string",
                 location=self.location,
-                path=self.path,
+                path=self.place(),
             )
         return str(resolved)
 
@@ -311,7 +315,7 @@ class _Renderer:
             raise TemplateError(
                 f"{ph.text} is ambiguous: steps {names} all output {head!r}",
                 location=self.location,
-                path=self.path,
+                path=self.place(),
                 hint=f"name the step: {{{{ {producers[-1][0]}.{ph.name} }}}}",
             )
         return values[-1]
@@ -347,7 +351,7 @@ class _Renderer:
 
     def error(self, ph: Placeholder) -> TemplateError:
         message, hint = self._problem(ph)
-        return TemplateError(message, location=self.location, path=self.path, hint=hint)
+        return TemplateError(message, location=self.location, path=self.place(), hint=hint)
 
     def _problem(self, ph: Placeholder) -> tuple[str, str | None]:
         """What is wrong with a placeholder that has no value, and the hint: (message, hint)."""
@@ -381,7 +385,7 @@ class _Renderer:
         return f"{ph.text} does not match any step output", step_ids_hint(ref, ids)
 
 
-class _JsonRenderer(_Renderer):
+class JsonRenderer(_Renderer):
     """`render` and then `json_shaped` of the result, in one walk (desired state renders every
     field of every deployment and then needs it JSON-shaped: two walks of the same values)."""
 
@@ -390,6 +394,17 @@ class _JsonRenderer(_Renderer):
     ) -> None:
         super().__init__(scope, missing, location, path)
         self.finish = finish
+        self.where: str | None = None
+
+    def field(self, value: Any, where: str) -> Any:
+        """`render(value, ..., path=f"{path}.{where}")` with this renderer's scope and rules, the
+        path made only when a message needs it: one renderer for every field of a deployment."""
+        self.where = where
+        result = self.value(value)
+        return None if result is _DROP else result
+
+    def place(self) -> str | None:
+        return self.path if self.where is None else f"{self.path}.{self.where}"
 
     def value(self, value: Any) -> Any:
         kind = type(value)

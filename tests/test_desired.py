@@ -579,3 +579,21 @@ def test_a_parameter_schema_is_made_canonical_once_per_object() -> None:
     assert _canonical_schema(other) == {"properties": {"b": {"enum": ["z"]}}}
     plain = {"type": "object"}
     assert _canonical_schema(plain) is plain
+
+
+def test_one_renderer_per_deployment_names_the_field_it_failed_in() -> None:
+    """desired state renders every field of a deployment with one renderer; an error names the
+    field being rendered (not the previous one) and is made only when it happens."""
+    from buildsys.desired import _Renderer
+    from buildsys.model import Deployment
+    from buildsys.templating import Scope
+
+    d = Deployment(name="d", index=0, location=None, path="deployments[d]")
+    r = _Renderer(Scope(outputs={"s": {"x": 1}}, ids=frozenset({"s"}), pending=frozenset(), env={}), d)
+    assert r.value({"a": "{{ s.x }}"}, "parameters") == {"a": 1}
+    with pytest.raises(TemplateError) as err:
+        r.value({"b": "{{ $MISSING_ONE }}"}, "work_pool.job_variables")
+    assert err.value.path == "deployments[d].work_pool.job_variables"
+    with pytest.raises(TemplateError) as again:
+        r.value("{{ t.y }}", "version")
+    assert again.value.path == "deployments[d].version"
