@@ -254,12 +254,15 @@ class DeployTime:
     """What `{{ $ENV }}` and `{{ prefect.variables.* }}` resolve to while planning, and which
     resolved values came from secret-looking environment variables."""
 
-    __slots__ = ("env", "sensitive", "variables")
+    __slots__ = ("env", "secret_names", "sensitive", "variables")
 
     def __init__(self, env: Mapping[str, str] | None = None, variables: Mapping[str, Any] | None = None) -> None:
         self.env = env
         self.variables = variables
         self.sensitive: dict[str, str] = {}  # value → "$NAME"
+        # a deployment's templated texts → the secret-looking variables of `env` they use (sorted):
+        # the deployments of one definition share their texts
+        self.secret_names: dict[tuple[str, ...], list[str]] = {}
 
 
 # --- variables and pools ------------------------------------------------------------------------
@@ -716,17 +719,23 @@ _NO_IDS: frozenset[str] = frozenset()
 def _note_secrets(d: Deployment, scope: Scope, deploy_time: DeployTime, warnings: list[Diagnostic]) -> None:
     """A value from a secret-looking environment variable is stored (the flow needs it): say so,
     name the way to keep it out of the store, and remember it so every view of the plan masks it."""
-    if deploy_time.env is None or not scope.secrets:
+    env = deploy_time.env
+    if env is None or not scope.secrets:
         return
-    used = sorted(
-        {
-            str(p.keypath[0])
-            for p in placeholders(d.raw if d.templates is None else d.templates)  # the loader noted them
-            if p.kind == "env" and secret_env_name(str(p.keypath[0])) and str(p.keypath[0]) in deploy_time.env
-        }
-    )
+    texts = d.templates  # the loader noted them
+    used = None if texts is None else deploy_time.secret_names.get(texts)
+    if used is None:
+        used = sorted(
+            {
+                str(p.keypath[0])
+                for p in placeholders(d.raw if texts is None else texts)
+                if p.kind == "env" and secret_env_name(str(p.keypath[0])) and str(p.keypath[0]) in env
+            }
+        )
+        if texts is not None:
+            deploy_time.secret_names[texts] = used
     for name in used:
-        value = deploy_time.env[name]
+        value = env[name]
         if value not in scope.secrets:
             continue
         deploy_time.sensitive[value] = f"${name}"

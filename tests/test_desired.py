@@ -597,3 +597,25 @@ def test_one_renderer_per_deployment_names_the_field_it_failed_in() -> None:
     with pytest.raises(TemplateError) as again:
         r.value("{{ t.y }}", "version")
     assert again.value.path == "deployments[d].version"
+
+
+def test_secret_variables_are_found_per_set_of_templated_texts(tmp_path: Path) -> None:
+    """The secret-looking variables a deployment uses are remembered by its templated texts: the
+    deployments sharing them get the same answer, the others their own."""
+    file = write(
+        tmp_path / "prefect.yaml",
+        """
+        deployments:
+          - {name: a, entrypoint: f.py:etl, work_pool: {name: p, job_variables: {env: {T: "{{ $API_TOKEN }}"}}}}
+          - {name: b, entrypoint: f.py:etl, work_pool: {name: p, job_variables: {env: {P: "{{ $DB_PASSWORD }}"}}}}
+          - {name: c, entrypoint: f.py:etl, work_pool: {name: p, job_variables: {env: {T: "{{ $API_TOKEN }}"}}}}
+          - {name: d, entrypoint: f.py:etl, work_pool: {name: p, job_variables: {env: {R: "{{ $REGION }}"}}}}
+        """,
+    )
+    write(tmp_path / "f.py", "from prefect import flow\n@flow\ndef etl(): ...\n")
+    _, state = read_desired(file, env={"API_TOKEN": "tok", "DB_PASSWORD": "pw", "REGION": "eu"})
+    said = [w.message for w in state.warnings if "a secret, by its name" in w.message]
+    assert [m.split(":")[0] + " " + m.split("$")[1].split(" ")[0] for m in said] == [
+        "deployment 'a' API_TOKEN", "deployment 'b' DB_PASSWORD", "deployment 'c' API_TOKEN"
+    ]
+    assert state.sensitive == {"tok": "$API_TOKEN", "pw": "$DB_PASSWORD"}
