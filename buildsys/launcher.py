@@ -15,14 +15,12 @@ YOUNG_OBJECTS = 50_000  # allocations between two collections of the youngest ge
 
 
 def main() -> None:
-    from buildsys.cli.direct import parse
+    from buildsys.cli.direct import parse, try_no_op
 
     args = sys.argv[1:]
     direct = parse(args, os.environ)
     if direct is not None:  # only an argument list click reads the same way is answered from the manifest
-        from buildsys.noop import try_fast
-
-        code = try_fast(args)
+        code = try_no_op(direct)
         if code is not None:
             # Answered from the manifest: nothing was imported that needs shutting down.
             _exit_now(code)

@@ -856,48 +856,25 @@ def previous_build(path: str) -> Previous | None:
         _forget_verified(path)  # what the no-op check found and this did not use (a helper stopped)
 
 
-# --- the command-line side: a restricted parse of `build` / `push` ------------------------------------
+# --- the answer to a provable no-op, before anything heavy is imported --------------------------------
 
-_FLAGS = {"--explain", "--json", "-q", "--quiet", "-v", "--verbose", "--no-color", "--keep-going"}
-_VALUED = {"-f", "--file", "-d", "--deployment", "-j", "--jobs"}
-
-
-def try_fast(argv: Sequence[str]) -> int | None:
-    """Exit code when `argv` asks for a build that is provably a no-op; None to run normally."""
-    if not argv or argv[0] not in ("build", "push"):
-        return None
-    opts: dict[str, Any] = {"file": "prefect.yaml", "deployments": [], "flags": set()}
-    args = list(argv[1:])
-    while args:
-        a = args.pop(0)
-        key, _, inline = a.partition("=") if a.startswith("--") else (a, "", "")
-        if key in _FLAGS and not inline:
-            opts["flags"].add({"--quiet": "-q", "--verbose": "-v"}.get(key, key))
-        elif key in _VALUED:
-            if not inline and not args:
-                return None
-            value = inline or args.pop(0)
-            if key in ("-f", "--file"):
-                if opts.get("file_given"):
-                    return None  # a second -f is an error the normal path reports
-                opts["file"], opts["file_given"] = value, True
-            elif key in ("-d", "--deployment"):
-                opts["deployments"].append(value)
-        else:
-            return None  # anything else (--no-cache, -vv, globs…): the normal path decides
-    file = opts["file"]
-    sections = ("build",) if argv[0] == "build" else ("build", "push")
-    labels = still_valid(manifest_path(file, sections, opts["deployments"]))
+def answer_no_op(
+    file: str, sections: Sequence[str], deployments: Sequence[str], *, as_json: bool, explain: bool
+) -> int | None:
+    """Exit code when the build of `sections` and `deployments` of project `file` is provably a
+    no-op, its outcome written as the build's reporter writes it (`explain`: each step's line too);
+    None to run the build. The arguments are `buildsys.cli.direct`'s reading of the command line."""
+    labels = still_valid(manifest_path(file, sections, deployments))
     if labels is None:
         return None
-    _report(labels, opts["flags"])
+    _report(labels, as_json=as_json, explain=explain)
     return 0
 
 
-def _report(labels: Sequence[str], flags: set[str]) -> None:
+def _report(labels: Sequence[str], *, as_json: bool, explain: bool) -> None:
     n = len(labels)
     summary = f"build ok: 0 ran, {n} cached, 0 failed, 0 not run"
-    if "--json" in flags:
+    if as_json:
         import json
 
         now = round(time.time(), 3)
@@ -907,7 +884,7 @@ def _report(labels: Sequence[str], flags: set[str]) -> None:
         sys.stdout.write("\n".join(out) + "\n")
         return
     lines = []
-    if "--explain" in flags or "-v" in flags:
+    if explain:
         lines = [f"= {label}  cached (unchanged)" for label in labels]
     lines.append(summary)
     from buildsys.printable import printable

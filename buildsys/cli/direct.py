@@ -31,12 +31,15 @@ VALUED = {
     "--cache-from": "cache_from",
 }
 CACHE_ENV = "BUILDSYS_CACHE"  # --cache-from's environment variable (buildsys.cli.build)
+# what a build's last manifest cannot answer for: a build that bypasses or writes caches, installs
+# requirements or only shows what would run (and one given --cache-from, checked in `parse`)
+NOT_FROM_MANIFEST = ("no_cache", "install_requires", "dry_run", "cache_write")
 
 
 class Direct:
     """What click would give the command: the sections, the App's settings and the parameters."""
 
-    __slots__ = ("color", "file", "json", "params", "sections", "verbosity")
+    __slots__ = ("color", "file", "json", "manifest_may_answer", "params", "sections", "verbosity")
 
     def __init__(self, sections: tuple[str, ...]) -> None:
         self.sections = sections
@@ -44,6 +47,7 @@ class Direct:
         self.json = False
         self.verbosity = 0
         self.color = True
+        self.manifest_may_answer = False  # a provable no-op may be answered from the manifest (`parse`)
         self.params: dict[str, Any] = {
             "deployments": (), "jobs": None, "no_cache": False, "explain": False, "keep_going": False,
             "install_requires": False, "dry_run": False, "affected_base": None, "cache_from": None,
@@ -104,9 +108,24 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
         else:
             out.params["cache_from"] = inline
     out.params["deployments"] = tuple(deployments)
+    out.manifest_may_answer = "cache_from" not in given and not any(out.params[p] for p in NOT_FROM_MANIFEST)
     if "cache_from" not in given:
         out.params["cache_from"] = environ.get(CACHE_ENV) or None  # click: an empty variable is unset
     return out
+
+
+def try_no_op(direct: Direct) -> int | None:
+    """The exit code of a build the manifest proves a no-op, its output written as the build's
+    reporter would write it (`buildsys.noop.answer_no_op`); None to run the build."""
+    if not direct.manifest_may_answer:
+        return None
+    from buildsys.noop import answer_no_op
+
+    # a step's `cached` line as the reporter shows it: with --explain or -v, never below verbosity 0
+    explain = (direct.params["explain"] or direct.verbosity > 0) and direct.verbosity >= 0
+    return answer_no_op(
+        direct.file or "prefect.yaml", direct.sections, direct.params["deployments"], as_json=direct.json, explain=explain
+    )
 
 
 def _plain_count(text: str) -> bool:

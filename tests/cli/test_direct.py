@@ -218,3 +218,28 @@ def test_a_failure_message_is_written_as_click_writes_it(encoding: str) -> None:
     by_click, by_say = run("click"), run("say")
     assert by_say[0] == by_click[0]
     assert by_say[1] == ("True" if encoding == "ascii" else "False")
+
+
+def test_the_no_op_answer_says_what_the_build_would_say(isolated: Path) -> None:
+    """The manifest's answer reads the command line as the build does (`cli.direct`, one reader):
+    a step's line at verbosity above 0 or with --explain, never below 0, as the reporter shows it.
+    Before, its own reading showed the lines for `-v -q` and `--explain -q`, where the build does not."""
+    (isolated / "prefect.yaml").write_text("name: p\nbuild:\n  - run_shell_script: {id: a, script: 'echo hi', inputs: [x.txt]}\n")
+    (isolated / "x.txt").write_text("x\n")
+    for name in ("prefect.yaml", "x.txt"):  # older than the racy window: the manifest can prove a no-op
+        os.utime(isolated / name, (1_700_000_000, 1_700_000_000))
+
+    def buildsys(*argv: str) -> tuple[int, str, bool]:
+        """(status, output, whether the engine was imported: False when the manifest answered)."""
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "buildsys", *argv], cwd=isolated,
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+        return result.returncode, result.stdout + "".join(f"{line}\n" for line in said), "buildsys.engine" in result.stderr
+
+    assert buildsys("build")[0] == 0
+    summary = "build ok: 0 ran, 1 cached, 0 failed, 0 not run\n"
+    line = "= a  cached (unchanged)\n"
+    for argv, expected in ((["-v", "-q"], summary), (["-q"], summary), (["-v"], line + summary),
+                           (["--explain", "-q"], summary), (["--explain"], line + summary), (["-v", "-v", "-q"], line + summary)):
+        assert buildsys("build", *argv) == (0, expected, False), argv  # the manifest's answer
+        assert buildsys("build", *argv, "-j2") == (0, expected, True), argv  # the build's (click reads -j2)
