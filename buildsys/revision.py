@@ -175,15 +175,30 @@ def _commits(repo_root: Path, names: Sequence[str]) -> list[str | None]:
     """The commit each revision name (a commit, branch, tag, `origin/HEAD`…) resolves to, None for a
     name that does not resolve: one `git cat-file --batch-check`, names on its stdin (never parsed
     as options)."""
-    asked = [n for n in names if n and "\n" not in n]
-    if not asked:
+    if not _asked(names):
         return [None for _ in names]
-    query = "".join(f"{n}^{{commit}}\n" for n in asked).encode("utf-8", "surrogateescape")
-    code, out, err = _run(repo_root, "cat-file", "--batch-check=%(objectname) %(objecttype)", input=query)
+    return _found_commits(repo_root, names, _finish(_start(repo_root, COMMITS, stdin=True), _query(names)))
+
+
+COMMITS = ("cat-file", "--batch-check=%(objectname) %(objecttype)")
+
+
+def _asked(names: Sequence[str]) -> list[str]:
+    return [n for n in names if n and "\n" not in n]
+
+
+def _query(names: Sequence[str]) -> bytes:
+    """`COMMITS`'s input: each name that can be asked, as a commit."""
+    return "".join(f"{n}^{{commit}}\n" for n in _asked(names)).encode("utf-8", "surrogateescape")
+
+
+def _found_commits(repo_root: Path, names: Sequence[str], done: tuple[int, bytes, str]) -> list[str | None]:
+    """`_commits`'s answer from `COMMITS`'s."""
+    code, out, err = done
     if code != 0:
         raise RevisionError(f"cannot read the repository at {repo_root}: {err}")
     found: dict[str, str] = {}
-    for name, line in zip(asked, out.decode("utf-8", "surrogateescape").splitlines(), strict=False):
+    for name, line in zip(_asked(names), out.decode("utf-8", "surrogateescape").splitlines(), strict=False):
         parts = line.split(" ")
         if len(parts) == 2 and parts[1] == "commit":
             found[name] = parts[0]
@@ -196,10 +211,19 @@ REMOTES = ("config", "-z", "--get-regexp", r"^(remote\..*\.url|url\..*\.insteado
 
 def _parse_status(text: str) -> tuple[str | None, bool]:
     """(HEAD's commit or None before the first commit, whether the working tree is dirty) from
-    `git status --porcelain=v2 --branch -z`. Dirty: uncommitted changes to tracked files, or new
-    files (buildsys's own `.buildsys/` excluded)."""
+    `git status --porcelain=v2 --branch -z --untracked-files=all`. Dirty: uncommitted changes to
+    tracked files, or new files (buildsys's own `.buildsys/` excluded)."""
+    commit, dirty, _ = _read_status(text)
+    return commit, dirty
+
+
+def _read_status(text: str) -> tuple[str | None, bool, list[str]]:
+    """`_parse_status`, and the untracked folders (`? new/`, as `--untracked-files=normal` names a
+    folder holding only untracked files) that would make the working tree dirty were it not
+    otherwise: whether one holds a file outside a `.buildsys/` is not said at that level."""
     commit: str | None = None
     dirty = False
+    folders: list[str] = []
     records = iter(text.split("\0"))
     for record in records:
         if record.startswith("# branch.oid "):
@@ -212,8 +236,13 @@ def _parse_status(text: str) -> tuple[str | None, bool]:
         elif record.startswith("? "):
             path = record[2:]
             if not path.startswith(".buildsys/") and "/.buildsys/" not in path:
-                dirty = True
-    return commit, dirty if commit else True
+                if path.endswith("/") and not path.endswith("/.buildsys/"):
+                    folders.append(path)
+                else:
+                    dirty = True
+    if not commit:
+        return commit, True, []
+    return commit, dirty, [] if dirty else folders
 
 
 def _remote_url(repo_root: Path) -> str | None:
@@ -458,6 +487,12 @@ def default_base(project_file: Path, *, repo_root: Path | None = None) -> tuple[
     head, *branches = _commits(repo_root, ["HEAD", *DEFAULT_BRANCHES])
     if head is None:
         raise RevisionError("the repository has no commit yet: there is nothing to compare with", hint="commit first")
+    return _merge_base(repo_root, head, branches)
+
+
+def _merge_base(repo_root: Path, head: str, branches: Sequence[str | None]) -> tuple[str, str]:
+    """The merge base of `head` with the first of DEFAULT_BRANCHES that exists (`branches`: their
+    commits, None where one does not), and that branch's name."""
     for name, branch in zip(DEFAULT_BRANCHES, branches, strict=True):
         if branch is None:
             continue
@@ -547,7 +582,7 @@ def start_changed_paths(repo_root: Path, commit: str) -> Callable[[], dict[str, 
     """`changed_paths`, started: its two git processes run side by side (and beside the caller's
     own work) until the returned function is called for the answer. Call it in any case (it
     waits for them)."""
-    diff = _start(repo_root, ["diff", "--no-renames", "--name-status", "-z", "--no-ext-diff", commit, "--"])
+    diff = _start(repo_root, [*DIFF, commit, "--"])
     try:
         status = _start(repo_root, CHANGED_STATUS)
     except BaseException:
@@ -555,27 +590,108 @@ def start_changed_paths(repo_root: Path, commit: str) -> Callable[[], dict[str, 
         raise
 
     def finish() -> dict[str, str]:
-        code, out, err = _finish(diff)
+        done = _finish(diff)
         s_code, s_out, s_err = _finish(status)
-        if code != 0:
-            raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
         if s_code != 0:
             raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
-        found: dict[str, str] = {}
-
-        def note(path: str, kind: str) -> None:
-            found[path] = kind if found.get(path, kind) == kind else "*"
-
-        fields = out.decode("utf-8", "surrogateescape").split("\0")
-        for kind, path in zip(fields[0::2], fields[1::2], strict=False):
-            if kind and path:
-                note(path, kind[:1])
-        records = iter(s_out.decode("utf-8", "surrogateescape").split("\0"))
-        for record in records:
-            if record[:2] in ("? ", "! "):
-                note(record[2:], record[0])
-            elif record[:2] == "2 ":
-                next(records, None)  # a rename's original path: `diff --no-renames` names both already
-        return dict(sorted(found.items()))
+        return _changed(commit, done, s_out.decode("utf-8", "surrogateescape"))
 
     return finish
+
+
+def _changed(commit: str, diff: tuple[int, bytes, str], status: str) -> dict[str, str]:
+    """`changed_paths` from `git diff --name-status -z`'s answer and the text of `CHANGED_STATUS`."""
+    code, out, err = diff
+    if code != 0:
+        raise RevisionError(f"cannot compare the working tree with {commit[:12]}: {err}")
+    found: dict[str, str] = {}
+
+    def note(path: str, kind: str) -> None:
+        found[path] = kind if found.get(path, kind) == kind else "*"
+
+    fields = out.decode("utf-8", "surrogateescape").split("\0")
+    for kind, path in zip(fields[0::2], fields[1::2], strict=False):
+        if kind and path:
+            note(path, kind[:1])
+    records = iter(status.split("\0"))
+    for record in records:
+        if record[:2] in ("? ", "! "):
+            note(record[2:], record[0])
+        elif record[:2] == "2 ":
+            next(records, None)  # a rename's original path: `diff --no-renames` names both already
+    return dict(sorted(found.items()))
+
+
+DIFF = ("diff", "--no-renames", "--name-status", "-z", "--no-ext-diff")
+
+
+class Comparison:
+    """What `compare_working_tree` found: the working tree's revision, the base's commit, the
+    default branch whose merge base it is (None when the base was named), and the function that
+    waits for the changed paths (`changed_paths`'s answer)."""
+
+    def __init__(self, revision: Revision, commit: str, branch: str | None, changed: Callable[[], dict[str, str]]) -> None:
+        self.revision = revision
+        self.commit = commit
+        self.branch = branch
+        self.changed = changed
+
+
+def compare_working_tree(project_file: Path, base: str | None) -> Comparison | None:
+    """The working tree's revision (`open_revision`), the base's commit (`resolve_commit`, or
+    `default_base` when `base` is None) and the changed paths since it (`start_changed_paths`),
+    asked of git in fewer and overlapping processes: the top directory and the base's commit in
+    one `rev-parse`, beside `config` and one `status` that answers for both the revision and the
+    changed paths; then `diff` against the commit, started here and waited for by `changed`.
+
+    None when this way does not settle it (no repository, git refuses it, no commit yet, a base
+    it cannot resolve, a revision already read within `reading_once`, an untracked folder that
+    leaves the working tree's dirtiness open): the caller asks the step-by-step way, which gives
+    the same answers and says why where it fails."""
+    file = project_file.resolve()
+    if _kept is not None and file in _kept:
+        return None
+    here = file.parent
+    if (base is not None and (not base or base.startswith("-") or "\n" in base)) or not _maybe_in_git(here):
+        return None
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started.append(_start(here, ["rev-parse", "--show-toplevel", *(
+            ["--verify", "--quiet", f"{base}^{{commit}}"] if base is not None else [])]))
+        started.append(_start(here, REMOTES))
+        started.append(_start(here, (*CHANGED_STATUS, "--branch")))
+        names = ["HEAD", *DEFAULT_BRANCHES]
+        if base is None:  # waits for its names on stdin until the repository is known to be readable
+            started.append(_start(here, COMMITS, stdin=True))
+        code, out, err = _finish(started[0])
+        lines = out.decode("utf-8", "surrogateescape").rstrip("\n").rsplit("\n", 1 if base is not None else 0)
+        if code != 0 or err or not lines[0] or (base is not None and len(lines) != 2):
+            return None
+        repo_root = Path(lines[0]).resolve()
+        remote = _parse_remotes(_finish(started[1]))
+        s_code, s_out, _ = _finish(started[2])
+        if s_code != 0:
+            return None
+        status = s_out.decode("utf-8", "surrogateescape")
+        commit_now, dirty, open_folders = _read_status(status)
+        if open_folders or commit_now is None:
+            return None
+        if base is not None:
+            commit, branch = lines[1], None
+        else:
+            head, *branches = _found_commits(repo_root, names, _finish(started[3], _query(names)))
+            if head is None:
+                return None
+            commit, branch = _merge_base(repo_root, head, branches)
+    finally:
+        for proc in started:
+            if proc.returncode is None:
+                _finish(proc)
+    revision = Revision(
+        file=project_file, root=here, text=None, commit=commit_now, dirty=dirty, repo_root=repo_root,
+        remote_url=remote, file_in_repo=file.relative_to(repo_root).as_posix(),
+    )
+    if _kept is not None:
+        _kept[file] = revision
+    diff = _start(repo_root, [*DIFF, commit, "--"])
+    return Comparison(revision, commit, branch, lambda: _changed(commit, _finish(diff), status))

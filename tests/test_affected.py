@@ -226,6 +226,28 @@ def test_a_deleted_and_a_renamed_input_file(shop: Path) -> None:
     })
 
 
+def test_the_working_tree_and_the_base_are_asked_of_git_in_four_processes(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rev-parse` (the top directory and the base's commit), `config`, one `status` (the revision's
+    commit and dirtiness, and the untracked and ignored paths), `diff`: not six. An untracked folder
+    that alone could make the working tree dirty is asked the step-by-step way, with the same answer."""
+    import buildsys.revision
+
+    started: list[str] = []
+    real = buildsys.revision._start
+    monkeypatch.setattr(buildsys.revision, "_start", lambda cwd, args, **kw: started.append(args[0]) or real(cwd, args, **kw))
+    write(shop, {"README.md": "a file no step reads\n"})
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved and sorted(started) == ["config", "diff", "rev-parse", "status"]
+    (shop / "README.md").unlink()
+    write(shop, {"notes/new.txt": "an untracked folder\n"})
+    started.clear()
+    again = affected(shop / "prefect.yaml", "main")
+    assert started.count("status") == 3  # the quick one, then both of the step-by-step way
+    assert again.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
+
+
 def test_a_change_no_key_or_spec_reads_writes_no_base_files(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import buildsys.revision
 

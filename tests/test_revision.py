@@ -188,3 +188,78 @@ def test_changed_paths_and_reading_the_working_tree_once(tmp_path: Path, monkeyp
         first = open_revision(file)
         assert open_revision(file) is first and len(calls) == 1
     assert open_revision(file) is not first and len(calls) == 2  # outside the block: asked again
+
+
+def _step_by_step(file: Path, base: str | None) -> tuple[object, str, str | None, dict[str, str]]:
+    from buildsys import revision
+
+    now = revision._open_revision(file, None)
+    assert now.repo_root is not None
+    if base is None:
+        commit, branch = default_base(file, repo_root=now.repo_root)
+    else:
+        commit, branch = resolve_commit(file, base, repo_root=now.repo_root), None
+    return now, commit, branch, revision.changed_paths(now.repo_root, commit)
+
+
+def test_comparing_the_working_tree_in_fewer_processes_gives_the_step_by_step_answers(tmp_path: Path) -> None:
+    """`compare_working_tree` (one `rev-parse` for the top directory and the base, one `status` for
+    the revision and the changed paths) answers as `open_revision`, `resolve_commit` or
+    `default_base`, and `changed_paths` do, from the project's folder below the top directory too."""
+    from buildsys import revision
+
+    file = commit_tree(tmp_path, {"proj/prefect.yaml": "name: x\n", "a.txt": "1\n", "b.txt": "1\n",
+                                  ".gitignore": "*.log\n.buildsys/\n"}, "c") / "proj" / "prefect.yaml"
+    git(tmp_path, "branch", "base")
+    git(tmp_path, "update-ref", "refs/remotes/origin/main", "HEAD")
+    (tmp_path / "a.txt").write_text("2\n")
+    git(tmp_path, "mv", "b.txt", "c.txt")
+    (tmp_path / "debug.log").write_text("x\n")
+    (tmp_path / "proj" / ".buildsys").mkdir()
+    (tmp_path / "proj" / ".buildsys" / "x").write_text("x\n")
+    for base in ("base", "HEAD", None):
+        quick = revision.compare_working_tree(file, base)
+        assert quick is not None, base
+        now, commit, branch, changed = _step_by_step(file, base)
+        assert (quick.revision, quick.commit, quick.branch, quick.changed()) == (now, commit, branch, changed)
+        assert quick.revision.dirty and changed["a.txt"] == "M" and changed["debug.log"] == "!"
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qam", "clean")
+    quick = revision.compare_working_tree(file, "base")
+    assert quick is not None and quick.revision.dirty is False  # buildsys's own folder is no change
+    assert (quick.revision, quick.commit, None, quick.changed()) == _step_by_step(file, "base")
+
+
+def test_comparing_the_working_tree_leaves_the_open_cases_to_the_step_by_step_way(tmp_path: Path) -> None:
+    """None (the caller asks step by step, which explains a failure) for a base git does not know
+    or that reads as an option, outside a repository, and for an untracked folder that alone
+    decides whether the working tree is dirty: `status` names the folder, not whether it holds a
+    file outside a `.buildsys/` (`--untracked-files=all` would)."""
+    from buildsys import revision
+
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n", ".gitignore": "*.log\n"})
+    assert revision.compare_working_tree(file, "nope") is None
+    assert revision.compare_working_tree(file, "--all") is None
+    outside = tmp_path.parent / f"{tmp_path.name}-plain"
+    outside.mkdir()
+    (outside / "prefect.yaml").write_text("name: x\n")
+    assert revision.compare_working_tree(outside / "prefect.yaml", "HEAD") is None
+    (tmp_path / "sub" / ".buildsys").mkdir(parents=True)
+    (tmp_path / "sub" / ".buildsys" / "cache.db").write_text("x")
+    assert revision.compare_working_tree(file, "HEAD") is None
+    assert open_revision(file).dirty is False  # what the step-by-step way says: only buildsys's files
+    (tmp_path / "sub" / "new.py").write_text("x")
+    assert revision.compare_working_tree(file, "HEAD") is None
+    assert open_revision(file).dirty is True
+    (tmp_path / "a.txt").write_text("x")  # dirty whatever the folder holds: answered
+    quick = revision.compare_working_tree(file, "HEAD")
+    assert quick is not None and quick.revision.dirty is True and quick.changed() == {"a.txt": "?", "sub/": "?"}
+
+
+def test_comparing_the_working_tree_keeps_its_revision_for_the_plan_that_follows(tmp_path: Path) -> None:
+    from buildsys import revision
+
+    file = repo(tmp_path, {"prefect.yaml": "name: x\n"})
+    with revision.reading_once():
+        quick = revision.compare_working_tree(file, "HEAD")
+        assert quick is not None and open_revision(file) is quick.revision
+        assert revision.compare_working_tree(file, "HEAD") is None  # already read: the kept one serves
