@@ -375,6 +375,10 @@ def open_revision(project_file: Path, ref: str | None = None) -> Revision:
 
 def _open_revision(project_file: Path, ref: str | None) -> Revision:
     file = project_file.resolve()
+    if ref is None:
+        known = _working_tree(project_file, file)
+        if known is not None:
+            return known
     try:
         repo_root = _toplevel(file.parent)
     except RepositoryRefused:
@@ -389,23 +393,10 @@ def _open_revision(project_file: Path, ref: str | None) -> Revision:
             )
         return Revision(file=project_file, root=file.parent, text=None)
     rel = file.relative_to(repo_root).as_posix()
-    if ref is None:  # the two commands run side by side
-        remotes, status = _start(repo_root, REMOTES), _start(repo_root, STATUS)
-        remote = _parse_remotes(_finish(remotes))
-        code, out, err = _finish(status)
-        if code != 0:
-            raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {err}")
-        commit, dirty = _parse_status(out.decode("utf-8", "surrogateescape"))
-        return Revision(
-            file=project_file,
-            root=file.parent,
-            text=None,
-            commit=commit,
-            dirty=dirty,
-            repo_root=repo_root,
-            remote_url=remote,
-            file_in_repo=rel,
-        )
+    if ref is None:
+        revision = _working_tree(project_file, file, repo_root)
+        assert revision is not None  # the top directory is known: it answers or raises
+        return revision
     remote = _remote_url(repo_root)
     (commit,) = _commits(repo_root, [ref])
     if commit is None:
@@ -445,6 +436,40 @@ def _open_revision(project_file: Path, ref: str | None) -> Revision:
         file_in_repo=rel,
         _tree=tree,
         _objects=objects,
+    )
+
+
+def _working_tree(project_file: Path, file: Path, repo_root: Path | None = None) -> Revision | None:
+    """The working tree's revision, its `git` processes side by side: `config` and `status`, and
+    `rev-parse` for the top directory unless `repo_root` is given (from the project's folder,
+    status's paths are the top directory's all the same). None when `rev-parse` does not answer
+    plainly (no repository, git refuses it): then the step-by-step way says what it says."""
+    here = file.parent
+    if repo_root is None and not _maybe_in_git(here):
+        return None
+    asked = (*((("rev-parse", "--show-toplevel"),) if repo_root is None else ()), REMOTES, STATUS)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for args in asked:
+            started.append(_start(here, args))
+        if repo_root is None:
+            code, out, err = _finish(started[0])
+            top = out.decode("utf-8", "surrogateescape").rstrip("\n")
+            if code != 0 or err or not top:
+                return None
+            repo_root = Path(top).resolve()
+        remote = _parse_remotes(_finish(started[-2]))
+        s_code, s_out, s_err = _finish(started[-1])
+    finally:
+        for proc in started:
+            if proc.returncode is None:
+                _finish(proc)
+    if s_code != 0:
+        raise RevisionError(f"cannot read the state of the working tree at {repo_root}: {s_err}")
+    commit, dirty = _parse_status(s_out.decode("utf-8", "surrogateescape"))
+    return Revision(
+        file=project_file, root=here, text=None, commit=commit, dirty=dirty, repo_root=repo_root,
+        remote_url=remote, file_in_repo=file.relative_to(repo_root).as_posix(),
     )
 
 

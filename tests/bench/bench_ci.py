@@ -1,7 +1,7 @@
 """Benchmark buildsys in CI at scale (not a pytest test).
 
     .venv/bin/python tests/bench/bench_ci.py [--part affected|cache] [--runs 5] [--deployments 50] [--groups 10]
-        [--cache-runs 3] [--cache-install wheel|editable] [--large-deployments 1000] [--large-runs 3]
+        [--affected-install wheel|editable] [--cache-runs 3] [--cache-install wheel|editable] [--large-deployments 1000] [--large-runs 3]
 
 Part `affected` (`affected_plan`): a git repository with 50 deployments in 10 groups; each group's
 deployments share one Docker image built from the group's folder (a small image FROM the suite's
@@ -14,7 +14,14 @@ from a fresh checkout, so `.buildsys/` is empty"), the CI cache restored, in two
 
 * fresh: `plan` / `plan --affected=origin/main` are the job's first buildsys command;
 * after build: the job first runs `build` / `build --affected=origin/main` (not timed), as the
-  examples/ci pipeline does, then the plan.
+  examples/ci pipeline does, then the plan;
+* the job (beside the target, not its figure): `build` + `plan` against `build --affected` +
+  `plan --affected`, timed together, on a runner whose Docker engine lacks the group images (another
+  machine: the CI cache's entries are not proved there, so the build builds the images again).
+
+Every command is the `buildsys` console script of a fresh venv holding buildsys's wheel, as the
+examples/ci pipeline installs it (`--affected-install editable`: `python -m buildsys` of the
+development venv, its editable-install finder on every process's start).
 
 Full and affected alternate; both plans must show the same changes. Median of `--runs`. Target: the
 affected plan at least 5x faster. Then both plans again and again in one warm process (the work
@@ -102,10 +109,13 @@ def affected_project(root: Path, deployments: int, groups: int, base_image: str)
     return flows
 
 
+BUILDSYS = [sys.executable, "-m", "buildsys"]  # the affected part's command (`_install`: `--affected-install`)
+
+
 def bs(root: Path, *args: str) -> tuple[tuple[float, float], subprocess.CompletedProcess[str]]:
     """Run buildsys; ((wall seconds, CPU seconds of the process and its children), the result)."""
     start, cpu = time.perf_counter(), _children_cpu()
-    done = subprocess.run([sys.executable, "-m", "buildsys", *args], cwd=root, capture_output=True, text=True,
+    done = subprocess.run([*BUILDSYS, *args], cwd=root, capture_output=True, text=True,
                           env={**os.environ, "NO_COLOR": "1"}, timeout=1800)
     took = (time.perf_counter() - start, _children_cpu() - cpu)
     if done.returncode not in (0, 2):
@@ -130,9 +140,10 @@ def floor(root: Path) -> dict[str, tuple[float, float]]:
     """What every process pays before a command's work, in the same checkout and minutes: the
     interpreter (`python -c pass`) and `buildsys --version` (the interpreter, click and the CLI)."""
     out = {}
-    for name, argv in (("python -c pass", ["-c", "pass"]), ("buildsys --version", ["-m", "buildsys", "--version"])):
+    python = BUILDSYS[0] if BUILDSYS[1:2] == ["-m"] else str(Path(BUILDSYS[0]).with_name("python"))
+    for name, argv in (("python -c pass", [python, "-c", "pass"]), ("buildsys --version", [*BUILDSYS, "--version"])):
         start, cpu = time.perf_counter(), _children_cpu()
-        subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, check=True, env={**os.environ, "NO_COLOR": "1"},
+        subprocess.run(argv, cwd=root, capture_output=True, check=True, env={**os.environ, "NO_COLOR": "1"},
                        timeout=600)
         out[name] = (time.perf_counter() - start, _children_cpu() - cpu)
     return out
@@ -194,6 +205,12 @@ def _checkout(tmp: Path, origin: Path, ci_cache: Path, name: str) -> Path:
     return clone
 
 
+def _remove_group_images(client: object) -> None:
+    for image in client.images.list(name="bench-ci/*"):  # type: ignore[attr-defined]
+        for tag in image.tags:
+            client.images.remove(tag, force=True)  # type: ignore[attr-defined]
+
+
 def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]:
     """Time `plan` and `plan --affected` in fresh clones after a one-flow change; returns the figures."""
     import shutil
@@ -243,14 +260,23 @@ def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]
         plans = {tuple(v) for v in seen.values()}
         if len(plans) != 1:
             raise SystemExit(f"plan and plan --affected disagree: {seen}")
+        for _ in range(runs):  # the whole job on another machine: the group images are not in its engine
+            for side, extra in (("plan", ()), ("affected", (f"--affected={BASE}",))):
+                n += 1
+                clone = _checkout(tmp, origin, ci_cache, f"job{n}")
+                _remove_group_images(client)
+                (b_wall, b_cpu), _ = bs(clone, "build", *extra)
+                (p_wall, p_cpu), done = bs(clone, "--json", "plan", "--state", str(state), *extra)
+                times.setdefault(f"job_{side}", []).append((b_wall + p_wall, b_cpu + p_cpu, os.getloadavg()[0]))
+                if tuple(changes(done.stdout)) != next(iter(plans)):
+                    raise SystemExit(f"the job's {side}: another plan than the others")
+                shutil.rmtree(clone)
         clone = _checkout(tmp, origin, ci_cache, "warm")
         bs(clone, "build")
         warm = in_process(clone, runs, state)
         _, done = bs(clone, "--json", "affected", "--base", BASE)
         found = json.loads(done.stdout)
-        for image in client.images.list(name="bench-ci/*"):
-            for tag in image.tags:
-                client.images.remove(tag, force=True)
+        _remove_group_images(client)
     figures: dict[str, object] = {
         "deployments": deployments,
         "groups": groups,
@@ -264,7 +290,7 @@ def affected_plan(runs: int, deployments: int, groups: int) -> dict[str, object]
         "affected_steps": [s["step"] for s in found["steps"]],
         "affected_deployments": [d["name"] for d in found["deployments"]],
     }
-    for form in FORMS:
+    for form in (*FORMS, "job"):
         full, narrow = times[f"{form}_plan"], times[f"{form}_affected"]
         figures[form] = {
             "plan_s": statistics.median(t[0] for t in full), "affected_s": statistics.median(t[0] for t in narrow),
@@ -304,6 +330,15 @@ def report_affected(figures: dict[str, object], runs: int) -> str:
         ratio = f["plan_s"] / f["affected_s"]
         ratios.append(f"{said[form]}: wall ratio {ratio:.2f}x, CPU ratio {f['plan_cpu_s'] / f['affected_cpu_s']:.2f}x "
                       f"(target >= {AFFECTED_TARGET:.0f}x: {'met' if ratio >= AFFECTED_TARGET else 'NOT met'})")
+    job: dict[str, float] = figures["job"]  # type: ignore[assignment]
+    lines += [
+        f"| the job, images not in the engine | `build` + `plan` | {job['plan_s']:.2f} | {job['plan_cpu_s']:.2f} | "
+        f"{each(times['job_plan'])} |",
+        f"| the job, images not in the engine | `build --affected={BASE}` + `plan --affected={BASE}` | "
+        f"{job['affected_s']:.2f} | {job['affected_cpu_s']:.2f} | {each(times['job_affected'])} |",
+    ]
+    ratios.append(f"the job (not the target's figure): wall ratio {job['plan_s'] / job['affected_s']:.2f}x, "
+                  f"CPU ratio {job['plan_cpu_s'] / job['affected_cpu_s']:.2f}x (the CPU of docker's builds is the engine's, not counted)")
     for name, (wall, cpu) in figures["floor"].items():  # type: ignore[attr-defined]
         lines.append(f"| every process | `{name}` | {wall:.3f} | {cpu:.3f} | |")
     fresh: dict[str, float] = figures["fresh"]  # type: ignore[assignment]
@@ -560,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache-runs", type=int, default=3, help="Rounds of the cache part.")
     parser.add_argument("--cache-install", choices=("wheel", "editable"), default="wheel",
                         help="how the cache part's runners get buildsys (default: its wheel in a fresh venv)")
+    parser.add_argument("--affected-install", choices=("wheel", "editable"), default="wheel",
+                        help="how the affected part runs buildsys (default: its wheel in a fresh venv, as examples/ci installs it)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--deployments", type=int, default=50)
     parser.add_argument("--groups", type=int, default=10)
@@ -570,16 +607,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts = args.part or ["affected", "cache"]
     print(machine())
     if "affected" in parts:
-        figures = affected_plan(args.runs, args.deployments, args.groups)
-        print(report_affected(figures, args.runs))
-        print(machine())
-        if args.large_deployments:
-            large = affected_plan(args.large_runs, args.large_deployments, max(1, args.large_deployments // 5))
-            print(report_affected(large, args.large_runs))
-            print(machine())
+        global BUILDSYS
+        install = Path(tempfile.mkdtemp(prefix="bench-ci-install-"))
+        try:
+            BUILDSYS = _install(install, args.affected_install)
+            _affected_part(args)
+        finally:
+            import shutil
+
+            shutil.rmtree(install, ignore_errors=True)
     if "cache" in parts:
         cache_figures = shared_cache(args.cache_runs, args.deployments, args.groups, args.cache_install)
         print(report_cache(cache_figures, args.cache_runs))
+        print(machine())
+
+
+def _affected_part(args: argparse.Namespace) -> None:
+    figures = affected_plan(args.runs, args.deployments, args.groups)
+    print(report_affected(figures, args.runs))
+    print(machine())
+    if args.large_deployments:
+        large = affected_plan(args.large_runs, args.large_deployments, max(1, args.large_deployments // 5))
+        print(report_affected(large, args.large_runs))
         print(machine())
 
 
