@@ -9,13 +9,14 @@ the SDK would use: ``DOCKER_HOST`` (``unix://`` or ``tcp://``), else ``/var/run/
 An engine reached over TLS (``DOCKER_TLS_VERIFY``, ``DOCKER_CERT_PATH``) or ssh is asked through the
 SDK, which knows those transports. Requests go to the engine's unversioned paths (its own API
 version) on kept-alive connections, a few per engine, shared by the threads of a build: the pool of
-``buildsys.sharedcache.http`` (the shared cache's and the registries' too), here with connections
-to the engine's Unix socket.
+``buildsys.sharedcache.http`` (the shared cache's and the registries' too, with its one retry rule),
+here with connections of this module's own (`_Connection`): HTTP/1.1 requests whose replies are read
+by httptools' parser instead of http.client, whose import (the email package's parser, ssl) cost a
+fresh `plan` ~10 ms of CPU for its one question.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -28,30 +29,135 @@ from buildsys.errors import StepError
 DEFAULT_SOCKET = "/var/run/docker.sock"
 TIMEOUT_S = 60.0
 IDLE = 8  # kept-alive connections per engine
+READ_SIZE = 65536
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
+class BadReply(Exception):
+    """The engine's reply could not be read: not HTTP, or cut short."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except OSError:
+
+class _Connection:
+    """One HTTP/1.1 connection to the engine, opened by `open_socket` on its first request, with
+    the calls of ``http.client.HTTPConnection`` the pool makes (``sharedcache.http.Connection``).
+    A reply is read by ``httptools`` (llhttp, the parser uvicorn serves with; a dependency already):
+    its status, headers and body however framed (a length, chunks, or the end of the stream), and
+    whether the connection may carry the next request. Only GET is asked (a reply to HEAD would
+    have a body its headers announce but do not carry, which the parser cannot know)."""
+
+    def __init__(self, open_socket: Callable[[], socket.socket], host: str) -> None:
+        self._open, self._host = open_socket, host
+        self.sock: socket.socket | None = None
+
+    def request(self, method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None) -> None:
+        if method != "GET" or body is not None:
+            raise ValueError(f"the engine's API is asked with GET only, not {method}")
+        if not url.startswith("/") or not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+            raise ValueError(f"not a request target: {url!r}")  # as http.client refuses it
+        lines = [f"GET {url} HTTP/1.1", f"Host: {self._host}", "Accept-Encoding: identity"]
+        for name, value in (headers or {}).items():
+            if not name or any(c in name for c in ":\r\n ") or any(c in value for c in "\r\n"):
+                raise ValueError(f"invalid header {name!r}")
+            lines.append(f"{name}: {value}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")  # as http.client encodes headers
+        if self.sock is None:
+            self.sock = self._open()
+        self.sock.sendall(head)
+
+    def getresponse(self) -> _Reply:
+        import httptools
+
+        if self.sock is None:
+            raise BadReply("no request was sent")
+        reply = _Reply()
+        parser = httptools.HttpResponseParser(reply)
+        reply.parser = parser
+        while not reply.complete:
+            data = self.sock.recv(READ_SIZE)
+            if not data:
+                if not reply.received:  # as http.client's RemoteDisconnected: the pool may ask again
+                    raise ConnectionResetError("the engine closed the connection without a reply")
+                if reply.to_end_of_stream():
+                    reply.complete = reply.will_close = True
+                    break
+                raise BadReply("the engine's reply was cut short")
+            reply.received = True
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if not reply.complete:
+                    raise BadReply(f"the engine's reply is not HTTP: {exc}") from None
+                reply.will_close = True  # bytes after the reply: the connection is not reused
+        reply.will_close = reply.will_close or reply.extra
+        return reply
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
             sock.close()
-            raise
-        self.sock = sock
 
 
-def _tcp_connection(host: str) -> http.client.HTTPConnection:
+class _Reply:
+    """The reply `_Connection.getresponse` reads, built by the parser's callbacks; a 1xx reply
+    before it (e.g. 100 Continue) is passed over, as http.client does."""
+
+    def __init__(self) -> None:
+        self.parser: Any = None
+        self.status = 0
+        self.headers: dict[str, str] = {}  # names in lower case; repeated ones joined by ", "
+        self.received = self.headers_done = self.complete = self.extra = self.will_close = False
+        self._body: list[bytes] = []
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True  # bytes after the reply this request asked for
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        if not self.complete:
+            self.status, self.headers_done = self.parser.get_status_code(), True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.complete:
+            return
+        if 100 <= self.status < 200 and self.status != 101:  # informational: the reply follows
+            self.status, self.headers, self.headers_done, self._body = 0, {}, False, []
+            return
+        # asked here: once the reply is over the parser no longer says it
+        self.complete, self.will_close = True, not self.parser.should_keep_alive()
+
+    def to_end_of_stream(self) -> bool:
+        """Whether the end of the stream ends this reply: its headers came and they give neither a
+        length nor chunks (RFC 9112 6.3: the body is what comes until the connection closes)."""
+        return self.headers_done and "content-length" not in self.headers and "transfer-encoding" not in self.headers
+
+    def read(self) -> bytes:
+        return b"".join(self._body)
+
+
+def _unix_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(TIMEOUT_S)
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
     from buildsys.sharedcache.http import create_connection
 
-    conn = http.client.HTTPConnection(host, timeout=TIMEOUT_S)
-    conn._create_connection = create_connection  # type: ignore[attr-defined]
-    return conn
+    return create_connection((host, port), TIMEOUT_S, None)
 
 
 class EngineError(StepError):
@@ -63,15 +169,23 @@ class Engine:
     pool of buildsys.sharedcache.http, which also retries a request only by its one rule)."""
 
     def __init__(self, address: str) -> None:
-        from buildsys.sharedcache.http import Pool
+        from buildsys.sharedcache.http import Connection, Pool
 
         self.address = address  # unix:///path or tcp://host:port
         if address.startswith("unix://"):
             path = address[len("unix://"):]
-            self.pool = Pool(lambda: _UnixConnection(path, TIMEOUT_S), idle=IDLE)
+            opener, said = (lambda: _unix_socket(path)), "localhost"
         else:
-            host = address.split("://", 1)[1]
-            self.pool = Pool(lambda: _tcp_connection(host), idle=IDLE)
+            netloc = address.split("://", 1)[1]
+            name, port = netloc.rsplit(":", 1)
+            host = name[1:-1] if name.startswith("[") else name
+            opener = lambda: _tcp_socket(host, int(port))  # noqa: E731
+            said = netloc if port != "80" else name  # the Host as http.client says it: no port 80
+
+        def connect() -> Connection:
+            return _Connection(opener, said)
+
+        self.pool = Pool(connect, idle=IDLE, reply_errors=(BadReply,))
 
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
         """(status, body) of GET `path`."""

@@ -13,14 +13,16 @@ redirects followed for GET/HEAD (credentials not sent to another origin).
 from __future__ import annotations
 
 import base64
-import http.client
 import select
 import socket
-import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # imported when a connection is made: the Docker engine's pool uses neither
+    import http.client
+    import ssl
 
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -49,6 +51,8 @@ _CONTEXT_LOCK = threading.Lock()
 
 
 def _tls() -> ssl.SSLContext:
+    import ssl
+
     global _CONTEXT
     with _CONTEXT_LOCK:
         if _CONTEXT is None:
@@ -62,11 +66,24 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 CLOSED = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
+class Connection(Protocol):
+    """What the pool asks of a connection: ``http.client.HTTPConnection``'s calls (or another
+    connection's with the same meaning, such as the Docker engine's: steps/_docker_api)."""
+
+    @property
+    def sock(self) -> Any: ...
+    def request(self, method: str, url: str, body: bytes | None = ..., headers: Mapping[str, str] = ...) -> None: ...
+    def getresponse(self) -> Any: ...  # status, headers, read(), will_close
+    def close(self) -> None: ...
+
+
 class Pool:
     """Kept-alive ``http.client`` connections made by `connect` (not yet connected: http.client
     connects on the first request), shared by threads: a request takes an idle connection or makes
     one, and puts it back when the reply allows. `target_prefix` and `headers` go with every
-    request (a plain-HTTP proxy's absolute URL and login: ``Pool.to``).
+    request (a plain-HTTP proxy's absolute URL and login: ``Pool.to``). `reply_errors`: what a
+    connection raises besides OSError when it cannot read a reply (http.client's HTTPException
+    unless said otherwise).
 
     One retry rule: a request is sent again, once and on a new connection, only when it went out on
     a reused kept-alive connection that the peer turned out to have closed (reset, broken pipe, or
@@ -76,11 +93,17 @@ class Pool:
     while idle: the end of its stream) is dropped before it is used, so that even a POST rarely meets
     a closed one."""
 
-    def __init__(self, connect: Callable[[], http.client.HTTPConnection], *, idle: int = 16,
-                 target_prefix: str = "", headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, connect: Callable[[], Connection], *, idle: int = 16, target_prefix: str = "",
+                 headers: Mapping[str, str] | None = None,
+                 reply_errors: tuple[type[Exception], ...] | None = None) -> None:
         self.connect, self.max_idle = connect, idle
         self.target_prefix, self.headers = target_prefix, dict(headers or {})
-        self._idle: list[http.client.HTTPConnection] = []
+        if reply_errors is None:
+            import http.client
+
+            reply_errors = (http.client.HTTPException,)
+        self.errors: tuple[type[Exception], ...] = (OSError, *reply_errors)
+        self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
     @classmethod
@@ -101,7 +124,7 @@ class Pool:
         via_host, via_port = via.hostname or "", via.port or (443 if via.scheme == "https" else 80)
         if https:  # a tunnel (CONNECT): TLS with the origin itself, through the proxy
 
-            def tunnel() -> http.client.HTTPConnection:
+            def tunnel() -> Connection:
                 conn = _connection(True, via_host, via_port, timeout)
                 conn.set_tunnel(host, port, headers=headers)
                 return conn
@@ -122,7 +145,7 @@ class Pool:
                 conn.request(method, target, body=body, headers=sent)
                 reply = conn.getresponse()
                 data = reply.read()
-            except (OSError, http.client.HTTPException) as exc:
+            except self.errors as exc:
                 conn.close()
                 if reused and isinstance(exc, CLOSED) and method in IDEMPOTENT:
                     continue  # the second attempt is on a new connection: never retried
@@ -131,7 +154,7 @@ class Pool:
             return Reply(reply.status, reply.headers, data)
         raise AssertionError("unreachable")
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self) -> tuple[Connection, bool]:
         """An idle connection the peer has not closed (True), else a new one (False)."""
         while True:
             with self._lock:
@@ -142,7 +165,7 @@ class Pool:
                 return conn, True
             conn.close()
 
-    def _put_back(self, conn: http.client.HTTPConnection, will_close: bool) -> None:
+    def _put_back(self, conn: Connection, will_close: bool) -> None:
         if not will_close:
             with self._lock:
                 if len(self._idle) < self.max_idle:
@@ -152,6 +175,8 @@ class Pool:
 
 
 def _connection(https: bool, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    import http.client
+
     if https:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, port, timeout=timeout, context=_tls())
     else:
@@ -172,7 +197,7 @@ def create_connection(address: tuple[str, int], timeout: Any, source_address: tu
     return socket.create_connection((name, port), timeout, source_address)  # type: ignore[arg-type]
 
 
-def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
+def _closed_by_peer(conn: Connection) -> bool:
     """An idle kept-alive connection with something to read: the peer's end of stream (or bytes it
     should not have sent); either way it cannot carry the next request."""
     sock = conn.sock

@@ -130,6 +130,113 @@ def test_an_engine_on_tcp_is_asked_without_the_idna_codec() -> None:
         assert (server.connections, server.seen) == (1, ["/images/app:1/json", "/images/app:2/json"])
 
 
+class _ScriptedEngine(socketserver.ThreadingUnixStreamServer):
+    """Answers each request with the next reply of `replies`, written in the pieces given (a piece
+    None: the connection is closed there); records each request's head and each connection."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, replies: list[list[bytes | None]]) -> None:
+        super().__init__(path, _ScriptedHandler)
+        self.replies, self.heads, self.connections = replies, [], 0
+
+
+class _ScriptedHandler(socketserver.StreamRequestHandler):
+    server: _ScriptedEngine
+
+    def handle(self) -> None:
+        self.server.connections += 1
+        while self.server.replies:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = self.rfile.readline()
+                if not line:
+                    return
+                head += line
+            self.server.heads.append(head)
+            for piece in self.server.replies.pop(0):
+                if piece is None:
+                    return
+                self.wfile.write(piece)
+                self.wfile.flush()
+
+
+_ID = json.dumps({"Id": "sha256:" + "b" * 64}).encode()
+_CHUNKED = [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"%x\r\n%s\r\n" % (10, _ID[:10]), b"%x\r\n%s\r\n" % (len(_ID) - 10, _ID[10:]), b"0\r\n\r\n"]
+_LENGTH = [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_ID), _ID[:7]), _ID[7:]]
+
+
+@pytest.mark.parametrize(("replies", "connections"), [
+    ([_CHUNKED, _CHUNKED], 1),  # chunks (Go's engine chunks a reply longer than 2 KB), kept alive
+    ([_LENGTH, _LENGTH], 1),  # a length, the body in two pieces
+    ([[b"HTTP/1.1 100 Continue\r\n\r\n", *_LENGTH]] * 2, 1),  # an informational reply first
+    ([[b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_ID), _ID), None]] * 2, 2),
+    ([[b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_ID), _ID), None]] * 2, 2),  # 1.0: closed
+    ([[b"HTTP/1.1 200 OK\r\n\r\n", _ID, None]] * 2, 2),  # no length, no chunks: the body ends with the stream
+])
+def test_replies_are_read_however_the_engine_frames_them(tmp_path: Path, replies: list[list[bytes | None]],
+                                                         connections: int) -> None:
+    path = str(tmp_path / "engine.sock")
+    with served(_ScriptedEngine(path, replies), poll_interval=0.02) as server:
+        engine = _docker_api.Engine(f"unix://{path}")
+        assert engine.image_id("app:1") == engine.image_id("app:2") == "sha256:" + "b" * 64
+        assert server.connections == connections
+        assert server.heads == [b"GET /images/app:1/json HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: identity\r\n\r\n",
+                                b"GET /images/app:2/json HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: identity\r\n\r\n"]
+
+
+def test_a_missing_image_and_an_engine_error_are_told_apart(tmp_path: Path) -> None:
+    path = str(tmp_path / "engine.sock")
+    missing = json.dumps({"message": "No such image: app:1"}).encode()
+    failing = json.dumps({"message": "the engine is unwell"}).encode()
+    replies: list[list[bytes | None]] = [[b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(missing), missing)],
+                                         [b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n%s" % (len(failing), failing)]]
+    with served(_ScriptedEngine(path, replies), poll_interval=0.02):
+        engine = _docker_api.Engine(f"unix://{path}")
+        assert engine.image_id("app:1") is None
+        with pytest.raises(EngineError) as err:
+            engine.image_id("app:2")
+        assert err.value.message == "Docker engine error while looking up image app:2: the engine is unwell"
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", None], "the engine's reply was cut short"),
+    ([_CHUNKED[0], _CHUNKED[1], None], "the engine's reply was cut short"),
+    ([b"SSH-2.0-OpenSSH_9.6\r\n", None], "the engine's reply is not HTTP: "),
+])
+def test_a_reply_that_cannot_be_read_is_a_clear_error_never_asked_again(tmp_path: Path, reply: list[bytes | None],
+                                                                      reason: str) -> None:
+    path = str(tmp_path / "engine.sock")
+    with served(_ScriptedEngine(path, [reply, _LENGTH]), poll_interval=0.02) as server:
+        engine = _docker_api.Engine(f"unix://{path}")
+        with pytest.raises(EngineError) as err:
+            engine.image_id("app:1")
+        assert err.value.message.startswith(f"cannot reach the Docker engine at unix://{path}: {reason}")
+        assert len(server.heads) == 1  # a request the engine may have answered is not made twice
+
+
+def test_asking_the_engine_imports_neither_http_client_nor_ssl(tmp_path: Path) -> None:
+    """What a fresh `plan` pays for its one question to the engine: no email package, no ssl."""
+    path = str(tmp_path / "engine.sock")
+    with served(_ScriptedEngine(path, [_CHUNKED]), poll_interval=0.02):
+        code = ("import sys\nfrom buildsys.steps._docker_api import Engine\n"
+                f"print(Engine('unix://{path}').image_id('app:1'), sorted({{'http.client', 'ssl', 'email'}} & set(sys.modules)))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout.split(), done.stderr) == (0, ["sha256:" + "b" * 64, "[]"], "")
+
+
+def test_a_request_the_engine_could_not_read_is_refused_before_it_is_sent() -> None:
+    conn = _docker_api._Connection(lambda: pytest.fail("no socket is opened"), "localhost")  # type: ignore[arg-type,return-value]
+    for url in ("/images/a b/json", "/images/a\r\nX: 1/json", "images/x"):
+        with pytest.raises(ValueError):
+            conn.request("GET", url)
+    with pytest.raises(ValueError):
+        conn.request("GET", "/x", headers={"X-A": "1\r\nX-B: 2"})
+    with pytest.raises(ValueError):
+        conn.request("HEAD", "/x")
+
+
 def test_a_base_image_id_is_asked_once_per_build_until_this_process_changes_an_image(tmp_path: Path) -> None:
     path = str(tmp_path / "engine.sock")
     with served(_UnixEngine(path), poll_interval=0.02) as server:
