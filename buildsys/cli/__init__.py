@@ -82,23 +82,10 @@ def failed(app: App, args: list[str], exc: BaseException) -> NoReturn:
 
 
 def _say(text: str, *, nl: bool = True) -> None:
-    """A message on stderr through `click.echo(text, err=True)`, without importing click for it
-    where click would write the text to `sys.stderr` as it is (the text is printable: no escape
-    sequence to strip): a text stream with an encoding that is not ASCII (click re-encodes an
-    ASCII or encoding-less stream)."""
-    import codecs
+    """A message on stderr as `click.echo(text, err=True)` writes it (`buildsys.cli.app.echo`)."""
+    from buildsys.cli.app import echo
 
-    stream = sys.stderr
-    encoding = getattr(stream, "encoding", None)
-    if "click" in sys.modules or not isinstance(encoding, str) or codecs.lookup(encoding).name == "ascii":
-        import click
-
-        click.echo(text, err=True, nl=nl)
-        return
-    if stream is None:
-        return
-    stream.write(text + ("\n" if nl else ""))
-    stream.flush()
+    echo(text, err=True, nl=nl)
 
 
 def _fail(app: App, args: list[str], error: BaseException, code: int, *, crash_log: str | None = None) -> NoReturn:

@@ -1,7 +1,8 @@
 """The application object every command receives, and the global options that fill it.
 
-Importing this module imports no click (a plain `build` runs without it: `buildsys.cli.direct`);
-the options and the output functions import it when used."""
+Importing this module imports no click (a plain `build` or `plan` runs without it:
+`buildsys.cli.direct`); the options import it when used, the output functions only where click
+would write other bytes than the text itself (`echo`)."""
 
 from __future__ import annotations
 
@@ -107,30 +108,24 @@ class App:
             return
         if self.verbosity < 0 and not err:
             return
-        import click
-
-        click.echo(text if styled else printable(text), err=err, color=self.use_color)
+        echo(text if styled else printable(text), err=err, color=self.use_color)
 
     def warn(self, warning: Diagnostic | str) -> None:
         """A warning: on stderr for people; under --json also in the command's JSON document."""
-        import click
-
         from buildsys.errors import Diagnostic
 
         diagnostic = warning if isinstance(warning, Diagnostic) else Diagnostic("warning", warning)
         self.warnings.append(diagnostic)
-        click.echo(printable(diagnostic.render()), err=True, color=self.use_color)
+        echo(printable(diagnostic.render()), err=True, color=self.use_color)
 
     def emit_json(self, payload: object) -> None:
         """The command's one JSON document on stdout; an object also carries the warnings said."""
         import json
 
-        import click
-
         if isinstance(payload, dict) and self.warnings:
             said = [w.as_dict() for w in self.warnings]
             payload = {**payload, "warnings": [*said, *payload.get("warnings", ())]}
-        click.echo(json.dumps(payload, indent=None if self.json_lines else 2, sort_keys=False, default=str))
+        echo(json.dumps(payload, indent=None if self.json_lines else 2, sort_keys=False, default=str))
 
     def emit_error(self, error: BaseException, exit_code: int, *, crash_log: str | None = None) -> None:
         """Under --json, a failed command's document: what went wrong, every problem, the warnings."""
@@ -144,6 +139,25 @@ class App:
             problems = [main]
         self.emit_json({"ok": False, "exit_code": exit_code, "error": main.as_dict(),
                         "problems": [p.as_dict() for p in problems]})
+
+
+def echo(text: str, *, err: bool = False, nl: bool = True, color: bool | None = None) -> None:
+    """`click.echo(text, err=err, nl=nl, color=color)`, without importing click where click would
+    write `text` to the stream as it is: a text stream with an encoding that is not ASCII and an
+    error handler (click re-encodes any other stream), and no escape sequence it would strip
+    (click strips them unless `color` is true, or None on a terminal)."""
+    import codecs
+
+    stream = sys.stderr if err else sys.stdout
+    encoding = getattr(stream, "encoding", None)
+    if ("click" in sys.modules or not isinstance(encoding, str) or not isinstance(getattr(stream, "errors", None), str)
+            or codecs.lookup(encoding).name == "ascii" or ("\x1b" in text and not color)):
+        import click
+
+        click.echo(text, err=err, nl=nl, color=color)
+        return
+    stream.write(text + "\n" if nl else text)
+    stream.flush()
 
 
 def ask_or_refuse(question: str, refusal: Exception) -> None:

@@ -42,7 +42,7 @@ def apply(
     """Apply a saved plan exactly, or plan and apply (asking first)."""
     import os
 
-    from buildsys.cli.plan import affected_selection, show_plan
+    from buildsys.cli.planrun import affected_selection, show_plan
     from buildsys.reconcile import cached_outputs, plan_project, read_plan_file
 
     for given, name in ((prune, "--prune"), (deployments, "-d/--deployment"), (affected_base is not None, "--affected")):
@@ -117,7 +117,7 @@ def report(app: App, plan: Plan | None, result: ApplyResult | None) -> None:
         return
     if result is None:
         return
-    from buildsys.cli.plan import name_store
+    from buildsys.cli.planrun import name_store
 
     name_store(app)
     if result.applied == 0:

@@ -82,7 +82,7 @@ def run_sections(app: App, sections: tuple[str, ...], **opts: Any) -> None:
 def _narrow_to_affected(app: App, opts: dict[str, Any]) -> bool:
     """`--affected`: select the affected deployments; False when nothing is affected (then the
     summary says so and nothing runs)."""
-    from buildsys.cli.affected import as_patterns, select_affected
+    from buildsys.cli.affectedrun import as_patterns, select_affected
     from buildsys.reporter import Event, make_reporter
 
     result, names = select_affected(app, app.load_project(), opts["affected_base"], opts["deployments"])

@@ -35,7 +35,7 @@ def deploy(
     import os
 
     from buildsys.cli.apply import apply_saved, report
-    from buildsys.cli.plan import show_plan
+    from buildsys.cli.planrun import show_plan
     from buildsys.reconcile import plan_project
     from buildsys.validation import require_references
 
@@ -47,7 +47,7 @@ def deploy(
     only: list[str] | None = None
     build_needed = True
     if affected_base is not None:
-        from buildsys.cli.affected import as_patterns, select_affected
+        from buildsys.cli.affectedrun import as_patterns, select_affected
 
         found, only = select_affected(app, project, affected_base, deployments)
         if only is not None:

@@ -1,8 +1,10 @@
-"""A plain `buildsys build` or `buildsys push` without click: the launcher hands this module the
-argument list when the no-op answer could not be given; when every argument is one this module
-reads exactly as the click command does, the build runs without importing click or the command
-modules (~20 ms of a rebuild's start); any other list (help, an error, an option it does not
-read, a form it does not read, such as `-qv` or `-j2`) goes to click, which decides as always.
+"""A plain `buildsys build`, `buildsys push` or `buildsys plan` without click: the launcher hands
+this module the argument list when the no-op answer could not be given; when every argument is one
+this module reads exactly as the click command does, the command runs without importing click or
+the command modules (~20 ms of a rebuild's start, ~8 ms of a plan's); any other list (help, an
+error, an option it does not read, a form it does not read, such as `-qv` or `-j2`, shell
+completion) goes to click, which decides as always. A plan's global options may come before its
+name (`--json plan`), as CI scripts write them; a build's go to click there.
 
 The accepted forms are a subset of click's: `tests/cli/test_direct.py` checks them against the
 click command's own parsing on a table of argument lists, errors and `--help` included."""
@@ -31,6 +33,12 @@ VALUED = {
     "--cache-from": "cache_from",
 }
 CACHE_ENV = "BUILDSYS_CACHE"  # --cache-from's environment variable (buildsys.cli.build)
+COMPLETE_ENV = "_BUILDSYS_COMPLETE"  # click's shell completion answers instead of the command
+# plan's own options (buildsys.cli.plan), besides the global ones (COUNTS, GLOBAL_FLAGS, GLOBAL_VALUED)
+PLAN_FLAGS = {"--prune": "prune", "--detailed-exitcode": "detailed_exitcode", "--full": "full"}
+GLOBAL_VALUED = {"-f": "file", "--file": "file", "--state": "state_url", "--state-key-env": "state_key_env"}
+PLAN_VALUED = {**GLOBAL_VALUED, "--ref": "ref", "-o": "out", "--out": "out", "-d": "deployments", "--deployment": "deployments"}
+AFFECTED = "--affected"  # its value is optional: alone, the merge base (buildsys.cli.affected.MERGE_BASE, "")
 # what a build's last manifest cannot answer for: a build that bypasses or writes caches, installs
 # requirements or only shows what would run (and one given --cache-from, checked in `parse`)
 NOT_FROM_MANIFEST = ("no_cache", "install_requires", "dry_run", "cache_write")
@@ -39,11 +47,15 @@ NOT_FROM_MANIFEST = ("no_cache", "install_requires", "dry_run", "cache_write")
 class Direct:
     """What click would give the command: the sections, the App's settings and the parameters."""
 
-    __slots__ = ("color", "file", "json", "manifest_may_answer", "params", "sections", "verbosity")
+    __slots__ = ("color", "command", "file", "json", "manifest_may_answer", "params", "sections", "state_key_env",
+                 "state_url", "verbosity")
 
-    def __init__(self, sections: tuple[str, ...]) -> None:
+    def __init__(self, sections: tuple[str, ...], command: str = "build") -> None:
+        self.command = command  # "build" (build or push: `sections` says which) or "plan"
         self.sections = sections
         self.file: str | None = None
+        self.state_url: str | None = None
+        self.state_key_env: str | None = None
         self.json = False
         self.verbosity = 0
         self.color = True
@@ -52,18 +64,24 @@ class Direct:
             "deployments": (), "jobs": None, "no_cache": False, "explain": False, "keep_going": False,
             "install_requires": False, "dry_run": False, "affected_base": None, "cache_from": None,
             "cache_write": False,
+        } if command == "build" else {
+            "ref": None, "out": None, "prune": False, "detailed_exitcode": False, "deployments": (), "full": False,
+            "affected_base": None,
         }
 
     def app(self) -> App:
         from buildsys.cli.app import App
 
-        return App(file=self.file, json=self.json, verbosity=self.verbosity, color=self.color)
+        return App(file=self.file, state_url=self.state_url, state_key_env=self.state_key_env, json=self.json,
+                   verbosity=self.verbosity, color=self.color)
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
-    """The build `argv` asks for, or None when click must read it."""
-    if not argv or argv[0] not in SECTIONS:
+    """The build or plan `argv` asks for, or None when click must read it."""
+    if not argv or environ.get(COMPLETE_ENV):
         return None
+    if argv[0] not in SECTIONS:
+        return _parse_plan(argv)
     out = Direct(SECTIONS[argv[0]])
     given: set[str] = set()
     deployments: list[str] = []
@@ -114,6 +132,92 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
     return out
 
 
+def _parse_plan(argv: Sequence[str]) -> Direct | None:
+    """`[GLOBAL OPTIONS] plan [OPTIONS]` as the group and the plan command read it, or None."""
+    out = Direct((), command="plan")
+    files: list[str] = []
+    deployments: list[str] = []
+    named = False  # the command's name was read: its options follow
+    rest = list(argv)
+    rest.reverse()
+    while rest:
+        token = rest.pop()
+        if not named and not token.startswith("-"):
+            if token != "plan":
+                return None
+            named = True
+            continue
+        name, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        if name in GLOBAL_FLAGS or name in COUNTS or (named and name in PLAN_FLAGS):
+            if eq:
+                return None  # click: the option does not take a value
+            if name in COUNTS:
+                out.verbosity += COUNTS[name]  # the group's and the command's add up, as their callbacks do
+            elif name == "--json":
+                out.json = True
+            elif name == "--no-color":
+                out.color = False
+            else:
+                out.params[PLAN_FLAGS[name]] = True
+            continue
+        if named and name == AFFECTED:
+            if out.params["affected_base"] is not None:
+                return None
+            if eq:
+                value = inline
+            elif not rest or (rest[-1].startswith("-") and len(rest[-1]) > 1):
+                value = ""  # click: no value, or the next looks like an option
+            else:
+                value = rest.pop()  # click takes the next argument as its value
+            if (eq or value) and (not value or value.startswith("-")):
+                return None
+            out.params["affected_base"] = value
+            continue
+        target = (PLAN_VALUED if named else GLOBAL_VALUED).get(name)
+        if target is None:
+            return None  # help, --version, an unknown option, an argument, a combined or attached short form
+        if not eq:
+            if not rest:
+                return None  # click: the option requires an argument
+            inline = rest.pop()
+        if not inline or inline.startswith("-"):
+            return None  # empty, or a value click may read as an option: click decides
+        if target == "deployments":
+            deployments.append(inline)
+        elif target == "file":
+            files.append(inline)  # more than one is an error, before or after the name
+        elif target in ("ref", "out"):
+            if out.params[target] is not None:
+                return None  # twice: click takes the last; not read here
+            out.params[target] = inline
+        else:
+            setattr(out, target, inline)  # the last one given, as the group's then the command's callbacks set it
+    if not named or len(files) > 1 or (out.params["affected_base"] is not None and out.params["ref"] is not None):
+        return None  # no command, -f twice, --affected with --ref: click (and the command) say why
+    if out.params["out"] is not None:
+        if not _new_or_readable_file(out.params["out"]):
+            return None
+        from pathlib import Path
+
+        out.params["out"] = Path(out.params["out"])
+    out.file = files[0] if files else None
+    out.params["deployments"] = tuple(deployments)
+    return out
+
+
+def _new_or_readable_file(path: str) -> bool:
+    """What click.Path(dir_okay=False) takes without a word: a path that is not there yet, or a
+    readable one that is not a directory."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True
+    return not stat.S_ISDIR(mode) and os.access(path, os.R_OK)
+
+
 def try_no_op(direct: Direct) -> int | None:
     """The exit code of a build the manifest proves a no-op, its output written as the build's
     reporter would write it (`buildsys.noop.answer_no_op`); None to run the build."""
@@ -135,14 +239,20 @@ def _plain_count(text: str) -> bool:
 
 
 def run(direct: Direct, args: list[str]) -> None:
-    """Run the build as the click command would, failures ended by the same rule (`cli.failed`)."""
+    """Run the build or plan as the click command would, failures ended by the same rule (`cli.failed`)."""
     from buildsys.cli import failed
-    from buildsys.cli.buildrun import run_sections
 
     app = direct.app()
     try:
         try:
-            run_sections(app, direct.sections, **direct.params)
+            if direct.command == "plan":
+                from buildsys.cli.planrun import run_plan
+
+                run_plan(app, **direct.params)
+            else:
+                from buildsys.cli.buildrun import run_sections
+
+                run_sections(app, direct.sections, **direct.params)
         except (EOFError, KeyboardInterrupt) as exc:  # as click's main turns them into Abort
             import click
 

@@ -17,7 +17,7 @@ from buildsys.cli.planopts import full_option
 @pass_app
 def show(app: App, plan_file: Path, full: bool) -> None:
     """Render a plan saved with `plan -o PLAN` (checked as `apply PLAN` checks it: format and hash)."""
-    from buildsys.cli.plan import show_plan
+    from buildsys.cli.planrun import show_plan
     from buildsys.reconcile import read_plan_file
 
     show_plan(app, read_plan_file(plan_file), full=full)

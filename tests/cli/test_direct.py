@@ -41,7 +41,7 @@ TO_CLICK = [
     ["build", "--state-key-env", "K"], ["build", "-j", "+3"], ["build", "-j", " 3"], ["build", "-j", "1_0"],
     ["build", "-j", "\u0663"], ["build", "-j", "01"], ["build", "--file="], ["build", "-d", ""],
     ["build", "--cache-from", "u", "--cache-from", "v"], ["build", "-d", "-x"], ["build", "-f", "--json"],
-    ["-q", "build"], ["--file", "p.yaml", "build"], ["graph"], ["plan"], ["--version"], [],
+    ["-q", "build"], ["--file", "p.yaml", "build"], ["graph"], ["--version"], [],
 ]
 # Refused by click (the direct path must leave each to click, which says why).
 ERRORS = [
@@ -243,3 +243,160 @@ def test_the_no_op_answer_says_what_the_build_would_say(isolated: Path) -> None:
                            (["--explain", "-q"], summary), (["--explain"], line + summary), (["-v", "-v", "-q"], line + summary)):
         assert buildsys("build", *argv) == (0, expected, False), argv  # the manifest's answer
         assert buildsys("build", *argv, "-j2") == (0, expected, True), argv  # the build's (click reads -j2)
+
+
+# `plan`: read by the direct path (each must give what the click group and command give).
+PLAN_ACCEPTED = [
+    ["plan"], ["--json", "plan"], ["plan", "--json"], ["--json", "plan", "--state", "../state.db"],
+    ["--json", "plan", "--state", "s.db", "--affected=origin/main"], ["plan", "--affected"],
+    ["plan", "--affected", "main"], ["plan", "--affected", "--json"], ["plan", "--affected", "-d", "x"],
+    ["plan", "--affected", "plan"], ["plan", "--affected", ""], ["-v", "plan", "-v", "-q"],
+    ["-q", "-q", "plan", "--verbose"], ["--state", "a.db", "plan", "--state", "b.db"], ["--state=a.db", "plan"],
+    ["--state", "a.db", "--state", "b.db", "plan"], ["--state-key-env", "K", "plan"], ["plan", "--state-key-env=K"],
+    ["-f", "p.yaml", "plan"], ["plan", "--file=p.yaml"], ["--no-color", "plan", "--prune", "--detailed-exitcode", "--full"],
+    ["plan", "-d", "a", "--deployment=b*", "-d", "c"], ["plan", "--ref", "main"], ["plan", "--ref=v1.0"],
+    ["plan", "-o", "plan.json"], ["plan", "--out=plan.json", "--detailed-exitcode", "--affected=origin/main"],
+    ["--json", "--json", "plan", "--json"], ["plan", "--prune", "--prune"], ["plan", "-o", "existing.json"],
+]
+# Left to click although click reads them.
+PLAN_TO_CLICK = [
+    ["plan", "-qv"], ["-vv", "plan"], ["plan", "-fp.yaml"], ["plan", "-op.json"], ["plan", "--ref", "a", "--ref", "b"],
+    ["plan", "-o", "a", "-o", "b"], ["plan", "--affected="], ["plan", "--affected", "-"], ["plan", "--affected=-x"],
+    ["plan", "-d", "-x"], ["--state", "", "plan"], ["plan", "--ref="], ["plan", "--affected", "main", "--affected"],
+    ["--version"], [],
+]
+# Refused by click or by the command (the direct path must leave each to click).
+PLAN_ERRORS = [
+    ["plan", "--affected=main", "--ref", "x"], ["plan", "--ref", "x", "--affected"], ["-f", "a", "plan", "-f", "b"],
+    ["plan", "-f", "a", "--file", "b"], ["plan", "extra"], ["plan", "--prune=1"], ["plan", "--full=yes"],
+    ["plan", "--json=1"], ["--json=1", "plan"], ["plan", "--unknown"], ["plan", "-h"], ["plan", "--help"],
+    ["-h", "plan"], ["plan", "--ref"], ["plan", "-o"], ["plan", "-o", "."], ["plan", "--", "x"], ["plna"],
+    ["--state"], ["plan", "-d"], ["--affected", "plan"], ["--prune", "plan"], ["-d", "x", "plan"],
+    ["--ref", "x", "plan"], ["--version", "plan"],
+]
+
+
+def plan_by_click(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...] | str:
+    """What the click group and `plan` command give the plan's work for `argv` (the App's settings
+    and the parameters), or how they refused it (an error, or no plan: help, --version)."""
+    import buildsys.cli.plan
+
+    got: list[tuple[Any, ...]] = []
+
+    def capture(app: App, **params: Any) -> None:
+        got.append((app.file, app.state_url, app.state_key_env, app.json, app.verbosity, app.color, params))
+
+    monkeypatch.setattr(buildsys.cli.plan, "run_plan", capture)
+    try:
+        cli.main(args=list(argv), prog_name="buildsys", standalone_mode=False, obj=App())
+    except click.ClickException:
+        return "error"
+    return got[0] if got else "no plan"
+
+
+@pytest.mark.parametrize("argv", PLAN_ACCEPTED + PLAN_TO_CLICK + PLAN_ERRORS, ids=lambda a: " ".join(a) or "(none)")
+def test_the_direct_path_reads_a_plan_as_click_does_or_leaves_it(
+    argv: list[str], isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (isolated / "existing.json").write_text("{}")
+    direct = parse(argv, {})
+    expected = plan_by_click(argv, monkeypatch)
+    capsys.readouterr()  # help and version said
+    if argv in PLAN_ERRORS:
+        assert expected in ("error", "no plan")  # the table is what it says
+    if argv in PLAN_ACCEPTED:
+        assert direct is not None and direct.command == "plan"
+        assert isinstance(expected, tuple)
+    if argv in PLAN_TO_CLICK:
+        assert direct is None
+    if direct is not None:
+        assert (direct.file, direct.state_url, direct.state_key_env, direct.json, direct.verbosity, direct.color,
+                direct.params) == expected
+    if isinstance(expected, str):
+        assert direct is None
+
+
+def test_shell_completion_is_left_to_click() -> None:
+    for argv in (["plan"], ["build"], ["push", "-q"]):
+        assert parse(argv, {"_BUILDSYS_COMPLETE": "bash_complete"}) is None
+        assert parse(argv, {"_BUILDSYS_COMPLETE": ""}) is not None  # click: an empty variable completes nothing
+
+
+PLAN_PROJECT = """\
+name: p
+build:
+  - run_shell_script: {id: stamp, script: "echo built", inputs: ["x.txt"]}
+deployments:
+  - {name: one, entrypoint: flows/etl.py:etl, work_pool: {name: local}}
+work_pools:
+  - {name: local, type: process}
+"""
+
+
+def test_a_plan_runs_without_click_and_fails_as_click_does(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the real entry point a plain plan imports no click and says what the click command
+    says (a form only click reads: the same outcome); its failures are click's, by one rule."""
+    for argv in (["plan"], ["--json", "plan"], ["plan", "--detailed-exitcode", "-q"]):  # no project file
+        direct, through_click = _both(argv, capsys)
+        assert direct == through_click
+        assert direct[0] == 1 and "no project file" in direct[1] + direct[2]
+    (isolated / "flows").mkdir()
+    (isolated / "flows" / "etl.py").write_text('from prefect import flow\n\n\n@flow\ndef etl(day: str = "today"):\n    pass\n')
+    (isolated / "x.txt").write_text("x\n")
+    (isolated / "prefect.yaml").write_text(PLAN_PROJECT)
+    outcomes = []
+    for n, argv in enumerate((["--state", "s.db", "plan", "--detailed-exitcode", "-o", "p.json"],
+                              ["--state", "s.db", "plan", "--detailed-exitcode", "-qv", "-op.json"])):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "buildsys", *argv], cwd=isolated,
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        modules = {m.group(1) for m in re.finditer(r"^import time:.*\| +(\S+)$", result.stderr, re.M)}
+        assert ("click" in modules) == (n == 1), argv
+        assert "buildsys.reconcile" in modules
+        said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+        outcomes.append((result.returncode, result.stdout, said, (isolated / "p.json").read_text()))
+        (isolated / "p.json").unlink()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == 2 and "Saved the plan to p.json" in outcomes[0][1]
+    for argv in (["--json", "plan", "--state", "s.db"], ["plan", "--state", "s.db", "-d", "nothere"]):
+        direct, through_click = _both(argv, capsys)
+        assert direct == through_click, argv
+
+
+ECHO = """
+import io, sys
+encoding, way, err, color, text = sys.argv[1], sys.argv[2], sys.argv[3] == "err", eval(sys.argv[4]), eval(sys.argv[5])
+buffer = io.BytesIO()
+stream = io.TextIOWrapper(buffer, encoding=encoding, errors="backslashreplace", write_through=True)
+if err:
+    sys.stderr = stream
+else:
+    sys.stdout = stream
+if way == "click":
+    import click
+    click.echo(text, err=err, color=color)
+else:
+    from buildsys.cli.app import echo
+    echo(text, err=err, color=color)
+stream.flush()
+sys.__stdout__.write(repr(buffer.getvalue()) + " " + str("click" in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "ascii"])
+@pytest.mark.parametrize(("err", "color", "text"), [
+    ("out", None, '{\n  "plan": "caf\u00e9"\n}'), ("err", False, "caf\u00e9 \u25b6 done"),
+    ("out", False, "\x1b[32m+ add\x1b[0m"), ("out", True, "\x1b[32m+ add\x1b[0m"), ("out", None, "\x1b[1mbold\x1b[0m"),
+])
+def test_output_is_written_as_click_writes_it(encoding: str, err: str, color: bool | None, text: str) -> None:
+    """`app.echo` (every command's output, and the failure rule's messages) writes the bytes
+    `click.echo` writes; click is imported for it only where those are not the text itself (an
+    ASCII stream, which click re-encodes; escape sequences it strips)."""
+    def run(way: str) -> tuple[str, str]:
+        out = subprocess.run([sys.executable, "-c", ECHO, encoding, way, err, repr(color), repr(text)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        written, imported = out.rsplit(" ", 1)
+        return written, imported
+
+    by_click, by_echo = run("click"), run("echo")
+    assert by_echo[0] == by_click[0]
+    assert by_echo[1] == str(encoding == "ascii" or ("\x1b" in text and not color))

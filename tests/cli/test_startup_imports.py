@@ -70,6 +70,7 @@ def test_a_plan_imports_no_entry_point_scan_nor_the_build(project: Path) -> None
     modules = imported("--state", "state.db", "plan", cwd=project)  # its build step's outputs: the engine's
     assert {"buildsys.desired", "buildsys.engine"} <= modules
     assert families(modules, NEVER | UNNEEDED) == set()
+    assert families(modules, {"click"}) == set()  # a plain plan: buildsys.cli.direct
     # the pool types' default templates load buildsys.infra.docker and .process (through
     # importlib.import_module, which -X importtime does not list; what they import it does): not
     # what only a run uses
@@ -91,7 +92,7 @@ def test_an_affected_plan_imports_no_entry_point_scan(project: Path, tmp_path: P
     (project / "flows" / "etl.py").write_text(FLOW.replace('"today"', '"yesterday"'))
     modules = imported("--state", str(tmp_path / "state.db"), "plan", "--affected=main", cwd=project)
     assert "buildsys.affected" in modules
-    assert families(modules, NEVER | UNNEEDED) == set()
+    assert families(modules, NEVER | UNNEEDED | {"click"}) == set()
 
 
 def test_a_build_and_a_rebuild_import_no_entry_point_scan_nor_the_store(project: Path) -> None:
