@@ -24,7 +24,12 @@ class SelectionError(BuildsysError):
     """A selector matched no deployment."""
 
 
+GLOB = frozenset("*?[")  # what makes a pattern more than the one name it spells (fnmatch)
+
+
 def matches(pattern: str, name: str, flow: str) -> bool:
+    if GLOB.isdisjoint(pattern):  # fnmatch's answer without compiling the pattern: equality
+        return pattern in (name, f"{flow}/{name}")
     return fnmatchcase(name, pattern) or fnmatchcase(f"{flow}/{name}", pattern)
 
 
@@ -38,8 +43,17 @@ def select_deployments(project: Project, patterns: Sequence[str] | None) -> tupl
     if not patterns:
         return project.deployments
     chosen: set[int] = set()
+    spelled: dict[str, list[int]] | None = None  # NAME and FLOW/NAME -> the deployments so named
     for pattern in patterns:
-        matched = [id(d) for d in project.deployments if matches(pattern, d.name, flow_of(d))]
+        if GLOB.isdisjoint(pattern):  # a name (plan and --affected pass every one): looked up, not matched
+            if spelled is None:
+                spelled = {}
+                for d in project.deployments:
+                    for key in {d.name, f"{flow_of(d)}/{d.name}"}:
+                        spelled.setdefault(key, []).append(id(d))
+            matched = spelled.get(pattern, [])
+        else:
+            matched = [id(d) for d in project.deployments if matches(pattern, d.name, flow_of(d))]
         if not matched:
             from buildsys.suggest import did_you_mean
 

@@ -59,3 +59,28 @@ def test_a_pattern_that_matches_nothing_fails_everywhere(project_file: Path, pat
         read_desired(project_file, select=[pattern])
     assert built.value.render() == planned.value.render()
     assert built.value.message == f"no deployment matches {pattern!r}"
+
+
+NAMES = ["d1", "d2", "d10", "ab", "x", "a[1]", "x*"]
+
+
+@pytest.mark.parametrize("pattern", ["d1", "d10", "flow-x/d2", "flow-a/ab", "ab", "d[12]", "x*", "flow-x/x*", "[x]",
+                                     "d?", "d1*", "*/x", "flow-[a-d]/d1", "a[1]", "a[[]1]", "D1", "d1 ", "flow-d1/d2",
+                                     "[!d]*"])
+def test_a_name_is_looked_up_and_a_glob_matched_with_one_answer(pattern: str) -> None:
+    """A pattern without glob characters selects by equality (no pattern compiled, no scan: a plan
+    passes every deployment's name); any other is fnmatch's. Both give what fnmatch gives."""
+    from fnmatch import fnmatchcase
+
+    from buildsys.project import parse_project
+    from buildsys.selector import matches
+
+    text = "deployments:\n" + "".join(f"  - {{name: '{n}', entrypoint: 'flows/f.py:flow_{n[0]}'}}\n" for n in NAMES)
+    project = parse_project(text, file="prefect.yaml", root=Path("."))
+    expected = [n for n in NAMES if fnmatchcase(n, pattern) or fnmatchcase(f"flow-{n[0]}/{n}", pattern)]
+    assert [n for n in NAMES if matches(pattern, n, f"flow-{n[0]}")] == expected
+    if expected:
+        assert [d.name for d in select_deployments(project, [pattern])] == expected
+    else:
+        with pytest.raises(SelectionError):
+            select_deployments(project, [pattern])
