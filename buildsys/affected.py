@@ -30,6 +30,7 @@ from buildsys.templating import UNKNOWN
 
 if TYPE_CHECKING:
     from buildsys.entrypoints import FlowInfo
+    from buildsys.graph import StepNode
     from buildsys.revision import Revision
     from buildsys.step import StepDef
 
@@ -247,19 +248,21 @@ def _proved(
         return None  # files a sparse checkout leaves out are in neither `git diff` nor `git status`
     key_env, names = keying_env(project, environ)
     reads: dict[str, Reads] = {}
-    now_keys = step_keys(now, key_env, reads=reads)
     touched: set[str] = set()
     nodes = now.graph.nodes
-    by_label = {node.label: node for node in nodes.values()}
-    if changed:  # what a plugin's files hook read is not known (a test of existence leaves no trace)
-        for label, node in by_label.items():
-            if not _own_hook(now.steps[node.spec.name]):
-                reads.pop(label, None)
-    for label in now_keys:  # graph order: a step's upstream steps come before it
-        node = by_label[label]
+
+    def needed(node: StepNode) -> bool:
+        """Whether the step is touched: asked in graph order (a step's upstream steps come before
+        it) once its reads are known; only touched steps are digested and keyed (`step_keys`)."""
+        label = node.label
+        if changed and not _own_hook(now.steps[node.spec.name]):
+            reads.pop(label, None)  # what a plugin's files hook read is not known (a test of existence leaves no trace)
         upstream = [*node.deps, *(k for _, k in node.scope), *((node.cwd_from,) if node.cwd_from else ())]
         if any(nodes[k].label in touched for k in upstream) or changes.touches(reads.get(label), top):
             touched.add(label)
+        return label in touched
+
+    now_keys = step_keys(now, key_env, reads=reads, needed=needed)
     # the deployments whose spec can differ (an entrypoint file changed, a version that follows the
     # commit) or that a step may affect (for their identity): only these are read on either side
     maybe: set[str] = set()  # steps compare_steps may find affected: touched, unknown, or after such a step

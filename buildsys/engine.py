@@ -480,6 +480,25 @@ class Engine:
 
     def key_for(self, node: StepNode, stepdef: StepDef) -> _Keyed:
         """Render the node's inputs and compute its cache key (nothing runs)."""
+        key_inputs, inputs, ctx = self._rendered(node, stepdef)
+        components = self._components(node, stepdef, key_inputs, inputs, ctx)
+        key, text = key_and_text(components)
+        return _Keyed(inputs, ctx, components, key, text)
+
+    def files_for(self, node: StepNode, stepdef: StepDef) -> tuple[dict[str, Any], Context]:
+        """What `key_for` reads of the file system, without digesting it or making the key: the
+        node's inputs rendered, its globs expanded and its files hook called just as `key_for`
+        does; its files and the directories listed are noted in `dependencies.nodes` as
+        `key_for` notes them (buildsys.stepkeys: which steps a change can have reached)."""
+        _, inputs, ctx = self._rendered(node, stepdef)
+        listed: list[str] = []
+        wanted = self._wanted(node, stepdef, inputs, ctx, listed)
+        prefix = os.path.join(str(self.project.root), "")
+        self.dependencies.nodes[node.label] = ([f if is_absolute(f) else prefix + f for f in wanted], listed)
+        return inputs, ctx
+
+    def _rendered(self, node: StepNode, stepdef: StepDef) -> tuple[Any, dict[str, Any], Context]:
+        """The node's inputs rendered for its key and to run it, and its context."""
         spec = node.spec
         key_scope, full_scope = self._scopes(node)
         key_inputs = render(spec.inputs, key_scope, missing="error", location=spec.location, path=spec.path)
@@ -494,9 +513,15 @@ class Engine:
             phase=spec.section,
             build=self.scope,
         )
-        components = self._components(node, stepdef, key_inputs, inputs, ctx)
-        key, text = key_and_text(components)
-        return _Keyed(inputs, ctx, components, key, text)
+        return key_inputs, inputs, ctx
+
+    def _wanted(self, node: StepNode, stepdef: StepDef, inputs: Mapping[str, Any], ctx: Context, listed: list[str]) -> list[str]:
+        """The node's input files, sorted, each once: its globs and its files hook's answer expanded
+        (`listed` receives the directories listed on the way)."""
+        files = self.files.expand(list(node.spec.input_globs), self.project.root, listed)
+        if stepdef.files_hook is not None:
+            files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
+        return sorted(set(files))
 
     def decide(self, key: str, *, verify: bool = True) -> Decision:
         """Would node `key` run now, and why (its upstream results must be in `self.results`).
@@ -714,11 +739,11 @@ class Engine:
         else:
             if ahead is not None:
                 files = list(ahead.files)
+                if stepdef.files_hook is not None:
+                    files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
+                wanted = sorted(set(files))
             else:
-                files = self.files.expand(list(node.spec.input_globs), self.project.root, listed)
-            if stepdef.files_hook is not None:
-                files += self.files.expand(stepdef.files_hook(inputs, ctx), ctx.cwd, listed)
-            wanted = sorted(set(files))
+                wanted = self._wanted(node, stepdef, inputs, ctx, listed)
             if ahead is not None:
                 rest = self.cache.digests([f for f in wanted if f not in ahead.digests])
                 found = {f: ahead.digests[f] if f in ahead.digests else rest[f] for f in wanted}

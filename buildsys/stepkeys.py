@@ -16,10 +16,11 @@ import copy
 import json
 import os
 import re
+import stat
 import sys
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from buildsys.compiled import Compiled
 from buildsys.errors import BuildsysError
@@ -27,6 +28,9 @@ from buildsys.model import Project
 from buildsys.records import Record
 from buildsys.step import StepDef
 from buildsys.templating import placeholders
+
+if TYPE_CHECKING:
+    from buildsys.graph import StepNode
 
 SYMBOL = "\u27e6output "  # opens every symbol that stands for a step output not known before a build
 
@@ -114,17 +118,27 @@ def step_keys(
     reads: dict[str, Reads] | None = None,
     only: Collection[str] | None = None,
     given: Mapping[str, StepKey] | None = None,
+    needed: Callable[[StepNode], bool] | None = None,
 ) -> dict[str, StepKey]:
     """Every step's cache key by label, computed by the engine's key function without running.
 
     `reads`: filled with what keying each step read (`Reads`), for proving that a change cannot
     have moved its key (buildsys.affected). `only`: key just these labels and take every other
-    step's key from `given` (as a step after them sees it)."""
+    step's key from `given` (as a step after them sees it).
+
+    `needed` (with `reads`): asked in graph order, once a step's reads are known and noted in
+    `reads`, whether its key is needed. Its files are listed (its globs expanded, its files hook
+    called: all that keying reads but the files' contents) and digested only when it is; a step
+    that is not gets the key `UNKEYED` and its label in place of its key, which stands for "the
+    same on both sides" (its outputs' symbols name that too): `needed` must answer True for every
+    step whose key can differ between the sides compared."""
     from buildsys.engine import Engine, NodeResult
 
     steps = {name: _unfingerprinted(sd, traced=reads is not None) for name, sd in compiled.steps.items()}
     graph = compiled.graph
     engine = Engine(compiled.project, graph, steps, env=env, dry_run=True)
+    lazy = needed is not None and reads is not None and _cache_readable(engine)
+    real = _Realpaths()
     out: dict[str, StepKey] = {}
     try:
         for key in graph.order():
@@ -138,28 +152,35 @@ def step_keys(
                 continue
             unknown, components, cache_key = "", {}, ""
             seen = Reads() if reads is not None else None
+            listing, inputs, ctx = lazy, None, None
             try:
                 with _tracing(seen):
-                    keyed = engine.key_for(node, stepdef)
-                components, cache_key = keyed.components, keyed.cache_key
-                if stepdef.files_hook is not None and (SYMBOL in str(keyed.ctx.cwd) or _symbolic(keyed.inputs)):
-                    unknown = "the files it reads depend on another step's outputs, known only after a build"
+                    if listing:
+                        inputs, ctx = engine.files_for(node, stepdef)
+                    else:
+                        keyed = engine.key_for(node, stepdef)
+                        components, cache_key, inputs, ctx = keyed.components, keyed.cache_key, keyed.inputs, keyed.ctx
             except Exception as exc:  # any failure to key (a step's own hook too) means "cannot know"
-                text = exc.message if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
-                unknown = f"its key cannot be computed before a build ({text})"
+                unknown = _cannot(exc)
+            if seen is not None and reads is not None:
+                _note(seen, engine.dependencies.nodes.get(node.label, ((), ())), real)
+                reads[node.label] = seen
+            wanted = needed is not None and reads is not None and needed(node)  # asked of every step, in graph order
+            if listing and not unknown and (wanted or _unreadable(engine.dependencies.nodes[node.label][0])):
+                try:  # keyed as without `needed` (what it reads again is what it read)
+                    with _tracing(seen):
+                        keyed = engine.key_for(node, stepdef)
+                    components, cache_key, listing = keyed.components, keyed.cache_key, False
+                except Exception as exc:
+                    unknown = _cannot(exc)
+                if seen is not None:
+                    _note(seen, engine.dependencies.nodes.get(node.label, ((), ())), real)
+            if not unknown and ctx is not None and stepdef.files_hook is not None and (SYMBOL in str(ctx.cwd) or _symbolic(inputs)):
+                unknown = "the files it reads depend on another step's outputs, known only after a build"
             if unknown:
                 cache_key = f"unknown:{key}"
-            if seen is not None and reads is not None:
-                files, listed = engine.dependencies.nodes.get(node.label, ((), ()))
-                for f in files:
-                    name = os.path.normpath(f)
-                    seen.files.add(name)
-                    real = os.path.realpath(name)  # a link's digest is its target's content
-                    if real != name:
-                        seen.files.add(real)
-                        seen.targets.add(real)
-                seen.listed.update(os.path.normpath(d) for d in listed)
-                reads[node.label] = seen
+            elif listing:
+                cache_key = f"{UNKEYED}{node.label}"
             engine.results[key] = NodeResult(
                 key, node.label, "cached", outputs=_Outputs(cache_key, stepdef.outputs), cache_key=cache_key  # type: ignore[arg-type]
             )
@@ -176,6 +197,75 @@ def step_keys(
     finally:
         engine.cache.close()
     return out
+
+
+def _cannot(exc: Exception) -> str:
+    text = exc.message if isinstance(exc, BuildsysError) else f"{type(exc).__name__}: {exc}"
+    return f"its key cannot be computed before a build ({text})"
+
+
+UNKEYED = "unkeyed:"  # opens the key of a step `step_keys` did not key (`needed`): the same on both sides
+
+
+def _note(seen: Reads, noted: tuple[Sequence[str], Sequence[str]], real: _Realpaths) -> None:
+    """Add the files and listed directories the engine noted for a step to what keying it read."""
+    files, listed = noted
+    for f in files:
+        name = os.path.normpath(f)
+        seen.files.add(name)
+        target = real(name)  # a link's digest is its target's content
+        if target != name:
+            seen.files.add(target)
+            seen.targets.add(target)
+    seen.listed.update(os.path.normpath(d) for d in listed)
+
+
+class _Realpaths:
+    """`os.path.realpath` of a step's files, each folder's resolved once: a file's real path is its
+    folder's and its name's unless the file itself is a link (one `lstat`, not one per component)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        folder, name = os.path.split(path)
+        if not name or name in (".", ".."):
+            return os.path.realpath(path)
+        try:
+            link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            link = False  # missing (or unreadable): realpath keeps the name as it is too
+        if link:
+            return os.path.realpath(path)
+        real = self.folders.get(folder)
+        if real is None:
+            real = self.folders[folder] = os.path.realpath(folder)
+        return os.path.join(real, name)
+
+
+def _cache_readable(engine: Any) -> bool:
+    """Whether the build cache's file rows can be read: when they cannot, keying any step fails
+    (its key is then unknown, which only keying every step says)."""
+    try:
+        engine.cache.file_rows()
+    except Exception:
+        return False
+    return True
+
+
+def _unreadable(files: Sequence[str]) -> bool:
+    """Whether digesting would fail on some regular file among `files` (it cannot be opened for
+    reading): keying the step then fails, and says why."""
+    access, R_OK = os.access, os.R_OK
+    for f in files:
+        if not access(f, R_OK):
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue  # missing: its digest says so, no failure
+            if stat.S_ISREG(st.st_mode):
+                return True
+    return False
 
 
 # --- what keying a step read: Python's audit events for opened files and listed directories ----------

@@ -8,6 +8,7 @@ import csv
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -593,3 +594,120 @@ def test_changed_paths_a_step_read_are_those_the_definition_gives() -> None:
             if holding:
                 expected.add(max(holding, key=len))
         assert changes.hits(reads, top) == expected, (changed, read)
+
+
+def _keyed_and_digested(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], set[str]]:
+    """The labels `Engine.key_for` keys and the files the cache digests, from now on."""
+    from buildsys.cache import Cache
+    from buildsys.engine import Engine
+
+    keyed: list[str] = []
+    digested: set[str] = set()
+    key_for, digests = Engine.key_for, Cache.digests
+
+    def record_key(self: Engine, node: Any, stepdef: Any) -> Any:
+        keyed.append(node.label)
+        return key_for(self, node, stepdef)
+
+    def record_digests(self: Cache, paths: Any) -> Any:
+        digested.update(paths)
+        return digests(self, paths)
+
+    monkeypatch.setattr(Engine, "key_for", record_key)
+    monkeypatch.setattr(Cache, "digests", record_digests)
+    return keyed, digested
+
+
+def test_only_the_steps_a_change_can_reach_are_digested(shop: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof lists every step's files (what keying it reads) but digests and keys only the
+    steps a changed path can reach, on both sides; the answer is the whole base side's."""
+    keyed, digested = _keyed_and_digested(monkeypatch)
+    write(shop, {"flows/c/data.txt": "data 2\n"})
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved and [s.label for s in found.steps] == ["fetch", "compile", "bundle"]
+    assert sorted(set(keyed)) == ["bundle", "compile", "fetch"]
+    assert not digested & {"common/lib.txt", "src/app.py", "flows/a.py"}
+    assert "flows/c/data.txt" in digested
+    monkeypatch.undo()
+    assert found.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
+
+
+def test_a_file_only_a_files_hooks_listing_shows(isolated: Path) -> None:
+    """A file deleted from a Docker build context: the step's files now do not name it; only the
+    hook's own listing of the context (an audit event while its files are listed, not digested)
+    shows that the change reaches the step. Another image's step is untouched."""
+    image = ("      - prefect_docker.deployments.steps.build_docker_image:\n          id: image\n"
+             "          image_name: test/{0}\n          path: {0}\n          dockerfile: Dockerfile\n")
+    root = commit_tree(isolated / "two", {
+        "prefect.yaml": "deployments:\n"
+                        "  - name: a\n    entrypoint: a.py:a\n    build:\n" + image.format("one") +
+                        "  - name: b\n    entrypoint: a.py:a\n    build:\n" + image.format("two"),
+        "a.py": "def a():\n    pass\n", ".gitignore": ".buildsys/\n",
+        "one/Dockerfile": "FROM scratch\nCOPY . /app\n", "one/app.py": "1\n",
+        "two/Dockerfile": "FROM scratch\nCOPY . /app\n", "two/app.py": "2\n",
+    })
+    (root / "two" / "app.py").unlink()
+    found = affected(root / "prefect.yaml", "main")
+    assert found.proved and found.names == ["b"]
+    assert [(s.label, s.reason) for s in found.steps] == [("image@b", "input file two/app.py no longer an input")]
+    assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
+
+
+def test_an_unreadable_build_cache_leaves_every_key_unknown(shop: Path) -> None:
+    """When the build cache cannot be read no step can be keyed: each step's key is unknown (all
+    affected), the proof's as the whole base side's, not only those of the steps it digests."""
+    (shop / ".buildsys" / "cache.db").write_bytes(b"not a database" * 100)
+    for name in ("cache.db-wal", "cache.db-shm"):
+        (shop / ".buildsys" / name).unlink(missing_ok=True)
+    write(shop, {"flows/c/data.txt": "data 2\n"})
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved and len(found.steps) == 5
+    assert all("cannot be computed before a build" in s.reason for s in found.steps)
+    assert found.to_dict() == affected(shop / "prefect.yaml", "main", prove=False).to_dict()
+
+
+def test_an_input_file_that_cannot_be_read_in_a_step_no_change_reaches(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digesting a file that cannot be opened fails, so that step's key is unknown: a step the
+    proof would not digest is keyed when one of its files cannot be read, and says why."""
+    import os
+
+    import buildsys.cache
+
+    lib = str(shop / "common" / "lib.txt")
+    hash_file, access = buildsys.cache._hash_file, os.access
+
+    def refuse(path: str, size: int = -1) -> str:
+        if path == lib:
+            raise PermissionError(13, "Permission denied", path)
+        return hash_file(path, size)
+
+    monkeypatch.setattr(buildsys.cache, "_hash_file", refuse)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != lib and access(path, mode, **kw))
+    write(shop, {"flows/c/data.txt": "data 2\n"})
+    found = affected(shop / "prefect.yaml", "main")
+    assert found.proved
+    assert [(s.label, s.reason.split(" (")[0]) for s in found.steps][:2] == [
+        ("shared", "its key cannot be computed before a build"), ("package", "upstream step shared is affected"),
+    ]
+    # (the whole base side words the step after it "upstream step shared changed": the base keys it)
+
+
+def test_a_file_a_step_reads_through_a_linked_folder(isolated: Path) -> None:
+    """A step's input named through a link to a folder is digested from the folder's file: a change
+    there reaches the step (each folder's real path is found once, not each file's)."""
+    root = isolated / "linked"
+    root.mkdir()
+    (root / "alias").symlink_to("real")
+    commit_tree(root, {
+        "prefect.yaml": "build:\n  - run_shell_script:\n      id: one\n      script: echo one\n      inputs: [alias/lib.txt]\n"
+                        "  - run_shell_script:\n      id: two\n      script: echo two\n      inputs: [other.txt]\n"
+                        "deployments:\n  - name: a\n    entrypoint: a.py:a\n",
+        "real/lib.txt": "1\n", "other.txt": "o\n", "a.py": "def a():\n    pass\n", ".gitignore": ".buildsys/\n",
+    })
+    write(root, {"real/lib.txt": "2\n"})
+    found = affected(root / "prefect.yaml", "main")
+    assert found.proved and [(s.label, s.reason) for s in found.steps] == [
+        ("one", "input file alias/lib.txt changed"), ("two", "upstream step one changed")]
+    assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
