@@ -10,8 +10,6 @@ output has been read (removing it earlier could lose the last lines).
 from __future__ import annotations
 
 import re
-import shlex
-import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +24,7 @@ __all__ = ["RUNTIME_MOUNT", "DockerExecution", "DockerInfrastructure", "prepare_
 
 RUNTIME_MOUNT = "/opt/buildsys-runtime"
 DEFAULT_COMMAND = ["python3", "-m", "buildsys.runtime"]
-_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
+_NAME_CHARS = r"[^a-zA-Z0-9_.-]+"  # compiled when a container is named (re's cache), not when a plan loads the pool type
 
 
 def pull_policy(image: str, configured: str | None) -> str:
@@ -51,6 +49,7 @@ def prepare_runtime_dir(target: Path) -> Path:
     """Copy buildsys's Python modules (and the built-in steps, with their entry points) to
     ``target`` so that a container can import them from a read-only mount."""
     import importlib
+    import shutil  # bz2, lzma…: only where a run mounts the runtime (a plan loads this module for its template)
     from importlib import metadata  # email, zipfile, csv…: only where a run mounts the runtime
 
     import buildsys
@@ -111,6 +110,8 @@ class DockerInfrastructure:
 
     def close(self) -> None:
         if self._runtime_dir is not None:
+            import shutil
+
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     def start(self, job: Job, sink: Sink) -> DockerExecution:
@@ -142,6 +143,8 @@ class DockerInfrastructure:
             volumes.append(f"{self.runtime_dir()}:{RUNTIME_MOUNT}:ro")
             env["PYTHONPATH"] = RUNTIME_MOUNT + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
         command = config.get("command")
+        import shlex
+
         kwargs: dict[str, Any] = {
             "image": str(config["image"]),
             "command": shlex.split(command) if isinstance(command, str) and command.strip() else DEFAULT_COMMAND,
@@ -153,7 +156,7 @@ class DockerInfrastructure:
         }
         name = config.get("name")
         if name:
-            kwargs["name"] = _NAME_CHARS.sub("-", str(name)).strip("-.") or None
+            kwargs["name"] = re.sub(_NAME_CHARS, "-", str(name)).strip("-.") or None
         networks = list(config.get("networks") or [])
         network_mode = config.get("network_mode")
         if not network_mode and not networks and (is_loopback_url(self.store_url) or is_loopback_url(job.api_url)):

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +55,9 @@ class ProcessInfrastructure:
         self._standby = _Standby(self.python, self.base_env) if standby else None
 
     def start(self, job: Job, sink: Sink) -> ProcessExecution:
+        import shlex  # with shutil: only when a run starts, not when a plan reads the template
+        import shutil
+
         from buildsys.runtime import PARENT_ENV
 
         config = job.configuration
@@ -267,6 +268,8 @@ class ProcessExecution:
                        f"{shutdown.OUTPUT_GRACE_SECONDS:g} s of its exit (a process it started still holds its stdout or "
                        "stderr); not waiting for it")
         if self.temp_dir is not None:
+            import shutil
+
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         return Outcome(code, _signal_message(code))
 
