@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -25,6 +24,7 @@ import xxhash
 
 from buildsys import noop
 from buildsys.errors import BuildsysError
+from buildsys.records import Record
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -47,14 +47,26 @@ def is_absolute(path: str) -> bool:
     return path.startswith("/") if os.sep == "/" else os.path.isabs(path)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(Record):
+    """One step's cached result as its row holds it (a Record: no dataclass generated at import)."""
+
+    __slots__ = __match_args__ = ("node", "label", "key", "components", "updated", "duration")
     node: str
     label: str
     key: str
     components: Mapping[str, Any]
     updated: float
     duration: float
+
+    def __init__(self, node: str, label: str, key: str, components: Mapping[str, Any], updated: float,
+                 duration: float) -> None:
+        _set = object.__setattr__
+        _set(self, "node", node)
+        _set(self, "label", label)
+        _set(self, "key", key)
+        _set(self, "components", components)
+        _set(self, "updated", updated)
+        _set(self, "duration", duration)
 
 
 class Cache:

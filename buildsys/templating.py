@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -163,18 +162,30 @@ def strings(value: Any) -> Iterator[str]:
 BlockResolver = Callable[[str, str], Any]
 
 
-@dataclass
 class Scope:
     """What placeholders resolve against. A `None` source means "not available here": its
-    placeholders are kept as written (e.g. env and variables when computing cache keys)."""
+    placeholders are kept as written (e.g. env and variables when computing cache keys). A plain
+    class (never compared nor shown): a dataclass's generated methods cost every process ~0.7 ms."""
 
-    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by step id / label
-    ids: frozenset[str] | None = None  # the real step ids (labels of anonymous steps excluded)
-    env: Mapping[str, str] | None = None
-    variables: Mapping[str, Any] | None = None
-    blocks: BlockResolver | None = None
-    pending: frozenset[str] = frozenset()  # step ids whose outputs are not known yet
-    secrets: set[str] = field(default_factory=set)  # filled with every env/block/variable value used
+    __slots__ = ("blocks", "env", "ids", "outputs", "pending", "secrets", "variables")
+
+    def __init__(
+        self,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
+        ids: frozenset[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        variables: Mapping[str, Any] | None = None,
+        blocks: BlockResolver | None = None,
+        pending: frozenset[str] = frozenset(),
+        secrets: set[str] | None = None,
+    ) -> None:
+        self.outputs: Mapping[str, Mapping[str, Any]] = {} if outputs is None else outputs  # by step id / label
+        self.ids = ids  # the real step ids (labels of anonymous steps excluded)
+        self.env = env
+        self.variables = variables
+        self.blocks = blocks
+        self.pending = pending  # step ids whose outputs are not known yet
+        self.secrets: set[str] = set() if secrets is None else secrets  # filled with every env/block/variable value used
 
     def step_ids(self) -> frozenset[str]:
         return self.ids if self.ids is not None else frozenset(self.outputs)
