@@ -137,7 +137,8 @@ def _plan_project(
     )
     scoped = stepwise(store)
     if scoped is None:
-        serial, actual = snapshot(store, known=known_specs(desired))
+        chosen = [r.name for r in desired.resources if r.kind == "deployment"] if desired.partial else None
+        serial, actual = snapshot(store, known=known_specs(desired), deployments=chosen)
     else:  # no serial, no transactions: one read of what this project's plan can touch
         names = [r.name for r in desired.resources if r.kind == "deployment"]
         serial, actual = store.serial(), scoped.plan_resources(desired.owner, names)
@@ -267,14 +268,17 @@ def validate(plan: Plan, actual: Sequence[Resource] = ()) -> list[Diagnostic]:
 
 
 def snapshot(
-    store: StateStore, *, attempts: int = 5, known: Mapping[str, Any] | None = None
+    store: StateStore, *, attempts: int = 5, known: Mapping[str, Any] | None = None,
+    deployments: Collection[str] | None = None,
 ) -> tuple[int, list[Resource]]:
     """The store's serial and resources as one consistent view (re-read if an apply slipped in).
     `known` (`plan.known_specs`): stored specs equal to a desired one are that same value, not
-    decoded again, when the store can tell (a SQL store compares the texts)."""
+    decoded again, when the store can tell (a SQL store compares the texts). `deployments`: the
+    only deployments the caller reads (a partial plan: `plan.plan` reads no other deployment of
+    the store then, every pool and variable still), when the store can list just those."""
     listing: Callable[[], list[Resource]] = store.list_resources
-    if known and getattr(store, "lists_known_specs", False):
-        listing = functools.partial(store.list_resources, known=known)  # type: ignore[call-arg]
+    if (known or deployments is not None) and getattr(store, "lists_known_specs", False):
+        listing = functools.partial(store.list_resources, known=known, deployments=deployments)  # type: ignore[call-arg]
     for _ in range(attempts):
         before = store.serial()
         resources = listing()

@@ -247,3 +247,39 @@ def test_a_listing_given_the_desired_specs_plans_as_one_that_decodes_them(store:
 def test_stored_resource_records_round_trip() -> None:
     r = Resource("deployment", "f/d", {"tags": ["a"]}, owner="o", source=SOURCE)
     assert Resource.from_dict(r.to_dict()) == r
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["names-in-the-query", "rows-filtered"])
+def test_a_partial_plan_reads_only_its_own_deployments(
+    store: SqlStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    """A plan of some deployments lists every pool and variable but only those deployments: the
+    same plan as from the whole listing; another deployment's record is not even decoded."""
+    import sqlite3
+
+    import buildsys.store.sql
+
+    if not named:  # more names than a query holds: every row read, the others left undecoded
+        monkeypatch.setattr(buildsys.store.sql, "_LISTED_NAMES", 0)
+    apply_plan(store, plan(desired(
+        res("pool", "p", type="process"), res("pool", "old", type="process"), res("variable", "v", value=1),
+        *(res("deployment", f"f/{n}", work_pool_name="p", tags=[n]) for n in "abcd"),
+    ), [], serial=0))
+    with sqlite3.connect(tmp_path / "state.db") as db:  # damaged out of band: only a full listing decodes it
+        db.execute("UPDATE resources SET spec = 'not json' WHERE name = 'f/a'")
+    db.close()
+    want = DesiredState("demo", SOURCE, (
+        res("pool", "p", type="process"), res("deployment", "f/b", work_pool_name="p", tags=["b", "new"]),
+        res("deployment", "f/new", work_pool_name="gone", tags=[]),
+    ), partial=True)
+    serial, listed = snapshot(store, known=known_specs(want), deployments=["f/b", "f/new"])
+    assert [(r.kind, r.name) for r in listed] == [("deployment", "f/b"), ("pool", "old"), ("pool", "p"), ("variable", "v")]
+    with pytest.raises(Exception, match="damaged"):
+        store.list_resources()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("""UPDATE resources SET spec = '{"tags":["a"],"work_pool_name":"p"}' WHERE name = 'f/a'""")
+    db.close()
+    whole = plan(want, store.list_resources(), serial=serial)
+    assert plan(want, listed, serial=serial).to_dict() == whole.to_dict()
+    assert [(c.action, c.name) for c in whole.changes] == [("update", "f/b"), ("create", "f/new")]
+    assert whole.orphans == ("pool old", "variable v") and whole.warnings  # no deployment: the plan is partial

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +49,7 @@ from buildsys.store.snapshot import export_store, import_store
 from buildsys.store.transitions import DEFAULT_LEASE_SECONDS
 
 ACTIONS = ("create", "update", "delete")
+_LISTED_NAMES = 500  # deployments named in a listing's query (more: every row read, the others left undecoded)
 C = TypeVar("C", bound=type)
 
 
@@ -105,17 +106,28 @@ class SqlStore:
         with self._db.tx() as tx:
             return _serial(tx)
 
-    def list_resources(self, kind: str | None = None, *, known: Mapping[str, Any] | None = None) -> list[Resource]:
+    def list_resources(
+        self, kind: str | None = None, *, known: Mapping[str, Any] | None = None,
+        deployments: Collection[str] | None = None,
+    ) -> list[Resource]:
         """`known`: spec texts whose values the caller holds (see `SharedSpecs`): a row with one of
-        them is given that value instead of decoding its text (a plan's desired specs: ~all rows)."""
+        them is given that value instead of decoding its text (a plan's desired specs: ~all rows).
+        `deployments`: of the deployments, only those with these names (resources of every other
+        kind all): a plan of some deployments reads no other (`reconcile.snapshot`)."""
         sql = f"SELECT {RESOURCE_COLUMNS} FROM resources"
         params: tuple[str, ...] = ()
         if kind is not None:
             _check_kind(kind)
             sql, params = sql + " WHERE kind = ?", (kind,)
+        chosen = None if deployments is None else set(deployments)
+        if chosen is not None and kind is None and len(chosen) <= _LISTED_NAMES:
+            names = sorted(chosen)
+            sql, params = sql + f" WHERE kind <> ? OR name IN ({marks(names)})", ("deployment", *names)
         with self._db.tx() as tx:
             rows = tx.run(sql + " ORDER BY kind, name", params)
         read_spec = SharedSpecs(known)
+        if chosen is not None:
+            return [resource_from_row(r, read_spec) for r in rows if r[0] != "deployment" or r[1] in chosen]
         return [resource_from_row(r, read_spec) for r in rows]
 
     def get_resource(self, kind: str, name: str) -> Resource | None:

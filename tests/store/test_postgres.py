@@ -244,3 +244,14 @@ def test_a_waiting_claim_wakes_on_a_run_created_elsewhere(fresh_postgres_url: st
         waiting.close()
         creator.close()
     assert not listener._thread.is_alive()
+
+
+def test_a_listing_of_some_deployments(fresh_postgres_url: str) -> None:
+    """`list_resources(deployments=…)` on PostgreSQL: every pool and only the named deployments, in
+    the whole listing's order (the names as query parameters)."""
+    with SqlStore.postgres(fresh_postgres_url) as store:
+        store.apply([create("pool", "local", pool_spec())]
+                     + [create("deployment", f"etl/{n}", deployment_spec(n)) for n in ("a", "b", "c")], expected_serial=0)
+        some = store.list_resources(deployments=["etl/c", "etl/a", "etl/gone"])
+        assert [(r.kind, r.name) for r in some] == [("deployment", "etl/a"), ("deployment", "etl/c"), ("pool", "local")]
+        assert some == [r for r in store.list_resources() if r.name != "etl/b"]
