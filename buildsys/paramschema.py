@@ -401,8 +401,9 @@ def _string(node: ast.expr | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-_SECTION = re.compile(r"^(\s*)(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters):\s*$")
-_ITEM = re.compile(r"^(\s*)(\*{0,2}[A-Za-z_]\w*)\s*(\([^)]*\))?\s*:\s*(.*)$")
+# compiled at their first use (re's cache): most flows' docstrings have no Args section, or no docstring
+_SECTION = r"^(\s*)(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments|Other Parameters):\s*$"
+_ITEM = r"^(\s*)(\*{0,2}[A-Za-z_]\w*)\s*(\([^)]*\))?\s*:\s*(.*)$"
 
 
 def parameter_docstrings(docstring: str | None) -> dict[str, str]:
@@ -413,7 +414,7 @@ def parameter_docstrings(docstring: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     i = 0
     while i < len(lines):
-        section = _SECTION.match(lines[i])
+        section = re.match(_SECTION, lines[i])
         i += 1
         if section is None:
             continue
@@ -426,7 +427,7 @@ def parameter_docstrings(docstring: str | None) -> dict[str, str]:
             indent = len(line) - len(line.lstrip())
             if line.strip() and indent <= base:
                 break
-            item = _ITEM.match(line)
+            item = re.match(_ITEM, line)
             if item and (item_indent < 0 or indent == item_indent):
                 if current is not None:
                     out[current] = _join(parts)

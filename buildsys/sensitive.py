@@ -35,7 +35,7 @@ _NOT_SECRET = frozenset({"pwd", "oldpwd", "max_tokens", "token_count", "tokenize
 # its registry), though plans still show the whole mapping masked.
 _PUBLIC_UNDER_SECRET = frozenset({"username", "user", "registry_url", "reauth", "host", "port"})
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-_USERINFO = re.compile(r"\b([a-zA-Z][\w+.-]*://)([^/@\s?#]*)@")
+_USERINFO = r"\b([a-zA-Z][\w+.-]*://)([^/@\s?#]*)@"  # compiled at its first use (re's cache)
 
 
 def name_words(name: str) -> list[str]:
@@ -119,7 +119,7 @@ def mask_url_text(text: str) -> str:
         user, sep, _ = m.group(2).partition(":")
         return f"{m.group(1)}{user}:{MASK}@" if sep else f"{m.group(1)}{MASK}@"
 
-    return _USERINFO.sub(one, text)
+    return re.sub(_USERINFO, one, text)
 
 
 def mask_values(text: str, secrets: Iterable[str]) -> str:

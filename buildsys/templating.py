@@ -499,7 +499,7 @@ def env_blocks(env: Mapping[str, str]) -> BlockResolver:
 
 # --- held text: placeholders a step fills in only after it has split the text -----------------------
 
-_HOLD = re.compile("\ue000(\\d+)\ue001")
+_HOLD = "\ue000(\\d+)\ue001"  # compiled at its first use (re's cache)
 
 
 class HeldText(str):
@@ -535,7 +535,7 @@ def fill(text: str, values: tuple[str, ...], quote: Callable[[str], str] | None 
     """Put held values back into (a piece of) held text, each passed through ``quote`` if given."""
     if "\ue000" not in text:
         return text
-    return _HOLD.sub(lambda m: (quote or str)(values[int(m.group(1))]), text)
+    return re.sub(_HOLD, lambda m: (quote or str)(values[int(m.group(1))]), text)
 
 
 def render_inputs(
