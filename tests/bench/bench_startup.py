@@ -4,9 +4,9 @@ minutes so that the machine's load hits both alike.
 
     .venv/bin/python tests/bench/bench_startup.py --compare BEFORE_CHECKOUT [--rounds 9] [--only plan-50,…]
 
-Each code runs from its own byte-compiled copy (`git archive` of a checkout, `compileall`) on
-PYTHONPATH, with its own copy of each project (the caches are keyed on the code), the stores applied
-first. Commands: a fresh `plan` (no `.buildsys/`, the store up to date) of 50 and of 1,000
+Each code runs from its own byte-compiled copy (`git archive` of a checkout laid out as the wheel
+installs it, `compileall`) on PYTHONPATH, with its own copy of each project (the caches are keyed
+on the code), the stores applied first. Commands: a fresh `plan` (no `.buildsys/`, the store up to date) of 50 and of 1,000
 deployments (tests/bench/bench_plan.py's project), `plan --affected=main` after a one-flow change in
 a git repository of the 50, a rebuild after one changed input and a no-op build of
 tests/bench/bench_build.py's project (1,000 steps; the no-op is the launcher's fast path, a control),
@@ -36,15 +36,27 @@ import bench_plan  # noqa: E402
 Prep = Callable[[], None] | None
 
 
+# the folders the wheel installs inside the package (pyproject's package-dir): on PYTHONPATH a
+# checkout's top-level `steps/` is not `buildsys.steps`, which would then be the running venv's own
+PACKAGED = {"steps": "steps", "schemas": "schemas", "recipes": "builtin_recipes"}
+
+
 def copy_code(checkout: Path, dest: Path) -> Path:
-    """A byte-compiled copy of a checkout's committed code (what an installed package runs); of a
-    plain directory's `buildsys/` when it is not a git checkout (e.g. a tree with commits reversed)."""
+    """A byte-compiled copy of a checkout's committed code laid out as the wheel installs it (what
+    an installed package runs); of a plain directory's `buildsys/` (and its `steps/`, …) when it is
+    not a git checkout (e.g. a tree with commits reversed)."""
     dest.mkdir(parents=True)
     if (checkout / ".git").exists():
         archive = subprocess.run(["git", "-C", str(checkout), "archive", "HEAD"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     else:
         shutil.copytree(checkout / "buildsys", dest / "buildsys")
+        for folder in PACKAGED:
+            if (checkout / folder).is_dir():
+                shutil.copytree(checkout / folder, dest / folder)
+    for folder, name in PACKAGED.items():
+        if (dest / folder).is_dir() and not (dest / "buildsys" / name).exists():
+            (dest / folder).rename(dest / "buildsys" / name)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "buildsys")], check=True, capture_output=True)
     return dest
 
