@@ -221,8 +221,9 @@ def _note(seen: Reads, noted: tuple[Sequence[str], Sequence[str]], real: _Realpa
 
 
 class _Realpaths:
-    """`os.path.realpath` of a step's files, each folder's resolved once: a file's real path is its
-    folder's and its name's unless the file itself is a link (one `lstat`, not one per component)."""
+    """`os.path.realpath` of a step's files (absolute, normalised), one `lstat` per file and per
+    folder met, not one per component of each: a path that is not itself a link is its folder's
+    real path joined with its name (a missing one too, as `realpath` keeps it)."""
 
     def __init__(self) -> None:
         self.folders: dict[str, str] = {}
@@ -234,12 +235,12 @@ class _Realpaths:
         try:
             link = stat.S_ISLNK(os.lstat(path).st_mode)
         except OSError:
-            link = False  # missing (or unreadable): realpath keeps the name as it is too
+            link = False  # missing (or not to be looked at): realpath keeps the name as it is too
         if link:
             return os.path.realpath(path)
         real = self.folders.get(folder)
         if real is None:
-            real = self.folders[folder] = os.path.realpath(folder)
+            real = self.folders[folder] = self(folder)
         return os.path.join(real, name)
 
 

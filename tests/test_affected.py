@@ -711,3 +711,34 @@ def test_a_file_a_step_reads_through_a_linked_folder(isolated: Path) -> None:
     assert found.proved and [(s.label, s.reason) for s in found.steps] == [
         ("one", "input file alias/lib.txt changed"), ("two", "upstream step one changed")]
     assert found.to_dict() == affected(root / "prefect.yaml", "main", prove=False).to_dict()
+
+
+def test_the_real_paths_of_read_files_are_realpaths(tmp_path: Path) -> None:
+    """`stepkeys._Realpaths` (a folder's real path found once, a file looked at alone) against
+    `os.path.realpath`, on a random tree of folders, files and links (to files, folders, links,
+    missing paths; relative and absolute), through links and missing components."""
+    import os
+    import random
+
+    from buildsys.stepkeys import _Realpaths
+
+    rng = random.Random(5)
+    top = os.path.realpath(tmp_path)
+    folders, files, links = [top], [], []
+    for i in range(40):
+        folders.append(os.path.join(rng.choice(folders), f"d{i}"))
+        os.mkdir(folders[-1])
+    for i in range(80):
+        files.append(os.path.join(rng.choice(folders), f"f{i}"))
+        Path(files[-1]).touch()
+    for i in range(40):
+        at = os.path.join(rng.choice(folders), f"l{i}")
+        target = rng.choice([*folders, *files, *links, os.path.join(top, "missing")])
+        os.symlink(os.path.relpath(target, os.path.dirname(at)) if rng.random() < 0.5 else target, at)
+        links.append(at)
+    paths = [*files, *links]
+    for _ in range(3000):
+        parts = [rng.choice(["f1", "d3", "l2", "x", "l7", "f5", "l0"]) for _ in range(rng.randint(0, 3))]
+        paths.append(os.path.normpath(os.path.join(rng.choice([*folders, *links]), *parts)))
+    real = _Realpaths()
+    assert [real(p) for p in paths] == [os.path.realpath(p) for p in paths]
