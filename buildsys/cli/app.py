@@ -144,14 +144,15 @@ class App:
 def echo(text: str, *, err: bool = False, nl: bool = True, color: bool | None = None) -> None:
     """`click.echo(text, err=err, nl=nl, color=color)`, without importing click where click would
     write `text` to the stream as it is: a text stream with an encoding that is not ASCII and an
-    error handler (click re-encodes any other stream), and no escape sequence it would strip
-    (click strips them unless `color` is true, or None on a terminal)."""
+    error handler (click re-encodes any other stream), no escape sequence it would strip (click
+    strips them unless `color` is true, or None on a terminal), and not Windows (its console)."""
     import codecs
 
     stream = sys.stderr if err else sys.stdout
     encoding = getattr(stream, "encoding", None)
-    if ("click" in sys.modules or not isinstance(encoding, str) or not isinstance(getattr(stream, "errors", None), str)
-            or codecs.lookup(encoding).name == "ascii" or ("\x1b" in text and not color)):
+    if ("click" in sys.modules or sys.platform == "win32" or not isinstance(encoding, str)
+            or not isinstance(getattr(stream, "errors", None), str) or codecs.lookup(encoding).name == "ascii"
+            or ("\x1b" in text and not color)):
         import click
 
         click.echo(text, err=err, nl=nl, color=color)
