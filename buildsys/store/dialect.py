@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import sqlite3
 import threading
 import time
@@ -191,6 +190,8 @@ def _create_atomically(path: Path) -> None:
     """A new store file appears whole (a SQLite header in WAL mode) or not at all: SQLite would
     create an empty file first, which another process opening the store at that moment (two
     applies at once) must not take for a truncated store."""
+    import secrets  # on first use (random, base64: ~1.3 ms of every plan's start)
+
     temp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.new")
     os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask decides, as for SQLite's own
     try:

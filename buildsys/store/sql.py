@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -462,7 +461,7 @@ def _write(
         pool, limit = indexed_columns(c.kind, spec)
         source = None if c.source is None else dump(dict(c.source))
         if c.action == "create":
-            inserts.append((c.kind, c.name, str(uuid.uuid4()), dump(spec), c.owner, source, moment, moment, serial, pool, limit))
+            inserts.append((c.kind, c.name, _new_id(), dump(spec), c.owner, source, moment, moment, serial, pool, limit))
         else:
             updates.append((dump(spec), c.owner, source, moment, serial, pool, limit, c.kind, c.name))
     tx.many(
@@ -482,3 +481,10 @@ def _write(
         [c.name for c in deletes if c.kind == "deployment"],
         moment,
     )
+
+
+def _new_id() -> str:
+    """A new resource's id (uuid imported here: with `platform` ~1.5 ms of every plan's start)."""
+    import uuid
+
+    return str(uuid.uuid4())

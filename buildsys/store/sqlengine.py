@@ -4,7 +4,6 @@ runs, artifacts, concurrency leases for tagged tasks and flows (written through 
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from buildsys.store.rows import (
 from buildsys.store.sqlruns import insert_run, load_run, save_run
 from buildsys.store.transitions import decide
 
-FLOW_NAMESPACE = uuid.UUID("6b1f4a52-5c1e-4a8e-9b7e-2f0c6d1e9a10")
+FLOW_NAMESPACE = "6b1f4a52-5c1e-4a8e-9b7e-2f0c6d1e9a10"  # flow ids: uuid5 names in it (`flow_id`)
 TASK_COLUMNS = (
     "id, flow_run_id, name, task_key, dynamic_key, state, state_name, state_message, state_ts, "
     "created_at, started_at, ended_at, run_count, cached, tags, history"
@@ -46,7 +45,9 @@ MAX_HISTORY = 200  # states kept per task run (a task retried forever must not g
 
 def flow_id(name: str) -> str:
     """A flow's id: the same for the same name in every store and process."""
-    return str(uuid.uuid5(FLOW_NAMESPACE, name))
+    import uuid  # on first use: with `platform` ~1.5 ms of every plan's start
+
+    return str(uuid.uuid5(uuid.UUID(FLOW_NAMESPACE), name))
 
 
 # --- flow runs ---------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def create_subflow_run(
     check_json(dict(prefect), "the flow run's Prefect fields")
     moment = now()
     run = FlowRun(
-        id=str(uuid.uuid4()),
+        id=_new_id(),
         name=name or run_name(),
         deployment="",
         deployment_id="",
@@ -248,7 +249,7 @@ def _task_from_row(row: tuple[Any, ...]) -> TaskRun:
 
 def create_artifact(db: Database, artifact: Artifact) -> Artifact:
     check_json(artifact.data, "the artifact's data")
-    stored = dataclasses.replace(artifact, id=artifact.id or str(uuid.uuid4()), created_at=artifact.created_at or now())
+    stored = dataclasses.replace(artifact, id=artifact.id or _new_id(), created_at=artifact.created_at or now())
     with db.tx(write=True) as tx:
         tx.run(
             f"INSERT INTO artifacts ({ARTIFACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -306,7 +307,7 @@ def set_limit(db: Database, name: str, limit: int | None) -> ConcurrencyLimit | 
         tx.run(
             "INSERT INTO concurrency_limits (name, id, slot_limit, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET slot_limit = excluded.slot_limit",
-            (name, str(uuid.uuid4()), limit, moment),
+            (name, _new_id(), limit, moment),
         )
         return _limits(tx, [name], moment)[0]
 
@@ -323,7 +324,7 @@ def acquire(
         limits = _limits(tx, sorted(set(names)), moment)
         if any(lim.active_slots + slots > lim.limit for lim in limits):
             return None, limits
-        lease = str(uuid.uuid4())
+        lease = _new_id()
         tx.many(
             "INSERT INTO concurrency_slots (lease_id, name, slots, expires_at, holder) VALUES (?, ?, ?, ?, ?)",
             # one row per limit taken, and one (name "") that keeps the lease renewable when none is
@@ -416,5 +417,11 @@ def import_rows(tx: Tx, data: Mapping[str, Any]) -> None:
     moment = now()
     tx.many(
         "INSERT INTO concurrency_limits (name, id, slot_limit, created_at) VALUES (?, ?, ?, ?)",
-        [(x["name"], str(uuid.uuid4()), int(x["limit"]), moment) for x in data.get("concurrency_limits", [])],
+        [(x["name"], _new_id(), int(x["limit"]), moment) for x in data.get("concurrency_limits", [])],
     )
+
+
+def _new_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())

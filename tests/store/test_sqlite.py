@@ -345,3 +345,29 @@ def test_a_claim_reads_the_limited_deployments_through_their_own_index(tmp_path:
     plan = " ".join(str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {DEPLOYMENT_LIMITS_SQL}", ("pool",)))
     db.close()
     assert "USING INDEX resources_pool_limited" in plan, plan
+
+
+def test_reading_a_store_imports_neither_uuid_nor_secrets(tmp_path: Path) -> None:
+    """uuid (with platform) and secrets (with random, base64) are imported when an id or a name is
+    made (or the file created), not when a store is opened and read: ~3 ms of every plan's start."""
+    import subprocess
+    import sys
+
+    with SqlStore.sqlite(tmp_path / "state.db") as made:
+        seed(made, nightly={})
+
+    code = (
+        "import sys\nfrom buildsys.store.sql import SqlStore\n"
+        f"s = SqlStore.sqlite({str(tmp_path / 'state.db')!r})\ns.list_resources(); s.serial(); s.close()\n"
+        "print(sorted(m for m in ('uuid', 'platform', 'secrets', 'random') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_flows_id_is_a_uuid5_in_its_namespace() -> None:
+    import uuid
+
+    from buildsys.store.sqlengine import flow_id
+
+    assert flow_id("etl") == str(uuid.uuid5(uuid.UUID("6b1f4a52-5c1e-4a8e-9b7e-2f0c6d1e9a10"), "etl"))
