@@ -900,9 +900,12 @@ def cached_namespace(
     steps whose current cache key has a result, and the ids of steps whose outputs are not known
     (not built for these inputs yet) — for plan's "(known after build)".
     """
+    import glob
+
     from buildsys.compiled import compile_project
 
-    compiled = compile_project(project, sections=sections, deployments=[deployment] if deployment else [])
+    # the name as the -d pattern that selects it alone (`etl[prod]` is no bracket expression)
+    compiled = compile_project(project, sections=sections, deployments=[glob.escape(deployment)] if deployment else [])
     engine = Engine(project, compiled.graph, compiled.steps, env=env, dry_run=True)
     try:
         decisions = engine.foresee()

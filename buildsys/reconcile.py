@@ -171,11 +171,14 @@ class _CachedOutputs:
         names = [d.name for d in deployments if d.build or d.push]
         if len(names) < 2:
             return
+        import glob
+
         from buildsys.compiled import compile_project
         from buildsys.engine import Engine, namespace_for
 
         try:  # a deployment whose steps do not compile: each is keyed alone, with its own error
-            compiled = compile_project(self.project, sections=("build", "push"), deployments=names)
+            # each name as the -d pattern that selects it alone (`etl[prod]` is no bracket expression)
+            compiled = compile_project(self.project, sections=("build", "push"), deployments=[glob.escape(n) for n in names])
         except BuildsysError:
             return
         graph = compiled.graph

@@ -619,3 +619,30 @@ def test_secret_variables_are_found_per_set_of_templated_texts(tmp_path: Path) -
         "deployment 'a' API_TOKEN", "deployment 'b' DB_PASSWORD", "deployment 'c' API_TOKEN"
     ]
     assert state.sensitive == {"tok": "$API_TOKEN", "pw": "$DB_PASSWORD"}
+
+
+def test_a_deployment_named_like_a_glob_is_keyed_as_itself(isolated: Path) -> None:
+    """plan keys each deployment's steps by its name: `etl[p]` is that name, not a bracket
+    expression matching `etlp` (which made the plan fail, or key another deployment's steps)."""
+    from buildsys.engine import cached_namespace
+    from buildsys.reconcile import cached_outputs
+
+    write(isolated / "mysteps.py", BATCH_STEPS)
+    file = write(isolated / "prefect.yaml", """
+deployments:
+  - name: "etl[p]"
+    entrypoint: f.py:f
+    build:
+      - mysteps.py:write: {id: mine, name: mine}
+  - name: etlp
+    entrypoint: f.py:f
+    build:
+      - mysteps.py:write: {id: theirs, name: theirs}
+""")
+    project = load_project(file)
+    _, pending = cached_namespace(project, "etl[p]")
+    assert pending == {"mine"}
+    together = cached_outputs(project)
+    together.prepare(project.deployments)  # type: ignore[attr-defined]
+    assert set(together.known) == {"etl[p]", "etlp"}  # type: ignore[attr-defined]
+    assert [together(d).pending for d in project.deployments] == [{"mine"}, {"theirs"}]  # type: ignore[union-attr]
