@@ -105,26 +105,23 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Direct | None:
         target = VALUED.get(name)
         if target is None:
             return None  # help, an unknown option, an argument, a combined or attached short form
-        if not eq:
-            if not rest:
-                return None  # click: the option requires an argument
-            inline = rest.pop()
-        if not inline or inline.startswith("-"):
-            return None  # empty, or a value click may read as an option: click decides
+        value = _value(eq, inline, rest)
+        if value is None:
+            return None
         if target == "deployments":
-            deployments.append(inline)
+            deployments.append(value)
             continue
         if target in given:
             return None  # -f twice is an error; the others take the last: click decides
         given.add(target)
         if target == "file":
-            out.file = inline
+            out.file = value
         elif target == "jobs":
-            if not _plain_count(inline):
+            if not _plain_count(value):
                 return None
-            out.params["jobs"] = int(inline)
+            out.params["jobs"] = int(value)
         else:
-            out.params["cache_from"] = inline
+            out.params["cache_from"] = value
     out.params["deployments"] = tuple(deployments)
     out.manifest_may_answer = "cache_from" not in given and not any(out.params[p] for p in NOT_FROM_MANIFEST)
     if "cache_from" not in given:
@@ -164,34 +161,31 @@ def _parse_plan(argv: Sequence[str]) -> Direct | None:
             if out.params["affected_base"] is not None:
                 return None
             if eq:
-                value = inline
+                base = inline
             elif not rest or (rest[-1].startswith("-") and len(rest[-1]) > 1):
-                value = ""  # click: no value, or the next looks like an option
+                base = ""  # click: no value, or the next looks like an option
             else:
-                value = rest.pop()  # click takes the next argument as its value
-            if (eq or value) and (not value or value.startswith("-")):
+                base = rest.pop()  # click takes the next argument as its value
+            if (eq or base) and (not base or base.startswith("-")):
                 return None
-            out.params["affected_base"] = value
+            out.params["affected_base"] = base
             continue
         target = (PLAN_VALUED if named else GLOBAL_VALUED).get(name)
         if target is None:
             return None  # help, --version, an unknown option, an argument, a combined or attached short form
-        if not eq:
-            if not rest:
-                return None  # click: the option requires an argument
-            inline = rest.pop()
-        if not inline or inline.startswith("-"):
-            return None  # empty, or a value click may read as an option: click decides
+        value = _value(eq, inline, rest)
+        if value is None:
+            return None
         if target == "deployments":
-            deployments.append(inline)
+            deployments.append(value)
         elif target == "file":
-            files.append(inline)  # more than one is an error, before or after the name
+            files.append(value)  # more than one is an error, before or after the name
         elif target in ("ref", "out"):
             if out.params[target] is not None:
                 return None  # twice: click takes the last; not read here
-            out.params[target] = inline
+            out.params[target] = value
         else:
-            setattr(out, target, inline)  # the last one given, as the group's then the command's callbacks set it
+            setattr(out, target, value)  # the last one given, as the group's then the command's callbacks set it
     if not named or len(files) > 1 or (out.params["affected_base"] is not None and out.params["ref"] is not None):
         return None  # no command, -f twice, --affected with --ref: click (and the command) say why
     if out.params["out"] is not None:
@@ -203,6 +197,18 @@ def _parse_plan(argv: Sequence[str]) -> Direct | None:
     out.file = files[0] if files else None
     out.params["deployments"] = tuple(deployments)
     return out
+
+
+def _value(eq: str, inline: str, rest: list[str]) -> str | None:
+    """An option's value: after its `=`, else the next argument (taken off `rest`, which holds the
+    arguments left in reverse); None where click must decide."""
+    if not eq:
+        if not rest:
+            return None  # click: the option requires an argument
+        inline = rest.pop()
+    if not inline or inline.startswith("-"):
+        return None  # empty, or a value click may read as an option: click decides
+    return inline
 
 
 def _new_or_readable_file(path: str) -> bool:
