@@ -53,7 +53,7 @@ DEPLOYMENTS_PER_GROUP = 4
 SHARED_PER_GROUP = 4
 OWN_PER_DEPLOYMENT = 4
 FILES_PER_STEP = 20
-PYCACHE = os.path.join(tempfile.gettempdir(), "buildsys-bench-pycache")
+PYCACHE = os.path.join(tempfile.gettempdir(), "buildsys-bench-pycache")  # main() puts it in its own temporary folder
 PAST = time.time() - 3600  # mtime of generated inputs (outside the racily-clean window)
 
 STEP_MODULE = '''"""Bench step: record that the step ran by writing its stamp file."""
@@ -590,7 +590,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if shutil.which("make") is None:
         raise SystemExit("GNU make is not installed")
+    global PYCACHE
     base = Path(tempfile.mkdtemp(prefix="buildsys-bench-"))
+    PYCACHE = str(base / "pycache")  # removed with the rest (it was left in the system's temporary folder)
     started = time.time()
     try:
         log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
