@@ -742,3 +742,58 @@ def test_the_real_paths_of_read_files_are_realpaths(tmp_path: Path) -> None:
         paths.append(os.path.normpath(os.path.join(rng.choice([*folders, *links]), *parts)))
     real = _Realpaths()
     assert [real(p) for p in paths] == [os.path.realpath(p) for p in paths]
+
+
+def test_random_changes_affect_what_a_full_build_reruns(shop: Path) -> None:
+    """Seeded random changes (files edited, rewritten unchanged, added, deleted, made executable;
+    in input folders and outside them; committed on a branch, staged, or left in the working tree;
+    a deployment's field): each time the proof from git's changed paths says what computing the
+    whole base side says, a full build reruns exactly the affected steps, and every deployment of
+    an affected step is affected. Each case's first change is of the next kind in turn."""
+    import random
+    import stat
+
+    rng = random.Random(1904)
+    places = [*FILES, "common/extra.txt", "src/util.py", "flows/c/more.py", "flows/c/other.txt",
+              "notes/todo.txt", "flows/d.py"]
+    kinds = ("edit", "same", "delete", "exec", "edit", "delete", "field")
+    cache = shop.parent / "base-cache"
+    shutil.copytree(shop / ".buildsys", cache)  # the base's build alone (an earlier case's results would be hits)
+    for case in range(3 * len(kinds)):
+        git(shop, "checkout", "-q", "-f", "main")
+        git(shop, "clean", "-fdq")
+        if "case" in git(shop, "branch", "--list", "case"):
+            git(shop, "branch", "-q", "-D", "case")
+        shutil.rmtree(shop / ".buildsys")
+        shutil.copytree(cache, shop / ".buildsys")
+        assert full_build(shop) == set(), f"case {case}: the base is not all cached after the reset"
+        git(shop, "checkout", "-q", "-b", "case")
+        done: list[str] = []
+        for n in range(rng.randint(1, 3)):
+            kind = kinds[case % len(kinds)] if n == 0 else rng.choice(kinds)
+            there = [rel for rel in places if (shop / rel).is_file()]
+            rel = rng.choice(there if kind in ("same", "delete", "exec") else places)
+            path = shop / rel
+            if kind == "field":
+                edit(shop, "prefect.yaml", "parameters: {size: ", f"parameters: {{size: {rng.randint(2, 9)}, was{n}: ")
+                rel = "prefect.yaml"
+            elif kind == "delete":
+                path.unlink()
+            elif kind == "same":
+                path.write_text(path.read_text())
+            elif kind == "exec":
+                path.chmod(path.stat().st_mode | stat.S_IXUSR)
+            else:
+                write(shop, {rel: f"{rel} {rng.random()}\n"})
+            done.append(f"{kind} {rel}")
+            how = rng.choice(["commit", "stage", "leave"])
+            if how != "leave":
+                git(shop, "add", "-A")
+            if how == "commit":
+                git(shop, "commit", "-q", "--allow-empty", "-m", f"case {case}")
+        found = affected(shop / "prefect.yaml", "main")
+        whole = affected(shop / "prefect.yaml", "main", prove=False)
+        assert found.to_dict() == whole.to_dict(), f"case {case}: {done}"
+        assert {s.label for s in found.steps} == full_build(shop), f"case {case}: {done}"
+        named = {d.name for d in found.deployments}
+        assert {d for s in found.steps for d in s.deployments} <= named, f"case {case}: {done}"
