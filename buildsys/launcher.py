@@ -1,6 +1,6 @@
 """The console entry point: answer a provable no-op build before importing anything heavy, run a
-plain `build` or `push` without click (`buildsys.cli.direct`), and end the process without the
-interpreter's teardown once a command is done."""
+plain `build`, `push` or `plan` without click (`buildsys.cli.direct`), and end the process without
+the interpreter's teardown once a command is done."""
 
 from __future__ import annotations
 
