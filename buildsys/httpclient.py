@@ -40,3 +40,12 @@ if "httpcore" not in sys.modules:
 import httpx as httpx  # noqa: E402  # re-exported, after the guarded imports above
 
 __all__ = ["httpx"]
+
+# A client of one origin keeps alive every connection it makes. httpcore 1.0's synchronous pool
+# closes an idle connection whenever it holds more connections than it may keep alive, and it
+# counts every connection there, not only the idle ones: one it has just handed to a waiting
+# thread (still idle until that thread sends) can be closed under it, and that request fails with
+# EBADF or waits out its read timeout (encode/httpcore#1110; seen with 32 threads on one client of
+# a buildsys server). With as many kept alive as it may open, the pool never closes one to make
+# room, and an origin's idle connection is reused, never replaced. Idle ones still expire (5 s).
+ONE_ORIGIN = httpx.Limits(max_connections=100, max_keepalive_connections=100)

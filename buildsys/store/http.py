@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
-from buildsys.httpclient import httpx
+from buildsys.httpclient import ONE_ORIGIN, httpx
 from buildsys.sensitive import mask_url
 from buildsys.store.base import (
     KINDS,
@@ -74,6 +74,7 @@ class HttpStore:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            limits=ONE_ORIGIN,
         )
 
     # --- transport -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from buildsys.errors import ConflictError, NotFoundError, StateError
-from buildsys.httpclient import httpx
+from buildsys.httpclient import ONE_ORIGIN, httpx
 
 SCHEME = "prefect+"
 PAGE = 200  # Prefect's default (and usual maximum) page size
@@ -55,9 +55,10 @@ class PrefectApi:
             headers["Authorization"] = f"Bearer {key}"
         if transport is None and self.base.startswith("http://"):
             # plain HTTP needs no certificates: loading the CA bundle is most of a Client's start-up
-            transport = httpx.HTTPTransport(verify=False)
+            transport = httpx.HTTPTransport(verify=False, limits=ONE_ORIGIN)
         self.client = httpx.Client(
-            base_url=self.base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport
+            base_url=self.base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), transport=transport,
+            limits=ONE_ORIGIN,
         )
 
         self._flows: dict[str, str] = {}

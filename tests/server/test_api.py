@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from buildsys.httpclient import ONE_ORIGIN
 from buildsys.server.app import Settings
 from buildsys.server.openapi import document, render
 from buildsys.store.sql import SqlStore
@@ -43,7 +44,10 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
 @pytest.fixture
 def client(store: SqlStore) -> Iterator[httpx.Client]:
     settings = Settings(housekeeping=False, max_body_bytes=64 * 1024)
-    with threaded_server(store, settings=settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+    # as buildsys's own clients (ONE_ORIGIN): httpx's default pool may close a connection under a
+    # thread it has just handed it to (test_store_calls_run_on_a_fixed_set_of_threads: EBADF)
+    with threaded_server(store, settings=settings) as url, httpx.Client(base_url=url, timeout=30,
+                                                                      limits=ONE_ORIGIN) as c:
         yield c
 
 

@@ -77,7 +77,7 @@ class Flaky:
 
 
 @contextmanager
-def flaky_server(app: Flaky) -> Iterator[str]:
+def flaky_server(app: Any) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -113,3 +113,46 @@ def test_retries_give_up_with_the_last_answer() -> None:
         store.serial()
     assert len(app.calls) == 3
     assert info.value.message == f"the buildsys server at {url} answered 503: database restarting"
+
+
+class Gathering:
+    """A real HTTP endpoint that holds each request until `size` are in flight (at most 20 s),
+    then answers them all like the server; it notes each request's client port."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ports: list[int] = []
+        self.waiting = 0
+        self.full: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] != "http":
+            return
+        self.ports.append(scope["client"][1])
+        if self.full is None:
+            self.full = asyncio.Event()
+        self.waiting += 1
+        if self.waiting == self.size:
+            self.waiting = 0
+            self.full.set()
+            self.full = None
+        else:
+            await asyncio.wait_for(self.full.wait(), 20)
+        await JSONResponse({"serial": 7})(scope, receive, send)
+
+
+def test_a_burst_from_many_threads_reuses_the_connections_of_the_last_one() -> None:
+    """Two bursts of 30 concurrent calls from 30 threads on one HttpStore: the second is served on
+    the first's 30 connections. A pool that keeps fewer alive than it opens closes connections
+    under the threads it has just handed them to (httpcore 1.0; buildsys.httpclient.ONE_ORIGIN):
+    with httpx's default limits (20 kept alive) the second burst opens new ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = Gathering(30)
+    with flaky_server(app) as url, HttpStore(url, retries=0) as store, ThreadPoolExecutor(30) as pool:
+        for _ in range(2):
+            assert list(pool.map(lambda _: store.serial(), range(30))) == [7] * 30
+    assert len(app.ports) == 60
+    assert len(set(app.ports)) == 30
