@@ -39,7 +39,7 @@ if "httpcore" not in sys.modules:
 
 import httpx as httpx  # noqa: E402  # re-exported, after the guarded imports above
 
-__all__ = ["httpx"]
+__all__ = ["ONE_ORIGIN", "httpx"]
 
 # A client of one origin keeps alive every connection it makes. httpcore 1.0's synchronous pool
 # closes an idle connection whenever it holds more connections than it may keep alive, and it
